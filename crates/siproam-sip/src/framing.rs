@@ -1,0 +1,306 @@
+//! Stream framing for TCP/TLS: splits a byte stream into SIP messages by
+//! Content-Length and recognises RFC 5626 keep-alives between messages
+//! (ping `CRLFCRLF`, pong `CRLF`).
+//!
+//! The framer only finds message boundaries; it hands out each message's
+//! exact bytes for [`crate::Message::parse`]. A framing error means the
+//! stream can no longer be split reliably: the connection must be closed.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::chars::trim_lws;
+use crate::header::HeaderName;
+use crate::message::Limits;
+
+/// What the framer found next on the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// One whole message (headers and body), ready to parse.
+    Message(Bytes),
+    /// A keep-alive ping (`CRLFCRLF`); answer with a pong.
+    Ping,
+    /// A keep-alive pong (`CRLF`).
+    Pong,
+}
+
+/// Why a stream can no longer be framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FramingError {
+    /// A message (or its header section) exceeds the size limit.
+    #[error("message larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A header line exceeds the line limit.
+    #[error("line longer than {limit} bytes")]
+    LineTooLong {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A message without Content-Length (mandatory on streams).
+    #[error("missing Content-Length on a stream")]
+    MissingContentLength,
+    /// A Content-Length that is not a number.
+    #[error("invalid Content-Length")]
+    InvalidContentLength,
+    /// Several Content-Length values that disagree.
+    #[error("conflicting Content-Length values")]
+    ConflictingContentLength,
+}
+
+impl FramingError {
+    /// The status code to send before closing, where one applies (the
+    /// request is usually unreadable, so this is best effort).
+    pub fn status(&self) -> u16 {
+        match self {
+            FramingError::TooLarge { .. } | FramingError::LineTooLong { .. } => 513,
+            _ => 400,
+        }
+    }
+}
+
+/// Which side of a connection the framer serves: a server receives pings
+/// and waits for a whole `CRLFCRLF`; a client receives pongs and takes a
+/// lone `CRLF` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Accepts connections: receives pings.
+    Server,
+    /// Opens connections: receives pongs.
+    Client,
+}
+
+/// Splits a stream into [`Frame`]s.
+#[derive(Debug)]
+pub struct StreamFramer {
+    buf: BytesMut,
+    limits: Limits,
+    side: Side,
+    failed: Option<FramingError>,
+    /// Bytes already scanned for the end of headers (resumes the search).
+    scanned: usize,
+}
+
+impl StreamFramer {
+    /// A framer with the given limits.
+    pub fn new(side: Side, limits: Limits) -> StreamFramer {
+        StreamFramer {
+            buf: BytesMut::with_capacity(4096),
+            limits,
+            side,
+            failed: None,
+            scanned: 0,
+        }
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// Bytes buffered and not yet framed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next frame, `Ok(None)` when more bytes are needed. After an
+    /// error every call returns the same error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FramingError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        match self.frame() {
+            Err(e) => {
+                self.failed = Some(e);
+                self.buf.clear();
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+
+    fn frame(&mut self) -> Result<Option<Frame>, FramingError> {
+        // keep-alives between messages
+        if self.buf.starts_with(b"\r\n") {
+            if self.buf.starts_with(b"\r\n\r\n") {
+                let _ = self.buf.split_to(4);
+                return Ok(Some(Frame::Ping));
+            }
+            match (self.side, self.buf.get(2)) {
+                (_, Some(b'\r')) if self.buf.len() == 3 => return Ok(None),
+                (Side::Server, None) => return Ok(None),
+                _ => {
+                    let _ = self.buf.split_to(2);
+                    return Ok(Some(Frame::Pong));
+                }
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        // end of the header section
+        let from = self.scanned.saturating_sub(3);
+        let Some(rel) = memchr::memmem::find(self.buf.get(from..).unwrap_or_default(), b"\r\n\r\n")
+        else {
+            self.scanned = self.buf.len();
+            if self.buf.len() > self.limits.max_message {
+                return Err(FramingError::TooLarge {
+                    limit: self.limits.max_message,
+                });
+            }
+            // the line being received must stay within the line limit
+            let last_line = self
+                .buf
+                .rsplit(|&b| b == b'\n')
+                .next()
+                .map_or(0, <[u8]>::len);
+            if last_line > self.limits.max_line {
+                return Err(FramingError::LineTooLong {
+                    limit: self.limits.max_line,
+                });
+            }
+            return Ok(None);
+        };
+        let header_end = from + rel + 4;
+        let length = content_length(self.buf.get(..header_end).unwrap_or_default(), &self.limits)?;
+        let total = header_end + length;
+        if total > self.limits.max_message {
+            return Err(FramingError::TooLarge {
+                limit: self.limits.max_message,
+            });
+        }
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        self.scanned = 0;
+        Ok(Some(Frame::Message(self.buf.split_to(total).freeze())))
+    }
+}
+
+fn content_length(headers: &[u8], limits: &Limits) -> Result<usize, FramingError> {
+    let mut found: Option<usize> = None;
+    for line in headers.split(|&b| b == b'\n') {
+        if line.len() > limits.max_line + 1 {
+            return Err(FramingError::LineTooLong {
+                limit: limits.max_line,
+            });
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = line.get(..colon).unwrap_or_default();
+        let name = trim_lws(std::str::from_utf8(name).unwrap_or_default());
+        if HeaderName::from_bytes(name.as_bytes()) != HeaderName::ContentLength
+            || line.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+        {
+            continue;
+        }
+        let value = std::str::from_utf8(line.get(colon + 1..).unwrap_or_default())
+            .map_err(|_| FramingError::InvalidContentLength)?;
+        let n = crate::headers::delta_seconds(value)
+            .map_err(|_| FramingError::InvalidContentLength)? as usize;
+        if found.is_some_and(|f| f != n) {
+            return Err(FramingError::ConflictingContentLength);
+        }
+        found = Some(n);
+    }
+    found.ok_or(FramingError::MissingContentLength)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"OPTIONS sip:b@h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nl: 5\r\n\r\nhello";
+
+    fn frames(f: &mut StreamFramer) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Ok(Some(fr)) = f.next_frame() {
+            out.push(fr);
+        }
+        out
+    }
+
+    #[test]
+    fn splits_messages_and_keepalives_byte_by_byte() {
+        let mut stream = Vec::new();
+        stream.extend_from_slice(b"\r\n\r\n");
+        stream.extend_from_slice(MSG);
+        stream.extend_from_slice(MSG);
+        stream.extend_from_slice(b"\r\n\r\n");
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        let mut got = Vec::new();
+        for b in &stream {
+            f.push(std::slice::from_ref(b));
+            got.extend(frames(&mut f));
+        }
+        assert_eq!(
+            got,
+            vec![
+                Frame::Ping,
+                Frame::Message(Bytes::from_static(MSG)),
+                Frame::Message(Bytes::from_static(MSG)),
+                Frame::Ping
+            ]
+        );
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn client_sees_pongs() {
+        let mut f = StreamFramer::new(Side::Client, Limits::default());
+        f.push(b"\r\n");
+        assert_eq!(frames(&mut f), vec![Frame::Pong]);
+        f.push(b"\r\n");
+        f.push(MSG);
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::Pong, Frame::Message(Bytes::from_static(MSG))]
+        );
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        f.push(b"OPTIONS sip:b@h SIP/2.0\r\nCall-ID: x\r\n\r\n");
+        assert_eq!(f.next_frame(), Err(FramingError::MissingContentLength));
+        f.push(MSG);
+        assert_eq!(f.next_frame(), Err(FramingError::MissingContentLength));
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        f.push(b"X: 1\r\nContent-Length: 3\r\nl: 4\r\n\r\n");
+        assert_eq!(f.next_frame(), Err(FramingError::ConflictingContentLength));
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        f.push(b"X: 1\r\nContent-Length: -3\r\n\r\n");
+        assert_eq!(f.next_frame(), Err(FramingError::InvalidContentLength));
+    }
+
+    #[test]
+    fn limits() {
+        let limits = Limits {
+            max_message: 100,
+            max_headers: 10,
+            max_line: 20,
+        };
+        let mut f = StreamFramer::new(Side::Server, limits);
+        f.push(&[b'a'; 30]);
+        assert_eq!(f.next_frame(), Err(FramingError::LineTooLong { limit: 20 }));
+        let mut f = StreamFramer::new(Side::Server, limits);
+        f.push(b"X: 1\r\nl: 500\r\n\r\n");
+        assert_eq!(f.next_frame(), Err(FramingError::TooLarge { limit: 100 }));
+        let mut f = StreamFramer::new(
+            Side::Server,
+            Limits {
+                max_line: 1000,
+                ..limits
+            },
+        );
+        for _ in 0..20 {
+            f.push(b"X: 123456\r\n");
+        }
+        assert_eq!(f.next_frame(), Err(FramingError::TooLarge { limit: 100 }));
+    }
+}

@@ -955,8 +955,13 @@ impl Message {
         self.set_header_param(HeaderName::Via, 0, param, value)
     }
 
-    /// Removes the top Via element (a proxy forwarding a response).
+    /// Removes the top Via element (a proxy forwarding a response). The
+    /// last Via cannot be removed: a response with one Via left is for
+    /// this element and is not forwarded.
     pub fn remove_top_via(&mut self) -> Result<(), EditError> {
+        if self.elements(HeaderName::Via).nth(1).is_none() {
+            return Err(EditError::Mandatory(HeaderName::Via));
+        }
         let (i, range) = self.locate(HeaderName::Via, 0).ok_or(EditError::NotFound)?;
         let field = self.fields.get(i).ok_or(EditError::NotFound)?;
         let value = self.text(&field.value);

@@ -35,7 +35,7 @@ impl<'a> NameAddr<'a> {
                 return Err(ValueError::DisplayName);
             }
             (text.get(..len), rest)
-        } else if let Some(lt) = text.find('<') {
+        } else if let Some(lt) = find_unquoted(text, 0, false, |c| c == b'<') {
             let d = trim_lws(text.get(..lt).unwrap_or(""));
             if !d.is_empty()
                 && !d
@@ -275,6 +275,17 @@ mod tests {
         assert_eq!(n.expires(), Some(3600));
         assert_eq!(n.q(), Some(700));
         assert!(n.uri().as_sip().is_some_and(|u| u.ob()));
+    }
+
+    #[test]
+    fn addr_spec_with_quoted_angle_in_a_param() {
+        // regression: the '<' inside the quoted +sip.instance was taken for
+        // the start of a name-addr
+        let n = NameAddr::parse("sip:bob@10.0.0.2;+sip.instance=\"<urn:uuid:1>\";reg-id=1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!n.is_name_addr());
+        assert_eq!(n.sip_instance(), Some("urn:uuid:1"));
+        assert_eq!(n.uri().as_str(), "sip:bob@10.0.0.2");
     }
 
     #[test]

@@ -959,23 +959,26 @@ impl Message {
     /// last Via cannot be removed: a response with one Via left is for
     /// this element and is not forwarded.
     pub fn remove_top_via(&mut self) -> Result<(), EditError> {
-        if self.elements(HeaderName::Via).nth(1).is_none() {
+        if self
+            .elements(HeaderName::Via)
+            .filter(|e| !e.is_empty())
+            .nth(1)
+            .is_none()
+        {
             return Err(EditError::Mandatory(HeaderName::Via));
         }
         let (i, range) = self.locate(HeaderName::Via, 0).ok_or(EditError::NotFound)?;
         let field = self.fields.get(i).ok_or(EditError::NotFound)?;
         let value = self.text(&field.value);
-        let rest = value.get(range.end..).unwrap_or_default();
-        let rest = trim_lws(
-            rest.strip_prefix(|c: char| c == ',')
-                .unwrap_or(rest)
-                .trim_start(),
-        );
-        let rest = trim_lws(rest.strip_prefix(',').unwrap_or(rest));
+        // drop the element, the separating comma(s) and the LWS after it
+        let rest = value
+            .get(range.end..)
+            .unwrap_or_default()
+            .trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
         if rest.is_empty() {
             self.fields.remove(i);
         } else {
-            let rest = rest.to_owned();
+            let rest: String = rest.chars().filter(|&c| c != '\r' && c != '\n').collect();
             if let Some(f) = self.fields.get_mut(i) {
                 f.value = Self::owned(&rest);
                 f.raw = None;

@@ -244,3 +244,24 @@ fn mandatory_headers_and_mismatches() {
         Answer::Drop
     );
 }
+
+#[test]
+fn empty_via_elements_do_not_count_as_vias() {
+    // regression (fuzz): a trailing comma made an empty second element, the
+    // only real Via was removed and the message no longer parsed
+    let raw = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1,\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut m = Message::parse(Bytes::from_static(raw.as_bytes())).unwrap();
+    assert_eq!(
+        m.remove_top_via(),
+        Err(EditError::Mandatory(HeaderName::Via))
+    );
+    let raw = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1 ,,\r\n  SIP/2.0/TCP p;branch=z9hG4bK2\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut m = Message::parse(Bytes::from_static(raw.as_bytes())).unwrap();
+    m.remove_top_via().unwrap();
+    let back = Message::parse(m.to_bytes()).unwrap();
+    assert_eq!(back.top_via().unwrap().branch(), Some("z9hG4bK2"));
+    assert_eq!(
+        back.header(HeaderName::Via),
+        Some("SIP/2.0/TCP p;branch=z9hG4bK2")
+    );
+}

@@ -621,6 +621,7 @@ fn main() {
     }
     println!("competitors: {VERSIONS}");
     println!("timed unit: parse from Bytes + read Call-ID, CSeq (number, method), top Via branch");
+    println!("(last column: siproam's parse alone, not part of the comparison)");
     println!();
 
     // --- throughput: parse + read
@@ -629,6 +630,7 @@ fn main() {
         header.push_str(&format!(" {:>14}", c.name));
     }
     header.push_str(&format!(" {:>13}", "siproam/best"));
+    header.push_str(&format!(" {:>15}", "siproam parse"));
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
 
@@ -671,6 +673,12 @@ fn main() {
             }
             _ => line.push_str(&format!(" {:>13}", "-")),
         }
+        // For reference: siproam's parse alone, without the three reads.
+        let f = CONTENDERS[0].parse;
+        line.push_str(&format!(
+            " {:>15}",
+            rate(measure(&cfg, row_inputs, |b| f(b).unwrap()))
+        ));
         println!("{line}");
     }
     println!();

@@ -144,8 +144,12 @@ impl HeaderName {
     /// `b`, `x`).
     pub fn from_bytes(name: &[u8]) -> HeaderName {
         use HeaderName::*;
-        match name {
-            [c] => match c.to_ascii_lowercase() {
+        let Some(&first) = name.first() else {
+            return Other;
+        };
+        let first = first.to_ascii_lowercase();
+        if name.len() == 1 {
+            return match first {
                 b'v' => Via,
                 b'f' => From,
                 b't' => To,
@@ -162,246 +166,86 @@ impl HeaderName {
                 b'b' => ReferredBy,
                 b'x' => SessionExpires,
                 _ => Other,
-            },
-            _ if name.len() == 2 => {
-                if name.eq_ignore_ascii_case(b"To") {
-                    return To;
-                }
-                Other
-            }
-            _ if name.len() == 3 => {
-                if name.eq_ignore_ascii_case(b"Via") {
-                    return Via;
-                }
-                Other
-            }
-            _ if name.len() == 4 => {
-                if name.eq_ignore_ascii_case(b"CSeq") {
-                    return CSeq;
-                }
-                if name.eq_ignore_ascii_case(b"Date") {
-                    return Date;
-                }
-                if name.eq_ignore_ascii_case(b"From") {
-                    return From;
-                }
-                if name.eq_ignore_ascii_case(b"Path") {
-                    return Path;
-                }
-                if name.eq_ignore_ascii_case(b"RAck") {
-                    return RAck;
-                }
-                if name.eq_ignore_ascii_case(b"RSeq") {
-                    return RSeq;
-                }
-                Other
-            }
-            _ if name.len() == 5 => {
-                if name.eq_ignore_ascii_case(b"Allow") {
-                    return Allow;
-                }
-                if name.eq_ignore_ascii_case(b"Event") {
-                    return Event;
-                }
-                if name.eq_ignore_ascii_case(b"Route") {
-                    return Route;
-                }
-                Other
-            }
-            _ if name.len() == 6 => {
-                if name.eq_ignore_ascii_case(b"Accept") {
-                    return Accept;
-                }
-                if name.eq_ignore_ascii_case(b"Min-SE") {
-                    return MinSe;
-                }
-                if name.eq_ignore_ascii_case(b"Reason") {
-                    return Reason;
-                }
-                if name.eq_ignore_ascii_case(b"Server") {
-                    return Server;
-                }
-                Other
-            }
-            _ if name.len() == 7 => {
-                if name.eq_ignore_ascii_case(b"Call-ID") {
-                    return CallId;
-                }
-                if name.eq_ignore_ascii_case(b"Contact") {
-                    return Contact;
-                }
-                if name.eq_ignore_ascii_case(b"Expires") {
-                    return Expires;
-                }
-                if name.eq_ignore_ascii_case(b"Require") {
-                    return Require;
-                }
-                if name.eq_ignore_ascii_case(b"Subject") {
-                    return Subject;
-                }
-                if name.eq_ignore_ascii_case(b"Warning") {
-                    return Warning;
-                }
-                Other
-            }
-            _ if name.len() == 8 => {
-                if name.eq_ignore_ascii_case(b"Priority") {
-                    return Priority;
-                }
-                if name.eq_ignore_ascii_case(b"Refer-To") {
-                    return ReferTo;
-                }
-                if name.eq_ignore_ascii_case(b"Replaces") {
-                    return Replaces;
-                }
-                if name.eq_ignore_ascii_case(b"Reply-To") {
-                    return ReplyTo;
-                }
-                Other
-            }
-            _ if name.len() == 9 => {
-                if name.eq_ignore_ascii_case(b"Call-Info") {
-                    return CallInfo;
-                }
-                if name.eq_ignore_ascii_case(b"Supported") {
-                    return Supported;
-                }
-                if name.eq_ignore_ascii_case(b"Timestamp") {
-                    return Timestamp;
-                }
-                Other
-            }
-            _ if name.len() == 10 => {
-                if name.eq_ignore_ascii_case(b"Alert-Info") {
-                    return AlertInfo;
-                }
-                if name.eq_ignore_ascii_case(b"Error-Info") {
-                    return ErrorInfo;
-                }
-                if name.eq_ignore_ascii_case(b"Flow-Timer") {
-                    return FlowTimer;
-                }
-                if name.eq_ignore_ascii_case(b"User-Agent") {
-                    return UserAgent;
-                }
-                Other
-            }
-            _ if name.len() == 11 => {
-                if name.eq_ignore_ascii_case(b"In-Reply-To") {
-                    return InReplyTo;
-                }
-                if name.eq_ignore_ascii_case(b"Min-Expires") {
-                    return MinExpires;
-                }
-                if name.eq_ignore_ascii_case(b"Referred-By") {
-                    return ReferredBy;
-                }
-                if name.eq_ignore_ascii_case(b"Retry-After") {
-                    return RetryAfter;
-                }
-                if name.eq_ignore_ascii_case(b"Unsupported") {
-                    return Unsupported;
-                }
-                Other
-            }
-            _ if name.len() == 12 => {
-                if name.eq_ignore_ascii_case(b"Allow-Events") {
-                    return AllowEvents;
-                }
-                if name.eq_ignore_ascii_case(b"Content-Type") {
-                    return ContentType;
-                }
-                if name.eq_ignore_ascii_case(b"Max-Forwards") {
-                    return MaxForwards;
-                }
-                if name.eq_ignore_ascii_case(b"MIME-Version") {
-                    return MimeVersion;
-                }
-                if name.eq_ignore_ascii_case(b"Organization") {
-                    return Organization;
-                }
-                if name.eq_ignore_ascii_case(b"Record-Route") {
-                    return RecordRoute;
-                }
-                Other
-            }
-            _ if name.len() == 13 => {
-                if name.eq_ignore_ascii_case(b"Authorization") {
-                    return Authorization;
-                }
-                if name.eq_ignore_ascii_case(b"Proxy-Require") {
-                    return ProxyRequire;
-                }
-                if name.eq_ignore_ascii_case(b"Service-Route") {
-                    return ServiceRoute;
-                }
-                Other
-            }
-            _ if name.len() == 14 => {
-                if name.eq_ignore_ascii_case(b"Content-Length") {
-                    return ContentLength;
-                }
-                Other
-            }
-            _ if name.len() == 15 => {
-                if name.eq_ignore_ascii_case(b"Accept-Encoding") {
-                    return AcceptEncoding;
-                }
-                if name.eq_ignore_ascii_case(b"Accept-Language") {
-                    return AcceptLanguage;
-                }
-                if name.eq_ignore_ascii_case(b"Session-Expires") {
-                    return SessionExpires;
-                }
-                if name.eq_ignore_ascii_case(b"Security-Client") {
-                    return SecurityClient;
-                }
-                if name.eq_ignore_ascii_case(b"Security-Server") {
-                    return SecurityServer;
-                }
-                if name.eq_ignore_ascii_case(b"Security-Verify") {
-                    return SecurityVerify;
-                }
-                Other
-            }
-            _ if name.len() == 16 => {
-                if name.eq_ignore_ascii_case(b"Content-Encoding") {
-                    return ContentEncoding;
-                }
-                if name.eq_ignore_ascii_case(b"Content-Language") {
-                    return ContentLanguage;
-                }
-                if name.eq_ignore_ascii_case(b"WWW-Authenticate") {
-                    return WwwAuthenticate;
-                }
-                Other
-            }
-            _ if name.len() == 18 => {
-                if name.eq_ignore_ascii_case(b"Proxy-Authenticate") {
-                    return ProxyAuthenticate;
-                }
-                if name.eq_ignore_ascii_case(b"Subscription-State") {
-                    return SubscriptionState;
-                }
-                Other
-            }
-            _ if name.len() == 19 => {
-                if name.eq_ignore_ascii_case(b"Authentication-Info") {
-                    return AuthenticationInfo;
-                }
-                if name.eq_ignore_ascii_case(b"Content-Disposition") {
-                    return ContentDisposition;
-                }
-                if name.eq_ignore_ascii_case(b"Proxy-Authorization") {
-                    return ProxyAuthorization;
-                }
-                if name.eq_ignore_ascii_case(b"P-Asserted-Identity") {
-                    return PAssertedIdentity;
-                }
-                Other
-            }
-            _ => Other,
+            };
         }
+        let candidates: &[(&[u8], HeaderName)] = match (name.len(), first) {
+            (2, b't') => &[(b"To", To)],
+            (3, b'v') => &[(b"Via", Via)],
+            (4, b'c') => &[(b"CSeq", CSeq)],
+            (4, b'd') => &[(b"Date", Date)],
+            (4, b'f') => &[(b"From", From)],
+            (4, b'p') => &[(b"Path", Path)],
+            (4, b'r') => &[(b"RAck", RAck), (b"RSeq", RSeq)],
+            (5, b'a') => &[(b"Allow", Allow)],
+            (5, b'e') => &[(b"Event", Event)],
+            (5, b'r') => &[(b"Route", Route)],
+            (6, b'a') => &[(b"Accept", Accept)],
+            (6, b'm') => &[(b"Min-SE", MinSe)],
+            (6, b'r') => &[(b"Reason", Reason)],
+            (6, b's') => &[(b"Server", Server)],
+            (7, b'c') => &[(b"Call-ID", CallId), (b"Contact", Contact)],
+            (7, b'e') => &[(b"Expires", Expires)],
+            (7, b'r') => &[(b"Require", Require)],
+            (7, b's') => &[(b"Subject", Subject)],
+            (7, b'w') => &[(b"Warning", Warning)],
+            (8, b'p') => &[(b"Priority", Priority)],
+            (8, b'r') => &[
+                (b"Refer-To", ReferTo),
+                (b"Replaces", Replaces),
+                (b"Reply-To", ReplyTo),
+            ],
+            (9, b'c') => &[(b"Call-Info", CallInfo)],
+            (9, b's') => &[(b"Supported", Supported)],
+            (9, b't') => &[(b"Timestamp", Timestamp)],
+            (10, b'a') => &[(b"Alert-Info", AlertInfo)],
+            (10, b'e') => &[(b"Error-Info", ErrorInfo)],
+            (10, b'f') => &[(b"Flow-Timer", FlowTimer)],
+            (10, b'u') => &[(b"User-Agent", UserAgent)],
+            (11, b'i') => &[(b"In-Reply-To", InReplyTo)],
+            (11, b'm') => &[(b"Min-Expires", MinExpires)],
+            (11, b'r') => &[(b"Referred-By", ReferredBy), (b"Retry-After", RetryAfter)],
+            (11, b'u') => &[(b"Unsupported", Unsupported)],
+            (12, b'a') => &[(b"Allow-Events", AllowEvents)],
+            (12, b'c') => &[(b"Content-Type", ContentType)],
+            (12, b'm') => &[
+                (b"Max-Forwards", MaxForwards),
+                (b"MIME-Version", MimeVersion),
+            ],
+            (12, b'o') => &[(b"Organization", Organization)],
+            (12, b'r') => &[(b"Record-Route", RecordRoute)],
+            (13, b'a') => &[(b"Authorization", Authorization)],
+            (13, b'p') => &[(b"Proxy-Require", ProxyRequire)],
+            (13, b's') => &[(b"Service-Route", ServiceRoute)],
+            (14, b'c') => &[(b"Content-Length", ContentLength)],
+            (15, b'a') => &[
+                (b"Accept-Encoding", AcceptEncoding),
+                (b"Accept-Language", AcceptLanguage),
+            ],
+            (15, b's') => &[
+                (b"Session-Expires", SessionExpires),
+                (b"Security-Client", SecurityClient),
+                (b"Security-Server", SecurityServer),
+                (b"Security-Verify", SecurityVerify),
+            ],
+            (16, b'c') => &[
+                (b"Content-Encoding", ContentEncoding),
+                (b"Content-Language", ContentLanguage),
+            ],
+            (16, b'w') => &[(b"WWW-Authenticate", WwwAuthenticate)],
+            (18, b'p') => &[(b"Proxy-Authenticate", ProxyAuthenticate)],
+            (18, b's') => &[(b"Subscription-State", SubscriptionState)],
+            (19, b'a') => &[(b"Authentication-Info", AuthenticationInfo)],
+            (19, b'c') => &[(b"Content-Disposition", ContentDisposition)],
+            (19, b'p') => &[
+                (b"Proxy-Authorization", ProxyAuthorization),
+                (b"P-Asserted-Identity", PAssertedIdentity),
+            ],
+            _ => return Other,
+        };
+        candidates
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or(Other, |&(_, h)| h)
     }
 
     /// The canonical spelling (`Call-ID`, `CSeq`, `WWW-Authenticate`, …);

@@ -111,8 +111,14 @@ impl<'a> Via<'a> {
             c.i = save;
             None
         };
-        let params = Params::new(c.rest());
-        check_header_params(params)?;
+        // Only the shape is checked here (parameters start with `;`); the
+        // parameters' grammar is checked by `Message::validate`, so reading
+        // a branch stays cheap.
+        let rest = c.rest();
+        if !trim_lws(rest).is_empty() && !trim_lws(rest).starts_with(';') {
+            return Err(ValueError::Syntax);
+        }
+        let params = Params::new(rest);
         Ok(Via {
             protocol,
             version,
@@ -190,6 +196,7 @@ impl<'a> Via<'a> {
     }
 
     fn validate(&self) -> Result<(), ValueError> {
+        check_header_params(self.params)?;
         for (n, v) in self.params.iter() {
             let ok = match n.to_ascii_lowercase().as_str() {
                 "ttl" => self.ttl().is_some(),
@@ -280,7 +287,7 @@ impl<'a> ParamValue<'a> {
     /// Splits at the first `;` outside quotes and checks the parameters.
     pub fn parse(text: &'a str) -> Result<ParamValue<'a>, ValueError> {
         let text = trim_lws(text);
-        let (value, params) = match crate::chars::find_unquoted(text, 0, false, |b| b == b';') {
+        let (value, params) = match crate::chars::find_unquoted(text, 0, false, b';') {
             Some(i) => (
                 trim_lws(text.get(..i).unwrap_or("")),
                 text.get(i..).unwrap_or(""),
@@ -417,7 +424,8 @@ mod tests {
         assert_eq!(v.ttl(), Some(16));
         assert!(check_via("SIP/2.0/UDP h;ttl=300").is_err());
         assert!(Via::parse("SIP/2.0/UDP").is_err());
-        assert!(Via::parse("SIP/2.0/UDP h;;").is_err());
+        assert!(check_via("SIP/2.0/UDP h;;").is_err());
+        assert!(Via::parse("SIP/2.0/UDP h x").is_err());
         assert!(Via::parse("SIP/2.0 UDP h").is_err());
     }
 

@@ -25,6 +25,8 @@
 //! assert_eq!(msg.top_via().unwrap().received(), Some("198.51.100.7"));
 //! ```
 
+#![warn(missing_docs)]
+
 pub(crate) mod chars;
 pub mod digest;
 mod error;

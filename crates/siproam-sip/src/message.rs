@@ -63,11 +63,12 @@ impl Span {
     }
 }
 
-/// Text that is either a span of the parsed bytes or owned (after an edit).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Text that is either a span of the parsed bytes or, after an edit, an
+/// index into the message's owned strings (this keeps a field small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Text {
     Span(Span),
-    Owned(Bytes),
+    Owned(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -94,8 +95,24 @@ pub struct Message {
     start_raw: Option<Span>,
     fields: Vec<Field>,
     body: Bytes,
+    /// Text written by edits; `Text::Owned` indexes it.
+    owned: Vec<Box<str>>,
     edited: bool,
+    /// Where the fields every transaction needs are, kept by `reindex`.
+    index: Index,
 }
+
+/// The texts of the Call-ID, the CSeq and the top Via element, found once
+/// after parsing and after each edit.
+#[derive(Debug, Clone, Copy)]
+struct Index {
+    call_id: Text,
+    cseq_seq: u32,
+    cseq_method: Text,
+    top_via: Option<Text>,
+}
+
+const NO_TEXT: Text = Text::Span(Span { start: 0, end: 0 });
 
 /// One header field, as seen through [`Message::headers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,10 +158,10 @@ pub enum EditError {
     NotRequest,
 }
 
-fn text_of<'a>(buf: &'a [u8], t: &'a Text) -> &'a str {
+fn text_of<'a>(buf: &'a [u8], owned: &'a [Box<str>], t: &Text) -> &'a str {
     let bytes: &[u8] = match t {
         Text::Span(s) => buf.get(s.range()).unwrap_or_default(),
-        Text::Owned(b) => b,
+        Text::Owned(i) => return owned.get(*i as usize).map(|b| &**b).unwrap_or_default(),
     };
     // The header section was checked to be UTF-8 while parsing and owned
     // text comes from `&str`; the fallback is unreachable.
@@ -180,8 +197,8 @@ impl Message {
         .parse(&buf)
     }
 
-    fn text<'a>(&'a self, t: &'a Text) -> &'a str {
-        text_of(&self.buf, t)
+    fn text(&self, t: &Text) -> &str {
+        text_of(&self.buf, &self.owned, t)
     }
 
     // ----- start line -------------------------------------------------
@@ -207,8 +224,8 @@ impl Message {
         }
     }
 
-    /// The parsed Request-URI (`None` for a response). Parsing already
-    /// checked it, so this cannot fail for a request.
+    /// The parsed Request-URI (`None` for a response, or when it does not
+    /// follow its scheme's grammar, which [`Message::validate`] reports).
     pub fn request_uri(&self) -> Option<Uri<'_>> {
         self.request_uri_str().and_then(|u| Uri::parse(u).ok())
     }
@@ -274,26 +291,24 @@ impl Message {
 
     /// The Call-ID.
     pub fn call_id(&self) -> &str {
-        self.header(HeaderName::CallId)
-            .map(trim_lws)
-            .unwrap_or_default()
+        self.text(&self.index.call_id)
     }
 
     /// The CSeq.
     pub fn cseq(&self) -> CSeq<'_> {
-        self.header(HeaderName::CSeq)
-            .and_then(|v| CSeq::parse(v).ok())
-            .unwrap_or(CSeq {
-                seq: 0,
-                method: Method::Extension(""),
-            })
+        CSeq {
+            seq: self.index.cseq_seq,
+            method: Method::from_token(self.text(&self.index.cseq_method)),
+        }
     }
 
     /// The top Via element.
     pub fn top_via(&self) -> Result<Via<'_>, ParseError> {
-        let first = self.elements(HeaderName::Via).next();
-        let first = first.ok_or_else(|| self.error(ErrorKind::MissingHeader(HeaderName::Via)))?;
-        Via::parse(first).map_err(|e| self.header_error(HeaderName::Via, e))
+        let first = self
+            .index
+            .top_via
+            .ok_or_else(|| self.error(ErrorKind::MissingHeader(HeaderName::Via)))?;
+        Via::parse(self.text(&first)).map_err(|e| self.header_error(HeaderName::Via, e))
     }
 
     /// Every Via element, top first.
@@ -342,6 +357,14 @@ impl Message {
     /// Path elements in order (RFC 3327).
     pub fn paths(&self) -> impl Iterator<Item = Result<NameAddr<'_>, ValueError>> {
         self.elements(HeaderName::Path).map(NameAddr::parse)
+    }
+
+    /// Content-Length, if present (parsing checked it; on a datagram a
+    /// message may omit it, and then the body is the rest of the datagram).
+    pub fn content_length(&self) -> Option<usize> {
+        self.header(HeaderName::ContentLength)
+            .and_then(|v| headers::delta_seconds(v).ok())
+            .map(|n| n as usize)
     }
 
     /// Max-Forwards, if present.
@@ -503,6 +526,15 @@ impl Message {
     /// what every message needs: start line, Call-ID, CSeq, Content-Length
     /// and the presence of Via, From and To). Returns the first problem.
     pub fn validate(&self) -> Result<(), ParseError> {
+        if let Some(uri) = self.request_uri_str() {
+            match Uri::parse(uri) {
+                Err(e) => return Err(self.error(ErrorKind::InvalidRequestUri(e))),
+                Ok(Uri::Sip(s)) if !s.headers().is_empty() => {
+                    return Err(self.error(ErrorKind::InvalidRequestUri(UriError::Headers)));
+                }
+                Ok(_) => {}
+            }
+        }
         for f in &self.fields {
             let v = self.text(&f.value);
             let fail = |e: ValueError| Err(self.header_error(f.name, e));
@@ -692,8 +724,80 @@ impl Message {
 
     // ----- editing ----------------------------------------------------
 
-    fn owned(s: &str) -> Text {
-        Text::Owned(Bytes::copy_from_slice(s.as_bytes()))
+    /// Marks the message edited and finds Call-ID, CSeq and the top Via
+    /// again. Edits check their values first, so this cannot fail here.
+    fn touch(&mut self) {
+        self.edited = true;
+        if let Ok(index) = self.reindex() {
+            self.index = index;
+        }
+    }
+
+    /// A part of a text: a narrower span, or a new owned string.
+    fn sub(&mut self, t: Text, range: std::ops::Range<usize>) -> Text {
+        match t {
+            Text::Span(s) => Text::Span(Span::new(
+                s.start as usize + range.start,
+                s.start as usize + range.end,
+            )),
+            Text::Owned(_) => {
+                let part = self.text(&t).get(range).unwrap_or_default().to_owned();
+                self.own(&part)
+            }
+        }
+    }
+
+    /// Finds and checks Call-ID, CSeq (and its method against the
+    /// request's) and the top Via element.
+    fn reindex(&mut self) -> Result<Index, ParseError> {
+        let (mut call_id, mut cseq, mut via) = (None, None, None);
+        for f in &self.fields {
+            match f.name {
+                HeaderName::CallId if call_id.is_none() => call_id = Some(f.value),
+                HeaderName::CSeq if cseq.is_none() => cseq = Some(f.value),
+                HeaderName::Via if via.is_none() => via = Some(f.value),
+                _ => {}
+            }
+        }
+        let call_id =
+            call_id.ok_or_else(|| self.error(ErrorKind::MissingHeader(HeaderName::CallId)))?;
+        headers::check_call_id(self.text(&call_id))
+            .map_err(|e| self.header_error(HeaderName::CallId, e))?;
+        let cseq_text =
+            cseq.ok_or_else(|| self.error(ErrorKind::MissingHeader(HeaderName::CSeq)))?;
+        let value = self.text(&cseq_text);
+        let parsed = CSeq::parse(value).map_err(|e| self.header_error(HeaderName::CSeq, e))?;
+        if self
+            .method()
+            .is_some_and(|m| m.as_str() != parsed.method.as_str())
+        {
+            return Err(self.error(ErrorKind::CSeqMethodMismatch));
+        }
+        let (seq, method_len, value_len) = (parsed.seq, parsed.method.as_str().len(), value.len());
+        let cseq_method = self.sub(cseq_text, value_len - method_len..value_len);
+        let top_via = match via {
+            Some(v) => {
+                let value = self.text(&v);
+                let end = crate::chars::find_unquoted(value, 0, true, b',').unwrap_or(value.len());
+                let element = value.get(..end).unwrap_or_default();
+                let trimmed = element
+                    .trim_end_matches(|c: char| c.is_ascii_whitespace())
+                    .len();
+                Some(self.sub(v, 0..trimmed))
+            }
+            None => None,
+        };
+        Ok(Index {
+            call_id,
+            cseq_seq: seq,
+            cseq_method,
+            top_via,
+        })
+    }
+
+    fn own(&mut self, s: &str) -> Text {
+        self.owned.push(s.into());
+        Text::Owned((self.owned.len() - 1) as u32)
     }
 
     fn check_value(name: HeaderName, value: &str) -> Result<(), EditError> {
@@ -710,13 +814,45 @@ impl Message {
         Ok(())
     }
 
-    fn new_field(name: HeaderName, name_text: &str, value: &str) -> Field {
+    fn new_field(&mut self, name: HeaderName, name_text: &str, value: &str) -> Field {
+        let name_text = self.own(name_text);
+        let value = self.own(value);
         Field {
             name,
-            name_text: Self::owned(name_text),
-            value: Self::owned(value),
+            name_text,
+            value,
             raw: None,
         }
+    }
+
+    /// True when field `f` is a header called `name` (`known` is its
+    /// recognised form; unknown names compare their text).
+    fn is_named(&self, f: &Field, known: HeaderName, name: &str) -> bool {
+        f.name == known
+            && (known != HeaderName::Other || self.text(&f.name_text).eq_ignore_ascii_case(name))
+    }
+
+    /// Replaces field `i`'s value with owned text.
+    fn replace_value(&mut self, i: usize, value: &str) {
+        let t = self.own(value);
+        if let Some(f) = self.fields.get_mut(i) {
+            f.value = t;
+            f.raw = None;
+        }
+    }
+
+    /// Removes the fields for which `drop` is true; returns how many.
+    fn remove_fields(&mut self, drop: impl Fn(&Message, usize, &Field) -> bool) -> usize {
+        let mask: Vec<bool> = self
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| drop(self, i, f))
+            .collect();
+        let mut it = mask.iter();
+        let before = self.fields.len();
+        self.fields.retain(|_| !it.next().copied().unwrap_or(false));
+        before - self.fields.len()
     }
 
     fn resolve_name(name: &str) -> Result<(HeaderName, &str), EditError> {
@@ -737,31 +873,21 @@ impl Message {
         if known == HeaderName::CSeq {
             self.check_cseq_method(value)?;
         }
-        let matches = |m: &Message, f: &Field| {
-            f.name == known
-                && (known != HeaderName::Other || m.text(&f.name_text).eq_ignore_ascii_case(name))
-        };
-        let first = self.fields.iter().position(|f| matches(self, f));
+        let first = self
+            .fields
+            .iter()
+            .position(|f| self.is_named(f, known, name));
         match first {
             Some(i) => {
-                let mut idx = 0;
-                let buf = self.buf.clone();
-                self.fields.retain(|f| {
-                    let keep = idx <= i
-                        || !(f.name == known
-                            && (known != HeaderName::Other
-                                || text_of(&buf, &f.name_text).eq_ignore_ascii_case(name)));
-                    idx += 1;
-                    keep
-                });
-                if let Some(f) = self.fields.get_mut(i) {
-                    f.value = Self::owned(value);
-                    f.raw = None;
-                }
+                self.remove_fields(|m, idx, f| idx > i && m.is_named(f, known, name));
+                self.replace_value(i, value);
             }
-            None => self.fields.push(Self::new_field(known, canonical, value)),
+            None => {
+                let f = self.new_field(known, canonical, value);
+                self.fields.push(f);
+            }
         }
-        self.edited = true;
+        self.touch();
         Ok(())
     }
 
@@ -803,9 +929,9 @@ impl Message {
             return Err(EditError::InvalidValue(ValueError::MultipleValues));
         }
         let index = index.min(self.fields.len());
-        self.fields
-            .insert(index, Self::new_field(known, canonical, value));
-        self.edited = true;
+        let f = self.new_field(known, canonical, value);
+        self.fields.insert(index, f);
+        self.touch();
         Ok(())
     }
 
@@ -819,16 +945,9 @@ impl Message {
         ) {
             return Err(EditError::Mandatory(known));
         }
-        let before = self.fields.len();
-        let buf = self.buf.clone();
-        self.fields.retain(|f| {
-            !(f.name == known
-                && (known != HeaderName::Other
-                    || text_of(&buf, &f.name_text).eq_ignore_ascii_case(name)))
-        });
-        let removed = before - self.fields.len();
+        let removed = self.remove_fields(|m, _, f| m.is_named(f, known, name));
         if removed > 0 {
-            self.edited = true;
+            self.touch();
         }
         Ok(removed)
     }
@@ -852,7 +971,7 @@ impl Message {
                 let end = if single_valued {
                     None
                 } else {
-                    crate::chars::find_unquoted(v, start, true, |c| c == b',')
+                    crate::chars::find_unquoted(v, start, true, b',')
                 };
                 let stop = end.unwrap_or(v.len());
                 if n == occurrence {
@@ -920,11 +1039,8 @@ impl Message {
                 .filter(|&c| c != '\r' && c != '\n'),
         );
         Self::check_value(name, &new_value)?;
-        if let Some(f) = self.fields.get_mut(i) {
-            f.value = Self::owned(&new_value);
-            f.raw = None;
-        }
-        self.edited = true;
+        self.replace_value(i, &new_value);
+        self.touch();
         Ok(())
     }
 
@@ -979,12 +1095,9 @@ impl Message {
             self.fields.remove(i);
         } else {
             let rest: String = rest.chars().filter(|&c| c != '\r' && c != '\n').collect();
-            if let Some(f) = self.fields.get_mut(i) {
-                f.value = Self::owned(&rest);
-                f.raw = None;
-            }
+            self.replace_value(i, &rest);
         }
-        self.edited = true;
+        self.touch();
         Ok(())
     }
 
@@ -1037,12 +1150,15 @@ impl Message {
     /// Replaces the Request-URI.
     pub fn set_request_uri(&mut self, new_uri: &str) -> Result<(), EditError> {
         Uri::parse(new_uri)?;
-        match &mut self.start {
-            Start::Request { uri, .. } => *uri = Self::owned(new_uri),
-            Start::Response { .. } => return Err(EditError::NotRequest),
+        if !self.is_request() {
+            return Err(EditError::NotRequest);
+        }
+        let t = self.own(new_uri);
+        if let Start::Request { uri, .. } = &mut self.start {
+            *uri = t;
         }
         self.start_raw = None;
-        self.edited = true;
+        self.touch();
         Ok(())
     }
 
@@ -1056,7 +1172,7 @@ impl Message {
         }
         self.set_header("Content-Length", &body.len().to_string())?;
         self.body = body;
-        self.edited = true;
+        self.touch();
         Ok(())
     }
 }
@@ -1079,7 +1195,7 @@ fn param_split(name: HeaderName, element: &str) -> Result<usize, EditError> {
         }
         _ => 0,
     };
-    Ok(crate::chars::find_unquoted(element, start, false, |c| c == b';').unwrap_or(element.len()))
+    Ok(crate::chars::find_unquoted(element, start, false, b';').unwrap_or(element.len()))
 }
 
 fn check_param(param: &str, value: Option<Option<&str>>) -> Result<(), EditError> {
@@ -1266,8 +1382,8 @@ impl Parser<'_> {
         // header section: find its end first, check UTF-8 once
         let mut fields: Vec<Field> = Vec::with_capacity(24);
         let mut content_length: Option<usize> = None;
-        let (mut seen_call_id, mut seen_cseq, mut seen_from, mut seen_to, mut seen_via) =
-            (false, false, false, false, false);
+        // which of Via, From, To, Call-ID, CSeq have been seen (bit per header)
+        let mut seen = 0u8;
         let mut line_no = 1;
         let header_end;
         loop {
@@ -1290,17 +1406,19 @@ impl Parser<'_> {
             if matches!(line.first(), Some(b' ') | Some(b'\t')) {
                 return Err(self.err(ErrorKind::MalformedHeader { line: line_no }));
             }
-            let colon = memchr::memchr(b':', line)
-                .ok_or_else(|| self.err(ErrorKind::MalformedHeader { line: line_no }))?;
-            let name_bytes = line.get(..colon).unwrap_or_default();
-            let name_len = name_bytes
+            // name: a token, optional SP/HTAB, then the colon
+            let name_len = line
                 .iter()
-                .rposition(|&b| b != b' ' && b != b'\t')
-                .map_or(0, |p| p + 1);
-            let name_bytes = name_bytes.get(..name_len).unwrap_or_default();
-            if name_bytes.is_empty() || !name_bytes.iter().all(|&b| is_token(b)) {
+                .position(|&b| !is_token(b))
+                .unwrap_or(line.len());
+            let mut colon = name_len;
+            while matches!(line.get(colon), Some(b' ') | Some(b'\t')) {
+                colon += 1;
+            }
+            if name_len == 0 || line.get(colon) != Some(&b':') {
                 return Err(self.err(ErrorKind::MalformedHeader { line: line_no }));
             }
+            let name_bytes = line.get(..name_len).unwrap_or_default();
             let mut vstart = pos + colon + 1;
             while matches!(data.get(vstart), Some(b' ') | Some(b'\t')) {
                 vstart += 1;
@@ -1345,54 +1463,22 @@ impl Parser<'_> {
             }
             let name = HeaderName::from_bytes(name_bytes);
             let value = data.get(vstart..vend).unwrap_or_default();
-            match name {
-                HeaderName::CallId => {
-                    if std::mem::replace(&mut seen_call_id, true) {
-                        return Err(self.err(ErrorKind::DuplicateHeader(name)));
-                    }
-                    let v =
-                        std::str::from_utf8(value).map_err(|_| self.err(ErrorKind::InvalidUtf8))?;
-                    headers::check_call_id(v)
-                        .map_err(|e| ParseError::header(name, e, self.kind))?;
+            let bit = mandatory_bit(name);
+            if bit != 0 {
+                // Via may repeat; the other four may not
+                if seen & bit != 0 && name != HeaderName::Via {
+                    return Err(self.err(ErrorKind::DuplicateHeader(name)));
                 }
-                HeaderName::CSeq => {
-                    if std::mem::replace(&mut seen_cseq, true) {
-                        return Err(self.err(ErrorKind::DuplicateHeader(name)));
-                    }
-                    let v =
-                        std::str::from_utf8(value).map_err(|_| self.err(ErrorKind::InvalidUtf8))?;
-                    let cseq =
-                        CSeq::parse(v).map_err(|e| ParseError::header(name, e, self.kind))?;
-                    if let Start::Request { method, .. } = &start {
-                        if text_of(input, method) != cseq.method.as_str() {
-                            return Err(self.err(ErrorKind::CSeqMethodMismatch));
-                        }
-                    }
+                seen |= bit;
+            } else if name == HeaderName::ContentLength {
+                let v = std::str::from_utf8(value).map_err(|_| self.err(ErrorKind::InvalidUtf8))?;
+                let n = headers::delta_seconds(v)
+                    .map_err(|e| ParseError::header(name, e, self.kind))?
+                    as usize;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(self.err(ErrorKind::ContentLengthConflict));
                 }
-                HeaderName::ContentLength => {
-                    let v =
-                        std::str::from_utf8(value).map_err(|_| self.err(ErrorKind::InvalidUtf8))?;
-                    let n = headers::delta_seconds(v)
-                        .map_err(|e| ParseError::header(name, e, self.kind))?
-                        as usize;
-                    if content_length.is_some_and(|c| c != n) {
-                        return Err(self.err(ErrorKind::ContentLengthConflict));
-                    }
-                    content_length = Some(n);
-                }
-                HeaderName::From | HeaderName::To => {
-                    let seen = if name == HeaderName::From {
-                        &mut seen_from
-                    } else {
-                        &mut seen_to
-                    };
-                    let again = std::mem::replace(seen, true);
-                    if again {
-                        return Err(self.err(ErrorKind::DuplicateHeader(name)));
-                    }
-                }
-                HeaderName::Via => seen_via = true,
-                _ => {}
+                content_length = Some(n);
             }
             fields.push(Field {
                 name,
@@ -1402,17 +1488,18 @@ impl Parser<'_> {
             });
             pos = field_next;
         }
-        if std::str::from_utf8(data.get(..header_end).unwrap_or_default()).is_err() {
+        let section = data.get(..header_end).unwrap_or_default();
+        if !section.is_ascii() && std::str::from_utf8(section).is_err() {
             return Err(self.err(ErrorKind::InvalidUtf8));
         }
-        for (seen, name) in [
-            (seen_via, HeaderName::Via),
-            (seen_from, HeaderName::From),
-            (seen_to, HeaderName::To),
-            (seen_call_id, HeaderName::CallId),
-            (seen_cseq, HeaderName::CSeq),
+        for name in [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
         ] {
-            if !seen {
+            if seen & mandatory_bit(name) == 0 {
                 return Err(self.err(ErrorKind::MissingHeader(name)));
             }
         }
@@ -1460,14 +1547,23 @@ impl Parser<'_> {
             },
         };
         let body = buf.slice(header_end..total);
-        Ok(Message {
+        let mut msg = Message {
             buf,
             start,
             start_raw: Some(rebase(start_raw)),
             fields,
             body,
+            owned: Vec::new(),
             edited: false,
-        })
+            index: Index {
+                call_id: NO_TEXT,
+                cseq_seq: 0,
+                cseq_method: NO_TEXT,
+                top_via: None,
+            },
+        };
+        msg.index = msg.reindex()?;
+        Ok(msg)
     }
 
     fn start_line(&mut self, line: &[u8], offset: usize) -> Result<Start, ParseError> {
@@ -1533,18 +1629,27 @@ impl Parser<'_> {
                 ErrorKind::MalformedRequestLine
             }));
         }
+        // The URI's shape is checked here; its full grammar by `validate`
+        // (typed values are parsed lazily).
         let uri_str = std::str::from_utf8(uri).map_err(|_| self.err(ErrorKind::InvalidUtf8))?;
-        let parsed = Uri::parse(uri_str).map_err(|e| self.err(ErrorKind::InvalidRequestUri(e)))?;
-        if let Uri::Sip(s) = parsed {
-            if !s.headers().is_empty() {
-                return Err(self.err(ErrorKind::InvalidRequestUri(UriError::Headers)));
-            }
-        }
+        crate::uri::check_shape(uri_str).map_err(|e| self.err(ErrorKind::InvalidRequestUri(e)))?;
         let m_end = offset + method.len();
         Ok(Start::Request {
             method: Text::Span(Span::new(offset, m_end)),
             uri: Text::Span(Span::new(m_end + 1, m_end + 1 + uri.len())),
         })
+    }
+}
+
+/// A bit for each header every message must carry; 0 for the others.
+fn mandatory_bit(name: HeaderName) -> u8 {
+    match name {
+        HeaderName::Via => 1,
+        HeaderName::From => 2,
+        HeaderName::To => 4,
+        HeaderName::CallId => 8,
+        HeaderName::CSeq => 16,
+        _ => 0,
     }
 }
 

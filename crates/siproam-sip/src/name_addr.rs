@@ -35,7 +35,7 @@ impl<'a> NameAddr<'a> {
                 return Err(ValueError::DisplayName);
             }
             (text.get(..len), rest)
-        } else if let Some(lt) = find_unquoted(text, 0, false, |c| c == b'<') {
+        } else if let Some(lt) = find_unquoted(text, 0, false, b'<') {
             let d = trim_lws(text.get(..lt).unwrap_or(""));
             if !d.is_empty()
                 && !d
@@ -237,7 +237,7 @@ impl<'a> Iterator for ListIter<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let text = self.rest?;
-        match find_unquoted(text, 0, true, |c| c == b',') {
+        match find_unquoted(text, 0, true, b',') {
             Some(i) => {
                 self.rest = text.get(i + 1..);
                 text.get(..i).map(trim_lws)

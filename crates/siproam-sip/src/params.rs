@@ -100,12 +100,12 @@ impl<'a> Iterator for ParamsIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let text = self.rest?;
-        let (item, rest) = match find_unquoted(text, 0, false, |c| c == b';') {
+        let (item, rest) = match find_unquoted(text, 0, false, b';') {
             Some(i) => (text.get(..i)?, text.get(i + 1..)),
             None => (text, None),
         };
         self.rest = rest;
-        Some(match item.find('=') {
+        Some(match item.bytes().position(|b| b == b'=') {
             Some(eq) => (
                 trim_lws(item.get(..eq).unwrap_or("")),
                 Some(trim_lws(item.get(eq + 1..).unwrap_or(""))),
@@ -149,7 +149,7 @@ pub(crate) fn edit(text: &str, name: &str, value: Option<Option<&str>>) -> Strin
     if !text.is_empty() {
         let mut rest = Some(text);
         while let Some(t) = rest {
-            let (item, next) = match find_unquoted(t, 0, false, |c| c == b';') {
+            let (item, next) = match find_unquoted(t, 0, false, b';') {
                 Some(i) => (t.get(..i).unwrap_or(""), t.get(i + 1..)),
                 None => (t, None),
             };

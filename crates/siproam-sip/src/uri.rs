@@ -264,6 +264,31 @@ impl fmt::Display for Uri<'_> {
     }
 }
 
+/// The cheap check a parser makes of a Request-URI: not empty, not in
+/// `<>`, no white space, a valid scheme before a `:`.
+pub(crate) fn check_shape(text: &str) -> Result<(), UriError> {
+    if text.is_empty() {
+        return Err(UriError::Empty);
+    }
+    if text.starts_with('<') {
+        return Err(UriError::Enclosed);
+    }
+    if text
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(UriError::Whitespace);
+    }
+    let colon = text
+        .bytes()
+        .position(|b| b == b':')
+        .ok_or(UriError::Scheme)?;
+    if !valid_scheme(text.get(..colon).unwrap_or_default()) {
+        return Err(UriError::Scheme);
+    }
+    Ok(())
+}
+
 fn valid_scheme(s: &str) -> bool {
     let mut b = s.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic())

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use crate::chars::{is_token, is_token_str, trim_lws};
+use crate::chars::{is_lws, is_token, is_token_str, trim_lws};
 use crate::digest::{Challenge, Credentials};
 use crate::error::{ErrorKind, MessageKind, ParseError, UriError, ValueError};
 use crate::header::HeaderName;
@@ -781,7 +781,7 @@ impl Message {
                 let end = crate::chars::find_unquoted(value, 0, true, b',').unwrap_or(value.len());
                 let element = value.get(..end).unwrap_or_default();
                 let trimmed = element
-                    .trim_end_matches(|c: char| c.is_ascii_whitespace())
+                    .trim_end_matches(|c: char| c.is_ascii() && is_lws(c as u8))
                     .len();
                 Some(self.sub(v, 0..trimmed))
             }
@@ -979,11 +979,11 @@ impl Message {
                     let raw = v.get(start..stop)?;
                     let lead = raw.len()
                         - raw
-                            .trim_start_matches(|c: char| c.is_ascii_whitespace())
+                            .trim_start_matches(|c: char| c.is_ascii() && is_lws(c as u8))
                             .len();
                     let trail = raw.len()
                         - raw
-                            .trim_end_matches(|c: char| c.is_ascii_whitespace())
+                            .trim_end_matches(|c: char| c.is_ascii() && is_lws(c as u8))
                             .len();
                     return Some((i, start + lead..stop - trail));
                 }
@@ -1090,7 +1090,7 @@ impl Message {
         let rest = value
             .get(range.end..)
             .unwrap_or_default()
-            .trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+            .trim_start_matches(|c: char| c == ',' || (c.is_ascii() && is_lws(c as u8)));
         if rest.is_empty() {
             self.fields.remove(i);
         } else {

@@ -265,3 +265,14 @@ fn empty_via_elements_do_not_count_as_vias() {
         Some("SIP/2.0/TCP p;branch=z9hG4bK2")
     );
 }
+
+#[test]
+fn only_lws_separates_via_elements() {
+    // regression (fuzz): a form feed is not LWS, so "\x0c" is a (bad) Via
+    // element; removing the top Via must keep it rather than drop the field
+    let raw = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1,\t\x0c\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
+    let mut m = Message::parse(Bytes::from_static(raw.as_bytes())).unwrap();
+    m.remove_top_via().unwrap();
+    let back = Message::parse(m.to_bytes()).unwrap();
+    assert_eq!(back.header(HeaderName::Via), Some("\x0c"));
+}

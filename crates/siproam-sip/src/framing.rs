@@ -79,8 +79,17 @@ pub struct StreamFramer {
     limits: Limits,
     side: Side,
     failed: Option<FramingError>,
-    /// Bytes already scanned for the end of headers (resumes the search).
+    /// Bytes of the current message already scanned for the empty line
+    /// that ends its headers: each byte is looked at once, however the
+    /// stream is cut.
     scanned: usize,
+    /// Where the line being scanned starts.
+    line_start: usize,
+    /// The whole current message's length, once its headers are in.
+    pending: Option<usize>,
+    /// Bytes handed to the line search so far (a test checks that a
+    /// stream cut into one-byte pieces is still scanned once).
+    examined: usize,
 }
 
 impl StreamFramer {
@@ -92,6 +101,9 @@ impl StreamFramer {
             side,
             failed: None,
             scanned: 0,
+            line_start: 0,
+            pending: None,
+            examined: 0,
         }
     }
 
@@ -124,6 +136,9 @@ impl StreamFramer {
     }
 
     fn frame(&mut self) -> Result<Option<Frame>, FramingError> {
+        if let Some(total) = self.pending {
+            return Ok(self.take_message(total));
+        }
         // keep-alives between messages
         if self.buf.starts_with(b"\r\n") {
             if self.buf.starts_with(b"\r\n\r\n") {
@@ -142,30 +157,10 @@ impl StreamFramer {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        // end of the header section
-        let from = self.scanned.saturating_sub(3);
-        let Some(rel) = memchr::memmem::find(self.buf.get(from..).unwrap_or_default(), b"\r\n\r\n")
-        else {
-            self.scanned = self.buf.len();
-            if self.buf.len() > self.limits.max_message {
-                return Err(FramingError::TooLarge {
-                    limit: self.limits.max_message,
-                });
-            }
-            // the line being received must stay within the line limit
-            let last_line = self
-                .buf
-                .rsplit(|&b| b == b'\n')
-                .next()
-                .map_or(0, <[u8]>::len);
-            if last_line > self.limits.max_line {
-                return Err(FramingError::LineTooLong {
-                    limit: self.limits.max_line,
-                });
-            }
+        // end of the header section: the first empty line
+        let Some(header_end) = self.find_header_end()? else {
             return Ok(None);
         };
-        let header_end = from + rel + 4;
         let length = content_length(self.buf.get(..header_end).unwrap_or_default(), &self.limits)?;
         let total = header_end + length;
         if total > self.limits.max_message {
@@ -173,11 +168,53 @@ impl StreamFramer {
                 limit: self.limits.max_message,
             });
         }
+        self.pending = Some(total);
+        Ok(self.take_message(total))
+    }
+
+    /// Splits off the current message once all its bytes are in.
+    fn take_message(&mut self, total: usize) -> Option<Frame> {
         if self.buf.len() < total {
-            return Ok(None);
+            return None;
         }
         self.scanned = 0;
-        Ok(Some(Frame::Message(self.buf.split_to(total).freeze())))
+        self.line_start = 0;
+        self.pending = None;
+        Some(Frame::Message(self.buf.split_to(total).freeze()))
+    }
+
+    /// Scans the bytes not seen yet for the empty line (CRLF or bare LF)
+    /// that ends the header section; enforces the line and size limits.
+    fn find_header_end(&mut self) -> Result<Option<usize>, FramingError> {
+        let buf: &[u8] = &self.buf;
+        while let Some(rel) = memchr::memchr(b'\n', buf.get(self.scanned..).unwrap_or_default()) {
+            self.examined += rel + 1;
+            let nl = self.scanned + rel;
+            let line = buf.get(self.line_start..nl).unwrap_or_default();
+            if line.len() > self.limits.max_line {
+                return Err(FramingError::LineTooLong {
+                    limit: self.limits.max_line,
+                });
+            }
+            self.scanned = nl + 1;
+            self.line_start = nl + 1;
+            if line.is_empty() || line == b"\r" {
+                return Ok(Some(nl + 1));
+            }
+        }
+        self.examined += buf.len() - self.scanned;
+        self.scanned = buf.len();
+        if buf.len() > self.limits.max_message {
+            return Err(FramingError::TooLarge {
+                limit: self.limits.max_message,
+            });
+        }
+        if buf.len() - self.line_start > self.limits.max_line {
+            return Err(FramingError::LineTooLong {
+                limit: self.limits.max_line,
+            });
+        }
+        Ok(None)
     }
 }
 
@@ -248,6 +285,48 @@ mod tests {
             ]
         );
         assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn a_body_with_empty_lines_is_not_taken_for_headers() {
+        let msg: &[u8] = b"MESSAGE sip:b@h SIP/2.0\r\nl: 6\r\n\r\na\r\n\r\nb";
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        let mut got = Vec::new();
+        for chunk in msg.chunks(3) {
+            f.push(chunk);
+            got.extend(frames(&mut f));
+        }
+        assert_eq!(got, vec![Frame::Message(Bytes::from_static(msg))]);
+    }
+
+    #[test]
+    fn one_byte_pieces_are_scanned_once() {
+        // regression: every call rescanned the whole partial message for
+        // its last line, so a peer trickling bytes cost quadratic work
+        let mut msg = b"MESSAGE sip:b@h SIP/2.0\r\n".to_vec();
+        for _ in 0..2000 {
+            msg.extend_from_slice(b"X-Pad: 0123456789012345678901234567890\r\n");
+        }
+        msg.extend_from_slice(b"l: 0\r\n\r\n");
+        let mut f = StreamFramer::new(
+            Side::Server,
+            Limits {
+                max_message: 1 << 20,
+                ..Limits::default()
+            },
+        );
+        let mut got = 0;
+        for b in &msg {
+            f.push(std::slice::from_ref(b));
+            got += frames(&mut f).len();
+        }
+        assert_eq!(got, 1);
+        assert!(
+            f.examined <= msg.len(),
+            "examined {} bytes of {}",
+            f.examined,
+            msg.len()
+        );
     }
 
     #[test]

@@ -1392,6 +1392,11 @@ impl Parser<'_> {
                 None => return Err(self.err(ErrorKind::Unterminated)),
             };
             line_no += 1;
+            if end > self.limits.max_message {
+                return Err(self.err(ErrorKind::TooLarge {
+                    limit: self.limits.max_message,
+                }));
+            }
             if end - pos > self.limits.max_line {
                 return Err(self.err(ErrorKind::LineTooLong {
                     limit: self.limits.max_line,

@@ -195,6 +195,22 @@ pub(crate) fn find_unquoted(s: &str, from: usize, skip_angles: bool, target: u8)
     }
 }
 
+/// Decodes the quoted-pairs (`\x` → `x`) of a quoted string's inside.
+pub(crate) fn unescape_quoted_pairs(inner: &str) -> String {
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Parses a decimal number of at most `u32` range; no sign, no blanks.
 pub(crate) fn parse_u32(s: &str) -> Option<u32> {
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {

@@ -247,10 +247,6 @@ struct AuthValue<'a> {
     params: Vec<Param<'a>>,
 }
 
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
 /// RFC 3261 `token` and RFC 7230 `tchar` characters (their union).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -292,7 +288,7 @@ impl<'a> Cursor<'a> {
     /// Skips whitespace; tells whether any was skipped.
     fn skip_ws(&mut self) -> bool {
         let start = self.pos;
-        while self.peek().is_some_and(is_ws) {
+        while self.peek().is_some_and(crate::chars::is_lws) {
             self.pos += 1;
         }
         self.pos != start
@@ -336,26 +332,11 @@ impl<'a> Cursor<'a> {
             .ok_or_else(|| self.malformed())?;
         self.pos += 1;
         Ok(if escaped {
-            Cow::Owned(unescape(raw))
+            Cow::Owned(crate::chars::unescape_quoted_pairs(raw))
         } else {
             Cow::Borrowed(raw)
         })
     }
-}
-
-fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                out.push(next);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn parse_params<'a>(cur: &mut Cursor<'a>) -> Result<Vec<Param<'a>>, DigestError> {
@@ -497,12 +478,6 @@ impl fmt::Display for AuthValue<'_> {
     }
 }
 
-fn split_list(raw: &str) -> impl Iterator<Item = &str> {
-    raw.split(',')
-        .map(|s| s.trim_matches([' ', '\t', '\r', '\n']))
-        .filter(|s| !s.is_empty())
-}
-
 // ---------------------------------------------------------------------------
 // Challenge
 // ---------------------------------------------------------------------------
@@ -584,7 +559,7 @@ impl<'a> Challenge<'a> {
     /// The comma-separated tokens of the `qop` parameter, trimmed, unknown
     /// ones included; empty when the parameter is absent.
     pub fn qop_options(&self) -> impl Iterator<Item = &str> + '_ {
-        split_list(self.param("qop").unwrap_or(""))
+        crate::headers::tokens(self.param("qop").unwrap_or(""))
     }
 
     /// The `qop` a client should use: `auth` if offered, else `auth-int`;

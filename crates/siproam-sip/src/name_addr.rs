@@ -98,18 +98,7 @@ impl<'a> NameAddr<'a> {
         let d = self.display?;
         match d.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
             Some(inner) if inner.contains('\\') => {
-                let mut out = String::with_capacity(inner.len());
-                let mut chars = inner.chars();
-                while let Some(c) = chars.next() {
-                    if c == '\\' {
-                        if let Some(n) = chars.next() {
-                            out.push(n);
-                        }
-                    } else {
-                        out.push(c);
-                    }
-                }
-                Some(Cow::Owned(out))
+                Some(Cow::Owned(crate::chars::unescape_quoted_pairs(inner)))
             }
             Some(inner) => Some(Cow::Borrowed(inner)),
             None => Some(Cow::Borrowed(d)),

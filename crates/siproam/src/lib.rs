@@ -1,0 +1,7 @@
+//! # siproam — the tokio driver and public API
+//!
+//! Owns sockets (UDP, TCP, TLS), name resolution and the OS network
+//! monitor; drives the sans-IO core. Nothing in here decides protocol
+//! behaviour.
+
+pub mod transport;

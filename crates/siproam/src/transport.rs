@@ -1,0 +1,1 @@
+//! Transports: UDP, TCP and TLS listeners and connections (being written).

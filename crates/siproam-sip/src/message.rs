@@ -1676,6 +1676,8 @@ fn classify(line: &[u8]) -> MessageKind {
 #[derive(Debug, Clone)]
 pub struct MessageBuilder {
     text: Vec<u8>,
+    /// Where the header lines begin (after the start line).
+    headers_at: usize,
     body: Bytes,
 }
 
@@ -1687,8 +1689,10 @@ impl MessageBuilder {
         text.push(b' ');
         text.extend_from_slice(uri.as_bytes());
         text.extend_from_slice(b" SIP/2.0\r\n");
+        let headers_at = text.len();
         MessageBuilder {
             text,
+            headers_at,
             body: Bytes::new(),
         }
     }
@@ -1697,10 +1701,41 @@ impl MessageBuilder {
     pub fn response(code: u16, reason: &str) -> MessageBuilder {
         let mut text = Vec::with_capacity(512);
         text.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes());
+        let headers_at = text.len();
         MessageBuilder {
             text,
+            headers_at,
             body: Bytes::new(),
         }
+    }
+
+    /// Starts a response to `request` per RFC 3261 §8.2.6.2: its Via
+    /// headers (all, in order), From, To (with `to_tag` added when the To
+    /// has none and the code is above 100), Call-ID and CSeq are copied.
+    /// Add further headers, then [`MessageBuilder::build`].
+    pub fn response_to(
+        request: &Message,
+        code: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+    ) -> MessageBuilder {
+        let mut b = MessageBuilder::response(code, reason);
+        for v in request.header_values(HeaderName::Via) {
+            b = b.header("Via", v);
+        }
+        if let Some(from) = request.header(HeaderName::From) {
+            b = b.header("From", from);
+        }
+        if let Some(to) = request.header(HeaderName::To) {
+            let has_tag = request.to().is_ok_and(|t| t.tag().is_some());
+            b = match to_tag {
+                Some(tag) if !has_tag && code > 100 => b.header("To", &format!("{to};tag={tag}")),
+                _ => b.header("To", to),
+            };
+        }
+        b = b.header("Call-ID", request.call_id());
+        let cseq = request.cseq();
+        b.header("CSeq", &format!("{} {}", cseq.seq, cseq.method))
     }
 
     /// Adds a header line. CR and LF in the value are replaced by spaces
@@ -1715,6 +1750,35 @@ impl MessageBuilder {
         );
         self.text.extend_from_slice(b"\r\n");
         self
+    }
+
+    /// Adds a header line before all others (a Via added by the
+    /// transaction layer). CR and LF become spaces, as in
+    /// [`MessageBuilder::header`].
+    pub fn prepend_header(mut self, name: &str, value: &str) -> MessageBuilder {
+        let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+        line.extend_from_slice(name.as_bytes());
+        line.extend_from_slice(b": ");
+        line.extend(
+            value
+                .bytes()
+                .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
+        line.extend_from_slice(b"\r\n");
+        let at = self.headers_at.min(self.text.len());
+        self.text.splice(at..at, line);
+        self
+    }
+
+    /// True when a header line with this name was added (compact forms
+    /// count).
+    pub fn has_header(&self, name: HeaderName) -> bool {
+        self.text
+            .get(self.headers_at..)
+            .unwrap_or_default()
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.split(|&b| b == b':').next())
+            .any(|n| HeaderName::from_bytes(n.trim_ascii()) == name)
     }
 
     /// Sets the body and its Content-Type.

@@ -276,3 +276,26 @@ fn only_lws_separates_via_elements() {
     let back = Message::parse(m.to_bytes()).unwrap();
     assert_eq!(back.header(HeaderName::Via), Some("\x0c"));
 }
+
+#[test]
+fn response_to_copies_the_transaction_headers() {
+    let req = reg();
+    let resp = MessageBuilder::response_to(&req, 401, "Unauthorized", Some("srv1"))
+        .header(
+            "WWW-Authenticate",
+            "Digest realm=\"example.com\", nonce=\"n1\"",
+        )
+        .build()
+        .unwrap();
+    assert_eq!(resp.status(), Some(401));
+    assert_eq!(resp.vias().count(), 2);
+    assert_eq!(resp.top_via().unwrap().branch(), Some("z9hG4bKnashds7"));
+    assert_eq!(resp.call_id(), req.call_id());
+    assert_eq!(resp.cseq(), req.cseq());
+    assert_eq!(resp.to().unwrap().tag(), Some("srv1"));
+    assert_eq!(resp.from().unwrap().tag(), Some("456248"));
+    let trying = MessageBuilder::response_to(&req, 100, "Trying", Some("srv1"))
+        .build()
+        .unwrap();
+    assert_eq!(trying.to().unwrap().tag(), None, "no To tag on 100");
+}

@@ -1,0 +1,49 @@
+//! Configuration of the sans-IO endpoint: protocol timers and the seed.
+
+use std::time::Duration;
+
+use siproam_sip::Limits;
+
+/// Settings of an [`crate::Endpoint`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// RFC 3261 T1: RTT estimate (500 ms).
+    pub t1: Duration,
+    /// RFC 3261 T2: the longest retransmit interval for non-INVITE
+    /// requests and INVITE responses (4 s).
+    pub t2: Duration,
+    /// RFC 3261 T4: how long a message may stay in the network (5 s).
+    pub t4: Duration,
+    /// Timer D on unreliable transports (at least 32 s).
+    pub timer_d: Duration,
+    /// Answer an INVITE with 100 Trying at once.
+    pub send_100_trying: bool,
+    /// The User-Agent / Server header value, if any.
+    pub user_agent: Option<String>,
+    /// Seed of the only random generator the core uses.
+    pub seed: u64,
+    /// Limits for parsing received messages.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            timer_d: Duration::from_secs(32),
+            send_100_trying: true,
+            user_agent: Some(concat!("siproam/", env!("CARGO_PKG_VERSION")).to_owned()),
+            seed: 0x5EED,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// 64·T1: Timers B, F, H, J (unreliable), L and M.
+    pub fn t1x64(&self) -> Duration {
+        self.t1 * 64
+    }
+}

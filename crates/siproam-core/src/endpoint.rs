@@ -1,0 +1,1067 @@
+//! The sans-IO endpoint: inputs (`handle_*`, commands), outputs
+//! (`poll_transmit`, `poll_event`, `poll_timeout`), and the transaction
+//! layer of RFC 3261 §17 with RFC 6026.
+//!
+//! Call order, as in quinn-proto: feed an input, then drain
+//! `poll_transmit` and `poll_event` until they return `None`, then sleep
+//! until `poll_timeout` and call `handle_timeout`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siproam_sip::{Answer, HeaderName, Message, MessageBuilder, Method};
+
+use crate::config::Config;
+use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, Transport};
+use crate::registration::{Account, AccountId};
+use crate::rng::Rng;
+use crate::timers::{TimeoutReason, TimerKind, TimerOwner, TimerTable};
+
+/// A message for the driver to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The flow it belongs to (the driver maps it to a socket or
+    /// connection, opening one if needed).
+    pub flow: FlowId,
+    /// The transport.
+    pub transport: Transport,
+    /// The local address to send from, when the core knows it.
+    pub local: Option<SocketAddr>,
+    /// Where to send it.
+    pub remote: SocketAddr,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+/// Where to send a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The transport.
+    pub transport: Transport,
+    /// The next hop's address (already resolved: the core does no DNS).
+    pub remote: SocketAddr,
+    /// The local address to send from, if it matters.
+    pub local: Option<SocketAddr>,
+}
+
+/// A client transaction started by [`Endpoint::send_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// A server transaction, to answer with [`Endpoint::respond`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerTxId(pub u64);
+
+/// Why a client transaction failed without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// Timer B or F fired (treated as a 408).
+    Timeout,
+    /// The flow failed (treated as a 503, RFC 3261 §8.1.3.1).
+    Transport(FlowCloseReason),
+}
+
+/// What the endpoint reports to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A request arrived. Answer it with [`Endpoint::respond`] (`tx` is
+    /// `None` for an ACK to a 2xx, which has no transaction).
+    IncomingRequest {
+        /// The server transaction.
+        tx: Option<ServerTxId>,
+        /// The flow it came on.
+        flow: FlowId,
+        /// The request (Via already stamped with `received`/`rport`).
+        request: Message,
+    },
+    /// A response to a request sent with [`Endpoint::send_request`].
+    Response {
+        /// The request.
+        request: RequestId,
+        /// The response.
+        response: Message,
+    },
+    /// A request sent with [`Endpoint::send_request`] got no response.
+    RequestFailed {
+        /// The request.
+        request: RequestId,
+        /// Why.
+        reason: RequestFailure,
+    },
+    /// An INVITE server transaction sent a failure response and no ACK came
+    /// (Timer H).
+    AckTimeout {
+        /// The transaction.
+        tx: ServerTxId,
+    },
+    /// A registration changed state.
+    Registration(crate::registration::RegistrationEvent),
+    /// A flow ended (the driver reported it, or the core closed it).
+    FlowClosed {
+        /// The flow.
+        flow: FlowId,
+        /// Why.
+        reason: FlowCloseReason,
+    },
+    /// A message could not be used and was dropped (a broken response, or
+    /// a request too broken to answer).
+    Dropped {
+        /// Where it came from.
+        remote: SocketAddr,
+        /// Why.
+        error: siproam_sip::ParseError,
+    },
+}
+
+/// Errors from the endpoint's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// The server transaction is gone (already answered or timed out).
+    #[error("no such transaction")]
+    NoSuchTransaction,
+    /// The account is unknown.
+    #[error("no such account")]
+    NoSuchAccount,
+    /// A message could not be built or edited.
+    #[error("invalid message: {0}")]
+    Edit(#[from] siproam_sip::EditError),
+    /// A message could not be built.
+    #[error("invalid message: {0}")]
+    Build(#[from] siproam_sip::ParseError),
+    /// A response was given that does not fit the transaction (a 1xx
+    /// after a final, a response to an ACK …).
+    #[error("response not allowed in this transaction state")]
+    InvalidState,
+}
+
+/// Who a client transaction reports to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxOwner {
+    App(RequestId),
+    Account(AccountId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientState {
+    /// INVITE sent, nothing back (Timer A, B).
+    Calling,
+    /// Non-INVITE sent, nothing back (Timer E, F).
+    Trying,
+    /// A provisional response came.
+    Proceeding,
+    /// A failure (INVITE, Timer D) or any final (non-INVITE, Timer K).
+    Completed,
+    /// A 2xx to an INVITE (RFC 6026, Timer M).
+    Accepted,
+}
+
+#[derive(Debug)]
+struct ClientTx {
+    invite: bool,
+    state: ClientState,
+    branch: String,
+    method: String,
+    request: Bytes,
+    flow: FlowId,
+    transport: Transport,
+    owner: TxOwner,
+    /// Current retransmission interval (Timer A / E).
+    interval: Duration,
+    /// The ACK for a failure response, kept to answer retransmissions.
+    ack: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerState {
+    /// Non-INVITE received, not answered.
+    Trying,
+    /// A provisional response was sent (INVITE: from the start).
+    Proceeding,
+    /// A final response was sent (INVITE failure: Timer G/H; non-INVITE:
+    /// Timer J).
+    Completed,
+    /// The ACK came (Timer I).
+    Confirmed,
+    /// A 2xx was sent to an INVITE (RFC 6026, Timer L).
+    Accepted,
+}
+
+#[derive(Debug)]
+struct ServerTx {
+    invite: bool,
+    state: ServerState,
+    key: String,
+    flow: FlowId,
+    last_response: Option<Bytes>,
+    interval: Duration,
+}
+
+/// A place the endpoint listens on, as the driver bound it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenPoint {
+    /// The transport.
+    pub transport: Transport,
+    /// The bound address (may be a wildcard).
+    pub addr: SocketAddr,
+}
+
+/// The sans-IO SIP endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub(crate) config: Config,
+    pub(crate) rng: Rng,
+    pub(crate) flows: FlowTable,
+    pub(crate) timers: TimerTable,
+    client_txs: HashMap<u64, ClientTx>,
+    client_index: HashMap<(String, String), u64>,
+    server_txs: HashMap<u64, ServerTx>,
+    server_index: HashMap<String, u64>,
+    pub(crate) accounts: HashMap<u32, Account>,
+    pub(crate) listen_points: Vec<ListenPoint>,
+    transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<Event>,
+    next_tx: u64,
+    pub(crate) next_account: u32,
+}
+
+impl Endpoint {
+    /// A new endpoint.
+    pub fn new(config: Config) -> Endpoint {
+        let rng = Rng::new(config.seed);
+        Endpoint {
+            config,
+            rng,
+            flows: FlowTable::default(),
+            timers: TimerTable::default(),
+            client_txs: HashMap::new(),
+            client_index: HashMap::new(),
+            server_txs: HashMap::new(),
+            server_index: HashMap::new(),
+            accounts: HashMap::new(),
+            listen_points: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tx: 0,
+            next_account: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Endpoint::handle_timeout`] next, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, TimeoutReason)> {
+        self.timers.next()
+    }
+
+    /// When a timer fires, if it is set (for tests and diagnostics).
+    pub fn timer_deadline(&self, owner: TimerOwner, kind: TimerKind) -> Option<Instant> {
+        self.timers.deadline(owner, kind)
+    }
+
+    /// How many timers are pending.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// How many transactions are alive (client, server).
+    pub fn transaction_count(&self) -> (usize, usize) {
+        (self.client_txs.len(), self.server_txs.len())
+    }
+
+    /// A flow's details.
+    pub fn flow(&self, id: FlowId) -> Option<&Flow> {
+        self.flows.get(id)
+    }
+
+    /// Every flow the core knows.
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.iter()
+    }
+
+    // ----- inputs from the driver --------------------------------------
+
+    /// Tells the core where the driver listens (used for Via and Contact
+    /// when a flow's local address is not known yet).
+    pub fn add_listen_point(&mut self, point: ListenPoint) {
+        self.listen_points
+            .retain(|p| p.transport != point.transport || p.addr != point.addr);
+        self.listen_points.push(point);
+    }
+
+    /// Forgets every listen point (before a listener restart re-adds them).
+    pub fn clear_listen_points(&mut self) {
+        self.listen_points.clear();
+    }
+
+    /// A UDP datagram arrived on `local` from `remote`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: Bytes,
+    ) {
+        if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+            return; // a keep-alive, not a message
+        }
+        let flow = self.flows.inbound(Transport::Udp, local, remote);
+        self.handle_message(now, flow, remote, data);
+    }
+
+    /// The driver accepted a TCP/TLS connection: returns its flow.
+    pub fn handle_flow_accepted(
+        &mut self,
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> FlowId {
+        self.flows.inbound(transport, local, remote)
+    }
+
+    /// An outgoing connection is up; its local address is now known.
+    pub fn handle_flow_established(&mut self, flow: FlowId, local: SocketAddr) {
+        self.flows.set_local(flow, local);
+    }
+
+    /// A whole message arrived on a TCP/TLS flow (framed by the driver).
+    pub fn handle_stream_message(&mut self, now: Instant, flow: FlowId, data: Bytes) {
+        let Some(remote) = self.flows.get(flow).map(|f| f.remote) else {
+            return;
+        };
+        self.handle_message(now, flow, remote, data);
+    }
+
+    /// A flow ended: everything using it is told.
+    pub fn handle_flow_closed(&mut self, now: Instant, flow: FlowId, reason: FlowCloseReason) {
+        if self.flows.remove(flow).is_none() {
+            return;
+        }
+        // client transactions still waiting fail with a transport error
+        let failed: Vec<u64> = self
+            .client_txs
+            .iter()
+            .filter(|(_, t)| {
+                t.flow == flow
+                    && matches!(
+                        t.state,
+                        ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+                    )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(tx) = self.remove_client(id) {
+                self.client_failed(now, tx.owner, RequestFailure::Transport(reason));
+            }
+        }
+        let dead: Vec<u64> = self
+            .server_txs
+            .iter()
+            .filter(|(_, t)| t.flow == flow)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.remove_server(id);
+        }
+        self.events.push_back(Event::FlowClosed { flow, reason });
+        self.accounts_flow_closed(now, flow, reason);
+    }
+
+    /// Timers due at `now` fire.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(reason) = self.timers.pop_due(now) {
+            match reason.owner {
+                TimerOwner::ClientTx(id) => self.client_timer(now, id, reason.kind),
+                TimerOwner::ServerTx(id) => self.server_timer(now, id, reason.kind),
+                TimerOwner::Account(id) => self.account_timer(now, AccountId(id)),
+                TimerOwner::Flow(_) => {}
+            }
+        }
+    }
+
+    fn handle_message(&mut self, now: Instant, flow: FlowId, remote: SocketAddr, data: Bytes) {
+        let msg = match Message::parse_with(data, &self.config.limits) {
+            Ok(m) => m,
+            Err(error) => {
+                self.events.push_back(Event::Dropped { remote, error });
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.handle_request(now, flow, remote, msg);
+        } else {
+            self.handle_response(now, msg, remote);
+        }
+    }
+
+    // ----- client transactions -----------------------------------------
+
+    /// The address to put in Via and Contact for a flow: its local
+    /// address, else a listen point of its transport, else the target's
+    /// local address.
+    pub(crate) fn local_for(
+        &self,
+        flow: FlowId,
+        transport: Transport,
+        hint: Option<SocketAddr>,
+    ) -> SocketAddr {
+        let known = self
+            .flows
+            .get(flow)
+            .and_then(|f| f.local)
+            .filter(|a| !a.ip().is_unspecified());
+        let point = self
+            .listen_points
+            .iter()
+            .find(|p| p.transport == transport && !p.addr.ip().is_unspecified())
+            .map(|p| p.addr);
+        let any_point = self
+            .listen_points
+            .iter()
+            .find(|p| p.transport == transport)
+            .map(|p| p.addr);
+        let mut addr = known
+            .or(hint.filter(|a| !a.ip().is_unspecified()))
+            .or(point)
+            .or(hint)
+            .or(any_point)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        // a stream's ephemeral port is useless to the peer: advertise the
+        // listening port of that transport when there is one
+        if transport.is_reliable() {
+            if let Some(p) = self.listen_points.iter().find(|p| p.transport == transport) {
+                addr.set_port(p.addr.port());
+            }
+        } else if addr.port() == 0 {
+            if let Some(p) = any_point {
+                addr.set_port(p.port());
+            }
+        }
+        addr
+    }
+
+    /// Sends a request in a new client transaction. Build it without a
+    /// Via: the core adds the top Via (with a fresh branch and `rport`),
+    /// Max-Forwards and User-Agent when absent. Responses come back as
+    /// [`Event::Response`].
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        request: MessageBuilder,
+        target: Target,
+    ) -> Result<RequestId, CoreError> {
+        self.next_tx += 1;
+        let id = RequestId(self.next_tx);
+        self.start_client_tx(now, request, target, TxOwner::App(id))?;
+        Ok(id)
+    }
+
+    pub(crate) fn start_client_tx(
+        &mut self,
+        now: Instant,
+        request: MessageBuilder,
+        target: Target,
+        owner: TxOwner,
+    ) -> Result<FlowId, CoreError> {
+        let flow = self
+            .flows
+            .towards(target.transport, target.remote, target.local);
+        let local = self.local_for(flow, target.transport, target.local);
+        let branch = format!("z9hG4bK{}", self.rng.token(16));
+        let via = format!(
+            "SIP/2.0/{} {};rport;branch={}",
+            target.transport.via_token(),
+            fmt_hostport(local),
+            branch
+        );
+        let mut b = request.prepend_header("Via", &via);
+        if !b.has_header(HeaderName::MaxForwards) {
+            b = b.header("Max-Forwards", "70");
+        }
+        if let (false, Some(ua)) = (
+            b.has_header(HeaderName::UserAgent),
+            self.config.user_agent.as_deref(),
+        ) {
+            b = b.header("User-Agent", ua);
+        }
+        let request = b.build()?;
+        let method = request
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let invite = method == "INVITE";
+        let bytes = request.to_bytes();
+        if method == "ACK" {
+            // an ACK (to a 2xx) has no transaction
+            self.push_transmit(flow, target, bytes);
+            return Ok(flow);
+        }
+        self.next_tx += 1;
+        let id = self.next_tx;
+        let tx = ClientTx {
+            invite,
+            state: if invite {
+                ClientState::Calling
+            } else {
+                ClientState::Trying
+            },
+            branch: branch.clone(),
+            method: method.clone(),
+            request: bytes.clone(),
+            flow,
+            transport: target.transport,
+            owner,
+            interval: self.config.t1,
+            ack: None,
+        };
+        self.push_transmit(flow, target, bytes);
+        let owner_key = TimerOwner::ClientTx(id);
+        if !target.transport.is_reliable() {
+            self.timers.set(
+                owner_key,
+                if invite { TimerKind::A } else { TimerKind::E },
+                now + self.config.t1,
+            );
+        }
+        self.timers.set(
+            owner_key,
+            if invite { TimerKind::B } else { TimerKind::F },
+            now + self.config.t1x64(),
+        );
+        self.client_index.insert((branch, method), id);
+        self.client_txs.insert(id, tx);
+        Ok(flow)
+    }
+
+    fn push_transmit(&mut self, flow: FlowId, target: Target, payload: Bytes) {
+        let local = self.flows.get(flow).and_then(|f| f.local).or(target.local);
+        self.transmits.push_back(Transmit {
+            flow,
+            transport: target.transport,
+            local,
+            remote: target.remote,
+            payload,
+        });
+    }
+
+    fn transmit_on(&mut self, flow: FlowId, payload: Bytes) {
+        if let Some(f) = self.flows.get(flow) {
+            self.transmits.push_back(Transmit {
+                flow,
+                transport: f.transport,
+                local: f.local,
+                remote: f.remote,
+                payload,
+            });
+        }
+    }
+
+    fn remove_client(&mut self, id: u64) -> Option<ClientTx> {
+        let tx = self.client_txs.remove(&id)?;
+        self.client_index
+            .remove(&(tx.branch.clone(), tx.method.clone()));
+        self.timers.cancel_all(TimerOwner::ClientTx(id));
+        Some(tx)
+    }
+
+    fn client_failed(&mut self, now: Instant, owner: TxOwner, reason: RequestFailure) {
+        match owner {
+            TxOwner::App(request) => self
+                .events
+                .push_back(Event::RequestFailed { request, reason }),
+            TxOwner::Account(account) => self.account_failed(now, account, reason),
+        }
+    }
+
+    fn client_response(
+        &mut self,
+        now: Instant,
+        owner: TxOwner,
+        response: Message,
+        remote: SocketAddr,
+    ) {
+        match owner {
+            TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
+            TxOwner::Account(account) => self.account_response(now, account, response, remote),
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, resp: Message, remote: SocketAddr) {
+        let Ok(via) = resp.top_via() else {
+            return;
+        };
+        let Some(branch) = via.branch() else {
+            return;
+        };
+        let key = (branch.to_owned(), resp.cseq().method.as_str().to_owned());
+        let Some(&id) = self.client_index.get(&key) else {
+            return; // a stray or late response: dropped (RFC 3261 §18.1.2)
+        };
+        let code = resp.status().unwrap_or(0);
+        let Some(tx) = self.client_txs.get_mut(&id) else {
+            return;
+        };
+        let owner = tx.owner;
+        let reliable = tx.transport.is_reliable();
+        let timer = TimerOwner::ClientTx(id);
+        match (tx.invite, tx.state, code) {
+            (
+                _,
+                ClientState::Calling | ClientState::Trying | ClientState::Proceeding,
+                100..=199,
+            ) => {
+                tx.state = ClientState::Proceeding;
+                if tx.invite {
+                    self.timers.cancel(timer, TimerKind::A);
+                    // RFC 3261 §17.1.1.2: Timer B only bounds Calling
+                    self.timers.cancel(timer, TimerKind::B);
+                }
+                self.client_response(now, owner, resp, remote);
+            }
+            (true, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
+                tx.state = ClientState::Accepted;
+                self.timers.cancel(timer, TimerKind::A);
+                self.timers.cancel(timer, TimerKind::B);
+                self.timers
+                    .set(timer, TimerKind::M, now + self.config.t1x64());
+                self.client_response(now, owner, resp, remote);
+            }
+            (true, ClientState::Accepted, 200..=299) => {
+                // RFC 6026: retransmitted or forked 2xx go to the TU
+                self.client_response(now, owner, resp, remote);
+            }
+            (true, ClientState::Calling | ClientState::Proceeding, 300..=699) => {
+                let ack = build_ack(&tx.request, &resp);
+                tx.state = ClientState::Completed;
+                tx.ack = ack.clone();
+                let flow = tx.flow;
+                self.timers.cancel(timer, TimerKind::A);
+                self.timers.cancel(timer, TimerKind::B);
+                if let Some(ack) = ack {
+                    self.transmit_on(flow, ack);
+                }
+                if reliable {
+                    self.remove_client(id);
+                } else {
+                    self.timers
+                        .set(timer, TimerKind::D, now + self.config.timer_d);
+                }
+                self.client_response(now, owner, resp, remote);
+            }
+            (true, ClientState::Completed, 300..=699) => {
+                // retransmitted failure: ACK again, not passed up
+                if let Some(ack) = tx.ack.clone() {
+                    let flow = tx.flow;
+                    self.transmit_on(flow, ack);
+                }
+            }
+            (false, ClientState::Trying | ClientState::Proceeding, 200..=699) => {
+                tx.state = ClientState::Completed;
+                self.timers.cancel(timer, TimerKind::E);
+                self.timers.cancel(timer, TimerKind::F);
+                if reliable {
+                    self.remove_client(id);
+                } else {
+                    self.timers.set(timer, TimerKind::K, now + self.config.t4);
+                }
+                self.client_response(now, owner, resp, remote);
+            }
+            _ => {} // absorbed
+        }
+    }
+
+    fn client_timer(&mut self, now: Instant, id: u64, kind: TimerKind) {
+        let Some(tx) = self.client_txs.get_mut(&id) else {
+            return;
+        };
+        let timer = TimerOwner::ClientTx(id);
+        match kind {
+            TimerKind::A if tx.state == ClientState::Calling => {
+                tx.interval *= 2;
+                let (flow, bytes, next) = (tx.flow, tx.request.clone(), now + tx.interval);
+                self.transmit_on(flow, bytes);
+                self.timers.set(timer, TimerKind::A, next);
+            }
+            TimerKind::E if matches!(tx.state, ClientState::Trying | ClientState::Proceeding) => {
+                // Trying: double up to T2; Proceeding: every T2
+                tx.interval = if tx.state == ClientState::Proceeding {
+                    self.config.t2
+                } else {
+                    (tx.interval * 2).min(self.config.t2)
+                };
+                let (flow, bytes, next) = (tx.flow, tx.request.clone(), now + tx.interval);
+                self.transmit_on(flow, bytes);
+                self.timers.set(timer, TimerKind::E, next);
+            }
+            TimerKind::B | TimerKind::F => {
+                if let Some(tx) = self.remove_client(id) {
+                    self.client_failed(now, tx.owner, RequestFailure::Timeout);
+                }
+            }
+            TimerKind::D | TimerKind::K | TimerKind::M => {
+                self.remove_client(id);
+            }
+            _ => {}
+        }
+    }
+
+    // ----- server transactions -----------------------------------------
+
+    fn handle_request(&mut self, now: Instant, flow: FlowId, remote: SocketAddr, mut req: Message) {
+        // RFC 3261 §18.2.1 and RFC 3581: note where it really came from
+        stamp_received(&mut req, remote);
+        if let Err(e) = req.validate() {
+            if let Answer::Respond(code) = e.answer() {
+                if req.method() != Some(Method::Ack) {
+                    self.stateless_response(flow, &req, code, reason_phrase(code));
+                }
+            } else {
+                self.events.push_back(Event::Dropped { remote, error: e });
+            }
+            return;
+        }
+        let method = req
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let key = server_key(&req, &method);
+        if let Some(&id) = self.server_index.get(&key) {
+            self.server_retransmission(now, id, &method);
+            return;
+        }
+        if method == "ACK" {
+            // an ACK matching no transaction: the ACK for a 2xx, for the TU
+            self.events.push_back(Event::IncomingRequest {
+                tx: None,
+                flow,
+                request: req,
+            });
+            return;
+        }
+        self.next_tx += 1;
+        let id = self.next_tx;
+        let invite = method == "INVITE";
+        let tx = ServerTx {
+            invite,
+            state: if invite {
+                ServerState::Proceeding
+            } else {
+                ServerState::Trying
+            },
+            key: key.clone(),
+            flow,
+            last_response: None,
+            interval: self.config.t1,
+        };
+        self.server_index.insert(key, id);
+        self.server_txs.insert(id, tx);
+        if invite && self.config.send_100_trying {
+            if let Ok(trying) = MessageBuilder::response_to(&req, 100, "Trying", None).build() {
+                let bytes = trying.to_bytes();
+                if let Some(tx) = self.server_txs.get_mut(&id) {
+                    tx.last_response = Some(bytes.clone());
+                }
+                self.transmit_on(flow, bytes);
+            }
+        }
+        self.events.push_back(Event::IncomingRequest {
+            tx: Some(ServerTxId(id)),
+            flow,
+            request: req,
+        });
+    }
+
+    fn server_retransmission(&mut self, now: Instant, id: u64, method: &str) {
+        let Some(tx) = self.server_txs.get_mut(&id) else {
+            return;
+        };
+        let timer = TimerOwner::ServerTx(id);
+        if method == "ACK" {
+            if tx.invite && tx.state == ServerState::Completed {
+                tx.state = ServerState::Confirmed;
+                self.timers.cancel(timer, TimerKind::G);
+                self.timers.cancel(timer, TimerKind::H);
+                let reliable = self
+                    .flows
+                    .get(tx.flow)
+                    .is_some_and(|f| f.transport.is_reliable());
+                if reliable {
+                    self.remove_server(id);
+                } else {
+                    self.timers.set(timer, TimerKind::I, now + self.config.t4);
+                }
+            }
+            return;
+        }
+        // a retransmitted request: resend the last response (not in
+        // Trying, and an INVITE in Accepted is absorbed, RFC 6026)
+        match tx.state {
+            ServerState::Proceeding | ServerState::Completed => {
+                if let Some(bytes) = tx.last_response.clone() {
+                    let flow = tx.flow;
+                    self.transmit_on(flow, bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a request received as [`Event::IncomingRequest`].
+    pub fn respond(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        response: Message,
+    ) -> Result<(), CoreError> {
+        let id = tx.0;
+        let code = response.status().ok_or(CoreError::InvalidState)?;
+        let bytes = response.to_bytes();
+        let t = self
+            .server_txs
+            .get_mut(&id)
+            .ok_or(CoreError::NoSuchTransaction)?;
+        let timer = TimerOwner::ServerTx(id);
+        let flow = t.flow;
+        let reliable = self
+            .flows
+            .get(flow)
+            .is_none_or(|f| f.transport.is_reliable());
+        match (t.invite, t.state, code) {
+            (_, ServerState::Trying | ServerState::Proceeding, 100..=199) => {
+                t.state = ServerState::Proceeding;
+                t.last_response = Some(bytes.clone());
+            }
+            (true, ServerState::Proceeding, 200..=299) => {
+                t.state = ServerState::Accepted;
+                t.last_response = Some(bytes.clone());
+                self.timers
+                    .set(timer, TimerKind::L, now + self.config.t1x64());
+            }
+            (true, ServerState::Accepted, 200..=299) => {
+                // the TU retransmits its 2xx through the transaction
+            }
+            (true, ServerState::Proceeding, 300..=699) => {
+                t.state = ServerState::Completed;
+                t.last_response = Some(bytes.clone());
+                if !reliable {
+                    self.timers.set(timer, TimerKind::G, now + self.config.t1);
+                }
+                self.timers
+                    .set(timer, TimerKind::H, now + self.config.t1x64());
+            }
+            (false, ServerState::Trying | ServerState::Proceeding, 200..=699) => {
+                t.state = ServerState::Completed;
+                t.last_response = Some(bytes.clone());
+                if reliable {
+                    self.transmit_on(flow, bytes);
+                    self.remove_server(id);
+                    return Ok(());
+                }
+                self.timers
+                    .set(timer, TimerKind::J, now + self.config.t1x64());
+            }
+            _ => return Err(CoreError::InvalidState),
+        }
+        self.transmit_on(flow, bytes);
+        Ok(())
+    }
+
+    fn server_timer(&mut self, now: Instant, id: u64, kind: TimerKind) {
+        let Some(tx) = self.server_txs.get_mut(&id) else {
+            return;
+        };
+        let timer = TimerOwner::ServerTx(id);
+        match kind {
+            TimerKind::G if tx.state == ServerState::Completed => {
+                tx.interval = (tx.interval * 2).min(self.config.t2);
+                let (flow, bytes, next) = (tx.flow, tx.last_response.clone(), now + tx.interval);
+                if let Some(bytes) = bytes {
+                    self.transmit_on(flow, bytes);
+                }
+                self.timers.set(timer, TimerKind::G, next);
+            }
+            TimerKind::H => {
+                self.remove_server(id);
+                self.events
+                    .push_back(Event::AckTimeout { tx: ServerTxId(id) });
+            }
+            TimerKind::I | TimerKind::J | TimerKind::L => {
+                self.remove_server(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_server(&mut self, id: u64) {
+        if let Some(tx) = self.server_txs.remove(&id) {
+            self.server_index.remove(&tx.key);
+            self.timers.cancel_all(TimerOwner::ServerTx(id));
+        }
+    }
+
+    fn stateless_response(&mut self, flow: FlowId, req: &Message, code: u16, reason: &str) {
+        let tag = self.rng.token(10);
+        if let Ok(resp) = MessageBuilder::response_to(req, code, reason, Some(&tag)).build() {
+            self.transmit_on(flow, resp.to_bytes());
+        }
+    }
+
+    /// Answers a request the application does not handle the way a plain
+    /// user agent would: OPTIONS → 200 with Allow/Accept/Supported, BYE
+    /// and CANCEL with no dialog → 481, anything else → 405 with Allow.
+    pub fn respond_default(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Message,
+    ) -> Result<(), CoreError> {
+        let tag = self.rng.token(10);
+        let allow = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, NOTIFY, MESSAGE";
+        let b = match request.method() {
+            Some(Method::Options) => MessageBuilder::response_to(request, 200, "OK", Some(&tag))
+                .header("Allow", allow)
+                .header("Accept", "application/sdp")
+                .header("Supported", &siproam_sip::SUPPORTED_OPTION_TAGS.join(", ")),
+            Some(Method::Bye | Method::Cancel) => MessageBuilder::response_to(
+                request,
+                481,
+                "Call/Transaction Does Not Exist",
+                Some(&tag),
+            ),
+            _ => MessageBuilder::response_to(request, 405, "Method Not Allowed", Some(&tag))
+                .header("Allow", allow),
+        };
+        let b = match &self.config.user_agent {
+            Some(ua) => b.header("Server", ua),
+            None => b,
+        };
+        self.respond(now, tx, b.build()?)
+    }
+
+    /// Draws a random token from the core's seeded generator (tags,
+    /// Call-IDs).
+    pub fn random_token(&mut self, len: usize) -> String {
+        self.rng.token(len)
+    }
+}
+
+/// `host:port`, with IPv6 in brackets.
+pub(crate) fn fmt_hostport(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// RFC 3261 §17.2.3 matching key (branch, sent-by, method with ACK as
+/// INVITE), or the RFC 2543 fallback when the branch lacks the cookie.
+fn server_key(req: &Message, method: &str) -> String {
+    let method = if method == "ACK" { "INVITE" } else { method };
+    let via = req.top_via().ok();
+    match via.and_then(|v| {
+        v.branch()
+            .filter(|b| b.starts_with("z9hG4bK") && b.len() > 7)
+            .map(|b| (v, b))
+    }) {
+        Some((v, branch)) => format!(
+            "3261|{branch}|{}:{}|{method}",
+            v.host_str(),
+            v.port().unwrap_or(0)
+        ),
+        None => {
+            // RFC 2543: Request-URI, To tag, From tag, Call-ID, CSeq number,
+            // top Via; the ACK's To tag is the response's, so it is left out
+            let to_tag = if method == "INVITE" {
+                String::new()
+            } else {
+                req.to()
+                    .ok()
+                    .and_then(|t| t.tag())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            format!(
+                "2543|{}|{}|{}|{}|{}|{}|{method}",
+                req.request_uri_str().unwrap_or_default(),
+                to_tag,
+                req.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
+                req.call_id(),
+                req.cseq().seq,
+                req.header(HeaderName::Via)
+                    .and_then(|v| siproam_sip::split_list(v).next())
+                    .unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// Adds `received` (when the source differs from sent-by) and fills
+/// `rport` (when asked) on the top Via.
+fn stamp_received(req: &mut Message, remote: SocketAddr) {
+    let (sent_by_matches, wants_rport) = match req.top_via() {
+        Ok(v) => (
+            v.host_str().trim_start_matches('[').trim_end_matches(']') == remote.ip().to_string(),
+            v.rport() == Some(None),
+        ),
+        Err(_) => return,
+    };
+    if !sent_by_matches || wants_rport {
+        let _ = req.set_top_via_param("received", Some(Some(&remote.ip().to_string())));
+    }
+    if wants_rport {
+        let _ = req.set_top_via_param("rport", Some(Some(&remote.port().to_string())));
+    }
+}
+
+/// The ACK for a failure response to an INVITE (RFC 3261 §17.1.1.3): the
+/// request's Request-URI, top Via, From, Call-ID, CSeq number and Route;
+/// the response's To.
+fn build_ack(invite: &Bytes, resp: &Message) -> Option<Bytes> {
+    let req = Message::parse(invite.clone()).ok()?;
+    let mut b = MessageBuilder::request(Method::Ack, req.request_uri_str()?);
+    b = b.header("Via", req.header(HeaderName::Via)?);
+    b = b.header("Max-Forwards", "70");
+    b = b.header("From", req.header(HeaderName::From)?);
+    b = b.header("To", resp.header(HeaderName::To)?);
+    b = b.header("Call-ID", req.call_id());
+    b = b.header("CSeq", &format!("{} ACK", req.cseq().seq));
+    for r in req.header_values(HeaderName::Route) {
+        b = b.header("Route", r);
+    }
+    b.build().ok().map(|m| m.to_bytes())
+}
+
+/// A reason phrase for the status codes the core sends itself.
+pub(crate) fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        481 => "Call/Transaction Does Not Exist",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,34 @@
+//! # siproam-core — the sans-IO SIP user agent
+//!
+//! Transactions (RFC 3261 §17, RFC 6026), flows, and registrations. The
+//! core **never reads a clock, never touches a socket and never draws
+//! unseeded randomness**: every input carries `now`, every output is a
+//! value the driver acts on, and the only random generator is seeded from
+//! [`Config::seed`]. This is what makes a 32-second Timer B take
+//! microseconds in a test.
+//!
+//! Inputs are `handle_*` methods and commands ([`Endpoint::register`],
+//! [`Endpoint::send_request`], [`Endpoint::respond`]); after each, drain
+//! [`Endpoint::poll_transmit`] and [`Endpoint::poll_event`], then wait for
+//! [`Endpoint::poll_timeout`] and call [`Endpoint::handle_timeout`].
+
+#![warn(missing_docs)]
+
+mod config;
+mod endpoint;
+mod flow;
+mod registration;
+mod rng;
+mod timers;
+
+pub use config::Config;
+pub use endpoint::{
+    CoreError, Endpoint, Event, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
+    Transmit,
+};
+pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
+pub use registration::{
+    AccountConfig, AccountId, RegistrationEvent, RegistrationFailure, RegistrationState,
+};
+pub use rng::Rng;
+pub use timers::{TimeoutReason, TimerKind, TimerOwner};

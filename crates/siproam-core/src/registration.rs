@@ -1,0 +1,706 @@
+//! Registration client (an account): REGISTER with digest challenges,
+//! refresh before expiry, unregister, 423 Min-Expires, 503 Retry-After,
+//! back-off after failure, and Contact rewrite from `received`/`rport`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use siproam_sip::digest::{self, Challenge, ClientInput};
+use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method};
+
+use crate::endpoint::{fmt_hostport, CoreError, Endpoint, Event, RequestFailure, Target, TxOwner};
+use crate::flow::{FlowCloseReason, FlowId};
+use crate::timers::{TimerKind, TimerOwner};
+
+/// An account's identity within an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(pub u32);
+
+/// How an account registers.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    /// The address of record (`sip:alice@example.test`).
+    pub aor: String,
+    /// The REGISTER Request-URI (`sip:example.test`).
+    pub registrar_uri: String,
+    /// Where to send it (the driver resolved it).
+    pub registrar: Target,
+    /// Digest user name (defaults to the AoR's user).
+    pub username: Option<String>,
+    /// Digest password; without one, a challenge fails the registration.
+    pub password: Option<String>,
+    /// Requested binding lifetime, in seconds.
+    pub expires: u32,
+    /// The Contact's user part (defaults to the AoR's user).
+    pub contact_user: Option<String>,
+    /// RFC 5626 `+sip.instance` (`urn:uuid:…`), kept across restarts.
+    pub instance_id: Option<String>,
+    /// RFC 5626 `reg-id`.
+    pub reg_id: Option<u32>,
+    /// Learn the Contact address from `received`/`rport` and re-register
+    /// with it (PJSIP's `allow_contact_rewrite`).
+    pub contact_rewrite: bool,
+    /// Allow a rewrite to a private address even when both the current
+    /// Contact and the registrar are public (PJSIP's safeguard is off by
+    /// default: such a change usually means a broken ALG).
+    pub rewrite_public_to_private: bool,
+    /// First retry delay after a failure; doubles per failure, with
+    /// jitter, up to `retry_max` (RFC 5626 §4.5).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Refresh this long before the binding expires (at least halfway).
+    pub refresh_margin: Duration,
+}
+
+impl AccountConfig {
+    /// An account with the usual defaults: 600 s bindings, Contact rewrite
+    /// on, retries from 30 s up to 1800 s.
+    pub fn new(aor: &str, registrar_uri: &str, registrar: Target) -> AccountConfig {
+        AccountConfig {
+            aor: aor.to_owned(),
+            registrar_uri: registrar_uri.to_owned(),
+            registrar,
+            username: None,
+            password: None,
+            expires: 600,
+            contact_user: None,
+            instance_id: None,
+            reg_id: None,
+            contact_rewrite: true,
+            rewrite_public_to_private: false,
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(1800),
+            refresh_margin: Duration::from_secs(10),
+        }
+    }
+
+    fn aor_user(&self) -> String {
+        siproam_sip::Uri::parse(&self.aor)
+            .ok()
+            .and_then(|u| u.as_sip().and_then(|s| s.user()).map(str::to_owned))
+            .unwrap_or_else(|| "siproam".to_owned())
+    }
+}
+
+/// A registration's state, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// A REGISTER is on its way.
+    Registering,
+    /// The binding is in place.
+    Registered,
+    /// The last attempt failed; a retry is scheduled.
+    Failed,
+    /// The binding was removed (or never made).
+    Unregistered,
+}
+
+impl RegistrationState {
+    /// The name used in JSON events (`cli.md`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationState::Registering => "registering",
+            RegistrationState::Registered => "registered",
+            RegistrationState::Failed => "failed",
+            RegistrationState::Unregistered => "unregistered",
+        }
+    }
+}
+
+/// Why a registration attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationFailure {
+    /// A final response other than 2xx (and not handled by a retry).
+    Status(u16),
+    /// No response.
+    Timeout,
+    /// The flow failed.
+    Transport(FlowCloseReason),
+    /// Challenged again after answering with the same credentials, or no
+    /// credentials to answer with.
+    AuthenticationFailed,
+}
+
+/// A change of a registration's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationEvent {
+    /// The account.
+    pub account: AccountId,
+    /// The new state.
+    pub state: RegistrationState,
+    /// The Contact URI in use.
+    pub contact: String,
+    /// The status code that caused it, if a response did.
+    pub code: Option<u16>,
+    /// The binding's lifetime granted by the registrar.
+    pub expires: Option<u32>,
+    /// Why it failed, for `Failed`.
+    pub failure: Option<RegistrationFailure>,
+    /// When the next attempt is due, for `Failed`.
+    pub retry_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Registering,
+    Registered,
+    Failed,
+    Unregistering,
+}
+
+#[derive(Debug, Clone)]
+struct AuthState {
+    challenge: String,
+    proxy: bool,
+    nc: u32,
+    /// Credentials for this challenge were already sent once.
+    answered: bool,
+}
+
+/// An account's registration, inside the endpoint.
+#[derive(Debug)]
+pub(crate) struct Account {
+    config: AccountConfig,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    phase: Phase,
+    /// The address in our Contact: the local address, or what the
+    /// registrar saw (after a rewrite).
+    contact_addr: Option<SocketAddr>,
+    flow: Option<FlowId>,
+    auth: Option<AuthState>,
+    failures: u32,
+    expires: u32,
+    /// A rewrite learnt while a REGISTER was pending: register again.
+    reregister: bool,
+}
+
+impl Account {
+    fn contact_uri(&self) -> String {
+        let user = self
+            .config
+            .contact_user
+            .clone()
+            .unwrap_or_else(|| self.config.aor_user());
+        let addr = self.contact_addr.map(fmt_hostport).unwrap_or_default();
+        let t = self.config.registrar.transport;
+        let transport = if t == crate::Transport::Udp {
+            String::new()
+        } else {
+            format!(";transport={}", t.param())
+        };
+        let ob = if self.config.reg_id.is_some() {
+            ";ob"
+        } else {
+            ""
+        };
+        format!("sip:{user}@{addr}{transport}{ob}")
+    }
+}
+
+impl Endpoint {
+    /// Adds an account and starts registering it.
+    pub fn register(&mut self, now: Instant, config: AccountConfig) -> AccountId {
+        self.next_account += 1;
+        let id = AccountId(self.next_account);
+        let call_id = format!("{}@siproam", self.rng.token(20));
+        let from_tag = self.rng.token(12);
+        let expires = config.expires;
+        self.accounts.insert(
+            id.0,
+            Account {
+                config,
+                call_id,
+                from_tag,
+                cseq: 0,
+                phase: Phase::Idle,
+                contact_addr: None,
+                flow: None,
+                auth: None,
+                failures: 0,
+                expires,
+                reregister: false,
+            },
+        );
+        self.send_register(now, id, false);
+        id
+    }
+
+    /// Removes the binding (REGISTER with expires 0). The account is
+    /// forgotten once the registrar answers (or the request fails).
+    pub fn unregister(&mut self, now: Instant, account: AccountId) -> Result<(), CoreError> {
+        let acc = self
+            .accounts
+            .get_mut(&account.0)
+            .ok_or(CoreError::NoSuchAccount)?;
+        self.timers
+            .cancel(TimerOwner::Account(account.0), TimerKind::Register);
+        if matches!(acc.phase, Phase::Idle | Phase::Failed) && acc.contact_addr.is_none() {
+            self.accounts.remove(&account.0);
+            return Ok(());
+        }
+        self.send_register(now, account, true);
+        Ok(())
+    }
+
+    /// The account's Contact URI, if it has one yet.
+    pub fn account_contact(&self, account: AccountId) -> Option<String> {
+        self.accounts
+            .get(&account.0)
+            .filter(|a| a.contact_addr.is_some())
+            .map(Account::contact_uri)
+    }
+
+    /// The flow an account registers over, if any.
+    pub fn account_flow(&self, account: AccountId) -> Option<FlowId> {
+        self.accounts.get(&account.0).and_then(|a| a.flow)
+    }
+
+    /// How many accounts the endpoint holds.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    fn emit(
+        &mut self,
+        account: AccountId,
+        state: RegistrationState,
+        code: Option<u16>,
+        expires: Option<u32>,
+        failure: Option<RegistrationFailure>,
+        retry_at: Option<Instant>,
+    ) {
+        let contact = self
+            .accounts
+            .get(&account.0)
+            .map(Account::contact_uri)
+            .unwrap_or_default();
+        self.events
+            .push_back(Event::Registration(RegistrationEvent {
+                account,
+                state,
+                contact,
+                code,
+                expires,
+                failure,
+                retry_at,
+            }));
+    }
+
+    fn send_register(&mut self, now: Instant, id: AccountId, unregister: bool) {
+        let Some(acc) = self.accounts.get_mut(&id.0) else {
+            return;
+        };
+        let target = acc.config.registrar;
+        let flow = self
+            .flows
+            .towards(target.transport, target.remote, target.local);
+        let local = self.local_for(flow, target.transport, target.local);
+        let Some(acc) = self.accounts.get_mut(&id.0) else {
+            return;
+        };
+        if acc.contact_addr.is_none() {
+            acc.contact_addr = Some(local);
+        }
+        acc.cseq += 1;
+        acc.flow = Some(flow);
+        let was = acc.phase;
+        acc.phase = if unregister {
+            Phase::Unregistering
+        } else {
+            Phase::Registering
+        };
+        let expires = if unregister { 0 } else { acc.expires };
+        let mut contact = format!("<{}>", acc.contact_uri());
+        if let Some(inst) = &acc.config.instance_id {
+            contact.push_str(&format!(";+sip.instance=\"<{inst}>\""));
+        }
+        if let Some(reg_id) = acc.config.reg_id {
+            contact.push_str(&format!(";reg-id={reg_id}"));
+        }
+        contact.push_str(&format!(";expires={expires}"));
+        let mut b = MessageBuilder::request(Method::Register, &acc.config.registrar_uri)
+            .header(
+                "From",
+                &format!("<{}>;tag={}", acc.config.aor, acc.from_tag),
+            )
+            .header("To", &format!("<{}>", acc.config.aor))
+            .header("Call-ID", &acc.call_id)
+            .header("CSeq", &format!("{} REGISTER", acc.cseq))
+            .header("Contact", &contact)
+            .header("Expires", &expires.to_string());
+        if acc.config.reg_id.is_some() {
+            b = b.header("Supported", "outbound, path");
+        }
+        // answer the last challenge again (nonce reuse, nc counting up)
+        let cnonce = self.rng.token(16);
+        let Some(acc) = self.accounts.get_mut(&id.0) else {
+            return;
+        };
+        if let (Some(auth), Some(password)) = (acc.auth.as_mut(), acc.config.password.as_deref()) {
+            auth.nc += 1;
+            let username = acc
+                .config
+                .username
+                .clone()
+                .unwrap_or_else(|| acc.config.aor_user());
+            if let Ok(ch) = Challenge::parse(&auth.challenge) {
+                let input = ClientInput {
+                    username: &username,
+                    password,
+                    method: "REGISTER",
+                    uri: &acc.config.registrar_uri,
+                    cnonce: &cnonce,
+                    nc: auth.nc,
+                    body: b"",
+                };
+                if let Ok(value) = digest::respond(&ch, &input) {
+                    b = b.header(
+                        if auth.proxy {
+                            "Proxy-Authorization"
+                        } else {
+                            "Authorization"
+                        },
+                        &value,
+                    );
+                }
+            }
+        }
+        if self
+            .start_client_tx(now, b, target, TxOwner::Account(id))
+            .is_err()
+        {
+            // the configuration made an unparseable REGISTER (a bad AoR)
+            self.fail(now, id, RegistrationFailure::Status(400), None);
+            return;
+        }
+        // a refresh of a working binding is not news; a first attempt or a
+        // retry is
+        if !unregister && !matches!(was, Phase::Registering | Phase::Registered) {
+            self.emit(id, RegistrationState::Registering, None, None, None, None);
+        }
+    }
+
+    pub(crate) fn account_response(
+        &mut self,
+        now: Instant,
+        id: AccountId,
+        resp: Message,
+        _remote: SocketAddr,
+    ) {
+        let code = resp.status().unwrap_or(0);
+        if code < 200 {
+            return;
+        }
+        let rewritten = self.learn_contact(id, &resp);
+        let Some(acc) = self.accounts.get_mut(&id.0) else {
+            return;
+        };
+        if acc.phase == Phase::Unregistering {
+            self.accounts.remove(&id.0);
+            self.timers.cancel_all(TimerOwner::Account(id.0));
+            self.events
+                .push_back(Event::Registration(RegistrationEvent {
+                    account: id,
+                    state: RegistrationState::Unregistered,
+                    contact: String::new(),
+                    code: Some(code),
+                    expires: Some(0),
+                    failure: None,
+                    retry_at: None,
+                }));
+            return;
+        }
+        match code {
+            200..=299 => {
+                acc.failures = 0;
+                if let Some(a) = acc.auth.as_mut() {
+                    a.answered = false;
+                }
+                if rewritten || std::mem::take(&mut acc.reregister) {
+                    // the registrar saw another address: bind that one now
+                    self.send_register(now, id, false);
+                    return;
+                }
+                let granted = granted_expires(&resp, &acc.contact_uri()).unwrap_or(acc.expires);
+                acc.phase = Phase::Registered;
+                if granted == 0 {
+                    self.fail(now, id, RegistrationFailure::Status(code), None);
+                    return;
+                }
+                let lifetime = Duration::from_secs(u64::from(granted));
+                let refresh = lifetime
+                    .saturating_sub(acc.config.refresh_margin)
+                    .max(lifetime / 2);
+                self.timers.set(
+                    TimerOwner::Account(id.0),
+                    TimerKind::Register,
+                    now + refresh,
+                );
+                self.emit(
+                    id,
+                    RegistrationState::Registered,
+                    Some(code),
+                    Some(granted),
+                    None,
+                    None,
+                );
+            }
+            401 | 407 => {
+                let header = if code == 401 {
+                    HeaderName::WwwAuthenticate
+                } else {
+                    HeaderName::ProxyAuthenticate
+                };
+                let challenge = resp.header(header).map(str::to_owned);
+                let stale = challenge
+                    .as_deref()
+                    .and_then(|c| Challenge::parse(c).ok())
+                    .is_some_and(|c| c.stale());
+                let repeated = acc.auth.as_ref().is_some_and(|a| a.answered) && !stale;
+                match (challenge, acc.config.password.is_some(), repeated) {
+                    (Some(challenge), true, false) => {
+                        acc.auth = Some(AuthState {
+                            challenge,
+                            proxy: code == 407,
+                            nc: 0,
+                            answered: true,
+                        });
+                        self.send_register(now, id, false);
+                    }
+                    _ => {
+                        acc.auth = None;
+                        self.fail(
+                            now,
+                            id,
+                            RegistrationFailure::AuthenticationFailed,
+                            Some(code),
+                        );
+                    }
+                }
+            }
+            423 => {
+                let min = resp.min_expires().and_then(Result::ok);
+                match min {
+                    Some(min) if min > acc.expires => {
+                        acc.expires = min;
+                        self.send_register(now, id, false);
+                    }
+                    _ => self.fail(now, id, RegistrationFailure::Status(code), Some(code)),
+                }
+            }
+            _ => {
+                let retry_after = if code == 503 || code == 500 || code == 600 || code == 603 {
+                    resp.retry_after()
+                        .and_then(Result::ok)
+                        .and_then(|r| r.seconds())
+                } else {
+                    None
+                };
+                self.fail_with_retry(
+                    now,
+                    id,
+                    RegistrationFailure::Status(code),
+                    Some(code),
+                    retry_after.map(|s| Duration::from_secs(u64::from(s))),
+                );
+            }
+        }
+    }
+
+    /// Learns the address the registrar saw from the top Via; returns true
+    /// when the Contact changed.
+    fn learn_contact(&mut self, id: AccountId, resp: &Message) -> bool {
+        let Some(acc) = self.accounts.get_mut(&id.0) else {
+            return false;
+        };
+        if !acc.config.contact_rewrite || acc.phase == Phase::Unregistering {
+            return false;
+        }
+        let Ok(via) = resp.top_via() else {
+            return false;
+        };
+        // only what the registrar says it saw counts: without `received`
+        // or an `rport` value the Via tells nothing new
+        let rport_value = matches!(via.rport(), Some(Some(_)));
+        if via.received().is_none() && !rport_value {
+            return false;
+        }
+        let host = via.received().unwrap_or(via.host_str());
+        let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return false;
+        };
+        let port = match via.rport() {
+            Some(Some(p)) => p,
+            _ => via
+                .port()
+                .unwrap_or(acc.config.registrar.transport.default_port()),
+        };
+        let seen = SocketAddr::new(ip, port);
+        let Some(current) = acc.contact_addr else {
+            return false;
+        };
+        // on streams the port seen is the connection's ephemeral port:
+        // only the address is learnt
+        let seen = if acc.config.registrar.transport.is_reliable() {
+            SocketAddr::new(ip, current.port())
+        } else {
+            seen
+        };
+        if seen == current {
+            return false;
+        }
+        let public = |ip: IpAddr| !is_private(ip);
+        if !acc.config.rewrite_public_to_private
+            && public(current.ip())
+            && public(acc.config.registrar.remote.ip())
+            && !public(seen.ip())
+        {
+            return false;
+        }
+        acc.contact_addr = Some(seen);
+        true
+    }
+
+    fn fail(
+        &mut self,
+        now: Instant,
+        id: AccountId,
+        failure: RegistrationFailure,
+        code: Option<u16>,
+    ) {
+        self.fail_with_retry(now, id, failure, code, None);
+    }
+
+    fn fail_with_retry(
+        &mut self,
+        now: Instant,
+        id: AccountId,
+        failure: RegistrationFailure,
+        code: Option<u16>,
+        retry_after: Option<Duration>,
+    ) {
+        let unit = self.rng.unit();
+        let Some(acc) = self.accounts.get_mut(&id.0) else {
+            return;
+        };
+        if acc.phase == Phase::Unregistering {
+            self.accounts.remove(&id.0);
+            self.timers.cancel_all(TimerOwner::Account(id.0));
+            self.events
+                .push_back(Event::Registration(RegistrationEvent {
+                    account: id,
+                    state: RegistrationState::Unregistered,
+                    contact: String::new(),
+                    code,
+                    expires: None,
+                    failure: Some(failure),
+                    retry_at: None,
+                }));
+            return;
+        }
+        acc.phase = Phase::Failed;
+        // RFC 5626 §4.5: U(50%..100%) × min(max, base × 2^failures)
+        let exp = acc
+            .config
+            .retry_base
+            .saturating_mul(1u32 << acc.failures.min(16));
+        let wait =
+            retry_after.unwrap_or_else(|| exp.min(acc.config.retry_max).mul_f64(0.5 + unit / 2.0));
+        acc.failures = acc.failures.saturating_add(1);
+        let at = now + wait;
+        self.timers
+            .set(TimerOwner::Account(id.0), TimerKind::Register, at);
+        self.emit(
+            id,
+            RegistrationState::Failed,
+            code,
+            None,
+            Some(failure),
+            Some(at),
+        );
+    }
+
+    pub(crate) fn account_failed(&mut self, now: Instant, id: AccountId, reason: RequestFailure) {
+        let failure = match reason {
+            RequestFailure::Timeout => RegistrationFailure::Timeout,
+            RequestFailure::Transport(r) => RegistrationFailure::Transport(r),
+        };
+        let code = match reason {
+            RequestFailure::Timeout => 408,
+            RequestFailure::Transport(_) => 503,
+        };
+        self.fail(now, id, failure, Some(code));
+    }
+
+    pub(crate) fn account_timer(&mut self, now: Instant, id: AccountId) {
+        let Some(acc) = self.accounts.get(&id.0) else {
+            return;
+        };
+        if matches!(acc.phase, Phase::Registered | Phase::Failed | Phase::Idle) {
+            self.send_register(now, id, false);
+        }
+    }
+
+    pub(crate) fn accounts_flow_closed(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        _reason: FlowCloseReason,
+    ) {
+        let affected: Vec<u32> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.flow == Some(flow) && a.phase == Phase::Registered)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in affected {
+            // the binding points at a dead flow: register again over a new one
+            if let Some(acc) = self.accounts.get_mut(&id) {
+                acc.flow = None;
+            }
+            self.send_register(now, AccountId(id), false);
+        }
+    }
+}
+
+/// The lifetime the registrar granted our Contact: its `expires`
+/// parameter in the 2xx, else the Expires header.
+fn granted_expires(resp: &Message, contact_uri: &str) -> Option<u32> {
+    let ours = siproam_sip::Uri::parse(contact_uri).ok();
+    for c in resp.contacts().flatten() {
+        if let Contact::Addr(a) = c {
+            let matches = ours.as_ref().is_some_and(|o| o.equivalent(a.uri()));
+            if matches {
+                if let Some(e) = a.expires() {
+                    return Some(e);
+                }
+            }
+        }
+    }
+    resp.expires().and_then(Result::ok)
+}
+
+/// Private, loopback, link-local, CGNAT and unique-local addresses.
+pub(crate) fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}

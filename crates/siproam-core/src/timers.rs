@@ -1,0 +1,170 @@
+//! One table for every timer of the core, ordered by deadline.
+//!
+//! Each timer is keyed by its owner and kind, so what is pending is always
+//! inspectable and the reason for the next wake-up is known (as str0m's
+//! `last_timeout_reason`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use crate::flow::FlowId;
+
+/// Who a timer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerOwner {
+    /// A client transaction.
+    ClientTx(u64),
+    /// A server transaction.
+    ServerTx(u64),
+    /// An account's registration.
+    Account(u32),
+    /// A flow (keep-alive, idle).
+    Flow(FlowId),
+}
+
+/// The RFC 3261 §17 timers, and the core's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    /// INVITE request retransmission (client, unreliable).
+    A,
+    /// INVITE transaction timeout (client).
+    B,
+    /// Wait for response retransmissions (client INVITE, Completed).
+    D,
+    /// Non-INVITE request retransmission (client, unreliable).
+    E,
+    /// Non-INVITE transaction timeout (client).
+    F,
+    /// INVITE response retransmission (server, unreliable).
+    G,
+    /// Wait for ACK (server INVITE).
+    H,
+    /// Wait for ACK retransmissions (server INVITE, Confirmed).
+    I,
+    /// Wait for request retransmissions (server non-INVITE).
+    J,
+    /// Wait for response retransmissions (client non-INVITE).
+    K,
+    /// Wait for INVITE retransmissions after a 2xx (server, RFC 6026).
+    L,
+    /// Wait for 2xx retransmissions (client INVITE, RFC 6026).
+    M,
+    /// Registration refresh or retry.
+    Register,
+}
+
+/// Why the core asked to be woken up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutReason {
+    /// Whose timer.
+    pub owner: TimerOwner,
+    /// Which timer.
+    pub kind: TimerKind,
+}
+
+/// All pending timers.
+#[derive(Debug, Default)]
+pub(crate) struct TimerTable {
+    by_deadline: BTreeSet<(Instant, TimerOwner, TimerKind)>,
+    by_key: HashMap<(TimerOwner, TimerKind), Instant>,
+}
+
+impl TimerTable {
+    /// Sets (or moves) a timer.
+    pub(crate) fn set(&mut self, owner: TimerOwner, kind: TimerKind, at: Instant) {
+        if let Some(old) = self.by_key.insert((owner, kind), at) {
+            self.by_deadline.remove(&(old, owner, kind));
+        }
+        self.by_deadline.insert((at, owner, kind));
+    }
+
+    /// Cancels a timer if set.
+    pub(crate) fn cancel(&mut self, owner: TimerOwner, kind: TimerKind) {
+        if let Some(old) = self.by_key.remove(&(owner, kind)) {
+            self.by_deadline.remove(&(old, owner, kind));
+        }
+    }
+
+    /// Cancels every timer of an owner.
+    pub(crate) fn cancel_all(&mut self, owner: TimerOwner) {
+        let kinds: Vec<TimerKind> = self
+            .by_key
+            .keys()
+            .filter(|(o, _)| *o == owner)
+            .map(|(_, k)| *k)
+            .collect();
+        for k in kinds {
+            self.cancel(owner, k);
+        }
+    }
+
+    /// When a timer fires, if set.
+    pub(crate) fn deadline(&self, owner: TimerOwner, kind: TimerKind) -> Option<Instant> {
+        self.by_key.get(&(owner, kind)).copied()
+    }
+
+    /// The next deadline and its reason.
+    pub(crate) fn next(&self) -> Option<(Instant, TimeoutReason)> {
+        self.by_deadline
+            .first()
+            .map(|&(at, owner, kind)| (at, TimeoutReason { owner, kind }))
+    }
+
+    /// Removes and returns the earliest timer due at or before `now`.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimeoutReason> {
+        let &(at, owner, kind) = self.by_deadline.first()?;
+        if at > now {
+            return None;
+        }
+        self.by_deadline.remove(&(at, owner, kind));
+        self.by_key.remove(&(owner, kind));
+        Some(TimeoutReason { owner, kind })
+    }
+
+    /// How many timers are pending.
+    pub(crate) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn ordered_moved_cancelled() {
+        let t0 = Instant::now();
+        let mut t = TimerTable::default();
+        t.set(
+            TimerOwner::ClientTx(1),
+            TimerKind::A,
+            t0 + Duration::from_millis(500),
+        );
+        t.set(
+            TimerOwner::ClientTx(1),
+            TimerKind::B,
+            t0 + Duration::from_secs(32),
+        );
+        t.set(
+            TimerOwner::ClientTx(2),
+            TimerKind::E,
+            t0 + Duration::from_millis(100),
+        );
+        assert_eq!(t.next().map(|n| n.1.owner), Some(TimerOwner::ClientTx(2)));
+        t.set(
+            TimerOwner::ClientTx(2),
+            TimerKind::E,
+            t0 + Duration::from_secs(60),
+        );
+        assert_eq!(t.next().map(|n| n.1.kind), Some(TimerKind::A));
+        assert_eq!(t.pop_due(t0), None);
+        assert_eq!(
+            t.pop_due(t0 + Duration::from_secs(1)).map(|r| r.kind),
+            Some(TimerKind::A)
+        );
+        t.cancel_all(TimerOwner::ClientTx(1));
+        assert_eq!(t.len(), 1);
+    }
+}

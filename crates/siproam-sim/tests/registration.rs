@@ -1,0 +1,493 @@
+//! The registration client in the simulator: challenge, refresh, 423,
+//! 503, an unreachable server, Contact rewrite on a 401, unregister, and
+//! a dead registration flow.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use siproam_core::{
+    AccountConfig, AccountId, Config, Event, RegistrationEvent, RegistrationFailure,
+    RegistrationState, Target, Transport,
+};
+use siproam_sim::{Link, NodeId, Received, Sim};
+use siproam_sip::digest::{verify, Secret, ServerChallenge};
+use siproam_sip::{Contact, HeaderName, MessageBuilder, Method};
+
+const UA: &str = "192.0.2.10";
+const REG: &str = "192.0.2.20";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn setup(transport: Transport) -> (Sim, NodeId, NodeId, AccountConfig) {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let ua = sim.add_endpoint("ua", &[ip(UA)], Config::default());
+    let reg = sim.add_peer("registrar", &[ip(REG)]);
+    let target = Target {
+        transport,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: None,
+    };
+    let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    cfg.password = Some("alicepw".to_owned());
+    cfg.expires = 300;
+    (sim, ua, reg, cfg)
+}
+
+fn registrations(sim: &mut Sim, ua: NodeId) -> Vec<(Duration, RegistrationEvent)> {
+    let start = sim.now() - sim.elapsed();
+    sim.take_events(ua)
+        .into_iter()
+        .filter_map(|(at, e)| match e {
+            Event::Registration(r) => Some((at - start, r)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn states(evs: &[(Duration, RegistrationEvent)]) -> Vec<RegistrationState> {
+    evs.iter().map(|(_, e)| e.state).collect()
+}
+
+fn answer(sim: &mut Sim, reg: NodeId, to: &Received, code: u16, extra: &[(&str, &str)]) {
+    let mut b = MessageBuilder::response_to(&to.message, code, "X", Some("reg1"));
+    for (n, v) in extra {
+        b = b.header(n, v);
+    }
+    sim.peer_reply(reg, to, b.build().unwrap().to_bytes());
+}
+
+/// A 200 that echoes the request's Contact with the granted expiry.
+fn ok(sim: &mut Sim, reg: NodeId, to: &Received, granted: u32) {
+    let contact = to.message.header(HeaderName::Contact).unwrap().to_owned();
+    let base = contact.split(";expires").next().unwrap().to_owned();
+    answer(
+        sim,
+        reg,
+        to,
+        200,
+        &[("Contact", &format!("{base};expires={granted}"))],
+    );
+}
+
+fn recv(sim: &mut Sim, reg: NodeId) -> Received {
+    sim.run_until_peer_receives(reg, Duration::from_secs(3600))
+        .expect("a REGISTER")
+}
+
+fn challenge(nonce: &str) -> String {
+    ServerChallenge::new("example.test", nonce)
+        .to_header_value()
+        .unwrap()
+}
+
+#[test]
+fn digest_challenge_then_registered_then_refreshed() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    assert_eq!(r1.message.method(), Some(Method::Register));
+    assert_eq!(r1.message.expires(), Some(Ok(300)));
+    assert!(r1.message.authorization().next().is_none());
+    answer(
+        &mut sim,
+        reg,
+        &r1,
+        401,
+        &[("WWW-Authenticate", &challenge("n1"))],
+    );
+    let r2 = recv(&mut sim, reg);
+    let creds = r2.message.authorization().next().unwrap().unwrap();
+    assert!(
+        verify(&creds, "REGISTER", Secret::Password("alicepw"), b"").is_ok(),
+        "a correct digest"
+    );
+    assert_eq!(creds.uri(), Some("sip:example.test"));
+    assert_eq!(r2.message.call_id(), r1.message.call_id(), "same Call-ID");
+    assert_eq!(
+        r2.message.cseq().seq,
+        r1.message.cseq().seq + 1,
+        "CSeq counts up"
+    );
+    ok(&mut sim, reg, &r2, 120);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        states(&evs),
+        [
+            RegistrationState::Registering,
+            RegistrationState::Registered
+        ]
+    );
+    assert_eq!(evs[1].1.expires, Some(120));
+    assert_eq!(evs[1].1.code, Some(200));
+    assert_eq!(evs[1].1.account, acc);
+    assert_eq!(evs[1].1.contact, "sip:alice@192.0.2.10:5060");
+    // refresh 10 s before expiry: the nonce is reused with nc=2
+    let t_ok = sim.now();
+    let r3 = recv(&mut sim, reg);
+    let waited = r3.at - t_ok;
+    assert!(
+        waited >= Duration::from_secs(109) && waited <= Duration::from_secs(110),
+        "{waited:?}"
+    );
+    let c3 = r3.message.authorization().next().unwrap().unwrap();
+    assert_eq!(c3.nc(), Ok(Some(2)));
+    assert!(verify(&c3, "REGISTER", Secret::Password("alicepw"), b"").is_ok());
+    ok(&mut sim, reg, &r3, 120);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        states(&registrations(&mut sim, ua)),
+        [RegistrationState::Registered]
+    );
+}
+
+#[test]
+fn proxy_challenge_407() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    answer(
+        &mut sim,
+        reg,
+        &r1,
+        407,
+        &[("Proxy-Authenticate", &challenge("p1"))],
+    );
+    let r2 = recv(&mut sim, reg);
+    assert!(r2.message.authorization().next().is_none());
+    let creds = r2.message.proxy_authorization().next().unwrap().unwrap();
+    assert!(verify(&creds, "REGISTER", Secret::Password("alicepw"), b"").is_ok());
+}
+
+#[test]
+fn wrong_password_fails_and_backs_off() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    answer(
+        &mut sim,
+        reg,
+        &r1,
+        401,
+        &[("WWW-Authenticate", &challenge("n1"))],
+    );
+    let r2 = recv(&mut sim, reg);
+    answer(
+        &mut sim,
+        reg,
+        &r2,
+        401,
+        &[("WWW-Authenticate", &challenge("n2"))],
+    );
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    let failed = evs.last().unwrap();
+    assert_eq!(failed.1.state, RegistrationState::Failed);
+    assert_eq!(
+        failed.1.failure,
+        Some(RegistrationFailure::AuthenticationFailed)
+    );
+    assert_eq!(failed.1.code, Some(401));
+    // no third REGISTER until the back-off: 50–100 % of 30 s
+    let retry_in = failed.1.retry_at.unwrap() - sim.now();
+    assert!(
+        retry_in >= Duration::from_secs(14) && retry_in <= Duration::from_secs(30),
+        "{retry_in:?}"
+    );
+    assert!(sim
+        .run_until_peer_receives(reg, Duration::from_secs(14))
+        .is_none());
+    let r3 = recv(&mut sim, reg);
+    assert!(
+        r3.message.authorization().next().is_none(),
+        "a retry starts afresh"
+    );
+}
+
+#[test]
+fn interval_too_brief_423_raises_expires() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    answer(&mut sim, reg, &r1, 423, &[("Min-Expires", "1800")]);
+    let r2 = recv(&mut sim, reg);
+    assert_eq!(r2.message.expires(), Some(Ok(1800)));
+    let Some(Ok(Contact::Addr(c))) = r2.message.contacts().next() else {
+        panic!()
+    };
+    assert_eq!(c.expires(), Some(1800));
+    ok(&mut sim, reg, &r2, 1800);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        registrations(&mut sim, ua)
+            .last()
+            .map(|e| (e.1.state, e.1.expires)),
+        Some((RegistrationState::Registered, Some(1800)))
+    );
+}
+
+#[test]
+fn service_unavailable_503_honours_retry_after() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    answer(&mut sim, reg, &r1, 503, &[("Retry-After", "120")]);
+    sim.run_for(Duration::from_millis(50));
+    let t_fail = sim.now();
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| (e.1.state, e.1.code)),
+        Some((RegistrationState::Failed, Some(503)))
+    );
+    let r2 = recv(&mut sim, reg);
+    let waited = r2.at - t_fail;
+    assert!(
+        waited >= Duration::from_secs(119) && waited <= Duration::from_secs(121),
+        "{waited:?}"
+    );
+    ok(&mut sim, reg, &r2, 300);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        registrations(&mut sim, ua).last().map(|e| e.1.state),
+        Some(RegistrationState::Registered)
+    );
+}
+
+#[test]
+fn unreachable_registrar_times_out_and_backs_off_exponentially() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.set_link(
+        ua,
+        reg,
+        Link {
+            up: false,
+            ..Link::default()
+        },
+    );
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    sim.run_for(Duration::from_secs(33));
+    let evs = registrations(&mut sim, ua);
+    let failed = evs.last().unwrap();
+    assert_eq!(failed.1.state, RegistrationState::Failed);
+    assert_eq!(failed.1.failure, Some(RegistrationFailure::Timeout));
+    assert_eq!(failed.1.code, Some(408));
+    assert_eq!(failed.0, Duration::from_secs(32), "Timer F");
+    let first_wait = failed.1.retry_at.unwrap() - (sim.now() - sim.elapsed() + failed.0);
+    assert!(
+        first_wait >= Duration::from_secs(15) && first_wait <= Duration::from_secs(30),
+        "{first_wait:?}"
+    );
+    // the second failure waits 30–60 s
+    sim.run_for(Duration::from_secs(100));
+    let evs = registrations(&mut sim, ua);
+    let second = evs
+        .iter()
+        .find(|e| e.1.state == RegistrationState::Failed)
+        .unwrap();
+    let second_wait = second.1.retry_at.unwrap() - (sim.now() - sim.elapsed() + second.0);
+    assert!(
+        second_wait >= Duration::from_secs(30) && second_wait <= Duration::from_secs(60),
+        "{second_wait:?}"
+    );
+    // the registrar comes back: the next retry succeeds and the back-off resets
+    sim.set_link(ua, reg, Link::default());
+    while sim.peer_recv(reg).is_some() {}
+    let r = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        registrations(&mut sim, ua).last().map(|e| e.1.state),
+        Some(RegistrationState::Registered)
+    );
+}
+
+#[test]
+fn contact_rewritten_from_received_rport_in_a_401() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    // the registrar saw us behind a NAT
+    let mut resp = MessageBuilder::response_to(&r1.message, 401, "Unauthorized", Some("reg1"))
+        .header("WWW-Authenticate", &challenge("n1"))
+        .build()
+        .unwrap();
+    resp.set_top_via_param("received", Some(Some("198.51.100.77")))
+        .unwrap();
+    resp.set_top_via_param("rport", Some(Some("40123")))
+        .unwrap();
+    sim.peer_reply(reg, &r1, resp.to_bytes());
+    let r2 = recv(&mut sim, reg);
+    let Some(Ok(Contact::Addr(c))) = r2.message.contacts().next() else {
+        panic!()
+    };
+    assert_eq!(c.uri().as_str(), "sip:alice@198.51.100.77:40123");
+    assert!(r2.message.authorization().next().is_some());
+    ok(&mut sim, reg, &r2, 300);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| (e.1.state, e.1.contact.clone())),
+        Some((
+            RegistrationState::Registered,
+            "sip:alice@198.51.100.77:40123".to_owned()
+        ))
+    );
+}
+
+#[test]
+fn contact_rewrite_after_a_2xx_registers_the_new_address() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    let contact = r1.message.header(HeaderName::Contact).unwrap().to_owned();
+    let mut resp = MessageBuilder::response_to(&r1.message, 200, "OK", Some("reg1"))
+        .header("Contact", &contact)
+        .build()
+        .unwrap();
+    resp.set_top_via_param("received", Some(Some("198.51.100.77")))
+        .unwrap();
+    resp.set_top_via_param("rport", Some(Some("40123")))
+        .unwrap();
+    sim.peer_reply(reg, &r1, resp.to_bytes());
+    let r2 = recv(&mut sim, reg);
+    assert!(r2
+        .message
+        .header(HeaderName::Contact)
+        .unwrap()
+        .contains("198.51.100.77:40123"));
+    ok(&mut sim, reg, &r2, 300);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        states(&evs),
+        [
+            RegistrationState::Registering,
+            RegistrationState::Registered
+        ]
+    );
+}
+
+#[test]
+fn no_rewrite_to_a_private_address_between_public_ones() {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let ua = sim.add_endpoint("ua", &[ip("203.0.113.10")], Config::default());
+    let reg = sim.add_peer("registrar", &[ip("203.0.113.20")]);
+    let target = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip("203.0.113.20"), 5060),
+        local: None,
+    };
+    let cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    let contact = r1.message.header(HeaderName::Contact).unwrap().to_owned();
+    let mut resp = MessageBuilder::response_to(&r1.message, 200, "OK", Some("reg1"))
+        .header("Contact", &contact)
+        .build()
+        .unwrap();
+    resp.set_top_via_param("received", Some(Some("10.1.2.3")))
+        .unwrap();
+    sim.peer_reply(reg, &r1, resp.to_bytes());
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        sim.peer_recv(reg).is_none(),
+        "no re-REGISTER towards a private address"
+    );
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| e.1.contact.clone()),
+        Some("sip:alice@203.0.113.10:5060".to_owned())
+    );
+}
+
+#[test]
+fn unregister_sends_expires_zero() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    let acc: AccountId = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    sim.with_endpoint(ua, |ep, now| ep.unregister(now, acc))
+        .unwrap();
+    let r2 = recv(&mut sim, reg);
+    assert_eq!(r2.message.expires(), Some(Ok(0)));
+    let Some(Ok(Contact::Addr(c))) = r2.message.contacts().next() else {
+        panic!()
+    };
+    assert_eq!(c.expires(), Some(0));
+    answer(&mut sim, reg, &r2, 200, &[]);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        registrations(&mut sim, ua).last().map(|e| e.1.state),
+        Some(RegistrationState::Unregistered)
+    );
+    assert_eq!(sim.endpoint(ua).account_count(), 0);
+    sim.run_for(Duration::from_secs(600));
+    assert!(
+        sim.peer_recv(reg).is_none(),
+        "no refresh after unregistering"
+    );
+}
+
+#[test]
+fn tcp_registration_reregisters_when_its_flow_dies() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Tcp);
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    assert_eq!(r1.transport, Transport::Tcp);
+    assert!(r1
+        .message
+        .header(HeaderName::Contact)
+        .unwrap()
+        .contains(";transport=tcp"));
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    let first_flow = sim.endpoint(ua).account_flow(acc).unwrap();
+    sim.peer_close(r1.conn.unwrap());
+    let r2 = recv(&mut sim, reg);
+    assert_ne!(r2.conn, r1.conn, "a new connection");
+    ok(&mut sim, reg, &r2, 300);
+    sim.run_for(Duration::from_millis(100));
+    assert_ne!(sim.endpoint(ua).account_flow(acc), Some(first_flow));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| e.1.state),
+        Some(RegistrationState::Registered)
+    );
+}
+
+#[test]
+fn several_accounts_on_one_endpoint() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    let mut ids = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let mut c = cfg.clone();
+        c.aor = format!("sip:{user}@example.test");
+        ids.push(sim.with_endpoint(ua, |ep, now| ep.register(now, c)));
+    }
+    let mut call_ids = std::collections::HashSet::new();
+    let mut aors = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let r = recv(&mut sim, reg);
+        call_ids.insert(r.message.call_id().to_owned());
+        aors.insert(r.message.to().unwrap().uri().to_string());
+        ok(&mut sim, reg, &r, 300);
+    }
+    assert_eq!(call_ids.len(), 3, "one Call-ID per account");
+    assert_eq!(aors.len(), 3);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    let registered: Vec<AccountId> = evs
+        .iter()
+        .filter(|e| e.1.state == RegistrationState::Registered)
+        .map(|e| e.1.account)
+        .collect();
+    assert_eq!(registered.len(), 3);
+    for id in ids {
+        assert!(registered.contains(&id));
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install what the interop tests need, on Debian 12, as root. Idempotent:
+# packages already installed are skipped quietly (no apt-get update either
+# when nothing is missing).
+#
+#   kamailio                   kamailio 5.6, kamcmd, and the modules used here
+#                              (tm sl rr path usrloc registrar auth htable
+#                              db_text ctl stun pv textops siputils sanity …)
+#   kamailio-outbound-modules  outbound.so (RFC 5626)
+#   sip-tester                 sipp 3.6.1
+#   iproute2                   ss (check.sh looks for free ports)
+#
+# The Debian kamailio package ships a service (init script, systemd unit)
+# that must not start here (it would listen on every address, port 5060):
+# the init script only starts with RUN_KAMAILIO=yes in /etc/default/kamailio,
+# and while installing, a policy-rc.d that refuses service starts is put in
+# place if there is none.
+set -euo pipefail
+
+PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+        missing+=("$p")
+    fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    POLICY=/usr/sbin/policy-rc.d
+    made_policy=
+    if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\n# temporary, from siproam interop/install.sh\nexit 101\n' > "$POLICY"
+        chmod 755 "$POLICY"
+        made_policy=1
+        trap 'rm -f "$POLICY"' EXIT
+    fi
+    timeout 600 apt-get -q -o DPkg::Lock::Timeout=120 update
+    timeout 1200 apt-get -q -o DPkg::Lock::Timeout=120 install -y --no-install-recommends "${missing[@]}"
+    if [ -n "$made_policy" ]; then rm -f "$POLICY"; trap - EXIT; fi
+fi
+
+# What the scripts rely on, checked every time.
+fail=0
+for b in kamailio kamcmd sipp ss timeout setsid; do
+    command -v "$b" >/dev/null || { echo "install.sh: '$b' missing after install" >&2; fail=1; }
+done
+MODDIR=$(kamailio -I 2>/dev/null | sed -n "s/^ *Default paths to modules: *//p" | head -n1)
+MODDIR=${MODDIR:-/usr/lib/x86_64-linux-gnu/kamailio/modules}
+for m in outbound path rr stun usrloc registrar auth htable db_text ctl; do
+    ls "$MODDIR/$m.so" >/dev/null 2>&1 || ls /usr/lib/*/kamailio/modules/"$m.so" >/dev/null 2>&1 \
+        || { echo "install.sh: kamailio module $m.so missing" >&2; fail=1; }
+done
+[ "$fail" -eq 0 ] || exit 1
+[ ${#missing[@]} -gt 0 ] && echo "install.sh: done ($(kamailio -v 2>/dev/null | head -n1); $(sipp -v 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -n1))"
+exit 0

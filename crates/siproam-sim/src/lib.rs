@@ -97,10 +97,16 @@ pub enum Fate {
     Unreachable,
 }
 
+/// Code run on each event of an endpoint node as it happens (an
+/// application: a registrar, an auto-answering UA). Returning the event
+/// keeps it for [`Sim::take_events`]; returning `None` consumes it.
+pub type Handler = Box<dyn FnMut(&mut Endpoint, Instant, Event) -> Option<Event>>;
+
 enum NodeKind {
     Endpoint {
         ep: Box<Endpoint>,
         events: Vec<(Instant, Event)>,
+        handler: Option<Handler>,
     },
     Peer {
         inbox: VecDeque<Received>,
@@ -220,6 +226,7 @@ impl Sim {
             kind: NodeKind::Endpoint {
                 ep: Box::new(ep),
                 events: Vec::new(),
+                handler: None,
             },
         });
         NodeId(self.nodes.len() - 1)
@@ -357,25 +364,48 @@ impl Sim {
         &self.log
     }
 
-    /// Moves an endpoint's pending transmits and events out of it.
+    /// Installs the code that handles an endpoint's events as they happen.
+    pub fn set_handler(&mut self, node: NodeId, handler: Handler) {
+        if let Some(NodeKind::Endpoint { handler: h, .. }) =
+            self.nodes.get_mut(node.0).map(|n| &mut n.kind)
+        {
+            *h = Some(handler);
+        }
+    }
+
+    /// Moves an endpoint's pending transmits and events out of it (events
+    /// go through its handler first, if it has one).
     pub fn flush(&mut self, node: NodeId) {
+        let now = self.now;
         loop {
-            let (transmit, event) = match self.nodes.get_mut(node.0).map(|n| &mut n.kind) {
-                Some(NodeKind::Endpoint { ep, .. }) => (ep.poll_transmit(), ep.poll_event()),
+            let mut transmits = Vec::new();
+            let mut handled = false;
+            match self.nodes.get_mut(node.0).map(|n| &mut n.kind) {
+                Some(NodeKind::Endpoint {
+                    ep,
+                    events,
+                    handler,
+                }) => {
+                    while let Some(ev) = ep.poll_event() {
+                        handled = true;
+                        let kept = match handler.as_mut() {
+                            Some(h) => h(ep, now, ev),
+                            None => Some(ev),
+                        };
+                        if let Some(ev) = kept {
+                            events.push((now, ev));
+                        }
+                    }
+                    while let Some(t) = ep.poll_transmit() {
+                        transmits.push(t);
+                    }
+                }
                 _ => return,
-            };
-            if transmit.is_none() && event.is_none() {
+            }
+            if transmits.is_empty() && !handled {
                 return;
             }
-            if let Some(ev) = event {
-                let now = self.now;
-                if let Some(NodeKind::Endpoint { events, .. }) =
-                    self.nodes.get_mut(node.0).map(|n| &mut n.kind)
-                {
-                    events.push((now, ev));
-                }
-            }
-            if let Some(t) = transmit {
+            for t in transmits {
                 self.send_transmit(node, t);
             }
         }

@@ -4,4 +4,7 @@
 //! monitor; drives the sans-IO core. Nothing in here decides protocol
 //! behaviour.
 
+#![warn(missing_docs)]
+
+pub mod resolve;
 pub mod transport;

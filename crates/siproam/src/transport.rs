@@ -1,1 +1,914 @@
-//! Transports: UDP, TCP and TLS listeners and connections (being written).
+//! Transports: UDP sockets, TCP and TLS listeners and connections.
+//!
+//! A [`TransportManager`] owns every socket of an endpoint. It moves whole
+//! SIP messages as bytes and knows nothing of their meaning: the sans-IO
+//! core parses what arrives ([`TransportEvent::Received`]) and says where
+//! each message goes ([`Target`]).
+//!
+//! - **Listeners** ([`TransportManager::listen`]): a UDP socket, or a TCP or
+//!   TLS listening socket, bound to an address (port 0 picks a free one).
+//! - **Connections** (TCP and TLS): opened by [`TransportManager::send`]
+//!   when no open connection can be reused (RFC 3261 §18), or accepted by a
+//!   listener. Each runs in its own task that frames the byte stream with
+//!   [`siproam_sip::StreamFramer`], answers a keep-alive ping (`CRLFCRLF`)
+//!   with a pong (`CRLF`) and closes the connection after an idle period.
+//! - **Events** ([`TransportEvents`]): received messages, connections opened
+//!   and closed (with a typed [`CloseReason`]), pongs.
+//! - **Network changes**: [`TransportManager::close_connection`],
+//!   [`TransportManager::shutdown_streams`],
+//!   [`TransportManager::restart_listener`] and [`source_address_for`].
+//!
+//! Every queue is bounded: a full event queue stops the reading of sockets
+//! (TCP flow control pushes back on the peer, UDP datagrams are dropped by
+//! the kernel), a full per-connection send queue makes
+//! [`TransportManager::send`] fail with [`SendError::QueueFull`], and
+//! [`TransportConfig::max_connections`] caps the connections.
+//!
+//! Every method that opens sockets or spawns tasks must run inside a Tokio
+//! runtime.
+
+mod addr;
+mod error;
+mod listener;
+mod stream;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use siproam_sip::{FramingError, Limits};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use addr::{source_address_for, AddressOracle, SystemAddresses};
+pub use error::{ListenError, SendError, TlsConfigError};
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use tls::{TlsClientConfig, TlsServerConfig};
+
+use stream::ConnShared;
+
+/// A SIP transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// UDP (RFC 3261 §18): one message per datagram.
+    Udp,
+    /// TCP: a byte stream framed by Content-Length.
+    Tcp,
+    /// TLS over TCP (`sips:`), framed like TCP.
+    Tls,
+}
+
+impl Transport {
+    /// Whether the transport is a byte stream with connections (TCP, TLS).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// The transport token of a Via header (`UDP`, `TCP`, `TLS`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies a listener; stays the same across
+/// [`TransportManager::restart_listener`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(u64);
+
+impl ListenerId {
+    /// The number behind the id (unique within one manager).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "L{}", self.0)
+    }
+}
+
+/// Identifies a TCP or TLS connection (a flow, in RFC 5626 terms). Ids are
+/// never reused within one manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    /// The number behind the id (unique within one manager).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "C{}", self.0)
+    }
+}
+
+/// Who opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// This manager connected to the peer.
+    Outgoing,
+    /// The peer connected to one of this manager's listeners.
+    Incoming,
+}
+
+/// Where [`TransportManager::send`] sends a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The transport to use.
+    pub transport: Transport,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The local address to send from. UDP: the listener socket bound to
+    /// this address (with port 0, any UDP listener on this IP address).
+    /// TCP/TLS: only the IP address counts; a new connection binds it as
+    /// its source address and a reused one must have it.
+    pub local: Option<SocketAddr>,
+    /// Send on this connection and no other (TCP/TLS; ignored for UDP).
+    /// When it has closed, the send fails with
+    /// [`SendError::ConnectionGone`] rather than opening another one.
+    pub connection: Option<ConnectionId>,
+    /// TLS: the name the server's certificate must carry. Without it the
+    /// certificate must carry the remote IP address. An incoming TLS
+    /// connection (whose peer was never authenticated) is reused only when
+    /// this is `None`.
+    pub server_name: Option<String>,
+}
+
+impl Target {
+    /// A target with no local address, connection or server name.
+    pub fn new(transport: Transport, remote: SocketAddr) -> Target {
+        Target {
+            transport,
+            remote,
+            local: None,
+            connection: None,
+            server_name: None,
+        }
+    }
+
+    /// Sends from this local address (see [`Target::local`]).
+    pub fn with_local(mut self, local: SocketAddr) -> Target {
+        self.local = Some(local);
+        self
+    }
+
+    /// Sends on this connection only (see [`Target::connection`]).
+    pub fn with_connection(mut self, connection: ConnectionId) -> Target {
+        self.connection = Some(connection);
+        self
+    }
+
+    /// Verifies the TLS server against this name (see
+    /// [`Target::server_name`]).
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Target {
+        self.server_name = Some(name.into());
+        self
+    }
+}
+
+/// The path a message went out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// The transport.
+    pub transport: Transport,
+    /// The local address (for a UDP socket bound to the wildcard address,
+    /// the wildcard address).
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection (TCP/TLS), `None` for UDP.
+    pub connection: Option<ConnectionId>,
+}
+
+/// A listener as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Its id.
+    pub id: ListenerId,
+    /// Its transport.
+    pub transport: Transport,
+    /// The address asked for in [`TransportManager::listen`] (maybe port 0
+    /// or the wildcard address).
+    pub requested: SocketAddr,
+    /// The address the socket is bound to (the real port).
+    pub local: SocketAddr,
+}
+
+/// A TCP or TLS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub id: ConnectionId,
+    /// TCP or TLS.
+    pub transport: Transport,
+    /// The local address of the connection.
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Who opened it.
+    pub direction: Direction,
+    /// The listener that accepted it (incoming connections).
+    pub listener: Option<ListenerId>,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed the connection.
+    PeerClosed,
+    /// The peer reset the connection (or it broke: reset, aborted, broken
+    /// pipe).
+    Reset,
+    /// Another I/O error (including a TLS error after the handshake).
+    Io(io::ErrorKind),
+    /// The peer sent bytes that cannot be split into SIP messages.
+    Framing(FramingError),
+    /// No traffic in either direction for
+    /// [`TransportConfig::idle_timeout`].
+    Idle,
+    /// The keep-alive logic gave up on the flow (given by the caller of
+    /// [`TransportManager::close_connection`]).
+    KeepAliveTimeout,
+    /// Closed by [`TransportManager::close_connection`].
+    Closed,
+    /// Closed by [`TransportManager::shutdown_streams`].
+    ShutDown,
+    /// The manager was dropped.
+    Stopped,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("closed by the peer"),
+            CloseReason::Reset => f.write_str("reset"),
+            CloseReason::Io(kind) => write!(f, "I/O error: {kind}"),
+            CloseReason::Framing(e) => write!(f, "framing error: {e}"),
+            CloseReason::Idle => f.write_str("idle"),
+            CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            CloseReason::Closed => f.write_str("closed"),
+            CloseReason::ShutDown => f.write_str("shut down"),
+            CloseReason::Stopped => f.write_str("transport stopped"),
+        }
+    }
+}
+
+/// What happened on the transports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// One whole message (a datagram, or one message framed off a stream).
+    /// UDP datagrams that are only CR and LF (keep-alives) are not
+    /// reported; any other datagram is (STUN included: telling it apart is
+    /// the caller's job).
+    Received {
+        /// The transport it came on.
+        transport: Transport,
+        /// The local address it came to (for a UDP socket bound to the
+        /// wildcard address, the wildcard address).
+        local: SocketAddr,
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The connection (TCP/TLS).
+        connection: Option<ConnectionId>,
+        /// The message's bytes.
+        bytes: Bytes,
+    },
+    /// A connection was opened (by us, or accepted and, for TLS, after the
+    /// handshake). Comes before any message received on it.
+    ConnectionOpened {
+        /// The connection.
+        info: ConnectionInfo,
+    },
+    /// A connection closed; it is gone from the manager. Comes after every
+    /// message received on it.
+    ConnectionClosed {
+        /// The connection.
+        info: ConnectionInfo,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A keep-alive pong (`CRLF`) arrived on a connection we opened.
+    PongReceived {
+        /// The connection.
+        connection: ConnectionId,
+    },
+}
+
+/// The receiving end of a manager's events (a bounded queue: while it is
+/// full, sockets are not read).
+#[derive(Debug)]
+pub struct TransportEvents {
+    rx: mpsc::Receiver<TransportEvent>,
+}
+
+impl TransportEvents {
+    /// The next event; `None` once the manager and all its tasks are gone.
+    pub async fn recv(&mut self) -> Option<TransportEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<TransportEvent> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Polls for the next event (for hand-written futures).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Settings of a [`TransportManager`].
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Message size limits: a larger datagram is dropped, a larger message
+    /// on a stream closes the connection
+    /// ([`CloseReason::Framing`]), a larger send is refused.
+    pub limits: Limits,
+    /// Close a connection after this long without traffic in either
+    /// direction, unless it is pinned ([`TransportManager::set_pinned`]).
+    /// `None`: never. Default 300 s.
+    pub idle_timeout: Option<Duration>,
+    /// How long a TCP connect may take. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long a TLS handshake may take (both directions). Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Capacity of the event queue. Default 1024.
+    pub event_capacity: usize,
+    /// Messages queued per connection before sends fail with
+    /// [`SendError::QueueFull`]. Default 64.
+    pub send_queue: usize,
+    /// Most TCP/TLS connections open at once (both directions, TLS
+    /// handshakes included); further accepted connections are closed at
+    /// once and sends fail with [`SendError::TooManyConnections`].
+    /// Default 1024.
+    pub max_connections: usize,
+    /// When rebinding a listener finds its address still in use, wait this
+    /// long and try once more. Default 10 ms.
+    pub rebind_retry_delay: Duration,
+    /// Certificate verification for outgoing TLS. `None`: the Mozilla root
+    /// certificates of `webpki-roots`.
+    pub tls_client: Option<TlsClientConfig>,
+    /// Certificate and key for TLS listeners; without it TLS listeners
+    /// cannot be opened.
+    pub tls_server: Option<TlsServerConfig>,
+    /// Tells whether an address is still on this host (used by
+    /// [`TransportManager::restart_listener`]).
+    pub address_oracle: Arc<dyn AddressOracle>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            limits: Limits::default(),
+            idle_timeout: Some(Duration::from_secs(300)),
+            connect_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            event_capacity: 1024,
+            send_queue: 64,
+            max_connections: 1024,
+            rebind_retry_delay: Duration::from_millis(10),
+            tls_client: None,
+            tls_server: None,
+            address_oracle: Arc::new(SystemAddresses),
+        }
+    }
+}
+
+/// Owns the sockets of an endpoint. Cheap to clone; when the last clone is
+/// dropped every listener and connection closes.
+#[derive(Debug, Clone)]
+pub struct TransportManager {
+    shared: Arc<Shared>,
+    _guard: Arc<DropGuard>,
+}
+
+/// Cancels everything when the last handle goes.
+#[derive(Debug)]
+struct DropGuard(CancellationToken);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// State shared by the handles and the tasks.
+pub(crate) struct Shared {
+    limits: Limits,
+    idle_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    tls_handshake_timeout: Duration,
+    send_queue: usize,
+    max_connections: usize,
+    rebind_retry_delay: Duration,
+    tls_connector: Option<tokio_rustls::TlsConnector>,
+    tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    oracle: Arc<dyn AddressOracle>,
+    events: mpsc::Sender<TransportEvent>,
+    /// Cancelled when the manager is dropped.
+    stop: CancellationToken,
+    next_id: AtomicU64,
+    /// Connections open or in their TLS handshake.
+    live_streams: AtomicUsize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    listeners: BTreeMap<ListenerId, ListenerEntry>,
+    connections: BTreeMap<ConnectionId, ConnEntry>,
+}
+
+#[derive(Debug)]
+struct ListenerEntry {
+    info: ListenerInfo,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+    udp: Option<Arc<tokio::net::UdpSocket>>,
+}
+
+#[derive(Debug)]
+struct ConnEntry {
+    info: ConnectionInfo,
+    /// The name an outgoing TLS connection verified.
+    server_name: Option<String>,
+    tx: mpsc::Sender<Bytes>,
+    shared: Arc<ConnShared>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("limits", &self.limits)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls_client", &self.tls_connector.is_some())
+            .field("tls_server", &self.tls_acceptor.is_some())
+            .field("live_streams", &self.live_streams)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends an event; waits while the queue is full, gives up when the
+    /// manager stops or nobody listens.
+    async fn emit(&self, event: TransportEvent) {
+        tokio::select! {
+            _ = self.events.send(event) => {}
+            () = self.stop.cancelled() => {}
+        }
+    }
+
+    fn remove_connection(&self, id: ConnectionId) {
+        self.state().connections.remove(&id);
+    }
+}
+
+/// A place for one connection, counted against
+/// [`TransportConfig::max_connections`]; freed on drop.
+#[derive(Debug)]
+pub(crate) struct StreamSlot(Arc<Shared>);
+
+impl StreamSlot {
+    fn acquire(shared: &Arc<Shared>) -> Option<StreamSlot> {
+        shared
+            .live_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.max_connections).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(shared.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.live_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl TransportManager {
+    /// A manager with no sockets yet, and the receiving end of its events.
+    pub fn new(config: TransportConfig) -> (TransportManager, TransportEvents) {
+        let (tx, rx) = mpsc::channel(config.event_capacity.max(1));
+        let client = match config.tls_client {
+            Some(c) => Some(c),
+            None => match TlsClientConfig::with_webpki_roots() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "no default TLS client configuration");
+                    None
+                }
+            },
+        };
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            limits: config.limits,
+            idle_timeout: config.idle_timeout,
+            connect_timeout: config.connect_timeout,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            send_queue: config.send_queue.max(1),
+            max_connections: config.max_connections,
+            rebind_retry_delay: config.rebind_retry_delay,
+            tls_connector: client.map(|c| tokio_rustls::TlsConnector::from(c.into_rustls())),
+            tls_acceptor: config
+                .tls_server
+                .map(|s| tokio_rustls::TlsAcceptor::from(s.into_rustls())),
+            oracle: config.address_oracle,
+            events: tx,
+            stop: stop.clone(),
+            next_id: AtomicU64::new(1),
+            live_streams: AtomicUsize::new(0),
+            state: Mutex::new(State::default()),
+        });
+        (
+            TransportManager {
+                shared,
+                _guard: Arc::new(DropGuard(stop)),
+            },
+            TransportEvents { rx },
+        )
+    }
+
+    /// Opens a listener: a UDP socket, or a TCP or TLS listening socket,
+    /// bound to `addr` (port 0: a free port, see [`ListenerInfo::local`]).
+    /// TCP/TLS listeners set `SO_REUSEADDR`; IPv6 sockets are IPv6-only.
+    pub async fn listen(
+        &self,
+        transport: Transport,
+        addr: SocketAddr,
+    ) -> Result<ListenerInfo, ListenError> {
+        if self.shared.stop.is_cancelled() {
+            return Err(ListenError::ShutDown);
+        }
+        if transport == Transport::Tls && self.shared.tls_acceptor.is_none() {
+            return Err(ListenError::NoTlsServerConfig);
+        }
+        let bound = listener::bind(transport, addr, self.shared.rebind_retry_delay)
+            .await
+            .map_err(|source| ListenError::Bind { addr, source })?;
+        let id = ListenerId(self.shared.next_id());
+        let info = self.start_listener(id, transport, addr, bound)?;
+        tracing::info!(listener = %id, %transport, local = %info.local, "listening");
+        Ok(info)
+    }
+
+    fn start_listener(
+        &self,
+        id: ListenerId,
+        transport: Transport,
+        requested: SocketAddr,
+        bound: listener::Bound,
+    ) -> Result<ListenerInfo, ListenError> {
+        let local = bound.local_addr().map_err(|source| ListenError::Bind {
+            addr: requested,
+            source,
+        })?;
+        let info = ListenerInfo {
+            id,
+            transport,
+            requested,
+            local,
+        };
+        let token = self.shared.stop.child_token();
+        let (task, udp) = listener::spawn(self.shared.clone(), info, bound, token.clone());
+        self.shared.state().listeners.insert(
+            id,
+            ListenerEntry {
+                info,
+                token,
+                task,
+                udp,
+            },
+        );
+        Ok(info)
+    }
+
+    /// Closes a listener and waits until its socket is closed (connections
+    /// it accepted stay open). `false` if there is no such listener.
+    pub async fn close_listener(&self, id: ListenerId) -> bool {
+        let Some(entry) = self.shared.state().listeners.remove(&id) else {
+            return false;
+        };
+        stop_listener(entry).await;
+        tracing::info!(listener = %id, "listener closed");
+        true
+    }
+
+    /// Closes a listener and binds it again, keeping its id (connections it
+    /// accepted stay open).
+    ///
+    /// A listener asked for on a literal address stays on that address: if
+    /// the [`AddressOracle`] says the address is no longer on the host, the
+    /// listener is closed and forgotten and the error is
+    /// [`ListenError::AddressGone`] (never a silent move to the wildcard
+    /// address). The port stays the one bound before; if it is still in use
+    /// after one retry ([`TransportConfig::rebind_retry_delay`]) and the
+    /// listener was asked for on port 0, another free port is taken. On any
+    /// error the listener is closed and forgotten.
+    pub async fn restart_listener(&self, id: ListenerId) -> Result<ListenerInfo, ListenError> {
+        let Some(entry) = self.shared.state().listeners.remove(&id) else {
+            return Err(ListenError::UnknownListener(id));
+        };
+        let old = entry.info;
+        stop_listener(entry).await;
+        if self.shared.stop.is_cancelled() {
+            return Err(ListenError::ShutDown);
+        }
+        let ip = old.requested.ip();
+        if !ip.is_unspecified() && !self.shared.oracle.is_local(ip) {
+            tracing::info!(listener = %id, "listener address gone; listener closed");
+            return Err(ListenError::AddressGone { ip });
+        }
+        let mut addr = old.requested;
+        addr.set_port(old.local.port());
+        let delay = self.shared.rebind_retry_delay;
+        let bound = match listener::bind(old.transport, addr, delay).await {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && old.requested.port() == 0 => {
+                tracing::info!(listener = %id, port = addr.port(), "port still in use; taking another");
+                listener::bind(old.transport, old.requested, delay).await
+            }
+            other => other,
+        }
+        .map_err(|source| ListenError::Bind { addr, source })?;
+        let info = self.start_listener(id, old.transport, old.requested, bound)?;
+        tracing::info!(listener = %id, transport = %info.transport, local = %info.local, "listener restarted");
+        Ok(info)
+    }
+
+    /// The listeners, by id.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.shared
+            .state()
+            .listeners
+            .values()
+            .map(|l| l.info)
+            .collect()
+    }
+
+    /// The open TCP/TLS connections, by id (oldest first).
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.shared
+            .state()
+            .connections
+            .values()
+            .filter(|c| !c.shared.is_closing())
+            .map(|c| c.info)
+            .collect()
+    }
+
+    /// Sends one message (queues it, for TCP/TLS) and tells which flow it
+    /// went out on.
+    ///
+    /// UDP: from the listener socket chosen by [`Target::local`] (without
+    /// it: a wildcard-bound socket of the remote's address family, else the
+    /// one on the source address the OS would pick, else any of that
+    /// family).
+    ///
+    /// TCP/TLS: on [`Target::connection`] if given; otherwise on the newest
+    /// open connection of the same transport to the same remote address
+    /// (and local IP, if given), whoever opened it (RFC 3261 §18); otherwise
+    /// on a new connection. Two concurrent first sends to one peer may open
+    /// two connections.
+    pub async fn send(&self, target: &Target, bytes: Bytes) -> Result<Flow, SendError> {
+        let limit = self.shared.limits.max_message;
+        if bytes.len() > limit {
+            return Err(SendError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        if self.shared.stop.is_cancelled() {
+            return Err(SendError::ShutDown);
+        }
+        match target.transport {
+            Transport::Udp => self.send_udp(target, bytes).await,
+            Transport::Tcp | Transport::Tls => self.send_stream(target, bytes).await,
+        }
+    }
+
+    async fn send_udp(&self, target: &Target, bytes: Bytes) -> Result<Flow, SendError> {
+        let (socket, local) = self.pick_udp(target)?;
+        socket
+            .send_to(&bytes, target.remote)
+            .await
+            .map_err(SendError::Io)?;
+        Ok(Flow {
+            transport: Transport::Udp,
+            local,
+            remote: target.remote,
+            connection: None,
+        })
+    }
+
+    fn pick_udp(
+        &self,
+        target: &Target,
+    ) -> Result<(Arc<tokio::net::UdpSocket>, SocketAddr), SendError> {
+        let remote = target.remote;
+        let state = self.shared.state();
+        let mut candidates = state.listeners.values().filter_map(|l| {
+            let socket = l.udp.as_ref()?;
+            (l.info.local.is_ipv4() == remote.is_ipv4()).then_some((socket, l.info.local))
+        });
+        let found = match target.local {
+            Some(want) => candidates
+                .find(|(_, local)| *local == want || (want.port() == 0 && local.ip() == want.ip())),
+            None => {
+                let all: Vec<_> = candidates.collect();
+                let wildcard = all.iter().find(|(_, local)| local.ip().is_unspecified());
+                match (wildcard, all.as_slice()) {
+                    (Some(w), _) => Some(*w),
+                    (None, [one]) => Some(*one),
+                    (None, many) => {
+                        let source = source_address_for(remote).ok();
+                        many.iter()
+                            .find(|(_, local)| Some(local.ip()) == source)
+                            .or_else(|| many.first())
+                            .copied()
+                    }
+                }
+            }
+        };
+        found
+            .map(|(socket, local)| (socket.clone(), local))
+            .ok_or(SendError::NoSocket {
+                local: target.local,
+            })
+    }
+
+    async fn send_stream(&self, target: &Target, bytes: Bytes) -> Result<Flow, SendError> {
+        if let Some(id) = target.connection {
+            let (info, tx) = {
+                let state = self.shared.state();
+                let entry = state
+                    .connections
+                    .get(&id)
+                    .filter(|c| !c.shared.is_closing())
+                    .ok_or(SendError::ConnectionGone(id))?;
+                (entry.info, entry.tx.clone())
+            };
+            if info.transport != target.transport {
+                return Err(SendError::WrongTransport {
+                    connection: id,
+                    transport: info.transport,
+                });
+            }
+            return enqueue(&tx, id, bytes).map(|()| flow_of(&info));
+        }
+        let mut bytes = bytes;
+        while let Some((info, tx)) = self.find_reusable(target) {
+            match tx.try_send(bytes) {
+                Ok(()) => return Ok(flow_of(&info)),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(SendError::QueueFull(info.id))
+                }
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    // its task has ended but not yet removed it
+                    bytes = b;
+                    self.shared.remove_connection(info.id);
+                }
+            }
+        }
+        let (info, tx) = stream::connect(&self.shared, target).await?;
+        enqueue(&tx, info.id, bytes).map(|()| flow_of(&info))
+    }
+
+    fn find_reusable(&self, target: &Target) -> Option<(ConnectionInfo, mpsc::Sender<Bytes>)> {
+        let state = self.shared.state();
+        state
+            .connections
+            .values()
+            .rev()
+            .find(|c| {
+                c.info.transport == target.transport
+                    && c.info.remote == target.remote
+                    && target.local.is_none_or(|l| l.ip() == c.info.local.ip())
+                    && !c.shared.is_closing()
+                    && (target.transport != Transport::Tls
+                        || match c.info.direction {
+                            Direction::Outgoing => c.server_name == target.server_name,
+                            Direction::Incoming => target.server_name.is_none(),
+                        })
+            })
+            .map(|c| (c.info, c.tx.clone()))
+    }
+
+    /// Sends a keep-alive ping (`CRLFCRLF`, RFC 5626 §4.4.1) on a
+    /// connection; the pong comes as [`TransportEvent::PongReceived`].
+    pub fn ping(&self, connection: ConnectionId) -> Result<(), SendError> {
+        let tx = self
+            .shared
+            .state()
+            .connections
+            .get(&connection)
+            .filter(|c| !c.shared.is_closing())
+            .map(|c| c.tx.clone())
+            .ok_or(SendError::ConnectionGone(connection))?;
+        enqueue(&tx, connection, Bytes::from_static(b"\r\n\r\n"))
+    }
+
+    /// Closes a connection; [`TransportEvent::ConnectionClosed`] follows
+    /// with `reason`. Messages still queued for it are dropped. `false` if
+    /// there is no such connection.
+    pub fn close_connection(&self, connection: ConnectionId, reason: CloseReason) -> bool {
+        match self.shared.state().connections.get(&connection) {
+            Some(c) => {
+                c.shared.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every TCP and TLS connection ([`CloseReason::ShutDown`]);
+    /// listeners stay open. Returns how many were closed; their
+    /// [`TransportEvent::ConnectionClosed`] events follow.
+    pub fn shutdown_streams(&self) -> usize {
+        let state = self.shared.state();
+        let mut n = 0;
+        for c in state.connections.values() {
+            if !c.shared.is_closing() {
+                c.shared.close(CloseReason::ShutDown);
+                n += 1;
+            }
+        }
+        tracing::info!(connections = n, "stream connections shut down");
+        n
+    }
+
+    /// Pins a connection (a flow in use: a registration, a call) so the
+    /// idle timeout never closes it, or unpins it. `false` if there is no
+    /// such connection.
+    pub fn set_pinned(&self, connection: ConnectionId, pinned: bool) -> bool {
+        match self.shared.state().connections.get(&connection) {
+            Some(c) => {
+                c.shared.set_pinned(pinned);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The local address the OS would send from towards `remote` (see
+    /// [`source_address_for`]).
+    pub fn source_address_for(&self, remote: SocketAddr) -> io::Result<IpAddr> {
+        source_address_for(remote)
+    }
+}
+
+fn flow_of(info: &ConnectionInfo) -> Flow {
+    Flow {
+        transport: info.transport,
+        local: info.local,
+        remote: info.remote,
+        connection: Some(info.id),
+    }
+}
+
+fn enqueue(tx: &mpsc::Sender<Bytes>, id: ConnectionId, bytes: Bytes) -> Result<(), SendError> {
+    tx.try_send(bytes).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => SendError::QueueFull(id),
+        mpsc::error::TrySendError::Closed(_) => SendError::ConnectionGone(id),
+    })
+}
+
+/// Stops a listener's task and waits until it (and so its socket) is gone.
+async fn stop_listener(entry: ListenerEntry) {
+    entry.token.cancel();
+    drop(entry.udp);
+    let _ = entry.task.await;
+}

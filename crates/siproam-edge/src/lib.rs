@@ -1,0 +1,14 @@
+//! # siproam-edge — registrar and location service
+//!
+//! Sans-IO, like the core: the registrar answers the REGISTER requests an
+//! [`siproam_core::Endpoint`] reports, keeps bindings in memory with their
+//! expiry, remembers `+sip.instance` / `reg-id` (RFC 5626) and the flow
+//! each binding arrived on, and optionally challenges with digest
+//! authentication from a users table. Time comes in as `now`; nonces come
+//! from the endpoint's seeded generator.
+
+#![warn(missing_docs)]
+
+mod registrar;
+
+pub use registrar::{Binding, Handled, Registrar, RegistrarConfig, UsersError};

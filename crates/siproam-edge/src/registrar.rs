@@ -1,0 +1,460 @@
+//! The registrar (RFC 3261 §10.3) and its in-memory location service.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use siproam_core::{CoreError, Endpoint, FlowId, ServerTxId};
+use siproam_sip::digest::{self, Credentials, Secret, ServerChallenge};
+use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method, NameAddr, Uri};
+
+/// Registrar settings.
+#[derive(Debug, Clone)]
+pub struct RegistrarConfig {
+    /// The domain served (`example.test`); `None` accepts any.
+    pub domain: Option<String>,
+    /// The digest realm (defaults to the domain, else `siproam`).
+    pub realm: Option<String>,
+    /// `user → password`; empty means no authentication.
+    pub users: HashMap<String, String>,
+    /// Shortest binding accepted (423 below it).
+    pub min_expires: u32,
+    /// Longest binding granted (longer requests are shortened).
+    pub max_expires: u32,
+    /// Lifetime when the request names none.
+    pub default_expires: u32,
+    /// How long a nonce stays valid.
+    pub nonce_lifetime: Duration,
+    /// Answer `Require: outbound` to REGISTERs with `reg-id` and
+    /// `+sip.instance` that support it (RFC 5626).
+    pub outbound: bool,
+    /// Flow-Timer to send with outbound registrations.
+    pub flow_timer: Option<u32>,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            domain: None,
+            realm: None,
+            users: HashMap::new(),
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            nonce_lifetime: Duration::from_secs(300),
+            outbound: true,
+            flow_timer: None,
+        }
+    }
+}
+
+/// Why a users file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsersError {
+    /// A line is not `user:password`.
+    #[error("line {line}: expected user:password")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+    },
+}
+
+impl RegistrarConfig {
+    /// Parses a users file: one `user:password` per line; blank lines and
+    /// `#` comments are skipped.
+    pub fn parse_users(text: &str) -> Result<HashMap<String, String>, UsersError> {
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once(':') {
+                Some((u, p)) if !u.trim().is_empty() => {
+                    users.insert(u.trim().to_owned(), p.to_owned());
+                }
+                _ => return Err(UsersError::Malformed { line: i + 1 }),
+            }
+        }
+        Ok(users)
+    }
+
+    fn realm(&self) -> &str {
+        self.realm
+            .as_deref()
+            .or(self.domain.as_deref())
+            .unwrap_or("siproam")
+    }
+}
+
+/// One contact bound to an address of record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The Contact URI.
+    pub contact: String,
+    /// When it lapses.
+    pub expires_at: Instant,
+    /// `+sip.instance`, if given.
+    pub instance: Option<String>,
+    /// `reg-id`, if given.
+    pub reg_id: Option<u32>,
+    /// The REGISTER's Call-ID.
+    pub call_id: String,
+    /// The REGISTER's CSeq number.
+    pub cseq: u32,
+    /// The flow the REGISTER came on (requests for this binding go back
+    /// over it, RFC 5626 §5.3).
+    pub flow: FlowId,
+    /// Where the REGISTER came from.
+    pub source: Option<SocketAddr>,
+    /// `q` in thousandths.
+    pub q: Option<u16>,
+    /// Path header values, top first (RFC 3327).
+    pub path: Vec<String>,
+}
+
+/// What the registrar did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// It answered the request.
+    Responded(u16),
+    /// Not a REGISTER: the caller handles it.
+    NotMine,
+}
+
+/// The registrar and location service.
+#[derive(Debug, Default)]
+pub struct Registrar {
+    config: RegistrarConfig,
+    bindings: HashMap<String, Vec<Binding>>,
+    nonces: HashMap<String, (Instant, u32)>,
+}
+
+/// The location key of an AoR: `user@host`, host lower-cased.
+pub fn aor_key(uri: &Uri<'_>) -> Option<String> {
+    let sip = uri.as_sip()?;
+    let user = sip.user().unwrap_or_default();
+    Some(format!("{user}@{}", sip.host_str().to_ascii_lowercase()))
+}
+
+impl Registrar {
+    /// A registrar.
+    pub fn new(config: RegistrarConfig) -> Registrar {
+        Registrar {
+            config,
+            bindings: HashMap::new(),
+            nonces: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RegistrarConfig {
+        &self.config
+    }
+
+    /// The live bindings of an AoR (`user@domain` or a SIP URI), best `q`
+    /// first.
+    pub fn lookup(&self, aor: &str, now: Instant) -> Vec<Binding> {
+        let key = match Uri::parse(aor).ok().and_then(|u| aor_key(&u)) {
+            Some(k) => k,
+            None => aor.to_ascii_lowercase(),
+        };
+        let mut live: Vec<Binding> = self
+            .bindings
+            .get(&key)
+            .map(|v| v.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default();
+        live.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
+        live
+    }
+
+    /// Every AoR with at least one live binding.
+    pub fn aors(&self, now: Instant) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.iter().any(|b| b.expires_at > now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Drops lapsed bindings and nonces (call now and then).
+    pub fn purge(&mut self, now: Instant) {
+        for list in self.bindings.values_mut() {
+            list.retain(|b| b.expires_at > now);
+        }
+        self.bindings.retain(|_, l| !l.is_empty());
+        let lifetime = self.config.nonce_lifetime;
+        self.nonces
+            .retain(|_, (issued, _)| now.saturating_duration_since(*issued) < lifetime);
+    }
+
+    /// Forgets the bindings that arrived on a flow that failed (RFC 5626
+    /// §7: a registrar routes only over live flows). Returns how many.
+    pub fn flow_failed(&mut self, flow: FlowId) -> usize {
+        let mut n = 0;
+        for list in self.bindings.values_mut() {
+            let before = list.len();
+            list.retain(|b| b.flow != flow);
+            n += before - list.len();
+        }
+        n
+    }
+
+    /// Handles a request the endpoint reported; answers REGISTERs.
+    pub fn handle_request(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        flow: FlowId,
+        req: &Message,
+    ) -> Result<Handled, CoreError> {
+        if req.method() != Some(Method::Register) {
+            return Ok(Handled::NotMine);
+        }
+        let code = self.register(ep, now, tx, flow, req)?;
+        Ok(Handled::Responded(code))
+    }
+
+    fn reply(
+        &self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+        (code, reason): (u16, &str),
+        extra: &[(&str, String)],
+    ) -> Result<u16, CoreError> {
+        let tag = ep.random_token(10);
+        let mut b = MessageBuilder::response_to(req, code, reason, Some(&tag));
+        for (n, v) in extra {
+            b = b.header(n, v);
+        }
+        ep.respond(now, tx, b.build()?)?;
+        Ok(code)
+    }
+
+    fn register(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        flow: FlowId,
+        req: &Message,
+    ) -> Result<u16, CoreError> {
+        // the AoR is the To URI
+        let Ok(to) = req.to() else {
+            return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
+        };
+        let Some(key) = aor_key(to.uri()) else {
+            return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
+        };
+        if let Some(domain) = &self.config.domain {
+            let host = key.rsplit('@').next().unwrap_or_default();
+            if !host.eq_ignore_ascii_case(domain) {
+                return self.reply(ep, now, tx, req, (404, "Not Found"), &[]);
+            }
+        }
+        // authentication
+        if !self.config.users.is_empty() {
+            match self.authenticate(now, req, &key) {
+                Auth::Ok => {}
+                Auth::Challenge { stale } => {
+                    let nonce = ep.random_token(24);
+                    self.nonces.insert(nonce.clone(), (now, 0));
+                    let mut ch = ServerChallenge::new(self.config.realm(), &nonce);
+                    ch.stale = stale;
+                    let value = ch.to_header_value().map_err(|_| CoreError::InvalidState)?;
+                    return self.reply(
+                        ep,
+                        now,
+                        tx,
+                        req,
+                        (401, "Unauthorized"),
+                        &[("WWW-Authenticate", value)],
+                    );
+                }
+                Auth::Forbidden => return self.reply(ep, now, tx, req, (403, "Forbidden"), &[]),
+            }
+        }
+        let header_expires = req.expires().and_then(Result::ok);
+        let call_id = req.call_id().to_owned();
+        let cseq = req.cseq().seq;
+        let contacts: Vec<Contact<'_>> = match req.contacts().collect::<Result<Vec<_>, _>>() {
+            Ok(c) => c,
+            Err(_) => return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]),
+        };
+        let path: Vec<String> = req
+            .header_values(HeaderName::Path)
+            .map(str::to_owned)
+            .collect();
+        let source = ep.flow(flow).map(|f| f.remote);
+        // Contact: * with Expires: 0 removes everything
+        if contacts.iter().any(|c| matches!(c, Contact::Star)) {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
+            }
+            if let Some(list) = self.bindings.get(&key) {
+                if list.iter().any(|b| b.call_id == call_id && b.cseq >= cseq) {
+                    return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
+                }
+            }
+            self.bindings.remove(&key);
+            return self.ok(ep, now, tx, req, &key, false);
+        }
+        // first pass: checks, before changing anything
+        let mut updates = Vec::new();
+        for c in &contacts {
+            let Contact::Addr(na) = c else { continue };
+            let expires = na
+                .expires()
+                .or(header_expires)
+                .unwrap_or(self.config.default_expires);
+            if expires != 0 && expires < self.config.min_expires {
+                return self.reply(
+                    ep,
+                    now,
+                    tx,
+                    req,
+                    (423, "Interval Too Brief"),
+                    &[("Min-Expires", self.config.min_expires.to_string())],
+                );
+            }
+            updates.push((*na, expires.min(self.config.max_expires)));
+        }
+        let list = self.bindings.entry(key.clone()).or_default();
+        for (na, _) in &updates {
+            if let Some(old) = list.iter().find(|b| same_binding(b, na)) {
+                if old.call_id == call_id && old.cseq >= cseq {
+                    return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
+                }
+            }
+        }
+        let mut outbound = false;
+        for (na, expires) in updates {
+            list.retain(|b| !same_binding(b, &na));
+            if expires == 0 {
+                continue;
+            }
+            let instance = na.sip_instance().map(str::to_owned);
+            let reg_id = na.reg_id();
+            outbound |= instance.is_some() && reg_id.is_some();
+            list.push(Binding {
+                contact: na.uri().to_string(),
+                expires_at: now + Duration::from_secs(u64::from(expires)),
+                instance,
+                reg_id,
+                call_id: call_id.clone(),
+                cseq,
+                flow,
+                source,
+                q: na.q(),
+                path: path.clone(),
+            });
+        }
+        let wants_outbound =
+            outbound && self.config.outbound && req.has_token(HeaderName::Supported, "outbound");
+        self.ok(ep, now, tx, req, &key, wants_outbound)
+    }
+
+    fn ok(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+        key: &str,
+        outbound: bool,
+    ) -> Result<u16, CoreError> {
+        let mut extra: Vec<(&str, String)> = Vec::new();
+        for b in self
+            .bindings
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|b| b.expires_at > now)
+        {
+            let secs = b.expires_at.saturating_duration_since(now).as_secs();
+            let mut v = format!("<{}>;expires={secs}", b.contact);
+            if let Some(inst) = &b.instance {
+                v.push_str(&format!(";+sip.instance=\"<{inst}>\""));
+            }
+            if let Some(r) = b.reg_id {
+                v.push_str(&format!(";reg-id={r}"));
+            }
+            extra.push(("Contact", v));
+        }
+        if outbound {
+            extra.push(("Require", "outbound".to_owned()));
+            if let Some(ft) = self.config.flow_timer {
+                extra.push(("Flow-Timer", ft.to_string()));
+            }
+        }
+        for p in req.header_values(HeaderName::Path) {
+            extra.push(("Path", p.to_owned()));
+        }
+        self.reply(ep, now, tx, req, (200, "OK"), &extra)
+    }
+
+    fn authenticate(&mut self, now: Instant, req: &Message, key: &str) -> Auth {
+        let realm = self.config.realm().to_owned();
+        let creds = req
+            .authorization()
+            .filter_map(Result::ok)
+            .find(|c: &Credentials<'_>| c.is_digest() && c.realm() == Some(realm.as_str()));
+        let Some(creds) = creds else {
+            return Auth::Challenge { stale: false };
+        };
+        let Some(user) = creds.username().map(str::to_owned) else {
+            return Auth::Challenge { stale: false };
+        };
+        let aor_user = key.split('@').next().unwrap_or_default();
+        let Some(password) = self.config.users.get(&user).cloned() else {
+            return Auth::Challenge { stale: false };
+        };
+        let Ok(verified) = digest::verify(&creds, "REGISTER", Secret::Password(&password), b"")
+        else {
+            return Auth::Challenge { stale: false };
+        };
+        // the nonce must be ours and fresh, and nc must grow (replay)
+        let lifetime = self.config.nonce_lifetime;
+        match self.nonces.get_mut(verified.nonce) {
+            Some((issued, last_nc)) if now.saturating_duration_since(*issued) < lifetime => {
+                let nc = verified.nc.unwrap_or(*last_nc + 1);
+                if nc <= *last_nc {
+                    return Auth::Challenge { stale: false };
+                }
+                *last_nc = nc;
+            }
+            _ => return Auth::Challenge { stale: true },
+        }
+        if user != aor_user {
+            return Auth::Forbidden;
+        }
+        Auth::Ok
+    }
+}
+
+enum Auth {
+    Ok,
+    Challenge { stale: bool },
+    Forbidden,
+}
+
+/// RFC 5626 §6: a binding with the same instance and reg-id is replaced;
+/// otherwise the same instance, otherwise the same Contact URI.
+fn same_binding(b: &Binding, na: &NameAddr<'_>) -> bool {
+    match (na.sip_instance(), &b.instance) {
+        (Some(inst), Some(old)) if inst == old => b.reg_id == na.reg_id(),
+        (Some(_), _) | (None, Some(_)) => {
+            Uri::parse(&b.contact).is_ok_and(|u| u.equivalent(na.uri()))
+                && na.sip_instance().is_none()
+                && b.instance.is_none()
+        }
+        (None, None) => Uri::parse(&b.contact).is_ok_and(|u| u.equivalent(na.uri())),
+    }
+}

@@ -1,0 +1,472 @@
+//! The registrar, driven by a core endpoint in the simulator, against
+//! siproam's own registration client and a scripted peer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+// the simulation starts its virtual clock at an arbitrary real instant
+#![allow(clippy::disallowed_methods)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use siproam_core::{
+    AccountConfig, Config, Event, RegistrationFailure, RegistrationState, Target, Transport,
+};
+use siproam_edge::{Handled, Registrar, RegistrarConfig};
+use siproam_sim::{NodeId, Sim};
+use siproam_sip::{HeaderName, MessageBuilder, Method};
+
+const REG: &str = "192.0.2.1";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct World {
+    sim: Sim,
+    reg: NodeId,
+    registrar: Rc<RefCell<Registrar>>,
+}
+
+fn world(config: RegistrarConfig) -> World {
+    let mut sim = Sim::new(Instant::now(), 11);
+    let reg = sim.add_endpoint(
+        "registrar",
+        &[ip(REG)],
+        Config {
+            seed: 99,
+            ..Config::default()
+        },
+    );
+    let registrar = Rc::new(RefCell::new(Registrar::new(config)));
+    let r = registrar.clone();
+    sim.set_handler(
+        reg,
+        Box::new(move |ep, now, ev| match ev {
+            Event::IncomingRequest {
+                tx: Some(tx),
+                flow,
+                request,
+            } => {
+                if r.borrow_mut()
+                    .handle_request(ep, now, tx, flow, &request)
+                    .unwrap()
+                    == Handled::NotMine
+                {
+                    ep.respond_default(now, tx, &request).unwrap();
+                }
+                None
+            }
+            other => Some(other),
+        }),
+    );
+    World {
+        sim,
+        reg,
+        registrar,
+    }
+}
+
+fn users() -> RegistrarConfig {
+    RegistrarConfig {
+        domain: Some("example.test".into()),
+        users: RegistrarConfig::parse_users("# test users\nalice:alicepw\nbob:bobpw\n").unwrap(),
+        ..RegistrarConfig::default()
+    }
+}
+
+fn account(user: &str, password: &str, transport: Transport) -> AccountConfig {
+    let target = Target {
+        transport,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: None,
+    };
+    let mut cfg = AccountConfig::new(
+        &format!("sip:{user}@example.test"),
+        "sip:example.test",
+        target,
+    );
+    cfg.password = Some(password.into());
+    cfg
+}
+
+fn last_state(
+    sim: &mut Sim,
+    ua: NodeId,
+) -> Option<(RegistrationState, Option<u16>, Option<RegistrationFailure>)> {
+    sim.take_events(ua)
+        .into_iter()
+        .rev()
+        .find_map(|(_, e)| match e {
+            Event::Registration(r) => Some((r.state, r.code, r.failure)),
+            _ => None,
+        })
+}
+
+#[test]
+fn registers_with_digest_over_udp_and_tcp() {
+    let mut w = world(users());
+    let ua = w
+        .sim
+        .add_endpoint("alice", &[ip("192.0.2.10")], Config::default());
+    w.sim.with_endpoint(ua, |ep, now| {
+        ep.register(now, account("alice", "alicepw", Transport::Udp))
+    });
+    let ua2 = w
+        .sim
+        .add_endpoint("alice-tcp", &[ip("192.0.2.11")], Config::default());
+    w.sim.with_endpoint(ua2, |ep, now| {
+        ep.register(now, account("alice", "alicepw", Transport::Tcp))
+    });
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        last_state(&mut w.sim, ua),
+        Some((RegistrationState::Registered, Some(200), None))
+    );
+    assert_eq!(
+        last_state(&mut w.sim, ua2),
+        Some((RegistrationState::Registered, Some(200), None))
+    );
+    let now = w.sim.now();
+    let bindings = w.registrar.borrow().lookup("sip:alice@example.test", now);
+    let mut contacts: Vec<_> = bindings.iter().map(|b| b.contact.clone()).collect();
+    contacts.sort();
+    assert_eq!(
+        contacts,
+        [
+            "sip:alice@192.0.2.10:5060",
+            "sip:alice@192.0.2.11:5060;transport=tcp"
+        ]
+    );
+    // the challenge really happened: 2 REGISTERs per account
+    let registers = w
+        .sim
+        .log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("REGISTER"))
+        .count();
+    assert_eq!(registers, 4);
+    // the flow is remembered (the TCP binding's flow is a connection)
+    let tcp = bindings.iter().find(|b| b.contact.contains("tcp")).unwrap();
+    assert_eq!(
+        w.sim.endpoint(w.reg).flow(tcp.flow).map(|f| f.transport),
+        Some(Transport::Tcp)
+    );
+}
+
+#[test]
+fn wrong_password_and_wrong_user_fail() {
+    let mut w = world(users());
+    let ua = w
+        .sim
+        .add_endpoint("alice", &[ip("192.0.2.10")], Config::default());
+    w.sim.with_endpoint(ua, |ep, now| {
+        ep.register(now, account("alice", "nope", Transport::Udp))
+    });
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        last_state(&mut w.sim, ua),
+        Some((
+            RegistrationState::Failed,
+            Some(401),
+            Some(RegistrationFailure::AuthenticationFailed)
+        ))
+    );
+    // bob's credentials for alice's AoR: 403
+    let ua2 = w
+        .sim
+        .add_endpoint("mallory", &[ip("192.0.2.12")], Config::default());
+    let mut cfg = account("alice", "bobpw", Transport::Udp);
+    cfg.username = Some("bob".into());
+    w.sim.with_endpoint(ua2, |ep, now| ep.register(now, cfg));
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        last_state(&mut w.sim, ua2).map(|s| (s.0, s.1)),
+        Some((RegistrationState::Failed, Some(403)))
+    );
+    assert!(w
+        .registrar
+        .borrow()
+        .lookup("alice@example.test", w.sim.now())
+        .is_empty());
+}
+
+#[test]
+fn min_expires_is_negotiated_and_bindings_lapse() {
+    let mut w = world(RegistrarConfig {
+        min_expires: 120,
+        ..RegistrarConfig::default()
+    });
+    let ua = w
+        .sim
+        .add_endpoint("alice", &[ip("192.0.2.10")], Config::default());
+    let mut cfg = account("alice", "x", Transport::Udp);
+    cfg.expires = 30;
+    let acc = w.sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        last_state(&mut w.sim, ua).map(|s| s.0),
+        Some(RegistrationState::Registered)
+    );
+    let b = w
+        .registrar
+        .borrow()
+        .lookup("alice@example.test", w.sim.now());
+    assert_eq!(b.len(), 1);
+    let left = b[0].expires_at - w.sim.now();
+    assert!(
+        left > Duration::from_secs(118) && left <= Duration::from_secs(120),
+        "{left:?}"
+    );
+    // the UA refreshes, so the binding stays across several lifetimes
+    w.sim.run_for(Duration::from_secs(600));
+    assert_eq!(
+        w.registrar
+            .borrow()
+            .lookup("alice@example.test", w.sim.now())
+            .len(),
+        1
+    );
+    // once the UA unregisters nothing is left
+    w.sim
+        .with_endpoint(ua, |ep, now| ep.unregister(now, acc))
+        .unwrap();
+    w.sim.run_for(Duration::from_secs(1));
+    assert!(w
+        .registrar
+        .borrow()
+        .lookup("alice@example.test", w.sim.now())
+        .is_empty());
+    assert_eq!(
+        last_state(&mut w.sim, ua).map(|s| s.0),
+        Some(RegistrationState::Unregistered)
+    );
+}
+
+#[test]
+fn a_binding_lapses_when_not_refreshed() {
+    let mut w = world(RegistrarConfig::default());
+    let peer = w.sim.add_peer("peer", &[ip("192.0.2.30")]);
+    let reg_msg = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/UDP 192.0.2.30:5060;branch=z9hG4bKlapse")
+        .header("From", "<sip:carol@example.test>;tag=c1")
+        .header("To", "<sip:carol@example.test>")
+        .header("Call-ID", "lapse@x")
+        .header("CSeq", "1 REGISTER")
+        .header("Contact", "<sip:carol@192.0.2.30>;expires=100")
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.30"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        reg_msg.to_bytes(),
+    );
+    let ok = w
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ok.message.status(), Some(200));
+    let c = ok.message.contacts().next().unwrap().unwrap();
+    assert!(matches!(c, siproam_sip::Contact::Addr(a) if a.expires() == Some(100)));
+    w.sim.run_for(Duration::from_secs(99));
+    assert_eq!(
+        w.registrar
+            .borrow()
+            .lookup("carol@example.test", w.sim.now())
+            .len(),
+        1
+    );
+    w.sim.run_for(Duration::from_secs(2));
+    assert!(w
+        .registrar
+        .borrow()
+        .lookup("carol@example.test", w.sim.now())
+        .is_empty());
+    w.registrar.borrow_mut().purge(w.sim.now());
+    assert!(w.registrar.borrow().aors(w.sim.now()).is_empty());
+}
+
+#[test]
+fn instance_and_reg_id_replace_the_old_binding_and_outbound_is_granted() {
+    let mut w = world(RegistrarConfig {
+        flow_timer: Some(30),
+        ..RegistrarConfig::default()
+    });
+    let peer = w
+        .sim
+        .add_peer("phone", &[ip("192.0.2.40"), ip("192.0.2.41")]);
+    let send = |w: &mut World, from: &str, cseq: u32, call_id: &str| {
+        let branch = w.sim.log().len();
+        let m = MessageBuilder::request(Method::Register, "sip:example.test")
+            .header("Via", &format!("SIP/2.0/UDP {from}:5060;branch=z9hG4bK{branch}x{cseq}{call_id}"))
+            .header("From", "<sip:dave@example.test>;tag=d1")
+            .header("To", "<sip:dave@example.test>")
+            .header("Call-ID", call_id)
+            .header("CSeq", &format!("{cseq} REGISTER"))
+            .header("Supported", "outbound, path")
+            .header("Contact", &format!("<sip:dave@{from};ob>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1;expires=600"))
+            .build()
+            .unwrap();
+        w.sim.peer_send(
+            peer,
+            SocketAddr::new(ip(from), 5060),
+            SocketAddr::new(ip(REG), 5060),
+            Transport::Udp,
+            m.to_bytes(),
+        );
+        w.sim
+            .run_until_peer_receives(peer, Duration::from_secs(1))
+            .unwrap()
+    };
+    let r1 = send(&mut w, "192.0.2.40", 1, "cid-a");
+    assert_eq!(r1.message.status(), Some(200));
+    assert!(r1.message.has_token(HeaderName::Require, "outbound"));
+    assert_eq!(r1.message.flow_timer(), Some(Ok(30)));
+    // the phone moved: new address, new Call-ID, same instance and reg-id
+    let r2 = send(&mut w, "192.0.2.41", 1, "cid-b");
+    assert_eq!(r2.message.status(), Some(200));
+    let b = w
+        .registrar
+        .borrow()
+        .lookup("dave@example.test", w.sim.now());
+    assert_eq!(b.len(), 1, "replaced, not added");
+    assert_eq!(b[0].contact, "sip:dave@192.0.2.41;ob");
+    assert_eq!(b[0].reg_id, Some(1));
+    assert_eq!(r2.message.contacts().count(), 1);
+    // an older CSeq on the same Call-ID is refused
+    let r3 = send(&mut w, "192.0.2.41", 1, "cid-b");
+    assert_eq!(r3.message.status(), Some(500));
+}
+
+#[test]
+fn several_contacts_and_wildcard_removal() {
+    let mut w = world(RegistrarConfig::default());
+    for (i, addr) in ["192.0.2.50", "192.0.2.51"].iter().enumerate() {
+        let ua = w.sim.add_endpoint(
+            &format!("eve{i}"),
+            &[ip(addr)],
+            Config {
+                seed: i as u64 + 1,
+                ..Config::default()
+            },
+        );
+        w.sim.with_endpoint(ua, |ep, now| {
+            ep.register(now, account("eve", "x", Transport::Udp))
+        });
+    }
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        w.registrar
+            .borrow()
+            .lookup("eve@example.test", w.sim.now())
+            .len(),
+        2
+    );
+    let peer = w.sim.add_peer("admin", &[ip("192.0.2.60")]);
+    let star = |cseq: u32, expires: &str| {
+        MessageBuilder::request(Method::Register, "sip:example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP 192.0.2.60:5060;branch=z9hG4bKstar{cseq}"),
+            )
+            .header("From", "<sip:eve@example.test>;tag=s1")
+            .header("To", "<sip:eve@example.test>")
+            .header("Call-ID", "star@x")
+            .header("CSeq", &format!("{cseq} REGISTER"))
+            .header("Contact", "*")
+            .header("Expires", expires)
+            .build()
+            .unwrap()
+    };
+    let from = SocketAddr::new(ip("192.0.2.60"), 5060);
+    let to = SocketAddr::new(ip(REG), 5060);
+    w.sim
+        .peer_send(peer, from, to, Transport::Udp, star(1, "10").to_bytes());
+    let bad = w
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(
+        bad.message.status(),
+        Some(400),
+        "Contact: * needs Expires: 0"
+    );
+    w.sim
+        .peer_send(peer, from, to, Transport::Udp, star(2, "0").to_bytes());
+    let ok = w
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ok.message.status(), Some(200));
+    assert!(w
+        .registrar
+        .borrow()
+        .lookup("eve@example.test", w.sim.now())
+        .is_empty());
+}
+
+#[test]
+fn other_domains_and_users_files() {
+    let mut w = world(users());
+    let ua = w
+        .sim
+        .add_endpoint("alice", &[ip("192.0.2.10")], Config::default());
+    let target = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: None,
+    };
+    let cfg = AccountConfig::new("sip:alice@elsewhere.test", "sip:elsewhere.test", target);
+    w.sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(last_state(&mut w.sim, ua).map(|s| s.1), Some(Some(404)));
+    assert!(RegistrarConfig::parse_users("nocolon\n").is_err());
+    let u: HashMap<String, String> = RegistrarConfig::parse_users("a:b:c\n\n").unwrap();
+    assert_eq!(
+        u.get("a").map(String::as_str),
+        Some("b:c"),
+        "passwords may hold colons"
+    );
+}
+
+#[test]
+fn stale_nonce_is_answered_again() {
+    let mut w = world(RegistrarConfig {
+        nonce_lifetime: Duration::from_secs(100),
+        ..users()
+    });
+    let ua = w
+        .sim
+        .add_endpoint("alice", &[ip("192.0.2.10")], Config::default());
+    let mut cfg = account("alice", "alicepw", Transport::Udp);
+    cfg.expires = 300;
+    w.sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        last_state(&mut w.sim, ua).map(|s| s.0),
+        Some(RegistrationState::Registered)
+    );
+    // the refresh at ~290 s reuses a nonce that expired at 100 s: the
+    // registrar says stale=true and the UA answers the new nonce at once
+    w.sim.run_for(Duration::from_secs(295));
+    assert_eq!(
+        last_state(&mut w.sim, ua).map(|s| s.0),
+        Some(RegistrationState::Registered)
+    );
+    assert!(w
+        .sim
+        .log()
+        .iter()
+        .any(|e| e.first_line.starts_with("SIP/2.0 401")));
+    assert_eq!(
+        w.registrar
+            .borrow()
+            .lookup("alice@example.test", w.sim.now())
+            .len(),
+        1
+    );
+}

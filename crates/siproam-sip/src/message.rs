@@ -717,9 +717,33 @@ impl Message {
         if !self.edited {
             return self.buf.clone();
         }
-        let mut out = Vec::with_capacity(self.buf.len() + 128);
+        // sized exactly, so the Vec becomes a Bytes without another
+        // allocation
+        let len = self.printed_len();
+        let mut out = Vec::with_capacity(len);
         self.write_to(&mut out);
+        debug_assert_eq!(out.len(), len, "printed_len mirrors write_to");
         Bytes::from(out)
+    }
+
+    /// The exact length [`Message::write_to`] produces.
+    fn printed_len(&self) -> usize {
+        let start = match (&self.start, self.start_raw) {
+            (_, Some(raw)) => raw.range().len(),
+            (Start::Request { method, uri }, None) => {
+                self.text(method).len() + 1 + self.text(uri).len() + 10
+            }
+            (Start::Response { reason, .. }, None) => 12 + self.text(reason).len() + 2,
+        };
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|f| match f.raw {
+                Some(raw) => raw.range().len(),
+                None => self.text(&f.name_text).len() + 2 + self.text(&f.value).len() + 2,
+            })
+            .sum();
+        start + fields + 2 + self.body.len()
     }
 
     // ----- editing ----------------------------------------------------

@@ -1,7 +1,10 @@
 //! The `siproam` command line (see `docs/cli.md` in the design notes):
 //! the only crate with clap and anyhow.
 
+mod run;
+
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -20,6 +23,9 @@ struct Cli {
     /// Machine-readable output: one JSON object per line on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// More logging on stderr (-v, -vv); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,6 +39,22 @@ enum Command {
     },
     /// Registrar, two agents, a call and an IP change on loopback, with a timeline.
     Demo,
+    /// A registrar and location service, in memory.
+    Registrar {
+        /// Where to listen (`PROTO:HOST:PORT`, repeatable); default udp:127.0.0.1:5060.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// A file of `user:password` lines: REGISTERs are digest-challenged.
+        #[arg(long, value_name = "FILE")]
+        users: Option<PathBuf>,
+        /// The domain served (others get 404).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        tls: run::TlsArgs,
+    },
+    /// A long-running user agent that registers and stays registered.
+    Agent(run::AgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,12 +68,22 @@ enum MsgAction {
 }
 
 fn main() -> ExitCode {
+    run::mark_start();
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Msg {
             action: MsgAction::Check { file },
         } => msg_check(file.as_deref(), cli.json),
         Command::Demo => demo(cli.json),
+        Command::Registrar {
+            listen,
+            users,
+            domain,
+            tls,
+        } => runtime()
+            .and_then(|rt| rt.block_on(run::registrar(listen, users, domain, tls, cli.json))),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(run::agent(args, cli.json))),
     };
     match result {
         Ok(code) => code,
@@ -60,6 +92,27 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn read_input(file: Option<&str>) -> anyhow::Result<Vec<u8>> {

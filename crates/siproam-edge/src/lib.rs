@@ -12,3 +12,6 @@
 mod registrar;
 
 pub use registrar::{Binding, Handled, Registrar, RegistrarConfig, UsersError};
+
+mod app;
+pub use app::RegistrarApp;

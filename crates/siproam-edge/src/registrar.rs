@@ -192,13 +192,15 @@ impl Registrar {
             .retain(|_, (issued, _)| now.saturating_duration_since(*issued) < lifetime);
     }
 
-    /// Forgets the bindings that arrived on a flow that failed (RFC 5626
-    /// §7: a registrar routes only over live flows). Returns how many.
+    /// Forgets the outbound bindings (those with `reg-id`) that arrived on
+    /// a flow that failed (RFC 5626 §7: such a binding is only reachable
+    /// over its flow). Other bindings stay: their Contact can be reached
+    /// anew. Returns how many went.
     pub fn flow_failed(&mut self, flow: FlowId) -> usize {
         let mut n = 0;
         for list in self.bindings.values_mut() {
             let before = list.len();
-            list.retain(|b| b.flow != flow);
+            list.retain(|b| b.flow != flow || b.reg_id.is_none());
             n += before - list.len();
         }
         n

@@ -6,5 +6,11 @@
 
 #![warn(missing_docs)]
 
+mod endpoint;
 pub mod resolve;
 pub mod transport;
+
+pub use endpoint::{
+    AccountSpec, Application, EndpointConfig, EndpointError, EndpointHandle, UserAgent,
+};
+pub use siproam_core as core;

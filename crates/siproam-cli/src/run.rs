@@ -1,0 +1,309 @@
+//! `siproam registrar` and `siproam agent`: long-running commands on the
+//! tokio driver, with JSON events on stdout (`cli.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use siproam::core::{Event, RegistrationState};
+use siproam::transport::{TlsClientConfig, TlsServerConfig, Transport, TransportConfig};
+use siproam::{AccountSpec, EndpointConfig, EndpointHandle, UserAgent};
+use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Process start, for `t_ms`.
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+pub fn mark_start() {
+    START.get_or_init(Instant::now);
+}
+
+fn t_ms() -> f64 {
+    START
+        .get()
+        .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Prints one event: JSON when asked, a short line otherwise.
+pub fn emit(json_out: bool, mut v: Value) {
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("t_ms".into(), json!((t_ms() * 1000.0).round() / 1000.0));
+        obj.shift_remove("t_ms")
+            .map(|t| obj.shift_insert(0, "t_ms".into(), t));
+    }
+    if json_out {
+        println!("{v}");
+    } else if let Some(obj) = v.as_object() {
+        let line: Vec<String> = obj
+            .iter()
+            .filter(|(k, _)| k.as_str() != "t_ms")
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        println!("[{:>9.3} ms] {}", t_ms(), line.join(" "));
+    }
+}
+
+/// Parses `PROTO:HOST:PORT` (`udp:127.0.0.1:5060`, `tcp:[::1]:0`).
+pub fn parse_listen(s: &str) -> anyhow::Result<(Transport, SocketAddr)> {
+    let (proto, addr) = s.split_once(':').context("expected PROTO:HOST:PORT")?;
+    let t = match proto.to_ascii_lowercase().as_str() {
+        "udp" => Transport::Udp,
+        "tcp" => Transport::Tcp,
+        "tls" => Transport::Tls,
+        other => bail!("unknown transport {other:?} (udp, tcp or tls)"),
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address {addr:?} (HOST:PORT, IPv6 in brackets)"))?;
+    Ok((t, addr))
+}
+
+/// TLS settings shared by both commands.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM) for TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Trust this CA (PEM) for TLS servers, as well as the usual roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+fn transport_config(tls: &TlsArgs) -> anyhow::Result<TransportConfig> {
+    let mut cfg = TransportConfig::default();
+    if let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) {
+        cfg.tls_server = Some(
+            TlsServerConfig::from_pem_files(cert, key).context("loading the TLS certificate")?,
+        );
+    } else if tls.tls_cert.is_some() || tls.tls_key.is_some() {
+        bail!("--tls-cert and --tls-key go together");
+    }
+    if let Some(ca) = &tls.ca {
+        cfg.tls_client =
+            Some(TlsClientConfig::with_ca_pem_file(ca, true).context("loading the CA")?);
+    }
+    Ok(cfg)
+}
+
+fn seed() -> u64 {
+    // the driver, not the core, may read the clock: a fresh seed per run
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Result<()> {
+    for l in ep.listeners().await? {
+        emit(
+            json_out,
+            json!({"event": "listening", "transport": l.transport.to_string().to_ascii_lowercase(), "address": l.local.to_string()}),
+        );
+    }
+    Ok(())
+}
+
+/// `siproam registrar`.
+pub async fn registrar(
+    listen: Vec<String>,
+    users: Option<PathBuf>,
+    domain: Option<String>,
+    tls: TlsArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut config = RegistrarConfig {
+        domain,
+        ..RegistrarConfig::default()
+    };
+    if let Some(path) = users {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        config.users = RegistrarConfig::parse_users(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+    }
+    let listen = if listen.is_empty() {
+        vec!["udp:127.0.0.1:5060".to_owned()]
+    } else {
+        listen
+    };
+    let listen: Vec<_> = listen
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<Result<_, _>>()?;
+    let app = RegistrarApp::new(Registrar::new(config));
+    let registrar = app.registrar();
+    let ep_cfg = EndpointConfig {
+        listen,
+        core: siproam::core::Config {
+            seed: seed(),
+            ..Default::default()
+        },
+        transport: transport_config(&tls)?,
+    };
+    let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
+    announce_listeners(&ep, json_out).await?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            ev = ep.next_event() => match ev {
+                Some(Event::IncomingRequest { request, .. }) if request.method() == Some(siproam_sip::Method::Register) => {
+                    let aor = request.to().ok().map(|t| t.uri().to_string()).unwrap_or_default();
+                    let now = Instant::now();
+                    let guard = registrar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let contacts: Vec<Value> = guard
+                        .lookup(&aor, now)
+                        .iter()
+                        .map(|b| json!({"contact": b.contact, "expires": b.expires_at.saturating_duration_since(now).as_secs()}))
+                        .collect();
+                    drop(guard);
+                    emit(json_out, json!({"event": "binding", "aor": aor, "contacts": contacts}));
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    ep.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Agent options (the subset that works today).
+#[derive(Debug, clap::Args, Clone)]
+pub struct AgentArgs {
+    /// The address of record (`sip:alice@example.test`).
+    #[arg(long)]
+    pub aor: String,
+    /// The registrar (`sip:HOST[:PORT][;transport=tcp|tls]`, `sips:…`).
+    #[arg(long)]
+    pub registrar: Option<String>,
+    /// Digest user name (defaults to the AoR's user).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Digest password.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Where to listen (`PROTO:HOST:PORT`, repeatable); default
+    /// `udp:0.0.0.0:0` and `tcp:0.0.0.0:0`.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Binding lifetime to request, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub expires: u32,
+    /// Keep running when stdin ends (for scripts).
+    #[arg(long)]
+    pub stay: bool,
+    /// Turn off automatic network-change detection (not built yet: the
+    /// agent does not watch the network today).
+    #[arg(long)]
+    pub no_watch: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
+    json!({
+        "event": "registration",
+        "account": r.account.0,
+        "state": r.state.as_str(),
+        "contact": r.contact,
+        "code": r.code,
+        "expires": r.expires,
+    })
+}
+
+/// `siproam agent`.
+pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> {
+    let listen = if args.listen.is_empty() {
+        vec!["udp:0.0.0.0:0".to_owned(), "tcp:0.0.0.0:0".to_owned()]
+    } else {
+        args.listen.clone()
+    };
+    let listen: Vec<_> = listen
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<Result<_, _>>()?;
+    let ep_cfg = EndpointConfig {
+        listen,
+        core: siproam::core::Config {
+            seed: seed(),
+            ..Default::default()
+        },
+        transport: transport_config(&args.tls)?,
+    };
+    let mut ep = EndpointHandle::start(ep_cfg, Box::new(UserAgent)).await?;
+    announce_listeners(&ep, json_out).await?;
+    let account = match &args.registrar {
+        Some(registrar) => Some(
+            ep.register(AccountSpec {
+                aor: args.aor.clone(),
+                registrar: registrar.clone(),
+                username: args.user.clone(),
+                password: args.password.clone(),
+                expires: args.expires,
+            })
+            .await
+            .context("registering")?,
+        ),
+        None => None,
+    };
+    let mut last: Option<Value> = None;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => match line.trim() {
+                    "" => {}
+                    "quit" => break,
+                    "status" => emit(json_out, last.clone().unwrap_or_else(|| json!({"event": "registration", "state": "unregistered"}))),
+                    other => {
+                        let cmd = other.split_whitespace().next().unwrap_or_default();
+                        emit(json_out, json!({"event": "error", "command": cmd, "reason": "not supported yet"}));
+                    }
+                },
+                Ok(None) | Err(_) => {
+                    stdin_open = false;
+                    if !args.stay {
+                        break;
+                    }
+                }
+            },
+            ev = ep.next_event() => match ev {
+                Some(Event::Registration(r)) => {
+                    let v = registration_json(&r);
+                    last = Some(v.clone());
+                    emit(json_out, v);
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    // remove the binding before leaving (bounded wait)
+    if let Some(acc) = account {
+        if ep.unregister(acc).await.is_ok() {
+            let wait = async {
+                while let Some(ev) = ep.next_event().await {
+                    if let Event::Registration(r) = ev {
+                        emit(json_out, registration_json(&r));
+                        if r.state == RegistrationState::Unregistered {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+        }
+    }
+    ep.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,261 @@
+//! `siproam registrar` and `siproam agent` on loopback: digest
+//! registration over UDP, TCP and TLS (certificates made here with rcgen),
+//! checked from both sides' JSON events.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A child process whose JSON stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Proc {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    /// The next event matching `pred`, within a bound.
+    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(e) => panic!("no {what}: {e}"),
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            writeln!(stdin, "{line}").unwrap();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("siproam-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A CA and a server certificate for 127.0.0.1, as PEM files.
+fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "siproam test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+fn listening(p: &Proc, transport: &str) -> String {
+    p.wait_for(&format!("{transport} listener"), |v| {
+        v["event"] == "listening" && v["transport"] == transport
+    })["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn register_over(
+    transport: &str,
+    registrar_uri: impl Fn(&str) -> String,
+    extra_registrar: &[&str],
+    extra_agent: &[&str],
+    agent_listen: &[&str],
+) {
+    let dir = temp_dir(transport);
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:alicepw\n").unwrap();
+    let listen = format!("{transport}:127.0.0.1:0");
+    let mut reg_args = vec![
+        "registrar",
+        "--json",
+        "--listen",
+        &listen,
+        "--users",
+        users.to_str().unwrap(),
+        "--domain",
+        "example.test",
+    ];
+    reg_args.extend_from_slice(extra_registrar);
+    let registrar = Proc::spawn(&reg_args);
+    let addr = listening(&registrar, transport);
+    let uri = registrar_uri(&addr);
+    let mut agent_args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--password",
+        "alicepw",
+    ];
+    for l in agent_listen {
+        agent_args.extend_from_slice(&["--listen", l]);
+    }
+    agent_args.extend_from_slice(extra_agent);
+    let mut agent = Proc::spawn(&agent_args);
+    let registered = agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    assert_eq!(registered["code"], 200);
+    assert_eq!(registered["expires"], 600);
+    let contact = registered["contact"].as_str().unwrap().to_owned();
+    assert!(contact.starts_with("sip:alice@127.0.0."), "{contact}");
+    // the registrar holds exactly that contact
+    let binding = registrar.wait_for("binding", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    assert_eq!(binding["aor"], "sip:alice@example.test");
+    assert_eq!(binding["contacts"][0]["contact"], contact.as_str());
+    // status repeats the state; quit unregisters and exits cleanly
+    agent.send("status");
+    agent.wait_for("status", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    agent.send("quit");
+    agent.wait_for("unregistered", |v| {
+        v["event"] == "registration" && v["state"] == "unregistered"
+    });
+    let status = agent.child.wait().unwrap();
+    assert!(status.success());
+    let gone = registrar.wait_for("binding removed", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| c.is_empty())
+    });
+    assert_eq!(gone["aor"], "sip:alice@example.test");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn register_over_udp() {
+    register_over(
+        "udp",
+        |a| format!("sip:{a}"),
+        &[],
+        &[],
+        &["udp:127.0.0.2:0"],
+    );
+}
+
+#[test]
+fn register_over_tcp() {
+    register_over(
+        "tcp",
+        |a| format!("sip:{a};transport=tcp"),
+        &[],
+        &[],
+        &["udp:127.0.0.3:0", "tcp:127.0.0.3:0"],
+    );
+}
+
+#[test]
+fn register_over_tls() {
+    let dir = temp_dir("tls-certs");
+    let (ca, cert, key) = certificates(&dir);
+    let (ca, cert, key) = (
+        ca.to_str().unwrap().to_owned(),
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    );
+    register_over(
+        "tls",
+        |a| format!("sip:{a};transport=tls"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+        &["--ca", &ca],
+        &["udp:127.0.0.4:0"],
+    );
+}
+
+#[test]
+fn tls_registrar_with_an_untrusted_certificate_is_refused() {
+    let dir = temp_dir("tls-untrusted");
+    let (_ca, cert, key) = certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = listening(&registrar, "tls");
+    let uri = format!("sip:{addr};transport=tls");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        "udp:127.0.0.5:0",
+        "--stay",
+    ]);
+    let failed = agent.wait_for("failure", |v| {
+        v["event"] == "registration" && v["state"] == "failed"
+    });
+    assert_eq!(
+        failed["code"], 503,
+        "the TLS handshake fails: a transport error"
+    );
+}

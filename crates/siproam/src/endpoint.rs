@@ -1,0 +1,580 @@
+//! The running endpoint: one tokio task owns the sans-IO core and the
+//! transports, feeds the core what arrives and when its timers are due,
+//! and carries out what it asks (sends, connects). Commands come in over a
+//! channel; core events go to an [`Application`] and then to the caller.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use siproam_core::{
+    AccountConfig, AccountId, Config as CoreConfig, Endpoint as Core, Event, FlowCloseReason,
+    FlowId, ListenPoint, Target as CoreTarget, Transport as CoreTransport,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::resolve::{Destination, Resolver};
+use crate::transport::{
+    CloseReason, ConnectionId, Direction, ListenError, ListenerInfo, Target, Transport,
+    TransportConfig, TransportEvent, TransportEvents, TransportManager,
+};
+
+/// What runs on the core's events inside the endpoint task: a user agent
+/// that answers requests, a registrar, a proxy. It may act on the core at
+/// once; returning the event passes it on to [`EndpointHandle::events`].
+pub trait Application: Send + 'static {
+    /// Handles one event.
+    fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event>;
+}
+
+/// A plain user agent: answers requests it gets the default way (OPTIONS
+/// 200, anything else 405/481) and passes every event on.
+#[derive(Debug, Default)]
+pub struct UserAgent;
+
+impl Application for UserAgent {
+    fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event> {
+        if let Event::IncomingRequest {
+            tx: Some(tx),
+            request,
+            ..
+        } = &event
+        {
+            if let Err(e) = core.respond_default(now, *tx, request) {
+                debug!("no default answer: {e}");
+            }
+        }
+        Some(event)
+    }
+}
+
+/// How to start an endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointConfig {
+    /// Where to listen: `(transport, address)`; port 0 picks one.
+    pub listen: Vec<(Transport, SocketAddr)>,
+    /// The core's settings.
+    pub core: CoreConfig,
+    /// The transports' settings (TLS, limits, idle timeout).
+    pub transport: TransportConfig,
+}
+
+/// Errors of the endpoint's commands.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// A listener could not be opened.
+    #[error("listen: {0}")]
+    Listen(#[from] ListenError),
+    /// The registrar URI could not be resolved.
+    #[error("resolve: {0}")]
+    Resolve(#[from] crate::resolve::ResolveError),
+    /// The registrar URI is not a valid SIP URI.
+    #[error("invalid URI: {0}")]
+    Uri(#[from] siproam_sip::UriError),
+    /// No listener for the transport the registrar needs.
+    #[error("no {0} listener for that transport")]
+    NoListener(Transport),
+    /// The local address towards the registrar could not be found.
+    #[error("no route to the registrar: {0}")]
+    NoRoute(#[source] std::io::Error),
+    /// The core refused the command.
+    #[error("core: {0}")]
+    Core(#[from] siproam_core::CoreError),
+    /// The endpoint task has stopped.
+    #[error("endpoint stopped")]
+    Stopped,
+}
+
+/// An account to register, as the application describes it.
+#[derive(Debug, Clone)]
+pub struct AccountSpec {
+    /// The address of record (`sip:alice@example.test`).
+    pub aor: String,
+    /// The registrar URI (`sip:127.0.0.1:5060;transport=tcp`, `sips:…`).
+    pub registrar: String,
+    /// Digest user name (defaults to the AoR's user).
+    pub username: Option<String>,
+    /// Digest password.
+    pub password: Option<String>,
+    /// Binding lifetime requested, in seconds.
+    pub expires: u32,
+}
+
+enum Command {
+    Register(
+        AccountSpec,
+        oneshot::Sender<Result<AccountId, EndpointError>>,
+    ),
+    Unregister(AccountId, oneshot::Sender<Result<(), EndpointError>>),
+    Listeners(oneshot::Sender<Vec<ListenerInfo>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on a running endpoint.
+#[derive(Debug)]
+pub struct EndpointHandle {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+}
+
+impl EndpointHandle {
+    /// Starts an endpoint: opens the listeners, then runs until shut down.
+    pub async fn start(
+        config: EndpointConfig,
+        app: Box<dyn Application>,
+    ) -> Result<EndpointHandle, EndpointError> {
+        let (transports, transport_events) = TransportManager::new(config.transport.clone());
+        let mut core = Core::new(config.core.clone());
+        for (t, addr) in &config.listen {
+            let info = transports.listen(*t, *addr).await?;
+            core.add_listen_point(ListenPoint {
+                transport: to_core(info.transport),
+                addr: info.local,
+            });
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::channel(4096);
+        let driver = Driver {
+            core,
+            transports,
+            app,
+            resolver: Resolver::from_system(),
+            flows: HashMap::new(),
+            connections: HashMap::new(),
+            pending: HashMap::new(),
+            server_names: HashMap::new(),
+            events: ev_tx,
+            rng: config.core.seed ^ 0x9E37_79B9_7F4A_7C15,
+        };
+        tokio::spawn(driver.run(cmd_rx, transport_events));
+        Ok(EndpointHandle {
+            commands: cmd_tx,
+            events: ev_rx,
+        })
+    }
+
+    /// Starts registering an account.
+    pub async fn register(&self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Register(spec, tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Removes an account's binding.
+    pub async fn unregister(&self, account: AccountId) -> Result<(), EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Unregister(account, tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// The listeners as bound (real ports for port 0).
+    pub async fn listeners(&self) -> Result<Vec<ListenerInfo>, EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Listeners(tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)
+    }
+
+    /// The next event the application passed on (`None` once stopped).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Stops the endpoint (sockets close; bindings are not removed:
+    /// unregister first for that).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The driver's end of a core flow.
+#[derive(Debug, Clone, Copy)]
+enum FlowPath {
+    Connection(ConnectionId),
+}
+
+struct Driver {
+    core: Core,
+    transports: TransportManager,
+    app: Box<dyn Application>,
+    resolver: Resolver,
+    /// core flow → connection (TCP/TLS)
+    flows: HashMap<FlowId, FlowPath>,
+    /// connection → core flow
+    connections: HashMap<ConnectionId, FlowId>,
+    /// messages waiting for their flow's connection to open
+    pending: HashMap<FlowId, VecDeque<Bytes>>,
+    /// TLS server names by address (from resolution)
+    server_names: HashMap<SocketAddr, String>,
+    events: mpsc::Sender<Event>,
+    rng: u64,
+}
+
+enum Connected {
+    Done(
+        FlowId,
+        Result<crate::transport::Flow, crate::transport::SendError>,
+    ),
+}
+
+pub(crate) fn to_core(t: Transport) -> CoreTransport {
+    match t {
+        Transport::Udp => CoreTransport::Udp,
+        Transport::Tcp => CoreTransport::Tcp,
+        Transport::Tls => CoreTransport::Tls,
+    }
+}
+
+pub(crate) fn from_core(t: CoreTransport) -> Transport {
+    match t {
+        CoreTransport::Udp => Transport::Udp,
+        CoreTransport::Tcp => Transport::Tcp,
+        CoreTransport::Tls => Transport::Tls,
+    }
+}
+
+fn close_reason(r: &CloseReason) -> FlowCloseReason {
+    match r {
+        CloseReason::PeerClosed => FlowCloseReason::PeerClosed,
+        CloseReason::Reset | CloseReason::Io(_) => FlowCloseReason::Reset,
+        CloseReason::Framing(_) => FlowCloseReason::FramingError,
+        CloseReason::Idle => FlowCloseReason::Idle,
+        CloseReason::KeepAliveTimeout => FlowCloseReason::KeepAliveTimeout,
+        _ => FlowCloseReason::Local,
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut transport_events: TransportEvents,
+    ) {
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Connected>();
+        loop {
+            let deadline = self
+                .core
+                .poll_timeout()
+                .map(|(at, _)| tokio::time::Instant::from_std(at));
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd).await,
+                    None => return,
+                },
+                ev = transport_events.recv() => match ev {
+                    Some(ev) => self.transport_event(ev),
+                    None => return,
+                },
+                Some(Connected::Done(flow, result)) = conn_rx.recv() => self.connected(flow, result).await,
+                _ = sleep_until(deadline) => self.core.handle_timeout(now()),
+            }
+            self.drain(&conn_tx).await;
+        }
+    }
+
+    fn random(&mut self) -> u32 {
+        // xorshift: only orders SRV records of equal priority
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 32) as u32
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register(spec, reply) => {
+                let r = self.register(spec).await;
+                let _ = reply.send(r);
+            }
+            Command::Unregister(account, reply) => {
+                let r = self
+                    .core
+                    .unregister(now(), account)
+                    .map_err(EndpointError::from);
+                let _ = reply.send(r);
+            }
+            Command::Listeners(reply) => {
+                let _ = reply.send(self.transports.listeners());
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
+        let uri = siproam_sip::Uri::parse(&spec.registrar)?;
+        let dest = Destination::from_uri(&uri)?;
+        let mut rng_state = self.random();
+        let mut rng = move || {
+            rng_state = rng_state
+                .wrapping_mul(1_664_525)
+                .wrapping_add(1_013_904_223);
+            rng_state
+        };
+        let targets = self.resolver.resolve(&dest, &mut rng).await?;
+        let target = targets.into_iter().next().ok_or(EndpointError::Stopped)?;
+        let listener = self
+            .transports
+            .listeners()
+            .into_iter()
+            .find(|l| l.transport == target.transport)
+            .or_else(|| {
+                // no listener of that transport: the registrar reaches us over
+                // the connection we open; advertise another listener's port
+                self.transports.listeners().into_iter().next()
+            })
+            .ok_or(EndpointError::NoListener(target.transport))?;
+        let source = self
+            .transports
+            .source_address_for(target.addr)
+            .map_err(EndpointError::NoRoute)?;
+        let local_ip = if listener.local.ip().is_unspecified() {
+            source
+        } else {
+            listener.local.ip()
+        };
+        let local = SocketAddr::new(local_ip, listener.local.port());
+        if target.transport == Transport::Tls {
+            self.server_names
+                .insert(target.addr, target.server_name.clone());
+        }
+        let core_target = CoreTarget {
+            transport: to_core(target.transport),
+            remote: target.addr,
+            local: Some(local),
+        };
+        // the Request-URI of a REGISTER is the registrar's domain
+        let registrar_uri = match uri.as_sip() {
+            Some(s) => format!(
+                "{}:{}",
+                if s.is_secure() { "sips" } else { "sip" },
+                s.host_str()
+            ),
+            None => spec.registrar.clone(),
+        };
+        let mut cfg = AccountConfig::new(&spec.aor, &registrar_uri, core_target);
+        cfg.username = spec.username;
+        cfg.password = spec.password;
+        cfg.expires = spec.expires;
+        Ok(self.core.register(now(), cfg))
+    }
+
+    fn transport_event(&mut self, ev: TransportEvent) {
+        let now = now();
+        match ev {
+            TransportEvent::Received {
+                transport: Transport::Udp,
+                local,
+                remote,
+                bytes,
+                ..
+            } => {
+                self.core.handle_datagram(now, local, remote, bytes);
+            }
+            TransportEvent::Received {
+                transport,
+                local,
+                remote,
+                connection: Some(conn),
+                bytes,
+            } => {
+                let flow = match self.connections.get(&conn) {
+                    Some(f) => *f,
+                    None => self.accept(conn, transport, local, remote),
+                };
+                self.core.handle_stream_message(now, flow, bytes);
+            }
+            TransportEvent::Received { .. } => {}
+            TransportEvent::ConnectionOpened { info } => {
+                if info.direction == Direction::Incoming && !self.connections.contains_key(&info.id)
+                {
+                    self.accept(info.id, info.transport, info.local, info.remote);
+                }
+            }
+            TransportEvent::ConnectionClosed { info, reason } => {
+                if let Some(flow) = self.connections.remove(&info.id) {
+                    self.flows.remove(&flow);
+                    self.pending.remove(&flow);
+                    self.core
+                        .handle_flow_closed(now, flow, close_reason(&reason));
+                }
+            }
+            TransportEvent::PongReceived { .. } => {}
+        }
+    }
+
+    fn accept(
+        &mut self,
+        conn: ConnectionId,
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> FlowId {
+        let flow = self
+            .core
+            .handle_flow_accepted(to_core(transport), local, remote);
+        self.connections.insert(conn, flow);
+        self.flows.insert(flow, FlowPath::Connection(conn));
+        flow
+    }
+
+    async fn connected(
+        &mut self,
+        flow: FlowId,
+        result: Result<crate::transport::Flow, crate::transport::SendError>,
+    ) {
+        match result {
+            Ok(f) => {
+                if let Some(conn) = f.connection {
+                    self.connections.insert(conn, flow);
+                    self.flows.insert(flow, FlowPath::Connection(conn));
+                    self.core.handle_flow_established(flow, f.local);
+                    let queued: Vec<Bytes> = self
+                        .pending
+                        .remove(&flow)
+                        .map(Vec::from)
+                        .unwrap_or_default();
+                    for bytes in queued {
+                        let target = Target::new(f.transport, f.remote).with_connection(conn);
+                        if let Err(e) = self.transports.send(&target, bytes).await {
+                            warn!("send on a new connection failed: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                debug!("connect failed: {e}");
+                self.pending.remove(&flow);
+                self.core
+                    .handle_flow_closed(now(), flow, FlowCloseReason::ConnectFailed);
+            }
+        }
+    }
+
+    /// Carries out what the core asked, and hands its events on.
+    async fn drain(&mut self, conn_tx: &mpsc::UnboundedSender<Connected>) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.core.poll_transmit() {
+                progressed = true;
+                self.transmit(t, conn_tx).await;
+            }
+            while let Some(ev) = self.core.poll_event() {
+                progressed = true;
+                let at = now();
+                if let Some(ev) = self.app.on_event(&mut self.core, at, ev) {
+                    if self.events.try_send(ev).is_err() {
+                        debug!("event dropped: nobody is reading");
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    async fn transmit(
+        &mut self,
+        t: siproam_core::Transmit,
+        conn_tx: &mpsc::UnboundedSender<Connected>,
+    ) {
+        let transport = from_core(t.transport);
+        if transport == Transport::Udp {
+            let local = self.udp_local(t.local);
+            let mut target = Target::new(transport, t.remote);
+            if let Some(l) = local {
+                target = target.with_local(l);
+            }
+            if let Err(e) = self.transports.send(&target, t.payload).await {
+                debug!("UDP send failed: {e}");
+            }
+            return;
+        }
+        match self.flows.get(&t.flow) {
+            Some(FlowPath::Connection(conn)) => {
+                let target = Target::new(transport, t.remote).with_connection(*conn);
+                if let Err(e) = self.transports.send(&target, t.payload).await {
+                    debug!("send failed: {e}");
+                }
+            }
+            None => {
+                // a new connection: queue behind the connect
+                if let Some(q) = self.pending.get_mut(&t.flow) {
+                    q.push_back(t.payload);
+                    return;
+                }
+                self.pending.insert(t.flow, VecDeque::new());
+                let mut target = Target::new(transport, t.remote);
+                if let Some(l) = t.local.filter(|l| !l.ip().is_unspecified()) {
+                    target = target.with_local(l);
+                }
+                if transport == Transport::Tls {
+                    let name = self
+                        .server_names
+                        .get(&t.remote)
+                        .cloned()
+                        .unwrap_or_else(|| t.remote.ip().to_string());
+                    target = target.with_server_name(name);
+                }
+                let transports = self.transports.clone();
+                let tx = conn_tx.clone();
+                let flow = t.flow;
+                tokio::spawn(async move {
+                    let r = transports.send(&target, t.payload).await;
+                    let _ = tx.send(Connected::Done(flow, r));
+                });
+            }
+        }
+    }
+
+    /// The UDP listener to send from: the one bound to `local`, else one on
+    /// the same port bound to the wildcard, else any.
+    fn udp_local(&self, local: Option<SocketAddr>) -> Option<SocketAddr> {
+        let udp: Vec<SocketAddr> = self
+            .transports
+            .listeners()
+            .into_iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .map(|l| l.local)
+            .collect();
+        let want = local?;
+        udp.iter()
+            .find(|a| **a == want)
+            .or_else(|| {
+                udp.iter()
+                    .find(|a| a.ip().is_unspecified() && a.port() == want.port())
+            })
+            .or_else(|| udp.iter().find(|a| a.ip() == want.ip()))
+            .or(udp.first())
+            .copied()
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending::<()>().await,
+    }
+}

@@ -218,7 +218,8 @@ proptest! {
     #[test]
     fn edited_messages_print_and_parse_back_equal(g in message(), which in 0usize..6, val in "[a-zA-Z0-9]{1,10}") {
         let mut msg = Message::parse(Bytes::from(g.text.clone())).unwrap();
-        let vias = msg.elements(HeaderName::Via).count();
+        // empty list elements are not Vias (see message_api's regression tests)
+        let vias = msg.elements(HeaderName::Via).filter(|e| !e.is_empty()).count();
         let edited_name = match which {
             0 => { msg.set_top_via_param("received", Some(Some("198.51.100.1"))).unwrap(); HeaderName::Via }
             1 => { msg.set_header_param(HeaderName::To, 0, "tag", Some(Some(&val))).unwrap(); HeaderName::To }
@@ -235,7 +236,7 @@ proptest! {
         let back = Message::parse(printed.clone()).map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&printed))))?;
         prop_assert_eq!(&back, &msg);
         if which == 4 && vias > 1 {
-            prop_assert_eq!(back.elements(HeaderName::Via).count(), vias - 1);
+            prop_assert_eq!(back.elements(HeaderName::Via).filter(|e| !e.is_empty()).count(), vias - 1);
         }
         // every header line not of the edited kind is still there, byte-for-byte, in order
         let untouched: Vec<&[u8]> = g.lines.iter().map(|l| l.as_slice()).filter(|l| {

@@ -1,0 +1,312 @@
+//! Interop with SIP software nobody here wrote, on loopback:
+//! - Kamailio as registrar: a `siproam agent` registers over UDP and TCP
+//!   with digest auth, and Kamailio's location table (`kamcmd ul.lookup`,
+//!   via `interop/kamailio/bindings.sh`) shows both contacts.
+//! - SIPp as a UAC registers with digest auth to `siproam registrar`.
+//!
+//! The peers come from Debian packages (`interop/install.sh`, run by CI as
+//! root). Without them a test says why it is skipped; with
+//! `SIPROAM_REQUIRE_INTEROP=1` (CI sets it) a missing peer fails instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// True when `tool` is on PATH; otherwise says why the test is skipped
+/// (or fails, when interop is required).
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let why = format!("{tool} is not installed (run interop/install.sh as root)");
+        if std::env::var("SIPROAM_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+            panic!("required interop peer missing: {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
+
+/// A port free on 127.0.0.1 for both UDP and TCP.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Proc {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(e) => panic!("no {what}: {e}"),
+            }
+        }
+    }
+
+    fn quit(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "quit");
+        }
+        let _ = self.wait_for("unregistered", |v| {
+            v["event"] == "registration" && v["state"] == "unregistered"
+        });
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Kamailio {
+    workdir: PathBuf,
+}
+
+impl Kamailio {
+    fn start(port: u16) -> Kamailio {
+        let workdir =
+            std::env::temp_dir().join(format!("siproam-kam-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&workdir).unwrap();
+        let out = Command::new("bash")
+            .arg(repo().join("interop/kamailio/run.sh"))
+            .arg(port.to_string())
+            .arg(&workdir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kamailio did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Kamailio { workdir }
+    }
+
+    fn bindings(&self, aor: &str) -> Vec<String> {
+        let out = Command::new("bash")
+            .arg(repo().join("interop/kamailio/bindings.sh"))
+            .arg(&self.workdir)
+            .arg(aor)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bindings.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("interop/kamailio/stop.sh"))
+            .arg(&self.workdir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
+
+#[test]
+fn kamailio_registers_siproam_over_udp_and_tcp_with_digest() {
+    if !have("kamailio") || !have("kamcmd") {
+        return;
+    }
+    let port = free_port();
+    let kam = Kamailio::start(port);
+    let udp_reg = format!("sip:127.0.0.1:{port}");
+    let tcp_reg = format!("sip:127.0.0.1:{port};transport=tcp");
+    let mut udp = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &udp_reg,
+        "--password",
+        "alicepw",
+        "--listen",
+        "udp:127.0.0.1:0",
+    ]);
+    let mut tcp = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &tcp_reg,
+        "--password",
+        "alicepw",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--listen",
+        "tcp:127.0.0.1:0",
+    ]);
+    let u = udp.wait_for("UDP registration", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let t = tcp.wait_for("TCP registration", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let mut expected = vec![
+        u["contact"].as_str().unwrap().to_owned(),
+        t["contact"].as_str().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert!(expected[0].contains("transport=tcp") || expected[1].contains("transport=tcp"));
+    assert_eq!(
+        kam.bindings("alice@example.test"),
+        expected,
+        "Kamailio's location table holds both contacts"
+    );
+    // unregistering removes them from Kamailio too
+    udp.quit();
+    tcp.quit();
+    assert!(kam.bindings("alice@example.test").is_empty());
+    // a wrong password is refused by Kamailio
+    let bad = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &udp_reg,
+        "--password",
+        "wrong",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--stay",
+    ]);
+    let f = bad.wait_for("failure", |v| {
+        v["event"] == "registration" && v["state"] == "failed"
+    });
+    assert_eq!(f["code"], 401);
+}
+
+#[test]
+fn sipp_registers_to_siproam_registrar_with_digest() {
+    if !have("sipp") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("siproam-sipp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:alicepw\n").unwrap();
+    let port = free_port();
+    let listen = format!("udp:127.0.0.1:{port}");
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        &listen,
+        "--users",
+        users.to_str().unwrap(),
+        "--domain",
+        "example.test",
+    ]);
+    registrar.wait_for("listener", |v| v["event"] == "listening");
+    let sipp_port = free_port();
+    let status = Command::new("timeout")
+        .args(["30", "sipp", "-sf"])
+        .arg(repo().join("interop/sipp/register_auth.xml"))
+        .args([
+            "-m", "1", "-nostdin", "-au", "alice", "-ap", "alicepw", "-s", "alice",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &sipp_port.to_string(),
+            "-t",
+            "u1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIPp's REGISTER scenario failed: {status}"
+    );
+    let binding = registrar.wait_for("binding", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    assert_eq!(binding["aor"], "sip:alice@example.test");
+    let contact = binding["contacts"][0]["contact"].as_str().unwrap();
+    assert!(
+        contact.contains(&format!("127.0.0.1:{sipp_port}")),
+        "{contact}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,6 +1,7 @@
 //! The `siproam` command line (see `docs/cli.md` in the design notes):
 //! the only crate with clap and anyhow.
 
+mod bench;
 mod run;
 
 use std::io::Read;
@@ -55,6 +56,30 @@ enum Command {
     },
     /// A long-running user agent that registers and stays registered.
     Agent(run::AgentArgs),
+    /// Whole-system benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchKind {
+    /// N accounts on one endpoint registering to a registrar on loopback.
+    Register {
+        /// How many accounts.
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        /// udp or tcp.
+        #[arg(long, default_value = "udp")]
+        transport: String,
+        /// Digest-authenticate every account (a users file of N users).
+        #[arg(long)]
+        auth: bool,
+        /// Registrations in flight at once.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +109,23 @@ fn main() -> ExitCode {
         } => runtime()
             .and_then(|rt| rt.block_on(run::registrar(listen, users, domain, tls, cli.json))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(run::agent(args, cli.json))),
+        Command::Bench {
+            which:
+                BenchKind::Register {
+                    accounts,
+                    transport,
+                    auth,
+                    window,
+                },
+        } => runtime().and_then(|rt| {
+            rt.block_on(bench::register(
+                accounts,
+                &transport,
+                auth,
+                window.max(1),
+                cli.json,
+            ))
+        }),
     };
     match result {
         Ok(code) => code,

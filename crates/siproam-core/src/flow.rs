@@ -188,6 +188,13 @@ impl FlowTable {
                 };
                 let local_ok = match (local, f.local) {
                     (None, _) => true,
+                    // a connection's local port is ephemeral: only the
+                    // address says which interface it uses
+                    (Some(want), Some(have)) if transport.is_reliable() => {
+                        want.ip().is_unspecified()
+                            || have.ip().is_unspecified()
+                            || want.ip() == have.ip()
+                    }
                     (Some(want), Some(have)) => same_local(want, have),
                     // an outgoing connection whose local port is not known yet
                     (Some(_), None) => transport.is_reliable(),
@@ -290,6 +297,30 @@ mod tests {
             Some(addr("127.0.0.3:5060")),
         );
         assert_ne!(other, u, "another local address is another flow");
+        // an established connection (ephemeral local port) is reused by a
+        // sender that names only its interface and listening port
+        let c = t.towards(
+            Transport::Tcp,
+            addr("127.0.0.8:5060"),
+            Some(addr("127.0.0.2:5070")),
+        );
+        t.set_local(c, addr("127.0.0.2:40123"));
+        assert_eq!(
+            t.towards(
+                Transport::Tcp,
+                addr("127.0.0.8:5060"),
+                Some(addr("127.0.0.2:5070"))
+            ),
+            c
+        );
+        assert_ne!(
+            t.towards(
+                Transport::Tcp,
+                addr("127.0.0.8:5060"),
+                Some(addr("127.0.0.3:5070"))
+            ),
+            c
+        );
         assert!(t.remove(a).is_some());
         assert_ne!(t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None), a);
     }

@@ -13,7 +13,7 @@ use siproam_core::{
     FlowId, ListenPoint, Target as CoreTarget, Transport as CoreTransport,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::resolve::{Destination, Resolver};
 use crate::transport::{
@@ -145,6 +145,7 @@ impl EndpointHandle {
             flows: HashMap::new(),
             connections: HashMap::new(),
             pending: HashMap::new(),
+            backlog: HashMap::new(),
             server_names: HashMap::new(),
             events: ev_tx,
             rng: config.core.seed ^ 0x9E37_79B9_7F4A_7C15,
@@ -218,6 +219,8 @@ struct Driver {
     connections: HashMap<ConnectionId, FlowId>,
     /// messages waiting for their flow's connection to open
     pending: HashMap<FlowId, VecDeque<Bytes>>,
+    /// messages waiting for room in their connection's send queue, in order
+    backlog: HashMap<FlowId, VecDeque<Bytes>>,
     /// TLS server names by address (from resolution)
     server_names: HashMap<SocketAddr, String>,
     events: mpsc::Sender<Event>,
@@ -289,6 +292,10 @@ impl Driver {
                 },
                 Some(Connected::Done(flow, result)) = conn_rx.recv() => self.connected(flow, result).await,
                 _ = sleep_until(deadline) => self.core.handle_timeout(now()),
+                // a full connection queue drains while we wait a moment
+                _ = tokio::time::sleep(std::time::Duration::from_millis(2)), if !self.backlog.is_empty() => {
+                    self.flush_backlog().await;
+                }
             }
             self.drain(&conn_tx).await;
         }
@@ -416,6 +423,7 @@ impl Driver {
                 if let Some(flow) = self.connections.remove(&info.id) {
                     self.flows.remove(&flow);
                     self.pending.remove(&flow);
+                    self.backlog.remove(&flow);
                     self.core
                         .handle_flow_closed(now, flow, close_reason(&reason));
                 }
@@ -450,16 +458,9 @@ impl Driver {
                     self.connections.insert(conn, flow);
                     self.flows.insert(flow, FlowPath::Connection(conn));
                     self.core.handle_flow_established(flow, f.local);
-                    let queued: Vec<Bytes> = self
-                        .pending
-                        .remove(&flow)
-                        .map(Vec::from)
-                        .unwrap_or_default();
+                    let queued = self.pending.remove(&flow).unwrap_or_default();
                     for bytes in queued {
-                        let target = Target::new(f.transport, f.remote).with_connection(conn);
-                        if let Err(e) = self.transports.send(&target, bytes).await {
-                            warn!("send on a new connection failed: {e}");
-                        }
+                        self.send_stream(flow, conn, bytes).await;
                     }
                 }
             }
@@ -514,10 +515,8 @@ impl Driver {
         }
         match self.flows.get(&t.flow) {
             Some(FlowPath::Connection(conn)) => {
-                let target = Target::new(transport, t.remote).with_connection(*conn);
-                if let Err(e) = self.transports.send(&target, t.payload).await {
-                    debug!("send failed: {e}");
-                }
+                let conn = *conn;
+                self.send_stream(t.flow, conn, t.payload).await;
             }
             None => {
                 // a new connection: queue behind the connect
@@ -545,6 +544,64 @@ impl Driver {
                     let r = transports.send(&target, t.payload).await;
                     let _ = tx.send(Connected::Done(flow, r));
                 });
+            }
+        }
+    }
+
+    /// Sends on a connection, in order behind anything already waiting;
+    /// a full send queue keeps the message for a later try (a stream has no
+    /// retransmissions: dropping it would lose it).
+    async fn send_stream(&mut self, flow: FlowId, conn: ConnectionId, bytes: Bytes) {
+        if let Some(q) = self.backlog.get_mut(&flow) {
+            q.push_back(bytes);
+            return;
+        }
+        if !self.try_send_stream(flow, conn, bytes).await {
+            // kept in the backlog by try_send_stream
+        }
+    }
+
+    /// One send; on a full queue the message goes to the front of the
+    /// flow's backlog and false comes back.
+    async fn try_send_stream(&mut self, flow: FlowId, conn: ConnectionId, bytes: Bytes) -> bool {
+        let Some(info) = self
+            .transports
+            .connections()
+            .into_iter()
+            .find(|c| c.id == conn)
+        else {
+            return true; // closed meanwhile: its close event tells the core
+        };
+        let target = Target::new(info.transport, info.remote).with_connection(conn);
+        match self.transports.send(&target, bytes.clone()).await {
+            Ok(_) => true,
+            Err(crate::transport::SendError::QueueFull(_)) => {
+                self.backlog.entry(flow).or_default().push_front(bytes);
+                false
+            }
+            Err(e) => {
+                debug!("send on {conn} failed: {e}");
+                true
+            }
+        }
+    }
+
+    async fn flush_backlog(&mut self) {
+        let flows: Vec<FlowId> = self.backlog.keys().copied().collect();
+        for flow in flows {
+            let Some(FlowPath::Connection(conn)) = self.flows.get(&flow).copied() else {
+                self.backlog.remove(&flow);
+                continue;
+            };
+            let mut queue = self.backlog.remove(&flow).unwrap_or_default();
+            while let Some(bytes) = queue.pop_front() {
+                if !self.try_send_stream(flow, conn, bytes).await {
+                    // the rest waits behind the one just put back
+                    if let Some(q) = self.backlog.get_mut(&flow) {
+                        q.extend(queue.drain(..));
+                    }
+                    break;
+                }
             }
         }
     }

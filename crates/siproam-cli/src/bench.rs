@@ -1,0 +1,177 @@
+//! `siproam bench …`: whole-system benchmarks (figures, never assertions).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use siproam::core::{Event, RegistrationState};
+use siproam::transport::Transport;
+use siproam::{AccountSpec, EndpointConfig, EndpointHandle, UserAgent};
+
+use crate::run::emit;
+
+/// The process's resident memory, in bytes (Linux `/proc/self/status`).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `siproam bench register --accounts N`: one endpoint, N accounts,
+/// registering to a `siproam registrar` child process on loopback; reports
+/// the wall time until all are registered and the endpoint's resident
+/// memory per account.
+pub async fn register(
+    accounts: usize,
+    transport: &str,
+    auth: bool,
+    window: usize,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    if accounts == 0 {
+        bail!("--accounts must be at least 1");
+    }
+    let t = match transport {
+        "udp" => Transport::Udp,
+        "tcp" => Transport::Tcp,
+        other => bail!("--transport {other}: udp or tcp"),
+    };
+    let dir = std::env::temp_dir().join(format!("siproam-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let listen = format!("{transport}:127.0.0.1:0");
+    let mut args = vec![
+        "registrar".to_owned(),
+        "--json".to_owned(),
+        "--listen".to_owned(),
+        listen,
+    ];
+    if auth {
+        let users = dir.join("users.txt");
+        let mut f = std::fs::File::create(&users)?;
+        for i in 0..accounts {
+            writeln!(f, "user{i}:pw{i}")?;
+        }
+        args.extend(["--users".to_owned(), users.to_string_lossy().into_owned()]);
+    }
+    let mut child = Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("registrar stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the registrar exited before listening");
+        }
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v.get("event").and_then(Value::as_str) == Some("listening") {
+            break v
+                .get("address")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    // drain the registrar's output so it never blocks on a full pipe
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    let registrar_uri = if t == Transport::Udp {
+        format!("sip:{addr}")
+    } else {
+        format!("sip:{addr};transport=tcp")
+    };
+
+    let listen = vec![
+        (Transport::Udp, "127.0.0.2:0".parse()?),
+        (Transport::Tcp, "127.0.0.2:0".parse()?),
+    ];
+    let mut ep = EndpointHandle::start(
+        EndpointConfig {
+            listen,
+            ..Default::default()
+        },
+        Box::new(UserAgent),
+    )
+    .await?;
+    // settle, then measure the baseline
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rss_before = rss_bytes().unwrap_or(0);
+    let start = Instant::now();
+    let (mut next, mut in_flight, mut registered, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let deadline = start + Duration::from_secs(120);
+    let mut failures = std::collections::BTreeMap::new();
+    while registered + failed < accounts {
+        while in_flight < window && next < accounts {
+            let spec = AccountSpec {
+                aor: format!("sip:user{next}@example.test"),
+                registrar: registrar_uri.clone(),
+                username: None,
+                password: auth.then(|| format!("pw{next}")),
+                expires: 3600,
+            };
+            ep.register(spec).await?;
+            next += 1;
+            in_flight += 1;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, ep.next_event()).await {
+            Ok(Some(Event::Registration(r))) => match r.state {
+                RegistrationState::Registered => {
+                    registered += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                RegistrationState::Failed => {
+                    *failures.entry(format!("{:?}", r.failure)).or_insert(0usize) += 1;
+                    failed += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                _ => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the endpoint stopped"),
+            Err(_) => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    let rss_after = rss_bytes().unwrap_or(0);
+    let per_account = rss_after.saturating_sub(rss_before) as f64 / accounts as f64;
+    emit(
+        json_out,
+        json!({
+            "event": "bench",
+            "bench": "register",
+            "transport": transport,
+            "auth": auth,
+            "accounts": accounts,
+            "registered": registered,
+            "failed": failed,
+            "failures": failures,
+            "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "per_second": (registered as f64 / elapsed.as_secs_f64()).round(),
+            "rss_before_bytes": rss_before,
+            "rss_after_bytes": rss_after,
+            "rss_per_account_bytes": per_account.round(),
+        }),
+    );
+    ep.shutdown().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(if registered == accounts {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

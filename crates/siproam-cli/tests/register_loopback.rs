@@ -259,3 +259,18 @@ fn tls_registrar_with_an_untrusted_certificate_is_refused() {
         "the TLS handshake fails: a transport error"
     );
 }
+
+#[test]
+fn many_accounts_over_one_tcp_connection_all_register() {
+    // regression: with hundreds of REGISTERs queued behind one connect, the
+    // connection's send queue overflowed and the extra messages were lost
+    // (streams have no retransmission), so some accounts never registered
+    let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["bench", "register", "--accounts", "3000", "--transport", "tcp", "--window", "1000", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(v["registered"], 3000, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(out.status.success());
+}

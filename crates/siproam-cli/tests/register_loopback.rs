@@ -266,10 +266,21 @@ fn many_accounts_over_one_tcp_connection_all_register() {
     // connection's send queue overflowed and the extra messages were lost
     // (streams have no retransmission), so some accounts never registered
     let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
-        .args(["bench", "register", "--accounts", "3000", "--transport", "tcp", "--window", "1000", "--json"])
+        .args([
+            "bench",
+            "register",
+            "--accounts",
+            "3000",
+            "--transport",
+            "tcp",
+            "--window",
+            "1000",
+            "--json",
+        ])
         .output()
         .unwrap();
-    let v: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(v["registered"], 3000, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
     assert!(out.status.success());

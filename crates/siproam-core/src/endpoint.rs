@@ -196,6 +196,8 @@ struct ServerTx {
     state: ServerState,
     key: String,
     flow: FlowId,
+    /// The request, to answer it without the application's copy.
+    request: Bytes,
     last_response: Option<Bytes>,
     interval: Duration,
 }
@@ -305,6 +307,11 @@ impl Endpoint {
         self.listen_points
             .retain(|p| p.transport != point.transport || p.addr != point.addr);
         self.listen_points.push(point);
+    }
+
+    /// Where the driver listens.
+    pub fn listen_points(&self) -> &[ListenPoint] {
+        &self.listen_points
     }
 
     /// Forgets every listen point (before a listener restart re-adds them).
@@ -475,6 +482,103 @@ impl Endpoint {
         Ok(id)
     }
 
+    /// Forwards a received request (a proxy, RFC 3261 §16.6): adds our
+    /// Via on top of the existing ones and decrements Max-Forwards (70
+    /// when absent); an ACK goes out without a transaction (`Ok(None)`).
+    /// Other edits (Request-URI, Record-Route, Route) are the caller's.
+    pub fn forward_request(
+        &mut self,
+        now: Instant,
+        mut request: Message,
+        target: Target,
+    ) -> Result<Option<RequestId>, CoreError> {
+        let hops = request.max_forwards().and_then(Result::ok).unwrap_or(71);
+        request.set_header("Max-Forwards", &hops.saturating_sub(1).to_string())?;
+        self.next_tx += 1;
+        let id = RequestId(self.next_tx);
+        let is_ack = request.method() == Some(Method::Ack);
+        self.start_tx_with(now, request, target, TxOwner::App(id))?;
+        Ok((!is_ack).then_some(id))
+    }
+
+    /// Cancels an INVITE sent with [`Endpoint::send_request`] or
+    /// [`Endpoint::forward_request`] that has no final response yet
+    /// (RFC 3261 §9.1): a CANCEL with the INVITE's top Via (same branch),
+    /// Request-URI, Call-ID, From, To, CSeq number and Route, in its own
+    /// transaction on the same flow.
+    pub fn cancel(&mut self, now: Instant, request: RequestId) -> Result<RequestId, CoreError> {
+        let (invite, flow, transport) = self
+            .client_txs
+            .values()
+            .find(|t| {
+                t.owner == TxOwner::App(request)
+                    && t.invite
+                    && matches!(t.state, ClientState::Calling | ClientState::Proceeding)
+            })
+            .map(|t| (t.request.clone(), t.flow, t.transport))
+            .ok_or(CoreError::NoSuchTransaction)?;
+        let inv = Message::parse(invite)?;
+        let mut b =
+            MessageBuilder::request(Method::Cancel, inv.request_uri_str().unwrap_or_default());
+        if let Some(via) = inv
+            .header(HeaderName::Via)
+            .and_then(|v| siproam_sip::split_list(v).next())
+        {
+            b = b.header("Via", via);
+        }
+        for (name, h) in [
+            ("From", HeaderName::From),
+            ("To", HeaderName::To),
+            ("Max-Forwards", HeaderName::MaxForwards),
+        ] {
+            if let Some(v) = inv.header(h) {
+                b = b.header(name, v);
+            }
+        }
+        b = b
+            .header("Call-ID", inv.call_id())
+            .header("CSeq", &format!("{} CANCEL", inv.cseq().seq));
+        for r in inv.header_values(HeaderName::Route) {
+            b = b.header("Route", r);
+        }
+        let cancel = b.build()?;
+        let branch = cancel
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .unwrap_or_default()
+            .to_owned();
+        self.next_tx += 1;
+        let id = RequestId(self.next_tx);
+        let tid = self.next_tx;
+        let bytes = cancel.to_bytes();
+        self.transmit_on(flow, bytes.clone());
+        let timer = TimerOwner::ClientTx(tid);
+        if !transport.is_reliable() {
+            self.timers.set(timer, TimerKind::E, now + self.config.t1);
+        }
+        self.timers
+            .set(timer, TimerKind::F, now + self.config.t1x64());
+        self.client_index
+            .insert((branch.clone(), "CANCEL".to_owned()), tid);
+        self.client_txs.insert(
+            tid,
+            ClientTx {
+                invite: false,
+                state: ClientState::Trying,
+                branch,
+                method: "CANCEL".to_owned(),
+                request: bytes,
+                flow,
+                transport,
+                owner: TxOwner::App(id),
+                interval: self.config.t1,
+                ack: None,
+            },
+        );
+        Ok(id)
+    }
+
     pub(crate) fn start_client_tx(
         &mut self,
         now: Instant,
@@ -504,6 +608,42 @@ impl Endpoint {
             b = b.header("User-Agent", ua);
         }
         let request = b.build()?;
+        self.start_tx_sent(now, request, flow, target, branch, owner)
+    }
+
+    /// Starts a client transaction for an already built request by adding
+    /// the top Via (the proxy path).
+    fn start_tx_with(
+        &mut self,
+        now: Instant,
+        mut request: Message,
+        target: Target,
+        owner: TxOwner,
+    ) -> Result<FlowId, CoreError> {
+        let flow = self
+            .flows
+            .towards(target.transport, target.remote, target.local);
+        let local = self.local_for(flow, target.transport, target.local);
+        let branch = format!("z9hG4bK{}", self.rng.token(16));
+        let via = format!(
+            "SIP/2.0/{} {};rport;branch={}",
+            target.transport.via_token(),
+            fmt_hostport(local),
+            branch
+        );
+        request.prepend_header("Via", &via)?;
+        self.start_tx_sent(now, request, flow, target, branch, owner)
+    }
+
+    fn start_tx_sent(
+        &mut self,
+        now: Instant,
+        request: Message,
+        flow: FlowId,
+        target: Target,
+        branch: String,
+        owner: TxOwner,
+    ) -> Result<FlowId, CoreError> {
         let method = request
             .method()
             .map(|m| m.as_str().to_owned())
@@ -769,6 +909,7 @@ impl Endpoint {
             },
             key: key.clone(),
             flow,
+            request: req.to_bytes(),
             last_response: None,
             interval: self.config.t1,
         };
@@ -883,6 +1024,26 @@ impl Endpoint {
         }
         self.transmit_on(flow, bytes);
         Ok(())
+    }
+
+    /// Answers a server transaction with a bare status (a proxy whose
+    /// downstream failed: 408, 503).
+    pub fn respond_status(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), CoreError> {
+        let request = self
+            .server_txs
+            .get(&tx.0)
+            .map(|t| t.request.clone())
+            .ok_or(CoreError::NoSuchTransaction)?;
+        let req = Message::parse(request)?;
+        let tag = self.rng.token(10);
+        let resp = MessageBuilder::response_to(&req, code, reason, Some(&tag)).build()?;
+        self.respond(now, tx, resp)
     }
 
     fn server_timer(&mut self, now: Instant, id: u64, kind: TimerKind) {

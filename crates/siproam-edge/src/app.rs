@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 use siproam::core::{Endpoint, Event};
 use siproam::Application;
 
-use crate::{Handled, Registrar};
+use crate::{Handled, Proxy, Registrar, Routed};
 
-/// Runs a [`Registrar`] inside an endpoint task; other requests get the
-/// default answers. The registrar is shared so the owner can look
-/// bindings up.
+/// Runs a [`Registrar`] and a [`Proxy`] for the AoRs it holds inside an
+/// endpoint task; requests for the element itself get the default
+/// answers. The registrar is shared so the owner can look bindings up.
 #[derive(Debug, Clone)]
 pub struct RegistrarApp {
     registrar: Arc<Mutex<Registrar>>,
+    proxy: Arc<Mutex<Proxy>>,
     last_purge: Option<Instant>,
 }
 
@@ -22,6 +23,7 @@ impl RegistrarApp {
     pub fn new(registrar: Registrar) -> RegistrarApp {
         RegistrarApp {
             registrar: Arc::new(Mutex::new(registrar)),
+            proxy: Arc::new(Mutex::new(Proxy::new())),
             last_purge: None,
         }
     }
@@ -45,25 +47,50 @@ impl Application for RegistrarApp {
             registrar.purge(now);
             self.last_purge = Some(now);
         }
+        let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
         match event {
-            Event::IncomingRequest {
-                tx: Some(tx),
-                flow,
-                request,
-            } => {
-                match registrar.handle_request(core, now, tx, flow, &request) {
-                    Ok(Handled::NotMine) => {
-                        let _ = core.respond_default(now, tx, &request);
-                        None
+            Event::IncomingRequest { tx, flow, request } => {
+                if let Some(tx) = tx {
+                    match registrar.handle_request(core, now, tx, flow, &request) {
+                        // a binding changed: pass it on (challenges are not news)
+                        Ok(Handled::Responded(200)) => {
+                            return Some(Event::IncomingRequest {
+                                tx: Some(tx),
+                                flow,
+                                request,
+                            })
+                        }
+                        Ok(Handled::Responded(_)) | Err(_) => return None,
+                        Ok(Handled::NotMine) => {}
                     }
-                    // a binding changed: pass it on (challenges are not news)
-                    Ok(Handled::Responded(200)) => Some(Event::IncomingRequest {
-                        tx: Some(tx),
-                        flow,
-                        request,
-                    }),
-                    Ok(Handled::Responded(_)) => None,
-                    Err(_) => None,
+                }
+                match proxy.handle_request(core, now, tx, flow, request.clone(), &registrar) {
+                    Ok(Routed::ForUs) => {
+                        if let Some(tx) = tx {
+                            let _ = core.respond_default(now, tx, &request);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if let Some(tx) = tx {
+                            let _ = core.respond_status(now, tx, 500, "Server Internal Error");
+                        }
+                    }
+                }
+                None
+            }
+            Event::Response { request, response } => {
+                if proxy.handle_response(core, now, request, response.clone()) {
+                    None
+                } else {
+                    Some(Event::Response { request, response })
+                }
+            }
+            Event::RequestFailed { request, reason } => {
+                if proxy.handle_failure(core, now, request, reason) {
+                    None
+                } else {
+                    Some(Event::RequestFailed { request, reason })
                 }
             }
             Event::FlowClosed { flow, reason } => {

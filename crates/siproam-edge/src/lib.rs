@@ -9,9 +9,11 @@
 
 #![warn(missing_docs)]
 
+mod proxy;
 mod registrar;
 
-pub use registrar::{Binding, Handled, Registrar, RegistrarConfig, UsersError};
+pub use proxy::{Proxy, Routed};
+pub use registrar::{aor_key, Binding, Handled, Registrar, RegistrarConfig, UsersError};
 
 mod app;
 pub use app::RegistrarApp;

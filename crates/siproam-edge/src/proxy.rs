@@ -1,0 +1,343 @@
+//! A stateful, record-routing proxy for the AoRs the registrar holds
+//! (RFC 3261 §16), so two agents can call each other through it.
+//!
+//! No forking yet: a request for an AoR goes to its best binding. Loose
+//! routing (`;lr`) only.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use siproam_core::{
+    CoreError, Endpoint, FlowId, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
+    Transport,
+};
+use siproam_sip::{HeaderName, Message, MessageBuilder, Uri};
+
+use crate::registrar::aor_key;
+use crate::Registrar;
+
+/// What the proxy did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Forwarded downstream.
+    Forwarded,
+    /// Answered here (an error, or a CANCEL).
+    Answered(u16),
+    /// Addressed to this element itself (the caller answers it).
+    ForUs,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    server: ServerTxId,
+    since: Instant,
+}
+
+/// The proxy's transaction state: which server transaction each forwarded
+/// request answers to.
+#[derive(Debug, Default)]
+pub struct Proxy {
+    pending: HashMap<RequestId, Pending>,
+    /// Forwarded INVITEs by the upstream branch, for CANCEL.
+    invites: HashMap<String, RequestId>,
+}
+
+/// The address a SIP URI names (IP literals only; the proxy does no DNS).
+fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
+    let sip = uri.as_sip()?;
+    let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = sip.maddr().unwrap_or(host).parse().ok()?;
+    let transport = sip
+        .transport()
+        .and_then(Transport::from_token)
+        .unwrap_or(if sip.is_secure() {
+            Transport::Tls
+        } else {
+            default
+        });
+    let port = sip.port().unwrap_or(transport.default_port());
+    Some(Target {
+        transport,
+        remote: SocketAddr::new(ip, port),
+        local: None,
+    })
+}
+
+fn is_us(uri: &Uri<'_>, points: &[ListenPoint]) -> bool {
+    let Some(sip) = uri.as_sip() else {
+        return false;
+    };
+    let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
+    let Ok(ip) = host.parse::<IpAddr>() else {
+        return false;
+    };
+    points.iter().any(|p| {
+        (p.addr.ip() == ip || p.addr.ip().is_unspecified())
+            && sip.port().unwrap_or(p.transport.default_port()) == p.addr.port()
+    })
+}
+
+impl Proxy {
+    /// A proxy with nothing pending.
+    pub fn new() -> Proxy {
+        Proxy::default()
+    }
+
+    fn reply(
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+        code: u16,
+        reason: &str,
+    ) -> Result<Routed, CoreError> {
+        let tag = ep.random_token(10);
+        ep.respond(
+            now,
+            tx,
+            MessageBuilder::response_to(req, code, reason, Some(&tag)).build()?,
+        )?;
+        Ok(Routed::Answered(code))
+    }
+
+    /// Routes a request that is not a REGISTER.
+    pub fn handle_request(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        flow: FlowId,
+        mut req: Message,
+        registrar: &Registrar,
+    ) -> Result<Routed, CoreError> {
+        self.sweep(now);
+        let points = ep.listen_points().to_vec();
+        let inbound = ep.flow(flow).map(|f| f.transport).unwrap_or(Transport::Udp);
+        let method = req
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        if method == "CANCEL" {
+            let Some(tx) = tx else {
+                return Ok(Routed::Answered(0));
+            };
+            let branch = req
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch())
+                .unwrap_or_default()
+                .to_owned();
+            return match self.invites.get(&branch).copied() {
+                Some(invite) => {
+                    Self::reply(ep, now, tx, &req, 200, "OK")?;
+                    // the INVITE's own 487 comes back from downstream
+                    let _ = ep.cancel(now, invite);
+                    Ok(Routed::Answered(200))
+                }
+                None => Self::reply(ep, now, tx, &req, 481, "Call/Transaction Does Not Exist"),
+            };
+        }
+        if req.max_forwards().and_then(Result::ok) == Some(0) {
+            return match tx {
+                Some(tx) => Self::reply(ep, now, tx, &req, 483, "Too Many Hops"),
+                None => Ok(Routed::Answered(0)),
+            };
+        }
+        // loose routing: a top Route naming us is ours to remove
+        let top_route = req
+            .routes()
+            .next()
+            .and_then(Result::ok)
+            .map(|r| is_us(r.uri(), &points));
+        if top_route == Some(true) {
+            remove_top_route(&mut req)?;
+        }
+        let next_route = req
+            .routes()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|r| uri_target(r.uri(), inbound));
+        let target = match next_route {
+            Some(t) => t,
+            None => {
+                let ruri = req.request_uri_str().unwrap_or_default().to_owned();
+                let parsed = Uri::parse(&ruri).map_err(siproam_sip::EditError::from)?;
+                let key = aor_key(&parsed);
+                let bindings = key
+                    .as_deref()
+                    .map(|k| registrar.lookup(k, now))
+                    .unwrap_or_default();
+                if let Some(b) = bindings.first() {
+                    req.set_request_uri(&b.contact)?;
+                    // over the flow the REGISTER came on when it was a
+                    // connection (the UA may not be reachable otherwise)
+                    let over_flow =
+                        ep.flow(b.flow)
+                            .filter(|f| f.transport.is_reliable())
+                            .map(|f| Target {
+                                transport: f.transport,
+                                remote: f.remote,
+                                local: f.local,
+                            });
+                    let contact = Uri::parse(&b.contact)
+                        .ok()
+                        .and_then(|u| uri_target(&u, Transport::Udp));
+                    match over_flow.or(contact) {
+                        Some(t) => t,
+                        None => {
+                            return match tx {
+                                Some(tx) => {
+                                    Self::reply(ep, now, tx, &req, 480, "Temporarily Unavailable")
+                                }
+                                None => Ok(Routed::Answered(0)),
+                            }
+                        }
+                    }
+                } else if is_us(&parsed, &points)
+                    || parsed.as_sip().is_some_and(|s| s.user().is_none())
+                {
+                    return Ok(Routed::ForUs);
+                } else if key.is_some()
+                    && parsed
+                        .as_sip()
+                        .is_some_and(|s| s.host_str().parse::<IpAddr>().is_err())
+                {
+                    return match tx {
+                        Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
+                        None => Ok(Routed::Answered(0)),
+                    };
+                } else {
+                    match uri_target(&parsed, inbound) {
+                        Some(t) => t,
+                        None => {
+                            return match tx {
+                                Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
+                                None => Ok(Routed::Answered(0)),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // stay on the dialog's path: record-route dialog-creating requests
+        if method == "INVITE" || method == "SUBSCRIBE" || method == "REFER" {
+            if let Some(p) = points
+                .iter()
+                .find(|p| p.transport == inbound && !p.addr.ip().is_unspecified())
+                .or(points.first())
+            {
+                let transport = if p.transport == Transport::Udp {
+                    String::new()
+                } else {
+                    format!(";transport={}", p.transport.param())
+                };
+                let host = match p.addr {
+                    SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+                    SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                };
+                req.prepend_header("Record-Route", &format!("<sip:{host}{transport};lr>"))?;
+            }
+        }
+        let upstream_branch = req
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .unwrap_or_default()
+            .to_owned();
+        let sent = ep.forward_request(now, req, target)?;
+        if let (Some(id), Some(server)) = (sent, tx) {
+            self.pending.insert(id, Pending { server, since: now });
+            if method == "INVITE" {
+                self.invites.insert(upstream_branch, id);
+            }
+        }
+        Ok(Routed::Forwarded)
+    }
+
+    /// Passes a response to a forwarded request upstream; false when the
+    /// request was not the proxy's.
+    pub fn handle_response(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        request: RequestId,
+        mut response: Message,
+    ) -> bool {
+        let Some(p) = self.pending.get(&request).copied() else {
+            return false;
+        };
+        let code = response.status().unwrap_or(0);
+        if code == 100 {
+            return true; // hop by hop: never forwarded
+        }
+        if response.remove_top_via().is_ok() {
+            let _ = ep.respond(now, p.server, response);
+        }
+        if code >= 300 {
+            self.forget(request);
+        }
+        true
+    }
+
+    /// A forwarded request got no response: answer upstream (408 on
+    /// timeout, 503 when the next hop could not be reached).
+    pub fn handle_failure(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        request: RequestId,
+        reason: RequestFailure,
+    ) -> bool {
+        let Some(p) = self.pending.get(&request).copied() else {
+            return false;
+        };
+        self.forget(request);
+        let (code, phrase) = match reason {
+            RequestFailure::Timeout => (408, "Request Timeout"),
+            RequestFailure::Transport(_) => (503, "Service Unavailable"),
+        };
+        // the original request is gone; answer from what the server
+        // transaction needs: a minimal response built by the core
+        let _ = ep.respond_status(now, p.server, code, phrase);
+        true
+    }
+
+    fn forget(&mut self, request: RequestId) {
+        self.pending.remove(&request);
+        self.invites.retain(|_, r| *r != request);
+    }
+
+    /// Drops state older than the longest transaction (64·T1 plus slack).
+    fn sweep(&mut self, now: Instant) {
+        let old: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.since) > Duration::from_secs(200))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.forget(id);
+        }
+    }
+}
+
+fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
+    let values: Vec<String> = req
+        .header_values(HeaderName::Route)
+        .map(str::to_owned)
+        .collect();
+    let mut elements: Vec<String> = values
+        .iter()
+        .flat_map(|v| siproam_sip::split_list(v).map(str::to_owned))
+        .filter(|e| !e.is_empty())
+        .collect();
+    if !elements.is_empty() {
+        elements.remove(0);
+    }
+    req.remove_header("Route")?;
+    for e in elements {
+        req.push_header("Route", &e)?;
+    }
+    Ok(())
+}

@@ -24,6 +24,9 @@ struct Cli {
     /// Machine-readable output: one JSON object per line on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// A TOML file with the same settings as the flags (flags win).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// More logging on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -96,19 +99,32 @@ fn main() -> ExitCode {
     run::mark_start();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let json = file.json(cli.json);
     let result = match cli.command {
         Command::Msg {
             action: MsgAction::Check { file },
-        } => msg_check(file.as_deref(), cli.json),
-        Command::Demo => demo(cli.json),
+        } => msg_check(file.as_deref(), json),
+        Command::Demo => demo(json),
         Command::Registrar {
-            listen,
-            users,
-            domain,
-            tls,
-        } => runtime()
-            .and_then(|rt| rt.block_on(run::registrar(listen, users, domain, tls, cli.json))),
-        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(run::agent(args, cli.json))),
+            mut listen,
+            mut users,
+            mut domain,
+            mut tls,
+        } => {
+            file.registrar(&mut listen, &mut users, &mut domain, &mut tls);
+            runtime().and_then(|rt| rt.block_on(run::registrar(listen, users, domain, tls, json)))
+        }
+        Command::Agent(mut args) => {
+            file.agent(&mut args);
+            runtime().and_then(|rt| rt.block_on(run::agent(args, json)))
+        }
         Command::Bench {
             which:
                 BenchKind::Register {
@@ -123,7 +139,7 @@ fn main() -> ExitCode {
                 &transport,
                 auth,
                 window.max(1),
-                cli.json,
+                json,
             ))
         }),
     };

@@ -180,7 +180,7 @@ pub async fn registrar(
 pub struct AgentArgs {
     /// The address of record (`sip:alice@example.test`).
     #[arg(long)]
-    pub aor: String,
+    pub aor: Option<String>,
     /// The registrar (`sip:HOST[:PORT][;transport=tcp|tls]`, `sips:…`).
     #[arg(long)]
     pub registrar: Option<String>,
@@ -194,9 +194,9 @@ pub struct AgentArgs {
     /// `udp:0.0.0.0:0` and `tcp:0.0.0.0:0`.
     #[arg(long)]
     pub listen: Vec<String>,
-    /// Binding lifetime to request, in seconds.
-    #[arg(long, default_value_t = 600)]
-    pub expires: u32,
+    /// Binding lifetime to request, in seconds (default 600).
+    #[arg(long)]
+    pub expires: Option<u32>,
     /// Keep running when stdin ends (for scripts).
     #[arg(long)]
     pub stay: bool,
@@ -219,8 +219,92 @@ fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
     })
 }
 
+/// The settings a `--config` TOML file may hold: the same names as the
+/// flags (`listen = ["udp:127.0.0.1:5060"]`, `tls-cert = "…"`); flags win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    json: Option<bool>,
+    listen: Option<Vec<String>>,
+    users: Option<PathBuf>,
+    domain: Option<String>,
+    aor: Option<String>,
+    registrar: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    expires: Option<u32>,
+    stay: Option<bool>,
+    no_watch: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<FileConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// `--json` from the file when the flag was not given.
+    pub fn json(&self, flag: bool) -> bool {
+        flag || self.json.unwrap_or(false)
+    }
+
+    /// Fills what the registrar's flags left out.
+    pub fn registrar(
+        &self,
+        listen: &mut Vec<String>,
+        users: &mut Option<PathBuf>,
+        domain: &mut Option<String>,
+        tls: &mut TlsArgs,
+    ) {
+        if listen.is_empty() {
+            listen.extend(self.listen.clone().unwrap_or_default());
+        }
+        fill(users, &self.users);
+        fill(domain, &self.domain);
+        self.tls(tls);
+    }
+
+    fn tls(&self, tls: &mut TlsArgs) {
+        fill(&mut tls.tls_cert, &self.tls_cert);
+        fill(&mut tls.tls_key, &self.tls_key);
+        fill(&mut tls.ca, &self.ca);
+    }
+
+    /// Fills what the agent's flags left out.
+    pub fn agent(&self, a: &mut AgentArgs) {
+        if a.listen.is_empty() {
+            a.listen.extend(self.listen.clone().unwrap_or_default());
+        }
+        fill(&mut a.aor, &self.aor);
+        fill(&mut a.registrar, &self.registrar);
+        fill(&mut a.user, &self.user);
+        fill(&mut a.password, &self.password);
+        if a.expires.is_none() {
+            a.expires = self.expires;
+        }
+        a.stay |= self.stay.unwrap_or(false);
+        a.no_watch |= self.no_watch.unwrap_or(false);
+        self.tls(&mut a.tls);
+    }
+}
+
+fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
+    if slot.is_none() {
+        slot.clone_from(from);
+    }
+}
+
 /// `siproam agent`.
 pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> {
+    let aor = args
+        .aor
+        .clone()
+        .context("--aor is required (or aor = … in --config)")?;
     let listen = if args.listen.is_empty() {
         vec!["udp:0.0.0.0:0".to_owned(), "tcp:0.0.0.0:0".to_owned()]
     } else {
@@ -243,11 +327,11 @@ pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> 
     let account = match &args.registrar {
         Some(registrar) => Some(
             ep.register(AccountSpec {
-                aor: args.aor.clone(),
+                aor: aor.clone(),
                 registrar: registrar.clone(),
                 username: args.user.clone(),
                 password: args.password.clone(),
-                expires: args.expires,
+                expires: args.expires.unwrap_or(600),
             })
             .await
             .context("registering")?,

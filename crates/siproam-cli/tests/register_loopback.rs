@@ -285,3 +285,47 @@ fn many_accounts_over_one_tcp_connection_all_register() {
     assert_eq!(v["failed"], 0, "{v}");
     assert!(out.status.success());
 }
+
+#[test]
+fn settings_from_a_config_file_and_flags_win() {
+    let dir = temp_dir("config");
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "carol:carolpw\n").unwrap();
+    let reg_cfg = dir.join("registrar.toml");
+    std::fs::write(&reg_cfg, format!("json = true\nlisten = [\"udp:127.0.0.1:0\"]\nusers = {:?}\ndomain = \"example.test\"\n", users.to_str().unwrap())).unwrap();
+    let registrar = Proc::spawn(&["registrar", "--config", reg_cfg.to_str().unwrap()]);
+    let addr = listening(&registrar, "udp");
+    let agent_cfg = dir.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!("json = true\naor = \"sip:carol@example.test\"\nregistrar = \"sip:{addr}\"\npassword = \"wrong\"\nexpires = 300\nlisten = [\"udp:127.0.0.6:0\"]\n"),
+    )
+    .unwrap();
+    // the flag's password beats the file's
+    let agent = Proc::spawn(&[
+        "agent",
+        "--config",
+        agent_cfg.to_str().unwrap(),
+        "--password",
+        "carolpw",
+    ]);
+    let r = agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    assert_eq!(r["expires"], 300);
+    assert!(r["contact"]
+        .as_str()
+        .unwrap()
+        .starts_with("sip:carol@127.0.0.6:"));
+    // an unknown setting is bad usage
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "colour = \"blue\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["agent", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}

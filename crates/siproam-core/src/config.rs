@@ -24,6 +24,10 @@ pub struct Config {
     pub seed: u64,
     /// Limits for parsing received messages.
     pub limits: Limits,
+    /// Act as a user agent for calls: new INVITEs become calls and
+    /// in-dialog requests are handled here. Off for a proxy or registrar,
+    /// which sees every request as [`crate::Event::IncomingRequest`].
+    pub dialogs: bool,
 }
 
 impl Default for Config {
@@ -37,6 +41,7 @@ impl Default for Config {
             user_agent: Some(concat!("siproam/", env!("CARGO_PKG_VERSION")).to_owned()),
             seed: 0x5EED,
             limits: Limits::default(),
+            dialogs: true,
         }
     }
 }

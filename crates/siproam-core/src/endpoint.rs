@@ -99,6 +99,16 @@ pub enum Event {
     },
     /// A registration changed state.
     Registration(crate::registration::RegistrationEvent),
+    /// An INVITE created a call: ring or answer it with
+    /// [`Endpoint::answer`], or reject it.
+    IncomingCall {
+        /// The call.
+        call: crate::dialog::CallId,
+        /// The INVITE.
+        request: Message,
+    },
+    /// Something happened to a call.
+    Call(crate::dialog::CallEvent),
     /// A flow ended (the driver reported it, or the core closed it).
     FlowClosed {
         /// The flow.
@@ -126,6 +136,9 @@ pub enum CoreError {
     /// The account is unknown.
     #[error("no such account")]
     NoSuchAccount,
+    /// The call is unknown (or already ended).
+    #[error("no such call")]
+    NoSuchCall,
     /// A message could not be built or edited.
     #[error("invalid message: {0}")]
     Edit(#[from] siproam_sip::EditError),
@@ -143,6 +156,7 @@ pub enum CoreError {
 pub(crate) enum TxOwner {
     App(RequestId),
     Account(AccountId),
+    Call(crate::dialog::CallId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +237,9 @@ pub struct Endpoint {
     server_txs: HashMap<u64, ServerTx>,
     server_index: HashMap<String, u64>,
     pub(crate) accounts: HashMap<u32, Account>,
+    pub(crate) calls: crate::dialog::Calls,
+    /// The client transaction started last (for callers that need its id).
+    last_tx: Option<u64>,
     pub(crate) listen_points: Vec<ListenPoint>,
     transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
@@ -244,6 +261,8 @@ impl Endpoint {
             server_txs: HashMap::new(),
             server_index: HashMap::new(),
             accounts: HashMap::new(),
+            calls: crate::dialog::Calls::default(),
+            last_tx: None,
             listen_points: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -400,6 +419,9 @@ impl Endpoint {
                 TimerOwner::ClientTx(id) => self.client_timer(now, id, reason.kind),
                 TimerOwner::ServerTx(id) => self.server_timer(now, id, reason.kind),
                 TimerOwner::Account(id) => self.account_timer(now, AccountId(id)),
+                TimerOwner::Call(id) => {
+                    self.call_timer(now, crate::dialog::CallId(id), reason.kind)
+                }
                 TimerOwner::Flow(_) => {}
             }
         }
@@ -509,13 +531,13 @@ impl Endpoint {
     pub fn cancel(&mut self, now: Instant, request: RequestId) -> Result<RequestId, CoreError> {
         let (invite, flow, transport) = self
             .client_txs
-            .values()
-            .find(|t| {
-                t.owner == TxOwner::App(request)
+            .iter()
+            .find(|(id, t)| {
+                (t.owner == TxOwner::App(request) || **id == request.0)
                     && t.invite
                     && matches!(t.state, ClientState::Calling | ClientState::Proceeding)
             })
-            .map(|t| (t.request.clone(), t.flow, t.transport))
+            .map(|(_, t)| (t.request.clone(), t.flow, t.transport))
             .ok_or(CoreError::NoSuchTransaction)?;
         let inv = Message::parse(invite)?;
         let mut b =
@@ -689,6 +711,7 @@ impl Endpoint {
         );
         self.client_index.insert((branch, method), id);
         self.client_txs.insert(id, tx);
+        self.last_tx = Some(id);
         Ok(flow)
     }
 
@@ -701,6 +724,11 @@ impl Endpoint {
             remote: target.remote,
             payload,
         });
+    }
+
+    /// The id of the client transaction started last.
+    pub(crate) fn last_request_id(&self) -> Option<RequestId> {
+        self.last_tx.map(RequestId)
     }
 
     fn transmit_on(&mut self, flow: FlowId, payload: Bytes) {
@@ -729,6 +757,7 @@ impl Endpoint {
                 .events
                 .push_back(Event::RequestFailed { request, reason }),
             TxOwner::Account(account) => self.account_failed(now, account, reason),
+            TxOwner::Call(call) => self.call_failed(now, call, reason),
         }
     }
 
@@ -742,6 +771,7 @@ impl Endpoint {
         match owner {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
+            TxOwner::Call(call) => self.call_response(now, call, response),
         }
     }
 
@@ -890,6 +920,9 @@ impl Endpoint {
         }
         if method == "ACK" {
             // an ACK matching no transaction: the ACK for a 2xx, for the TU
+            if self.dialog_request(now, None, flow, &req) {
+                return;
+            }
             self.events.push_back(Event::IncomingRequest {
                 tx: None,
                 flow,
@@ -923,6 +956,9 @@ impl Endpoint {
                 }
                 self.transmit_on(flow, bytes);
             }
+        }
+        if self.dialog_request(now, Some(ServerTxId(id)), flow, &req) {
+            return;
         }
         self.events.push_back(Event::IncomingRequest {
             tx: Some(ServerTxId(id)),

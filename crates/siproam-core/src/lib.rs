@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod dialog;
 mod endpoint;
 mod flow;
 mod registration;
@@ -22,6 +23,7 @@ mod rng;
 mod timers;
 
 pub use config::Config;
+pub use dialog::{CallEvent, CallId, CallState, InviteSpec};
 pub use endpoint::{
     CoreError, Endpoint, Event, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
     Transmit,

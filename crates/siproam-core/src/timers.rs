@@ -20,6 +20,8 @@ pub enum TimerOwner {
     Account(u32),
     /// A flow (keep-alive, idle).
     Flow(FlowId),
+    /// A call (dialog).
+    Call(u32),
 }
 
 /// The RFC 3261 §17 timers, and the core's own.
@@ -51,6 +53,13 @@ pub enum TimerKind {
     M,
     /// Registration refresh or retry.
     Register,
+    /// A UAS retransmits its 2xx to an INVITE until the ACK (RFC 3261
+    /// §13.3.1.4).
+    Retransmit2xx,
+    /// No ACK for the 2xx within 64·T1: the UAS ends the call.
+    AckTimeout,
+    /// Retry a re-INVITE / UPDATE after a 491 (RFC 3261 §14.1).
+    Glare,
 }
 
 /// Why the core asked to be woken up.

@@ -45,6 +45,8 @@ fn world(bob_transport: Transport) -> World {
         &[ip(PROXY)],
         Config {
             seed: 1,
+            // the test plays every application: no dialog layer
+            dialogs: false,
             ..Config::default()
         },
     );
@@ -58,6 +60,8 @@ fn world(bob_transport: Transport) -> World {
         &[ip(ALICE)],
         Config {
             seed: 2,
+            // the test plays every application: no dialog layer
+            dialogs: false,
             ..Config::default()
         },
     );
@@ -66,6 +70,8 @@ fn world(bob_transport: Transport) -> World {
         &[ip(BOB)],
         Config {
             seed: 3,
+            // the test plays every application: no dialog layer
+            dialogs: false,
             ..Config::default()
         },
     );

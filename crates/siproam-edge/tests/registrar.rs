@@ -37,6 +37,7 @@ fn world(config: RegistrarConfig) -> World {
         &[ip(REG)],
         Config {
             seed: 99,
+            dialogs: false,
             ..Config::default()
         },
     );

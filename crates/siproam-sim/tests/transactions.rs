@@ -24,7 +24,15 @@ fn peer_addr() -> SocketAddr {
 
 fn setup() -> (Sim, NodeId, NodeId) {
     let mut sim = Sim::new(Instant::now(), 42);
-    let ua = sim.add_endpoint("ua", &[ip(UA)], Config::default());
+    // the transaction layer alone: the test plays the application
+    let ua = sim.add_endpoint(
+        "ua",
+        &[ip(UA)],
+        Config {
+            dialogs: false,
+            ..Config::default()
+        },
+    );
     let peer = sim.add_peer("peer", &[ip(PEER)]);
     (sim, ua, peer)
 }

@@ -1,0 +1,971 @@
+//! Calls: INVITE dialogs (RFC 3261 §12–§15) as a user agent — outgoing and
+//! incoming INVITE, provisional and final responses, ACK (with the UAS's
+//! 2xx retransmission), CANCEL, BYE, re-INVITE and UPDATE as target
+//! refresh and new offer, 491 glare with the RFC's retry timers, 481 for
+//! unknown dialogs. Bodies (SDP) are opaque here: the application makes
+//! and reads them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siproam_sip::{HeaderName, Message, MessageBuilder, Method, Uri};
+
+use crate::endpoint::{
+    fmt_hostport, CoreError, Endpoint, Event, RequestFailure, RequestId, ServerTxId, Target,
+    TxOwner,
+};
+use crate::flow::{FlowId, Transport};
+use crate::timers::{TimerKind, TimerOwner};
+
+/// A call's handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u32);
+
+/// A call's state, as reported (`cli.md` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// We sent an INVITE; nothing but 100 yet.
+    Calling,
+    /// An INVITE arrived; not answered yet.
+    Incoming,
+    /// 180 (either side).
+    Ringing,
+    /// 183 or another provisional with a body (early media).
+    Early,
+    /// 2xx and ACK: the call is up.
+    Confirmed,
+    /// It ended.
+    Disconnected,
+}
+
+impl CallState {
+    /// The name used in JSON events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Calling => "calling",
+            CallState::Incoming => "incoming",
+            CallState::Ringing => "ringing",
+            CallState::Early => "early",
+            CallState::Confirmed => "confirmed",
+            CallState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// What happened to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// The call changed state.
+    State {
+        /// The call.
+        call: CallId,
+        /// Its new state.
+        state: CallState,
+        /// The status code that caused it, if any.
+        code: Option<u16>,
+        /// The peer's body (an SDP offer or answer) that came with it.
+        body: Option<Bytes>,
+    },
+    /// The peer sent a new offer in a re-INVITE or UPDATE: answer it with
+    /// [`Endpoint::answer_offer`] (or the request is answered 488 after
+    /// the transaction timer).
+    Offer {
+        /// The call.
+        call: CallId,
+        /// The offer.
+        body: Bytes,
+        /// True for UPDATE, false for re-INVITE.
+        update: bool,
+    },
+    /// The peer answered our re-INVITE / UPDATE.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// The answer (may be absent for a target refresh without SDP).
+        body: Option<Bytes>,
+    },
+    /// Our re-INVITE / UPDATE failed (not fatal for the call).
+    RefreshFailed {
+        /// The call.
+        call: CallId,
+        /// The status.
+        code: u16,
+    },
+}
+
+/// How to place a call.
+#[derive(Debug, Clone)]
+pub struct InviteSpec {
+    /// The Request-URI (`sip:bob@example.test`).
+    pub uri: String,
+    /// Our address of record (From).
+    pub from: String,
+    /// The next hop (a proxy, or the callee), already resolved.
+    pub target: Target,
+    /// The offer, if any (`application/sdp`).
+    pub sdp: Option<Bytes>,
+    /// Our Contact's user part.
+    pub contact_user: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Uac,
+    Uas,
+}
+
+#[derive(Debug)]
+struct Call {
+    role: Role,
+    state: CallState,
+    call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    local_uri: String,
+    remote_uri: String,
+    local_cseq: u32,
+    remote_cseq: u32,
+    remote_target: String,
+    route_set: Vec<String>,
+    contact_user: String,
+    /// Our Contact address (changed in place by a network change).
+    contact: Option<SocketAddr>,
+    /// The first hop used for the INVITE (a proxy, or the peer).
+    first_hop: Target,
+    invite: Option<RequestId>,
+    server_tx: Option<ServerTxId>,
+    invite_request: Option<Message>,
+    /// The UAS's 2xx, retransmitted until the ACK.
+    pending_2xx: Option<(Message, Duration)>,
+    /// A re-INVITE or UPDATE of ours in progress.
+    refresh: Option<(RequestId, bool, Option<Bytes>)>,
+    /// A peer's re-INVITE / UPDATE waiting for our answer.
+    pending_offer: Option<(ServerTxId, Message)>,
+    /// A refresh to retry after a 491: (update, body).
+    glare_retry: Option<(bool, Option<Bytes>)>,
+    /// The flow the dialog was made on.
+    flow: Option<FlowId>,
+    /// We CANCELled our INVITE: a 2xx that still comes is ACKed and BYEd.
+    cancelled: bool,
+}
+
+/// Every call of an endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    calls: HashMap<u32, Call>,
+    next: u32,
+}
+
+fn tag_param(m: &Message, to: bool) -> Option<String> {
+    let na = if to { m.to().ok()? } else { m.from().ok()? };
+    na.tag().map(str::to_owned)
+}
+
+fn name_addr_uri(value: &str) -> String {
+    siproam_sip::NameAddr::parse(value)
+        .map(|n| n.uri().to_string())
+        .unwrap_or_default()
+}
+
+/// The address a URI names (IP literals only: the core does no DNS).
+fn uri_addr(uri: &str, default_transport: Transport) -> Option<Target> {
+    let parsed = Uri::parse(uri).ok()?;
+    let sip = parsed.as_sip()?;
+    let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = sip.maddr().unwrap_or(host).parse().ok()?;
+    let transport = sip
+        .transport()
+        .and_then(Transport::from_token)
+        .unwrap_or(default_transport);
+    Some(Target {
+        transport,
+        remote: SocketAddr::new(ip, sip.port().unwrap_or(transport.default_port())),
+        local: None,
+    })
+}
+
+impl Endpoint {
+    fn new_call(&mut self, call: Call) -> CallId {
+        self.calls.next += 1;
+        let id = self.calls.next;
+        self.calls.calls.insert(id, call);
+        CallId(id)
+    }
+
+    fn call_event(&mut self, ev: CallEvent) {
+        self.events.push_back(Event::Call(ev));
+    }
+
+    fn set_state(&mut self, id: CallId, state: CallState, code: Option<u16>, body: Option<Bytes>) {
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
+        if c.state == state && body.is_none() {
+            return;
+        }
+        c.state = state;
+        self.call_event(CallEvent::State {
+            call: id,
+            state,
+            code,
+            body,
+        });
+        if state == CallState::Disconnected {
+            self.timers.cancel_all(TimerOwner::Call(id.0));
+            self.calls.calls.remove(&id.0);
+        }
+    }
+
+    /// The state of a call, if it exists.
+    pub fn call_state(&self, call: CallId) -> Option<CallState> {
+        self.calls.calls.get(&call.0).map(|c| c.state)
+    }
+
+    /// How many calls exist.
+    pub fn call_count(&self) -> usize {
+        self.calls.calls.len()
+    }
+
+    fn contact_header(&self, c: &Call, transport: Transport) -> String {
+        let addr = c
+            .contact
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let t = if transport == Transport::Udp {
+            String::new()
+        } else {
+            format!(";transport={}", transport.param())
+        };
+        format!("<sip:{}@{}{t}>", c.contact_user, fmt_hostport(addr))
+    }
+
+    /// Places a call: an INVITE (with the offer, if given).
+    pub fn invite(&mut self, now: Instant, spec: InviteSpec) -> Result<CallId, CoreError> {
+        let flow = self
+            .flows
+            .towards(spec.target.transport, spec.target.remote, spec.target.local);
+        let local = self.local_for(flow, spec.target.transport, spec.target.local);
+        let call = Call {
+            role: Role::Uac,
+            state: CallState::Calling,
+            call_id: format!("{}@siproam", self.rng.token(20)),
+            local_tag: self.rng.token(10),
+            remote_tag: None,
+            local_uri: spec.from.clone(),
+            remote_uri: spec.uri.clone(),
+            local_cseq: 1,
+            remote_cseq: 0,
+            remote_target: spec.uri.clone(),
+            route_set: Vec::new(),
+            contact_user: spec.contact_user.clone(),
+            contact: Some(local),
+            first_hop: spec.target,
+            invite: None,
+            server_tx: None,
+            invite_request: None,
+            pending_2xx: None,
+            refresh: None,
+            pending_offer: None,
+            glare_retry: None,
+            flow: Some(flow),
+            cancelled: false,
+        };
+        let contact = self.contact_header(&call, spec.target.transport);
+        let mut b = MessageBuilder::request(Method::Invite, &spec.uri)
+            .header(
+                "From",
+                &format!("<{}>;tag={}", call.local_uri, call.local_tag),
+            )
+            .header("To", &format!("<{}>", spec.uri))
+            .header("Call-ID", &call.call_id)
+            .header("CSeq", "1 INVITE")
+            .header("Contact", &contact)
+            .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
+            .header("Supported", "replaces, timer");
+        if let Some(sdp) = spec.sdp {
+            b = b.body("application/sdp", sdp);
+        }
+        let id = self.new_call(call);
+        let _ = self.start_client_tx(now, b, spec.target, TxOwner::Call(id));
+        if let Some(rid) = self.last_request_id() {
+            if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                c.invite = Some(rid);
+            }
+        }
+        self.call_event(CallEvent::State {
+            call: id,
+            state: CallState::Calling,
+            code: None,
+            body: None,
+        });
+        Ok(id)
+    }
+
+    /// The next hop and Request-URI for an in-dialog request.
+    fn in_dialog_target(&self, c: &Call) -> Target {
+        let hop = c
+            .route_set
+            .first()
+            .map(|r| name_addr_uri(r))
+            .unwrap_or_else(|| c.remote_target.clone());
+        let mut t = uri_addr(&hop, c.first_hop.transport).unwrap_or(c.first_hop);
+        // stay on the dialog's flow when the hop is the peer it came from
+        if let Some(f) = c.flow.and_then(|f| self.flows.get(f)) {
+            if f.remote.ip() == t.remote.ip() && f.transport == t.transport {
+                t.remote = f.remote;
+            }
+        }
+        t.local = c
+            .contact
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(a.ip(), 0))
+            .or(c.first_hop.local);
+        t
+    }
+
+    fn in_dialog_request(
+        &mut self,
+        id: CallId,
+        method: Method<'_>,
+        body: Option<Bytes>,
+    ) -> Option<(MessageBuilder, Target)> {
+        let c = self.calls.calls.get_mut(&id.0)?;
+        if method != Method::Ack && method != Method::Cancel {
+            c.local_cseq += 1;
+        }
+        let c = self.calls.calls.get(&id.0)?;
+        let target = self.in_dialog_target(c);
+        let cseq = c.local_cseq;
+        let (from_uri, to_uri) = (c.local_uri.clone(), c.remote_uri.clone());
+        let mut b = MessageBuilder::request(method, &c.remote_target)
+            .header("From", &format!("<{from_uri}>;tag={}", c.local_tag))
+            .header(
+                "To",
+                &match &c.remote_tag {
+                    Some(t) => format!("<{to_uri}>;tag={t}"),
+                    None => format!("<{to_uri}>"),
+                },
+            )
+            .header("Call-ID", &c.call_id)
+            .header("CSeq", &format!("{cseq} {method}"));
+        for r in &c.route_set {
+            b = b.header("Route", r);
+        }
+        if matches!(method, Method::Invite | Method::Update) {
+            b = b.header("Contact", &self.contact_header(c, target.transport));
+        }
+        if let Some(body) = body {
+            b = b.body("application/sdp", body);
+        }
+        Some((b, target))
+    }
+
+    /// Answers (or rings) an incoming call: 180 for `code` 180, 183 with a
+    /// body for early media, 200 with the answer.
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        code: u16,
+        body: Option<Bytes>,
+    ) -> Result<(), CoreError> {
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let (Some(tx), Some(req)) = (c.server_tx, c.invite_request.clone()) else {
+            return Err(CoreError::InvalidState);
+        };
+        let mut b = MessageBuilder::response_to(&req, code, reason(code), Some(&c.local_tag));
+        for rr in req.header_values(HeaderName::RecordRoute) {
+            b = b.header("Record-Route", rr);
+        }
+        if code < 300 {
+            b = b.header(
+                "Contact",
+                &self.contact_header(
+                    c,
+                    self.flows
+                        .get(c.flow.unwrap_or(crate::FlowId(0)))
+                        .map_or(Transport::Udp, |f| f.transport),
+                ),
+            );
+            b = b.header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE");
+        }
+        if let Some(body) = body {
+            b = b.body("application/sdp", body);
+        }
+        let resp = b.build()?;
+        self.respond(now, tx, resp.clone())?;
+        match code {
+            180 => self.set_state(call, CallState::Ringing, Some(180), None),
+            181..=199 => self.set_state(call, CallState::Early, Some(code), None),
+            200..=299 => {
+                if let Some(c) = self.calls.calls.get_mut(&call.0) {
+                    c.pending_2xx = Some((resp, self.config.t1));
+                }
+                self.timers.set(
+                    TimerOwner::Call(call.0),
+                    TimerKind::Retransmit2xx,
+                    now + self.config.t1,
+                );
+                self.timers.set(
+                    TimerOwner::Call(call.0),
+                    TimerKind::AckTimeout,
+                    now + self.config.t1x64(),
+                );
+            }
+            _ => self.set_state(call, CallState::Disconnected, Some(code), None),
+        }
+        Ok(())
+    }
+
+    /// Ends a call: BYE when confirmed, CANCEL while our INVITE is
+    /// pending, 486 for an incoming call not yet answered.
+    pub fn hang_up(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        match (c.role, c.state) {
+            (_, CallState::Confirmed) => self.send_bye(now, call),
+            (Role::Uas, _) if c.pending_2xx.is_some() => self.send_bye(now, call),
+            (Role::Uac, _) => {
+                let invite = c.invite.ok_or(CoreError::InvalidState)?;
+                if let Some(c) = self.calls.calls.get_mut(&call.0) {
+                    c.cancelled = true;
+                }
+                self.cancel(now, invite)?;
+                Ok(())
+            }
+            (Role::Uas, _) => self.answer(now, call, 486, None),
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
+        if let Some((b, target)) = self.in_dialog_request(call, Method::Bye, None) {
+            self.start_client_tx(now, b, target, TxOwner::Call(call))?;
+        }
+        self.set_state(call, CallState::Disconnected, None, None);
+        Ok(())
+    }
+
+    /// Sends a re-INVITE (`update` false) or UPDATE (`update` true) with a
+    /// new offer, or without a body as a pure target refresh (new Contact).
+    pub fn refresh(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        update: bool,
+        body: Option<Bytes>,
+    ) -> Result<(), CoreError> {
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        if c.refresh.is_some() {
+            return Err(CoreError::InvalidState);
+        }
+        let method = if update {
+            Method::Update
+        } else {
+            Method::Invite
+        };
+        let (b, target) = self
+            .in_dialog_request(call, method, body.clone())
+            .ok_or(CoreError::NoSuchCall)?;
+        self.start_client_tx(now, b, target, TxOwner::Call(call))?;
+        let rid = self.last_request_id().ok_or(CoreError::InvalidState)?;
+        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+            c.refresh = Some((rid, update, body));
+        }
+        Ok(())
+    }
+
+    /// Answers the peer's new offer ([`CallEvent::Offer`]).
+    pub fn answer_offer(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        body: Bytes,
+    ) -> Result<(), CoreError> {
+        let c = self
+            .calls
+            .calls
+            .get_mut(&call.0)
+            .ok_or(CoreError::NoSuchCall)?;
+        let (tx, req) = c.pending_offer.take().ok_or(CoreError::InvalidState)?;
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let transport = self
+            .flows
+            .get(c.flow.unwrap_or(crate::FlowId(0)))
+            .map_or(Transport::Udp, |f| f.transport);
+        let resp = MessageBuilder::response_to(&req, 200, "OK", Some(&c.local_tag))
+            .header("Contact", &self.contact_header(c, transport))
+            .body("application/sdp", body)
+            .build()?;
+        self.respond(now, tx, resp.clone())?;
+        if req.method() == Some(Method::Invite) {
+            if let Some(c) = self.calls.calls.get_mut(&call.0) {
+                c.pending_2xx = Some((resp, self.config.t1));
+            }
+            self.timers.set(
+                TimerOwner::Call(call.0),
+                TimerKind::Retransmit2xx,
+                now + self.config.t1,
+            );
+            self.timers.set(
+                TimerOwner::Call(call.0),
+                TimerKind::AckTimeout,
+                now + self.config.t1x64(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Changes our Contact address for a call (a network change); the
+    /// next request or answer carries it.
+    pub fn set_call_contact(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
+        let c = self
+            .calls
+            .calls
+            .get_mut(&call.0)
+            .ok_or(CoreError::NoSuchCall)?;
+        c.contact = Some(addr);
+        c.flow = None;
+        Ok(())
+    }
+
+    /// Every call and its state.
+    pub fn calls(&self) -> Vec<(CallId, CallState)> {
+        let mut v: Vec<_> = self
+            .calls
+            .calls
+            .iter()
+            .map(|(id, c)| (CallId(*id), c.state))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    // ----- from the transaction layer ------------------------------------
+
+    /// A request for the dialog layer; returns false when it is not a
+    /// call's (the application gets it).
+    pub(crate) fn dialog_request(
+        &mut self,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        flow: FlowId,
+        req: &Message,
+    ) -> bool {
+        if !self.config.dialogs {
+            return false;
+        }
+        let Some(method) = req.method() else {
+            return false;
+        };
+        let to_tag = tag_param(req, true);
+        let from_tag = tag_param(req, false);
+        let found = self.calls.calls.iter().find(|(_, c)| {
+            c.call_id == req.call_id()
+                && match c.role {
+                    Role::Uas => {
+                        from_tag == c.remote_tag
+                            && (to_tag.is_none() || to_tag.as_deref() == Some(c.local_tag.as_str()))
+                    }
+                    Role::Uac => {
+                        to_tag.as_deref() == Some(c.local_tag.as_str()) || from_tag == c.remote_tag
+                    }
+                }
+        });
+        let found = found.map(|(id, _)| CallId(*id));
+        match (method, found, tx) {
+            (Method::Invite, None, Some(tx)) if to_tag.is_none() => {
+                self.incoming_call(tx, flow, req);
+                true
+            }
+            (Method::Ack, Some(id), _) => {
+                let confirmed = self
+                    .calls
+                    .calls
+                    .get_mut(&id.0)
+                    .and_then(|c| c.pending_2xx.take())
+                    .is_some();
+                self.timers
+                    .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
+                self.timers
+                    .cancel(TimerOwner::Call(id.0), TimerKind::AckTimeout);
+                if confirmed && self.call_state(id) != Some(CallState::Confirmed) {
+                    let body = (!req.body().is_empty()).then(|| req.body().clone());
+                    self.set_state(id, CallState::Confirmed, Some(200), body);
+                }
+                true
+            }
+            (Method::Cancel, Some(id), Some(tx)) => {
+                let tag = self
+                    .calls
+                    .calls
+                    .get(&id.0)
+                    .map(|c| c.local_tag.clone())
+                    .unwrap_or_default();
+                if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
+                    let _ = self.respond(now, tx, ok);
+                }
+                // CANCEL after the 2xx changes nothing (RFC 3261 §9.2)
+                let answered =
+                    self.calls.calls.get(&id.0).is_some_and(|c| {
+                        c.pending_2xx.is_some() || c.state == CallState::Confirmed
+                    });
+                if !answered {
+                    let _ = self.answer(now, id, 487, None);
+                }
+                true
+            }
+            (Method::Bye, Some(id), Some(tx)) => {
+                let tag = self
+                    .calls
+                    .calls
+                    .get(&id.0)
+                    .map(|c| c.local_tag.clone())
+                    .unwrap_or_default();
+                if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
+                    let _ = self.respond(now, tx, ok);
+                }
+                self.set_state(id, CallState::Disconnected, None, None);
+                true
+            }
+            (Method::Invite | Method::Update, Some(id), Some(tx))
+                if to_tag.is_some() || method == Method::Update =>
+            {
+                self.in_dialog_offer(now, id, tx, req);
+                true
+            }
+            (Method::Ack, None, _) => false,
+            (_, None, Some(tx)) if to_tag.is_some() => {
+                // an in-dialog request for a dialog we do not know
+                let tag = self.rng.token(10);
+                if let Ok(r) = MessageBuilder::response_to(
+                    req,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    Some(&tag),
+                )
+                .build()
+                {
+                    let _ = self.respond(now, tx, r);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn incoming_call(&mut self, tx: ServerTxId, flow: FlowId, req: &Message) {
+        let remote_target = req
+            .contacts()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|c| match c {
+                siproam_sip::Contact::Addr(a) => Some(a.uri().to_string()),
+                siproam_sip::Contact::Star => None,
+            });
+        let flow_info = self.flows.get(flow).cloned();
+        let transport = flow_info.as_ref().map_or(Transport::Udp, |f| f.transport);
+        let local = self.local_for(flow, transport, flow_info.as_ref().and_then(|f| f.local));
+        let first_hop = Target {
+            transport,
+            remote: flow_info.as_ref().map_or(local, |f| f.remote),
+            local: None,
+        };
+        let contact_user = req
+            .request_uri()
+            .and_then(|u| u.as_sip().and_then(|s| s.user()).map(str::to_owned))
+            .unwrap_or_else(|| "siproam".into());
+        let call = Call {
+            role: Role::Uas,
+            state: CallState::Incoming,
+            call_id: req.call_id().to_owned(),
+            local_tag: self.rng.token(10),
+            remote_tag: tag_param(req, false),
+            local_uri: req
+                .to()
+                .ok()
+                .map(|t| t.uri().to_string())
+                .unwrap_or_default(),
+            remote_uri: req
+                .from()
+                .ok()
+                .map(|f| f.uri().to_string())
+                .unwrap_or_default(),
+            local_cseq: 0,
+            remote_cseq: req.cseq().seq,
+            remote_target: remote_target.unwrap_or_default(),
+            route_set: req
+                .header_values(HeaderName::RecordRoute)
+                .flat_map(siproam_sip::split_list)
+                .map(str::to_owned)
+                .collect(),
+            contact_user,
+            contact: Some(local),
+            first_hop,
+            invite: None,
+            server_tx: Some(tx),
+            invite_request: Some(req.clone()),
+            pending_2xx: None,
+            refresh: None,
+            pending_offer: None,
+            glare_retry: None,
+            flow: Some(flow),
+            cancelled: false,
+        };
+        let id = self.new_call(call);
+        let body = (!req.body().is_empty()).then(|| req.body().clone());
+        self.events.push_back(Event::IncomingCall {
+            call: id,
+            request: req.clone(),
+        });
+        self.call_event(CallEvent::State {
+            call: id,
+            state: CallState::Incoming,
+            code: None,
+            body,
+        });
+    }
+
+    fn in_dialog_offer(&mut self, now: Instant, id: CallId, tx: ServerTxId, req: &Message) {
+        let update = req.method() == Some(Method::Update);
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
+        // glare: our own offer is outstanding (RFC 3261 §14.2, RFC 3311 §5.2)
+        if c.refresh.is_some() || c.pending_offer.is_some() {
+            let tag = c.local_tag.clone();
+            if let Ok(r) =
+                MessageBuilder::response_to(req, 491, "Request Pending", Some(&tag)).build()
+            {
+                let _ = self.respond(now, tx, r);
+            }
+            return;
+        }
+        // a target refresh: the new Contact is the remote target
+        if let Some(Ok(siproam_sip::Contact::Addr(a))) = req.contacts().next() {
+            c.remote_target = a.uri().to_string();
+        }
+        c.remote_cseq = req.cseq().seq;
+        if req.body().is_empty() {
+            // no offer: answer at once (a re-INVITE without SDP would need
+            // our offer in the 200: not supported yet, answered 488)
+            let tag = c.local_tag.clone();
+            let code = if update { 200 } else { 488 };
+            let transport = c.first_hop.transport;
+            let contact = self
+                .calls
+                .calls
+                .get(&id.0)
+                .map(|c| self.contact_header(c, transport))
+                .unwrap_or_default();
+            if let Ok(r) = MessageBuilder::response_to(req, code, reason(code), Some(&tag))
+                .header("Contact", &contact)
+                .build()
+            {
+                let _ = self.respond(now, tx, r);
+            }
+            return;
+        }
+        c.pending_offer = Some((tx, req.clone()));
+        self.call_event(CallEvent::Offer {
+            call: id,
+            body: req.body().clone(),
+            update,
+        });
+    }
+
+    pub(crate) fn call_response(&mut self, now: Instant, id: CallId, resp: Message) {
+        let Some(c) = self.calls.calls.get(&id.0) else {
+            // a 2xx for a call we already ended: ACK and BYE it (RFC 3261 §15)
+            return;
+        };
+        let code = resp.status().unwrap_or(0);
+        let method = resp.cseq().method.as_str().to_owned();
+        let body = (!resp.body().is_empty()).then(|| resp.body().clone());
+        // our re-INVITE (confirmed dialog) or UPDATE (early or confirmed)
+        let is_refresh = c.refresh.as_ref().is_some_and(|(_, update, _)| {
+            if *update {
+                method == "UPDATE"
+            } else {
+                method == "INVITE" && c.state == CallState::Confirmed
+            }
+        });
+        if method == "INVITE" && !is_refresh {
+            match code {
+                100 => {}
+                101..=199 => {
+                    if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                        if c.remote_tag.is_none() {
+                            c.remote_tag = tag_param(&resp, true);
+                        }
+                    }
+                    let state = if code == 180 {
+                        CallState::Ringing
+                    } else {
+                        CallState::Early
+                    };
+                    self.set_state(id, state, Some(code), body);
+                }
+                200..=299 => self.confirm_uac(now, id, &resp, body),
+                _ => self.set_state(id, CallState::Disconnected, Some(code), None),
+            }
+            return;
+        }
+        if method == "INVITE" && (200..300).contains(&code) {
+            // the 2xx to our re-INVITE: ACK it
+            self.send_ack(now, id, &resp);
+        }
+        if is_refresh && code >= 200 {
+            let refresh = self
+                .calls
+                .calls
+                .get_mut(&id.0)
+                .and_then(|c| c.refresh.take());
+            match code {
+                200..=299 => {
+                    if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next() {
+                        let t = a.uri().to_string();
+                        if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                            c.remote_target = t;
+                        }
+                    }
+                    self.call_event(CallEvent::Answer { call: id, body });
+                }
+                491 => {
+                    // retry after 2.1–4 s if we own the Call-ID, else 0–2 s
+                    let owner = self
+                        .calls
+                        .calls
+                        .get(&id.0)
+                        .is_some_and(|c| c.role == Role::Uac);
+                    let unit = self.rng.unit();
+                    let wait = if owner {
+                        Duration::from_millis(2100 + (unit * 1900.0) as u64)
+                    } else {
+                        Duration::from_millis((unit * 2000.0) as u64)
+                    };
+                    if let (Some(c), Some((_, update, b))) =
+                        (self.calls.calls.get_mut(&id.0), refresh)
+                    {
+                        c.glare_retry = Some((update, b));
+                    }
+                    self.timers
+                        .set(TimerOwner::Call(id.0), TimerKind::Glare, now + wait);
+                }
+                481 | 408 => {
+                    // RFC 5057: the dialog is gone
+                    self.set_state(id, CallState::Disconnected, Some(code), None);
+                }
+                _ => self.call_event(CallEvent::RefreshFailed { call: id, code }),
+            }
+        }
+    }
+
+    fn confirm_uac(&mut self, now: Instant, id: CallId, resp: &Message, body: Option<Bytes>) {
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
+        if c.state != CallState::Confirmed {
+            c.remote_tag = tag_param(resp, true).or(c.remote_tag.take());
+            if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next() {
+                c.remote_target = a.uri().to_string();
+            }
+            let mut rr: Vec<String> = resp
+                .header_values(HeaderName::RecordRoute)
+                .flat_map(siproam_sip::split_list)
+                .map(str::to_owned)
+                .collect();
+            rr.reverse();
+            c.route_set = rr;
+        }
+        self.send_ack(now, id, resp);
+        if self.call_state(id) != Some(CallState::Confirmed) {
+            self.set_state(id, CallState::Confirmed, resp.status(), body);
+        }
+        // the 2xx crossed our CANCEL: the call exists, end it (RFC 3261 §9.1)
+        if self.calls.calls.get(&id.0).is_some_and(|c| c.cancelled) {
+            let _ = self.send_bye(now, id);
+        }
+    }
+
+    /// ACKs a 2xx to our INVITE or re-INVITE (a retransmitted 2xx gets a
+    /// fresh copy: the ACK of a 2xx is end to end, not a transaction).
+    fn send_ack(&mut self, now: Instant, id: CallId, resp: &Message) {
+        let _ = resp;
+        let Some((b, target)) = self.in_dialog_request(id, Method::Ack, None) else {
+            return;
+        };
+        let _ = self.start_client_tx(now, b, target, TxOwner::Call(id));
+    }
+
+    pub(crate) fn call_failed(&mut self, _now: Instant, id: CallId, reason: RequestFailure) {
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
+        let code = match reason {
+            RequestFailure::Timeout => 408,
+            RequestFailure::Transport(_) => 503,
+        };
+        if c.state == CallState::Confirmed && c.refresh.is_some() {
+            c.refresh = None;
+            // RFC 5057: a timeout on a re-INVITE ends the invite usage
+            self.set_state(id, CallState::Disconnected, Some(code), None);
+        } else if c.state != CallState::Confirmed {
+            self.set_state(id, CallState::Disconnected, Some(code), None);
+        }
+    }
+
+    pub(crate) fn call_timer(&mut self, now: Instant, id: CallId, kind: TimerKind) {
+        match kind {
+            TimerKind::Retransmit2xx => {
+                let Some(c) = self.calls.calls.get_mut(&id.0) else {
+                    return;
+                };
+                let Some((resp, interval)) = c.pending_2xx.as_mut() else {
+                    return;
+                };
+                let next = (*interval * 2).min(self.config.t2);
+                *interval = next;
+                let (resp, tx) = (resp.clone(), c.server_tx);
+                if let Some(tx) = tx {
+                    let _ = self.respond(now, tx, resp);
+                }
+                self.timers
+                    .set(TimerOwner::Call(id.0), TimerKind::Retransmit2xx, now + next);
+            }
+            TimerKind::AckTimeout => {
+                // no ACK: confirm and hang up (RFC 3261 §13.3.1.4)
+                if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                    c.pending_2xx = None;
+                }
+                self.timers
+                    .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
+                let _ = self.send_bye(now, id);
+            }
+            TimerKind::Glare => {
+                let retry = self
+                    .calls
+                    .calls
+                    .get_mut(&id.0)
+                    .and_then(|c| c.glare_retry.take());
+                if let Some((update, body)) = retry {
+                    let _ = self.refresh(now, id, update, body);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        603 => "Decline",
+        _ => "Response",
+    }
+}

@@ -1,0 +1,475 @@
+//! Calls (INVITE dialogs) between two sans-IO user agents in the
+//! simulator: answer, CANCEL (and CANCEL crossing the 200), BYE, lost 2xx
+//! and ACK, glare, re-INVITE with a new address, UPDATE in an early dialog,
+//! 481 for unknown dialogs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siproam_core::{CallEvent, CallId, CallState, Config, Event, InviteSpec, Target, Transport};
+use siproam_sim::{Link, NodeId, Sim};
+use siproam_sip::{MessageBuilder, Method};
+
+const ALICE: &str = "192.0.2.10";
+const BOB: &str = "192.0.2.20";
+const BOB2: &str = "198.51.100.20";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sdp(tag: &str) -> Bytes {
+    Bytes::from(format!("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns={tag}\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"))
+}
+
+struct Pair {
+    sim: Sim,
+    alice: NodeId,
+    bob: NodeId,
+}
+
+fn pair(transport: Transport) -> Pair {
+    let mut sim = Sim::new(Instant::now(), 3);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB), ip(BOB2)],
+        Config {
+            seed: 2,
+            ..Config::default()
+        },
+    );
+    let _ = transport;
+    Pair { sim, alice, bob }
+}
+
+fn call(p: &mut Pair, transport: Transport) -> CallId {
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport,
+            remote: SocketAddr::new(ip(BOB), 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    p.sim
+        .with_endpoint(p.alice, |ep, now| ep.invite(now, spec))
+        .unwrap()
+}
+
+/// (state, code, has body) of a node's call events, in order.
+fn states(sim: &mut Sim, node: NodeId) -> Vec<(CallState, Option<u16>)> {
+    sim.take_events(node)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(CallEvent::State { state, code, .. }) => Some((state, code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn incoming(sim: &mut Sim, node: NodeId) -> CallId {
+    let evs = sim.take_events(node);
+    evs.iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(*call),
+            _ => None,
+        })
+        .expect("an incoming call")
+}
+
+#[test]
+fn a_call_is_answered_confirmed_and_hung_up_over_udp_and_tcp() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let mut p = pair(transport);
+        let a = call(&mut p, transport);
+        p.sim.run_for(Duration::from_millis(100));
+        let b = incoming(&mut p.sim, p.bob);
+        p.sim
+            .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+            .unwrap();
+        p.sim.run_for(Duration::from_millis(100));
+        assert_eq!(
+            states(&mut p.sim, p.alice),
+            [(CallState::Calling, None), (CallState::Ringing, Some(180))]
+        );
+        p.sim
+            .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+            .unwrap();
+        p.sim.run_for(Duration::from_millis(100));
+        let alice_evs = p.sim.take_events(p.alice);
+        let answer = alice_evs.iter().find_map(|(_, e)| match e {
+            Event::Call(CallEvent::State {
+                state: CallState::Confirmed,
+                body,
+                ..
+            }) => body.clone(),
+            _ => None,
+        });
+        assert_eq!(answer, Some(sdp("answer")), "the answer reaches the caller");
+        assert_eq!(
+            states(&mut p.sim, p.bob),
+            [
+                (CallState::Ringing, Some(180)),
+                (CallState::Confirmed, Some(200))
+            ],
+            "bob confirms on the ACK"
+        );
+        p.sim
+            .with_endpoint(p.alice, |ep, now| ep.hang_up(now, a))
+            .unwrap();
+        p.sim.run_for(Duration::from_millis(100));
+        assert_eq!(states(&mut p.sim, p.bob), [(CallState::Disconnected, None)]);
+        assert_eq!(
+            states(&mut p.sim, p.alice),
+            [(CallState::Disconnected, None)]
+        );
+        assert_eq!(p.sim.endpoint(p.alice).call_count(), 0);
+        assert_eq!(p.sim.endpoint(p.bob).call_count(), 0);
+        // no 2xx retransmission after the ACK
+        p.sim.run_for(Duration::from_secs(40));
+        let oks = p
+            .sim
+            .log()
+            .iter()
+            .filter(|e| e.from.ip() == ip(BOB) && e.first_line == "SIP/2.0 200 OK")
+            .count();
+        assert_eq!(
+            oks, 2,
+            "one 200 for the INVITE, one for the BYE ({transport})"
+        );
+    }
+}
+
+#[test]
+fn cancel_before_the_answer_ends_both_sides_487() {
+    let mut p = pair(Transport::Udp);
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim.take_events(p.alice);
+    p.sim
+        .with_endpoint(p.alice, |ep, now| ep.hang_up(now, a))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        states(&mut p.sim, p.bob),
+        [
+            (CallState::Ringing, Some(180)),
+            (CallState::Disconnected, Some(487))
+        ]
+    );
+    assert_eq!(
+        states(&mut p.sim, p.alice),
+        [(CallState::Disconnected, Some(487))]
+    );
+    p.sim.run_for(Duration::from_secs(40));
+    assert_eq!(
+        p.sim.endpoint(p.bob).transaction_count(),
+        (0, 0),
+        "the 487 was ACKed"
+    );
+}
+
+#[test]
+fn cancel_crossing_the_200_leaves_a_call_that_is_then_ended() {
+    let mut p = pair(Transport::Udp);
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    // both at the same instant: the 200 and the CANCEL cross on the wire
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim
+        .with_endpoint(p.alice, |ep, now| ep.hang_up(now, a))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(300));
+    let bob = states(&mut p.sim, p.bob);
+    assert!(
+        bob.contains(&(CallState::Confirmed, Some(200))),
+        "the CANCEL came too late for bob: {bob:?}"
+    );
+    assert_eq!(
+        bob.last(),
+        Some(&(CallState::Disconnected, None)),
+        "alice BYEs the call her CANCEL missed"
+    );
+    let alice = states(&mut p.sim, p.alice);
+    assert_eq!(alice.last().map(|s| s.0), Some(CallState::Disconnected));
+    assert_eq!(
+        p.sim.endpoint(p.alice).call_count() + p.sim.endpoint(p.bob).call_count(),
+        0
+    );
+}
+
+#[test]
+fn lost_2xx_is_retransmitted_until_the_ack() {
+    let mut p = pair(Transport::Udp);
+    call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim.set_link(
+        p.alice,
+        p.bob,
+        Link {
+            up: false,
+            ..Link::default()
+        },
+    );
+    let t0 = p.sim.now();
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(1200));
+    p.sim.set_link(p.alice, p.bob, Link::default());
+    p.sim.run_for(Duration::from_secs(3));
+    // T1 doubling: 0, 0.5, 1.5 s; the one at 1.5 s gets through and is ACKed
+    let sends: Vec<u128> = p
+        .sim
+        .log()
+        .iter()
+        .filter(|e| e.from.ip() == ip(BOB) && e.first_line == "SIP/2.0 200 OK" && e.at >= t0)
+        .map(|e| (e.at - t0).as_millis())
+        .collect();
+    assert_eq!(sends, [0, 500, 1500]);
+    assert_eq!(
+        states(&mut p.sim, p.bob),
+        [(CallState::Confirmed, Some(200))]
+    );
+}
+
+#[test]
+fn no_ack_at_all_ends_the_call_with_a_bye_after_64_t1() {
+    let mut p = pair(Transport::Udp);
+    call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim.set_link(
+        p.alice,
+        p.bob,
+        Link {
+            up: false,
+            ..Link::default()
+        },
+    );
+    let t0 = p.sim.now();
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_secs(40));
+    let evs: Vec<_> = p
+        .sim
+        .take_events(p.bob)
+        .into_iter()
+        .filter_map(|(at, e)| match e {
+            Event::Call(CallEvent::State { state, .. }) => Some((at - t0, state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evs, [(Duration::from_secs(32), CallState::Disconnected)]);
+    assert!(p
+        .sim
+        .log()
+        .iter()
+        .any(|e| e.from.ip() == ip(BOB) && e.first_line.starts_with("BYE ")));
+}
+
+fn confirmed(transport: Transport) -> (Pair, CallId, CallId) {
+    let mut p = pair(transport);
+    let a = call(&mut p, transport);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim.take_events(p.alice);
+    p.sim.take_events(p.bob);
+    (p, a, b)
+}
+
+fn offers(sim: &mut Sim, node: NodeId) -> Vec<(CallId, bool)> {
+    sim.take_events(node)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(CallEvent::Offer { call, update, .. }) => Some((call, update)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reinvite_with_a_new_address_moves_the_remote_target() {
+    let (mut p, a, b) = confirmed(Transport::Udp);
+    // bob moves to another address and tells alice with a re-INVITE
+    p.sim
+        .with_endpoint(p.bob, |ep, _| {
+            ep.set_call_contact(b, SocketAddr::new(ip(BOB2), 5060))
+        })
+        .unwrap();
+    p.sim
+        .with_endpoint(p.bob, |ep, now| {
+            ep.refresh(now, b, false, Some(sdp("moved")))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    assert_eq!(offers(&mut p.sim, p.alice), [(a, false)]);
+    p.sim
+        .with_endpoint(p.alice, |ep, now| ep.answer_offer(now, a, sdp("re-answer")))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let answered = p
+        .sim
+        .take_events(p.bob)
+        .into_iter()
+        .any(|(_, e)| matches!(e, Event::Call(CallEvent::Answer { body: Some(_), .. })));
+    assert!(answered);
+    // alice's next request goes to bob's new address
+    p.sim
+        .with_endpoint(p.alice, |ep, now| ep.hang_up(now, a))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let bye = p
+        .sim
+        .log()
+        .iter()
+        .find(|e| e.first_line.starts_with("BYE "))
+        .unwrap();
+    assert_eq!(bye.to.ip(), ip(BOB2), "the BYE follows the new Contact");
+    assert!(bye.first_line.contains(BOB2));
+    assert_eq!(states(&mut p.sim, p.bob), [(CallState::Disconnected, None)]);
+}
+
+#[test]
+fn glare_both_get_491_and_retry_apart() {
+    let (mut p, a, b) = confirmed(Transport::Udp);
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, false, Some(sdp("a2")))
+        })
+        .unwrap();
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.refresh(now, b, false, Some(sdp("b2"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let four91 = p
+        .sim
+        .log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("SIP/2.0 491"))
+        .count();
+    assert_eq!(four91, 2, "each side refuses the other's offer");
+    // the retries are spaced (owner 2.1–4 s, other 0–2 s): answer whatever
+    // offer comes, until both have had an answer
+    let mut answers = (0, 0);
+    for _ in 0..50 {
+        p.sim.run_for(Duration::from_millis(100));
+        for (node, call) in [(p.alice, a), (p.bob, b)] {
+            for (_, e) in p.sim.take_events(node) {
+                match e {
+                    Event::Call(CallEvent::Offer { .. }) => {
+                        p.sim
+                            .with_endpoint(node, |ep, now| ep.answer_offer(now, call, sdp("ok")))
+                            .unwrap();
+                    }
+                    Event::Call(CallEvent::Answer { .. }) if node == p.alice => answers.0 += 1,
+                    Event::Call(CallEvent::Answer { .. }) => answers.1 += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(
+        answers,
+        (1, 1),
+        "both re-INVITEs succeed after the back-off"
+    );
+    assert_eq!(
+        p.sim.endpoint(p.alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+}
+
+#[test]
+fn update_in_an_early_dialog() {
+    let mut p = pair(Transport::Udp);
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim.take_events(p.alice);
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, true, Some(sdp("early-update")))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    assert_eq!(offers(&mut p.sim, p.bob), [(b, true)]);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| {
+            ep.answer_offer(now, b, sdp("early-answer"))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let got = p
+        .sim
+        .take_events(p.alice)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::Call(CallEvent::Answer { body, .. }) => body,
+            _ => None,
+        });
+    assert_eq!(got, Some(sdp("early-answer")));
+    assert_eq!(
+        p.sim.endpoint(p.alice).call_state(a),
+        Some(CallState::Ringing),
+        "still early"
+    );
+}
+
+#[test]
+fn unknown_dialogs_get_481() {
+    let (mut p, _a, _b) = confirmed(Transport::Udp);
+    let peer = p.sim.add_peer("stranger", &[ip("192.0.2.99")]);
+    let bye = MessageBuilder::request(Method::Bye, &format!("sip:bob@{BOB}"))
+        .header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKstranger")
+        .header("From", "<sip:x@h>;tag=x1")
+        .header("To", "<sip:bob@h>;tag=nope")
+        .header("Call-ID", "unknown@h")
+        .header("CSeq", "2 BYE")
+        .build()
+        .unwrap();
+    p.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.99"), 5060),
+        SocketAddr::new(ip(BOB), 5060),
+        Transport::Udp,
+        bye.to_bytes(),
+    );
+    let r = p
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(r.message.status(), Some(481));
+}

@@ -142,8 +142,10 @@ pub async fn registrar(
     let registrar = app.registrar();
     let ep_cfg = EndpointConfig {
         listen,
+        // a registrar and proxy: every request goes to the application
         core: siproam::core::Config {
             seed: seed(),
+            dialogs: false,
             ..Default::default()
         },
         transport: transport_config(&tls)?,

@@ -30,21 +30,30 @@ pub trait Application: Send + 'static {
 }
 
 /// A plain user agent: answers requests it gets the default way (OPTIONS
-/// 200, anything else 405/481) and passes every event on.
+/// 200, anything else 405/481), refuses calls with 486, and passes every
+/// event on.
 #[derive(Debug, Default)]
 pub struct UserAgent;
 
 impl Application for UserAgent {
     fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event> {
-        if let Event::IncomingRequest {
-            tx: Some(tx),
-            request,
-            ..
-        } = &event
-        {
-            if let Err(e) = core.respond_default(now, *tx, request) {
-                debug!("no default answer: {e}");
+        match &event {
+            Event::IncomingRequest {
+                tx: Some(tx),
+                request,
+                ..
+            } => {
+                if let Err(e) = core.respond_default(now, *tx, request) {
+                    debug!("no default answer: {e}");
+                }
             }
+            // no call handling in a plain UA: busy
+            Event::IncomingCall { call, .. } => {
+                if let Err(e) = core.answer(now, *call, 486, None) {
+                    debug!("could not refuse a call: {e}");
+                }
+            }
+            _ => {}
         }
         Some(event)
     }

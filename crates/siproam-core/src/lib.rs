@@ -20,6 +20,7 @@ mod endpoint;
 mod flow;
 mod registration;
 mod rng;
+pub mod sdp;
 mod timers;
 
 pub use config::Config;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use siproam::core::{Event, RegistrationState};
 use siproam::transport::Transport;
-use siproam::{AccountSpec, EndpointConfig, EndpointHandle, UserAgent};
+use siproam::{AccountSpec, EndpointConfig, EndpointEvent, EndpointHandle, UserAgent};
 
 use crate::run::emit;
 
@@ -127,7 +127,7 @@ pub async fn register(
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, ep.next_event()).await {
-            Ok(Some(Event::Registration(r))) => match r.state {
+            Ok(Some(EndpointEvent::Core(Event::Registration(r)))) => match r.state {
                 RegistrationState::Registered => {
                     registered += 1;
                     in_flight = in_flight.saturating_sub(1);

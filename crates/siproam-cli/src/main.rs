@@ -57,8 +57,22 @@ enum Command {
         #[command(flatten)]
         tls: run::TlsArgs,
     },
-    /// A long-running user agent that registers and stays registered.
-    Agent(run::AgentArgs),
+    /// A long-running user agent: registers, places and answers calls.
+    Agent {
+        #[command(flatten)]
+        agent: run::AgentArgs,
+        #[command(flatten)]
+        calls: run::CallArgs,
+    },
+    /// One call, then exit when it ends (1 if it failed).
+    Call {
+        /// Whom to call (`sip:bob@example.test`).
+        uri: String,
+        #[command(flatten)]
+        agent: run::AgentArgs,
+        #[command(flatten)]
+        calls: run::CallArgs,
+    },
     /// Whole-system benchmarks.
     Bench {
         #[command(subcommand)]
@@ -121,9 +135,20 @@ fn main() -> ExitCode {
             file.registrar(&mut listen, &mut users, &mut domain, &mut tls);
             runtime().and_then(|rt| rt.block_on(run::registrar(listen, users, domain, tls, json)))
         }
-        Command::Agent(mut args) => {
+        Command::Agent {
+            agent: mut args,
+            calls,
+        } => {
             file.agent(&mut args);
-            runtime().and_then(|rt| rt.block_on(run::agent(args, json)))
+            runtime().and_then(|rt| rt.block_on(run::agent(args, calls, json, None)))
+        }
+        Command::Call {
+            uri,
+            agent: mut args,
+            calls,
+        } => {
+            file.agent(&mut args);
+            runtime().and_then(|rt| rt.block_on(run::agent(args, calls, json, Some(uri))))
         }
         Command::Bench {
             which:

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use siproam::core::{Event, RegistrationState};
+use siproam::core::{CallEvent, CallId, CallState, Event, RegistrationState};
 use siproam::transport::{TlsClientConfig, TlsServerConfig, Transport, TransportConfig};
-use siproam::{AccountSpec, EndpointConfig, EndpointHandle, UserAgent};
+use siproam::{
+    AccountSpec, AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, MediaReport, Phone,
+    PhoneCommand, PhoneConfig,
+};
 use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -156,7 +159,7 @@ pub async fn registrar(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             ev = ep.next_event() => match ev {
-                Some(Event::IncomingRequest { request, .. }) if request.method() == Some(siproam_sip::Method::Register) => {
+                Some(EndpointEvent::Core(Event::IncomingRequest { request, .. })) if request.method() == Some(siproam_sip::Method::Register) => {
                     let aor = request.to().ok().map(|t| t.uri().to_string()).unwrap_or_default();
                     let now = Instant::now();
                     let guard = registrar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -301,8 +304,56 @@ fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
     }
 }
 
-/// `siproam agent`.
-pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> {
+/// Call options shared by `agent` and `call`.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct CallArgs {
+    /// Answer incoming calls at once.
+    #[arg(long)]
+    pub auto_answer: bool,
+    /// What to send: `tone:HZ` or a WAV file (16-bit, mono, 8 kHz).
+    #[arg(long, value_name = "tone:HZ|FILE")]
+    pub play: Option<String>,
+    /// Write what is heard to a WAV file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+fn call_json(ev: &CallEvent) -> Option<Value> {
+    match ev {
+        CallEvent::State {
+            call, state, code, ..
+        } => Some(json!({
+            "event": "call",
+            "call": call.0,
+            "state": state.as_str(),
+            "code": code,
+        })),
+        _ => None,
+    }
+}
+
+fn media_json(m: &MediaReport) -> Value {
+    json!({
+        "event": "media",
+        "call": m.call.0,
+        "local": m.local.to_string(),
+        "remote": m.remote.map(|r| r.to_string()),
+        "tx_packets": m.tx_packets,
+        "rx_packets": m.rx_packets,
+        "lost": m.lost,
+        "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0,
+        "final": m.last,
+    })
+}
+
+/// `siproam agent` (and `siproam call`, which sets `call_now` and
+/// `exit_after_call`).
+pub async fn agent(
+    args: AgentArgs,
+    calls: CallArgs,
+    json_out: bool,
+    call_now: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let aor = args
         .aor
         .clone()
@@ -316,6 +367,20 @@ pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> 
         .iter()
         .map(|s| parse_listen(s))
         .collect::<Result<_, _>>()?;
+    let play = match &calls.play {
+        Some(p) => AudioSpec::parse(p)
+            .with_context(|| format!("--play {p}: tone:HZ (1–3999) or a WAV file"))?,
+        None => AudioSpec::Tone(1000.0),
+    };
+    let phone = Phone::new(
+        PhoneConfig {
+            auto_answer: calls.auto_answer,
+            play,
+            record: calls.record.clone(),
+            media_ip: None,
+        },
+        seed(),
+    );
     let ep_cfg = EndpointConfig {
         listen,
         core: siproam::core::Config {
@@ -324,7 +389,7 @@ pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> 
         },
         transport: transport_config(&args.tls)?,
     };
-    let mut ep = EndpointHandle::start(ep_cfg, Box::new(UserAgent)).await?;
+    let mut ep = EndpointHandle::start(ep_cfg, Box::new(phone)).await?;
     announce_listeners(&ep, json_out).await?;
     let account = match &args.registrar {
         Some(registrar) => Some(
@@ -340,46 +405,119 @@ pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> 
         ),
         None => None,
     };
+    let exit_after_call = call_now.is_some();
+    let mut current: Option<CallId> = None;
+    if let Some(uri) = call_now {
+        current = Some(
+            ep.call(&uri, &aor, args.registrar.as_deref())
+                .await
+                .context("calling")?,
+        );
+    }
     let mut last: Option<Value> = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
+    let mut failed_call = false;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => match line.trim() {
-                    "" => {}
-                    "quit" => break,
-                    "status" => emit(json_out, last.clone().unwrap_or_else(|| json!({"event": "registration", "state": "unregistered"}))),
-                    other => {
-                        let cmd = other.split_whitespace().next().unwrap_or_default();
-                        emit(json_out, json!({"event": "error", "command": cmd, "reason": "not supported yet"}));
+                Ok(Some(line)) => {
+                    let mut words = line.split_whitespace();
+                    let cmd = words.next().unwrap_or_default();
+                    let arg = words.next();
+                    let target = arg.and_then(|a| a.parse::<u32>().ok()).map(CallId).or(current);
+                    let r = match (cmd, target) {
+                        ("", _) => Ok(()),
+                        ("quit", _) => break,
+                        ("status", _) => {
+                            emit(json_out, last.clone().unwrap_or_else(|| json!({"event": "registration", "state": "unregistered"})));
+                            Ok(())
+                        }
+                        ("call", _) => match arg {
+                            Some(uri) => ep.call(uri, &aor, args.registrar.as_deref()).await.map(|id| {
+                                current = Some(id);
+                            }).map_err(anyhow::Error::from),
+                            None => Err(anyhow::anyhow!("call URI")),
+                        },
+                        ("answer", Some(c)) => ep.phone(PhoneCommand::Answer(c)).await.map_err(anyhow::Error::from),
+                        ("hangup", Some(c)) => ep.phone(PhoneCommand::HangUp(c)).await.map_err(anyhow::Error::from),
+                        ("hold", Some(c)) => ep.phone(PhoneCommand::Hold(c, true)).await.map_err(anyhow::Error::from),
+                        ("unhold", Some(c)) => ep.phone(PhoneCommand::Hold(c, false)).await.map_err(anyhow::Error::from),
+                        ("answer" | "hangup" | "hold" | "unhold", None) => Err(anyhow::anyhow!("no call")),
+                        (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
+                    };
+                    if let Err(e) = r {
+                        emit(json_out, json!({"event": "error", "command": cmd, "reason": format!("{e:#}")}));
                     }
-                },
+                }
                 Ok(None) | Err(_) => {
                     stdin_open = false;
-                    if !args.stay {
+                    if !args.stay && !exit_after_call {
                         break;
                     }
                 }
             },
             ev = ep.next_event() => match ev {
-                Some(Event::Registration(r)) => {
+                Some(EndpointEvent::Core(Event::Registration(r))) => {
                     let v = registration_json(&r);
                     last = Some(v.clone());
                     emit(json_out, v);
+                }
+                Some(EndpointEvent::Core(Event::Call(c))) => {
+                    if let CallEvent::State { call, state, code, .. } = &c {
+                        if *state == CallState::Incoming && current.is_none() {
+                            current = Some(*call);
+                        }
+                        if *state == CallState::Disconnected {
+                            if current == Some(*call) {
+                                current = None;
+                            }
+                            failed_call = code.is_some_and(|c| c >= 300);
+                        }
+                    }
+                    if let Some(v) = call_json(&c) {
+                        emit(json_out, v);
+                    }
+                }
+                Some(EndpointEvent::Media(m)) => {
+                    emit(json_out, media_json(&m));
+                    if m.last && exit_after_call {
+                        break;
+                    }
                 }
                 Some(_) => {}
                 None => break,
             },
         }
     }
+    if let Some(c) = current {
+        let _ = ep.phone(PhoneCommand::HangUp(c)).await;
+        // let the final media report and the BYE go out
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(ev) = ep.next_event().await {
+                match ev {
+                    EndpointEvent::Media(m) if m.last => {
+                        emit(json_out, media_json(&m));
+                        break;
+                    }
+                    EndpointEvent::Core(Event::Call(c)) => {
+                        if let Some(v) = call_json(&c) {
+                            emit(json_out, v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+    }
     // remove the binding before leaving (bounded wait)
     if let Some(acc) = account {
         if ep.unregister(acc).await.is_ok() {
             let wait = async {
                 while let Some(ev) = ep.next_event().await {
-                    if let Event::Registration(r) = ev {
+                    if let EndpointEvent::Core(Event::Registration(r)) = ev {
                         emit(json_out, registration_json(&r));
                         if r.state == RegistrationState::Unregistered {
                             break;
@@ -391,5 +529,9 @@ pub async fn agent(args: AgentArgs, json_out: bool) -> anyhow::Result<ExitCode> 
         }
     }
     ep.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(if exit_after_call && failed_call {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -27,6 +27,34 @@ use crate::transport::{
 pub trait Application: Send + 'static {
     /// Handles one event.
     fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event>;
+
+    /// Gets the channel the endpoint's events go to (for reports the
+    /// application makes itself, such as media statistics).
+    fn attach(&mut self, events: mpsc::Sender<EndpointEvent>) {
+        let _ = events;
+    }
+
+    /// A call command ([`EndpointHandle::call`] and friends); only a phone
+    /// takes them.
+    fn command(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        cmd: crate::phone::PhoneCommand,
+    ) -> Result<Option<siproam_core::CallId>, siproam_core::CoreError> {
+        let _ = (core, now, cmd);
+        Err(siproam_core::CoreError::InvalidState)
+    }
+}
+
+/// What a running endpoint reports.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EndpointEvent {
+    /// An event of the core (registration, call, request …).
+    Core(Event),
+    /// Media statistics of a call.
+    Media(crate::phone::MediaReport),
 }
 
 /// A plain user agent: answers requests it gets the default way (OPTIONS
@@ -118,6 +146,16 @@ enum Command {
         oneshot::Sender<Result<AccountId, EndpointError>>,
     ),
     Unregister(AccountId, oneshot::Sender<Result<(), EndpointError>>),
+    Call {
+        uri: String,
+        from: String,
+        via: Option<String>,
+        reply: oneshot::Sender<Result<siproam_core::CallId, EndpointError>>,
+    },
+    Phone(
+        crate::phone::PhoneCommand,
+        oneshot::Sender<Result<(), EndpointError>>,
+    ),
     Listeners(oneshot::Sender<Vec<ListenerInfo>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -126,14 +164,14 @@ enum Command {
 #[derive(Debug)]
 pub struct EndpointHandle {
     commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<EndpointEvent>,
 }
 
 impl EndpointHandle {
     /// Starts an endpoint: opens the listeners, then runs until shut down.
     pub async fn start(
         config: EndpointConfig,
-        app: Box<dyn Application>,
+        mut app: Box<dyn Application>,
     ) -> Result<EndpointHandle, EndpointError> {
         let (transports, transport_events) = TransportManager::new(config.transport.clone());
         let mut core = Core::new(config.core.clone());
@@ -146,6 +184,7 @@ impl EndpointHandle {
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(4096);
+        app.attach(ev_tx.clone());
         let driver = Driver {
             core,
             transports,
@@ -197,8 +236,41 @@ impl EndpointHandle {
     }
 
     /// The next event the application passed on (`None` once stopped).
-    pub async fn next_event(&mut self) -> Option<Event> {
+    pub async fn next_event(&mut self) -> Option<EndpointEvent> {
         self.events.recv().await
+    }
+
+    /// Places a call (the application must be a [`crate::Phone`]): to
+    /// `uri`, from the address of record `from`, through the proxy `via`
+    /// (a SIP URI) or straight to the URI's host.
+    pub async fn call(
+        &self,
+        uri: &str,
+        from: &str,
+        via: Option<&str>,
+    ) -> Result<siproam_core::CallId, EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Call {
+            uri: uri.to_owned(),
+            from: from.to_owned(),
+            via: via.map(str::to_owned),
+            reply: tx,
+        };
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Answers, hangs up, holds or resumes a call.
+    pub async fn phone(&self, cmd: crate::phone::PhoneCommand) -> Result<(), EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Phone(cmd, tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
     }
 
     /// Stops the endpoint (sockets close; bindings are not removed:
@@ -232,7 +304,7 @@ struct Driver {
     backlog: HashMap<FlowId, VecDeque<Bytes>>,
     /// TLS server names by address (from resolution)
     server_names: HashMap<SocketAddr, String>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<EndpointEvent>,
     rng: u64,
 }
 
@@ -331,10 +403,84 @@ impl Driver {
                     .map_err(EndpointError::from);
                 let _ = reply.send(r);
             }
+            Command::Call {
+                uri,
+                from,
+                via,
+                reply,
+            } => {
+                let r = self.place_call(uri, from, via).await;
+                let _ = reply.send(r);
+            }
+            Command::Phone(cmd, reply) => {
+                let r = self
+                    .app
+                    .command(&mut self.core, now(), cmd)
+                    .map(|_| ())
+                    .map_err(EndpointError::from);
+                let _ = reply.send(r);
+            }
             Command::Listeners(reply) => {
                 let _ = reply.send(self.transports.listeners());
             }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Resolves a SIP URI to its first target, with the local address to
+    /// advertise towards it.
+    async fn target_for(&mut self, uri_text: &str) -> Result<CoreTarget, EndpointError> {
+        let uri = siproam_sip::Uri::parse(uri_text)?;
+        let dest = Destination::from_uri(&uri)?;
+        let mut rng_state = self.random();
+        let mut rng = move || {
+            rng_state = rng_state
+                .wrapping_mul(1_664_525)
+                .wrapping_add(1_013_904_223);
+            rng_state
+        };
+        let targets = self.resolver.resolve(&dest, &mut rng).await?;
+        let target = targets.into_iter().next().ok_or(EndpointError::Stopped)?;
+        let listener = self
+            .transports
+            .listeners()
+            .into_iter()
+            .find(|l| l.transport == target.transport)
+            .or_else(|| self.transports.listeners().into_iter().next())
+            .ok_or(EndpointError::NoListener(target.transport))?;
+        let source = self
+            .transports
+            .source_address_for(target.addr)
+            .map_err(EndpointError::NoRoute)?;
+        let local_ip = if listener.local.ip().is_unspecified() {
+            source
+        } else {
+            listener.local.ip()
+        };
+        let local = SocketAddr::new(local_ip, listener.local.port());
+        if target.transport == Transport::Tls {
+            self.server_names
+                .insert(target.addr, target.server_name.clone());
+        }
+        Ok(CoreTarget {
+            transport: to_core(target.transport),
+            remote: target.addr,
+            local: Some(local),
+        })
+    }
+
+    async fn place_call(
+        &mut self,
+        uri: String,
+        from: String,
+        via: Option<String>,
+    ) -> Result<siproam_core::CallId, EndpointError> {
+        let hop = via.unwrap_or_else(|| uri.clone());
+        let target = self.target_for(&hop).await?;
+        let cmd = crate::phone::PhoneCommand::Call { uri, from, target };
+        match self.app.command(&mut self.core, now(), cmd)? {
+            Some(id) => Ok(id),
+            None => Err(EndpointError::Core(siproam_core::CoreError::InvalidState)),
         }
     }
 
@@ -494,7 +640,7 @@ impl Driver {
                 progressed = true;
                 let at = now();
                 if let Some(ev) = self.app.on_event(&mut self.core, at, ev) {
-                    if self.events.try_send(ev).is_err() {
+                    if self.events.try_send(EndpointEvent::Core(ev)).is_err() {
                         debug!("event dropped: nobody is reading");
                     }
                 }

@@ -7,10 +7,13 @@
 #![warn(missing_docs)]
 
 mod endpoint;
+mod phone;
 pub mod resolve;
 pub mod transport;
 
 pub use endpoint::{
-    AccountSpec, Application, EndpointConfig, EndpointError, EndpointHandle, UserAgent,
+    AccountSpec, Application, EndpointConfig, EndpointError, EndpointEvent, EndpointHandle,
+    UserAgent,
 };
+pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

@@ -1,0 +1,534 @@
+//! The softphone application: calls with SDP offer/answer and RTP media.
+//!
+//! Runs inside the endpoint task as its [`Application`]: an incoming call
+//! rings (or is answered at once with `auto_answer`), an outgoing call
+//! offers PCMU/PCMA/telephone-event, and each confirmed call gets a media
+//! task that owns its RTP socket and a sans-IO [`MediaSession`], sends the
+//! configured source every 20 ms, writes what it hears to the sink, and
+//! reports statistics every second and at the end.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siproam_core::sdp::{
+    Direction as SdpDirection, MediaConfig as SdpConfig, Negotiated, SdpSession,
+};
+use siproam_core::{
+    CallEvent, CallId, CallState, Endpoint as Core, Event, InviteSpec, Target as CoreTarget,
+};
+use siproam_media::{
+    AudioSink, AudioSource, Destination, MediaConfig, MediaSession, SilenceSource, ToneSource,
+    WavSink, WavSource,
+};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::endpoint::{Application, EndpointEvent};
+
+/// What a phone plays into its calls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AudioSpec {
+    /// Silence.
+    Silence,
+    /// A sine tone of this frequency (Hz).
+    Tone(f64),
+    /// A WAV file (16-bit PCM, mono, 8 kHz), looped.
+    Wav(PathBuf),
+}
+
+impl AudioSpec {
+    /// Parses `tone:HZ` or a WAV path (`cli.md`'s `--play`).
+    pub fn parse(s: &str) -> Option<AudioSpec> {
+        match s.strip_prefix("tone:") {
+            Some(hz) => hz
+                .parse::<f64>()
+                .ok()
+                .filter(|f| *f > 0.0 && *f < 4000.0)
+                .map(AudioSpec::Tone),
+            None => Some(AudioSpec::Wav(PathBuf::from(s))),
+        }
+    }
+}
+
+/// How the phone behaves.
+#[derive(Debug, Clone)]
+pub struct PhoneConfig {
+    /// Answer incoming calls at once.
+    pub auto_answer: bool,
+    /// What to send.
+    pub play: AudioSpec,
+    /// Where to write what is received (a WAV file), per call `-CALL.wav`
+    /// when several calls exist.
+    pub record: Option<PathBuf>,
+    /// The address RTP sockets bind to (the SIP listener's address when
+    /// `None`).
+    pub media_ip: Option<IpAddr>,
+}
+
+impl Default for PhoneConfig {
+    fn default() -> Self {
+        PhoneConfig {
+            auto_answer: false,
+            play: AudioSpec::Tone(1000.0),
+            record: None,
+            media_ip: None,
+        }
+    }
+}
+
+/// Statistics of a call's media, reported every second and at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaReport {
+    /// The call.
+    pub call: CallId,
+    /// Our RTP address.
+    pub local: SocketAddr,
+    /// Where we send (after symmetric-RTP latching).
+    pub remote: Option<SocketAddr>,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets lost (RFC 3550 count).
+    pub lost: i64,
+    /// Longest gap between received packets, in ms.
+    pub max_gap_ms: f64,
+    /// True for the last report of the call.
+    pub last: bool,
+}
+
+/// Commands a phone takes from its owner.
+#[derive(Debug, Clone)]
+pub enum PhoneCommand {
+    /// Place a call to a URI through a next hop.
+    Call {
+        /// The Request-URI.
+        uri: String,
+        /// Our address of record.
+        from: String,
+        /// The next hop.
+        target: CoreTarget,
+    },
+    /// Answer a ringing call.
+    Answer(CallId),
+    /// Hang up.
+    HangUp(CallId),
+    /// Put on hold (`true`) or resume.
+    Hold(CallId, bool),
+}
+
+enum MediaCmd {
+    Destination(SocketAddr),
+    Direction(siproam_media::Direction),
+    Stop,
+}
+
+struct PhoneCall {
+    sdp: SdpSession,
+    socket: Option<StdUdpSocket>,
+    local: SocketAddr,
+    media: Option<mpsc::UnboundedSender<MediaCmd>>,
+    /// An incoming call's offer, until answered.
+    offer: Option<Bytes>,
+}
+
+/// The softphone application.
+pub struct Phone {
+    config: PhoneConfig,
+    calls: HashMap<CallId, PhoneCall>,
+    events: Option<mpsc::Sender<EndpointEvent>>,
+    seed: u64,
+}
+
+impl std::fmt::Debug for Phone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phone")
+            .field("calls", &self.calls.len())
+            .finish()
+    }
+}
+
+fn to_media_direction(d: SdpDirection) -> siproam_media::Direction {
+    match d {
+        SdpDirection::SendRecv => siproam_media::Direction::SendRecv,
+        SdpDirection::SendOnly => siproam_media::Direction::SendOnly,
+        SdpDirection::RecvOnly => siproam_media::Direction::RecvOnly,
+        SdpDirection::Inactive => siproam_media::Direction::Inactive,
+    }
+}
+
+impl Phone {
+    /// A phone.
+    pub fn new(config: PhoneConfig, seed: u64) -> Phone {
+        Phone {
+            config,
+            calls: HashMap::new(),
+            events: None,
+            seed,
+        }
+    }
+
+    fn rtp_socket(&self, core: &Core) -> std::io::Result<(StdUdpSocket, SocketAddr)> {
+        let ip = self.config.media_ip.unwrap_or_else(|| {
+            core.listen_points()
+                .iter()
+                .map(|p| p.addr.ip())
+                .find(|ip| !ip.is_unspecified())
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        });
+        let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        Ok((socket, local))
+    }
+
+    fn new_call_media(&mut self, core: &Core, call: CallId) -> Option<PhoneCall> {
+        match self.rtp_socket(core) {
+            Ok((socket, local)) => {
+                self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                Some(PhoneCall {
+                    sdp: SdpSession::new(self.seed, local, SdpConfig::default()),
+                    socket: Some(socket),
+                    local,
+                    media: None,
+                    offer: None,
+                })
+            }
+            Err(e) => {
+                debug!("no RTP socket for {call:?}: {e}");
+                None
+            }
+        }
+    }
+
+    fn source(&self) -> Box<dyn AudioSource + Send> {
+        match &self.config.play {
+            AudioSpec::Silence => Box::new(SilenceSource),
+            AudioSpec::Tone(hz) => Box::new(ToneSource::new(*hz, 8000)),
+            AudioSpec::Wav(path) => match WavSource::open(path) {
+                Ok(w) => Box::new(w),
+                Err(e) => {
+                    debug!("cannot play {}: {e}", path.display());
+                    Box::new(SilenceSource)
+                }
+            },
+        }
+    }
+
+    /// Starts (or retargets) a call's media after a negotiation.
+    fn media_negotiated(&mut self, call: CallId, neg: &Negotiated) {
+        let source = self.source();
+        let record = self.config.record.clone();
+        let events = self.events.clone();
+        let seed = self.seed ^ u64::from(call.0);
+        let Some(pc) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let direction = to_media_direction(neg.direction);
+        if let Some(media) = &pc.media {
+            if let Some(remote) = neg.remote {
+                let _ = media.send(MediaCmd::Destination(remote));
+            }
+            let _ = media.send(MediaCmd::Direction(direction));
+            return;
+        }
+        let Some(std_socket) = pc.socket.take() else {
+            return;
+        };
+        let Ok(socket) = tokio::net::UdpSocket::from_std(std_socket) else {
+            return;
+        };
+        let mut cfg = MediaConfig::new(seed);
+        cfg.codec = match neg.codec {
+            siproam_core::sdp::Codec::Pcmu => siproam_media::Codec::Pcmu,
+            siproam_core::sdp::Codec::Pcma => siproam_media::Codec::Pcma,
+        };
+        cfg.telephone_event = neg.telephone_event_pt;
+        cfg.direction = direction;
+        let now = tokio::time::Instant::now().into_std();
+        let Ok(mut session) = MediaSession::new(cfg, now) else {
+            return;
+        };
+        if let Some(remote) = neg.remote {
+            session.set_destination(Destination::new(remote));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        pc.media = Some(tx);
+        let local = pc.local;
+        let sink: Option<Box<dyn AudioSink + Send>> =
+            record.and_then(|p| match WavSink::create(&p) {
+                Ok(s) => Some(Box::new(s) as Box<dyn AudioSink + Send>),
+                Err(e) => {
+                    debug!("cannot record to {}: {e}", p.display());
+                    None
+                }
+            });
+        tokio::spawn(media_task(
+            call, local, socket, session, source, sink, rx, events,
+        ));
+    }
+
+    fn stop_media(&mut self, call: CallId) {
+        if let Some(pc) = self.calls.remove(&call) {
+            if let Some(m) = pc.media {
+                let _ = m.send(MediaCmd::Stop);
+            }
+        }
+    }
+
+    fn handle_command(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        cmd: PhoneCommand,
+    ) -> Result<Option<CallId>, siproam_core::CoreError> {
+        match cmd {
+            PhoneCommand::Call { uri, from, target } => {
+                let user = siproam_sip::Uri::parse(&from)
+                    .ok()
+                    .and_then(|u| u.as_sip().and_then(|s| s.user()).map(str::to_owned))
+                    .unwrap_or_else(|| "siproam".into());
+                let Some(mut pc) = self.new_call_media(core, CallId(0)) else {
+                    return Err(siproam_core::CoreError::InvalidState);
+                };
+                let offer = pc.sdp.create_offer();
+                let id = core.invite(
+                    now,
+                    InviteSpec {
+                        uri,
+                        from,
+                        target,
+                        sdp: Some(offer),
+                        contact_user: user,
+                    },
+                )?;
+                pc.offer = None;
+                self.calls.insert(id, pc);
+                Ok(Some(id))
+            }
+            PhoneCommand::Answer(call) => {
+                self.answer_call(core, now, call)?;
+                Ok(Some(call))
+            }
+            PhoneCommand::HangUp(call) => {
+                core.hang_up(now, call)?;
+                Ok(Some(call))
+            }
+            PhoneCommand::Hold(call, hold) => {
+                let pc = self
+                    .calls
+                    .get_mut(&call)
+                    .ok_or(siproam_core::CoreError::NoSuchCall)?;
+                pc.sdp.set_direction(if hold {
+                    SdpDirection::SendOnly
+                } else {
+                    SdpDirection::SendRecv
+                });
+                let offer = pc.sdp.create_offer();
+                core.refresh(now, call, false, Some(offer))?;
+                Ok(Some(call))
+            }
+        }
+    }
+
+    fn answer_call(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        call: CallId,
+    ) -> Result<(), siproam_core::CoreError> {
+        let pc = self
+            .calls
+            .get_mut(&call)
+            .ok_or(siproam_core::CoreError::NoSuchCall)?;
+        let offer = pc.offer.take().unwrap_or_default();
+        match pc.sdp.answer(&offer) {
+            Ok((answer, neg)) => {
+                core.answer(now, call, 200, Some(answer))?;
+                self.media_negotiated(call, &neg);
+                Ok(())
+            }
+            Err(e) => {
+                debug!("cannot answer the offer: {e}");
+                core.answer(now, call, e.status_code(), None)
+            }
+        }
+    }
+}
+
+impl Application for Phone {
+    fn attach(&mut self, events: mpsc::Sender<EndpointEvent>) {
+        self.events = Some(events);
+    }
+
+    fn command(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        cmd: PhoneCommand,
+    ) -> Result<Option<CallId>, siproam_core::CoreError> {
+        self.handle_command(core, now, cmd)
+    }
+
+    fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event> {
+        match &event {
+            Event::IncomingRequest {
+                tx: Some(tx),
+                request,
+                ..
+            } => {
+                let _ = core.respond_default(now, *tx, request);
+            }
+            Event::IncomingCall { call, request } => {
+                let call = *call;
+                match self.new_call_media(core, call) {
+                    Some(mut pc) => {
+                        pc.offer = Some(request.body().clone());
+                        self.calls.insert(call, pc);
+                        if self.config.auto_answer {
+                            let _ = self.answer_call(core, now, call);
+                        } else {
+                            let _ = core.answer(now, call, 180, None);
+                        }
+                    }
+                    None => {
+                        let _ = core.answer(now, call, 503, None);
+                    }
+                }
+            }
+            Event::Call(CallEvent::State {
+                call, state, body, ..
+            }) => match state {
+                CallState::Confirmed | CallState::Early => {
+                    // our INVITE's answer
+                    if let (Some(body), Some(pc)) = (body, self.calls.get_mut(call)) {
+                        if pc.sdp.has_pending_offer() {
+                            match pc.sdp.handle_answer(body) {
+                                Ok(neg) => self.media_negotiated(*call, &neg),
+                                Err(e) => debug!("bad answer: {e}"),
+                            }
+                        }
+                    }
+                }
+                CallState::Disconnected => self.stop_media(*call),
+                _ => {}
+            },
+            Event::Call(CallEvent::Offer { call, body, .. }) => {
+                if let Some(pc) = self.calls.get_mut(call) {
+                    match pc.sdp.answer(body) {
+                        Ok((answer, neg)) => {
+                            let _ = core.answer_offer(now, *call, answer);
+                            self.media_negotiated(*call, &neg);
+                        }
+                        Err(e) => debug!("cannot answer the re-offer: {e}"),
+                    }
+                }
+            }
+            Event::Call(CallEvent::Answer {
+                call,
+                body: Some(body),
+            }) => {
+                if let Some(pc) = self.calls.get_mut(call) {
+                    match pc.sdp.handle_answer(body) {
+                        Ok(neg) => self.media_negotiated(*call, &neg),
+                        Err(e) => debug!("bad answer: {e}"),
+                    }
+                }
+            }
+            Event::Call(CallEvent::RefreshFailed { call, .. }) => {
+                if let Some(pc) = self.calls.get_mut(call) {
+                    pc.sdp.cancel_offer();
+                }
+            }
+            _ => {}
+        }
+        Some(event)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn media_task(
+    call: CallId,
+    local: SocketAddr,
+    socket: tokio::net::UdpSocket,
+    mut session: MediaSession,
+    mut source: Box<dyn AudioSource + Send>,
+    mut sink: Option<Box<dyn AudioSink + Send>>,
+    mut cmds: mpsc::UnboundedReceiver<MediaCmd>,
+    events: Option<mpsc::Sender<EndpointEvent>>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
+    let report = |session: &MediaSession, last: bool| {
+        let s = session.stats();
+        EndpointEvent::Media(MediaReport {
+            call,
+            local,
+            remote: session.destination().map(|d| d.rtp()),
+            tx_packets: s.packets_sent,
+            rx_packets: s.packets_received,
+            lost: s.packets_lost,
+            max_gap_ms: s.longest_gap.as_secs_f64() * 1000.0,
+            last,
+        })
+    };
+    loop {
+        let next = [session.poll_timeout(), session.next_send_at()]
+            .into_iter()
+            .flatten()
+            .min();
+        let wake = next
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(20))
+            .min(report_at);
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    let now = tokio::time::Instant::now().into_std();
+                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let now = tokio::time::Instant::now().into_std();
+                if session.next_send_at().is_some_and(|t| t <= now) {
+                    let frame = source.next_frame();
+                    session.send_frame(now, &frame);
+                }
+                session.handle_timeout(now);
+                if tokio::time::Instant::now() >= report_at {
+                    report_at += Duration::from_secs(1);
+                    if let Some(ev) = &events {
+                        let _ = ev.try_send(report(&session, false));
+                    }
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(MediaCmd::Destination(d)) => session.set_destination(Destination::new(d)),
+                Some(MediaCmd::Direction(d)) => session.set_direction(d),
+                Some(MediaCmd::Stop) | None => {
+                    let now = tokio::time::Instant::now().into_std();
+                    session.close(now);
+                    while let Some(t) = session.poll_transmit() {
+                        let _ = socket.send_to(&t.payload, t.destination).await;
+                    }
+                    if let Some(ev) = &events {
+                        let _ = ev.try_send(report(&session, true));
+                    }
+                    return;
+                }
+            },
+        }
+        while let Some(t) = session.poll_transmit() {
+            let _ = socket.send_to(&t.payload, t.destination).await;
+        }
+        while let Some(audio) = session.poll_audio() {
+            if let Some(s) = sink.as_mut() {
+                let _ = s.write(&audio);
+            }
+        }
+        while session.poll_event().is_some() {}
+    }
+}

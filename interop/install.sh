@@ -9,6 +9,13 @@
 #   kamailio-outbound-modules  outbound.so (RFC 5626)
 #   sip-tester                 sipp 3.6.1
 #   iproute2                   ss (check.sh looks for free ports)
+#   baresip, baresip-core      baresip 1.0.0, a softphone, used headless only
+#                              (`baresip` is a metapackage that depends on
+#                              `baresip-core`; with --no-install-recommends it
+#                              pulls no GTK/X11/gstreamer/ffmpeg modules).
+#                              Modules used: ctrl_tcp menu ausine aubridge sndfile
+#                              g711 account uuid (in baresip-core).
+#   python3                    interop/baresip/ctrl.py (stdlib only)
 #
 # The Debian kamailio package ships a service (init script, systemd unit)
 # that must not start here (it would listen on every address, port 5060):
@@ -17,7 +24,7 @@
 # place if there is none.
 set -euo pipefail
 
-PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2)
+PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root" >&2
@@ -49,7 +56,7 @@ fi
 
 # What the scripts rely on, checked every time.
 fail=0
-for b in kamailio kamcmd sipp ss timeout setsid; do
+for b in kamailio kamcmd sipp ss timeout setsid baresip python3; do
     command -v "$b" >/dev/null || { echo "install.sh: '$b' missing after install" >&2; fail=1; }
 done
 MODDIR=$(kamailio -I 2>/dev/null | sed -n "s/^ *Default paths to modules: *//p" | head -n1)
@@ -58,6 +65,17 @@ for m in outbound path rr stun usrloc registrar auth htable db_text ctl; do
     ls "$MODDIR/$m.so" >/dev/null 2>&1 || ls /usr/lib/*/kamailio/modules/"$m.so" >/dev/null 2>&1 \
         || { echo "install.sh: kamailio module $m.so missing" >&2; fail=1; }
 done
+BMODDIR=
+for d in /usr/lib/baresip/modules /usr/lib/*/baresip/modules /usr/local/lib/baresip/modules; do
+    [ -e "$d/ctrl_tcp.so" ] && { BMODDIR=$d; break; }
+done
+if [ -z "$BMODDIR" ]; then
+    echo "install.sh: baresip modules (ctrl_tcp.so) not found" >&2; fail=1
+else
+    for m in ctrl_tcp menu ausine aubridge sndfile g711 account uuid; do
+        [ -e "$BMODDIR/$m.so" ] || { echo "install.sh: baresip module $m.so missing in $BMODDIR" >&2; fail=1; }
+    done
+fi
 [ "$fail" -eq 0 ] || exit 1
-[ ${#missing[@]} -gt 0 ] && echo "install.sh: done ($(kamailio -v 2>/dev/null | head -n1); $(sipp -v 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -n1))"
+[ ${#missing[@]} -gt 0 ] && echo "install.sh: done ($(kamailio -v 2>/dev/null | head -n1); $(sipp -v 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -n1); baresip $(dpkg-query -W -f='${Version}' baresip-core 2>/dev/null))"
 exit 0

@@ -175,3 +175,136 @@ pub async fn register(
         ExitCode::from(1)
     })
 }
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`
+/// (clock ticks of 10 ms).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the command name may hold spaces: fields start after the last ')'
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// `siproam bench calls --calls N`: N simultaneous calls between two
+/// endpoints of this process on loopback, each with 20 ms G.711 media both
+/// ways, for `seconds`; reports CPU time per call-second (both ends
+/// together) and packets lost.
+pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<ExitCode> {
+    use siproam::core::{CallEvent, CallState};
+    use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
+    if n == 0 {
+        bail!("--calls must be at least 1");
+    }
+    let phone = |auto_answer: bool| {
+        Phone::new(
+            PhoneConfig {
+                auto_answer,
+                play: AudioSpec::Tone(1000.0),
+                record: None,
+                media_ip: None,
+            },
+            42,
+        )
+    };
+    let callee_cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.3:0".parse()?)],
+        ..Default::default()
+    };
+    let mut callee = EndpointHandle::start(callee_cfg, Box::new(phone(true))).await?;
+    let caller_cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.2:0".parse()?)],
+        ..Default::default()
+    };
+    let mut caller = EndpointHandle::start(caller_cfg, Box::new(phone(false))).await?;
+    let bob = callee
+        .listeners()
+        .await?
+        .first()
+        .map(|l| l.local)
+        .context("callee listener")?;
+    let uri = format!("sip:bob@{bob}");
+    let mut ids = Vec::with_capacity(n);
+    let setup = Instant::now();
+    let mut confirmed = 0usize;
+    let mut failed = 0usize;
+    for _ in 0..n {
+        ids.push(caller.call(&uri, "sip:alice@example.test", None).await?);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while confirmed + failed < n {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            ev = caller.next_event() => match ev {
+                Some(EndpointEvent::Core(Event::Call(CallEvent::State { state: CallState::Confirmed, .. }))) => confirmed += 1,
+                Some(EndpointEvent::Core(Event::Call(CallEvent::State { state: CallState::Disconnected, .. }))) => failed += 1,
+                Some(_) => {}
+                None => bail!("the caller stopped"),
+            },
+            _ = callee.next_event() => {}
+        }
+    }
+    let setup_s = setup.elapsed().as_secs_f64();
+    let cpu0 = cpu_seconds().unwrap_or(0.0);
+    let t0 = Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            _ = caller.next_event() => {}
+            _ = callee.next_event() => {}
+        }
+    }
+    let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    for id in &ids {
+        let _ = caller.phone(PhoneCommand::HangUp(*id)).await;
+    }
+    // final media reports from both ends
+    let (mut tx, mut rx, mut lost, mut reports) = (0u64, 0u64, 0i64, 0usize);
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reports < 2 * confirmed {
+        let ev = tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            ev = caller.next_event() => ev,
+            ev = callee.next_event() => ev,
+        };
+        if let Some(EndpointEvent::Media(m)) = ev {
+            if m.last {
+                reports += 1;
+                tx += m.tx_packets;
+                rx += m.rx_packets;
+                lost += m.lost.max(0);
+            }
+        }
+    }
+    let call_seconds = confirmed as f64 * wall;
+    emit(
+        json_out,
+        json!({
+            "event": "bench",
+            "bench": "calls",
+            "calls": n,
+            "confirmed": confirmed,
+            "failed": failed,
+            "setup_seconds": (setup_s * 1000.0).round() / 1000.0,
+            "seconds": (wall * 1000.0).round() / 1000.0,
+            "cpu_seconds": (cpu * 1000.0).round() / 1000.0,
+            "cpu_ms_per_call_second": if call_seconds > 0.0 { (cpu * 1000.0 / call_seconds * 1000.0).round() / 1000.0 } else { 0.0 },
+            "core_percent_per_100_calls": if confirmed > 0 { (cpu / wall * 100.0 * 100.0 / confirmed as f64 * 100.0).round() / 100.0 } else { 0.0 },
+            "packets_sent": tx,
+            "packets_received": rx,
+            "packets_lost": lost,
+            "final_reports": reports,
+        }),
+    );
+    caller.shutdown().await;
+    callee.shutdown().await;
+    Ok(if confirmed == n && lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -98,6 +98,15 @@ enum BenchKind {
         #[arg(long, default_value_t = 256)]
         window: usize,
     },
+    /// N simultaneous calls with G.711 media between two endpoints on loopback.
+    Calls {
+        /// How many calls.
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
+        /// How long the media runs, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +177,9 @@ fn main() -> ExitCode {
                 json,
             ))
         }),
+        Command::Bench {
+            which: BenchKind::Calls { calls, seconds },
+        } => runtime().and_then(|rt| rt.block_on(bench::calls(calls, seconds, json))),
     };
     match result {
         Ok(code) => code,

@@ -135,7 +135,7 @@ fn main() -> ExitCode {
         Command::Msg {
             action: MsgAction::Check { file },
         } => msg_check(file.as_deref(), json),
-        Command::Demo => runtime().and_then(|rt| rt.block_on(demo::run(json))),
+        Command::Demo => block_on(demo::run(json)),
         Command::Registrar {
             mut listen,
             mut users,
@@ -143,14 +143,14 @@ fn main() -> ExitCode {
             mut tls,
         } => {
             file.registrar(&mut listen, &mut users, &mut domain, &mut tls);
-            runtime().and_then(|rt| rt.block_on(run::registrar(listen, users, domain, tls, json)))
+            block_on(run::registrar(listen, users, domain, tls, json))
         }
         Command::Agent {
             agent: mut args,
             calls,
         } => {
             file.agent(&mut args);
-            runtime().and_then(|rt| rt.block_on(run::agent(args, calls, json, None)))
+            block_on(run::agent(args, calls, json, None))
         }
         Command::Call {
             uri,
@@ -158,7 +158,7 @@ fn main() -> ExitCode {
             calls,
         } => {
             file.agent(&mut args);
-            runtime().and_then(|rt| rt.block_on(run::agent(args, calls, json, Some(uri))))
+            block_on(run::agent(args, calls, json, Some(uri)))
         }
         Command::Bench {
             which:
@@ -168,18 +168,16 @@ fn main() -> ExitCode {
                     auth,
                     window,
                 },
-        } => runtime().and_then(|rt| {
-            rt.block_on(bench::register(
-                accounts,
-                &transport,
-                auth,
-                window.max(1),
-                json,
-            ))
-        }),
+        } => block_on(bench::register(
+            accounts,
+            &transport,
+            auth,
+            window.max(1),
+            json,
+        )),
         Command::Bench {
             which: BenchKind::Calls { calls, seconds },
-        } => runtime().and_then(|rt| rt.block_on(bench::calls(calls, seconds, json))),
+        } => block_on(bench::calls(calls, seconds, json)),
     };
     match result {
         Ok(code) => code,
@@ -195,6 +193,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// Runs a command on a fresh runtime and shuts it down without waiting for
+/// the thread blocked reading stdin (which would keep a finished
+/// `siproam call` alive until its stdin closed).
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    fut: F,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let result = rt.block_on(fut);
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 fn init_logging(verbose: u8) {

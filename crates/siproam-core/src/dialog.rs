@@ -150,6 +150,13 @@ struct Call {
     flow: Option<FlowId>,
     /// We CANCELled our INVITE: a 2xx that still comes is ACKed and BYEd.
     cancelled: bool,
+    /// The peer requires reliable provisional responses (RFC 3262).
+    reliable_1xx: bool,
+    /// Our last RSeq, and the provisional awaiting its PRACK.
+    rseq: u32,
+    unacked_1xx: Option<(Message, Duration)>,
+    /// The peer's last RSeq we PRACKed.
+    remote_rseq: u32,
 }
 
 /// Every call of an endpoint.
@@ -271,6 +278,10 @@ impl Endpoint {
             glare_retry: None,
             flow: Some(flow),
             cancelled: false,
+            reliable_1xx: false,
+            rseq: 0,
+            unacked_1xx: None,
+            remote_rseq: 0,
         };
         let contact = self.contact_header(&call, spec.target.transport);
         let mut b = MessageBuilder::request(Method::Invite, &spec.uri)
@@ -283,7 +294,7 @@ impl Endpoint {
             .header("CSeq", "1 INVITE")
             .header("Contact", &contact)
             .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
-            .header("Supported", "replaces, timer");
+            .header("Supported", "100rel, replaces, timer");
         if let Some(sdp) = spec.sdp {
             b = b.body("application/sdp", sdp);
         }
@@ -379,6 +390,14 @@ impl Endpoint {
         for rr in req.header_values(HeaderName::RecordRoute) {
             b = b.header("Record-Route", rr);
         }
+        // RFC 3262: a peer that requires 100rel gets reliable provisionals
+        let reliable = c.reliable_1xx && (101..200).contains(&code);
+        let rseq = c.rseq + 1;
+        if reliable {
+            b = b
+                .header("Require", "100rel")
+                .header("RSeq", &rseq.to_string());
+        }
         if code < 300 {
             b = b.header(
                 "Contact",
@@ -396,6 +415,22 @@ impl Endpoint {
         }
         let resp = b.build()?;
         self.respond(now, tx, resp.clone())?;
+        if reliable {
+            if let Some(c) = self.calls.calls.get_mut(&call.0) {
+                c.rseq = rseq;
+                c.unacked_1xx = Some((resp.clone(), self.config.t1));
+            }
+            self.timers.set(
+                TimerOwner::Call(call.0),
+                TimerKind::Reliable1xx,
+                now + self.config.t1,
+            );
+        }
+        if code >= 200 {
+            // a final response ends the provisional's retransmission
+            self.timers
+                .cancel(TimerOwner::Call(call.0), TimerKind::Reliable1xx);
+        }
         match code {
             180 => self.set_state(call, CallState::Ringing, Some(180), None),
             181..=199 => self.set_state(call, CallState::Early, Some(code), None),
@@ -615,6 +650,35 @@ impl Endpoint {
                 }
                 true
             }
+            (Method::Prack, Some(id), Some(tx)) => {
+                let rack = req
+                    .rack()
+                    .and_then(Result::ok)
+                    .map(|r| (r.rseq, r.cseq.seq));
+                let c = self.calls.calls.get_mut(&id.0);
+                let expected = c.as_ref().map(|c| (c.rseq, c.remote_cseq));
+                let (code, phrase) = match (rack, expected) {
+                    (Some(got), Some(want)) if got == want => {
+                        if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                            c.unacked_1xx = None;
+                        }
+                        self.timers
+                            .cancel(TimerOwner::Call(id.0), TimerKind::Reliable1xx);
+                        (200, "OK")
+                    }
+                    _ => (481, "Call/Transaction Does Not Exist"),
+                };
+                let tag = self
+                    .calls
+                    .calls
+                    .get(&id.0)
+                    .map(|c| c.local_tag.clone())
+                    .unwrap_or_default();
+                if let Ok(r) = MessageBuilder::response_to(req, code, phrase, Some(&tag)).build() {
+                    let _ = self.respond(now, tx, r);
+                }
+                true
+            }
             (Method::Bye, Some(id), Some(tx)) => {
                 let tag = self
                     .calls
@@ -711,6 +775,10 @@ impl Endpoint {
             glare_retry: None,
             flow: Some(flow),
             cancelled: false,
+            reliable_1xx: req.has_token(HeaderName::Require, "100rel"),
+            rseq: 0,
+            unacked_1xx: None,
+            remote_rseq: 0,
         };
         let id = self.new_call(call);
         let body = (!req.body().is_empty()).then(|| req.body().clone());
@@ -797,8 +865,21 @@ impl Endpoint {
                     if let Some(c) = self.calls.calls.get_mut(&id.0) {
                         if c.remote_tag.is_none() {
                             c.remote_tag = tag_param(&resp, true);
+                            // the early dialog's target and route set
+                            if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next()
+                            {
+                                c.remote_target = a.uri().to_string();
+                            }
+                            let mut rr: Vec<String> = resp
+                                .header_values(HeaderName::RecordRoute)
+                                .flat_map(siproam_sip::split_list)
+                                .map(str::to_owned)
+                                .collect();
+                            rr.reverse();
+                            c.route_set = rr;
                         }
                     }
+                    self.prack(now, id, &resp);
                     let state = if code == 180 {
                         CallState::Ringing
                     } else {
@@ -898,6 +979,27 @@ impl Endpoint {
         let _ = self.start_client_tx(now, b, target, TxOwner::Call(id));
     }
 
+    /// Acknowledges a reliable provisional response (RFC 3262 §4) once per
+    /// RSeq.
+    fn prack(&mut self, now: Instant, id: CallId, resp: &Message) {
+        if !resp.has_token(HeaderName::Require, "100rel") {
+            return;
+        }
+        let Some(Ok(rseq)) = resp.rseq() else { return };
+        let cseq = resp.cseq().seq;
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
+        if rseq <= c.remote_rseq {
+            return; // a retransmission: already acknowledged
+        }
+        c.remote_rseq = rseq;
+        if let Some((b, target)) = self.in_dialog_request(id, Method::Prack, None) {
+            let b = b.header("RAck", &format!("{rseq} {cseq} INVITE"));
+            let _ = self.start_client_tx(now, b, target, TxOwner::Call(id));
+        }
+    }
+
     pub(crate) fn call_failed(&mut self, _now: Instant, id: CallId, reason: RequestFailure) {
         let Some(c) = self.calls.calls.get_mut(&id.0) else {
             return;
@@ -941,6 +1043,27 @@ impl Endpoint {
                 self.timers
                     .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
                 let _ = self.send_bye(now, id);
+            }
+            TimerKind::Reliable1xx => {
+                let Some(c) = self.calls.calls.get_mut(&id.0) else {
+                    return;
+                };
+                let Some((resp, interval)) = c.unacked_1xx.as_mut() else {
+                    return;
+                };
+                *interval *= 2;
+                // RFC 3262 §3: give up after 64·T1 (the INVITE then fails)
+                if *interval > self.config.t1x64() {
+                    c.unacked_1xx = None;
+                    let _ = self.answer(now, id, 504, None);
+                    return;
+                }
+                let (resp, next, tx) = (resp.clone(), *interval, c.server_tx);
+                if let Some(tx) = tx {
+                    let _ = self.respond(now, tx, resp);
+                }
+                self.timers
+                    .set(TimerOwner::Call(id.0), TimerKind::Reliable1xx, now + next);
             }
             TimerKind::Glare => {
                 let retry = self

@@ -60,6 +60,9 @@ pub enum TimerKind {
     AckTimeout,
     /// Retry a re-INVITE / UPDATE after a 491 (RFC 3261 §14.1).
     Glare,
+    /// A reliable provisional response is retransmitted until its PRACK
+    /// (RFC 3262 §3).
+    Reliable1xx,
 }
 
 /// Why the core asked to be woken up.

@@ -473,3 +473,135 @@ fn unknown_dialogs_get_481() {
         .unwrap();
     assert_eq!(r.message.status(), Some(481));
 }
+
+fn peer_invite_100rel() -> siproam_sip::Message {
+    MessageBuilder::request(Method::Invite, &format!("sip:bob@{BOB}"))
+        .header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKrel1")
+        .header("From", "<sip:carol@example.test>;tag=c1")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "rel@carol")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", "<sip:carol@192.0.2.99:5060>")
+        .header("Require", "100rel")
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_peer_that_requires_100rel_gets_reliable_provisionals_until_its_prack() {
+    let mut p = pair(Transport::Udp);
+    let peer = p.sim.add_peer("carol", &[ip("192.0.2.99")]);
+    let from = SocketAddr::new(ip("192.0.2.99"), 5060);
+    let bob_addr = SocketAddr::new(ip(BOB), 5060);
+    p.sim.peer_send(
+        peer,
+        from,
+        bob_addr,
+        Transport::Udp,
+        peer_invite_100rel().to_bytes(),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    let b = incoming(&mut p.sim, p.bob);
+    while p.sim.peer_recv(peer).is_some() {} // the 100
+    let t0 = p.sim.now();
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(1600));
+    let mut ringing = Vec::new();
+    while let Some(r) = p.sim.peer_recv(peer) {
+        ringing.push(r);
+    }
+    let times: Vec<u128> = ringing.iter().map(|r| (r.at - t0).as_millis()).collect();
+    assert_eq!(
+        times,
+        [10, 510, 1510],
+        "retransmitted with T1 doubling until the PRACK"
+    );
+    let r = &ringing[0].message;
+    assert!(r.has_token(siproam_sip::HeaderName::Require, "100rel"));
+    assert_eq!(r.rseq(), Some(Ok(1)));
+    let tag = r.to().unwrap().tag().unwrap().to_owned();
+    let prack = MessageBuilder::request(Method::Prack, &format!("sip:bob@{BOB}:5060"))
+        .header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKprack1")
+        .header("From", "<sip:carol@example.test>;tag=c1")
+        .header("To", &format!("<sip:bob@example.test>;tag={tag}"))
+        .header("Call-ID", "rel@carol")
+        .header("CSeq", "2 PRACK")
+        .header("RAck", "1 1 INVITE")
+        .build()
+        .unwrap();
+    p.sim
+        .peer_send(peer, from, bob_addr, Transport::Udp, prack.to_bytes());
+    let ok = p
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(
+        (ok.message.status(), ok.message.cseq().method),
+        (Some(200), Method::Prack)
+    );
+    p.sim.run_for(Duration::from_secs(10));
+    assert!(
+        p.sim.peer_recv(peer).is_none(),
+        "no more 180 after the PRACK"
+    );
+}
+
+#[test]
+fn we_prack_a_reliable_provisional_once() {
+    let mut p = pair(Transport::Udp);
+    let peer = p.sim.add_peer("callee", &[ip("192.0.2.98")]);
+    let spec = InviteSpec {
+        uri: "sip:callee@192.0.2.98".into(),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: SocketAddr::new(ip("192.0.2.98"), 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    p.sim
+        .with_endpoint(p.alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let inv = p
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert!(inv
+        .message
+        .has_token(siproam_sip::HeaderName::Supported, "100rel"));
+    let reliable = MessageBuilder::response_to(&inv.message, 183, "Session Progress", Some("cal1"))
+        .header("Contact", "<sip:callee@192.0.2.98:5060>")
+        .header("Require", "100rel")
+        .header("RSeq", "7")
+        .build()
+        .unwrap();
+    p.sim.peer_reply(peer, &inv, reliable.to_bytes());
+    let prack = p
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(prack.message.method(), Some(Method::Prack));
+    assert_eq!(prack.message.rack().unwrap().unwrap().rseq, 7);
+    assert_eq!(
+        prack.message.rack().unwrap().unwrap().cseq.seq,
+        inv.message.cseq().seq
+    );
+    assert_eq!(prack.message.to().unwrap().tag(), Some("cal1"));
+    assert_eq!(
+        prack.message.request_uri_str(),
+        Some("sip:callee@192.0.2.98:5060"),
+        "the early dialog's target"
+    );
+    // the same 183 again: no second PRACK
+    p.sim.peer_reply(peer, &inv, reliable.to_bytes());
+    p.sim.run_for(Duration::from_millis(200));
+    let mut more = Vec::new();
+    while let Some(r) = p.sim.peer_recv(peer) {
+        more.push(r.message.method().map(|m| m.as_str().to_owned()));
+    }
+    assert!(!more.contains(&Some("PRACK".to_owned())), "{more:?}");
+}

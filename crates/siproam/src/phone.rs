@@ -118,11 +118,18 @@ pub enum PhoneCommand {
     HangUp(CallId),
     /// Put on hold (`true`) or resume.
     Hold(CallId, bool),
+    /// Re-open the call's RTP socket on another local address (a network
+    /// change) and re-offer it in a re-INVITE; the stream keeps its SSRC,
+    /// sequence numbers and timestamps.
+    MoveMedia(CallId, IpAddr),
 }
 
 enum MediaCmd {
     Destination(SocketAddr),
     Direction(siproam_media::Direction),
+    /// Send and receive on this socket from now on (a new local address);
+    /// the session keeps its SSRC, sequence numbers and timestamps.
+    Rebind(StdUdpSocket),
     Stop,
 }
 
@@ -317,6 +324,31 @@ impl Phone {
                 core.hang_up(now, call)?;
                 Ok(Some(call))
             }
+            PhoneCommand::MoveMedia(call, ip) => {
+                let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))
+                    .map_err(|_| siproam_core::CoreError::InvalidState)?;
+                socket
+                    .set_nonblocking(true)
+                    .map_err(|_| siproam_core::CoreError::InvalidState)?;
+                let local = socket
+                    .local_addr()
+                    .map_err(|_| siproam_core::CoreError::InvalidState)?;
+                let pc = self
+                    .calls
+                    .get_mut(&call)
+                    .ok_or(siproam_core::CoreError::NoSuchCall)?;
+                match &pc.media {
+                    Some(m) => {
+                        let _ = m.send(MediaCmd::Rebind(socket));
+                    }
+                    None => pc.socket = Some(socket),
+                }
+                pc.local = local;
+                pc.sdp.set_local_address(local);
+                let offer = pc.sdp.create_offer();
+                core.refresh(now, call, false, Some(offer))?;
+                Ok(Some(call))
+            }
             PhoneCommand::Hold(call, hold) => {
                 let pc = self
                     .calls
@@ -452,8 +484,8 @@ impl Application for Phone {
 #[allow(clippy::too_many_arguments)]
 async fn media_task(
     call: CallId,
-    local: SocketAddr,
-    socket: tokio::net::UdpSocket,
+    mut local: SocketAddr,
+    mut socket: tokio::net::UdpSocket,
     mut session: MediaSession,
     mut source: Box<dyn AudioSource + Send>,
     mut sink: Option<Box<dyn AudioSink + Send>>,
@@ -462,7 +494,7 @@ async fn media_task(
 ) {
     let mut buf = vec![0u8; 2048];
     let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
-    let report = |session: &MediaSession, last: bool| {
+    let report = |session: &MediaSession, local: SocketAddr, last: bool| {
         let s = session.stats();
         EndpointEvent::Media(MediaReport {
             call,
@@ -501,13 +533,22 @@ async fn media_task(
                 if tokio::time::Instant::now() >= report_at {
                     report_at += Duration::from_secs(1);
                     if let Some(ev) = &events {
-                        let _ = ev.try_send(report(&session, false));
+                        let _ = ev.try_send(report(&session, local, false));
                     }
                 }
             }
             cmd = cmds.recv() => match cmd {
                 Some(MediaCmd::Destination(d)) => session.set_destination(Destination::new(d)),
                 Some(MediaCmd::Direction(d)) => session.set_direction(d),
+                Some(MediaCmd::Rebind(std_socket)) => {
+                    match (std_socket.local_addr(), tokio::net::UdpSocket::from_std(std_socket)) {
+                        (Ok(addr), Ok(new)) => {
+                            socket = new;
+                            local = addr;
+                        }
+                        _ => debug!("could not move the media of {call:?}"),
+                    }
+                }
                 Some(MediaCmd::Stop) | None => {
                     let now = tokio::time::Instant::now().into_std();
                     session.close(now);
@@ -515,7 +556,7 @@ async fn media_task(
                         let _ = socket.send_to(&t.payload, t.destination).await;
                     }
                     if let Some(ev) = &events {
-                        let _ = ev.try_send(report(&session, true));
+                        let _ = ev.try_send(report(&session, local, true));
                     }
                     return;
                 }

@@ -119,6 +119,7 @@ pub async fn register(
                 registrar: registrar_uri.clone(),
                 username: None,
                 password: auth.then(|| format!("pw{next}")),
+                instance_id: None,
                 expires: 3600,
             };
             ep.register(spec).await?;

@@ -1,8 +1,10 @@
 //! `siproam demo`: the main job on an embedded default — a registrar and
 //! two agents on loopback; Alice registers, calls Bob, a tone flows both
-//! ways for two seconds, Alice hangs up; the timeline of every stage is
-//! printed with milliseconds. Exits 1 naming the stage that failed.
-//! (The IP change joins the timeline with the network-change work.)
+//! ways, Alice hangs up; the timeline of every stage is
+//! printed with milliseconds. Halfway, Alice's address moves from
+//! 127.0.0.2 to 127.0.0.3: her registration and the call follow (every
+//! stage of the IP change is in the timeline) and the media continues.
+//! Exits 1 naming the stage that failed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -89,6 +91,13 @@ fn show(who: &str, ev: &EndpointEvent, json_out: bool) {
             "event": "call", "agent": who, "call": call.0, "state": state.as_str(), "code": code,
         })),
         EndpointEvent::Media(m) => Some(media(who, m)),
+        EndpointEvent::IpChange(c) => {
+            let mut v = crate::run::ip_change_json(c);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("agent".into(), json!(who));
+            }
+            Some(v)
+        }
         _ => None,
     };
     if let Some(v) = v {
@@ -102,6 +111,23 @@ fn media(who: &str, m: &MediaReport) -> Value {
         "remote": m.remote.map(|r| r.to_string()), "tx_packets": m.tx_packets, "rx_packets": m.rx_packets,
         "lost": m.lost, "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0, "final": m.last,
     })
+}
+
+/// Lets the call run, printing what both agents report.
+async fn talk(
+    alice: &mut EndpointHandle,
+    bob: &mut EndpointHandle,
+    json_out: bool,
+    for_: Duration,
+) {
+    let until = tokio::time::Instant::now() + for_;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            Some(ev) = alice.next_event() => show("alice", &ev, json_out),
+            Some(ev) = bob.next_event() => show("bob", &ev, json_out),
+        }
+    }
 }
 
 /// Runs the demo.
@@ -137,13 +163,14 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
     let registrar_uri = format!("sip:{reg_addr}");
 
     let mut alice = agent("127.0.0.2", 440.0).await?;
-    let mut bob = agent("127.0.0.3", 1000.0).await?;
+    let mut bob = agent("127.0.0.5", 1000.0).await?;
     for (ep, user) in [(&alice, "alice"), (&bob, "bob")] {
         ep.register(AccountSpec {
             aor: format!("sip:{user}@example.test"),
             registrar: registrar_uri.clone(),
             username: None,
             password: None,
+            instance_id: Some(crate::run::instance_id(seed(user.len() as u64))),
             expires: 600,
         })
         .await?;
@@ -213,15 +240,52 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         return stage_failed(json_out, "call", "bob never confirmed the call");
     }
 
-    // two seconds of tone both ways
-    let talk_until = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(talk_until) => break,
-            Some(ev) = alice.next_event() => show("alice", &ev, json_out),
-            Some(ev) = bob.next_event() => show("bob", &ev, json_out),
-        }
+    // a second of tone both ways, then Alice's address moves
+    talk(&mut alice, &mut bob, json_out, Duration::from_secs(1)).await;
+    let new_ip: std::net::IpAddr = "127.0.0.3".parse()?;
+    alice.ip_change(new_ip).await?;
+    let completed = |ev: &EndpointEvent| match ev {
+        EndpointEvent::IpChange(c) if c.stage == "completed" => Some(c.elapsed_ms),
+        _ => None,
+    };
+    if wait_for(
+        &mut alice,
+        "alice",
+        json_out,
+        Duration::from_secs(5),
+        completed,
+    )
+    .await
+    .is_none()
+    {
+        return stage_failed(json_out, "ip_change", "the IP change did not complete");
     }
+    let reregistered = |ev: &EndpointEvent| match ev {
+        EndpointEvent::Core(Event::Registration(r))
+            if r.state == RegistrationState::Registered && r.contact.contains("127.0.0.3") =>
+        {
+            Some(())
+        }
+        _ => None,
+    };
+    if wait_for(
+        &mut alice,
+        "alice",
+        json_out,
+        Duration::from_secs(5),
+        reregistered,
+    )
+    .await
+    .is_none()
+    {
+        return stage_failed(
+            json_out,
+            "update_contact",
+            "alice did not re-register from 127.0.0.3",
+        );
+    }
+    // another second: the call carries on from the new address
+    talk(&mut alice, &mut bob, json_out, Duration::from_secs(1)).await;
     alice.phone(PhoneCommand::HangUp(call)).await?;
     let last_media = |ev: &EndpointEvent| match ev {
         EndpointEvent::Media(m) if m.last => Some(m.clone()),
@@ -247,7 +311,9 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         return stage_failed(json_out, "media", "no final media report");
     };
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let ok = a.rx_packets > 0 && b.rx_packets > 0 && a.lost <= 0 && b.lost <= 0;
+    // the media must have followed Alice to 127.0.0.3
+    let followed = b.remote.is_some_and(|r| r.ip() == new_ip) && a.local.ip() == new_ip;
+    let ok = a.rx_packets > 0 && b.rx_packets > 0 && a.lost <= 0 && b.lost <= 0 && followed;
     emit(
         json_out,
         json!({
@@ -258,6 +324,8 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             "bob_rx_packets": b.rx_packets,
             "lost": a.lost.max(0) + b.lost.max(0),
             "max_gap_ms": (a.max_gap_ms.max(b.max_gap_ms) * 10.0).round() / 10.0,
+            "alice_moved_to": a.local.to_string(),
+            "bob_sends_to": b.remote.map(|r| r.to_string()),
             "total_ms": (total_ms * 10.0).round() / 10.0,
         }),
     );
@@ -265,10 +333,14 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         ep.shutdown().await;
     }
     if !ok {
-        return stage_failed(json_out, "media", "no audio in one direction, or loss");
+        return stage_failed(
+            json_out,
+            "media",
+            "no audio in one direction, loss, or the media did not follow the move",
+        );
     }
     if !json_out {
-        println!("demo passed: the call carried a tone both ways (the IP change joins this timeline with the network-change work)");
+        println!("demo passed: the registration and the call followed Alice from 127.0.0.2 to 127.0.0.3; the tone kept flowing both ways");
     }
     Ok(ExitCode::SUCCESS)
 }

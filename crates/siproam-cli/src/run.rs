@@ -20,6 +20,26 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// Process start, for `t_ms`.
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// A random `urn:uuid:` (version 4 layout) for `+sip.instance`.
+pub fn instance_id(seed: u64) -> String {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (a, b) = (next(), next());
+    format!(
+        "urn:uuid:{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 pub fn mark_start() {
     START.get_or_init(Instant::now);
 }
@@ -332,6 +352,31 @@ fn call_json(ev: &CallEvent) -> Option<Value> {
     }
 }
 
+/// `cli.md`'s `ip_change` event.
+pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
+    let mut v = json!({
+        "event": "ip_change",
+        "stage": c.stage,
+        "status": c.status,
+        "elapsed_ms": (c.elapsed_ms * 1000.0).round() / 1000.0,
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(a) = c.account {
+            obj.insert("account".into(), json!(a));
+        }
+        if let Some(call) = c.call {
+            obj.insert("call".into(), json!(call));
+        }
+        if let Some(t) = c.transport {
+            obj.insert(
+                "transport".into(),
+                json!(t.to_string().to_ascii_lowercase()),
+            );
+        }
+    }
+    v
+}
+
 fn media_json(m: &MediaReport) -> Value {
     json!({
         "event": "media",
@@ -398,6 +443,7 @@ pub async fn agent(
                 registrar: registrar.clone(),
                 username: args.user.clone(),
                 password: args.password.clone(),
+                instance_id: Some(instance_id(seed())),
                 expires: args.expires.unwrap_or(600),
             })
             .await
@@ -445,6 +491,11 @@ pub async fn agent(
                         ("hold", Some(c)) => ep.phone(PhoneCommand::Hold(c, true)).await.map_err(anyhow::Error::from),
                         ("unhold", Some(c)) => ep.phone(PhoneCommand::Hold(c, false)).await.map_err(anyhow::Error::from),
                         ("answer" | "hangup" | "hold" | "unhold", None) => Err(anyhow::anyhow!("no call")),
+                        ("ip-change", _) => match arg.map(str::parse::<std::net::IpAddr>) {
+                            Some(Ok(ip)) => ep.ip_change(ip).await.map_err(anyhow::Error::from),
+                            Some(Err(_)) => Err(anyhow::anyhow!("ip-change ADDR: an IP address")),
+                            None => Err(anyhow::anyhow!("ip-change needs an address for now (automatic detection is not built yet)")),
+                        },
                         (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
                     };
                     if let Err(e) = r {
@@ -480,6 +531,7 @@ pub async fn agent(
                         emit(json_out, v);
                     }
                 }
+                Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
                 Some(EndpointEvent::Media(m)) => {
                     emit(json_out, media_json(&m));
                     if m.last && exit_after_call {

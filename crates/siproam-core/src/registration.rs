@@ -254,6 +254,44 @@ impl Endpoint {
             .map(Account::contact_uri)
     }
 
+    /// Moves an account to a new local address (a network change): the
+    /// old registration flow is dropped, the Contact becomes `local`, and a
+    /// REGISTER goes out at once over a new flow. With a `+sip.instance`
+    /// the registrar replaces the old binding (RFC 5626 §6).
+    pub fn move_account(
+        &mut self,
+        now: Instant,
+        account: AccountId,
+        local: SocketAddr,
+    ) -> Result<(), CoreError> {
+        let acc = self
+            .accounts
+            .get_mut(&account.0)
+            .ok_or(CoreError::NoSuchAccount)?;
+        acc.config.registrar.local = Some(local);
+        acc.contact_addr = Some(local);
+        acc.flow = None;
+        acc.reregister = false;
+        self.timers
+            .cancel(TimerOwner::Account(account.0), TimerKind::Register);
+        self.send_register(now, account, false);
+        Ok(())
+    }
+
+    /// The transport an account registers over.
+    pub fn account_transport(&self, account: AccountId) -> Option<crate::Transport> {
+        self.accounts
+            .get(&account.0)
+            .map(|a| a.config.registrar.transport)
+    }
+
+    /// Every account.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        let mut v: Vec<AccountId> = self.accounts.keys().map(|k| AccountId(*k)).collect();
+        v.sort();
+        v
+    }
+
     /// The flow an account registers over, if any.
     pub fn account_flow(&self, account: AccountId) -> Option<FlowId> {
         self.accounts.get(&account.0).and_then(|a| a.flow)

@@ -491,3 +491,57 @@ fn several_accounts_on_one_endpoint() {
         assert!(registered.contains(&id));
     }
 }
+
+#[test]
+fn a_moved_account_registers_its_new_contact_at_once_from_the_new_address() {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let ua = sim.add_endpoint("ua", &[ip(UA), ip("198.51.100.10")], Config::default());
+    let reg = sim.add_peer("registrar", &[ip(REG)]);
+    let target = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: Some(SocketAddr::new(ip(UA), 5060)),
+    };
+    let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    cfg.instance_id = Some("urn:uuid:00000000-0000-1000-8000-000000000001".into());
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    registrations(&mut sim, ua);
+    let new = SocketAddr::new(ip("198.51.100.10"), 5060);
+    sim.with_endpoint(ua, |ep, now| ep.move_account(now, acc, new))
+        .unwrap();
+    let r2 = recv(&mut sim, reg);
+    assert_eq!(r2.from.ip(), new.ip(), "sent from the new address");
+    assert_eq!(
+        r2.message.call_id(),
+        r1.message.call_id(),
+        "same registration (Call-ID)"
+    );
+    assert!(r2.message.cseq().seq > r1.message.cseq().seq);
+    let Some(Ok(Contact::Addr(c))) = r2.message.contacts().next() else {
+        panic!()
+    };
+    assert_eq!(c.uri().as_str(), "sip:alice@198.51.100.10:5060");
+    assert_eq!(
+        c.sip_instance(),
+        Some("urn:uuid:00000000-0000-1000-8000-000000000001")
+    );
+    assert!(r2
+        .message
+        .top_via()
+        .unwrap()
+        .host_str()
+        .starts_with("198.51.100.10"));
+    ok(&mut sim, reg, &r2, 300);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| (e.1.state, e.1.contact.clone())),
+        Some((
+            RegistrationState::Registered,
+            "sip:alice@198.51.100.10:5060".to_owned()
+        ))
+    );
+}

@@ -55,6 +55,27 @@ pub enum EndpointEvent {
     Core(Event),
     /// Media statistics of a call.
     Media(crate::phone::MediaReport),
+    /// A stage of an IP change ([`EndpointHandle::ip_change`]).
+    IpChange(IpChangeReport),
+}
+
+/// One stage of an IP change (`cli.md`'s `ip_change` event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpChangeReport {
+    /// `started`, `shutdown_transports`, `restart_listener`,
+    /// `shutdown_registration_flow`, `update_contact`, `refresh_calls`,
+    /// `completed`.
+    pub stage: &'static str,
+    /// `ok`, or what went wrong.
+    pub status: String,
+    /// Milliseconds since `started`.
+    pub elapsed_ms: f64,
+    /// The account the stage is about.
+    pub account: Option<u32>,
+    /// The call the stage is about.
+    pub call: Option<u32>,
+    /// The transport the stage is about.
+    pub transport: Option<Transport>,
 }
 
 /// A plain user agent: answers requests it gets the default way (OPTIONS
@@ -136,6 +157,9 @@ pub struct AccountSpec {
     pub username: Option<String>,
     /// Digest password.
     pub password: Option<String>,
+    /// RFC 5626 `+sip.instance` (`urn:uuid:…`): with it a re-REGISTER
+    /// from a new address replaces the old binding.
+    pub instance_id: Option<String>,
     /// Binding lifetime requested, in seconds.
     pub expires: u32,
 }
@@ -156,6 +180,7 @@ enum Command {
         crate::phone::PhoneCommand,
         oneshot::Sender<Result<(), EndpointError>>,
     ),
+    IpChange(std::net::IpAddr, oneshot::Sender<()>),
     Listeners(oneshot::Sender<Vec<ListenerInfo>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -261,6 +286,20 @@ impl EndpointHandle {
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Moves the endpoint to a new local address (a network change), stage
+    /// by stage, each reported as [`EndpointEvent::IpChange`]: stream
+    /// flows shut down, listeners opened on the new address, every account
+    /// re-registered with the new Contact, every confirmed call refreshed
+    /// (new Contact, Via and SDP; media re-opened), old listeners closed.
+    pub async fn ip_change(&self, ip: std::net::IpAddr) -> Result<(), EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::IpChange(ip, tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)
     }
 
     /// Answers, hangs up, holds or resumes a call.
@@ -420,6 +459,10 @@ impl Driver {
                     .map_err(EndpointError::from);
                 let _ = reply.send(r);
             }
+            Command::IpChange(ip, reply) => {
+                self.ip_change(ip).await;
+                let _ = reply.send(());
+            }
             Command::Listeners(reply) => {
                 let _ = reply.send(self.transports.listeners());
             }
@@ -484,6 +527,108 @@ impl Driver {
         }
     }
 
+    async fn ip_change(&mut self, ip: std::net::IpAddr) {
+        let t0 = Instant::now();
+        let events = self.events.clone();
+        let report = |stage: &'static str,
+                      status: Result<(), String>,
+                      account: Option<u32>,
+                      call: Option<u32>,
+                      transport: Option<Transport>| {
+            let _ = events.try_send(EndpointEvent::IpChange(IpChangeReport {
+                stage,
+                status: status.err().unwrap_or_else(|| "ok".to_owned()),
+                elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                account,
+                call,
+                transport,
+            }));
+        };
+        report("started", Ok(()), None, None, None);
+        let closed = self.transports.shutdown_streams();
+        report("shutdown_transports", Ok(()), None, None, None);
+        debug!("{closed} stream connections closed");
+        // listeners on the new address first; the old ones close at the end
+        let old = self.transports.listeners();
+        let mut new_points = Vec::new();
+        for l in &old {
+            match self
+                .transports
+                .listen(l.transport, SocketAddr::new(ip, 0))
+                .await
+            {
+                Ok(info) => {
+                    new_points.push(info);
+                    report("restart_listener", Ok(()), None, None, Some(l.transport));
+                }
+                Err(e) => report(
+                    "restart_listener",
+                    Err(e.to_string()),
+                    None,
+                    None,
+                    Some(l.transport),
+                ),
+            }
+        }
+        self.core.clear_listen_points();
+        for info in &new_points {
+            self.core.add_listen_point(ListenPoint {
+                transport: to_core(info.transport),
+                addr: info.local,
+            });
+        }
+        let port_for = |t: Transport| {
+            new_points
+                .iter()
+                .find(|i| i.transport == t)
+                .or(new_points.first())
+                .map_or(0, |i| i.local.port())
+        };
+        let now = now();
+        for account in self.core.accounts() {
+            report(
+                "shutdown_registration_flow",
+                Ok(()),
+                Some(account.0),
+                None,
+                None,
+            );
+            let transport = self
+                .core
+                .account_transport(account)
+                .map_or(Transport::Udp, from_core);
+            let r = self
+                .core
+                .move_account(now, account, SocketAddr::new(ip, port_for(transport)))
+                .map_err(|e| e.to_string());
+            report("update_contact", r, Some(account.0), None, None);
+        }
+        for (call, state) in self.core.calls() {
+            if state != siproam_core::CallState::Confirmed {
+                continue;
+            }
+            let contact = SocketAddr::new(ip, port_for(Transport::Udp));
+            let r = self
+                .core
+                .set_call_contact(call, contact)
+                .and_then(|()| {
+                    self.app
+                        .command(
+                            &mut self.core,
+                            now,
+                            crate::phone::PhoneCommand::MoveMedia(call, ip),
+                        )
+                        .map(|_| ())
+                })
+                .map_err(|e| e.to_string());
+            report("refresh_calls", r, None, Some(call.0), None);
+        }
+        for l in old {
+            self.transports.close_listener(l.id).await;
+        }
+        report("completed", Ok(()), None, None, None);
+    }
+
     async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
         let uri = siproam_sip::Uri::parse(&spec.registrar)?;
         let dest = Destination::from_uri(&uri)?;
@@ -537,6 +682,7 @@ impl Driver {
         };
         let mut cfg = AccountConfig::new(&spec.aor, &registrar_uri, core_target);
         cfg.username = spec.username;
+        cfg.instance_id = spec.instance_id;
         cfg.password = spec.password;
         cfg.expires = spec.expires;
         Ok(self.core.register(now(), cfg))

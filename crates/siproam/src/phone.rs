@@ -493,6 +493,11 @@ async fn media_task(
     events: Option<mpsc::Sender<EndpointEvent>>,
 ) {
     let mut buf = vec![0u8; 2048];
+    // make-before-break: after a move the old socket keeps receiving until
+    // the peer sends to the new one (or a grace period ends), so packets
+    // already on their way to the old address are not lost
+    let mut old: Option<(tokio::net::UdpSocket, tokio::time::Instant)> = None;
+    let mut old_buf = vec![0u8; 2048];
     let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
     let report = |session: &MediaSession, local: SocketAddr, last: bool| {
         let s = session.stats();
@@ -521,6 +526,17 @@ async fn media_task(
                 if let Ok((n, from)) = r {
                     let now = tokio::time::Instant::now().into_std();
                     let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
+                    // the peer reached the new address: the old one can go
+                    old = None;
+                }
+            }
+            r = async { match &old { Some((s, _)) => s.recv_from(&mut old_buf).await, None => std::future::pending().await } } => {
+                if let Ok((n, from)) = r {
+                    let now = tokio::time::Instant::now().into_std();
+                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(old_buf.get(..n).unwrap_or_default()));
+                }
+                if old.as_ref().is_some_and(|(_, until)| tokio::time::Instant::now() >= *until) {
+                    old = None;
                 }
             }
             _ = tokio::time::sleep_until(wake) => {
@@ -543,7 +559,8 @@ async fn media_task(
                 Some(MediaCmd::Rebind(std_socket)) => {
                     match (std_socket.local_addr(), tokio::net::UdpSocket::from_std(std_socket)) {
                         (Ok(addr), Ok(new)) => {
-                            socket = new;
+                            let previous = std::mem::replace(&mut socket, new);
+                            old = Some((previous, tokio::time::Instant::now() + Duration::from_secs(2)));
                             local = addr;
                         }
                         _ => debug!("could not move the media of {call:?}"),

@@ -80,6 +80,13 @@ pub enum CallEvent {
         /// True for UPDATE, false for re-INVITE.
         update: bool,
     },
+    /// The peer sent a re-INVITE without an offer: make one and give it to
+    /// [`Endpoint::answer_offer`]; the peer's answer comes back as
+    /// [`CallEvent::Answer`] (from its ACK).
+    OfferWanted {
+        /// The call.
+        call: CallId,
+    },
     /// The peer answered our re-INVITE / UPDATE.
     Answer {
         /// The call.
@@ -624,9 +631,15 @@ impl Endpoint {
                     .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
                 self.timers
                     .cancel(TimerOwner::Call(id.0), TimerKind::AckTimeout);
+                let body = (!req.body().is_empty()).then(|| req.body().clone());
                 if confirmed && self.call_state(id) != Some(CallState::Confirmed) {
-                    let body = (!req.body().is_empty()).then(|| req.body().clone());
                     self.set_state(id, CallState::Confirmed, Some(200), body);
+                } else if let (true, Some(body)) = (confirmed, body) {
+                    // the answer to the offer we put in a re-INVITE's 200
+                    self.call_event(CallEvent::Answer {
+                        call: id,
+                        body: Some(body),
+                    });
                 }
                 true
             }
@@ -814,11 +827,17 @@ impl Endpoint {
             c.remote_target = a.uri().to_string();
         }
         c.remote_cseq = req.cseq().seq;
+        if req.body().is_empty() && !update {
+            // a re-INVITE without an offer (RFC 3264 §5, delayed offer): our
+            // offer goes in the 200, the peer's answer comes in the ACK
+            c.pending_offer = Some((tx, req.clone()));
+            self.call_event(CallEvent::OfferWanted { call: id });
+            return;
+        }
         if req.body().is_empty() {
-            // no offer: answer at once (a re-INVITE without SDP would need
-            // our offer in the 200: not supported yet, answered 488)
+            // an UPDATE without an offer: a pure target refresh
             let tag = c.local_tag.clone();
-            let code = if update { 200 } else { 488 };
+            let code = 200;
             let transport = c.first_hop.transport;
             let contact = self
                 .calls

@@ -605,3 +605,109 @@ fn we_prack_a_reliable_provisional_once() {
     }
     assert!(!more.contains(&Some("PRACK".to_owned())), "{more:?}");
 }
+
+#[test]
+fn a_reinvite_without_an_offer_gets_ours_in_the_200_and_the_answer_in_the_ack() {
+    let mut p = pair(Transport::Udp);
+    let peer = p.sim.add_peer("carol", &[ip("192.0.2.99")]);
+    let from = SocketAddr::new(ip("192.0.2.99"), 5060);
+    let bob_addr = SocketAddr::new(ip(BOB), 5060);
+    // a call from carol to bob, answered and ACKed
+    let mut inv = peer_invite_100rel();
+    inv.remove_header("Require").unwrap();
+    p.sim
+        .peer_send(peer, from, bob_addr, Transport::Udp, inv.to_bytes());
+    p.sim.run_for(Duration::from_millis(50));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("first"))))
+        .unwrap();
+    let ok = loop {
+        let r = p
+            .sim
+            .run_until_peer_receives(peer, Duration::from_secs(1))
+            .unwrap();
+        if r.message.status() == Some(200) {
+            break r;
+        }
+    };
+    let tag = ok.message.to().unwrap().tag().unwrap().to_owned();
+    let in_dialog = |method: Method, cseq: u32, branch: &str, body: Option<Bytes>| {
+        let mut b = MessageBuilder::request(method, &format!("sip:bob@{BOB}:5060"))
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP 192.0.2.99:5060;branch={branch}"),
+            )
+            .header("From", "<sip:carol@example.test>;tag=c1")
+            .header("To", &format!("<sip:bob@example.test>;tag={tag}"))
+            .header("Call-ID", "rel@carol")
+            .header("CSeq", &format!("{cseq} {method}"))
+            .header("Contact", "<sip:carol@192.0.2.99:5060>");
+        if let Some(body) = body {
+            b = b.body("application/sdp", body);
+        }
+        b.build().unwrap().to_bytes()
+    };
+    p.sim.peer_send(
+        peer,
+        from,
+        bob_addr,
+        Transport::Udp,
+        in_dialog(Method::Ack, 1, "z9hG4bKack1", None),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    p.sim.take_events(p.bob);
+    // the re-INVITE without SDP
+    p.sim.peer_send(
+        peer,
+        from,
+        bob_addr,
+        Transport::Udp,
+        in_dialog(Method::Invite, 2, "z9hG4bKre1", None),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    let wanted = p
+        .sim
+        .take_events(p.bob)
+        .into_iter()
+        .any(|(_, e)| matches!(e, Event::Call(CallEvent::OfferWanted { call }) if call == b));
+    assert!(wanted, "bob is asked for an offer");
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer_offer(now, b, sdp("bob-offer")))
+        .unwrap();
+    let ok2 = loop {
+        let r = p
+            .sim
+            .run_until_peer_receives(peer, Duration::from_secs(1))
+            .unwrap();
+        if r.message.status() == Some(200) && r.message.cseq().seq == 2 {
+            break r;
+        }
+    };
+    assert_eq!(ok2.message.body(), &sdp("bob-offer"));
+    p.sim.peer_send(
+        peer,
+        from,
+        bob_addr,
+        Transport::Udp,
+        in_dialog(Method::Ack, 2, "z9hG4bKack2", Some(sdp("carol-answer"))),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    let answer = p
+        .sim
+        .take_events(p.bob)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::Call(CallEvent::Answer { body, .. }) => body,
+            _ => None,
+        });
+    assert_eq!(
+        answer,
+        Some(sdp("carol-answer")),
+        "the answer from the ACK reaches bob"
+    );
+    assert_eq!(
+        p.sim.endpoint(p.bob).call_state(b),
+        Some(CallState::Confirmed)
+    );
+}

@@ -459,6 +459,12 @@ impl Application for Phone {
                     }
                 }
             }
+            Event::Call(CallEvent::OfferWanted { call }) => {
+                if let Some(pc) = self.calls.get_mut(call) {
+                    let offer = pc.sdp.create_offer();
+                    let _ = core.answer_offer(now, *call, offer);
+                }
+            }
             Event::Call(CallEvent::Answer {
                 call,
                 body: Some(body),

@@ -10,114 +10,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
+use common::*;
 
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// True when `tool` is on PATH; otherwise says why the test is skipped
-/// (or fails, when interop is required).
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let why = format!("{tool} is not installed (run interop/install.sh as root)");
-        if std::env::var("SIPROAM_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-            panic!("required interop peer missing: {why}");
-        }
-        eprintln!("SKIPPED: {why}");
-    }
-    found
-}
-
-/// A port free on 127.0.0.1 for both UDP and TCP.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Proc {
-            child,
-            stdin,
-            lines: rx,
-        }
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
-                Err(e) => panic!("no {what}: {e}"),
-            }
-        }
-    }
-
-    fn quit(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = writeln!(stdin, "quit");
-        }
-        let _ = self.wait_for("unregistered", |v| {
-            v["event"] == "registration" && v["state"] == "unregistered"
-        });
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 struct Kamailio {
     workdir: PathBuf,
@@ -179,7 +76,7 @@ fn kamailio_registers_siproam_over_udp_and_tcp_with_digest() {
     if !have("kamailio") || !have("kamcmd") {
         return;
     }
-    let port = free_port();
+    let port = free_port(0);
     let kam = Kamailio::start(port);
     let udp_reg = format!("sip:127.0.0.1:{port}");
     let tcp_reg = format!("sip:127.0.0.1:{port};transport=tcp");
@@ -259,7 +156,7 @@ fn sipp_registers_to_siproam_registrar_with_digest() {
     std::fs::create_dir_all(&dir).unwrap();
     let users = dir.join("users.txt");
     std::fs::write(&users, "alice:alicepw\n").unwrap();
-    let port = free_port();
+    let port = free_port(0);
     let listen = format!("udp:127.0.0.1:{port}");
     let registrar = Proc::spawn(&[
         "registrar",
@@ -272,7 +169,7 @@ fn sipp_registers_to_siproam_registrar_with_digest() {
         "example.test",
     ]);
     registrar.wait_for("listener", |v| v["event"] == "listening");
-    let sipp_port = free_port();
+    let sipp_port = free_port(0);
     let status = Command::new("timeout")
         .args(["30", "sipp", "-sf"])
         .arg(repo().join("interop/sipp/register_auth.xml"))

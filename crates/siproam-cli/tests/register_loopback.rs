@@ -4,79 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+use common::*;
+
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::Value;
-
-/// A child process whose JSON stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Proc {
-            child,
-            stdin,
-            lines: rx,
-        }
-    }
-
-    /// The next event matching `pred`, within a bound.
-    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
-                Err(e) => panic!("no {what}: {e}"),
-            }
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            writeln!(stdin, "{line}").unwrap();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("siproam-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A CA and a server certificate for 127.0.0.1, as PEM files.
 fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {

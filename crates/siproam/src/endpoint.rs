@@ -489,7 +489,11 @@ impl Driver {
             .listeners()
             .into_iter()
             .find(|l| l.transport == target.transport)
-            .or_else(|| self.transports.listeners().into_iter().next())
+            .or_else(|| {
+                // no listener of that transport: the peer reaches us over
+                // the connection we open; advertise another listener's port
+                self.transports.listeners().into_iter().next()
+            })
             .ok_or(EndpointError::NoListener(target.transport))?;
         let source = self
             .transports
@@ -630,47 +634,8 @@ impl Driver {
     }
 
     async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
+        let core_target = self.target_for(&spec.registrar).await?;
         let uri = siproam_sip::Uri::parse(&spec.registrar)?;
-        let dest = Destination::from_uri(&uri)?;
-        let mut rng_state = self.random();
-        let mut rng = move || {
-            rng_state = rng_state
-                .wrapping_mul(1_664_525)
-                .wrapping_add(1_013_904_223);
-            rng_state
-        };
-        let targets = self.resolver.resolve(&dest, &mut rng).await?;
-        let target = targets.into_iter().next().ok_or(EndpointError::Stopped)?;
-        let listener = self
-            .transports
-            .listeners()
-            .into_iter()
-            .find(|l| l.transport == target.transport)
-            .or_else(|| {
-                // no listener of that transport: the registrar reaches us over
-                // the connection we open; advertise another listener's port
-                self.transports.listeners().into_iter().next()
-            })
-            .ok_or(EndpointError::NoListener(target.transport))?;
-        let source = self
-            .transports
-            .source_address_for(target.addr)
-            .map_err(EndpointError::NoRoute)?;
-        let local_ip = if listener.local.ip().is_unspecified() {
-            source
-        } else {
-            listener.local.ip()
-        };
-        let local = SocketAddr::new(local_ip, listener.local.port());
-        if target.transport == Transport::Tls {
-            self.server_names
-                .insert(target.addr, target.server_name.clone());
-        }
-        let core_target = CoreTarget {
-            transport: to_core(target.transport),
-            remote: target.addr,
-            local: Some(local),
-        };
         // the Request-URI of a REGISTER is the registrar's domain
         let registrar_uri = match uri.as_sip() {
             Some(s) => format!(

@@ -1,0 +1,186 @@
+//! Helpers shared by the CLI's integration tests: `siproam` child
+//! processes read as JSON event streams, loopback ports, peers on PATH, and
+//! a Goertzel filter to check tones.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A `siproam` child process whose JSON stdout lines arrive on a channel.
+pub struct Proc {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Proc {
+    /// Starts `siproam ARGS`.
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Proc {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    /// The next event matching `pred` (bounded wait; panics naming `what`).
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(e) => panic!("no {what}: {e}"),
+            }
+        }
+    }
+
+    /// Writes a command line to its stdin.
+    pub fn send(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}");
+        }
+    }
+
+    /// Sends `quit`, waits for the unregistration, and reaps it.
+    pub fn quit(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "quit");
+        }
+        let _ = self.wait_for("unregistered", |v| {
+            v["event"] == "registration" && v["state"] == "unregistered"
+        });
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("siproam-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// True when `tool` is on PATH; otherwise says why the test is skipped,
+/// or fails when `SIPROAM_REQUIRE_INTEROP=1` (CI).
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let why = format!("{tool} is not installed (run interop/install.sh as root)");
+        if std::env::var("SIPROAM_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+            panic!("required interop peer missing: {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
+
+/// A port free on 127.0.0.1 for UDP and TCP, with the next `extra` ports
+/// free too.
+pub fn free_port(extra: u16) -> u16 {
+    'outer: for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if port > 65000 {
+            continue;
+        }
+        for p in port..=port + extra {
+            if UdpSocket::bind(("127.0.0.1", p)).is_err()
+                || (p != port && TcpListener::bind(("127.0.0.1", p)).is_err())
+            {
+                continue 'outer;
+            }
+        }
+        return port;
+    }
+    panic!("no free port");
+}
+
+/// Power of `freq` in 8 kHz `samples` (the Goertzel algorithm).
+pub fn goertzel(samples: &[i16], freq: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s = f64::from(x) + k * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - k * s1 * s2
+}
+
+/// The WAV file holds a clear tone at `freq` (100× the power of nearby
+/// frequencies, in its middle 4000 samples).
+pub fn assert_tone(wav: &Path, freq: f64) {
+    let samples: Vec<i16> = hound::WavReader::open(wav)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        samples.len() > 6000,
+        "{}: only {} samples",
+        wav.display(),
+        samples.len()
+    );
+    let mid = samples.len() / 2;
+    let window = &samples[mid - 2000..mid + 2000];
+    let at = goertzel(window, freq);
+    for other in [freq * 0.5, freq * 1.5, 1234.0] {
+        let p = goertzel(window, other);
+        assert!(
+            at > 100.0 * p,
+            "{}: {freq} Hz {at:e} vs {other} Hz {p:e}",
+            wav.display()
+        );
+    }
+}

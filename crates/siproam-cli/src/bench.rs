@@ -309,3 +309,186 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
         ExitCode::from(1)
     })
 }
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// `siproam bench handoff --runs N`: the demo's hand-off, repeated on one
+/// call (Alice alternates between 127.0.0.2 and 127.0.0.3); reports p50
+/// and p95 from handling started to the REGISTER 2xx with the new Contact,
+/// to the call refresh's 2xx, and to the first RTP from the peer on the new
+/// address, and the RTP packets lost per hand-off.
+pub async fn handoff(runs: usize, json_out: bool) -> anyhow::Result<ExitCode> {
+    use siproam::core::{CallEvent, CallState, Config};
+    use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
+    use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let reg_cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.1:0".parse()?)],
+        core: Config {
+            dialogs: false,
+            ..Config::default()
+        },
+        ..Default::default()
+    };
+    let registrar = EndpointHandle::start(
+        reg_cfg,
+        Box::new(RegistrarApp::new(
+            Registrar::new(RegistrarConfig::default()),
+        )),
+    )
+    .await?;
+    let reg = format!(
+        "sip:{}",
+        registrar
+            .listeners()
+            .await?
+            .first()
+            .map(|l| l.local)
+            .context("registrar")?
+    );
+    let phone = |auto| {
+        Box::new(Phone::new(
+            PhoneConfig {
+                auto_answer: auto,
+                play: AudioSpec::Tone(1000.0),
+                record: None,
+                media_ip: None,
+            },
+            5,
+        ))
+    };
+    let mut alice = EndpointHandle::start(
+        EndpointConfig {
+            listen: vec![(Transport::Udp, "127.0.0.2:0".parse()?)],
+            ..Default::default()
+        },
+        phone(false),
+    )
+    .await?;
+    let mut bob = EndpointHandle::start(
+        EndpointConfig {
+            listen: vec![(Transport::Udp, "127.0.0.5:0".parse()?)],
+            ..Default::default()
+        },
+        phone(true),
+    )
+    .await?;
+    for (ep, user) in [(&alice, "alice"), (&bob, "bob")] {
+        ep.register(AccountSpec {
+            aor: format!("sip:{user}@example.test"),
+            registrar: reg.clone(),
+            username: None,
+            password: None,
+            instance_id: Some(crate::run::instance_id(user.len() as u64)),
+            expires: 600,
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let call = alice
+        .call("sip:bob@example.test", "sip:alice@example.test", Some(&reg))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => bail!("the call did not confirm"),
+            ev = alice.next_event() => ev,
+            _ = bob.next_event() => None,
+        };
+        if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
+            state: CallState::Confirmed,
+            ..
+        }))) = ev
+        {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut reg_ms, mut refresh_ms, mut media_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let ip: std::net::IpAddr = if run % 2 == 0 {
+            "127.0.0.3".parse()?
+        } else {
+            "127.0.0.2".parse()?
+        };
+        let start = Instant::now();
+        alice.ip_change(ip).await?;
+        let (mut r, mut f, mut m) = (None, None, None);
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while r.is_none() || f.is_none() || m.is_none() {
+            let ev = tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                ev = alice.next_event() => ev,
+                _ = bob.next_event() => None,
+            };
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            match ev {
+                Some(EndpointEvent::Core(Event::Registration(x)))
+                    if x.contact.contains(&ip.to_string()) && r.is_none() =>
+                {
+                    r = Some(ms)
+                }
+                Some(EndpointEvent::Core(Event::Call(CallEvent::Answer { .. }))) if f.is_none() => {
+                    f = Some(ms)
+                }
+                Some(EndpointEvent::MediaMoved { first_packet, .. }) if m.is_none() => {
+                    m = Some(first_packet.saturating_duration_since(start).as_secs_f64() * 1000.0);
+                }
+                _ => {}
+            }
+        }
+        reg_ms.extend(r);
+        refresh_ms.extend(f);
+        media_ms.extend(m);
+        // let the media settle between hand-offs
+        let settle = tokio::time::Instant::now() + Duration::from_millis(300);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(settle) => break,
+                _ = alice.next_event() => {}
+                _ = bob.next_event() => {}
+            }
+        }
+    }
+    alice.phone(PhoneCommand::HangUp(call)).await?;
+    let (mut lost_alice, mut lost_bob) = (None, None);
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while lost_alice.is_none() || lost_bob.is_none() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            ev = alice.next_event() => if let Some(EndpointEvent::Media(m)) = ev { if m.last { lost_alice = Some(m.lost.max(0)) } },
+            ev = bob.next_event() => if let Some(EndpointEvent::Media(m)) = ev { if m.last { lost_bob = Some(m.lost.max(0)) } },
+        }
+    }
+    for v in [&mut reg_ms, &mut refresh_ms, &mut media_ms] {
+        v.sort_by(f64::total_cmp);
+    }
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let lost = lost_alice.unwrap_or(-1) + lost_bob.unwrap_or(-1);
+    emit(
+        json_out,
+        json!({
+            "event": "bench",
+            "bench": "handoff",
+            "runs": runs,
+            "register_2xx_ms": {"p50": r3(percentile(&reg_ms, 0.5)), "p95": r3(percentile(&reg_ms, 0.95)), "n": reg_ms.len()},
+            "refresh_2xx_ms": {"p50": r3(percentile(&refresh_ms, 0.5)), "p95": r3(percentile(&refresh_ms, 0.95)), "n": refresh_ms.len()},
+            "media_resumed_ms": {"p50": r3(percentile(&media_ms, 0.5)), "p95": r3(percentile(&media_ms, 0.95)), "n": media_ms.len()},
+            "rtp_lost_total": lost,
+            "rtp_lost_per_handoff": if lost >= 0 { r3(lost as f64 / runs as f64) } else { f64::NAN },
+            "mode": "make-before-break (both addresses usable)",
+        }),
+    );
+    for ep in [&alice, &bob, &registrar] {
+        ep.shutdown().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}

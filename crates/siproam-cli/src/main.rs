@@ -98,6 +98,12 @@ enum BenchKind {
         #[arg(long, default_value_t = 256)]
         window: usize,
     },
+    /// The demo's hand-off repeated on one call: stage latencies and RTP loss.
+    Handoff {
+        /// How many hand-offs.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// N simultaneous calls with G.711 media between two endpoints on loopback.
     Calls {
         /// How many calls.
@@ -178,6 +184,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchKind::Calls { calls, seconds },
         } => block_on(bench::calls(calls, seconds, json)),
+        Command::Bench {
+            which: BenchKind::Handoff { runs },
+        } => block_on(bench::handoff(runs, json)),
     };
     match result {
         Ok(code) => code,

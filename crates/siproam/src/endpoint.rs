@@ -57,6 +57,16 @@ pub enum EndpointEvent {
     Media(crate::phone::MediaReport),
     /// A stage of an IP change ([`EndpointHandle::ip_change`]).
     IpChange(IpChangeReport),
+    /// After a move of a call's media, the first packet from the peer
+    /// arrived on the new address.
+    MediaMoved {
+        /// The call.
+        call: siproam_core::CallId,
+        /// The new local RTP address.
+        local: SocketAddr,
+        /// When.
+        first_packet: Instant,
+    },
 }
 
 /// One stage of an IP change (`cli.md`'s `ip_change` event).

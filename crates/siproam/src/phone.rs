@@ -533,7 +533,11 @@ async fn media_task(
                     let now = tokio::time::Instant::now().into_std();
                     let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
                     // the peer reached the new address: the old one can go
-                    old = None;
+                    if old.take().is_some() {
+                        if let Some(ev) = &events {
+                            let _ = ev.try_send(EndpointEvent::MediaMoved { call, local, first_packet: now });
+                        }
+                    }
                 }
             }
             r = async { match &old { Some((s, _)) => s.recv_from(&mut old_buf).await, None => std::future::pending().await } } => {

@@ -81,6 +81,14 @@ async fn media_moves_to_a_new_local_address_and_keeps_flowing() {
         .phone(PhoneCommand::MoveMedia(call, "127.0.0.4".parse().unwrap()))
         .await
         .unwrap();
+    // the first packet from bob on the new address is reported once
+    let (moved_call, moved_local) = until(&mut alice, |ev| match ev {
+        EndpointEvent::MediaMoved { call, local, .. } => Some((call, local)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(moved_call, call);
+    assert_eq!(moved_local.ip(), "127.0.0.4".parse::<IpAddr>().unwrap());
     let moved: MediaReport = until(&mut alice, |ev| match ev {
         EndpointEvent::Media(m)
             if m.local.ip() == "127.0.0.4".parse::<IpAddr>().unwrap()

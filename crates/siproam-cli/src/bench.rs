@@ -206,6 +206,7 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
                 play: AudioSpec::Tone(1000.0),
                 record: None,
                 media_ip: None,
+                ..Default::default()
             },
             42,
         )
@@ -323,7 +324,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// and p95 from handling started to the REGISTER 2xx with the new Contact,
 /// to the call refresh's 2xx, and to the first RTP from the peer on the new
 /// address, and the RTP packets lost per hand-off.
-pub async fn handoff(runs: usize, json_out: bool) -> anyhow::Result<ExitCode> {
+pub async fn handoff(
+    runs: usize,
+    break_before_make: bool,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
     use siproam::core::{CallEvent, CallState, Config};
     use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
     use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
@@ -361,6 +366,11 @@ pub async fn handoff(runs: usize, json_out: bool) -> anyhow::Result<ExitCode> {
                 play: AudioSpec::Tone(1000.0),
                 record: None,
                 media_ip: None,
+                old_media_grace: if break_before_make && !auto {
+                    Duration::ZERO
+                } else {
+                    PhoneConfig::default().old_media_grace
+                },
             },
             5,
         ))
@@ -484,7 +494,11 @@ pub async fn handoff(runs: usize, json_out: bool) -> anyhow::Result<ExitCode> {
             "media_resumed_ms": {"p50": r3(percentile(&media_ms, 0.5)), "p95": r3(percentile(&media_ms, 0.95)), "n": media_ms.len()},
             "rtp_lost_total": lost,
             "rtp_lost_per_handoff": if lost >= 0 { r3(lost as f64 / runs as f64) } else { f64::NAN },
-            "mode": "make-before-break (both addresses usable)",
+            "mode": if break_before_make {
+                "break-before-make (the old media socket closes at the move)"
+            } else {
+                "make-before-break (both addresses usable)"
+            },
         }),
     );
     for ep in [&alice, &bob, &registrar] {

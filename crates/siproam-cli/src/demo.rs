@@ -34,6 +34,7 @@ async fn agent(ip: &str, tone: f64) -> anyhow::Result<EndpointHandle> {
             play: AudioSpec::Tone(tone),
             record: None,
             media_ip: None,
+            ..Default::default()
         },
         seed(7),
     );

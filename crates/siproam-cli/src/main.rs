@@ -103,6 +103,10 @@ enum BenchKind {
         /// How many hand-offs.
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Close the old media socket at once on each move (the old
+        /// interface is gone), instead of keeping it until the peer follows.
+        #[arg(long)]
+        break_before_make: bool,
     },
     /// N simultaneous calls with G.711 media between two endpoints on loopback.
     Calls {
@@ -185,8 +189,12 @@ fn main() -> ExitCode {
             which: BenchKind::Calls { calls, seconds },
         } => block_on(bench::calls(calls, seconds, json)),
         Command::Bench {
-            which: BenchKind::Handoff { runs },
-        } => block_on(bench::handoff(runs, json)),
+            which:
+                BenchKind::Handoff {
+                    runs,
+                    break_before_make,
+                },
+        } => block_on(bench::handoff(runs, break_before_make, json)),
     };
     match result {
         Ok(code) => code,

@@ -423,6 +423,7 @@ pub async fn agent(
             play,
             record: calls.record.clone(),
             media_ip: None,
+            ..Default::default()
         },
         seed(),
     );

@@ -452,6 +452,9 @@ pub struct MediaSession {
     next_rtcp: Instant,
     last_sr: Option<LastSr>,
 
+    /// The last RTP packet sent, resent to a new destination at once.
+    last_rtp: Option<Bytes>,
+
     stats: MediaStats,
     transmits: VecDeque<MediaTransmit>,
     events: VecDeque<MediaEvent>,
@@ -516,6 +519,7 @@ impl MediaSession {
             next_rtcp: now + config.rtcp_interval / 2,
             last_sr: None,
             stats: MediaStats::default(),
+            last_rtp: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             audio: VecDeque::new(),
@@ -587,9 +591,26 @@ impl MediaSession {
     /// Sends to `destination` from now on. SSRC, sequence numbers and
     /// timestamps go on unchanged: a new address (ours, after a network
     /// change, or the peer's, from a re-INVITE) is not a new stream.
+    ///
+    /// When the RTP address really changes (the peer moved), the last packet
+    /// sent goes to the new address at once, before the next 20 ms frame:
+    /// the new path carries media without waiting a packet interval, and
+    /// the frame that went to the old, perhaps dead, address is delivered
+    /// after all (a peer that had it drops it as a duplicate).
     pub fn set_destination(&mut self, destination: Destination) {
+        let moved = self.destination.is_some_and(|d| d.rtp != destination.rtp);
         self.destination = Some(destination);
         self.latch_candidate = None;
+        if moved && !self.closed && self.direction.sends() {
+            if let Some(packet) = self.last_rtp.clone() {
+                self.stats.packets_resent += 1;
+                self.transmits.push_back(MediaTransmit {
+                    payload: packet,
+                    destination: destination.rtp,
+                    rtcp: false,
+                });
+            }
+        }
     }
 
     /// Changes the direction (hold and resume). Stopping sending drops any
@@ -708,8 +729,10 @@ impl MediaSession {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += packet.len() as u64;
         self.stats.payload_bytes_sent += payload.len() as u64;
+        let packet = Bytes::from(packet);
+        self.last_rtp = Some(packet.clone());
         self.transmits.push_back(MediaTransmit {
-            payload: Bytes::from(packet),
+            payload: packet,
             destination: destination.rtp,
             rtcp: false,
         });

@@ -14,6 +14,9 @@ use crate::rtcp::ReportBlockInfo;
 pub struct MediaStats {
     /// RTP packets sent (audio and telephone-events).
     pub packets_sent: u64,
+    /// RTP packets sent again to a new destination when the peer moved
+    /// (not counted in `packets_sent`).
+    pub packets_resent: u64,
     /// RTP datagram bytes sent, headers included.
     pub bytes_sent: u64,
     /// RTP payload octets sent (the sender report's octet count).

@@ -455,8 +455,19 @@ fn ssrc_sequence_and_timestamp_continue_across_address_changes() {
     for i in 0..150u32 {
         let now = start + PTIME * i;
         if i == 50 {
-            // The peer re-INVITEd from a new address.
+            // The peer re-INVITEd from a new address: the last packet goes
+            // there at once, and b drops it as the duplicate it is.
             a.set_destination(Destination::new(b2));
+            let resent = rtp_only(&mut a);
+            assert_eq!(resent.len(), 1);
+            assert_eq!(resent[0].destination, b2);
+            let h = header(&resent[0].payload);
+            assert_eq!(h.seq, headers.last().map(|h: &Header| h.seq).unwrap());
+            b.handle_rtp(now, a1, resent[0].payload.clone()).unwrap();
+            assert_eq!(b.stats().packets_duplicate, 1);
+            // the same destination again is no move
+            a.set_destination(Destination::new(b2));
+            assert!(rtp_only(&mut a).is_empty());
         }
         // From 100 on, A's own address changed: the driver re-opened its
         // sockets on a2 and keeps feeding the same session.
@@ -487,6 +498,48 @@ fn ssrc_sequence_and_timestamp_continue_across_address_changes() {
     assert_eq!(b.destination().unwrap().rtp(), a2);
     assert_eq!(b.stats().packets_lost, 0);
     assert_eq!(b.stats().packets_received, 150);
+    assert_eq!(a.stats().packets_resent, 1);
+    assert_eq!(a.stats().packets_sent, 150);
+}
+
+/// Break-before-make: the peer's old address is already dead when its
+/// re-INVITE arrives, so the packet sent there just before is lost. The
+/// move resends it to the new address, and nothing is lost or concealed.
+#[test]
+fn a_move_recovers_the_packet_lost_to_the_old_address() {
+    let start = t0();
+    let a_addr = addr("192.0.2.1:4000");
+    let (b1, b2) = (addr("192.0.2.2:5000"), addr("192.0.2.22:5000"));
+    let mut a = session(40, Codec::Pcmu, start);
+    let mut b = session(41, Codec::Pcmu, start);
+    a.set_destination(Destination::new(b1));
+    b.set_destination(Destination::new(a_addr));
+    let mut tone = ToneSource::new(1000.0, 4000);
+    let mut played = Vec::new();
+    for i in 0..100u32 {
+        let now = start + PTIME * i;
+        if i == 50 {
+            a.set_destination(Destination::new(b2));
+        }
+        a.send_frame(now, &tone.next_frame());
+        for t in rtp_only(&mut a) {
+            // packet 49 went to b1, which no longer reaches b
+            if t.destination == b2 || i < 49 {
+                b.handle_rtp(now, a_addr, t.payload).unwrap();
+            }
+        }
+        if b.poll_timeout().is_some_and(|t| t <= now) {
+            b.handle_timeout(now);
+        }
+        played.extend(audio(&mut b));
+    }
+    b.handle_timeout(start + PTIME * 100 + ms(100));
+    played.extend(audio(&mut b));
+    let s = b.stats();
+    assert_eq!(s.packets_lost, 0);
+    assert_eq!(s.packets_concealed, 0);
+    assert_eq!(s.packets_received, 100);
+    assert_eq!(played.len(), 100 * FRAME_SAMPLES);
 }
 
 #[test]

@@ -66,6 +66,11 @@ pub struct PhoneConfig {
     /// The address RTP sockets bind to (the SIP listener's address when
     /// `None`).
     pub media_ip: Option<IpAddr>,
+    /// After a move of a call's media, how long the old RTP socket keeps
+    /// receiving while the peer has not yet sent to the new one
+    /// (make-before-break). Zero closes it at once, as when the old
+    /// interface is gone (break-before-make).
+    pub old_media_grace: Duration,
 }
 
 impl Default for PhoneConfig {
@@ -75,6 +80,7 @@ impl Default for PhoneConfig {
             play: AudioSpec::Tone(1000.0),
             record: None,
             media_ip: None,
+            old_media_grace: Duration::from_secs(2),
         }
     }
 }
@@ -129,7 +135,7 @@ enum MediaCmd {
     Direction(siproam_media::Direction),
     /// Send and receive on this socket from now on (a new local address);
     /// the session keeps its SSRC, sequence numbers and timestamps.
-    Rebind(StdUdpSocket),
+    Rebind(StdUdpSocket, Duration),
     Stop,
 }
 
@@ -339,7 +345,7 @@ impl Phone {
                     .ok_or(siproam_core::CoreError::NoSuchCall)?;
                 match &pc.media {
                     Some(m) => {
-                        let _ = m.send(MediaCmd::Rebind(socket));
+                        let _ = m.send(MediaCmd::Rebind(socket, self.config.old_media_grace));
                     }
                     None => pc.socket = Some(socket),
                 }
@@ -504,6 +510,8 @@ async fn media_task(
     // already on their way to the old address are not lost
     let mut old: Option<(tokio::net::UdpSocket, tokio::time::Instant)> = None;
     let mut old_buf = vec![0u8; 2048];
+    // a move waits for the peer's first packet on the new socket
+    let mut moved = false;
     let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
     let report = |session: &MediaSession, local: SocketAddr, last: bool| {
         let s = session.stats();
@@ -533,7 +541,8 @@ async fn media_task(
                     let now = tokio::time::Instant::now().into_std();
                     let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
                     // the peer reached the new address: the old one can go
-                    if old.take().is_some() {
+                    old = None;
+                    if std::mem::take(&mut moved) {
                         if let Some(ev) = &events {
                             let _ = ev.try_send(EndpointEvent::MediaMoved { call, local, first_packet: now });
                         }
@@ -566,11 +575,12 @@ async fn media_task(
             cmd = cmds.recv() => match cmd {
                 Some(MediaCmd::Destination(d)) => session.set_destination(Destination::new(d)),
                 Some(MediaCmd::Direction(d)) => session.set_direction(d),
-                Some(MediaCmd::Rebind(std_socket)) => {
+                Some(MediaCmd::Rebind(std_socket, grace)) => {
                     match (std_socket.local_addr(), tokio::net::UdpSocket::from_std(std_socket)) {
                         (Ok(addr), Ok(new)) => {
                             let previous = std::mem::replace(&mut socket, new);
-                            old = Some((previous, tokio::time::Instant::now() + Duration::from_secs(2)));
+                            old = (!grace.is_zero()).then(|| (previous, tokio::time::Instant::now() + grace));
+                            moved = true;
                             local = addr;
                         }
                         _ => debug!("could not move the media of {call:?}"),

@@ -22,6 +22,7 @@ async fn phone(ip: &str, auto_answer: bool) -> EndpointHandle {
             play: AudioSpec::Tone(1000.0),
             record: None,
             media_ip: None,
+            ..Default::default()
         },
         9,
     );

@@ -743,6 +743,21 @@ impl Endpoint {
         }
     }
 
+    /// Forgets the pending client transactions of `owner`: no more
+    /// retransmissions, and a late answer is a stray response (dropped).
+    pub(crate) fn abandon_client_txs(&mut self, owner: TxOwner) -> usize {
+        let ids: Vec<u64> = self
+            .client_txs
+            .iter()
+            .filter(|(_, tx)| tx.owner == owner)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.remove_client(*id);
+        }
+        ids.len()
+    }
+
     fn remove_client(&mut self, id: u64) -> Option<ClientTx> {
         let tx = self.client_txs.remove(&id)?;
         self.client_index

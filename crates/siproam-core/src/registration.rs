@@ -274,6 +274,9 @@ impl Endpoint {
         acc.reregister = false;
         self.timers
             .cancel(TimerOwner::Account(account.0), TimerKind::Register);
+        // a REGISTER still pending names the old Contact: its answer (or
+        // its timeout on a dead flow) must not decide the account's state
+        self.abandon_client_txs(TxOwner::Account(account));
         self.send_register(now, account, false);
         Ok(())
     }
@@ -431,6 +434,14 @@ impl Endpoint {
     ) {
         let code = resp.status().unwrap_or(0);
         if code < 200 {
+            return;
+        }
+        // the answer to a REGISTER a newer one has replaced
+        if self
+            .accounts
+            .get(&id.0)
+            .is_some_and(|a| resp.cseq().seq < a.cseq)
+        {
             return;
         }
         let rewritten = self.learn_contact(id, &resp);

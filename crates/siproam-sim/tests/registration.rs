@@ -545,3 +545,110 @@ fn a_moved_account_registers_its_new_contact_at_once_from_the_new_address() {
         ))
     );
 }
+
+/// Two address changes in a row, the second before the first REGISTER is
+/// answered: each change sends a REGISTER with its own Contact, the
+/// answer to the stale one (even a failure) does not change the outcome,
+/// no de-REGISTER names the newest Contact, and the account ends
+/// registered at the newest address.
+#[test]
+fn two_changes_in_a_row_each_update_the_contact_and_the_last_wins() {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let ua = sim.add_endpoint(
+        "ua",
+        &[ip(UA), ip("198.51.100.10"), ip("203.0.113.10")],
+        Config::default(),
+    );
+    let reg = sim.add_peer("registrar", &[ip(REG)]);
+    let target = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: Some(SocketAddr::new(ip(UA), 5060)),
+    };
+    let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    cfg.instance_id = Some("urn:uuid:00000000-0000-1000-8000-000000000001".into());
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    registrations(&mut sim, ua);
+    let b = SocketAddr::new(ip("198.51.100.10"), 5060);
+    let c = SocketAddr::new(ip("203.0.113.10"), 5060);
+    sim.with_endpoint(ua, |ep, now| ep.move_account(now, acc, b))
+        .unwrap();
+    let r2 = recv(&mut sim, reg);
+    // the second change comes before the registrar answered the first
+    sim.with_endpoint(ua, |ep, now| ep.move_account(now, acc, c))
+        .unwrap();
+    let r3 = recv(&mut sim, reg);
+    let contact_of = |r: &Received| match r.message.contacts().next() {
+        Some(Ok(Contact::Addr(a))) => a.uri().as_str().to_owned(),
+        _ => panic!("no Contact"),
+    };
+    assert_eq!(contact_of(&r2), "sip:alice@198.51.100.10:5060");
+    assert_eq!(contact_of(&r3), "sip:alice@203.0.113.10:5060");
+    assert_eq!(r3.from.ip(), c.ip());
+    assert_eq!(r3.message.call_id(), r1.message.call_id());
+    assert!(r3.message.cseq().seq > r2.message.cseq().seq);
+    // the registrar applies the newest first; the stale one then fails
+    // its CSeq check (RFC 3261 §10.3 step 7)
+    ok(&mut sim, reg, &r3, 300);
+    answer(&mut sim, reg, &r2, 500, &[]);
+    sim.run_for(Duration::from_secs(5));
+    // nothing else was sent: no retry of the stale REGISTER, no de-REGISTER
+    assert!(sim
+        .run_until_peer_receives(reg, Duration::from_secs(60))
+        .is_none_or(|r| !r.message.header(HeaderName::Contact).is_some_and(|h| {
+            h.contains("203.0.113.10") && (h.contains("expires=0") || h == "*")
+        }) && r.message.header(HeaderName::Expires) != Some("0")));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| (e.1.state, e.1.contact.clone())),
+        Some((
+            RegistrationState::Registered,
+            "sip:alice@203.0.113.10:5060".to_owned()
+        )),
+        "{evs:?}"
+    );
+}
+
+/// The REGISTER pending at a change is never answered (it went out on the
+/// old, dead path): its transaction timeout must not fail the account
+/// registered at the new address, and it is not retransmitted.
+#[test]
+fn a_register_pending_at_a_change_that_times_out_does_not_fail_the_account() {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let ua = sim.add_endpoint("ua", &[ip(UA), ip("198.51.100.10")], Config::default());
+    let reg = sim.add_peer("registrar", &[ip(REG)]);
+    let target = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: Some(SocketAddr::new(ip(UA), 5060)),
+    };
+    let cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    let new = SocketAddr::new(ip("198.51.100.10"), 5060);
+    sim.with_endpoint(ua, |ep, now| ep.move_account(now, acc, new))
+        .unwrap();
+    let r2 = recv(&mut sim, reg);
+    assert!(r2.message.cseq().seq > r1.message.cseq().seq);
+    ok(&mut sim, reg, &r2, 3600);
+    // well past Timer F (64·T1 = 32 s): only the new REGISTER counts
+    while let Some(r) = sim.run_until_peer_receives(reg, Duration::from_secs(60)) {
+        assert_ne!(
+            r.message.cseq().seq,
+            r1.message.cseq().seq,
+            "the abandoned REGISTER was retransmitted"
+        );
+    }
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| (e.1.state, e.1.contact.clone())),
+        Some((
+            RegistrationState::Registered,
+            "sip:alice@198.51.100.10:5060".to_owned()
+        )),
+        "{evs:?}"
+    );
+}

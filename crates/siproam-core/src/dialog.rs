@@ -558,6 +558,16 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Tells the core a network change starts at `now`: for the next
+    /// 2·64·T1 (so that requests in flight on the old path and the
+    /// refreshes sent at the change both get their whole 64·T1), a
+    /// re-INVITE or UPDATE that times out or cannot be sent reports
+    /// [`CallEvent::RefreshFailed`] and leaves the call up, instead of
+    /// ending it as RFC 5057 would. A later change extends the window.
+    pub fn begin_network_change(&mut self, now: Instant) {
+        self.change_window_until = Some(now + self.config.t1x64() * 2);
+    }
+
     /// Changes our Contact address for a call (a network change); the
     /// next request or answer carries it.
     pub fn set_call_contact(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
@@ -1019,7 +1029,7 @@ impl Endpoint {
         }
     }
 
-    pub(crate) fn call_failed(&mut self, _now: Instant, id: CallId, reason: RequestFailure) {
+    pub(crate) fn call_failed(&mut self, now: Instant, id: CallId, reason: RequestFailure) {
         let Some(c) = self.calls.calls.get_mut(&id.0) else {
             return;
         };
@@ -1027,7 +1037,12 @@ impl Endpoint {
             RequestFailure::Timeout => 408,
             RequestFailure::Transport(_) => 503,
         };
-        if c.state == CallState::Confirmed && c.refresh.is_some() {
+        let changing = self.change_window_until.is_some_and(|until| now < until);
+        if c.state == CallState::Confirmed && c.refresh.is_some() && changing {
+            // the request died on the old path: the call stays
+            c.refresh = None;
+            self.call_event(CallEvent::RefreshFailed { call: id, code });
+        } else if c.state == CallState::Confirmed && c.refresh.is_some() {
             c.refresh = None;
             // RFC 5057: a timeout on a re-INVITE ends the invite usage
             self.set_state(id, CallState::Disconnected, Some(code), None);

@@ -245,6 +245,9 @@ pub struct Endpoint {
     pub(crate) events: VecDeque<Event>,
     next_tx: u64,
     pub(crate) next_account: u32,
+    /// Until then, in-dialog timeouts and transport failures do not end
+    /// calls (a network change: requests die on the dead path).
+    pub(crate) change_window_until: Option<Instant>,
 }
 
 impl Endpoint {
@@ -260,6 +263,7 @@ impl Endpoint {
             client_index: HashMap::new(),
             server_txs: HashMap::new(),
             server_index: HashMap::new(),
+            change_window_until: None,
             accounts: HashMap::new(),
             calls: crate::dialog::Calls::default(),
             last_tx: None,

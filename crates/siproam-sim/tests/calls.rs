@@ -711,3 +711,69 @@ fn a_reinvite_without_an_offer_gets_ours_in_the_200_and_the_answer_in_the_ack() 
         Some(CallState::Confirmed)
     );
 }
+
+/// A re-INVITE sent over a path that then dies, with or without a network
+/// change announced first: the alice-side call events.
+fn reinvite_on_a_dead_path(announce_change: bool) -> Vec<CallEvent> {
+    let (mut p, a, _b) = confirmed(Transport::Udp);
+    if announce_change {
+        p.sim
+            .with_endpoint(p.alice, |ep, now| ep.begin_network_change(now));
+    }
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, false, Some(sdp("re")))
+        })
+        .unwrap();
+    p.sim.set_link(
+        p.alice,
+        p.bob,
+        Link {
+            up: false,
+            ..Link::default()
+        },
+    );
+    // past Timer B (64·T1)
+    p.sim.run_for(Duration::from_secs(40));
+    p.sim
+        .take_events(p.alice)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refresh_timing_out_during_a_network_change_does_not_end_the_call() {
+    let evs = reinvite_on_a_dead_path(true);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, CallEvent::RefreshFailed { code: 408, .. })),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| matches!(
+            e,
+            CallEvent::State {
+                state: CallState::Disconnected,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    // outside a change, RFC 5057: the timed-out re-INVITE ends the call
+    let evs = reinvite_on_a_dead_path(false);
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            CallEvent::State {
+                state: CallState::Disconnected,
+                code: Some(408),
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+}

@@ -559,6 +559,8 @@ impl Driver {
             }));
         };
         report("started", Ok(()), None, None, None);
+        // requests dying on the old path must not end calls
+        self.core.begin_network_change(now());
         let closed = self.transports.shutdown_streams();
         report("shutdown_transports", Ok(()), None, None, None);
         debug!("{closed} stream connections closed");

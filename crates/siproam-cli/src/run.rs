@@ -373,6 +373,9 @@ pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
                 json!(t.to_string().to_ascii_lowercase()),
             );
         }
+        if let Some(a) = c.address {
+            obj.insert("address".into(), json!(a.to_string()));
+        }
     }
     v
 }

@@ -86,6 +86,8 @@ pub struct IpChangeReport {
     pub call: Option<u32>,
     /// The transport the stage is about.
     pub transport: Option<Transport>,
+    /// For `restart_listener`: the new listener's address.
+    pub address: Option<SocketAddr>,
 }
 
 /// A plain user agent: answers requests it gets the default way (OPTIONS
@@ -548,7 +550,8 @@ impl Driver {
                       status: Result<(), String>,
                       account: Option<u32>,
                       call: Option<u32>,
-                      transport: Option<Transport>| {
+                      transport: Option<Transport>,
+                      address: Option<SocketAddr>| {
             let _ = events.try_send(EndpointEvent::IpChange(IpChangeReport {
                 stage,
                 status: status.err().unwrap_or_else(|| "ok".to_owned()),
@@ -556,13 +559,14 @@ impl Driver {
                 account,
                 call,
                 transport,
+                address,
             }));
         };
-        report("started", Ok(()), None, None, None);
+        report("started", Ok(()), None, None, None, None);
         // requests dying on the old path must not end calls
         self.core.begin_network_change(now());
         let closed = self.transports.shutdown_streams();
-        report("shutdown_transports", Ok(()), None, None, None);
+        report("shutdown_transports", Ok(()), None, None, None, None);
         debug!("{closed} stream connections closed");
         // listeners on the new address first; the old ones close at the end
         let old = self.transports.listeners();
@@ -574,8 +578,15 @@ impl Driver {
                 .await
             {
                 Ok(info) => {
+                    report(
+                        "restart_listener",
+                        Ok(()),
+                        None,
+                        None,
+                        Some(l.transport),
+                        Some(info.local),
+                    );
                     new_points.push(info);
-                    report("restart_listener", Ok(()), None, None, Some(l.transport));
                 }
                 Err(e) => report(
                     "restart_listener",
@@ -583,6 +594,7 @@ impl Driver {
                     None,
                     None,
                     Some(l.transport),
+                    None,
                 ),
             }
         }
@@ -608,6 +620,7 @@ impl Driver {
                 Some(account.0),
                 None,
                 None,
+                None,
             );
             let transport = self
                 .core
@@ -617,7 +630,7 @@ impl Driver {
                 .core
                 .move_account(now, account, SocketAddr::new(ip, port_for(transport)))
                 .map_err(|e| e.to_string());
-            report("update_contact", r, Some(account.0), None, None);
+            report("update_contact", r, Some(account.0), None, None, None);
         }
         for (call, state) in self.core.calls() {
             if state != siproam_core::CallState::Confirmed {
@@ -637,12 +650,12 @@ impl Driver {
                         .map(|_| ())
                 })
                 .map_err(|e| e.to_string());
-            report("refresh_calls", r, None, Some(call.0), None);
+            report("refresh_calls", r, None, Some(call.0), None, None);
         }
         for l in old {
             self.transports.close_listener(l.id).await;
         }
-        report("completed", Ok(()), None, None, None);
+        report("completed", Ok(()), None, None, None, None);
     }
 
     async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {

@@ -164,6 +164,14 @@ struct Call {
     unacked_1xx: Option<(Message, Duration)>,
     /// The peer's last RSeq we PRACKed.
     remote_rseq: u32,
+    /// The peer's last Allow header listed UPDATE (RFC 3311 §5.1).
+    peer_allows_update: bool,
+}
+
+/// Whether a message's Allow lists UPDATE (`None` without an Allow).
+fn allow_update(m: &Message) -> Option<bool> {
+    m.header(HeaderName::Allow)
+        .map(|_| m.has_token(HeaderName::Allow, "UPDATE"))
 }
 
 /// Every call of an endpoint.
@@ -289,6 +297,7 @@ impl Endpoint {
             rseq: 0,
             unacked_1xx: None,
             remote_rseq: 0,
+            peer_allows_update: false,
         };
         let contact = self.contact_header(&call, spec.target.transport);
         let mut b = MessageBuilder::request(Method::Invite, &spec.uri)
@@ -558,6 +567,23 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Whether the peer's last Allow header listed UPDATE (RFC 3311), so a
+    /// refresh may use UPDATE instead of a re-INVITE.
+    pub fn call_allows_update(&self, call: CallId) -> bool {
+        self.calls
+            .calls
+            .get(&call.0)
+            .is_some_and(|c| c.peer_allows_update)
+    }
+
+    /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
+    pub fn call_refresh_pending(&self, call: CallId) -> bool {
+        self.calls
+            .calls
+            .get(&call.0)
+            .is_some_and(|c| c.refresh.is_some())
+    }
+
     /// Tells the core a network change starts at `now`: for the next
     /// 2·64·T1 (so that requests in flight on the old path and the
     /// refreshes sent at the change both get their whole 64·T1), a
@@ -802,6 +828,7 @@ impl Endpoint {
             rseq: 0,
             unacked_1xx: None,
             remote_rseq: 0,
+            peer_allows_update: allow_update(req).unwrap_or(false),
         };
         let id = self.new_call(call);
         let body = (!req.body().is_empty()).then(|| req.body().clone());
@@ -835,6 +862,9 @@ impl Endpoint {
         // a target refresh: the new Contact is the remote target
         if let Some(Ok(siproam_sip::Contact::Addr(a))) = req.contacts().next() {
             c.remote_target = a.uri().to_string();
+        }
+        if let Some(allows) = allow_update(req) {
+            c.peer_allows_update = allows;
         }
         c.remote_cseq = req.cseq().seq;
         if req.body().is_empty() && !update {
@@ -892,6 +922,9 @@ impl Endpoint {
                 100 => {}
                 101..=199 => {
                     if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                        if let Some(allows) = allow_update(&resp) {
+                            c.peer_allows_update = allows;
+                        }
                         if c.remote_tag.is_none() {
                             c.remote_tag = tag_param(&resp, true);
                             // the early dialog's target and route set
@@ -939,6 +972,11 @@ impl Endpoint {
                             c.remote_target = t;
                         }
                     }
+                    if let (Some(allows), Some(c)) =
+                        (allow_update(&resp), self.calls.calls.get_mut(&id.0))
+                    {
+                        c.peer_allows_update = allows;
+                    }
                     self.call_event(CallEvent::Answer { call: id, body });
                 }
                 491 => {
@@ -975,6 +1013,9 @@ impl Endpoint {
         let Some(c) = self.calls.calls.get_mut(&id.0) else {
             return;
         };
+        if let Some(allows) = allow_update(resp) {
+            c.peer_allows_update = allows;
+        }
         if c.state != CallState::Confirmed {
             c.remote_tag = tag_param(resp, true).or(c.remote_tag.take());
             if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next() {

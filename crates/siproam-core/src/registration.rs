@@ -264,13 +264,28 @@ impl Endpoint {
         account: AccountId,
         local: SocketAddr,
     ) -> Result<(), CoreError> {
+        self.move_account_with(now, account, local, false)
+    }
+
+    /// [`move_account`](Self::move_account), optionally keeping the
+    /// registration's flow (`keep_flow`: the REGISTER with the new Contact
+    /// goes over the existing connection or 5-tuple).
+    pub fn move_account_with(
+        &mut self,
+        now: Instant,
+        account: AccountId,
+        local: SocketAddr,
+        keep_flow: bool,
+    ) -> Result<(), CoreError> {
         let acc = self
             .accounts
             .get_mut(&account.0)
             .ok_or(CoreError::NoSuchAccount)?;
-        acc.config.registrar.local = Some(local);
         acc.contact_addr = Some(local);
-        acc.flow = None;
+        if !keep_flow {
+            acc.config.registrar.local = Some(local);
+            acc.flow = None;
+        }
         acc.reregister = false;
         self.timers
             .cancel(TimerOwner::Account(account.0), TimerKind::Register);

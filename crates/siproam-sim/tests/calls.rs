@@ -777,3 +777,55 @@ fn a_refresh_timing_out_during_a_network_change_does_not_end_the_call() {
         "{evs:?}"
     );
 }
+
+#[test]
+fn whether_the_peer_allows_update_is_learnt_from_its_allow_header() {
+    // our own endpoints list UPDATE in Allow on the INVITE and the 2xx
+    let (mut p, a, b) = confirmed(Transport::Udp);
+    assert!(p
+        .sim
+        .with_endpoint(p.alice, |ep, _| ep.call_allows_update(a)));
+    assert!(p.sim.with_endpoint(p.bob, |ep, _| ep.call_allows_update(b)));
+    // a peer whose INVITE has no Allow: not assumed
+    let peer = p.sim.add_peer("carol", &[ip("192.0.2.99")]);
+    let invite = MessageBuilder::request(Method::Invite, &format!("sip:bob@{BOB}"))
+        .header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKnoallow")
+        .header("From", "<sip:carol@example.test>;tag=c1")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "noallow@carol")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", "<sip:carol@192.0.2.99:5060>")
+        .build()
+        .unwrap();
+    p.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.99"), 5060),
+        SocketAddr::new(ip(BOB), 5060),
+        Transport::Udp,
+        invite.to_bytes(),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    let c = incoming(&mut p.sim, p.bob);
+    assert!(!p.sim.with_endpoint(p.bob, |ep, _| ep.call_allows_update(c)));
+    // one that lists INVITE, ACK, BYE only: not allowed either
+    let invite = MessageBuilder::request(Method::Invite, &format!("sip:bob@{BOB}"))
+        .header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKnoupd")
+        .header("From", "<sip:carol@example.test>;tag=c2")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "noupdate@carol")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", "<sip:carol@192.0.2.99:5060>")
+        .header("Allow", "INVITE, ACK, BYE, UPDATES")
+        .build()
+        .unwrap();
+    p.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.99"), 5060),
+        SocketAddr::new(ip(BOB), 5060),
+        Transport::Udp,
+        invite.to_bytes(),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    let d = incoming(&mut p.sim, p.bob);
+    assert!(!p.sim.with_endpoint(p.bob, |ep, _| ep.call_allows_update(d)));
+}

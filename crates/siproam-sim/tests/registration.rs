@@ -652,3 +652,34 @@ fn a_register_pending_at_a_change_that_times_out_does_not_fail_the_account() {
         "{evs:?}"
     );
 }
+
+/// Keeping the registration flow at a change (PJSIP's `shutdown_tp` off):
+/// the REGISTER with the new Contact goes over the same connection.
+#[test]
+fn a_move_that_keeps_the_flow_registers_the_new_contact_over_the_same_connection() {
+    let (mut sim, ua, reg, mut cfg) = setup(Transport::Tcp);
+    cfg.password = None;
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    let flow = sim.endpoint(ua).account_flow(acc);
+    // a second address comes up; the first one stays
+    sim.set_addresses(ua, &[ip(UA), ip("198.51.100.10")]);
+    let new = SocketAddr::new(ip("198.51.100.10"), 5060);
+    sim.with_endpoint(ua, |ep, now| ep.move_account_with(now, acc, new, true))
+        .unwrap();
+    let r2 = recv(&mut sim, reg);
+    assert_eq!(r2.conn, r1.conn, "the same connection");
+    assert_eq!(sim.endpoint(ua).account_flow(acc), flow);
+    let contact = r2.message.header(HeaderName::Contact).unwrap();
+    assert!(
+        contact.contains("sip:alice@198.51.100.10:5060"),
+        "{contact}"
+    );
+    // and the default drops it: a new connection
+    sim.with_endpoint(ua, |ep, now| ep.move_account(now, acc, new))
+        .unwrap();
+    let r3 = recv(&mut sim, reg);
+    assert_ne!(r3.conn, r1.conn, "a new connection");
+}

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_core::{
@@ -67,6 +67,70 @@ pub enum EndpointEvent {
         /// When.
         first_packet: Instant,
     },
+}
+
+/// What [`EndpointHandle::handle_ip_change`] does. The defaults are
+/// PJSIP's (`mobility-reference.md`): shut down stream flows, restart
+/// listeners (one retry after 10 ms), re-register over a new flow, refresh
+/// calls with new media, Contact and Via by re-INVITE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpChangeParams {
+    /// The new local address.
+    pub ip: std::net::IpAddr,
+    /// Close every TCP/TLS connection first.
+    pub shutdown_transports: bool,
+    /// Open the listeners on the new address (the old ones close at the
+    /// end). Off: listeners, Via and Contact ports stay as they are; only
+    /// the address published in Contacts changes (for wildcard listeners).
+    pub restart_listeners: bool,
+    /// A listener that fails to open is retried once after this delay.
+    pub restart_listener_delay: Duration,
+    /// Per account: drop the registration's flow, so the REGISTER goes out
+    /// over a new one from the new address. Off: the existing flow is
+    /// reused (only the Contact changes).
+    pub shutdown_registration_flow: bool,
+    /// Hang up confirmed calls instead of refreshing them.
+    pub hangup_calls: bool,
+    /// How confirmed calls are refreshed.
+    pub refresh: RefreshFlags,
+}
+
+/// How a call is refreshed after an IP change (PJSIP's `reinvite_flags`
+/// and `reinv_use_update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshFlags {
+    /// Re-open the RTP socket on the new address and re-offer it.
+    pub reinit_media: bool,
+    /// Put the new address in the dialog's Contact.
+    pub update_contact: bool,
+    /// Send the refresh with UPDATE when the peer's Allow lists it
+    /// (RFC 3311), else re-INVITE.
+    pub prefer_update: bool,
+}
+
+impl Default for RefreshFlags {
+    fn default() -> Self {
+        RefreshFlags {
+            reinit_media: true,
+            update_contact: true,
+            prefer_update: false,
+        }
+    }
+}
+
+impl IpChangeParams {
+    /// The defaults, moving to `ip`.
+    pub fn new(ip: std::net::IpAddr) -> IpChangeParams {
+        IpChangeParams {
+            ip,
+            shutdown_transports: true,
+            restart_listeners: true,
+            restart_listener_delay: Duration::from_millis(10),
+            shutdown_registration_flow: true,
+            hangup_calls: false,
+            refresh: RefreshFlags::default(),
+        }
+    }
 }
 
 /// One stage of an IP change (`cli.md`'s `ip_change` event).
@@ -192,7 +256,7 @@ enum Command {
         crate::phone::PhoneCommand,
         oneshot::Sender<Result<(), EndpointError>>,
     ),
-    IpChange(std::net::IpAddr, oneshot::Sender<()>),
+    IpChange(Box<IpChangeParams>, oneshot::Sender<()>),
     Listeners(oneshot::Sender<Vec<ListenerInfo>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -306,9 +370,16 @@ impl EndpointHandle {
     /// re-registered with the new Contact, every confirmed call refreshed
     /// (new Contact, Via and SDP; media re-opened), old listeners closed.
     pub async fn ip_change(&self, ip: std::net::IpAddr) -> Result<(), EndpointError> {
+        self.handle_ip_change(IpChangeParams::new(ip)).await
+    }
+
+    /// An IP change with every knob ([`IpChangeParams`]). Changes are
+    /// handled one at a time, in order: one asked for while another runs
+    /// waits for it to complete.
+    pub async fn handle_ip_change(&self, params: IpChangeParams) -> Result<(), EndpointError> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::IpChange(ip, tx))
+            .send(Command::IpChange(Box::new(params), tx))
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)
@@ -471,8 +542,8 @@ impl Driver {
                     .map_err(EndpointError::from);
                 let _ = reply.send(r);
             }
-            Command::IpChange(ip, reply) => {
-                self.ip_change(ip).await;
+            Command::IpChange(params, reply) => {
+                self.ip_change(&params).await;
                 let _ = reply.send(());
             }
             Command::Listeners(reply) => {
@@ -543,7 +614,8 @@ impl Driver {
         }
     }
 
-    async fn ip_change(&mut self, ip: std::net::IpAddr) {
+    async fn ip_change(&mut self, params: &IpChangeParams) {
+        let ip = params.ip;
         let t0 = Instant::now();
         let events = self.events.clone();
         let report = |stage: &'static str,
@@ -565,45 +637,58 @@ impl Driver {
         report("started", Ok(()), None, None, None, None);
         // requests dying on the old path must not end calls
         self.core.begin_network_change(now());
-        let closed = self.transports.shutdown_streams();
-        report("shutdown_transports", Ok(()), None, None, None, None);
-        debug!("{closed} stream connections closed");
+        if params.shutdown_transports {
+            let closed = self.transports.shutdown_streams();
+            report("shutdown_transports", Ok(()), None, None, None, None);
+            debug!("{closed} stream connections closed");
+        }
         // listeners on the new address first; the old ones close at the end
         let old = self.transports.listeners();
         let mut new_points = Vec::new();
-        for l in &old {
-            match self
-                .transports
-                .listen(l.transport, SocketAddr::new(ip, 0))
-                .await
-            {
-                Ok(info) => {
-                    report(
+        if params.restart_listeners {
+            for l in &old {
+                let mut r = self
+                    .transports
+                    .listen(l.transport, SocketAddr::new(ip, 0))
+                    .await;
+                if r.is_err() {
+                    tokio::time::sleep(params.restart_listener_delay).await;
+                    r = self
+                        .transports
+                        .listen(l.transport, SocketAddr::new(ip, 0))
+                        .await;
+                }
+                match r {
+                    Ok(info) => {
+                        report(
+                            "restart_listener",
+                            Ok(()),
+                            None,
+                            None,
+                            Some(l.transport),
+                            Some(info.local),
+                        );
+                        new_points.push(info);
+                    }
+                    Err(e) => report(
                         "restart_listener",
-                        Ok(()),
+                        Err(e.to_string()),
                         None,
                         None,
                         Some(l.transport),
-                        Some(info.local),
-                    );
-                    new_points.push(info);
+                        None,
+                    ),
                 }
-                Err(e) => report(
-                    "restart_listener",
-                    Err(e.to_string()),
-                    None,
-                    None,
-                    Some(l.transport),
-                    None,
-                ),
             }
-        }
-        self.core.clear_listen_points();
-        for info in &new_points {
-            self.core.add_listen_point(ListenPoint {
-                transport: to_core(info.transport),
-                addr: info.local,
-            });
+            self.core.clear_listen_points();
+            for info in &new_points {
+                self.core.add_listen_point(ListenPoint {
+                    transport: to_core(info.transport),
+                    addr: info.local,
+                });
+            }
+        } else {
+            new_points.clone_from(&old);
         }
         let port_for = |t: Transport| {
             new_points
@@ -614,21 +699,28 @@ impl Driver {
         };
         let now = now();
         for account in self.core.accounts() {
-            report(
-                "shutdown_registration_flow",
-                Ok(()),
-                Some(account.0),
-                None,
-                None,
-                None,
-            );
+            if params.shutdown_registration_flow {
+                report(
+                    "shutdown_registration_flow",
+                    Ok(()),
+                    Some(account.0),
+                    None,
+                    None,
+                    None,
+                );
+            }
             let transport = self
                 .core
                 .account_transport(account)
                 .map_or(Transport::Udp, from_core);
             let r = self
                 .core
-                .move_account(now, account, SocketAddr::new(ip, port_for(transport)))
+                .move_account_with(
+                    now,
+                    account,
+                    SocketAddr::new(ip, port_for(transport)),
+                    !params.shutdown_registration_flow,
+                )
                 .map_err(|e| e.to_string());
             report("update_contact", r, Some(account.0), None, None, None);
         }
@@ -636,24 +728,39 @@ impl Driver {
             if state != siproam_core::CallState::Confirmed {
                 continue;
             }
+            if params.hangup_calls {
+                let r = self.core.hang_up(now, call).map_err(|e| e.to_string());
+                report("hangup_calls", r, None, Some(call.0), None, None);
+                continue;
+            }
+            let flags = params.refresh;
+            let update = flags.prefer_update && self.core.call_allows_update(call);
             let contact = SocketAddr::new(ip, port_for(Transport::Udp));
-            let r = self
-                .core
-                .set_call_contact(call, contact)
-                .and_then(|()| {
-                    self.app
-                        .command(
-                            &mut self.core,
-                            now,
-                            crate::phone::PhoneCommand::MoveMedia(call, ip),
-                        )
-                        .map(|_| ())
-                })
-                .map_err(|e| e.to_string());
+            let r = if flags.update_contact {
+                self.core.set_call_contact(call, contact)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| {
+                self.app
+                    .command(
+                        &mut self.core,
+                        now,
+                        crate::phone::PhoneCommand::Refresh {
+                            call,
+                            media_ip: flags.reinit_media.then_some(ip),
+                            update,
+                        },
+                    )
+                    .map(|_| ())
+            })
+            .map_err(|e| e.to_string());
             report("refresh_calls", r, None, Some(call.0), None, None);
         }
-        for l in old {
-            self.transports.close_listener(l.id).await;
+        if params.restart_listeners {
+            for l in old {
+                self.transports.close_listener(l.id).await;
+            }
         }
         report("completed", Ok(()), None, None, None, None);
     }

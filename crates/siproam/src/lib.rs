@@ -13,7 +13,7 @@ pub mod transport;
 
 pub use endpoint::{
     AccountSpec, Application, EndpointConfig, EndpointError, EndpointEvent, EndpointHandle,
-    IpChangeReport, UserAgent,
+    IpChangeParams, IpChangeReport, RefreshFlags, UserAgent,
 };
 pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

@@ -128,6 +128,18 @@ pub enum PhoneCommand {
     /// change) and re-offer it in a re-INVITE; the stream keeps its SSRC,
     /// sequence numbers and timestamps.
     MoveMedia(CallId, IpAddr),
+    /// Refreshes a call after a network change: with `media_ip`, the RTP
+    /// socket is re-opened there first (as [`PhoneCommand::MoveMedia`]);
+    /// the new offer goes in an UPDATE when `update` is set, else in a
+    /// re-INVITE.
+    Refresh {
+        /// The call.
+        call: CallId,
+        /// Where to re-open the media, if anywhere.
+        media_ip: Option<IpAddr>,
+        /// Use UPDATE (the caller checked the peer allows it).
+        update: bool,
+    },
 }
 
 enum MediaCmd {
@@ -331,28 +343,15 @@ impl Phone {
                 Ok(Some(call))
             }
             PhoneCommand::MoveMedia(call, ip) => {
-                let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))
-                    .map_err(|_| siproam_core::CoreError::InvalidState)?;
-                socket
-                    .set_nonblocking(true)
-                    .map_err(|_| siproam_core::CoreError::InvalidState)?;
-                let local = socket
-                    .local_addr()
-                    .map_err(|_| siproam_core::CoreError::InvalidState)?;
-                let pc = self
-                    .calls
-                    .get_mut(&call)
-                    .ok_or(siproam_core::CoreError::NoSuchCall)?;
-                match &pc.media {
-                    Some(m) => {
-                        let _ = m.send(MediaCmd::Rebind(socket, self.config.old_media_grace));
-                    }
-                    None => pc.socket = Some(socket),
-                }
-                pc.local = local;
-                pc.sdp.set_local_address(local);
-                let offer = pc.sdp.create_offer();
-                core.refresh(now, call, false, Some(offer))?;
+                self.refresh_call(core, now, call, Some(ip), false)?;
+                Ok(Some(call))
+            }
+            PhoneCommand::Refresh {
+                call,
+                media_ip,
+                update,
+            } => {
+                self.refresh_call(core, now, call, media_ip, update)?;
                 Ok(Some(call))
             }
             PhoneCommand::Hold(call, hold) => {
@@ -370,6 +369,45 @@ impl Phone {
                 Ok(Some(call))
             }
         }
+    }
+
+    /// Re-opens a call's media on `media_ip` (if given) and re-offers it.
+    fn refresh_call(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        call: CallId,
+        media_ip: Option<IpAddr>,
+        update: bool,
+    ) -> Result<(), siproam_core::CoreError> {
+        let pc = self
+            .calls
+            .get_mut(&call)
+            .ok_or(siproam_core::CoreError::NoSuchCall)?;
+        if let Some(ip) = media_ip {
+            let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))
+                .map_err(|_| siproam_core::CoreError::InvalidState)?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|_| siproam_core::CoreError::InvalidState)?;
+            let local = socket
+                .local_addr()
+                .map_err(|_| siproam_core::CoreError::InvalidState)?;
+            match &pc.media {
+                Some(m) => {
+                    let _ = m.send(MediaCmd::Rebind(socket, self.config.old_media_grace));
+                }
+                None => pc.socket = Some(socket),
+            }
+            pc.local = local;
+            pc.sdp.set_local_address(local);
+        }
+        let offer = pc.sdp.create_offer();
+        let r = core.refresh(now, call, update, Some(offer));
+        if r.is_err() {
+            pc.sdp.cancel_offer();
+        }
+        r
     }
 
     fn answer_call(

@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use siproam::core::{CallEvent, CallState, Event};
 use siproam::transport::Transport;
-use siproam::{AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, Phone, PhoneConfig};
+use siproam::{
+    AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, IpChangeParams, Phone, PhoneConfig,
+};
 use siproam_sip::{HeaderName, Message, MessageBuilder, Method};
 use tokio::net::UdpSocket;
 
@@ -42,8 +44,20 @@ fn answer_sdp(rtp: SocketAddr) -> Bytes {
 }
 
 async fn ok(sock: &UdpSocket, req: &Message, to: SocketAddr, contact: SocketAddr, rtp: SocketAddr) {
+    ok_allowing(sock, req, to, contact, rtp, "INVITE, ACK, BYE, CANCEL").await;
+}
+
+async fn ok_allowing(
+    sock: &UdpSocket,
+    req: &Message,
+    to: SocketAddr,
+    contact: SocketAddr,
+    rtp: SocketAddr,
+    allow: &str,
+) {
     let resp = MessageBuilder::response_to(req, 200, "OK", Some("peer1"))
         .header("Contact", &format!("<sip:bob@{contact}>"))
+        .header("Allow", allow)
         .body("application/sdp", answer_sdp(rtp))
         .build()
         .unwrap();
@@ -53,7 +67,7 @@ async fn ok(sock: &UdpSocket, req: &Message, to: SocketAddr, contact: SocketAddr
 fn assert_moved(m: &Message, ip: &str) {
     let via = m.top_via().unwrap();
     assert_eq!(via.host_str(), ip, "Via sent-by");
-    if m.method() == Some(Method::Invite) {
+    if matches!(m.method(), Some(Method::Invite | Method::Update)) {
         let contact = m.header(HeaderName::Contact).unwrap();
         assert!(contact.contains(&format!("@{ip}:")), "Contact {contact}");
         let sdp = std::str::from_utf8(m.body()).unwrap();
@@ -131,4 +145,169 @@ async fn a_direct_call_moves_via_contact_and_media() {
     })
     .await
     .expect("RTP from the new address");
+}
+
+/// A confirmed call from a phone on 127.0.0.2 to a scripted peer whose 2xx
+/// lists `allow`.
+struct Setup {
+    alice: EndpointHandle,
+    peer: UdpSocket,
+    peer_addr: SocketAddr,
+    rtp_addr: SocketAddr,
+    _peer_rtp: UdpSocket,
+    invite: Message,
+}
+
+async fn setup(allow: &str) -> Setup {
+    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
+    let phone = Phone::new(PhoneConfig::default(), 4);
+    let cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
+        ..Default::default()
+    };
+    let mut alice = EndpointHandle::start(cfg, Box::new(phone)).await.unwrap();
+    alice
+        .call(
+            &format!("sip:bob@{peer_addr}"),
+            "sip:alice@example.test",
+            None,
+        )
+        .await
+        .unwrap();
+    let (invite, from) = next_request(&peer, Method::Invite).await;
+    ok_allowing(&peer, &invite, from, peer_addr, rtp_addr, allow).await;
+    next_request(&peer, Method::Ack).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
+                state: CallState::Confirmed,
+                ..
+            }))) = alice.next_event().await
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    Setup {
+        alice,
+        peer,
+        peer_addr,
+        rtp_addr,
+        _peer_rtp: peer_rtp,
+        invite,
+    }
+}
+
+fn new_ip() -> IpAddr {
+    "127.0.0.4".parse().unwrap()
+}
+
+/// The stages the change reported, up to `completed`.
+async fn stages(alice: &mut EndpointHandle) -> Vec<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::IpChange(c)) = alice.next_event().await {
+                assert_eq!(c.status, "ok", "{c:?}");
+                out.push(c.stage.to_owned());
+                if c.stage == "completed" {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_update_refreshes_with_update_when_the_peer_allows_it() {
+    let mut s = setup("INVITE, ACK, BYE, CANCEL, UPDATE").await;
+    let mut params = IpChangeParams::new(new_ip());
+    params.refresh.prefer_update = true;
+    s.alice.handle_ip_change(params).await.unwrap();
+    let (update, from) = next_request(&s.peer, Method::Update).await;
+    assert_eq!(from.ip(), new_ip());
+    assert_eq!(update.call_id(), s.invite.call_id());
+    assert_moved(&update, "127.0.0.4");
+    ok(&s.peer, &update, from, s.peer_addr, s.rtp_addr).await;
+    assert!(stages(&mut s.alice)
+        .await
+        .contains(&"refresh_calls".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_update_falls_back_to_reinvite_when_the_peer_does_not_allow_it() {
+    let mut s = setup("INVITE, ACK, BYE, CANCEL").await;
+    let mut params = IpChangeParams::new(new_ip());
+    params.refresh.prefer_update = true;
+    s.alice.handle_ip_change(params).await.unwrap();
+    let (reinvite, from) = next_request(&s.peer, Method::Invite).await;
+    assert_eq!(reinvite.call_id(), s.invite.call_id());
+    assert_moved(&reinvite, "127.0.0.4");
+    ok(&s.peer, &reinvite, from, s.peer_addr, s.rtp_addr).await;
+    assert!(stages(&mut s.alice)
+        .await
+        .contains(&"refresh_calls".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_calls_ends_the_call_with_a_bye_and_reports_the_stage() {
+    let mut s = setup("INVITE, ACK, BYE").await;
+    let mut params = IpChangeParams::new(new_ip());
+    params.hangup_calls = true;
+    s.alice.handle_ip_change(params).await.unwrap();
+    let (bye, _) = next_request(&s.peer, Method::Bye).await;
+    assert_eq!(bye.call_id(), s.invite.call_id());
+    let st = stages(&mut s.alice).await;
+    assert!(st.contains(&"hangup_calls".to_owned()), "{st:?}");
+    assert!(!st.contains(&"refresh_calls".to_owned()), "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reinit_media_the_signalling_moves_and_the_sdp_stays() {
+    let mut s = setup("INVITE, ACK, BYE").await;
+    let mut params = IpChangeParams::new(new_ip());
+    params.refresh.reinit_media = false;
+    s.alice.handle_ip_change(params).await.unwrap();
+    let (reinvite, from) = next_request(&s.peer, Method::Invite).await;
+    assert_eq!(from.ip(), new_ip());
+    assert_eq!(reinvite.top_via().unwrap().host_str(), "127.0.0.4");
+    let contact = reinvite.header(HeaderName::Contact).unwrap();
+    assert!(contact.contains("@127.0.0.4:"), "{contact}");
+    let sdp = std::str::from_utf8(reinvite.body()).unwrap();
+    assert!(sdp.contains("c=IN IP4 127.0.0.2"), "media kept: {sdp}");
+    ok(&s.peer, &reinvite, from, s.peer_addr, s.rtp_addr).await;
+    stages(&mut s.alice).await;
+}
+
+/// Everything off but the refresh: listeners, flows, Contact and media
+/// stay (an old address that survives, e.g. a VPN coming up); the dialog
+/// keeps sending from its address, so Via and Contact are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_knob_off_the_call_is_refreshed_in_place() {
+    let mut s = setup("INVITE, ACK, BYE").await;
+    let mut params = IpChangeParams::new(new_ip());
+    params.shutdown_transports = false;
+    params.restart_listeners = false;
+    params.refresh.reinit_media = false;
+    params.refresh.update_contact = false;
+    s.alice.handle_ip_change(params).await.unwrap();
+    let (reinvite, from) = next_request(&s.peer, Method::Invite).await;
+    assert_eq!(from.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+    assert_eq!(reinvite.top_via().unwrap().host_str(), "127.0.0.2");
+    let contact = reinvite.header(HeaderName::Contact).unwrap();
+    assert!(contact.contains("@127.0.0.2:"), "Contact kept: {contact}");
+    let sdp = std::str::from_utf8(reinvite.body()).unwrap();
+    assert!(sdp.contains("c=IN IP4 127.0.0.2"), "media kept: {sdp}");
+    ok(&s.peer, &reinvite, from, s.peer_addr, s.rtp_addr).await;
+    next_request(&s.peer, Method::Ack).await;
+    let st = stages(&mut s.alice).await;
+    assert!(!st.contains(&"shutdown_transports".to_owned()), "{st:?}");
+    assert!(!st.contains(&"restart_listener".to_owned()), "{st:?}");
 }

@@ -576,6 +576,18 @@ impl Endpoint {
             .is_some_and(|c| c.peer_allows_update)
     }
 
+    /// CANCELs our re-INVITE in progress on the call (RFC 6141 §5.5: a
+    /// network change makes its offer stale). Its 487 then comes as
+    /// [`CallEvent::RefreshFailed`]. An UPDATE cannot be cancelled:
+    /// [`CoreError::InvalidState`].
+    pub fn cancel_refresh(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        match c.refresh {
+            Some((rid, false, _)) => self.cancel(now, rid).map(|_| ()),
+            _ => Err(CoreError::InvalidState),
+        }
+    }
+
     /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
     pub fn call_refresh_pending(&self, call: CallId) -> bool {
         self.calls

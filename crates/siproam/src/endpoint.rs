@@ -91,6 +91,11 @@ pub struct IpChangeParams {
     pub shutdown_registration_flow: bool,
     /// Hang up confirmed calls instead of refreshing them.
     pub hangup_calls: bool,
+    /// Old UDP listeners keep receiving this long after the change, so
+    /// answers to requests sent before it still arrive (a CANCELled
+    /// re-INVITE's 487, a late 2xx) when the old address still works.
+    /// Stream listeners close at once. Zero closes all at once.
+    pub old_listener_grace: Duration,
     /// How confirmed calls are refreshed.
     pub refresh: RefreshFlags,
 }
@@ -128,6 +133,7 @@ impl IpChangeParams {
             restart_listener_delay: Duration::from_millis(10),
             shutdown_registration_flow: true,
             hangup_calls: false,
+            old_listener_grace: Duration::from_secs(32),
             refresh: RefreshFlags::default(),
         }
     }
@@ -295,6 +301,7 @@ impl EndpointHandle {
             connections: HashMap::new(),
             pending: HashMap::new(),
             backlog: HashMap::new(),
+            retiring: Vec::new(),
             server_names: HashMap::new(),
             events: ev_tx,
             rng: config.core.seed ^ 0x9E37_79B9_7F4A_7C15,
@@ -424,6 +431,9 @@ struct Driver {
     pending: HashMap<FlowId, VecDeque<Bytes>>,
     /// messages waiting for room in their connection's send queue, in order
     backlog: HashMap<FlowId, VecDeque<Bytes>>,
+    /// Old UDP listeners after an IP change, still receiving answers to
+    /// requests sent before it, until their deadline.
+    retiring: Vec<(tokio::time::Instant, crate::transport::ListenerId)>,
     /// TLS server names by address (from resolution)
     server_names: HashMap<SocketAddr, String>,
     events: mpsc::Sender<EndpointEvent>,
@@ -480,7 +490,17 @@ impl Driver {
                 .core
                 .poll_timeout()
                 .map(|(at, _)| tokio::time::Instant::from_std(at));
+            let retire_at = self.retiring.iter().map(|(at, _)| *at).min();
             tokio::select! {
+                _ = async { match retire_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    let now = tokio::time::Instant::now();
+                    let (due, keep): (Vec<_>, Vec<_>) =
+                        self.retiring.drain(..).partition(|(at, _)| *at <= now);
+                    self.retiring = keep;
+                    for (_, id) in due {
+                        self.transports.close_listener(id).await;
+                    }
+                }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown(done)) => {
                         let _ = done.send(());
@@ -643,7 +663,13 @@ impl Driver {
             debug!("{closed} stream connections closed");
         }
         // listeners on the new address first; the old ones close at the end
-        let old = self.transports.listeners();
+        // (retiring ones from an earlier change are not restarted again)
+        let old: Vec<ListenerInfo> = self
+            .transports
+            .listeners()
+            .into_iter()
+            .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
+            .collect();
         let mut new_points = Vec::new();
         if params.restart_listeners {
             for l in &old {
@@ -758,8 +784,13 @@ impl Driver {
             report("refresh_calls", r, None, Some(call.0), None, None);
         }
         if params.restart_listeners {
+            let until = tokio::time::Instant::now() + params.old_listener_grace;
             for l in old {
-                self.transports.close_listener(l.id).await;
+                if l.transport == Transport::Udp && !params.old_listener_grace.is_zero() {
+                    self.retiring.push((until, l.id));
+                } else {
+                    self.transports.close_listener(l.id).await;
+                }
             }
         }
         report("completed", Ok(()), None, None, None, None);

@@ -158,6 +158,10 @@ struct PhoneCall {
     media: Option<mpsc::UnboundedSender<MediaCmd>>,
     /// An incoming call's offer, until answered.
     offer: Option<Bytes>,
+    /// A refresh asked for while another was in progress (a network
+    /// change): sent, with a fresh offer, once that one settles.
+    /// `Some(update)`.
+    queued_refresh: Option<bool>,
 }
 
 /// The softphone application.
@@ -220,6 +224,7 @@ impl Phone {
                     local,
                     media: None,
                     offer: None,
+                    queued_refresh: None,
                 })
             }
             Err(e) => {
@@ -402,6 +407,13 @@ impl Phone {
             pc.local = local;
             pc.sdp.set_local_address(local);
         }
+        if core.call_refresh_pending(call) {
+            // a re-INVITE is stuck on the old path, or an offer is still
+            // out: CANCEL it where possible, and re-offer once it settles
+            pc.queued_refresh = Some(update);
+            let _ = core.cancel_refresh(now, call);
+            return Ok(());
+        }
         let offer = pc.sdp.create_offer();
         let r = core.refresh(now, call, update, Some(offer));
         if r.is_err() {
@@ -526,6 +538,19 @@ impl Application for Phone {
                 }
             }
             _ => {}
+        }
+        // the refresh in progress settled: send the one queued behind it
+        if let Event::Call(CallEvent::Answer { call, .. } | CallEvent::RefreshFailed { call, .. }) =
+            &event
+        {
+            if let Some(pc) = self.calls.get_mut(call) {
+                if let Some(update) = pc.queued_refresh.take() {
+                    let offer = pc.sdp.create_offer();
+                    if core.refresh(now, *call, update, Some(offer)).is_err() {
+                        pc.sdp.cancel_offer();
+                    }
+                }
+            }
         }
         Some(event)
     }

@@ -311,3 +311,52 @@ async fn with_every_knob_off_the_call_is_refreshed_in_place() {
     assert!(!st.contains(&"shutdown_transports".to_owned()), "{st:?}");
     assert!(!st.contains(&"restart_listener".to_owned()), "{st:?}");
 }
+
+/// A change while our re-INVITE is stuck (PJSIP fails here, RFC 6141
+/// §5.5): the stuck re-INVITE is CANCELled, and once its 487 settles it
+/// the call is re-offered from the new address, with no help from the
+/// application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_pending_reinvite_cancels_it_then_reoffers() {
+    let mut s = setup("INVITE, ACK, BYE").await;
+    let call = siproam::core::CallId(1);
+    // hold: a re-INVITE the peer leaves unanswered
+    s.alice
+        .phone(siproam::PhoneCommand::Hold(call, true))
+        .await
+        .unwrap();
+    let (stuck, from) = next_request(&s.peer, Method::Invite).await;
+    assert!(stuck.cseq().seq > s.invite.cseq().seq);
+    s.alice.ip_change(new_ip()).await.unwrap();
+    let (cancel, cancel_from) = next_request(&s.peer, Method::Cancel).await;
+    assert_eq!(cancel.cseq().seq, stuck.cseq().seq);
+    assert_eq!(
+        cancel.top_via().unwrap().branch(),
+        stuck.top_via().unwrap().branch(),
+        "the CANCEL matches the stuck re-INVITE"
+    );
+    let st = stages(&mut s.alice).await;
+    assert!(st.contains(&"refresh_calls".to_owned()), "{st:?}");
+    // the peer gives up on the stuck re-INVITE
+    let ok_cancel = MessageBuilder::response_to(&cancel, 200, "OK", Some("peer1"))
+        .build()
+        .unwrap();
+    s.peer
+        .send_to(&ok_cancel.to_bytes(), cancel_from)
+        .await
+        .unwrap();
+    let terminated = MessageBuilder::response_to(&stuck, 487, "Request Terminated", Some("peer1"))
+        .build()
+        .unwrap();
+    s.peer.send_to(&terminated.to_bytes(), from).await.unwrap();
+    let (ack, _) = next_request(&s.peer, Method::Ack).await;
+    assert_eq!(ack.cseq().seq, stuck.cseq().seq, "the 487 is ACKed");
+    // then the re-offer from the new address
+    let (reoffer, from) = next_request(&s.peer, Method::Invite).await;
+    assert!(reoffer.cseq().seq > stuck.cseq().seq);
+    assert_eq!(from.ip(), new_ip());
+    assert_moved(&reoffer, "127.0.0.4");
+    ok(&s.peer, &reoffer, from, s.peer_addr, s.rtp_addr).await;
+    let (ack, _) = next_request(&s.peer, Method::Ack).await;
+    assert_eq!(ack.cseq().seq, reoffer.cseq().seq);
+}

@@ -588,6 +588,14 @@ impl Endpoint {
         }
     }
 
+    /// Whether we placed the call (we are its UAC).
+    pub fn call_is_outgoing(&self, call: CallId) -> bool {
+        self.calls
+            .calls
+            .get(&call.0)
+            .is_some_and(|c| c.role == Role::Uac)
+    }
+
     /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
     pub fn call_refresh_pending(&self, call: CallId) -> bool {
         self.calls

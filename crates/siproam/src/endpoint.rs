@@ -751,7 +751,48 @@ impl Driver {
             report("update_contact", r, Some(account.0), None, None, None);
         }
         for (call, state) in self.core.calls() {
-            if state != siproam_core::CallState::Confirmed {
+            use siproam_core::CallState as S;
+            if matches!(state, S::Incoming | S::Ringing | S::Early) {
+                // a call still ringing: our 2xx (incoming) or our next
+                // request (outgoing) carries the new Contact; an outgoing
+                // early dialog tells the peer now with an UPDATE without
+                // SDP where the peer allows it (RFC 3311)
+                let contact = SocketAddr::new(ip, port_for(Transport::Udp));
+                let mut r = if params.refresh.update_contact {
+                    self.core.set_call_contact(call, contact)
+                } else {
+                    Ok(())
+                };
+                let outgoing = self.core.call_is_outgoing(call);
+                if r.is_ok() && params.refresh.reinit_media && !outgoing {
+                    r = self
+                        .app
+                        .command(
+                            &mut self.core,
+                            now,
+                            crate::phone::PhoneCommand::Rebind(call, ip),
+                        )
+                        .map(|_| ());
+                }
+                if r.is_ok()
+                    && params.refresh.update_contact
+                    && outgoing
+                    && self.core.call_allows_update(call)
+                    && !self.core.call_refresh_pending(call)
+                {
+                    r = self.core.refresh(now, call, true, None);
+                }
+                report(
+                    "refresh_calls",
+                    r.map_err(|e| e.to_string()),
+                    None,
+                    Some(call.0),
+                    None,
+                    None,
+                );
+                continue;
+            }
+            if state != S::Confirmed {
                 continue;
             }
             if params.hangup_calls {

@@ -140,6 +140,9 @@ pub enum PhoneCommand {
         /// Use UPDATE (the caller checked the peer allows it).
         update: bool,
     },
+    /// Re-opens the RTP socket of a call not answered yet on another local
+    /// address, without a refresh: the answer we send carries it.
+    Rebind(CallId, IpAddr),
 }
 
 enum MediaCmd {
@@ -359,6 +362,10 @@ impl Phone {
                 self.refresh_call(core, now, call, media_ip, update)?;
                 Ok(Some(call))
             }
+            PhoneCommand::Rebind(call, ip) => {
+                self.rebind_media(call, ip)?;
+                Ok(Some(call))
+            }
             PhoneCommand::Hold(call, hold) => {
                 let pc = self
                     .calls
@@ -376,6 +383,32 @@ impl Phone {
         }
     }
 
+    /// Re-opens a call's RTP socket on `ip` (make-before-break: the old one
+    /// receives until the peer follows).
+    fn rebind_media(&mut self, call: CallId, ip: IpAddr) -> Result<(), siproam_core::CoreError> {
+        let pc = self
+            .calls
+            .get_mut(&call)
+            .ok_or(siproam_core::CoreError::NoSuchCall)?;
+        let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))
+            .map_err(|_| siproam_core::CoreError::InvalidState)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|_| siproam_core::CoreError::InvalidState)?;
+        let local = socket
+            .local_addr()
+            .map_err(|_| siproam_core::CoreError::InvalidState)?;
+        match &pc.media {
+            Some(m) => {
+                let _ = m.send(MediaCmd::Rebind(socket, self.config.old_media_grace));
+            }
+            None => pc.socket = Some(socket),
+        }
+        pc.local = local;
+        pc.sdp.set_local_address(local);
+        Ok(())
+    }
+
     /// Re-opens a call's media on `media_ip` (if given) and re-offers it.
     fn refresh_call(
         &mut self,
@@ -385,28 +418,13 @@ impl Phone {
         media_ip: Option<IpAddr>,
         update: bool,
     ) -> Result<(), siproam_core::CoreError> {
+        if let Some(ip) = media_ip {
+            self.rebind_media(call, ip)?;
+        }
         let pc = self
             .calls
             .get_mut(&call)
             .ok_or(siproam_core::CoreError::NoSuchCall)?;
-        if let Some(ip) = media_ip {
-            let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))
-                .map_err(|_| siproam_core::CoreError::InvalidState)?;
-            socket
-                .set_nonblocking(true)
-                .map_err(|_| siproam_core::CoreError::InvalidState)?;
-            let local = socket
-                .local_addr()
-                .map_err(|_| siproam_core::CoreError::InvalidState)?;
-            match &pc.media {
-                Some(m) => {
-                    let _ = m.send(MediaCmd::Rebind(socket, self.config.old_media_grace));
-                }
-                None => pc.socket = Some(socket),
-            }
-            pc.local = local;
-            pc.sdp.set_local_address(local);
-        }
         if core.call_refresh_pending(call) {
             // a re-INVITE is stuck on the old path, or an offer is still
             // out: CANCEL it where possible, and re-offer once it settles

@@ -360,3 +360,131 @@ async fn a_change_during_a_pending_reinvite_cancels_it_then_reoffers() {
     let (ack, _) = next_request(&s.peer, Method::Ack).await;
     assert_eq!(ack.cseq().seq, reoffer.cseq().seq);
 }
+
+/// An outgoing call still ringing survives: the early dialog gets an
+/// UPDATE without SDP carrying the new Contact (the peer allows UPDATE),
+/// and the ACK of the later 2xx comes from the new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outgoing_ringing_call_is_moved_with_an_update() {
+    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
+    let cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
+        ..Default::default()
+    };
+    let mut alice = EndpointHandle::start(cfg, Box::new(Phone::new(PhoneConfig::default(), 4)))
+        .await
+        .unwrap();
+    alice
+        .call(
+            &format!("sip:bob@{peer_addr}"),
+            "sip:alice@example.test",
+            None,
+        )
+        .await
+        .unwrap();
+    let (invite, from) = next_request(&peer, Method::Invite).await;
+    let ringing = MessageBuilder::response_to(&invite, 180, "Ringing", Some("peer1"))
+        .header("Contact", &format!("<sip:bob@{peer_addr}>"))
+        .header("Allow", "INVITE, ACK, BYE, CANCEL, UPDATE")
+        .build()
+        .unwrap();
+    peer.send_to(&ringing.to_bytes(), from).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
+                state: CallState::Ringing,
+                ..
+            }))) = alice.next_event().await
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    alice.ip_change(new_ip()).await.unwrap();
+    let (update, ufrom) = next_request(&peer, Method::Update).await;
+    assert_eq!(ufrom.ip(), new_ip());
+    assert_eq!(update.call_id(), invite.call_id());
+    assert!(update.body().is_empty(), "a target refresh, no offer");
+    let contact = update.header(HeaderName::Contact).unwrap();
+    assert!(contact.contains("@127.0.0.4:"), "{contact}");
+    assert_eq!(update.top_via().unwrap().host_str(), "127.0.0.4");
+    let uok = MessageBuilder::response_to(&update, 200, "OK", Some("peer1"))
+        .build()
+        .unwrap();
+    peer.send_to(&uok.to_bytes(), ufrom).await.unwrap();
+    // now the answer: the ACK comes from the new address
+    ok(&peer, &invite, from, peer_addr, rtp_addr).await;
+    let (ack, afrom) = next_request(&peer, Method::Ack).await;
+    assert_eq!(afrom.ip(), new_ip());
+    assert_eq!(ack.top_via().unwrap().host_str(), "127.0.0.4");
+}
+
+/// An incoming call still ringing survives: answered after the change,
+/// our 2xx carries the new Contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_ringing_call_is_answered_with_the_new_contact() {
+    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
+        ..Default::default()
+    };
+    let mut alice = EndpointHandle::start(cfg, Box::new(Phone::new(PhoneConfig::default(), 4)))
+        .await
+        .unwrap();
+    let alice_addr = alice.listeners().await.unwrap()[0].local;
+    let invite = MessageBuilder::request(Method::Invite, &format!("sip:alice@{alice_addr}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {peer_addr};branch=z9hG4bKring1;rport"),
+        )
+        .header("From", "<sip:bob@example.test>;tag=b1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", "ringing@bob")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", &format!("<sip:bob@{peer_addr}>"))
+        .header("Max-Forwards", "70")
+        .body("application/sdp", answer_sdp(peer_addr))
+        .build()
+        .unwrap();
+    peer.send_to(&invite.to_bytes(), alice_addr).await.unwrap();
+    let call = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
+                call,
+                state: CallState::Incoming | CallState::Ringing,
+                ..
+            }))) = alice.next_event().await
+            {
+                return call;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    alice.ip_change(new_ip()).await.unwrap();
+    alice
+        .phone(siproam::PhoneCommand::Answer(call))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let ok = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (n, _) = peer.recv_from(&mut buf).await.unwrap();
+            let m = Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if m.status() == Some(200) {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let contact = ok.header(HeaderName::Contact).unwrap();
+    assert!(contact.contains("@127.0.0.4:"), "{contact}");
+    let sdp = std::str::from_utf8(ok.body()).unwrap();
+    assert!(sdp.contains("c=IN IP4 127.0.0.4"), "{sdp}");
+}

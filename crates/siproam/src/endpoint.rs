@@ -381,8 +381,9 @@ impl EndpointHandle {
     }
 
     /// An IP change with every knob ([`IpChangeParams`]). Changes are
-    /// handled one at a time, in order: one asked for while another runs
-    /// waits for it to complete.
+    /// handled one at a time: those asked for while one runs are queued,
+    /// and when it completes they are merged into one change with the
+    /// newest parameters (each caller returns when that one completes).
     pub async fn handle_ip_change(&self, params: IpChangeParams) -> Result<(), EndpointError> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -505,6 +506,33 @@ impl Driver {
                     Some(Command::Shutdown(done)) => {
                         let _ = done.send(());
                         return;
+                    }
+                    Some(Command::IpChange(mut params, reply)) => {
+                        // changes queued behind this one are merged into
+                        // it: the newest parameters win, every caller hears
+                        // the one completion, other commands follow in order
+                        let mut replies = vec![reply];
+                        let mut after = Vec::new();
+                        while let Ok(next) = commands.try_recv() {
+                            match next {
+                                Command::IpChange(p, r) => {
+                                    params = p;
+                                    replies.push(r);
+                                }
+                                other => after.push(other),
+                            }
+                        }
+                        self.ip_change(&params).await;
+                        for r in replies {
+                            let _ = r.send(());
+                        }
+                        for cmd in after {
+                            if let Command::Shutdown(done) = cmd {
+                                let _ = done.send(());
+                                return;
+                            }
+                            self.command(cmd).await;
+                        }
                     }
                     Some(cmd) => self.command(cmd).await,
                     None => return,

@@ -488,3 +488,59 @@ async fn an_incoming_ringing_call_is_answered_with_the_new_contact() {
     let sdp = std::str::from_utf8(ok.body()).unwrap();
     assert!(sdp.contains("c=IN IP4 127.0.0.4"), "{sdp}");
 }
+
+/// Three changes asked for at once are queued and merged, not refused:
+/// fewer than three runs, every caller returns, and the call ends up on
+/// the newest address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_asked_for_together_are_merged_and_the_newest_wins() {
+    let mut s = setup("INVITE, ACK, BYE, CANCEL").await;
+    let (a, b, c) = tokio::join!(
+        s.alice.ip_change("127.0.0.4".parse().unwrap()),
+        s.alice.ip_change("127.0.0.6".parse().unwrap()),
+        s.alice.ip_change("127.0.0.7".parse().unwrap()),
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    // the peer answers whatever comes until the re-INVITE from 127.0.0.7
+    let mut buf = vec![0u8; 65_535];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (n, from) = s.peer.recv_from(&mut buf).await.unwrap();
+            let Ok(m) = Message::parse(Bytes::copy_from_slice(&buf[..n])) else {
+                continue;
+            };
+            match m.method() {
+                Some(Method::Invite) => {
+                    ok(&s.peer, &m, from, s.peer_addr, s.rtp_addr).await;
+                    if m.header(HeaderName::Contact)
+                        .is_some_and(|c| c.contains("@127.0.0.7:"))
+                    {
+                        assert_moved(&m, "127.0.0.7");
+                        break;
+                    }
+                }
+                Some(Method::Cancel) => {
+                    let r = MessageBuilder::response_to(&m, 200, "OK", Some("peer1"))
+                        .build()
+                        .unwrap();
+                    s.peer.send_to(&r.to_bytes(), from).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("a re-INVITE from the newest address");
+    let mut started = 0;
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(Duration::from_millis(200), s.alice.next_event()).await
+    {
+        if let EndpointEvent::IpChange(r) = ev {
+            assert_eq!(r.status, "ok", "{r:?}");
+            started += usize::from(r.stage == "started");
+        }
+    }
+    assert!((1..3).contains(&started), "{started} changes ran");
+}

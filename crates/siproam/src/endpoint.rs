@@ -778,79 +778,60 @@ impl Driver {
                 .map_err(|e| e.to_string());
             report("update_contact", r, Some(account.0), None, None, None);
         }
+        let flags = params.refresh;
+        let call_contact = SocketAddr::new(ip, port_for(Transport::Udp));
         for (call, state) in self.core.calls() {
             use siproam_core::CallState as S;
-            if matches!(state, S::Incoming | S::Ringing | S::Early) {
-                // a call still ringing: our 2xx (incoming) or our next
-                // request (outgoing) carries the new Contact; an outgoing
-                // early dialog tells the peer now with an UPDATE without
-                // SDP where the peer allows it (RFC 3311)
-                let contact = SocketAddr::new(ip, port_for(Transport::Udp));
-                let mut r = if params.refresh.update_contact {
-                    self.core.set_call_contact(call, contact)
-                } else {
-                    Ok(())
-                };
-                let outgoing = self.core.call_is_outgoing(call);
-                if r.is_ok() && params.refresh.reinit_media && !outgoing {
-                    r = self
-                        .app
-                        .command(
-                            &mut self.core,
-                            now,
-                            crate::phone::PhoneCommand::Rebind(call, ip),
-                        )
-                        .map(|_| ());
-                }
-                if r.is_ok()
-                    && params.refresh.update_contact
-                    && outgoing
-                    && self.core.call_allows_update(call)
-                    && !self.core.call_refresh_pending(call)
-                {
-                    r = self.core.refresh(now, call, true, None);
-                }
-                report(
-                    "refresh_calls",
-                    r.map_err(|e| e.to_string()),
-                    None,
-                    Some(call.0),
-                    None,
-                    None,
-                );
+            let ringing = matches!(state, S::Incoming | S::Ringing | S::Early);
+            if !ringing && state != S::Confirmed {
                 continue;
             }
-            if state != S::Confirmed {
-                continue;
-            }
-            if params.hangup_calls {
+            if state == S::Confirmed && params.hangup_calls {
                 let r = self.core.hang_up(now, call).map_err(|e| e.to_string());
                 report("hangup_calls", r, None, Some(call.0), None, None);
                 continue;
             }
-            let flags = params.refresh;
-            let update = flags.prefer_update && self.core.call_allows_update(call);
-            let contact = SocketAddr::new(ip, port_for(Transport::Udp));
-            let r = if flags.update_contact {
-                self.core.set_call_contact(call, contact)
+            let mut r = if flags.update_contact {
+                self.core.set_call_contact(call, call_contact)
             } else {
                 Ok(())
+            };
+            let outgoing = self.core.call_is_outgoing(call);
+            let command = if !ringing {
+                Some(crate::phone::PhoneCommand::Refresh {
+                    call,
+                    media_ip: flags.reinit_media.then_some(ip),
+                    update: flags.prefer_update && self.core.call_allows_update(call),
+                })
+            } else if !outgoing && flags.reinit_media {
+                // an incoming call still ringing: our 2xx carries the new
+                // Contact and media address
+                Some(crate::phone::PhoneCommand::Rebind(call, ip))
+            } else {
+                None
+            };
+            if let (Ok(()), Some(cmd)) = (&r, command) {
+                r = self.app.command(&mut self.core, now, cmd).map(|_| ());
             }
-            .and_then(|()| {
-                self.app
-                    .command(
-                        &mut self.core,
-                        now,
-                        crate::phone::PhoneCommand::Refresh {
-                            call,
-                            media_ip: flags.reinit_media.then_some(ip),
-                            update,
-                        },
-                    )
-                    .map(|_| ())
-            })
-            .map_err(|e| e.to_string());
-            report("refresh_calls", r, None, Some(call.0), None, None);
+            // an outgoing early dialog learns the new Contact now, by an
+            // UPDATE without SDP where the peer allows it (RFC 3311)
+            if r.is_ok()
+                && ringing
+                && outgoing
+                && flags.update_contact
+                && self.core.call_allows_update(call)
+                && !self.core.call_refresh_pending(call)
+            {
+                r = self.core.refresh(now, call, true, None);
+            }
+            report(
+                "refresh_calls",
+                r.map_err(|e| e.to_string()),
+                None,
+                Some(call.0),
+                None,
+                None,
+            );
         }
         if params.restart_listeners {
             let until = tokio::time::Instant::now() + params.old_listener_grace;

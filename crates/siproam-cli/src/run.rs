@@ -498,7 +498,8 @@ pub async fn agent(
                         ("ip-change", _) => match arg.map(str::parse::<std::net::IpAddr>) {
                             Some(Ok(ip)) => ep.ip_change(ip).await.map_err(anyhow::Error::from),
                             Some(Err(_)) => Err(anyhow::anyhow!("ip-change ADDR: an IP address")),
-                            None => Err(anyhow::anyhow!("ip-change needs an address for now (automatic detection is not built yet)")),
+                            // restart in place: pinned listeners stay while their address exists
+                            None => ep.handle_ip_change(siproam::IpChangeParams::in_place()).await.map_err(anyhow::Error::from),
                         },
                         (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
                     };

@@ -296,6 +296,14 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Where an account registers (the registrar's or outbound proxy's
+    /// address).
+    pub fn account_registrar(&self, account: AccountId) -> Option<SocketAddr> {
+        self.accounts
+            .get(&account.0)
+            .map(|a| a.config.registrar.remote)
+    }
+
     /// The transport an account registers over.
     pub fn account_transport(&self, account: AccountId) -> Option<crate::Transport> {
         self.accounts

@@ -75,8 +75,11 @@ pub enum EndpointEvent {
 /// calls with new media, Contact and Via by re-INVITE.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IpChangeParams {
-    /// The new local address.
-    pub ip: std::net::IpAddr,
+    /// The new local address; `None` restarts every listener in place: a
+    /// listener pinned to a literal address stays on it while the address
+    /// exists, and only a listener whose address is gone moves, to the
+    /// address the OS would use towards the first account's registrar.
+    pub ip: Option<std::net::IpAddr>,
     /// Close every TCP/TLS connection first.
     pub shutdown_transports: bool,
     /// Open the listeners on the new address (the old ones close at the
@@ -124,10 +127,19 @@ impl Default for RefreshFlags {
 }
 
 impl IpChangeParams {
+    /// The defaults, restarting listeners in place (`ip: None`): the
+    /// agent's bare `ip-change`.
+    pub fn in_place() -> IpChangeParams {
+        IpChangeParams {
+            ip: None,
+            ..IpChangeParams::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        }
+    }
+
     /// The defaults, moving to `ip`.
     pub fn new(ip: std::net::IpAddr) -> IpChangeParams {
         IpChangeParams {
-            ip,
+            ip: Some(ip),
             shutdown_transports: true,
             restart_listeners: true,
             restart_listener_delay: Duration::from_millis(10),
@@ -663,7 +675,6 @@ impl Driver {
     }
 
     async fn ip_change(&mut self, params: &IpChangeParams) {
-        let ip = params.ip;
         let t0 = Instant::now();
         let events = self.events.clone();
         let report = |stage: &'static str,
@@ -698,20 +709,40 @@ impl Driver {
             .into_iter()
             .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
             .collect();
+        // where a listener goes when its own address is gone (in place)
+        let fallback = self
+            .core
+            .accounts()
+            .first()
+            .and_then(|a| self.core.account_registrar(*a))
+            .and_then(|r| self.transports.source_address_for(r).ok());
         let mut new_points = Vec::new();
         if params.restart_listeners {
             for l in &old {
-                let mut r = self
-                    .transports
-                    .listen(l.transport, SocketAddr::new(ip, 0))
-                    .await;
-                if r.is_err() {
-                    tokio::time::sleep(params.restart_listener_delay).await;
-                    r = self
-                        .transports
-                        .listen(l.transport, SocketAddr::new(ip, 0))
-                        .await;
-                }
+                let r = match params.ip {
+                    Some(ip) => {
+                        let to = SocketAddr::new(ip, 0);
+                        match self.transports.listen(l.transport, to).await {
+                            Err(_) => {
+                                tokio::time::sleep(params.restart_listener_delay).await;
+                                self.transports.listen(l.transport, to).await
+                            }
+                            ok => ok,
+                        }
+                    }
+                    None => match self.transports.restart_listener(l.id).await {
+                        Err(ListenError::AddressGone { ip: gone }) => match fallback {
+                            Some(to) => {
+                                debug!("listener address {gone} gone: moving to {to}");
+                                self.transports
+                                    .listen(l.transport, SocketAddr::new(to, 0))
+                                    .await
+                            }
+                            None => Err(ListenError::AddressGone { ip: gone }),
+                        },
+                        other => other,
+                    },
+                };
                 match r {
                     Ok(info) => {
                         report(
@@ -744,6 +775,18 @@ impl Driver {
         } else {
             new_points.clone_from(&old);
         }
+        // the address Contacts and media use: the one given, else the one
+        // the (first) listener is on now
+        let ip = params
+            .ip
+            .or_else(|| {
+                new_points
+                    .iter()
+                    .map(|i| i.local.ip())
+                    .find(|ip| !ip.is_unspecified())
+            })
+            .or(fallback)
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         let port_for = |t: Transport| {
             new_points
                 .iter()
@@ -836,6 +879,9 @@ impl Driver {
         if params.restart_listeners {
             let until = tokio::time::Instant::now() + params.old_listener_grace;
             for l in old {
+                if new_points.iter().any(|n| n.id == l.id) {
+                    continue; // restarted in place: the same listener
+                }
                 if l.transport == Transport::Udp && !params.old_listener_grace.is_zero() {
                     self.retiring.push((until, l.id));
                 } else {

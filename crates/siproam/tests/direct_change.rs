@@ -544,3 +544,69 @@ async fn changes_asked_for_together_are_merged_and_the_newest_wins() {
     }
     assert!((1..3).contains(&started), "{started} changes ran");
 }
+
+/// A change without a new address restarts the listeners in place: a
+/// listener pinned to 127.0.0.2, which still exists, stays there on its
+/// port (not the wildcard, not the host's main address), really listens,
+/// and the call is refreshed from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_place_change_keeps_a_pinned_listener_on_its_address() {
+    let mut s = setup("INVITE, ACK, BYE").await;
+    let before = s.alice.listeners().await.unwrap()[0].local;
+    s.alice
+        .handle_ip_change(IpChangeParams::in_place())
+        .await
+        .unwrap();
+    let (reinvite, from) = next_request(&s.peer, Method::Invite).await;
+    assert_eq!(from, before, "sent from the same pinned listener");
+    assert_moved(&reinvite, "127.0.0.2");
+    ok(&s.peer, &reinvite, from, s.peer_addr, s.rtp_addr).await;
+    next_request(&s.peer, Method::Ack).await;
+    let mut restarted = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::IpChange(c)) = s.alice.next_event().await {
+                assert_eq!(c.status, "ok", "{c:?}");
+                if c.stage == "restart_listener" {
+                    restarted.push(c.address);
+                }
+                if c.stage == "completed" {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(restarted, [Some(before)]);
+    let after = s.alice.listeners().await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].local, before);
+    // it really listens: an OPTIONS to it is answered
+    let options = MessageBuilder::request(Method::Options, &format!("sip:alice@{before}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {};branch=z9hG4bKopt1;rport", s.peer_addr),
+        )
+        .header("From", "<sip:bob@example.test>;tag=o1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", "options@bob")
+        .header("CSeq", "1 OPTIONS")
+        .header("Max-Forwards", "70")
+        .build()
+        .unwrap();
+    s.peer.send_to(&options.to_bytes(), before).await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let resp = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (n, _) = s.peer.recv_from(&mut buf).await.unwrap();
+            let m = Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if m.cseq().method == Method::Options {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("an answer to OPTIONS");
+    assert_eq!(resp.status(), Some(200));
+}

@@ -846,9 +846,10 @@ impl Driver {
                     media_ip: flags.reinit_media.then_some(ip),
                     update: flags.prefer_update && self.core.call_allows_update(call),
                 })
-            } else if !outgoing && flags.reinit_media {
-                // an incoming call still ringing: our 2xx carries the new
-                // Contact and media address
+            } else if flags.reinit_media {
+                // a call still ringing: an incoming one's 2xx carries the
+                // new media address; an outgoing one re-offers it once
+                // answered
                 Some(crate::phone::PhoneCommand::Rebind(call, ip))
             } else {
                 None

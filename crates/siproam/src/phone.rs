@@ -165,6 +165,9 @@ struct PhoneCall {
     /// change): sent, with a fresh offer, once that one settles.
     /// `Some(update)`.
     queued_refresh: Option<bool>,
+    /// An outgoing call whose media moved before the answer: its offer
+    /// named the old address, so a re-INVITE follows the 2xx.
+    reoffer_when_confirmed: bool,
 }
 
 /// The softphone application.
@@ -228,6 +231,7 @@ impl Phone {
                     media: None,
                     offer: None,
                     queued_refresh: None,
+                    reoffer_when_confirmed: false,
                 })
             }
             Err(e) => {
@@ -364,6 +368,11 @@ impl Phone {
             }
             PhoneCommand::Rebind(call, ip) => {
                 self.rebind_media(call, ip)?;
+                if core.call_is_outgoing(call) {
+                    if let Some(pc) = self.calls.get_mut(&call) {
+                        pc.reoffer_when_confirmed = true;
+                    }
+                }
                 Ok(Some(call))
             }
             PhoneCommand::Hold(call, hold) => {
@@ -556,6 +565,22 @@ impl Application for Phone {
                 }
             }
             _ => {}
+        }
+        // answered after its media moved: re-offer the new address
+        if let Event::Call(CallEvent::State {
+            call,
+            state: CallState::Confirmed,
+            ..
+        }) = &event
+        {
+            if let Some(pc) = self.calls.get_mut(call) {
+                if std::mem::take(&mut pc.reoffer_when_confirmed) {
+                    let offer = pc.sdp.create_offer();
+                    if core.refresh(now, *call, false, Some(offer)).is_err() {
+                        pc.sdp.cancel_offer();
+                    }
+                }
+            }
         }
         // the refresh in progress settled: send the one queued behind it
         if let Event::Call(CallEvent::Answer { call, .. } | CallEvent::RefreshFailed { call, .. }) =

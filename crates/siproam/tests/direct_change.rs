@@ -363,7 +363,8 @@ async fn a_change_during_a_pending_reinvite_cancels_it_then_reoffers() {
 
 /// An outgoing call still ringing survives: the early dialog gets an
 /// UPDATE without SDP carrying the new Contact (the peer allows UPDATE),
-/// and the ACK of the later 2xx comes from the new address.
+/// the ACK of the later 2xx comes from the new address, and a re-INVITE
+/// then moves the media the INVITE's offer had on the old address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outgoing_ringing_call_is_moved_with_an_update() {
     let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
@@ -421,6 +422,13 @@ async fn an_outgoing_ringing_call_is_moved_with_an_update() {
     let (ack, afrom) = next_request(&peer, Method::Ack).await;
     assert_eq!(afrom.ip(), new_ip());
     assert_eq!(ack.top_via().unwrap().host_str(), "127.0.0.4");
+    // the INVITE's offer named the old media address: a re-INVITE with
+    // the new one follows the answer
+    let (reinvite, rfrom) = next_request(&peer, Method::Invite).await;
+    assert!(reinvite.cseq().seq > invite.cseq().seq);
+    assert_moved(&reinvite, "127.0.0.4");
+    ok(&peer, &reinvite, rfrom, peer_addr, rtp_addr).await;
+    next_request(&peer, Method::Ack).await;
 }
 
 /// An incoming call still ringing survives: answered after the change,

@@ -358,13 +358,25 @@ impl Endpoint {
         method: Method<'_>,
         body: Option<Bytes>,
     ) -> Option<(MessageBuilder, Target)> {
+        self.in_dialog_request_numbered(id, method, body, None)
+    }
+
+    /// An in-dialog request; `cseq` (an ACK's: its INVITE's number) or the
+    /// dialog's next local CSeq.
+    fn in_dialog_request_numbered(
+        &mut self,
+        id: CallId,
+        method: Method<'_>,
+        body: Option<Bytes>,
+        cseq: Option<u32>,
+    ) -> Option<(MessageBuilder, Target)> {
         let c = self.calls.calls.get_mut(&id.0)?;
-        if method != Method::Ack && method != Method::Cancel {
+        if cseq.is_none() && method != Method::Ack && method != Method::Cancel {
             c.local_cseq += 1;
         }
         let c = self.calls.calls.get(&id.0)?;
         let target = self.in_dialog_target(c);
-        let cseq = c.local_cseq;
+        let cseq = cseq.unwrap_or(c.local_cseq);
         let (from_uri, to_uri) = (c.local_uri.clone(), c.remote_uri.clone());
         let mut b = MessageBuilder::request(method, &c.remote_target)
             .header("From", &format!("<{from_uri}>;tag={}", c.local_tag))
@@ -450,21 +462,7 @@ impl Endpoint {
         match code {
             180 => self.set_state(call, CallState::Ringing, Some(180), None),
             181..=199 => self.set_state(call, CallState::Early, Some(code), None),
-            200..=299 => {
-                if let Some(c) = self.calls.calls.get_mut(&call.0) {
-                    c.pending_2xx = Some((resp, self.config.t1));
-                }
-                self.timers.set(
-                    TimerOwner::Call(call.0),
-                    TimerKind::Retransmit2xx,
-                    now + self.config.t1,
-                );
-                self.timers.set(
-                    TimerOwner::Call(call.0),
-                    TimerKind::AckTimeout,
-                    now + self.config.t1x64(),
-                );
-            }
+            200..=299 => self.await_ack(now, call, resp),
             _ => self.set_state(call, CallState::Disconnected, Some(code), None),
         }
         Ok(())
@@ -550,19 +548,7 @@ impl Endpoint {
             .build()?;
         self.respond(now, tx, resp.clone())?;
         if req.method() == Some(Method::Invite) {
-            if let Some(c) = self.calls.calls.get_mut(&call.0) {
-                c.pending_2xx = Some((resp, self.config.t1));
-            }
-            self.timers.set(
-                TimerOwner::Call(call.0),
-                TimerKind::Retransmit2xx,
-                now + self.config.t1,
-            );
-            self.timers.set(
-                TimerOwner::Call(call.0),
-                TimerKind::AckTimeout,
-                now + self.config.t1x64(),
-            );
+            self.await_ack(now, call, resp);
         }
         Ok(())
     }
@@ -586,6 +572,24 @@ impl Endpoint {
             Some((rid, false, _)) => self.cancel(now, rid).map(|_| ()),
             _ => Err(CoreError::InvalidState),
         }
+    }
+
+    /// Our 2xx to an INVITE went out: retransmit it (T1 doubling to T2)
+    /// until the ACK, and give up after 64·T1 (RFC 3261 §13.3.1.4).
+    fn await_ack(&mut self, now: Instant, call: CallId, resp: Message) {
+        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+            c.pending_2xx = Some((resp, self.config.t1));
+        }
+        self.timers.set(
+            TimerOwner::Call(call.0),
+            TimerKind::Retransmit2xx,
+            now + self.config.t1,
+        );
+        self.timers.set(
+            TimerOwner::Call(call.0),
+            TimerKind::AckTimeout,
+            now + self.config.t1x64(),
+        );
     }
 
     /// Whether we placed the call (we are its UAC).
@@ -1062,8 +1066,12 @@ impl Endpoint {
     /// ACKs a 2xx to our INVITE or re-INVITE (a retransmitted 2xx gets a
     /// fresh copy: the ACK of a 2xx is end to end, not a transaction).
     fn send_ack(&mut self, now: Instant, id: CallId, resp: &Message) {
-        let _ = resp;
-        let Some((b, target)) = self.in_dialog_request(id, Method::Ack, None) else {
+        // the ACK carries the CSeq number of the INVITE it acknowledges
+        // (RFC 3261 §13.2.2.4), not a later UPDATE's
+        let invite_cseq = resp.cseq().seq;
+        let Some((b, target)) =
+            self.in_dialog_request_numbered(id, Method::Ack, None, Some(invite_cseq))
+        else {
             return;
         };
         let _ = self.start_client_tx(now, b, target, TxOwner::Call(id));

@@ -575,9 +575,14 @@ impl Application for Phone {
         {
             if let Some(pc) = self.calls.get_mut(call) {
                 if std::mem::take(&mut pc.reoffer_when_confirmed) {
-                    let offer = pc.sdp.create_offer();
-                    if core.refresh(now, *call, false, Some(offer)).is_err() {
-                        pc.sdp.cancel_offer();
+                    if core.call_refresh_pending(*call) {
+                        // the early UPDATE is still out: after it settles
+                        pc.queued_refresh = Some(false);
+                    } else {
+                        let offer = pc.sdp.create_offer();
+                        if core.refresh(now, *call, false, Some(offer)).is_err() {
+                            pc.sdp.cancel_offer();
+                        }
                     }
                 }
             }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use siproam::core::{CallEvent, CallState, Event};
+use siproam::core::{CallEvent, CallId, CallState, Event};
 use siproam::transport::Transport;
 use siproam::{
     AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, IpChangeParams, Phone, PhoneConfig,
@@ -77,48 +77,16 @@ fn assert_moved(m: &Message, ip: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_call_moves_via_contact_and_media() {
-    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
-    let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
-    let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
-    let phone = Phone::new(
-        PhoneConfig {
-            play: AudioSpec::Tone(1000.0),
-            ..Default::default()
-        },
-        4,
-    );
-    let cfg = EndpointConfig {
-        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
-        ..Default::default()
-    };
-    let mut alice = EndpointHandle::start(cfg, Box::new(phone)).await.unwrap();
-    alice
-        .call(
-            &format!("sip:bob@{peer_addr}"),
-            "sip:alice@example.test",
-            None,
-        )
-        .await
-        .unwrap();
-    let (invite, from) = next_request(&peer, Method::Invite).await;
-    assert_moved(&invite, "127.0.0.2");
-    ok(&peer, &invite, from, peer_addr, rtp_addr).await;
-    let (ack, _) = next_request(&peer, Method::Ack).await;
-    assert_moved(&ack, "127.0.0.2");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
-                state: CallState::Confirmed,
-                ..
-            }))) = alice.next_event().await
-            {
-                break;
-            }
-        }
-    })
-    .await
-    .unwrap();
-
+    let s = setup("INVITE, ACK, BYE, CANCEL").await;
+    assert_moved(&s.invite, "127.0.0.2");
+    let Setup {
+        alice,
+        peer,
+        peer_addr,
+        rtp_addr,
+        peer_rtp,
+        invite,
+    } = s;
     alice.ip_change("127.0.0.4".parse().unwrap()).await.unwrap();
     let (reinvite, from) = next_request(&peer, Method::Invite).await;
     assert_eq!(reinvite.call_id(), invite.call_id(), "the same dialog");
@@ -147,6 +115,40 @@ async fn a_direct_call_moves_via_contact_and_media() {
     .expect("RTP from the new address");
 }
 
+/// A phone on 127.0.0.2 (UDP), playing a 1 kHz tone.
+async fn start_alice() -> EndpointHandle {
+    let cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
+        ..Default::default()
+    };
+    let phone = Phone::new(
+        PhoneConfig {
+            play: AudioSpec::Tone(1000.0),
+            ..Default::default()
+        },
+        4,
+    );
+    EndpointHandle::start(cfg, Box::new(phone)).await.unwrap()
+}
+
+/// Waits for the first call state `want` accepts; returns the call.
+async fn wait_state(alice: &mut EndpointHandle, want: impl Fn(CallState) -> bool) -> CallId {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
+                call, state, ..
+            }))) = alice.next_event().await
+            {
+                if want(state) {
+                    return call;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the call state in time")
+}
+
 /// A confirmed call from a phone on 127.0.0.2 to a scripted peer whose 2xx
 /// lists `allow`.
 struct Setup {
@@ -154,7 +156,7 @@ struct Setup {
     peer: UdpSocket,
     peer_addr: SocketAddr,
     rtp_addr: SocketAddr,
-    _peer_rtp: UdpSocket,
+    peer_rtp: UdpSocket,
     invite: Message,
 }
 
@@ -162,12 +164,7 @@ async fn setup(allow: &str) -> Setup {
     let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
     let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
     let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
-    let phone = Phone::new(PhoneConfig::default(), 4);
-    let cfg = EndpointConfig {
-        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
-        ..Default::default()
-    };
-    let mut alice = EndpointHandle::start(cfg, Box::new(phone)).await.unwrap();
+    let mut alice = start_alice().await;
     alice
         .call(
             &format!("sip:bob@{peer_addr}"),
@@ -179,25 +176,13 @@ async fn setup(allow: &str) -> Setup {
     let (invite, from) = next_request(&peer, Method::Invite).await;
     ok_allowing(&peer, &invite, from, peer_addr, rtp_addr, allow).await;
     next_request(&peer, Method::Ack).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
-                state: CallState::Confirmed,
-                ..
-            }))) = alice.next_event().await
-            {
-                break;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    wait_state(&mut alice, |s| s == CallState::Confirmed).await;
     Setup {
         alice,
         peer,
         peer_addr,
         rtp_addr,
-        _peer_rtp: peer_rtp,
+        peer_rtp,
         invite,
     }
 }
@@ -367,16 +352,22 @@ async fn a_change_during_a_pending_reinvite_cancels_it_then_reoffers() {
 /// then moves the media the INVITE's offer had on the old address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outgoing_ringing_call_is_moved_with_an_update() {
+    outgoing_ringing(false).await;
+}
+
+/// The same, with the 2xx to the INVITE arriving before the answer to the
+/// UPDATE: the re-offer waits for the UPDATE to settle instead of being
+/// lost (it was, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outgoing_call_answered_while_its_update_is_out_still_reoffers() {
+    outgoing_ringing(true).await;
+}
+
+async fn outgoing_ringing(answer_before_update_ok: bool) {
     let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
     let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
     let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
-    let cfg = EndpointConfig {
-        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
-        ..Default::default()
-    };
-    let mut alice = EndpointHandle::start(cfg, Box::new(Phone::new(PhoneConfig::default(), 4)))
-        .await
-        .unwrap();
+    let mut alice = start_alice().await;
     alice
         .call(
             &format!("sip:bob@{peer_addr}"),
@@ -392,19 +383,7 @@ async fn an_outgoing_ringing_call_is_moved_with_an_update() {
         .build()
         .unwrap();
     peer.send_to(&ringing.to_bytes(), from).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
-                state: CallState::Ringing,
-                ..
-            }))) = alice.next_event().await
-            {
-                break;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    wait_state(&mut alice, |s| s == CallState::Ringing).await;
     alice.ip_change(new_ip()).await.unwrap();
     let (update, ufrom) = next_request(&peer, Method::Update).await;
     assert_eq!(ufrom.ip(), new_ip());
@@ -416,12 +395,26 @@ async fn an_outgoing_ringing_call_is_moved_with_an_update() {
     let uok = MessageBuilder::response_to(&update, 200, "OK", Some("peer1"))
         .build()
         .unwrap();
-    peer.send_to(&uok.to_bytes(), ufrom).await.unwrap();
-    // now the answer: the ACK comes from the new address
-    ok(&peer, &invite, from, peer_addr, rtp_addr).await;
-    let (ack, afrom) = next_request(&peer, Method::Ack).await;
-    assert_eq!(afrom.ip(), new_ip());
-    assert_eq!(ack.top_via().unwrap().host_str(), "127.0.0.4");
+    // the answer: the ACK comes from the new address
+    if answer_before_update_ok {
+        ok(&peer, &invite, from, peer_addr, rtp_addr).await;
+        let (ack, afrom) = next_request(&peer, Method::Ack).await;
+        assert_eq!(afrom.ip(), new_ip());
+        assert_eq!(ack.cseq().seq, invite.cseq().seq);
+        peer.send_to(&uok.to_bytes(), ufrom).await.unwrap();
+    } else {
+        peer.send_to(&uok.to_bytes(), ufrom).await.unwrap();
+        ok(&peer, &invite, from, peer_addr, rtp_addr).await;
+    }
+    let ack = if answer_before_update_ok {
+        None
+    } else {
+        Some(next_request(&peer, Method::Ack).await)
+    };
+    if let Some((ack, afrom)) = ack {
+        assert_eq!(afrom.ip(), new_ip());
+        assert_eq!(ack.top_via().unwrap().host_str(), "127.0.0.4");
+    }
     // the INVITE's offer named the old media address: a re-INVITE with
     // the new one follows the answer
     let (reinvite, rfrom) = next_request(&peer, Method::Invite).await;
@@ -437,13 +430,7 @@ async fn an_outgoing_ringing_call_is_moved_with_an_update() {
 async fn an_incoming_ringing_call_is_answered_with_the_new_contact() {
     let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    let cfg = EndpointConfig {
-        listen: vec![(Transport::Udp, "127.0.0.2:0".parse().unwrap())],
-        ..Default::default()
-    };
-    let mut alice = EndpointHandle::start(cfg, Box::new(Phone::new(PhoneConfig::default(), 4)))
-        .await
-        .unwrap();
+    let mut alice = start_alice().await;
     let alice_addr = alice.listeners().await.unwrap()[0].local;
     let invite = MessageBuilder::request(Method::Invite, &format!("sip:alice@{alice_addr}"))
         .header(
@@ -460,20 +447,10 @@ async fn an_incoming_ringing_call_is_answered_with_the_new_contact() {
         .build()
         .unwrap();
     peer.send_to(&invite.to_bytes(), alice_addr).await.unwrap();
-    let call = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
-                call,
-                state: CallState::Incoming | CallState::Ringing,
-                ..
-            }))) = alice.next_event().await
-            {
-                return call;
-            }
-        }
+    let call = wait_state(&mut alice, |s| {
+        matches!(s, CallState::Incoming | CallState::Ringing)
     })
-    .await
-    .unwrap();
+    .await;
     alice.ip_change(new_ip()).await.unwrap();
     alice
         .phone(siproam::PhoneCommand::Answer(call))

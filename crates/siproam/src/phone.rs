@@ -170,6 +170,25 @@ struct PhoneCall {
     reoffer_when_confirmed: bool,
 }
 
+impl PhoneCall {
+    /// Sends a fresh offer in a re-INVITE (or UPDATE); if it cannot go,
+    /// the offer is withdrawn so the next one can be made.
+    fn reoffer(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        call: CallId,
+        update: bool,
+    ) -> Result<(), siproam_core::CoreError> {
+        let offer = self.sdp.create_offer();
+        let r = core.refresh(now, call, update, Some(offer));
+        if r.is_err() {
+            self.sdp.cancel_offer();
+        }
+        r
+    }
+}
+
 /// The softphone application.
 pub struct Phone {
     config: PhoneConfig,
@@ -441,12 +460,7 @@ impl Phone {
             let _ = core.cancel_refresh(now, call);
             return Ok(());
         }
-        let offer = pc.sdp.create_offer();
-        let r = core.refresh(now, call, update, Some(offer));
-        if r.is_err() {
-            pc.sdp.cancel_offer();
-        }
-        r
+        pc.reoffer(core, now, call, update)
     }
 
     fn answer_call(
@@ -579,10 +593,7 @@ impl Application for Phone {
                         // the early UPDATE is still out: after it settles
                         pc.queued_refresh = Some(false);
                     } else {
-                        let offer = pc.sdp.create_offer();
-                        if core.refresh(now, *call, false, Some(offer)).is_err() {
-                            pc.sdp.cancel_offer();
-                        }
+                        let _ = pc.reoffer(core, now, *call, false);
                     }
                 }
             }
@@ -593,10 +604,7 @@ impl Application for Phone {
         {
             if let Some(pc) = self.calls.get_mut(call) {
                 if let Some(update) = pc.queued_refresh.take() {
-                    let offer = pc.sdp.create_offer();
-                    if core.refresh(now, *call, update, Some(offer)).is_err() {
-                        pc.sdp.cancel_offer();
-                    }
+                    let _ = pc.reoffer(core, now, *call, update);
                 }
             }
         }

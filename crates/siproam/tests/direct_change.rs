@@ -131,6 +131,24 @@ async fn start_alice() -> EndpointHandle {
     EndpointHandle::start(cfg, Box::new(phone)).await.unwrap()
 }
 
+/// Alice on 127.0.0.2 calls a scripted peer on 127.0.0.5 (its SIP and
+/// RTP sockets): the peer's view of the INVITE and where it came from.
+async fn place_call() -> (EndpointHandle, UdpSocket, UdpSocket, Message, SocketAddr) {
+    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let alice = start_alice().await;
+    alice
+        .call(
+            &format!("sip:bob@{}", peer.local_addr().unwrap()),
+            "sip:alice@example.test",
+            None,
+        )
+        .await
+        .unwrap();
+    let (invite, from) = next_request(&peer, Method::Invite).await;
+    (alice, peer, peer_rtp, invite, from)
+}
+
 /// Waits for the first call state `want` accepts; returns the call.
 async fn wait_state(alice: &mut EndpointHandle, want: impl Fn(CallState) -> bool) -> CallId {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -161,19 +179,8 @@ struct Setup {
 }
 
 async fn setup(allow: &str) -> Setup {
-    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
-    let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let (mut alice, peer, peer_rtp, invite, from) = place_call().await;
     let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
-    let mut alice = start_alice().await;
-    alice
-        .call(
-            &format!("sip:bob@{peer_addr}"),
-            "sip:alice@example.test",
-            None,
-        )
-        .await
-        .unwrap();
-    let (invite, from) = next_request(&peer, Method::Invite).await;
     ok_allowing(&peer, &invite, from, peer_addr, rtp_addr, allow).await;
     next_request(&peer, Method::Ack).await;
     wait_state(&mut alice, |s| s == CallState::Confirmed).await;
@@ -364,19 +371,8 @@ async fn an_outgoing_call_answered_while_its_update_is_out_still_reoffers() {
 }
 
 async fn outgoing_ringing(answer_before_update_ok: bool) {
-    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
-    let peer_rtp = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let (mut alice, peer, peer_rtp, invite, from) = place_call().await;
     let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
-    let mut alice = start_alice().await;
-    alice
-        .call(
-            &format!("sip:bob@{peer_addr}"),
-            "sip:alice@example.test",
-            None,
-        )
-        .await
-        .unwrap();
-    let (invite, from) = next_request(&peer, Method::Invite).await;
     let ringing = MessageBuilder::response_to(&invite, 180, "Ringing", Some("peer1"))
         .header("Contact", &format!("<sip:bob@{peer_addr}>"))
         .header("Allow", "INVITE, ACK, BYE, CANCEL, UPDATE")

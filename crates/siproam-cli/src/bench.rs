@@ -121,6 +121,8 @@ pub async fn register(
                 password: auth.then(|| format!("pw{next}")),
                 instance_id: None,
                 expires: 3600,
+                ipv6_sip: siproam::Ipv6Use::Enabled,
+                ipv6_media: siproam::Ipv6Use::Enabled,
             };
             ep.register(spec).await?;
             next += 1;
@@ -371,6 +373,7 @@ pub async fn handoff(
                 } else {
                     PhoneConfig::default().old_media_grace
                 },
+                ipv6_media: siproam::Ipv6Use::Enabled,
             },
             5,
         ))
@@ -399,6 +402,8 @@ pub async fn handoff(
             password: None,
             instance_id: Some(crate::run::instance_id(user.len() as u64)),
             expires: 600,
+            ipv6_sip: siproam::Ipv6Use::Enabled,
+            ipv6_media: siproam::Ipv6Use::Enabled,
         })
         .await?;
     }

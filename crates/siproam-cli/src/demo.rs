@@ -173,6 +173,8 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             password: None,
             instance_id: Some(crate::run::instance_id(seed(user.len() as u64))),
             expires: 600,
+            ipv6_sip: siproam::Ipv6Use::Enabled,
+            ipv6_media: siproam::Ipv6Use::Enabled,
         })
         .await?;
     }

@@ -158,18 +158,16 @@ fn main() -> ExitCode {
         Command::Agent {
             agent: mut args,
             calls,
-        } => {
-            file.agent(&mut args);
-            block_on(run::agent(args, calls, json, None))
-        }
+        } => file
+            .agent(&mut args)
+            .and_then(|()| block_on(run::agent(args, calls, json, None))),
         Command::Call {
             uri,
             agent: mut args,
             calls,
-        } => {
-            file.agent(&mut args);
-            block_on(run::agent(args, calls, json, Some(uri)))
-        }
+        } => file
+            .agent(&mut args)
+            .and_then(|()| block_on(run::agent(args, calls, json, Some(uri)))),
         Command::Bench {
             which:
                 BenchKind::Register {

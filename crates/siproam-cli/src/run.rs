@@ -172,6 +172,7 @@ pub async fn registrar(
             ..Default::default()
         },
         transport: transport_config(&tls)?,
+        hosts: Vec::new(),
     };
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
     announce_listeners(&ep, json_out).await?;
@@ -229,8 +230,35 @@ pub struct AgentArgs {
     /// agent does not watch the network today).
     #[arg(long)]
     pub no_watch: bool,
+    /// IPv6 use for SIP: disabled, enabled (either family; after a change,
+    /// the new address's), prefer or only.
+    #[arg(long, value_name = "MODE")]
+    pub ipv6_sip: Option<siproam::Ipv6Use>,
+    /// IPv6 use for media: disabled, enabled, prefer or only.
+    #[arg(long, value_name = "MODE")]
+    pub ipv6_media: Option<siproam::Ipv6Use>,
+    /// Pin a host name to an address, before DNS (`NAME=IP`, repeatable:
+    /// one per address, e.g. an IPv4 and an IPv6 one).
+    #[arg(long, value_name = "NAME=IP")]
+    pub host: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// `NAME=IP` pairs of `--host`.
+fn parse_hosts(hosts: &[String]) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
+    hosts
+        .iter()
+        .map(|h| {
+            let (name, ip) = h.split_once('=').context("--host expects NAME=IP")?;
+            let ip = ip
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .with_context(|| format!("--host {h}: bad address"))?;
+            Ok((name.to_owned(), ip))
+        })
+        .collect()
 }
 
 fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
@@ -260,6 +288,9 @@ pub struct FileConfig {
     expires: Option<u32>,
     stay: Option<bool>,
     no_watch: Option<bool>,
+    ipv6_sip: Option<String>,
+    ipv6_media: Option<String>,
+    host: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     ca: Option<PathBuf>,
@@ -301,9 +332,20 @@ impl FileConfig {
     }
 
     /// Fills what the agent's flags left out.
-    pub fn agent(&self, a: &mut AgentArgs) {
+    pub fn agent(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
         if a.listen.is_empty() {
             a.listen.extend(self.listen.clone().unwrap_or_default());
+        }
+        if a.host.is_empty() {
+            a.host.extend(self.host.clone().unwrap_or_default());
+        }
+        for (slot, from) in [
+            (&mut a.ipv6_sip, &self.ipv6_sip),
+            (&mut a.ipv6_media, &self.ipv6_media),
+        ] {
+            if let (None, Some(mode)) = (&slot, from) {
+                *slot = Some(mode.parse()?);
+            }
         }
         fill(&mut a.aor, &self.aor);
         fill(&mut a.registrar, &self.registrar);
@@ -315,6 +357,7 @@ impl FileConfig {
         a.stay |= self.stay.unwrap_or(false);
         a.no_watch |= self.no_watch.unwrap_or(false);
         self.tls(&mut a.tls);
+        Ok(())
     }
 }
 
@@ -426,6 +469,7 @@ pub async fn agent(
             play,
             record: calls.record.clone(),
             media_ip: None,
+            ipv6_media: args.ipv6_media.unwrap_or_default(),
             ..Default::default()
         },
         seed(),
@@ -437,6 +481,7 @@ pub async fn agent(
             ..Default::default()
         },
         transport: transport_config(&args.tls)?,
+        hosts: parse_hosts(&args.host)?,
     };
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(phone)).await?;
     announce_listeners(&ep, json_out).await?;
@@ -449,6 +494,8 @@ pub async fn agent(
                 password: args.password.clone(),
                 instance_id: Some(instance_id(seed())),
                 expires: args.expires.unwrap_or(600),
+                ipv6_sip: args.ipv6_sip.unwrap_or_default(),
+                ipv6_media: args.ipv6_media.unwrap_or_default(),
             })
             .await
             .context("registering")?,

@@ -201,3 +201,180 @@ fn handoff_over_tcp() {
 fn handoff_over_tls() {
     handoff_over("tls");
 }
+
+/// A port free for UDP on both 127.0.0.1 and ::1, or `None` without IPv6
+/// on loopback.
+fn dual_stack_port() -> Option<u16> {
+    for _ in 0..100 {
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        match std::net::UdpSocket::bind(("::1", port)) {
+            Ok(_) => return Some(port),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Every `ip_change` event up to `completed`, each checked `ok`.
+fn stages_ok(p: &Proc) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let v = p.wait_for("ip_change", |v| v["event"] == "ip_change");
+        assert_eq!(v["status"], "ok", "{v}");
+        let done = v["stage"] == "completed";
+        seen.push(v);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// IPv4 → IPv6 → IPv4 in one call, with nothing but `ip-change ADDR`: the
+/// registrar's name is pinned to 127.0.0.1 and ::1 (`--host`), Alice
+/// registers and calls over IPv4, then moves to ::1: the account switches
+/// to the registrar's IPv6 address on its own (new flow, REGISTER with an
+/// IPv6 Contact that replaces the binding), the call's requests go to the
+/// proxy's IPv6 address with the route set unchanged, the media is
+/// re-offered in IPv6 and Bob answers it from IPv6. Then back to IPv4.
+#[test]
+fn handoff_between_ipv4_and_ipv6() {
+    let Some(port) = dual_stack_port() else {
+        if std::env::var_os("SIPROAM_REQUIRE_INTEROP").is_some() {
+            panic!("::1 is not usable on loopback, and this run requires it");
+        }
+        eprintln!("skipped: no IPv6 on loopback (::1 cannot be bound)");
+        return;
+    };
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        &format!("udp:127.0.0.1:{port}"),
+        "--listen",
+        &format!("udp:[::1]:{port}"),
+    ]);
+    for family in ["127.0.0.1", "[::1]"] {
+        registrar.wait_for("listener", |v| {
+            v["event"] == "listening"
+                && v["address"].as_str().is_some_and(|a| a.starts_with(family))
+        });
+    }
+    let agent = |user: &str, ip: &str, answer: bool| {
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--json".into(),
+            "--aor".into(),
+            format!("sip:{user}@example.test"),
+            "--registrar".into(),
+            format!("sip:sip.test:{port}"),
+            "--host".into(),
+            "sip.test=127.0.0.1".into(),
+            "--host".into(),
+            "sip.test=::1".into(),
+            "--listen".into(),
+            format!("udp:{ip}:0"),
+            "--play".into(),
+            "tone:1000".into(),
+        ];
+        if answer {
+            args.push("--auto-answer".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Proc::spawn(&args);
+        p.wait_for(&format!("{user} registered"), |v| {
+            v["event"] == "registration" && v["state"] == "registered"
+        });
+        p
+    };
+    let bob = agent("bob", "127.0.0.5", true);
+    let mut alice = agent("alice", "127.0.0.2", false);
+    alice.send("call sip:bob@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    let before = bob.wait_for("bob hears alice over IPv4", |v| {
+        v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > 20
+    });
+    assert!(before["remote"].as_str().unwrap().starts_with("127.0.0.2:"));
+
+    // IPv4 → IPv6
+    alice.send("ip-change ::1");
+    let seen = stages_ok(&alice);
+    let contact = seen
+        .iter()
+        .find(|v| v["stage"] == "update_contact")
+        .expect("an update_contact stage");
+    assert!(
+        contact["address"].as_str().unwrap().starts_with("[::1]:"),
+        "{contact}"
+    );
+    assert!(
+        seen.iter().any(|v| v["stage"] == "refresh_calls"),
+        "{seen:?}"
+    );
+    let registered = alice.wait_for("registered over IPv6", |v| {
+        v["event"] == "registration"
+            && v["state"] == "registered"
+            && v["contact"].as_str().is_some_and(|c| c.contains("[::1]"))
+    });
+    assert_eq!(registered["code"], 200);
+    registrar.wait_for("the IPv6 binding replaces the IPv4 one", |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"].as_array().is_some_and(|c| {
+                c.len() == 1 && c[0]["contact"].as_str().unwrap().contains("[::1]")
+            })
+    });
+    let alice_v6 = alice.wait_for("alice's media in IPv6", |v| {
+        v["event"] == "media"
+            && v["local"].as_str().is_some_and(|l| l.starts_with("[::1]:"))
+            && v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("[::1]:"))
+            && v["rx_packets"].as_u64().unwrap_or(0) > before["rx_packets"].as_u64().unwrap()
+    });
+    let bob_v6 = bob.wait_for("bob answers in IPv6 and hears alice there", |v| {
+        v["event"] == "media"
+            && v["local"].as_str().is_some_and(|l| l.starts_with("[::1]:"))
+            && v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("[::1]:"))
+            && v["rx_packets"].as_u64().unwrap_or(0) > before["rx_packets"].as_u64().unwrap() + 25
+    });
+    assert_eq!(alice_v6["lost"], 0, "{alice_v6}");
+    assert_eq!(bob_v6["lost"], 0, "{bob_v6}");
+
+    // IPv6 → IPv4
+    alice.send("ip-change 127.0.0.3");
+    stages_ok(&alice);
+    alice.wait_for("registered over IPv4 again", |v| {
+        v["event"] == "registration"
+            && v["state"] == "registered"
+            && v["contact"]
+                .as_str()
+                .is_some_and(|c| c.contains("127.0.0.3"))
+    });
+    registrar.wait_for("the IPv4 binding replaces the IPv6 one", |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"].as_array().is_some_and(|c| {
+                c.len() == 1 && c[0]["contact"].as_str().unwrap().contains("127.0.0.3")
+            })
+    });
+    let bob_v4 = bob.wait_for("bob hears alice over IPv4 again", |v| {
+        v["event"] == "media"
+            && v["local"].as_str().is_some_and(|l| l.starts_with("127."))
+            && v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("127.0.0.3:"))
+            && v["rx_packets"].as_u64().unwrap_or(0) > bob_v6["rx_packets"].as_u64().unwrap() + 25
+    });
+    assert_eq!(bob_v4["lost"], 0, "{bob_v4}");
+    // the call ends cleanly through the proxy from IPv4
+    alice.send("hangup");
+    bob.wait_for("bob disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+}

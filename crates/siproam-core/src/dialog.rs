@@ -166,6 +166,11 @@ struct Call {
     remote_rseq: u32,
     /// The peer's last Allow header listed UPDATE (RFC 3311 §5.1).
     peer_allows_update: bool,
+    /// Where in-dialog requests go instead of the route set's first hop
+    /// (or the remote target), which is unreachable from our address
+    /// family after a network change: the same proxy reached in the other
+    /// family. The Route headers are unchanged.
+    next_hop: Option<Target>,
 }
 
 /// Whether a message's Allow lists UPDATE (`None` without an Allow).
@@ -298,6 +303,7 @@ impl Endpoint {
             unacked_1xx: None,
             remote_rseq: 0,
             peer_allows_update: false,
+            next_hop: None,
         };
         let contact = self.contact_header(&call, spec.target.transport);
         let mut b = MessageBuilder::request(Method::Invite, &spec.uri)
@@ -332,6 +338,14 @@ impl Endpoint {
 
     /// The next hop and Request-URI for an in-dialog request.
     fn in_dialog_target(&self, c: &Call) -> Target {
+        if let Some(mut t) = c.next_hop {
+            t.local = c
+                .contact
+                .filter(|a| !a.ip().is_unspecified())
+                .map(|a| SocketAddr::new(a.ip(), 0))
+                .or(t.local);
+            return t;
+        }
         let hop = c
             .route_set
             .first()
@@ -631,6 +645,41 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Where the call's next in-dialog request goes: the route set's first
+    /// hop (or the remote target), unless
+    /// [`set_call_next_hop`](Self::set_call_next_hop) overrode it.
+    pub fn call_next_hop(&self, call: CallId) -> Option<Target> {
+        self.calls
+            .calls
+            .get(&call.0)
+            .map(|c| self.in_dialog_target(c))
+    }
+
+    /// Sends the call's in-dialog requests to `hop` (with the route set
+    /// unchanged) instead of the route set's first hop: the same proxy in
+    /// the other address family after an IPv4 ↔ IPv6 change. `None`
+    /// returns to the route set. The dialog's flow is dropped.
+    pub fn set_call_next_hop(
+        &mut self,
+        call: CallId,
+        hop: Option<Target>,
+    ) -> Result<(), CoreError> {
+        let c = self
+            .calls
+            .calls
+            .get_mut(&call.0)
+            .ok_or(CoreError::NoSuchCall)?;
+        c.next_hop = hop;
+        c.flow = None;
+        Ok(())
+    }
+
+    /// Our URI in the call (the From of a call we made, the To of one we
+    /// answered): the account it belongs to.
+    pub fn call_local_uri(&self, call: CallId) -> Option<&str> {
+        self.calls.calls.get(&call.0).map(|c| c.local_uri.as_str())
+    }
+
     /// Every call and its state.
     pub fn calls(&self) -> Vec<(CallId, CallState)> {
         let mut v: Vec<_> = self
@@ -853,6 +902,7 @@ impl Endpoint {
             unacked_1xx: None,
             remote_rseq: 0,
             peer_allows_update: allow_update(req).unwrap_or(false),
+            next_hop: None,
         };
         let id = self.new_call(call);
         let body = (!req.body().is_empty()).then(|| req.body().clone());

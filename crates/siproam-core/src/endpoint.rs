@@ -462,16 +462,20 @@ impl Endpoint {
             .get(flow)
             .and_then(|f| f.local)
             .filter(|a| !a.ip().is_unspecified());
-        let point = self
-            .listen_points
-            .iter()
-            .find(|p| p.transport == transport && !p.addr.ip().is_unspecified())
-            .map(|p| p.addr);
-        let any_point = self
-            .listen_points
-            .iter()
-            .find(|p| p.transport == transport)
-            .map(|p| p.addr);
+        // a listen point of the remote's family (IPv4 or IPv6) first
+        let remote_v4 = self.flows.get(flow).map(|f| f.remote.is_ipv4());
+        let same_family = |p: &&ListenPoint| remote_v4.is_none_or(|v4| p.addr.is_ipv4() == v4);
+        let points_of = |pred: &dyn Fn(&ListenPoint) -> bool| {
+            self.listen_points
+                .iter()
+                .filter(|p| pred(p))
+                .find(same_family)
+                .or_else(|| self.listen_points.iter().find(|p| pred(p)))
+                .map(|p| p.addr)
+        };
+        let point =
+            points_of(&|p: &ListenPoint| p.transport == transport && !p.addr.ip().is_unspecified());
+        let any_point = points_of(&|p: &ListenPoint| p.transport == transport);
         let mut addr = known
             .or(hint.filter(|a| !a.ip().is_unspecified()))
             .or(point)
@@ -480,11 +484,8 @@ impl Endpoint {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         // a stream's ephemeral port is useless to the peer: advertise the
         // listening port of that transport when there is one
-        if transport.is_reliable() {
-            if let Some(p) = self.listen_points.iter().find(|p| p.transport == transport) {
-                addr.set_port(p.addr.port());
-            }
-        } else if addr.port() == 0 {
+        // (and a datagram listener's port when the address had none)
+        if transport.is_reliable() || addr.port() == 0 {
             if let Some(p) = any_point {
                 addr.set_port(p.port());
             }
@@ -745,6 +746,18 @@ impl Endpoint {
                 payload,
             });
         }
+    }
+
+    /// Whether `owner` has a client transaction still waiting for its
+    /// final response.
+    pub(crate) fn has_client_tx(&self, owner: TxOwner) -> bool {
+        self.client_txs.values().any(|tx| {
+            tx.owner == owner
+                && matches!(
+                    tx.state,
+                    ClientState::Calling | ClientState::Trying | ClientState::Proceeding
+                )
+        })
     }
 
     /// Forgets the pending client transactions of `owner`: no more

@@ -296,6 +296,72 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Changes an account's settings without sending anything (PJSIP's
+    /// `disable_reg_on_modify`, always on): the next REGISTER — the
+    /// refresh, a retry, or [`move_account`](Self::move_account) after a
+    /// network change — carries them. A REGISTER fired at once could go
+    /// out on a flow that is already dead. A new registrar target drops
+    /// the registration flow; a changed binding lifetime applies from the
+    /// next refresh.
+    pub fn modify_account(
+        &mut self,
+        account: AccountId,
+        modify: impl FnOnce(&mut AccountConfig),
+    ) -> Result<(), CoreError> {
+        let acc = self
+            .accounts
+            .get_mut(&account.0)
+            .ok_or(CoreError::NoSuchAccount)?;
+        let before = acc.config.registrar;
+        let before_expires = acc.config.expires;
+        let before_user = (acc.config.username.clone(), acc.config.password.clone());
+        modify(&mut acc.config);
+        if acc.config.expires != before_expires {
+            acc.expires = acc.config.expires;
+        }
+        if acc.config.registrar != before {
+            acc.flow = None;
+        }
+        if (acc.config.username.clone(), acc.config.password.clone()) != before_user {
+            // the old credentials' nonce and counters no longer apply
+            acc.auth = None;
+        }
+        Ok(())
+    }
+
+    /// Sends the next REGISTER (a refresh) now, over the account's flow
+    /// or a new one. For an application that changed settings with
+    /// [`modify_account`](Self::modify_account) and knows the network is
+    /// up; refused while a REGISTER is pending.
+    pub fn refresh_registration(
+        &mut self,
+        now: Instant,
+        account: AccountId,
+    ) -> Result<(), CoreError> {
+        if !self.accounts.contains_key(&account.0) {
+            return Err(CoreError::NoSuchAccount);
+        }
+        if self.has_client_tx(TxOwner::Account(account)) {
+            return Err(CoreError::InvalidState);
+        }
+        self.timers
+            .cancel(TimerOwner::Account(account.0), TimerKind::Register);
+        self.send_register(now, account, false);
+        Ok(())
+    }
+
+    /// Moves an account to another registrar address (the same registrar
+    /// reached in the other address family after a network change): the
+    /// flow is dropped; [`move_account`](Self::move_account) then sends the
+    /// REGISTER there.
+    pub fn retarget_account(
+        &mut self,
+        account: AccountId,
+        registrar: Target,
+    ) -> Result<(), CoreError> {
+        self.modify_account(account, |c| c.registrar = registrar)
+    }
+
     /// Where an account registers (the registrar's or outbound proxy's
     /// address).
     pub fn account_registrar(&self, account: AccountId) -> Option<SocketAddr> {

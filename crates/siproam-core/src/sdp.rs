@@ -531,6 +531,16 @@ impl SdpSession {
         Ok((sdp, negotiated))
     }
 
+    /// Where the peer's offer wants RTP sent (the audio stream
+    /// [`answer`](Self::answer) would pick), without answering it: lets
+    /// the answerer open its media in the offer's address family first.
+    /// `None` when the offer is unusable or puts the stream on hold with
+    /// no address.
+    pub fn offered_address(&self, remote_offer: &[u8]) -> Option<SocketAddr> {
+        let offer = parse(remote_offer).ok()?;
+        choose_offered_audio(&offer, &self.config).ok()?.remote
+    }
+
     /// Writes an answer that declines every m-line of the peer's offer
     /// (port 0, formats copied): for an offer that must be answered but
     /// cannot be used, e.g. one in a 2xx whose answer goes into the ACK

@@ -411,10 +411,15 @@ impl Sim {
         }
     }
 
-    fn node_addr(&self, node: NodeId) -> Option<IpAddr> {
-        self.nodes
-            .get(node.0)
-            .and_then(|n| n.addrs.first().copied())
+    /// The node's first address of `remote`'s family (as an OS picks a
+    /// source address), else its first address.
+    fn node_addr_towards(&self, node: NodeId, remote: SocketAddr) -> Option<IpAddr> {
+        let addrs = &self.nodes.get(node.0)?.addrs;
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4() == remote.is_ipv4())
+            .or(addrs.first())
+            .copied()
     }
 
     fn owner_of(&self, ip: IpAddr) -> Option<NodeId> {
@@ -429,7 +434,7 @@ impl Sim {
             .local
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified())
-            .or_else(|| self.node_addr(node));
+            .or_else(|| self.node_addr_towards(node, t.remote));
         let Some(local_ip) = local_ip else { return };
         if t.transport.is_reliable() {
             let conn = match self.flow_conns.get(&(node, t.flow)) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use siproam_core::{CallEvent, CallId, CallState, Config, Event, InviteSpec, Target, Transport};
 use siproam_sim::{Link, NodeId, Sim};
-use siproam_sip::{MessageBuilder, Method};
+use siproam_sip::{HeaderName, MessageBuilder, Method};
 
 const ALICE: &str = "192.0.2.10";
 const BOB: &str = "192.0.2.20";
@@ -828,4 +828,114 @@ fn whether_the_peer_allows_update_is_learnt_from_its_allow_header() {
     p.sim.run_for(Duration::from_millis(50));
     let d = incoming(&mut p.sim, p.bob);
     assert!(!p.sim.with_endpoint(p.bob, |ep, _| ep.call_allows_update(d)));
+}
+
+/// IPv4 → IPv6 mid-call through a record-routing proxy: with the call's
+/// next hop set to the proxy's IPv6 address, the re-INVITE (and its ACK)
+/// go there from our IPv6 address, with the route set, Request-URI and
+/// dialog unchanged, and the new Contact and Via in IPv6.
+#[test]
+fn a_call_moved_to_the_other_family_sends_to_the_proxys_address_in_it() {
+    const ALICE6: &str = "2001:db8::10";
+    const PROXY: &str = "192.0.2.30";
+    const PROXY6: &str = "2001:db8::30";
+    let mut sim = Sim::new(Instant::now(), 3);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(ALICE6)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    // the proxy, answering as bob would behind it
+    let proxy = sim.add_peer("proxy", &[ip(PROXY), ip(PROXY6)]);
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: SocketAddr::new(ip(PROXY), 5060),
+            local: Some(SocketAddr::new(ip(ALICE), 5060)),
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let invite = sim
+        .run_until_peer_receives(proxy, Duration::from_secs(1))
+        .unwrap();
+    let ok = MessageBuilder::response_to(&invite.message, 200, "OK", Some("bob1"))
+        .header("Record-Route", &format!("<sip:{PROXY}:5060;lr>"))
+        .header("Contact", &format!("<sip:bob@{BOB}:5060>"))
+        .body("application/sdp", sdp("answer"))
+        .build()
+        .unwrap();
+    sim.peer_reply(proxy, &invite, ok.to_bytes());
+    let ack = sim
+        .run_until_peer_receives(proxy, Duration::from_secs(1))
+        .unwrap();
+    assert!(ack.message.method().is_some_and(|m| m.as_str() == "ACK"));
+    assert_eq!(ack.to.ip(), ip(PROXY));
+    assert_eq!(
+        sim.endpoint(alice).call_next_hop(a).map(|t| t.remote),
+        Some(SocketAddr::new(ip(PROXY), 5060))
+    );
+
+    let contact6 = SocketAddr::new(ip(ALICE6), 5060);
+    let hop6 = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(PROXY6), 5060),
+        local: None,
+    };
+    sim.with_endpoint(alice, |ep, now| {
+        ep.set_call_contact(a, contact6)?;
+        ep.set_call_next_hop(a, Some(hop6))?;
+        ep.refresh(now, a, false, Some(sdp("moved")))
+    })
+    .unwrap();
+    let reinvite = sim
+        .run_until_peer_receives(proxy, Duration::from_secs(1))
+        .unwrap();
+    let m = &reinvite.message;
+    assert_eq!(reinvite.to, hop6.remote, "to the proxy's IPv6 address");
+    assert_eq!(reinvite.from.ip(), ip(ALICE6), "from our IPv6 address");
+    assert!(m.method().is_some_and(|m| m.as_str() == "INVITE"));
+    assert_eq!(
+        m.request_uri_str(),
+        Some(format!("sip:bob@{BOB}:5060").as_str())
+    );
+    assert_eq!(
+        m.header(HeaderName::Route),
+        Some(format!("<sip:{PROXY}:5060;lr>").as_str())
+    );
+    assert_eq!(m.call_id(), invite.message.call_id());
+    assert!(m
+        .header(HeaderName::Contact)
+        .is_some_and(|c| c.contains("[2001:db8::10]:5060")));
+    assert_eq!(
+        m.top_via().unwrap().host(),
+        siproam_sip::Host::V6(ALICE6.parse().unwrap())
+    );
+    let ok2 = MessageBuilder::response_to(m, 200, "OK", None)
+        .header("Contact", &format!("<sip:bob@{BOB}:5060>"))
+        .body("application/sdp", sdp("re-answer"))
+        .build()
+        .unwrap();
+    sim.peer_reply(proxy, &reinvite, ok2.to_bytes());
+    let ack2 = sim
+        .run_until_peer_receives(proxy, Duration::from_secs(1))
+        .unwrap();
+    assert!(ack2.message.method().is_some_and(|m| m.as_str() == "ACK"));
+    assert_eq!(ack2.to, hop6.remote);
+    assert_eq!(
+        ack2.message.header(HeaderName::Route),
+        m.header(HeaderName::Route)
+    );
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
 }

@@ -683,3 +683,129 @@ fn a_move_that_keeps_the_flow_registers_the_new_contact_over_the_same_connection
     let r3 = recv(&mut sim, reg);
     assert_ne!(r3.conn, r1.conn, "a new connection");
 }
+
+/// IPv4 → IPv6: the account moves to the registrar's IPv6 address (its
+/// own choice of target, given by the driver from the registrar's
+/// addresses) and its IPv6 Contact, over a new flow from the IPv6 address;
+/// the REGISTER keeps the Call-ID and instance so it replaces the IPv4
+/// binding; nothing more goes to the IPv4 address (no de-REGISTER).
+#[test]
+fn an_account_switching_family_registers_at_the_registrars_other_address() {
+    const UA6: &str = "2001:db8::10";
+    const REG6: &str = "2001:db8::20";
+    let mut sim = Sim::new(Instant::now(), 7);
+    let ua = sim.add_endpoint("ua", &[ip(UA), ip(UA6)], Config::default());
+    let reg = sim.add_peer("registrar", &[ip(REG), ip(REG6)]);
+    let target = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(REG), 5060),
+        local: Some(SocketAddr::new(ip(UA), 5060)),
+    };
+    let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    cfg.instance_id = Some("urn:uuid:00000000-0000-1000-8000-000000000001".into());
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    assert_eq!(r1.to.ip(), ip(REG));
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    registrations(&mut sim, ua);
+
+    let contact6 = SocketAddr::new(ip(UA6), 5060);
+    let target6 = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(REG6), 5060),
+        local: Some(contact6),
+    };
+    sim.with_endpoint(ua, |ep, now| {
+        ep.retarget_account(acc, target6)?;
+        ep.move_account(now, acc, contact6)
+    })
+    .unwrap();
+    assert_eq!(
+        sim.endpoint(ua).account_registrar(acc),
+        Some(target6.remote)
+    );
+    let r2 = recv(&mut sim, reg);
+    assert_eq!(
+        r2.to, target6.remote,
+        "sent to the registrar's IPv6 address"
+    );
+    assert_eq!(r2.from.ip(), ip(UA6), "from the IPv6 address");
+    let contact = r2.message.header(HeaderName::Contact).unwrap();
+    assert!(
+        contact.starts_with("<sip:alice@[2001:db8::10]:5060>"),
+        "{contact}"
+    );
+    assert!(contact.contains("+sip.instance"), "{contact}");
+    let via = r2.message.top_via().unwrap();
+    assert_eq!(
+        via.host(),
+        siproam_sip::Host::V6("2001:db8::10".parse().unwrap())
+    );
+    assert_eq!(r2.message.call_id(), r1.message.call_id());
+    assert!(r2.message.cseq().seq > r1.message.cseq().seq);
+    ok(&mut sim, reg, &r2, 300);
+    sim.run_for(Duration::from_secs(5));
+    let evs = registrations(&mut sim, ua);
+    assert_eq!(
+        evs.last().map(|e| (e.1.state, e.1.contact.clone())),
+        Some((
+            RegistrationState::Registered,
+            "sip:alice@[2001:db8::10]:5060".to_owned()
+        )),
+        "{evs:?}"
+    );
+    // the next message is the refresh, to the IPv6 address again
+    let r3 = recv(&mut sim, reg);
+    assert_eq!(r3.to, target6.remote);
+    assert!(r3
+        .message
+        .header(HeaderName::Contact)
+        .unwrap()
+        .contains("[2001:db8::10]"));
+}
+
+/// Changing an account's settings sends nothing (the network may be
+/// going away: no REGISTER on a dead flow); the next refresh carries them.
+/// An explicit refresh goes at once, and is refused while one is pending.
+#[test]
+fn modifying_an_account_sends_nothing_until_its_next_register() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    sim.with_endpoint(ua, |ep, _| {
+        ep.modify_account(acc, |c| {
+            c.expires = 1200;
+            c.password = Some("newpw".into());
+        })
+    })
+    .unwrap();
+    // nothing before the refresh, which comes at the usual time
+    let before = sim.elapsed();
+    let r2 = recv(&mut sim, reg);
+    assert!(
+        sim.elapsed() - before > Duration::from_secs(100),
+        "a REGISTER went out {:?} after the change",
+        sim.elapsed() - before
+    );
+    assert_eq!(r2.message.header(HeaderName::Expires), Some("1200"));
+    ok(&mut sim, reg, &r2, 1200);
+    sim.run_for(Duration::from_millis(100));
+    // an explicit refresh goes now; a second one while it is pending is refused
+    sim.with_endpoint(ua, |ep, now| ep.refresh_registration(now, acc))
+        .unwrap();
+    assert_eq!(
+        sim.with_endpoint(ua, |ep, now| ep.refresh_registration(now, acc)),
+        Err(siproam_core::CoreError::InvalidState)
+    );
+    let r3 = sim
+        .run_until_peer_receives(reg, Duration::from_millis(10))
+        .expect("the explicit refresh, at once");
+    assert!(r3.message.cseq().seq > r2.message.cseq().seq);
+    assert_eq!(
+        sim.with_endpoint(ua, |ep, _| ep.modify_account(AccountId(99), |_| {})),
+        Err(siproam_core::CoreError::NoSuchAccount)
+    );
+}

@@ -681,3 +681,39 @@ fn timer_b_takes_virtual_not_real_time() {
     assert_eq!(timeouts, 100);
     assert_eq!(sim.elapsed(), Duration::from_secs(33));
 }
+
+/// A dual-stack endpoint (IPv4 listen points first) sending to an IPv6
+/// peer with no local address given (a proxy forwarding to a binding in
+/// IPv6) puts an IPv6 sent-by in its Via and sends from IPv6: an IPv4 Via
+/// would send the answer where the request did not come from.
+/// (Regression: the first listen point of the transport was used.)
+#[test]
+fn the_via_of_a_request_to_ipv6_names_our_ipv6_address() {
+    const UA6: &str = "2001:db8::10";
+    const PEER6: &str = "2001:db8::20";
+    let mut sim = Sim::new(Instant::now(), 5);
+    let ua = sim.add_endpoint("ua", &[ip(UA), ip(UA6)], Config::default());
+    let peer = sim.add_peer("peer", &[ip(PEER6)]);
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let target = Target {
+            transport,
+            remote: SocketAddr::new(ip(PEER6), 5060),
+            local: None,
+        };
+        sim.with_endpoint(ua, |ep, now| {
+            ep.send_request(now, request(Method::Options), target)
+        })
+        .unwrap();
+        let r = sim
+            .run_until_peer_receives(peer, Duration::from_secs(1))
+            .expect("the OPTIONS");
+        assert_eq!(r.from.ip(), ip(UA6), "{transport:?}");
+        let via = r.message.top_via().unwrap();
+        assert_eq!(
+            via.host(),
+            siproam_sip::Host::V6(UA6.parse().unwrap()),
+            "{transport:?}"
+        );
+        assert_eq!(via.port(), Some(5060));
+    }
+}

@@ -4,7 +4,7 @@
 //! channel; core events go to an [`Application`] and then to the caller.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +15,9 @@ use siproam_core::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::resolve::{Destination, Resolver};
+use crate::resolve::{
+    Destination, FamilyPreference, HickoryDns, Resolver, StaticHosts, Target as Resolved,
+};
 use crate::transport::{
     CloseReason, ConnectionId, Direction, ListenError, ListenerInfo, Target, Transport,
     TransportConfig, TransportEvent, TransportEvents, TransportManager,
@@ -126,6 +128,89 @@ impl Default for RefreshFlags {
     }
 }
 
+/// How an account uses IPv6, for SIP or for media (PJSIP's
+/// `ipv6_sip_use` and `ipv6_media_use`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ipv6Use {
+    /// IPv4 only.
+    Disabled,
+    /// Either family: IPv4 first when both work; after a network change,
+    /// the family of the new address (the account switches by itself when
+    /// only the other family is left).
+    #[default]
+    Enabled,
+    /// IPv6 first whenever a usable IPv6 address exists.
+    Prefer,
+    /// IPv6 only.
+    Only,
+}
+
+impl Ipv6Use {
+    /// Whether an address of `ip`'s family may be used.
+    pub fn allows(self, ip: IpAddr) -> bool {
+        match self {
+            Ipv6Use::Disabled => ip.is_ipv4(),
+            Ipv6Use::Only => ip.is_ipv6(),
+            Ipv6Use::Enabled | Ipv6Use::Prefer => true,
+        }
+    }
+
+    /// The resolver's family preference for this mode.
+    pub fn family_preference(self) -> FamilyPreference {
+        match self {
+            Ipv6Use::Disabled => FamilyPreference::Ipv4Only,
+            Ipv6Use::Enabled => FamilyPreference::PreferIpv4,
+            Ipv6Use::Prefer => FamilyPreference::PreferIpv6,
+            Ipv6Use::Only => FamilyPreference::Ipv6Only,
+        }
+    }
+
+    /// The mode's name (`disabled`, `enabled`, `prefer`, `only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ipv6Use::Disabled => "disabled",
+            Ipv6Use::Enabled => "enabled",
+            Ipv6Use::Prefer => "prefer",
+            Ipv6Use::Only => "only",
+        }
+    }
+}
+
+/// Not one of `disabled`, `enabled`, `prefer`, `only`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown IPv6 use {0:?} (disabled, enabled, prefer or only)")]
+pub struct UnknownIpv6Use(pub String);
+
+impl std::str::FromStr for Ipv6Use {
+    type Err = UnknownIpv6Use;
+
+    fn from_str(s: &str) -> Result<Ipv6Use, UnknownIpv6Use> {
+        match s.to_ascii_lowercase().as_str() {
+            "disabled" | "off" => Ok(Ipv6Use::Disabled),
+            "enabled" | "on" => Ok(Ipv6Use::Enabled),
+            "prefer" => Ok(Ipv6Use::Prefer),
+            "only" => Ok(Ipv6Use::Only),
+            _ => Err(UnknownIpv6Use(s.to_owned())),
+        }
+    }
+}
+
+/// Changes to an account's settings ([`EndpointHandle::modify_account`]);
+/// `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChanges {
+    /// New digest user name.
+    pub username: Option<String>,
+    /// New digest password.
+    pub password: Option<String>,
+    /// New binding lifetime, in seconds (from the next refresh).
+    pub expires: Option<u32>,
+    /// New IPv6 use for SIP (from the next network change).
+    pub ipv6_sip: Option<Ipv6Use>,
+    /// New IPv6 use for media (from the next network change).
+    pub ipv6_media: Option<Ipv6Use>,
+}
+
 impl IpChangeParams {
     /// The defaults, restarting listeners in place (`ip: None`): the
     /// agent's bare `ip-change`.
@@ -211,6 +296,9 @@ pub struct EndpointConfig {
     pub core: CoreConfig,
     /// The transports' settings (TLS, limits, idle timeout).
     pub transport: TransportConfig,
+    /// Host names pinned to addresses, looked up before DNS (a name may
+    /// be given once per address; see [`StaticHosts`]).
+    pub hosts: Vec<(String, IpAddr)>,
 }
 
 /// Errors of the endpoint's commands.
@@ -256,6 +344,11 @@ pub struct AccountSpec {
     pub instance_id: Option<String>,
     /// Binding lifetime requested, in seconds.
     pub expires: u32,
+    /// IPv6 use for SIP: which of the registrar's addresses to register
+    /// with, and whether a network change may switch family.
+    pub ipv6_sip: Ipv6Use,
+    /// IPv6 use for the media of this account's calls.
+    pub ipv6_media: Ipv6Use,
 }
 
 enum Command {
@@ -264,6 +357,12 @@ enum Command {
         oneshot::Sender<Result<AccountId, EndpointError>>,
     ),
     Unregister(AccountId, oneshot::Sender<Result<(), EndpointError>>),
+    Modify(
+        AccountId,
+        AccountChanges,
+        bool,
+        oneshot::Sender<Result<(), EndpointError>>,
+    ),
     Call {
         uri: String,
         from: String,
@@ -308,7 +407,8 @@ impl EndpointHandle {
             core,
             transports,
             app,
-            resolver: Resolver::from_system(),
+            resolver: Resolver::new(StaticHosts::new(HickoryDns::from_system(), &config.hosts)),
+            accounts: HashMap::new(),
             flows: HashMap::new(),
             connections: HashMap::new(),
             pending: HashMap::new(),
@@ -340,6 +440,40 @@ impl EndpointHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Unregister(account, tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Changes an account's settings. Nothing is sent: the next REGISTER
+    /// (its refresh, a retry, a network change) carries them, so a change
+    /// made while the network is going away never fires a REGISTER on a
+    /// dead flow (PJSIP's `disable_reg_on_modify`, always on). Use
+    /// [`EndpointHandle::reregister`] to send one now.
+    pub async fn modify_account(
+        &self,
+        account: AccountId,
+        changes: AccountChanges,
+    ) -> Result<(), EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Modify(account, changes, false, tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Sends an account's REGISTER now (with its current settings), over
+    /// its flow or a new one; refused while one is pending.
+    pub async fn reregister(&self, account: AccountId) -> Result<(), EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Modify(
+                account,
+                AccountChanges::default(),
+                true,
+                tx,
+            ))
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)?
@@ -425,6 +559,32 @@ impl EndpointHandle {
     }
 }
 
+/// An account as the driver sees it: the registrar's addresses in every
+/// family (for a switch between IPv4 and IPv6) and the IPv6 modes.
+#[derive(Debug, Clone)]
+struct AccountRoute {
+    aor: String,
+    candidates: Vec<Resolved>,
+    sip: Ipv6Use,
+    media: Ipv6Use,
+}
+
+impl AccountRoute {
+    /// The registrar's address for `transport` in `ip`'s family.
+    fn candidate(&self, transport: Transport, ip: IpAddr) -> Option<&Resolved> {
+        self.candidates
+            .iter()
+            .find(|c| c.transport == transport && c.addr.is_ipv4() == ip.is_ipv4())
+    }
+
+    /// Whether `addr` is one of the registrar's addresses.
+    fn is_registrar(&self, transport: Transport, addr: SocketAddr) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| c.transport == transport && c.addr == addr)
+    }
+}
+
 /// The driver's end of a core flow.
 #[derive(Debug, Clone, Copy)]
 enum FlowPath {
@@ -435,7 +595,9 @@ struct Driver {
     core: Core,
     transports: TransportManager,
     app: Box<dyn Application>,
-    resolver: Resolver,
+    resolver: Resolver<StaticHosts<HickoryDns>>,
+    /// What the driver knows of each account beyond the core's view.
+    accounts: HashMap<AccountId, AccountRoute>,
     /// core flow → connection (TCP/TLS)
     flows: HashMap<FlowId, FlowPath>,
     /// connection → core flow
@@ -583,7 +745,13 @@ impl Driver {
                     .core
                     .unregister(now(), account)
                     .map_err(EndpointError::from);
+                if r.is_ok() {
+                    self.accounts.remove(&account);
+                }
                 let _ = reply.send(r);
+            }
+            Command::Modify(account, changes, reregister, reply) => {
+                let _ = reply.send(self.modify(account, changes, reregister));
             }
             Command::Call {
                 uri,
@@ -613,9 +781,12 @@ impl Driver {
         }
     }
 
-    /// Resolves a SIP URI to its first target, with the local address to
-    /// advertise towards it.
-    async fn target_for(&mut self, uri_text: &str) -> Result<CoreTarget, EndpointError> {
+    /// Resolves a SIP URI to every target, in order, with `family`.
+    async fn resolve_targets(
+        &mut self,
+        uri_text: &str,
+        family: FamilyPreference,
+    ) -> Result<Vec<Resolved>, EndpointError> {
         let uri = siproam_sip::Uri::parse(uri_text)?;
         let dest = Destination::from_uri(&uri)?;
         let mut rng_state = self.random();
@@ -625,29 +796,41 @@ impl Driver {
                 .wrapping_add(1_013_904_223);
             rng_state
         };
-        let targets = self.resolver.resolve(&dest, &mut rng).await?;
-        let target = targets.into_iter().next().ok_or(EndpointError::Stopped)?;
-        let listener = self
+        self.resolver.set_family(family);
+        Ok(self.resolver.resolve(&dest, &mut rng).await?)
+    }
+
+    /// The core's target for a resolved one: the local address to send
+    /// from and advertise is a listener of the target's family (its own
+    /// address, or the OS's source address towards the target for a
+    /// wildcard listener, or `local_ip` when given).
+    fn core_target(
+        &mut self,
+        target: &Resolved,
+        local_ip: Option<IpAddr>,
+    ) -> Result<CoreTarget, EndpointError> {
+        let listeners: Vec<ListenerInfo> = self
             .transports
             .listeners()
             .into_iter()
+            .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
+            .filter(|l| l.local.is_ipv4() == target.addr.is_ipv4())
+            .collect();
+        let listener = listeners
+            .iter()
             .find(|l| l.transport == target.transport)
-            .or_else(|| {
-                // no listener of that transport: the peer reaches us over
-                // the connection we open; advertise another listener's port
-                self.transports.listeners().into_iter().next()
-            })
+            // no listener of that transport: the peer reaches us over the
+            // connection we open; advertise another listener's port
+            .or(listeners.first())
             .ok_or(EndpointError::NoListener(target.transport))?;
-        let source = self
-            .transports
-            .source_address_for(target.addr)
-            .map_err(EndpointError::NoRoute)?;
-        let local_ip = if listener.local.ip().is_unspecified() {
-            source
-        } else {
-            listener.local.ip()
+        let ip = match local_ip {
+            Some(ip) => ip,
+            None if listener.local.ip().is_unspecified() => self
+                .transports
+                .source_address_for(target.addr)
+                .map_err(EndpointError::NoRoute)?,
+            None => listener.local.ip(),
         };
-        let local = SocketAddr::new(local_ip, listener.local.port());
         if target.transport == Transport::Tls {
             self.server_names
                 .insert(target.addr, target.server_name.clone());
@@ -655,8 +838,23 @@ impl Driver {
         Ok(CoreTarget {
             transport: to_core(target.transport),
             remote: target.addr,
-            local: Some(local),
+            local: Some(SocketAddr::new(ip, listener.local.port())),
         })
+    }
+
+    /// The first of `targets` we can reach from a listener (the error of
+    /// the first one when none can be).
+    fn first_usable(&mut self, targets: &[Resolved]) -> Result<CoreTarget, EndpointError> {
+        let mut first_error = None;
+        for t in targets {
+            match self.core_target(t, None) {
+                Ok(ct) => return Ok(ct),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(EndpointError::Stopped))
     }
 
     async fn place_call(
@@ -666,12 +864,94 @@ impl Driver {
         via: Option<String>,
     ) -> Result<siproam_core::CallId, EndpointError> {
         let hop = via.unwrap_or_else(|| uri.clone());
-        let target = self.target_for(&hop).await?;
+        let family = self
+            .route_for_uri(&from)
+            .map_or(Ipv6Use::Enabled, |r| r.sip)
+            .family_preference();
+        let targets = self.resolve_targets(&hop, family).await?;
+        let target = self.first_usable(&targets)?;
         let cmd = crate::phone::PhoneCommand::Call { uri, from, target };
         match self.app.command(&mut self.core, now(), cmd)? {
             Some(id) => Ok(id),
             None => Err(EndpointError::Core(siproam_core::CoreError::InvalidState)),
         }
+    }
+
+    /// The account whose address of record is `uri` (else the first).
+    fn route_for_uri(&self, uri: &str) -> Option<&AccountRoute> {
+        let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
+        let mut ids: Vec<&AccountId> = self.accounts.keys().collect();
+        ids.sort();
+        ids.iter()
+            .filter_map(|id| self.accounts.get(id))
+            .find(|r| r.aor.eq_ignore_ascii_case(uri))
+            .or_else(|| ids.first().and_then(|id| self.accounts.get(id)))
+    }
+
+    /// Where a call's media goes after a change to `ip`, given its
+    /// account's IPv6 use for media: `ip` when allowed (for `prefer`, an
+    /// IPv6 address first), else an address of the other family.
+    fn media_ip_for(&self, call: siproam_core::CallId, ip: IpAddr) -> Option<IpAddr> {
+        let route = self
+            .core
+            .call_local_uri(call)
+            .and_then(|u| self.route_for_uri(u));
+        let mode = route.map_or(Ipv6Use::Enabled, |r| r.media);
+        let other_family = |want_v6: bool| {
+            route.and_then(|r| {
+                r.candidates
+                    .iter()
+                    .filter(|c| c.addr.is_ipv6() == want_v6)
+                    .find_map(|c| self.transports.source_address_for(c.addr).ok())
+            })
+        };
+        if mode == Ipv6Use::Prefer && ip.is_ipv4() {
+            if let Some(v6) = other_family(true) {
+                return Some(v6);
+            }
+        }
+        if mode.allows(ip) {
+            return Some(ip);
+        }
+        other_family(ip.is_ipv4())
+    }
+
+    fn modify(
+        &mut self,
+        account: AccountId,
+        changes: AccountChanges,
+        reregister: bool,
+    ) -> Result<(), EndpointError> {
+        let AccountChanges {
+            username,
+            password,
+            expires,
+            ipv6_sip,
+            ipv6_media,
+        } = changes;
+        self.core.modify_account(account, |c| {
+            if let Some(u) = username {
+                c.username = Some(u);
+            }
+            if let Some(p) = password {
+                c.password = Some(p);
+            }
+            if let Some(e) = expires {
+                c.expires = e;
+            }
+        })?;
+        if let Some(route) = self.accounts.get_mut(&account) {
+            if let Some(m) = ipv6_sip {
+                route.sip = m;
+            }
+            if let Some(m) = ipv6_media {
+                route.media = m;
+            }
+        }
+        if reregister {
+            self.core.refresh_registration(now(), account)?;
+        }
+        Ok(())
     }
 
     async fn ip_change(&mut self, params: &IpChangeParams) {
@@ -710,12 +990,22 @@ impl Driver {
             .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
             .collect();
         // where a listener goes when its own address is gone (in place)
-        let fallback = self
-            .core
-            .accounts()
-            .first()
-            .and_then(|a| self.core.account_registrar(*a))
-            .and_then(|r| self.transports.source_address_for(r).ok());
+        // (the registrar's own family first, else the other one the
+        // account allows: an IPv4 uplink gone, IPv6 left)
+        let fallback = self.core.accounts().first().and_then(|a| {
+            let current = self.core.account_registrar(*a)?;
+            self.transports
+                .source_address_for(current)
+                .ok()
+                .or_else(|| {
+                    let route = self.accounts.get(a)?;
+                    route
+                        .candidates
+                        .iter()
+                        .filter(|c| route.sip.allows(c.addr.ip()))
+                        .find_map(|c| self.transports.source_address_for(c.addr).ok())
+                })
+        });
         let mut new_points = Vec::new();
         if params.restart_listeners {
             for l in &old {
@@ -810,16 +1100,54 @@ impl Driver {
                 .core
                 .account_transport(account)
                 .map_or(Transport::Udp, from_core);
-            let r = self
-                .core
-                .move_account_with(
-                    now,
-                    account,
-                    SocketAddr::new(ip, port_for(transport)),
-                    !params.shutdown_registration_flow,
-                )
-                .map_err(|e| e.to_string());
-            report("update_contact", r, Some(account.0), None, None, None);
+            let contact = SocketAddr::new(ip, port_for(transport));
+            let mut keep_flow = !params.shutdown_registration_flow;
+            // the new address is of the other family (IPv4 ↔ IPv6): the
+            // account moves to the registrar's address in that family, over
+            // a new flow
+            let mut r = match (
+                self.core.account_registrar(account),
+                self.accounts.get(&account),
+            ) {
+                (Some(current), Some(route)) if current.is_ipv4() != ip.is_ipv4() => {
+                    if !route.sip.allows(ip) {
+                        Err(format!("IPv6 use for SIP is {}", route.sip.as_str()))
+                    } else if let Some(c) = route.candidate(transport, ip).cloned() {
+                        keep_flow = false;
+                        let target = CoreTarget {
+                            transport: to_core(c.transport),
+                            remote: c.addr,
+                            local: Some(contact),
+                        };
+                        if c.transport == Transport::Tls {
+                            self.server_names.insert(c.addr, c.server_name.clone());
+                        }
+                        self.core
+                            .retarget_account(account, target)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Err(format!(
+                            "the registrar has no {} address",
+                            if ip.is_ipv6() { "IPv6" } else { "IPv4" }
+                        ))
+                    }
+                }
+                _ => Ok(()),
+            };
+            if r.is_ok() {
+                r = self
+                    .core
+                    .move_account_with(now, account, contact, keep_flow)
+                    .map_err(|e| e.to_string());
+            }
+            report(
+                "update_contact",
+                r,
+                Some(account.0),
+                None,
+                Some(transport),
+                Some(contact),
+            );
         }
         let flags = params.refresh;
         let call_contact = SocketAddr::new(ip, port_for(Transport::Udp));
@@ -839,22 +1167,54 @@ impl Driver {
             } else {
                 Ok(())
             };
+            // in-dialog requests to a next hop of the other family (IPv4 ↔
+            // IPv6) go to the same proxy's address in the new family
+            let mut status = Ok(());
+            if let Some(hop) = self.core.call_next_hop(call) {
+                if hop.remote.is_ipv4() != ip.is_ipv4() {
+                    let moved = self
+                        .accounts
+                        .values()
+                        .filter(|route| route.is_registrar(from_core(hop.transport), hop.remote))
+                        .find_map(|route| route.candidate(from_core(hop.transport), ip))
+                        .map(|c| CoreTarget {
+                            transport: to_core(c.transport),
+                            remote: c.addr,
+                            local: None,
+                        });
+                    match moved {
+                        Some(t) => {
+                            if r.is_ok() {
+                                r = self.core.set_call_next_hop(call, Some(t));
+                            }
+                        }
+                        None => {
+                            status =
+                                Err("the call's next hop has no address in the new family"
+                                    .to_owned())
+                        }
+                    }
+                }
+            }
+            let media_ip = if flags.reinit_media {
+                self.media_ip_for(call, ip)
+            } else {
+                None
+            };
             let outgoing = self.core.call_is_outgoing(call);
             let command = if !ringing {
                 Some(crate::phone::PhoneCommand::Refresh {
                     call,
-                    media_ip: flags.reinit_media.then_some(ip),
+                    media_ip,
                     update: flags.prefer_update && self.core.call_allows_update(call),
                 })
-            } else if flags.reinit_media {
+            } else {
                 // a call still ringing: an incoming one's 2xx carries the
                 // new media address; an outgoing one re-offers it once
                 // answered
-                Some(crate::phone::PhoneCommand::Rebind(call, ip))
-            } else {
-                None
+                media_ip.map(|ip| crate::phone::PhoneCommand::Rebind(call, ip))
             };
-            if let (Ok(()), Some(cmd)) = (&r, command) {
+            if let (Ok(()), Ok(()), Some(cmd)) = (&r, &status, command) {
                 r = self.app.command(&mut self.core, now, cmd).map(|_| ());
             }
             // an outgoing early dialog learns the new Contact now, by an
@@ -870,7 +1230,7 @@ impl Driver {
             }
             report(
                 "refresh_calls",
-                r.map_err(|e| e.to_string()),
+                r.map_err(|e| e.to_string()).and(status),
                 None,
                 Some(call.0),
                 None,
@@ -894,7 +1254,12 @@ impl Driver {
     }
 
     async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
-        let core_target = self.target_for(&spec.registrar).await?;
+        // every address of the registrar the account's IPv6 use allows:
+        // the first reachable one now, the others for a family switch
+        let candidates = self
+            .resolve_targets(&spec.registrar, spec.ipv6_sip.family_preference())
+            .await?;
+        let core_target = self.first_usable(&candidates)?;
         let uri = siproam_sip::Uri::parse(&spec.registrar)?;
         // the Request-URI of a REGISTER is the registrar's domain
         let registrar_uri = match uri.as_sip() {
@@ -910,7 +1275,17 @@ impl Driver {
         cfg.instance_id = spec.instance_id;
         cfg.password = spec.password;
         cfg.expires = spec.expires;
-        Ok(self.core.register(now(), cfg))
+        let id = self.core.register(now(), cfg);
+        self.accounts.insert(
+            id,
+            AccountRoute {
+                aor: spec.aor,
+                candidates,
+                sip: spec.ipv6_sip,
+                media: spec.ipv6_media,
+            },
+        );
+        Ok(id)
     }
 
     fn transport_event(&mut self, ev: TransportEvent) {
@@ -1029,7 +1404,7 @@ impl Driver {
     ) {
         let transport = from_core(t.transport);
         if transport == Transport::Udp {
-            let local = self.udp_local(t.local);
+            let local = self.udp_local(t.local, t.remote);
             let mut target = Target::new(transport, t.remote);
             if let Some(l) = local {
                 target = target.with_local(l);
@@ -1132,14 +1507,15 @@ impl Driver {
         }
     }
 
-    /// The UDP listener to send from: the one bound to `local`, else one on
-    /// the same port bound to the wildcard, else any.
-    fn udp_local(&self, local: Option<SocketAddr>) -> Option<SocketAddr> {
+    /// The UDP listener to send from (of `remote`'s family): the one bound
+    /// to `local`, else one on the same port bound to the wildcard, else
+    /// one on the same address, else any.
+    fn udp_local(&self, local: Option<SocketAddr>, remote: SocketAddr) -> Option<SocketAddr> {
         let udp: Vec<SocketAddr> = self
             .transports
             .listeners()
             .into_iter()
-            .filter(|l| l.transport == Transport::Udp)
+            .filter(|l| l.transport == Transport::Udp && l.local.is_ipv4() == remote.is_ipv4())
             .map(|l| l.local)
             .collect();
         let want = local?;

@@ -71,6 +71,11 @@ pub struct PhoneConfig {
     /// (make-before-break). Zero closes it at once, as when the old
     /// interface is gone (break-before-make).
     pub old_media_grace: Duration,
+    /// IPv6 use for media when answering: an offer in the other address
+    /// family than our RTP socket (a peer that moved between IPv4 and
+    /// IPv6) is answered from a new socket in the offer's family when this
+    /// allows it (and `media_ip` is not fixed).
+    pub ipv6_media: crate::Ipv6Use,
 }
 
 impl Default for PhoneConfig {
@@ -81,6 +86,7 @@ impl Default for PhoneConfig {
             record: None,
             media_ip: None,
             old_media_grace: Duration::from_secs(2),
+            ipv6_media: crate::Ipv6Use::Enabled,
         }
     }
 }
@@ -437,6 +443,33 @@ impl Phone {
         Ok(())
     }
 
+    /// An offer in the other address family than the call's RTP socket
+    /// (the peer moved between IPv4 and IPv6): re-opens the call's media
+    /// in the offer's family, where allowed, so the answer names an
+    /// address the peer can reach.
+    fn follow_offer_family(&mut self, call: CallId, offer: &[u8]) {
+        if self.config.media_ip.is_some() {
+            return;
+        }
+        let Some(pc) = self.calls.get(&call) else {
+            return;
+        };
+        let Some(remote) = pc.sdp.offered_address(offer) else {
+            return;
+        };
+        if remote.is_ipv4() == pc.local.is_ipv4() || !self.config.ipv6_media.allows(remote.ip()) {
+            return;
+        }
+        match crate::transport::source_address_for(remote) {
+            Ok(ip) => {
+                if let Err(e) = self.rebind_media(call, ip) {
+                    debug!("cannot open media on {ip}: {e}");
+                }
+            }
+            Err(e) => debug!("no local address towards the offered media: {e}"),
+        }
+    }
+
     /// Re-opens a call's media on `media_ip` (if given) and re-offers it.
     fn refresh_call(
         &mut self,
@@ -517,6 +550,7 @@ impl Application for Phone {
                     Some(mut pc) => {
                         pc.offer = Some(request.body().clone());
                         self.calls.insert(call, pc);
+                        self.follow_offer_family(call, request.body());
                         if self.config.auto_answer {
                             let _ = self.answer_call(core, now, call);
                         } else {
@@ -546,6 +580,7 @@ impl Application for Phone {
                 _ => {}
             },
             Event::Call(CallEvent::Offer { call, body, .. }) => {
+                self.follow_offer_family(*call, body);
                 if let Some(pc) = self.calls.get_mut(call) {
                     match pc.sdp.answer(body) {
                         Ok((answer, neg)) => {
@@ -719,7 +754,18 @@ async fn media_task(
             },
         }
         while let Some(t) = session.poll_transmit() {
-            let _ = socket.send_to(&t.payload, t.destination).await;
+            // moved to the other family (IPv4 ↔ IPv6) while the peer is
+            // still at its old address: keep sending from the old socket
+            // until the peer's new address is known
+            let from_old = old.as_ref().map(|(s, _)| s).filter(|s| {
+                local.is_ipv4() != t.destination.is_ipv4()
+                    && s.local_addr()
+                        .is_ok_and(|a| a.is_ipv4() == t.destination.is_ipv4())
+            });
+            let _ = from_old
+                .unwrap_or(&socket)
+                .send_to(&t.payload, t.destination)
+                .await;
         }
         while let Some(audio) = session.poll_audio() {
             if let Some(s) = sink.as_mut() {

@@ -1040,6 +1040,78 @@ async fn system_lookup(name: &str) -> Result<Vec<IpAddr>, DnsError> {
     Ok(ips)
 }
 
+/// Host names pinned to addresses in the configuration, looked up before
+/// DNS (the stack's own hosts file): a pinned name gets no NAPTR or SRV
+/// records and exactly its pinned addresses, whatever DNS would say. For
+/// devices that ship with their SIP server's addresses, and for tests that
+/// need a name with both an IPv4 and an IPv6 address.
+#[derive(Debug, Clone)]
+pub struct StaticHosts<D> {
+    dns: D,
+    hosts: Arc<std::collections::HashMap<String, Vec<IpAddr>>>,
+}
+
+impl<D> StaticHosts<D> {
+    /// `dns` behind the pinned `(name, address)` pairs (a name may be
+    /// given several times: its addresses keep their order).
+    pub fn new(dns: D, pinned: &[(String, IpAddr)]) -> StaticHosts<D> {
+        let mut hosts: std::collections::HashMap<String, Vec<IpAddr>> =
+            std::collections::HashMap::new();
+        for (name, ip) in pinned {
+            let list = hosts.entry(host_key(name)).or_default();
+            if !list.contains(ip) {
+                list.push(*ip);
+            }
+        }
+        StaticHosts {
+            dns,
+            hosts: Arc::new(hosts),
+        }
+    }
+
+    /// The DNS behind the pinned names.
+    pub fn inner(&self) -> &D {
+        &self.dns
+    }
+
+    /// Whether `name`, or the domain an SRV name (`_sip._udp.NAME`) is
+    /// for, is pinned.
+    fn pinned(&self, name: &str) -> Option<&Vec<IpAddr>> {
+        let mut key = host_key(name);
+        while let Some(rest) = key.strip_prefix('_').and_then(|r| r.split_once('.')) {
+            key = rest.1.to_owned();
+        }
+        self.hosts.get(&key)
+    }
+}
+
+fn host_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl<D: Dns + Sync> Dns for StaticHosts<D> {
+    async fn naptr(&self, name: &str) -> Result<Vec<Naptr>, DnsError> {
+        if self.pinned(name).is_some() {
+            return Ok(Vec::new());
+        }
+        self.dns.naptr(name).await
+    }
+
+    async fn srv(&self, name: &str) -> Result<Vec<Srv>, DnsError> {
+        if self.pinned(name).is_some() {
+            return Ok(Vec::new());
+        }
+        self.dns.srv(name).await
+    }
+
+    async fn ip(&self, name: &str, family: FamilyPreference) -> Result<Vec<IpAddr>, DnsError> {
+        if let Some(ips) = self.hosts.get(&host_key(name)) {
+            return Ok(ips.clone());
+        }
+        self.dns.ip(name, family).await
+    }
+}
+
 impl Dns for HickoryDns {
     async fn naptr(&self, name: &str) -> Result<Vec<Naptr>, DnsError> {
         let Some(resolver) = &self.resolver else {
@@ -1298,6 +1370,56 @@ mod tests {
             .ips("tcp.example.com", &["192.0.2.2"])
             .ips("tls.example.com", &["192.0.2.3"])
             .ips("example.com", &["192.0.2.99"])
+    }
+
+    #[test]
+    fn static_hosts_pin_a_name_to_both_families() {
+        let pinned: Vec<(String, IpAddr)> = vec![
+            ("Sip.Test".into(), "127.0.0.1".parse().unwrap()),
+            ("sip.test".into(), "::1".parse().unwrap()),
+        ];
+        // DNS would say otherwise: the pinned name never reaches it
+        let make = |family| {
+            let dns = full_zone().ips("sip.test", &["192.0.2.50"]);
+            Resolver::new(StaticHosts::new(dns, &pinned))
+                .with_transports(ALL)
+                .with_family(family)
+        };
+        let r = make(FamilyPreference::PreferIpv4);
+        let got = resolve_with(&r, "sip:sip.test:5070", &mut no_rng()).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                t(Transport::Udp, "127.0.0.1:5070", "sip.test"),
+                t(Transport::Udp, "[::1]:5070", "sip.test"),
+            ]
+        );
+        // no port: no NAPTR or SRV lookup goes to DNS either
+        let v6 = make(FamilyPreference::PreferIpv6);
+        let got = resolve_with(&v6, "sip:sip.test;transport=tcp", &mut no_rng()).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                t(Transport::Tcp, "[::1]:5060", "sip.test"),
+                t(Transport::Tcp, "127.0.0.1:5060", "sip.test"),
+            ]
+        );
+        let only4 = make(FamilyPreference::Ipv4Only);
+        let got = resolve_with(&only4, "sip:sip.test", &mut no_rng()).unwrap();
+        assert_eq!(got, vec![t(Transport::Udp, "127.0.0.1:5060", "sip.test")]);
+        for r in [&r, &v6, &only4] {
+            assert!(
+                r.dns().inner().log().is_empty(),
+                "{:?}",
+                r.dns().inner().log()
+            );
+        }
+        // other names still go to DNS
+        let got = resolve_with(&r, "sip:example.com;transport=tcp", &mut no_rng()).unwrap();
+        assert_eq!(
+            got,
+            vec![t(Transport::Tcp, "192.0.2.2:5070", "example.com")]
+        );
     }
 
     #[test]

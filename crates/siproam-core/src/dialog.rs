@@ -94,6 +94,14 @@ pub enum CallEvent {
         /// The answer (may be absent for a target refresh without SDP).
         body: Option<Bytes>,
     },
+    /// The peer CANCELled its re-INVITE before we answered it (RFC 6141
+    /// §5.5: its offer went stale in a network change): the re-INVITE was
+    /// answered 487 and its [`CallEvent::Offer`] is void; the peer's next
+    /// offer follows.
+    OfferCancelled {
+        /// The call.
+        call: CallId,
+    },
     /// Our re-INVITE / UPDATE failed (not fatal for the call).
     RefreshFailed {
         /// The call.
@@ -769,6 +777,8 @@ impl Endpoint {
                     });
                 if !answered {
                     let _ = self.answer(now, id, 487, None);
+                } else {
+                    self.cancel_peer_reinvite(now, id, req);
                 }
                 true
             }
@@ -916,6 +926,30 @@ impl Endpoint {
             code: None,
             body,
         });
+    }
+
+    /// A CANCEL for the peer's re-INVITE still waiting for our answer
+    /// (same branch): 487 it and drop its offer.
+    fn cancel_peer_reinvite(&mut self, now: Instant, id: CallId, cancel: &Message) {
+        let branch = |m: &Message| m.top_via().ok().and_then(|v| v.branch().map(str::to_owned));
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
+        let matches = c.pending_offer.as_ref().is_some_and(|(_, r)| {
+            r.method() == Some(Method::Invite) && branch(r).is_some() && branch(r) == branch(cancel)
+        });
+        if !matches {
+            return;
+        }
+        let Some((tx, reinvite)) = c.pending_offer.take() else {
+            return;
+        };
+        let tag = c.local_tag.clone();
+        if let Ok(r) = MessageBuilder::response_to(&reinvite, 487, reason(487), Some(&tag)).build()
+        {
+            let _ = self.respond(now, tx, r);
+        }
+        self.call_event(CallEvent::OfferCancelled { call: id });
     }
 
     fn in_dialog_offer(&mut self, now: Instant, id: CallId, tx: ServerTxId, req: &Message) {

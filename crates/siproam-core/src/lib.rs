@@ -18,6 +18,7 @@ mod config;
 mod dialog;
 mod endpoint;
 mod flow;
+mod mobility;
 mod registration;
 mod rng;
 pub mod sdp;
@@ -30,6 +31,7 @@ pub use endpoint::{
     Transmit,
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
+pub use mobility::{CallMove, CallMoveAction};
 pub use registration::{
     AccountConfig, AccountId, RegistrationEvent, RegistrationFailure, RegistrationState,
 };

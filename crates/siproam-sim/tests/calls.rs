@@ -9,7 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use siproam_core::{CallEvent, CallId, CallState, Config, Event, InviteSpec, Target, Transport};
+use siproam_core::{
+    CallEvent, CallId, CallMove, CallMoveAction, CallState, Config, Event, InviteSpec, Target,
+    Transport,
+};
 use siproam_sim::{Link, NodeId, Sim};
 use siproam_sip::{HeaderName, MessageBuilder, Method};
 
@@ -937,5 +940,312 @@ fn a_call_moved_to_the_other_family_sends_to_the_proxys_address_in_it() {
     assert_eq!(
         sim.endpoint(alice).call_state(a),
         Some(CallState::Confirmed)
+    );
+}
+
+// ----- network changes: Endpoint::move_call, as the driver runs it --------
+
+const ALICE2: &str = "198.51.100.10";
+
+/// Alice with a second address to move to (both usable: the old one
+/// still receives, as when both interfaces are up).
+fn pair_moving() -> Pair {
+    let mut sim = Sim::new(Instant::now(), 3);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(ALICE2)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB), ip(BOB2)],
+        Config {
+            seed: 2,
+            ..Config::default()
+        },
+    );
+    Pair { sim, alice, bob }
+}
+
+/// The messages sent since log entry `from`: (first word of the first
+/// line or the status code, sender address).
+fn sent_since(sim: &Sim, from: usize) -> Vec<(String, IpAddr)> {
+    sim.log()
+        .iter()
+        .skip(from)
+        .map(|e| {
+            let mut words = e.first_line.split(' ');
+            let first = words.next().unwrap_or_default();
+            let what = if first == "SIP/2.0" {
+                words.next().unwrap_or_default()
+            } else {
+                first
+            };
+            (what.to_owned(), e.from.ip())
+        })
+        .collect()
+}
+
+fn moved_to(addr: &str) -> CallMove {
+    CallMove {
+        contact: Some(SocketAddr::new(ip(addr), 5060)),
+        ..CallMove::default()
+    }
+}
+
+/// RFC 6141 §5.5 at a change: our re-INVITE is stuck (the peer has not
+/// answered it), so the move CANCELs it from the old address, the peer
+/// answers 487 (ACKed), and once that settles the fresh offer goes in a
+/// re-INVITE from the new address with the new Contact and Via.
+#[test]
+fn a_change_with_a_reinvite_pending_cancels_it_then_reoffers_from_the_new_address() {
+    let mut p = pair_moving();
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, false, Some(sdp("re1")))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    // bob has the offer and has not answered it
+    assert_eq!(offers(&mut p.sim, p.bob), [(b, false)]);
+    p.sim.take_events(p.alice);
+    let mark = p.sim.log().len();
+
+    let action = p
+        .sim
+        .with_endpoint(p.alice, |ep, now| ep.move_call(now, a, moved_to(ALICE2)))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::ReofferWhenSettled { update: false });
+    p.sim.run_for(Duration::from_millis(100));
+    let settled = p
+        .sim
+        .take_events(p.alice)
+        .into_iter()
+        .any(|(_, e)| matches!(e, Event::Call(CallEvent::RefreshFailed { code: 487, .. })));
+    assert!(settled, "the re-INVITE ended 487");
+    assert!(p
+        .sim
+        .take_events(p.bob)
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Call(CallEvent::OfferCancelled { .. }))));
+    // the application's part: the fresh offer, now
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, false, Some(sdp("re2")))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    assert_eq!(offers(&mut p.sim, p.bob), [(b, false)]);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer_offer(now, b, sdp("re-answer")))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let (al, al2, bo) = (ip(ALICE), ip(ALICE2), ip(BOB));
+    assert_eq!(
+        sent_since(&p.sim, mark),
+        [
+            ("CANCEL".to_owned(), al),
+            ("200".to_owned(), bo),
+            ("487".to_owned(), bo),
+            ("ACK".to_owned(), al),
+            ("INVITE".to_owned(), al2),
+            ("100".to_owned(), bo),
+            ("200".to_owned(), bo),
+            ("ACK".to_owned(), al2),
+        ]
+    );
+    // the new re-INVITE names the new address; the call is up
+    let reinvite = p
+        .sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("INVITE"))
+        .unwrap();
+    assert_eq!(reinvite.from.ip(), al2);
+    assert_eq!(
+        p.sim.endpoint(p.alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    // bob's next request goes to alice's new Contact
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let bye = p
+        .sim
+        .log()
+        .iter()
+        .find(|e| e.first_line.starts_with("BYE "))
+        .unwrap();
+    assert_eq!(bye.to.ip(), al2);
+}
+
+/// An outgoing call still ringing at the change: an UPDATE without SDP
+/// carries the new Contact at once (the peer allows UPDATE), the 2xx is
+/// ACKed from the new address, and the application's re-offer follows.
+#[test]
+fn a_change_while_our_call_rings_sends_an_update_with_the_new_contact() {
+    let mut p = pair_moving();
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim.take_events(p.alice);
+    let mark = p.sim.log().len();
+    let action = p
+        .sim
+        .with_endpoint(p.alice, |ep, now| ep.move_call(now, a, moved_to(ALICE2)))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Rebind);
+    p.sim.run_for(Duration::from_millis(100));
+    let update = p
+        .sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("UPDATE"))
+        .expect("an UPDATE")
+        .clone();
+    assert_eq!(update.from.ip(), ip(ALICE2));
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        p.sim.endpoint(p.alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    // the application re-offers its new media address once answered
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, false, Some(sdp("moved")))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer_offer(now, b, sdp("re-answer")))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let (al2, bo) = (ip(ALICE2), ip(BOB));
+    assert_eq!(
+        sent_since(&p.sim, mark),
+        [
+            ("UPDATE".to_owned(), al2),
+            ("200".to_owned(), bo),
+            ("200".to_owned(), bo),
+            ("ACK".to_owned(), al2),
+            ("INVITE".to_owned(), al2),
+            ("100".to_owned(), bo),
+            ("200".to_owned(), bo),
+            ("ACK".to_owned(), al2),
+        ]
+    );
+    // the UPDATE had no body; bob's dialog already points at the new address
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let bye = p
+        .sim
+        .log()
+        .iter()
+        .find(|e| e.first_line.starts_with("BYE "))
+        .unwrap();
+    assert_eq!(bye.to.ip(), al2);
+}
+
+/// An incoming call still ringing at the change: our 2xx goes out with the
+/// new Contact, so the ACK and the peer's later requests reach the new
+/// address.
+#[test]
+fn a_change_while_a_call_rings_here_puts_the_new_contact_in_our_2xx() {
+    let mut p = pair_moving();
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let mark = p.sim.log().len();
+    let action = p
+        .sim
+        .with_endpoint(p.bob, |ep, now| ep.move_call(now, b, moved_to(BOB2)))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Rebind);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let log: Vec<_> = p.sim.log().iter().skip(mark).cloned().collect();
+    // the 2xx leaves from where the INVITE came (RFC 3261 §18.2.2)
+    assert_eq!(
+        sent_since(&p.sim, mark),
+        [("200".to_owned(), ip(BOB)), ("ACK".to_owned(), ip(ALICE))]
+    );
+    assert_eq!(log[1].to.ip(), ip(BOB2), "the ACK goes to the new Contact");
+    assert_eq!(
+        p.sim.endpoint(p.alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+}
+
+/// The other knobs: hang up instead of refreshing (a BYE, nothing for the
+/// application), and UPDATE preferred when the peer allows it.
+#[test]
+fn a_change_hangs_up_or_prefers_update_as_asked() {
+    let (mut p, a, _b) = confirmed(Transport::Udp);
+    let action = p
+        .sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.move_call(
+                now,
+                a,
+                CallMove {
+                    prefer_update: true,
+                    ..CallMove::default()
+                },
+            )
+        })
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Reoffer { update: true });
+    let mark = p.sim.log().len();
+    let action = p
+        .sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.move_call(
+                now,
+                a,
+                CallMove {
+                    hang_up: true,
+                    ..CallMove::default()
+                },
+            )
+        })
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Nothing);
+    p.sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sent_since(&p.sim, mark),
+        [("BYE".to_owned(), ip(ALICE)), ("200".to_owned(), ip(BOB))]
+    );
+    assert_eq!(
+        p.sim
+            .with_endpoint(p.alice, |ep, now| ep.move_call(now, a, CallMove::default())),
+        Err(siproam_core::CoreError::NoSuchCall)
     );
 }

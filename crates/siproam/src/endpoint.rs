@@ -1157,22 +1157,17 @@ impl Driver {
             if !ringing && state != S::Confirmed {
                 continue;
             }
-            if state == S::Confirmed && params.hangup_calls {
-                let r = self.core.hang_up(now, call).map_err(|e| e.to_string());
-                report("hangup_calls", r, None, Some(call.0), None, None);
-                continue;
-            }
-            let mut r = if flags.update_contact {
-                self.core.set_call_contact(call, call_contact)
+            let stage = if state == S::Confirmed && params.hangup_calls {
+                "hangup_calls"
             } else {
-                Ok(())
+                "refresh_calls"
             };
             // in-dialog requests to a next hop of the other family (IPv4 ↔
             // IPv6) go to the same proxy's address in the new family
-            let mut status = Ok(());
+            let mut next_hop = None;
             if let Some(hop) = self.core.call_next_hop(call) {
                 if hop.remote.is_ipv4() != ip.is_ipv4() {
-                    let moved = self
+                    next_hop = self
                         .accounts
                         .values()
                         .filter(|route| route.is_registrar(from_core(hop.transport), hop.remote))
@@ -1182,17 +1177,16 @@ impl Driver {
                             remote: c.addr,
                             local: None,
                         });
-                    match moved {
-                        Some(t) => {
-                            if r.is_ok() {
-                                r = self.core.set_call_next_hop(call, Some(t));
-                            }
-                        }
-                        None => {
-                            status =
-                                Err("the call's next hop has no address in the new family"
-                                    .to_owned())
-                        }
+                    if next_hop.is_none() && !params.hangup_calls {
+                        report(
+                            stage,
+                            Err("the call's next hop has no address in the new family".to_owned()),
+                            None,
+                            Some(call.0),
+                            None,
+                            None,
+                        );
+                        continue;
                     }
                 }
             }
@@ -1201,36 +1195,26 @@ impl Driver {
             } else {
                 None
             };
-            let outgoing = self.core.call_is_outgoing(call);
-            let command = if !ringing {
-                Some(crate::phone::PhoneCommand::Refresh {
+            let mv = siproam_core::CallMove {
+                contact: flags.update_contact.then_some(call_contact),
+                next_hop,
+                hang_up: params.hangup_calls,
+                prefer_update: flags.prefer_update,
+            };
+            let r = self.core.move_call(now, call, mv).and_then(|action| {
+                if action == siproam_core::CallMoveAction::Nothing {
+                    return Ok(());
+                }
+                let cmd = crate::phone::PhoneCommand::Moved {
                     call,
                     media_ip,
-                    update: flags.prefer_update && self.core.call_allows_update(call),
-                })
-            } else {
-                // a call still ringing: an incoming one's 2xx carries the
-                // new media address; an outgoing one re-offers it once
-                // answered
-                media_ip.map(|ip| crate::phone::PhoneCommand::Rebind(call, ip))
-            };
-            if let (Ok(()), Ok(()), Some(cmd)) = (&r, &status, command) {
-                r = self.app.command(&mut self.core, now, cmd).map(|_| ());
-            }
-            // an outgoing early dialog learns the new Contact now, by an
-            // UPDATE without SDP where the peer allows it (RFC 3311)
-            if r.is_ok()
-                && ringing
-                && outgoing
-                && flags.update_contact
-                && self.core.call_allows_update(call)
-                && !self.core.call_refresh_pending(call)
-            {
-                r = self.core.refresh(now, call, true, None);
-            }
+                    action,
+                };
+                self.app.command(&mut self.core, now, cmd).map(|_| ())
+            });
             report(
-                "refresh_calls",
-                r.map_err(|e| e.to_string()).and(status),
+                stage,
+                r.map_err(|e| e.to_string()),
                 None,
                 Some(call.0),
                 None,

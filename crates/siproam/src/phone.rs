@@ -17,7 +17,8 @@ use siproam_core::sdp::{
     Direction as SdpDirection, MediaConfig as SdpConfig, Negotiated, SdpSession,
 };
 use siproam_core::{
-    CallEvent, CallId, CallState, Endpoint as Core, Event, InviteSpec, Target as CoreTarget,
+    CallEvent, CallId, CallMoveAction, CallState, Endpoint as Core, Event, InviteSpec,
+    Target as CoreTarget,
 };
 use siproam_media::{
     AudioSink, AudioSource, Destination, MediaConfig, MediaSession, SilenceSource, ToneSource,
@@ -149,6 +150,17 @@ pub enum PhoneCommand {
     /// Re-opens the RTP socket of a call not answered yet on another local
     /// address, without a refresh: the answer we send carries it.
     Rebind(CallId, IpAddr),
+    /// The media side of a call the core moved after a network change
+    /// ([`siproam_core::Endpoint::move_call`]): re-open the RTP socket on
+    /// `media_ip` (if given), then do what `action` says.
+    Moved {
+        /// The call.
+        call: CallId,
+        /// Where to re-open the media, if anywhere.
+        media_ip: Option<IpAddr>,
+        /// What the core's move asks of the media.
+        action: siproam_core::CallMoveAction,
+    },
 }
 
 enum MediaCmd {
@@ -379,25 +391,41 @@ impl Phone {
                 core.hang_up(now, call)?;
                 Ok(Some(call))
             }
-            PhoneCommand::MoveMedia(call, ip) => {
-                self.refresh_call(core, now, call, Some(ip), false)?;
-                Ok(Some(call))
-            }
+            PhoneCommand::MoveMedia(call, ip) => self.handle_command(
+                core,
+                now,
+                PhoneCommand::Refresh {
+                    call,
+                    media_ip: Some(ip),
+                    update: false,
+                },
+            ),
             PhoneCommand::Refresh {
                 call,
                 media_ip,
                 update,
             } => {
-                self.refresh_call(core, now, call, media_ip, update)?;
+                let action = if core.call_refresh_pending(call) {
+                    // a re-INVITE is stuck on the old path, or an offer is
+                    // still out: CANCEL it where possible, re-offer after
+                    let _ = core.cancel_refresh(now, call);
+                    CallMoveAction::ReofferWhenSettled { update }
+                } else {
+                    CallMoveAction::Reoffer { update }
+                };
+                self.apply_move(core, now, call, media_ip, action)?;
                 Ok(Some(call))
             }
             PhoneCommand::Rebind(call, ip) => {
-                self.rebind_media(call, ip)?;
-                if core.call_is_outgoing(call) {
-                    if let Some(pc) = self.calls.get_mut(&call) {
-                        pc.reoffer_when_confirmed = true;
-                    }
-                }
+                self.apply_move(core, now, call, Some(ip), CallMoveAction::Rebind)?;
+                Ok(Some(call))
+            }
+            PhoneCommand::Moved {
+                call,
+                media_ip,
+                action,
+            } => {
+                self.apply_move(core, now, call, media_ip, action)?;
                 Ok(Some(call))
             }
             PhoneCommand::Hold(call, hold) => {
@@ -470,15 +498,21 @@ impl Phone {
         }
     }
 
-    /// Re-opens a call's media on `media_ip` (if given) and re-offers it.
-    fn refresh_call(
+    /// The media side of a moved call: re-open the RTP socket on
+    /// `media_ip` (if given), then re-offer now, queue the re-offer behind
+    /// the pending refresh, or (a call still ringing) re-offer an outgoing
+    /// call once it is answered.
+    fn apply_move(
         &mut self,
         core: &mut Core,
         now: Instant,
         call: CallId,
         media_ip: Option<IpAddr>,
-        update: bool,
+        action: CallMoveAction,
     ) -> Result<(), siproam_core::CoreError> {
+        if action == CallMoveAction::Nothing {
+            return Ok(());
+        }
         if let Some(ip) = media_ip {
             self.rebind_media(call, ip)?;
         }
@@ -486,14 +520,21 @@ impl Phone {
             .calls
             .get_mut(&call)
             .ok_or(siproam_core::CoreError::NoSuchCall)?;
-        if core.call_refresh_pending(call) {
-            // a re-INVITE is stuck on the old path, or an offer is still
-            // out: CANCEL it where possible, and re-offer once it settles
-            pc.queued_refresh = Some(update);
-            let _ = core.cancel_refresh(now, call);
-            return Ok(());
+        match action {
+            CallMoveAction::Nothing => Ok(()),
+            CallMoveAction::Rebind => {
+                // its offer named the old address: re-offer once answered
+                if media_ip.is_some() && core.call_is_outgoing(call) {
+                    pc.reoffer_when_confirmed = true;
+                }
+                Ok(())
+            }
+            CallMoveAction::Reoffer { update } => pc.reoffer(core, now, call, update),
+            CallMoveAction::ReofferWhenSettled { update } => {
+                pc.queued_refresh = Some(update);
+                Ok(())
+            }
         }
-        pc.reoffer(core, now, call, update)
     }
 
     fn answer_call(

@@ -1,0 +1,107 @@
+//! What a network change does to a call, decided sans-IO so that every
+//! hand-off scenario runs in the simulator with the driver's own logic.
+//!
+//! The driver (`siproam`'s `ip_change`) calls [`Endpoint::move_call`] for
+//! each call after the accounts have moved; the SIP side happens here
+//! (Contact, next hop, a CANCEL for a stuck re-INVITE, an UPDATE without
+//! SDP for an outgoing early dialog, a BYE), and the returned
+//! [`CallMoveAction`] tells the application what to do with the media
+//! (re-offer now, re-offer once the pending refresh settles, or re-open
+//! the RTP socket of a call still ringing).
+
+use std::net::SocketAddr;
+
+use crate::dialog::{CallId, CallState};
+use crate::endpoint::{CoreError, Endpoint, Target};
+
+/// How to move one call after a network change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallMove {
+    /// Our new Contact address (the next request or answer carries it,
+    /// and is sent from it); `None` keeps the dialog's Contact.
+    pub contact: Option<SocketAddr>,
+    /// The next hop for in-dialog requests after a switch between IPv4
+    /// and IPv6 (the same proxy in the new family); `None` keeps it.
+    pub next_hop: Option<Target>,
+    /// End a confirmed call with BYE instead of refreshing it.
+    pub hang_up: bool,
+    /// Refresh by UPDATE when the peer's Allow lists it (RFC 3311), else
+    /// by re-INVITE.
+    pub prefer_update: bool,
+}
+
+/// What the application does with a moved call's media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMoveAction {
+    /// Nothing: the call was hung up, or is in no state to move.
+    Nothing,
+    /// Send a fresh offer now ([`Endpoint::refresh`] with SDP), by UPDATE
+    /// when `update`.
+    Reoffer {
+        /// Use UPDATE rather than re-INVITE.
+        update: bool,
+    },
+    /// A refresh of ours was still pending (its request may be stuck on
+    /// the old path): a re-INVITE was CANCELled (RFC 6141 §5.5). Send the
+    /// fresh offer once it settles — its answer, or
+    /// [`crate::CallEvent::RefreshFailed`] (487, timeout).
+    ReofferWhenSettled {
+        /// Use UPDATE rather than re-INVITE.
+        update: bool,
+    },
+    /// A call still ringing: re-open the media on the new address. An
+    /// incoming call's answer then carries it; an outgoing call's offer
+    /// named the old address, so re-offer once it is answered. (An
+    /// outgoing early dialog whose peer allows UPDATE already got an
+    /// UPDATE without SDP with the new Contact.)
+    Rebind,
+}
+
+impl Endpoint {
+    /// Moves a call after a network change (see the module notes): the
+    /// SIP side now, and what the application must do with its media.
+    pub fn move_call(
+        &mut self,
+        now: std::time::Instant,
+        call: CallId,
+        mv: CallMove,
+    ) -> Result<CallMoveAction, CoreError> {
+        let state = self.call_state(call).ok_or(CoreError::NoSuchCall)?;
+        let ringing = matches!(
+            state,
+            CallState::Incoming | CallState::Ringing | CallState::Early
+        );
+        if !ringing && state != CallState::Confirmed {
+            return Ok(CallMoveAction::Nothing);
+        }
+        if state == CallState::Confirmed && mv.hang_up {
+            self.hang_up(now, call)?;
+            return Ok(CallMoveAction::Nothing);
+        }
+        if let Some(contact) = mv.contact {
+            self.set_call_contact(call, contact)?;
+        }
+        if let Some(hop) = mv.next_hop {
+            self.set_call_next_hop(call, Some(hop))?;
+        }
+        if ringing {
+            // an outgoing early dialog learns the new Contact at once
+            if mv.contact.is_some()
+                && self.call_is_outgoing(call)
+                && self.call_allows_update(call)
+                && !self.call_refresh_pending(call)
+            {
+                self.refresh(now, call, true, None)?;
+            }
+            return Ok(CallMoveAction::Rebind);
+        }
+        let update = mv.prefer_update && self.call_allows_update(call);
+        if self.call_refresh_pending(call) {
+            // stuck on the old path, or not answered yet: CANCEL a
+            // re-INVITE (an UPDATE cannot be); the new offer follows
+            let _ = self.cancel_refresh(now, call);
+            return Ok(CallMoveAction::ReofferWhenSettled { update });
+        }
+        Ok(CallMoveAction::Reoffer { update })
+    }
+}

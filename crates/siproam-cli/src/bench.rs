@@ -123,6 +123,7 @@ pub async fn register(
                 expires: 3600,
                 ipv6_sip: siproam::Ipv6Use::Enabled,
                 ipv6_media: siproam::Ipv6Use::Enabled,
+                ip_change: None,
             };
             ep.register(spec).await?;
             next += 1;
@@ -404,6 +405,7 @@ pub async fn handoff(
             expires: 600,
             ipv6_sip: siproam::Ipv6Use::Enabled,
             ipv6_media: siproam::Ipv6Use::Enabled,
+            ip_change: None,
         })
         .await?;
     }

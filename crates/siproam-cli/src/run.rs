@@ -496,6 +496,7 @@ pub async fn agent(
                 expires: args.expires.unwrap_or(600),
                 ipv6_sip: args.ipv6_sip.unwrap_or_default(),
                 ipv6_media: args.ipv6_media.unwrap_or_default(),
+                ip_change: None,
             })
             .await
             .context("registering")?,

@@ -231,21 +231,17 @@ fn stages_ok(p: &Proc) -> Vec<Value> {
     }
 }
 
-/// IPv4 → IPv6 → IPv4 in one call, with nothing but `ip-change ADDR`: the
-/// registrar's name is pinned to 127.0.0.1 and ::1 (`--host`), Alice
-/// registers and calls over IPv4, then moves to ::1: the account switches
-/// to the registrar's IPv6 address on its own (new flow, REGISTER with an
-/// IPv6 Contact that replaces the binding), the call's requests go to the
-/// proxy's IPv6 address with the route set unchanged, the media is
-/// re-offered in IPv6 and Bob answers it from IPv6. Then back to IPv4.
-#[test]
-fn handoff_between_ipv4_and_ipv6() {
+/// The registrar on 127.0.0.1 and ::1 (one port; the name `sip.test`
+/// pinned to both with `--host`), Bob on 127.0.0.5 answering, Alice on
+/// 127.0.0.2 (with `alice_extra` flags) calling him over IPv4 until Bob
+/// hears her; `None` (said why) without IPv6 on loopback.
+fn dual_stack_call(alice_extra: &[&str]) -> Option<(Proc, Proc, Proc, Value)> {
     let Some(port) = dual_stack_port() else {
         if std::env::var_os("SIPROAM_REQUIRE_INTEROP").is_some() {
             panic!("::1 is not usable on loopback, and this run requires it");
         }
         eprintln!("skipped: no IPv6 on loopback (::1 cannot be bound)");
-        return;
+        return None;
     };
     let registrar = Proc::spawn(&[
         "registrar",
@@ -261,7 +257,7 @@ fn handoff_between_ipv4_and_ipv6() {
                 && v["address"].as_str().is_some_and(|a| a.starts_with(family))
         });
     }
-    let agent = |user: &str, ip: &str, answer: bool| {
+    let agent = |user: &str, ip: &str, answer: bool, extra: &[&str]| {
         let mut args: Vec<String> = vec![
             "agent".into(),
             "--json".into(),
@@ -281,6 +277,7 @@ fn handoff_between_ipv4_and_ipv6() {
         if answer {
             args.push("--auto-answer".into());
         }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = Proc::spawn(&args);
         p.wait_for(&format!("{user} registered"), |v| {
@@ -288,8 +285,8 @@ fn handoff_between_ipv4_and_ipv6() {
         });
         p
     };
-    let bob = agent("bob", "127.0.0.5", true);
-    let mut alice = agent("alice", "127.0.0.2", false);
+    let bob = agent("bob", "127.0.0.5", true, &[]);
+    let mut alice = agent("alice", "127.0.0.2", false, alice_extra);
     alice.send("call sip:bob@example.test");
     alice.wait_for("alice confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"
@@ -298,6 +295,67 @@ fn handoff_between_ipv4_and_ipv6() {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > 20
     });
     assert!(before["remote"].as_str().unwrap().starts_with("127.0.0.2:"));
+    Some((registrar, bob, alice, before))
+}
+
+/// `--ipv6-media disabled`: the signalling moves to IPv6 with the address,
+/// the media stays in IPv4 (re-offered from an IPv4 address, still heard
+/// both ways).
+#[test]
+fn media_stays_in_ipv4_when_its_ipv6_use_is_disabled() {
+    let Some((registrar, bob, mut alice, before)) = dual_stack_call(&["--ipv6-media", "disabled"])
+    else {
+        return;
+    };
+    alice.send("ip-change ::1");
+    stages_ok(&alice);
+    alice.wait_for("registered over IPv6", |v| {
+        v["event"] == "registration"
+            && v["state"] == "registered"
+            && v["contact"].as_str().is_some_and(|c| c.contains("[::1]"))
+    });
+    registrar.wait_for("the IPv6 binding", |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"].as_array().is_some_and(|c| {
+                c.len() == 1 && c[0]["contact"].as_str().unwrap().contains("[::1]")
+            })
+    });
+    // re-offered from the IPv4 address towards the registrar's (127.0.0.1)
+    let after = bob.wait_for("bob hears alice's new IPv4 media address", |v| {
+        v["event"] == "media"
+            && v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("127.0.0.1:"))
+            && v["rx_packets"].as_u64().unwrap_or(0) > before["rx_packets"].as_u64().unwrap() + 25
+    });
+    assert!(
+        after["local"].as_str().unwrap().starts_with("127.0.0.5:"),
+        "{after}"
+    );
+    assert_eq!(after["lost"], 0, "{after}");
+    let moved = alice.wait_for("alice's media on 127.0.0.1", |v| {
+        v["event"] == "media"
+            && v["local"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("127.0.0.1:"))
+            && v["rx_packets"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(moved["lost"], 0, "{moved}");
+}
+
+/// IPv4 → IPv6 → IPv4 in one call, with nothing but `ip-change ADDR`: the
+/// registrar's name is pinned to 127.0.0.1 and ::1 (`--host`), Alice
+/// registers and calls over IPv4, then moves to ::1: the account switches
+/// to the registrar's IPv6 address on its own (new flow, REGISTER with an
+/// IPv6 Contact that replaces the binding), the call's requests go to the
+/// proxy's IPv6 address with the route set unchanged, the media is
+/// re-offered in IPv6 and Bob answers it from IPv6. Then back to IPv4.
+#[test]
+fn handoff_between_ipv4_and_ipv6() {
+    let Some((registrar, bob, mut alice, before)) = dual_stack_call(&[]) else {
+        return;
+    };
 
     // IPv4 → IPv6
     alice.send("ip-change ::1");

@@ -179,6 +179,10 @@ struct Call {
     /// family after a network change: the same proxy reached in the other
     /// family. The Route headers are unchanged.
     next_hop: Option<Target>,
+    /// The address to send from (and so put in Via) when it is not the
+    /// Contact's: a network change that updates the Via but keeps the
+    /// Contact (PJSIP's `UPDATE_VIA` without `UPDATE_CONTACT`).
+    send_from: Option<SocketAddr>,
 }
 
 /// Whether a message's Allow lists UPDATE (`None` without an Allow).
@@ -312,6 +316,7 @@ impl Endpoint {
             remote_rseq: 0,
             peer_allows_update: false,
             next_hop: None,
+            send_from: None,
         };
         let contact = self.contact_header(&call, spec.target.transport);
         let mut b = MessageBuilder::request(Method::Invite, &spec.uri)
@@ -348,7 +353,8 @@ impl Endpoint {
     fn in_dialog_target(&self, c: &Call) -> Target {
         if let Some(mut t) = c.next_hop {
             t.local = c
-                .contact
+                .send_from
+                .or(c.contact)
                 .filter(|a| !a.ip().is_unspecified())
                 .map(|a| SocketAddr::new(a.ip(), 0))
                 .or(t.local);
@@ -367,7 +373,8 @@ impl Endpoint {
             }
         }
         t.local = c
-            .contact
+            .send_from
+            .or(c.contact)
             .filter(|a| !a.ip().is_unspecified())
             .map(|a| SocketAddr::new(a.ip(), 0))
             .or(c.first_hop.local);
@@ -649,6 +656,21 @@ impl Endpoint {
             .get_mut(&call.0)
             .ok_or(CoreError::NoSuchCall)?;
         c.contact = Some(addr);
+        c.send_from = None;
+        c.flow = None;
+        Ok(())
+    }
+
+    /// Sends the call's requests from `addr` (so its Via names it) while
+    /// the Contact stays as it is (a network change with the Via updated
+    /// but not the Contact).
+    pub fn set_call_send_from(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
+        let c = self
+            .calls
+            .calls
+            .get_mut(&call.0)
+            .ok_or(CoreError::NoSuchCall)?;
+        c.send_from = Some(addr);
         c.flow = None;
         Ok(())
     }
@@ -913,6 +935,7 @@ impl Endpoint {
             remote_rseq: 0,
             peer_allows_update: allow_update(req).unwrap_or(false),
             next_hop: None,
+            send_from: None,
         };
         let id = self.new_call(call);
         let body = (!req.body().is_empty()).then(|| req.body().clone());

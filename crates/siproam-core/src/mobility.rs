@@ -20,6 +20,9 @@ pub struct CallMove {
     /// Our new Contact address (the next request or answer carries it,
     /// and is sent from it); `None` keeps the dialog's Contact.
     pub contact: Option<SocketAddr>,
+    /// The address to send from, so the Via names it, while the Contact
+    /// stays (when `contact` is `None`).
+    pub via: Option<SocketAddr>,
     /// The next hop for in-dialog requests after a switch between IPv4
     /// and IPv6 (the same proxy in the new family); `None` keeps it.
     pub next_hop: Option<Target>,
@@ -78,8 +81,10 @@ impl Endpoint {
             self.hang_up(now, call)?;
             return Ok(CallMoveAction::Nothing);
         }
-        if let Some(contact) = mv.contact {
-            self.set_call_contact(call, contact)?;
+        match (mv.contact, mv.via) {
+            (Some(contact), _) => self.set_call_contact(call, contact)?,
+            (None, Some(via)) => self.set_call_send_from(call, via)?,
+            (None, None) => {}
         }
         if let Some(hop) = mv.next_hop {
             self.set_call_next_hop(call, Some(hop))?;

@@ -1249,3 +1249,67 @@ fn a_change_hangs_up_or_prefers_update_as_asked() {
         Err(siproam_core::CoreError::NoSuchCall)
     );
 }
+
+/// `via` without `contact`: the refresh leaves from the new address (its
+/// Via names it) while the Contact stays, so the peer's requests still
+/// come to the old one.
+#[test]
+fn a_change_of_via_alone_sends_from_the_new_address_and_keeps_the_contact() {
+    let mut p = pair_moving();
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let mark = p.sim.log().len();
+    let action = p
+        .sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.move_call(
+                now,
+                a,
+                CallMove {
+                    via: Some(SocketAddr::new(ip(ALICE2), 5060)),
+                    ..CallMove::default()
+                },
+            )
+        })
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Reoffer { update: false });
+    p.sim
+        .with_endpoint(p.alice, |ep, now| {
+            ep.refresh(now, a, false, Some(sdp("re")))
+        })
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim.take_events(p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer_offer(now, b, sdp("re-answer")))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let sent = sent_since(&p.sim, mark);
+    assert_eq!(sent.first(), Some(&("INVITE".to_owned(), ip(ALICE2))));
+    // the 200 goes to the Via's address; bob's BYE to the kept Contact
+    let ok_to = p
+        .sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("SIP/2.0 200"))
+        .unwrap()
+        .to;
+    assert_eq!(ok_to.ip(), ip(ALICE2));
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    let bye = p
+        .sim
+        .log()
+        .iter()
+        .find(|e| e.first_line.starts_with("BYE "))
+        .unwrap();
+    assert_eq!(bye.to.ip(), ip(ALICE), "the Contact was kept");
+}

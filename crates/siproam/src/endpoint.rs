@@ -111,8 +111,11 @@ pub struct IpChangeParams {
 pub struct RefreshFlags {
     /// Re-open the RTP socket on the new address and re-offer it.
     pub reinit_media: bool,
-    /// Put the new address in the dialog's Contact.
+    /// Put the new address in the dialog's Contact (and send from it).
     pub update_contact: bool,
+    /// Send the dialog's requests from the new address, so their Via
+    /// names it (with `update_contact` off: the Contact stays).
+    pub update_via: bool,
     /// Send the refresh with UPDATE when the peer's Allow lists it
     /// (RFC 3311), else re-INVITE.
     pub prefer_update: bool,
@@ -123,7 +126,32 @@ impl Default for RefreshFlags {
         RefreshFlags {
             reinit_media: true,
             update_contact: true,
+            update_via: true,
             prefer_update: false,
+        }
+    }
+}
+
+/// An account's own IP-change knobs (PJSIP's per-account
+/// `ip_change_cfg`), used instead of the [`IpChangeParams`] ones for the
+/// account and for its calls (the calls whose local URI is its AoR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountIpChange {
+    /// Drop the registration's flow (else the REGISTER reuses it).
+    pub shutdown_registration_flow: bool,
+    /// Hang up confirmed calls instead of refreshing them.
+    pub hangup_calls: bool,
+    /// How confirmed calls are refreshed.
+    pub refresh: RefreshFlags,
+}
+
+impl AccountIpChange {
+    /// The knobs of `params`, as an account's.
+    pub fn from_params(params: &IpChangeParams) -> AccountIpChange {
+        AccountIpChange {
+            shutdown_registration_flow: params.shutdown_registration_flow,
+            hangup_calls: params.hangup_calls,
+            refresh: params.refresh,
         }
     }
 }
@@ -209,6 +237,9 @@ pub struct AccountChanges {
     pub ipv6_sip: Option<Ipv6Use>,
     /// New IPv6 use for media (from the next network change).
     pub ipv6_media: Option<Ipv6Use>,
+    /// New IP-change knobs for the account (`Some(None)` returns to the
+    /// [`IpChangeParams`] ones).
+    pub ip_change: Option<Option<AccountIpChange>>,
 }
 
 impl IpChangeParams {
@@ -349,6 +380,9 @@ pub struct AccountSpec {
     pub ipv6_sip: Ipv6Use,
     /// IPv6 use for the media of this account's calls.
     pub ipv6_media: Ipv6Use,
+    /// The account's own IP-change knobs; `None` uses those of each
+    /// [`IpChangeParams`].
+    pub ip_change: Option<AccountIpChange>,
 }
 
 enum Command {
@@ -567,6 +601,7 @@ struct AccountRoute {
     candidates: Vec<Resolved>,
     sip: Ipv6Use,
     media: Ipv6Use,
+    ip_change: Option<AccountIpChange>,
 }
 
 impl AccountRoute {
@@ -928,6 +963,7 @@ impl Driver {
             expires,
             ipv6_sip,
             ipv6_media,
+            ip_change,
         } = changes;
         self.core.modify_account(account, |c| {
             if let Some(u) = username {
@@ -946,6 +982,9 @@ impl Driver {
             }
             if let Some(m) = ipv6_media {
                 route.media = m;
+            }
+            if let Some(k) = ip_change {
+                route.ip_change = k;
             }
         }
         if reregister {
@@ -1085,8 +1124,14 @@ impl Driver {
                 .map_or(0, |i| i.local.port())
         };
         let now = now();
+        let defaults = AccountIpChange::from_params(params);
         for account in self.core.accounts() {
-            if params.shutdown_registration_flow {
+            let knobs = self
+                .accounts
+                .get(&account)
+                .and_then(|r| r.ip_change)
+                .unwrap_or(defaults);
+            if knobs.shutdown_registration_flow {
                 report(
                     "shutdown_registration_flow",
                     Ok(()),
@@ -1101,7 +1146,7 @@ impl Driver {
                 .account_transport(account)
                 .map_or(Transport::Udp, from_core);
             let contact = SocketAddr::new(ip, port_for(transport));
-            let mut keep_flow = !params.shutdown_registration_flow;
+            let mut keep_flow = !knobs.shutdown_registration_flow;
             // the new address is of the other family (IPv4 ↔ IPv6): the
             // account moves to the registrar's address in that family, over
             // a new flow
@@ -1149,7 +1194,6 @@ impl Driver {
                 Some(contact),
             );
         }
-        let flags = params.refresh;
         let call_contact = SocketAddr::new(ip, port_for(Transport::Udp));
         for (call, state) in self.core.calls() {
             use siproam_core::CallState as S;
@@ -1157,7 +1201,20 @@ impl Driver {
             if !ringing && state != S::Confirmed {
                 continue;
             }
-            let stage = if state == S::Confirmed && params.hangup_calls {
+            // the knobs of the call's own account (its AoR is our URI)
+            let knobs = self
+                .core
+                .call_local_uri(call)
+                .map(|u| u.trim().trim_start_matches('<').trim_end_matches('>'))
+                .and_then(|u| {
+                    self.accounts
+                        .values()
+                        .find(|r| r.aor.eq_ignore_ascii_case(u))
+                })
+                .and_then(|r| r.ip_change)
+                .unwrap_or(defaults);
+            let flags = knobs.refresh;
+            let stage = if state == S::Confirmed && knobs.hangup_calls {
                 "hangup_calls"
             } else {
                 "refresh_calls"
@@ -1177,7 +1234,7 @@ impl Driver {
                             remote: c.addr,
                             local: None,
                         });
-                    if next_hop.is_none() && !params.hangup_calls {
+                    if next_hop.is_none() && !knobs.hangup_calls {
                         report(
                             stage,
                             Err("the call's next hop has no address in the new family".to_owned()),
@@ -1197,8 +1254,9 @@ impl Driver {
             };
             let mv = siproam_core::CallMove {
                 contact: flags.update_contact.then_some(call_contact),
+                via: flags.update_via.then_some(call_contact),
                 next_hop,
-                hang_up: params.hangup_calls,
+                hang_up: knobs.hangup_calls,
                 prefer_update: flags.prefer_update,
             };
             let r = self.core.move_call(now, call, mv).and_then(|action| {
@@ -1267,6 +1325,7 @@ impl Driver {
                 candidates,
                 sip: spec.ipv6_sip,
                 media: spec.ipv6_media,
+                ip_change: spec.ip_change,
             },
         );
         Ok(id)

@@ -12,9 +12,9 @@ pub mod resolve;
 pub mod transport;
 
 pub use endpoint::{
-    AccountChanges, AccountSpec, Application, EndpointConfig, EndpointError, EndpointEvent,
-    EndpointHandle, IpChangeParams, IpChangeReport, Ipv6Use, RefreshFlags, UnknownIpv6Use,
-    UserAgent,
+    AccountChanges, AccountIpChange, AccountSpec, Application, EndpointConfig, EndpointError,
+    EndpointEvent, EndpointHandle, IpChangeParams, IpChangeReport, Ipv6Use, RefreshFlags,
+    UnknownIpv6Use, UserAgent,
 };
 pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

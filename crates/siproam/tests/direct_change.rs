@@ -289,6 +289,7 @@ async fn with_every_knob_off_the_call_is_refreshed_in_place() {
     params.restart_listeners = false;
     params.refresh.reinit_media = false;
     params.refresh.update_contact = false;
+    params.refresh.update_via = false;
     s.alice.handle_ip_change(params).await.unwrap();
     let (reinvite, from) = next_request(&s.peer, Method::Invite).await;
     assert_eq!(from.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
@@ -590,4 +591,52 @@ async fn an_in_place_change_keeps_a_pinned_listener_on_its_address() {
     .await
     .expect("an answer to OPTIONS");
     assert_eq!(resp.status(), Some(200));
+}
+
+/// An account's own knobs win over the change's for its calls: the
+/// change says refresh, Alice's account says hang up, so her call (From
+/// her AoR) gets a BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_own_knobs_apply_to_its_calls() {
+    let mut s = setup("INVITE, ACK, BYE").await;
+    let mut knobs = siproam::AccountIpChange::from_params(&IpChangeParams::new(new_ip()));
+    knobs.hangup_calls = true;
+    // the account registers to the peer, which never answers: only its
+    // AoR and knobs matter here
+    s.alice
+        .register(siproam::AccountSpec {
+            aor: "sip:alice@example.test".into(),
+            registrar: format!("sip:{}", s.peer_addr),
+            username: None,
+            password: None,
+            instance_id: None,
+            expires: 600,
+            ipv6_sip: siproam::Ipv6Use::Enabled,
+            ipv6_media: siproam::Ipv6Use::Enabled,
+            ip_change: Some(knobs),
+        })
+        .await
+        .unwrap();
+    s.alice.ip_change(new_ip()).await.unwrap();
+    let (bye, _) = next_request(&s.peer, Method::Bye).await;
+    assert_eq!(bye.call_id(), s.invite.call_id());
+    let st = stages(&mut s.alice).await;
+    assert!(st.contains(&"hangup_calls".to_owned()), "{st:?}");
+    assert!(!st.contains(&"refresh_calls".to_owned()), "{st:?}");
+}
+
+/// `update_via` without `update_contact`: the re-INVITE leaves from the
+/// new address with a Via naming it, while the Contact stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_via_alone_moves_the_via_and_keeps_the_contact() {
+    let s = setup("INVITE, ACK, BYE").await;
+    let mut params = IpChangeParams::new(new_ip());
+    params.refresh.update_contact = false;
+    params.refresh.reinit_media = false;
+    s.alice.handle_ip_change(params).await.unwrap();
+    let (reinvite, from) = next_request(&s.peer, Method::Invite).await;
+    assert_eq!(from.ip(), new_ip(), "sent from the new address");
+    assert_eq!(reinvite.top_via().unwrap().host_str(), "127.0.0.4");
+    let contact = reinvite.header(HeaderName::Contact).unwrap();
+    assert!(contact.contains("@127.0.0.2:"), "Contact kept: {contact}");
 }

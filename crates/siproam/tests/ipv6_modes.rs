@@ -109,6 +109,7 @@ async fn endpoint(reg: &Registrar, mode: Ipv6Use) -> (EndpointHandle, siproam::c
             expires: 600,
             ipv6_sip: mode,
             ipv6_media: Ipv6Use::Enabled,
+            ip_change: None,
         })
         .await
         .unwrap();

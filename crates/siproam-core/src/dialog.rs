@@ -534,7 +534,19 @@ impl Endpoint {
         body: Option<Bytes>,
     ) -> Result<(), CoreError> {
         let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
-        if c.refresh.is_some() {
+        // one refresh of ours at a time; a re-INVITE only in a confirmed
+        // dialog with no INVITE of the peer's in progress (RFC 3261 §14.1,
+        // RFC 3311 §1); an UPDATE once a dialog exists
+        let allowed = if update {
+            !matches!(c.state, CallState::Calling | CallState::Incoming)
+        } else {
+            c.state == CallState::Confirmed
+                && !c
+                    .pending_offer
+                    .as_ref()
+                    .is_some_and(|(_, r)| r.method() == Some(Method::Invite))
+        };
+        if c.refresh.is_some() || !allowed {
             return Err(CoreError::InvalidState);
         }
         let method = if update {

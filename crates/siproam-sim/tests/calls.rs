@@ -422,6 +422,12 @@ fn update_in_an_early_dialog() {
         .unwrap();
     p.sim.run_for(Duration::from_millis(100));
     p.sim.take_events(p.alice);
+    // no re-INVITE before the dialog is confirmed (RFC 3311 §1): UPDATE
+    assert_eq!(
+        p.sim
+            .with_endpoint(p.alice, |ep, now| ep.refresh(now, a, false, Some(sdp("x")))),
+        Err(siproam_core::CoreError::InvalidState)
+    );
     p.sim
         .with_endpoint(p.alice, |ep, now| {
             ep.refresh(now, a, true, Some(sdp("early-update")))

@@ -433,13 +433,18 @@ impl Phone {
                     .calls
                     .get_mut(&call)
                     .ok_or(siproam_core::CoreError::NoSuchCall)?;
+                let before = pc.sdp.direction();
                 pc.sdp.set_direction(if hold {
                     SdpDirection::SendOnly
                 } else {
                     SdpDirection::SendRecv
                 });
-                let offer = pc.sdp.create_offer();
-                core.refresh(now, call, false, Some(offer))?;
+                // refused: no offer is left outstanding, the direction
+                // stays as it was
+                if let Err(e) = pc.reoffer(core, now, call, false) {
+                    pc.sdp.set_direction(before);
+                    return Err(e);
+                }
                 Ok(Some(call))
             }
         }

@@ -640,3 +640,57 @@ async fn update_via_alone_moves_the_via_and_keeps_the_contact() {
     let contact = reinvite.header(HeaderName::Contact).unwrap();
     assert!(contact.contains("@127.0.0.2:"), "Contact kept: {contact}");
 }
+
+/// A hold that cannot be sent (the call is still ringing here) is refused
+/// and leaves no offer behind: answering the call afterwards still works.
+/// (Regression: the refused hold's offer stayed outstanding, so the answer
+/// to the peer's offer failed and the call was refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hold_leaves_no_offer_behind() {
+    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut alice = start_alice().await;
+    let alice_addr = alice.listeners().await.unwrap()[0].local;
+    let invite = MessageBuilder::request(Method::Invite, &format!("sip:alice@{alice_addr}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {peer_addr};branch=z9hG4bKhold1;rport"),
+        )
+        .header("From", "<sip:bob@example.test>;tag=b1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", "hold-refused@bob")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", &format!("<sip:bob@{peer_addr}>"))
+        .header("Max-Forwards", "70")
+        .body("application/sdp", answer_sdp(peer_addr))
+        .build()
+        .unwrap();
+    peer.send_to(&invite.to_bytes(), alice_addr).await.unwrap();
+    let call = wait_state(&mut alice, |s| {
+        matches!(s, CallState::Incoming | CallState::Ringing)
+    })
+    .await;
+    assert!(alice
+        .phone(siproam::PhoneCommand::Hold(call, true))
+        .await
+        .is_err());
+    alice
+        .phone(siproam::PhoneCommand::Answer(call))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (n, _) = peer.recv_from(&mut buf).await.unwrap();
+            let m = Message::parse(Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if let Some(code) = m.status().filter(|c| *c >= 200) {
+                return (code, m);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0, 200, "the call is answered");
+    let sdp = std::str::from_utf8(status.1.body()).unwrap();
+    assert!(sdp.contains("a=sendrecv"), "not on hold: {sdp}");
+}

@@ -173,6 +173,7 @@ pub async fn registrar(
         },
         transport: transport_config(&tls)?,
         hosts: Vec::new(),
+        watch: None,
     };
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
     announce_listeners(&ep, json_out).await?;
@@ -226,8 +227,8 @@ pub struct AgentArgs {
     /// Keep running when stdin ends (for scripts).
     #[arg(long)]
     pub stay: bool,
-    /// Turn off automatic network-change detection (not built yet: the
-    /// agent does not watch the network today).
+    /// Turn off automatic network-change detection (netlink on Linux plus
+    /// a periodic check of the source address towards the registrar).
     #[arg(long)]
     pub no_watch: bool,
     /// IPv6 use for SIP: disabled, enabled (either family; after a change,
@@ -395,6 +396,16 @@ fn call_json(ev: &CallEvent) -> Option<Value> {
     }
 }
 
+/// `cli.md`'s `network` event: what the network monitor saw.
+pub fn network_json(n: &siproam::netwatch::NetworkEvent) -> Value {
+    json!({
+        "event": "network",
+        "kind": n.kind.as_str(),
+        "interface": n.interface,
+        "address": n.address.map(|a| a.to_string()),
+    })
+}
+
 /// `cli.md`'s `ip_change` event.
 pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
     let mut v = json!({
@@ -482,6 +493,7 @@ pub async fn agent(
         },
         transport: transport_config(&args.tls)?,
         hosts: parse_hosts(&args.host)?,
+        watch: (!args.no_watch).then(siproam::WatchConfig::default),
     };
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(phone)).await?;
     announce_listeners(&ep, json_out).await?;
@@ -585,6 +597,7 @@ pub async fn agent(
                     }
                 }
                 Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
+                Some(EndpointEvent::Network(n)) => emit(json_out, network_json(&n)),
                 Some(EndpointEvent::Media(m)) => {
                     emit(json_out, media_json(&m));
                     if m.last && exit_after_call {

@@ -59,6 +59,8 @@ pub enum EndpointEvent {
     Media(crate::phone::MediaReport),
     /// A stage of an IP change ([`EndpointHandle::ip_change`]).
     IpChange(IpChangeReport),
+    /// What the network monitor saw ([`EndpointConfig::watch`]).
+    Network(crate::netwatch::NetworkEvent),
     /// After a move of a call's media, the first packet from the peer
     /// arrived on the new address.
     MediaMoved {
@@ -330,6 +332,40 @@ pub struct EndpointConfig {
     /// Host names pinned to addresses, looked up before DNS (a name may
     /// be given once per address; see [`StaticHosts`]).
     pub hosts: Vec<(String, IpAddr)>,
+    /// Detect network changes and handle them without being told
+    /// (`None`: only [`EndpointHandle::handle_ip_change`] moves the
+    /// endpoint).
+    pub watch: Option<WatchConfig>,
+}
+
+/// Automatic detection of network changes: the network monitor
+/// ([`crate::netwatch`]) reports what it sees; after `settle`, and every
+/// `resync`, the endpoint checks the source address the OS would now use
+/// towards each account's registrar (and each call's next hop) and, when
+/// it changed, handles the change with `params` (its `ip` becomes that
+/// address; an account that can only be reached in the other family
+/// switches family). A change seen while one is being handled is checked
+/// again right after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    /// How long after the first notification of a burst to decide (the
+    /// burst of address, route and link messages of one change).
+    pub settle: Duration,
+    /// How often the monitor dumps everything again (a lost notification)
+    /// and the source addresses are checked even without notifications.
+    pub resync: Duration,
+    /// How a detected change is handled.
+    pub params: IpChangeParams,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            settle: Duration::from_millis(5),
+            resync: Duration::from_secs(2),
+            params: IpChangeParams::in_place(),
+        }
+    }
 }
 
 /// Errors of the endpoint's commands.
@@ -443,6 +479,18 @@ impl EndpointHandle {
             app,
             resolver: Resolver::new(StaticHosts::new(HickoryDns::from_system(), &config.hosts)),
             accounts: HashMap::new(),
+            local_ip: None,
+            net: match &config.watch {
+                Some(w) => match crate::netwatch::spawn(w.resync) {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        tracing::warn!("network monitor: {e}; the source addresses are still checked every {:?}", w.resync);
+                        None
+                    }
+                },
+                None => None,
+            },
+            watch: config.watch.clone(),
             flows: HashMap::new(),
             connections: HashMap::new(),
             pending: HashMap::new(),
@@ -602,6 +650,9 @@ struct AccountRoute {
     sip: Ipv6Use,
     media: Ipv6Use,
     ip_change: Option<AccountIpChange>,
+    /// The local address the account registers from, as last set (at
+    /// registration, and by each change): what detection compares with.
+    local_ip: Option<IpAddr>,
 }
 
 impl AccountRoute {
@@ -633,6 +684,13 @@ struct Driver {
     resolver: Resolver<StaticHosts<HickoryDns>>,
     /// What the driver knows of each account beyond the core's view.
     accounts: HashMap<AccountId, AccountRoute>,
+    /// The endpoint's address as last set (first registration or call,
+    /// then each change): what detection compares calls with.
+    local_ip: Option<IpAddr>,
+    /// Automatic detection, when on.
+    watch: Option<WatchConfig>,
+    /// The network monitor's events (taken by the run loop).
+    net: Option<mpsc::UnboundedReceiver<crate::netwatch::MonitorMsg>>,
     /// core flow → connection (TCP/TLS)
     flows: HashMap<FlowId, FlowPath>,
     /// connection → core flow
@@ -695,6 +753,12 @@ impl Driver {
         mut transport_events: TransportEvents,
     ) {
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Connected>();
+        let mut net = self.net.take();
+        let mut settle_at: Option<tokio::time::Instant> = None;
+        let mut resync_at = self
+            .watch
+            .as_ref()
+            .map(|w| tokio::time::Instant::now() + w.resync);
         loop {
             let deadline = self
                 .core
@@ -702,6 +766,26 @@ impl Driver {
                 .map(|(at, _)| tokio::time::Instant::from_std(at));
             let retire_at = self.retiring.iter().map(|(at, _)| *at).min();
             tokio::select! {
+                msg = async { match net.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
+                    Some(crate::netwatch::MonitorMsg::Event(ev)) => {
+                        let _ = self.events.try_send(EndpointEvent::Network(ev));
+                        if let (None, Some(w)) = (settle_at, &self.watch) {
+                            settle_at = Some(tokio::time::Instant::now() + w.settle);
+                        }
+                    }
+                    None => net = None,
+                },
+                _ = sleep_until(settle_at), if settle_at.is_some() => {
+                    settle_at = None;
+                    self.check_network().await;
+                }
+                _ = sleep_until(resync_at), if resync_at.is_some() => {
+                    resync_at = self
+                        .watch
+                        .as_ref()
+                        .map(|w| tokio::time::Instant::now() + w.resync);
+                    self.check_network().await;
+                }
                 _ = async { match retire_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                     let now = tokio::time::Instant::now();
                     let (due, keep): (Vec<_>, Vec<_>) =
@@ -905,6 +989,9 @@ impl Driver {
             .family_preference();
         let targets = self.resolve_targets(&hop, family).await?;
         let target = self.first_usable(&targets)?;
+        if self.local_ip.is_none() {
+            self.local_ip = target.local.map(|a| a.ip());
+        }
         let cmd = crate::phone::PhoneCommand::Call { uri, from, target };
         match self.app.command(&mut self.core, now(), cmd)? {
             Some(id) => Ok(id),
@@ -949,6 +1036,71 @@ impl Driver {
             return Some(ip);
         }
         other_family(ip.is_ipv4())
+    }
+
+    /// Automatic detection: handles a change when the source address
+    /// towards a registrar (or a call's next hop) is no longer the one in
+    /// use.
+    async fn check_network(&mut self) {
+        let Some(watch) = self.watch.clone() else {
+            return;
+        };
+        if let Some(ip) = self.detect_new_address() {
+            debug!("network change detected: now {ip}");
+            let mut params = watch.params;
+            params.ip = Some(ip);
+            self.ip_change(&params).await;
+        }
+    }
+
+    /// The address to move to, if the network changed under an account
+    /// or a call.
+    fn detect_new_address(&self) -> Option<IpAddr> {
+        // an address a listener is pinned to stays in use while it exists
+        let listeners = self.transports.listeners();
+        let pinned_alive = |ip: IpAddr| {
+            listeners.iter().any(|l| l.local.ip() == ip) && self.transports.is_local(ip)
+        };
+        for account in self.core.accounts() {
+            let (Some(registrar), Some(route)) = (
+                self.core.account_registrar(account),
+                self.accounts.get(&account),
+            ) else {
+                continue;
+            };
+            if route.local_ip.is_some_and(pinned_alive) {
+                continue;
+            }
+            match self.transports.source_address_for(registrar) {
+                Ok(src) if Some(src) != route.local_ip => return Some(src),
+                Ok(_) => {}
+                Err(_) => {
+                    // unreachable in its family: the registrar's address in
+                    // the other family, where the account allows it
+                    let other = route
+                        .candidates
+                        .iter()
+                        .filter(|c| {
+                            c.addr.is_ipv4() != registrar.is_ipv4() && route.sip.allows(c.addr.ip())
+                        })
+                        .find_map(|c| self.transports.source_address_for(c.addr).ok());
+                    if other.is_some() {
+                        return other;
+                    }
+                }
+            }
+        }
+        let current = self.local_ip?;
+        if pinned_alive(current) {
+            return None;
+        }
+        self.core.calls().into_iter().find_map(|(call, _)| {
+            let hop = self.core.call_next_hop(call)?;
+            self.transports
+                .source_address_for(hop.remote)
+                .ok()
+                .filter(|src| *src != current)
+        })
     }
 
     fn modify(
@@ -1049,6 +1201,13 @@ impl Driver {
         if params.restart_listeners {
             for l in &old {
                 let r = match params.ip {
+                    // a wildcard listener of the new address's family
+                    // already receives on it: it stays as it is
+                    Some(ip)
+                        if l.local.ip().is_unspecified() && l.local.is_ipv4() == ip.is_ipv4() =>
+                    {
+                        Ok(*l)
+                    }
                     Some(ip) => {
                         let to = SocketAddr::new(ip, 0);
                         match self.transports.listen(l.transport, to).await {
@@ -1185,6 +1344,11 @@ impl Driver {
                     .move_account_with(now, account, contact, keep_flow)
                     .map_err(|e| e.to_string());
             }
+            if r.is_ok() {
+                if let Some(route) = self.accounts.get_mut(&account) {
+                    route.local_ip = Some(ip);
+                }
+            }
             report(
                 "update_contact",
                 r,
@@ -1194,6 +1358,7 @@ impl Driver {
                 Some(contact),
             );
         }
+        self.local_ip = Some(ip);
         let call_contact = SocketAddr::new(ip, port_for(Transport::Udp));
         for (call, state) in self.core.calls() {
             use siproam_core::CallState as S;
@@ -1302,6 +1467,10 @@ impl Driver {
             .resolve_targets(&spec.registrar, spec.ipv6_sip.family_preference())
             .await?;
         let core_target = self.first_usable(&candidates)?;
+        let local_ip = core_target.local.map(|a| a.ip());
+        if self.local_ip.is_none() {
+            self.local_ip = local_ip;
+        }
         let uri = siproam_sip::Uri::parse(&spec.registrar)?;
         // the Request-URI of a REGISTER is the registrar's domain
         let registrar_uri = match uri.as_sip() {
@@ -1326,6 +1495,7 @@ impl Driver {
                 sip: spec.ipv6_sip,
                 media: spec.ipv6_media,
                 ip_change: spec.ip_change,
+                local_ip,
             },
         );
         Ok(id)

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod endpoint;
+pub mod netwatch;
 mod phone;
 pub mod resolve;
 pub mod transport;
@@ -14,7 +15,7 @@ pub mod transport;
 pub use endpoint::{
     AccountChanges, AccountIpChange, AccountSpec, Application, EndpointConfig, EndpointError,
     EndpointEvent, EndpointHandle, IpChangeParams, IpChangeReport, Ipv6Use, RefreshFlags,
-    UnknownIpv6Use, UserAgent,
+    UnknownIpv6Use, UserAgent, WatchConfig,
 };
 pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

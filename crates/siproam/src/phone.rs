@@ -243,13 +243,23 @@ impl Phone {
         }
     }
 
-    fn rtp_socket(&self, core: &Core) -> std::io::Result<(StdUdpSocket, SocketAddr)> {
+    /// A call's RTP socket: on `media_ip` when configured, else on the
+    /// address the call's signalling uses (`hint`: the source address
+    /// towards its next hop, needed with wildcard listeners), else on the
+    /// first listener's address.
+    fn rtp_socket(
+        &self,
+        core: &Core,
+        hint: Option<IpAddr>,
+    ) -> std::io::Result<(StdUdpSocket, SocketAddr)> {
         let ip = self.config.media_ip.unwrap_or_else(|| {
-            core.listen_points()
-                .iter()
-                .map(|p| p.addr.ip())
-                .find(|ip| !ip.is_unspecified())
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            hint.filter(|ip| !ip.is_unspecified()).unwrap_or_else(|| {
+                core.listen_points()
+                    .iter()
+                    .map(|p| p.addr.ip())
+                    .find(|ip| !ip.is_unspecified())
+                    .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            })
         });
         let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))?;
         socket.set_nonblocking(true)?;
@@ -257,8 +267,13 @@ impl Phone {
         Ok((socket, local))
     }
 
-    fn new_call_media(&mut self, core: &Core, call: CallId) -> Option<PhoneCall> {
-        match self.rtp_socket(core) {
+    fn new_call_media(
+        &mut self,
+        core: &Core,
+        call: CallId,
+        hint: Option<IpAddr>,
+    ) -> Option<PhoneCall> {
+        match self.rtp_socket(core, hint) {
             Ok((socket, local)) => {
                 self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 Some(PhoneCall {
@@ -365,7 +380,12 @@ impl Phone {
                     .ok()
                     .and_then(|u| u.as_sip().and_then(|s| s.user()).map(str::to_owned))
                     .unwrap_or_else(|| "siproam".into());
-                let Some(mut pc) = self.new_call_media(core, CallId(0)) else {
+                let hint = target
+                    .local
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified())
+                    .or_else(|| crate::transport::source_address_for(target.remote).ok());
+                let Some(mut pc) = self.new_call_media(core, CallId(0), hint) else {
                     return Err(siproam_core::CoreError::InvalidState);
                 };
                 let offer = pc.sdp.create_offer();
@@ -592,7 +612,17 @@ impl Application for Phone {
             }
             Event::IncomingCall { call, request } => {
                 let call = *call;
-                match self.new_call_media(core, call) {
+                // the address the peer reaches us on: where our listener
+                // is pinned, else the source address towards its Contact
+                let hint = core
+                    .call_next_hop(call)
+                    .and_then(|hop| crate::transport::source_address_for(hop.remote).ok());
+                let pinned = core
+                    .listen_points()
+                    .iter()
+                    .map(|p| p.addr.ip())
+                    .find(|ip| !ip.is_unspecified());
+                match self.new_call_media(core, call, pinned.or(hint)) {
                     Some(mut pc) => {
                         pc.offer = Some(request.body().clone());
                         self.calls.insert(call, pc);

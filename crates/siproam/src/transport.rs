@@ -883,6 +883,11 @@ impl TransportManager {
         }
     }
 
+    /// Whether `ip` is one of the host's addresses (the [`AddressOracle`]).
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        self.shared.oracle.is_local(ip)
+    }
+
     /// The local address the OS would send from towards `remote` (see
     /// [`source_address_for`]).
     pub fn source_address_for(&self, remote: SocketAddr) -> io::Result<IpAddr> {

@@ -23,12 +23,20 @@ pub struct Proc {
     pub child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<Value>,
+    /// Every event read so far, in order.
+    history: std::cell::RefCell<Vec<Value>>,
 }
 
 impl Proc {
     /// Starts `siproam ARGS`.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        Proc::spawn_program(env!("CARGO_BIN_EXE_siproam"), args)
+    }
+
+    /// Starts `PROGRAM ARGS` (e.g. `ip netns exec NS siproam …`), whose
+    /// stdout is `siproam`'s JSON.
+    pub fn spawn_program(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -51,6 +59,7 @@ impl Proc {
             child,
             stdin,
             lines: rx,
+            history: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -58,11 +67,20 @@ impl Proc {
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
+                Ok(v) => {
+                    self.history.borrow_mut().push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
                 Err(e) => panic!("no {what}: {e}"),
             }
         }
+    }
+
+    /// Every event read so far (by [`Proc::wait_for`]), in order.
+    pub fn seen(&self) -> Vec<Value> {
+        self.history.borrow().clone()
     }
 
     /// Writes a command line to its stdin.

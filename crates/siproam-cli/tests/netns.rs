@@ -28,13 +28,33 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// `sysctl -w` inside a namespace.
+/// A sysctl (`net.ipv4.ip_forward=1`) inside a namespace, written to
+/// /proc/sys (no procps needed).
 fn sysctl(ns: &str, setting: &str) {
+    let (key, value) = setting.split_once('=').unwrap();
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "sysctl", "-qw", setting])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("echo {value} > {path}"),
+        ])
         .output()
-        .expect("sysctl");
-    assert!(out.status.success(), "sysctl {setting} in {ns}");
+        .expect("sh");
+    assert!(out.status.success(), "{setting} in {ns}");
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+fn mac(ns: &str, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", dev])
+        .output()
+        .expect("ip link");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0]["address"].as_str().expect("a MAC address").to_owned()
 }
 
 /// Whether this process may build namespaces; says why not otherwise.
@@ -139,6 +159,45 @@ impl Topology {
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", r, "link", "set", peer, "up"]);
         }
+        // static IPv6 neighbours on every hop: this sandbox's network stack
+        // takes about a second to resolve a neighbour on a forwarded path
+        // (packets wait meanwhile), which a real kernel does in
+        // microseconds; the tests measure the stack, not that
+        for (dev, peer, ns, n) in [
+            ("wifi0", "rwifi", h, "1"),
+            ("cell0", "rcell", h, "2"),
+            ("srv0", "rsrv", s, "9"),
+        ] {
+            let (mac_end, mac_router) = (mac(ns, dev), mac(r, peer));
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "neigh",
+                "replace",
+                &format!("fd0{n}::1"),
+                "lladdr",
+                &mac_router,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+            ip(&[
+                "-n",
+                r,
+                "-6",
+                "neigh",
+                "replace",
+                &format!("fd0{n}::2"),
+                "lladdr",
+                &mac_end,
+                "dev",
+                peer,
+                "nud",
+                "permanent",
+            ]);
+        }
         ip(&["-n", s, "route", "add", "default", "via", "10.9.0.1"]);
         ip(&["-n", s, "-6", "route", "add", "default", "via", "fd09::1"]);
         for (dev, n, metric, table) in [("wifi0", "1", "100", "101"), ("cell0", "2", "200", "102")]
@@ -175,9 +234,8 @@ impl Topology {
         Proc::spawn_program("ip", &all)
     }
 
-    /// Whether a TCP connection from the server reaches `addr`.
-    fn tcp_reaches(&self, addr: &str) -> bool {
-        let (host, port) = addr.rsplit_once(':').unwrap();
+    /// Whether a TCP connection from the server reaches `host` `port`.
+    fn tcp_reaches(&self, host: &str, port: &str) -> bool {
         Command::new("ip")
             .args([
                 "netns",
@@ -204,64 +262,7 @@ impl Drop for Topology {
 /// (wildcard listeners, detection on), in a confirmed call with media both
 /// ways. Returns (registrar, bob, alice, bob's last media report).
 fn call_over_wifi(t: &Topology) -> (Proc, Proc, Proc, Value) {
-    let registrar = t.spawn(
-        &t.server,
-        &[
-            "registrar",
-            "--json",
-            "--listen",
-            &format!("udp:{SERVER}:5060"),
-            "--listen",
-            &format!("tcp:{SERVER}:5060"),
-        ],
-    );
-    registrar.wait_for("registrar listening", |v| {
-        v["event"] == "listening" && v["transport"] == "tcp"
-    });
-    let bob = t.spawn(
-        &t.server,
-        &[
-            "agent",
-            "--json",
-            "--no-watch",
-            "--aor",
-            "sip:bob@example.test",
-            "--registrar",
-            &format!("sip:{SERVER}:5060"),
-            "--listen",
-            &format!("udp:{SERVER}:0"),
-            "--auto-answer",
-            "--play",
-            "tone:1000",
-        ],
-    );
-    bob.wait_for("bob registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
-    let mut alice = t.spawn(
-        &t.handset,
-        &[
-            "agent",
-            "--json",
-            "--aor",
-            "sip:alice@example.test",
-            "--registrar",
-            &format!("sip:{SERVER}:5060"),
-            "--listen",
-            "udp:0.0.0.0:0",
-            "--listen",
-            "tcp:0.0.0.0:0",
-            "--play",
-            "tone:1000",
-        ],
-    );
-    let reg = alice.wait_for("alice registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
-    assert!(
-        reg["contact"].as_str().unwrap().contains(WIFI),
-        "registered over wifi: {reg}"
-    );
+    let (registrar, bob, mut alice) = start(t, &Options::default());
     alice.send("call sip:bob@example.test");
     alice.wait_for("alice confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"
@@ -272,6 +273,92 @@ fn call_over_wifi(t: &Topology) -> (Proc, Proc, Proc, Value) {
             && v["rx_packets"].as_u64().unwrap_or(0) > 20
     });
     (registrar, bob, alice, before)
+}
+
+/// How [`start`] sets the scene up.
+#[derive(Default)]
+struct Options {
+    /// The registrar listens in IPv6 too, and the agents register to a name
+    /// pinned to both its addresses.
+    dual_stack: bool,
+    /// Bob answers only when told (`answer`).
+    bob_rings: bool,
+}
+
+/// The registrar and Bob in the server namespace, Alice registered in the
+/// handset (over wifi).
+fn start(t: &Topology, o: &Options) -> (Proc, Proc, Proc) {
+    let mut reg_args: Vec<String> = vec!["registrar".into(), "--json".into()];
+    let mut listens = vec![format!("udp:{SERVER}:5060"), format!("tcp:{SERVER}:5060")];
+    if o.dual_stack {
+        listens.push("udp:[fd09::2]:5060".into());
+        listens.push("tcp:[fd09::2]:5060".into());
+    }
+    for l in &listens {
+        reg_args.push("--listen".into());
+        reg_args.push(l.clone());
+    }
+    let reg_args: Vec<&str> = reg_args.iter().map(String::as_str).collect();
+    let registrar = t.spawn(&t.server, &reg_args);
+    for _ in &listens {
+        registrar.wait_for("registrar listening", |v| v["event"] == "listening");
+    }
+    let registrar_uri = if o.dual_stack {
+        "sip:sip.test:5060".to_owned()
+    } else {
+        format!("sip:{SERVER}:5060")
+    };
+    let hosts = ["--host", "sip.test=10.9.0.2", "--host", "sip.test=fd09::2"];
+    let mut bob_args = vec![
+        "agent",
+        "--json",
+        "--no-watch",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--listen",
+        "udp:10.9.0.2:0",
+        "--play",
+        "tone:1000",
+    ];
+    if !o.bob_rings {
+        bob_args.push("--auto-answer");
+    }
+    if o.dual_stack {
+        bob_args.extend_from_slice(&hosts);
+    }
+    let bob = t.spawn(&t.server, &bob_args);
+    bob.wait_for("bob registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let mut alice_args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--listen",
+        "udp:0.0.0.0:0",
+        "--listen",
+        "tcp:0.0.0.0:0",
+        "--play",
+        "tone:1000",
+    ];
+    if o.dual_stack {
+        alice_args.extend_from_slice(&hosts);
+        alice_args.extend_from_slice(&["--listen", "udp:[::]:0", "--listen", "tcp:[::]:0"]);
+    }
+    let alice = t.spawn(&t.handset, &alice_args);
+    let reg = alice.wait_for("alice registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    assert!(
+        reg["contact"].as_str().unwrap().contains(WIFI),
+        "registered over wifi: {reg}"
+    );
+    (registrar, bob, alice)
 }
 
 /// After a change Alice detected by herself: every stage ok, the binding
@@ -287,6 +374,12 @@ fn check_moved(
     new_ip: &str,
     max_lost: u64,
 ) {
+    let media = if new_ip.contains(':') {
+        format!("[{new_ip}]:")
+    } else {
+        format!("{new_ip}:")
+    };
+    let media = media.as_str();
     let mut seen: Vec<Value> = Vec::new();
     loop {
         let v = alice.wait_for("ip_change", |v| v["event"] == "ip_change");
@@ -316,14 +409,22 @@ fn check_moved(
     });
     let bob_after = bob.wait_for("bob hears alice on the new address", |v| {
         v["event"] == "media"
-            && v["remote"].as_str().is_some_and(|r| r.starts_with(new_ip))
+            && v["remote"].as_str().is_some_and(|r| r.starts_with(media))
             && v["rx_packets"].as_u64().unwrap_or(0) > before["rx_packets"].as_u64().unwrap() + 25
     });
     let alice_after = alice.wait_for("alice hears bob on the new address", |v| {
         v["event"] == "media"
-            && v["local"].as_str().is_some_and(|l| l.starts_with(new_ip))
+            && v["local"].as_str().is_some_and(|l| l.starts_with(media))
             && v["rx_packets"].as_u64().unwrap_or(0) > before["tx_packets"].as_u64().unwrap() + 25
     });
+    if std::env::var_os("NETNS_DEBUG").is_some() {
+        for v in alice.seen() {
+            eprintln!("alice {v}");
+        }
+        for v in bob.seen() {
+            eprintln!("bob {v}");
+        }
+    }
     assert!(
         bob_after["lost"].as_u64().unwrap() <= max_lost,
         "{bob_after}"
@@ -332,24 +433,27 @@ fn check_moved(
         alice_after["lost"].as_u64().unwrap() <= max_lost,
         "{alice_after}"
     );
-    if std::env::var_os("NETNS_DEBUG").is_some() {
-        for v in alice.seen() {
-            eprintln!("{v}");
-        }
-    }
     // the TCP listener really listens on the new address
-    let tcp = alice_tcp_port(alice);
+    let tcp = alice_tcp_port(alice, new_ip.contains(':'));
     assert!(
-        t.tcp_reaches(&format!("{new_ip}:{tcp}")),
-        "TCP listener on {new_ip}:{tcp}"
+        t.tcp_reaches(new_ip, &tcp),
+        "TCP listener on {new_ip} port {tcp}"
     );
 }
 
-fn alice_tcp_port(alice: &Proc) -> String {
+/// The port of Alice's TCP listener of a family: the one she announced,
+/// or the one a change opened last.
+fn alice_tcp_port(alice: &Proc, v6: bool) -> String {
+    let family = |a: &str| a.starts_with('[') == v6;
     alice
         .seen()
         .iter()
-        .find(|v| v["event"] == "listening" && v["transport"] == "tcp")
+        .rev()
+        .find(|v| {
+            (v["event"] == "listening" || v["stage"] == "restart_listener")
+                && v["transport"] == "tcp"
+                && v["address"].as_str().is_some_and(family)
+        })
         .and_then(|v| v["address"].as_str())
         .and_then(|a| a.rsplit_once(':'))
         .map(|(_, p)| p.to_owned())
@@ -398,4 +502,274 @@ fn cell_preferred_while_wifi_still_works() {
         v["event"] == "network" && v["kind"] == "route_changed"
     });
     check_moved(&t, &registrar, &bob, &alice, &before, CELL, 0);
+}
+
+/// Roaming: a new address on the same link (the old one removed, the new
+/// one promoted); Alice follows it.
+#[test]
+fn a_new_address_on_the_same_link() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("r");
+    sysctl(&t.handset, "net.ipv4.conf.wifi0.promote_secondaries=1");
+    let (registrar, bob, alice, before) = call_over_wifi(&t);
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "add",
+        "10.1.0.3/24",
+        "dev",
+        "wifi0",
+    ]);
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        &format!("{WIFI}/24"),
+        "dev",
+        "wifi0",
+    ]);
+    check_moved(&t, &registrar, &bob, &alice, &before, "10.1.0.3", 3);
+}
+
+/// The wifi link goes down without its address being removed: the routes
+/// over it go, Alice moves to cell.
+#[test]
+fn a_link_that_goes_down_with_its_address_kept() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("l");
+    let (registrar, bob, alice, before) = call_over_wifi(&t);
+    ip(&["-n", &t.handset, "link", "set", "wifi0", "down"]);
+    alice.wait_for("the monitor saw the link go down", |v| {
+        v["event"] == "network" && v["kind"] == "link_down" && v["interface"] == "wifi0"
+    });
+    check_moved(&t, &registrar, &bob, &alice, &before, CELL, 3);
+}
+
+/// IPv4 → IPv6: both IPv4 addresses go, IPv6 is left; the account moves to
+/// the registrar's IPv6 address by itself and the call's media to IPv6.
+#[test]
+fn ipv4_to_ipv6() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("6");
+    let (registrar, bob, mut alice) = start(
+        &t,
+        &Options {
+            dual_stack: true,
+            ..Options::default()
+        },
+    );
+    alice.send("call sip:bob@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    let before = bob.wait_for("bob hears alice over IPv4", |v| {
+        v["event"] == "media"
+            && v["remote"].as_str().is_some_and(|r| r.starts_with(WIFI))
+            && v["rx_packets"].as_u64().unwrap_or(0) > 20
+    });
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        &format!("{CELL}/24"),
+        "dev",
+        "cell0",
+    ]);
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        &format!("{WIFI}/24"),
+        "dev",
+        "wifi0",
+    ]);
+    check_moved(&t, &registrar, &bob, &alice, &before, "fd01::2", 3);
+}
+
+/// Ten flaps of the wifi link in a row: whatever runs while it flaps, Alice
+/// ends on cell (wifi's default route is gone once it came back), with the
+/// binding, the call and the media there.
+#[test]
+fn ten_flaps_in_a_row() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("f");
+    let (registrar, bob, alice, before) = call_over_wifi(&t);
+    for _ in 0..10 {
+        ip(&["-n", &t.handset, "link", "set", "wifi0", "down"]);
+        ip(&["-n", &t.handset, "link", "set", "wifi0", "up"]);
+    }
+    check_moved(&t, &registrar, &bob, &alice, &before, CELL, 10);
+}
+
+/// A change while a call to Alice is still ringing (break-before-make:
+/// the wifi address is gone): she answers afterwards, her 2xx carries the
+/// new Contact, the call is confirmed with media both ways on cell.
+#[test]
+fn a_change_while_a_call_to_us_rings() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("i");
+    let (registrar, mut bob, mut alice) = start(&t, &Options::default());
+    bob.send("call sip:alice@example.test");
+    alice.wait_for("alice rings", |v| {
+        v["event"] == "call" && v["state"] == "incoming"
+    });
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        &format!("{WIFI}/24"),
+        "dev",
+        "wifi0",
+    ]);
+    let done = alice.wait_for("the change", |v| {
+        v["event"] == "ip_change" && v["stage"] == "completed"
+    });
+    assert_eq!(done["status"], "ok");
+    registrar.wait_for("the binding names the cell address", |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(CELL))
+    });
+    alice.send("answer");
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    ringing_call_media_on_cell(&bob, &alice);
+}
+
+/// A change while Alice's call is still ringing at Bob (make-before-break:
+/// cell preferred while wifi works): her early dialog gets an UPDATE with
+/// the new Contact, Bob answers, the media is re-offered on cell.
+#[test]
+fn a_change_while_our_call_rings() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("g");
+    let (_registrar, mut bob, mut alice) = start(
+        &t,
+        &Options {
+            bob_rings: true,
+            ..Options::default()
+        },
+    );
+    alice.send("call sip:bob@example.test");
+    bob.wait_for("bob rings", |v| {
+        v["event"] == "call" && v["state"] == "incoming"
+    });
+    alice.wait_for("alice hears it ring", |v| {
+        v["event"] == "call" && v["state"] == "ringing"
+    });
+    ip(&[
+        "-n", &t.handset, "route", "add", "default", "via", "10.2.0.1", "dev", "cell0", "metric",
+        "50",
+    ]);
+    let done = alice.wait_for("the change", |v| {
+        v["event"] == "ip_change" && v["stage"] == "completed"
+    });
+    assert_eq!(done["status"], "ok");
+    bob.send("answer");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    ringing_call_media_on_cell(&bob, &alice);
+}
+
+fn ringing_call_media_on_cell(bob: &Proc, alice: &Proc) {
+    bob.wait_for("bob hears alice on cell", |v| {
+        v["event"] == "media"
+            && v["remote"].as_str().is_some_and(|r| r.starts_with(CELL))
+            && v["rx_packets"].as_u64().unwrap_or(0) > 25
+    });
+    alice.wait_for("alice hears bob on cell", |v| {
+        v["event"] == "media"
+            && v["local"].as_str().is_some_and(|l| l.starts_with(CELL))
+            && v["rx_packets"].as_u64().unwrap_or(0) > 25
+    });
+}
+
+/// A change while a re-INVITE is pending: the wifi path dies (the router's
+/// side of the link goes down), Alice puts Bob on hold (the re-INVITE is
+/// stuck), then the wifi address goes. The stuck re-INVITE is CANCELled
+/// and settles (its retransmissions now leave over cell), the call is
+/// re-offered from cell with no help, and resumes both ways there.
+#[test]
+fn a_change_while_a_reinvite_is_pending() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("p");
+    let (registrar, bob, mut alice, before) = call_over_wifi(&t);
+    ip(&["-n", &t.router, "link", "set", "rwifi", "down"]);
+    alice.send("hold");
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        &format!("{WIFI}/24"),
+        "dev",
+        "wifi0",
+    ]);
+    let done = alice.wait_for("the change", |v| {
+        v["event"] == "ip_change" && v["stage"] == "completed"
+    });
+    assert_eq!(done["status"], "ok");
+    registrar.wait_for("the binding names the cell address", |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(CELL))
+    });
+    // the re-offer from cell reached Bob (Alice still holds: she sends)
+    bob.wait_for("bob hears alice on cell", |v| {
+        v["event"] == "media"
+            && v["remote"].as_str().is_some_and(|r| r.starts_with(CELL))
+            && v["rx_packets"].as_u64().unwrap_or(0) > before["rx_packets"].as_u64().unwrap() + 25
+    });
+    // resume; refused while a re-offer is still out, then retried
+    let mut resumed = false;
+    for _ in 0..20 {
+        alice.send("unhold");
+        let v = alice.wait_for("unhold's outcome", |v| {
+            (v["event"] == "error" && v["command"] == "unhold")
+                || (v["event"] == "media"
+                    && v["local"].as_str().is_some_and(|l| l.starts_with(CELL))
+                    && v["rx_packets"].as_u64().unwrap_or(0)
+                        > before["tx_packets"].as_u64().unwrap() + 25)
+        });
+        if v["event"] == "media" {
+            resumed = true;
+            break;
+        }
+        bob.wait_for("bob's next media report", |v| v["event"] == "media");
+    }
+    assert!(resumed, "the call resumed both ways on cell");
+    assert!(alice
+        .seen()
+        .iter()
+        .all(|v| !(v["event"] == "call" && v["state"] == "disconnected")));
+    let tcp = alice_tcp_port(&alice, false);
+    assert!(
+        t.tcp_reaches(CELL, &tcp),
+        "TCP listener on {CELL} port {tcp}"
+    );
 }

@@ -28,35 +28,6 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// A sysctl (`net.ipv4.ip_forward=1`) inside a namespace, written to
-/// /proc/sys (no procps needed).
-fn sysctl(ns: &str, setting: &str) {
-    let (key, value) = setting.split_once('=').unwrap();
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "sh",
-            "-c",
-            &format!("echo {value} > {path}"),
-        ])
-        .output()
-        .expect("sh");
-    assert!(out.status.success(), "{setting} in {ns}");
-}
-
-/// The MAC address of `dev` in namespace `ns`.
-fn mac(ns: &str, dev: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "link", "show", "dev", dev])
-        .output()
-        .expect("ip link");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-    v[0]["address"].as_str().expect("a MAC address").to_owned()
-}
-
 /// Whether this process may build namespaces; says why not otherwise.
 fn can_build_namespaces() -> bool {
     let root = Command::new("id")
@@ -74,15 +45,10 @@ fn can_build_namespaces() -> bool {
     false
 }
 
-/// The handset, router and server namespaces, removed on drop.
-///
-/// handset wifi0 10.1.0.2/24 fd01::2/64 — router rwifi 10.1.0.1 fd01::1
-/// handset cell0 10.2.0.2/24 fd02::2/64 — router rcell 10.2.0.1 fd02::1
-/// server  srv0  10.9.0.2/24 fd09::2/64 — router rsrv  10.9.0.1 fd09::1
-///
-/// The handset's default route goes over wifi (metric 100) and cell (200);
-/// source-based rules keep a socket bound to one uplink's address on it.
+/// The handset, router and server namespaces of
+/// `interop/netns/topology.sh` (addresses there), removed on drop.
 struct Topology {
+    tag: String,
     handset: String,
     router: String,
     server: String,
@@ -94,136 +60,24 @@ const CELL: &str = "10.2.0.2";
 
 impl Topology {
     fn new(tag: &str) -> Topology {
-        let id = format!("{}{}", tag, std::process::id() % 100_000);
+        let tag = format!("{}{}", tag, std::process::id() % 100_000);
+        let script = repo().join("interop/netns/topology.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["up", &tag])
+            .output()
+            .expect("topology.sh");
         let t = Topology {
-            handset: format!("srh{id}"),
-            router: format!("srr{id}"),
-            server: format!("srs{id}"),
+            handset: format!("srh{tag}"),
+            router: format!("srr{tag}"),
+            server: format!("srs{tag}"),
+            tag,
         };
-        for ns in [&t.handset, &t.router, &t.server] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            sysctl(ns, "net.ipv6.conf.all.accept_ra=0");
-            sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
-            sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
-        }
-        sysctl(&t.router, "net.ipv4.ip_forward=1");
-        sysctl(&t.router, "net.ipv6.conf.all.forwarding=1");
-        let (h, r, s) = (&t.handset, &t.router, &t.server);
-        for (dev, peer, ns, n) in [
-            ("wifi0", "rwifi", h, "1"),
-            ("cell0", "rcell", h, "2"),
-            ("srv0", "rsrv", s, "9"),
-        ] {
-            ip(&[
-                "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", r,
-            ]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("10.{n}.0.2/24"),
-                "dev",
-                dev,
-            ]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("fd0{n}::2/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ip(&[
-                "-n",
-                r,
-                "addr",
-                "add",
-                &format!("10.{n}.0.1/24"),
-                "dev",
-                peer,
-            ]);
-            ip(&[
-                "-n",
-                r,
-                "addr",
-                "add",
-                &format!("fd0{n}::1/64"),
-                "dev",
-                peer,
-                "nodad",
-            ]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", r, "link", "set", peer, "up"]);
-        }
-        // static IPv6 neighbours on every hop: this sandbox's network stack
-        // takes about a second to resolve a neighbour on a forwarded path
-        // (packets wait meanwhile), which a real kernel does in
-        // microseconds; the tests measure the stack, not that
-        for (dev, peer, ns, n) in [
-            ("wifi0", "rwifi", h, "1"),
-            ("cell0", "rcell", h, "2"),
-            ("srv0", "rsrv", s, "9"),
-        ] {
-            let (mac_end, mac_router) = (mac(ns, dev), mac(r, peer));
-            ip(&[
-                "-n",
-                ns,
-                "-6",
-                "neigh",
-                "replace",
-                &format!("fd0{n}::1"),
-                "lladdr",
-                &mac_router,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-            ip(&[
-                "-n",
-                r,
-                "-6",
-                "neigh",
-                "replace",
-                &format!("fd0{n}::2"),
-                "lladdr",
-                &mac_end,
-                "dev",
-                peer,
-                "nud",
-                "permanent",
-            ]);
-        }
-        ip(&["-n", s, "route", "add", "default", "via", "10.9.0.1"]);
-        ip(&["-n", s, "-6", "route", "add", "default", "via", "fd09::1"]);
-        for (dev, n, metric, table) in [("wifi0", "1", "100", "101"), ("cell0", "2", "200", "102")]
-        {
-            let gw = format!("10.{n}.0.1");
-            ip(&[
-                "-n", h, "route", "add", "default", "via", &gw, "dev", dev, "metric", metric,
-            ]);
-            ip(&[
-                "-n", h, "route", "add", "default", "via", &gw, "dev", dev, "table", table,
-            ]);
-            ip(&[
-                "-n",
-                h,
-                "rule",
-                "add",
-                "from",
-                &format!("10.{n}.0.2"),
-                "table",
-                table,
-            ]);
-            let gw6 = format!("fd0{n}::1");
-            ip(&[
-                "-n", h, "-6", "route", "add", "default", "via", &gw6, "dev", dev, "metric", metric,
-            ]);
-        }
+        assert!(
+            out.status.success(),
+            "topology.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         t
     }
 
@@ -252,9 +106,10 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in [&self.handset, &self.router, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        let _ = Command::new("bash")
+            .arg(repo().join("interop/netns/topology.sh"))
+            .args(["down", &self.tag])
+            .status();
     }
 }
 
@@ -512,7 +367,6 @@ fn a_new_address_on_the_same_link() {
         return;
     }
     let t = Topology::new("r");
-    sysctl(&t.handset, "net.ipv4.conf.wifi0.promote_secondaries=1");
     let (registrar, bob, alice, before) = call_over_wifi(&t);
     ip(&[
         "-n",

@@ -314,7 +314,7 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -327,12 +327,112 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// and p95 from handling started to the REGISTER 2xx with the new Contact,
 /// to the call refresh's 2xx, and to the first RTP from the peer on the new
 /// address, and the RTP packets lost per hand-off.
+/// Registers Alice and Bob (`sip:alice@`/`sip:bob@example.test`) at
+/// `reg`, then Alice calls Bob through it; returns once the call is
+/// confirmed.
+pub(crate) async fn register_and_call(
+    alice: &mut EndpointHandle,
+    bob: &mut EndpointHandle,
+    reg: &str,
+) -> anyhow::Result<siproam::core::CallId> {
+    use siproam::core::{CallEvent, CallState};
+    for (ep, user) in [(&alice, "alice"), (&bob, "bob")] {
+        ep.register(AccountSpec {
+            aor: format!("sip:{user}@example.test"),
+            registrar: reg.to_owned(),
+            username: None,
+            password: None,
+            instance_id: Some(crate::run::instance_id(user.len() as u64)),
+            expires: 600,
+            ipv6_sip: siproam::Ipv6Use::Enabled,
+            ipv6_media: siproam::Ipv6Use::Enabled,
+            ip_change: None,
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let call = alice
+        .call("sip:bob@example.test", "sip:alice@example.test", Some(reg))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => bail!("the call did not confirm"),
+            ev = alice.next_event() => ev,
+            _ = bob.next_event() => None,
+        };
+        if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
+            state: CallState::Confirmed,
+            ..
+        }))) = ev
+        {
+            break;
+        }
+    }
+    Ok(call)
+}
+
+/// One direction's timings of one hand-off, in ms from the change.
+#[derive(Default)]
+pub(crate) struct Times {
+    pub detect: Vec<f64>,
+    pub register: Vec<f64>,
+    pub refresh: Vec<f64>,
+    pub media: Vec<f64>,
+    pub lost: u64,
+    pub runs: usize,
+}
+
+/// Waits for one hand-off (told or detected) to `new_ip` and records its timings.
+pub(crate) async fn measure(
+    alice: &mut EndpointHandle,
+    bob: &mut EndpointHandle,
+    start: Instant,
+    new_ip: &str,
+    t: &mut Times,
+) {
+    t.runs += 1;
+    let (mut d, mut r, mut f, mut m) = (None, None, None, None);
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while d.is_none() || r.is_none() || f.is_none() || m.is_none() {
+        let ev = tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            ev = alice.next_event() => ev,
+            _ = bob.next_event() => None,
+        };
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        match ev {
+            Some(EndpointEvent::IpChange(c)) if c.stage == "started" && d.is_none() => d = Some(ms),
+            Some(EndpointEvent::Core(Event::Registration(x)))
+                if x.state == RegistrationState::Registered
+                    && x.contact.contains(new_ip)
+                    && r.is_none() =>
+            {
+                r = Some(ms)
+            }
+            Some(EndpointEvent::Core(Event::Call(siproam::core::CallEvent::Answer { .. })))
+                if d.is_some() && f.is_none() =>
+            {
+                f = Some(ms)
+            }
+            Some(EndpointEvent::MediaMoved { first_packet, .. }) if m.is_none() => {
+                m = Some(first_packet.saturating_duration_since(start).as_secs_f64() * 1000.0);
+            }
+            _ => {}
+        }
+    }
+    t.detect.extend(d);
+    t.register.extend(r);
+    t.refresh.extend(f);
+    t.media.extend(m);
+}
+
 pub async fn handoff(
     runs: usize,
     break_before_make: bool,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
-    use siproam::core::{CallEvent, CallState, Config};
+    use siproam::core::Config;
     use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
     use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
     if runs == 0 {
@@ -395,41 +495,9 @@ pub async fn handoff(
         phone(true),
     )
     .await?;
-    for (ep, user) in [(&alice, "alice"), (&bob, "bob")] {
-        ep.register(AccountSpec {
-            aor: format!("sip:{user}@example.test"),
-            registrar: reg.clone(),
-            username: None,
-            password: None,
-            instance_id: Some(crate::run::instance_id(user.len() as u64)),
-            expires: 600,
-            ipv6_sip: siproam::Ipv6Use::Enabled,
-            ipv6_media: siproam::Ipv6Use::Enabled,
-            ip_change: None,
-        })
-        .await?;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let call = alice
-        .call("sip:bob@example.test", "sip:alice@example.test", Some(&reg))
-        .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let ev = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => bail!("the call did not confirm"),
-            ev = alice.next_event() => ev,
-            _ = bob.next_event() => None,
-        };
-        if let Some(EndpointEvent::Core(Event::Call(CallEvent::State {
-            state: CallState::Confirmed,
-            ..
-        }))) = ev
-        {
-            break;
-        }
-    }
+    let call = register_and_call(&mut alice, &mut bob, &reg).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut reg_ms, mut refresh_ms, mut media_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut times = Times::default();
     for run in 0..runs {
         let ip: std::net::IpAddr = if run % 2 == 0 {
             "127.0.0.3".parse()?
@@ -438,33 +506,7 @@ pub async fn handoff(
         };
         let start = Instant::now();
         alice.ip_change(ip).await?;
-        let (mut r, mut f, mut m) = (None, None, None);
-        let until = tokio::time::Instant::now() + Duration::from_secs(3);
-        while r.is_none() || f.is_none() || m.is_none() {
-            let ev = tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
-                ev = alice.next_event() => ev,
-                _ = bob.next_event() => None,
-            };
-            let ms = start.elapsed().as_secs_f64() * 1000.0;
-            match ev {
-                Some(EndpointEvent::Core(Event::Registration(x)))
-                    if x.contact.contains(&ip.to_string()) && r.is_none() =>
-                {
-                    r = Some(ms)
-                }
-                Some(EndpointEvent::Core(Event::Call(CallEvent::Answer { .. }))) if f.is_none() => {
-                    f = Some(ms)
-                }
-                Some(EndpointEvent::MediaMoved { first_packet, .. }) if m.is_none() => {
-                    m = Some(first_packet.saturating_duration_since(start).as_secs_f64() * 1000.0);
-                }
-                _ => {}
-            }
-        }
-        reg_ms.extend(r);
-        refresh_ms.extend(f);
-        media_ms.extend(m);
+        measure(&mut alice, &mut bob, start, &ip.to_string(), &mut times).await;
         // let the media settle between hand-offs
         let settle = tokio::time::Instant::now() + Duration::from_millis(300);
         loop {
@@ -485,10 +527,11 @@ pub async fn handoff(
             ev = bob.next_event() => if let Some(EndpointEvent::Media(m)) = ev { if m.last { lost_bob = Some(m.lost.max(0)) } },
         }
     }
-    for v in [&mut reg_ms, &mut refresh_ms, &mut media_ms] {
+    for v in [&mut times.register, &mut times.refresh, &mut times.media] {
         v.sort_by(f64::total_cmp);
     }
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let stat = |v: &Vec<f64>| json!({"p50": r3(percentile(v, 0.5)), "p95": r3(percentile(v, 0.95)), "n": v.len()});
     let lost = lost_alice.unwrap_or(-1) + lost_bob.unwrap_or(-1);
     emit(
         json_out,
@@ -496,9 +539,9 @@ pub async fn handoff(
             "event": "bench",
             "bench": "handoff",
             "runs": runs,
-            "register_2xx_ms": {"p50": r3(percentile(&reg_ms, 0.5)), "p95": r3(percentile(&reg_ms, 0.95)), "n": reg_ms.len()},
-            "refresh_2xx_ms": {"p50": r3(percentile(&refresh_ms, 0.5)), "p95": r3(percentile(&refresh_ms, 0.95)), "n": refresh_ms.len()},
-            "media_resumed_ms": {"p50": r3(percentile(&media_ms, 0.5)), "p95": r3(percentile(&media_ms, 0.95)), "n": media_ms.len()},
+            "register_2xx_ms": stat(&times.register),
+            "refresh_2xx_ms": stat(&times.refresh),
+            "media_resumed_ms": stat(&times.media),
             "rtp_lost_total": lost,
             "rtp_lost_per_handoff": if lost >= 0 { r3(lost as f64 / runs as f64) } else { f64::NAN },
             "mode": if break_before_make {

@@ -2,6 +2,7 @@
 //! the only crate with clap and anyhow.
 
 mod bench;
+mod bench_netns;
 mod demo;
 mod run;
 
@@ -107,6 +108,11 @@ enum BenchKind {
         /// interface is gone), instead of keeping it until the peer follows.
         #[arg(long)]
         break_before_make: bool,
+        /// In network namespaces (root): the address really removed and put
+        /// back, the change detected by the endpoint itself; reports
+        /// detection too, for break-before-make and make-before-break.
+        #[arg(long)]
+        netns: bool,
     },
     /// N simultaneous calls with G.711 media between two endpoints on loopback.
     Calls {
@@ -191,8 +197,15 @@ fn main() -> ExitCode {
                 BenchKind::Handoff {
                     runs,
                     break_before_make,
+                    netns,
                 },
-        } => block_on(bench::handoff(runs, break_before_make, json)),
+        } => {
+            if netns {
+                block_on(bench_netns::handoff_netns(runs, json))
+            } else {
+                block_on(bench::handoff(runs, break_before_make, json))
+            }
+        }
     };
     match result {
         Ok(code) => code,

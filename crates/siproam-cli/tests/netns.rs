@@ -627,3 +627,31 @@ fn a_change_while_a_reinvite_is_pending() {
         "TCP listener on {CELL} port {tcp}"
     );
 }
+
+/// `siproam bench handoff --netns` runs (one run of each kind) and
+/// measures every stage of each hand-off (the figures themselves are the
+/// benchmark's business, not a test's).
+#[test]
+fn the_netns_benchmark_measures_every_stage() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let bench = Proc::spawn_program(
+        env!("CARGO_BIN_EXE_siproam"),
+        &["--json", "bench", "handoff", "--netns", "--runs", "1"],
+    );
+    for mode in ["break-before-make", "make-before-break"] {
+        let v = bench.wait_for(mode, |v| {
+            v["event"] == "bench" && v["mode"].as_str().is_some_and(|m| m.starts_with(mode))
+        });
+        for stage in [
+            "detection_ms",
+            "register_2xx_ms",
+            "refresh_2xx_ms",
+            "media_resumed_ms",
+        ] {
+            assert_eq!(v[stage]["n"], 1, "{stage} measured: {v}");
+        }
+        assert!(v["rtp_lost_total"].is_u64(), "{v}");
+    }
+}

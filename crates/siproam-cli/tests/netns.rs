@@ -655,3 +655,225 @@ fn the_netns_benchmark_measures_every_stage() {
         assert!(v["rtp_lost_total"].is_u64(), "{v}");
     }
 }
+
+// ----- interop: Kamailio as registrar and proxy, SIPp as the far end -----
+
+/// Kamailio (interop/kamailio) listening on the server's address.
+struct KamailioIn {
+    workdir: std::path::PathBuf,
+}
+
+impl KamailioIn {
+    fn start(t: &Topology) -> KamailioIn {
+        let workdir = std::env::temp_dir().join(format!("siproam-nskam-{}", t.tag));
+        std::fs::create_dir_all(&workdir).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &t.server, "bash"])
+            .arg(repo().join("interop/kamailio/run.sh"))
+            .arg("5060")
+            .arg(&workdir)
+            .env("KAM_ARGS", format!("-A SIP_ADDR={SERVER} -A NO_CALL_AUTH"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kamailio did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        KamailioIn { workdir }
+    }
+
+    /// Alice's bindings, `Address` and `Socket` (the flow Kamailio uses).
+    fn bindings(&self, aor: &str) -> Vec<String> {
+        let out = Command::new("bash")
+            .arg(repo().join("interop/kamailio/bindings.sh"))
+            .arg(&self.workdir)
+            .arg(aor)
+            .arg("Address,Socket,Received")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bindings.sh");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for KamailioIn {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("interop/kamailio/stop.sh"))
+            .arg(&self.workdir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// wifi → cell with Kamailio as registrar and record-routing proxy and
+/// SIPp (registered as bob, echoing RTP) as the far end; Alice's leg over
+/// `transport`. Kamailio's location table must show Alice's new address
+/// (over that transport), the call must survive and the echo come back on
+/// the new address.
+fn kamailio_sipp_wifi_to_cell(transport: &str) {
+    if !can_build_namespaces() {
+        return;
+    }
+    if !have("kamailio") || !have("kamcmd") || !have("sipp") {
+        return;
+    }
+    let t = Topology::new(if transport == "tcp" { "kt" } else { "ku" });
+    let kam = KamailioIn::start(&t);
+    let sipp_port = "5070";
+    let reg = Command::new("ip")
+        .args(["netns", "exec", &t.server, "sipp", "-sf"])
+        .arg(repo().join("interop/sipp/register_auth.xml"))
+        .args([
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "15s",
+            "-timeout_error",
+            "-au",
+            "bob",
+            "-ap",
+            "bobpw",
+            "-s",
+            "bob",
+            "-i",
+            SERVER,
+            "-p",
+            sipp_port,
+            "-t",
+            "u1",
+            &format!("{SERVER}:5060"),
+        ])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(reg.status.success(), "SIPp registered bob at Kamailio");
+    let _uas = Child(
+        Command::new("ip")
+            .args(["netns", "exec", &t.server, "sipp", "-sf"])
+            .arg(repo().join("interop/sipp/uas_echo.xml"))
+            .args([
+                "-i",
+                SERVER,
+                "-p",
+                sipp_port,
+                "-mi",
+                SERVER,
+                "-mp",
+                "6000",
+                "-rtp_echo",
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "60s",
+                "-timeout_error",
+            ])
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let registrar = if transport == "tcp" {
+        format!("sip:{SERVER}:5060;transport=tcp")
+    } else {
+        format!("sip:{SERVER}:5060")
+    };
+    let mut alice = t.spawn(
+        &t.handset,
+        &[
+            "agent",
+            "--json",
+            "--aor",
+            "sip:alice@example.test",
+            "--password",
+            "alicepw",
+            "--registrar",
+            &registrar,
+            "--listen",
+            "udp:0.0.0.0:0",
+            "--listen",
+            "tcp:0.0.0.0:0",
+            "--play",
+            "tone:1000",
+        ],
+    );
+    alice.wait_for("alice registered at Kamailio", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let before = kam.bindings("alice@example.test");
+    assert!(
+        before.len() == 1 && before[0].contains(WIFI),
+        "Kamailio binds wifi: {before:?}"
+    );
+    alice.send("call sip:bob@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    let echo = alice.wait_for("SIPp echoes over wifi", |v| {
+        v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > 20
+    });
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        &format!("{WIFI}/24"),
+        "dev",
+        "wifi0",
+    ]);
+    let done = alice.wait_for("the change", |v| {
+        v["event"] == "ip_change" && v["stage"] == "completed"
+    });
+    assert_eq!(done["status"], "ok", "{done}");
+    alice.wait_for("re-registered from cell", |v| {
+        v["event"] == "registration"
+            && v["state"] == "registered"
+            && v["contact"].as_str().is_some_and(|c| c.contains(CELL))
+    });
+    let after = kam.bindings("alice@example.test");
+    if std::env::var_os("NETNS_DEBUG").is_some() {
+        eprintln!("kamailio bindings before {before:?} after {after:?}");
+    }
+    assert_eq!(after.len(), 1, "one binding, replaced: {after:?}");
+    assert!(after[0].contains(CELL), "Kamailio binds cell: {after:?}");
+    assert!(
+        after[0].contains(&format!("{transport}:{SERVER}:5060")),
+        "over {transport}: {after:?}"
+    );
+    alice.wait_for("the echo comes back on cell", |v| {
+        v["event"] == "media"
+            && v["local"].as_str().is_some_and(|l| l.starts_with(CELL))
+            && v["rx_packets"].as_u64().unwrap_or(0) > echo["rx_packets"].as_u64().unwrap() + 25
+    });
+    alice.send("hangup");
+    alice.wait_for("the call ends cleanly", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+}
+
+#[test]
+fn kamailio_and_sipp_wifi_to_cell_over_udp() {
+    kamailio_sipp_wifi_to_cell("udp");
+}
+
+#[test]
+fn kamailio_and_sipp_wifi_to_cell_over_tcp() {
+    kamailio_sipp_wifi_to_cell("tcp");
+}

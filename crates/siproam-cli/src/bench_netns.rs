@@ -105,63 +105,31 @@ fn script_path() -> anyhow::Result<std::path::PathBuf> {
         .context("interop/netns/topology.sh not found: run from the repository")
 }
 
-/// Starts an endpoint on a thread of its own inside network namespace
-/// `ns`; the handle works from any runtime.
+/// Starts an endpoint inside namespace `ns`.
 fn start_in(
     ns: &str,
     config: EndpointConfig,
     app: Box<dyn siproam::Application>,
 ) -> anyhow::Result<EndpointHandle> {
-    let path = format!("/var/run/netns/{ns}");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("ns-{ns}"))
-        .spawn(move || {
-            let r = (|| -> anyhow::Result<tokio::runtime::Runtime> {
-                enter_namespace(&path)?;
-                Ok(tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?)
-            })();
-            let rt = match r {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match EndpointHandle::start(config, app).await {
-                    Ok(h) => {
-                        let _ = tx.send(Ok(h));
-                        // the driver runs on this thread until the process ends
-                        std::future::pending::<()>().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                    }
-                }
-            });
-        })?;
-    rx.recv().context("endpoint thread")?
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{ns}"));
+    start_in_netns(&path, config, app)
 }
 
 #[cfg(target_os = "linux")]
-fn enter_namespace(path: &str) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns on a valid namespace file descriptor only changes this
-    // thread's network namespace.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if r != 0 {
-        bail!("setns {path}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+fn start_in_netns(
+    path: &std::path::Path,
+    config: EndpointConfig,
+    app: Box<dyn siproam::Application>,
+) -> anyhow::Result<EndpointHandle> {
+    Ok(EndpointHandle::start_in_netns(path, config, app)?)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn enter_namespace(_path: &str) -> anyhow::Result<()> {
+fn start_in_netns(
+    _path: &std::path::Path,
+    _config: EndpointConfig,
+    _app: Box<dyn siproam::Application>,
+) -> anyhow::Result<EndpointHandle> {
     bail!("network namespaces are Linux only")
 }
 

@@ -877,3 +877,126 @@ fn kamailio_and_sipp_wifi_to_cell_over_udp() {
 fn kamailio_and_sipp_wifi_to_cell_over_tcp() {
     kamailio_sipp_wifi_to_cell("tcp");
 }
+
+// ----- a change that concerns one account of two -------------------------
+
+/// Two accounts on one endpoint in the handset: one registers to the
+/// server (over the default route: wifi), the other to a registrar on the
+/// cell link itself (always reached over cell). When the wifi address goes
+/// only the first account's path changed: only it moves (re-registers
+/// from cell); the other is left alone (no REGISTER, no stage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_account_whose_path_changed_moves() {
+    use siproam::core::{Config, Event, RegistrationState};
+    use siproam::transport::Transport;
+    use siproam::{AccountSpec, EndpointConfig, EndpointEvent, EndpointHandle, Ipv6Use};
+    use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+    use std::time::Duration;
+
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("a");
+    let ns = |name: &str| std::path::PathBuf::from(format!("/var/run/netns/{name}"));
+    let registrar = |addr: &str| EndpointConfig {
+        listen: vec![(Transport::Udp, addr.parse().unwrap())],
+        core: Config {
+            dialogs: false,
+            ..Config::default()
+        },
+        ..Default::default()
+    };
+    let app = || {
+        Box::new(RegistrarApp::new(
+            Registrar::new(RegistrarConfig::default()),
+        ))
+    };
+    let _server =
+        EndpointHandle::start_in_netns(&ns(&t.server), registrar("10.9.0.2:5060"), app()).unwrap();
+    let _cell_side =
+        EndpointHandle::start_in_netns(&ns(&t.router), registrar("10.2.0.1:5060"), app()).unwrap();
+    let mut ep = EndpointHandle::start_in_netns(
+        &ns(&t.handset),
+        EndpointConfig {
+            listen: vec![(Transport::Udp, "0.0.0.0:0".parse().unwrap())],
+            watch: Some(siproam::WatchConfig::default()),
+            ..Default::default()
+        },
+        Box::new(siproam::UserAgent),
+    )
+    .unwrap();
+    let spec = |aor: &str, registrar: &str| AccountSpec {
+        aor: aor.into(),
+        registrar: registrar.into(),
+        username: None,
+        password: None,
+        instance_id: None,
+        expires: 600,
+        ipv6_sip: Ipv6Use::Enabled,
+        ipv6_media: Ipv6Use::Enabled,
+        ip_change: None,
+    };
+    let via_wifi = ep
+        .register(spec("sip:alice@example.test", "sip:10.9.0.2:5060"))
+        .await
+        .unwrap();
+    let on_cell = ep
+        .register(spec("sip:alice2@example.test", "sip:10.2.0.1:5060"))
+        .await
+        .unwrap();
+    let mut registered = std::collections::HashMap::new();
+    let mut stages = Vec::new();
+    let mut phase_two = false;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ep.next_event().await {
+                Some(EndpointEvent::Core(Event::Registration(r)))
+                    if r.state == RegistrationState::Registered =>
+                {
+                    registered.insert(r.account, r.contact.clone());
+                    if !phase_two && registered.len() == 2 {
+                        assert!(registered[&via_wifi].contains(WIFI), "{registered:?}");
+                        assert!(registered[&on_cell].contains(CELL), "{registered:?}");
+                        phase_two = true;
+                        ip(&[
+                            "-n",
+                            &t.handset,
+                            "addr",
+                            "del",
+                            &format!("{WIFI}/24"),
+                            "dev",
+                            "wifi0",
+                        ]);
+                    } else if phase_two {
+                        assert_eq!(
+                            r.account, via_wifi,
+                            "only the moved account registers: {r:?}"
+                        );
+                        assert!(r.contact.contains(CELL), "{r:?}");
+                        if stages.iter().any(|(s, _)| *s == "completed") {
+                            return;
+                        }
+                    }
+                }
+                Some(EndpointEvent::IpChange(c)) => {
+                    assert_eq!(c.status, "ok", "{c:?}");
+                    stages.push((c.stage, c.account));
+                    if c.stage == "completed" && registered[&via_wifi].contains(CELL) {
+                        return;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("the endpoint stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the change in time");
+    let moved: Vec<u32> = stages
+        .iter()
+        .filter(|(s, _)| *s == "update_contact")
+        .filter_map(|(_, a)| *a)
+        .collect();
+    assert_eq!(moved, vec![via_wifi.0], "{stages:?}");
+    assert!(registered[&on_cell].contains(CELL));
+}

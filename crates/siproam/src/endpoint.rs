@@ -105,6 +105,17 @@ pub struct IpChangeParams {
     pub old_listener_grace: Duration,
     /// How confirmed calls are refreshed.
     pub refresh: RefreshFlags,
+    /// Only these accounts move (`None`: all). Automatic detection sets it
+    /// to the accounts whose path changed.
+    pub accounts: Option<Vec<AccountId>>,
+    /// Only these calls move (`None`: all).
+    pub calls: Option<Vec<siproam_core::CallId>>,
+    /// A partial change: `shutdown_transports` closes only the stale
+    /// connections (their local address gone, or no longer the one the OS
+    /// would use towards their peer), and listeners pinned to an address
+    /// that still exists stay (others still move to `ip`). Automatic
+    /// detection sets it, so what the change did not touch keeps working.
+    pub keep_unaffected: bool,
 }
 
 /// How a call is refreshed after an IP change (PJSIP's `reinvite_flags`
@@ -265,6 +276,9 @@ impl IpChangeParams {
             hangup_calls: false,
             old_listener_grace: Duration::from_secs(32),
             refresh: RefreshFlags::default(),
+            accounts: None,
+            calls: None,
+            keep_unaffected: false,
         }
     }
 }
@@ -393,6 +407,25 @@ pub enum EndpointError {
     /// The endpoint task has stopped.
     #[error("endpoint stopped")]
     Stopped,
+    /// The network namespace could not be entered.
+    #[error("network namespace: {0}")]
+    Namespace(#[source] std::io::Error),
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+#[cfg(target_os = "linux")]
+fn enter_netns(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    // SAFETY: setns with a valid descriptor of a network namespace file
+    // changes only this thread's network namespace.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// An account to register, as the application describes it.
@@ -505,6 +538,56 @@ impl EndpointHandle {
             commands: cmd_tx,
             events: ev_rx,
         })
+    }
+
+    /// Starts an endpoint inside the Linux network namespace at
+    /// `ns_path` (`/var/run/netns/NAME`): on a thread of its own that
+    /// entered the namespace, with its own runtime, so every socket it
+    /// opens (listeners, connections, RTP, netlink) lives there. The handle
+    /// works from any runtime; the thread lives until the process ends.
+    /// For multi-namespace tests and benchmarks; needs the right to
+    /// `setns` (root).
+    #[cfg(target_os = "linux")]
+    pub fn start_in_netns(
+        ns_path: &std::path::Path,
+        config: EndpointConfig,
+        app: Box<dyn Application>,
+    ) -> Result<EndpointHandle, EndpointError> {
+        let path = ns_path.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("siproam-netns".into())
+            .spawn(move || {
+                let setup = enter_netns(&path).and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                });
+                let rt = match setup {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(EndpointError::Namespace(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match EndpointHandle::start(config, app).await {
+                        Ok(h) => {
+                            let _ = tx.send(Ok(h));
+                            // the driver runs on this thread; after its
+                            // shutdown the thread idles until the process
+                            // ends
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(EndpointError::Namespace)?;
+        let handle = rx.recv().map_err(|_| EndpointError::Stopped)??;
+        Ok(handle)
     }
 
     /// Starts registering an account.
@@ -1040,67 +1123,117 @@ impl Driver {
 
     /// Automatic detection: handles a change when the source address
     /// towards a registrar (or a call's next hop) is no longer the one in
-    /// use.
+    /// use, for the accounts and calls it concerns only; several new
+    /// addresses (accounts over different uplinks) are handled in turn.
     async fn check_network(&mut self) {
         let Some(watch) = self.watch.clone() else {
             return;
         };
-        if let Some(ip) = self.detect_new_address() {
-            debug!("network change detected: now {ip}");
-            let mut params = watch.params;
+        for _ in 0..4 {
+            let Some((ip, accounts, calls)) = self.detect_change() else {
+                return;
+            };
+            debug!(
+                "network change detected: now {ip} for {} accounts, {} calls",
+                accounts.len(),
+                calls.len()
+            );
+            let mut params = watch.params.clone();
             params.ip = Some(ip);
+            params.accounts = Some(accounts);
+            params.calls = Some(calls);
+            params.keep_unaffected = true;
             self.ip_change(&params).await;
         }
     }
 
-    /// The address to move to, if the network changed under an account
-    /// or a call.
-    fn detect_new_address(&self) -> Option<IpAddr> {
+    /// The address the OS now uses towards an account's registrar, if it
+    /// is not the one the account uses (`None`: unchanged, or unreachable
+    /// in every family it may use).
+    fn account_moved_to(&self, account: AccountId) -> Option<IpAddr> {
+        let registrar = self.core.account_registrar(account)?;
+        let route = self.accounts.get(&account)?;
         // an address a listener is pinned to stays in use while it exists
-        let listeners = self.transports.listeners();
-        let pinned_alive = |ip: IpAddr| {
-            listeners.iter().any(|l| l.local.ip() == ip) && self.transports.is_local(ip)
-        };
-        for account in self.core.accounts() {
-            let (Some(registrar), Some(route)) = (
-                self.core.account_registrar(account),
-                self.accounts.get(&account),
-            ) else {
-                continue;
-            };
-            if route.local_ip.is_some_and(pinned_alive) {
-                continue;
-            }
-            match self.transports.source_address_for(registrar) {
-                Ok(src) if Some(src) != route.local_ip => return Some(src),
-                Ok(_) => {}
-                Err(_) => {
-                    // unreachable in its family: the registrar's address in
-                    // the other family, where the account allows it
-                    let other = route
-                        .candidates
-                        .iter()
-                        .filter(|c| {
-                            c.addr.is_ipv4() != registrar.is_ipv4() && route.sip.allows(c.addr.ip())
-                        })
-                        .find_map(|c| self.transports.source_address_for(c.addr).ok());
-                    if other.is_some() {
-                        return other;
-                    }
-                }
-            }
-        }
-        let current = self.local_ip?;
-        if pinned_alive(current) {
+        let pinned = self
+            .transports
+            .listeners()
+            .iter()
+            .any(|l| Some(l.local.ip()) == route.local_ip);
+        if pinned
+            && route
+                .local_ip
+                .is_some_and(|ip| self.transports.is_local(ip))
+        {
             return None;
         }
-        self.core.calls().into_iter().find_map(|(call, _)| {
-            let hop = self.core.call_next_hop(call)?;
-            self.transports
-                .source_address_for(hop.remote)
-                .ok()
-                .filter(|src| *src != current)
-        })
+        let src = self
+            .transports
+            .source_address_for(registrar)
+            .ok()
+            .or_else(|| {
+                // unreachable in its family: the registrar's address in the
+                // other family, where the account allows it
+                route
+                    .candidates
+                    .iter()
+                    .filter(|c| {
+                        c.addr.is_ipv4() != registrar.is_ipv4() && route.sip.allows(c.addr.ip())
+                    })
+                    .find_map(|c| self.transports.source_address_for(c.addr).ok())
+            })?;
+        (Some(src) != route.local_ip).then_some(src)
+    }
+
+    /// The new address and the accounts and calls that move to it, if the
+    /// network changed under any of them.
+    fn detect_change(&self) -> Option<(IpAddr, Vec<AccountId>, Vec<siproam_core::CallId>)> {
+        let moved: Vec<(AccountId, IpAddr)> = self
+            .core
+            .accounts()
+            .into_iter()
+            .filter_map(|a| self.account_moved_to(a).map(|ip| (a, ip)))
+            .collect();
+        let listeners = self.transports.listeners();
+        // (a call whose next hop is unreachable now goes with whatever
+        // address the change picks: the other family's, for instance)
+        let call_moves: Vec<(siproam_core::CallId, Option<IpAddr>)> = self
+            .core
+            .calls()
+            .into_iter()
+            .filter_map(|(call, _)| {
+                let hop = self.core.call_next_hop(call)?;
+                let current = hop
+                    .local
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified())
+                    .or(self.local_ip)?;
+                let pinned = listeners.iter().any(|l| l.local.ip() == current);
+                if pinned && self.transports.is_local(current) {
+                    return None;
+                }
+                match self.transports.source_address_for(hop.remote) {
+                    Ok(src) => (src != current).then_some((call, Some(src))),
+                    Err(_) => Some((call, None)),
+                }
+            })
+            .collect();
+        let ip = moved
+            .first()
+            .map(|(_, ip)| *ip)
+            .or_else(|| call_moves.iter().find_map(|(_, ip)| *ip))?;
+        Some((
+            ip,
+            moved
+                .iter()
+                .filter(|(_, i)| *i == ip)
+                .map(|(a, _)| *a)
+                .collect(),
+            call_moves
+                .iter()
+                .filter(|(_, i)| i.is_none_or(|i| i == ip))
+                .map(|(c, _)| *c)
+                .collect(),
+        ))
     }
 
     fn modify(
@@ -1167,7 +1300,25 @@ impl Driver {
         report("started", Ok(()), None, None, None, None);
         // requests dying on the old path must not end calls
         self.core.begin_network_change(now());
-        if params.shutdown_transports {
+        if params.shutdown_transports && params.keep_unaffected {
+            let mut closed = 0;
+            for c in self.transports.connections() {
+                let stale = !self.transports.is_local(c.local.ip())
+                    || self
+                        .transports
+                        .source_address_for(c.remote)
+                        .map_or(true, |src| src != c.local.ip());
+                if stale
+                    && self
+                        .transports
+                        .close_connection(c.id, CloseReason::ShutDown)
+                {
+                    closed += 1;
+                }
+            }
+            report("shutdown_transports", Ok(()), None, None, None, None);
+            debug!("{closed} stale stream connections closed");
+        } else if params.shutdown_transports {
             let closed = self.transports.shutdown_streams();
             report("shutdown_transports", Ok(()), None, None, None, None);
             debug!("{closed} stream connections closed");
@@ -1205,6 +1356,15 @@ impl Driver {
                     // already receives on it: it stays as it is
                     Some(ip)
                         if l.local.ip().is_unspecified() && l.local.is_ipv4() == ip.is_ipv4() =>
+                    {
+                        Ok(*l)
+                    }
+                    // a partial change leaves a pinned listener whose
+                    // address still exists alone
+                    Some(_)
+                        if params.keep_unaffected
+                            && !l.local.ip().is_unspecified()
+                            && self.transports.is_local(l.local.ip()) =>
                     {
                         Ok(*l)
                     }
@@ -1285,6 +1445,13 @@ impl Driver {
         let now = now();
         let defaults = AccountIpChange::from_params(params);
         for account in self.core.accounts() {
+            if params
+                .accounts
+                .as_ref()
+                .is_some_and(|only| !only.contains(&account))
+            {
+                continue;
+            }
             let knobs = self
                 .accounts
                 .get(&account)
@@ -1361,6 +1528,13 @@ impl Driver {
         self.local_ip = Some(ip);
         let call_contact = SocketAddr::new(ip, port_for(Transport::Udp));
         for (call, state) in self.core.calls() {
+            if params
+                .calls
+                .as_ref()
+                .is_some_and(|only| !only.contains(&call))
+            {
+                continue;
+            }
             use siproam_core::CallState as S;
             let ringing = matches!(state, S::Incoming | S::Ringing | S::Early);
             if !ringing && state != S::Confirmed {

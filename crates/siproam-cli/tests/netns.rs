@@ -106,6 +106,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("siproam-ns-{}", self.tag)));
         let _ = Command::new("bash")
             .arg(repo().join("interop/netns/topology.sh"))
             .args(["down", &self.tag])
@@ -187,6 +189,14 @@ fn start(t: &Topology, o: &Options) -> (Proc, Proc, Proc) {
     bob.wait_for("bob registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"
     });
+    // a TLS listener too: it must listen on the new address as well
+    let dir = std::env::temp_dir().join(format!("siproam-ns-{}", t.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_ca, cert, key) = certificates(&dir);
+    let (cert, key) = (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    );
     let mut alice_args = vec![
         "agent",
         "--json",
@@ -198,6 +208,12 @@ fn start(t: &Topology, o: &Options) -> (Proc, Proc, Proc) {
         "udp:0.0.0.0:0",
         "--listen",
         "tcp:0.0.0.0:0",
+        "--listen",
+        "tls:0.0.0.0:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
         "--play",
         "tone:1000",
     ];
@@ -289,16 +305,18 @@ fn check_moved(
         "{alice_after}"
     );
     // the TCP listener really listens on the new address
-    let tcp = alice_tcp_port(alice, new_ip.contains(':'));
-    assert!(
-        t.tcp_reaches(new_ip, &tcp),
-        "TCP listener on {new_ip} port {tcp}"
-    );
+    for transport in ["tcp", "tls"] {
+        let port = alice_port(alice, transport, new_ip.contains(':'));
+        assert!(
+            t.tcp_reaches(new_ip, &port),
+            "{transport} listener on {new_ip} port {port}"
+        );
+    }
 }
 
-/// The port of Alice's TCP listener of a family: the one she announced,
-/// or the one a change opened last.
-fn alice_tcp_port(alice: &Proc, v6: bool) -> String {
+/// The port of Alice's `transport` listener of a family: the one she
+/// announced, or the one a change opened last.
+fn alice_port(alice: &Proc, transport: &str, v6: bool) -> String {
     let family = |a: &str| a.starts_with('[') == v6;
     alice
         .seen()
@@ -306,13 +324,13 @@ fn alice_tcp_port(alice: &Proc, v6: bool) -> String {
         .rev()
         .find(|v| {
             (v["event"] == "listening" || v["stage"] == "restart_listener")
-                && v["transport"] == "tcp"
+                && v["transport"] == transport
                 && v["address"].as_str().is_some_and(family)
         })
         .and_then(|v| v["address"].as_str())
         .and_then(|a| a.rsplit_once(':'))
         .map(|(_, p)| p.to_owned())
-        .expect("alice's TCP listener")
+        .expect("alice's listener")
 }
 
 /// Break-before-make: the wifi address is removed; Alice notices, moves to
@@ -621,7 +639,7 @@ fn a_change_while_a_reinvite_is_pending() {
         .seen()
         .iter()
         .all(|v| !(v["event"] == "call" && v["state"] == "disconnected")));
-    let tcp = alice_tcp_port(&alice, false);
+    let tcp = alice_port(&alice, "tcp", false);
     assert!(
         t.tcp_reaches(CELL, &tcp),
         "TCP listener on {CELL} port {tcp}"

@@ -20,8 +20,9 @@ pub struct CallMove {
     /// Our new Contact address (the next request or answer carries it,
     /// and is sent from it); `None` keeps the dialog's Contact.
     pub contact: Option<SocketAddr>,
-    /// The address to send from, so the Via names it, while the Contact
-    /// stays (when `contact` is `None`).
+    /// The address to send from, so the Via names it: with `contact`
+    /// `None` the Contact stays; with another address than `contact`'s,
+    /// the Contact names a NAT's public address and we send from ours.
     pub via: Option<SocketAddr>,
     /// The next hop for in-dialog requests after a switch between IPv4
     /// and IPv6 (the same proxy in the new family); `None` keeps it.
@@ -81,10 +82,16 @@ impl Endpoint {
             self.hang_up(now, call)?;
             return Ok(CallMoveAction::Nothing);
         }
-        match (mv.contact, mv.via) {
-            (Some(contact), _) => self.set_call_contact(call, contact)?,
-            (None, Some(via)) => self.set_call_send_from(call, via)?,
-            (None, None) => {}
+        if let Some(contact) = mv.contact {
+            self.set_call_contact(call, contact)?;
+        }
+        // sending from another address than the Contact's (the Contact is
+        // a NAT's public address, or only the Via moves)
+        if let Some(via) = mv
+            .via
+            .filter(|v| Some(v.ip()) != mv.contact.map(|c| c.ip()))
+        {
+            self.set_call_send_from(call, via)?;
         }
         if let Some(hop) = mv.next_hop {
             self.set_call_next_hop(call, Some(hop))?;

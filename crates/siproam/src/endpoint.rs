@@ -736,6 +736,10 @@ struct AccountRoute {
     /// The local address the account registers from, as last set (at
     /// registration, and by each change): what detection compares with.
     local_ip: Option<IpAddr>,
+    /// The Contact last registered (`None` right after a change we made):
+    /// a different one without a change of ours is a NAT rebinding learnt
+    /// from `received`/`rport`.
+    contact: Option<String>,
 }
 
 impl AccountRoute {
@@ -1514,6 +1518,7 @@ impl Driver {
             if r.is_ok() {
                 if let Some(route) = self.accounts.get_mut(&account) {
                     route.local_ip = Some(ip);
+                    route.contact = None;
                 }
             }
             report(
@@ -1670,6 +1675,7 @@ impl Driver {
                 media: spec.ipv6_media,
                 ip_change: spec.ip_change,
                 local_ip,
+                contact: None,
             },
         );
         Ok(id)
@@ -1762,6 +1768,91 @@ impl Driver {
     }
 
     /// Carries out what the core asked, and hands its events on.
+    /// A registered Contact different from the last one while no change
+    /// of ours moved the account: the registrar saw us at another address
+    /// (`received`/`rport`: a NAT rebinding), which the core has already
+    /// re-registered. Returns that address.
+    fn contact_changed(&mut self, r: &siproam_core::RegistrationEvent) -> Option<SocketAddr> {
+        if r.state != siproam_core::RegistrationState::Registered {
+            return None;
+        }
+        let route = self.accounts.get_mut(&r.account)?;
+        let before = route.contact.replace(r.contact.clone())?;
+        if before == r.contact {
+            return None;
+        }
+        let uri = siproam_sip::Uri::parse(&r.contact).ok()?;
+        let sip = uri.as_sip()?;
+        let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = host.parse().ok()?;
+        Some(SocketAddr::new(ip, sip.port().unwrap_or(5060)))
+    }
+
+    /// A NAT rebinding counts as a change: the account's calls take the
+    /// public address as their Contact (sending from where they did), as
+    /// stages `started`, `refresh_calls` (one per call), `completed`.
+    fn rebound(&mut self, account: AccountId, public: SocketAddr) {
+        let t0 = Instant::now();
+        let events = self.events.clone();
+        let report = |stage: &'static str, status: Result<(), String>, call: Option<u32>| {
+            let _ = events.try_send(EndpointEvent::IpChange(IpChangeReport {
+                stage,
+                status: status.err().unwrap_or_else(|| "ok".to_owned()),
+                elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                account: Some(account.0),
+                call,
+                transport: None,
+                address: Some(public),
+            }));
+        };
+        let Some(route) = self.accounts.get(&account) else {
+            return;
+        };
+        let aor = route.aor.clone();
+        let prefer_update = route
+            .ip_change
+            .map_or(RefreshFlags::default().prefer_update, |k| {
+                k.refresh.prefer_update
+            });
+        debug!(
+            "the registrar sees account {} at another address",
+            account.0
+        );
+        report("started", Ok(()), None);
+        let now = now();
+        for (call, _) in self.core.calls() {
+            let ours = self.core.call_local_uri(call).is_some_and(|u| {
+                u.trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .eq_ignore_ascii_case(&aor)
+            });
+            if !ours {
+                continue;
+            }
+            let sending = self.core.call_next_hop(call).and_then(|h| h.local);
+            let mv = siproam_core::CallMove {
+                contact: Some(public),
+                via: sending,
+                next_hop: None,
+                hang_up: false,
+                prefer_update,
+            };
+            let r = self.core.move_call(now, call, mv).and_then(|action| {
+                if action == siproam_core::CallMoveAction::Nothing {
+                    return Ok(());
+                }
+                let cmd = crate::phone::PhoneCommand::Moved {
+                    call,
+                    media_ip: None,
+                    action,
+                };
+                self.app.command(&mut self.core, now, cmd).map(|_| ())
+            });
+            report("refresh_calls", r.map_err(|e| e.to_string()), Some(call.0));
+        }
+        report("completed", Ok(()), None);
+    }
+
     async fn drain(&mut self, conn_tx: &mpsc::UnboundedSender<Connected>) {
         loop {
             let mut progressed = false;
@@ -1772,6 +1863,11 @@ impl Driver {
             while let Some(ev) = self.core.poll_event() {
                 progressed = true;
                 let at = now();
+                if let Event::Registration(r) = &ev {
+                    if let Some(public) = self.contact_changed(r) {
+                        self.rebound(r.account, public);
+                    }
+                }
                 if let Some(ev) = self.app.on_event(&mut self.core, at, ev) {
                     if self.events.try_send(EndpointEvent::Core(ev)).is_err() {
                         debug!("event dropped: nobody is reading");

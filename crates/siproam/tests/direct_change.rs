@@ -694,3 +694,78 @@ async fn a_refused_hold_leaves_no_offer_behind() {
     let sdp = std::str::from_utf8(status.1.body()).unwrap();
     assert!(sdp.contains("a=sendrecv"), "not on hold: {sdp}");
 }
+
+/// A NAT rebinding counts as a change: the registrar sees the account at
+/// another address (`received`/`rport` in its answer to a refresh), the
+/// core re-registers that Contact, and the account's call is refreshed
+/// with it as its Contact, still sent from our own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_received_rport_refreshes_the_accounts_calls() {
+    let registrar = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let reg_addr = registrar.local_addr().unwrap();
+    let (mut alice, peer, peer_rtp, invite, from) = place_call().await;
+    let (peer_addr, rtp_addr) = (peer.local_addr().unwrap(), peer_rtp.local_addr().unwrap());
+    ok(&peer, &invite, from, peer_addr, rtp_addr).await;
+    next_request(&peer, Method::Ack).await;
+    wait_state(&mut alice, |s| s == CallState::Confirmed).await;
+    let account = alice
+        .register(siproam::AccountSpec {
+            aor: "sip:alice@example.test".into(),
+            registrar: format!("sip:{reg_addr}"),
+            username: None,
+            password: None,
+            instance_id: None,
+            expires: 600,
+            ipv6_sip: siproam::Ipv6Use::Enabled,
+            ipv6_media: siproam::Ipv6Use::Enabled,
+            ip_change: None,
+        })
+        .await
+        .unwrap();
+    // answer a REGISTER, as seen from `seen_as` when given
+    let answer = |req: Message, to: SocketAddr, seen_as: Option<(&'static str, &'static str)>| {
+        let registrar = &registrar;
+        async move {
+            let contact = req.header(HeaderName::Contact).unwrap().to_owned();
+            let mut resp = MessageBuilder::response_to(&req, 200, "OK", Some("reg"))
+                .header("Contact", &contact)
+                .build()
+                .unwrap();
+            if let Some((ip, port)) = seen_as {
+                resp.set_top_via_param("received", Some(Some(ip))).unwrap();
+                resp.set_top_via_param("rport", Some(Some(port))).unwrap();
+            }
+            registrar.send_to(&resp.to_bytes(), to).await.unwrap();
+        }
+    };
+    let (r1, from) = next_request(&registrar, Method::Register).await;
+    answer(r1, from, None).await;
+    // wait for the first binding before the rebinding
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::Core(Event::Registration(r))) = alice.next_event().await {
+                if r.state == siproam::core::RegistrationState::Registered {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    alice.reregister(account).await.unwrap();
+    let (r2, from) = next_request(&registrar, Method::Register).await;
+    answer(r2, from, Some(("127.0.0.9", "5555"))).await;
+    let (r3, from) = next_request(&registrar, Method::Register).await;
+    let contact = r3.header(HeaderName::Contact).unwrap().to_owned();
+    assert!(contact.contains("127.0.0.9:5555"), "rewritten: {contact}");
+    answer(r3, from, Some(("127.0.0.9", "5555"))).await;
+    let (reinvite, from) = next_request(&peer, Method::Invite).await;
+    assert_eq!(reinvite.call_id(), invite.call_id());
+    let contact = reinvite.header(HeaderName::Contact).unwrap();
+    assert!(
+        contact.contains("@127.0.0.9:5555"),
+        "public Contact: {contact}"
+    );
+    assert_eq!(reinvite.top_via().unwrap().host_str(), "127.0.0.2");
+    assert_eq!(from.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+}

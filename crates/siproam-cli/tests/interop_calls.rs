@@ -16,7 +16,6 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 struct Sipp(Child);
 
@@ -64,7 +63,9 @@ fn sipp_uas_echoes_a_siproam_call_and_the_tone_comes_back() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // SIPp is ready once its UDP port is taken (a sleep raced a loaded
+    // machine: the INVITE went out before SIPp listened)
+    wait_udp_bound("127.0.0.1", port);
     let wav = dir.join("echo.wav");
     let uri = format!("sip:echo@127.0.0.1:{port}");
     let mut call = Proc::spawn(&[

@@ -140,6 +140,8 @@ struct Options {
     dual_stack: bool,
     /// Bob answers only when told (`answer`).
     bob_rings: bool,
+    /// Alice prefers IPv6 for SIP and media (registers over wifi's IPv6).
+    alice_prefers_ipv6: bool,
 }
 
 /// The registrar and Bob in the server namespace, Alice registered in the
@@ -221,12 +223,20 @@ fn start(t: &Topology, o: &Options) -> (Proc, Proc, Proc) {
         alice_args.extend_from_slice(&hosts);
         alice_args.extend_from_slice(&["--listen", "udp:[::]:0", "--listen", "tcp:[::]:0"]);
     }
+    if o.alice_prefers_ipv6 {
+        alice_args.extend_from_slice(&["--ipv6-sip", "prefer", "--ipv6-media", "prefer"]);
+    }
     let alice = t.spawn(&t.handset, &alice_args);
     let reg = alice.wait_for("alice registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"
     });
+    let wifi = if o.alice_prefers_ipv6 {
+        "[fd01::2]"
+    } else {
+        WIFI
+    };
     assert!(
-        reg["contact"].as_str().unwrap().contains(WIFI),
+        reg["contact"].as_str().unwrap().contains(wifi),
         "registered over wifi: {reg}"
     );
     (registrar, bob, alice)
@@ -466,6 +476,55 @@ fn ipv4_to_ipv6() {
         "wifi0",
     ]);
     check_moved(&t, &registrar, &bob, &alice, &before, "fd01::2", 3);
+}
+
+/// IPv6 → IPv4: Alice prefers IPv6 and calls over it; both IPv6 addresses
+/// go, IPv4 is left; the account moves to the registrar's IPv4 address
+/// and the call's media to IPv4, by themselves.
+#[test]
+fn ipv6_to_ipv4() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("4");
+    let (registrar, bob, mut alice) = start(
+        &t,
+        &Options {
+            dual_stack: true,
+            alice_prefers_ipv6: true,
+            ..Options::default()
+        },
+    );
+    alice.send("call sip:bob@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    let before = bob.wait_for("bob hears alice over IPv6", |v| {
+        v["event"] == "media"
+            && v["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("[fd01::2]"))
+            && v["rx_packets"].as_u64().unwrap_or(0) > 20
+    });
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        "fd02::2/64",
+        "dev",
+        "cell0",
+    ]);
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "del",
+        "fd01::2/64",
+        "dev",
+        "wifi0",
+    ]);
+    check_moved(&t, &registrar, &bob, &alice, &before, WIFI, 3);
 }
 
 /// Ten flaps of the wifi link in a row: whatever runs while it flaps, Alice

@@ -152,6 +152,16 @@ impl Proxy {
             .map(|r| is_us(r.uri(), &points));
         if top_route == Some(true) {
             remove_top_route(&mut req)?;
+            // a double Record-Route (two legs of different families or
+            // transports, RFC 5118 §4) leaves a second entry naming us
+            while req
+                .routes()
+                .next()
+                .and_then(Result::ok)
+                .is_some_and(|r| is_us(r.uri(), &points))
+            {
+                remove_top_route(&mut req)?;
+            }
         }
         let next_route = req
             .routes()
@@ -199,9 +209,13 @@ impl Proxy {
                 {
                     return Ok(Routed::ForUs);
                 } else if key.is_some()
-                    && parsed
-                        .as_sip()
-                        .is_some_and(|s| s.host_str().parse::<IpAddr>().is_err())
+                    && parsed.as_sip().is_some_and(|s| {
+                        s.host_str()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .parse::<IpAddr>()
+                            .is_err()
+                    })
                 {
                     return match tx {
                         Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
@@ -220,23 +234,30 @@ impl Proxy {
                 }
             }
         };
-        // stay on the dialog's path: record-route dialog-creating requests
+        // stay on the dialog's path: record-route dialog-creating requests,
+        // with our address on the caller's leg and, when the callee's leg
+        // is of another family or transport, a second entry on top with
+        // our address on that leg (RFC 5118 §4 double Record-Route)
         if method == "INVITE" || method == "SUBSCRIBE" || method == "REFER" {
-            if let Some(p) = points
-                .iter()
-                .find(|p| p.transport == inbound && !p.addr.ip().is_unspecified())
-                .or(points.first())
+            let inbound_v4 = ep.flow(flow).is_none_or(|f| f.remote.is_ipv4());
+            let point = |transport: Transport, v4: bool| {
+                let usable =
+                    |p: &&ListenPoint| p.transport == transport && !p.addr.ip().is_unspecified();
+                points
+                    .iter()
+                    .filter(usable)
+                    .find(|p| p.addr.is_ipv4() == v4)
+                    .or_else(|| points.iter().find(usable))
+                    .or(points.first())
+                    .copied()
+            };
+            let caller_side = point(inbound, inbound_v4);
+            let callee_side = point(target.transport, target.remote.is_ipv4());
+            for p in [caller_side, callee_side.filter(|c| Some(*c) != caller_side)]
+                .into_iter()
+                .flatten()
             {
-                let transport = if p.transport == Transport::Udp {
-                    String::new()
-                } else {
-                    format!(";transport={}", p.transport.param())
-                };
-                let host = match p.addr {
-                    SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-                    SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-                };
-                req.prepend_header("Record-Route", &format!("<sip:{host}{transport};lr>"))?;
+                req.prepend_header("Record-Route", &record_route(&p))?;
             }
         }
         let upstream_branch = req
@@ -340,4 +361,18 @@ fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
         req.push_header("Route", &e)?;
     }
     Ok(())
+}
+
+/// A Record-Route entry naming a listen point.
+fn record_route(p: &ListenPoint) -> String {
+    let transport = if p.transport == Transport::Udp {
+        String::new()
+    } else {
+        format!(";transport={}", p.transport.param())
+    };
+    let host = match p.addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    format!("<sip:{host}{transport};lr>")
 }

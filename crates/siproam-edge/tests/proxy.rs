@@ -340,3 +340,97 @@ fn a_dead_downstream_gets_503_upstream() {
         "the proxy could not reach bob's contact"
     );
 }
+
+/// A caller on IPv6, a callee bound over IPv4: the proxy record-routes
+/// twice (RFC 5118 §4), its IPv4 address on top for the callee and its IPv6
+/// one below for the caller, and a request along the route set that names
+/// both is forwarded once (both entries removed) to the IPv6 Contact.
+/// (Regressions: one entry, in the first listen point's family, whatever
+/// the legs were; and a bracketed IPv6 Request-URI host taken for a domain
+/// name, answered 404.)
+#[test]
+fn a_call_between_families_is_record_routed_twice() {
+    const PROXY6: &str = "2001:db8::1";
+    const ALICE6: &str = "2001:db8::10";
+    let mut sim = Sim::new(Instant::now(), 5);
+    let proxy = sim.add_endpoint(
+        "proxy",
+        &[ip(PROXY), ip(PROXY6)],
+        Config {
+            seed: 1,
+            dialogs: false,
+            ..Config::default()
+        },
+    );
+    let mut app = RegistrarApp::new(Registrar::new(RegistrarConfig::default()));
+    sim.set_handler(
+        proxy,
+        Box::new(move |ep, now, ev| app.on_event(ep, now, ev)),
+    );
+    let no_dialogs = |seed| Config {
+        seed,
+        dialogs: false,
+        ..Config::default()
+    };
+    let alice = sim.add_endpoint("alice", &[ip(ALICE6)], no_dialogs(2));
+    let bob = sim.add_endpoint("bob", &[ip(BOB)], no_dialogs(3));
+    let cfg = AccountConfig::new(
+        "sip:bob@example.test",
+        "sip:example.test",
+        proxy_target(Transport::Udp),
+    );
+    sim.with_endpoint(bob, |ep, now| ep.register(now, cfg));
+    sim.run_for(Duration::from_secs(1));
+    sim.take_events(bob);
+    let to_proxy6 = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip(PROXY6), 5060),
+        local: None,
+    };
+    let inv =
+        invite("sip:bob@example.test").header("Contact", &format!("<sip:alice@[{ALICE6}]:5060>"));
+    sim.with_endpoint(alice, |ep, now| ep.send_request(now, inv, to_proxy6))
+        .unwrap();
+    sim.run_for(Duration::from_millis(200));
+    let (tx, inv) = incoming(&mut sim, bob).into_iter().next().unwrap();
+    let rr: Vec<String> = inv
+        .record_routes()
+        .map(|r| r.unwrap().uri().to_string())
+        .collect();
+    assert_eq!(
+        rr,
+        [
+            format!("sip:{PROXY}:5060;lr"),
+            format!("sip:[{PROXY6}]:5060;lr")
+        ]
+    );
+    sim.with_endpoint(bob, |ep, now| {
+        ep.respond(now, tx.unwrap(), answer(&inv, 200))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_millis(200));
+    // bob's BYE along its route set (top first) reaches alice over IPv6
+    let bye = MessageBuilder::request(Method::Bye, &format!("sip:alice@[{ALICE6}]:5060"))
+        .header("Route", &format!("<{}>", rr[0]))
+        .header("Route", &format!("<{}>", rr[1]))
+        .header("From", "<sip:bob@example.test>;tag=bob1")
+        .header("To", "<sip:alice@example.test>;tag=al1")
+        .header("Call-ID", "call-1@alice")
+        .header("CSeq", "1 BYE");
+    sim.with_endpoint(bob, |ep, now| {
+        ep.send_request(now, bye, proxy_target(Transport::Udp))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_millis(200));
+    let got: Vec<Message> = incoming(&mut sim, alice)
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.method() == Some(Method::Bye))
+        .collect();
+    assert_eq!(got.len(), 1, "the BYE reached alice");
+    assert!(
+        got[0].routes().next().is_none(),
+        "both of the proxy's routes removed"
+    );
+    assert_eq!(got[0].top_via().unwrap().host_str(), format!("[{PROXY6}]"));
+}

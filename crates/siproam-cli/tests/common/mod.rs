@@ -164,6 +164,17 @@ pub fn free_port(extra: u16) -> u16 {
     panic!("no free port");
 }
 
+/// Waits (up to 10 s, polling) until something is bound to UDP `ip:port`.
+pub fn wait_udp_bound(ip: &str, port: u16) {
+    for _ in 0..1000 {
+        if UdpSocket::bind((ip, port)).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nothing bound UDP {ip}:{port} within 10 s");
+}
+
 /// Power of `freq` in 8 kHz `samples` (the Goertzel algorithm).
 pub fn goertzel(samples: &[i16], freq: f64) -> f64 {
     let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 8000.0).cos();

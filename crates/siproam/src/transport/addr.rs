@@ -31,7 +31,9 @@ impl AddressOracle for SystemAddresses {
 
 /// The local address the OS would use to send towards `remote`: connects an
 /// unbound UDP socket (which sends no packet) and reads its local address.
-/// Fails when there is no route.
+/// Fails when there is no route: also when the only answer is a loopback
+/// address for a destination that is not (some network stacks give `::1`
+/// once every global IPv6 address is gone).
 pub fn source_address_for(remote: SocketAddr) -> io::Result<IpAddr> {
     let any: IpAddr = match remote {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
@@ -39,5 +41,12 @@ pub fn source_address_for(remote: SocketAddr) -> io::Result<IpAddr> {
     };
     let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
     socket.connect(remote)?;
-    Ok(socket.local_addr()?.ip())
+    let ip = socket.local_addr()?.ip();
+    if ip.is_loopback() && !remote.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::NetworkUnreachable,
+            format!("no route to {remote}"),
+        ));
+    }
+    Ok(ip)
 }

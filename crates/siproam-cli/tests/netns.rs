@@ -281,13 +281,7 @@ fn check_moved(
             && v["contact"].as_str().is_some_and(|c| c.contains(new_ip))
     });
     assert_eq!(reg["code"], 200);
-    registrar.wait_for("the binding names the new address", |v| {
-        v["event"] == "binding"
-            && v["aor"] == "sip:alice@example.test"
-            && v["contacts"]
-                .as_array()
-                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(new_ip))
-    });
+    wait_binding(registrar, new_ip);
     let bob_after = bob.wait_for("bob hears alice on the new address", |v| {
         v["event"] == "media"
             && v["remote"].as_str().is_some_and(|r| r.starts_with(media))
@@ -314,12 +308,28 @@ fn check_moved(
         alice_after["lost"].as_u64().unwrap() <= max_lost,
         "{alice_after}"
     );
-    // the TCP listener really listens on the new address
+    check_listeners(t, alice, new_ip);
+}
+
+/// Waits for the registrar's binding of Alice to name `ip` (and only it).
+fn wait_binding(registrar: &Proc, ip: &str) {
+    registrar.wait_for("the binding names the new address", |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(ip))
+    });
+}
+
+/// Alice's TCP and TLS listeners take a connection on `ip` (from the
+/// server): they really listen there.
+fn check_listeners(t: &Topology, alice: &Proc, ip: &str) {
     for transport in ["tcp", "tls"] {
-        let port = alice_port(alice, transport, new_ip.contains(':'));
+        let port = alice_port(alice, transport, ip.contains(':'));
         assert!(
-            t.tcp_reaches(new_ip, &port),
-            "{transport} listener on {new_ip} port {port}"
+            t.tcp_reaches(ip, &port),
+            "{transport} listener on {ip} port {port}"
         );
     }
 }
@@ -571,18 +581,13 @@ fn a_change_while_a_call_to_us_rings() {
         v["event"] == "ip_change" && v["stage"] == "completed"
     });
     assert_eq!(done["status"], "ok");
-    registrar.wait_for("the binding names the cell address", |v| {
-        v["event"] == "binding"
-            && v["aor"] == "sip:alice@example.test"
-            && v["contacts"]
-                .as_array()
-                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(CELL))
-    });
+    wait_binding(&registrar, CELL);
     alice.send("answer");
     bob.wait_for("bob confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"
     });
     ringing_call_media_on_cell(&bob, &alice);
+    check_listeners(&t, &alice, CELL);
 }
 
 /// A change while Alice's call is still ringing at Bob (make-before-break:
@@ -594,7 +599,7 @@ fn a_change_while_our_call_rings() {
         return;
     }
     let t = Topology::new("g");
-    let (_registrar, mut bob, mut alice) = start(
+    let (registrar, mut bob, mut alice) = start(
         &t,
         &Options {
             bob_rings: true,
@@ -616,11 +621,13 @@ fn a_change_while_our_call_rings() {
         v["event"] == "ip_change" && v["stage"] == "completed"
     });
     assert_eq!(done["status"], "ok");
+    wait_binding(&registrar, CELL);
     bob.send("answer");
     alice.wait_for("alice confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"
     });
     ringing_call_media_on_cell(&bob, &alice);
+    check_listeners(&t, &alice, CELL);
 }
 
 fn ringing_call_media_on_cell(bob: &Proc, alice: &Proc) {
@@ -663,13 +670,7 @@ fn a_change_while_a_reinvite_is_pending() {
         v["event"] == "ip_change" && v["stage"] == "completed"
     });
     assert_eq!(done["status"], "ok");
-    registrar.wait_for("the binding names the cell address", |v| {
-        v["event"] == "binding"
-            && v["aor"] == "sip:alice@example.test"
-            && v["contacts"]
-                .as_array()
-                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(CELL))
-    });
+    wait_binding(&registrar, CELL);
     // the re-offer from cell reached Bob (Alice still holds: she sends)
     bob.wait_for("bob hears alice on cell", |v| {
         v["event"] == "media"
@@ -698,11 +699,7 @@ fn a_change_while_a_reinvite_is_pending() {
         .seen()
         .iter()
         .all(|v| !(v["event"] == "call" && v["state"] == "disconnected")));
-    let tcp = alice_port(&alice, "tcp", false);
-    assert!(
-        t.tcp_reaches(CELL, &tcp),
-        "TCP listener on {CELL} port {tcp}"
-    );
+    check_listeners(&t, &alice, CELL);
 }
 
 /// `siproam bench handoff --netns` runs (one run of each kind) and

@@ -32,8 +32,9 @@ impl AddressOracle for SystemAddresses {
 /// The local address the OS would use to send towards `remote`: connects an
 /// unbound UDP socket (which sends no packet) and reads its local address.
 /// Fails when there is no route: also when the only answer is a loopback
-/// address for a destination that is not (some network stacks give `::1`
-/// once every global IPv6 address is gone).
+/// or IPv6 link-local address for a destination that is neither (some
+/// network stacks give `::1` or `fe80::…` once every global IPv6 address
+/// is gone).
 pub fn source_address_for(remote: SocketAddr) -> io::Result<IpAddr> {
     let any: IpAddr = match remote {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
@@ -42,7 +43,13 @@ pub fn source_address_for(remote: SocketAddr) -> io::Result<IpAddr> {
     let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
     socket.connect(remote)?;
     let ip = socket.local_addr()?.ip();
-    if ip.is_loopback() && !remote.ip().is_loopback() {
+    let link_local = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        IpAddr::V4(_) => false,
+    };
+    if (ip.is_loopback() && !remote.ip().is_loopback())
+        || (link_local(ip) && !link_local(remote.ip()))
+    {
         return Err(io::Error::new(
             io::ErrorKind::NetworkUnreachable,
             format!("no route to {remote}"),

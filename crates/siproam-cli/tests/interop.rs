@@ -13,63 +13,7 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-struct Kamailio {
-    workdir: PathBuf,
-}
-
-impl Kamailio {
-    fn start(port: u16) -> Kamailio {
-        let workdir =
-            std::env::temp_dir().join(format!("siproam-kam-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&workdir).unwrap();
-        let out = Command::new("bash")
-            .arg(repo().join("interop/kamailio/run.sh"))
-            .arg(port.to_string())
-            .arg(&workdir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kamailio did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Kamailio { workdir }
-    }
-
-    fn bindings(&self, aor: &str) -> Vec<String> {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/kamailio/bindings.sh"))
-            .arg(&self.workdir)
-            .arg(aor)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bindings.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/kamailio/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.workdir);
-    }
-}
 
 #[test]
 fn kamailio_registers_siproam_over_udp_and_tcp_with_digest() {

@@ -119,17 +119,33 @@ impl Drop for Topology {
 /// (wildcard listeners, detection on), in a confirmed call with media both
 /// ways. Returns (registrar, bob, alice, bob's last media report).
 fn call_over_wifi(t: &Topology) -> (Proc, Proc, Proc, Value) {
-    let (registrar, bob, mut alice) = start(t, &Options::default());
+    call_over_wifi_with(t, &Options::default())
+}
+
+/// [`call_over_wifi`] with options (over wifi's IPv6 address when Alice
+/// prefers IPv6).
+fn call_over_wifi_with(t: &Topology, o: &Options) -> (Proc, Proc, Proc, Value) {
+    let (registrar, bob, mut alice) = start(t, o);
+    let wifi = if o.alice_prefers_ipv6 {
+        "[fd01::2]:"
+    } else {
+        "10.1.0.2:"
+    };
     alice.send("call sip:bob@example.test");
     alice.wait_for("alice confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"
     });
     let before = bob.wait_for("bob hears alice over wifi", |v| {
         v["event"] == "media"
-            && v["remote"].as_str().is_some_and(|r| r.starts_with(WIFI))
+            && v["remote"].as_str().is_some_and(|r| r.starts_with(wifi))
             && v["rx_packets"].as_u64().unwrap_or(0) > 20
     });
     (registrar, bob, alice, before)
+}
+
+/// Removes `addr` (with its prefix) from the handset's `dev`.
+fn del_addr(t: &Topology, addr: &str, dev: &str) {
+    ip(&["-n", &t.handset, "addr", "del", addr, "dev", dev]);
 }
 
 /// How [`start`] sets the scene up.
@@ -362,15 +378,7 @@ fn wifi_address_removed_then_cell_used() {
     }
     let t = Topology::new("b");
     let (registrar, bob, alice, before) = call_over_wifi(&t);
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{WIFI}/24"),
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "10.1.0.2/24", "wifi0");
     alice.wait_for("the monitor saw the address go", |v| {
         v["event"] == "network" && v["kind"] == "address_removed" && v["address"] == WIFI
     });
@@ -415,15 +423,7 @@ fn a_new_address_on_the_same_link() {
         "dev",
         "wifi0",
     ]);
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{WIFI}/24"),
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "10.1.0.2/24", "wifi0");
     check_moved(&t, &registrar, &bob, &alice, &before, "10.1.0.3", 3);
 }
 
@@ -451,40 +451,15 @@ fn ipv4_to_ipv6() {
         return;
     }
     let t = Topology::new("6");
-    let (registrar, bob, mut alice) = start(
+    let (registrar, bob, alice, before) = call_over_wifi_with(
         &t,
         &Options {
             dual_stack: true,
             ..Options::default()
         },
     );
-    alice.send("call sip:bob@example.test");
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    let before = bob.wait_for("bob hears alice over IPv4", |v| {
-        v["event"] == "media"
-            && v["remote"].as_str().is_some_and(|r| r.starts_with(WIFI))
-            && v["rx_packets"].as_u64().unwrap_or(0) > 20
-    });
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{CELL}/24"),
-        "dev",
-        "cell0",
-    ]);
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{WIFI}/24"),
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "10.2.0.2/24", "cell0");
+    del_addr(&t, "10.1.0.2/24", "wifi0");
     check_moved(&t, &registrar, &bob, &alice, &before, "fd01::2", 3);
 }
 
@@ -497,7 +472,7 @@ fn ipv6_to_ipv4() {
         return;
     }
     let t = Topology::new("4");
-    let (registrar, bob, mut alice) = start(
+    let (registrar, bob, alice, before) = call_over_wifi_with(
         &t,
         &Options {
             dual_stack: true,
@@ -505,35 +480,8 @@ fn ipv6_to_ipv4() {
             ..Options::default()
         },
     );
-    alice.send("call sip:bob@example.test");
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    let before = bob.wait_for("bob hears alice over IPv6", |v| {
-        v["event"] == "media"
-            && v["remote"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("[fd01::2]"))
-            && v["rx_packets"].as_u64().unwrap_or(0) > 20
-    });
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        "fd02::2/64",
-        "dev",
-        "cell0",
-    ]);
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        "fd01::2/64",
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "fd02::2/64", "cell0");
+    del_addr(&t, "fd01::2/64", "wifi0");
     check_moved(&t, &registrar, &bob, &alice, &before, WIFI, 3);
 }
 
@@ -568,15 +516,7 @@ fn a_change_while_a_call_to_us_rings() {
     alice.wait_for("alice rings", |v| {
         v["event"] == "call" && v["state"] == "incoming"
     });
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{WIFI}/24"),
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "10.1.0.2/24", "wifi0");
     let done = alice.wait_for("the change", |v| {
         v["event"] == "ip_change" && v["stage"] == "completed"
     });
@@ -657,15 +597,7 @@ fn a_change_while_a_reinvite_is_pending() {
     let (registrar, bob, mut alice, before) = call_over_wifi(&t);
     ip(&["-n", &t.router, "link", "set", "rwifi", "down"]);
     alice.send("hold");
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{WIFI}/24"),
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "10.1.0.2/24", "wifi0");
     let done = alice.wait_for("the change", |v| {
         v["event"] == "ip_change" && v["stage"] == "completed"
     });
@@ -732,59 +664,6 @@ fn the_netns_benchmark_measures_every_stage() {
 
 // ----- interop: Kamailio as registrar and proxy, SIPp as the far end -----
 
-/// Kamailio (interop/kamailio) listening on the server's address.
-struct KamailioIn {
-    workdir: std::path::PathBuf,
-}
-
-impl KamailioIn {
-    fn start(t: &Topology) -> KamailioIn {
-        let workdir = std::env::temp_dir().join(format!("siproam-nskam-{}", t.tag));
-        std::fs::create_dir_all(&workdir).unwrap();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &t.server, "bash"])
-            .arg(repo().join("interop/kamailio/run.sh"))
-            .arg("5060")
-            .arg(&workdir)
-            .env("KAM_ARGS", format!("-A SIP_ADDR={SERVER} -A NO_CALL_AUTH"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kamailio did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        KamailioIn { workdir }
-    }
-
-    /// Alice's bindings, `Address` and `Socket` (the flow Kamailio uses).
-    fn bindings(&self, aor: &str) -> Vec<String> {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/kamailio/bindings.sh"))
-            .arg(&self.workdir)
-            .arg(aor)
-            .arg("Address,Socket,Received")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "bindings.sh");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for KamailioIn {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/kamailio/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-        let _ = std::fs::remove_dir_all(&self.workdir);
-    }
-}
-
 /// A child process killed on drop.
 struct Child(std::process::Child);
 
@@ -808,7 +687,12 @@ fn kamailio_sipp_wifi_to_cell(transport: &str) {
         return;
     }
     let t = Topology::new(if transport == "tcp" { "kt" } else { "ku" });
-    let kam = KamailioIn::start(&t);
+    let kam = Kamailio::start_in(
+        Some(&t.server),
+        5060,
+        &format!("-A SIP_ADDR={SERVER} -A NO_CALL_AUTH"),
+        &format!("ns{}", t.tag),
+    );
     let sipp_port = "5070";
     let reg = Command::new("ip")
         .args(["netns", "exec", &t.server, "sipp", "-sf"])
@@ -891,7 +775,7 @@ fn kamailio_sipp_wifi_to_cell(transport: &str) {
     alice.wait_for("alice registered at Kamailio", |v| {
         v["event"] == "registration" && v["state"] == "registered"
     });
-    let before = kam.bindings("alice@example.test");
+    let before = kam.bindings_with("alice@example.test", "Address,Socket,Received");
     assert!(
         before.len() == 1 && before[0].contains(WIFI),
         "Kamailio binds wifi: {before:?}"
@@ -903,15 +787,7 @@ fn kamailio_sipp_wifi_to_cell(transport: &str) {
     let echo = alice.wait_for("SIPp echoes over wifi", |v| {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > 20
     });
-    ip(&[
-        "-n",
-        &t.handset,
-        "addr",
-        "del",
-        &format!("{WIFI}/24"),
-        "dev",
-        "wifi0",
-    ]);
+    del_addr(&t, "10.1.0.2/24", "wifi0");
     let done = alice.wait_for("the change", |v| {
         v["event"] == "ip_change" && v["stage"] == "completed"
     });
@@ -921,7 +797,7 @@ fn kamailio_sipp_wifi_to_cell(transport: &str) {
             && v["state"] == "registered"
             && v["contact"].as_str().is_some_and(|c| c.contains(CELL))
     });
-    let after = kam.bindings("alice@example.test");
+    let after = kam.bindings_with("alice@example.test", "Address,Socket,Received");
     if std::env::var_os("NETNS_DEBUG").is_some() {
         eprintln!("kamailio bindings before {before:?} after {after:?}");
     }
@@ -1032,15 +908,7 @@ async fn only_the_account_whose_path_changed_moves() {
                         assert!(registered[&via_wifi].contains(WIFI), "{registered:?}");
                         assert!(registered[&on_cell].contains(CELL), "{registered:?}");
                         phase_two = true;
-                        ip(&[
-                            "-n",
-                            &t.handset,
-                            "addr",
-                            "del",
-                            &format!("{WIFI}/24"),
-                            "dev",
-                            "wifi0",
-                        ]);
+                        del_addr(&t, "10.1.0.2/24", "wifi0");
                     } else if phase_two {
                         assert_eq!(
                             r.account, via_wifi,

@@ -35,10 +35,16 @@ struct Pair {
 }
 
 fn pair(transport: Transport) -> Pair {
+    let _ = transport;
+    pair_with(&[ip(ALICE)])
+}
+
+/// Alice on `alice_addrs`, Bob on BOB and BOB2.
+fn pair_with(alice_addrs: &[IpAddr]) -> Pair {
     let mut sim = Sim::new(Instant::now(), 3);
     let alice = sim.add_endpoint(
         "alice",
-        &[ip(ALICE)],
+        alice_addrs,
         Config {
             seed: 1,
             ..Config::default()
@@ -52,7 +58,6 @@ fn pair(transport: Transport) -> Pair {
             ..Config::default()
         },
     );
-    let _ = transport;
     Pair { sim, alice, bob }
 }
 
@@ -956,24 +961,46 @@ const ALICE2: &str = "198.51.100.10";
 /// Alice with a second address to move to (both usable: the old one
 /// still receives, as when both interfaces are up).
 fn pair_moving() -> Pair {
-    let mut sim = Sim::new(Instant::now(), 3);
-    let alice = sim.add_endpoint(
-        "alice",
-        &[ip(ALICE), ip(ALICE2)],
-        Config {
-            seed: 1,
-            ..Config::default()
-        },
-    );
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB), ip(BOB2)],
-        Config {
-            seed: 2,
-            ..Config::default()
-        },
-    );
-    Pair { sim, alice, bob }
+    pair_with(&[ip(ALICE), ip(ALICE2)])
+}
+
+/// A call from Alice (who can move) ringing at Bob: (pair, alice's call,
+/// bob's call).
+fn ringing_moving() -> (Pair, CallId, CallId) {
+    let mut p = pair_moving();
+    let a = call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    (p, a, b)
+}
+
+/// The same call answered.
+fn confirmed_moving() -> (Pair, CallId, CallId) {
+    let (mut p, a, b) = ringing_moving();
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    (p, a, b)
+}
+
+/// Bob hangs up; where his BYE went.
+fn bob_hangs_up(p: &mut Pair, b: CallId) -> IpAddr {
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
+        .unwrap();
+    p.sim.run_for(Duration::from_millis(100));
+    p.sim
+        .log()
+        .iter()
+        .find(|e| e.first_line.starts_with("BYE "))
+        .unwrap()
+        .to
+        .ip()
 }
 
 /// The messages sent since log entry `from`: (first word of the first
@@ -1008,14 +1035,7 @@ fn moved_to(addr: &str) -> CallMove {
 /// re-INVITE from the new address with the new Contact and Via.
 #[test]
 fn a_change_with_a_reinvite_pending_cancels_it_then_reoffers_from_the_new_address() {
-    let mut p = pair_moving();
-    let a = call(&mut p, Transport::Udp);
-    p.sim.run_for(Duration::from_millis(100));
-    let b = incoming(&mut p.sim, p.bob);
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
+    let (mut p, a, b) = confirmed_moving();
     p.sim
         .with_endpoint(p.alice, |ep, now| {
             ep.refresh(now, a, false, Some(sdp("re1")))
@@ -1084,17 +1104,8 @@ fn a_change_with_a_reinvite_pending_cancels_it_then_reoffers_from_the_new_addres
         Some(CallState::Confirmed)
     );
     // bob's next request goes to alice's new Contact
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
-    let bye = p
-        .sim
-        .log()
-        .iter()
-        .find(|e| e.first_line.starts_with("BYE "))
-        .unwrap();
-    assert_eq!(bye.to.ip(), al2);
+    let bye_to = bob_hangs_up(&mut p, b);
+    assert_eq!(bye_to, al2);
 }
 
 /// An outgoing call still ringing at the change: an UPDATE without SDP
@@ -1102,14 +1113,7 @@ fn a_change_with_a_reinvite_pending_cancels_it_then_reoffers_from_the_new_addres
 /// ACKed from the new address, and the application's re-offer follows.
 #[test]
 fn a_change_while_our_call_rings_sends_an_update_with_the_new_contact() {
-    let mut p = pair_moving();
-    let a = call(&mut p, Transport::Udp);
-    p.sim.run_for(Duration::from_millis(100));
-    let b = incoming(&mut p.sim, p.bob);
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
+    let (mut p, a, b) = ringing_moving();
     p.sim.take_events(p.alice);
     let mark = p.sim.log().len();
     let action = p
@@ -1161,17 +1165,8 @@ fn a_change_while_our_call_rings_sends_an_update_with_the_new_contact() {
         ]
     );
     // the UPDATE had no body; bob's dialog already points at the new address
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
-    let bye = p
-        .sim
-        .log()
-        .iter()
-        .find(|e| e.first_line.starts_with("BYE "))
-        .unwrap();
-    assert_eq!(bye.to.ip(), al2);
+    let bye_to = bob_hangs_up(&mut p, b);
+    assert_eq!(bye_to, al2);
 }
 
 /// An incoming call still ringing at the change: our 2xx goes out with the
@@ -1179,14 +1174,7 @@ fn a_change_while_our_call_rings_sends_an_update_with_the_new_contact() {
 /// address.
 #[test]
 fn a_change_while_a_call_rings_here_puts_the_new_contact_in_our_2xx() {
-    let mut p = pair_moving();
-    let a = call(&mut p, Transport::Udp);
-    p.sim.run_for(Duration::from_millis(100));
-    let b = incoming(&mut p.sim, p.bob);
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
+    let (mut p, a, b) = ringing_moving();
     let mark = p.sim.log().len();
     let action = p
         .sim
@@ -1261,14 +1249,7 @@ fn a_change_hangs_up_or_prefers_update_as_asked() {
 /// come to the old one.
 #[test]
 fn a_change_of_via_alone_sends_from_the_new_address_and_keeps_the_contact() {
-    let mut p = pair_moving();
-    let a = call(&mut p, Transport::Udp);
-    p.sim.run_for(Duration::from_millis(100));
-    let b = incoming(&mut p.sim, p.bob);
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
+    let (mut p, a, b) = confirmed_moving();
     let mark = p.sim.log().len();
     let action = p
         .sim
@@ -1307,15 +1288,6 @@ fn a_change_of_via_alone_sends_from_the_new_address_and_keeps_the_contact() {
         .unwrap()
         .to;
     assert_eq!(ok_to.ip(), ip(ALICE2));
-    p.sim
-        .with_endpoint(p.bob, |ep, now| ep.hang_up(now, b))
-        .unwrap();
-    p.sim.run_for(Duration::from_millis(100));
-    let bye = p
-        .sim
-        .log()
-        .iter()
-        .find(|e| e.first_line.starts_with("BYE "))
-        .unwrap();
-    assert_eq!(bye.to.ip(), ip(ALICE), "the Contact was kept");
+    let bye_to = bob_hangs_up(&mut p, b);
+    assert_eq!(bye_to, ip(ALICE), "the Contact was kept");
 }

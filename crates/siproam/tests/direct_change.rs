@@ -149,6 +149,38 @@ async fn place_call() -> (EndpointHandle, UdpSocket, UdpSocket, Message, SocketA
     (alice, peer, peer_rtp, invite, from)
 }
 
+/// A scripted peer on 127.0.0.5 calls Alice (not answering by herself);
+/// returns once the call rings: (alice, the peer's socket, the call).
+async fn ringing_here(call_id: &str) -> (EndpointHandle, UdpSocket, CallId) {
+    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut alice = start_alice().await;
+    let alice_addr = alice.listeners().await.unwrap()[0].local;
+    let invite = MessageBuilder::request(Method::Invite, &format!("sip:alice@{alice_addr}"))
+        .header(
+            "Via",
+            &format!(
+                "SIP/2.0/UDP {peer_addr};branch=z9hG4bK{};rport",
+                call_id.replace('@', ".")
+            ),
+        )
+        .header("From", "<sip:bob@example.test>;tag=b1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 INVITE")
+        .header("Contact", &format!("<sip:bob@{peer_addr}>"))
+        .header("Max-Forwards", "70")
+        .body("application/sdp", answer_sdp(peer_addr))
+        .build()
+        .unwrap();
+    peer.send_to(&invite.to_bytes(), alice_addr).await.unwrap();
+    let call = wait_state(&mut alice, |s| {
+        matches!(s, CallState::Incoming | CallState::Ringing)
+    })
+    .await;
+    (alice, peer, call)
+}
+
 /// Waits for the first call state `want` accepts; returns the call.
 async fn wait_state(alice: &mut EndpointHandle, want: impl Fn(CallState) -> bool) -> CallId {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -425,29 +457,7 @@ async fn outgoing_ringing(answer_before_update_ok: bool) {
 /// our 2xx carries the new Contact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incoming_ringing_call_is_answered_with_the_new_contact() {
-    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let mut alice = start_alice().await;
-    let alice_addr = alice.listeners().await.unwrap()[0].local;
-    let invite = MessageBuilder::request(Method::Invite, &format!("sip:alice@{alice_addr}"))
-        .header(
-            "Via",
-            &format!("SIP/2.0/UDP {peer_addr};branch=z9hG4bKring1;rport"),
-        )
-        .header("From", "<sip:bob@example.test>;tag=b1")
-        .header("To", "<sip:alice@example.test>")
-        .header("Call-ID", "ringing@bob")
-        .header("CSeq", "1 INVITE")
-        .header("Contact", &format!("<sip:bob@{peer_addr}>"))
-        .header("Max-Forwards", "70")
-        .body("application/sdp", answer_sdp(peer_addr))
-        .build()
-        .unwrap();
-    peer.send_to(&invite.to_bytes(), alice_addr).await.unwrap();
-    let call = wait_state(&mut alice, |s| {
-        matches!(s, CallState::Incoming | CallState::Ringing)
-    })
-    .await;
+    let (alice, peer, call) = ringing_here("ringing@bob").await;
     alice.ip_change(new_ip()).await.unwrap();
     alice
         .phone(siproam::PhoneCommand::Answer(call))
@@ -647,29 +657,7 @@ async fn update_via_alone_moves_the_via_and_keeps_the_contact() {
 /// to the peer's offer failed and the call was refused.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_hold_leaves_no_offer_behind() {
-    let peer = UdpSocket::bind("127.0.0.5:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let mut alice = start_alice().await;
-    let alice_addr = alice.listeners().await.unwrap()[0].local;
-    let invite = MessageBuilder::request(Method::Invite, &format!("sip:alice@{alice_addr}"))
-        .header(
-            "Via",
-            &format!("SIP/2.0/UDP {peer_addr};branch=z9hG4bKhold1;rport"),
-        )
-        .header("From", "<sip:bob@example.test>;tag=b1")
-        .header("To", "<sip:alice@example.test>")
-        .header("Call-ID", "hold-refused@bob")
-        .header("CSeq", "1 INVITE")
-        .header("Contact", &format!("<sip:bob@{peer_addr}>"))
-        .header("Max-Forwards", "70")
-        .body("application/sdp", answer_sdp(peer_addr))
-        .build()
-        .unwrap();
-    peer.send_to(&invite.to_bytes(), alice_addr).await.unwrap();
-    let call = wait_state(&mut alice, |s| {
-        matches!(s, CallState::Incoming | CallState::Ringing)
-    })
-    .await;
+    let (alice, peer, call) = ringing_here("hold-refused@bob").await;
     assert!(alice
         .phone(siproam::PhoneCommand::Hold(call, true))
         .await

@@ -239,3 +239,83 @@ pub fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (ca_path, cert_path, key_path)
 }
+
+/// A Kamailio of `interop/kamailio` (registrar and proxy), stopped on drop.
+pub struct Kamailio {
+    workdir: PathBuf,
+}
+
+impl Kamailio {
+    /// Kamailio on 127.0.0.1:`port`.
+    pub fn start(port: u16) -> Kamailio {
+        Kamailio::start_in(None, port, "", &format!("{}-{port}", std::process::id()))
+    }
+
+    /// Kamailio on `port` inside network namespace `netns` (when given),
+    /// with extra `KAM_ARGS` (e.g. `-A SIP_ADDR=10.9.0.2`); `tag` names its
+    /// working directory.
+    pub fn start_in(netns: Option<&str>, port: u16, kam_args: &str, tag: &str) -> Kamailio {
+        let workdir = std::env::temp_dir().join(format!("siproam-kam-{tag}"));
+        std::fs::create_dir_all(&workdir).unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "bash"]);
+                c
+            }
+            None => Command::new("bash"),
+        };
+        let out = cmd
+            .arg(repo().join("interop/kamailio/run.sh"))
+            .arg(port.to_string())
+            .arg(&workdir)
+            .env("KAM_ARGS", kam_args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kamailio did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Kamailio { workdir }
+    }
+
+    /// The contacts bound to `aor`, sorted.
+    pub fn bindings(&self, aor: &str) -> Vec<String> {
+        self.bindings_with(aor, "Address")
+    }
+
+    /// `fields` (`ul.lookup` names, e.g. `Address,Socket`) of each binding
+    /// of `aor`, tab-separated, sorted.
+    pub fn bindings_with(&self, aor: &str, fields: &str) -> Vec<String> {
+        let out = Command::new("bash")
+            .arg(repo().join("interop/kamailio/bindings.sh"))
+            .arg(&self.workdir)
+            .arg(aor)
+            .arg(fields)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bindings.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("interop/kamailio/stop.sh"))
+            .arg(&self.workdir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}

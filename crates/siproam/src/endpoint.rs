@@ -375,7 +375,7 @@ pub struct WatchConfig {
 impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
-            settle: Duration::from_millis(5),
+            settle: Duration::from_millis(2),
             resync: Duration::from_secs(2),
             params: IpChangeParams::in_place(),
         }

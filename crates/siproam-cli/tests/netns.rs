@@ -942,3 +942,72 @@ async fn only_the_account_whose_path_changed_moves() {
     assert_eq!(moved, vec![via_wifi.0], "{stages:?}");
     assert!(registered[&on_cell].contains(CELL));
 }
+
+/// Make-before-break on one link: a new IPv6 address comes while the old
+/// one still works, then the old one is deprecated (preferred lifetime 0,
+/// as in renumbering) so the kernel prefers the new one: Alice moves to it
+/// while the old still receives, with no packet lost.
+#[test]
+fn a_new_address_preferred_before_the_old_goes() {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new("n");
+    let (registrar, bob, alice, before) = call_over_wifi_with(
+        &t,
+        &Options {
+            dual_stack: true,
+            alice_prefers_ipv6: true,
+            ..Options::default()
+        },
+    );
+    // the router reaches the new address without neighbour discovery (see
+    // topology.sh), from the moment it exists
+    let mac = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.handset,
+            "cat",
+            "/sys/class/net/wifi0/address",
+        ])
+        .output()
+        .unwrap();
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_owned();
+    ip(&[
+        "-n",
+        &t.router,
+        "-6",
+        "neigh",
+        "replace",
+        "fd01::3",
+        "lladdr",
+        &mac,
+        "dev",
+        "rwifi",
+        "nud",
+        "permanent",
+    ]);
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "add",
+        "fd01::3/64",
+        "dev",
+        "wifi0",
+        "nodad",
+    ]);
+    ip(&[
+        "-n",
+        &t.handset,
+        "addr",
+        "change",
+        "fd01::2/64",
+        "dev",
+        "wifi0",
+        "preferred_lft",
+        "0",
+    ]);
+    check_moved(&t, &registrar, &bob, &alice, &before, "fd01::3", 0);
+}

@@ -164,16 +164,18 @@ fn main() -> ExitCode {
         Command::Agent {
             agent: mut args,
             calls,
-        } => file
-            .agent(&mut args)
-            .and_then(|()| block_on(run::agent(args, calls, json, None))),
+        } => match file.agent(&mut args) {
+            Ok(()) => block_on(run::agent(args, calls, json, None)),
+            Err(e) => return bad_usage(&e),
+        },
         Command::Call {
             uri,
             agent: mut args,
             calls,
-        } => file
-            .agent(&mut args)
-            .and_then(|()| block_on(run::agent(args, calls, json, Some(uri)))),
+        } => match file.agent(&mut args) {
+            Ok(()) => block_on(run::agent(args, calls, json, Some(uri))),
+            Err(e) => return bad_usage(&e),
+        },
         Command::Bench {
             which:
                 BenchKind::Register {
@@ -214,6 +216,13 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A bad setting in the `--config` file: exit 2 (bad usage), as for a bad
+/// flag.
+fn bad_usage(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

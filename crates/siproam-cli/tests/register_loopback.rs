@@ -233,6 +233,14 @@ fn settings_from_a_config_file_and_flags_win() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+    // so is a bad value of a known one (regression: it exited 1)
+    std::fs::write(&bad, "ipv6-sip = \"sometimes\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["agent", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -598,6 +598,11 @@ pub async fn agent(
                 }
                 Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
                 Some(EndpointEvent::Network(n)) => emit(json_out, network_json(&n)),
+                // the peer's first RTP packet on our new media address
+                Some(EndpointEvent::MediaMoved { call, local, .. }) => emit(
+                    json_out,
+                    json!({"event": "media_moved", "call": call.0, "local": local.to_string()}),
+                ),
                 Some(EndpointEvent::Media(m)) => {
                     emit(json_out, media_json(&m));
                     if m.last && exit_after_call {

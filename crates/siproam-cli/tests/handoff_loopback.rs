@@ -179,6 +179,14 @@ fn handoff_over(transport: &str) {
     });
     assert_eq!(moved["lost"], 0, "{moved}");
     assert_eq!(after["lost"], 0, "{after}");
+    // the moment the peer's RTP reached the new address was reported
+    assert!(
+        alice.seen().iter().any(|v| v["event"] == "media_moved"
+            && v["local"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("127.0.0.3:"))),
+        "a media_moved event"
+    );
     // the call still ends cleanly, through the route set, from the new address
     alice.send("hangup");
     bob.wait_for("bob disconnected", |v| {

@@ -1088,13 +1088,22 @@ impl Driver {
 
     /// The account whose address of record is `uri` (else the first).
     fn route_for_uri(&self, uri: &str) -> Option<&AccountRoute> {
+        self.account_with_aor(uri).map(|(_, r)| r).or_else(|| {
+            let first = self.accounts.keys().min()?;
+            self.accounts.get(first)
+        })
+    }
+
+    /// The account whose address of record is `uri` (`<…>` allowed).
+    fn account_with_aor(&self, uri: &str) -> Option<(AccountId, &AccountRoute)> {
         let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
-        let mut ids: Vec<&AccountId> = self.accounts.keys().collect();
-        ids.sort();
-        ids.iter()
-            .filter_map(|id| self.accounts.get(id))
-            .find(|r| r.aor.eq_ignore_ascii_case(uri))
-            .or_else(|| ids.first().and_then(|id| self.accounts.get(id)))
+        let mut found: Vec<(&AccountId, &AccountRoute)> = self
+            .accounts
+            .iter()
+            .filter(|(_, r)| r.aor.eq_ignore_ascii_case(uri))
+            .collect();
+        found.sort_by_key(|(id, _)| **id);
+        found.first().map(|(id, r)| (**id, *r))
     }
 
     /// Where a call's media goes after a change to `ip`, given its
@@ -1107,12 +1116,7 @@ impl Driver {
             .and_then(|u| self.route_for_uri(u));
         let mode = route.map_or(Ipv6Use::Enabled, |r| r.media);
         let other_family = |want_v6: bool| {
-            route.and_then(|r| {
-                r.candidates
-                    .iter()
-                    .filter(|c| c.addr.is_ipv6() == want_v6)
-                    .find_map(|c| self.transports.source_address_for(c.addr).ok())
-            })
+            route.and_then(|r| self.route_source(r, |c| c.addr.is_ipv6() == want_v6))
         };
         if mode == Ipv6Use::Prefer && ip.is_ipv4() {
             if let Some(v6) = other_family(true) {
@@ -1123,6 +1127,47 @@ impl Driver {
             return Some(ip);
         }
         other_family(ip.is_ipv4())
+    }
+
+    /// The source address towards the first of an account's registrar
+    /// addresses that `keep` accepts and that has a route.
+    fn route_source(
+        &self,
+        route: &AccountRoute,
+        keep: impl Fn(&Resolved) -> bool,
+    ) -> Option<IpAddr> {
+        route
+            .candidates
+            .iter()
+            .filter(|c| keep(c))
+            .find_map(|c| self.transports.source_address_for(c.addr).ok())
+    }
+
+    /// The address an account would register from now: the source towards
+    /// its registrar, else (unreachable) towards another of the registrar's
+    /// addresses its IPv6 use allows (the other family when only that one
+    /// is left).
+    fn account_source(&self, account: AccountId) -> Option<IpAddr> {
+        let registrar = self.core.account_registrar(account)?;
+        self.transports
+            .source_address_for(registrar)
+            .ok()
+            .or_else(|| {
+                let route = self.accounts.get(&account)?;
+                self.route_source(route, |c| {
+                    c.addr != registrar && route.sip.allows(c.addr.ip())
+                })
+            })
+    }
+
+    /// Whether a listener is pinned to `ip` and `ip` still exists: what
+    /// uses it stays where it is.
+    fn pinned_and_alive(&self, ip: IpAddr) -> bool {
+        self.transports
+            .listeners()
+            .iter()
+            .any(|l| l.local.ip() == ip)
+            && self.transports.is_local(ip)
     }
 
     /// Automatic detection: handles a change when the source address
@@ -1155,37 +1200,12 @@ impl Driver {
     /// is not the one the account uses (`None`: unchanged, or unreachable
     /// in every family it may use).
     fn account_moved_to(&self, account: AccountId) -> Option<IpAddr> {
-        let registrar = self.core.account_registrar(account)?;
-        let route = self.accounts.get(&account)?;
-        // an address a listener is pinned to stays in use while it exists
-        let pinned = self
-            .transports
-            .listeners()
-            .iter()
-            .any(|l| Some(l.local.ip()) == route.local_ip);
-        if pinned
-            && route
-                .local_ip
-                .is_some_and(|ip| self.transports.is_local(ip))
-        {
+        let local_ip = self.accounts.get(&account)?.local_ip;
+        if local_ip.is_some_and(|ip| self.pinned_and_alive(ip)) {
             return None;
         }
-        let src = self
-            .transports
-            .source_address_for(registrar)
-            .ok()
-            .or_else(|| {
-                // unreachable in its family: the registrar's address in the
-                // other family, where the account allows it
-                route
-                    .candidates
-                    .iter()
-                    .filter(|c| {
-                        c.addr.is_ipv4() != registrar.is_ipv4() && route.sip.allows(c.addr.ip())
-                    })
-                    .find_map(|c| self.transports.source_address_for(c.addr).ok())
-            })?;
-        (Some(src) != route.local_ip).then_some(src)
+        let src = self.account_source(account)?;
+        (Some(src) != local_ip).then_some(src)
     }
 
     /// The new address and the accounts and calls that move to it, if the
@@ -1197,7 +1217,6 @@ impl Driver {
             .into_iter()
             .filter_map(|a| self.account_moved_to(a).map(|ip| (a, ip)))
             .collect();
-        let listeners = self.transports.listeners();
         // (a call whose next hop is unreachable now goes with whatever
         // address the change picks: the other family's, for instance)
         let call_moves: Vec<(siproam_core::CallId, Option<IpAddr>)> = self
@@ -1211,8 +1230,7 @@ impl Driver {
                     .map(|a| a.ip())
                     .filter(|ip| !ip.is_unspecified())
                     .or(self.local_ip)?;
-                let pinned = listeners.iter().any(|l| l.local.ip() == current);
-                if pinned && self.transports.is_local(current) {
+                if self.pinned_and_alive(current) {
                     return None;
                 }
                 match self.transports.source_address_for(hop.remote) {
@@ -1338,20 +1356,11 @@ impl Driver {
         // where a listener goes when its own address is gone (in place)
         // (the registrar's own family first, else the other one the
         // account allows: an IPv4 uplink gone, IPv6 left)
-        let fallback = self.core.accounts().first().and_then(|a| {
-            let current = self.core.account_registrar(*a)?;
-            self.transports
-                .source_address_for(current)
-                .ok()
-                .or_else(|| {
-                    let route = self.accounts.get(a)?;
-                    route
-                        .candidates
-                        .iter()
-                        .filter(|c| route.sip.allows(c.addr.ip()))
-                        .find_map(|c| self.transports.source_address_for(c.addr).ok())
-                })
-        });
+        let fallback = self
+            .core
+            .accounts()
+            .first()
+            .and_then(|a| self.account_source(*a));
         let mut new_points = Vec::new();
         if params.restart_listeners {
             for l in &old {
@@ -1549,13 +1558,8 @@ impl Driver {
             let knobs = self
                 .core
                 .call_local_uri(call)
-                .map(|u| u.trim().trim_start_matches('<').trim_end_matches('>'))
-                .and_then(|u| {
-                    self.accounts
-                        .values()
-                        .find(|r| r.aor.eq_ignore_ascii_case(u))
-                })
-                .and_then(|r| r.ip_change)
+                .and_then(|u| self.account_with_aor(u))
+                .and_then(|(_, r)| r.ip_change)
                 .unwrap_or(defaults);
             let flags = knobs.refresh;
             let stage = if state == S::Confirmed && knobs.hangup_calls {
@@ -1808,7 +1812,6 @@ impl Driver {
         let Some(route) = self.accounts.get(&account) else {
             return;
         };
-        let aor = route.aor.clone();
         let prefer_update = route
             .ip_change
             .map_or(RefreshFlags::default().prefer_update, |k| {
@@ -1821,11 +1824,11 @@ impl Driver {
         report("started", Ok(()), None);
         let now = now();
         for (call, _) in self.core.calls() {
-            let ours = self.core.call_local_uri(call).is_some_and(|u| {
-                u.trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .eq_ignore_ascii_case(&aor)
-            });
+            let ours = self
+                .core
+                .call_local_uri(call)
+                .and_then(|u| self.account_with_aor(u))
+                .is_some_and(|(a, _)| a == account);
             if !ours {
                 continue;
             }

@@ -171,7 +171,7 @@ impl AccountIpChange {
 
 /// How an account uses IPv6, for SIP or for media (PJSIP's
 /// `ipv6_sip_use` and `ipv6_media_use`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Ipv6Use {
     /// IPv4 only.
     Disabled,
@@ -1160,16 +1160,6 @@ impl Driver {
             })
     }
 
-    /// Whether a listener is pinned to `ip` and `ip` still exists: what
-    /// uses it stays where it is.
-    fn pinned_and_alive(&self, ip: IpAddr) -> bool {
-        self.transports
-            .listeners()
-            .iter()
-            .any(|l| l.local.ip() == ip)
-            && self.transports.is_local(ip)
-    }
-
     /// Automatic detection: handles a change when the source address
     /// towards a registrar (or a call's next hop) is no longer the one in
     /// use, for the accounts and calls it concerns only; several new
@@ -1196,26 +1186,35 @@ impl Driver {
         }
     }
 
-    /// The address the OS now uses towards an account's registrar, if it
-    /// is not the one the account uses (`None`: unchanged, or unreachable
-    /// in every family it may use).
-    fn account_moved_to(&self, account: AccountId) -> Option<IpAddr> {
-        let local_ip = self.accounts.get(&account)?.local_ip;
-        if local_ip.is_some_and(|ip| self.pinned_and_alive(ip)) {
-            return None;
-        }
-        let src = self.account_source(account)?;
-        (Some(src) != local_ip).then_some(src)
-    }
-
     /// The new address and the accounts and calls that move to it, if the
-    /// network changed under any of them.
+    /// network changed under any of them. One route lookup per registrar
+    /// (and IPv6 mode), not per account.
     fn detect_change(&self) -> Option<(IpAddr, Vec<AccountId>, Vec<siproam_core::CallId>)> {
+        // an address a listener is pinned to stays in use while it exists
+        let pinned: std::collections::HashSet<IpAddr> = self
+            .transports
+            .listeners()
+            .iter()
+            .map(|l| l.local.ip())
+            .filter(|ip| !ip.is_unspecified() && self.transports.is_local(*ip))
+            .collect();
+        let mut sources: HashMap<(SocketAddr, Ipv6Use), Option<IpAddr>> = HashMap::new();
         let moved: Vec<(AccountId, IpAddr)> = self
             .core
             .accounts()
             .into_iter()
-            .filter_map(|a| self.account_moved_to(a).map(|ip| (a, ip)))
+            .filter_map(|a| {
+                let route = self.accounts.get(&a)?;
+                if route.local_ip.is_some_and(|ip| pinned.contains(&ip)) {
+                    return None;
+                }
+                let registrar = self.core.account_registrar(a)?;
+                let src = *sources
+                    .entry((registrar, route.sip))
+                    .or_insert_with(|| self.account_source(a));
+                let src = src?;
+                (Some(src) != route.local_ip).then_some((a, src))
+            })
             .collect();
         // (a call whose next hop is unreachable now goes with whatever
         // address the change picks: the other family's, for instance)
@@ -1230,7 +1229,7 @@ impl Driver {
                     .map(|a| a.ip())
                     .filter(|ip| !ip.is_unspecified())
                     .or(self.local_ip)?;
-                if self.pinned_and_alive(current) {
+                if pinned.contains(&current) {
                     return None;
                 }
                 match self.transports.source_address_for(hop.remote) {

@@ -327,17 +327,6 @@ fn check_moved(
     check_listeners(t, alice, new_ip);
 }
 
-/// Waits for the registrar's binding of Alice to name `ip` (and only it).
-fn wait_binding(registrar: &Proc, ip: &str) {
-    registrar.wait_for("the binding names the new address", |v| {
-        v["event"] == "binding"
-            && v["aor"] == "sip:alice@example.test"
-            && v["contacts"]
-                .as_array()
-                .is_some_and(|c| c.len() == 1 && c[0]["contact"].as_str().unwrap().contains(ip))
-    });
-}
-
 /// Alice's TCP and TLS listeners take a connection on `ip` (from the
 /// server): they really listen there.
 fn check_listeners(t: &Topology, alice: &Proc, ip: &str) {

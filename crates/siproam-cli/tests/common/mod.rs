@@ -164,6 +164,22 @@ pub fn free_port(extra: u16) -> u16 {
     panic!("no free port");
 }
 
+/// Waits for the `siproam registrar`'s binding of Alice
+/// (`sip:alice@example.test`) to be one Contact containing `ip`: the new
+/// one replaced the old.
+pub fn wait_binding(registrar: &Proc, ip: &str) {
+    registrar.wait_for(&format!("alice's one binding on {ip}"), |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"].as_array().is_some_and(|c| {
+                c.len() == 1
+                    && c.first()
+                        .and_then(|b| b["contact"].as_str())
+                        .is_some_and(|b| b.contains(ip))
+            })
+    });
+}
+
 /// Waits (up to 10 s, polling) until something is bound to UDP `ip:port`.
 pub fn wait_udp_bound(ip: &str, port: u16) {
     for _ in 0..1000 {

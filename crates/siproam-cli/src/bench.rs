@@ -48,6 +48,10 @@ pub async fn register(
         "--json".to_owned(),
         "--listen".to_owned(),
         listen,
+        // every account registers from this one address: a throughput
+        // benchmark, not a flood
+        "--max-rate-per-source".to_owned(),
+        "0".to_owned(),
     ];
     if auth {
         let users = dir.join("users.txt");

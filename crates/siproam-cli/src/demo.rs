@@ -22,9 +22,7 @@ use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
 use crate::run::emit;
 
 fn seed(n: u64) -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(n, |d| d.as_nanos() as u64 ^ n)
+    siproam::random::os_u64().map_or(n, |r| r ^ n)
 }
 
 async fn agent(ip: &str, tone: f64) -> anyhow::Result<EndpointHandle> {

@@ -56,6 +56,12 @@ enum Command {
         /// The domain served (others get 404).
         #[arg(long)]
         domain: Option<String>,
+        /// New requests per second one source address may send (bursts of
+        /// twice that); beyond, UDP requests are dropped and stream
+        /// requests answered 503. 0 turns the limit off (behind one
+        /// trusted proxy, or for a benchmark).
+        #[arg(long, value_name = "N", default_value_t = 200)]
+        max_rate_per_source: u32,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -156,10 +162,18 @@ fn main() -> ExitCode {
             mut listen,
             mut users,
             mut domain,
+            max_rate_per_source,
             mut tls,
         } => {
             file.registrar(&mut listen, &mut users, &mut domain, &mut tls);
-            block_on(run::registrar(listen, users, domain, tls, json))
+            block_on(run::registrar(
+                listen,
+                users,
+                domain,
+                max_rate_per_source,
+                tls,
+                json,
+            ))
         }
         Command::Agent {
             agent: mut args,

@@ -20,24 +20,21 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// Process start, for `t_ms`.
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// A random `urn:uuid:` (version 4 layout) for `+sip.instance`.
-pub fn instance_id(seed: u64) -> String {
-    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let (a, b) = (next(), next());
-    format!(
-        "urn:uuid:{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        0x8000 | (b >> 48) & 0x3fff,
-        b & 0xffff_ffff_ffff
-    )
+/// A random `urn:uuid:` (version 4) for `+sip.instance`, from the OS's
+/// secure generator. `salt` only tells apart two ids drawn in one process
+/// should the OS generator ever fail (it is not a seed).
+pub fn instance_id(salt: u64) -> String {
+    siproam::random::instance_id().unwrap_or_else(|_| {
+        let mut rng = siproam::core::Rng::new(salt ^ fallback_seed());
+        rng.uuid_urn()
+    })
+}
+
+/// Only when the OS generator fails (never seen on Linux): the clock.
+fn fallback_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
 }
 
 pub fn mark_start() {
@@ -118,10 +115,9 @@ fn transport_config(tls: &TlsArgs) -> anyhow::Result<TransportConfig> {
 }
 
 fn seed() -> u64 {
-    // the driver, not the core, may read the clock: a fresh seed per run
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
+    // SSRCs and the core's replay seed (the driver keys the core's
+    // generator from the OS itself): from the OS's secure generator
+    siproam::random::os_u64().unwrap_or_else(|_| fallback_seed())
 }
 
 async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Result<()> {
@@ -139,6 +135,7 @@ pub async fn registrar(
     listen: Vec<String>,
     users: Option<PathBuf>,
     domain: Option<String>,
+    max_rate_per_source: u32,
     tls: TlsArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -169,6 +166,11 @@ pub async fn registrar(
         core: siproam::core::Config {
             seed: seed(),
             dialogs: false,
+            admission: siproam::core::AdmissionConfig {
+                per_source_rate: max_rate_per_source,
+                per_source_burst: max_rate_per_source.saturating_mul(2),
+                ..Default::default()
+            },
             ..Default::default()
         },
         transport: transport_config(&tls)?,

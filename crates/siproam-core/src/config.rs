@@ -20,14 +20,21 @@ pub struct Config {
     pub send_100_trying: bool,
     /// The User-Agent / Server header value, if any.
     pub user_agent: Option<String>,
-    /// Seed of the only random generator the core uses.
+    /// Seed of the only random generator the core uses, for replayable
+    /// runs (the simulator, tests). Ignored when [`Config::entropy`] is set.
     pub seed: u64,
+    /// 32 bytes from the operating system's secure generator, which key
+    /// the core's generator in production (the driver fills this in), so
+    /// tags, Call-IDs and branches cannot be predicted.
+    pub entropy: Option<[u8; 32]>,
     /// Limits for parsing received messages.
     pub limits: Limits,
     /// Act as a user agent for calls: new INVITEs become calls and
     /// in-dialog requests are handled here. Off for a proxy or registrar,
     /// which sees every request as [`crate::Event::IncomingRequest`].
     pub dialogs: bool,
+    /// Per-source rate limits and the cap on server transactions.
+    pub admission: crate::AdmissionConfig,
 }
 
 impl Default for Config {
@@ -40,8 +47,10 @@ impl Default for Config {
             send_100_trying: true,
             user_agent: Some(concat!("siproam/", env!("CARGO_PKG_VERSION")).to_owned()),
             seed: 0x5EED,
+            entropy: None,
             limits: Limits::default(),
             dialogs: true,
+            admission: crate::AdmissionConfig::default(),
         }
     }
 }

@@ -198,6 +198,13 @@ pub(crate) struct Calls {
     next: u32,
 }
 
+impl Calls {
+    /// The flows the calls use (kept when idle UDP flows are reclaimed).
+    pub(crate) fn flows_in_use(&self) -> impl Iterator<Item = FlowId> + '_ {
+        self.calls.values().filter_map(|c| c.flow)
+    }
+}
+
 fn tag_param(m: &Message, to: bool) -> Option<String> {
     let na = if to { m.to().ok()? } else { m.from().ok()? };
     na.tag().map(str::to_owned)

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use siproam_sip::{Answer, HeaderName, Message, MessageBuilder, Method};
 
+use crate::admission::{shrink, Admission};
 use crate::config::Config;
 use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, Transport};
 use crate::registration::{Account, AccountId};
@@ -248,12 +249,42 @@ pub struct Endpoint {
     /// Until then, in-dialog timeouts and transport failures do not end
     /// calls (a network change: requests die on the dead path).
     pub(crate) change_window_until: Option<Instant>,
+    /// Per-source budgets and the cap on server transactions.
+    admission: Admission,
+    /// When idle UDP flows and refilled source buckets were last tidied.
+    tidied: Option<Instant>,
+}
+
+/// What the endpoint holds and has shed: for monitoring, benchmarks and
+/// tests (memory after a flood must come back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Client transactions pending.
+    pub client_transactions: usize,
+    /// Server transactions held (including those waiting for
+    /// retransmissions).
+    pub server_transactions: usize,
+    /// Flows known.
+    pub flows: usize,
+    /// Timers pending.
+    pub timers: usize,
+    /// Requests dropped unparsed for exceeding their source's rate.
+    pub shed: u64,
+    /// Requests answered 503 because too many transactions were held.
+    pub overloaded: u64,
+    /// Sources tracked by admission control.
+    pub sources: usize,
 }
 
 impl Endpoint {
     /// A new endpoint.
     pub fn new(config: Config) -> Endpoint {
-        let rng = Rng::new(config.seed);
+        let admission = config.admission;
+        let rng = match config.entropy {
+            Some(key) => Rng::from_seed(key),
+            None => Rng::new(config.seed),
+        };
         Endpoint {
             config,
             rng,
@@ -264,6 +295,8 @@ impl Endpoint {
             server_txs: HashMap::new(),
             server_index: HashMap::new(),
             change_window_until: None,
+            admission: Admission::new(admission),
+            tidied: None,
             accounts: HashMap::new(),
             calls: crate::dialog::Calls::default(),
             last_tx: None,
@@ -353,8 +386,63 @@ impl Endpoint {
         if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
             return; // a keep-alive, not a message
         }
+        // a request over its source's budget is dropped before it costs a
+        // parse or a flow
+        if !self.admit(now, remote, &data) {
+            return;
+        }
         let flow = self.flows.inbound(Transport::Udp, local, remote);
         self.handle_message(now, flow, remote, data);
+    }
+
+    /// Admission control for one received message: responses pass, a
+    /// request must fit its source's budget.
+    fn admit(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) -> bool {
+        self.tidy(now);
+        data.starts_with(b"SIP/") || self.admission.admit(now, remote.ip())
+    }
+
+    /// Now and then (every 32 s of traffic or timers): forget UDP flows
+    /// nothing uses and source buckets that have refilled, and give the
+    /// maps' memory back.
+    fn tidy(&mut self, now: Instant) {
+        if self
+            .tidied
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(32))
+        {
+            return;
+        }
+        self.tidied = Some(now);
+        self.admission.tidy(now);
+        let mut in_use: std::collections::HashSet<FlowId> = self
+            .client_txs
+            .values()
+            .map(|t| t.flow)
+            .chain(self.server_txs.values().map(|t| t.flow))
+            .chain(self.accounts.values().filter_map(|a| a.flow_in_use()))
+            .collect();
+        in_use.extend(self.calls.flows_in_use());
+        self.flows.reclaim_udp(&in_use);
+        shrink(&mut self.client_txs);
+        shrink(&mut self.client_index);
+        shrink(&mut self.server_txs);
+        shrink(&mut self.server_index);
+        self.transmits.shrink_to(64);
+        self.events.shrink_to(64);
+    }
+
+    /// What the endpoint holds and has shed.
+    pub fn stats(&self) -> EndpointStats {
+        let a = self.admission.stats();
+        EndpointStats {
+            client_transactions: self.client_txs.len(),
+            server_transactions: self.server_txs.len(),
+            flows: self.flows.len(),
+            timers: self.timers.len(),
+            shed: a.shed,
+            overloaded: a.overloaded,
+            sources: a.sources,
+        }
     }
 
     /// The driver accepted a TCP/TLS connection: returns its flow.
@@ -377,6 +465,17 @@ impl Endpoint {
         let Some(remote) = self.flows.get(flow).map(|f| f.remote) else {
             return;
         };
+        if !self.admit(now, remote, &data) {
+            // a stream has no retransmission: a request dropped here would
+            // be lost for good, so it is told to come back later (the
+            // connection's own limits bound what a source can send)
+            if let Ok(req) = Message::parse_with(data, &self.config.limits) {
+                if req.method() != Some(Method::Ack) {
+                    self.overloaded_response(flow, &req);
+                }
+            }
+            return;
+        }
         self.handle_message(now, flow, remote, data);
     }
 
@@ -418,6 +517,7 @@ impl Endpoint {
 
     /// Timers due at `now` fire.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tidy(now);
         while let Some(reason) = self.timers.pop_due(now) {
             match reason.owner {
                 TimerOwner::ClientTx(id) => self.client_timer(now, id, reason.kind),
@@ -780,6 +880,8 @@ impl Endpoint {
         self.client_index
             .remove(&(tx.branch.clone(), tx.method.clone()));
         self.timers.cancel_all(TimerOwner::ClientTx(id));
+        shrink(&mut self.client_txs);
+        shrink(&mut self.client_index);
         Some(tx)
     }
 
@@ -960,6 +1062,12 @@ impl Endpoint {
                 flow,
                 request: req,
             });
+            return;
+        }
+        if self.server_txs.len() >= self.admission.config().max_server_transactions {
+            // too much held already: answer without keeping anything
+            self.admission.stats.overloaded += 1;
+            self.overloaded_response(flow, &req);
             return;
         }
         self.next_tx += 1;
@@ -1144,6 +1252,20 @@ impl Endpoint {
         if let Some(tx) = self.server_txs.remove(&id) {
             self.server_index.remove(&tx.key);
             self.timers.cancel_all(TimerOwner::ServerTx(id));
+            shrink(&mut self.server_txs);
+            shrink(&mut self.server_index);
+        }
+    }
+
+    /// 503 with `Retry-After`, keeping no state.
+    fn overloaded_response(&mut self, flow: FlowId, req: &Message) {
+        let retry = self.admission.config().retry_after.to_string();
+        let tag = self.rng.token(10);
+        if let Ok(resp) = MessageBuilder::response_to(req, 503, "Service Unavailable", Some(&tag))
+            .header("Retry-After", &retry)
+            .build()
+        {
+            self.transmit_on(flow, resp.to_bytes());
         }
     }
 

@@ -250,6 +250,29 @@ impl FlowTable {
         Some(flow)
     }
 
+    /// Forgets the UDP flows nothing uses any more (a UDP flow is only an
+    /// identity: it is made anew when traffic comes again), so a flood
+    /// from many source ports leaves no memory behind. Returns how many
+    /// went.
+    pub(crate) fn reclaim_udp(&mut self, in_use: &std::collections::HashSet<FlowId>) -> usize {
+        let before = self.flows.len();
+        self.flows
+            .retain(|id, f| f.transport.is_reliable() || in_use.contains(id));
+        let flows = &self.flows;
+        self.by_path.retain(|_, ids| {
+            ids.retain(|id| flows.contains_key(id));
+            !ids.is_empty()
+        });
+        crate::admission::shrink(&mut self.flows);
+        crate::admission::shrink(&mut self.by_path);
+        before - self.flows.len()
+    }
+
+    /// How many flows there are.
+    pub(crate) fn len(&self) -> usize {
+        self.flows.len()
+    }
+
     /// Every flow.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
         self.flows.values()

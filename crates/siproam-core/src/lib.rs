@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 mod config;
 mod dialog;
 mod endpoint;
@@ -24,11 +25,12 @@ mod rng;
 pub mod sdp;
 mod timers;
 
+pub use admission::{AdmissionConfig, AdmissionStats};
 pub use config::Config;
 pub use dialog::{CallEvent, CallId, CallState, InviteSpec};
 pub use endpoint::{
-    CoreError, Endpoint, Event, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
-    Transmit,
+    CoreError, Endpoint, EndpointStats, Event, ListenPoint, RequestFailure, RequestId, ServerTxId,
+    Target, Transmit,
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
 pub use mobility::{CallMove, CallMoveAction};

@@ -179,6 +179,11 @@ pub(crate) struct Account {
 }
 
 impl Account {
+    /// The flow the account registers over, if any.
+    pub(crate) fn flow_in_use(&self) -> Option<FlowId> {
+        self.flow
+    }
+
     fn contact_uri(&self) -> String {
         let user = self
             .config

@@ -4,7 +4,7 @@
 //! inspectable and the reason for the next wake-up is known (as str0m's
 //! `last_timeout_reason`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::flow::FlowId;
@@ -74,11 +74,26 @@ pub struct TimeoutReason {
     pub kind: TimerKind,
 }
 
+impl TimerKind {
+    /// The first kind in their order (declared first): the start of one
+    /// owner's range in [`TimerTable`]'s key map.
+    const FIRST: TimerKind = TimerKind::A;
+}
+
 /// All pending timers.
+///
+/// Both maps are ordered, so every operation is logarithmic in the number
+/// of timers, and removing an owner's timers visits only that owner's
+/// entries (a flood of transactions expiring together is cleaned up in
+/// linear time, not quadratic).
 #[derive(Debug, Default)]
 pub(crate) struct TimerTable {
     by_deadline: BTreeSet<(Instant, TimerOwner, TimerKind)>,
-    by_key: HashMap<(TimerOwner, TimerKind), Instant>,
+    by_key: BTreeMap<(TimerOwner, TimerKind), Instant>,
+    /// Key-map entries looked at by [`TimerTable::cancel_all`] (a work
+    /// counter for the tests).
+    #[cfg(test)]
+    visited: u64,
 }
 
 impl TimerTable {
@@ -99,14 +114,18 @@ impl TimerTable {
 
     /// Cancels every timer of an owner.
     pub(crate) fn cancel_all(&mut self, owner: TimerOwner) {
-        let kinds: Vec<TimerKind> = self
-            .by_key
-            .keys()
-            .filter(|(o, _)| *o == owner)
-            .map(|(_, k)| *k)
-            .collect();
-        for k in kinds {
-            self.cancel(owner, k);
+        // the owner's timers are adjacent in the key map: start at its
+        // first possible key, stop at the first key of another owner
+        while let Some((&(o, kind), &at)) = self.by_key.range((owner, TimerKind::FIRST)..).next() {
+            if o != owner {
+                break;
+            }
+            #[cfg(test)]
+            {
+                self.visited += 1;
+            }
+            self.by_key.remove(&(owner, kind));
+            self.by_deadline.remove(&(at, owner, kind));
         }
     }
 
@@ -178,5 +197,33 @@ mod tests {
         );
         t.cancel_all(TimerOwner::ClientTx(1));
         assert_eq!(t.len(), 1);
+    }
+
+    /// Regression (issue 10, finding 1): removing a transaction's timers
+    /// scanned every pending timer, so cleaning up a flood's backlog was
+    /// quadratic and took the registrar offline for minutes. Now it visits
+    /// only the owner's own timers.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn cancelling_an_owner_visits_only_its_timers() {
+        let t0 = Instant::now();
+        let mut t = TimerTable::default();
+        let n = 20_000u64;
+        for id in 0..n {
+            let at = t0 + Duration::from_millis(id % 977);
+            t.set(TimerOwner::ServerTx(id), TimerKind::J, at);
+            t.set(TimerOwner::ServerTx(id), TimerKind::G, at);
+            t.set(TimerOwner::ClientTx(id), TimerKind::F, at);
+        }
+        for id in 0..n {
+            t.cancel_all(TimerOwner::ServerTx(id));
+        }
+        assert_eq!(t.len(), n as usize);
+        // two timers per owner removed, nothing else looked at
+        assert_eq!(t.visited, 2 * n);
+        for id in 0..n {
+            assert_eq!(t.deadline(TimerOwner::ServerTx(id), TimerKind::J), None);
+            assert!(t.deadline(TimerOwner::ClientTx(id), TimerKind::F).is_some());
+        }
     }
 }

@@ -410,6 +410,9 @@ pub enum EndpointError {
     /// The network namespace could not be entered.
     #[error("network namespace: {0}")]
     Namespace(#[source] std::io::Error),
+    /// The OS's random generator failed.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -495,7 +498,12 @@ impl EndpointHandle {
         mut app: Box<dyn Application>,
     ) -> Result<EndpointHandle, EndpointError> {
         let (transports, transport_events) = TransportManager::new(config.transport.clone());
-        let mut core = Core::new(config.core.clone());
+        let mut core_config = config.core.clone();
+        // identifiers from the OS's secure generator (the seed is for the
+        // simulator's replayable runs only)
+        let os_key = crate::random::os_seed()?;
+        core_config.entropy.get_or_insert(os_key);
+        let mut core = Core::new(core_config);
         for (t, addr) in &config.listen {
             let info = transports.listen(*t, *addr).await?;
             core.add_listen_point(ListenPoint {
@@ -531,7 +539,7 @@ impl EndpointHandle {
             retiring: Vec::new(),
             server_names: HashMap::new(),
             events: ev_tx,
-            rng: config.core.seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: crate::random::os_u64()? | 1,
         };
         tokio::spawn(driver.run(cmd_rx, transport_events));
         Ok(EndpointHandle {

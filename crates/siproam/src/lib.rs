@@ -9,6 +9,7 @@
 mod endpoint;
 pub mod netwatch;
 mod phone;
+pub mod random;
 pub mod resolve;
 pub mod transport;
 

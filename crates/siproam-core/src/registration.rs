@@ -543,6 +543,38 @@ impl Endpoint {
             return;
         };
         if acc.phase == Phase::Unregistering {
+            // a challenge to the de-REGISTER (a nonce gone stale while we
+            // were registered, RFC 7616 §3.3) is answered once, or the
+            // binding would stay on the registrar for its whole lifetime
+            if matches!(code, 401 | 407) && acc.config.password.is_some() {
+                let header = if code == 401 {
+                    HeaderName::WwwAuthenticate
+                } else {
+                    HeaderName::ProxyAuthenticate
+                };
+                let challenge = resp.header(header).map(str::to_owned);
+                let stale = challenge
+                    .as_deref()
+                    .and_then(|c| Challenge::parse(c).ok())
+                    .is_some_and(|c| c.stale());
+                // answered already: only a new nonce said to be stale is
+                // worth another try (a registrar repeating itself is not)
+                let retry = match (&acc.auth, &challenge) {
+                    (Some(a), Some(c)) if a.answered => stale && a.challenge != *c,
+                    _ => true,
+                };
+                if let (Some(challenge), true) = (challenge, retry) {
+                    acc.auth = Some(AuthState {
+                        challenge,
+                        proxy: code == 407,
+                        nc: 0,
+                        answered: true,
+                    });
+                    self.send_register(now, id, true);
+                    return;
+                }
+            }
+            let failure = (code >= 300).then_some(RegistrationFailure::Status(code));
             self.accounts.remove(&id.0);
             self.timers.cancel_all(TimerOwner::Account(id.0));
             self.events
@@ -552,7 +584,7 @@ impl Endpoint {
                     contact: String::new(),
                     code: Some(code),
                     expires: Some(0),
-                    failure: None,
+                    failure,
                     retry_at: None,
                 }));
             return;

@@ -433,6 +433,48 @@ fn unregister_sends_expires_zero() {
     );
 }
 
+/// Regression (issue 10, finding 7): a de-REGISTER challenged with a
+/// stale nonce (the agent quit long after its last challenge) was never
+/// retried, so the binding stayed on the registrar. It is answered once
+/// with the new nonce; a registrar that keeps refusing ends it.
+#[test]
+fn a_challenged_unregister_is_answered_once() {
+    let (mut sim, ua, reg, cfg) = setup(Transport::Udp);
+    let acc: AccountId = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    sim.with_endpoint(ua, |ep, now| ep.unregister(now, acc))
+        .unwrap();
+    let r2 = recv(&mut sim, reg);
+    assert_eq!(r2.message.expires(), Some(Ok(0)));
+    let mut ch = ServerChallenge::new("example.test", "nonce-after-a-long-time");
+    ch.stale = true;
+    let value = ch.to_header_value().unwrap();
+    answer(&mut sim, reg, &r2, 401, &[("WWW-Authenticate", &value)]);
+    // the de-REGISTER again, now with credentials for the new nonce
+    let r3 = recv(&mut sim, reg);
+    assert_eq!(r3.message.expires(), Some(Ok(0)));
+    assert!(r3.message.cseq().seq > r2.message.cseq().seq);
+    let creds = r3
+        .message
+        .authorization()
+        .next()
+        .expect("credentials")
+        .unwrap();
+    assert_eq!(creds.nonce(), Some("nonce-after-a-long-time"));
+    assert!(verify(&creds, "REGISTER", Secret::Password("alicepw"), b"").is_ok());
+    // refused again with the same nonce: no loop, the account ends
+    answer(&mut sim, reg, &r3, 401, &[("WWW-Authenticate", &value)]);
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.peer_recv(reg).is_none(), "no third de-REGISTER");
+    assert_eq!(sim.endpoint(ua).account_count(), 0);
+    assert_eq!(
+        registrations(&mut sim, ua).last().map(|e| e.1.state),
+        Some(RegistrationState::Unregistered)
+    );
+}
+
 #[test]
 fn tcp_registration_reregisters_when_its_flow_dies() {
     let (mut sim, ua, reg, cfg) = setup(Transport::Tcp);

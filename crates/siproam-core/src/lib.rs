@@ -25,7 +25,7 @@ pub mod sdp;
 mod timers;
 
 pub use config::Config;
-pub use dialog::{CallEvent, CallId, CallState, InviteSpec};
+pub use dialog::{CallEvent, CallId, CallState, IncomingCallLimits, InviteSpec};
 pub use endpoint::{
     CoreError, Endpoint, Event, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
     Transmit,

@@ -213,6 +213,12 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
                 play: AudioSpec::Tone(1000.0),
                 record: None,
                 media_ip: None,
+                // the callee takes all N calls at once
+                incoming: siproam::core::IncomingCallLimits {
+                    max_unanswered: n,
+                    max_calls: n,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             42,
@@ -479,6 +485,7 @@ pub async fn handoff(
                     PhoneConfig::default().old_media_grace
                 },
                 ipv6_media: siproam::Ipv6Use::Enabled,
+                ..Default::default()
             },
             5,
         ))

@@ -177,16 +177,16 @@ fn main() -> ExitCode {
         }
         Command::Agent {
             agent: mut args,
-            calls,
-        } => match file.agent(&mut args) {
+            mut calls,
+        } => match file.agent(&mut args).map(|()| file.calls(&mut calls)) {
             Ok(()) => block_on(run::agent(args, calls, json, None)),
             Err(e) => return bad_usage(&e),
         },
         Command::Call {
             uri,
             agent: mut args,
-            calls,
-        } => match file.agent(&mut args) {
+            mut calls,
+        } => match file.agent(&mut args).map(|()| file.calls(&mut calls)) {
             Ok(()) => block_on(run::agent(args, calls, json, Some(uri))),
             Err(e) => return bad_usage(&e),
         },

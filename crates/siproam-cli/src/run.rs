@@ -297,6 +297,9 @@ pub struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    max_ringing: Option<usize>,
+    max_calls: Option<usize>,
+    no_answer: Option<u64>,
 }
 
 impl FileConfig {
@@ -332,6 +335,13 @@ impl FileConfig {
         fill(&mut tls.tls_cert, &self.tls_cert);
         fill(&mut tls.tls_key, &self.tls_key);
         fill(&mut tls.ca, &self.ca);
+    }
+
+    /// Fills the call options the flags left out.
+    pub fn calls(&self, c: &mut CallArgs) {
+        fill(&mut c.max_ringing, &self.max_ringing);
+        fill(&mut c.max_calls, &self.max_calls);
+        fill(&mut c.no_answer, &self.no_answer);
     }
 
     /// Fills what the agent's flags left out.
@@ -382,6 +392,33 @@ pub struct CallArgs {
     /// Write what is heard to a WAV file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Incoming calls that may ring at once; an INVITE beyond is answered
+    /// 486 Busy Here (default 8).
+    #[arg(long, value_name = "N")]
+    pub max_ringing: Option<usize>,
+    /// Incoming calls at once, ringing or answered; beyond, 486 (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_calls: Option<usize>,
+    /// Seconds an incoming call rings before it is refused 480 Temporarily
+    /// Unavailable (default 120; 0 = until the caller gives up).
+    #[arg(long, value_name = "SECS")]
+    pub no_answer: Option<u64>,
+}
+
+impl CallArgs {
+    /// The limits on incoming calls these flags ask for.
+    fn incoming(&self) -> siproam::core::IncomingCallLimits {
+        let d = siproam::core::IncomingCallLimits::default();
+        siproam::core::IncomingCallLimits {
+            max_unanswered: self.max_ringing.unwrap_or(d.max_unanswered),
+            max_calls: self.max_calls.unwrap_or(d.max_calls),
+            no_answer: match self.no_answer {
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+                None => d.no_answer,
+            },
+        }
+    }
 }
 
 fn call_json(ev: &CallEvent) -> Option<Value> {
@@ -483,6 +520,7 @@ pub async fn agent(
             record: calls.record.clone(),
             media_ip: None,
             ipv6_media: args.ipv6_media.unwrap_or_default(),
+            incoming: calls.incoming(),
             ..Default::default()
         },
         seed(),

@@ -135,3 +135,86 @@ fn an_agent_calls_another_through_the_registrar_and_the_tone_is_heard() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A new INVITE from a scripted peer, with a usable offer.
+fn raw_invite(n: u32, peer: std::net::SocketAddr, to: &str) -> Vec<u8> {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:bob@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {peer};branch=z9hG4bKlim{n}\r\nMax-Forwards: 70\r\nFrom: <sip:mallory@example.test>;tag=l{n}\r\nTo: <sip:bob@example.test>\r\nCall-ID: lim{n}@mallory\r\nCSeq: 1 INVITE\r\nContact: <sip:mallory@{peer}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+/// The status line of the next response on `sock` to Call-ID `call_id`
+/// whose code is `>= min` (bounded wait).
+fn next_status(sock: &std::net::UdpSocket, call_id: &str, min: u16) -> String {
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let n = sock.recv(&mut buf).expect("a response in time");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let status = text.lines().next().unwrap_or_default().to_owned();
+        let code: u16 = status
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if text.contains(&format!("Call-ID: {call_id}\r\n")) && code >= min {
+            return status;
+        }
+    }
+}
+
+#[test]
+fn the_agent_takes_its_incoming_call_limits_from_flags_or_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("siproam-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("agent.toml");
+    std::fs::write(&conf, "max-ringing = 1\nno-answer = 1\n").unwrap();
+    let conf = conf.to_str().unwrap().to_owned();
+    let base = [
+        "agent",
+        "--json",
+        "--no-watch",
+        "--aor",
+        "sip:bob@example.test",
+        "--listen",
+        "udp:127.0.0.61:0",
+    ];
+    let flags = ["--max-ringing", "1", "--no-answer", "1"];
+    let file = ["--config", conf.as_str()];
+    for extra in [&flags[..], &file[..]] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let bob = Proc::spawn(&args);
+        let addr = bob.wait_for("listener", |v| v["event"] == "listening")["address"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let peer = std::net::UdpSocket::bind("127.0.0.62:0").unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        peer.send_to(&raw_invite(1, peer_addr, &addr), &addr)
+            .unwrap();
+        assert_eq!(
+            next_status(&peer, "lim1@mallory", 180),
+            "SIP/2.0 180 Ringing"
+        );
+        peer.send_to(&raw_invite(2, peer_addr, &addr), &addr)
+            .unwrap();
+        assert_eq!(
+            next_status(&peer, "lim2@mallory", 200),
+            "SIP/2.0 486 Busy Here",
+            "{extra:?}: one call rings at a time"
+        );
+        assert_eq!(
+            next_status(&peer, "lim1@mallory", 200),
+            "SIP/2.0 480 Temporarily Unavailable",
+            "{extra:?}: nobody answered"
+        );
+        bob.wait_for("the call's end", |v| {
+            v["event"] == "call" && v["state"] == "disconnected" && v["code"] == 480
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -191,11 +191,46 @@ fn allow_update(m: &Message) -> Option<bool> {
         .map(|_| m.has_token(HeaderName::Allow, "UPDATE"))
 }
 
+/// How many incoming calls an endpoint takes at once, and how long one
+/// may ring. Every INVITE from anyone creates a call, so these bound the
+/// work and state an unauthenticated sender can make us hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingCallLimits {
+    /// Incoming calls not answered yet (no final response sent); a new
+    /// INVITE beyond is answered 486 Busy Here and no call is made.
+    pub max_unanswered: usize,
+    /// Incoming calls in all (ringing or answered); a new INVITE beyond
+    /// is answered 486 Busy Here.
+    pub max_calls: usize,
+    /// An incoming call not answered within this time is refused with 480
+    /// Temporarily Unavailable (RFC 3261 §21.4.18). `None`: it rings until
+    /// the caller gives up.
+    pub no_answer: Option<Duration>,
+}
+
+impl Default for IncomingCallLimits {
+    fn default() -> Self {
+        IncomingCallLimits {
+            max_unanswered: 8,
+            max_calls: 64,
+            no_answer: Some(Duration::from_secs(120)),
+        }
+    }
+}
+
 /// Every call of an endpoint.
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
     calls: HashMap<u32, Call>,
     next: u32,
+    limits: IncomingCallLimits,
+}
+
+impl Call {
+    /// An incoming call we have not sent a final response to.
+    fn is_unanswered_incoming(&self) -> bool {
+        self.role == Role::Uas && self.state != CallState::Confirmed && self.pending_2xx.is_none()
+    }
 }
 
 impl Calls {
@@ -273,6 +308,33 @@ impl Endpoint {
     /// How many calls exist.
     pub fn call_count(&self) -> usize {
         self.calls.calls.len()
+    }
+
+    /// Sets how many incoming calls are taken at once and how long one
+    /// rings (applies to INVITEs that arrive from now on).
+    pub fn set_incoming_call_limits(&mut self, limits: IncomingCallLimits) {
+        self.calls.limits = limits;
+    }
+
+    /// The limits on incoming calls in force.
+    pub fn incoming_call_limits(&self) -> IncomingCallLimits {
+        self.calls.limits
+    }
+
+    /// Refuses an incoming call not answered yet with a final status
+    /// (>= 300) and extra headers (a `Warning` with a 488, a
+    /// `Retry-After` with a 503).
+    pub fn refuse(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        code: u16,
+        headers: &[(&str, &str)],
+    ) -> Result<(), CoreError> {
+        if code < 300 {
+            return Err(CoreError::InvalidState);
+        }
+        self.respond_to_invite(now, call, code, None, headers)
     }
 
     fn contact_header(&self, c: &Call, transport: Transport) -> String {
@@ -446,6 +508,17 @@ impl Endpoint {
         code: u16,
         body: Option<Bytes>,
     ) -> Result<(), CoreError> {
+        self.respond_to_invite(now, call, code, body, &[])
+    }
+
+    fn respond_to_invite(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        code: u16,
+        body: Option<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<(), CoreError> {
         let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
         let (Some(tx), Some(req)) = (c.server_tx, c.invite_request.clone()) else {
             return Err(CoreError::InvalidState);
@@ -453,6 +526,9 @@ impl Endpoint {
         let mut b = MessageBuilder::response_to(&req, code, reason(code), Some(&c.local_tag));
         for rr in req.header_values(HeaderName::RecordRoute) {
             b = b.header("Record-Route", rr);
+        }
+        for (name, value) in headers {
+            b = b.header(name, value);
         }
         // RFC 3262: a peer that requires 100rel gets reliable provisionals
         let reliable = c.reliable_1xx && (101..200).contains(&code);
@@ -491,9 +567,12 @@ impl Endpoint {
             );
         }
         if code >= 200 {
-            // a final response ends the provisional's retransmission
+            // a final response ends the provisional's retransmission and
+            // the wait for an answer
             self.timers
                 .cancel(TimerOwner::Call(call.0), TimerKind::Reliable1xx);
+            self.timers
+                .cancel(TimerOwner::Call(call.0), TimerKind::NoAnswer);
         }
         match code {
             180 => self.set_state(call, CallState::Ringing, Some(180), None),
@@ -775,7 +854,7 @@ impl Endpoint {
         let found = found.map(|(id, _)| CallId(*id));
         match (method, found, tx) {
             (Method::Invite, None, Some(tx)) if to_tag.is_none() => {
-                self.incoming_call(tx, flow, req);
+                self.incoming_call(now, tx, flow, req);
                 true
             }
             (Method::Ack, Some(id), _) => {
@@ -891,7 +970,29 @@ impl Endpoint {
         }
     }
 
-    fn incoming_call(&mut self, tx: ServerTxId, flow: FlowId, req: &Message) {
+    /// Whether a new incoming call fits the limits (counted over the
+    /// calls that exist, at most `max_calls` of them).
+    fn incoming_call_admitted(&self) -> bool {
+        let limits = self.calls.limits;
+        let (mut unanswered, mut incoming) = (0usize, 0usize);
+        for c in self.calls.calls.values().filter(|c| c.role == Role::Uas) {
+            incoming += 1;
+            if c.is_unanswered_incoming() {
+                unanswered += 1;
+            }
+        }
+        unanswered < limits.max_unanswered && incoming < limits.max_calls
+    }
+
+    fn incoming_call(&mut self, now: Instant, tx: ServerTxId, flow: FlowId, req: &Message) {
+        if !self.incoming_call_admitted() {
+            // no call is made: nothing is held for it but its transaction
+            let tag = self.rng.token(10);
+            if let Ok(r) = MessageBuilder::response_to(req, 486, reason(486), Some(&tag)).build() {
+                let _ = self.respond(now, tx, r);
+            }
+            return;
+        }
         let remote_target = req
             .contacts()
             .next()
@@ -957,6 +1058,10 @@ impl Endpoint {
             send_from: None,
         };
         let id = self.new_call(call);
+        if let Some(wait) = self.calls.limits.no_answer {
+            self.timers
+                .set(TimerOwner::Call(id.0), TimerKind::NoAnswer, now + wait);
+        }
         let body = (!req.body().is_empty()).then(|| req.body().clone());
         self.events.push_back(Event::IncomingCall {
             call: id,
@@ -1294,6 +1399,16 @@ impl Endpoint {
                 self.timers
                     .set(TimerOwner::Call(id.0), TimerKind::Reliable1xx, now + next);
             }
+            // nobody answered: 480 (RFC 3261 §21.4.18)
+            TimerKind::NoAnswer
+                if self
+                    .calls
+                    .calls
+                    .get(&id.0)
+                    .is_some_and(Call::is_unanswered_incoming) =>
+            {
+                let _ = self.answer(now, id, 480, None);
+            }
             TimerKind::Glare => {
                 let retry = self
                     .calls
@@ -1309,15 +1424,42 @@ impl Endpoint {
     }
 }
 
-fn reason(code: u16) -> &'static str {
+/// The reason phrase for a status a call's INVITE is answered with (RFC
+/// 3261 §21); a code without one gets its class's name.
+pub(crate) fn reason(code: u16) -> &'static str {
     match code {
+        100 => "Trying",
         180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
         183 => "Session Progress",
         200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        420 => "Bad Extension",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        600 => "Busy Everywhere",
         603 => "Decline",
-        _ => "Response",
+        606 => "Not Acceptable",
+        _ => match code / 100 {
+            1 => "Session Progress",
+            2 => "OK",
+            3 => "Redirection",
+            4 => "Request Failure",
+            5 => "Server Failure",
+            _ => "Global Failure",
+        },
     }
 }

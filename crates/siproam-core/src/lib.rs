@@ -27,7 +27,7 @@ mod timers;
 
 pub use admission::{AdmissionConfig, AdmissionStats};
 pub use config::Config;
-pub use dialog::{CallEvent, CallId, CallState, InviteSpec};
+pub use dialog::{CallEvent, CallId, CallState, IncomingCallLimits, InviteSpec};
 pub use endpoint::{
     CoreError, Endpoint, EndpointStats, Event, ListenPoint, RequestFailure, RequestId, ServerTxId,
     Target, Transmit,

@@ -245,6 +245,22 @@ impl SdpError {
             SdpError::NoOfferPending => 500,
         }
     }
+
+    /// The RFC 3261 §20.43 warn-code and text for a `Warning` header on
+    /// the refusal of an offer that failed with this error (`Warning: 305
+    /// siproam "Incompatible media format"`).
+    pub fn warning(&self) -> (u16, &'static str) {
+        match self {
+            SdpError::UnsupportedAddress => (301, "Incompatible network address formats"),
+            SdpError::NoAudio | SdpError::AudioRejected => (304, "Media type not available"),
+            SdpError::NoCommonCodec => (305, "Incompatible media format"),
+            SdpError::MissingConnection => (307, "Session description parameter not understood"),
+            SdpError::Parse(_) => (399, "Malformed session description"),
+            SdpError::MediaCountMismatch { .. }
+            | SdpError::NoOfferPending
+            | SdpError::OfferPending => (399, "Miscellaneous warning"),
+        }
+    }
 }
 
 /// The SDP parser's diagnosis of a malformed body (line number and field).
@@ -529,6 +545,16 @@ impl SdpSession {
         self.held_by_peer = !chosen.peer.receives();
         self.negotiated = Some(negotiated);
         Ok((sdp, negotiated))
+    }
+
+    /// Whether the peer's offer in a new INVITE can be answered, without
+    /// answering it: checked before the call rings, so an unusable offer
+    /// (malformed, out-of-range port, no audio stream, no codec in common,
+    /// an address we cannot send to) is refused at once with 488 and
+    /// [`SdpError::warning`]. An empty body (no offer) fails as malformed.
+    pub fn check_offer(&self, remote_offer: &[u8]) -> Result<(), SdpError> {
+        let offer = parse(remote_offer)?;
+        choose_offered_audio(&offer, &self.config).map(|_| ())
     }
 
     /// Where the peer's offer wants RTP sent (the audio stream
@@ -1895,5 +1921,39 @@ mod tests {
             };
             feed(&input);
         }
+    }
+
+    // ----- an incoming INVITE's offer, checked before it rings ----------
+
+    const GOOD_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+    #[test]
+    fn a_usable_offer_passes_the_check_and_an_unusable_one_names_its_warning() {
+        let s = session(1, "192.0.2.2:5000");
+        assert_eq!(s.check_offer(GOOD_OFFER.as_bytes()), Ok(()));
+        let cases: [(&str, u16); 5] = [
+            ("garbage \u{1}\u{2} not sdp", 399),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n",
+                304,
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 99999 RTP/AVP 0\r\n",
+                399,
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\n",
+                305,
+            ),
+            (
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 224.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+                301,
+            ),
+        ];
+        for (offer, warn) in cases {
+            let e = s.check_offer(offer.as_bytes()).unwrap_err();
+            assert_eq!(e.warning().0, warn, "{offer:?}: {e}");
+        }
+        assert!(s.check_offer(b"").is_err(), "no offer at all");
     }
 }

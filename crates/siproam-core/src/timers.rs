@@ -63,6 +63,8 @@ pub enum TimerKind {
     /// A reliable provisional response is retransmitted until its PRACK
     /// (RFC 3262 §3).
     Reliable1xx,
+    /// An incoming call not answered in time is refused with 480.
+    NoAnswer,
 }
 
 /// Why the core asked to be woken up.

@@ -1291,3 +1291,204 @@ fn a_change_of_via_alone_sends_from_the_new_address_and_keeps_the_contact() {
     let bye_to = bob_hangs_up(&mut p, b);
     assert_eq!(bye_to, ip(ALICE), "the Contact was kept");
 }
+
+// ----- incoming calls from anyone: limits and the no-answer timeout -------
+
+/// A peer's new INVITE (its own Call-ID and branch), with an offer.
+fn peer_invite(n: u32) -> siproam_sip::Message {
+    MessageBuilder::request(Method::Invite, &format!("sip:bob@{BOB}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKflood{n}"),
+        )
+        .header("From", &format!("<sip:mallory@example.test>;tag=m{n}"))
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", &format!("flood{n}@mallory"))
+        .header("CSeq", "1 INVITE")
+        .header("Contact", "<sip:mallory@192.0.2.99:5060>")
+        .body("application/sdp", sdp("flood"))
+        .build()
+        .unwrap()
+}
+
+/// Sends `count` INVITEs from a peer to Bob; returns the final statuses
+/// the peer got (in order), after `settle`.
+fn flood_bob(p: &mut Pair, peer: NodeId, first: u32, count: u32) -> Vec<u16> {
+    let from = SocketAddr::new(ip("192.0.2.99"), 5060);
+    let bob_addr = SocketAddr::new(ip(BOB), 5060);
+    for n in first..first + count {
+        p.sim.peer_send(
+            peer,
+            from,
+            bob_addr,
+            Transport::Udp,
+            peer_invite(n).to_bytes(),
+        );
+    }
+    p.sim.run_for(Duration::from_millis(100));
+    let mut finals = Vec::new();
+    while let Some(r) = p.sim.peer_recv(peer) {
+        if let Some(code) = r.message.status().filter(|c| *c >= 200) {
+            finals.push(code);
+        }
+    }
+    finals
+}
+
+fn incoming_calls(sim: &mut Sim, node: NodeId) -> Vec<CallId> {
+    sim.take_events(node)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn invites_beyond_the_ringing_limit_get_486_and_make_no_call() {
+    let mut p = pair(Transport::Udp);
+    p.sim
+        .endpoint(p.bob)
+        .set_incoming_call_limits(siproam_core::IncomingCallLimits {
+            max_unanswered: 3,
+            max_calls: 10,
+            no_answer: None,
+        });
+    let peer = p.sim.add_peer("mallory", &[ip("192.0.2.99")]);
+    let finals = flood_bob(&mut p, peer, 0, 50);
+    assert_eq!(finals, vec![486; 47], "every INVITE beyond three is busy");
+    let rung = incoming_calls(&mut p.sim, p.bob);
+    assert_eq!(rung.len(), 3, "only three calls were made");
+    assert_eq!(p.sim.endpoint(p.bob).call_count(), 3);
+    let busy = p
+        .sim
+        .log()
+        .iter()
+        .find(|e| e.first_line.starts_with("SIP/2.0 486"))
+        .map(|e| e.first_line.clone());
+    assert_eq!(busy.as_deref(), Some("SIP/2.0 486 Busy Here"));
+    // one answered: a slot frees up for a ringing call
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, rung[0], 603, None))
+        .unwrap();
+    assert_eq!(flood_bob(&mut p, peer, 100, 2), vec![603, 486]);
+    assert_eq!(incoming_calls(&mut p.sim, p.bob).len(), 1);
+}
+
+#[test]
+fn invites_beyond_the_total_limit_get_486_even_when_calls_are_answered() {
+    let mut p = pair(Transport::Udp);
+    p.sim
+        .endpoint(p.bob)
+        .set_incoming_call_limits(siproam_core::IncomingCallLimits {
+            max_unanswered: 8,
+            max_calls: 2,
+            no_answer: None,
+        });
+    for _ in 0..2 {
+        call(&mut p, Transport::Udp);
+        p.sim.run_for(Duration::from_millis(100));
+        let b = incoming(&mut p.sim, p.bob);
+        p.sim
+            .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+            .unwrap();
+        p.sim.run_for(Duration::from_millis(100));
+    }
+    states(&mut p.sim, p.alice);
+    call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    assert!(incoming_calls(&mut p.sim, p.bob).is_empty());
+    assert_eq!(
+        states(&mut p.sim, p.alice),
+        [
+            (CallState::Calling, None),
+            (CallState::Disconnected, Some(486))
+        ]
+    );
+}
+
+#[test]
+fn a_call_nobody_answers_is_refused_480_after_the_no_answer_time() {
+    let mut p = pair(Transport::Udp);
+    assert_eq!(
+        p.sim.endpoint(p.bob).incoming_call_limits().no_answer,
+        Some(Duration::from_secs(120)),
+        "on by default"
+    );
+    call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    p.sim.run_for(Duration::from_secs(119));
+    assert_eq!(
+        states(&mut p.sim, p.alice),
+        [(CallState::Calling, None), (CallState::Ringing, Some(180))]
+    );
+    assert_eq!(p.sim.endpoint(p.bob).call_count(), 1, "still ringing");
+    p.sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        states(&mut p.sim, p.alice),
+        [(CallState::Disconnected, Some(480))]
+    );
+    assert_eq!(p.sim.endpoint(p.bob).call_count(), 0);
+    assert!(p
+        .sim
+        .log()
+        .iter()
+        .any(|e| e.first_line == "SIP/2.0 480 Temporarily Unavailable"));
+}
+
+#[test]
+fn an_answered_call_is_not_ended_by_the_no_answer_time() {
+    let mut p = pair(Transport::Udp);
+    p.sim
+        .endpoint(p.bob)
+        .set_incoming_call_limits(siproam_core::IncomingCallLimits {
+            no_answer: Some(Duration::from_secs(5)),
+            ..Default::default()
+        });
+    call(&mut p, Transport::Udp);
+    p.sim.run_for(Duration::from_millis(100));
+    let b = incoming(&mut p.sim, p.bob);
+    p.sim
+        .with_endpoint(p.bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    p.sim.run_for(Duration::from_secs(60));
+    assert_eq!(
+        p.sim.endpoint(p.bob).call_state(b),
+        Some(CallState::Confirmed)
+    );
+}
+
+#[test]
+fn a_refused_call_carries_the_reason_phrase_and_extra_headers() {
+    let mut p = pair(Transport::Udp);
+    let peer = p.sim.add_peer("mallory", &[ip("192.0.2.99")]);
+    let from = SocketAddr::new(ip("192.0.2.99"), 5060);
+    p.sim.peer_send(
+        peer,
+        from,
+        SocketAddr::new(ip(BOB), 5060),
+        Transport::Udp,
+        peer_invite(1).to_bytes(),
+    );
+    p.sim.run_for(Duration::from_millis(50));
+    let b = incoming(&mut p.sim, p.bob);
+    while p.sim.peer_recv(peer).is_some() {} // the 100
+    p.sim
+        .with_endpoint(p.bob, |ep, now| {
+            ep.refuse(now, b, 503, &[("Retry-After", "30")])
+        })
+        .unwrap();
+    let r = p
+        .sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(r.message.status(), Some(503));
+    assert_eq!(r.message.reason(), Some("Service Unavailable"));
+    assert_eq!(r.message.header(HeaderName::RetryAfter), Some("30"));
+    assert_eq!(p.sim.endpoint(p.bob).call_count(), 0);
+}

@@ -43,9 +43,15 @@ pub trait Application: Send + 'static {
         core: &mut Core,
         now: Instant,
         cmd: crate::phone::PhoneCommand,
-    ) -> Result<Option<siproam_core::CallId>, siproam_core::CoreError> {
+    ) -> Result<Option<siproam_core::CallId>, crate::phone::PhoneError> {
         let _ = (core, now, cmd);
-        Err(siproam_core::CoreError::InvalidState)
+        Err(siproam_core::CoreError::InvalidState.into())
+    }
+
+    /// Sets up the core before the first event (the limits on incoming
+    /// calls a phone wants).
+    fn configure(&mut self, core: &mut Core) {
+        let _ = core;
     }
 }
 
@@ -404,6 +410,9 @@ pub enum EndpointError {
     /// The core refused the command.
     #[error("core: {0}")]
     Core(#[from] siproam_core::CoreError),
+    /// A call's RTP socket could not be opened (out of descriptors …).
+    #[error("no RTP socket: {0}")]
+    Media(#[source] std::io::Error),
     /// The endpoint task has stopped.
     #[error("endpoint stopped")]
     Stopped,
@@ -413,6 +422,15 @@ pub enum EndpointError {
     /// The OS's random generator failed.
     #[error(transparent)]
     Random(#[from] crate::random::RandomError),
+}
+
+impl From<crate::phone::PhoneError> for EndpointError {
+    fn from(e: crate::phone::PhoneError) -> Self {
+        match e {
+            crate::phone::PhoneError::Core(e) => EndpointError::Core(e),
+            crate::phone::PhoneError::Media(e) => EndpointError::Media(e),
+        }
+    }
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -514,6 +532,7 @@ impl EndpointHandle {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(4096);
         app.attach(ev_tx.clone());
+        app.configure(&mut core);
         let driver = Driver {
             core,
             transports,
@@ -1614,17 +1633,21 @@ impl Driver {
                 hang_up: knobs.hangup_calls,
                 prefer_update: flags.prefer_update,
             };
-            let r = self.core.move_call(now, call, mv).and_then(|action| {
-                if action == siproam_core::CallMoveAction::Nothing {
-                    return Ok(());
-                }
-                let cmd = crate::phone::PhoneCommand::Moved {
-                    call,
-                    media_ip,
-                    action,
-                };
-                self.app.command(&mut self.core, now, cmd).map(|_| ())
-            });
+            let r = self
+                .core
+                .move_call(now, call, mv)
+                .map_err(crate::phone::PhoneError::from)
+                .and_then(|action| {
+                    if action == siproam_core::CallMoveAction::Nothing {
+                        return Ok(());
+                    }
+                    let cmd = crate::phone::PhoneCommand::Moved {
+                        call,
+                        media_ip,
+                        action,
+                    };
+                    self.app.command(&mut self.core, now, cmd).map(|_| ())
+                });
             report(
                 stage,
                 r.map_err(|e| e.to_string()),
@@ -1847,17 +1870,21 @@ impl Driver {
                 hang_up: false,
                 prefer_update,
             };
-            let r = self.core.move_call(now, call, mv).and_then(|action| {
-                if action == siproam_core::CallMoveAction::Nothing {
-                    return Ok(());
-                }
-                let cmd = crate::phone::PhoneCommand::Moved {
-                    call,
-                    media_ip: None,
-                    action,
-                };
-                self.app.command(&mut self.core, now, cmd).map(|_| ())
-            });
+            let r = self
+                .core
+                .move_call(now, call, mv)
+                .map_err(crate::phone::PhoneError::from)
+                .and_then(|action| {
+                    if action == siproam_core::CallMoveAction::Nothing {
+                        return Ok(());
+                    }
+                    let cmd = crate::phone::PhoneCommand::Moved {
+                        call,
+                        media_ip: None,
+                        action,
+                    };
+                    self.app.command(&mut self.core, now, cmd).map(|_| ())
+                });
             report("refresh_calls", r.map_err(|e| e.to_string()), Some(call.0));
         }
         report("completed", Ok(()), None);

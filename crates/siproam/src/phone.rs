@@ -6,6 +6,14 @@
 //! task that owns its RTP socket and a sans-IO [`MediaSession`], sends the
 //! configured source every 20 ms, writes what it hears to the sink, and
 //! reports statistics every second and at the end.
+//!
+//! Anyone can send an INVITE, so an incoming call costs as little as
+//! possible until it is answered: its offer is checked first (an unusable
+//! one is refused 488 with a `Warning`), the core's limits refuse calls
+//! beyond [`PhoneConfig::incoming`] with 486 and end one that rings too
+//! long with 480, and its RTP socket is bound only when it is answered
+//! (a socket that cannot be opened then refuses it 503 with
+//! `Retry-After`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -17,8 +25,8 @@ use siproam_core::sdp::{
     Direction as SdpDirection, MediaConfig as SdpConfig, Negotiated, SdpSession,
 };
 use siproam_core::{
-    CallEvent, CallId, CallMoveAction, CallState, Endpoint as Core, Event, InviteSpec,
-    Target as CoreTarget,
+    CallEvent, CallId, CallMoveAction, CallState, CoreError, Endpoint as Core, Event,
+    IncomingCallLimits, InviteSpec, Target as CoreTarget,
 };
 use siproam_media::{
     AudioSink, AudioSource, Destination, MediaConfig, MediaSession, SilenceSource, ToneSource,
@@ -77,6 +85,25 @@ pub struct PhoneConfig {
     /// IPv6) is answered from a new socket in the offer's family when this
     /// allows it (and `media_ip` is not fixed).
     pub ipv6_media: crate::Ipv6Use,
+    /// How many incoming calls ring at once (8) and in all (64), beyond
+    /// which an INVITE is answered 486 Busy Here, and how long one rings
+    /// before it is refused 480 Temporarily Unavailable (120 s).
+    pub incoming: IncomingCallLimits,
+    /// The `Retry-After` (seconds) of the 503 that refuses a call whose RTP
+    /// socket cannot be opened.
+    pub retry_after: u32,
+}
+
+/// Why a phone command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PhoneError {
+    /// The core refused it.
+    #[error("core: {0}")]
+    Core(#[from] CoreError),
+    /// A call's RTP socket could not be opened (out of descriptors …).
+    #[error("no RTP socket: {0}")]
+    Media(#[source] std::io::Error),
 }
 
 impl Default for PhoneConfig {
@@ -88,6 +115,8 @@ impl Default for PhoneConfig {
             media_ip: None,
             old_media_grace: Duration::from_secs(2),
             ipv6_media: crate::Ipv6Use::Enabled,
+            incoming: IncomingCallLimits::default(),
+            retry_after: 30,
         }
     }
 }
@@ -175,7 +204,12 @@ enum MediaCmd {
 struct PhoneCall {
     sdp: SdpSession,
     socket: Option<StdUdpSocket>,
+    /// Our RTP address; while `unbound`, the address it will be opened on
+    /// (port 0).
     local: SocketAddr,
+    /// An incoming call not answered yet has no RTP socket: it is opened
+    /// on `local`'s address when the call is answered.
+    unbound: bool,
     media: Option<mpsc::UnboundedSender<MediaCmd>>,
     /// An incoming call's offer, until answered.
     offer: Option<Bytes>,
@@ -188,7 +222,29 @@ struct PhoneCall {
     reoffer_when_confirmed: bool,
 }
 
+/// A non-blocking UDP socket on `ip`, any port.
+fn rtp_socket(ip: IpAddr) -> std::io::Result<(StdUdpSocket, SocketAddr)> {
+    let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))?;
+    socket.set_nonblocking(true)?;
+    let local = socket.local_addr()?;
+    Ok((socket, local))
+}
+
 impl PhoneCall {
+    /// Opens the call's RTP socket where it was meant to go, if it has
+    /// none yet.
+    fn bind(&mut self) -> std::io::Result<()> {
+        if !self.unbound {
+            return Ok(());
+        }
+        let (socket, local) = rtp_socket(self.local.ip())?;
+        self.socket = Some(socket);
+        self.local = local;
+        self.unbound = false;
+        self.sdp.set_local_address(local);
+        Ok(())
+    }
+
     /// Sends a fresh offer in a re-INVITE (or UPDATE); if it cannot go,
     /// the offer is withdrawn so the next one can be made.
     fn reoffer(
@@ -197,7 +253,7 @@ impl PhoneCall {
         now: Instant,
         call: CallId,
         update: bool,
-    ) -> Result<(), siproam_core::CoreError> {
+    ) -> Result<(), CoreError> {
         let offer = self.sdp.create_offer();
         let r = core.refresh(now, call, update, Some(offer));
         if r.is_err() {
@@ -247,12 +303,8 @@ impl Phone {
     /// address the call's signalling uses (`hint`: the source address
     /// towards its next hop, needed with wildcard listeners), else on the
     /// first listener's address.
-    fn rtp_socket(
-        &self,
-        core: &Core,
-        hint: Option<IpAddr>,
-    ) -> std::io::Result<(StdUdpSocket, SocketAddr)> {
-        let ip = self.config.media_ip.unwrap_or_else(|| {
+    fn media_ip(&self, core: &Core, hint: Option<IpAddr>) -> IpAddr {
+        self.config.media_ip.unwrap_or_else(|| {
             hint.filter(|ip| !ip.is_unspecified()).unwrap_or_else(|| {
                 core.listen_points()
                     .iter()
@@ -260,36 +312,26 @@ impl Phone {
                     .find(|ip| !ip.is_unspecified())
                     .unwrap_or(IpAddr::from([127, 0, 0, 1]))
             })
-        });
-        let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))?;
-        socket.set_nonblocking(true)?;
-        let local = socket.local_addr()?;
-        Ok((socket, local))
+        })
     }
 
-    fn new_call_media(
-        &mut self,
-        core: &Core,
-        call: CallId,
-        hint: Option<IpAddr>,
-    ) -> Option<PhoneCall> {
-        match self.rtp_socket(core, hint) {
-            Ok((socket, local)) => {
-                self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                Some(PhoneCall {
-                    sdp: SdpSession::new(self.seed, local, SdpConfig::default()),
-                    socket: Some(socket),
-                    local,
-                    media: None,
-                    offer: None,
-                    queued_refresh: None,
-                    reoffer_when_confirmed: false,
-                })
-            }
-            Err(e) => {
-                debug!("no RTP socket for {call:?}: {e}");
-                None
-            }
+    /// A call's media, its RTP socket not opened yet (`unbound`): on
+    /// `media_ip` when configured, else on the address the call's
+    /// signalling uses (`hint`: the source address towards its next hop,
+    /// needed with wildcard listeners), else on the first listener's
+    /// address.
+    fn new_call_media(&mut self, core: &Core, hint: Option<IpAddr>) -> PhoneCall {
+        let local = SocketAddr::new(self.media_ip(core, hint), 0);
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        PhoneCall {
+            sdp: SdpSession::new(self.seed, local, SdpConfig::default()),
+            socket: None,
+            local,
+            unbound: true,
+            media: None,
+            offer: None,
+            queued_refresh: None,
+            reoffer_when_confirmed: false,
         }
     }
 
@@ -373,7 +415,7 @@ impl Phone {
         core: &mut Core,
         now: Instant,
         cmd: PhoneCommand,
-    ) -> Result<Option<CallId>, siproam_core::CoreError> {
+    ) -> Result<Option<CallId>, PhoneError> {
         match cmd {
             PhoneCommand::Call { uri, from, target } => {
                 let user = siproam_sip::Uri::parse(&from)
@@ -385,9 +427,11 @@ impl Phone {
                     .map(|a| a.ip())
                     .filter(|ip| !ip.is_unspecified())
                     .or_else(|| crate::transport::source_address_for(target.remote).ok());
-                let Some(mut pc) = self.new_call_media(core, CallId(0), hint) else {
-                    return Err(siproam_core::CoreError::InvalidState);
-                };
+                let mut pc = self.new_call_media(core, hint);
+                pc.bind().map_err(|e| {
+                    debug!("no RTP socket for a new call: {e}");
+                    PhoneError::Media(e)
+                })?;
                 let offer = pc.sdp.create_offer();
                 let id = core.invite(
                     now,
@@ -449,10 +493,7 @@ impl Phone {
                 Ok(Some(call))
             }
             PhoneCommand::Hold(call, hold) => {
-                let pc = self
-                    .calls
-                    .get_mut(&call)
-                    .ok_or(siproam_core::CoreError::NoSuchCall)?;
+                let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
                 let before = pc.sdp.direction();
                 pc.sdp.set_direction(if hold {
                     SdpDirection::SendOnly
@@ -463,7 +504,7 @@ impl Phone {
                 // stays as it was
                 if let Err(e) = pc.reoffer(core, now, call, false) {
                     pc.sdp.set_direction(before);
-                    return Err(e);
+                    return Err(e.into());
                 }
                 Ok(Some(call))
             }
@@ -471,20 +512,16 @@ impl Phone {
     }
 
     /// Re-opens a call's RTP socket on `ip` (make-before-break: the old one
-    /// receives until the peer follows).
-    fn rebind_media(&mut self, call: CallId, ip: IpAddr) -> Result<(), siproam_core::CoreError> {
-        let pc = self
-            .calls
-            .get_mut(&call)
-            .ok_or(siproam_core::CoreError::NoSuchCall)?;
-        let socket = StdUdpSocket::bind(SocketAddr::new(ip, 0))
-            .map_err(|_| siproam_core::CoreError::InvalidState)?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|_| siproam_core::CoreError::InvalidState)?;
-        let local = socket
-            .local_addr()
-            .map_err(|_| siproam_core::CoreError::InvalidState)?;
+    /// receives until the peer follows); a call not answered yet only
+    /// notes where its socket will be opened.
+    fn rebind_media(&mut self, call: CallId, ip: IpAddr) -> Result<(), PhoneError> {
+        let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
+        if pc.unbound {
+            pc.local = SocketAddr::new(ip, 0);
+            pc.sdp.set_local_address(pc.local);
+            return Ok(());
+        }
+        let (socket, local) = rtp_socket(ip).map_err(PhoneError::Media)?;
         match &pc.media {
             Some(m) => {
                 let _ = m.send(MediaCmd::Rebind(socket, self.config.old_media_grace));
@@ -534,17 +571,14 @@ impl Phone {
         call: CallId,
         media_ip: Option<IpAddr>,
         action: CallMoveAction,
-    ) -> Result<(), siproam_core::CoreError> {
+    ) -> Result<(), PhoneError> {
         if action == CallMoveAction::Nothing {
             return Ok(());
         }
         if let Some(ip) = media_ip {
             self.rebind_media(call, ip)?;
         }
-        let pc = self
-            .calls
-            .get_mut(&call)
-            .ok_or(siproam_core::CoreError::NoSuchCall)?;
+        let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
         match action {
             CallMoveAction::Nothing => Ok(()),
             CallMoveAction::Rebind => {
@@ -554,7 +588,7 @@ impl Phone {
                 }
                 Ok(())
             }
-            CallMoveAction::Reoffer { update } => pc.reoffer(core, now, call, update),
+            CallMoveAction::Reoffer { update } => Ok(pc.reoffer(core, now, call, update)?),
             CallMoveAction::ReofferWhenSettled { update } => {
                 pc.queued_refresh = Some(update);
                 Ok(())
@@ -562,16 +596,22 @@ impl Phone {
         }
     }
 
+    /// Answers an incoming call: its RTP socket is opened now; if it
+    /// cannot be (out of descriptors), the call is refused 503 with
+    /// `Retry-After` and the error returned.
     fn answer_call(
         &mut self,
         core: &mut Core,
         now: Instant,
         call: CallId,
-    ) -> Result<(), siproam_core::CoreError> {
-        let pc = self
-            .calls
-            .get_mut(&call)
-            .ok_or(siproam_core::CoreError::NoSuchCall)?;
+    ) -> Result<(), PhoneError> {
+        let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
+        if let Err(e) = pc.bind() {
+            debug!("no RTP socket for {call:?}: {e}");
+            let retry_after = self.config.retry_after.to_string();
+            core.refuse(now, call, 503, &[("Retry-After", &retry_after)])?;
+            return Err(PhoneError::Media(e));
+        }
         let offer = pc.offer.take().unwrap_or_default();
         match pc.sdp.answer(&offer) {
             Ok((answer, neg)) => {
@@ -581,8 +621,46 @@ impl Phone {
             }
             Err(e) => {
                 debug!("cannot answer the offer: {e}");
-                core.answer(now, call, e.status_code(), None)
+                Ok(core.answer(now, call, e.status_code(), None)?)
             }
+        }
+    }
+
+    /// A new incoming call: its offer is checked (refused 488 with a
+    /// `Warning` when unusable), then it rings or, with `auto_answer`, is
+    /// answered. No RTP socket is opened before the answer.
+    fn incoming_call(&mut self, core: &mut Core, now: Instant, call: CallId, offer: &Bytes) {
+        // the address the peer reaches us on: where our listener is
+        // pinned, else the source address towards its Contact
+        let pinned = core
+            .listen_points()
+            .iter()
+            .map(|p| p.addr.ip())
+            .find(|ip| !ip.is_unspecified());
+        let hint = pinned.or_else(|| {
+            core.call_next_hop(call)
+                .and_then(|hop| crate::transport::source_address_for(hop.remote).ok())
+        });
+        let mut pc = self.new_call_media(core, hint);
+        if let Err(e) = pc.sdp.check_offer(offer) {
+            debug!("refusing {call:?}: {e}");
+            let (code, text) = e.warning();
+            let warning = format!("{code} siproam \"{text}\"");
+            if let Err(e) = core.refuse(now, call, 488, &[("Warning", &warning)]) {
+                debug!("could not refuse {call:?}: {e}");
+            }
+            return;
+        }
+        pc.offer = Some(offer.clone());
+        self.calls.insert(call, pc);
+        self.follow_offer_family(call, offer);
+        let r = if self.config.auto_answer {
+            self.answer_call(core, now, call)
+        } else {
+            core.answer(now, call, 180, None).map_err(PhoneError::from)
+        };
+        if let Err(e) = r {
+            debug!("incoming {call:?}: {e}");
         }
     }
 }
@@ -592,12 +670,16 @@ impl Application for Phone {
         self.events = Some(events);
     }
 
+    fn configure(&mut self, core: &mut Core) {
+        core.set_incoming_call_limits(self.config.incoming);
+    }
+
     fn command(
         &mut self,
         core: &mut Core,
         now: Instant,
         cmd: PhoneCommand,
-    ) -> Result<Option<CallId>, siproam_core::CoreError> {
+    ) -> Result<Option<CallId>, PhoneError> {
         self.handle_command(core, now, cmd)
     }
 
@@ -611,32 +693,7 @@ impl Application for Phone {
                 let _ = core.respond_default(now, *tx, request);
             }
             Event::IncomingCall { call, request } => {
-                let call = *call;
-                // the address the peer reaches us on: where our listener
-                // is pinned, else the source address towards its Contact
-                let hint = core
-                    .call_next_hop(call)
-                    .and_then(|hop| crate::transport::source_address_for(hop.remote).ok());
-                let pinned = core
-                    .listen_points()
-                    .iter()
-                    .map(|p| p.addr.ip())
-                    .find(|ip| !ip.is_unspecified());
-                match self.new_call_media(core, call, pinned.or(hint)) {
-                    Some(mut pc) => {
-                        pc.offer = Some(request.body().clone());
-                        self.calls.insert(call, pc);
-                        self.follow_offer_family(call, request.body());
-                        if self.config.auto_answer {
-                            let _ = self.answer_call(core, now, call);
-                        } else {
-                            let _ = core.answer(now, call, 180, None);
-                        }
-                    }
-                    None => {
-                        let _ = core.answer(now, call, 503, None);
-                    }
-                }
+                self.incoming_call(core, now, *call, request.body());
             }
             Event::Call(CallEvent::State {
                 call, state, body, ..

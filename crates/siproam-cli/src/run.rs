@@ -124,6 +124,20 @@ fn seed() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64)
 }
 
+/// A registrar configuration with a fresh HMAC key (nonces and
+/// Record-Route tokens) from the operating system's secure generator.
+pub(crate) fn registrar_config() -> anyhow::Result<RegistrarConfig> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| anyhow::anyhow!("the OS random generator failed"))?;
+    Ok(RegistrarConfig {
+        key,
+        ..RegistrarConfig::default()
+    })
+}
+
 async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Result<()> {
     for l in ep.listeners().await? {
         emit(
@@ -144,7 +158,7 @@ pub async fn registrar(
 ) -> anyhow::Result<ExitCode> {
     let mut config = RegistrarConfig {
         domain,
-        ..RegistrarConfig::default()
+        ..registrar_config()?
     };
     if let Some(path) = users {
         let text = std::fs::read_to_string(&path)

@@ -1,15 +1,19 @@
 //! The registrar (RFC 3261 §10.3) and its in-memory location service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use siproam_core::{CoreError, Endpoint, FlowId, ServerTxId};
+use siproam_sip::digest::Qop;
 use siproam_sip::digest::{self, Credentials, Secret, ServerChallenge};
 use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method, NameAddr, Uri};
 
-/// Registrar settings.
-#[derive(Debug, Clone)]
+use crate::mac::Mac;
+
+/// Registrar (and proxy) settings.
+#[derive(Clone)]
 pub struct RegistrarConfig {
     /// The domain served (`example.test`); `None` accepts any.
     pub domain: Option<String>,
@@ -30,6 +34,44 @@ pub struct RegistrarConfig {
     pub outbound: bool,
     /// Flow-Timer to send with outbound registrations.
     pub flow_timer: Option<u32>,
+    /// The HMAC-SHA256 key that signs digest nonces and the proxy's
+    /// Record-Route tokens. All zero by default: a server must set it from
+    /// a secure generator (the `siproam` binary draws it from the OS).
+    pub key: [u8; 32],
+    /// Most live bindings one AoR may hold, and most Contacts one REGISTER
+    /// may carry (16). Beyond it the REGISTER is refused and nothing stored.
+    pub max_bindings_per_aor: usize,
+    /// Most nonces whose `nc` is tracked at once (nonces used in a valid
+    /// Authorization); the oldest is forgotten first and then answered
+    /// `stale=true`.
+    pub max_tracked_nonces: usize,
+    /// Policy: let authenticated users send requests out of the domain
+    /// (to addresses that are not our bindings). Off by default, and not
+    /// implemented yet: such requests are answered 403 whatever this says.
+    pub relay_authenticated: bool,
+}
+
+impl fmt::Debug for RegistrarConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // credentials stay out of logs: user names only, no key
+        let mut users: Vec<&String> = self.users.keys().collect();
+        users.sort();
+        f.debug_struct("RegistrarConfig")
+            .field("domain", &self.domain)
+            .field("realm", &self.realm)
+            .field("users", &users)
+            .field("min_expires", &self.min_expires)
+            .field("max_expires", &self.max_expires)
+            .field("default_expires", &self.default_expires)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("outbound", &self.outbound)
+            .field("flow_timer", &self.flow_timer)
+            .field("key", &"<redacted>")
+            .field("max_bindings_per_aor", &self.max_bindings_per_aor)
+            .field("max_tracked_nonces", &self.max_tracked_nonces)
+            .field("relay_authenticated", &self.relay_authenticated)
+            .finish()
+    }
 }
 
 impl Default for RegistrarConfig {
@@ -44,6 +86,10 @@ impl Default for RegistrarConfig {
             nonce_lifetime: Duration::from_secs(300),
             outbound: true,
             flow_timer: None,
+            key: [0; 32],
+            max_bindings_per_aor: 16,
+            max_tracked_nonces: 10_000,
+            relay_authenticated: false,
         }
     }
 }
@@ -124,12 +170,91 @@ pub enum Handled {
 }
 
 /// The registrar and location service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registrar {
     config: RegistrarConfig,
+    mac: Mac,
+    /// The time base of nonces: the first `now` seen.
+    epoch: Option<Instant>,
     bindings: HashMap<String, Vec<Binding>>,
-    nonces: HashMap<String, (Instant, u32)>,
+    nonces: NonceTable,
 }
+
+impl Default for Registrar {
+    fn default() -> Self {
+        Registrar::new(RegistrarConfig::default())
+    }
+}
+
+/// The `nc` last seen for each nonce used in a valid Authorization,
+/// bounded: the nonce issued first goes first, and every nonce issued no
+/// later than one forgotten is from then on answered `stale=true` (it may
+/// have been used already).
+#[derive(Debug, Default)]
+struct NonceTable {
+    last_nc: HashMap<String, (u64, u32)>,
+    by_issue: BTreeSet<(u64, String)>,
+    forgotten_up_to: Option<u64>,
+}
+
+enum NcCheck {
+    Fresh,
+    Replayed,
+    Forgotten,
+}
+
+impl NonceTable {
+    fn check_and_count(&mut self, nonce: &str, issued: u64, nc: u32, cap: usize) -> NcCheck {
+        if let Some((_, last)) = self.last_nc.get_mut(nonce) {
+            if nc <= *last {
+                return NcCheck::Replayed;
+            }
+            *last = nc;
+            return NcCheck::Fresh;
+        }
+        if self.forgotten_up_to.is_some_and(|f| issued <= f) {
+            return NcCheck::Forgotten;
+        }
+        while self.last_nc.len() >= cap.max(1) {
+            let Some(oldest) = self.by_issue.pop_first() else {
+                break;
+            };
+            self.last_nc.remove(&oldest.1);
+            self.forgotten_up_to = Some(self.forgotten_up_to.unwrap_or(0).max(oldest.0));
+        }
+        if self.forgotten_up_to.is_some_and(|f| issued <= f) {
+            return NcCheck::Forgotten;
+        }
+        self.last_nc.insert(nonce.to_owned(), (issued, nc));
+        self.by_issue.insert((issued, nonce.to_owned()));
+        NcCheck::Fresh
+    }
+
+    /// Forgets nonces issued at or before `issued` (lapsed: refused on
+    /// their timestamp anyway).
+    fn expire(&mut self, issued: u64) {
+        while self.by_issue.first().is_some_and(|(t, _)| *t <= issued) {
+            if let Some((_, n)) = self.by_issue.pop_first() {
+                self.last_nc.remove(&n);
+            }
+        }
+        shrink(&mut self.last_nc);
+    }
+}
+
+/// Gives memory back once a map is much smaller than its allocation
+/// (after a flood).
+pub(crate) fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+    }
+}
+
+/// A nonce: 16 hex digits of milliseconds since the registrar's epoch,
+/// 16 random characters, then the HMAC of both (32 hex digits). It needs
+/// no stored state to be checked.
+const NONCE_LEN: usize = 64;
+const NONCE_LABEL: &[u8] = b"siproam-nonce";
 
 /// The location key of an AoR: `user@host`, host lower-cased.
 pub fn aor_key(uri: &Uri<'_>) -> Option<String> {
@@ -142,10 +267,46 @@ impl Registrar {
     /// A registrar.
     pub fn new(config: RegistrarConfig) -> Registrar {
         Registrar {
+            mac: Mac::new(&config.key),
             config,
+            epoch: None,
             bindings: HashMap::new(),
-            nonces: HashMap::new(),
+            nonces: NonceTable::default(),
         }
+    }
+
+    /// How many nonces have their `nc` tracked (only nonces used in a
+    /// valid Authorization; a challenge stores nothing).
+    pub fn tracked_nonces(&self) -> usize {
+        self.nonces.last_nc.len()
+    }
+
+    /// Milliseconds since the registrar's time base (the first `now` it
+    /// was given).
+    fn millis(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh nonce (no state kept).
+    fn nonce(&mut self, ep: &mut Endpoint, now: Instant) -> String {
+        let body = format!("{:016x}{}", self.millis(now), ep.random_token(16));
+        let tag = self.mac.tag(NONCE_LABEL, body.as_bytes());
+        body + &tag
+    }
+
+    /// When a nonce of ours was issued (ms since the epoch); `None` for a
+    /// nonce we did not sign (forged, altered, or another key's).
+    fn nonce_issued(&self, nonce: &str) -> Option<u64> {
+        if nonce.len() != NONCE_LEN || !nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let body = nonce.get(..32)?;
+        let tag = nonce.get(32..)?;
+        if !self.mac.verify(NONCE_LABEL, body.as_bytes(), tag) {
+            return None;
+        }
+        u64::from_str_radix(body.get(..16)?, 16).ok()
     }
 
     /// The configuration.
@@ -187,9 +348,11 @@ impl Registrar {
             list.retain(|b| b.expires_at > now);
         }
         self.bindings.retain(|_, l| !l.is_empty());
-        let lifetime = self.config.nonce_lifetime;
-        self.nonces
-            .retain(|_, (issued, _)| now.saturating_duration_since(*issued) < lifetime);
+        shrink(&mut self.bindings);
+        let lifetime = u64::try_from(self.config.nonce_lifetime.as_millis()).unwrap_or(u64::MAX);
+        if let Some(lapsed) = self.millis(now).checked_sub(lifetime) {
+            self.nonces.expire(lapsed);
+        }
     }
 
     /// Forgets the outbound bindings (those with `reg-id`) that arrived on
@@ -266,8 +429,7 @@ impl Registrar {
             match self.authenticate(now, req, &key) {
                 Auth::Ok => {}
                 Auth::Challenge { stale } => {
-                    let nonce = ep.random_token(24);
-                    self.nonces.insert(nonce.clone(), (now, 0));
+                    let nonce = self.nonce(ep, now);
                     let mut ch = ServerChallenge::new(self.config.realm(), &nonce);
                     ch.stale = stale;
                     let value = ch.to_header_value().map_err(|_| CoreError::InvalidState)?;
@@ -418,27 +580,58 @@ impl Registrar {
         let Some(password) = self.config.users.get(&user).cloned() else {
             return Auth::Challenge { stale: false };
         };
+        // RFC 7616: we offer qop=auth, so a response must use it (with
+        // cnonce and nc, which verify requires along with the qop)
+        if creds.qop() != Ok(Some(Qop::Auth)) {
+            return Auth::Challenge { stale: false };
+        }
+        // §3.4.6: the digest-uri must be the Request-URI
+        let Some(ruri) = req.request_uri_str() else {
+            return Auth::Challenge { stale: false };
+        };
+        if !creds.uri().is_some_and(|u| same_uri(u, ruri)) {
+            return Auth::Challenge { stale: false };
+        }
         let Ok(verified) = digest::verify(&creds, "REGISTER", Secret::Password(&password), b"")
         else {
             return Auth::Challenge { stale: false };
         };
-        // the nonce must be ours and fresh, and nc must grow (replay)
-        let lifetime = self.config.nonce_lifetime;
-        match self.nonces.get_mut(verified.nonce) {
-            Some((issued, last_nc)) if now.saturating_duration_since(*issued) < lifetime => {
-                let nc = verified.nc.unwrap_or(*last_nc + 1);
-                if nc <= *last_nc {
-                    return Auth::Challenge { stale: false };
-                }
-                *last_nc = nc;
-            }
-            _ => return Auth::Challenge { stale: true },
+        let Some(nc) = verified.nc else {
+            return Auth::Challenge { stale: false };
+        };
+        // the nonce must be one we signed and fresh, and nc must grow
+        // (replay). A right answer to a nonce we cannot vouch for (lapsed,
+        // forgotten, or signed with another key: a restart) proves the
+        // password, so it is told stale=true and may retry at once.
+        let Some(issued) = self.nonce_issued(verified.nonce) else {
+            return Auth::Challenge { stale: true };
+        };
+        let age = self.millis(now).checked_sub(issued);
+        let lifetime = self.config.nonce_lifetime.as_millis();
+        if age.is_none_or(|age| u128::from(age) >= lifetime) {
+            return Auth::Challenge { stale: true };
+        }
+        let cap = self.config.max_tracked_nonces;
+        match self.nonces.check_and_count(verified.nonce, issued, nc, cap) {
+            NcCheck::Fresh => {}
+            NcCheck::Replayed => return Auth::Challenge { stale: false },
+            NcCheck::Forgotten => return Auth::Challenge { stale: true },
         }
         if user != aor_user {
             return Auth::Forbidden;
         }
         Auth::Ok
     }
+}
+
+/// RFC 7616 §3.4.6: the digest-uri designates the Request-URI; the same
+/// text, or (for SIP) an equivalent URI.
+fn same_uri(digest_uri: &str, request_uri: &str) -> bool {
+    digest_uri == request_uri
+        || matches!(
+            (Uri::parse(digest_uri), Uri::parse(request_uri)),
+            (Ok(a), Ok(b)) if a.equivalent(&b)
+        )
 }
 
 enum Auth {

@@ -56,6 +56,10 @@ enum Command {
         /// The domain served (others get 404).
         #[arg(long)]
         domain: Option<String>,
+        /// Most bindings one AoR may hold (and Contacts one REGISTER may
+        /// carry); beyond it 403 (default 16).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_bindings: Option<u32>,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -156,10 +160,26 @@ fn main() -> ExitCode {
             mut listen,
             mut users,
             mut domain,
+            mut max_bindings,
             mut tls,
         } => {
-            file.registrar(&mut listen, &mut users, &mut domain, &mut tls);
-            block_on(run::registrar(listen, users, domain, tls, json))
+            if let Err(e) = file.registrar(
+                &mut listen,
+                &mut users,
+                &mut domain,
+                &mut max_bindings,
+                &mut tls,
+            ) {
+                return bad_usage(&e);
+            }
+            block_on(run::registrar(
+                listen,
+                users,
+                domain,
+                max_bindings,
+                tls,
+                json,
+            ))
         }
         Command::Agent {
             agent: mut args,

@@ -153,6 +153,7 @@ pub async fn registrar(
     listen: Vec<String>,
     users: Option<PathBuf>,
     domain: Option<String>,
+    max_bindings: Option<u32>,
     tls: TlsArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -160,6 +161,9 @@ pub async fn registrar(
         domain,
         ..registrar_config()?
     };
+    if let Some(n) = max_bindings {
+        config.max_bindings_per_aor = usize::try_from(n)?;
+    }
     if let Some(path) = users {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -296,6 +300,7 @@ pub struct FileConfig {
     listen: Option<Vec<String>>,
     users: Option<PathBuf>,
     domain: Option<String>,
+    max_bindings: Option<u32>,
     aor: Option<String>,
     registrar: Option<String>,
     user: Option<String>,
@@ -330,14 +335,22 @@ impl FileConfig {
         listen: &mut Vec<String>,
         users: &mut Option<PathBuf>,
         domain: &mut Option<String>,
+        max_bindings: &mut Option<u32>,
         tls: &mut TlsArgs,
-    ) {
+    ) -> anyhow::Result<()> {
         if listen.is_empty() {
             listen.extend(self.listen.clone().unwrap_or_default());
         }
         fill(users, &self.users);
         fill(domain, &self.domain);
+        if max_bindings.is_none() {
+            if self.max_bindings == Some(0) {
+                anyhow::bail!("max-bindings must be at least 1");
+            }
+            *max_bindings = self.max_bindings;
+        }
         self.tls(tls);
+        Ok(())
     }
 
     fn tls(&self, tls: &mut TlsArgs) {

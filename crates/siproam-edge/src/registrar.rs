@@ -448,10 +448,19 @@ impl Registrar {
         let header_expires = req.expires().and_then(Result::ok);
         let call_id = req.call_id().to_owned();
         let cseq = req.cseq().seq;
-        let contacts: Vec<Contact<'_>> = match req.contacts().collect::<Result<Vec<_>, _>>() {
-            Ok(c) => c,
-            Err(_) => return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]),
-        };
+        // at most max_bindings_per_aor Contacts are even parsed: more could
+        // never be stored
+        let cap = self.config.max_bindings_per_aor;
+        let mut contacts: Vec<Contact<'_>> = Vec::new();
+        for c in req.contacts() {
+            let Ok(c) = c else {
+                return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
+            };
+            if contacts.len() >= cap {
+                return self.too_many_contacts(ep, now, tx, req);
+            }
+            contacts.push(c);
+        }
         let path: Vec<String> = req
             .header_values(HeaderName::Path)
             .map(str::to_owned)
@@ -490,7 +499,17 @@ impl Registrar {
             }
             updates.push((*na, expires.min(self.config.max_expires)));
         }
-        let list = self.bindings.entry(key.clone()).or_default();
+        // the AoR's live bindings, changed on a copy: nothing is stored
+        // unless the whole request is accepted. Work per REGISTER is
+        // bounded by cap × cap URI comparisons.
+        let mut list: Vec<Binding> = self
+            .bindings
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|b| b.expires_at > now)
+            .cloned()
+            .collect();
         for (na, _) in &updates {
             if let Some(old) = list.iter().find(|b| same_binding(b, na)) {
                 if old.call_id == call_id && old.cseq >= cseq {
@@ -520,9 +539,34 @@ impl Registrar {
                 path: path.clone(),
             });
         }
+        if list.len() > cap {
+            return self.too_many_contacts(ep, now, tx, req);
+        }
+        if list.is_empty() {
+            self.bindings.remove(&key);
+        } else {
+            self.bindings.insert(key.clone(), list);
+        }
         let wants_outbound =
             outbound && self.config.outbound && req.has_token(HeaderName::Supported, "outbound");
         self.ok(ep, now, tx, req, &key, wants_outbound)
+    }
+
+    /// More bindings than `max_bindings_per_aor`. RFC 3261 names no status
+    /// for it; Kamailio answers "503 Too Many Registered Contacts". We
+    /// answer 403 with that phrase instead: the request is understood and
+    /// refused for a reason that retrying cannot fix until the user removes
+    /// bindings, while 503 claims the server is overloaded and invites the
+    /// client to retry (Retry-After) or fail over to another server
+    /// (RFC 3263) that shares the same location service. Nothing is stored.
+    fn too_many_contacts(
+        &self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+    ) -> Result<u16, CoreError> {
+        self.reply(ep, now, tx, req, (403, "Too Many Registered Contacts"), &[])
     }
 
     fn ok(

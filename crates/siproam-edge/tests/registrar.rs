@@ -753,3 +753,102 @@ fn forgotten_and_lapsed_nonces_are_stale() {
     w.registrar.borrow_mut().purge(w.sim.now());
     assert_eq!(w.registrar.borrow().tracked_nonces(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Bindings per AoR (issue 10, finding 5)
+// ---------------------------------------------------------------------------
+
+fn register_contacts(
+    w: &mut World,
+    peer: NodeId,
+    call_id: &str,
+    contacts: &[String],
+) -> siproam_sip::Message {
+    let mut b = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP 192.0.2.90:5060;branch=z9hG4bKb{call_id}"),
+        )
+        .header("From", "<sip:frank@example.test>;tag=f1")
+        .header("To", "<sip:frank@example.test>")
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 REGISTER");
+    for c in contacts {
+        b = b.header("Contact", c);
+    }
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.90"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        b.build().unwrap().to_bytes(),
+    );
+    w.sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .expect("an answer")
+        .message
+}
+
+fn frank_bindings(w: &World) -> usize {
+    w.registrar
+        .borrow()
+        .lookup("frank@example.test", w.sim.now())
+        .len()
+}
+
+/// Regression: bindings per AoR were unbounded (from the 251st the 200 OK
+/// outgrew the header limit and was never sent, while the binding was
+/// stored). The 17th binding is refused now and nothing is stored.
+#[test]
+fn bindings_per_aor_are_capped_and_nothing_is_stored_beyond() {
+    let mut w = world(RegistrarConfig::default());
+    let peer = w.sim.add_peer("frank", &[ip("192.0.2.90")]);
+    for i in 0..16 {
+        let r = register_contacts(
+            &mut w,
+            peer,
+            &format!("cid-{i}"),
+            &[format!("<sip:frank@192.0.2.90:{}>", 5000 + i)],
+        );
+        assert_eq!(r.status(), Some(200), "binding {i}");
+        assert_eq!(r.contacts().count(), i + 1);
+    }
+    let r = register_contacts(
+        &mut w,
+        peer,
+        "cid-16",
+        &["<sip:frank@192.0.2.90:6000>".into()],
+    );
+    assert_eq!(r.status(), Some(403));
+    assert_eq!(r.reason(), Some("Too Many Registered Contacts"));
+    assert_eq!(frank_bindings(&w), 16);
+    // refreshing one that exists is still fine
+    let r = register_contacts(
+        &mut w,
+        peer,
+        "cid-0b",
+        &["<sip:frank@192.0.2.90:5000>".into()],
+    );
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(frank_bindings(&w), 16);
+}
+
+/// One REGISTER with more Contacts than the cap is refused whole (and its
+/// Contacts beyond the cap are not even parsed).
+#[test]
+fn a_register_with_too_many_contacts_is_refused_whole() {
+    let mut w = world(RegistrarConfig {
+        max_bindings_per_aor: 4,
+        ..RegistrarConfig::default()
+    });
+    let peer = w.sim.add_peer("frank", &[ip("192.0.2.90")]);
+    let five: Vec<String> = (0..5)
+        .map(|i| format!("<sip:frank@192.0.2.90:{}>", 5000 + i))
+        .collect();
+    let r = register_contacts(&mut w, peer, "cid-a", &five);
+    assert_eq!(r.status(), Some(403));
+    assert_eq!(frank_bindings(&w), 0);
+    let r = register_contacts(&mut w, peer, "cid-b", &five[..4]);
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(frank_bindings(&w), 4);
+}

@@ -3,6 +3,12 @@
 //!
 //! No forking yet: a request for an AoR goes to its best binding. Loose
 //! routing (`;lr`) only.
+//!
+//! It forwards only what it is responsible for: requests for the AoRs the
+//! registrar holds (and their registered Contacts), and requests of
+//! dialogs it record-routed, recognised by a token in its Record-Route (an
+//! HMAC of the Call-ID under the configured key). Anything else gets 403
+//! (404 for an unknown user of our domain) without contacting the target.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +22,9 @@ use siproam_sip::{HeaderName, Message, MessageBuilder, Uri};
 
 use crate::registrar::aor_key;
 use crate::Registrar;
+
+/// The Record-Route URI parameter that carries the dialog's token.
+const TOKEN_PARAM: &str = "rrt";
 
 /// What the proxy did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +110,21 @@ impl Proxy {
         Ok(Routed::Answered(code))
     }
 
+    /// Answers `code` when there is a transaction (an ACK is dropped).
+    fn refuse(
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        req: &Message,
+        code: u16,
+        reason: &str,
+    ) -> Result<Routed, CoreError> {
+        match tx {
+            Some(tx) => Self::reply(ep, now, tx, req, code, reason),
+            None => Ok(Routed::Answered(0)),
+        }
+    }
+
     /// Routes a request that is not a REGISTER.
     pub fn handle_request(
         &mut self,
@@ -144,25 +168,47 @@ impl Proxy {
                 None => Ok(Routed::Answered(0)),
             };
         }
-        // loose routing: a top Route naming us is ours to remove
-        let top_route = req
-            .routes()
-            .next()
-            .and_then(Result::ok)
-            .map(|r| is_us(r.uri(), &points));
-        if top_route == Some(true) {
-            remove_top_route(&mut req)?;
-            // a double Record-Route (two legs of different families or
-            // transports, RFC 5118 §4) leaves a second entry naming us
-            while req
-                .routes()
-                .next()
-                .and_then(Result::ok)
-                .is_some_and(|r| is_us(r.uri(), &points))
-            {
-                remove_top_route(&mut req)?;
+        // Only what we are responsible for is forwarded (else we would be
+        // an open relay and, by how fast a closed port fails, a port
+        // scanner): requests of a dialog we record-routed (our Route with
+        // a token that verifies for the Call-ID), and requests for our
+        // AoRs or their registered Contacts. Everything else is refused
+        // before any target is contacted, so the answer says nothing
+        // about reachability.
+        let call_id = req.call_id().to_owned();
+        // the top Route: none, ours (with whether its token verifies), or
+        // another's; a malformed one is a bad request
+        let top = match req.routes().next() {
+            None => None,
+            Some(Err(_)) => return Self::refuse(ep, now, tx, &req, 400, "Bad Request"),
+            Some(Ok(route)) => Some(is_us(route.uri(), &points).then(|| {
+                route
+                    .uri()
+                    .as_sip()
+                    .and_then(|s| s.params().value(TOKEN_PARAM))
+                    .is_some_and(|t| registrar.route_token_valid(&call_id, t))
+            })),
+        };
+        let in_dialog = match top {
+            None => false,
+            Some(Some(true)) => {
+                // a double Record-Route (two legs of different families
+                // or transports, RFC 5118 §4) leaves a second entry naming
+                // us: remove both
+                while req
+                    .routes()
+                    .next()
+                    .and_then(Result::ok)
+                    .is_some_and(|r| is_us(r.uri(), &points))
+                {
+                    remove_top_route(&mut req)?;
+                }
+                true
             }
-        }
+            // our Route with a bad or missing token, or someone else's
+            // route with none of ours before it
+            Some(Some(false) | None) => return Self::refuse(ep, now, tx, &req, 403, "Forbidden"),
+        };
         let next_route = req
             .routes()
             .next()
@@ -178,6 +224,13 @@ impl Proxy {
                     .as_deref()
                     .map(|k| registrar.lookup(k, now))
                     .unwrap_or_default();
+                let ip_host = parsed.as_sip().is_some_and(|s| {
+                    s.host_str()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<IpAddr>()
+                        .is_ok()
+                });
                 if let Some(b) = bindings.first() {
                     req.set_request_uri(&b.contact)?;
                     // over the flow the REGISTER came on when it was a
@@ -196,41 +249,30 @@ impl Proxy {
                     match over_flow.or(contact) {
                         Some(t) => t,
                         None => {
-                            return match tx {
-                                Some(tx) => {
-                                    Self::reply(ep, now, tx, &req, 480, "Temporarily Unavailable")
-                                }
-                                None => Ok(Routed::Answered(0)),
-                            }
+                            return Self::refuse(ep, now, tx, &req, 480, "Temporarily Unavailable")
                         }
                     }
-                } else if is_us(&parsed, &points)
-                    || parsed.as_sip().is_some_and(|s| s.user().is_none())
-                {
+                } else if is_us(&parsed, &points) {
                     return Ok(Routed::ForUs);
-                } else if key.is_some()
-                    && parsed.as_sip().is_some_and(|s| {
-                        s.host_str()
-                            .trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .parse::<IpAddr>()
-                            .is_err()
-                    })
-                {
-                    return match tx {
-                        Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
-                        None => Ok(Routed::Answered(0)),
-                    };
-                } else {
+                } else if in_dialog || (ip_host && registrar.is_bound_contact(&parsed)) {
+                    // the dialog's remote target (it may have moved), or a
+                    // Contact registered here
                     match uri_target(&parsed, inbound) {
                         Some(t) => t,
-                        None => {
-                            return match tx {
-                                Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
-                                None => Ok(Routed::Answered(0)),
-                            }
-                        }
+                        None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),
                     }
+                } else if parsed.as_sip().is_some_and(|s| s.user().is_none()) {
+                    return Ok(Routed::ForUs);
+                } else if key.is_some()
+                    && !ip_host
+                    && parsed
+                        .as_sip()
+                        .is_some_and(|s| registrar.serves_domain(s.host_str()))
+                {
+                    return Self::refuse(ep, now, tx, &req, 404, "Not Found");
+                } else {
+                    // an address or a domain that is not ours
+                    return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
                 }
             }
         };
@@ -251,13 +293,14 @@ impl Proxy {
                     .or(points.first())
                     .copied()
             };
+            let token = registrar.route_token(&call_id);
             let caller_side = point(inbound, inbound_v4);
             let callee_side = point(target.transport, target.remote.is_ipv4());
             for p in [caller_side, callee_side.filter(|c| Some(*c) != caller_side)]
                 .into_iter()
                 .flatten()
             {
-                req.prepend_header("Record-Route", &record_route(&p))?;
+                req.prepend_header("Record-Route", &record_route(&p, &token))?;
             }
         }
         let upstream_branch = req
@@ -363,8 +406,8 @@ fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// A Record-Route entry naming a listen point.
-fn record_route(p: &ListenPoint) -> String {
+/// A Record-Route entry naming a listen point, with the dialog's token.
+fn record_route(p: &ListenPoint, token: &str) -> String {
     let transport = if p.transport == Transport::Udp {
         String::new()
     } else {
@@ -374,5 +417,5 @@ fn record_route(p: &ListenPoint) -> String {
         SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     };
-    format!("<sip:{host}{transport};lr>")
+    format!("<sip:{host}{transport};lr;{TOKEN_PARAM}={token}>")
 }

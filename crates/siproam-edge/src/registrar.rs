@@ -177,6 +177,9 @@ pub struct Registrar {
     /// The time base of nonces: the first `now` seen.
     epoch: Option<Instant>,
     bindings: HashMap<String, Vec<Binding>>,
+    /// How many bindings name each contact address ([`contact_key`]), so
+    /// the proxy can tell a registered Contact in one lookup.
+    contacts: HashMap<String, u32>,
     nonces: NonceTable,
 }
 
@@ -255,6 +258,23 @@ pub(crate) fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 /// no stored state to be checked.
 const NONCE_LEN: usize = 64;
 const NONCE_LABEL: &[u8] = b"siproam-nonce";
+const ROUTE_LABEL: &[u8] = b"siproam-record-route";
+
+/// The address part of a contact (`user@host:port`, host lower-cased,
+/// the default port filled in), to match a Request-URI against Contacts.
+fn contact_key(uri: &Uri<'_>) -> Option<String> {
+    let sip = uri.as_sip()?;
+    let tls = sip.is_secure()
+        || sip
+            .transport()
+            .is_some_and(|t| t.eq_ignore_ascii_case("tls"));
+    let port = sip.port().unwrap_or(if tls { 5061 } else { 5060 });
+    Some(format!(
+        "{}@{}:{port}",
+        sip.user().unwrap_or_default(),
+        sip.host_str().to_ascii_lowercase()
+    ))
+}
 
 /// The location key of an AoR: `user@host`, host lower-cased.
 pub fn aor_key(uri: &Uri<'_>) -> Option<String> {
@@ -271,8 +291,82 @@ impl Registrar {
             config,
             epoch: None,
             bindings: HashMap::new(),
+            contacts: HashMap::new(),
             nonces: NonceTable::default(),
         }
+    }
+
+    /// Sizes of the registrar's maps (AoRs, indexed contacts, tracked
+    /// nonces) and their allocated capacities, for tests and metrics.
+    pub fn sizes(&self) -> [(usize, usize); 3] {
+        [
+            (self.bindings.len(), self.bindings.capacity()),
+            (self.contacts.len(), self.contacts.capacity()),
+            (self.nonces.last_nc.len(), self.nonces.last_nc.capacity()),
+        ]
+    }
+
+    /// True when the URI is the Contact of a binding (the proxy forwards
+    /// requests addressed to one).
+    pub fn is_bound_contact(&self, uri: &Uri<'_>) -> bool {
+        contact_key(uri).is_some_and(|k| self.contacts.contains_key(&k))
+    }
+
+    /// True for a host of the domain served (any, when none is set).
+    pub fn serves_domain(&self, host: &str) -> bool {
+        self.config
+            .domain
+            .as_deref()
+            .is_none_or(|d| d.eq_ignore_ascii_case(host))
+    }
+
+    /// The token the proxy puts in its Record-Route for a dialog: an HMAC
+    /// of the Call-ID, so only a request of a dialog the proxy routed can
+    /// name it (and the dialog's target may change, as in a hand-off).
+    pub(crate) fn route_token(&self, call_id: &str) -> String {
+        self.mac.tag(ROUTE_LABEL, call_id.as_bytes())
+    }
+
+    /// True when `token` is [`Registrar::route_token`] of `call_id`.
+    pub(crate) fn route_token_valid(&self, call_id: &str, token: &str) -> bool {
+        self.mac.verify(ROUTE_LABEL, call_id.as_bytes(), token)
+    }
+
+    /// Replaces an AoR's bindings, keeping the contact index right.
+    fn set_bindings(&mut self, key: &str, list: Vec<Binding>) {
+        let old = if list.is_empty() {
+            self.bindings.remove(key)
+        } else {
+            self.bindings.insert(key.to_owned(), list)
+        };
+        for b in old.iter().flatten() {
+            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
+                if let Some(n) = self.contacts.get_mut(&k) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.contacts.remove(&k);
+                    }
+                }
+            }
+        }
+        for b in self.bindings.get(key).into_iter().flatten() {
+            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
+                *self.contacts.entry(k).or_default() += 1;
+            }
+        }
+    }
+
+    /// Rebuilds the contact index after a sweep over every AoR.
+    fn reindex(&mut self) {
+        self.bindings.retain(|_, l| !l.is_empty());
+        self.contacts.clear();
+        for b in self.bindings.values().flatten() {
+            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
+                *self.contacts.entry(k).or_default() += 1;
+            }
+        }
+        shrink(&mut self.bindings);
+        shrink(&mut self.contacts);
     }
 
     /// How many nonces have their `nc` tracked (only nonces used in a
@@ -347,8 +441,7 @@ impl Registrar {
         for list in self.bindings.values_mut() {
             list.retain(|b| b.expires_at > now);
         }
-        self.bindings.retain(|_, l| !l.is_empty());
-        shrink(&mut self.bindings);
+        self.reindex();
         let lifetime = u64::try_from(self.config.nonce_lifetime.as_millis()).unwrap_or(u64::MAX);
         if let Some(lapsed) = self.millis(now).checked_sub(lifetime) {
             self.nonces.expire(lapsed);
@@ -365,6 +458,9 @@ impl Registrar {
             let before = list.len();
             list.retain(|b| b.flow != flow || b.reg_id.is_none());
             n += before - list.len();
+        }
+        if n > 0 {
+            self.reindex();
         }
         n
     }
@@ -476,7 +572,7 @@ impl Registrar {
                     return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
                 }
             }
-            self.bindings.remove(&key);
+            self.set_bindings(&key, Vec::new());
             return self.ok(ep, now, tx, req, &key, false);
         }
         // first pass: checks, before changing anything
@@ -542,11 +638,7 @@ impl Registrar {
         if list.len() > cap {
             return self.too_many_contacts(ep, now, tx, req);
         }
-        if list.is_empty() {
-            self.bindings.remove(&key);
-        } else {
-            self.bindings.insert(key.clone(), list);
-        }
+        self.set_bindings(&key, list);
         let wants_outbound =
             outbound && self.config.outbound && req.has_token(HeaderName::Supported, "outbound");
         self.ok(ep, now, tx, req, &key, wants_outbound)

@@ -32,6 +32,11 @@ impl RegistrarApp {
     pub fn registrar(&self) -> Arc<Mutex<Registrar>> {
         self.registrar.clone()
     }
+
+    /// The shared proxy (to read its sizes).
+    pub fn proxy(&self) -> Arc<Mutex<Proxy>> {
+        self.proxy.clone()
+    }
 }
 
 impl Application for RegistrarApp {

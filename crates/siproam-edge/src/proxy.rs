@@ -20,7 +20,7 @@ use siproam_core::{
 };
 use siproam_sip::{HeaderName, Message, MessageBuilder, Uri};
 
-use crate::registrar::aor_key;
+use crate::registrar::{aor_key, shrink};
 use crate::Registrar;
 
 /// The Record-Route URI parameter that carries the dialog's token.
@@ -37,10 +37,12 @@ pub enum Routed {
     ForUs,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pending {
     server: ServerTxId,
     since: Instant,
+    /// The upstream branch of a forwarded INVITE (its key in `invites`).
+    invite_branch: Option<String>,
 }
 
 /// The proxy's transaction state: which server transaction each forwarded
@@ -50,6 +52,8 @@ pub struct Proxy {
     pending: HashMap<RequestId, Pending>,
     /// Forwarded INVITEs by the upstream branch, for CANCEL.
     invites: HashMap<String, RequestId>,
+    /// When state was last swept (at most every 10 s: a sweep is linear).
+    last_sweep: Option<Instant>,
 }
 
 /// The address a SIP URI names (IP literals only; the proxy does no DNS).
@@ -311,10 +315,18 @@ impl Proxy {
             .to_owned();
         let sent = ep.forward_request(now, req, target)?;
         if let (Some(id), Some(server)) = (sent, tx) {
-            self.pending.insert(id, Pending { server, since: now });
-            if method == "INVITE" {
-                self.invites.insert(upstream_branch, id);
+            let invite_branch = (method == "INVITE").then_some(upstream_branch);
+            if let Some(branch) = &invite_branch {
+                self.invites.insert(branch.clone(), id);
             }
+            self.pending.insert(
+                id,
+                Pending {
+                    server,
+                    since: now,
+                    invite_branch,
+                },
+            );
         }
         Ok(Routed::Forwarded)
     }
@@ -328,7 +340,7 @@ impl Proxy {
         request: RequestId,
         mut response: Message,
     ) -> bool {
-        let Some(p) = self.pending.get(&request).copied() else {
+        let Some(server) = self.pending.get(&request).map(|p| p.server) else {
             return false;
         };
         let code = response.status().unwrap_or(0);
@@ -336,7 +348,7 @@ impl Proxy {
             return true; // hop by hop: never forwarded
         }
         if response.remove_top_via().is_ok() {
-            let _ = ep.respond(now, p.server, response);
+            let _ = ep.respond(now, server, response);
         }
         if code >= 300 {
             self.forget(request);
@@ -353,7 +365,7 @@ impl Proxy {
         request: RequestId,
         reason: RequestFailure,
     ) -> bool {
-        let Some(p) = self.pending.get(&request).copied() else {
+        let Some(server) = self.pending.get(&request).map(|p| p.server) else {
             return false;
         };
         self.forget(request);
@@ -363,17 +375,37 @@ impl Proxy {
         };
         // the original request is gone; answer from what the server
         // transaction needs: a minimal response built by the core
-        let _ = ep.respond_status(now, p.server, code, phrase);
+        let _ = ep.respond_status(now, server, code, phrase);
         true
     }
 
-    fn forget(&mut self, request: RequestId) {
-        self.pending.remove(&request);
-        self.invites.retain(|_, r| *r != request);
+    /// How many forwarded requests and INVITEs are pending, with the
+    /// capacities of their maps (for tests and metrics).
+    pub fn sizes(&self) -> [(usize, usize); 2] {
+        [
+            (self.pending.len(), self.pending.capacity()),
+            (self.invites.len(), self.invites.capacity()),
+        ]
     }
 
-    /// Drops state older than the longest transaction (64·T1 plus slack).
+    fn forget(&mut self, request: RequestId) {
+        if let Some(branch) = self.pending.remove(&request).and_then(|p| p.invite_branch) {
+            if self.invites.get(&branch) == Some(&request) {
+                self.invites.remove(&branch);
+            }
+        }
+    }
+
+    /// Drops state older than the longest transaction (64·T1 plus slack),
+    /// and gives memory back after a flood; at most every 10 s.
     fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
         let old: Vec<RequestId> = self
             .pending
             .iter()
@@ -383,6 +415,8 @@ impl Proxy {
         for id in old {
             self.forget(id);
         }
+        shrink(&mut self.pending);
+        shrink(&mut self.invites);
     }
 }
 

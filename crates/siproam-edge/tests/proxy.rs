@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use siproam::Application;
 use siproam_core::{AccountConfig, Config, Event, RequestId, ServerTxId, Target, Transport};
-use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+use siproam_edge::{Proxy, Registrar, RegistrarApp, RegistrarConfig};
 use siproam_sim::{NodeId, Sim};
 use siproam_sip::{HeaderName, Message, MessageBuilder, Method};
 
@@ -38,6 +38,7 @@ struct World {
     alice: NodeId,
     bob: NodeId,
     registrar: Arc<Mutex<Registrar>>,
+    proxy: Arc<Mutex<Proxy>>,
 }
 
 fn world(bob_transport: Transport) -> World {
@@ -58,6 +59,7 @@ fn world_with(bob_transport: Transport, config: RegistrarConfig) -> World {
     );
     let mut app = RegistrarApp::new(Registrar::new(config));
     let registrar = app.registrar();
+    let proxy_state = app.proxy();
     sim.set_handler(
         proxy,
         Box::new(move |ep, now, ev| app.on_event(ep, now, ev)),
@@ -95,6 +97,7 @@ fn world_with(bob_transport: Transport, config: RegistrarConfig) -> World {
         alice,
         bob,
         registrar,
+        proxy: proxy_state,
     }
 }
 
@@ -669,4 +672,46 @@ fn a_request_for_a_registered_contact_is_forwarded() {
     let got = incoming(&mut w.sim, w.bob);
     assert_eq!(got.len(), 1, "{contact}");
     assert_eq!(got[0].1.request_uri_str(), Some(contact.as_str()));
+}
+
+/// Regression (finding 1, memory): the proxy's maps never shrank, so a
+/// flood of forwarded requests kept its memory. Once they are over (here:
+/// bob answers only 100, so they are swept after 200 s), the next sweep
+/// gives it back.
+#[test]
+fn the_proxy_gives_memory_back_after_a_flood() {
+    let mut w = world(Transport::Udp);
+    let mut proxy_sizes = Vec::new();
+    // bob never answers: every INVITE stays pending
+    for i in 0..2000 {
+        w.sim
+            .with_endpoint(w.alice, |ep, now| {
+                ep.send_request(
+                    now,
+                    invite_with("sip:bob@example.test", &format!("f{i}")),
+                    proxy_target(Transport::Udp),
+                )
+            })
+            .unwrap();
+    }
+    w.sim.run_for(Duration::from_millis(500));
+    proxy_sizes.push(w.proxy.lock().unwrap().sizes());
+    w.sim.run_for(Duration::from_secs(210));
+    // one more request sweeps
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(
+                now,
+                invite_with("sip:bob@example.test", "after"),
+                proxy_target(Transport::Udp),
+            )
+        })
+        .unwrap();
+    w.sim.run_for(Duration::from_millis(100));
+    proxy_sizes.push(w.proxy.lock().unwrap().sizes());
+    assert_eq!(proxy_sizes[0][0].0, 2000, "{proxy_sizes:?}");
+    assert_eq!(proxy_sizes[0][1].0, 2000, "{proxy_sizes:?}");
+    for (len, cap) in proxy_sizes[1] {
+        assert!(len <= 1 && cap <= 64, "{proxy_sizes:?}");
+    }
 }

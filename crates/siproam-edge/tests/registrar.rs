@@ -852,3 +852,40 @@ fn a_register_with_too_many_contacts_is_refused_whole() {
     assert_eq!(r.status(), Some(200));
     assert_eq!(frank_bindings(&w), 4);
 }
+
+/// Regression (finding 1, memory): maps never shrank, so memory taken by
+/// a flood of bindings was kept after they lapsed. `purge` gives it back.
+#[test]
+fn purge_gives_memory_back_after_a_flood_of_bindings() {
+    let mut w = world(RegistrarConfig::default());
+    let peer = w.sim.add_peer("flood", &[ip("192.0.2.80")]);
+    let from = SocketAddr::new(ip("192.0.2.80"), 5060);
+    let to = SocketAddr::new(ip(REG), 5060);
+    for i in 0..5000 {
+        let m = MessageBuilder::request(Method::Register, "sip:example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP 192.0.2.80:5060;branch=z9hG4bKm{i}"),
+            )
+            .header("From", &format!("<sip:u{i}@example.test>;tag=f"))
+            .header("To", &format!("<sip:u{i}@example.test>"))
+            .header("Call-ID", &format!("mem-{i}"))
+            .header("CSeq", "1 REGISTER")
+            .header("Contact", &format!("<sip:u{i}@192.0.2.80>;expires=60"))
+            .build()
+            .unwrap();
+        w.sim
+            .peer_send(peer, from, to, Transport::Udp, m.to_bytes());
+    }
+    w.sim.run_for(Duration::from_millis(100));
+    let [(aors, aor_cap), (contacts, _), _] = w.registrar.borrow().sizes();
+    assert_eq!((aors, contacts), (5000, 5000));
+    assert!(aor_cap >= 5000);
+    w.sim.run_for(Duration::from_secs(61));
+    w.registrar.borrow_mut().purge(w.sim.now());
+    let sizes = w.registrar.borrow().sizes();
+    for (len, cap) in sizes {
+        assert_eq!(len, 0);
+        assert!(cap <= 64, "{sizes:?}");
+    }
+}

@@ -69,7 +69,7 @@ impl Application for RegistrarApp {
                         Ok(Handled::NotMine) => {}
                     }
                 }
-                match proxy.handle_request(core, now, tx, flow, request.clone(), &registrar) {
+                match proxy.handle_request(core, now, tx, flow, request.clone(), &mut registrar) {
                     Ok(Routed::ForUs) => {
                         if let Some(tx) = tx {
                             let _ = core.respond_default(now, tx, &request);

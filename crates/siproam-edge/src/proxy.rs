@@ -129,6 +129,38 @@ impl Proxy {
         }
     }
 
+    /// A request we are not responsible for: 403, unless the policy lets
+    /// authenticated users out (`relay_authenticated`), then 407 until
+    /// the `Proxy-Authorization` verifies. `None`: go on and forward.
+    fn foreign(
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        req: &Message,
+        registrar: &mut Registrar,
+    ) -> Result<Option<Routed>, CoreError> {
+        let config = registrar.config();
+        if !config.relay_authenticated || config.users.is_empty() {
+            return Self::refuse(ep, now, tx, req, 403, "Forbidden").map(Some);
+        }
+        let stale = match registrar.authenticate_proxy(now, req) {
+            Ok(_user) => return Ok(None),
+            Err(stale) => stale,
+        };
+        // an ACK cannot be challenged: dropped
+        let Some(tx) = tx else {
+            return Ok(Some(Routed::Answered(0)));
+        };
+        let value = registrar.challenge(ep, now, stale)?;
+        let tag = ep.random_token(10);
+        let resp =
+            MessageBuilder::response_to(req, 407, "Proxy Authentication Required", Some(&tag))
+                .header("Proxy-Authenticate", &value)
+                .build()?;
+        ep.respond(now, tx, resp)?;
+        Ok(Some(Routed::Answered(407)))
+    }
+
     /// Routes a request that is not a REGISTER.
     pub fn handle_request(
         &mut self,
@@ -137,7 +169,7 @@ impl Proxy {
         tx: Option<ServerTxId>,
         flow: FlowId,
         mut req: Message,
-        registrar: &Registrar,
+        registrar: &mut Registrar,
     ) -> Result<Routed, CoreError> {
         self.sweep(now);
         let points = ep.listen_points().to_vec();
@@ -209,9 +241,16 @@ impl Proxy {
                 }
                 true
             }
-            // our Route with a bad or missing token, or someone else's
-            // route with none of ours before it
-            Some(Some(false) | None) => return Self::refuse(ep, now, tx, &req, 403, "Forbidden"),
+            // our Route with a bad or missing token
+            Some(Some(false)) => return Self::refuse(ep, now, tx, &req, 403, "Forbidden"),
+            // someone else's route with none of ours before it: only for
+            // an authenticated user, if the policy allows
+            Some(None) => {
+                if let Some(answered) = Self::foreign(ep, now, tx, &req, registrar)? {
+                    return Ok(answered);
+                }
+                true
+            }
         };
         let next_route = req
             .routes()
@@ -276,7 +315,14 @@ impl Proxy {
                     return Self::refuse(ep, now, tx, &req, 404, "Not Found");
                 } else {
                     // an address or a domain that is not ours
-                    return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+                    if let Some(answered) = Self::foreign(ep, now, tx, &req, registrar)? {
+                        return Ok(answered);
+                    }
+                    match uri_target(&parsed, inbound) {
+                        Some(t) => t,
+                        // no DNS here
+                        None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),
+                    }
                 }
             }
         };

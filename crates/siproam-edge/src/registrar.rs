@@ -45,9 +45,11 @@ pub struct RegistrarConfig {
     /// Authorization); the oldest is forgotten first and then answered
     /// `stale=true`.
     pub max_tracked_nonces: usize,
-    /// Policy: let authenticated users send requests out of the domain
-    /// (to addresses that are not our bindings). Off by default, and not
-    /// implemented yet: such requests are answered 403 whatever this says.
+    /// Policy: let authenticated users (digest, `Proxy-Authorization`,
+    /// challenged with 407) send requests the proxy is not responsible
+    /// for: to IP addresses that are not our bindings, or along a Route
+    /// naming another host. Off by default (403 for such requests); needs
+    /// `users`.
     pub relay_authenticated: bool,
 }
 
@@ -525,10 +527,7 @@ impl Registrar {
             match self.authenticate(now, req, &key) {
                 Auth::Ok => {}
                 Auth::Challenge { stale } => {
-                    let nonce = self.nonce(ep, now);
-                    let mut ch = ServerChallenge::new(self.config.realm(), &nonce);
-                    ch.stale = stale;
-                    let value = ch.to_header_value().map_err(|_| CoreError::InvalidState)?;
+                    let value = self.challenge(ep, now, stale)?;
                     return self.reply(
                         ep,
                         now,
@@ -701,62 +700,103 @@ impl Registrar {
     }
 
     fn authenticate(&mut self, now: Instant, req: &Message, key: &str) -> Auth {
+        let creds = req.authorization().filter_map(Result::ok);
+        match self.verify_credentials(now, req, creds) {
+            Ok(user) if user == key.split('@').next().unwrap_or_default() => Auth::Ok,
+            Ok(_) => Auth::Forbidden,
+            Err(stale) => Auth::Challenge { stale },
+        }
+    }
+
+    /// Checks a request's `Proxy-Authorization` (for the proxy's
+    /// `relay_authenticated` policy): `Ok` with the user name, or the
+    /// `stale` flag of the challenge to send.
+    pub(crate) fn authenticate_proxy(
+        &mut self,
+        now: Instant,
+        req: &Message,
+    ) -> Result<String, bool> {
+        let creds = req.proxy_authorization().filter_map(Result::ok);
+        self.verify_credentials(now, req, creds)
+    }
+
+    /// A fresh challenge header value (no state kept).
+    pub(crate) fn challenge(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        stale: bool,
+    ) -> Result<String, CoreError> {
+        let nonce = self.nonce(ep, now);
+        let mut ch = ServerChallenge::new(self.config.realm(), &nonce);
+        ch.stale = stale;
+        ch.to_header_value().map_err(|_| CoreError::InvalidState)
+    }
+
+    /// RFC 7616 checks of the credentials for our realm: `Ok` with the
+    /// user name, or `Err(stale)` for a new challenge.
+    fn verify_credentials<'m>(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        mut creds: impl Iterator<Item = Credentials<'m>>,
+    ) -> Result<String, bool> {
         let realm = self.config.realm().to_owned();
-        let creds = req
-            .authorization()
-            .filter_map(Result::ok)
-            .find(|c: &Credentials<'_>| c.is_digest() && c.realm() == Some(realm.as_str()));
+        let creds = creds.find(|c| c.is_digest() && c.realm() == Some(realm.as_str()));
         let Some(creds) = creds else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
         let Some(user) = creds.username().map(str::to_owned) else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
-        let aor_user = key.split('@').next().unwrap_or_default();
+        let Some(method) = req.method() else {
+            return Err(false);
+        };
         let Some(password) = self.config.users.get(&user).cloned() else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
         // RFC 7616: we offer qop=auth, so a response must use it (with
         // cnonce and nc, which verify requires along with the qop)
         if creds.qop() != Ok(Some(Qop::Auth)) {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         }
         // §3.4.6: the digest-uri must be the Request-URI
         let Some(ruri) = req.request_uri_str() else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
         if !creds.uri().is_some_and(|u| same_uri(u, ruri)) {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         }
-        let Ok(verified) = digest::verify(&creds, "REGISTER", Secret::Password(&password), b"")
-        else {
-            return Auth::Challenge { stale: false };
+        let Ok(verified) = digest::verify(
+            &creds,
+            method.as_str(),
+            Secret::Password(&password),
+            req.body(),
+        ) else {
+            return Err(false);
         };
         let Some(nc) = verified.nc else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
         // the nonce must be one we signed and fresh, and nc must grow
         // (replay). A right answer to a nonce we cannot vouch for (lapsed,
         // forgotten, or signed with another key: a restart) proves the
         // password, so it is told stale=true and may retry at once.
         let Some(issued) = self.nonce_issued(verified.nonce) else {
-            return Auth::Challenge { stale: true };
+            return Err(true);
         };
         let age = self.millis(now).checked_sub(issued);
         let lifetime = self.config.nonce_lifetime.as_millis();
         if age.is_none_or(|age| u128::from(age) >= lifetime) {
-            return Auth::Challenge { stale: true };
+            return Err(true);
         }
         let cap = self.config.max_tracked_nonces;
         match self.nonces.check_and_count(verified.nonce, issued, nc, cap) {
             NcCheck::Fresh => {}
-            NcCheck::Replayed => return Auth::Challenge { stale: false },
-            NcCheck::Forgotten => return Auth::Challenge { stale: true },
+            NcCheck::Replayed => return Err(false),
+            NcCheck::Forgotten => return Err(true),
         }
-        if user != aor_user {
-            return Auth::Forbidden;
-        }
-        Auth::Ok
+        Ok(user)
     }
 }
 

@@ -715,3 +715,80 @@ fn the_proxy_gives_memory_back_after_a_flood() {
         assert!(len <= 1 && cap <= 64, "{proxy_sizes:?}");
     }
 }
+
+/// The `relay_authenticated` policy: a request the proxy is not
+/// responsible for is challenged (407) and forwarded once the user's
+/// Proxy-Authorization verifies; without the policy the same credentials
+/// get 403 and nothing leaves.
+#[test]
+fn relay_authenticated_lets_a_known_user_out_after_a_407() {
+    for policy in [true, false] {
+        let mut w = world_with(
+            Transport::Udp,
+            RegistrarConfig {
+                key: [9; 32],
+                users: RegistrarConfig::parse_users("alice:alicepw\n").unwrap(),
+                relay_authenticated: policy,
+                ..RegistrarConfig::default()
+            },
+        );
+        w.sim.add_endpoint(
+            "victim",
+            &[ip(VICTIM)],
+            Config {
+                seed: 4,
+                dialogs: false,
+                ..Config::default()
+            },
+        );
+        let ruri = format!("sip:x@{VICTIM}:5060");
+        let first = w
+            .sim
+            .with_endpoint(w.alice, |ep, now| {
+                ep.send_request(now, invite_with(&ruri, "g1"), proxy_target(Transport::Udp))
+            })
+            .unwrap();
+        w.sim.run_for(Duration::from_millis(200));
+        let resp = responses(&mut w.sim, w.alice);
+        let (_, challenge) = resp
+            .iter()
+            .find(|(r, m)| *r == first && m.status().unwrap() >= 400)
+            .unwrap();
+        if !policy {
+            assert_eq!(challenge.status(), Some(403));
+            assert!(sent_to_victim(&w).is_empty());
+            continue;
+        }
+        assert_eq!(challenge.status(), Some(407));
+        let ch = siproam_sip::digest::Challenge::parse(
+            challenge.header(HeaderName::ProxyAuthenticate).unwrap(),
+        )
+        .unwrap();
+        let creds = |password: &str, nc: u32| {
+            siproam_sip::digest::respond(
+                &ch,
+                &siproam_sip::digest::ClientInput {
+                    username: "alice",
+                    password,
+                    method: "INVITE",
+                    uri: &ruri,
+                    cnonce: "c0ffee",
+                    nc,
+                    body: b"",
+                },
+            )
+            .unwrap()
+        };
+        let wrong = invite_with(&ruri, "g2").header("Proxy-Authorization", &creds("nope", 1));
+        let right = invite_with(&ruri, "g3").header("Proxy-Authorization", &creds("alicepw", 1));
+        let codes = final_codes(&mut w, vec![wrong]);
+        assert_eq!(codes, [407]);
+        assert!(sent_to_victim(&w).is_empty());
+        final_codes(&mut w, vec![right]);
+        let sent = sent_to_victim(&w);
+        assert!(
+            !sent.is_empty() && sent.iter().all(|l| l.starts_with("INVITE")),
+            "{sent:?}"
+        );
+    }
+}

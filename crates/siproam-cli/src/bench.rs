@@ -444,7 +444,7 @@ pub async fn handoff(
 ) -> anyhow::Result<ExitCode> {
     use siproam::core::Config;
     use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
-    use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+    use siproam_edge::{Registrar, RegistrarApp};
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -458,9 +458,9 @@ pub async fn handoff(
     };
     let registrar = EndpointHandle::start(
         reg_cfg,
-        Box::new(RegistrarApp::new(
-            Registrar::new(RegistrarConfig::default()),
-        )),
+        Box::new(RegistrarApp::new(Registrar::new(
+            crate::run::registrar_config()?,
+        ))),
     )
     .await?;
     let reg = format!(

@@ -25,7 +25,7 @@ use siproam::{
     AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, Phone, PhoneCommand, PhoneConfig,
     WatchConfig,
 };
-use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+use siproam_edge::{Registrar, RegistrarApp};
 
 use crate::run::emit;
 
@@ -167,9 +167,9 @@ pub async fn handoff_netns(runs: usize, json_out: bool) -> anyhow::Result<ExitCo
             },
             ..Default::default()
         },
-        Box::new(RegistrarApp::new(
-            Registrar::new(RegistrarConfig::default()),
-        )),
+        Box::new(RegistrarApp::new(Registrar::new(
+            crate::run::registrar_config()?,
+        ))),
     )?;
     let reg = format!("sip:{SERVER}:5060");
     let mut bob = start_in(

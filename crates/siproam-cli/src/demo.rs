@@ -17,7 +17,7 @@ use siproam::{
     AccountSpec, AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, MediaReport, Phone,
     PhoneCommand, PhoneConfig,
 };
-use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+use siproam_edge::{Registrar, RegistrarApp};
 
 use crate::run::emit;
 
@@ -144,9 +144,9 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
     };
     let registrar = EndpointHandle::start(
         reg_cfg,
-        Box::new(RegistrarApp::new(
-            Registrar::new(RegistrarConfig::default()),
-        )),
+        Box::new(RegistrarApp::new(Registrar::new(
+            crate::run::registrar_config()?,
+        ))),
     )
     .await?;
     let reg_addr = registrar

@@ -62,6 +62,10 @@ enum Command {
         /// trusted proxy, or for a benchmark).
         #[arg(long, value_name = "N", default_value_t = 200)]
         max_rate_per_source: u32,
+        /// Most bindings one AoR may hold (and Contacts one REGISTER may
+        /// carry); beyond it 403 (default 16).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_bindings: Option<u32>,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -163,14 +167,24 @@ fn main() -> ExitCode {
             mut users,
             mut domain,
             max_rate_per_source,
+            mut max_bindings,
             mut tls,
         } => {
-            file.registrar(&mut listen, &mut users, &mut domain, &mut tls);
+            if let Err(e) = file.registrar(
+                &mut listen,
+                &mut users,
+                &mut domain,
+                &mut max_bindings,
+                &mut tls,
+            ) {
+                return bad_usage(&e);
+            }
             block_on(run::registrar(
                 listen,
                 users,
                 domain,
                 max_rate_per_source,
+                max_bindings,
                 tls,
                 json,
             ))

@@ -120,6 +120,16 @@ fn seed() -> u64 {
     siproam::random::os_u64().unwrap_or_else(|_| fallback_seed())
 }
 
+/// A registrar configuration with a fresh HMAC key (nonces and
+/// Record-Route tokens) from the operating system's secure generator.
+pub(crate) fn registrar_config() -> anyhow::Result<RegistrarConfig> {
+    let key = siproam::random::os_seed()?;
+    Ok(RegistrarConfig {
+        key,
+        ..RegistrarConfig::default()
+    })
+}
+
 async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Result<()> {
     for l in ep.listeners().await? {
         emit(
@@ -136,13 +146,17 @@ pub async fn registrar(
     users: Option<PathBuf>,
     domain: Option<String>,
     max_rate_per_source: u32,
+    max_bindings: Option<u32>,
     tls: TlsArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut config = RegistrarConfig {
         domain,
-        ..RegistrarConfig::default()
+        ..registrar_config()?
     };
+    if let Some(n) = max_bindings {
+        config.max_bindings_per_aor = usize::try_from(n)?;
+    }
     if let Some(path) = users {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -284,6 +298,7 @@ pub struct FileConfig {
     listen: Option<Vec<String>>,
     users: Option<PathBuf>,
     domain: Option<String>,
+    max_bindings: Option<u32>,
     aor: Option<String>,
     registrar: Option<String>,
     user: Option<String>,
@@ -321,14 +336,22 @@ impl FileConfig {
         listen: &mut Vec<String>,
         users: &mut Option<PathBuf>,
         domain: &mut Option<String>,
+        max_bindings: &mut Option<u32>,
         tls: &mut TlsArgs,
-    ) {
+    ) -> anyhow::Result<()> {
         if listen.is_empty() {
             listen.extend(self.listen.clone().unwrap_or_default());
         }
         fill(users, &self.users);
         fill(domain, &self.domain);
+        if max_bindings.is_none() {
+            if self.max_bindings == Some(0) {
+                anyhow::bail!("max-bindings must be at least 1");
+            }
+            *max_bindings = self.max_bindings;
+        }
         self.tls(tls);
+        Ok(())
     }
 
     fn tls(&self, tls: &mut TlsArgs) {

@@ -20,7 +20,16 @@ pub struct RegistrarApp {
 
 impl RegistrarApp {
     /// Wraps a registrar.
-    pub fn new(registrar: Registrar) -> RegistrarApp {
+    /// A registrar left with the all-zero default key gets a fresh key
+    /// from the OS's secure generator here: a running server never signs
+    /// its nonces and Record-Route tokens with a key anyone can know.
+    pub fn new(mut registrar: Registrar) -> RegistrarApp {
+        if registrar.config().key == [0; 32] {
+            match siproam::random::os_seed() {
+                Ok(key) => registrar.set_key(key),
+                Err(e) => tracing::warn!("registrar key: {e}"),
+            }
+        }
         RegistrarApp {
             registrar: Arc::new(Mutex::new(registrar)),
             proxy: Arc::new(Mutex::new(Proxy::new())),
@@ -31,6 +40,11 @@ impl RegistrarApp {
     /// The shared registrar (to look bindings up).
     pub fn registrar(&self) -> Arc<Mutex<Registrar>> {
         self.registrar.clone()
+    }
+
+    /// The shared proxy (to read its sizes).
+    pub fn proxy(&self) -> Arc<Mutex<Proxy>> {
+        self.proxy.clone()
     }
 }
 
@@ -64,7 +78,7 @@ impl Application for RegistrarApp {
                         Ok(Handled::NotMine) => {}
                     }
                 }
-                match proxy.handle_request(core, now, tx, flow, request.clone(), &registrar) {
+                match proxy.handle_request(core, now, tx, flow, request.clone(), &mut registrar) {
                     Ok(Routed::ForUs) => {
                         if let Some(tx) = tx {
                             let _ = core.respond_default(now, tx, &request);

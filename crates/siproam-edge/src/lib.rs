@@ -4,11 +4,13 @@
 //! [`siproam_core::Endpoint`] reports, keeps bindings in memory with their
 //! expiry, remembers `+sip.instance` / `reg-id` (RFC 5626) and the flow
 //! each binding arrived on, and optionally challenges with digest
-//! authentication from a users table. Time comes in as `now`; nonces come
-//! from the endpoint's seeded generator.
+//! authentication from a users table (RFC 7616: qop required, nc tracked,
+//! digest-uri checked). Time comes in as `now`; nonces are signed with the
+//! configured HMAC key, so a challenge costs no stored state.
 
 #![warn(missing_docs)]
 
+mod mac;
 mod proxy;
 mod registrar;
 

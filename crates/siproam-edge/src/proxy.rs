@@ -3,6 +3,12 @@
 //!
 //! No forking yet: a request for an AoR goes to its best binding. Loose
 //! routing (`;lr`) only.
+//!
+//! It forwards only what it is responsible for: requests for the AoRs the
+//! registrar holds (and their registered Contacts), and requests of
+//! dialogs it record-routed, recognised by a token in its Record-Route (an
+//! HMAC of the Call-ID under the configured key). Anything else gets 403
+//! (404 for an unknown user of our domain) without contacting the target.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,8 +20,11 @@ use siproam_core::{
 };
 use siproam_sip::{HeaderName, Message, MessageBuilder, Uri};
 
-use crate::registrar::aor_key;
+use crate::registrar::{aor_key, shrink};
 use crate::Registrar;
+
+/// The Record-Route URI parameter that carries the dialog's token.
+const TOKEN_PARAM: &str = "rrt";
 
 /// What the proxy did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +37,12 @@ pub enum Routed {
     ForUs,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pending {
     server: ServerTxId,
     since: Instant,
+    /// The upstream branch of a forwarded INVITE (its key in `invites`).
+    invite_branch: Option<String>,
 }
 
 /// The proxy's transaction state: which server transaction each forwarded
@@ -41,6 +52,8 @@ pub struct Proxy {
     pending: HashMap<RequestId, Pending>,
     /// Forwarded INVITEs by the upstream branch, for CANCEL.
     invites: HashMap<String, RequestId>,
+    /// When state was last swept (at most every 10 s: a sweep is linear).
+    last_sweep: Option<Instant>,
 }
 
 /// The address a SIP URI names (IP literals only; the proxy does no DNS).
@@ -101,6 +114,53 @@ impl Proxy {
         Ok(Routed::Answered(code))
     }
 
+    /// Answers `code` when there is a transaction (an ACK is dropped).
+    fn refuse(
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        req: &Message,
+        code: u16,
+        reason: &str,
+    ) -> Result<Routed, CoreError> {
+        match tx {
+            Some(tx) => Self::reply(ep, now, tx, req, code, reason),
+            None => Ok(Routed::Answered(0)),
+        }
+    }
+
+    /// A request we are not responsible for: 403, unless the policy lets
+    /// authenticated users out (`relay_authenticated`), then 407 until
+    /// the `Proxy-Authorization` verifies. `None`: go on and forward.
+    fn foreign(
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        req: &Message,
+        registrar: &mut Registrar,
+    ) -> Result<Option<Routed>, CoreError> {
+        let config = registrar.config();
+        if !config.relay_authenticated || config.users.is_empty() {
+            return Self::refuse(ep, now, tx, req, 403, "Forbidden").map(Some);
+        }
+        let stale = match registrar.authenticate_proxy(now, req) {
+            Ok(_user) => return Ok(None),
+            Err(stale) => stale,
+        };
+        // an ACK cannot be challenged: dropped
+        let Some(tx) = tx else {
+            return Ok(Some(Routed::Answered(0)));
+        };
+        let value = registrar.challenge(ep, now, stale)?;
+        let tag = ep.random_token(10);
+        let resp =
+            MessageBuilder::response_to(req, 407, "Proxy Authentication Required", Some(&tag))
+                .header("Proxy-Authenticate", &value)
+                .build()?;
+        ep.respond(now, tx, resp)?;
+        Ok(Some(Routed::Answered(407)))
+    }
+
     /// Routes a request that is not a REGISTER.
     pub fn handle_request(
         &mut self,
@@ -109,7 +169,7 @@ impl Proxy {
         tx: Option<ServerTxId>,
         flow: FlowId,
         mut req: Message,
-        registrar: &Registrar,
+        registrar: &mut Registrar,
     ) -> Result<Routed, CoreError> {
         self.sweep(now);
         let points = ep.listen_points().to_vec();
@@ -144,25 +204,54 @@ impl Proxy {
                 None => Ok(Routed::Answered(0)),
             };
         }
-        // loose routing: a top Route naming us is ours to remove
-        let top_route = req
-            .routes()
-            .next()
-            .and_then(Result::ok)
-            .map(|r| is_us(r.uri(), &points));
-        if top_route == Some(true) {
-            remove_top_route(&mut req)?;
-            // a double Record-Route (two legs of different families or
-            // transports, RFC 5118 §4) leaves a second entry naming us
-            while req
-                .routes()
-                .next()
-                .and_then(Result::ok)
-                .is_some_and(|r| is_us(r.uri(), &points))
-            {
-                remove_top_route(&mut req)?;
+        // Only what we are responsible for is forwarded (else we would be
+        // an open relay and, by how fast a closed port fails, a port
+        // scanner): requests of a dialog we record-routed (our Route with
+        // a token that verifies for the Call-ID), and requests for our
+        // AoRs or their registered Contacts. Everything else is refused
+        // before any target is contacted, so the answer says nothing
+        // about reachability.
+        let call_id = req.call_id().to_owned();
+        // the top Route: none, ours (with whether its token verifies), or
+        // another's; a malformed one is a bad request
+        let top = match req.routes().next() {
+            None => None,
+            Some(Err(_)) => return Self::refuse(ep, now, tx, &req, 400, "Bad Request"),
+            Some(Ok(route)) => Some(is_us(route.uri(), &points).then(|| {
+                route
+                    .uri()
+                    .as_sip()
+                    .and_then(|s| s.params().value(TOKEN_PARAM))
+                    .is_some_and(|t| registrar.route_token_valid(&call_id, t))
+            })),
+        };
+        let in_dialog = match top {
+            None => false,
+            Some(Some(true)) => {
+                // a double Record-Route (two legs of different families
+                // or transports, RFC 5118 §4) leaves a second entry naming
+                // us: remove both
+                while req
+                    .routes()
+                    .next()
+                    .and_then(Result::ok)
+                    .is_some_and(|r| is_us(r.uri(), &points))
+                {
+                    remove_top_route(&mut req)?;
+                }
+                true
             }
-        }
+            // our Route with a bad or missing token
+            Some(Some(false)) => return Self::refuse(ep, now, tx, &req, 403, "Forbidden"),
+            // someone else's route with none of ours before it: only for
+            // an authenticated user, if the policy allows
+            Some(None) => {
+                if let Some(answered) = Self::foreign(ep, now, tx, &req, registrar)? {
+                    return Ok(answered);
+                }
+                true
+            }
+        };
         let next_route = req
             .routes()
             .next()
@@ -178,6 +267,13 @@ impl Proxy {
                     .as_deref()
                     .map(|k| registrar.lookup(k, now))
                     .unwrap_or_default();
+                let ip_host = parsed.as_sip().is_some_and(|s| {
+                    s.host_str()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<IpAddr>()
+                        .is_ok()
+                });
                 if let Some(b) = bindings.first() {
                     req.set_request_uri(&b.contact)?;
                     // over the flow the REGISTER came on when it was a
@@ -196,40 +292,36 @@ impl Proxy {
                     match over_flow.or(contact) {
                         Some(t) => t,
                         None => {
-                            return match tx {
-                                Some(tx) => {
-                                    Self::reply(ep, now, tx, &req, 480, "Temporarily Unavailable")
-                                }
-                                None => Ok(Routed::Answered(0)),
-                            }
+                            return Self::refuse(ep, now, tx, &req, 480, "Temporarily Unavailable")
                         }
                     }
-                } else if is_us(&parsed, &points)
-                    || parsed.as_sip().is_some_and(|s| s.user().is_none())
-                {
+                } else if is_us(&parsed, &points) {
                     return Ok(Routed::ForUs);
-                } else if key.is_some()
-                    && parsed.as_sip().is_some_and(|s| {
-                        s.host_str()
-                            .trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .parse::<IpAddr>()
-                            .is_err()
-                    })
-                {
-                    return match tx {
-                        Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
-                        None => Ok(Routed::Answered(0)),
-                    };
-                } else {
+                } else if in_dialog || (ip_host && registrar.is_bound_contact(&parsed)) {
+                    // the dialog's remote target (it may have moved), or a
+                    // Contact registered here
                     match uri_target(&parsed, inbound) {
                         Some(t) => t,
-                        None => {
-                            return match tx {
-                                Some(tx) => Self::reply(ep, now, tx, &req, 404, "Not Found"),
-                                None => Ok(Routed::Answered(0)),
-                            }
-                        }
+                        None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),
+                    }
+                } else if parsed.as_sip().is_some_and(|s| s.user().is_none()) {
+                    return Ok(Routed::ForUs);
+                } else if key.is_some()
+                    && !ip_host
+                    && parsed
+                        .as_sip()
+                        .is_some_and(|s| registrar.serves_domain(s.host_str()))
+                {
+                    return Self::refuse(ep, now, tx, &req, 404, "Not Found");
+                } else {
+                    // an address or a domain that is not ours
+                    if let Some(answered) = Self::foreign(ep, now, tx, &req, registrar)? {
+                        return Ok(answered);
+                    }
+                    match uri_target(&parsed, inbound) {
+                        Some(t) => t,
+                        // no DNS here
+                        None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),
                     }
                 }
             }
@@ -251,13 +343,14 @@ impl Proxy {
                     .or(points.first())
                     .copied()
             };
+            let token = registrar.route_token(&call_id);
             let caller_side = point(inbound, inbound_v4);
             let callee_side = point(target.transport, target.remote.is_ipv4());
             for p in [caller_side, callee_side.filter(|c| Some(*c) != caller_side)]
                 .into_iter()
                 .flatten()
             {
-                req.prepend_header("Record-Route", &record_route(&p))?;
+                req.prepend_header("Record-Route", &record_route(&p, &token))?;
             }
         }
         let upstream_branch = req
@@ -268,10 +361,18 @@ impl Proxy {
             .to_owned();
         let sent = ep.forward_request(now, req, target)?;
         if let (Some(id), Some(server)) = (sent, tx) {
-            self.pending.insert(id, Pending { server, since: now });
-            if method == "INVITE" {
-                self.invites.insert(upstream_branch, id);
+            let invite_branch = (method == "INVITE").then_some(upstream_branch);
+            if let Some(branch) = &invite_branch {
+                self.invites.insert(branch.clone(), id);
             }
+            self.pending.insert(
+                id,
+                Pending {
+                    server,
+                    since: now,
+                    invite_branch,
+                },
+            );
         }
         Ok(Routed::Forwarded)
     }
@@ -285,7 +386,7 @@ impl Proxy {
         request: RequestId,
         mut response: Message,
     ) -> bool {
-        let Some(p) = self.pending.get(&request).copied() else {
+        let Some(server) = self.pending.get(&request).map(|p| p.server) else {
             return false;
         };
         let code = response.status().unwrap_or(0);
@@ -293,7 +394,7 @@ impl Proxy {
             return true; // hop by hop: never forwarded
         }
         if response.remove_top_via().is_ok() {
-            let _ = ep.respond(now, p.server, response);
+            let _ = ep.respond(now, server, response);
         }
         if code >= 300 {
             self.forget(request);
@@ -310,7 +411,7 @@ impl Proxy {
         request: RequestId,
         reason: RequestFailure,
     ) -> bool {
-        let Some(p) = self.pending.get(&request).copied() else {
+        let Some(server) = self.pending.get(&request).map(|p| p.server) else {
             return false;
         };
         self.forget(request);
@@ -320,17 +421,37 @@ impl Proxy {
         };
         // the original request is gone; answer from what the server
         // transaction needs: a minimal response built by the core
-        let _ = ep.respond_status(now, p.server, code, phrase);
+        let _ = ep.respond_status(now, server, code, phrase);
         true
     }
 
-    fn forget(&mut self, request: RequestId) {
-        self.pending.remove(&request);
-        self.invites.retain(|_, r| *r != request);
+    /// How many forwarded requests and INVITEs are pending, with the
+    /// capacities of their maps (for tests and metrics).
+    pub fn sizes(&self) -> [(usize, usize); 2] {
+        [
+            (self.pending.len(), self.pending.capacity()),
+            (self.invites.len(), self.invites.capacity()),
+        ]
     }
 
-    /// Drops state older than the longest transaction (64·T1 plus slack).
+    fn forget(&mut self, request: RequestId) {
+        if let Some(branch) = self.pending.remove(&request).and_then(|p| p.invite_branch) {
+            if self.invites.get(&branch) == Some(&request) {
+                self.invites.remove(&branch);
+            }
+        }
+    }
+
+    /// Drops state older than the longest transaction (64·T1 plus slack),
+    /// and gives memory back after a flood; at most every 10 s.
     fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
         let old: Vec<RequestId> = self
             .pending
             .iter()
@@ -340,6 +461,8 @@ impl Proxy {
         for id in old {
             self.forget(id);
         }
+        shrink(&mut self.pending);
+        shrink(&mut self.invites);
     }
 }
 
@@ -363,8 +486,8 @@ fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// A Record-Route entry naming a listen point.
-fn record_route(p: &ListenPoint) -> String {
+/// A Record-Route entry naming a listen point, with the dialog's token.
+fn record_route(p: &ListenPoint, token: &str) -> String {
     let transport = if p.transport == Transport::Udp {
         String::new()
     } else {
@@ -374,5 +497,5 @@ fn record_route(p: &ListenPoint) -> String {
         SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
     };
-    format!("<sip:{host}{transport};lr>")
+    format!("<sip:{host}{transport};lr;{TOKEN_PARAM}={token}>")
 }

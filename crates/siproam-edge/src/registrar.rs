@@ -1,15 +1,19 @@
 //! The registrar (RFC 3261 §10.3) and its in-memory location service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use siproam_core::{CoreError, Endpoint, FlowId, ServerTxId};
+use siproam_sip::digest::Qop;
 use siproam_sip::digest::{self, Credentials, Secret, ServerChallenge};
 use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method, NameAddr, Uri};
 
-/// Registrar settings.
-#[derive(Debug, Clone)]
+use crate::mac::Mac;
+
+/// Registrar (and proxy) settings.
+#[derive(Clone)]
 pub struct RegistrarConfig {
     /// The domain served (`example.test`); `None` accepts any.
     pub domain: Option<String>,
@@ -30,6 +34,46 @@ pub struct RegistrarConfig {
     pub outbound: bool,
     /// Flow-Timer to send with outbound registrations.
     pub flow_timer: Option<u32>,
+    /// The HMAC-SHA256 key that signs digest nonces and the proxy's
+    /// Record-Route tokens. All zero by default: a server must set it from
+    /// a secure generator (the `siproam` binary draws it from the OS).
+    pub key: [u8; 32],
+    /// Most live bindings one AoR may hold, and most Contacts one REGISTER
+    /// may carry (16). Beyond it the REGISTER is refused and nothing stored.
+    pub max_bindings_per_aor: usize,
+    /// Most nonces whose `nc` is tracked at once (nonces used in a valid
+    /// Authorization); the oldest is forgotten first and then answered
+    /// `stale=true`.
+    pub max_tracked_nonces: usize,
+    /// Policy: let authenticated users (digest, `Proxy-Authorization`,
+    /// challenged with 407) send requests the proxy is not responsible
+    /// for: to IP addresses that are not our bindings, or along a Route
+    /// naming another host. Off by default (403 for such requests); needs
+    /// `users`.
+    pub relay_authenticated: bool,
+}
+
+impl fmt::Debug for RegistrarConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // credentials stay out of logs: user names only, no key
+        let mut users: Vec<&String> = self.users.keys().collect();
+        users.sort();
+        f.debug_struct("RegistrarConfig")
+            .field("domain", &self.domain)
+            .field("realm", &self.realm)
+            .field("users", &users)
+            .field("min_expires", &self.min_expires)
+            .field("max_expires", &self.max_expires)
+            .field("default_expires", &self.default_expires)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("outbound", &self.outbound)
+            .field("flow_timer", &self.flow_timer)
+            .field("key", &"<redacted>")
+            .field("max_bindings_per_aor", &self.max_bindings_per_aor)
+            .field("max_tracked_nonces", &self.max_tracked_nonces)
+            .field("relay_authenticated", &self.relay_authenticated)
+            .finish()
+    }
 }
 
 impl Default for RegistrarConfig {
@@ -44,6 +88,10 @@ impl Default for RegistrarConfig {
             nonce_lifetime: Duration::from_secs(300),
             outbound: true,
             flow_timer: None,
+            key: [0; 32],
+            max_bindings_per_aor: 16,
+            max_tracked_nonces: 10_000,
+            relay_authenticated: false,
         }
     }
 }
@@ -124,11 +172,110 @@ pub enum Handled {
 }
 
 /// The registrar and location service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registrar {
     config: RegistrarConfig,
+    mac: Mac,
+    /// The time base of nonces: the first `now` seen.
+    epoch: Option<Instant>,
     bindings: HashMap<String, Vec<Binding>>,
-    nonces: HashMap<String, (Instant, u32)>,
+    /// How many bindings name each contact address ([`contact_key`]), so
+    /// the proxy can tell a registered Contact in one lookup.
+    contacts: HashMap<String, u32>,
+    nonces: NonceTable,
+}
+
+impl Default for Registrar {
+    fn default() -> Self {
+        Registrar::new(RegistrarConfig::default())
+    }
+}
+
+/// The `nc` last seen for each nonce used in a valid Authorization,
+/// bounded: the nonce issued first goes first, and every nonce issued no
+/// later than one forgotten is from then on answered `stale=true` (it may
+/// have been used already).
+#[derive(Debug, Default)]
+struct NonceTable {
+    last_nc: HashMap<String, (u64, u32)>,
+    by_issue: BTreeSet<(u64, String)>,
+    forgotten_up_to: Option<u64>,
+}
+
+enum NcCheck {
+    Fresh,
+    Replayed,
+    Forgotten,
+}
+
+impl NonceTable {
+    fn check_and_count(&mut self, nonce: &str, issued: u64, nc: u32, cap: usize) -> NcCheck {
+        if let Some((_, last)) = self.last_nc.get_mut(nonce) {
+            if nc <= *last {
+                return NcCheck::Replayed;
+            }
+            *last = nc;
+            return NcCheck::Fresh;
+        }
+        if self.forgotten_up_to.is_some_and(|f| issued <= f) {
+            return NcCheck::Forgotten;
+        }
+        while self.last_nc.len() >= cap.max(1) {
+            let Some(oldest) = self.by_issue.pop_first() else {
+                break;
+            };
+            self.last_nc.remove(&oldest.1);
+            self.forgotten_up_to = Some(self.forgotten_up_to.unwrap_or(0).max(oldest.0));
+        }
+        if self.forgotten_up_to.is_some_and(|f| issued <= f) {
+            return NcCheck::Forgotten;
+        }
+        self.last_nc.insert(nonce.to_owned(), (issued, nc));
+        self.by_issue.insert((issued, nonce.to_owned()));
+        NcCheck::Fresh
+    }
+
+    /// Forgets nonces issued at or before `issued` (lapsed: refused on
+    /// their timestamp anyway).
+    fn expire(&mut self, issued: u64) {
+        while self.by_issue.first().is_some_and(|(t, _)| *t <= issued) {
+            if let Some((_, n)) = self.by_issue.pop_first() {
+                self.last_nc.remove(&n);
+            }
+        }
+        shrink(&mut self.last_nc);
+    }
+}
+
+/// Gives memory back once a map is much smaller than its allocation
+/// (after a flood).
+pub(crate) fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+    }
+}
+
+/// A nonce: 16 hex digits of milliseconds since the registrar's epoch,
+/// 16 random characters, then the HMAC of both (32 hex digits). It needs
+/// no stored state to be checked.
+const NONCE_LEN: usize = 64;
+const NONCE_LABEL: &[u8] = b"siproam-nonce";
+const ROUTE_LABEL: &[u8] = b"siproam-record-route";
+
+/// The address part of a contact (`user@host:port`, host lower-cased,
+/// the default port filled in), to match a Request-URI against Contacts.
+fn contact_key(uri: &Uri<'_>) -> Option<String> {
+    let sip = uri.as_sip()?;
+    let tls = sip.is_secure()
+        || sip
+            .transport()
+            .is_some_and(|t| t.eq_ignore_ascii_case("tls"));
+    let port = sip.port().unwrap_or(if tls { 5061 } else { 5060 });
+    Some(format!(
+        "{}@{}:{port}",
+        sip.user().unwrap_or_default(),
+        sip.host_str().to_ascii_lowercase()
+    ))
 }
 
 /// The location key of an AoR: `user@host`, host lower-cased.
@@ -142,10 +289,127 @@ impl Registrar {
     /// A registrar.
     pub fn new(config: RegistrarConfig) -> Registrar {
         Registrar {
+            mac: Mac::new(&config.key),
             config,
+            epoch: None,
             bindings: HashMap::new(),
-            nonces: HashMap::new(),
+            contacts: HashMap::new(),
+            nonces: NonceTable::default(),
         }
+    }
+
+    /// Replaces the HMAC key (nonces and Record-Route tokens issued with
+    /// the old one are refused from now on: a nonce as stale).
+    pub fn set_key(&mut self, key: [u8; 32]) {
+        self.mac = Mac::new(&key);
+        self.config.key = key;
+    }
+
+    /// Sizes of the registrar's maps (AoRs, indexed contacts, tracked
+    /// nonces) and their allocated capacities, for tests and metrics.
+    pub fn sizes(&self) -> [(usize, usize); 3] {
+        [
+            (self.bindings.len(), self.bindings.capacity()),
+            (self.contacts.len(), self.contacts.capacity()),
+            (self.nonces.last_nc.len(), self.nonces.last_nc.capacity()),
+        ]
+    }
+
+    /// True when the URI is the Contact of a binding (the proxy forwards
+    /// requests addressed to one).
+    pub fn is_bound_contact(&self, uri: &Uri<'_>) -> bool {
+        contact_key(uri).is_some_and(|k| self.contacts.contains_key(&k))
+    }
+
+    /// True for a host of the domain served (any, when none is set).
+    pub fn serves_domain(&self, host: &str) -> bool {
+        self.config
+            .domain
+            .as_deref()
+            .is_none_or(|d| d.eq_ignore_ascii_case(host))
+    }
+
+    /// The token the proxy puts in its Record-Route for a dialog: an HMAC
+    /// of the Call-ID, so only a request of a dialog the proxy routed can
+    /// name it (and the dialog's target may change, as in a hand-off).
+    pub(crate) fn route_token(&self, call_id: &str) -> String {
+        self.mac.tag(ROUTE_LABEL, call_id.as_bytes())
+    }
+
+    /// True when `token` is [`Registrar::route_token`] of `call_id`.
+    pub(crate) fn route_token_valid(&self, call_id: &str, token: &str) -> bool {
+        self.mac.verify(ROUTE_LABEL, call_id.as_bytes(), token)
+    }
+
+    /// Replaces an AoR's bindings, keeping the contact index right.
+    fn set_bindings(&mut self, key: &str, list: Vec<Binding>) {
+        let old = if list.is_empty() {
+            self.bindings.remove(key)
+        } else {
+            self.bindings.insert(key.to_owned(), list)
+        };
+        for b in old.iter().flatten() {
+            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
+                if let Some(n) = self.contacts.get_mut(&k) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.contacts.remove(&k);
+                    }
+                }
+            }
+        }
+        for b in self.bindings.get(key).into_iter().flatten() {
+            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
+                *self.contacts.entry(k).or_default() += 1;
+            }
+        }
+    }
+
+    /// Rebuilds the contact index after a sweep over every AoR.
+    fn reindex(&mut self) {
+        self.bindings.retain(|_, l| !l.is_empty());
+        self.contacts.clear();
+        for b in self.bindings.values().flatten() {
+            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
+                *self.contacts.entry(k).or_default() += 1;
+            }
+        }
+        shrink(&mut self.bindings);
+        shrink(&mut self.contacts);
+    }
+
+    /// How many nonces have their `nc` tracked (only nonces used in a
+    /// valid Authorization; a challenge stores nothing).
+    pub fn tracked_nonces(&self) -> usize {
+        self.nonces.last_nc.len()
+    }
+
+    /// Milliseconds since the registrar's time base (the first `now` it
+    /// was given).
+    fn millis(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh nonce (no state kept).
+    fn nonce(&mut self, ep: &mut Endpoint, now: Instant) -> String {
+        let body = format!("{:016x}{}", self.millis(now), ep.random_token(16));
+        let tag = self.mac.tag(NONCE_LABEL, body.as_bytes());
+        body + &tag
+    }
+
+    /// When a nonce of ours was issued (ms since the epoch); `None` for a
+    /// nonce we did not sign (forged, altered, or another key's).
+    fn nonce_issued(&self, nonce: &str) -> Option<u64> {
+        if nonce.len() != NONCE_LEN || !nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let body = nonce.get(..32)?;
+        let tag = nonce.get(32..)?;
+        if !self.mac.verify(NONCE_LABEL, body.as_bytes(), tag) {
+            return None;
+        }
+        u64::from_str_radix(body.get(..16)?, 16).ok()
     }
 
     /// The configuration.
@@ -186,10 +450,11 @@ impl Registrar {
         for list in self.bindings.values_mut() {
             list.retain(|b| b.expires_at > now);
         }
-        self.bindings.retain(|_, l| !l.is_empty());
-        let lifetime = self.config.nonce_lifetime;
-        self.nonces
-            .retain(|_, (issued, _)| now.saturating_duration_since(*issued) < lifetime);
+        self.reindex();
+        let lifetime = u64::try_from(self.config.nonce_lifetime.as_millis()).unwrap_or(u64::MAX);
+        if let Some(lapsed) = self.millis(now).checked_sub(lifetime) {
+            self.nonces.expire(lapsed);
+        }
     }
 
     /// Forgets the outbound bindings (those with `reg-id`) that arrived on
@@ -202,6 +467,9 @@ impl Registrar {
             let before = list.len();
             list.retain(|b| b.flow != flow || b.reg_id.is_none());
             n += before - list.len();
+        }
+        if n > 0 {
+            self.reindex();
         }
         n
     }
@@ -266,11 +534,7 @@ impl Registrar {
             match self.authenticate(now, req, &key) {
                 Auth::Ok => {}
                 Auth::Challenge { stale } => {
-                    let nonce = ep.random_token(24);
-                    self.nonces.insert(nonce.clone(), (now, 0));
-                    let mut ch = ServerChallenge::new(self.config.realm(), &nonce);
-                    ch.stale = stale;
-                    let value = ch.to_header_value().map_err(|_| CoreError::InvalidState)?;
+                    let value = self.challenge(ep, now, stale)?;
                     return self.reply(
                         ep,
                         now,
@@ -286,10 +550,19 @@ impl Registrar {
         let header_expires = req.expires().and_then(Result::ok);
         let call_id = req.call_id().to_owned();
         let cseq = req.cseq().seq;
-        let contacts: Vec<Contact<'_>> = match req.contacts().collect::<Result<Vec<_>, _>>() {
-            Ok(c) => c,
-            Err(_) => return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]),
-        };
+        // at most max_bindings_per_aor Contacts are even parsed: more could
+        // never be stored
+        let cap = self.config.max_bindings_per_aor;
+        let mut contacts: Vec<Contact<'_>> = Vec::new();
+        for c in req.contacts() {
+            let Ok(c) = c else {
+                return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
+            };
+            if contacts.len() >= cap {
+                return self.too_many_contacts(ep, now, tx, req);
+            }
+            contacts.push(c);
+        }
         let path: Vec<String> = req
             .header_values(HeaderName::Path)
             .map(str::to_owned)
@@ -305,7 +578,7 @@ impl Registrar {
                     return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
                 }
             }
-            self.bindings.remove(&key);
+            self.set_bindings(&key, Vec::new());
             return self.ok(ep, now, tx, req, &key, false);
         }
         // first pass: checks, before changing anything
@@ -328,7 +601,17 @@ impl Registrar {
             }
             updates.push((*na, expires.min(self.config.max_expires)));
         }
-        let list = self.bindings.entry(key.clone()).or_default();
+        // the AoR's live bindings, changed on a copy: nothing is stored
+        // unless the whole request is accepted. Work per REGISTER is
+        // bounded by cap × cap URI comparisons.
+        let mut list: Vec<Binding> = self
+            .bindings
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|b| b.expires_at > now)
+            .cloned()
+            .collect();
         for (na, _) in &updates {
             if let Some(old) = list.iter().find(|b| same_binding(b, na)) {
                 if old.call_id == call_id && old.cseq >= cseq {
@@ -358,9 +641,30 @@ impl Registrar {
                 path: path.clone(),
             });
         }
+        if list.len() > cap {
+            return self.too_many_contacts(ep, now, tx, req);
+        }
+        self.set_bindings(&key, list);
         let wants_outbound =
             outbound && self.config.outbound && req.has_token(HeaderName::Supported, "outbound");
         self.ok(ep, now, tx, req, &key, wants_outbound)
+    }
+
+    /// More bindings than `max_bindings_per_aor`. RFC 3261 names no status
+    /// for it; Kamailio answers "503 Too Many Registered Contacts". We
+    /// answer 403 with that phrase instead: the request is understood and
+    /// refused for a reason that retrying cannot fix until the user removes
+    /// bindings, while 503 claims the server is overloaded and invites the
+    /// client to retry (Retry-After) or fail over to another server
+    /// (RFC 3263) that shares the same location service. Nothing is stored.
+    fn too_many_contacts(
+        &self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+    ) -> Result<u16, CoreError> {
+        self.reply(ep, now, tx, req, (403, "Too Many Registered Contacts"), &[])
     }
 
     fn ok(
@@ -403,42 +707,114 @@ impl Registrar {
     }
 
     fn authenticate(&mut self, now: Instant, req: &Message, key: &str) -> Auth {
+        let creds = req.authorization().filter_map(Result::ok);
+        match self.verify_credentials(now, req, creds) {
+            Ok(user) if user == key.split('@').next().unwrap_or_default() => Auth::Ok,
+            Ok(_) => Auth::Forbidden,
+            Err(stale) => Auth::Challenge { stale },
+        }
+    }
+
+    /// Checks a request's `Proxy-Authorization` (for the proxy's
+    /// `relay_authenticated` policy): `Ok` with the user name, or the
+    /// `stale` flag of the challenge to send.
+    pub(crate) fn authenticate_proxy(
+        &mut self,
+        now: Instant,
+        req: &Message,
+    ) -> Result<String, bool> {
+        let creds = req.proxy_authorization().filter_map(Result::ok);
+        self.verify_credentials(now, req, creds)
+    }
+
+    /// A fresh challenge header value (no state kept).
+    pub(crate) fn challenge(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        stale: bool,
+    ) -> Result<String, CoreError> {
+        let nonce = self.nonce(ep, now);
+        let mut ch = ServerChallenge::new(self.config.realm(), &nonce);
+        ch.stale = stale;
+        ch.to_header_value().map_err(|_| CoreError::InvalidState)
+    }
+
+    /// RFC 7616 checks of the credentials for our realm: `Ok` with the
+    /// user name, or `Err(stale)` for a new challenge.
+    fn verify_credentials<'m>(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        mut creds: impl Iterator<Item = Credentials<'m>>,
+    ) -> Result<String, bool> {
         let realm = self.config.realm().to_owned();
-        let creds = req
-            .authorization()
-            .filter_map(Result::ok)
-            .find(|c: &Credentials<'_>| c.is_digest() && c.realm() == Some(realm.as_str()));
+        let creds = creds.find(|c| c.is_digest() && c.realm() == Some(realm.as_str()));
         let Some(creds) = creds else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
         let Some(user) = creds.username().map(str::to_owned) else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
-        let aor_user = key.split('@').next().unwrap_or_default();
+        let Some(method) = req.method() else {
+            return Err(false);
+        };
         let Some(password) = self.config.users.get(&user).cloned() else {
-            return Auth::Challenge { stale: false };
+            return Err(false);
         };
-        let Ok(verified) = digest::verify(&creds, "REGISTER", Secret::Password(&password), b"")
-        else {
-            return Auth::Challenge { stale: false };
+        // RFC 7616: we offer qop=auth, so a response must use it (with
+        // cnonce and nc, which verify requires along with the qop)
+        if creds.qop() != Ok(Some(Qop::Auth)) {
+            return Err(false);
+        }
+        // §3.4.6: the digest-uri must be the Request-URI
+        let Some(ruri) = req.request_uri_str() else {
+            return Err(false);
         };
-        // the nonce must be ours and fresh, and nc must grow (replay)
-        let lifetime = self.config.nonce_lifetime;
-        match self.nonces.get_mut(verified.nonce) {
-            Some((issued, last_nc)) if now.saturating_duration_since(*issued) < lifetime => {
-                let nc = verified.nc.unwrap_or(*last_nc + 1);
-                if nc <= *last_nc {
-                    return Auth::Challenge { stale: false };
-                }
-                *last_nc = nc;
-            }
-            _ => return Auth::Challenge { stale: true },
+        if !creds.uri().is_some_and(|u| same_uri(u, ruri)) {
+            return Err(false);
         }
-        if user != aor_user {
-            return Auth::Forbidden;
+        let Ok(verified) = digest::verify(
+            &creds,
+            method.as_str(),
+            Secret::Password(&password),
+            req.body(),
+        ) else {
+            return Err(false);
+        };
+        let Some(nc) = verified.nc else {
+            return Err(false);
+        };
+        // the nonce must be one we signed and fresh, and nc must grow
+        // (replay). A right answer to a nonce we cannot vouch for (lapsed,
+        // forgotten, or signed with another key: a restart) proves the
+        // password, so it is told stale=true and may retry at once.
+        let Some(issued) = self.nonce_issued(verified.nonce) else {
+            return Err(true);
+        };
+        let age = self.millis(now).checked_sub(issued);
+        let lifetime = self.config.nonce_lifetime.as_millis();
+        if age.is_none_or(|age| u128::from(age) >= lifetime) {
+            return Err(true);
         }
-        Auth::Ok
+        let cap = self.config.max_tracked_nonces;
+        match self.nonces.check_and_count(verified.nonce, issued, nc, cap) {
+            NcCheck::Fresh => {}
+            NcCheck::Replayed => return Err(false),
+            NcCheck::Forgotten => return Err(true),
+        }
+        Ok(user)
     }
+}
+
+/// RFC 7616 §3.4.6: the digest-uri designates the Request-URI; the same
+/// text, or (for SIP) an equivalent URI.
+fn same_uri(digest_uri: &str, request_uri: &str) -> bool {
+    digest_uri == request_uri
+        || matches!(
+            (Uri::parse(digest_uri), Uri::parse(request_uri)),
+            (Ok(a), Ok(b)) if a.equivalent(&b)
+        )
 }
 
 enum Auth {

@@ -8,11 +8,12 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use siproam::Application;
 use siproam_core::{AccountConfig, Config, Event, RequestId, ServerTxId, Target, Transport};
-use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+use siproam_edge::{Proxy, Registrar, RegistrarApp, RegistrarConfig};
 use siproam_sim::{NodeId, Sim};
 use siproam_sip::{HeaderName, Message, MessageBuilder, Method};
 
@@ -36,9 +37,15 @@ struct World {
     sim: Sim,
     alice: NodeId,
     bob: NodeId,
+    registrar: Arc<Mutex<Registrar>>,
+    proxy: Arc<Mutex<Proxy>>,
 }
 
 fn world(bob_transport: Transport) -> World {
+    world_with(bob_transport, RegistrarConfig::default())
+}
+
+fn world_with(bob_transport: Transport, config: RegistrarConfig) -> World {
     let mut sim = Sim::new(Instant::now(), 5);
     let proxy = sim.add_endpoint(
         "proxy",
@@ -50,7 +57,9 @@ fn world(bob_transport: Transport) -> World {
             ..Config::default()
         },
     );
-    let mut app = RegistrarApp::new(Registrar::new(RegistrarConfig::default()));
+    let mut app = RegistrarApp::new(Registrar::new(config));
+    let registrar = app.registrar();
+    let proxy_state = app.proxy();
     sim.set_handler(
         proxy,
         Box::new(move |ep, now, ev| app.on_event(ep, now, ev)),
@@ -83,7 +92,13 @@ fn world(bob_transport: Transport) -> World {
     sim.with_endpoint(bob, |ep, now| ep.register(now, cfg));
     sim.run_for(Duration::from_secs(1));
     sim.take_events(bob);
-    World { sim, alice, bob }
+    World {
+        sim,
+        alice,
+        bob,
+        registrar,
+        proxy: proxy_state,
+    }
 }
 
 fn invite(to: &str) -> MessageBuilder {
@@ -397,13 +412,18 @@ fn a_call_between_families_is_record_routed_twice() {
         .record_routes()
         .map(|r| r.unwrap().uri().to_string())
         .collect();
+    // each entry carries the dialog's token (the same on both)
+    let (bare, tokens): (Vec<&str>, Vec<&str>) =
+        rr.iter().map(|r| r.split_once(";rrt=").unwrap()).unzip();
     assert_eq!(
-        rr,
+        bare,
         [
             format!("sip:{PROXY}:5060;lr"),
             format!("sip:[{PROXY6}]:5060;lr")
         ]
     );
+    assert_eq!(tokens[0].len(), 32);
+    assert_eq!(tokens[0], tokens[1]);
     sim.with_endpoint(bob, |ep, now| {
         ep.respond(now, tx.unwrap(), answer(&inv, 200))
     })
@@ -433,4 +453,347 @@ fn a_call_between_families_is_record_routed_twice() {
         "both of the proxy's routes removed"
     );
     assert_eq!(got[0].top_via().unwrap().host_str(), format!("[{PROXY6}]"));
+}
+
+// ---------------------------------------------------------------------------
+// No open relay, no port scanner (issue 10, finding 2)
+// ---------------------------------------------------------------------------
+
+const VICTIM: &str = "192.0.2.30";
+
+/// The final status of each request alice sends to the proxy, in order.
+fn final_codes(w: &mut World, reqs: Vec<MessageBuilder>) -> Vec<u16> {
+    let ids: Vec<RequestId> = reqs
+        .into_iter()
+        .map(|r| {
+            w.sim
+                .with_endpoint(w.alice, |ep, now| {
+                    ep.send_request(now, r, proxy_target(Transport::Udp))
+                })
+                .unwrap()
+        })
+        .collect();
+    w.sim.run_for(Duration::from_secs(2));
+    let resp = responses(&mut w.sim, w.alice);
+    ids.iter()
+        .map(|id| {
+            resp.iter()
+                .filter(|(r, m)| r == id && m.status().unwrap() >= 200)
+                .map(|(_, m)| m.status().unwrap())
+                .next()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// What the proxy sent to the victim's address (anything at all).
+fn sent_to_victim(w: &World) -> Vec<String> {
+    w.sim
+        .log()
+        .iter()
+        .filter(|e| e.to.ip() == ip(VICTIM))
+        .map(|e| format!("{} {:?}", e.first_line, e.transport))
+        .collect()
+}
+
+fn invite_with(ruri: &str, call_id: &str) -> MessageBuilder {
+    MessageBuilder::request(Method::Invite, ruri)
+        .header("From", "<sip:alice@example.test>;tag=al1")
+        .header("To", &format!("<{ruri}>"))
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 INVITE")
+        .header("Contact", &format!("<sip:alice@{ALICE}:5060>"))
+}
+
+fn victim_world() -> World {
+    let mut w = world_with(
+        Transport::Udp,
+        RegistrarConfig {
+            key: [9; 32],
+            ..RegistrarConfig::default()
+        },
+    );
+    // something listening on the victim's 5060 (UDP and TCP)
+    w.sim.add_endpoint(
+        "victim",
+        &[ip(VICTIM)],
+        Config {
+            seed: 4,
+            dialogs: false,
+            ..Config::default()
+        },
+    );
+    w
+}
+
+/// Regression: an IP-literal Request-URI made the proxy forward anywhere,
+/// over UDP or TCP, and a closed port's quick 503 told it from an open one.
+/// Now: 403 whatever the port, and nothing is sent there.
+#[test]
+fn an_ip_literal_request_uri_that_is_not_ours_is_refused_unsent() {
+    let mut w = victim_world();
+    let codes = final_codes(
+        &mut w,
+        vec![
+            invite_with(&format!("sip:x@{VICTIM}:5060"), "r1"),
+            invite_with(&format!("sip:x@{VICTIM}:5060;transport=tcp"), "r2"),
+            invite_with(&format!("sip:x@{VICTIM}:9999"), "r3"),
+            invite_with(&format!("sip:x@{VICTIM}:9999;transport=tcp"), "r4"),
+            invite_with(&format!("sip:x@{VICTIM}:5060;maddr=192.0.2.20"), "r5"),
+        ],
+    );
+    assert_eq!(codes, [403, 403, 403, 403, 403]);
+    assert_eq!(sent_to_victim(&w), Vec::<String>::new());
+    assert!(incoming(&mut w.sim, w.bob).is_empty());
+}
+
+/// Regression: a Route naming another host was followed for anyone; our
+/// own Route is followed only with a token that verifies for the Call-ID.
+#[test]
+fn a_route_elsewhere_or_our_route_without_a_valid_token_is_refused() {
+    let mut w = victim_world();
+    // a real call gives alice a genuine token for call "c1"
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(
+                now,
+                invite_with("sip:bob@example.test", "c1"),
+                proxy_target(Transport::Udp),
+            )
+        })
+        .unwrap();
+    w.sim.run_for(Duration::from_millis(200));
+    let (_, inv) = incoming(&mut w.sim, w.bob).into_iter().next().unwrap();
+    let rr = inv.header(HeaderName::RecordRoute).unwrap().to_owned();
+    assert!(rr.contains(";rrt="), "{rr}");
+    let bye = |route: &str, call_id: &str| {
+        MessageBuilder::request(Method::Bye, &format!("sip:x@{VICTIM}:5060"))
+            .header("Route", route)
+            .header("From", "<sip:alice@example.test>;tag=al1")
+            .header("To", "<sip:x@example.test>;tag=x1")
+            .header("Call-ID", call_id)
+            .header("CSeq", "2 BYE")
+    };
+    let codes = final_codes(
+        &mut w,
+        vec![
+            // someone else's route first
+            bye(&format!("<sip:{VICTIM}:5060;lr>"), "c2"),
+            invite_with("sip:bob@example.test", "c3")
+                .header("Route", &format!("<sip:{VICTIM}:9999;lr;transport=tcp>")),
+            // ours, without a token
+            bye(&format!("<sip:{PROXY}:5060;lr>"), "c4"),
+            // ours, with a made-up token
+            bye(
+                &format!("<sip:{PROXY}:5060;lr;rrt=00000000000000000000000000000000>"),
+                "c5",
+            ),
+            // ours, with c1's genuine token on another Call-ID
+            bye(&rr, "c6"),
+            // ours then someone else's, with a bad token
+            bye(&format!("<sip:{PROXY}:5060;lr>, <sip:{VICTIM};lr>"), "c7"),
+        ],
+    );
+    assert_eq!(codes, [403, 403, 403, 403, 403, 403]);
+    // an ACK (no transaction, no answer) is dropped the same way
+    let ack = MessageBuilder::request(Method::Ack, &format!("sip:x@{VICTIM}:5060"))
+        .header("Route", &format!("<sip:{PROXY}:5060;lr>"))
+        .header("From", "<sip:alice@example.test>;tag=al1")
+        .header("To", "<sip:x@example.test>;tag=x1")
+        .header("Call-ID", "c8")
+        .header("CSeq", "1 ACK");
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(now, ack, proxy_target(Transport::Udp))
+        })
+        .unwrap();
+    w.sim.run_for(Duration::from_millis(200));
+    assert_eq!(sent_to_victim(&w), Vec::<String>::new());
+    // the genuine token on its own Call-ID is followed, to wherever the
+    // dialog's target is now (the token does not name the target)
+    // (the victim does not answer: retransmissions follow)
+    let codes = final_codes(&mut w, vec![bye(&rr, "c1")]);
+    assert_eq!(codes, [0], "forwarded: no answer from the proxy itself");
+    let sent = sent_to_victim(&w);
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter()
+            .all(|l| l == "BYE sip:x@192.0.2.30:5060 SIP/2.0 Udp"),
+        "{sent:?}"
+    );
+}
+
+/// Regression: with a domain configured, a request for another domain
+/// was answered 404 like an unknown user; it is not ours: 403. An unknown
+/// user of our domain stays 404.
+#[test]
+fn another_domain_is_forbidden_and_an_unknown_user_of_ours_not_found() {
+    let mut w = world_with(
+        Transport::Udp,
+        RegistrarConfig {
+            domain: Some("example.test".into()),
+            ..RegistrarConfig::default()
+        },
+    );
+    let codes = final_codes(
+        &mut w,
+        vec![
+            invite_with("sip:carol@elsewhere.test", "d1"),
+            invite_with("sip:nobody@example.test", "d2"),
+            invite_with("sip:bob@example.test", "d3"),
+        ],
+    );
+    assert_eq!(&codes[..2], [403, 404]);
+    assert_eq!(incoming(&mut w.sim, w.bob).len(), 1, "bob's call goes on");
+}
+
+/// A request addressed to a registered Contact itself is forwarded (it is
+/// one of ours), without a Route.
+#[test]
+fn a_request_for_a_registered_contact_is_forwarded() {
+    let mut w = world(Transport::Udp);
+    let contact = w
+        .registrar
+        .lock()
+        .unwrap()
+        .lookup("sip:bob@example.test", w.sim.now())[0]
+        .contact
+        .clone();
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(
+                now,
+                invite_with(&contact, "e1"),
+                proxy_target(Transport::Udp),
+            )
+        })
+        .unwrap();
+    w.sim.run_for(Duration::from_millis(200));
+    let got = incoming(&mut w.sim, w.bob);
+    assert_eq!(got.len(), 1, "{contact}");
+    assert_eq!(got[0].1.request_uri_str(), Some(contact.as_str()));
+}
+
+/// Regression (finding 1, memory): the proxy's maps never shrank, so a
+/// flood of forwarded requests kept its memory. Once they are over (here:
+/// bob answers only 100, so they are swept after 200 s), the next sweep
+/// gives it back.
+#[test]
+fn the_proxy_gives_memory_back_after_a_flood() {
+    let mut w = world(Transport::Udp);
+    let mut proxy_sizes = Vec::new();
+    // bob never answers: every INVITE stays pending (sent at 160 a
+    // second, within alice's per-source budget of the core's admission
+    // control, so every one reaches the proxy)
+    for i in 0..2000 {
+        if i % 80 == 79 {
+            w.sim.run_for(Duration::from_millis(500));
+        }
+        w.sim
+            .with_endpoint(w.alice, |ep, now| {
+                ep.send_request(
+                    now,
+                    invite_with("sip:bob@example.test", &format!("f{i}")),
+                    proxy_target(Transport::Udp),
+                )
+            })
+            .unwrap();
+    }
+    w.sim.run_for(Duration::from_millis(500));
+    proxy_sizes.push(w.proxy.lock().unwrap().sizes());
+    w.sim.run_for(Duration::from_secs(210));
+    // one more request sweeps
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(
+                now,
+                invite_with("sip:bob@example.test", "after"),
+                proxy_target(Transport::Udp),
+            )
+        })
+        .unwrap();
+    w.sim.run_for(Duration::from_millis(100));
+    proxy_sizes.push(w.proxy.lock().unwrap().sizes());
+    assert_eq!(proxy_sizes[0][0].0, 2000, "{proxy_sizes:?}");
+    assert_eq!(proxy_sizes[0][1].0, 2000, "{proxy_sizes:?}");
+    for (len, cap) in proxy_sizes[1] {
+        assert!(len <= 1 && cap <= 64, "{proxy_sizes:?}");
+    }
+}
+
+/// The `relay_authenticated` policy: a request the proxy is not
+/// responsible for is challenged (407) and forwarded once the user's
+/// Proxy-Authorization verifies; without the policy the same credentials
+/// get 403 and nothing leaves.
+#[test]
+fn relay_authenticated_lets_a_known_user_out_after_a_407() {
+    for policy in [true, false] {
+        let mut w = world_with(
+            Transport::Udp,
+            RegistrarConfig {
+                key: [9; 32],
+                users: RegistrarConfig::parse_users("alice:alicepw\n").unwrap(),
+                relay_authenticated: policy,
+                ..RegistrarConfig::default()
+            },
+        );
+        w.sim.add_endpoint(
+            "victim",
+            &[ip(VICTIM)],
+            Config {
+                seed: 4,
+                dialogs: false,
+                ..Config::default()
+            },
+        );
+        let ruri = format!("sip:x@{VICTIM}:5060");
+        let first = w
+            .sim
+            .with_endpoint(w.alice, |ep, now| {
+                ep.send_request(now, invite_with(&ruri, "g1"), proxy_target(Transport::Udp))
+            })
+            .unwrap();
+        w.sim.run_for(Duration::from_millis(200));
+        let resp = responses(&mut w.sim, w.alice);
+        let (_, challenge) = resp
+            .iter()
+            .find(|(r, m)| *r == first && m.status().unwrap() >= 400)
+            .unwrap();
+        if !policy {
+            assert_eq!(challenge.status(), Some(403));
+            assert!(sent_to_victim(&w).is_empty());
+            continue;
+        }
+        assert_eq!(challenge.status(), Some(407));
+        let ch = siproam_sip::digest::Challenge::parse(
+            challenge.header(HeaderName::ProxyAuthenticate).unwrap(),
+        )
+        .unwrap();
+        let creds = |password: &str, nc: u32| {
+            siproam_sip::digest::respond(
+                &ch,
+                &siproam_sip::digest::ClientInput {
+                    username: "alice",
+                    password,
+                    method: "INVITE",
+                    uri: &ruri,
+                    cnonce: "c0ffee",
+                    nc,
+                    body: b"",
+                },
+            )
+            .unwrap()
+        };
+        let wrong = invite_with(&ruri, "g2").header("Proxy-Authorization", &creds("nope", 1));
+        let right = invite_with(&ruri, "g3").header("Proxy-Authorization", &creds("alicepw", 1));
+        let codes = final_codes(&mut w, vec![wrong]);
+        assert_eq!(codes, [407]);
+        assert!(sent_to_victim(&w).is_empty());
+        final_codes(&mut w, vec![right]);
+        let sent = sent_to_victim(&w);
+        assert!(
+            !sent.is_empty() && sent.iter().all(|l| l.starts_with("INVITE")),
+            "{sent:?}"
+        );
+    }
 }

@@ -38,6 +38,13 @@ fn world(config: RegistrarConfig) -> World {
         Config {
             seed: 99,
             dialogs: false,
+            // the registrar's own bounds are under test here (floods from
+            // one peer); the core's per-source budget is tested in flood.rs
+            admission: siproam_core::AdmissionConfig {
+                per_source_rate: 0,
+                max_server_transactions: usize::MAX,
+                ..Default::default()
+            },
             ..Config::default()
         },
     );
@@ -470,4 +477,422 @@ fn stale_nonce_is_answered_again() {
             .len(),
         1
     );
+}
+
+// ---------------------------------------------------------------------------
+// Digest per RFC 7616 and self-validating nonces (issue 10, findings 6, 8)
+// ---------------------------------------------------------------------------
+
+const PEER: &str = "192.0.2.70";
+
+/// A scripted client: REGISTERs built by hand, answers read raw.
+struct Client {
+    peer: NodeId,
+    branch: u32,
+}
+
+impl Client {
+    fn new(w: &mut World) -> Client {
+        Client {
+            peer: w.sim.add_peer("client", &[ip(PEER)]),
+            branch: 0,
+        }
+    }
+
+    /// Sends a REGISTER for alice and returns the answer.
+    fn register(
+        &mut self,
+        w: &mut World,
+        call_id: &str,
+        cseq: u32,
+        contact: &str,
+        auth: Option<&str>,
+    ) -> siproam_sip::Message {
+        self.branch += 1;
+        let mut b = MessageBuilder::request(Method::Register, "sip:example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP {PEER}:5060;branch=z9hG4bKc{}", self.branch),
+            )
+            .header("From", "<sip:alice@example.test>;tag=a1")
+            .header("To", "<sip:alice@example.test>")
+            .header("Call-ID", call_id)
+            .header("CSeq", &format!("{cseq} REGISTER"))
+            .header("Contact", contact)
+            .header("Expires", "600");
+        if let Some(a) = auth {
+            b = b.header("Authorization", a);
+        }
+        w.sim.peer_send(
+            self.peer,
+            SocketAddr::new(ip(PEER), 5060),
+            SocketAddr::new(ip(REG), 5060),
+            Transport::Udp,
+            b.build().unwrap().to_bytes(),
+        );
+        w.sim
+            .run_until_peer_receives(self.peer, Duration::from_secs(1))
+            .expect("an answer")
+            .message
+    }
+
+    /// The challenge of a fresh 401.
+    fn challenge(&mut self, w: &mut World) -> String {
+        let r = self.register(w, "challenge-me", 1, "<sip:alice@192.0.2.70>", None);
+        assert_eq!(r.status(), Some(401));
+        r.header(HeaderName::WwwAuthenticate).unwrap().to_owned()
+    }
+}
+
+/// Alice's Authorization for `challenge` with digest-uri `uri` and `nc`.
+fn answer_challenge(challenge: &str, uri: &str, nc: u32) -> String {
+    let ch = siproam_sip::digest::Challenge::parse(challenge).unwrap();
+    siproam_sip::digest::respond(
+        &ch,
+        &siproam_sip::digest::ClientInput {
+            username: "alice",
+            password: "alicepw",
+            method: "REGISTER",
+            uri,
+            cnonce: "c0ffee",
+            nc,
+            body: b"",
+        },
+    )
+    .unwrap()
+}
+
+fn alice_contacts(w: &World) -> Vec<String> {
+    let mut v: Vec<String> = w
+        .registrar
+        .borrow()
+        .lookup("alice@example.test", w.sim.now())
+        .into_iter()
+        .map(|b| b.contact)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Regression: the challenge offers qop="auth" but an answer without qop
+/// (RFC 2069 form: no nc, no cnonce) was accepted, and as it has no nc it
+/// could be replayed for the nonce's lifetime with any Call-ID and Contact.
+#[test]
+fn an_answer_without_qop_is_refused_and_cannot_be_replayed() {
+    let mut w = world(users());
+    let mut c = Client::new(&mut w);
+    let ch = c.challenge(&mut w);
+    let no_qop = ch.replace(", qop=\"auth\"", "");
+    assert_ne!(no_qop, ch, "the challenge offers qop=auth");
+    let auth = answer_challenge(&no_qop, "sip:example.test", 1);
+    assert!(!auth.contains("qop"), "{auth}");
+    let r = c.register(&mut w, "cid-1", 2, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(401));
+    // the captured answer replayed by someone else
+    let r = c.register(
+        &mut w,
+        "cid-evil",
+        1,
+        "<sip:mallory@192.0.2.66>",
+        Some(&auth),
+    );
+    assert_eq!(r.status(), Some(401));
+    assert!(alice_contacts(&w).is_empty());
+}
+
+/// A captured answer with qop (nc=1) replayed with another Call-ID and
+/// Contact is refused: nc must grow per nonce.
+#[test]
+fn a_captured_answer_replayed_with_another_call_id_is_refused() {
+    let mut w = world(users());
+    let mut c = Client::new(&mut w);
+    let ch = c.challenge(&mut w);
+    let auth = answer_challenge(&ch, "sip:example.test", 1);
+    let r = c.register(&mut w, "cid-1", 2, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(200));
+    let r = c.register(
+        &mut w,
+        "cid-evil",
+        1,
+        "<sip:mallory@192.0.2.66>",
+        Some(&auth),
+    );
+    assert_eq!(r.status(), Some(401));
+    assert_eq!(alice_contacts(&w), ["sip:alice@192.0.2.70"]);
+    // the owner counting up is still served
+    let auth2 = answer_challenge(&ch, "sip:example.test", 2);
+    let r = c.register(&mut w, "cid-1", 3, "<sip:alice@192.0.2.70>", Some(&auth2));
+    assert_eq!(r.status(), Some(200));
+}
+
+/// Regression: the digest-uri was not compared with the Request-URI.
+#[test]
+fn an_answer_for_another_uri_is_refused() {
+    let mut w = world(users());
+    let mut c = Client::new(&mut w);
+    let ch = c.challenge(&mut w);
+    let auth = answer_challenge(&ch, "sip:elsewhere.test", 1);
+    let r = c.register(&mut w, "cid-1", 2, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(401));
+    assert!(alice_contacts(&w).is_empty());
+}
+
+fn nonce_of(challenge: &str) -> String {
+    siproam_sip::digest::Challenge::parse(challenge)
+        .unwrap()
+        .nonce()
+        .unwrap()
+        .to_owned()
+}
+
+/// A nonce we did not sign (made up, or one of ours altered) is refused
+/// even when the digest over it is right.
+#[test]
+fn forged_and_altered_nonces_are_refused() {
+    let mut w = world(users());
+    let mut c = Client::new(&mut w);
+    let ch = c.challenge(&mut w);
+    let nonce = nonce_of(&ch);
+    // altered: the timestamp moved forward by one
+    let mut bytes = nonce.clone().into_bytes();
+    bytes[15] = if bytes[15] == b'0' { b'1' } else { b'0' };
+    let altered = String::from_utf8(bytes).unwrap();
+    let made_up = "0".repeat(nonce.len());
+    for (i, forged) in [altered, made_up, "x".to_owned()].iter().enumerate() {
+        let ch = ch.replace(&nonce, forged);
+        let auth = answer_challenge(&ch, "sip:example.test", 1);
+        let r = c.register(
+            &mut w,
+            &format!("cid-{i}"),
+            2,
+            "<sip:alice@192.0.2.70>",
+            Some(&auth),
+        );
+        assert_eq!(r.status(), Some(401), "{forged}");
+    }
+    assert!(alice_contacts(&w).is_empty());
+    assert_eq!(w.registrar.borrow().tracked_nonces(), 0);
+}
+
+/// Regression (finding 8): each challenge stored its nonce for 300 s, so a
+/// flood of unauthenticated REGISTERs grew a map without bound. Nonces are
+/// signed now: 100,000 challenges leave nothing behind.
+#[test]
+fn a_flood_of_unauthenticated_registers_stores_no_nonce() {
+    let mut w = world(users());
+    let peer = w.sim.add_peer("flood", &[ip("192.0.2.80")]);
+    let from = SocketAddr::new(ip("192.0.2.80"), 5060);
+    let to = SocketAddr::new(ip(REG), 5060);
+    let mut challenged = 0;
+    for batch in 0..100 {
+        for i in 0..1000 {
+            let m = MessageBuilder::request(Method::Register, "sip:example.test")
+                .header(
+                    "Via",
+                    &format!("SIP/2.0/UDP 192.0.2.80:5060;branch=z9hG4bKf{batch}x{i}"),
+                )
+                .header("From", "<sip:alice@example.test>;tag=f")
+                .header("To", "<sip:alice@example.test>")
+                .header("Call-ID", &format!("flood-{batch}-{i}"))
+                .header("CSeq", "1 REGISTER")
+                .header("Contact", "<sip:alice@192.0.2.80>")
+                .build()
+                .unwrap();
+            w.sim
+                .peer_send(peer, from, to, Transport::Udp, m.to_bytes());
+        }
+        w.sim.run_for(Duration::from_millis(10));
+        while let Some(r) = w.sim.peer_recv(peer) {
+            assert_eq!(r.message.status(), Some(401));
+            challenged += 1;
+        }
+    }
+    w.sim.run_for(Duration::from_millis(100));
+    while let Some(r) = w.sim.peer_recv(peer) {
+        assert_eq!(r.message.status(), Some(401));
+        challenged += 1;
+    }
+    assert_eq!(challenged, 100_000);
+    assert_eq!(w.registrar.borrow().tracked_nonces(), 0);
+    // and a legitimate client is still served
+    let mut c = Client::new(&mut w);
+    let ch = c.challenge(&mut w);
+    let auth = answer_challenge(&ch, "sip:example.test", 1);
+    let r = c.register(&mut w, "cid-1", 2, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(w.registrar.borrow().tracked_nonces(), 1);
+}
+
+/// The nc table is bounded: when a nonce is forgotten to make room, its
+/// next use is answered stale=true (it might be a replay), not accepted;
+/// and a lapsed nonce is answered stale=true and purged.
+#[test]
+fn forgotten_and_lapsed_nonces_are_stale() {
+    let mut w = world(RegistrarConfig {
+        max_tracked_nonces: 1,
+        nonce_lifetime: Duration::from_secs(100),
+        ..users()
+    });
+    let mut c = Client::new(&mut w);
+    let first = c.challenge(&mut w);
+    let second = c.challenge(&mut w);
+    assert_ne!(nonce_of(&first), nonce_of(&second));
+    let auth = answer_challenge(&first, "sip:example.test", 1);
+    let r = c.register(&mut w, "cid-1", 2, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(200));
+    let auth = answer_challenge(&second, "sip:example.test", 1);
+    let r = c.register(&mut w, "cid-1", 3, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(w.registrar.borrow().tracked_nonces(), 1);
+    // the first nonce was forgotten: its nc=2 could be a replay
+    let auth = answer_challenge(&first, "sip:example.test", 2);
+    let r = c.register(&mut w, "cid-1", 4, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(401));
+    let ch = r.header(HeaderName::WwwAuthenticate).unwrap();
+    assert!(siproam_sip::digest::Challenge::parse(ch).unwrap().stale());
+    // the second one lapses after 100 s
+    w.sim.run_for(Duration::from_secs(101));
+    let auth = answer_challenge(&second, "sip:example.test", 2);
+    let r = c.register(&mut w, "cid-1", 5, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(401));
+    let ch = r.header(HeaderName::WwwAuthenticate).unwrap();
+    assert!(siproam_sip::digest::Challenge::parse(ch).unwrap().stale());
+    w.registrar.borrow_mut().purge(w.sim.now());
+    assert_eq!(w.registrar.borrow().tracked_nonces(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Bindings per AoR (issue 10, finding 5)
+// ---------------------------------------------------------------------------
+
+fn register_contacts(
+    w: &mut World,
+    peer: NodeId,
+    call_id: &str,
+    contacts: &[String],
+) -> siproam_sip::Message {
+    let mut b = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP 192.0.2.90:5060;branch=z9hG4bKb{call_id}"),
+        )
+        .header("From", "<sip:frank@example.test>;tag=f1")
+        .header("To", "<sip:frank@example.test>")
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 REGISTER");
+    for c in contacts {
+        b = b.header("Contact", c);
+    }
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.90"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        b.build().unwrap().to_bytes(),
+    );
+    w.sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .expect("an answer")
+        .message
+}
+
+fn frank_bindings(w: &World) -> usize {
+    w.registrar
+        .borrow()
+        .lookup("frank@example.test", w.sim.now())
+        .len()
+}
+
+/// Regression: bindings per AoR were unbounded (from the 251st the 200 OK
+/// outgrew the header limit and was never sent, while the binding was
+/// stored). The 17th binding is refused now and nothing is stored.
+#[test]
+fn bindings_per_aor_are_capped_and_nothing_is_stored_beyond() {
+    let mut w = world(RegistrarConfig::default());
+    let peer = w.sim.add_peer("frank", &[ip("192.0.2.90")]);
+    for i in 0..16 {
+        let r = register_contacts(
+            &mut w,
+            peer,
+            &format!("cid-{i}"),
+            &[format!("<sip:frank@192.0.2.90:{}>", 5000 + i)],
+        );
+        assert_eq!(r.status(), Some(200), "binding {i}");
+        assert_eq!(r.contacts().count(), i + 1);
+    }
+    let r = register_contacts(
+        &mut w,
+        peer,
+        "cid-16",
+        &["<sip:frank@192.0.2.90:6000>".into()],
+    );
+    assert_eq!(r.status(), Some(403));
+    assert_eq!(r.reason(), Some("Too Many Registered Contacts"));
+    assert_eq!(frank_bindings(&w), 16);
+    // refreshing one that exists is still fine
+    let r = register_contacts(
+        &mut w,
+        peer,
+        "cid-0b",
+        &["<sip:frank@192.0.2.90:5000>".into()],
+    );
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(frank_bindings(&w), 16);
+}
+
+/// One REGISTER with more Contacts than the cap is refused whole (and its
+/// Contacts beyond the cap are not even parsed).
+#[test]
+fn a_register_with_too_many_contacts_is_refused_whole() {
+    let mut w = world(RegistrarConfig {
+        max_bindings_per_aor: 4,
+        ..RegistrarConfig::default()
+    });
+    let peer = w.sim.add_peer("frank", &[ip("192.0.2.90")]);
+    let five: Vec<String> = (0..5)
+        .map(|i| format!("<sip:frank@192.0.2.90:{}>", 5000 + i))
+        .collect();
+    let r = register_contacts(&mut w, peer, "cid-a", &five);
+    assert_eq!(r.status(), Some(403));
+    assert_eq!(frank_bindings(&w), 0);
+    let r = register_contacts(&mut w, peer, "cid-b", &five[..4]);
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(frank_bindings(&w), 4);
+}
+
+/// Regression (finding 1, memory): maps never shrank, so memory taken by
+/// a flood of bindings was kept after they lapsed. `purge` gives it back.
+#[test]
+fn purge_gives_memory_back_after_a_flood_of_bindings() {
+    let mut w = world(RegistrarConfig::default());
+    let peer = w.sim.add_peer("flood", &[ip("192.0.2.80")]);
+    let from = SocketAddr::new(ip("192.0.2.80"), 5060);
+    let to = SocketAddr::new(ip(REG), 5060);
+    for i in 0..5000 {
+        let m = MessageBuilder::request(Method::Register, "sip:example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP 192.0.2.80:5060;branch=z9hG4bKm{i}"),
+            )
+            .header("From", &format!("<sip:u{i}@example.test>;tag=f"))
+            .header("To", &format!("<sip:u{i}@example.test>"))
+            .header("Call-ID", &format!("mem-{i}"))
+            .header("CSeq", "1 REGISTER")
+            .header("Contact", &format!("<sip:u{i}@192.0.2.80>;expires=60"))
+            .build()
+            .unwrap();
+        w.sim
+            .peer_send(peer, from, to, Transport::Udp, m.to_bytes());
+    }
+    w.sim.run_for(Duration::from_millis(100));
+    let [(aors, aor_cap), (contacts, _), _] = w.registrar.borrow().sizes();
+    assert_eq!((aors, contacts), (5000, 5000));
+    assert!(aor_cap >= 5000);
+    w.sim.run_for(Duration::from_secs(61));
+    w.registrar.borrow_mut().purge(w.sim.now());
+    let sizes = w.registrar.borrow().sizes();
+    for (len, cap) in sizes {
+        assert_eq!(len, 0);
+        assert!(cap <= 64, "{sizes:?}");
+    }
 }

@@ -1050,6 +1050,24 @@ impl TransportManager {
         enqueue(&tx, info.id, bytes).map(|()| flow_of(&info))
     }
 
+    /// Opens a TCP or TLS connection for `target` without sending
+    /// anything (or finds an open one that [`TransportManager::send`] would
+    /// reuse) and tells its flow: its local address is what a Contact names
+    /// when no listener of that transport exists (RFC 5626: the flow).
+    pub async fn connect(&self, target: &Target) -> Result<Flow, SendError> {
+        if !target.transport.is_stream() {
+            return Err(SendError::NotAStream(target.transport));
+        }
+        if self.shared.stop.is_cancelled() {
+            return Err(SendError::ShutDown);
+        }
+        if let Some((info, _)) = self.find_reusable(target) {
+            return Ok(flow_of(&info));
+        }
+        let (info, _) = stream::connect(&self.shared, target).await?;
+        Ok(flow_of(&info))
+    }
+
     fn find_reusable(&self, target: &Target) -> Option<(ConnectionInfo, mpsc::Sender<Bytes>)> {
         let state = self.shared.state();
         state

@@ -397,3 +397,84 @@ fn a_refused_tls_handshake_is_logged_with_its_reason_at_the_default_level() {
     assert!(!line.contains("alice"), "{line}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Alice registers (digest) with a password given by `how`; the first
+/// registration event that is not `registering`.
+fn register_with_password(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Value {
+    let dir = temp_dir(name);
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:s3cret pw\n").unwrap();
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--users",
+        users.to_str().unwrap(),
+        "--domain",
+        "example.test",
+    ]);
+    let addr = listening(&registrar, "udp");
+    let uri = format!("sip:{addr}");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        "udp:127.0.0.9:0",
+        "--stay",
+    ];
+    let pw_file = dir.join("password");
+    std::fs::write(&pw_file, "s3cret pw\n").unwrap();
+    let pw_path = pw_file.to_str().unwrap().to_owned();
+    for a in extra {
+        args.push(if *a == "PWFILE" { &pw_path } else { a });
+    }
+    let agent = Proc::spawn_with_env(&args, env);
+    let v = agent.wait_for("registration outcome", |v| {
+        v["event"] == "registration" && v["state"] != "registering"
+    });
+    let _ = std::fs::remove_dir_all(dir);
+    v
+}
+
+#[test]
+fn the_password_comes_from_a_file_or_the_environment() {
+    let from_file = register_with_password("pw-file", &["--password-file", "PWFILE"], &[]);
+    assert_eq!(from_file["state"], "registered", "{from_file}");
+    let from_env = register_with_password("pw-env", &[], &[("SIPROAM_PASSWORD", "s3cret pw")]);
+    assert_eq!(from_env["state"], "registered", "{from_env}");
+    // the flag wins over the environment; a wrong one fails
+    let wrong = register_with_password(
+        "pw-wrong",
+        &["--password", "wrong"],
+        &[("SIPROAM_PASSWORD", "s3cret pw")],
+    );
+    assert_eq!(wrong["state"], "failed", "{wrong}");
+}
+
+#[test]
+fn a_password_on_the_command_line_is_warned_about() {
+    let (mut agent, lines) = spawn_reading_stderr(&[
+        "agent",
+        "-v",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        "sip:127.0.0.1:9",
+        "--listen",
+        "udp:127.0.0.10:0",
+        "--password",
+        "s3cret",
+        "--stay",
+    ]);
+    let line = stderr_line(&lines, "--password");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(line.contains("process list"), "{line}");
+    assert!(line.contains("SIPROAM_PASSWORD"), "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
+}

@@ -365,6 +365,12 @@ pub(super) async fn accepted(
                         conn,
                     );
                 }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // closed before a word of TLS (a probe, a port scan):
+                    // no reason to report
+                    shared.forget_unproven(conn.seq);
+                    tracing::debug!(listener = %listener.id, "TLS handshake: peer closed");
+                }
                 Ok(Err(e)) => {
                     shared.forget_unproven(conn.seq);
                     shared.tls_failed(Direction::Incoming, remote.ip(), &e);

@@ -478,3 +478,58 @@ fn a_password_on_the_command_line_is_warned_about() {
     assert!(line.contains("SIPROAM_PASSWORD"), "{line}");
     assert!(!line.contains("s3cret"), "{line}");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn after_an_ip_change_a_tls_registration_without_a_tls_listener_names_its_new_connection() {
+    let dir = temp_dir("tls-contact-move");
+    let (ca, cert, key) = certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = listening(&registrar, "tls");
+    let uri = format!("sip:{addr};transport=tls");
+    let mut agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--listen",
+        "udp:127.0.0.11:0",
+        "--no-watch",
+        "--stay",
+    ]);
+    agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    agent.send("ip-change 127.0.0.12");
+    let moved = agent.wait_for("registered on the new address", |v| {
+        v["event"] == "registration"
+            && v["state"] == "registered"
+            && v["contact"]
+                .as_str()
+                .is_some_and(|c| c.contains("127.0.0.12"))
+    });
+    let contact = moved["contact"].as_str().unwrap().to_owned();
+    let hostport = contact
+        .strip_prefix("sip:alice@")
+        .and_then(|c| c.strip_suffix(";transport=tls"))
+        .unwrap_or_else(|| panic!("unexpected contact {contact}"));
+    let named: std::net::SocketAddrV4 = hostport.parse().unwrap();
+    assert!(
+        tcp_established(named, addr.parse().unwrap()),
+        "{contact}: no connection from there to {addr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

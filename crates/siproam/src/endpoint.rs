@@ -1518,7 +1518,7 @@ impl Driver {
                 .core
                 .account_transport(account)
                 .map_or(Transport::Udp, from_core);
-            let contact = SocketAddr::new(ip, port_for(transport));
+            let mut contact = SocketAddr::new(ip, port_for(transport));
             let mut keep_flow = !knobs.shutdown_registration_flow;
             // the new address is of the other family (IPv4 ↔ IPv6): the
             // account moves to the registrar's address in that family, over
@@ -1552,6 +1552,23 @@ impl Driver {
                 }
                 _ => Ok(()),
             };
+            if r.is_ok() && !keep_flow {
+                // no listener of the account's stream transport: the new
+                // flow, opened now, is the Contact (as in `register`)
+                let target = self.core.account_registrar(account).and_then(|remote| {
+                    self.contact_connection(&CoreTarget {
+                        transport: to_core(transport),
+                        remote,
+                        local: Some(contact),
+                    })
+                });
+                if let Some(t) = target {
+                    match self.transports.clone().connect(&t).await {
+                        Ok(flow) => contact = flow.local,
+                        Err(e) => debug!("connect for the Contact failed: {e}"),
+                    }
+                }
+            }
             if r.is_ok() {
                 r = self
                     .core

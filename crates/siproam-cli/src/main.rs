@@ -149,6 +149,7 @@ fn main() -> ExitCode {
     run::mark_start();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    raise_descriptor_limit();
     let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => {
@@ -270,6 +271,19 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     let result = rt.block_on(fut);
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     result
+}
+
+/// Lets the process hold as many sockets as the system allows (the soft
+/// descriptor limit up to the hard one): a server's connection limits, not
+/// the descriptor limit, must decide what is refused.
+fn raise_descriptor_limit() {
+    match siproam::raise_open_files_limit() {
+        Ok(l) if l.soft > l.before => {
+            tracing::debug!(before = l.before, now = l.soft, "descriptor limit raised");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::info!("cannot raise the descriptor limit: {e}"),
+    }
 }
 
 fn init_logging(verbose: u8) {

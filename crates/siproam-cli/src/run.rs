@@ -230,9 +230,14 @@ pub struct AgentArgs {
     /// Digest user name (defaults to the AoR's user).
     #[arg(long)]
     pub user: Option<String>,
-    /// Digest password.
+    /// Digest password. Visible to other users in the process list:
+    /// prefer `--password-file` or the `SIPROAM_PASSWORD` environment
+    /// variable.
     #[arg(long)]
     pub password: Option<String>,
+    /// Read the digest password from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
     /// Where to listen (`PROTO:HOST:PORT`, repeatable); default
     /// `udp:0.0.0.0:0` and `tcp:0.0.0.0:0`.
     #[arg(long)]
@@ -303,6 +308,7 @@ pub struct FileConfig {
     registrar: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    password_file: Option<PathBuf>,
     expires: Option<u32>,
     stay: Option<bool>,
     no_watch: Option<bool>,
@@ -386,7 +392,7 @@ impl FileConfig {
         fill(&mut a.aor, &self.aor);
         fill(&mut a.registrar, &self.registrar);
         fill(&mut a.user, &self.user);
-        fill(&mut a.password, &self.password);
+        self.password(a)?;
         if a.expires.is_none() {
             a.expires = self.expires;
         }
@@ -395,6 +401,55 @@ impl FileConfig {
         self.tls(&mut a.tls);
         Ok(())
     }
+}
+
+/// The environment variable the agent reads its digest password from.
+pub const PASSWORD_ENV: &str = "SIPROAM_PASSWORD";
+
+impl FileConfig {
+    /// The agent's password, from the first of: `--password` (with a
+    /// warning: the process list shows it), `--password-file`,
+    /// `SIPROAM_PASSWORD`, the file's `password-file`, the file's
+    /// `password`.
+    fn password(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
+        if a.password.is_some() {
+            tracing::info!(
+                "--password is visible to other users in the process list; \
+                 use --password-file FILE or {PASSWORD_ENV} instead"
+            );
+            return Ok(());
+        }
+        if let Some(path) = &a.password_file {
+            a.password = Some(read_password_file(path)?);
+            return Ok(());
+        }
+        if let Some(pw) = std::env::var_os(PASSWORD_ENV).filter(|v| !v.is_empty()) {
+            let pw = pw
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{PASSWORD_ENV} is not valid UTF-8"))?;
+            a.password = Some(pw);
+            return Ok(());
+        }
+        if let Some(path) = &self.password_file {
+            a.password = Some(read_password_file(path)?);
+            return Ok(());
+        }
+        fill(&mut a.password, &self.password);
+        Ok(())
+    }
+}
+
+/// The first line of a password file (without its line ending).
+fn read_password_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the password file {}", path.display()))?;
+    let line = text.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        !line.is_empty(),
+        "the password file {} is empty",
+        path.display()
+    );
+    Ok(line.to_owned())
 }
 
 fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {

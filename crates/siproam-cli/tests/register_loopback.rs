@@ -244,3 +244,292 @@ fn settings_from_a_config_file_and_flags_win() {
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Whether a TCP connection from `local` to `remote` is established (from
+/// /proc/net/tcp: addresses as little-endian hex).
+#[cfg(target_os = "linux")]
+fn tcp_established(local: std::net::SocketAddrV4, remote: std::net::SocketAddrV4) -> bool {
+    let hex = |a: std::net::SocketAddrV4| {
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        )
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[1] == l && f[2] == r && f[3] == "01"
+        })
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_tls_registration_without_a_tls_listener_names_its_connection_in_the_contact() {
+    // regression: the Contact carried the UDP listener's port with
+    // transport=tls, where nothing of ours listens for TLS
+    let dir = temp_dir("tls-contact");
+    let (ca, cert, key) = certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = listening(&registrar, "tls");
+    let uri = format!("sip:{addr};transport=tls");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--listen",
+        "udp:127.0.0.7:0",
+        "--stay",
+    ]);
+    let udp = listening(&agent, "udp");
+    let registered = agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let contact = registered["contact"].as_str().unwrap().to_owned();
+    let binding = registrar.wait_for("binding", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    assert_eq!(binding["contacts"][0]["contact"], contact.as_str());
+    let hostport = contact
+        .strip_prefix("sip:alice@")
+        .and_then(|c| c.strip_suffix(";transport=tls"))
+        .unwrap_or_else(|| panic!("unexpected contact {contact}"));
+    let named: std::net::SocketAddrV4 = hostport.parse().unwrap();
+    assert_ne!(hostport, udp, "the UDP listener's port with transport=tls");
+    // the Contact is the agent's own end of its TLS connection
+    assert!(
+        tcp_established(named, addr.parse().unwrap()),
+        "{contact}: no connection from there to {addr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts `siproam ARGS` with its stderr lines on a channel.
+fn spawn_reading_stderr(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The first stderr line containing `needle` (bounded wait).
+fn stderr_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no stderr line with {needle:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_refused_tls_handshake_is_logged_with_its_reason_at_the_default_level() {
+    // regression: the reason (unknown issuer) showed only at debug level
+    let dir = temp_dir("tls-refusal-log");
+    let (_ca, cert, key) = certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = listening(&registrar, "tls");
+    let uri = format!("sip:{addr};transport=tls");
+    let (mut agent, lines) = spawn_reading_stderr(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        "udp:127.0.0.8:0",
+        "--stay",
+    ]);
+    let line = stderr_line(&lines, "TLS handshake");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("UnknownIssuer"), "{line}");
+    assert!(line.contains("127.0.0.1"), "{line}");
+    assert!(!line.contains("alice"), "{line}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Alice registers (digest) with a password given by `how`; the first
+/// registration event that is not `registering`.
+fn register_with_password(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Value {
+    let dir = temp_dir(name);
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:s3cret pw\n").unwrap();
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--users",
+        users.to_str().unwrap(),
+        "--domain",
+        "example.test",
+    ]);
+    let addr = listening(&registrar, "udp");
+    let uri = format!("sip:{addr}");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        "udp:127.0.0.9:0",
+        "--stay",
+    ];
+    let pw_file = dir.join("password");
+    std::fs::write(&pw_file, "s3cret pw\n").unwrap();
+    let pw_path = pw_file.to_str().unwrap().to_owned();
+    for a in extra {
+        args.push(if *a == "PWFILE" { &pw_path } else { a });
+    }
+    let agent = Proc::spawn_with_env(&args, env);
+    let v = agent.wait_for("registration outcome", |v| {
+        v["event"] == "registration" && v["state"] != "registering"
+    });
+    let _ = std::fs::remove_dir_all(dir);
+    v
+}
+
+#[test]
+fn the_password_comes_from_a_file_or_the_environment() {
+    let from_file = register_with_password("pw-file", &["--password-file", "PWFILE"], &[]);
+    assert_eq!(from_file["state"], "registered", "{from_file}");
+    let from_env = register_with_password("pw-env", &[], &[("SIPROAM_PASSWORD", "s3cret pw")]);
+    assert_eq!(from_env["state"], "registered", "{from_env}");
+    // the flag wins over the environment; a wrong one fails
+    let wrong = register_with_password(
+        "pw-wrong",
+        &["--password", "wrong"],
+        &[("SIPROAM_PASSWORD", "s3cret pw")],
+    );
+    assert_eq!(wrong["state"], "failed", "{wrong}");
+}
+
+#[test]
+fn a_password_on_the_command_line_is_warned_about() {
+    let (mut agent, lines) = spawn_reading_stderr(&[
+        "agent",
+        "-v",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        "sip:127.0.0.1:9",
+        "--listen",
+        "udp:127.0.0.10:0",
+        "--password",
+        "s3cret",
+        "--stay",
+    ]);
+    let line = stderr_line(&lines, "--password");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(line.contains("process list"), "{line}");
+    assert!(line.contains("SIPROAM_PASSWORD"), "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn after_an_ip_change_a_tls_registration_without_a_tls_listener_names_its_new_connection() {
+    let dir = temp_dir("tls-contact-move");
+    let (ca, cert, key) = certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let addr = listening(&registrar, "tls");
+    let uri = format!("sip:{addr};transport=tls");
+    let mut agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--listen",
+        "udp:127.0.0.11:0",
+        "--no-watch",
+        "--stay",
+    ]);
+    agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    agent.send("ip-change 127.0.0.12");
+    let moved = agent.wait_for("registered on the new address", |v| {
+        v["event"] == "registration"
+            && v["state"] == "registered"
+            && v["contact"]
+                .as_str()
+                .is_some_and(|c| c.contains("127.0.0.12"))
+    });
+    let contact = moved["contact"].as_str().unwrap().to_owned();
+    let hostport = contact
+        .strip_prefix("sip:alice@")
+        .and_then(|c| c.strip_suffix(";transport=tls"))
+        .unwrap_or_else(|| panic!("unexpected contact {contact}"));
+    let named: std::net::SocketAddrV4 = hostport.parse().unwrap();
+    assert!(
+        tcp_established(named, addr.parse().unwrap()),
+        "{contact}: no connection from there to {addr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

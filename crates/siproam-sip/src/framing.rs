@@ -119,6 +119,17 @@ impl StreamFramer {
         self.buf.len()
     }
 
+    /// Whether bytes of an unfinished message are buffered (not just the
+    /// CR and LF of a keep-alive still coming in). A connection uses it to
+    /// bound how long one message may take to arrive.
+    pub fn mid_message(&self) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        self.pending.is_some()
+            || !(self.buf.is_empty() || self.buf.starts_with(b"\r\n") || self.buf.as_ref() == b"\r")
+    }
+
     /// The next frame, `Ok(None)` when more bytes are needed. After an
     /// error every call returns the same error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FramingError> {
@@ -260,6 +271,33 @@ mod tests {
             out.push(fr);
         }
         out
+    }
+
+    #[test]
+    fn mid_message_is_true_only_inside_a_message() {
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        assert!(!f.mid_message());
+        // a keep-alive arriving byte by byte is not a message
+        for b in b"\r\n\r" {
+            f.push(std::slice::from_ref(b));
+            assert!(frames(&mut f).is_empty());
+            assert!(!f.mid_message());
+        }
+        f.push(b"\n");
+        assert_eq!(frames(&mut f), vec![Frame::Ping]);
+        assert!(!f.mid_message());
+        // every byte of a message but its last: inside (headers, then body)
+        for b in MSG.iter().take(MSG.len() - 1) {
+            f.push(std::slice::from_ref(b));
+            assert!(frames(&mut f).is_empty());
+            assert!(f.mid_message());
+        }
+        f.push(MSG.get(MSG.len() - 1..).unwrap_or_default());
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::Message(Bytes::from_static(MSG))]
+        );
+        assert!(!f.mid_message());
     }
 
     #[test]

@@ -1075,6 +1075,41 @@ impl Driver {
         })
     }
 
+    /// For a TCP/TLS target when no listener of that transport exists (of
+    /// the target's family): the connection the account will register
+    /// over, to be opened first so that its local address (and port) can
+    /// be the Contact (RFC 5626: the flow). A Contact naming another
+    /// transport's listener would send the registrar's requests to a port
+    /// nothing of ours listens on for them. `None`: a listener exists.
+    fn contact_connection(&self, target: &CoreTarget) -> Option<Target> {
+        let transport = from_core(target.transport);
+        if !transport.is_stream() {
+            return None;
+        }
+        let has_listener = self.transports.listeners().iter().any(|l| {
+            l.transport == transport
+                && l.local.is_ipv4() == target.remote.is_ipv4()
+                && !self.retiring.iter().any(|(_, id)| *id == l.id)
+        });
+        if has_listener {
+            return None;
+        }
+        let mut t = Target::new(transport, target.remote);
+        if let Some(mut l) = target.local.filter(|l| !l.ip().is_unspecified()) {
+            l.set_port(0);
+            t = t.with_local(l);
+        }
+        if transport == Transport::Tls {
+            let name = self
+                .server_names
+                .get(&target.remote)
+                .cloned()
+                .unwrap_or_else(|| target.remote.ip().to_string());
+            t = t.with_server_name(name);
+        }
+        Some(t)
+    }
+
     /// The first of `targets` we can reach from a listener (the error of
     /// the first one when none can be).
     fn first_usable(&mut self, targets: &[Resolved]) -> Result<CoreTarget, EndpointError> {
@@ -1510,7 +1545,7 @@ impl Driver {
                 .core
                 .account_transport(account)
                 .map_or(Transport::Udp, from_core);
-            let contact = SocketAddr::new(ip, port_for(transport));
+            let mut contact = SocketAddr::new(ip, port_for(transport));
             let mut keep_flow = !knobs.shutdown_registration_flow;
             // the new address is of the other family (IPv4 ↔ IPv6): the
             // account moves to the registrar's address in that family, over
@@ -1544,6 +1579,23 @@ impl Driver {
                 }
                 _ => Ok(()),
             };
+            if r.is_ok() && !keep_flow {
+                // no listener of the account's stream transport: the new
+                // flow, opened now, is the Contact (as in `register`)
+                let target = self.core.account_registrar(account).and_then(|remote| {
+                    self.contact_connection(&CoreTarget {
+                        transport: to_core(transport),
+                        remote,
+                        local: Some(contact),
+                    })
+                });
+                if let Some(t) = target {
+                    match self.transports.clone().connect(&t).await {
+                        Ok(flow) => contact = flow.local,
+                        Err(e) => debug!("connect for the Contact failed: {e}"),
+                    }
+                }
+            }
             if r.is_ok() {
                 r = self
                     .core
@@ -1679,7 +1731,15 @@ impl Driver {
         let candidates = self
             .resolve_targets(&spec.registrar, spec.ipv6_sip.family_preference())
             .await?;
-        let core_target = self.first_usable(&candidates)?;
+        let mut core_target = self.first_usable(&candidates)?;
+        if let Some(t) = self.contact_connection(&core_target) {
+            // opened apart from `self`: the driver's future stays Send
+            match self.transports.clone().connect(&t).await {
+                Ok(flow) => core_target.local = Some(flow.local),
+                // the REGISTER's own connect fails the same way and says so
+                Err(e) => debug!("connect for the Contact failed: {e}"),
+            }
+        }
         let local_ip = core_target.local.map(|a| a.ip());
         if self.local_ip.is_none() {
             self.local_ip = local_ip;

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod endpoint;
+mod fdlimit;
 pub mod netwatch;
 mod phone;
 pub mod random;
@@ -18,5 +19,6 @@ pub use endpoint::{
     EndpointEvent, EndpointHandle, IpChangeParams, IpChangeReport, Ipv6Use, RefreshFlags,
     UnknownIpv6Use, UserAgent, WatchConfig,
 };
+pub use fdlimit::{raise_open_files_limit, OpenFilesLimit};
 pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

@@ -12,6 +12,19 @@
 //!   listener. Each runs in its own task that frames the byte stream with
 //!   [`siproam_sip::StreamFramer`], answers a keep-alive ping (`CRLFCRLF`)
 //!   with a pong (`CRLF`) and closes the connection after an idle period.
+//! - **Admission** (what anyone on the network can make a listener do is
+//!   bounded): [`TransportConfig::max_connections`] overall and
+//!   [`TransportConfig::max_connections_per_source`] per peer IP address;
+//!   with the table full, a new connection takes the place of the oldest
+//!   incoming one that has never carried a SIP message (never a pinned
+//!   one), else it is refused. An incoming connection must bring a whole
+//!   message within [`TransportConfig::first_message_timeout`], every
+//!   message must arrive within [`TransportConfig::message_timeout`] of its
+//!   first byte, and only whole messages (and keep-alives on a connection
+//!   that has carried SIP) reset the idle timer, so a peer sending one byte
+//!   at a time cannot hold a connection. Refusals, evictions and failed TLS
+//!   handshakes are logged at most once per [`REFUSAL_LOG_INTERVAL`], with
+//!   a count.
 //! - **Events** ([`TransportEvents`]): received messages, connections opened
 //!   and closed (with a typed [`CloseReason`]), pongs.
 //! - **Network changes**: [`TransportManager::close_connection`],
@@ -22,7 +35,8 @@
 //! (TCP flow control pushes back on the peer, UDP datagrams are dropped by
 //! the kernel), a full per-connection send queue makes
 //! [`TransportManager::send`] fail with [`SendError::QueueFull`], and
-//! [`TransportConfig::max_connections`] caps the connections.
+//! [`TransportConfig::max_connections`] caps the connections (see
+//! Admission above).
 //!
 //! Every method that opens sockets or spawns tasks must run inside a Tokio
 //! runtime.
@@ -33,7 +47,7 @@ mod listener;
 mod stream;
 mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +60,7 @@ use bytes::Bytes;
 use siproam_sip::{FramingError, Limits};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use addr::{source_address_for, AddressOracle, SystemAddresses};
@@ -246,9 +261,18 @@ pub enum CloseReason {
     Io(io::ErrorKind),
     /// The peer sent bytes that cannot be split into SIP messages.
     Framing(FramingError),
-    /// No traffic in either direction for
-    /// [`TransportConfig::idle_timeout`].
+    /// No SIP message in either direction (nor, on a connection that has
+    /// carried one, a keep-alive) for [`TransportConfig::idle_timeout`].
     Idle,
+    /// An incoming connection brought no whole SIP message within
+    /// [`TransportConfig::first_message_timeout`].
+    FirstMessageTimeout,
+    /// A message did not arrive whole within
+    /// [`TransportConfig::message_timeout`] of its first byte.
+    MessageTimeout,
+    /// The connection table was full and a new connection took the place
+    /// of this one, which had never carried a SIP message.
+    Evicted,
     /// The keep-alive logic gave up on the flow (given by the caller of
     /// [`TransportManager::close_connection`]).
     KeepAliveTimeout,
@@ -268,6 +292,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Io(kind) => write!(f, "I/O error: {kind}"),
             CloseReason::Framing(e) => write!(f, "framing error: {e}"),
             CloseReason::Idle => f.write_str("idle"),
+            CloseReason::FirstMessageTimeout => f.write_str("no SIP message in time"),
+            CloseReason::MessageTimeout => f.write_str("message not completed in time"),
+            CloseReason::Evicted => f.write_str("evicted for a new connection"),
             CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
             CloseReason::Closed => f.write_str("closed"),
             CloseReason::ShutDown => f.write_str("shut down"),
@@ -349,10 +376,23 @@ pub struct TransportConfig {
     /// on a stream closes the connection
     /// ([`CloseReason::Framing`]), a larger send is refused.
     pub limits: Limits,
-    /// Close a connection after this long without traffic in either
+    /// Close a connection after this long without a SIP message in either
     /// direction, unless it is pinned ([`TransportManager::set_pinned`]).
-    /// `None`: never. Default 300 s.
+    /// On a connection that has carried a SIP message, RFC 5626 keep-alives
+    /// (a ping received, a pong received) count too; other bytes (a
+    /// message still arriving, pings on a connection that never carried
+    /// SIP) do not. `None`: never. Default 300 s.
     pub idle_timeout: Option<Duration>,
+    /// An incoming connection (TLS: from the TCP accept) that has not
+    /// brought a whole SIP message this long after it opened is closed
+    /// ([`CloseReason::FirstMessageTimeout`]). `None`: no limit. Default
+    /// 20 s.
+    pub first_message_timeout: Option<Duration>,
+    /// A message (either direction's framing: incoming bytes) must arrive
+    /// whole within this long of its first byte, or the connection is
+    /// closed ([`CloseReason::MessageTimeout`]); pinned connections too.
+    /// `None`: no limit. Default 20 s.
+    pub message_timeout: Option<Duration>,
     /// How long a TCP connect may take. Default 10 s.
     pub connect_timeout: Duration,
     /// How long a TLS handshake may take (both directions). Default 10 s.
@@ -363,10 +403,17 @@ pub struct TransportConfig {
     /// [`SendError::QueueFull`]. Default 64.
     pub send_queue: usize,
     /// Most TCP/TLS connections open at once (both directions, TLS
-    /// handshakes included); further accepted connections are closed at
-    /// once and sends fail with [`SendError::TooManyConnections`].
-    /// Default 1024.
+    /// handshakes included). When they are all open, a new connection
+    /// (accepted or opened by a send) takes the place of the oldest
+    /// incoming connection that has never carried a SIP message and is not
+    /// pinned ([`CloseReason::Evicted`]); when there is none, an accepted
+    /// connection is closed at once and a send fails with
+    /// [`SendError::TooManyConnections`]. Default 1024.
     pub max_connections: usize,
+    /// Most incoming connections from one IP address at once (TLS
+    /// handshakes included); further accepted ones are closed at once.
+    /// Default 64.
+    pub max_connections_per_source: usize,
     /// When rebinding a listener finds its address still in use, wait this
     /// long and try once more. Default 10 ms.
     pub rebind_retry_delay: Duration,
@@ -386,11 +433,14 @@ impl Default for TransportConfig {
         TransportConfig {
             limits: Limits::default(),
             idle_timeout: Some(Duration::from_secs(300)),
+            first_message_timeout: Some(Duration::from_secs(20)),
+            message_timeout: Some(Duration::from_secs(20)),
             connect_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             send_queue: 64,
             max_connections: 1024,
+            max_connections_per_source: 64,
             rebind_retry_delay: Duration::from_millis(10),
             tls_client: None,
             tls_server: None,
@@ -420,11 +470,12 @@ impl Drop for DropGuard {
 /// State shared by the handles and the tasks.
 pub(crate) struct Shared {
     limits: Limits,
-    idle_timeout: Option<Duration>,
+    deadlines: stream::Deadlines,
     connect_timeout: Duration,
     tls_handshake_timeout: Duration,
     send_queue: usize,
     max_connections: usize,
+    max_per_source: usize,
     rebind_retry_delay: Duration,
     tls_connector: Option<tokio_rustls::TlsConnector>,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -433,15 +484,73 @@ pub(crate) struct Shared {
     /// Cancelled when the manager is dropped.
     stop: CancellationToken,
     next_id: AtomicU64,
-    /// Connections open or in their TLS handshake.
-    live_streams: AtomicUsize,
+    /// Connections open or in their TLS handshake (each holds a
+    /// [`StreamSlot`]).
+    live_streams: Arc<AtomicUsize>,
+    /// Incoming connections per peer IP address (each counted by a
+    /// [`SourceSlot`]).
+    sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Rate-limited warnings.
+    refused_log: LogLimiter,
+    evicted_log: LogLimiter,
+    tls_log: LogLimiter,
     state: Mutex<State>,
+}
+
+/// How often at most a kind of refusal (connection refused, evicted, TLS
+/// handshake failed) is logged; the line counts those in between.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Logs a kind of event at most once per interval, with how many happened
+/// since the last line.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    interval: Duration,
+    /// When the last line was written, and the events since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(interval: Duration) -> LogLimiter {
+        LogLimiter {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one event; returns the count to log (this one included) when
+    /// a line is due now.
+    pub(crate) fn hit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        let due = state
+            .0
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if !due {
+            return None;
+        }
+        let count = state.1;
+        *state = (Some(now), 0);
+        Some(count)
+    }
+}
+
+/// Why an accepted connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// [`TransportConfig::max_connections_per_source`] reached.
+    PerSource,
+    /// [`TransportConfig::max_connections`] reached and nothing to evict.
+    Full,
 }
 
 #[derive(Debug, Default)]
 struct State {
     listeners: BTreeMap<ListenerId, ListenerEntry>,
     connections: BTreeMap<ConnectionId, ConnEntry>,
+    /// Incoming connections (TLS handshakes included) that have not
+    /// carried a SIP message yet, oldest first: what may be evicted.
+    unproven: BTreeMap<u64, Arc<ConnShared>>,
 }
 
 #[derive(Debug)]
@@ -465,7 +574,7 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("limits", &self.limits)
-            .field("idle_timeout", &self.idle_timeout)
+            .field("deadlines", &self.deadlines)
             .field("tls_client", &self.tls_connector.is_some())
             .field("tls_server", &self.tls_acceptor.is_some())
             .field("live_streams", &self.live_streams)
@@ -495,28 +604,153 @@ impl Shared {
     fn remove_connection(&self, id: ConnectionId) {
         self.state().connections.remove(&id);
     }
+
+    /// A place for a new connection: a free one, else the one of the
+    /// oldest incoming connection that never carried SIP and is not pinned
+    /// (which is closed as [`CloseReason::Evicted`]).
+    fn stream_slot(&self) -> Option<StreamSlot> {
+        if let Some(slot) = StreamSlot::acquire(&self.live_streams, self.max_connections) {
+            return Some(slot);
+        }
+        let mut state = self.state();
+        let mut skipped = Vec::new();
+        let mut found = None;
+        while let Some((seq, conn)) = state.unproven.pop_first() {
+            if conn.is_pinned() {
+                skipped.push((seq, conn));
+                continue;
+            }
+            if let Some(slot) = conn.take_slot() {
+                conn.close(CloseReason::Evicted);
+                found = Some(slot);
+                break;
+            }
+        }
+        state.unproven.extend(skipped);
+        drop(state);
+        if found.is_some() {
+            if let Some(n) = self.evicted_log.hit(Instant::now()) {
+                tracing::warn!(
+                    evicted = n,
+                    limit = self.max_connections,
+                    "connection limit reached: {n} idle connection(s) that never carried SIP closed for new ones"
+                );
+            }
+        }
+        found
+    }
+
+    /// Admits a connection accepted from `ip`: its per-source count and a
+    /// place in the table.
+    fn admit(&self, ip: IpAddr) -> Result<(StreamSlot, SourceSlot), Refusal> {
+        let source = SourceSlot::acquire(&self.sources, ip, self.max_per_source)
+            .ok_or(Refusal::PerSource)?;
+        let slot = self.stream_slot().ok_or(Refusal::Full)?;
+        Ok((slot, source))
+    }
+
+    /// Logs a refusal (rate limited).
+    fn refused(&self, refusal: Refusal, ip: IpAddr) {
+        let Some(n) = self.refused_log.hit(Instant::now()) else {
+            return;
+        };
+        match refusal {
+            Refusal::PerSource => tracing::warn!(
+                refused = n,
+                last_source = %ip,
+                limit = self.max_per_source,
+                "{n} connection(s) refused: too many from one address (last from {ip})"
+            ),
+            Refusal::Full => tracing::warn!(
+                refused = n,
+                limit = self.max_connections,
+                "{n} connection(s) refused: connection limit reached and none idle to close"
+            ),
+        }
+    }
+
+    /// Logs a failed TLS handshake (rate limited) with its reason and the
+    /// peer's IP address.
+    fn tls_failed(&self, direction: Direction, ip: IpAddr, error: &dyn fmt::Display) {
+        if let Some(n) = self.tls_log.hit(Instant::now()) {
+            let side = match direction {
+                Direction::Incoming => "from",
+                Direction::Outgoing => "to",
+            };
+            tracing::warn!(
+                failed = n,
+                peer = %ip,
+                "TLS handshake {side} {ip} failed: {error} ({n} failed since the last report)"
+            );
+        }
+    }
+
+    /// Forgets an incoming connection as a candidate for eviction.
+    fn forget_unproven(&self, seq: u64) {
+        self.state().unproven.remove(&seq);
+    }
 }
 
 /// A place for one connection, counted against
 /// [`TransportConfig::max_connections`]; freed on drop.
 #[derive(Debug)]
-pub(crate) struct StreamSlot(Arc<Shared>);
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
 
 impl StreamSlot {
-    fn acquire(shared: &Arc<Shared>) -> Option<StreamSlot> {
-        shared
-            .live_streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < shared.max_connections).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| StreamSlot(shared.clone()))
+    fn acquire(live: &Arc<AtomicUsize>, max: usize) -> Option<StreamSlot> {
+        live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| StreamSlot(live.clone()))
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.live_streams.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One incoming connection counted against
+/// [`TransportConfig::max_connections_per_source`]; freed on drop.
+#[derive(Debug)]
+pub(crate) struct SourceSlot {
+    sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn acquire(
+        sources: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<SourceSlot> {
+        let mut map = sources.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: sources.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -537,11 +771,16 @@ impl TransportManager {
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             limits: config.limits,
-            idle_timeout: config.idle_timeout,
+            deadlines: stream::Deadlines {
+                idle: config.idle_timeout,
+                first_message: config.first_message_timeout,
+                message: config.message_timeout,
+            },
             connect_timeout: config.connect_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
             send_queue: config.send_queue.max(1),
             max_connections: config.max_connections,
+            max_per_source: config.max_connections_per_source,
             rebind_retry_delay: config.rebind_retry_delay,
             tls_connector: client.map(|c| tokio_rustls::TlsConnector::from(c.into_rustls())),
             tls_acceptor: config
@@ -551,7 +790,11 @@ impl TransportManager {
             events: tx,
             stop: stop.clone(),
             next_id: AtomicU64::new(1),
-            live_streams: AtomicUsize::new(0),
+            live_streams: Arc::new(AtomicUsize::new(0)),
+            sources: Arc::new(Mutex::new(HashMap::new())),
+            refused_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
+            evicted_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
+            tls_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             state: Mutex::new(State::default()),
         });
         (
@@ -807,6 +1050,24 @@ impl TransportManager {
         enqueue(&tx, info.id, bytes).map(|()| flow_of(&info))
     }
 
+    /// Opens a TCP or TLS connection for `target` without sending
+    /// anything (or finds an open one that [`TransportManager::send`] would
+    /// reuse) and tells its flow: its local address is what a Contact names
+    /// when no listener of that transport exists (RFC 5626: the flow).
+    pub async fn connect(&self, target: &Target) -> Result<Flow, SendError> {
+        if !target.transport.is_stream() {
+            return Err(SendError::NotAStream(target.transport));
+        }
+        if self.shared.stop.is_cancelled() {
+            return Err(SendError::ShutDown);
+        }
+        if let Some((info, _)) = self.find_reusable(target) {
+            return Ok(flow_of(&info));
+        }
+        let (info, _) = stream::connect(&self.shared, target).await?;
+        Ok(flow_of(&info))
+    }
+
     fn find_reusable(&self, target: &Target) -> Option<(ConnectionInfo, mpsc::Sender<Bytes>)> {
         let state = self.shared.state();
         state
@@ -871,7 +1132,7 @@ impl TransportManager {
     }
 
     /// Pins a connection (a flow in use: a registration, a call) so the
-    /// idle timeout never closes it, or unpins it. `false` if there is no
+    /// idle timeout never closes it and it is never evicted, or unpins it. `false` if there is no
     /// such connection.
     pub fn set_pinned(&self, connection: ConnectionId, pinned: bool) -> bool {
         match self.shared.state().connections.get(&connection) {
@@ -916,4 +1177,43 @@ async fn stop_listener(entry: ListenerEntry) {
     entry.token.cancel();
     drop(entry.udp);
     let _ = entry.task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_interval_with_a_count() {
+        let limiter = LogLimiter::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        // the first one at once
+        assert_eq!(limiter.hit(t0), Some(1));
+        // a flood within the interval: silent, counted
+        for i in 0..1000 {
+            assert_eq!(limiter.hit(t0 + Duration::from_millis(i)), None);
+        }
+        // the next line after the interval carries the count
+        assert_eq!(limiter.hit(t0 + Duration::from_secs(5)), Some(1001));
+        assert_eq!(limiter.hit(t0 + Duration::from_secs(6)), None);
+        assert_eq!(limiter.hit(t0 + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn per_source_counts_are_bounded_and_forgotten() {
+        let sources = Arc::new(Mutex::new(HashMap::new()));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap_or(IpAddr::from([127, 0, 0, 9]));
+        let a = SourceSlot::acquire(&sources, ip, 2);
+        let b = SourceSlot::acquire(&sources, ip, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(SourceSlot::acquire(&sources, ip, 2).is_none());
+        drop(a);
+        let c = SourceSlot::acquire(&sources, ip, 2);
+        assert!(c.is_some());
+        drop((b, c));
+        // no entry left behind per address that came and went
+        assert!(sources.lock().map(|m| m.is_empty()).unwrap_or(false));
+        assert!(SourceSlot::acquire(&sources, ip, 0).is_none());
+        assert!(sources.lock().map(|m| m.is_empty()).unwrap_or(false));
+    }
 }

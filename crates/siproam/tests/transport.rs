@@ -772,3 +772,221 @@ fn system_addresses_know_loopback() {
     let oracle = siproam::transport::SystemAddresses;
     assert!(oracle.is_local(lo(9).ip()));
 }
+
+// ------------------------------------------------- admission and deadlines
+
+/// A raw TCP client bound to `from` (any 127.0.0.0/8 address).
+async fn raw_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(from).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Waits until the server closes `raw` (end of stream or reset); false if
+/// it is still open after the generous wait.
+async fn closed_by_server(raw: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    timeout(WAIT, async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // pongs
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn opened(events: &mut TransportEvents) -> (ConnectionId, SocketAddr) {
+    wait_for(events, |e| match e {
+        TransportEvent::ConnectionOpened { info } => Some((info.id, info.remote)),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_source_cap_are_closed_at_once() {
+    let (b, mut eb) = manager(TransportConfig {
+        max_connections_per_source: 2,
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    let mut first = raw_from(lo(5), lb.local).await;
+    let _second = raw_from(lo(5), lb.local).await;
+    opened(&mut eb).await;
+    opened(&mut eb).await;
+
+    // the third from the same address is closed without a word
+    let mut third = raw_from(lo(5), lb.local).await;
+    assert!(closed_by_server(&mut third).await);
+
+    // another source is served, and so are the first two
+    let mut other = raw_from(lo(6), lb.local).await;
+    other.write_all(&sip("other")).await.unwrap();
+    assert_eq!(received(&mut eb).await.2, sip("other"));
+    first.write_all(&sip("first")).await.unwrap();
+    assert_eq!(received(&mut eb).await.2, sip("first"));
+    assert_eq!(b.connections().len(), 3);
+}
+
+#[tokio::test]
+async fn a_full_table_evicts_the_oldest_connection_that_never_carried_sip() {
+    let (b, mut eb) = manager(TransportConfig {
+        max_connections: 3,
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    // a real client, then two idle sockets
+    let mut real = raw_from(lo(7), lb.local).await;
+    real.write_all(&sip("real")).await.unwrap();
+    let (real_id, _, _) = received(&mut eb).await;
+    let mut idle1 = raw_from(lo(8), lb.local).await;
+    let (idle1_id, _) = opened(&mut eb).await;
+    let mut idle2 = raw_from(lo(8), lb.local).await;
+    let (idle2_id, _) = opened(&mut eb).await;
+
+    // a new client takes the oldest idle socket's place
+    let mut new = raw_from(lo(9), lb.local).await;
+    assert_eq!(closed(&mut eb, idle1_id).await, CloseReason::Evicted);
+    assert!(closed_by_server(&mut idle1).await);
+    new.write_all(&sip("new")).await.unwrap();
+    assert_eq!(received(&mut eb).await.2, sip("new"));
+
+    // once every connection has carried SIP, nothing can be evicted: refused
+    idle2.write_all(&sip("late")).await.unwrap();
+    assert_eq!(received(&mut eb).await.0, Some(idle2_id));
+    let mut refused = raw_from(lo(10), lb.local).await;
+    assert!(closed_by_server(&mut refused).await);
+    let open: HashSet<ConnectionId> = b.connections().iter().map(|c| c.id).collect();
+    assert_eq!(open.len(), 3);
+    assert!(open.contains(&real_id.unwrap()) && open.contains(&idle2_id));
+    real.write_all(&sip("still")).await.unwrap();
+    assert_eq!(received(&mut eb).await.2, sip("still"));
+}
+
+#[tokio::test]
+async fn pinned_connections_are_never_evicted() {
+    let (b, mut eb) = manager(TransportConfig {
+        max_connections: 1,
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    let _held = raw_from(lo(11), lb.local).await;
+    let (held_id, _) = opened(&mut eb).await;
+    assert!(b.set_pinned(held_id, true));
+    let mut refused = raw_from(lo(12), lb.local).await;
+    assert!(closed_by_server(&mut refused).await);
+    assert_eq!(b.connections()[0].id, held_id);
+}
+
+/// Writes `bytes` one at a time every 50 ms until the server closes the
+/// connection; returns how many were written (all of them: never closed).
+async fn trickle(raw: &mut TcpStream, bytes: &[u8]) -> usize {
+    for (i, b) in bytes.iter().enumerate() {
+        if raw.write_all(&[*b]).await.is_err() {
+            return i;
+        }
+        let mut buf = [0u8; 64];
+        let read = timeout(Duration::from_millis(50), raw.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            return i + 1;
+        }
+    }
+    bytes.len()
+}
+
+#[tokio::test]
+async fn trickled_bytes_do_not_extend_the_first_message_deadline() {
+    let (b, mut eb) = manager(TransportConfig {
+        idle_timeout: None,
+        first_message_timeout: Some(Duration::from_millis(200)),
+        message_timeout: None,
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    let mut raw = raw_from(lo(13), lb.local).await;
+    let (id, _) = opened(&mut eb).await;
+    // 120 bytes at one per 50 ms would take 6 s; the deadline is 200 ms
+    let message = sip("slow-loris-first-message-padding-padding-padding");
+    let written = trickle(&mut raw, &message[..120]).await;
+    assert!(written < 120, "still open after every byte");
+    assert_eq!(closed(&mut eb, id).await, CloseReason::FirstMessageTimeout);
+}
+
+#[tokio::test]
+async fn a_partial_message_must_complete_within_the_message_timeout() {
+    let (b, mut eb) = manager(TransportConfig {
+        idle_timeout: None,
+        first_message_timeout: None,
+        message_timeout: Some(Duration::from_millis(200)),
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    let mut raw = raw_from(lo(14), lb.local).await;
+    raw.write_all(&sip("whole")).await.unwrap();
+    let (id, _, bytes) = received(&mut eb).await;
+    assert_eq!(bytes, sip("whole"));
+    // pings between messages are fine; a message trickled is not
+    raw.write_all(b"\r\n\r\n").await.unwrap();
+    let message = sip("slow-loris-second-message-padding-padding-padding");
+    let written = trickle(&mut raw, &message[..120]).await;
+    assert!(written < 120, "still open after every byte");
+    assert_eq!(
+        closed(&mut eb, id.unwrap()).await,
+        CloseReason::MessageTimeout
+    );
+}
+
+#[tokio::test]
+async fn only_sip_messages_and_keepalives_on_a_sip_flow_keep_a_connection_from_idling() {
+    let idle = Duration::from_millis(300);
+    let (b, mut eb) = manager(TransportConfig {
+        idle_timeout: Some(idle),
+        first_message_timeout: None,
+        message_timeout: None,
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+
+    // pings on a connection that never carried SIP: closed while pinging
+    let mut pinger = raw_from(lo(15), lb.local).await;
+    let (pinger_id, _) = opened(&mut eb).await;
+    let pings = b"\r\n\r\n".repeat(30);
+    let written = trickle(&mut pinger, &pings).await;
+    assert!(written < pings.len(), "pings kept it open");
+    assert_eq!(closed(&mut eb, pinger_id).await, CloseReason::Idle);
+
+    // a message trickled on a SIP flow does not reset the idle timer
+    let mut loris = raw_from(lo(16), lb.local).await;
+    loris.write_all(&sip("hello")).await.unwrap();
+    let loris_id = received(&mut eb).await.0.unwrap();
+    let message = sip("slow-loris-padding-padding-padding-padding-padding");
+    let written = trickle(&mut loris, &message[..120]).await;
+    assert!(written < 120, "trickled bytes kept it open");
+    assert_eq!(closed(&mut eb, loris_id).await, CloseReason::Idle);
+
+    // a flow that carried SIP stays up on RFC 5626 pings
+    let mut flow = raw_from(lo(17), lb.local).await;
+    flow.write_all(&sip("register")).await.unwrap();
+    let flow_id = received(&mut eb).await.0.unwrap();
+    // 20 pings 50 ms apart span more than three idle periods
+    let pings = b"\r\n\r\n".repeat(20);
+    let mut answered = 0;
+    for ping in pings.chunks(4) {
+        flow.write_all(ping).await.unwrap();
+        let mut pong = [0u8; 2];
+        timeout(WAIT, flow.read_exact(&mut pong))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&pong, b"\r\n");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, 20);
+    assert!(b.connections().iter().any(|c| c.id == flow_id));
+    // and idles out once they stop
+    assert_eq!(closed(&mut eb, flow_id).await, CloseReason::Idle);
+}

@@ -33,11 +33,21 @@ impl Proc {
         Proc::spawn_program(env!("CARGO_BIN_EXE_siproam"), args)
     }
 
+    /// Starts `siproam ARGS` with these environment variables set.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_command(env!("CARGO_BIN_EXE_siproam"), args, env)
+    }
+
     /// Starts `PROGRAM ARGS` (e.g. `ip netns exec NS siproam …`), whose
     /// stdout is `siproam`'s JSON.
     pub fn spawn_program(program: &str, args: &[&str]) -> Proc {
+        Proc::spawn_command(program, args, &[])
+    }
+
+    fn spawn_command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

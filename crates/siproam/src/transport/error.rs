@@ -66,6 +66,10 @@ pub enum SendError {
         /// Its transport.
         transport: Transport,
     },
+    /// [`super::TransportManager::connect`] with a transport that has no
+    /// connections (UDP).
+    #[error("{0} has no connections")]
+    NotAStream(Transport),
     /// The connection's send queue is full (the peer does not read).
     #[error("send queue of connection {0} is full")]
     QueueFull(ConnectionId),

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{stream, ListenerInfo, Shared, StreamSlot, Transport, TransportEvent};
+use super::{stream, ListenerInfo, Shared, Transport, TransportEvent};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -155,14 +155,17 @@ async fn run_accept(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, remote)) => {
-                let Some(slot) = StreamSlot::acquire(&shared) else {
-                    tracing::warn!(listener = %info.id, "connection limit reached; refusing a connection");
+            Ok((tcp, remote)) => match shared.admit(remote.ip()) {
+                Ok((slot, source)) => {
+                    let conn = stream::incoming(&shared, slot, source);
+                    tokio::spawn(stream::accepted(shared.clone(), info, tcp, remote, conn));
+                }
+                Err(refusal) => {
+                    // closed at once; logged at most once per interval
                     drop(tcp);
-                    continue;
-                };
-                tokio::spawn(stream::accepted(shared.clone(), info, tcp, remote, slot));
-            }
+                    shared.refused(refusal, remote.ip());
+                }
+            },
             Err(e) => {
                 tracing::debug!(listener = %info.id, error = %e, "accept failed");
                 if !matches!(

@@ -1,5 +1,6 @@
 //! TCP and TLS connections: opening, accepting, and the task that drives
-//! each one (framing, keep-alive answers, idle close).
+//! each one (framing, keep-alive answers, the idle, first-message and
+//! message deadlines).
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,13 +13,13 @@ use rustls_pki_types::ServerName;
 use siproam_sip::{Frame, Side, StreamFramer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     CloseReason, ConnEntry, ConnectionId, ConnectionInfo, Direction, ListenerInfo, SendError,
-    Shared, StreamSlot, Target, Transport, TransportEvent,
+    Shared, SourceSlot, StreamSlot, Target, Transport, TransportEvent,
 };
 
 /// Bytes read from a stream at a time.
@@ -27,6 +28,22 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long a closing connection may take to send its FIN (and TLS
 /// close_notify).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// No message under way (see [`ConnShared::message_started`]).
+const NO_MESSAGE: u64 = u64::MAX;
+
+/// The deadlines of a connection (from [`super::TransportConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadlines {
+    /// Without a SIP message (or a keep-alive on a connection that has
+    /// carried one), unless pinned.
+    pub(super) idle: Option<Duration>,
+    /// From the opening of an incoming connection to its first whole
+    /// message.
+    pub(super) first_message: Option<Duration>,
+    /// From the first byte of a message to its last.
+    pub(super) message: Option<Duration>,
+}
 
 /// What the handles and a connection's task share.
 #[derive(Debug)]
@@ -37,20 +54,128 @@ pub(super) struct ConnShared {
     /// Why it is being closed, when a handle closed it.
     reason: Mutex<Option<CloseReason>>,
     pinned: AtomicBool,
-    /// Nanoseconds after `base` of the last traffic.
+    /// Whether the peer connected to us.
+    incoming: bool,
+    /// Its key among the eviction candidates (incoming connections).
+    seq: u64,
+    /// A whole SIP message has gone either way.
+    carried_sip: AtomicBool,
+    /// Nanoseconds after `base` of the last SIP message (or keep-alive on
+    /// a connection that carried SIP); `base` is when it opened.
     last_activity: AtomicU64,
+    /// Nanoseconds after `base` of the first byte of the message being
+    /// received, or [`NO_MESSAGE`].
+    message_started: AtomicU64,
     base: Instant,
+    /// Wakes the deadline watch when a deadline may have come closer.
+    wake: Notify,
+    /// Its place in the table; taken away when it is evicted.
+    slot: Mutex<Option<StreamSlot>>,
+    /// Its count for its source address (incoming connections).
+    source: Mutex<Option<SourceSlot>>,
 }
 
 impl ConnShared {
-    fn new(stop: &CancellationToken) -> ConnShared {
+    fn new(
+        stop: &CancellationToken,
+        incoming: bool,
+        seq: u64,
+        slot: Option<StreamSlot>,
+        source: Option<SourceSlot>,
+    ) -> ConnShared {
         ConnShared {
             token: stop.child_token(),
             reason: Mutex::new(None),
             pinned: AtomicBool::new(false),
+            incoming,
+            seq,
+            carried_sip: AtomicBool::new(false),
             last_activity: AtomicU64::new(0),
+            message_started: AtomicU64::new(NO_MESSAGE),
             base: Instant::now(),
+            wake: Notify::new(),
+            slot: Mutex::new(slot),
+            source: Mutex::new(source),
         }
+    }
+
+    pub(super) fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// Takes its place in the table (eviction); `None` if already gone.
+    pub(super) fn take_slot(&self) -> Option<StreamSlot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Gives back its place and its per-source count.
+    fn release(&self) {
+        drop(self.take_slot());
+        drop(self.source.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    fn since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(NO_MESSAGE - 1)
+    }
+
+    fn at(&self, ns: u64) -> Instant {
+        self.base + Duration::from_nanos(ns)
+    }
+
+    /// A whole SIP message went either way: the connection can no longer
+    /// be evicted, and the idle timer restarts.
+    fn carried(&self, shared: &Shared) {
+        if !self.carried_sip.swap(true, Ordering::Relaxed) && self.incoming {
+            shared.forget_unproven(self.seq);
+        }
+        self.touch();
+    }
+
+    /// A keep-alive: restarts the idle timer on a connection that has
+    /// carried SIP.
+    fn keepalive(&self) {
+        if self.carried_sip.load(Ordering::Relaxed) {
+            self.touch();
+        }
+    }
+
+    /// Whether a message is being received; `restart` when a new one began
+    /// (one finished in the same read).
+    fn set_mid_message(&self, mid: bool, restart: bool) {
+        if !mid {
+            self.message_started.store(NO_MESSAGE, Ordering::Relaxed);
+        } else if restart || self.message_started.load(Ordering::Relaxed) == NO_MESSAGE {
+            self.message_started
+                .store(self.since_base(), Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The nearest deadline and what happens then.
+    fn next_deadline(&self, d: &Deadlines) -> Option<(Instant, CloseReason)> {
+        let mut next: Option<(Instant, CloseReason)> = None;
+        let mut consider = |at: Instant, reason: CloseReason| {
+            if next.as_ref().is_none_or(|(n, _)| at < *n) {
+                next = Some((at, reason));
+            }
+        };
+        if let Some(t) = d.first_message {
+            if self.incoming && !self.carried_sip.load(Ordering::Relaxed) {
+                consider(self.base + t, CloseReason::FirstMessageTimeout);
+            }
+        }
+        if let Some(t) = d.message {
+            let started = self.message_started.load(Ordering::Relaxed);
+            if started != NO_MESSAGE {
+                consider(self.at(started) + t, CloseReason::MessageTimeout);
+            }
+        }
+        if let Some(t) = d.idle {
+            if !self.is_pinned() {
+                consider(self.last_activity() + t, CloseReason::Idle);
+            }
+        }
+        next
     }
 
     pub(super) fn close(&self, reason: CloseReason) {
@@ -68,6 +193,7 @@ impl ConnShared {
 
     pub(super) fn set_pinned(&self, pinned: bool) {
         self.pinned.store(pinned, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     fn take_reason(&self) -> Option<CloseReason> {
@@ -75,13 +201,32 @@ impl ConnShared {
     }
 
     fn touch(&self) {
-        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_activity.store(ns, Ordering::Relaxed);
+        self.last_activity
+            .store(self.since_base(), Ordering::Relaxed);
     }
 
     fn last_activity(&self) -> Instant {
-        self.base + Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
+        self.at(self.last_activity.load(Ordering::Relaxed))
     }
+}
+
+/// The shared state of a connection just accepted, registered as a
+/// candidate for eviction until it carries SIP.
+pub(super) fn incoming(
+    shared: &Arc<Shared>,
+    slot: StreamSlot,
+    source: SourceSlot,
+) -> Arc<ConnShared> {
+    let seq = shared.next_id();
+    let conn = Arc::new(ConnShared::new(
+        &shared.stop,
+        true,
+        seq,
+        Some(slot),
+        Some(source),
+    ));
+    shared.state().unproven.insert(seq, conn.clone());
+    conn
 }
 
 /// Opens a connection for `target` and starts its task.
@@ -109,9 +254,16 @@ pub(super) async fn connect(
         ),
         _ => None,
     };
-    let slot = StreamSlot::acquire(shared).ok_or(SendError::TooManyConnections {
+    let slot = shared.stream_slot().ok_or(SendError::TooManyConnections {
         limit: shared.max_connections,
     })?;
+    let conn = Arc::new(ConnShared::new(
+        &shared.stop,
+        false,
+        shared.next_id(),
+        Some(slot),
+        None,
+    ));
     let socket = match remote {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -136,7 +288,10 @@ pub(super) async fn connect(
                 tokio::time::timeout(shared.tls_handshake_timeout, connector.connect(name, tcp))
                     .await
                     .map_err(|_| SendError::TlsHandshakeTimeout)?
-                    .map_err(SendError::TlsHandshake)?;
+                    .map_err(|e| {
+                        shared.tls_failed(Direction::Outgoing, remote.ip(), &e);
+                        SendError::TlsHandshake(e)
+                    })?;
             Ok(start(
                 shared,
                 tls,
@@ -146,7 +301,7 @@ pub(super) async fn connect(
                 Direction::Outgoing,
                 None,
                 target.server_name.clone(),
-                slot,
+                conn,
             ))
         }
         _ => Ok(start(
@@ -158,7 +313,7 @@ pub(super) async fn connect(
             Direction::Outgoing,
             None,
             None,
-            slot,
+            conn,
         )),
     }
 }
@@ -170,12 +325,13 @@ pub(super) async fn accepted(
     listener: ListenerInfo,
     tcp: TcpStream,
     remote: SocketAddr,
-    slot: StreamSlot,
+    conn: Arc<ConnShared>,
 ) {
     let local = match tcp.local_addr() {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(listener = %listener.id, error = %e, "accepted socket unusable");
+            shared.forget_unproven(conn.seq);
             return;
         }
     };
@@ -183,11 +339,17 @@ pub(super) async fn accepted(
     match listener.transport {
         Transport::Tls => {
             let Some(acceptor) = shared.tls_acceptor.clone() else {
+                shared.forget_unproven(conn.seq);
                 return;
             };
             let handshake = tokio::select! {
-                () = shared.stop.cancelled() => return,
-                r = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(tcp)) => r,
+                // stopped, or evicted during the handshake
+                () = conn.token.cancelled() => None,
+                r = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(tcp)) => Some(r),
+            };
+            let Some(handshake) = handshake else {
+                shared.forget_unproven(conn.seq);
+                return;
             };
             match handshake {
                 Ok(Ok(tls)) => {
@@ -200,13 +362,21 @@ pub(super) async fn accepted(
                         Direction::Incoming,
                         Some(listener),
                         None,
-                        slot,
+                        conn,
                     );
                 }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // closed before a word of TLS (a probe, a port scan):
+                    // no reason to report
+                    shared.forget_unproven(conn.seq);
+                    tracing::debug!(listener = %listener.id, "TLS handshake: peer closed");
+                }
                 Ok(Err(e)) => {
-                    tracing::debug!(listener = %listener.id, error = %e, "TLS handshake failed");
+                    shared.forget_unproven(conn.seq);
+                    shared.tls_failed(Direction::Incoming, remote.ip(), &e);
                 }
                 Err(_) => {
+                    shared.forget_unproven(conn.seq);
                     tracing::debug!(listener = %listener.id, "TLS handshake timed out");
                 }
             }
@@ -221,7 +391,7 @@ pub(super) async fn accepted(
                 Direction::Incoming,
                 Some(listener),
                 None,
-                slot,
+                conn,
             );
         }
     }
@@ -238,7 +408,7 @@ fn start<S>(
     direction: Direction,
     listener: Option<ListenerInfo>,
     server_name: Option<String>,
-    slot: StreamSlot,
+    conn: Arc<ConnShared>,
 ) -> (ConnectionInfo, mpsc::Sender<Bytes>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -252,8 +422,6 @@ where
         listener: listener.map(|l| l.id),
     };
     let (tx, rx) = mpsc::channel(shared.send_queue);
-    let conn = Arc::new(ConnShared::new(&shared.stop));
-    conn.touch();
     shared.state().connections.insert(
         info.id,
         ConnEntry {
@@ -264,20 +432,12 @@ where
         },
     );
     tracing::debug!(connection = %info.id, %transport, ?direction, "connection opened");
-    tokio::spawn(drive(
-        shared.clone(),
-        stream,
-        info,
-        rx,
-        tx.clone(),
-        conn,
-        slot,
-    ));
+    tokio::spawn(drive(shared.clone(), stream, info, rx, tx.clone(), conn));
     (info, tx)
 }
 
 /// A connection's task: reads and frames, writes what is queued, watches
-/// the idle timer, and reports the close.
+/// the deadlines, and reports the close.
 async fn drive<S>(
     shared: Arc<Shared>,
     stream: S,
@@ -285,7 +445,6 @@ async fn drive<S>(
     mut rx: mpsc::Receiver<Bytes>,
     tx: mpsc::Sender<Bytes>,
     conn: Arc<ConnShared>,
-    _slot: StreamSlot,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -296,14 +455,24 @@ async fn drive<S>(
     }
     let reason = tokio::select! {
         r = read_loop(&shared, &info, &mut rd, &tx, &conn) => r,
-        r = write_loop(&mut wr, &mut rx, &conn) => r,
-        r = idle_watch(&conn, shared.idle_timeout) => r,
+        r = write_loop(&shared, &mut wr, &mut rx, &conn) => r,
+        r = deadline_watch(&conn, shared.deadlines) => r,
         () = conn.token.cancelled() => conn.take_reason().unwrap_or(CloseReason::Stopped),
     };
     // no sender may pick it any more
     conn.token.cancel();
     shared.remove_connection(info.id);
+    if conn.incoming {
+        shared.forget_unproven(conn.seq);
+    }
+    conn.release();
     drop(rx);
+    if matches!(
+        reason,
+        CloseReason::FirstMessageTimeout | CloseReason::MessageTimeout
+    ) {
+        tracing::debug!(connection = %info.id, peer = %info.remote.ip(), %reason, "connection too slow");
+    }
     if !matches!(reason, CloseReason::Reset | CloseReason::Io(_)) {
         // FIN (and close_notify): let the peer see an orderly close
         let _ = tokio::time::timeout(CLOSE_GRACE, wr.shutdown()).await;
@@ -337,12 +506,14 @@ where
             Ok(n) => n,
             Err(e) => return io_reason(&e),
         };
-        conn.touch();
         framer.push(buf.get(..n).unwrap_or_default());
+        let mut finished = false;
         loop {
             match framer.next_frame() {
                 Ok(None) => break,
                 Ok(Some(Frame::Message(bytes))) => {
+                    finished = true;
+                    conn.carried(shared);
                     shared
                         .emit(TransportEvent::Received {
                             transport: info.transport,
@@ -354,11 +525,13 @@ where
                         .await;
                 }
                 Ok(Some(Frame::Ping)) => {
+                    conn.keepalive();
                     if tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
                         tracing::debug!(connection = %info.id, "send queue full; pong skipped");
                     }
                 }
                 Ok(Some(Frame::Pong)) => {
+                    conn.keepalive();
                     shared
                         .emit(TransportEvent::PongReceived {
                             connection: info.id,
@@ -371,10 +544,16 @@ where
                 }
             }
         }
+        conn.set_mid_message(framer.mid_message(), finished);
     }
 }
 
-async fn write_loop<W>(wr: &mut W, rx: &mut mpsc::Receiver<Bytes>, conn: &ConnShared) -> CloseReason
+async fn write_loop<W>(
+    shared: &Shared,
+    wr: &mut W,
+    rx: &mut mpsc::Receiver<Bytes>,
+    conn: &ConnShared,
+) -> CloseReason
 where
     W: AsyncWrite + Unpin,
 {
@@ -387,27 +566,31 @@ where
                 return io_reason(&e);
             }
         }
-        conn.touch();
+        // a SIP message counts, a ping or pong (only CR and LF) does not
+        if !bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            conn.carried(shared);
+        }
     }
     CloseReason::Closed
 }
 
-/// Resolves once the connection has been idle for `timeout` while not
-/// pinned.
-async fn idle_watch(conn: &ConnShared, timeout: Option<Duration>) -> CloseReason {
-    let Some(timeout) = timeout else {
-        return std::future::pending().await;
-    };
+/// Resolves when a deadline passes: the first message's, the current
+/// message's, or the idle timer (while not pinned). Each is recomputed
+/// from the shared state when it falls due or when woken, so bytes that
+/// do not count never push one back.
+async fn deadline_watch(conn: &ConnShared, deadlines: Deadlines) -> CloseReason {
     loop {
-        let deadline = conn.last_activity() + timeout;
-        if Instant::now() >= deadline {
-            if !conn.pinned.load(Ordering::Relaxed) {
-                return CloseReason::Idle;
+        match conn.next_deadline(&deadlines) {
+            None => conn.wake.notified().await,
+            Some((at, reason)) => {
+                if Instant::now() >= at {
+                    return reason;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = conn.wake.notified() => {}
+                }
             }
-            // check again later (never spin, even with a zero timeout)
-            tokio::time::sleep(timeout.max(Duration::from_secs(1))).await;
-        } else {
-            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -445,7 +628,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_close_reason_wins() {
         let stop = CancellationToken::new();
-        let conn = ConnShared::new(&stop);
+        let conn = ConnShared::new(&stop, false, 1, None, None);
         assert!(!conn.is_closing());
         conn.close(CloseReason::KeepAliveTimeout);
         conn.close(CloseReason::ShutDown);
@@ -453,17 +636,25 @@ mod tests {
         assert_eq!(conn.take_reason(), Some(CloseReason::KeepAliveTimeout));
 
         // stopped by the manager: no reason (reported as Stopped)
-        let conn = ConnShared::new(&stop);
+        let conn = ConnShared::new(&stop, false, 2, None, None);
         stop.cancel();
         conn.close(CloseReason::Closed);
         assert!(conn.is_closing());
         assert_eq!(conn.take_reason(), None);
     }
 
+    fn idle_only(idle: Duration) -> Deadlines {
+        Deadlines {
+            idle: Some(idle),
+            first_message: None,
+            message: None,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_watch_waits_for_silence() {
         let stop = CancellationToken::new();
-        let conn = ConnShared::new(&stop);
+        let conn = ConnShared::new(&stop, false, 1, None, None);
         let idle = Duration::from_secs(10);
         conn.touch();
         let start = Instant::now();
@@ -474,10 +665,64 @@ mod tests {
             std::future::pending::<()>().await;
         };
         let reason = tokio::select! {
-            r = idle_watch(&conn, Some(idle)) => r,
+            r = deadline_watch(&conn, idle_only(idle)) => r,
             () = toucher => unreachable!(),
         };
         assert_eq!(reason, CloseReason::Idle);
         assert_eq!(start.elapsed(), Duration::from_secs(16));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unpinning_wakes_the_idle_watch_at_once() {
+        let stop = CancellationToken::new();
+        let conn = ConnShared::new(&stop, false, 1, None, None);
+        conn.set_pinned(true);
+        let start = Instant::now();
+        let unpin = async {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            conn.set_pinned(false);
+            std::future::pending::<()>().await;
+        };
+        let reason = tokio::select! {
+            r = deadline_watch(&conn, idle_only(Duration::from_secs(10))) => r,
+            () = unpin => unreachable!(),
+        };
+        // long past its idle time when unpinned: closed then
+        assert_eq!(reason, CloseReason::Idle);
+        assert_eq!(start.elapsed(), Duration::from_secs(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_started_brings_its_deadline_forward() {
+        let stop = CancellationToken::new();
+        let conn = ConnShared::new(&stop, true, 1, None, None);
+        let deadlines = Deadlines {
+            idle: Some(Duration::from_secs(300)),
+            first_message: Some(Duration::from_secs(20)),
+            message: Some(Duration::from_secs(5)),
+        };
+        let start = Instant::now();
+        // no message at all: the first-message deadline
+        let reason = deadline_watch(&conn, deadlines).await;
+        assert_eq!(reason, CloseReason::FirstMessageTimeout);
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+
+        // an outgoing connection: a message begun at 1 s ends it at 6 s
+        let conn = ConnShared::new(&stop, false, 2, None, None);
+        let start = Instant::now();
+        let begin = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            conn.set_mid_message(true, false);
+            // more bytes of the same message do not push it back
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            conn.set_mid_message(true, false);
+            std::future::pending::<()>().await;
+        };
+        let reason = tokio::select! {
+            r = deadline_watch(&conn, deadlines) => r,
+            () = begin => unreachable!(),
+        };
+        assert_eq!(reason, CloseReason::MessageTimeout);
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
     }
 }

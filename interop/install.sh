@@ -16,6 +16,8 @@
 #                              Modules used: ctrl_tcp menu ausine aubridge sndfile
 #                              g711 account uuid (in baresip-core).
 #   python3                    interop/baresip/ctrl.py (stdlib only)
+#   nftables                   nft: packet loss and silent drops in the namespace
+#                              fault tests (this kernel has no netem)
 #
 # The Debian kamailio package ships a service (init script, systemd unit)
 # that must not start here (it would listen on every address, port 5060):
@@ -24,7 +26,7 @@
 # place if there is none.
 set -euo pipefail
 
-PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3)
+PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3 nftables)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root" >&2

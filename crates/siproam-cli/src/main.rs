@@ -2,6 +2,7 @@
 //! the only crate with clap and anyhow.
 
 mod bench;
+mod bench_attack;
 mod bench_netns;
 mod demo;
 mod run;
@@ -124,6 +125,27 @@ enum BenchKind {
         #[arg(long)]
         netns: bool,
     },
+    /// A server under hostile traffic on loopback: a legitimate client's
+    /// latency during and after a flood from another source, the server's
+    /// memory and descriptors, and a new TCP client among idle connections.
+    Attack {
+        /// `registrar` (REGISTER flood, digest users) or `agent` (OPTIONS flood).
+        #[arg(long, default_value = "registrar")]
+        target: String,
+        /// How long the flood lasts, in seconds.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Flood rate cap in requests per second (0: as fast as one thread can).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// How long the legitimate client goes on after the flood, in seconds.
+        #[arg(long, default_value_t = 60)]
+        after: u64,
+        /// Idle TCP connections to open before a new TCP client registers
+        /// (registrar only; 0 skips).
+        #[arg(long, default_value_t = 20_000)]
+        tcp_idle: usize,
+    },
     /// N simultaneous calls with G.711 media between two endpoints on loopback.
     Calls {
         /// How many calls.
@@ -218,6 +240,25 @@ fn main() -> ExitCode {
             &transport,
             auth,
             window.max(1),
+            json,
+        )),
+        Command::Bench {
+            which:
+                BenchKind::Attack {
+                    target,
+                    secs,
+                    rate,
+                    after,
+                    tcp_idle,
+                },
+        } => block_on(bench_attack::attack(
+            bench_attack::AttackArgs {
+                target,
+                secs,
+                rate,
+                after,
+                tcp_idle,
+            },
             json,
         )),
         Command::Bench {

@@ -12,7 +12,43 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+/// The endpoint's admission control, shareable with the driver so that a
+/// datagram over its source's budget is dropped where it is read, before
+/// it is copied or queued (the decision is still this module's: the
+/// driver only asks). Cloning shares the same budgets.
+#[derive(Debug, Clone)]
+pub struct SharedAdmission {
+    inner: Arc<Mutex<Admission>>,
+    config: AdmissionConfig,
+}
+
+impl SharedAdmission {
+    pub(crate) fn new(config: AdmissionConfig) -> SharedAdmission {
+        SharedAdmission {
+            inner: Arc::new(Mutex::new(Admission::new(config))),
+            config,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Admission> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn config(&self) -> &AdmissionConfig {
+        &self.config
+    }
+
+    /// May this received message be looked at? Responses (`SIP/…`) always;
+    /// a request if its source is within its budget (counted).
+    pub fn admit(&self, now: Instant, source: IpAddr, data: &[u8]) -> bool {
+        data.starts_with(b"SIP/")
+            || self.config.per_source_rate == 0
+            || self.lock().admit(now, source)
+    }
+}
 
 /// Limits on what one source, and everyone together, may make the
 /// endpoint do.
@@ -101,10 +137,6 @@ impl Admission {
             config,
             ..Admission::default()
         }
-    }
-
-    pub(crate) fn config(&self) -> &AdmissionConfig {
-        &self.config
     }
 
     /// May a new request from `source` be looked at? Counts it.

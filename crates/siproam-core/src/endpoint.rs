@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use siproam_sip::{Answer, HeaderName, Message, MessageBuilder, Method};
 
-use crate::admission::{shrink, Admission};
+use crate::admission::{shrink, SharedAdmission};
 use crate::config::Config;
 use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, Transport};
 use crate::registration::{Account, AccountId};
@@ -250,7 +250,7 @@ pub struct Endpoint {
     /// calls (a network change: requests die on the dead path).
     pub(crate) change_window_until: Option<Instant>,
     /// Per-source budgets and the cap on server transactions.
-    admission: Admission,
+    admission: SharedAdmission,
     /// When idle UDP flows and refilled source buckets were last tidied.
     tidied: Option<Instant>,
 }
@@ -295,7 +295,7 @@ impl Endpoint {
             server_txs: HashMap::new(),
             server_index: HashMap::new(),
             change_window_until: None,
-            admission: Admission::new(admission),
+            admission: SharedAdmission::new(admission),
             tidied: None,
             accounts: HashMap::new(),
             calls: crate::dialog::Calls::default(),
@@ -395,11 +395,35 @@ impl Endpoint {
         self.handle_message(now, flow, remote, data);
     }
 
+    /// A UDP datagram the driver already passed through
+    /// [`Endpoint::admission`] where it read it (so it is not counted
+    /// twice).
+    pub fn handle_admitted_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: Bytes,
+    ) {
+        if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+            return;
+        }
+        self.tidy(now);
+        let flow = self.flows.inbound(Transport::Udp, local, remote);
+        self.handle_message(now, flow, remote, data);
+    }
+
+    /// The endpoint's admission control, for the driver to drop datagrams
+    /// over their source's budget as soon as it reads them.
+    pub fn admission(&self) -> SharedAdmission {
+        self.admission.clone()
+    }
+
     /// Admission control for one received message: responses pass, a
     /// request must fit its source's budget.
     fn admit(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) -> bool {
         self.tidy(now);
-        data.starts_with(b"SIP/") || self.admission.admit(now, remote.ip())
+        self.admission.admit(now, remote.ip(), data)
     }
 
     /// Now and then (every 32 s of traffic or timers): forget UDP flows
@@ -413,7 +437,7 @@ impl Endpoint {
             return;
         }
         self.tidied = Some(now);
-        self.admission.tidy(now);
+        self.admission.lock().tidy(now);
         let mut in_use: std::collections::HashSet<FlowId> = self
             .client_txs
             .values()
@@ -433,7 +457,7 @@ impl Endpoint {
 
     /// What the endpoint holds and has shed.
     pub fn stats(&self) -> EndpointStats {
-        let a = self.admission.stats();
+        let a = self.admission.lock().stats();
         EndpointStats {
             client_transactions: self.client_txs.len(),
             server_transactions: self.server_txs.len(),
@@ -1066,7 +1090,7 @@ impl Endpoint {
         }
         if self.server_txs.len() >= self.admission.config().max_server_transactions {
             // too much held already: answer without keeping anything
-            self.admission.stats.overloaded += 1;
+            self.admission.lock().stats.overloaded += 1;
             self.overloaded_response(flow, &req);
             return;
         }

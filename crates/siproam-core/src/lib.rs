@@ -25,7 +25,7 @@ mod rng;
 pub mod sdp;
 mod timers;
 
-pub use admission::{AdmissionConfig, AdmissionStats};
+pub use admission::{AdmissionConfig, AdmissionStats, SharedAdmission};
 pub use config::Config;
 pub use dialog::{CallEvent, CallId, CallState, IncomingCallLimits, InviteSpec};
 pub use endpoint::{

@@ -522,6 +522,11 @@ impl EndpointHandle {
         let os_key = crate::random::os_seed()?;
         core_config.entropy.get_or_insert(os_key);
         let mut core = Core::new(core_config);
+        // datagrams over their source's budget are dropped as they are read
+        let admission = core.admission();
+        transports.set_datagram_filter(std::sync::Arc::new(move |ip, data: &[u8]| {
+            admission.admit(now(), ip, data)
+        }));
         for (t, addr) in &config.listen {
             let info = transports.listen(*t, *addr).await?;
             core.add_listen_point(ListenPoint {
@@ -1785,7 +1790,12 @@ impl Driver {
                 bytes,
                 ..
             } => {
-                self.core.handle_datagram(now, local, remote, bytes);
+                if self.transports.has_datagram_filter() {
+                    self.core
+                        .handle_admitted_datagram(now, local, remote, bytes);
+                } else {
+                    self.core.handle_datagram(now, local, remote, bytes);
+                }
             }
             TransportEvent::Received {
                 transport,

@@ -69,3 +69,35 @@ pub fn raise_open_files_limit() -> io::Result<OpenFilesLimit> {
 pub fn raise_open_files_limit() -> io::Result<OpenFilesLimit> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// Raises both `RLIMIT_NOFILE` limits to at least `want` when the process
+/// may raise its hard limit (root: `CAP_SYS_RESOURCE`), else the soft one
+/// to the hard one as [`raise_open_files_limit`] does. For a benchmark or
+/// test client that must hold more sockets than the default hard limit.
+/// Returns the soft limit now.
+#[cfg(target_os = "linux")]
+pub fn raise_open_files_limit_to(want: u64) -> io::Result<u64> {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let want = want.min(nr_open);
+    let now = raise_open_files_limit()?;
+    if now.soft >= want {
+        return Ok(now.soft);
+    }
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(now.hard),
+    };
+    // SAFETY: setrlimit reads one rlimit struct we own.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) };
+    Ok(if r == 0 { want } else { now.soft })
+}
+
+/// Elsewhere than Linux: not supported.
+#[cfg(not(target_os = "linux"))]
+pub fn raise_open_files_limit_to(_want: u64) -> io::Result<u64> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}

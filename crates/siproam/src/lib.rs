@@ -19,6 +19,6 @@ pub use endpoint::{
     EndpointEvent, EndpointHandle, IpChangeParams, IpChangeReport, Ipv6Use, RefreshFlags,
     UnknownIpv6Use, UserAgent, WatchConfig,
 };
-pub use fdlimit::{raise_open_files_limit, OpenFilesLimit};
+pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
 pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

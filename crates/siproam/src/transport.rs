@@ -468,6 +468,9 @@ impl Drop for DropGuard {
 }
 
 /// State shared by the handles and the tasks.
+/// A check on each received datagram: `(source IP, bytes) -> keep?`.
+pub type DatagramFilter = Arc<dyn Fn(IpAddr, &[u8]) -> bool + Send + Sync>;
+
 pub(crate) struct Shared {
     limits: Limits,
     deadlines: stream::Deadlines,
@@ -490,6 +493,9 @@ pub(crate) struct Shared {
     /// Incoming connections per peer IP address (each counted by a
     /// [`SourceSlot`]).
     sources: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Asked about every datagram as it is read (source, bytes): false
+    /// drops it there, before it is copied or queued (admission control).
+    datagram_filter: std::sync::OnceLock<DatagramFilter>,
     /// Rate-limited warnings.
     refused_log: LogLimiter,
     evicted_log: LogLimiter,
@@ -792,6 +798,7 @@ impl TransportManager {
             next_id: AtomicU64::new(1),
             live_streams: Arc::new(AtomicUsize::new(0)),
             sources: Arc::new(Mutex::new(HashMap::new())),
+            datagram_filter: std::sync::OnceLock::new(),
             refused_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             evicted_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             tls_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
@@ -910,6 +917,18 @@ impl TransportManager {
         let info = self.start_listener(id, old.transport, old.requested, bound)?;
         tracing::info!(listener = %id, transport = %info.transport, local = %info.local, "listener restarted");
         Ok(info)
+    }
+
+    /// Installs the check every received datagram passes where it is read
+    /// (once; false if one is already installed).
+    pub fn set_datagram_filter(&self, filter: DatagramFilter) -> bool {
+        self.shared.datagram_filter.set(filter).is_ok()
+    }
+
+    /// Whether a datagram filter is installed (the datagrams delivered
+    /// have passed it).
+    pub fn has_datagram_filter(&self) -> bool {
+        self.shared.datagram_filter.get().is_some()
     }
 
     /// The listeners, by id.

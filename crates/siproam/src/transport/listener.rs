@@ -49,6 +49,9 @@ pub(super) async fn bind(
     }
 }
 
+/// The receive buffer asked for on UDP listeners (4 MiB).
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
 fn bind_once(transport: Transport, addr: SocketAddr) -> io::Result<Bound> {
     let (ty, protocol) = match transport {
         Transport::Udp => (Type::DGRAM, Protocol::UDP),
@@ -64,6 +67,12 @@ fn bind_once(transport: Transport, addr: SocketAddr) -> io::Result<Bound> {
         // in TIME_WAIT). Not for UDP, where it would let two sockets share
         // a port.
         socket.set_reuse_address(true)?;
+    }
+    if transport == Transport::Udp {
+        // a deeper receive queue absorbs bursts (a flood is shed as it is
+        // read, but the reader may lose the processor for a moment); the
+        // kernel caps it at net.core.rmem_max, and a refusal is harmless
+        let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -127,6 +136,13 @@ async fn run_udp(
         if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
             // empty datagram or CRLF keep-alive
             continue;
+        }
+        // admission control: over its source's budget, a request is
+        // dropped here, before it is copied or queued
+        if let Some(keep) = shared.datagram_filter.get() {
+            if !keep(remote.ip(), data) {
+                continue;
+            }
         }
         let event = TransportEvent::Received {
             transport: Transport::Udp,

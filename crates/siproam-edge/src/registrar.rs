@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use siproam_core::{CoreError, Endpoint, FlowId, ServerTxId};
+use siproam_core::{CoreError, Endpoint, FlowId, ListenPoint, ServerTxId};
 use siproam_sip::digest::Qop;
 use siproam_sip::digest::{self, Credentials, Secret, ServerChallenge};
 use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method, NameAddr, Uri};
@@ -531,7 +531,8 @@ impl Registrar {
         }
         // authentication
         if !self.config.users.is_empty() {
-            match self.authenticate(now, req, &key) {
+            let own = ep.listen_points().to_vec();
+            match self.authenticate(now, req, &key, &own) {
                 Auth::Ok => {}
                 Auth::Challenge { stale } => {
                     let value = self.challenge(ep, now, stale)?;
@@ -706,9 +707,15 @@ impl Registrar {
         self.reply(ep, now, tx, req, (200, "OK"), &extra)
     }
 
-    fn authenticate(&mut self, now: Instant, req: &Message, key: &str) -> Auth {
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        req: &Message,
+        key: &str,
+        own: &[ListenPoint],
+    ) -> Auth {
         let creds = req.authorization().filter_map(Result::ok);
-        match self.verify_credentials(now, req, creds) {
+        match self.verify_credentials(now, req, creds, own) {
             Ok(user) if user == key.split('@').next().unwrap_or_default() => Auth::Ok,
             Ok(_) => Auth::Forbidden,
             Err(stale) => Auth::Challenge { stale },
@@ -724,7 +731,7 @@ impl Registrar {
         req: &Message,
     ) -> Result<String, bool> {
         let creds = req.proxy_authorization().filter_map(Result::ok);
-        self.verify_credentials(now, req, creds)
+        self.verify_credentials(now, req, creds, &[])
     }
 
     /// A fresh challenge header value (no state kept).
@@ -747,6 +754,7 @@ impl Registrar {
         now: Instant,
         req: &Message,
         mut creds: impl Iterator<Item = Credentials<'m>>,
+        own: &[ListenPoint],
     ) -> Result<String, bool> {
         let realm = self.config.realm().to_owned();
         let creds = creds.find(|c| c.is_digest() && c.realm() == Some(realm.as_str()));
@@ -767,11 +775,21 @@ impl Registrar {
         if creds.qop() != Ok(Some(Qop::Auth)) {
             return Err(false);
         }
-        // §3.4.6: the digest-uri must be the Request-URI
+        // §3.4.6: the digest-uri must be the Request-URI — or, for a
+        // REGISTER, this registrar's own address (SIPp and some phones
+        // put the server's address there; the request came to us, so it
+        // designates the same resource, and it cannot be replayed
+        // against another one)
         let Some(ruri) = req.request_uri_str() else {
             return Err(false);
         };
-        if !creds.uri().is_some_and(|u| same_uri(u, ruri)) {
+        let names_us = |u: &str| {
+            method == Method::Register && Uri::parse(u).is_ok_and(|u| names_listen_point(&u, own))
+        };
+        if !creds
+            .uri()
+            .is_some_and(|u| same_uri(u, ruri) || names_us(u))
+        {
             return Err(false);
         }
         let Ok(verified) = digest::verify(
@@ -805,6 +823,21 @@ impl Registrar {
         }
         Ok(user)
     }
+}
+
+/// A SIP URI whose host is the literal address (and port) of one of our
+/// listen points.
+fn names_listen_point(uri: &Uri<'_>, points: &[ListenPoint]) -> bool {
+    let Some(sip) = uri.as_sip() else {
+        return false;
+    };
+    let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    points.iter().any(|p| {
+        p.addr.ip() == ip && sip.port().unwrap_or(p.transport.default_port()) == p.addr.port()
+    })
 }
 
 /// RFC 7616 §3.4.6: the digest-uri designates the Request-URI; the same

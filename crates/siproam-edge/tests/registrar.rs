@@ -637,6 +637,25 @@ fn an_answer_for_another_uri_is_refused() {
     assert!(alice_contacts(&w).is_empty());
 }
 
+/// SIPp (and some phones) answer a REGISTER's challenge with the
+/// registrar's own address as digest-uri: it designates the same server
+/// and is accepted; another IP address or port is not (found by the SIPp
+/// interop test when the uri check came in).
+#[test]
+fn a_register_answer_naming_the_registrar_itself_is_accepted() {
+    let mut w = world(users());
+    let mut c = Client::new(&mut w);
+    let ch = c.challenge(&mut w);
+    let auth = answer_challenge(&ch, &format!("sip:{REG}:5099"), 1);
+    let r = c.register(&mut w, "cid-1", 2, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(401), "another port of our address");
+    let ch = c.challenge(&mut w);
+    let auth = answer_challenge(&ch, &format!("sip:{REG}"), 1);
+    let r = c.register(&mut w, "cid-1", 4, "<sip:alice@192.0.2.70>", Some(&auth));
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(alice_contacts(&w).len(), 1);
+}
+
 fn nonce_of(challenge: &str) -> String {
     siproam_sip::digest::Challenge::parse(challenge)
         .unwrap()

@@ -483,43 +483,122 @@ async fn wait_registered(ep: &mut EndpointHandle, limit: Duration) -> anyhow::Re
     }
 }
 
-/// Opens `n` idle TCP connections to `to` from 127.0.1.1… (80 per source
-/// address), keeps them open, then registers a new client over TCP from
-/// 127.0.0.3; reports how many the attacker got and kept, and whether the
-/// new client was served.
-async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
-    let limit = raise_fd_limit(n as u64 + 4096);
-    let fds_before = fds_of(pid);
-    let opened = tokio::task::spawn_blocking(move || {
-        let mut held = Vec::with_capacity(n);
-        let mut refused = 0usize;
-        for i in 0..n {
-            let src = Ipv4Addr::new(127, 0, 1 + (i / 80 / 250) as u8, 1 + ((i / 80) % 250) as u8);
-            let sock = match socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            ) {
-                Ok(s) => s,
-                Err(_) => {
-                    refused += 1;
-                    continue;
-                }
-            };
-            if sock.bind(&SocketAddr::new(src.into(), 0).into()).is_err()
-                || sock
-                    .connect_timeout(&to.into(), Duration::from_millis(500))
-                    .is_err()
-            {
+/// How many idle connections one holder process keeps (each process
+/// has its own descriptor limit, which this sandbox cannot raise).
+const PER_HOLDER: usize = 10_000;
+
+/// `siproam bench hold-idle` (hidden, run by `bench attack`): opens
+/// `count` idle TCP connections to `to`, the i-th from source address
+/// 127.0.(1 + (first + i) / 80 / 250).(1 + (first + i) / 80 % 250); prints
+/// `{"connected":…,"refused":…}`; on a line on stdin prints how many are
+/// still open; exits at the end of stdin.
+pub fn hold_idle(to: SocketAddr, count: usize, first: usize) -> anyhow::Result<ExitCode> {
+    let _ = raise_fd_limit(count as u64 + 256);
+    let mut held = Vec::with_capacity(count);
+    let mut refused = 0usize;
+    for i in first..first + count {
+        let src = Ipv4Addr::new(127, 0, 1 + (i / 80 / 250) as u8, 1 + ((i / 80) % 250) as u8);
+        let sock = match socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        ) {
+            Ok(s) => s,
+            Err(_) => {
                 refused += 1;
                 continue;
             }
-            held.push(TcpStream::from(sock));
+        };
+        if sock.bind(&SocketAddr::new(src.into(), 0).into()).is_err()
+            || sock
+                .connect_timeout(&to.into(), Duration::from_millis(500))
+                .is_err()
+        {
+            refused += 1;
+            continue;
         }
-        (held, refused)
-    })
-    .await?;
-    let (held, refused) = opened;
+        held.push(TcpStream::from(sock));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        json!({"connected": held.len(), "refused": refused})
+    )?;
+    out.flush()?;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    while stdin.read_line(&mut line)? > 0 {
+        line.clear();
+        let mut open = 0usize;
+        for s in &held {
+            let _ = s.set_nonblocking(true);
+            let mut b = [0u8; 1];
+            if let Err(e) = std::io::Read::read(&mut &*s, &mut b) {
+                open += usize::from(e.kind() == std::io::ErrorKind::WouldBlock);
+            }
+        }
+        writeln!(out, "{}", json!({"still_open": open}))?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A holder process and its output.
+struct Holder {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Holder {
+    fn next(&mut self) -> Value {
+        self.lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| serde_json::from_str(&l).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Holds `n` idle TCP connections to `to` from 127.0.1.1… (80 per source
+/// address) in holder processes, then registers a new client over TCP
+/// from 127.0.0.3; reports how many the attacker got and kept, and whether
+/// the new client was served.
+async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
+    let fds_before = fds_of(pid);
+    let exe = std::env::current_exe()?;
+    let mut holders = Vec::new();
+    let mut first = 0;
+    while first < n {
+        let count = PER_HOLDER.min(n - first);
+        let mut child = Command::new(&exe)
+            .args(["bench", "hold-idle", "--to"])
+            .arg(to.to_string())
+            .args(["--count", &count.to_string(), "--first", &first.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("holder stdout")?;
+        holders.push(Holder {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        });
+        first += count;
+    }
+    let (mut connected, mut refused) = (0u64, 0u64);
+    for h in &mut holders {
+        let v = tokio::task::block_in_place(|| h.next());
+        connected += v.get("connected").and_then(Value::as_u64).unwrap_or(0);
+        refused += v.get("refused").and_then(Value::as_u64).unwrap_or(0);
+    }
     // give the server a moment to settle what it accepted
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_fds = fds_of(pid);
@@ -539,25 +618,23 @@ async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
     let latency_ms = (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     ep.shutdown().await;
     // how many of the attacker's connections the server still holds
-    let mut still_open = 0usize;
-    for s in &held {
-        let _ = s.set_nonblocking(true);
-        let mut b = [0u8; 1];
-        match std::io::Read::read(&mut &*s, &mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => still_open += 1,
-            _ => {}
+    let mut still_open = 0u64;
+    for h in &mut holders {
+        if let Some(stdin) = h.child.stdin.as_mut() {
+            let _ = writeln!(stdin, "check");
+            let _ = stdin.flush();
         }
+        let v = tokio::task::block_in_place(|| h.next());
+        still_open += v.get("still_open").and_then(Value::as_u64).unwrap_or(0);
     }
-    let attempted = held.len() + refused;
-    drop(held);
-    let _ = std::io::stdout().flush();
+    drop(holders);
     Ok(json!({
-        "attempted": attempted,
-        "connected": attempted - refused,
+        "attempted": n,
+        "connected": connected,
+        "refused": refused,
         "still_open": still_open,
         "server_fds_before": fds_before,
         "server_fds_held": server_fds,
-        "fd_limit": limit,
         "new_client_registered": served.is_ok(),
         "new_client_error": served.err().map(|e| e.to_string()),
         "new_client_ms": latency_ms,

@@ -146,6 +146,19 @@ enum BenchKind {
         #[arg(long, default_value_t = 20_000)]
         tcp_idle: usize,
     },
+    /// Holds idle TCP connections for `bench attack` (run by it).
+    #[command(hide = true)]
+    HoldIdle {
+        /// Where to connect.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// How many connections.
+        #[arg(long)]
+        count: usize,
+        /// The index of the first (picks the source addresses).
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+    },
     /// N simultaneous calls with G.711 media between two endpoints on loopback.
     Calls {
         /// How many calls.
@@ -261,6 +274,9 @@ fn main() -> ExitCode {
             },
             json,
         )),
+        Command::Bench {
+            which: BenchKind::HoldIdle { to, count, first },
+        } => bench_attack::hold_idle(to, count, first),
         Command::Bench {
             which: BenchKind::Calls { calls, seconds },
         } => block_on(bench::calls(calls, seconds, json)),

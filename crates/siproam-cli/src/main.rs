@@ -67,6 +67,10 @@ enum Command {
         /// carry); beyond it 403 (default 16).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_bindings: Option<u32>,
+        /// Shortest binding lifetime accepted, in seconds; a shorter one
+        /// gets 423 Interval Too Brief (default 60).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+        min_expires: Option<u32>,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -204,6 +208,7 @@ fn main() -> ExitCode {
             mut domain,
             max_rate_per_source,
             mut max_bindings,
+            mut min_expires,
             mut tls,
         } => {
             if let Err(e) = file.registrar(
@@ -211,6 +216,7 @@ fn main() -> ExitCode {
                 &mut users,
                 &mut domain,
                 &mut max_bindings,
+                &mut min_expires,
                 &mut tls,
             ) {
                 return bad_usage(&e);
@@ -220,7 +226,10 @@ fn main() -> ExitCode {
                 users,
                 domain,
                 max_rate_per_source,
-                max_bindings,
+                run::BindingLimits {
+                    max_bindings,
+                    min_expires,
+                },
                 tls,
                 json,
             ))

@@ -140,13 +140,22 @@ async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// The registrar's limits on bindings (flags or config file).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BindingLimits {
+    /// Most bindings per AoR (`--max-bindings`).
+    pub max_bindings: Option<u32>,
+    /// Shortest lifetime granted (`--min-expires`).
+    pub min_expires: Option<u32>,
+}
+
 /// `siproam registrar`.
 pub async fn registrar(
     listen: Vec<String>,
     users: Option<PathBuf>,
     domain: Option<String>,
     max_rate_per_source: u32,
-    max_bindings: Option<u32>,
+    limits: BindingLimits,
     tls: TlsArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -154,8 +163,11 @@ pub async fn registrar(
         domain,
         ..registrar_config()?
     };
-    if let Some(n) = max_bindings {
+    if let Some(n) = limits.max_bindings {
         config.max_bindings_per_aor = usize::try_from(n)?;
+    }
+    if let Some(secs) = limits.min_expires {
+        config.min_expires = secs;
     }
     if let Some(path) = users {
         let text = std::fs::read_to_string(&path)
@@ -304,6 +316,7 @@ pub struct FileConfig {
     users: Option<PathBuf>,
     domain: Option<String>,
     max_bindings: Option<u32>,
+    min_expires: Option<u32>,
     aor: Option<String>,
     registrar: Option<String>,
     user: Option<String>,
@@ -343,6 +356,7 @@ impl FileConfig {
         users: &mut Option<PathBuf>,
         domain: &mut Option<String>,
         max_bindings: &mut Option<u32>,
+        min_expires: &mut Option<u32>,
         tls: &mut TlsArgs,
     ) -> anyhow::Result<()> {
         if listen.is_empty() {
@@ -355,6 +369,12 @@ impl FileConfig {
                 anyhow::bail!("max-bindings must be at least 1");
             }
             *max_bindings = self.max_bindings;
+        }
+        if min_expires.is_none() {
+            if self.min_expires == Some(0) {
+                anyhow::bail!("min-expires must be at least 1");
+            }
+            *min_expires = self.min_expires;
         }
         self.tls(tls);
         Ok(())

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod netns;
+
 /// A `siproam` child process whose JSON stdout lines arrive on a channel.
 pub struct Proc {
     pub child: Child,
@@ -85,6 +87,26 @@ impl Proc {
                 }
                 Err(e) => panic!("no {what}: {e}"),
             }
+        }
+    }
+
+    /// Reads every event until none comes for `quiet` (at most 60 s in
+    /// all; panics beyond): for a process that settles after a storm.
+    pub fn wait_quiet(&self, quiet: Duration) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(v) = self.lines.recv_timeout(quiet) {
+            self.history.borrow_mut().push(v);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still busy after 60 s"
+            );
+        }
+    }
+
+    /// Reads the events already waiting (no wait).
+    pub fn drain(&self) {
+        while let Ok(v) = self.lines.try_recv() {
+            self.history.borrow_mut().push(v);
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Proxy {
 }
 
 /// The address a SIP URI names (IP literals only; the proxy does no DNS).
+/// Without `;transport=` a numeric `sip:` URI means `default` — UDP, as
+/// RFC 3263 §4.1 says, never the transport the request came in on.
 fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
     let sip = uri.as_sip()?;
     let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
@@ -256,7 +258,7 @@ impl Proxy {
             .routes()
             .next()
             .and_then(Result::ok)
-            .and_then(|r| uri_target(r.uri(), inbound));
+            .and_then(|r| uri_target(r.uri(), Transport::Udp));
         let target = match next_route {
             Some(t) => t,
             None => {
@@ -300,7 +302,7 @@ impl Proxy {
                 } else if in_dialog || (ip_host && registrar.is_bound_contact(&parsed)) {
                     // the dialog's remote target (it may have moved), or a
                     // Contact registered here
-                    match uri_target(&parsed, inbound) {
+                    match uri_target(&parsed, Transport::Udp) {
                         Some(t) => t,
                         None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),
                     }
@@ -318,7 +320,7 @@ impl Proxy {
                     if let Some(answered) = Self::foreign(ep, now, tx, &req, registrar)? {
                         return Ok(answered);
                     }
-                    match uri_target(&parsed, inbound) {
+                    match uri_target(&parsed, Transport::Udp) {
                         Some(t) => t,
                         // no DNS here
                         None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),

@@ -142,7 +142,7 @@ fn answer(req: &Message, code: u16) -> Message {
     b.build().unwrap()
 }
 
-fn call_through_the_proxy(bob_transport: Transport) {
+fn call_through_the_proxy(bob_transport: Transport, alice_transport: Transport) {
     let mut w = world(bob_transport);
     let id = w
         .sim
@@ -150,7 +150,7 @@ fn call_through_the_proxy(bob_transport: Transport) {
             ep.send_request(
                 now,
                 invite("sip:bob@example.test"),
-                proxy_target(Transport::Udp),
+                proxy_target(alice_transport),
             )
         })
         .unwrap();
@@ -198,11 +198,38 @@ fn call_through_the_proxy(bob_transport: Transport) {
         .header("CSeq", "1 ACK");
     w.sim
         .with_endpoint(w.alice, |ep, now| {
-            ep.send_request(now, ack, proxy_target(Transport::Udp))
+            ep.send_request(now, ack, proxy_target(alice_transport))
         })
         .unwrap();
     w.sim.run_for(Duration::from_millis(200));
-    let got = incoming(&mut w.sim, w.bob);
+    let events = w.sim.take_events(w.bob);
+    let ack_flows: Vec<_> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::IncomingRequest { flow, request, .. }
+                if request.method() == Some(Method::Ack) =>
+            {
+                Some(*flow)
+            }
+            _ => None,
+        })
+        .collect();
+    if bob_transport == Transport::Udp {
+        // a Contact without `;transport=`: UDP (RFC 3263 §4.1), whatever
+        // the caller's leg was
+        let transports: Vec<_> = ack_flows
+            .iter()
+            .map(|f| w.sim.endpoint(w.bob).flow(*f).map(|f| f.transport))
+            .collect();
+        assert_eq!(transports, [Some(Transport::Udp)]);
+    }
+    let got: Vec<_> = events
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::IncomingRequest { tx, request, .. } => Some((tx, request)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, None, "an ACK for a 2xx has no transaction");
     assert_eq!(got[0].1.method(), Some(Method::Ack));
@@ -214,12 +241,22 @@ fn call_through_the_proxy(bob_transport: Transport) {
 
 #[test]
 fn invite_ack_through_the_proxy_to_a_udp_binding() {
-    call_through_the_proxy(Transport::Udp);
+    call_through_the_proxy(Transport::Udp, Transport::Udp);
 }
 
 #[test]
 fn invite_ack_through_the_proxy_to_a_tcp_binding_over_its_connection() {
-    call_through_the_proxy(Transport::Tcp);
+    call_through_the_proxy(Transport::Tcp, Transport::Udp);
+}
+
+/// Regression (found by the namespace fault tests): a caller over TCP
+/// calling a callee registered over UDP never got its ACK or BYE through:
+/// the proxy sent in-dialog requests to the callee's Contact (no
+/// `;transport=`) over the transport they arrived on, TCP, instead of UDP
+/// (RFC 3263 §4.1 for a numeric `sip:` address).
+#[test]
+fn a_tcp_caller_reaches_a_udp_callee_in_dialog() {
+    call_through_the_proxy(Transport::Udp, Transport::Tcp);
 }
 
 #[test]

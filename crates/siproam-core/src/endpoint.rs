@@ -383,16 +383,11 @@ impl Endpoint {
         remote: SocketAddr,
         data: Bytes,
     ) {
-        if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            return; // a keep-alive, not a message
-        }
         // a request over its source's budget is dropped before it costs a
-        // parse or a flow
-        if !self.admit(now, remote, &data) {
-            return;
+        // parse or a flow (a keep-alive costs no budget)
+        if is_keepalive(&data) || self.admit(now, remote, &data) {
+            self.handle_admitted_datagram(now, local, remote, data);
         }
-        let flow = self.flows.inbound(Transport::Udp, local, remote);
-        self.handle_message(now, flow, remote, data);
     }
 
     /// A UDP datagram the driver already passed through
@@ -405,8 +400,8 @@ impl Endpoint {
         remote: SocketAddr,
         data: Bytes,
     ) {
-        if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            return;
+        if is_keepalive(&data) {
+            return; // not a message
         }
         self.tidy(now);
         let flow = self.flows.inbound(Transport::Udp, local, remote);
@@ -1337,6 +1332,11 @@ impl Endpoint {
     pub fn random_token(&mut self, len: usize) -> String {
         self.rng.token(len)
     }
+}
+
+/// A datagram of CRLFs only (RFC 5626 keep-alive) or empty.
+fn is_keepalive(data: &[u8]) -> bool {
+    data.iter().all(|b| *b == b'\r' || *b == b'\n')
 }
 
 /// `host:port`, with IPv6 in brackets.

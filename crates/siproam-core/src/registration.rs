@@ -547,16 +547,7 @@ impl Endpoint {
             // were registered, RFC 7616 §3.3) is answered once, or the
             // binding would stay on the registrar for its whole lifetime
             if matches!(code, 401 | 407) && acc.config.password.is_some() {
-                let header = if code == 401 {
-                    HeaderName::WwwAuthenticate
-                } else {
-                    HeaderName::ProxyAuthenticate
-                };
-                let challenge = resp.header(header).map(str::to_owned);
-                let stale = challenge
-                    .as_deref()
-                    .and_then(|c| Challenge::parse(c).ok())
-                    .is_some_and(|c| c.stale());
+                let (challenge, stale) = challenge_of(&resp, code);
                 // answered already: only a new nonce said to be stale is
                 // worth another try (a registrar repeating itself is not)
                 let retry = match (&acc.auth, &challenge) {
@@ -625,16 +616,7 @@ impl Endpoint {
                 );
             }
             401 | 407 => {
-                let header = if code == 401 {
-                    HeaderName::WwwAuthenticate
-                } else {
-                    HeaderName::ProxyAuthenticate
-                };
-                let challenge = resp.header(header).map(str::to_owned);
-                let stale = challenge
-                    .as_deref()
-                    .and_then(|c| Challenge::parse(c).ok())
-                    .is_some_and(|c| c.stale());
+                let (challenge, stale) = challenge_of(&resp, code);
                 let repeated = acc.auth.as_ref().is_some_and(|a| a.answered) && !stale;
                 match (challenge, acc.config.password.is_some(), repeated) {
                     (Some(challenge), true, false) => {
@@ -878,4 +860,20 @@ pub(crate) fn is_private(ip: IpAddr) -> bool {
             v6.is_loopback() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
         }
     }
+}
+
+/// The challenge of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate),
+/// and whether it says the nonce we used was stale.
+fn challenge_of(resp: &Message, code: u16) -> (Option<String>, bool) {
+    let header = if code == 401 {
+        HeaderName::WwwAuthenticate
+    } else {
+        HeaderName::ProxyAuthenticate
+    };
+    let challenge = resp.header(header).map(str::to_owned);
+    let stale = challenge
+        .as_deref()
+        .and_then(|c| Challenge::parse(c).ok())
+        .is_some_and(|c| c.stale());
+    (challenge, stale)
 }

@@ -15,53 +15,27 @@ use bytes::Bytes;
 use siproam_core::{
     AccountConfig, AdmissionConfig, Config, Event, RegistrationState, Target, Transport,
 };
-use siproam_edge::{Handled, Registrar, RegistrarConfig};
+use siproam_edge::{Registrar, RegistrarConfig};
 use siproam_sim::{NodeId, Sim};
 
-const REG: &str = "192.0.2.1";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+mod common;
+use common::{ip, registrar_node, REG};
 
 fn registrar(sim: &mut Sim, admission: AdmissionConfig) -> (NodeId, Rc<RefCell<Registrar>>) {
-    let reg = sim.add_endpoint(
-        "registrar",
-        &[ip(REG)],
-        Config {
-            seed: 99,
-            dialogs: false,
-            admission,
-            ..Config::default()
-        },
-    );
-    let registrar = Rc::new(RefCell::new(Registrar::new(RegistrarConfig {
+    let config = RegistrarConfig {
         domain: Some("example.test".into()),
         users: RegistrarConfig::parse_users("alice:alicepw\n").unwrap(),
         ..RegistrarConfig::default()
-    })));
-    let r = registrar.clone();
-    sim.set_handler(
-        reg,
-        Box::new(move |ep, now, ev| match ev {
-            Event::IncomingRequest {
-                tx: Some(tx),
-                flow,
-                request,
-            } => {
-                if r.borrow_mut()
-                    .handle_request(ep, now, tx, flow, &request)
-                    .unwrap()
-                    == Handled::NotMine
-                {
-                    ep.respond_default(now, tx, &request).unwrap();
-                }
-                None
-            }
-            other => Some(other),
-        }),
-    );
-    (reg, registrar)
+    };
+    registrar_node(
+        sim,
+        config,
+        Config {
+            seed: 99,
+            admission,
+            ..Config::default()
+        },
+    )
 }
 
 fn request(method: &str, from: SocketAddr, n: u64) -> Bytes {

@@ -7,22 +7,19 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use siproam_core::{
     AccountConfig, Config, Event, RegistrationFailure, RegistrationState, Target, Transport,
 };
-use siproam_edge::{Handled, Registrar, RegistrarConfig};
+use siproam_edge::{Registrar, RegistrarConfig};
 use siproam_sim::{NodeId, Sim};
 use siproam_sip::{HeaderName, MessageBuilder, Method};
 
-const REG: &str = "192.0.2.1";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
+mod common;
+use common::{ip, registrar_node, REG};
 
 struct World {
     sim: Sim,
@@ -32,12 +29,11 @@ struct World {
 
 fn world(config: RegistrarConfig) -> World {
     let mut sim = Sim::new(Instant::now(), 11);
-    let reg = sim.add_endpoint(
-        "registrar",
-        &[ip(REG)],
+    let (reg, registrar) = registrar_node(
+        &mut sim,
+        config,
         Config {
             seed: 99,
-            dialogs: false,
             // the registrar's own bounds are under test here (floods from
             // one peer); the core's per-source budget is tested in flood.rs
             admission: siproam_core::AdmissionConfig {
@@ -47,28 +43,6 @@ fn world(config: RegistrarConfig) -> World {
             },
             ..Config::default()
         },
-    );
-    let registrar = Rc::new(RefCell::new(Registrar::new(config)));
-    let r = registrar.clone();
-    sim.set_handler(
-        reg,
-        Box::new(move |ep, now, ev| match ev {
-            Event::IncomingRequest {
-                tx: Some(tx),
-                flow,
-                request,
-            } => {
-                if r.borrow_mut()
-                    .handle_request(ep, now, tx, flow, &request)
-                    .unwrap()
-                    == Handled::NotMine
-                {
-                    ep.respond_default(now, tx, &request).unwrap();
-                }
-                None
-            }
-            other => Some(other),
-        }),
     );
     World {
         sim,

@@ -13,7 +13,7 @@ use siproam::{AccountSpec, EndpointConfig, EndpointEvent, EndpointHandle, UserAg
 use crate::run::emit;
 
 /// The process's resident memory, in bytes (Linux `/proc/self/status`).
-fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -332,11 +332,6 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(i).copied().unwrap_or(f64::NAN)
 }
 
-/// `siproam bench handoff --runs N`: the demo's hand-off, repeated on one
-/// call (Alice alternates between 127.0.0.2 and 127.0.0.3); reports p50
-/// and p95 from handling started to the REGISTER 2xx with the new Contact,
-/// to the call refresh's 2xx, and to the first RTP from the peer on the new
-/// address, and the RTP packets lost per hand-off.
 /// Registers Alice and Bob (`sip:alice@`/`sip:bob@example.test`) at
 /// `reg`, then Alice calls Bob through it; returns once the call is
 /// confirmed.
@@ -345,7 +340,6 @@ pub(crate) async fn register_and_call(
     bob: &mut EndpointHandle,
     reg: &str,
 ) -> anyhow::Result<siproam::core::CallId> {
-    use siproam::core::{CallEvent, CallState};
     for (ep, user) in [(&alice, "alice"), (&bob, "bob")] {
         ep.register(AccountSpec {
             aor: format!("sip:{user}@example.test"),
@@ -361,6 +355,16 @@ pub(crate) async fn register_and_call(
         .await?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    call_bob(alice, bob, reg).await
+}
+
+/// Alice calls Bob through `reg`; returns once the call is confirmed.
+pub(crate) async fn call_bob(
+    alice: &mut EndpointHandle,
+    bob: &mut EndpointHandle,
+    reg: &str,
+) -> anyhow::Result<siproam::core::CallId> {
+    use siproam::core::{CallEvent, CallState};
     let call = alice
         .call("sip:bob@example.test", "sip:alice@example.test", Some(reg))
         .await?;
@@ -437,6 +441,11 @@ pub(crate) async fn measure(
     t.media.extend(m);
 }
 
+/// `siproam bench handoff --runs N`: the demo's hand-off, repeated on one
+/// call (Alice alternates between 127.0.0.2 and 127.0.0.3); reports p50
+/// and p95 from handling started to the REGISTER 2xx with the new Contact,
+/// to the call refresh's 2xx, and to the first RTP from the peer on the new
+/// address, and the RTP packets lost per hand-off.
 pub async fn handoff(
     runs: usize,
     break_before_make: bool,

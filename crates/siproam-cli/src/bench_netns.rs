@@ -15,6 +15,7 @@
 //! media reports.
 
 use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -26,15 +27,16 @@ use siproam::{
     WatchConfig,
 };
 use siproam_edge::{Registrar, RegistrarApp};
+use tokio::sync::oneshot;
 
 use crate::run::emit;
 
-const WIFI: &str = "10.1.0.2";
-const CELL: &str = "10.2.0.2";
+pub(crate) const WIFI: &str = "10.1.0.2";
+pub(crate) const CELL: &str = "10.2.0.2";
 const SERVER: &str = "10.9.0.2";
 
 /// The namespaces, torn down on drop.
-struct Topology {
+pub(crate) struct Topology {
     script: std::path::PathBuf,
     tag: String,
 }
@@ -76,6 +78,29 @@ impl Topology {
             );
         }
         Ok(())
+    }
+
+    /// Break-before-make: removes wifi's address (its routes go with it),
+    /// so Alice must move to cell. Returns the instant just before.
+    pub(crate) fn break_wifi(&self) -> anyhow::Result<Instant> {
+        let start = Instant::now();
+        self.handset(&["addr", "del", &format!("{WIFI}/24"), "dev", "wifi0"])?;
+        Ok(start)
+    }
+
+    /// Make-before-break: puts wifi's address and routes back, wifi
+    /// preferred again while cell still works. Returns the instant just
+    /// before the default route that makes wifi preferred.
+    pub(crate) fn restore_wifi(&self) -> anyhow::Result<Instant> {
+        self.handset(&["addr", "add", &format!("{WIFI}/24"), "dev", "wifi0"])?;
+        self.handset(&[
+            "route", "replace", "default", "via", "10.1.0.1", "dev", "wifi0", "table", "101",
+        ])?;
+        let start = Instant::now();
+        self.handset(&[
+            "route", "add", "default", "via", "10.1.0.1", "dev", "wifi0", "metric", "100",
+        ])?;
+        Ok(start)
     }
 }
 
@@ -144,79 +169,137 @@ fn phone(auto_answer: bool, seed: u64) -> Box<Phone> {
     ))
 }
 
-/// Media loss counters of both sides as last reported.
+/// Media counters of both sides as last reported: packets lost and
+/// received.
 #[derive(Default, Clone, Copy)]
-struct Lost {
-    alice: i64,
-    bob: i64,
+pub(crate) struct Lost {
+    pub alice: i64,
+    pub bob: i64,
+    pub alice_rx: u64,
+    pub bob_rx: u64,
+}
+
+/// The hand-off bench's setting: the namespaces, the registrar and Bob in
+/// the server namespace, Alice in the handset (wildcard listeners,
+/// detection on), in a confirmed call through the registrar over wifi.
+pub(crate) struct NetnsCall {
+    pub topo: Topology,
+    pub alice: EndpointHandle,
+    pub bob: EndpointHandle,
+    pub call: siproam::core::CallId,
+    /// The registrar's location service, to look Alice's binding up.
+    pub location: Arc<Mutex<Registrar>>,
+    registrar: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl NetnsCall {
+    /// Builds the namespaces, starts the three endpoints, registers Alice
+    /// and Bob and has Alice call Bob.
+    pub(crate) async fn up() -> anyhow::Result<NetnsCall> {
+        let topo = Topology::up()?;
+        let (h, s) = (topo.ns('h'), topo.ns('s'));
+        let app = RegistrarApp::new(Registrar::new(crate::run::registrar_config()?));
+        let location = app.registrar();
+        let mut registrar = start_in(
+            &s,
+            EndpointConfig {
+                listen: vec![(Transport::Udp, format!("{SERVER}:5060").parse()?)],
+                core: Config {
+                    dialogs: false,
+                    ..Config::default()
+                },
+                ..Default::default()
+            },
+            Box::new(app),
+        )?;
+        // its events (a 200 to every REGISTER) are drained so none waits
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    ev = registrar.next_event() => if ev.is_none() { break },
+                }
+            }
+            registrar.shutdown().await;
+        });
+        let reg = registrar_uri();
+        let mut bob = start_in(
+            &s,
+            EndpointConfig {
+                listen: vec![(Transport::Udp, format!("{SERVER}:0").parse()?)],
+                ..Default::default()
+            },
+            phone(true, 7),
+        )?;
+        let mut alice = start_in(
+            &h,
+            EndpointConfig {
+                listen: vec![
+                    (Transport::Udp, "0.0.0.0:0".parse()?),
+                    (Transport::Tcp, "0.0.0.0:0".parse()?),
+                ],
+                watch: Some(WatchConfig::default()),
+                ..Default::default()
+            },
+            phone(false, 5),
+        )?;
+        let call = crate::bench::register_and_call(&mut alice, &mut bob, &reg).await?;
+        Ok(NetnsCall {
+            topo,
+            alice,
+            bob,
+            call,
+            location,
+            registrar: Some((stop, task)),
+        })
+    }
+
+    /// After a lost call: Alice calls Bob again.
+    pub(crate) async fn recall(&mut self) -> anyhow::Result<()> {
+        self.call =
+            crate::bench::call_bob(&mut self.alice, &mut self.bob, &registrar_uri()).await?;
+        Ok(())
+    }
+
+    /// Hangs up and stops the endpoints; the namespaces go when dropped.
+    pub(crate) async fn down(mut self) {
+        let _ = self.alice.phone(PhoneCommand::HangUp(self.call)).await;
+        self.alice.shutdown().await;
+        self.bob.shutdown().await;
+        if let Some((stop, task)) = self.registrar.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+fn registrar_uri() -> String {
+    format!("sip:{SERVER}:5060")
 }
 
 pub async fn handoff_netns(runs: usize, json_out: bool) -> anyhow::Result<ExitCode> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let topo = Topology::up()?;
-    let (h, s) = (topo.ns('h'), topo.ns('s'));
-    let registrar = start_in(
-        &s,
-        EndpointConfig {
-            listen: vec![(Transport::Udp, format!("{SERVER}:5060").parse()?)],
-            core: Config {
-                dialogs: false,
-                ..Config::default()
-            },
-            ..Default::default()
-        },
-        Box::new(RegistrarApp::new(Registrar::new(
-            crate::run::registrar_config()?,
-        ))),
-    )?;
-    let reg = format!("sip:{SERVER}:5060");
-    let mut bob = start_in(
-        &s,
-        EndpointConfig {
-            listen: vec![(Transport::Udp, format!("{SERVER}:0").parse()?)],
-            ..Default::default()
-        },
-        phone(true, 7),
-    )?;
-    let mut alice = start_in(
-        &h,
-        EndpointConfig {
-            listen: vec![
-                (Transport::Udp, "0.0.0.0:0".parse()?),
-                (Transport::Tcp, "0.0.0.0:0".parse()?),
-            ],
-            watch: Some(WatchConfig::default()),
-            ..Default::default()
-        },
-        phone(false, 5),
-    )?;
-    let call = crate::bench::register_and_call(&mut alice, &mut bob, &reg).await?;
-    let mut lost = settle(&mut alice, &mut bob, Lost::default()).await;
+    let mut net = NetnsCall::up().await?;
+    let (alice, bob) = (&mut net.alice, &mut net.bob);
+    let mut lost = settle(alice, bob, Lost::default()).await;
     let (mut bbm, mut mbb) = (
         crate::bench::Times::default(),
         crate::bench::Times::default(),
     );
     for _ in 0..runs {
         // break-before-make: wifi's address goes; Alice must move to cell
-        let start = Instant::now();
-        topo.handset(&["addr", "del", &format!("{WIFI}/24"), "dev", "wifi0"])?;
-        crate::bench::measure(&mut alice, &mut bob, start, CELL, &mut bbm).await;
-        lost = count_loss(&mut alice, &mut bob, lost, &mut bbm).await;
+        let start = net.topo.break_wifi()?;
+        crate::bench::measure(alice, bob, start, CELL, &mut bbm).await;
+        lost = count_loss(alice, bob, lost, &mut bbm).await;
         // make-before-break: wifi comes back, preferred, cell still works
-        topo.handset(&["addr", "add", &format!("{WIFI}/24"), "dev", "wifi0"])?;
-        topo.handset(&[
-            "route", "replace", "default", "via", "10.1.0.1", "dev", "wifi0", "table", "101",
-        ])?;
-        let start = Instant::now();
-        topo.handset(&[
-            "route", "add", "default", "via", "10.1.0.1", "dev", "wifi0", "metric", "100",
-        ])?;
-        crate::bench::measure(&mut alice, &mut bob, start, WIFI, &mut mbb).await;
-        lost = count_loss(&mut alice, &mut bob, lost, &mut mbb).await;
+        let start = net.topo.restore_wifi()?;
+        crate::bench::measure(alice, bob, start, WIFI, &mut mbb).await;
+        lost = count_loss(alice, bob, lost, &mut mbb).await;
     }
-    alice.phone(PhoneCommand::HangUp(call)).await?;
+    net.down().await;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     for (mode, t) in [
         ("break-before-make (wifi address removed)", &mut bbm),
@@ -246,23 +329,23 @@ pub async fn handoff_netns(runs: usize, json_out: bool) -> anyhow::Result<ExitCo
             }),
         );
     }
-    for ep in [&alice, &bob, &registrar] {
-        ep.shutdown().await;
-    }
-    drop(topo);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Lets a media report of both sides pass, returning their loss counters.
-async fn settle(alice: &mut EndpointHandle, bob: &mut EndpointHandle, last: Lost) -> Lost {
+pub(crate) async fn settle(
+    alice: &mut EndpointHandle,
+    bob: &mut EndpointHandle,
+    last: Lost,
+) -> Lost {
     let mut now = last;
     let (mut a, mut b) = (false, false);
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     while !(a && b) {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break,
-            ev = alice.next_event() => if let Some(EndpointEvent::Media(m)) = ev { now.alice = m.lost.max(0); a = true },
-            ev = bob.next_event() => if let Some(EndpointEvent::Media(m)) = ev { now.bob = m.lost.max(0); b = true },
+            ev = alice.next_event() => if let Some(EndpointEvent::Media(m)) = ev { now.alice = m.lost.max(0); now.alice_rx = m.rx_packets; a = true },
+            ev = bob.next_event() => if let Some(EndpointEvent::Media(m)) = ev { now.bob = m.lost.max(0); now.bob_rx = m.rx_packets; b = true },
         }
     }
     now

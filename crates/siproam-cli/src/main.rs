@@ -4,6 +4,7 @@
 mod bench;
 mod bench_attack;
 mod bench_netns;
+mod bench_soak;
 mod demo;
 mod run;
 
@@ -163,6 +164,18 @@ enum BenchKind {
         #[arg(long, default_value_t = 0)]
         first: usize,
     },
+    /// In network namespaces (root): N detected hand-offs in a row with a
+    /// call up, alternating break-before-make and make-before-break;
+    /// reports calls and bindings lost, RTP loss per hand-off, descriptors
+    /// and resident memory (exit 1 when a call or binding was lost).
+    Soak {
+        /// How many hand-offs.
+        #[arg(long, default_value_t = 1000)]
+        handoffs: usize,
+        /// Stop after this many seconds even if not all hand-offs ran.
+        #[arg(long, default_value_t = 7200)]
+        max_secs: u64,
+    },
     /// N simultaneous calls with G.711 media between two endpoints on loopback.
     Calls {
         /// How many calls.
@@ -286,6 +299,9 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchKind::HoldIdle { to, count, first },
         } => bench_attack::hold_idle(to, count, first),
+        Command::Bench {
+            which: BenchKind::Soak { handoffs, max_secs },
+        } => block_on(bench_soak::soak(handoffs, max_secs, json)),
         Command::Bench {
             which: BenchKind::Calls { calls, seconds },
         } => block_on(bench::calls(calls, seconds, json)),

@@ -149,6 +149,25 @@ pub fn repo() -> PathBuf {
         .unwrap()
 }
 
+/// Whether this process may build network namespaces (root and
+/// iproute2); says why the test is skipped otherwise, or fails when
+/// `SIPROAM_REQUIRE_INTEROP` is set (CI).
+pub fn can_build_namespaces() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let have_ip = Command::new("ip").arg("-V").output().is_ok();
+    if root && have_ip {
+        return true;
+    }
+    if std::env::var_os("SIPROAM_REQUIRE_INTEROP").is_some() {
+        panic!("the namespace tests need root and iproute2, and this run requires them");
+    }
+    eprintln!("skipped: the namespace tests need root and iproute2 (`ip netns`)");
+    false
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("siproam-test-{name}-{}", std::process::id()));

@@ -20,23 +20,6 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-/// Whether this process may build namespaces; says why not otherwise.
-pub fn can_build_namespaces() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let have_ip = Command::new("ip").arg("-V").output().is_ok();
-    if root && have_ip {
-        return true;
-    }
-    if std::env::var_os("SIPROAM_REQUIRE_INTEROP").is_some() {
-        panic!("the namespace tests need root and iproute2, and this run requires them");
-    }
-    eprintln!("skipped: the namespace tests need root and iproute2 (`ip netns`)");
-    false
-}
-
 /// The handset, router and server namespaces of
 /// `interop/netns/topology.sh` (addresses there), removed on drop.
 pub struct Topology {

@@ -41,6 +41,22 @@ impl SharedAdmission {
         &self.config
     }
 
+    /// Marks a source as one that proved who it is (a registrar after a
+    /// good digest answer): while the endpoint holds its cap of server
+    /// transactions (a flood from many addresses), its requests are still
+    /// taken, up to twice the cap. Bounded like the buckets.
+    pub fn trust(&self, now: Instant, source: IpAddr, lifetime: Duration) {
+        self.lock().trust(now, source, lifetime);
+    }
+
+    /// Whether `source` is trusted at `now`.
+    pub fn is_trusted(&self, now: Instant, source: IpAddr) -> bool {
+        self.lock()
+            .trusted
+            .get(&source)
+            .is_some_and(|until| *until > now)
+    }
+
     /// May this received message be looked at? Responses (`SIP/…`) always;
     /// a request if its source is within its budget (counted).
     pub fn admit(&self, now: Instant, source: IpAddr, data: &[u8]) -> bool {
@@ -128,6 +144,8 @@ pub(crate) struct Admission {
     overflow: Option<Bucket>,
     /// When full buckets were last swept out.
     swept: Option<Instant>,
+    /// Sources that proved who they are, until when.
+    trusted: HashMap<IpAddr, Instant>,
     pub(crate) stats: AdmissionStats,
 }
 
@@ -169,6 +187,16 @@ impl Admission {
         ok
     }
 
+    fn trust(&mut self, now: Instant, source: IpAddr, lifetime: Duration) {
+        if !self.trusted.contains_key(&source) && self.trusted.len() >= self.config.max_sources {
+            self.trusted.retain(|_, until| *until > now);
+            if self.trusted.len() >= self.config.max_sources {
+                return;
+            }
+        }
+        self.trusted.insert(source, now + lifetime);
+    }
+
     /// Forgets the sources whose bucket has refilled (they are back to
     /// where a new source starts); at most once a second, so a table kept
     /// full by live sources costs one scan a second, not one per packet.
@@ -191,6 +219,8 @@ impl Admission {
         let burst = f64::from(self.config.per_source_burst.max(1));
         self.buckets.retain(|_, b| !b.full_at(now, rate, burst));
         shrink(&mut self.buckets);
+        self.trusted.retain(|_, until| *until > now);
+        shrink(&mut self.trusted);
     }
 
     pub(crate) fn stats(&self) -> AdmissionStats {

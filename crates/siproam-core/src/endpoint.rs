@@ -1083,7 +1083,13 @@ impl Endpoint {
             });
             return;
         }
-        if self.server_txs.len() >= self.admission.config().max_server_transactions {
+        let cap = self.admission.config().max_server_transactions;
+        let held = self.server_txs.len();
+        // a source that proved who it is gets in while a flood fills the
+        // table, up to twice the cap
+        if held >= cap
+            && (held >= cap.saturating_mul(2) || !self.admission.is_trusted(now, remote.ip()))
+        {
             // too much held already: answer without keeping anything
             self.admission.lock().stats.overloaded += 1;
             self.overloaded_response(flow, &req);
@@ -1325,6 +1331,38 @@ impl Endpoint {
             None => b,
         };
         self.respond(now, tx, b.build()?)
+    }
+
+    /// Sends a final response to a non-INVITE request and forgets the
+    /// transaction at once, keeping nothing for retransmissions (a
+    /// retransmitted request is then answered anew): for answers that cost
+    /// nothing to give again, such as a challenge with a self-validating
+    /// nonce or a refusal, so that a flood of them holds no state.
+    pub fn respond_stateless(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        response: Message,
+    ) -> Result<(), CoreError> {
+        let code = response.status().ok_or(CoreError::InvalidState)?;
+        let t = self
+            .server_txs
+            .get(&tx.0)
+            .ok_or(CoreError::NoSuchTransaction)?;
+        if t.invite || code < 200 {
+            // an INVITE's final answer is retransmitted until its ACK
+            return self.respond(now, tx, response);
+        }
+        let flow = t.flow;
+        self.transmit_on(flow, response.to_bytes());
+        self.remove_server(tx.0);
+        Ok(())
+    }
+
+    /// Trusts the source of a request that proved who it sent it (see
+    /// [`SharedAdmission::trust`]) for an hour.
+    pub fn trust_source(&mut self, now: Instant, source: std::net::IpAddr) {
+        self.admission.trust(now, source, Duration::from_secs(3600));
     }
 
     /// Draws a random token from the core's seeded generator (tags,

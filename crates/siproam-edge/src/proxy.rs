@@ -126,7 +126,14 @@ impl Proxy {
         reason: &str,
     ) -> Result<Routed, CoreError> {
         match tx {
-            Some(tx) => Self::reply(ep, now, tx, req, code, reason),
+            // a refusal costs nothing to give again: no state is kept for
+            // it (a flood of relay attempts holds no transactions)
+            Some(tx) => {
+                let tag = ep.random_token(10);
+                let resp = MessageBuilder::response_to(req, code, reason, Some(&tag)).build()?;
+                ep.respond_stateless(now, tx, resp)?;
+                Ok(Routed::Answered(code))
+            }
             None => Ok(Routed::Answered(0)),
         }
     }

@@ -504,7 +504,14 @@ impl Registrar {
         for (n, v) in extra {
             b = b.header(n, v);
         }
-        ep.respond(now, tx, b.build()?)?;
+        if code >= 300 {
+            // a challenge (its nonce validates itself) or a refusal costs
+            // nothing to give again: no transaction is kept for it, so a
+            // flood of unauthenticated REGISTERs holds no state
+            ep.respond_stateless(now, tx, b.build()?)?;
+        } else {
+            ep.respond(now, tx, b.build()?)?;
+        }
         Ok(code)
     }
 
@@ -533,7 +540,13 @@ impl Registrar {
         if !self.config.users.is_empty() {
             let own = ep.listen_points().to_vec();
             match self.authenticate(now, req, &key, &own) {
-                Auth::Ok => {}
+                Auth::Ok => {
+                    // it proved who it is: served even while a flood from
+                    // many addresses fills the transaction table
+                    if let Some(source) = ep.flow(flow).map(|f| f.remote.ip()) {
+                        ep.trust_source(now, source);
+                    }
+                }
                 Auth::Challenge { stale } => {
                     let value = self.challenge(ep, now, stale)?;
                     return self.reply(

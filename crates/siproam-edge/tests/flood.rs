@@ -67,6 +67,14 @@ fn alice(sim: &mut Sim) -> NodeId {
     ua
 }
 
+/// How many messages Alice has sent so far.
+fn alice_requests(sim: &Sim) -> usize {
+    sim.log()
+        .iter()
+        .filter(|e| e.from.ip() == ip("192.0.2.10"))
+        .count()
+}
+
 fn registered(sim: &mut Sim, ua: NodeId) -> bool {
     sim.take_events(ua).into_iter().any(
         |(_, e)| matches!(e, Event::Registration(r) if r.state == RegistrationState::Registered),
@@ -116,12 +124,7 @@ fn a_register_flood_from_one_source_is_shed_and_forgotten() {
     );
     // no retransmission was needed: one REGISTER and its challenge, then
     // one authenticated REGISTER
-    let alice_sent = sim
-        .log()
-        .iter()
-        .filter(|e| e.from.ip() == ip("192.0.2.10"))
-        .count();
-    assert_eq!(alice_sent, 2);
+    assert_eq!(alice_requests(&sim), 2);
     let stats = sim.endpoint(reg).stats();
     assert!(
         stats.shed >= 100_000 - budget as u64 - 1_000,
@@ -151,6 +154,11 @@ fn a_flood_from_many_sources_hits_the_cap_and_is_given_back() {
             ..AdmissionConfig::default()
         },
     );
+    // Alice registers (with digest) before the flood: a source that
+    // proved who it is
+    let ua = alice(&mut sim);
+    sim.run_for(Duration::from_secs(1));
+    assert!(registered(&mut sim, ua));
     let to = SocketAddr::new(ip(REG), 5060);
     let addrs: Vec<IpAddr> = (0..5_000u32)
         .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i))) // 198.51.100.0/..
@@ -174,6 +182,16 @@ fn a_flood_from_many_sources_hits_the_cap_and_is_given_back() {
     let peak = sim.endpoint(reg).stats();
     assert!(peak.server_transactions <= 2_000);
     assert!(peak.overloaded > 0);
+    // the table is full, yet Alice's refresh is taken (trusted source),
+    // at its first try
+    let sent_before = alice_requests(&sim);
+    sim.with_endpoint(ua, |ep, now| {
+        ep.refresh_registration(now, siproam_core::AccountId(1))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_millis(300));
+    assert!(registered(&mut sim, ua), "Alice refreshed during the flood");
+    assert_eq!(alice_requests(&sim), sent_before + 1, "no retransmission");
     let mut with_retry_after = 0;
     let mut unavailable = 0;
     while let Some(r) = sim.peer_recv(attacker) {
@@ -194,4 +212,63 @@ fn a_flood_from_many_sources_hits_the_cap_and_is_given_back() {
     assert_eq!(after.server_transactions, 0);
     assert_eq!(after.flows, 0, "the flood's UDP flows are forgotten");
     assert_eq!(after.sources, 0);
+}
+
+/// A REGISTER flood from ever-new source addresses (each within its own
+/// budget, as a spoofing attacker's would be): the challenges keep no
+/// state (the nonce validates itself), so the flood never fills the
+/// transaction table and Alice registers at her first try. Before the
+/// challenges were stateless, every 401 held a transaction for 32 s and
+/// the table's cap turned everyone away with 503.
+#[test]
+fn a_register_flood_from_ever_new_sources_holds_no_state() {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let (reg, _r) = registrar(
+        &mut sim,
+        AdmissionConfig {
+            max_server_transactions: 1_000,
+            ..AdmissionConfig::default()
+        },
+    );
+    let to = SocketAddr::new(ip(REG), 5060);
+    let addrs: Vec<IpAddr> = (0..20_000u32)
+        .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0xc612_0000 + i))) // 198.18.0.0/15
+        .collect();
+    let attacker = sim.add_peer("spoofer", &addrs);
+    let mut peak = 0;
+    let mut ua = None;
+    for (n, a) in addrs.iter().enumerate() {
+        let from = SocketAddr::new(*a, 5060);
+        sim.peer_send(
+            attacker,
+            from,
+            to,
+            Transport::Udp,
+            request("REGISTER", from, n as u64),
+        );
+        sim.run_for(Duration::from_micros(200));
+        if n == 10_000 {
+            ua = Some(alice(&mut sim));
+        }
+        peak = peak.max(sim.endpoint(reg).stats().server_transactions);
+    }
+    sim.run_for(Duration::from_millis(500));
+    let ua = ua.unwrap();
+    assert!(
+        registered(&mut sim, ua),
+        "Alice registered during the flood"
+    );
+    assert_eq!(
+        alice_requests(&sim),
+        2,
+        "REGISTER, challenge, REGISTER: no retry"
+    );
+    let stats = sim.endpoint(reg).stats();
+    assert_eq!(stats.overloaded, 0, "nobody was turned away");
+    assert!(peak <= 10, "{peak} transactions held at once");
+    let mut challenged = 0;
+    while let Some(r) = sim.peer_recv(attacker) {
+        challenged += usize::from(r.message.status() == Some(401));
+    }
+    assert_eq!(challenged, addrs.len());
 }

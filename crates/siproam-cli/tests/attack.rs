@@ -216,4 +216,5 @@ fn the_registrar_is_neither_a_relay_nor_a_port_scanner() {
         victim_tcp.accept().is_err(),
         "the proxy connected to the TCP victim"
     );
+    let _ = std::fs::remove_dir_all(dir);
 }

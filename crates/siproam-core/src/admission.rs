@@ -162,6 +162,7 @@ impl Admission {
         if self.config.per_source_rate == 0 {
             return true;
         }
+        let source = budget_key(source);
         let rate = f64::from(self.config.per_source_rate);
         let burst = f64::from(self.config.per_source_burst.max(1));
         let fresh = Bucket {
@@ -231,6 +232,22 @@ impl Admission {
     }
 }
 
+/// Whose budget a source draws on: an IPv4 address, or an IPv6 /64 (one
+/// host or subnet routinely holds a whole /64, so counting its addresses
+/// one by one would give it billions of budgets).
+fn budget_key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(_) => source,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
 /// Gives a map's memory back once it holds far fewer entries than it has
 /// room for (after a flood); amortised, since it only shrinks to twice
 /// what is left.
@@ -262,6 +279,33 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!((0..1000).filter(|_| a.admit(t1, bad)).count(), 10);
         assert_eq!(a.stats().shed, 980 + 990);
+    }
+
+    /// An IPv6 /64 shares one budget (a host that owns the prefix could
+    /// otherwise send from a new address each time); another /64 and an
+    /// IPv4-mapped address are apart.
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn an_ipv6_prefix_shares_one_budget() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(AdmissionConfig {
+            per_source_rate: 10,
+            per_source_burst: 20,
+            ..AdmissionConfig::default()
+        });
+        let passed = (0..1000u128)
+            .filter(|i| {
+                let ip: std::net::Ipv6Addr = (0x2001_0db8_0000_0001_0000_0000_0000_0000 + i).into();
+                a.admit(t0, ip.into())
+            })
+            .count();
+        assert_eq!(passed, 20);
+        let other: std::net::Ipv6Addr = 0x2001_0db8_0000_0002_0000_0000_0000_0001u128.into();
+        assert!(a.admit(t0, other.into()));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        assert_eq!(budget_key(mapped), v4);
+        assert_eq!(a.stats().sources, 2);
     }
 
     #[test]

@@ -420,3 +420,62 @@ fn handoff_between_ipv4_and_ipv6() {
         v["event"] == "call" && v["state"] == "disconnected"
     });
 }
+
+/// Regression (issue 11, defect 2): `ip-change` to an address this host
+/// does not have registered `sip:alice@ADDR:0` and reported `completed
+/// ok`. It is refused with a clear error, nothing changes: the account
+/// stays registered where it was and no Contact with port 0 is sent.
+/// (192.0.2.55, TEST-NET-1, is only ever tried as a local bind: no packet
+/// is addressed to it.)
+#[test]
+fn an_ip_change_to_an_address_we_do_not_have_is_refused() {
+    let registrar = Proc::spawn(&["registrar", "--json", "--listen", "udp:127.0.0.1:0"]);
+    let addr = registrar.wait_for("listener", |v| v["event"] == "listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--no-watch",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &format!("sip:{addr}"),
+        "--listen",
+        "udp:127.0.0.2:0",
+    ]);
+    let first = alice.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let contact = first["contact"].as_str().unwrap().to_owned();
+    alice.send("ip-change 192.0.2.55");
+    let done = alice.wait_for("the change ends", |v| {
+        v["event"] == "ip_change" && v["stage"] == "completed"
+    });
+    assert_ne!(done["status"], "ok", "{done}");
+    assert!(
+        done["status"].as_str().unwrap().contains("192.0.2.55"),
+        "the error names the address: {done}"
+    );
+    // still registered where it was (`status` repeats the last
+    // registration event), and nothing else moved
+    alice.send("status");
+    let now = alice.wait_for("status", |v| v["event"] == "registration");
+    assert_eq!(now["state"], "registered", "{now}");
+    assert_eq!(now["contact"], contact.as_str(), "{now}");
+    for v in alice.seen() {
+        if v["event"] == "registration" {
+            assert_eq!(v["contact"], contact.as_str(), "{v}");
+        }
+        assert!(
+            !v.to_string().contains(":0;") && !v.to_string().contains("192.0.2.55:0"),
+            "a Contact with port 0: {v}"
+        );
+    }
+    for v in registrar.seen() {
+        if v["event"] == "binding" {
+            assert!(!v.to_string().contains("192.0.2.55"), "{v}");
+        }
+    }
+}

@@ -1386,6 +1386,23 @@ impl Driver {
             }));
         };
         report("started", Ok(()), None, None, None, None);
+        // an address this host does not have: nothing could listen or send
+        // there (a Contact on it would carry port 0), so nothing changes
+        if let Some(ip) = params.ip.filter(|ip| !ip.is_unspecified()) {
+            if !self.transports.is_local(ip) {
+                report(
+                    "completed",
+                    Err(format!(
+                        "{ip} is not an address of this host: nothing changed"
+                    )),
+                    None,
+                    None,
+                    None,
+                    None,
+                );
+                return;
+            }
+        }
         // requests dying on the old path must not end calls
         self.core.begin_network_change(now());
         if params.shutdown_transports && params.keep_unaffected {

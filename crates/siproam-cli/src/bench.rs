@@ -12,12 +12,17 @@ use siproam::{AccountSpec, EndpointConfig, EndpointEvent, EndpointHandle, UserAg
 
 use crate::run::emit;
 
-/// The process's resident memory, in bytes (Linux `/proc/self/status`).
-pub(crate) fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A process's resident memory, in bytes (Linux `/proc/PID/status`).
+pub(crate) fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// This process's resident memory, in bytes.
+pub(crate) fn rss_bytes() -> Option<u64> {
+    rss_of(std::process::id())
 }
 
 /// `siproam bench register --accounts N`: one endpoint, N accounts,

@@ -55,15 +55,9 @@ impl Drop for Target {
     }
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Resident memory of a process, in bytes.
+/// Resident memory of a process, in bytes (0 when unreadable).
 fn rss_of(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmRSS:").unwrap_or(0) * 1024
+    crate::bench::rss_of(pid).unwrap_or(0)
 }
 
 /// Open descriptors of a process.

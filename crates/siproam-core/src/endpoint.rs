@@ -417,7 +417,6 @@ impl Endpoint {
     /// Admission control for one received message: responses pass, a
     /// request must fit its source's budget.
     fn admit(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) -> bool {
-        self.tidy(now);
         self.admission.admit(now, remote.ip(), data)
     }
 
@@ -484,6 +483,7 @@ impl Endpoint {
         let Some(remote) = self.flows.get(flow).map(|f| f.remote) else {
             return;
         };
+        self.tidy(now);
         if !self.admit(now, remote, &data) {
             // a stream has no retransmission: a request dropped here would
             // be lost for good, so it is told to come back later (the

@@ -964,6 +964,28 @@ impl Driver {
         }
     }
 
+    /// The core's move of one call, then the application's part of it
+    /// (its media, re-offered or re-bound) unless the core says nothing
+    /// is to be done.
+    fn move_call(
+        &mut self,
+        now: Instant,
+        call: siproam_core::CallId,
+        mv: siproam_core::CallMove,
+        media_ip: Option<IpAddr>,
+    ) -> Result<(), crate::phone::PhoneError> {
+        let action = self.core.move_call(now, call, mv)?;
+        if action == siproam_core::CallMoveAction::Nothing {
+            return Ok(());
+        }
+        let cmd = crate::phone::PhoneCommand::Moved {
+            call,
+            media_ip,
+            action,
+        };
+        self.app.command(&mut self.core, now, cmd).map(|_| ())
+    }
+
     fn random(&mut self) -> u32 {
         // xorshift: only orders SRV records of equal priority
         self.rng ^= self.rng << 13;
@@ -1707,21 +1729,7 @@ impl Driver {
                 hang_up: knobs.hangup_calls,
                 prefer_update: flags.prefer_update,
             };
-            let r = self
-                .core
-                .move_call(now, call, mv)
-                .map_err(crate::phone::PhoneError::from)
-                .and_then(|action| {
-                    if action == siproam_core::CallMoveAction::Nothing {
-                        return Ok(());
-                    }
-                    let cmd = crate::phone::PhoneCommand::Moved {
-                        call,
-                        media_ip,
-                        action,
-                    };
-                    self.app.command(&mut self.core, now, cmd).map(|_| ())
-                });
+            let r = self.move_call(now, call, mv, media_ip);
             report(
                 stage,
                 r.map_err(|e| e.to_string()),
@@ -1957,21 +1965,7 @@ impl Driver {
                 hang_up: false,
                 prefer_update,
             };
-            let r = self
-                .core
-                .move_call(now, call, mv)
-                .map_err(crate::phone::PhoneError::from)
-                .and_then(|action| {
-                    if action == siproam_core::CallMoveAction::Nothing {
-                        return Ok(());
-                    }
-                    let cmd = crate::phone::PhoneCommand::Moved {
-                        call,
-                        media_ip: None,
-                        action,
-                    };
-                    self.app.command(&mut self.core, now, cmd).map(|_| ())
-                });
+            let r = self.move_call(now, call, mv, None);
             report("refresh_calls", r.map_err(|e| e.to_string()), Some(call.0));
         }
         report("completed", Ok(()), None);

@@ -421,7 +421,11 @@ pub(crate) async fn measure(
         };
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         match ev {
-            Some(EndpointEvent::IpChange(c)) if c.stage == "started" && d.is_none() => d = Some(ms),
+            Some(EndpointEvent::IpChange(c))
+                if c.stage == siproam::IpChangeStage::Started && d.is_none() =>
+            {
+                d = Some(ms)
+            }
             Some(EndpointEvent::Core(Event::Registration(x)))
                 if x.state == RegistrationState::Registered
                     && x.contact.contains(new_ip)

@@ -91,7 +91,7 @@ async fn follow(net: &mut NetnsCall, new_ip: &str, last: &mut Lost) -> Followed 
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break,
             ev = net.alice.next_event() => match ev {
-                Some(EndpointEvent::IpChange(c)) if c.stage == "started" => f.detected = true,
+                Some(EndpointEvent::IpChange(c)) if c.stage == siproam::IpChangeStage::Started => f.detected = true,
                 Some(EndpointEvent::Core(Event::Registration(r)))
                     if r.state == RegistrationState::Registered && r.contact.contains(&contact_at) =>
                 {

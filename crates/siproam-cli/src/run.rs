@@ -547,22 +547,19 @@ pub fn network_json(n: &siproam::netwatch::NetworkEvent) -> Value {
 pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
     let mut v = json!({
         "event": "ip_change",
-        "stage": c.stage,
-        "status": c.status,
-        "elapsed_ms": (c.elapsed_ms * 1000.0).round() / 1000.0,
+        "stage": c.stage.as_str(),
+        "status": c.status_text(),
+        "elapsed_ms": (c.elapsed_ms() * 1000.0).round() / 1000.0,
     });
     if let Some(obj) = v.as_object_mut() {
         if let Some(a) = c.account {
-            obj.insert("account".into(), json!(a));
+            obj.insert("account".into(), json!(a.0));
         }
         if let Some(call) = c.call {
-            obj.insert("call".into(), json!(call));
+            obj.insert("call".into(), json!(call.0));
         }
         if let Some(t) = c.transport {
-            obj.insert(
-                "transport".into(),
-                json!(t.to_string().to_ascii_lowercase()),
-            );
+            obj.insert("transport".into(), json!(t.param()));
         }
         if let Some(a) = c.address {
             obj.insert("address".into(), json!(a.to_string()));

@@ -139,7 +139,7 @@ fn handoff_over(transport: &str) {
             "no {stage} stage: {seen:?}"
         );
     }
-    let registered = alice.wait_for("re-registered", |v| {
+    let registered = alice.seen_or_wait("re-registered", |v| {
         v["event"] == "registration"
             && v["state"] == "registered"
             && v["contact"]
@@ -311,7 +311,7 @@ fn media_stays_in_ipv4_when_its_ipv6_use_is_disabled() {
     };
     alice.send("ip-change ::1");
     stages_ok(&alice);
-    alice.wait_for("registered over IPv6", |v| {
+    alice.seen_or_wait("registered over IPv6", |v| {
         v["event"] == "registration"
             && v["state"] == "registered"
             && v["contact"].as_str().is_some_and(|c| c.contains("[::1]"))
@@ -368,7 +368,7 @@ fn handoff_between_ipv4_and_ipv6() {
         seen.iter().any(|v| v["stage"] == "refresh_calls"),
         "{seen:?}"
     );
-    let registered = alice.wait_for("registered over IPv6", |v| {
+    let registered = alice.seen_or_wait("registered over IPv6", |v| {
         v["event"] == "registration"
             && v["state"] == "registered"
             && v["contact"].as_str().is_some_and(|c| c.contains("[::1]"))
@@ -397,7 +397,7 @@ fn handoff_between_ipv4_and_ipv6() {
     // IPv6 → IPv4
     alice.send("ip-change 127.0.0.3");
     stages_ok(&alice);
-    alice.wait_for("registered over IPv4 again", |v| {
+    alice.seen_or_wait("registered over IPv4 again", |v| {
         v["event"] == "registration"
             && v["state"] == "registered"
             && v["contact"]

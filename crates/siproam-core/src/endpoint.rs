@@ -125,6 +125,19 @@ pub enum Event {
         /// Why.
         error: siproam_sip::ParseError,
     },
+    /// A stage of a network change ([`Endpoint::start_ip_change`]).
+    IpChange(crate::mobility::IpChangeReport),
+    /// A network change moved a call: the application does the media part
+    /// — re-open the RTP socket on `media_ip` (if given), then what
+    /// `action` says.
+    CallMoved {
+        /// The call.
+        call: crate::dialog::CallId,
+        /// Where to re-open the media, if anywhere.
+        media_ip: Option<std::net::IpAddr>,
+        /// What the move asks of the media.
+        action: crate::mobility::CallMoveAction,
+    },
 }
 
 /// Errors from the endpoint's commands.
@@ -253,6 +266,10 @@ pub struct Endpoint {
     admission: SharedAdmission,
     /// When idle UDP flows and refilled source buckets were last tidied.
     tidied: Option<Instant>,
+    /// Network changes: how accounts move, the change in progress.
+    pub(crate) mobility: crate::mobility::Mobility,
+    /// The time of the last input (for what is decided as events leave).
+    pub(crate) clock: Option<Instant>,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -297,6 +314,8 @@ impl Endpoint {
             change_window_until: None,
             admission: SharedAdmission::new(admission),
             tidied: None,
+            mobility: crate::mobility::Mobility::default(),
+            clock: None,
             accounts: HashMap::new(),
             calls: crate::dialog::Calls::default(),
             last_tx: None,
@@ -322,7 +341,11 @@ impl Endpoint {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        if let Some(now) = self.clock {
+            self.observe_for_mobility(now, &ev);
+        }
+        Some(ev)
     }
 
     /// When to call [`Endpoint::handle_timeout`] next, and why.
@@ -424,6 +447,7 @@ impl Endpoint {
     /// nothing uses and source buckets that have refilled, and give the
     /// maps' memory back.
     fn tidy(&mut self, now: Instant) {
+        self.clock = Some(now);
         if self
             .tidied
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(32))
@@ -500,6 +524,7 @@ impl Endpoint {
 
     /// A flow ended: everything using it is told.
     pub fn handle_flow_closed(&mut self, now: Instant, flow: FlowId, reason: FlowCloseReason) {
+        self.clock = Some(now);
         if self.flows.remove(flow).is_none() {
             return;
         }
@@ -546,6 +571,7 @@ impl Endpoint {
                     self.call_timer(now, crate::dialog::CallId(id), reason.kind)
                 }
                 TimerOwner::Flow(_) => {}
+                TimerOwner::Mobility => self.mobility_timer(now),
             }
         }
     }

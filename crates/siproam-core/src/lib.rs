@@ -19,7 +19,7 @@ mod config;
 mod dialog;
 mod endpoint;
 mod flow;
-mod mobility;
+pub(crate) mod mobility;
 mod registration;
 mod rng;
 pub mod sdp;
@@ -33,7 +33,12 @@ pub use endpoint::{
     Target, Transmit,
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
-pub use mobility::{CallMove, CallMoveAction};
+pub use mobility::{
+    AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ConnectionView, DetectedChange,
+    IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use, ListenFailure,
+    ListenerView, MobilityAction, MobilityResult, NetworkQueries, NetworkView, RefreshFlags,
+    RegistrarAddress, UnknownIpv6Use,
+};
 pub use registration::{
     AccountConfig, AccountId, RegistrationEvent, RegistrationFailure, RegistrationState,
 };

@@ -237,6 +237,7 @@ impl Endpoint {
     /// Removes the binding (REGISTER with expires 0). The account is
     /// forgotten once the registrar answers (or the request fails).
     pub fn unregister(&mut self, now: Instant, account: AccountId) -> Result<(), CoreError> {
+        self.forget_account_routes(account);
         let acc = self
             .accounts
             .get_mut(&account.0)
@@ -299,6 +300,16 @@ impl Endpoint {
         self.abandon_client_txs(TxOwner::Account(account));
         self.send_register(now, account, false);
         Ok(())
+    }
+
+    /// Lets go of an account's flow before it is closed for a network
+    /// change: its closing (and a REGISTER pending on it) no longer
+    /// concerns the account, which registers anew over another flow.
+    pub(crate) fn detach_account_flow(&mut self, account: AccountId) {
+        if let Some(acc) = self.accounts.get_mut(&account.0) {
+            acc.flow = None;
+        }
+        self.abandon_client_txs(crate::endpoint::TxOwner::Account(account));
     }
 
     /// Changes an account's settings without sending anything (PJSIP's

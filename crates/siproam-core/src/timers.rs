@@ -22,6 +22,8 @@ pub enum TimerOwner {
     Flow(FlowId),
     /// A call (dialog).
     Call(u32),
+    /// The network change in progress.
+    Mobility,
 }
 
 /// The RFC 3261 §17 timers, and the core's own.
@@ -65,6 +67,8 @@ pub enum TimerKind {
     Reliable1xx,
     /// An incoming call not answered in time is refused with 480.
     NoAnswer,
+    /// A network change stops waiting for its confirmations.
+    MobilitySettle,
 }
 
 /// Why the core asked to be woken up.

@@ -18,7 +18,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use siproam_core::{Config, Endpoint, Event, FlowCloseReason, FlowId, ListenPoint, Rng, Transport};
+use siproam_core::{
+    Config, ConnectionView, Endpoint, Event, FlowCloseReason, FlowId, IpChangeParams,
+    IpChangeReport, ListenFailure, ListenPoint, ListenerView, MobilityAction, MobilityResult,
+    NetworkView, Rng, Transport,
+};
 use siproam_sip::Message;
 
 /// A node's identity.
@@ -162,6 +166,18 @@ pub struct Sim {
     next_conn: u64,
     next_port: u16,
     log: Vec<LogEntry>,
+    /// Addresses some other program holds (a listener cannot open there).
+    taken: Vec<SocketAddr>,
+}
+
+/// One step of a change as the simulator carried it out: the socket
+/// work the core asked for, and the stages it reported, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeStep {
+    /// The core asked for this, and the simulator did it.
+    Action(MobilityAction),
+    /// The core reported this stage.
+    Stage(IpChangeReport),
 }
 
 impl std::fmt::Debug for Sim {
@@ -191,6 +207,7 @@ impl Sim {
             next_conn: 0,
             next_port: 40000,
             log: Vec::new(),
+            taken: Vec::new(),
         }
     }
 
@@ -356,6 +373,198 @@ impl Sim {
         if let Some(c) = self.conns.remove(&conn) {
             self.close_end(c.a, FlowCloseReason::PeerClosed);
             self.close_end(c.b, FlowCloseReason::PeerClosed);
+        }
+    }
+
+    /// Marks an address as held by another program: a listener asked for
+    /// there fails with "address in use".
+    pub fn occupy(&mut self, addr: SocketAddr) {
+        self.taken.push(addr);
+    }
+
+    /// Whether a stream connection is still open.
+    pub fn conn_open(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// What a node's driver would see of the network: its addresses are
+    /// local, the source towards anything is its first address of that
+    /// family, its listeners are its listen points, its connections the
+    /// simulator's.
+    pub fn network_view(&mut self, node: NodeId) -> NetworkView {
+        let queries = self.endpoint(node).network_queries();
+        let addrs = self
+            .nodes
+            .get(node.0)
+            .map(|n| n.addrs.clone())
+            .unwrap_or_default();
+        let listeners: Vec<ListenerView> = self
+            .endpoint(node)
+            .listen_points()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ListenerView {
+                id: i as u64,
+                transport: p.transport,
+                local: p.addr,
+            })
+            .collect();
+        let mut connections = Vec::new();
+        for (id, c) in &self.conns {
+            for (end, local, remote) in [(c.a, c.a_addr, c.b_addr), (c.b, c.b_addr, c.a_addr)] {
+                if end_node(end) == node {
+                    connections.push(ConnectionView {
+                        id: id.0,
+                        local,
+                        remote,
+                    });
+                }
+            }
+        }
+        connections.sort_by_key(|c| c.id);
+        let mut view = NetworkView {
+            listeners,
+            connections,
+            ..NetworkView::default()
+        };
+        let remotes = queries
+            .remotes
+            .iter()
+            .copied()
+            .chain(view.connections.iter().map(|c| c.remote))
+            .collect::<Vec<_>>();
+        for r in remotes {
+            if let Some(ip) = self.node_addr_towards(node, r) {
+                view.sources.insert(r, ip);
+            }
+        }
+        view.local = addrs.into_iter().collect();
+        view
+    }
+
+    /// A network change on a node, as its driver would make it: the core
+    /// decides, the simulator does the socket work it asks for (listeners
+    /// are virtual: one opens wherever the node has the address and no
+    /// other program holds it). Returns the steps in order.
+    pub fn ip_change(&mut self, node: NodeId, params: IpChangeParams) -> Vec<ChangeStep> {
+        let view = self.network_view(node);
+        let listeners = view.listeners.clone();
+        let now = self.now;
+        let mut steps = Vec::new();
+        let mut seen = self.events_len(node);
+        if let Err(e) = self.endpoint(node).start_ip_change(now, params, view) {
+            panic!("change refused: {e}");
+        }
+        loop {
+            self.flush(node);
+            seen = self.stages_since(node, seen, &mut steps);
+            let Some(action) = self.endpoint(node).poll_mobility() else {
+                break;
+            };
+            steps.push(ChangeStep::Action(action.clone()));
+            let result = self.perform(node, &listeners, action);
+            let now = self.now;
+            self.endpoint(node).handle_mobility(now, result);
+        }
+        steps
+    }
+
+    fn events_len(&self, node: NodeId) -> usize {
+        match self.nodes.get(node.0).map(|n| &n.kind) {
+            Some(NodeKind::Endpoint { events, .. }) => events.len(),
+            _ => 0,
+        }
+    }
+
+    fn stages_since(&self, node: NodeId, from: usize, steps: &mut Vec<ChangeStep>) -> usize {
+        match self.nodes.get(node.0).map(|n| &n.kind) {
+            Some(NodeKind::Endpoint { events, .. }) => {
+                for (_, ev) in events.iter().skip(from) {
+                    if let Event::IpChange(r) = ev {
+                        steps.push(ChangeStep::Stage(r.clone()));
+                    }
+                }
+                events.len()
+            }
+            _ => from,
+        }
+    }
+
+    fn perform(
+        &mut self,
+        node: NodeId,
+        listeners: &[ListenerView],
+        action: MobilityAction,
+    ) -> MobilityResult {
+        let has =
+            |sim: &Sim, ip: IpAddr| sim.nodes.get(node.0).is_some_and(|n| n.addrs.contains(&ip));
+        match action {
+            MobilityAction::CloseConnections(ids) => {
+                for id in ids {
+                    self.local_close(ConnId(id));
+                }
+                MobilityResult::Done
+            }
+            MobilityAction::CloseAllStreams => {
+                let mine: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| end_node(c.a) == node || end_node(c.b) == node)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in mine {
+                    self.local_close(id);
+                }
+                MobilityResult::Done
+            }
+            MobilityAction::Listen {
+                transport, addr, ..
+            } => {
+                if !has(self, addr.ip()) {
+                    return MobilityResult::ListenFailed(ListenFailure::AddressGone);
+                }
+                if self.taken.contains(&addr) {
+                    return MobilityResult::ListenFailed(ListenFailure::AddrInUse);
+                }
+                let mut local = addr;
+                if local.port() == 0 {
+                    self.next_port = self.next_port.wrapping_add(1).max(40000);
+                    local.set_port(self.next_port);
+                }
+                self.next_conn += 1;
+                MobilityResult::Listening(ListenerView {
+                    id: (1 << 32) | self.next_conn,
+                    transport,
+                    local,
+                })
+            }
+            MobilityAction::RestartListener { listener } => {
+                match listeners.iter().find(|l| l.id == listener) {
+                    Some(l) if l.local.ip().is_unspecified() || has(self, l.local.ip()) => {
+                        MobilityResult::Listening(*l)
+                    }
+                    _ => MobilityResult::ListenFailed(ListenFailure::AddressGone),
+                }
+            }
+            MobilityAction::CloseFlow(flow) => {
+                if let Some(conn) = self.flow_conns.get(&(node, flow)).copied() {
+                    self.local_close(conn);
+                }
+                MobilityResult::Done
+            }
+            // the simulator opens connections on their first message
+            MobilityAction::Connect { .. } => MobilityResult::ConnectFailed,
+            MobilityAction::CloseListener(_) | MobilityAction::RetireListener { .. } => {
+                MobilityResult::Done
+            }
+        }
+    }
+
+    /// A node closes a connection itself: both ends hear of it.
+    fn local_close(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.remove(&conn) {
+            self.close_end(c.a, FlowCloseReason::Local);
+            self.close_end(c.b, FlowCloseReason::Local);
         }
     }
 

@@ -13,8 +13,11 @@ use siproam_core::{
     CallEvent, CallId, CallMove, CallMoveAction, CallState, Config, Event, InviteSpec, Target,
     Transport,
 };
+mod support;
+
 use siproam_sim::{Link, NodeId, Sim};
 use siproam_sip::{HeaderName, MessageBuilder, Method};
+use support::sent_since;
 
 const ALICE: &str = "192.0.2.10";
 const BOB: &str = "192.0.2.20";
@@ -1001,25 +1004,6 @@ fn bob_hangs_up(p: &mut Pair, b: CallId) -> IpAddr {
         .unwrap()
         .to
         .ip()
-}
-
-/// The messages sent since log entry `from`: (first word of the first
-/// line or the status code, sender address).
-fn sent_since(sim: &Sim, from: usize) -> Vec<(String, IpAddr)> {
-    sim.log()
-        .iter()
-        .skip(from)
-        .map(|e| {
-            let mut words = e.first_line.split(' ');
-            let first = words.next().unwrap_or_default();
-            let what = if first == "SIP/2.0" {
-                words.next().unwrap_or_default()
-            } else {
-                first
-            };
-            (what.to_owned(), e.from.ip())
-        })
-        .collect()
 }
 
 fn moved_to(addr: &str) -> CallMove {

@@ -4,79 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use siproam_core::{
-    AccountConfig, AccountId, Config, Event, RegistrationEvent, RegistrationFailure,
-    RegistrationState, Target, Transport,
+    AccountConfig, AccountId, Config, RegistrationFailure, RegistrationState, Target, Transport,
 };
-use siproam_sim::{Link, NodeId, Received, Sim};
+mod support;
+
+use siproam_sim::{Link, Received, Sim};
 use siproam_sip::digest::{verify, Secret, ServerChallenge};
 use siproam_sip::{Contact, HeaderName, MessageBuilder, Method};
-
-const UA: &str = "192.0.2.10";
-const REG: &str = "192.0.2.20";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn setup(transport: Transport) -> (Sim, NodeId, NodeId, AccountConfig) {
-    let mut sim = Sim::new(Instant::now(), 7);
-    let ua = sim.add_endpoint("ua", &[ip(UA)], Config::default());
-    let reg = sim.add_peer("registrar", &[ip(REG)]);
-    let target = Target {
-        transport,
-        remote: SocketAddr::new(ip(REG), 5060),
-        local: None,
-    };
-    let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
-    cfg.password = Some("alicepw".to_owned());
-    cfg.expires = 300;
-    (sim, ua, reg, cfg)
-}
-
-fn registrations(sim: &mut Sim, ua: NodeId) -> Vec<(Duration, RegistrationEvent)> {
-    let start = sim.now() - sim.elapsed();
-    sim.take_events(ua)
-        .into_iter()
-        .filter_map(|(at, e)| match e {
-            Event::Registration(r) => Some((at - start, r)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn states(evs: &[(Duration, RegistrationEvent)]) -> Vec<RegistrationState> {
-    evs.iter().map(|(_, e)| e.state).collect()
-}
-
-fn answer(sim: &mut Sim, reg: NodeId, to: &Received, code: u16, extra: &[(&str, &str)]) {
-    let mut b = MessageBuilder::response_to(&to.message, code, "X", Some("reg1"));
-    for (n, v) in extra {
-        b = b.header(n, v);
-    }
-    sim.peer_reply(reg, to, b.build().unwrap().to_bytes());
-}
-
-/// A 200 that echoes the request's Contact with the granted expiry.
-fn ok(sim: &mut Sim, reg: NodeId, to: &Received, granted: u32) {
-    let contact = to.message.header(HeaderName::Contact).unwrap().to_owned();
-    let base = contact.split(";expires").next().unwrap().to_owned();
-    answer(
-        sim,
-        reg,
-        to,
-        200,
-        &[("Contact", &format!("{base};expires={granted}"))],
-    );
-}
-
-fn recv(sim: &mut Sim, reg: NodeId) -> Received {
-    sim.run_until_peer_receives(reg, Duration::from_secs(3600))
-        .expect("a REGISTER")
-}
+use support::{answer, ip, ok, recv, registrations, setup, states, REG, UA};
 
 fn challenge(nonce: &str) -> String {
     ServerChallenge::new("example.test", nonce)

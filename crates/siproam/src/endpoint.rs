@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_core::{
-    AccountConfig, AccountId, Config as CoreConfig, Endpoint as Core, Event, FlowCloseReason,
-    FlowId, ListenPoint, Target as CoreTarget, Transport as CoreTransport,
+    AccountConfig, AccountId, AccountRoutes, Config as CoreConfig, ConnectionView,
+    Endpoint as Core, Event, FlowCloseReason, FlowId, ListenFailure, ListenPoint, ListenerView,
+    MobilityAction, MobilityResult, NetworkView, RegistrarAddress, Target as CoreTarget,
+    Transport as CoreTransport,
 };
+use siproam_core::{AccountIpChange, IpChangeParams, IpChangeReport, Ipv6Use};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -19,7 +22,7 @@ use crate::resolve::{
     Destination, FamilyPreference, HickoryDns, Resolver, StaticHosts, Target as Resolved,
 };
 use crate::transport::{
-    CloseReason, ConnectionId, Direction, ListenError, ListenerInfo, Target, Transport,
+    CloseReason, ConnectionId, Direction, ListenError, ListenerId, ListenerInfo, Target, Transport,
     TransportConfig, TransportEvent, TransportEvents, TransportManager,
 };
 
@@ -79,169 +82,6 @@ pub enum EndpointEvent {
     },
 }
 
-/// What [`EndpointHandle::handle_ip_change`] does. The defaults are
-/// PJSIP's (`mobility-reference.md`): shut down stream flows, restart
-/// listeners (one retry after 10 ms), re-register over a new flow, refresh
-/// calls with new media, Contact and Via by re-INVITE.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IpChangeParams {
-    /// The new local address; `None` restarts every listener in place: a
-    /// listener pinned to a literal address stays on it while the address
-    /// exists, and only a listener whose address is gone moves, to the
-    /// address the OS would use towards the first account's registrar.
-    pub ip: Option<std::net::IpAddr>,
-    /// Close every TCP/TLS connection first.
-    pub shutdown_transports: bool,
-    /// Open the listeners on the new address (the old ones close at the
-    /// end). Off: listeners, Via and Contact ports stay as they are; only
-    /// the address published in Contacts changes (for wildcard listeners).
-    pub restart_listeners: bool,
-    /// A listener that fails to open is retried once after this delay.
-    pub restart_listener_delay: Duration,
-    /// Per account: drop the registration's flow, so the REGISTER goes out
-    /// over a new one from the new address. Off: the existing flow is
-    /// reused (only the Contact changes).
-    pub shutdown_registration_flow: bool,
-    /// Hang up confirmed calls instead of refreshing them.
-    pub hangup_calls: bool,
-    /// Old UDP listeners keep receiving this long after the change, so
-    /// answers to requests sent before it still arrive (a CANCELled
-    /// re-INVITE's 487, a late 2xx) when the old address still works.
-    /// Stream listeners close at once. Zero closes all at once.
-    pub old_listener_grace: Duration,
-    /// How confirmed calls are refreshed.
-    pub refresh: RefreshFlags,
-    /// Only these accounts move (`None`: all). Automatic detection sets it
-    /// to the accounts whose path changed.
-    pub accounts: Option<Vec<AccountId>>,
-    /// Only these calls move (`None`: all).
-    pub calls: Option<Vec<siproam_core::CallId>>,
-    /// A partial change: `shutdown_transports` closes only the stale
-    /// connections (their local address gone, or no longer the one the OS
-    /// would use towards their peer), and listeners pinned to an address
-    /// that still exists stay (others still move to `ip`). Automatic
-    /// detection sets it, so what the change did not touch keeps working.
-    pub keep_unaffected: bool,
-}
-
-/// How a call is refreshed after an IP change (PJSIP's `reinvite_flags`
-/// and `reinv_use_update`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RefreshFlags {
-    /// Re-open the RTP socket on the new address and re-offer it.
-    pub reinit_media: bool,
-    /// Put the new address in the dialog's Contact (and send from it).
-    pub update_contact: bool,
-    /// Send the dialog's requests from the new address, so their Via
-    /// names it (with `update_contact` off: the Contact stays).
-    pub update_via: bool,
-    /// Send the refresh with UPDATE when the peer's Allow lists it
-    /// (RFC 3311), else re-INVITE.
-    pub prefer_update: bool,
-}
-
-impl Default for RefreshFlags {
-    fn default() -> Self {
-        RefreshFlags {
-            reinit_media: true,
-            update_contact: true,
-            update_via: true,
-            prefer_update: false,
-        }
-    }
-}
-
-/// An account's own IP-change knobs (PJSIP's per-account
-/// `ip_change_cfg`), used instead of the [`IpChangeParams`] ones for the
-/// account and for its calls (the calls whose local URI is its AoR).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AccountIpChange {
-    /// Drop the registration's flow (else the REGISTER reuses it).
-    pub shutdown_registration_flow: bool,
-    /// Hang up confirmed calls instead of refreshing them.
-    pub hangup_calls: bool,
-    /// How confirmed calls are refreshed.
-    pub refresh: RefreshFlags,
-}
-
-impl AccountIpChange {
-    /// The knobs of `params`, as an account's.
-    pub fn from_params(params: &IpChangeParams) -> AccountIpChange {
-        AccountIpChange {
-            shutdown_registration_flow: params.shutdown_registration_flow,
-            hangup_calls: params.hangup_calls,
-            refresh: params.refresh,
-        }
-    }
-}
-
-/// How an account uses IPv6, for SIP or for media (PJSIP's
-/// `ipv6_sip_use` and `ipv6_media_use`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Ipv6Use {
-    /// IPv4 only.
-    Disabled,
-    /// Either family: IPv4 first when both work; after a network change,
-    /// the family of the new address (the account switches by itself when
-    /// only the other family is left).
-    #[default]
-    Enabled,
-    /// IPv6 first whenever a usable IPv6 address exists.
-    Prefer,
-    /// IPv6 only.
-    Only,
-}
-
-impl Ipv6Use {
-    /// Whether an address of `ip`'s family may be used.
-    pub fn allows(self, ip: IpAddr) -> bool {
-        match self {
-            Ipv6Use::Disabled => ip.is_ipv4(),
-            Ipv6Use::Only => ip.is_ipv6(),
-            Ipv6Use::Enabled | Ipv6Use::Prefer => true,
-        }
-    }
-
-    /// The resolver's family preference for this mode.
-    pub fn family_preference(self) -> FamilyPreference {
-        match self {
-            Ipv6Use::Disabled => FamilyPreference::Ipv4Only,
-            Ipv6Use::Enabled => FamilyPreference::PreferIpv4,
-            Ipv6Use::Prefer => FamilyPreference::PreferIpv6,
-            Ipv6Use::Only => FamilyPreference::Ipv6Only,
-        }
-    }
-
-    /// The mode's name (`disabled`, `enabled`, `prefer`, `only`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Ipv6Use::Disabled => "disabled",
-            Ipv6Use::Enabled => "enabled",
-            Ipv6Use::Prefer => "prefer",
-            Ipv6Use::Only => "only",
-        }
-    }
-}
-
-/// Not one of `disabled`, `enabled`, `prefer`, `only`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown IPv6 use {0:?} (disabled, enabled, prefer or only)")]
-pub struct UnknownIpv6Use(pub String);
-
-impl std::str::FromStr for Ipv6Use {
-    type Err = UnknownIpv6Use;
-
-    fn from_str(s: &str) -> Result<Ipv6Use, UnknownIpv6Use> {
-        match s.to_ascii_lowercase().as_str() {
-            "disabled" | "off" => Ok(Ipv6Use::Disabled),
-            "enabled" | "on" => Ok(Ipv6Use::Enabled),
-            "prefer" => Ok(Ipv6Use::Prefer),
-            "only" => Ok(Ipv6Use::Only),
-            _ => Err(UnknownIpv6Use(s.to_owned())),
-        }
-    }
-}
-
 /// Changes to an account's settings ([`EndpointHandle::modify_account`]);
 /// `None` leaves a setting as it is.
 #[derive(Debug, Clone, Default)]
@@ -261,53 +101,14 @@ pub struct AccountChanges {
     pub ip_change: Option<Option<AccountIpChange>>,
 }
 
-impl IpChangeParams {
-    /// The defaults, restarting listeners in place (`ip: None`): the
-    /// agent's bare `ip-change`.
-    pub fn in_place() -> IpChangeParams {
-        IpChangeParams {
-            ip: None,
-            ..IpChangeParams::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-        }
+/// The resolver's family preference for an IPv6 use.
+pub(crate) fn family_preference(mode: Ipv6Use) -> FamilyPreference {
+    match mode {
+        Ipv6Use::Disabled => FamilyPreference::Ipv4Only,
+        Ipv6Use::Enabled => FamilyPreference::PreferIpv4,
+        Ipv6Use::Prefer => FamilyPreference::PreferIpv6,
+        Ipv6Use::Only => FamilyPreference::Ipv6Only,
     }
-
-    /// The defaults, moving to `ip`.
-    pub fn new(ip: std::net::IpAddr) -> IpChangeParams {
-        IpChangeParams {
-            ip: Some(ip),
-            shutdown_transports: true,
-            restart_listeners: true,
-            restart_listener_delay: Duration::from_millis(10),
-            shutdown_registration_flow: true,
-            hangup_calls: false,
-            old_listener_grace: Duration::from_secs(32),
-            refresh: RefreshFlags::default(),
-            accounts: None,
-            calls: None,
-            keep_unaffected: false,
-        }
-    }
-}
-
-/// One stage of an IP change (`cli.md`'s `ip_change` event).
-#[derive(Debug, Clone, PartialEq)]
-pub struct IpChangeReport {
-    /// `started`, `shutdown_transports`, `restart_listener`,
-    /// `shutdown_registration_flow`, `update_contact`, `refresh_calls`,
-    /// `completed`.
-    pub stage: &'static str,
-    /// `ok`, or what went wrong.
-    pub status: String,
-    /// Milliseconds since `started`.
-    pub elapsed_ms: f64,
-    /// The account the stage is about.
-    pub account: Option<u32>,
-    /// The call the stage is about.
-    pub call: Option<u32>,
-    /// The transport the stage is about.
-    pub transport: Option<Transport>,
-    /// For `restart_listener`: the new listener's address.
-    pub address: Option<SocketAddr>,
 }
 
 /// A plain user agent: answers requests it gets the default way (OPTIONS
@@ -543,8 +344,6 @@ impl EndpointHandle {
             transports,
             app,
             resolver: Resolver::new(StaticHosts::new(HickoryDns::from_system(), &config.hosts)),
-            accounts: HashMap::new(),
-            local_ip: None,
             net: match &config.watch {
                 Some(w) => match crate::netwatch::spawn(w.resync) {
                     Ok(rx) => Some(rx),
@@ -559,6 +358,7 @@ impl EndpointHandle {
             flows: HashMap::new(),
             connections: HashMap::new(),
             pending: HashMap::new(),
+            close_when_connected: std::collections::HashSet::new(),
             backlog: HashMap::new(),
             retiring: Vec::new(),
             server_names: HashMap::new(),
@@ -756,40 +556,6 @@ impl EndpointHandle {
     }
 }
 
-/// An account as the driver sees it: the registrar's addresses in every
-/// family (for a switch between IPv4 and IPv6) and the IPv6 modes.
-#[derive(Debug, Clone)]
-struct AccountRoute {
-    aor: String,
-    candidates: Vec<Resolved>,
-    sip: Ipv6Use,
-    media: Ipv6Use,
-    ip_change: Option<AccountIpChange>,
-    /// The local address the account registers from, as last set (at
-    /// registration, and by each change): what detection compares with.
-    local_ip: Option<IpAddr>,
-    /// The Contact last registered (`None` right after a change we made):
-    /// a different one without a change of ours is a NAT rebinding learnt
-    /// from `received`/`rport`.
-    contact: Option<String>,
-}
-
-impl AccountRoute {
-    /// The registrar's address for `transport` in `ip`'s family.
-    fn candidate(&self, transport: Transport, ip: IpAddr) -> Option<&Resolved> {
-        self.candidates
-            .iter()
-            .find(|c| c.transport == transport && c.addr.is_ipv4() == ip.is_ipv4())
-    }
-
-    /// Whether `addr` is one of the registrar's addresses.
-    fn is_registrar(&self, transport: Transport, addr: SocketAddr) -> bool {
-        self.candidates
-            .iter()
-            .any(|c| c.transport == transport && c.addr == addr)
-    }
-}
-
 /// The driver's end of a core flow.
 #[derive(Debug, Clone, Copy)]
 enum FlowPath {
@@ -801,11 +567,6 @@ struct Driver {
     transports: TransportManager,
     app: Box<dyn Application>,
     resolver: Resolver<StaticHosts<HickoryDns>>,
-    /// What the driver knows of each account beyond the core's view.
-    accounts: HashMap<AccountId, AccountRoute>,
-    /// The endpoint's address as last set (first registration or call,
-    /// then each change): what detection compares calls with.
-    local_ip: Option<IpAddr>,
     /// Automatic detection, when on.
     watch: Option<WatchConfig>,
     /// The network monitor's events (taken by the run loop).
@@ -816,6 +577,8 @@ struct Driver {
     connections: HashMap<ConnectionId, FlowId>,
     /// messages waiting for their flow's connection to open
     pending: HashMap<FlowId, VecDeque<Bytes>>,
+    /// flows a change closed before their connect was reported
+    close_when_connected: std::collections::HashSet<FlowId>,
     /// messages waiting for room in their connection's send queue, in order
     backlog: HashMap<FlowId, VecDeque<Bytes>>,
     /// Old UDP listeners after an IP change, still receiving answers to
@@ -934,7 +697,7 @@ impl Driver {
                                 other => after.push(other),
                             }
                         }
-                        self.ip_change(&params).await;
+                        self.ip_change(*params).await;
                         for r in replies {
                             let _ = r.send(());
                         }
@@ -964,28 +727,6 @@ impl Driver {
         }
     }
 
-    /// The core's move of one call, then the application's part of it
-    /// (its media, re-offered or re-bound) unless the core says nothing
-    /// is to be done.
-    fn move_call(
-        &mut self,
-        now: Instant,
-        call: siproam_core::CallId,
-        mv: siproam_core::CallMove,
-        media_ip: Option<IpAddr>,
-    ) -> Result<(), crate::phone::PhoneError> {
-        let action = self.core.move_call(now, call, mv)?;
-        if action == siproam_core::CallMoveAction::Nothing {
-            return Ok(());
-        }
-        let cmd = crate::phone::PhoneCommand::Moved {
-            call,
-            media_ip,
-            action,
-        };
-        self.app.command(&mut self.core, now, cmd).map(|_| ())
-    }
-
     fn random(&mut self) -> u32 {
         // xorshift: only orders SRV records of equal priority
         self.rng ^= self.rng << 13;
@@ -1005,9 +746,6 @@ impl Driver {
                     .core
                     .unregister(now(), account)
                     .map_err(EndpointError::from);
-                if r.is_ok() {
-                    self.accounts.remove(&account);
-                }
                 let _ = reply.send(r);
             }
             Command::Modify(account, changes, reregister, reply) => {
@@ -1031,7 +769,7 @@ impl Driver {
                 let _ = reply.send(r);
             }
             Command::IpChange(params, reply) => {
-                self.ip_change(&params).await;
+                self.ip_change(*params).await;
                 let _ = reply.send(());
             }
             Command::Listeners(reply) => {
@@ -1159,14 +897,15 @@ impl Driver {
         via: Option<String>,
     ) -> Result<siproam_core::CallId, EndpointError> {
         let hop = via.unwrap_or_else(|| uri.clone());
-        let family = self
-            .route_for_uri(&from)
-            .map_or(Ipv6Use::Enabled, |r| r.sip)
-            .family_preference();
+        let family = family_preference(
+            self.core
+                .routes_for_uri(&from)
+                .map_or(Ipv6Use::Enabled, |r| r.sip),
+        );
         let targets = self.resolve_targets(&hop, family).await?;
         let target = self.first_usable(&targets)?;
-        if self.local_ip.is_none() {
-            self.local_ip = target.local.map(|a| a.ip());
+        if let Some(local) = target.local {
+            self.core.note_local_ip(local.ip());
         }
         let cmd = crate::phone::PhoneCommand::Call { uri, from, target };
         match self.app.command(&mut self.core, now(), cmd)? {
@@ -1175,175 +914,84 @@ impl Driver {
         }
     }
 
-    /// The account whose address of record is `uri` (else the first).
-    fn route_for_uri(&self, uri: &str) -> Option<&AccountRoute> {
-        self.account_with_aor(uri).map(|(_, r)| r).or_else(|| {
-            let first = self.accounts.keys().min()?;
-            self.accounts.get(first)
-        })
-    }
-
-    /// The account whose address of record is `uri` (`<…>` allowed).
-    fn account_with_aor(&self, uri: &str) -> Option<(AccountId, &AccountRoute)> {
-        let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
-        let mut found: Vec<(&AccountId, &AccountRoute)> = self
-            .accounts
-            .iter()
-            .filter(|(_, r)| r.aor.eq_ignore_ascii_case(uri))
-            .collect();
-        found.sort_by_key(|(id, _)| **id);
-        found.first().map(|(id, r)| (**id, *r))
-    }
-
-    /// Where a call's media goes after a change to `ip`, given its
-    /// account's IPv6 use for media: `ip` when allowed (for `prefer`, an
-    /// IPv6 address first), else an address of the other family.
-    fn media_ip_for(&self, call: siproam_core::CallId, ip: IpAddr) -> Option<IpAddr> {
-        let route = self
-            .core
-            .call_local_uri(call)
-            .and_then(|u| self.route_for_uri(u));
-        let mode = route.map_or(Ipv6Use::Enabled, |r| r.media);
-        let other_family = |want_v6: bool| {
-            route.and_then(|r| self.route_source(r, |c| c.addr.is_ipv6() == want_v6))
+    /// What the core needs to see of the network: the source address
+    /// towards each remote it names (and each connection's peer), which
+    /// addresses are this host's, the listeners (not the lingering ones)
+    /// and, for a change, the stream connections.
+    fn network_view(&self, extra: Option<IpAddr>, connections: bool) -> NetworkView {
+        let queries = self.core.network_queries();
+        let mut view = NetworkView {
+            listeners: self
+                .transports
+                .listeners()
+                .into_iter()
+                .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
+                .map(listener_view)
+                .collect(),
+            ..NetworkView::default()
         };
-        if mode == Ipv6Use::Prefer && ip.is_ipv4() {
-            if let Some(v6) = other_family(true) {
-                return Some(v6);
+        if connections {
+            view.connections = self
+                .transports
+                .connections()
+                .into_iter()
+                .map(|c| ConnectionView {
+                    id: c.id.as_u64(),
+                    local: c.local,
+                    remote: c.remote,
+                })
+                .collect();
+        }
+        let remotes = queries
+            .remotes
+            .iter()
+            .copied()
+            .chain(view.connections.iter().map(|c| c.remote));
+        for remote in remotes {
+            if view.sources.contains_key(&remote) {
+                continue;
+            }
+            if let Ok(ip) = self.transports.source_address_for(remote) {
+                view.sources.insert(remote, ip);
             }
         }
-        if mode.allows(ip) {
-            return Some(ip);
-        }
-        other_family(ip.is_ipv4())
-    }
-
-    /// The source address towards the first of an account's registrar
-    /// addresses that `keep` accepts and that has a route.
-    fn route_source(
-        &self,
-        route: &AccountRoute,
-        keep: impl Fn(&Resolved) -> bool,
-    ) -> Option<IpAddr> {
-        route
-            .candidates
+        let addresses: Vec<IpAddr> = queries
+            .addresses
             .iter()
-            .filter(|c| keep(c))
-            .find_map(|c| self.transports.source_address_for(c.addr).ok())
+            .copied()
+            .chain(extra)
+            .chain(view.listeners.iter().map(|l| l.local.ip()))
+            .chain(view.connections.iter().map(|c| c.local.ip()))
+            .collect();
+        for ip in addresses {
+            if !ip.is_unspecified() && !view.local.contains(&ip) && self.transports.is_local(ip) {
+                view.local.insert(ip);
+            }
+        }
+        view
     }
 
-    /// The address an account would register from now: the source towards
-    /// its registrar, else (unreachable) towards another of the registrar's
-    /// addresses its IPv6 use allows (the other family when only that one
-    /// is left).
-    fn account_source(&self, account: AccountId) -> Option<IpAddr> {
-        let registrar = self.core.account_registrar(account)?;
-        self.transports
-            .source_address_for(registrar)
-            .ok()
-            .or_else(|| {
-                let route = self.accounts.get(&account)?;
-                self.route_source(route, |c| {
-                    c.addr != registrar && route.sip.allows(c.addr.ip())
-                })
-            })
-    }
-
-    /// Automatic detection: handles a change when the source address
-    /// towards a registrar (or a call's next hop) is no longer the one in
-    /// use, for the accounts and calls it concerns only; several new
-    /// addresses (accounts over different uplinks) are handled in turn.
+    /// Automatic detection: the core compares the network now with the
+    /// addresses in use, and a change it finds is made for the accounts
+    /// and calls it concerns only; several new addresses (accounts over
+    /// different uplinks) are handled in turn.
     async fn check_network(&mut self) {
         let Some(watch) = self.watch.clone() else {
             return;
         };
         for _ in 0..4 {
-            let Some((ip, accounts, calls)) = self.detect_change() else {
+            let view = self.network_view(None, false);
+            let Some(change) = self.core.detect_change(&view) else {
                 return;
             };
             debug!(
-                "network change detected: now {ip} for {} accounts, {} calls",
-                accounts.len(),
-                calls.len()
+                "network change detected: now {} for {} accounts, {} calls",
+                change.ip,
+                change.accounts.len(),
+                change.calls.len()
             );
-            let mut params = watch.params.clone();
-            params.ip = Some(ip);
-            params.accounts = Some(accounts);
-            params.calls = Some(calls);
-            params.keep_unaffected = true;
-            self.ip_change(&params).await;
+            self.ip_change(change.params(&watch.params)).await;
         }
-    }
-
-    /// The new address and the accounts and calls that move to it, if the
-    /// network changed under any of them. One route lookup per registrar
-    /// (and IPv6 mode), not per account.
-    fn detect_change(&self) -> Option<(IpAddr, Vec<AccountId>, Vec<siproam_core::CallId>)> {
-        // an address a listener is pinned to stays in use while it exists
-        let pinned: std::collections::HashSet<IpAddr> = self
-            .transports
-            .listeners()
-            .iter()
-            .map(|l| l.local.ip())
-            .filter(|ip| !ip.is_unspecified() && self.transports.is_local(*ip))
-            .collect();
-        let mut sources: HashMap<(SocketAddr, Ipv6Use), Option<IpAddr>> = HashMap::new();
-        let moved: Vec<(AccountId, IpAddr)> = self
-            .core
-            .accounts()
-            .into_iter()
-            .filter_map(|a| {
-                let route = self.accounts.get(&a)?;
-                if route.local_ip.is_some_and(|ip| pinned.contains(&ip)) {
-                    return None;
-                }
-                let registrar = self.core.account_registrar(a)?;
-                let src = *sources
-                    .entry((registrar, route.sip))
-                    .or_insert_with(|| self.account_source(a));
-                let src = src?;
-                (Some(src) != route.local_ip).then_some((a, src))
-            })
-            .collect();
-        // (a call whose next hop is unreachable now goes with whatever
-        // address the change picks: the other family's, for instance)
-        let call_moves: Vec<(siproam_core::CallId, Option<IpAddr>)> = self
-            .core
-            .calls()
-            .into_iter()
-            .filter_map(|(call, _)| {
-                let hop = self.core.call_next_hop(call)?;
-                let current = hop
-                    .local
-                    .map(|a| a.ip())
-                    .filter(|ip| !ip.is_unspecified())
-                    .or(self.local_ip)?;
-                if pinned.contains(&current) {
-                    return None;
-                }
-                match self.transports.source_address_for(hop.remote) {
-                    Ok(src) => (src != current).then_some((call, Some(src))),
-                    Err(_) => Some((call, None)),
-                }
-            })
-            .collect();
-        let ip = moved
-            .first()
-            .map(|(_, ip)| *ip)
-            .or_else(|| call_moves.iter().find_map(|(_, ip)| *ip))?;
-        Some((
-            ip,
-            moved
-                .iter()
-                .filter(|(_, i)| *i == ip)
-                .map(|(a, _)| *a)
-                .collect(),
-            call_moves
-                .iter()
-                .filter(|(_, i)| i.is_none_or(|i| i == ip))
-                .map(|(c, _)| *c)
-                .collect(),
-        ))
     }
 
     fn modify(
@@ -1371,7 +1019,7 @@ impl Driver {
                 c.expires = e;
             }
         })?;
-        if let Some(route) = self.accounts.get_mut(&account) {
+        self.core.modify_account_routes(account, |route| {
             if let Some(m) = ipv6_sip {
                 route.sip = m;
             }
@@ -1381,385 +1029,115 @@ impl Driver {
             if let Some(k) = ip_change {
                 route.ip_change = k;
             }
-        }
+        })?;
         if reregister {
             self.core.refresh_registration(now(), account)?;
         }
         Ok(())
     }
 
-    async fn ip_change(&mut self, params: &IpChangeParams) {
-        let t0 = Instant::now();
-        let events = self.events.clone();
-        let report = |stage: &'static str,
-                      status: Result<(), String>,
-                      account: Option<u32>,
-                      call: Option<u32>,
-                      transport: Option<Transport>,
-                      address: Option<SocketAddr>| {
-            let _ = events.try_send(EndpointEvent::IpChange(IpChangeReport {
-                stage,
-                status: status.err().unwrap_or_else(|| "ok".to_owned()),
-                elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-                account,
-                call,
+    /// A change: the core decides each stage (`siproam_core` mobility);
+    /// the driver does the socket work it asks for.
+    async fn ip_change(&mut self, params: IpChangeParams) {
+        let view = self.network_view(params.ip, params.shutdown_transports);
+        if let Err(e) = self.core.start_ip_change(now(), params, view) {
+            debug!("network change not started: {e}");
+        }
+        while let Some(action) = self.core.poll_mobility() {
+            let result = self.perform(action).await;
+            self.core.handle_mobility(now(), result);
+        }
+    }
+
+    /// One piece of socket work of a change.
+    async fn perform(&mut self, action: MobilityAction) -> MobilityResult {
+        match action {
+            MobilityAction::CloseConnections(ids) => {
+                let mut closed = 0;
+                for id in ids {
+                    closed += usize::from(
+                        self.transports
+                            .close_connection(ConnectionId::from_u64(id), CloseReason::ShutDown),
+                    );
+                }
+                debug!("{closed} stale stream connections closed");
+                MobilityResult::Done
+            }
+            MobilityAction::CloseAllStreams => {
+                let closed = self.transports.shutdown_streams();
+                debug!("{closed} stream connections closed");
+                MobilityResult::Done
+            }
+            MobilityAction::Listen {
                 transport,
-                address,
-            }));
-        };
-        report("started", Ok(()), None, None, None, None);
-        // an address this host does not have: nothing could listen or send
-        // there (a Contact on it would carry port 0), so nothing changes
-        if let Some(ip) = params.ip.filter(|ip| !ip.is_unspecified()) {
-            if !self.transports.is_local(ip) {
-                report(
-                    "completed",
-                    Err(format!(
-                        "{ip} is not an address of this host: nothing changed"
-                    )),
-                    None,
-                    None,
-                    None,
-                    None,
-                );
-                return;
+                addr,
+                after,
+            } => {
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                }
+                listened(self.transports.listen(from_core(transport), addr).await)
+            }
+            MobilityAction::RestartListener { listener } => listened(
+                self.transports
+                    .restart_listener(ListenerId::from_u64(listener))
+                    .await,
+            ),
+            MobilityAction::CloseFlow(flow) => {
+                match self.flows.get(&flow) {
+                    Some(FlowPath::Connection(conn)) => {
+                        self.transports
+                            .close_connection(*conn, CloseReason::ShutDown);
+                    }
+                    // its connect (and first message) is still being
+                    // reported: closed as soon as it is
+                    None => {
+                        self.close_when_connected.insert(flow);
+                    }
+                }
+                MobilityResult::Done
+            }
+            MobilityAction::Connect {
+                transport,
+                remote,
+                local,
+            } => {
+                let mut t = Target::new(from_core(transport), remote).with_local(local);
+                if transport == CoreTransport::Tls {
+                    let name = self
+                        .server_names
+                        .get(&remote)
+                        .cloned()
+                        .unwrap_or_else(|| remote.ip().to_string());
+                    t = t.with_server_name(name);
+                }
+                match self.transports.clone().connect(&t).await {
+                    Ok(flow) => MobilityResult::Connected(flow.local),
+                    Err(e) => {
+                        debug!("connect for the Contact failed: {e}");
+                        MobilityResult::ConnectFailed
+                    }
+                }
+            }
+            MobilityAction::CloseListener(id) => {
+                self.transports
+                    .close_listener(ListenerId::from_u64(id))
+                    .await;
+                MobilityResult::Done
+            }
+            MobilityAction::RetireListener { listener, grace } => {
+                let until = tokio::time::Instant::now() + grace;
+                self.retiring.push((until, ListenerId::from_u64(listener)));
+                MobilityResult::Done
             }
         }
-        // requests dying on the old path must not end calls
-        self.core.begin_network_change(now());
-        if params.shutdown_transports && params.keep_unaffected {
-            let mut closed = 0;
-            for c in self.transports.connections() {
-                let stale = !self.transports.is_local(c.local.ip())
-                    || self
-                        .transports
-                        .source_address_for(c.remote)
-                        .map_or(true, |src| src != c.local.ip());
-                if stale
-                    && self
-                        .transports
-                        .close_connection(c.id, CloseReason::ShutDown)
-                {
-                    closed += 1;
-                }
-            }
-            report("shutdown_transports", Ok(()), None, None, None, None);
-            debug!("{closed} stale stream connections closed");
-        } else if params.shutdown_transports {
-            let closed = self.transports.shutdown_streams();
-            report("shutdown_transports", Ok(()), None, None, None, None);
-            debug!("{closed} stream connections closed");
-        }
-        // listeners on the new address first; the old ones close at the end
-        // (retiring ones from an earlier change are not restarted again)
-        let old: Vec<ListenerInfo> = self
-            .transports
-            .listeners()
-            .into_iter()
-            .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
-            .collect();
-        // where a listener goes when its own address is gone (in place)
-        // (the registrar's own family first, else the other one the
-        // account allows: an IPv4 uplink gone, IPv6 left)
-        let fallback = self
-            .core
-            .accounts()
-            .first()
-            .and_then(|a| self.account_source(*a));
-        let mut new_points = Vec::new();
-        if params.restart_listeners {
-            for l in &old {
-                let r = match params.ip {
-                    // a wildcard listener of the new address's family
-                    // already receives on it: it stays as it is
-                    Some(ip)
-                        if l.local.ip().is_unspecified() && l.local.is_ipv4() == ip.is_ipv4() =>
-                    {
-                        Ok(*l)
-                    }
-                    // a partial change leaves a pinned listener whose
-                    // address still exists alone
-                    Some(_)
-                        if params.keep_unaffected
-                            && !l.local.ip().is_unspecified()
-                            && self.transports.is_local(l.local.ip()) =>
-                    {
-                        Ok(*l)
-                    }
-                    Some(ip) => {
-                        let to = SocketAddr::new(ip, 0);
-                        match self.transports.listen(l.transport, to).await {
-                            Err(_) => {
-                                tokio::time::sleep(params.restart_listener_delay).await;
-                                self.transports.listen(l.transport, to).await
-                            }
-                            ok => ok,
-                        }
-                    }
-                    None => match self.transports.restart_listener(l.id).await {
-                        Err(ListenError::AddressGone { ip: gone }) => match fallback {
-                            Some(to) => {
-                                debug!("listener address {gone} gone: moving to {to}");
-                                self.transports
-                                    .listen(l.transport, SocketAddr::new(to, 0))
-                                    .await
-                            }
-                            None => Err(ListenError::AddressGone { ip: gone }),
-                        },
-                        other => other,
-                    },
-                };
-                match r {
-                    Ok(info) => {
-                        report(
-                            "restart_listener",
-                            Ok(()),
-                            None,
-                            None,
-                            Some(l.transport),
-                            Some(info.local),
-                        );
-                        new_points.push(info);
-                    }
-                    Err(e) => report(
-                        "restart_listener",
-                        Err(e.to_string()),
-                        None,
-                        None,
-                        Some(l.transport),
-                        None,
-                    ),
-                }
-            }
-            self.core.clear_listen_points();
-            for info in &new_points {
-                self.core.add_listen_point(ListenPoint {
-                    transport: to_core(info.transport),
-                    addr: info.local,
-                });
-            }
-        } else {
-            new_points.clone_from(&old);
-        }
-        // the address Contacts and media use: the one given, else the one
-        // the (first) listener is on now
-        let ip = params
-            .ip
-            .or_else(|| {
-                new_points
-                    .iter()
-                    .map(|i| i.local.ip())
-                    .find(|ip| !ip.is_unspecified())
-            })
-            .or(fallback)
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-        let port_for = |t: Transport| {
-            new_points
-                .iter()
-                .find(|i| i.transport == t)
-                .or(new_points.first())
-                .map_or(0, |i| i.local.port())
-        };
-        let now = now();
-        let defaults = AccountIpChange::from_params(params);
-        for account in self.core.accounts() {
-            if params
-                .accounts
-                .as_ref()
-                .is_some_and(|only| !only.contains(&account))
-            {
-                continue;
-            }
-            let knobs = self
-                .accounts
-                .get(&account)
-                .and_then(|r| r.ip_change)
-                .unwrap_or(defaults);
-            if knobs.shutdown_registration_flow {
-                report(
-                    "shutdown_registration_flow",
-                    Ok(()),
-                    Some(account.0),
-                    None,
-                    None,
-                    None,
-                );
-            }
-            let transport = self
-                .core
-                .account_transport(account)
-                .map_or(Transport::Udp, from_core);
-            let mut contact = SocketAddr::new(ip, port_for(transport));
-            let mut keep_flow = !knobs.shutdown_registration_flow;
-            // the new address is of the other family (IPv4 ↔ IPv6): the
-            // account moves to the registrar's address in that family, over
-            // a new flow
-            let mut r = match (
-                self.core.account_registrar(account),
-                self.accounts.get(&account),
-            ) {
-                (Some(current), Some(route)) if current.is_ipv4() != ip.is_ipv4() => {
-                    if !route.sip.allows(ip) {
-                        Err(format!("IPv6 use for SIP is {}", route.sip.as_str()))
-                    } else if let Some(c) = route.candidate(transport, ip).cloned() {
-                        keep_flow = false;
-                        let target = CoreTarget {
-                            transport: to_core(c.transport),
-                            remote: c.addr,
-                            local: Some(contact),
-                        };
-                        if c.transport == Transport::Tls {
-                            self.server_names.insert(c.addr, c.server_name.clone());
-                        }
-                        self.core
-                            .retarget_account(account, target)
-                            .map_err(|e| e.to_string())
-                    } else {
-                        Err(format!(
-                            "the registrar has no {} address",
-                            if ip.is_ipv6() { "IPv6" } else { "IPv4" }
-                        ))
-                    }
-                }
-                _ => Ok(()),
-            };
-            if r.is_ok() && !keep_flow {
-                // no listener of the account's stream transport: the new
-                // flow, opened now, is the Contact (as in `register`)
-                let target = self.core.account_registrar(account).and_then(|remote| {
-                    self.contact_connection(&CoreTarget {
-                        transport: to_core(transport),
-                        remote,
-                        local: Some(contact),
-                    })
-                });
-                if let Some(t) = target {
-                    match self.transports.clone().connect(&t).await {
-                        Ok(flow) => contact = flow.local,
-                        Err(e) => debug!("connect for the Contact failed: {e}"),
-                    }
-                }
-            }
-            if r.is_ok() {
-                r = self
-                    .core
-                    .move_account_with(now, account, contact, keep_flow)
-                    .map_err(|e| e.to_string());
-            }
-            if r.is_ok() {
-                if let Some(route) = self.accounts.get_mut(&account) {
-                    route.local_ip = Some(ip);
-                    route.contact = None;
-                }
-            }
-            report(
-                "update_contact",
-                r,
-                Some(account.0),
-                None,
-                Some(transport),
-                Some(contact),
-            );
-        }
-        self.local_ip = Some(ip);
-        let call_contact = SocketAddr::new(ip, port_for(Transport::Udp));
-        for (call, state) in self.core.calls() {
-            if params
-                .calls
-                .as_ref()
-                .is_some_and(|only| !only.contains(&call))
-            {
-                continue;
-            }
-            use siproam_core::CallState as S;
-            let ringing = matches!(state, S::Incoming | S::Ringing | S::Early);
-            if !ringing && state != S::Confirmed {
-                continue;
-            }
-            // the knobs of the call's own account (its AoR is our URI)
-            let knobs = self
-                .core
-                .call_local_uri(call)
-                .and_then(|u| self.account_with_aor(u))
-                .and_then(|(_, r)| r.ip_change)
-                .unwrap_or(defaults);
-            let flags = knobs.refresh;
-            let stage = if state == S::Confirmed && knobs.hangup_calls {
-                "hangup_calls"
-            } else {
-                "refresh_calls"
-            };
-            // in-dialog requests to a next hop of the other family (IPv4 ↔
-            // IPv6) go to the same proxy's address in the new family
-            let mut next_hop = None;
-            if let Some(hop) = self.core.call_next_hop(call) {
-                if hop.remote.is_ipv4() != ip.is_ipv4() {
-                    next_hop = self
-                        .accounts
-                        .values()
-                        .filter(|route| route.is_registrar(from_core(hop.transport), hop.remote))
-                        .find_map(|route| route.candidate(from_core(hop.transport), ip))
-                        .map(|c| CoreTarget {
-                            transport: to_core(c.transport),
-                            remote: c.addr,
-                            local: None,
-                        });
-                    if next_hop.is_none() && !knobs.hangup_calls {
-                        report(
-                            stage,
-                            Err("the call's next hop has no address in the new family".to_owned()),
-                            None,
-                            Some(call.0),
-                            None,
-                            None,
-                        );
-                        continue;
-                    }
-                }
-            }
-            let media_ip = if flags.reinit_media {
-                self.media_ip_for(call, ip)
-            } else {
-                None
-            };
-            let mv = siproam_core::CallMove {
-                contact: flags.update_contact.then_some(call_contact),
-                via: flags.update_via.then_some(call_contact),
-                next_hop,
-                hang_up: knobs.hangup_calls,
-                prefer_update: flags.prefer_update,
-            };
-            let r = self.move_call(now, call, mv, media_ip);
-            report(
-                stage,
-                r.map_err(|e| e.to_string()),
-                None,
-                Some(call.0),
-                None,
-                None,
-            );
-        }
-        if params.restart_listeners {
-            let until = tokio::time::Instant::now() + params.old_listener_grace;
-            for l in old {
-                if new_points.iter().any(|n| n.id == l.id) {
-                    continue; // restarted in place: the same listener
-                }
-                if l.transport == Transport::Udp && !params.old_listener_grace.is_zero() {
-                    self.retiring.push((until, l.id));
-                } else {
-                    self.transports.close_listener(l.id).await;
-                }
-            }
-        }
-        report("completed", Ok(()), None, None, None, None);
     }
 
     async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
         // every address of the registrar the account's IPv6 use allows:
         // the first reachable one now, the others for a family switch
         let candidates = self
-            .resolve_targets(&spec.registrar, spec.ipv6_sip.family_preference())
+            .resolve_targets(&spec.registrar, family_preference(spec.ipv6_sip))
             .await?;
         let mut core_target = self.first_usable(&candidates)?;
         if let Some(t) = self.contact_connection(&core_target) {
@@ -1771,9 +1149,6 @@ impl Driver {
             }
         }
         let local_ip = core_target.local.map(|a| a.ip());
-        if self.local_ip.is_none() {
-            self.local_ip = local_ip;
-        }
         let uri = siproam_sip::Uri::parse(&spec.registrar)?;
         // the Request-URI of a REGISTER is the registrar's domain
         let registrar_uri = match uri.as_sip() {
@@ -1790,18 +1165,24 @@ impl Driver {
         cfg.password = spec.password;
         cfg.expires = spec.expires;
         let id = self.core.register(now(), cfg);
-        self.accounts.insert(
-            id,
-            AccountRoute {
-                aor: spec.aor,
-                candidates,
-                sip: spec.ipv6_sip,
-                media: spec.ipv6_media,
-                ip_change: spec.ip_change,
-                local_ip,
-                contact: None,
-            },
-        );
+        // every TLS address's server name, for a later switch of family
+        for c in candidates.iter().filter(|c| c.transport == Transport::Tls) {
+            self.server_names.insert(c.addr, c.server_name.clone());
+        }
+        let routes = AccountRoutes {
+            aor: spec.aor,
+            registrar: candidates
+                .iter()
+                .map(|c| RegistrarAddress {
+                    transport: to_core(c.transport),
+                    addr: c.addr,
+                })
+                .collect(),
+            sip: spec.ipv6_sip,
+            media: spec.ipv6_media,
+            ip_change: spec.ip_change,
+        };
+        self.core.set_account_routes(id, routes, local_ip)?;
         Ok(id)
     }
 
@@ -1875,6 +1256,18 @@ impl Driver {
         flow: FlowId,
         result: Result<crate::transport::Flow, crate::transport::SendError>,
     ) {
+        if self.close_when_connected.remove(&flow) {
+            if let Ok(f) = &result {
+                if let Some(conn) = f.connection {
+                    self.transports
+                        .close_connection(conn, CloseReason::ShutDown);
+                }
+            }
+            self.pending.remove(&flow);
+            self.core
+                .handle_flow_closed(now(), flow, FlowCloseReason::Local);
+            return;
+        }
         match result {
             Ok(f) => {
                 if let Some(conn) = f.connection {
@@ -1897,80 +1290,6 @@ impl Driver {
     }
 
     /// Carries out what the core asked, and hands its events on.
-    /// A registered Contact different from the last one while no change
-    /// of ours moved the account: the registrar saw us at another address
-    /// (`received`/`rport`: a NAT rebinding), which the core has already
-    /// re-registered. Returns that address.
-    fn contact_changed(&mut self, r: &siproam_core::RegistrationEvent) -> Option<SocketAddr> {
-        if r.state != siproam_core::RegistrationState::Registered {
-            return None;
-        }
-        let route = self.accounts.get_mut(&r.account)?;
-        let before = route.contact.replace(r.contact.clone())?;
-        if before == r.contact {
-            return None;
-        }
-        let uri = siproam_sip::Uri::parse(&r.contact).ok()?;
-        let sip = uri.as_sip()?;
-        let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
-        let ip: IpAddr = host.parse().ok()?;
-        Some(SocketAddr::new(ip, sip.port().unwrap_or(5060)))
-    }
-
-    /// A NAT rebinding counts as a change: the account's calls take the
-    /// public address as their Contact (sending from where they did), as
-    /// stages `started`, `refresh_calls` (one per call), `completed`.
-    fn rebound(&mut self, account: AccountId, public: SocketAddr) {
-        let t0 = Instant::now();
-        let events = self.events.clone();
-        let report = |stage: &'static str, status: Result<(), String>, call: Option<u32>| {
-            let _ = events.try_send(EndpointEvent::IpChange(IpChangeReport {
-                stage,
-                status: status.err().unwrap_or_else(|| "ok".to_owned()),
-                elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-                account: Some(account.0),
-                call,
-                transport: None,
-                address: Some(public),
-            }));
-        };
-        let Some(route) = self.accounts.get(&account) else {
-            return;
-        };
-        let prefer_update = route
-            .ip_change
-            .map_or(RefreshFlags::default().prefer_update, |k| {
-                k.refresh.prefer_update
-            });
-        debug!(
-            "the registrar sees account {} at another address",
-            account.0
-        );
-        report("started", Ok(()), None);
-        let now = now();
-        for (call, _) in self.core.calls() {
-            let ours = self
-                .core
-                .call_local_uri(call)
-                .and_then(|u| self.account_with_aor(u))
-                .is_some_and(|(a, _)| a == account);
-            if !ours {
-                continue;
-            }
-            let sending = self.core.call_next_hop(call).and_then(|h| h.local);
-            let mv = siproam_core::CallMove {
-                contact: Some(public),
-                via: sending,
-                next_hop: None,
-                hang_up: false,
-                prefer_update,
-            };
-            let r = self.move_call(now, call, mv, None);
-            report("refresh_calls", r.map_err(|e| e.to_string()), Some(call.0));
-        }
-        report("completed", Ok(()), None);
-    }
-
     async fn drain(&mut self, conn_tx: &mpsc::UnboundedSender<Connected>) {
         loop {
             let mut progressed = false;
@@ -1981,10 +1300,9 @@ impl Driver {
             while let Some(ev) = self.core.poll_event() {
                 progressed = true;
                 let at = now();
-                if let Event::Registration(r) = &ev {
-                    if let Some(public) = self.contact_changed(r) {
-                        self.rebound(r.account, public);
-                    }
+                if let Event::IpChange(r) = ev {
+                    let _ = self.events.try_send(EndpointEvent::IpChange(r));
+                    continue;
                 }
                 if let Some(ev) = self.app.on_event(&mut self.core, at, ev) {
                     if self.events.try_send(EndpointEvent::Core(ev)).is_err() {
@@ -2136,5 +1454,39 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending::<()>().await,
+    }
+}
+
+/// The core's view of a listener.
+fn listener_view(l: ListenerInfo) -> ListenerView {
+    ListenerView {
+        id: l.id.as_u64(),
+        transport: to_core(l.transport),
+        local: l.local,
+    }
+}
+
+/// A listener opened (or not), for the core.
+fn listened(r: Result<ListenerInfo, ListenError>) -> MobilityResult {
+    match r {
+        Ok(info) => MobilityResult::Listening(listener_view(info)),
+        Err(e) => {
+            debug!("listen failed: {e}");
+            MobilityResult::ListenFailed(listen_failure(&e))
+        }
+    }
+}
+
+/// Why a listener could not be opened, as the core decides on it.
+fn listen_failure(e: &ListenError) -> ListenFailure {
+    match e {
+        ListenError::AddressGone { .. } => ListenFailure::AddressGone,
+        ListenError::Bind { source, .. } => match source.kind() {
+            std::io::ErrorKind::AddrInUse => ListenFailure::AddrInUse,
+            std::io::ErrorKind::AddrNotAvailable => ListenFailure::AddressGone,
+            kind => ListenFailure::Io(kind),
+        },
+        #[allow(unreachable_patterns)]
+        _ => ListenFailure::Io(std::io::ErrorKind::Other),
     }
 }

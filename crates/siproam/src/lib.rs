@@ -15,10 +15,13 @@ pub mod resolve;
 pub mod transport;
 
 pub use endpoint::{
-    AccountChanges, AccountIpChange, AccountSpec, Application, EndpointConfig, EndpointError,
-    EndpointEvent, EndpointHandle, IpChangeParams, IpChangeReport, Ipv6Use, RefreshFlags,
-    UnknownIpv6Use, UserAgent, WatchConfig,
+    AccountChanges, AccountSpec, Application, EndpointConfig, EndpointError, EndpointEvent,
+    EndpointHandle, UserAgent, WatchConfig,
 };
 pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
 pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;
+pub use siproam_core::{
+    AccountIpChange, IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use,
+    RefreshFlags, UnknownIpv6Use,
+};

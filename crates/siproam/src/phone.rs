@@ -179,17 +179,6 @@ pub enum PhoneCommand {
     /// Re-opens the RTP socket of a call not answered yet on another local
     /// address, without a refresh: the answer we send carries it.
     Rebind(CallId, IpAddr),
-    /// The media side of a call the core moved after a network change
-    /// ([`siproam_core::Endpoint::move_call`]): re-open the RTP socket on
-    /// `media_ip` (if given), then do what `action` says.
-    Moved {
-        /// The call.
-        call: CallId,
-        /// Where to re-open the media, if anywhere.
-        media_ip: Option<IpAddr>,
-        /// What the core's move asks of the media.
-        action: siproam_core::CallMoveAction,
-    },
 }
 
 enum MediaCmd {
@@ -484,14 +473,6 @@ impl Phone {
                 self.apply_move(core, now, call, Some(ip), CallMoveAction::Rebind)?;
                 Ok(Some(call))
             }
-            PhoneCommand::Moved {
-                call,
-                media_ip,
-                action,
-            } => {
-                self.apply_move(core, now, call, media_ip, action)?;
-                Ok(Some(call))
-            }
             PhoneCommand::Hold(call, hold) => {
                 let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
                 let before = pc.sdp.direction();
@@ -694,6 +675,16 @@ impl Application for Phone {
             }
             Event::IncomingCall { call, request } => {
                 self.incoming_call(core, now, *call, request.body());
+            }
+            // a network change moved the call: its media part
+            Event::CallMoved {
+                call,
+                media_ip,
+                action,
+            } => {
+                if let Err(e) = self.apply_move(core, now, *call, *media_ip, *action) {
+                    debug!("media of {call:?} not moved: {e}");
+                }
             }
             Event::Call(CallEvent::State {
                 call, state, body, ..

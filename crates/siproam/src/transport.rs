@@ -113,6 +113,11 @@ impl ListenerId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The id of that number (as [`ListenerId::as_u64`] gave it).
+    pub fn from_u64(n: u64) -> ListenerId {
+        ListenerId(n)
+    }
 }
 
 impl fmt::Display for ListenerId {
@@ -130,6 +135,11 @@ impl ConnectionId {
     /// The number behind the id (unique within one manager).
     pub fn as_u64(self) -> u64 {
         self.0
+    }
+
+    /// The id of that number (as [`ConnectionId::as_u64`] gave it).
+    pub fn from_u64(n: u64) -> ConnectionId {
+        ConnectionId(n)
     }
 }
 

@@ -130,13 +130,14 @@ async fn registered(ep: &mut EndpointHandle) -> String {
     .expect("registered in time")
 }
 
-/// The `update_contact` stage's status of the next IP change.
-async fn update_contact_status(ep: &mut EndpointHandle) -> String {
+/// The `update_contact` stage of the next IP change (reported once the
+/// REGISTER is answered).
+async fn update_contact(ep: &mut EndpointHandle) -> siproam::IpChangeReport {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(EndpointEvent::IpChange(c)) = ep.next_event().await {
-                if c.stage == "update_contact" {
-                    return c.status;
+                if c.stage == siproam::IpChangeStage::UpdateContact {
+                    return c;
                 }
             }
         }
@@ -177,11 +178,13 @@ async fn a_change_to_ipv6_switches_an_enabled_account_and_not_a_disabled_one() {
     assert!(to.is_ipv4());
     registered(&mut ep).await;
     ep.ip_change("::1".parse().unwrap()).await.unwrap();
-    assert_eq!(update_contact_status(&mut ep).await, "ok");
     let (to, contact) = reg.next().await;
     assert!(to.is_ipv6(), "REGISTER sent to {to}");
     assert!(contact.contains("@[::1]:"), "Contact {contact}");
-    assert!(registered(&mut ep).await.contains("@[::1]:"));
+    // ok once registered there
+    let report = update_contact(&mut ep).await;
+    assert_eq!(report.status, Ok(()), "{report:?}");
+    assert!(report.address.is_some_and(|a| a.is_ipv6()), "{report:?}");
     ep.shutdown().await;
 
     // disabled: the change is refused for the account, nothing goes out
@@ -200,8 +203,12 @@ async fn a_change_to_ipv6_switches_an_enabled_account_and_not_a_disabled_one() {
     .await
     .unwrap();
     ep.ip_change("::1".parse().unwrap()).await.unwrap();
-    let status = update_contact_status(&mut ep).await;
-    assert!(status.contains("disabled"), "{status}");
+    let report = update_contact(&mut ep).await;
+    assert_eq!(
+        report.status,
+        Err(siproam::IpChangeError::FamilyNotAllowed(Ipv6Use::Disabled))
+    );
+    assert!(report.status_text().contains("disabled"), "{report:?}");
     // the next REGISTER is the explicit one asked for now, still IPv4
     ep.reregister(account).await.unwrap();
     let (to, contact) = reg.next().await;

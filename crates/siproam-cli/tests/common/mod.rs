@@ -75,9 +75,15 @@ impl Proc {
         }
     }
 
-    /// The next event matching `pred` (bounded wait; panics naming `what`).
+    /// The next event matching `pred` (bounded wait: 30 s without any
+    /// event, 120 s in all; panics naming `what`).
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} within 120 s"
+            );
             match self.lines.recv_timeout(Duration::from_secs(30)) {
                 Ok(v) => {
                     self.history.borrow_mut().push(v.clone());
@@ -87,6 +93,22 @@ impl Proc {
                 }
                 Err(e) => panic!("no {what}: {e}"),
             }
+        }
+    }
+
+    /// The last event already read that matches `pred`, else the next one
+    /// (an event that may have come before the one waited for last).
+    pub fn seen_or_wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = self
+            .history
+            .borrow()
+            .iter()
+            .rev()
+            .find(|v| pred(v))
+            .cloned();
+        match found {
+            Some(v) => v,
+            None => self.wait_for(what, pred),
         }
     }
 

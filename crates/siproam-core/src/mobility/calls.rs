@@ -78,10 +78,6 @@ impl Endpoint {
         if !ringing && state != CallState::Confirmed {
             return Ok(CallMoveAction::Nothing);
         }
-        if state == CallState::Confirmed && mv.hang_up {
-            self.hang_up(now, call)?;
-            return Ok(CallMoveAction::Nothing);
-        }
         if let Some(contact) = mv.contact {
             self.set_call_contact(call, contact)?;
         }
@@ -95,6 +91,11 @@ impl Endpoint {
         }
         if let Some(hop) = mv.next_hop {
             self.set_call_next_hop(call, Some(hop))?;
+        }
+        // the BYE leaves from the new address (the old one may be gone)
+        if state == CallState::Confirmed && mv.hang_up {
+            self.hang_up(now, call)?;
+            return Ok(CallMoveAction::Nothing);
         }
         if ringing {
             // an outgoing early dialog learns the new Contact at once

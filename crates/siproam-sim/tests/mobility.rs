@@ -1,0 +1,699 @@
+//! Whole network changes in the simulator: the core's mobility machine
+//! decides every stage, the simulator does the socket work it asks for,
+//! and the tests read the exact actions, stages and messages in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use siproam_core::{
+    AccountId, AccountRoutes, CallEvent, CallId, CallMoveAction, CallState, Event, InviteSpec,
+    IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use, MobilityAction,
+    RegistrarAddress, Target, Transport,
+};
+use siproam_sim::{ChangeStep, NodeId, Sim};
+use siproam_sip::HeaderName;
+use support::{ip, ok, recv, sent_since, setup, REG, UA};
+
+const NEW: &str = "192.0.2.11";
+const OTHER: &str = "192.0.2.12";
+
+/// A user agent registered over `transport` (the 2xx received), with its
+/// account's routes told to the core.
+fn registered(transport: Transport) -> (Sim, NodeId, NodeId, AccountId) {
+    let (mut sim, ua, reg, mut cfg) = setup(transport);
+    cfg.password = None;
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    sim.with_endpoint(ua, |ep, _| {
+        ep.set_account_routes(
+            acc,
+            AccountRoutes {
+                aor: "sip:alice@example.test".into(),
+                registrar: vec![RegistrarAddress {
+                    transport,
+                    addr: SocketAddr::new(ip(REG), 5060),
+                }],
+                sip: Ipv6Use::Enabled,
+                media: Ipv6Use::Enabled,
+                ip_change: None,
+            },
+            Some(ip(UA)),
+        )
+    })
+    .unwrap();
+    let r = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    sim.take_events(ua);
+    (sim, ua, reg, acc)
+}
+
+/// The stages among `steps`.
+fn stages(steps: &[ChangeStep]) -> Vec<IpChangeStage> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Stage(r) => Some(r.stage),
+            ChangeStep::Action(_) => None,
+        })
+        .collect()
+}
+
+/// The change reports among a node's events so far.
+fn reports(sim: &mut Sim, ua: NodeId) -> Vec<IpChangeReport> {
+    sim.take_events(ua)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::IpChange(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn addr(s: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(s), port)
+}
+
+/// Make-before-break over UDP: every stage in order, the listeners
+/// re-opened at the new address on their own ports, the REGISTER from
+/// there; `update_contact` and `completed` wait for the 2xx.
+#[test]
+fn a_change_walks_every_stage_in_order_and_confirms_on_the_2xx() {
+    let (mut sim, ua, reg, acc) = registered(Transport::Udp);
+    sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+    let steps = sim.ip_change(ua, IpChangeParams::new(ip(NEW)));
+    let listen = |t, port| {
+        ChangeStep::Action(MobilityAction::Listen {
+            transport: t,
+            addr: addr(NEW, port),
+            after: Duration::ZERO,
+        })
+    };
+    assert_eq!(
+        steps[1],
+        ChangeStep::Action(MobilityAction::CloseAllStreams)
+    );
+    assert_eq!(steps[3], listen(Transport::Udp, 5060));
+    assert_eq!(steps[5], listen(Transport::Tcp, 5060));
+    assert_eq!(steps[7], listen(Transport::Tls, 5061));
+    assert_eq!(
+        stages(&steps),
+        [
+            IpChangeStage::Started,
+            IpChangeStage::ShutdownTransports,
+            IpChangeStage::RestartListener,
+            IpChangeStage::RestartListener,
+            IpChangeStage::RestartListener,
+            IpChangeStage::ShutdownRegistrationFlow,
+        ],
+        "{steps:#?}"
+    );
+    // the old UDP listener lingers for late answers; the stream ones close
+    let tail: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Action(a @ MobilityAction::RetireListener { .. })
+            | ChangeStep::Action(a @ MobilityAction::CloseListener(_)) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            MobilityAction::RetireListener {
+                listener: 0,
+                grace: Duration::from_secs(32)
+            },
+            MobilityAction::CloseListener(1),
+            MobilityAction::CloseListener(2),
+        ]
+    );
+    let restarted: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Stage(r) if r.stage == IpChangeStage::RestartListener => {
+                Some((r.status.clone(), r.address))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restarted,
+        [
+            (Ok(()), Some(addr(NEW, 5060))),
+            (Ok(()), Some(addr(NEW, 5060))),
+            (Ok(()), Some(addr(NEW, 5061))),
+        ]
+    );
+    // the REGISTER leaves from the new address with the new Contact
+    let r = recv(&mut sim, reg);
+    assert_eq!(r.from, addr(NEW, 5060));
+    let contact = r.message.header(HeaderName::Contact).unwrap();
+    assert!(
+        contact.starts_with("<sip:alice@192.0.2.11:5060"),
+        "{contact}"
+    );
+    // not confirmed yet
+    let before = reports(&mut sim, ua);
+    assert!(
+        before
+            .iter()
+            .all(|r| r.stage != IpChangeStage::UpdateContact),
+        "{before:?}"
+    );
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    let after = reports(&mut sim, ua);
+    assert_eq!(
+        after
+            .iter()
+            .map(|r| (r.stage, r.status.clone(), r.account))
+            .collect::<Vec<_>>(),
+        [
+            (IpChangeStage::UpdateContact, Ok(()), Some(acc)),
+            (IpChangeStage::Completed, Ok(()), None),
+        ]
+    );
+    assert_eq!(after[0].address, Some(addr(NEW, 5060)));
+    // its elapsed time counts from `started` up to the 2xx (two hops of
+    // 10 ms each way)
+    assert!(after[0].elapsed >= Duration::from_millis(20), "{after:?}");
+}
+
+/// A listener's port is taken at the new address: it is tried again
+/// after the restart delay, then opened on another port, and the stage
+/// says so (the change completes, with that stage counted as failed).
+#[test]
+fn a_listener_whose_port_is_taken_falls_back_and_says_so() {
+    let (mut sim, ua, reg, _) = registered(Transport::Udp);
+    sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+    sim.occupy(addr(NEW, 5061));
+    let steps = sim.ip_change(ua, IpChangeParams::new(ip(NEW)));
+    let tls_listens: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Action(MobilityAction::Listen {
+                transport: Transport::Tls,
+                addr,
+                after,
+            }) => Some((*addr, *after)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tls_listens,
+        [
+            (addr(NEW, 5061), Duration::ZERO),
+            (addr(NEW, 5061), Duration::from_millis(10)),
+            (addr(NEW, 0), Duration::ZERO),
+        ]
+    );
+    let tls = steps
+        .iter()
+        .find_map(|s| match s {
+            ChangeStep::Stage(r)
+                if r.stage == IpChangeStage::RestartListener
+                    && r.transport == Some(Transport::Tls) =>
+            {
+                Some(r.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let fallback = tls.address.unwrap();
+    assert_eq!(fallback.ip(), ip(NEW));
+    assert_ne!(fallback.port(), 5061);
+    assert_eq!(
+        tls.status,
+        Err(IpChangeError::PortTaken {
+            ip: ip(NEW),
+            port: 5061,
+            fallback
+        })
+    );
+    assert_eq!(
+        tls.status_text(),
+        format!("port 5061 is taken on 192.0.2.11: listening on {fallback} instead")
+    );
+    let r = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    let last = reports(&mut sim, ua).pop().unwrap();
+    assert_eq!(last.stage, IpChangeStage::Completed);
+    assert_eq!(last.status, Err(IpChangeError::Incomplete(1)));
+}
+
+/// A change to an address the host does not have is refused at once:
+/// nothing is asked of the driver, nothing is sent, the account stays.
+#[test]
+fn a_change_to_an_address_the_host_lacks_is_refused() {
+    let (mut sim, ua, reg, acc) = registered(Transport::Udp);
+    let steps = sim.ip_change(ua, IpChangeParams::new(ip(OTHER)));
+    assert_eq!(
+        stages(&steps),
+        [IpChangeStage::Started, IpChangeStage::Completed]
+    );
+    assert!(steps.iter().all(|s| matches!(s, ChangeStep::Stage(_))));
+    let ChangeStep::Stage(done) = &steps[1] else {
+        unreachable!()
+    };
+    assert_eq!(done.status, Err(IpChangeError::NotLocal(ip(OTHER))));
+    assert!(sim
+        .run_until_peer_receives(reg, Duration::from_secs(60))
+        .is_none_or(|r| {
+            // only the refresh, much later, still from the old address
+            r.from.ip() == ip(UA)
+        }));
+    assert_eq!(
+        sim.endpoint(ua).account_registrar(acc),
+        Some(addr(REG, 5060))
+    );
+}
+
+/// With `shutdown_transports` off, the registration's own TCP flow is
+/// still closed (PJSIP's `ip_change_cfg.shutdown_tp`), and
+/// `shutdown_registration_flow` is reported after it is.
+#[test]
+fn the_registration_flow_is_closed_before_its_stage_is_reported() {
+    let (mut sim, ua, reg, _) = registered(Transport::Tcp);
+    assert!(sim.log().iter().any(|l| l.transport == Transport::Tcp));
+    sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+    let mut params = IpChangeParams::new(ip(NEW));
+    params.shutdown_transports = false;
+    let steps = sim.ip_change(ua, params);
+    let close = steps
+        .iter()
+        .position(|s| matches!(s, ChangeStep::Action(MobilityAction::CloseFlow(_))))
+        .expect("the registration flow closed");
+    let reported = steps
+        .iter()
+        .position(
+            |s| matches!(s, ChangeStep::Stage(r) if r.stage == IpChangeStage::ShutdownRegistrationFlow),
+        )
+        .expect("its stage reported");
+    assert!(close < reported, "{steps:#?}");
+    // the REGISTER goes over a new connection from the new address
+    let r = recv(&mut sim, reg);
+    assert_eq!(r.transport, Transport::Tcp);
+    assert_eq!(r.from.ip(), ip(NEW));
+}
+
+/// A second change while the first waits for its 2xx supersedes it: the
+/// first's unsettled stage and its `completed` say so, the second
+/// registers its own Contact and completes on its 2xx; the first
+/// REGISTER's late answer changes nothing.
+#[test]
+fn a_second_change_supersedes_one_waiting_for_its_2xx() {
+    let (mut sim, ua, reg, acc) = registered(Transport::Udp);
+    sim.set_addresses(ua, &[ip(UA), ip(NEW), ip(OTHER)]);
+    sim.ip_change(ua, IpChangeParams::new(ip(NEW)));
+    let first = recv(&mut sim, reg);
+    assert_eq!(first.from.ip(), ip(NEW));
+    let steps = sim.ip_change(ua, IpChangeParams::new(ip(OTHER)));
+    let superseded: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Stage(r) if r.status == Err(IpChangeError::Superseded) => Some(r.stage),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        superseded,
+        [IpChangeStage::UpdateContact, IpChangeStage::Completed]
+    );
+    let second = recv(&mut sim, reg);
+    assert_eq!(second.from.ip(), ip(OTHER));
+    ok(&mut sim, reg, &first, 300);
+    ok(&mut sim, reg, &second, 300);
+    sim.run_for(Duration::from_millis(100));
+    let evs = sim.take_events(ua);
+    let regs: Vec<_> = evs
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Registration(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    let after: Vec<_> = evs
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::IpChange(r) => Some(r),
+            _ => None,
+        })
+        .filter(|r| r.stage == IpChangeStage::UpdateContact || r.stage == IpChangeStage::Completed)
+        .filter(|r| r.status != Err(IpChangeError::Superseded))
+        .map(|r| (r.stage, r.status, r.address))
+        .collect();
+    assert_eq!(
+        after,
+        [
+            (
+                IpChangeStage::UpdateContact,
+                Ok(()),
+                Some(addr(OTHER, 5060))
+            ),
+            (IpChangeStage::Completed, Ok(()), None),
+        ]
+    );
+    assert!(
+        regs.last()
+            .is_some_and(|e| e.account == acc && e.contact.contains("192.0.2.12")),
+        "{regs:?}"
+    );
+}
+
+/// A change into the other family moves the account to the registrar's
+/// address in that family, over a new flow, from the new address.
+#[test]
+fn a_change_into_ipv6_moves_the_account_to_the_registrars_ipv6_address() {
+    const UA6: &str = "2001:db8::10";
+    const REG6: &str = "2001:db8::20";
+    let (mut sim, ua, reg, acc) = registered(Transport::Udp);
+    sim.set_addresses(reg, &[ip(REG), ip(REG6)]);
+    sim.set_addresses(ua, &[ip(UA), ip(UA6)]);
+    sim.with_endpoint(ua, |ep, _| {
+        ep.modify_account_routes(acc, |r| {
+            r.registrar.push(RegistrarAddress {
+                transport: Transport::Udp,
+                addr: addr(REG6, 5060),
+            })
+        })
+    })
+    .unwrap();
+    sim.ip_change(ua, IpChangeParams::new(ip(UA6)));
+    let r = recv(&mut sim, reg);
+    assert_eq!(r.to, addr(REG6, 5060));
+    assert_eq!(r.from.ip(), ip(UA6));
+    let contact = r.message.header(HeaderName::Contact).unwrap();
+    assert!(
+        contact.starts_with("<sip:alice@[2001:db8::10]:5060"),
+        "{contact}"
+    );
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    let last = reports(&mut sim, ua).pop().unwrap();
+    assert_eq!(
+        (last.stage, last.status),
+        (IpChangeStage::Completed, Ok(()))
+    );
+    // an account whose IPv6 use is disabled refuses the same change
+    sim.with_endpoint(ua, |ep, _| {
+        ep.modify_account_routes(acc, |r| r.sip = Ipv6Use::Disabled)
+    })
+    .unwrap();
+    sim.set_addresses(ua, &[ip(UA), ip(UA6), ip("2001:db8::11")]);
+    sim.ip_change(ua, IpChangeParams::new(ip(UA)));
+    let r = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    reports(&mut sim, ua);
+    let steps = sim.ip_change(ua, IpChangeParams::new(ip("2001:db8::11")));
+    let refused = steps.iter().find_map(|s| match s {
+        ChangeStep::Stage(r) if r.stage == IpChangeStage::UpdateContact => Some(r.status.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        refused,
+        Some(Err(IpChangeError::FamilyNotAllowed(Ipv6Use::Disabled)))
+    );
+}
+
+/// A registration that fails after the change reports `update_contact`
+/// with the failure, and `completed` counts it.
+#[test]
+fn a_refused_register_after_a_change_is_reported() {
+    let (mut sim, ua, reg, _) = registered(Transport::Udp);
+    sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+    sim.ip_change(ua, IpChangeParams::new(ip(NEW)));
+    let r = recv(&mut sim, reg);
+    reports(&mut sim, ua);
+    support::answer(&mut sim, reg, &r, 403, &[]);
+    sim.run_for(Duration::from_millis(100));
+    let got: Vec<_> = reports(&mut sim, ua)
+        .into_iter()
+        .map(|r| (r.stage, r.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                IpChangeStage::UpdateContact,
+                Err(IpChangeError::Registration(Some(
+                    siproam_core::RegistrationFailure::Status(403)
+                )))
+            ),
+            (IpChangeStage::Completed, Err(IpChangeError::Incomplete(1))),
+        ]
+    );
+}
+
+// ----- calls through the machine ---------------------------------------
+
+const BOB: &str = "192.0.2.20";
+
+fn sdp(tag: &str) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns={tag}\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    ))
+}
+
+/// The application's media part of a move, as the `Phone` does it: a
+/// fresh offer now, or once the pending refresh settles.
+fn reoffering_app() -> siproam_sim::Handler {
+    let mut queued: std::collections::HashMap<CallId, bool> = std::collections::HashMap::new();
+    Box::new(move |ep, now, ev| {
+        match &ev {
+            Event::CallMoved {
+                call,
+                action: CallMoveAction::Reoffer { update },
+                ..
+            } => ep.refresh(now, *call, *update, Some(sdp("moved"))).unwrap(),
+            Event::CallMoved {
+                call,
+                action: CallMoveAction::ReofferWhenSettled { update },
+                ..
+            } => {
+                queued.insert(*call, *update);
+            }
+            Event::Call(CallEvent::Answer { call, .. } | CallEvent::RefreshFailed { call, .. }) => {
+                if let Some(update) = queued.remove(call) {
+                    ep.refresh(now, *call, update, Some(sdp("moved"))).unwrap();
+                }
+            }
+            _ => {}
+        }
+        Some(ev)
+    })
+}
+
+/// Alice (on UA and NEW, with the re-offering application) in a call
+/// with Bob (a sans-IO endpoint on BOB): (sim, alice, bob, alice's call,
+/// bob's call).
+fn call_up() -> (Sim, NodeId, NodeId, CallId, CallId) {
+    let mut sim = Sim::new(std::time::Instant::now(), 3);
+    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 2,
+            ..siproam_core::Config::default()
+        },
+    );
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: addr(BOB, 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let b = sim
+        .take_events(bob)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .unwrap();
+    sim.with_endpoint(bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    sim.take_events(alice);
+    sim.take_events(bob);
+    sim.set_handler(alice, reoffering_app());
+    (sim, alice, bob, a, b)
+}
+
+/// Bob answers the offer he got (the re-offer of a moved call).
+fn bob_answers(sim: &mut Sim, bob: NodeId, b: CallId) {
+    let offered = sim
+        .take_events(bob)
+        .into_iter()
+        .any(|(_, e)| matches!(e, Event::Call(CallEvent::Offer { call, .. }) if call == b));
+    assert!(offered, "bob got the re-offer");
+    sim.with_endpoint(bob, |ep, now| ep.answer_offer(now, b, sdp("re-answer")))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+}
+
+/// A confirmed call moves: the application's re-offer goes in a re-INVITE
+/// from the new address; `refresh_calls` and `completed` wait for Bob's
+/// 2xx.
+#[test]
+fn a_confirmed_call_is_refreshed_from_the_new_address_and_confirmed_on_its_2xx() {
+    let (mut sim, alice, bob, a, b) = call_up();
+    let mark = sim.log().len();
+    let steps = sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
+    assert_eq!(
+        *stages(&steps).last().unwrap(),
+        IpChangeStage::RestartListener
+    );
+    // (the reports so far are those in `steps`)
+    sim.take_events(alice);
+    sim.run_for(Duration::from_millis(100));
+    assert!(reports(&mut sim, alice).is_empty(), "nothing settled yet");
+    bob_answers(&mut sim, bob, b);
+    let (al2, bo) = (ip(NEW), ip(BOB));
+    assert_eq!(
+        sent_since(&sim, mark),
+        [
+            ("INVITE".to_owned(), al2),
+            ("100".to_owned(), bo),
+            ("200".to_owned(), bo),
+            ("ACK".to_owned(), al2),
+        ]
+    );
+    let reinvite = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("INVITE"))
+        .unwrap();
+    assert_eq!(reinvite.from, addr(NEW, 5060));
+    let got: Vec<_> = reports(&mut sim, alice)
+        .into_iter()
+        .map(|r| (r.stage, r.status, r.call))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IpChangeStage::RefreshCalls, Ok(()), Some(a)),
+            (IpChangeStage::Completed, Ok(()), None),
+        ]
+    );
+}
+
+/// RFC 6141 §5.5 through the machine: our re-INVITE is stuck at the
+/// change, so it is CANCELled from the old address; its 487 is ACKed, and
+/// only then the fresh offer goes from the new address. `refresh_calls`
+/// is not settled by the CANCELled re-INVITE's 487 but by the new one's
+/// 2xx.
+#[test]
+fn a_change_with_a_reinvite_pending_cancels_it_and_settles_on_the_new_offer() {
+    let (mut sim, alice, bob, a, b) = call_up();
+    sim.with_endpoint(alice, |ep, now| ep.refresh(now, a, false, Some(sdp("re1"))))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    sim.take_events(bob);
+    let mark = sim.log().len();
+    sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
+    sim.take_events(alice);
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        reports(&mut sim, alice)
+            .iter()
+            .all(|r| r.stage != IpChangeStage::RefreshCalls),
+        "the 487 does not settle the move"
+    );
+    bob_answers(&mut sim, bob, b);
+    let (al, al2, bo) = (ip(UA), ip(NEW), ip(BOB));
+    assert_eq!(
+        sent_since(&sim, mark),
+        [
+            ("CANCEL".to_owned(), al),
+            ("200".to_owned(), bo),
+            ("487".to_owned(), bo),
+            ("ACK".to_owned(), al),
+            ("INVITE".to_owned(), al2),
+            ("100".to_owned(), bo),
+            ("200".to_owned(), bo),
+            ("ACK".to_owned(), al2),
+        ]
+    );
+    let got: Vec<_> = reports(&mut sim, alice)
+        .into_iter()
+        .map(|r| (r.stage, r.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IpChangeStage::RefreshCalls, Ok(())),
+            (IpChangeStage::Completed, Ok(())),
+        ]
+    );
+}
+
+/// `hangup_calls`: the call ends with a BYE from the new address and the
+/// stage is reported at once; nothing else waits.
+#[test]
+fn hangup_calls_ends_the_call_and_completes() {
+    let (mut sim, alice, _bob, a, _) = call_up();
+    let mut params = IpChangeParams::new(ip(NEW));
+    params.hangup_calls = true;
+    let steps = sim.ip_change(alice, params);
+    let tail: Vec<_> = stages(&steps).into_iter().rev().take(2).collect();
+    assert_eq!(tail, [IpChangeStage::Completed, IpChangeStage::HangupCalls]);
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim
+        .log()
+        .iter()
+        .any(|e| e.first_line.starts_with("BYE ") && e.from.ip() == ip(NEW)));
+    assert_eq!(sim.endpoint(alice).call_state(a), None);
+}
+
+/// The application never re-offers a moved call (it ignores
+/// `CallMoved`): the change stops waiting after 2·64·T1 and says so.
+#[test]
+fn a_move_nobody_settles_times_out() {
+    let (mut sim, alice, _bob, a, _) = call_up();
+    sim.set_handler(alice, Box::new(|_, _, ev| Some(ev)));
+    sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
+    sim.take_events(alice);
+    sim.run_for(Duration::from_secs(63));
+    assert!(reports(&mut sim, alice).is_empty());
+    sim.run_for(Duration::from_secs(2));
+    let got: Vec<_> = reports(&mut sim, alice)
+        .into_iter()
+        .map(|r| (r.stage, r.status, r.call))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                IpChangeStage::RefreshCalls,
+                Err(IpChangeError::Timeout(Duration::from_secs(64))),
+                Some(a)
+            ),
+            (
+                IpChangeStage::Completed,
+                Err(IpChangeError::Incomplete(1)),
+                None
+            ),
+        ]
+    );
+}

@@ -518,9 +518,10 @@ fn kamailio_and_sipp_wifi_to_cell_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_account_whose_path_changed_moves() {
     use siproam::core::{Config, Event, RegistrationState};
+    use siproam::edge::RegistrarApp;
     use siproam::transport::Transport;
     use siproam::{AccountSpec, EndpointConfig, EndpointEvent, EndpointHandle, Ipv6Use};
-    use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+    use siproam_edge::{Registrar, RegistrarConfig};
     use std::time::Duration;
 
     if !can_build_namespaces() {

@@ -461,8 +461,9 @@ pub async fn handoff(
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     use siproam::core::Config;
+    use siproam::edge::RegistrarApp;
     use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
-    use siproam_edge::{Registrar, RegistrarApp};
+    use siproam_edge::Registrar;
     if runs == 0 {
         bail!("--runs must be at least 1");
     }

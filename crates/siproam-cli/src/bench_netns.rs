@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 use siproam::core::Config;
+use siproam::edge::RegistrarApp;
 use siproam::transport::Transport;
 use siproam::{
     AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, Phone, PhoneCommand, PhoneConfig,
     WatchConfig,
 };
-use siproam_edge::{Registrar, RegistrarApp};
+use siproam_edge::Registrar;
 use tokio::sync::oneshot;
 
 use crate::run::emit;

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 use siproam::core::{CallEvent, CallState, Config, Event, RegistrationState};
+use siproam::edge::RegistrarApp;
 use siproam::transport::Transport;
 use siproam::{
     AccountSpec, AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, MediaReport, Phone,
     PhoneCommand, PhoneConfig,
 };
-use siproam_edge::{Registrar, RegistrarApp};
+use siproam_edge::Registrar;
 
 use crate::run::emit;
 

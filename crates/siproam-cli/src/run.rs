@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use siproam::core::{CallEvent, CallId, CallState, Event, RegistrationState};
+use siproam::edge::RegistrarApp;
 use siproam::transport::{TlsClientConfig, TlsServerConfig, Transport, TransportConfig};
 use siproam::{
     AccountSpec, AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, MediaReport, Phone,
     PhoneCommand, PhoneConfig,
 };
-use siproam_edge::{Registrar, RegistrarApp, RegistrarConfig};
+use siproam_edge::{Registrar, RegistrarConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Process start, for `t_ms`.

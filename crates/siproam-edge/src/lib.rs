@@ -6,16 +6,20 @@
 //! each binding arrived on, and optionally challenges with digest
 //! authentication from a users table (RFC 7616: qop required, nc tracked,
 //! digest-uri checked). Time comes in as `now`; nonces are signed with the
-//! configured HMAC key, so a challenge costs no stored state.
+//! configured HMAC key, so a challenge costs no stored state. The proxy
+//! forwards requests for the AoRs it holds; the [`Dispatcher`] hands each
+//! endpoint event to the one it is for.
+//!
+//! No sockets, no tokio, no clock: the driver's `siproam::edge::RegistrarApp`
+//! runs the element inside a running endpoint.
 
 #![warn(missing_docs)]
 
+mod dispatch;
 mod mac;
 mod proxy;
 mod registrar;
 
+pub use dispatch::Dispatcher;
 pub use proxy::{Proxy, Routed};
 pub use registrar::{aor_key, Binding, Handled, Registrar, RegistrarConfig, UsersError};
-
-mod app;
-pub use app::RegistrarApp;

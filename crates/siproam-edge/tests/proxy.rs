@@ -11,9 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use siproam::Application;
 use siproam_core::{AccountConfig, Config, Event, RequestId, ServerTxId, Target, Transport};
-use siproam_edge::{Proxy, Registrar, RegistrarApp, RegistrarConfig};
+use siproam_edge::{Dispatcher, Proxy, Registrar, RegistrarConfig};
 use siproam_sim::{NodeId, Sim};
 use siproam_sip::{HeaderName, Message, MessageBuilder, Method};
 
@@ -31,6 +30,27 @@ fn proxy_target(transport: Transport) -> Target {
         remote: SocketAddr::new(ip(PROXY), 5060),
         local: None,
     }
+}
+
+/// The registrar and the proxy run `node`'s events through a
+/// [`Dispatcher`], as the driver's `RegistrarApp` does; they are shared so
+/// the test can look at them.
+fn run_edge(
+    sim: &mut Sim,
+    node: NodeId,
+    registrar: Registrar,
+) -> (Arc<Mutex<Registrar>>, Arc<Mutex<Proxy>>) {
+    let registrar = Arc::new(Mutex::new(registrar));
+    let proxy = Arc::new(Mutex::new(Proxy::new()));
+    let (r, p) = (registrar.clone(), proxy.clone());
+    let mut dispatcher = Dispatcher::new();
+    sim.set_handler(
+        node,
+        Box::new(move |ep, now, ev| {
+            dispatcher.handle_event(&mut r.lock().unwrap(), &mut p.lock().unwrap(), ep, now, ev)
+        }),
+    );
+    (registrar, proxy)
 }
 
 struct World {
@@ -57,13 +77,7 @@ fn world_with(bob_transport: Transport, config: RegistrarConfig) -> World {
             ..Config::default()
         },
     );
-    let mut app = RegistrarApp::new(Registrar::new(config));
-    let registrar = app.registrar();
-    let proxy_state = app.proxy();
-    sim.set_handler(
-        proxy,
-        Box::new(move |ep, now, ev| app.on_event(ep, now, ev)),
-    );
+    let (registrar, proxy_state) = run_edge(&mut sim, proxy, Registrar::new(config));
     let alice = sim.add_endpoint(
         "alice",
         &[ip(ALICE)],
@@ -414,11 +428,7 @@ fn a_call_between_families_is_record_routed_twice() {
             ..Config::default()
         },
     );
-    let mut app = RegistrarApp::new(Registrar::new(RegistrarConfig::default()));
-    sim.set_handler(
-        proxy,
-        Box::new(move |ep, now, ev| app.on_event(ep, now, ev)),
-    );
+    run_edge(&mut sim, proxy, Registrar::new(RegistrarConfig::default()));
     let no_dialogs = |seed| Config {
         seed,
         dialogs: false,

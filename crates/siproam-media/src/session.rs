@@ -249,6 +249,9 @@ pub struct MediaTransmit {
     /// Whether it is RTCP: send it from the RTCP socket (the RTP socket when
     /// muxed).
     pub rtcp: bool,
+    /// Whether it is the last RTP packet sent again to a new destination
+    /// (counted in `packets_resent`, not `packets_sent`).
+    pub resent: bool,
 }
 
 /// Something the application may want to know.
@@ -608,6 +611,7 @@ impl MediaSession {
                     payload: packet,
                     destination: destination.rtp,
                     rtcp: false,
+                    resent: true,
                 });
             }
         }
@@ -735,6 +739,7 @@ impl MediaSession {
             payload: packet,
             destination: destination.rtp,
             rtcp: false,
+            resent: false,
         });
         true
     }
@@ -886,6 +891,28 @@ impl MediaSession {
             };
         }
         self.release(now);
+    }
+
+    /// The driver could not send `transmit`, taken from
+    /// [`poll_transmit`](Self::poll_transmit) (its socket's address is gone,
+    /// no route): the counters take it back, so they say what reached the
+    /// wire. A transmit the driver sends later after all (on a new socket)
+    /// is simply not reported here.
+    pub fn handle_send_failed(&mut self, transmit: &MediaTransmit) {
+        let stats = &mut self.stats;
+        if transmit.rtcp {
+            stats.rtcp_sent = stats.rtcp_sent.saturating_sub(1);
+        } else if transmit.resent {
+            stats.packets_resent = stats.packets_resent.saturating_sub(1);
+        } else {
+            let payload = parse_rtp(&transmit.payload)
+                .map_or(0, |f| f.payload_end.saturating_sub(f.payload_start));
+            stats.packets_sent = stats.packets_sent.saturating_sub(1);
+            stats.bytes_sent = stats
+                .bytes_sent
+                .saturating_sub(transmit.payload.len() as u64);
+            stats.payload_bytes_sent = stats.payload_bytes_sent.saturating_sub(payload as u64);
+        }
     }
 
     // ----- outputs -------------------------------------------------------
@@ -1118,6 +1145,7 @@ impl MediaSession {
             payload: Bytes::from(packet),
             destination: destination.rtcp,
             rtcp: true,
+            resent: false,
         });
     }
 }

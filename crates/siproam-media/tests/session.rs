@@ -1055,3 +1055,45 @@ fn wav_file_in_tone_out_through_two_sessions_into_a_wav_file() {
     assert_is_1khz(&samples);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What the driver could not send is taken out of the counters (RTP, a
+/// resend, RTCP), so they count only what reached the wire.
+#[test]
+fn a_transmit_the_driver_could_not_send_is_not_counted() {
+    let start = t0();
+    let mut a = session(40, Codec::Pcmu, start);
+    a.set_destination(Destination::new(addr("192.0.2.2:5000")));
+    let mut tone = ToneSource::new(1000.0, 4000);
+    for i in 0..3u32 {
+        a.send_frame(start + PTIME * i, &tone.next_frame());
+    }
+    let sent = transmits(&mut a);
+    let before = a.stats();
+    assert_eq!(before.packets_sent, 3);
+    // the second packet could not leave
+    let failed = sent.iter().filter(|t| !t.rtcp).nth(1).unwrap();
+    assert!(!failed.resent);
+    a.handle_send_failed(failed);
+    let after = a.stats();
+    assert_eq!(after.packets_sent, 2);
+    assert_eq!(
+        after.bytes_sent,
+        before.bytes_sent - failed.payload.len() as u64
+    );
+    assert_eq!(after.payload_bytes_sent, before.payload_bytes_sent - 160);
+    // a resend to a new destination that could not leave
+    a.set_destination(Destination::new(addr("192.0.2.3:5000")));
+    let resent = rtp_only(&mut a);
+    assert!(resent[0].resent);
+    assert_eq!(a.stats().packets_resent, 1);
+    a.handle_send_failed(&resent[0]);
+    assert_eq!(a.stats().packets_resent, 0);
+    assert_eq!(a.stats().packets_sent, 2);
+    // an RTCP report that could not leave
+    a.close(start + PTIME * 4);
+    let report = transmits(&mut a).into_iter().find(|t| t.rtcp).unwrap();
+    let rtcp = a.stats().rtcp_sent;
+    a.handle_send_failed(&report);
+    assert_eq!(a.stats().rtcp_sent, rtcp - 1);
+    assert_eq!(a.stats().packets_sent, 2);
+}

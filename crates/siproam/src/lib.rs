@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod edge;
 mod endpoint;
 mod fdlimit;
 pub mod netwatch;

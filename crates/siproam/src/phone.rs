@@ -29,8 +29,8 @@ use siproam_core::{
     IncomingCallLimits, InviteSpec, Target as CoreTarget,
 };
 use siproam_media::{
-    AudioSink, AudioSource, Destination, MediaConfig, MediaSession, SilenceSource, ToneSource,
-    WavSink, WavSource,
+    AudioSink, AudioSource, Destination, MediaConfig, MediaSession, MediaTransmit, SilenceSource,
+    ToneSource, WavSink, WavSource,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -771,6 +771,48 @@ impl Application for Phone {
     }
 }
 
+/// RTP packets that could not leave because their socket's address is
+/// gone: the address went before the media moved (break-before-make). They
+/// go out from the new socket when the media moves, in order, with their
+/// sequence numbers; the oldest is given up beyond [`Stranded::MAX`]
+/// (500 ms of audio) and all are at the end of the call. Until sent they
+/// are not counted in `tx_packets`.
+#[derive(Debug, Default)]
+struct Stranded(std::collections::VecDeque<MediaTransmit>);
+
+impl Stranded {
+    const MAX: usize = 25;
+
+    /// Holds `t`; returns the packet given up to make room.
+    fn push(&mut self, t: MediaTransmit) -> Option<MediaTransmit> {
+        let given_up = (self.0.len() >= Self::MAX)
+            .then(|| self.0.pop_front())
+            .flatten();
+        self.0.push_back(t);
+        given_up
+    }
+
+    fn take(&mut self) -> std::collections::VecDeque<MediaTransmit> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// How many of them are counted in `packets_sent` (not resends).
+    fn fresh(&self) -> u64 {
+        self.0.iter().filter(|t| !t.resent).count() as u64
+    }
+}
+
+/// Whether a send failed because the socket's source address is no longer
+/// usable (removed: `EINVAL` for IPv4, `EADDRNOTAVAIL` for IPv6; its link
+/// down or without a route), so another socket may succeed.
+fn address_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        AddrNotAvailable | InvalidInput | NetworkUnreachable | NetworkDown | HostUnreachable
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn media_task(
     call: CallId,
@@ -791,13 +833,16 @@ async fn media_task(
     // a move waits for the peer's first packet on the new socket
     let mut moved = false;
     let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
-    let report = |session: &MediaSession, local: SocketAddr, last: bool| {
+    // RTP that could not leave because the socket's address is gone
+    let mut stranded = Stranded::default();
+    let report = |session: &MediaSession, stranded: &Stranded, local: SocketAddr, last: bool| {
         let s = session.stats();
         EndpointEvent::Media(MediaReport {
             call,
             local,
             remote: session.destination().map(|d| d.rtp()),
-            tx_packets: s.packets_sent,
+            // what reached the wire: the stranded ones have not (yet)
+            tx_packets: s.packets_sent.saturating_sub(stranded.fresh()),
             rx_packets: s.packets_received,
             lost: s.packets_lost,
             max_gap_ms: s.longest_gap.as_secs_f64() * 1000.0,
@@ -846,7 +891,7 @@ async fn media_task(
                 if tokio::time::Instant::now() >= report_at {
                     report_at += Duration::from_secs(1);
                     if let Some(ev) = &events {
-                        let _ = ev.try_send(report(&session, local, false));
+                        let _ = ev.try_send(report(&session, &stranded, local, false));
                     }
                 }
             }
@@ -860,6 +905,14 @@ async fn media_task(
                             old = (!grace.is_zero()).then(|| (previous, tokio::time::Instant::now() + grace));
                             moved = true;
                             local = addr;
+                            // break-before-make: what the old address could
+                            // not send goes out from the new one
+                            for t in stranded.take() {
+                                if let Err(e) = socket.send_to(&t.payload, t.destination).await {
+                                    debug!("RTP not sent from the new address either: {e}");
+                                    session.handle_send_failed(&t);
+                                }
+                            }
                         }
                         _ => debug!("could not move the media of {call:?}"),
                     }
@@ -868,10 +921,16 @@ async fn media_task(
                     let now = tokio::time::Instant::now().into_std();
                     session.close(now);
                     while let Some(t) = session.poll_transmit() {
-                        let _ = socket.send_to(&t.payload, t.destination).await;
+                        if socket.send_to(&t.payload, t.destination).await.is_err() {
+                            session.handle_send_failed(&t);
+                        }
+                    }
+                    // never sent: the media did not move in time
+                    for t in stranded.take() {
+                        session.handle_send_failed(&t);
                     }
                     if let Some(ev) = &events {
-                        let _ = ev.try_send(report(&session, local, true));
+                        let _ = ev.try_send(report(&session, &stranded, local, true));
                     }
                     return;
                 }
@@ -886,10 +945,24 @@ async fn media_task(
                     && s.local_addr()
                         .is_ok_and(|a| a.is_ipv4() == t.destination.is_ipv4())
             });
-            let _ = from_old
+            match from_old
                 .unwrap_or(&socket)
                 .send_to(&t.payload, t.destination)
-                .await;
+                .await
+            {
+                Ok(_) => {}
+                // the current socket's address is gone: the media moves
+                // to a new socket soon, the packet leaves from there
+                Err(e) if from_old.is_none() && !t.rtcp && address_gone(&e) => {
+                    if let Some(given_up) = stranded.push(t) {
+                        session.handle_send_failed(&given_up);
+                    }
+                }
+                Err(e) => {
+                    debug!("media of {call:?} not sent: {e}");
+                    session.handle_send_failed(&t);
+                }
+            }
         }
         while let Some(audio) = session.poll_audio() {
             if let Some(s) = sink.as_mut() {
@@ -897,5 +970,93 @@ async fn media_task(
             }
         }
         while session.poll_event().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    /// A UDP socket bound to an address this host does not have, as a call's
+    /// RTP socket is once its address was removed: every send fails.
+    fn socket_on_a_removed_address() -> StdUdpSocket {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_freebind_v4(true).unwrap();
+        // TEST-NET-1: never a local address
+        s.bind(&SocketAddr::from(([192, 0, 2, 7], 0)).into())
+            .unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.into()
+    }
+
+    /// Break-before-make: the RTP socket's address is gone before the media
+    /// moves. What could not leave goes out on the new socket once it comes,
+    /// and `tx_packets` is exactly what reached the receiver.
+    #[tokio::test(start_paused = true)]
+    async fn rtp_that_cannot_leave_a_removed_address_goes_out_on_the_new_socket() {
+        let receiver = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let peer = receiver.local_addr().unwrap();
+        let old = socket_on_a_removed_address();
+        assert!(
+            old.send_to(b"x", peer).is_err(),
+            "the old address must not send"
+        );
+        let local = old.local_addr().unwrap();
+        let now = tokio::time::Instant::now().into_std();
+        let mut session = MediaSession::new(MediaConfig::new(7), now).unwrap();
+        session.set_destination(Destination::new(peer));
+        let first_seq = session.next_sequence();
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let (events, mut reports) = mpsc::channel(64);
+        let task = tokio::spawn(media_task(
+            CallId(1),
+            local,
+            tokio::net::UdpSocket::from_std(old).unwrap(),
+            session,
+            Box::new(SilenceSource),
+            None,
+            rx,
+            Some(events),
+        ));
+        // a few frames are due while the address is gone
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        let (new, _) = rtp_socket(IpAddr::from([127, 0, 0, 1])).unwrap();
+        cmds.send(MediaCmd::Rebind(new, Duration::ZERO)).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cmds.send(MediaCmd::Stop).unwrap();
+        let last = loop {
+            match reports.recv().await.expect("a last report") {
+                EndpointEvent::Media(r) if r.last => break r,
+                _ => {}
+            }
+        };
+        task.await.unwrap();
+        // every datagram sent on loopback is already queued at the receiver
+        let mut seqs = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = receiver.recv_from(&mut buf) {
+            let packet = &buf[..n];
+            if !(192..=223).contains(&packet[1]) {
+                seqs.push(u16::from_be_bytes([packet[2], packet[3]]));
+            }
+        }
+        assert_eq!(
+            last.tx_packets,
+            seqs.len() as u64,
+            "tx_packets counts what left"
+        );
+        assert_eq!(
+            seqs.first(),
+            Some(&first_seq),
+            "the first frame, due while the address was gone, went out late"
+        );
+        let contiguous: Vec<u16> = (0..seqs.len())
+            .map(|i| first_seq.wrapping_add(i as u16))
+            .collect();
+        assert_eq!(seqs, contiguous, "no frame missing, none twice");
+        assert!(seqs.len() > 5, "frames before and after the move: {seqs:?}");
     }
 }

@@ -1,67 +1,53 @@
-//! The registrar as an application of a running [`siproam`] endpoint.
+//! The registrar and the proxy as one element of a core endpoint: which of
+//! them each event of the endpoint goes to. Sans-IO like the rest of the
+//! crate; the driver's `siproam::edge::RegistrarApp` runs it inside an
+//! endpoint task, the simulator's tests run it directly.
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use siproam::core::{Endpoint, Event};
-use siproam::Application;
+use siproam_core::{Endpoint, Event};
 
 use crate::{Handled, Proxy, Registrar, Routed};
 
-/// Runs a [`Registrar`] and a [`Proxy`] for the AoRs it holds inside an
-/// endpoint task; requests for the element itself get the default
-/// answers. The registrar is shared so the owner can look bindings up.
-#[derive(Debug, Clone)]
-pub struct RegistrarApp {
-    registrar: Arc<Mutex<Registrar>>,
-    proxy: Arc<Mutex<Proxy>>,
+/// Expired bindings are purged at most this often.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+
+/// Hands each event of the endpoint a [`Registrar`] and a [`Proxy`] run in
+/// to the one it is for: a REGISTER to the registrar, other requests and
+/// the answers to what the proxy forwarded to the proxy, a closed flow to
+/// the registrar (its bindings end); requests for the element itself get
+/// the default answers. Expired bindings are purged on the way, at most
+/// every 10 s.
+#[derive(Debug, Clone, Default)]
+pub struct Dispatcher {
     last_purge: Option<Instant>,
 }
 
-impl RegistrarApp {
-    /// Wraps a registrar.
-    /// A registrar left with the all-zero default key gets a fresh key
-    /// from the OS's secure generator here: a running server never signs
-    /// its nonces and Record-Route tokens with a key anyone can know.
-    pub fn new(mut registrar: Registrar) -> RegistrarApp {
-        if registrar.config().key == [0; 32] {
-            match siproam::random::os_seed() {
-                Ok(key) => registrar.set_key(key),
-                Err(e) => tracing::warn!("registrar key: {e}"),
-            }
-        }
-        RegistrarApp {
-            registrar: Arc::new(Mutex::new(registrar)),
-            proxy: Arc::new(Mutex::new(Proxy::new())),
-            last_purge: None,
-        }
+impl Dispatcher {
+    /// A dispatcher that purges at its first event.
+    pub fn new() -> Dispatcher {
+        Dispatcher::default()
     }
 
-    /// The shared registrar (to look bindings up).
-    pub fn registrar(&self) -> Arc<Mutex<Registrar>> {
-        self.registrar.clone()
-    }
-
-    /// The shared proxy (to read its sizes).
-    pub fn proxy(&self) -> Arc<Mutex<Proxy>> {
-        self.proxy.clone()
-    }
-}
-
-impl Application for RegistrarApp {
-    fn on_event(&mut self, core: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
-        let mut registrar = self
-            .registrar
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// One event of `core`. Returns it when the application should see it
+    /// too: a REGISTER that changed a binding (challenges are not news),
+    /// responses and failures of requests the proxy did not send, a closed
+    /// flow, and every other event.
+    pub fn handle_event(
+        &mut self,
+        registrar: &mut Registrar,
+        proxy: &mut Proxy,
+        core: &mut Endpoint,
+        now: Instant,
+        event: Event,
+    ) -> Option<Event> {
         if self
             .last_purge
-            .is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(10))
+            .is_none_or(|t| now.saturating_duration_since(t) > PURGE_EVERY)
         {
             registrar.purge(now);
             self.last_purge = Some(now);
         }
-        let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
         match event {
             Event::IncomingRequest { tx, flow, request } => {
                 if let Some(tx) = tx {
@@ -78,7 +64,7 @@ impl Application for RegistrarApp {
                         Ok(Handled::NotMine) => {}
                     }
                 }
-                match proxy.handle_request(core, now, tx, flow, request.clone(), &mut registrar) {
+                match proxy.handle_request(core, now, tx, flow, request.clone(), registrar) {
                     Ok(Routed::ForUs) => {
                         if let Some(tx) = tx {
                             let _ = core.respond_default(now, tx, &request);

@@ -168,6 +168,9 @@ pub struct Sim {
     log: Vec<LogEntry>,
     /// Addresses some other program holds (a listener cannot open there).
     taken: Vec<SocketAddr>,
+    /// Old listeners a change left lingering, per node (they still hold
+    /// their address).
+    lingering: HashMap<NodeId, Vec<ListenerView>>,
 }
 
 /// One step of a change as the simulator carried it out: the socket
@@ -208,6 +211,7 @@ impl Sim {
             next_port: 40000,
             log: Vec::new(),
             taken: Vec::new(),
+            lingering: HashMap::new(),
         }
     }
 
@@ -425,6 +429,7 @@ impl Sim {
         let mut view = NetworkView {
             listeners,
             connections,
+            lingering: self.lingering.get(&node).cloned().unwrap_or_default(),
             ..NetworkView::default()
         };
         let remotes = queries
@@ -523,7 +528,11 @@ impl Sim {
                 if !has(self, addr.ip()) {
                     return MobilityResult::ListenFailed(ListenFailure::AddressGone);
                 }
-                if self.taken.contains(&addr) {
+                let held = self.lingering.get(&node).is_some_and(|ls| {
+                    ls.iter()
+                        .any(|l| l.transport == transport && l.local == addr)
+                });
+                if self.taken.contains(&addr) || held {
                     return MobilityResult::ListenFailed(ListenFailure::AddrInUse);
                 }
                 let mut local = addr;
@@ -554,9 +563,22 @@ impl Sim {
             }
             // the simulator opens connections on their first message
             MobilityAction::Connect { .. } => MobilityResult::ConnectFailed,
-            MobilityAction::CloseListener(_) | MobilityAction::RetireListener { .. } => {
+            MobilityAction::RetireListener { listener, .. } => {
+                if let Some(l) = listeners.iter().find(|l| l.id == listener) {
+                    // (lingering ids are kept apart from the listen points')
+                    let mut l = *l;
+                    l.id |= 1 << 40;
+                    self.lingering.entry(node).or_default().push(l);
+                }
                 MobilityResult::Done
             }
+            MobilityAction::ReclaimListener(id) => {
+                if let Some(ls) = self.lingering.get_mut(&node) {
+                    ls.retain(|l| l.id != id);
+                }
+                MobilityResult::Done
+            }
+            MobilityAction::CloseListener(_) => MobilityResult::Done,
         }
     }
 

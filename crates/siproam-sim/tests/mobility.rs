@@ -697,3 +697,63 @@ fn a_move_nobody_settles_times_out() {
         ]
     );
 }
+
+/// A change back to the address an earlier change left within its grace:
+/// the lingering UDP listener is taken back (not bound anew, which its
+/// socket would refuse, costing the retry delay and a port fallback), the
+/// stream listeners are opened on their ports again.
+#[test]
+fn a_change_back_takes_back_the_lingering_listener() {
+    let (mut sim, ua, reg, _) = registered(Transport::Udp);
+    sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+    sim.ip_change(ua, IpChangeParams::new(ip(NEW)));
+    let r = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    let steps = sim.ip_change(ua, IpChangeParams::new(ip(UA)));
+    let actions: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Action(
+                a @ (MobilityAction::ReclaimListener(_) | MobilityAction::Listen { .. }),
+            ) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(actions[0], MobilityAction::ReclaimListener(_)),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions[1..],
+        [
+            MobilityAction::Listen {
+                transport: Transport::Tcp,
+                addr: addr(UA, 5060),
+                after: Duration::ZERO
+            },
+            MobilityAction::Listen {
+                transport: Transport::Tls,
+                addr: addr(UA, 5061),
+                after: Duration::ZERO
+            },
+        ]
+    );
+    let restarted: Vec<_> = steps
+        .iter()
+        .filter_map(|s| match s {
+            ChangeStep::Stage(r) if r.stage == IpChangeStage::RestartListener => {
+                Some((r.status.clone(), r.address))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restarted,
+        [
+            (Ok(()), Some(addr(UA, 5060))),
+            (Ok(()), Some(addr(UA, 5060))),
+            (Ok(()), Some(addr(UA, 5061))),
+        ]
+    );
+}

@@ -920,14 +920,14 @@ impl Driver {
     /// and, for a change, the stream connections.
     fn network_view(&self, extra: Option<IpAddr>, connections: bool) -> NetworkView {
         let queries = self.core.network_queries();
+        let (lingering, listeners): (Vec<ListenerInfo>, Vec<ListenerInfo>) = self
+            .transports
+            .listeners()
+            .into_iter()
+            .partition(|l| self.retiring.iter().any(|(_, id)| *id == l.id));
         let mut view = NetworkView {
-            listeners: self
-                .transports
-                .listeners()
-                .into_iter()
-                .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
-                .map(listener_view)
-                .collect(),
+            listeners: listeners.into_iter().map(listener_view).collect(),
+            lingering: lingering.into_iter().map(listener_view).collect(),
             ..NetworkView::default()
         };
         if connections {
@@ -1118,6 +1118,11 @@ impl Driver {
                         MobilityResult::ConnectFailed
                     }
                 }
+            }
+            MobilityAction::ReclaimListener(id) => {
+                let id = ListenerId::from_u64(id);
+                self.retiring.retain(|(_, l)| *l != id);
+                MobilityResult::Done
             }
             MobilityAction::CloseListener(id) => {
                 self.transports

@@ -65,6 +65,10 @@ pub enum MobilityAction {
         /// The local address (port 0).
         local: SocketAddr,
     },
+    /// Take back a listener left lingering by an earlier change (the
+    /// change returns to its address): it is a listener again, and is not
+    /// to be closed when its grace ends; answer `Done`.
+    ReclaimListener(u64),
     /// Close a listener now; answer `Done`.
     CloseListener(u64),
     /// Let an old UDP listener receive for `grace` more (answers to
@@ -113,6 +117,10 @@ enum Waiting {
     },
     Restart {
         old: ListenerView,
+    },
+    Reclaim {
+        old: ListenerView,
+        lingering: ListenerView,
     },
     AccountFlow(AccountMoveState),
     AccountConnect(AccountMoveState),
@@ -193,6 +201,7 @@ impl Run {
 /// What to do with one listener.
 enum ListenerPlan {
     Keep,
+    Reclaim(ListenerView),
     Listen(SocketAddr),
     Restart,
 }
@@ -486,8 +495,20 @@ impl Endpoint {
             }
             // the new address, on the listener's own port (PJSIP's
             // restart keeps it; port forwards and firewall rules rely on
-            // it)
-            Some(ip) => ListenerPlan::Listen(SocketAddr::new(ip, l.local.port())),
+            // it): the one an earlier change left lingering there, or a
+            // new one
+            Some(ip) => {
+                let addr = SocketAddr::new(ip, l.local.port());
+                match run
+                    .view
+                    .lingering
+                    .iter()
+                    .find(|g| g.transport == l.transport && g.local == addr)
+                {
+                    Some(g) => ListenerPlan::Reclaim(*g),
+                    None => ListenerPlan::Listen(addr),
+                }
+            }
             None => ListenerPlan::Restart,
         }
     }
@@ -522,6 +543,10 @@ impl Endpoint {
                     addr,
                     attempt: 1,
                 },
+            ),
+            ListenerPlan::Reclaim(lingering) => run.ask(
+                MobilityAction::ReclaimListener(lingering.id),
+                Waiting::Reclaim { old: l, lingering },
             ),
             ListenerPlan::Restart => run.ask(
                 MobilityAction::RestartListener { listener: l.id },
@@ -648,6 +673,19 @@ impl Endpoint {
                     st.contact = local;
                 }
                 self.move_account_now(now, run, st);
+            }
+            Waiting::Reclaim { old, lingering } => {
+                self.report(
+                    run,
+                    now,
+                    IpChangeStage::RestartListener,
+                    Ok(()),
+                    None,
+                    None,
+                    Some(old.transport),
+                    Some(lingering.local),
+                );
+                run.new_points.push(lingering);
             }
             Waiting::Retire => {}
         }

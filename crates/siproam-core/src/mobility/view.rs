@@ -41,6 +41,9 @@ pub struct NetworkView {
     pub local: HashSet<IpAddr>,
     /// The listeners (not those lingering after an earlier change).
     pub listeners: Vec<ListenerView>,
+    /// Old UDP listeners still lingering after an earlier change (a change
+    /// back to their address takes them back instead of binding anew).
+    pub lingering: Vec<ListenerView>,
     /// The stream connections.
     pub connections: Vec<ConnectionView>,
 }

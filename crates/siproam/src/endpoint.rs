@@ -1672,8 +1672,15 @@ impl Driver {
                 continue;
             }
             use siproam_core::CallState as S;
+            // the address the call sends from (its Via) is gone: an
+            // unanswered INVITE of ours is sent again (break-before-make)
+            let old_path_gone = self
+                .core
+                .call_next_hop(call)
+                .and_then(|hop| hop.local)
+                .is_some_and(|a| !a.ip().is_unspecified() && !self.transports.is_local(a.ip()));
             let ringing = matches!(state, S::Incoming | S::Ringing | S::Early);
-            if !ringing && state != S::Confirmed {
+            if !ringing && state != S::Confirmed && !(state == S::Calling && old_path_gone) {
                 continue;
             }
             // the knobs of the call's own account (its AoR is our URI)
@@ -1728,6 +1735,7 @@ impl Driver {
                 next_hop,
                 hang_up: knobs.hangup_calls,
                 prefer_update: flags.prefer_update,
+                old_path_gone,
             };
             let r = self.move_call(now, call, mv, media_ip);
             report(
@@ -1964,6 +1972,7 @@ impl Driver {
                 next_hop: None,
                 hang_up: false,
                 prefer_update,
+                old_path_gone: false,
             };
             let r = self.move_call(now, call, mv, None);
             report("refresh_calls", r.map_err(|e| e.to_string()), Some(call.0));

@@ -225,14 +225,27 @@ fn a_change_while_our_call_rings() {
 /// both ways on cell, her call never having failed.
 #[test]
 fn a_break_before_make_while_our_call_rings() {
+    break_before_make_while_our_call_rings("r", false);
+}
+
+/// The same with Alice over TCP: her INVITE's connection closes with the
+/// wifi address (the call outlives it), the new INVITE goes over a new
+/// connection from cell.
+#[test]
+fn a_break_before_make_while_our_call_rings_over_tcp() {
+    break_before_make_while_our_call_rings("rt", true);
+}
+
+fn break_before_make_while_our_call_rings(tag: &str, over_tcp: bool) {
     if !can_build_namespaces() {
         return;
     }
-    let t = Topology::new("r");
+    let t = Topology::new(tag);
     let (registrar, mut bob, mut alice) = start(
         &t,
         &Options {
             bob_rings: true,
+            alice_over_tcp: over_tcp,
             ..Options::default()
         },
     );

@@ -901,6 +901,16 @@ impl Endpoint {
             .is_some_and(|c| c.role == Role::Uac)
     }
 
+    /// Whether our INVITE of a call not answered yet was lost (its
+    /// connection closed during a network change) or given up, and not
+    /// sent again yet.
+    pub(crate) fn call_invite_lost(&self, call: CallId) -> bool {
+        self.calls
+            .calls
+            .get(&call.0)
+            .is_some_and(|c| c.role == Role::Uac && c.invite.is_none())
+    }
+
     /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
     pub fn call_refresh_pending(&self, call: CallId) -> bool {
         self.calls
@@ -1505,7 +1515,7 @@ impl Endpoint {
     }
 
     pub(crate) fn call_failed(&mut self, now: Instant, id: CallId, reason: RequestFailure) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.calls.get(&id.0) else {
             return;
         };
         let code = match reason {
@@ -1513,6 +1523,24 @@ impl Endpoint {
             RequestFailure::Transport(_) => 503,
         };
         let changing = self.change_window_until.is_some_and(|until| now < until);
+        let unanswered_uac = c.role == Role::Uac
+            && matches!(
+                c.state,
+                CallState::Calling | CallState::Ringing | CallState::Early
+            );
+        if unanswered_uac && changing && matches!(reason, RequestFailure::Transport(_)) {
+            // the connection went with the old address during a change:
+            // the call stays, its INVITE (if that died) is sent again by
+            // the move (`CallMoveAction::Resend`)
+            let invite_gone = c.invite.is_some_and(|rid| !self.client_tx_exists(rid));
+            if let (true, Some(c)) = (invite_gone, self.calls.calls.get_mut(&id.0)) {
+                c.invite = None;
+            }
+            return;
+        }
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
         if c.state == CallState::Confirmed && c.refresh.is_some() && changing {
             // the request died on the old path: the call stays
             c.refresh = None;

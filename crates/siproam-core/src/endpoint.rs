@@ -916,6 +916,11 @@ impl Endpoint {
         ids.len()
     }
 
+    /// Whether the client transaction `id` still exists.
+    pub(crate) fn client_tx_exists(&self, id: RequestId) -> bool {
+        self.client_txs.contains_key(&id.0)
+    }
+
     /// Gives `owner`'s client transactions to [`TxOwner::Abandoned`]:
     /// their answers no longer reach it. An INVITE without a final
     /// response stops retransmitting and is destroyed after 64·T1 (RFC

@@ -1557,6 +1557,108 @@ fn a_call_ringing_when_its_address_goes_is_cancelled_and_invited_again_from_the_
     assert_eq!(sim.endpoint(alice).transaction_count().0, 0, "none left");
 }
 
+/// The same over TCP: the INVITE's connection breaks with the address
+/// (during the change, so the call does not end with it), and the new
+/// INVITE goes over a new connection from the new address.
+#[test]
+fn a_call_ringing_over_tcp_when_its_address_goes_is_invited_again_over_a_new_connection() {
+    let mut sim = Sim::new(Instant::now(), 3);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(ALICE2)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let callee = sim.add_peer("callee", &[ip(CALLEE)]);
+    let spec = InviteSpec {
+        uri: format!("sip:callee@{CALLEE}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Tcp,
+            remote: SocketAddr::new(ip(CALLEE), 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let old = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let ringing = MessageBuilder::response_to(&old.message, 180, "Ringing", Some("cal1"))
+        .header(
+            "Contact",
+            &format!("<sip:callee@{CALLEE}:5060;transport=tcp>"),
+        )
+        .build()
+        .unwrap();
+    sim.peer_reply(callee, &old, ringing.to_bytes());
+    sim.run_for(Duration::from_millis(100));
+    sim.take_events(alice);
+
+    // the change starts (the driver says so first), then the address and
+    // its connection go
+    sim.with_endpoint(alice, |ep, now| ep.begin_network_change(now));
+    sim.set_addresses(alice, &[ip(ALICE2)]);
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Ringing),
+        "the call outlives its INVITE's connection"
+    );
+    let mv = CallMove {
+        old_path_gone: true,
+        ..moved_to(ALICE2)
+    };
+    let action = sim
+        .with_endpoint(alice, |ep, now| ep.move_call(now, a, mv))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Resend);
+    sim.with_endpoint(alice, |ep, now| {
+        ep.resend_invite(now, a, Some(sdp("moved")))
+    })
+    .unwrap();
+    let new = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let n = &new.message;
+    assert_eq!(n.method(), Some(Method::Invite));
+    assert_eq!(new.transport, Transport::Tcp);
+    assert_eq!(new.from.ip(), ip(ALICE2));
+    assert_ne!(new.conn, old.conn, "a new connection");
+    assert_ne!(n.call_id(), old.message.call_id());
+    assert_eq!(n.body(), &sdp("moved"));
+    let ok = MessageBuilder::response_to(n, 200, "OK", Some("cal2"))
+        .header(
+            "Contact",
+            &format!("<sip:callee@{CALLEE}:5060;transport=tcp>"),
+        )
+        .body("application/sdp", sdp("answer"))
+        .build()
+        .unwrap();
+    sim.peer_reply(callee, &new, ok.to_bytes());
+    let ack = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    let events: Vec<_> = sim
+        .take_events(alice)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(CallEvent::State { state, code, .. }) => Some((state, code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, [(CallState::Confirmed, Some(200))]);
+}
+
 /// Make-before-break keeps today's move of a ringing call (see
 /// `a_change_while_our_call_rings_sends_an_update_with_the_new_contact`):
 /// with the old path alive nothing is CANCELled, and the 2xx to the

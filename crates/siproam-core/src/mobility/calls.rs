@@ -95,7 +95,7 @@ impl Endpoint {
             CallState::Incoming | CallState::Ringing | CallState::Early
         );
         // our INVITE, unanswered, cannot get its answer any more
-        let resend = mv.old_path_gone
+        let resend = (mv.old_path_gone || self.call_invite_lost(call))
             && self.call_is_outgoing(call)
             && matches!(
                 state,

@@ -1659,6 +1659,97 @@ fn a_call_ringing_over_tcp_when_its_address_goes_is_invited_again_over_a_new_con
     assert_eq!(events, [(CallState::Confirmed, Some(200))]);
 }
 
+/// Our INVITE not even answered 100 yet when its address goes: no
+/// provisional can reach us any more either, so it is CANCELled and sent
+/// again the same way; and a call hung up between the move and the new
+/// INVITE ends at once, with nothing more on the wire.
+#[test]
+fn a_call_not_answered_at_all_when_its_address_goes_is_sent_again_or_hung_up() {
+    for hang_up in [false, true] {
+        let mut sim = Sim::new(Instant::now(), 3);
+        let alice = sim.add_endpoint(
+            "alice",
+            &[ip(ALICE), ip(ALICE2)],
+            Config {
+                seed: 1,
+                ..Config::default()
+            },
+        );
+        let callee = sim.add_peer("callee", &[ip(CALLEE)]);
+        let spec = InviteSpec {
+            uri: format!("sip:callee@{CALLEE}"),
+            from: "sip:alice@example.test".into(),
+            target: Target {
+                transport: Transport::Udp,
+                remote: SocketAddr::new(ip(CALLEE), 5060),
+                local: None,
+            },
+            sdp: Some(sdp("offer")),
+            contact_user: "alice".into(),
+        };
+        let a = sim
+            .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+            .unwrap();
+        let old = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(sim.endpoint(alice).call_state(a), Some(CallState::Calling));
+        sim.set_addresses(alice, &[ip(ALICE2)]);
+        let mv = CallMove {
+            old_path_gone: true,
+            ..moved_to(ALICE2)
+        };
+        let action = sim
+            .with_endpoint(alice, |ep, now| ep.move_call(now, a, mv))
+            .unwrap();
+        assert_eq!(action, CallMoveAction::Resend);
+        let cancel = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(cancel.message.method(), Some(Method::Cancel));
+        assert_eq!(
+            cancel.message.header(HeaderName::Via),
+            old.message.header(HeaderName::Via)
+        );
+        sim.take_events(alice);
+        if hang_up {
+            sim.with_endpoint(alice, |ep, now| ep.hang_up(now, a))
+                .unwrap();
+            assert_eq!(sim.endpoint(alice).call_state(a), None);
+            assert_eq!(states(&mut sim, alice), [(CallState::Disconnected, None)]);
+            let mark = sim.log().len();
+            sim.run_for(Duration::from_secs(40));
+            let sent: Vec<_> = sent_since(&sim, mark)
+                .into_iter()
+                .filter(|(_, from)| *from != ip(CALLEE))
+                .collect();
+            // only the CANCEL's own retransmissions (its answer never comes)
+            assert!(sent.iter().all(|(m, _)| m == "CANCEL"), "{sent:?}");
+            continue;
+        }
+        sim.with_endpoint(alice, |ep, now| ep.resend_invite(now, a, None))
+            .unwrap();
+        let new = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(new.message.method(), Some(Method::Invite));
+        assert_eq!(new.from.ip(), ip(ALICE2));
+        assert_eq!(new.message.body(), &sdp("offer"), "the first offer again");
+        let ok = MessageBuilder::response_to(&new.message, 200, "OK", Some("cal2"))
+            .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+            .body("application/sdp", sdp("answer"))
+            .build()
+            .unwrap();
+        answer_per_via(&mut sim, callee, &new.message, &ok);
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(
+            sim.endpoint(alice).call_state(a),
+            Some(CallState::Confirmed)
+        );
+        assert_eq!(states(&mut sim, alice), [(CallState::Confirmed, Some(200))]);
+    }
+}
+
 /// Make-before-break keeps today's move of a ringing call (see
 /// `a_change_while_our_call_rings_sends_an_update_with_the_new_contact`):
 /// with the old path alive nothing is CANCELled, and the 2xx to the

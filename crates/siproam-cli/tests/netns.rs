@@ -250,6 +250,82 @@ fn a_change_while_our_call_rings() {
     check_listeners(&t, &alice, CELL);
 }
 
+/// Break-before-make while Alice's call still rings at Bob: the wifi
+/// address goes, so Bob's answer to her INVITE would follow its Via to an
+/// address she no longer has. Alice CANCELs it and calls again from cell
+/// (a new INVITE, the same call for her); Bob's old call ends 487, the new
+/// one rings, he answers it, and the call is confirmed at Alice with media
+/// both ways on cell, her call never having failed.
+#[test]
+fn a_break_before_make_while_our_call_rings() {
+    break_before_make_while_our_call_rings("r", false);
+}
+
+/// The same with Alice over TCP: her INVITE's connection closes with the
+/// wifi address (the call outlives it), the new INVITE goes over a new
+/// connection from cell.
+#[test]
+fn a_break_before_make_while_our_call_rings_over_tcp() {
+    break_before_make_while_our_call_rings("rt", true);
+}
+
+fn break_before_make_while_our_call_rings(tag: &str, over_tcp: bool) {
+    if !can_build_namespaces() {
+        return;
+    }
+    let t = Topology::new(tag);
+    let (registrar, mut bob, mut alice) = start(
+        &t,
+        &Options {
+            bob_rings: true,
+            alice_over_tcp: over_tcp,
+            ..Options::default()
+        },
+    );
+    alice.send("call sip:bob@example.test");
+    let first = bob.wait_for("bob rings", |v| {
+        v["event"] == "call" && v["state"] == "incoming"
+    });
+    alice.wait_for("alice hears it ring", |v| {
+        v["event"] == "call" && v["state"] == "ringing"
+    });
+    del_addr(&t, "10.1.0.2/24", "wifi0");
+    let done = alice.wait_for("the change", |v| {
+        v["event"] == "ip_change" && v["stage"] == "completed"
+    });
+    assert_eq!(done["status"], "ok");
+    wait_binding(&registrar, CELL);
+    // the INVITE sent again rings at Bob as a new call
+    let second = bob.wait_for("the new INVITE rings", |v| {
+        v["event"] == "call" && v["state"] == "incoming" && v["call"] != first["call"]
+    });
+    bob.send(&format!("answer {}", second["call"]));
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    ringing_call_media_on_cell(&bob, &alice);
+    // the CANCEL reached Bob (before the new INVITE): the old INVITE
+    // does not ring on
+    bob.drain();
+    assert!(
+        bob.seen().iter().any(|v| v["event"] == "call"
+            && v["state"] == "disconnected"
+            && v["call"] == first["call"]
+            && v["code"] == 487),
+        "bob's first call ended 487"
+    );
+    assert_no_call_ended(&[&alice]);
+    let calls: Vec<_> = alice
+        .seen()
+        .into_iter()
+        .filter(|v| v["event"] == "call")
+        .map(|v| (v["call"].clone(), v["state"].clone()))
+        .collect();
+    let one = &calls[0].0;
+    assert!(calls.iter().all(|(c, _)| c == one), "one call: {calls:?}");
+    check_listeners(&t, &alice, CELL);
+}
+
 fn ringing_call_media_on_cell(bob: &Proc, alice: &Proc) {
     bob.wait_for("bob hears alice on cell", |v| {
         v["event"] == "media"

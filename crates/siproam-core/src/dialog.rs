@@ -150,7 +150,11 @@ struct Call {
     contact: Option<SocketAddr>,
     /// The first hop used for the INVITE (a proxy, or the peer).
     first_hop: Target,
+    /// Our INVITE (`None` once given up after a network change, until
+    /// [`Endpoint::resend_invite`]).
     invite: Option<RequestId>,
+    /// The offer our INVITE carried (sent again when no fresh one comes).
+    invite_offer: Option<Bytes>,
     server_tx: Option<ServerTxId>,
     invite_request: Option<Message>,
     /// The UAS's 2xx, retransmitted until the ACK.
@@ -371,6 +375,7 @@ impl Endpoint {
             contact: Some(local),
             first_hop: spec.target,
             invite: None,
+            invite_offer: spec.sdp.clone(),
             server_tx: None,
             invite_request: None,
             pending_2xx: None,
@@ -387,21 +392,7 @@ impl Endpoint {
             next_hop: None,
             send_from: None,
         };
-        let contact = self.contact_header(&call, spec.target.transport);
-        let mut b = MessageBuilder::request(Method::Invite, &spec.uri)
-            .header(
-                "From",
-                &format!("<{}>;tag={}", call.local_uri, call.local_tag),
-            )
-            .header("To", &format!("<{}>", spec.uri))
-            .header("Call-ID", &call.call_id)
-            .header("CSeq", "1 INVITE")
-            .header("Contact", &contact)
-            .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
-            .header("Supported", "100rel, replaces, timer");
-        if let Some(sdp) = spec.sdp {
-            b = b.body("application/sdp", sdp);
-        }
+        let b = self.initial_invite(&call, spec.target.transport, spec.sdp);
         let id = self.new_call(call);
         let _ = self.start_client_tx(now, b, spec.target, TxOwner::Call(id));
         if let Some(rid) = self.last_request_id() {
@@ -416,6 +407,183 @@ impl Endpoint {
             body: None,
         });
         Ok(id)
+    }
+
+    /// A call's INVITE (the first, or one sent again after a network
+    /// change): Request-URI and To the callee's URI, CSeq 1.
+    fn initial_invite(&self, c: &Call, transport: Transport, sdp: Option<Bytes>) -> MessageBuilder {
+        let mut b = MessageBuilder::request(Method::Invite, &c.remote_uri)
+            .header("From", &format!("<{}>;tag={}", c.local_uri, c.local_tag))
+            .header("To", &format!("<{}>", c.remote_uri))
+            .header("Call-ID", &c.call_id)
+            .header("CSeq", &format!("{} INVITE", c.local_cseq))
+            .header("Contact", &self.contact_header(c, transport))
+            .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
+            .header("Supported", "100rel, replaces, timer");
+        if let Some(sdp) = sdp {
+            b = b.body("application/sdp", sdp);
+        }
+        b
+    }
+
+    /// Gives up our INVITE not answered yet, whose path is gone (a network
+    /// change took the address its Via names, so no answer can reach us):
+    /// a CANCEL for it (its top Via, RFC 3261 §9.1, sent from the call's
+    /// new address — best effort: its answer goes to the old address),
+    /// and every pending transaction of the call is abandoned (a 2xx that
+    /// still comes is ACKed and BYEd, the rest dropped, nothing reaches
+    /// the call). The early dialog (to-tag, remote target, route set) is
+    /// forgotten. The call waits for [`Endpoint::resend_invite`].
+    pub(crate) fn abandon_invite(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        if c.role != Role::Uac || c.pending_2xx.is_some() {
+            return Err(CoreError::InvalidState);
+        }
+        let local = c
+            .send_from
+            .or(c.contact)
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(a.ip(), 0));
+        if let Some(invite) = c.invite {
+            // before any provisional (state Calling) too: none can reach
+            // us any more, and the callee may have the INVITE
+            let _ = self.cancel_from(now, invite, local, Some(TxOwner::Abandoned));
+        }
+        self.disown_client_txs(now, TxOwner::Call(call));
+        self.timers.cancel_all(TimerOwner::Call(call.0));
+        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+            c.invite = None;
+            c.remote_tag = None;
+            c.remote_target = c.remote_uri.clone();
+            c.route_set.clear();
+            c.refresh = None;
+            c.glare_retry = None;
+            c.remote_rseq = 0;
+            c.peer_allows_update = false;
+            c.flow = None;
+        }
+        Ok(())
+    }
+
+    /// Sends the INVITE of a call given up by a network change
+    /// ([`crate::CallMoveAction::Resend`]) again, from the call's new
+    /// address (new Via and Contact) to the same next hop, with `sdp` (the
+    /// fresh offer naming the new media address; `None` sends the first
+    /// INVITE's offer again). It is a new dialog — new Call-ID, From tag
+    /// and branch — so the callee cannot merge it with the old INVITE it
+    /// may still hold (RFC 3261 §8.2.2.2); the call keeps its [`CallId`]
+    /// and state, and the application sees its answer as for any INVITE.
+    pub fn resend_invite(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        sdp: Option<Bytes>,
+    ) -> Result<(), CoreError> {
+        let call_id = format!("{}@siproam", self.rng.token(20));
+        let local_tag = self.rng.token(10);
+        let c = self
+            .calls
+            .calls
+            .get_mut(&call.0)
+            .ok_or(CoreError::NoSuchCall)?;
+        let unanswered = matches!(
+            c.state,
+            CallState::Calling | CallState::Ringing | CallState::Early
+        );
+        if c.role != Role::Uac || !unanswered || c.invite.is_some() {
+            return Err(CoreError::InvalidState);
+        }
+        c.call_id = call_id;
+        c.local_tag = local_tag;
+        c.local_cseq = 1;
+        c.cancelled = false;
+        if sdp.is_some() {
+            c.invite_offer = sdp;
+        }
+        let mut target = c.next_hop.unwrap_or(c.first_hop);
+        if let Some(a) = c
+            .send_from
+            .or(c.contact)
+            .filter(|a| !a.ip().is_unspecified())
+        {
+            target.local = Some(SocketAddr::new(a.ip(), 0));
+        }
+        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let b = self.initial_invite(c, target.transport, c.invite_offer.clone());
+        let flow = self.start_client_tx(now, b, target, TxOwner::Call(call))?;
+        let rid = self.last_request_id();
+        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+            c.invite = rid;
+            c.flow = Some(flow);
+        }
+        Ok(())
+    }
+
+    /// ACKs a 2xx to an INVITE nobody wants any more (one given up after a
+    /// network change) and, when `bye`, ends the dialog it made with a
+    /// BYE (RFC 3261 §13.2.2.4, §15): both built from the INVITE and the
+    /// 2xx (its Contact, Record-Route, To tag), sent the way it came.
+    pub(crate) fn end_stray_2xx(
+        &mut self,
+        now: Instant,
+        invite: &Bytes,
+        resp: &Message,
+        flow: FlowId,
+        bye: bool,
+    ) {
+        let Ok(inv) = Message::parse(invite.clone()) else {
+            return;
+        };
+        let Some((from, to)) = inv
+            .header(HeaderName::From)
+            .zip(resp.header(HeaderName::To))
+        else {
+            return;
+        };
+        let target_uri = match resp.contacts().next() {
+            Some(Ok(siproam_sip::Contact::Addr(a))) => a.uri().to_string(),
+            _ => inv.request_uri_str().unwrap_or_default().to_owned(),
+        };
+        let mut routes: Vec<String> = resp
+            .header_values(HeaderName::RecordRoute)
+            .flat_map(siproam_sip::split_list)
+            .map(str::to_owned)
+            .collect();
+        routes.reverse();
+        let Some(path) = self
+            .flows
+            .get(flow)
+            .map(|f| (f.transport, f.remote, f.local))
+        else {
+            return;
+        };
+        let hop = routes
+            .first()
+            .map(|r| name_addr_uri(r))
+            .unwrap_or_else(|| target_uri.clone());
+        let mut target = uri_addr(&hop, path.0).unwrap_or(Target {
+            transport: path.0,
+            remote: path.1,
+            local: None,
+        });
+        target.local = path.2;
+        let seq = inv.cseq().seq;
+        let sends: &[(Method<'_>, u32)] = if bye {
+            &[(Method::Ack, seq), (Method::Bye, seq.saturating_add(1))]
+        } else {
+            &[(Method::Ack, seq)]
+        };
+        for (method, n) in sends {
+            let mut b = MessageBuilder::request(*method, &target_uri)
+                .header("From", from)
+                .header("To", to)
+                .header("Call-ID", inv.call_id())
+                .header("CSeq", &format!("{n} {method}"));
+            for r in &routes {
+                b = b.header("Route", r);
+            }
+            let _ = self.start_client_tx(now, b, target, TxOwner::Abandoned);
+        }
     }
 
     /// The next hop and Request-URI for an in-dialog request.
@@ -590,6 +758,12 @@ impl Endpoint {
         match (c.role, c.state) {
             (_, CallState::Confirmed) => self.send_bye(now, call),
             (Role::Uas, _) if c.pending_2xx.is_some() => self.send_bye(now, call),
+            (Role::Uac, _) if c.invite.is_none() => {
+                // its INVITE was given up and not sent again: nothing to
+                // CANCEL
+                self.set_state(call, CallState::Disconnected, None, None);
+                Ok(())
+            }
             (Role::Uac, _) => {
                 let invite = c.invite.ok_or(CoreError::InvalidState)?;
                 if let Some(c) = self.calls.calls.get_mut(&call.0) {
@@ -725,6 +899,16 @@ impl Endpoint {
             .calls
             .get(&call.0)
             .is_some_and(|c| c.role == Role::Uac)
+    }
+
+    /// Whether our INVITE of a call not answered yet was lost (its
+    /// connection closed during a network change) or given up, and not
+    /// sent again yet.
+    pub(crate) fn call_invite_lost(&self, call: CallId) -> bool {
+        self.calls
+            .calls
+            .get(&call.0)
+            .is_some_and(|c| c.role == Role::Uac && c.invite.is_none())
     }
 
     /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
@@ -1041,6 +1225,7 @@ impl Endpoint {
             contact: Some(local),
             first_hop,
             invite: None,
+            invite_offer: None,
             server_tx: Some(tx),
             invite_request: Some(req.clone()),
             pending_2xx: None,
@@ -1330,7 +1515,7 @@ impl Endpoint {
     }
 
     pub(crate) fn call_failed(&mut self, now: Instant, id: CallId, reason: RequestFailure) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.calls.get(&id.0) else {
             return;
         };
         let code = match reason {
@@ -1338,6 +1523,24 @@ impl Endpoint {
             RequestFailure::Transport(_) => 503,
         };
         let changing = self.change_window_until.is_some_and(|until| now < until);
+        let unanswered_uac = c.role == Role::Uac
+            && matches!(
+                c.state,
+                CallState::Calling | CallState::Ringing | CallState::Early
+            );
+        if unanswered_uac && changing && matches!(reason, RequestFailure::Transport(_)) {
+            // the connection went with the old address during a change:
+            // the call stays, its INVITE (if that died) is sent again by
+            // the move (`CallMoveAction::Resend`)
+            let invite_gone = c.invite.is_some_and(|rid| !self.client_tx_exists(rid));
+            if let (true, Some(c)) = (invite_gone, self.calls.calls.get_mut(&id.0)) {
+                c.invite = None;
+            }
+            return;
+        }
+        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+            return;
+        };
         if c.state == CallState::Confirmed && c.refresh.is_some() && changing {
             // the request died on the old path: the call stays
             c.refresh = None;

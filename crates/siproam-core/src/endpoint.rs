@@ -171,6 +171,11 @@ pub(crate) enum TxOwner {
     App(RequestId),
     Account(AccountId),
     Call(crate::dialog::CallId),
+    /// Nobody any more: a call's INVITE given up after a network change
+    /// (and its CANCEL, and what ends a 2xx that still comes for it).
+    /// Responses and failures are dropped, but a 2xx to the INVITE is
+    /// ACKed and ended with a BYE (RFC 3261 §13.2.2.4).
+    Abandoned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -679,6 +684,19 @@ impl Endpoint {
     /// Request-URI, Call-ID, From, To, CSeq number and Route, in its own
     /// transaction on the same flow.
     pub fn cancel(&mut self, now: Instant, request: RequestId) -> Result<RequestId, CoreError> {
+        self.cancel_from(now, request, None, None)
+    }
+
+    /// [`Endpoint::cancel`], sent from `local` (the INVITE's own address is
+    /// gone: a new flow to the same next hop; the Via stays the INVITE's)
+    /// and reporting to `owner` (else to the application).
+    pub(crate) fn cancel_from(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        local: Option<SocketAddr>,
+        owner: Option<TxOwner>,
+    ) -> Result<RequestId, CoreError> {
         let (invite, flow, transport) = self
             .client_txs
             .iter()
@@ -689,6 +707,10 @@ impl Endpoint {
             })
             .map(|(_, t)| (t.request.clone(), t.flow, t.transport))
             .ok_or(CoreError::NoSuchTransaction)?;
+        let flow = match (local, self.flows.get(flow).map(|f| f.remote)) {
+            (Some(local), Some(remote)) => self.flows.towards(transport, remote, Some(local)),
+            _ => flow,
+        };
         let inv = Message::parse(invite)?;
         let mut b =
             MessageBuilder::request(Method::Cancel, inv.request_uri_str().unwrap_or_default());
@@ -743,7 +765,7 @@ impl Endpoint {
                 request: bytes,
                 flow,
                 transport,
-                owner: TxOwner::App(id),
+                owner: owner.unwrap_or(TxOwner::App(id)),
                 interval: self.config.t1,
                 ack: None,
             },
@@ -920,6 +942,27 @@ impl Endpoint {
         ids.len()
     }
 
+    /// Whether the client transaction `id` still exists.
+    pub(crate) fn client_tx_exists(&self, id: RequestId) -> bool {
+        self.client_txs.contains_key(&id.0)
+    }
+
+    /// Gives `owner`'s client transactions to [`TxOwner::Abandoned`]:
+    /// their answers no longer reach it. An INVITE without a final
+    /// response stops retransmitting and is destroyed after 64·T1 (RFC
+    /// 3261 §9.1, the wait for the answer to its CANCEL).
+    pub(crate) fn disown_client_txs(&mut self, now: Instant, owner: TxOwner) {
+        let t1x64 = self.config.t1x64();
+        for (id, tx) in self.client_txs.iter_mut().filter(|(_, t)| t.owner == owner) {
+            tx.owner = TxOwner::Abandoned;
+            if tx.invite && matches!(tx.state, ClientState::Calling | ClientState::Proceeding) {
+                let timer = TimerOwner::ClientTx(*id);
+                self.timers.cancel(timer, TimerKind::A);
+                self.timers.set(timer, TimerKind::B, now + t1x64);
+            }
+        }
+    }
+
     fn remove_client(&mut self, id: u64) -> Option<ClientTx> {
         let tx = self.client_txs.remove(&id)?;
         self.client_index
@@ -937,6 +980,7 @@ impl Endpoint {
                 .push_back(Event::RequestFailed { request, reason }),
             TxOwner::Account(account) => self.account_failed(now, account, reason),
             TxOwner::Call(call) => self.call_failed(now, call, reason),
+            TxOwner::Abandoned => {}
         }
     }
 
@@ -951,6 +995,7 @@ impl Endpoint {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
             TxOwner::Call(call) => self.call_response(now, call, response),
+            TxOwner::Abandoned => {}
         }
     }
 
@@ -988,11 +1033,21 @@ impl Endpoint {
             }
             (true, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 tx.state = ClientState::Accepted;
+                let (invite, flow) = (tx.request.clone(), tx.flow);
                 self.timers.cancel(timer, TimerKind::A);
                 self.timers.cancel(timer, TimerKind::B);
                 self.timers
                     .set(timer, TimerKind::M, now + self.config.t1x64());
-                self.client_response(now, owner, resp, remote);
+                if owner == TxOwner::Abandoned {
+                    self.end_stray_2xx(now, &invite, &resp, flow, true);
+                } else {
+                    self.client_response(now, owner, resp, remote);
+                }
+            }
+            (true, ClientState::Accepted, 200..=299) if owner == TxOwner::Abandoned => {
+                // a retransmission: ACKed again, ended already
+                let (invite, flow) = (tx.request.clone(), tx.flow);
+                self.end_stray_2xx(now, &invite, &resp, flow, false);
             }
             (true, ClientState::Accepted, 200..=299) => {
                 // RFC 6026: retransmitted or forked 2xx go to the TU

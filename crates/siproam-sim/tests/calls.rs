@@ -1276,6 +1276,502 @@ fn a_change_of_via_alone_sends_from_the_new_address_and_keeps_the_contact() {
     assert_eq!(bye_to, ip(ALICE), "the Contact was kept");
 }
 
+/// The callee of the break-before-make tests: a scripted peer.
+const CALLEE: &str = "192.0.2.98";
+
+/// Alice (on ALICE and ALICE2) calls the scripted callee, which rings
+/// (180 with a to-tag): (sim, alice, callee, alice's call, the INVITE).
+fn ringing_at_a_peer() -> (Sim, NodeId, NodeId, CallId, siproam_sim::Received) {
+    let mut sim = Sim::new(Instant::now(), 3);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(ALICE2)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let callee = sim.add_peer("callee", &[ip(CALLEE)]);
+    let spec = InviteSpec {
+        uri: format!("sip:callee@{CALLEE}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: SocketAddr::new(ip(CALLEE), 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let invite = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let ringing = MessageBuilder::response_to(&invite.message, 180, "Ringing", Some("cal1"))
+        .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+        .build()
+        .unwrap();
+    sim.peer_reply(callee, &invite, ringing.to_bytes());
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.endpoint(alice).call_state(a), Some(CallState::Ringing));
+    (sim, alice, callee, a, invite)
+}
+
+/// A peer's response to `req`, sent where its top Via says (RFC 3261
+/// §18.2.2: the sent-by, here without `received`, the peer being the
+/// first hop): the address the UAC put there, dead or alive.
+fn answer_per_via(
+    sim: &mut Sim,
+    peer: NodeId,
+    req: &siproam_sip::Message,
+    resp: &siproam_sip::Message,
+) {
+    let via = req.top_via().unwrap();
+    let to = SocketAddr::new(via.host_str().parse().unwrap(), via.port().unwrap_or(5060));
+    sim.peer_send(
+        peer,
+        SocketAddr::new(ip(CALLEE), 5060),
+        to,
+        Transport::Udp,
+        resp.to_bytes(),
+    );
+}
+
+/// Break-before-make while our call rings: the INVITE's Via names an
+/// address that is gone, so the callee's 2xx could never reach us. The
+/// move CANCELs the INVITE (its top Via as the INVITE's, RFC 3261 §9.1,
+/// sent from the new address) and the application's fresh offer goes in a
+/// new INVITE from the new address (new Call-ID and From tag: a new
+/// dialog the callee cannot take for the old one); the callee's 200 to it
+/// is ACKed and the call is up — the same call for the application, which
+/// saw no failure.
+#[test]
+fn a_call_ringing_when_its_address_goes_is_cancelled_and_invited_again_from_the_new_address() {
+    let (mut sim, alice, callee, a, old) = ringing_at_a_peer();
+    sim.take_events(alice);
+    // the wifi address goes: only ALICE2 is left
+    sim.set_addresses(alice, &[ip(ALICE2)]);
+    let mv = CallMove {
+        old_path_gone: true,
+        ..moved_to(ALICE2)
+    };
+    let action = sim
+        .with_endpoint(alice, |ep, now| ep.move_call(now, a, mv))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Resend);
+    // the application's part: a fresh offer with its new media address
+    sim.with_endpoint(alice, |ep, now| {
+        ep.resend_invite(now, a, Some(sdp("moved")))
+    })
+    .unwrap();
+
+    let cancel = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let m = &cancel.message;
+    assert_eq!(m.method(), Some(Method::Cancel));
+    assert_eq!(cancel.from.ip(), ip(ALICE2), "sent from the new address");
+    assert_eq!(
+        m.header(HeaderName::Via),
+        old.message.header(HeaderName::Via),
+        "the INVITE's Via"
+    );
+    assert_eq!(m.call_id(), old.message.call_id());
+    assert_eq!(m.cseq().seq, old.message.cseq().seq);
+    assert_eq!(m.request_uri_str(), old.message.request_uri_str());
+
+    let new = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let n = &new.message;
+    assert_eq!(n.method(), Some(Method::Invite));
+    assert_eq!(new.from.ip(), ip(ALICE2));
+    assert_eq!(
+        n.top_via().unwrap().host_str(),
+        ALICE2,
+        "the new Via names the new address"
+    );
+    assert!(n
+        .header(HeaderName::Contact)
+        .is_some_and(|c| c.contains(&format!("{ALICE2}:5060"))));
+    assert_eq!(n.body(), &sdp("moved"), "the fresh offer");
+    assert_eq!(n.request_uri_str(), old.message.request_uri_str());
+    assert_eq!(n.to().unwrap().tag(), None);
+    assert_ne!(n.call_id(), old.message.call_id(), "a new Call-ID");
+    assert_ne!(n.from().unwrap().tag(), old.message.from().unwrap().tag());
+    assert_eq!(n.header(HeaderName::Route), None);
+
+    // the callee ends the old INVITE (its answers go to the dead address)
+    let ok_cancel = MessageBuilder::response_to(m, 200, "OK", Some("cal1"))
+        .build()
+        .unwrap();
+    answer_per_via(&mut sim, callee, m, &ok_cancel);
+    let terminated =
+        MessageBuilder::response_to(&old.message, 487, "Request Terminated", Some("cal1"))
+            .build()
+            .unwrap();
+    answer_per_via(&mut sim, callee, &old.message, &terminated);
+    let lost: Vec<_> = sim
+        .log()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|e| (e.to.ip(), e.fate))
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            (ip(ALICE), siproam_sim::Fate::Unreachable),
+            (ip(ALICE), siproam_sim::Fate::Unreachable)
+        ]
+    );
+
+    // ... and rings, then answers, the new one
+    let ringing = MessageBuilder::response_to(n, 180, "Ringing", Some("cal2"))
+        .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+        .build()
+        .unwrap();
+    answer_per_via(&mut sim, callee, n, &ringing);
+    let ok = MessageBuilder::response_to(n, 200, "OK", Some("cal2"))
+        .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+        .body("application/sdp", sdp("answer"))
+        .build()
+        .unwrap();
+    answer_per_via(&mut sim, callee, n, &ok);
+    let ack = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(ack.from.ip(), ip(ALICE2));
+    assert_eq!(ack.message.call_id(), n.call_id());
+    assert_eq!(ack.message.to().unwrap().tag(), Some("cal2"));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    assert_eq!(sim.endpoint(alice).call_count(), 1);
+    // the application saw its call answered, with the answer, and nothing else
+    let events: Vec<_> = sim
+        .take_events(alice)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(ev) => Some(ev),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [CallEvent::State {
+            call: a,
+            state: CallState::Confirmed,
+            code: Some(200),
+            body: Some(sdp("answer")),
+        }]
+    );
+
+    // the callee answered the old INVITE too and that 2xx somehow reaches
+    // us: ACKed and ended with a BYE (RFC 3261 §13.2.2.4), unseen by the
+    // application
+    let stale_ok = MessageBuilder::response_to(&old.message, 200, "OK", Some("cal1"))
+        .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+        .body("application/sdp", sdp("answer"))
+        .build()
+        .unwrap();
+    sim.peer_send(
+        callee,
+        SocketAddr::new(ip(CALLEE), 5060),
+        SocketAddr::new(ip(ALICE2), 5060),
+        Transport::Udp,
+        stale_ok.to_bytes(),
+    );
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let r = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        got.push((
+            r.message.method().map(|m| m.as_str().to_owned()),
+            r.message.call_id().to_owned(),
+            r.message.cseq().seq,
+            r.message.to().unwrap().tag().map(str::to_owned),
+            r.message.request_uri_str().map(str::to_owned),
+        ));
+    }
+    let old_id = old.message.call_id().to_owned();
+    let target = Some(format!("sip:callee@{CALLEE}:5060"));
+    assert_eq!(
+        got,
+        [
+            (
+                Some("ACK".to_owned()),
+                old_id.clone(),
+                1,
+                Some("cal1".to_owned()),
+                target.clone()
+            ),
+            (
+                Some("BYE".to_owned()),
+                old_id,
+                2,
+                Some("cal1".to_owned()),
+                target
+            ),
+        ]
+    );
+    // the old INVITE's and the CANCEL's transactions run out (64·T1): the
+    // call is untouched, the application hears nothing
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    let late: Vec<_> = sim
+        .take_events(alice)
+        .into_iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::Call(_) | Event::RequestFailed { .. } | Event::Response { .. }
+            )
+        })
+        .collect();
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(sim.endpoint(alice).transaction_count().0, 0, "none left");
+}
+
+/// The same over TCP: the INVITE's connection breaks with the address
+/// (during the change, so the call does not end with it), and the new
+/// INVITE goes over a new connection from the new address.
+#[test]
+fn a_call_ringing_over_tcp_when_its_address_goes_is_invited_again_over_a_new_connection() {
+    let mut sim = Sim::new(Instant::now(), 3);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(ALICE2)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let callee = sim.add_peer("callee", &[ip(CALLEE)]);
+    let spec = InviteSpec {
+        uri: format!("sip:callee@{CALLEE}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Tcp,
+            remote: SocketAddr::new(ip(CALLEE), 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let old = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let ringing = MessageBuilder::response_to(&old.message, 180, "Ringing", Some("cal1"))
+        .header(
+            "Contact",
+            &format!("<sip:callee@{CALLEE}:5060;transport=tcp>"),
+        )
+        .build()
+        .unwrap();
+    sim.peer_reply(callee, &old, ringing.to_bytes());
+    sim.run_for(Duration::from_millis(100));
+    sim.take_events(alice);
+
+    // the change starts (the driver says so first), then the address and
+    // its connection go
+    sim.with_endpoint(alice, |ep, now| ep.begin_network_change(now));
+    sim.set_addresses(alice, &[ip(ALICE2)]);
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Ringing),
+        "the call outlives its INVITE's connection"
+    );
+    let mv = CallMove {
+        old_path_gone: true,
+        ..moved_to(ALICE2)
+    };
+    let action = sim
+        .with_endpoint(alice, |ep, now| ep.move_call(now, a, mv))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Resend);
+    sim.with_endpoint(alice, |ep, now| {
+        ep.resend_invite(now, a, Some(sdp("moved")))
+    })
+    .unwrap();
+    let new = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    let n = &new.message;
+    assert_eq!(n.method(), Some(Method::Invite));
+    assert_eq!(new.transport, Transport::Tcp);
+    assert_eq!(new.from.ip(), ip(ALICE2));
+    assert_ne!(new.conn, old.conn, "a new connection");
+    assert_ne!(n.call_id(), old.message.call_id());
+    assert_eq!(n.body(), &sdp("moved"));
+    let ok = MessageBuilder::response_to(n, 200, "OK", Some("cal2"))
+        .header(
+            "Contact",
+            &format!("<sip:callee@{CALLEE}:5060;transport=tcp>"),
+        )
+        .body("application/sdp", sdp("answer"))
+        .build()
+        .unwrap();
+    sim.peer_reply(callee, &new, ok.to_bytes());
+    let ack = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    let events: Vec<_> = sim
+        .take_events(alice)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(CallEvent::State { state, code, .. }) => Some((state, code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, [(CallState::Confirmed, Some(200))]);
+}
+
+/// Our INVITE not even answered 100 yet when its address goes: no
+/// provisional can reach us any more either, so it is CANCELled and sent
+/// again the same way; and a call hung up between the move and the new
+/// INVITE ends at once, with nothing more on the wire.
+#[test]
+fn a_call_not_answered_at_all_when_its_address_goes_is_sent_again_or_hung_up() {
+    for hang_up in [false, true] {
+        let mut sim = Sim::new(Instant::now(), 3);
+        let alice = sim.add_endpoint(
+            "alice",
+            &[ip(ALICE), ip(ALICE2)],
+            Config {
+                seed: 1,
+                ..Config::default()
+            },
+        );
+        let callee = sim.add_peer("callee", &[ip(CALLEE)]);
+        let spec = InviteSpec {
+            uri: format!("sip:callee@{CALLEE}"),
+            from: "sip:alice@example.test".into(),
+            target: Target {
+                transport: Transport::Udp,
+                remote: SocketAddr::new(ip(CALLEE), 5060),
+                local: None,
+            },
+            sdp: Some(sdp("offer")),
+            contact_user: "alice".into(),
+        };
+        let a = sim
+            .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+            .unwrap();
+        let old = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(sim.endpoint(alice).call_state(a), Some(CallState::Calling));
+        sim.set_addresses(alice, &[ip(ALICE2)]);
+        let mv = CallMove {
+            old_path_gone: true,
+            ..moved_to(ALICE2)
+        };
+        let action = sim
+            .with_endpoint(alice, |ep, now| ep.move_call(now, a, mv))
+            .unwrap();
+        assert_eq!(action, CallMoveAction::Resend);
+        let cancel = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(cancel.message.method(), Some(Method::Cancel));
+        assert_eq!(
+            cancel.message.header(HeaderName::Via),
+            old.message.header(HeaderName::Via)
+        );
+        sim.take_events(alice);
+        if hang_up {
+            sim.with_endpoint(alice, |ep, now| ep.hang_up(now, a))
+                .unwrap();
+            assert_eq!(sim.endpoint(alice).call_state(a), None);
+            assert_eq!(states(&mut sim, alice), [(CallState::Disconnected, None)]);
+            let mark = sim.log().len();
+            sim.run_for(Duration::from_secs(40));
+            let sent: Vec<_> = sent_since(&sim, mark)
+                .into_iter()
+                .filter(|(_, from)| *from != ip(CALLEE))
+                .collect();
+            // only the CANCEL's own retransmissions (its answer never comes)
+            assert!(sent.iter().all(|(m, _)| m == "CANCEL"), "{sent:?}");
+            continue;
+        }
+        sim.with_endpoint(alice, |ep, now| ep.resend_invite(now, a, None))
+            .unwrap();
+        let new = sim
+            .run_until_peer_receives(callee, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(new.message.method(), Some(Method::Invite));
+        assert_eq!(new.from.ip(), ip(ALICE2));
+        assert_eq!(new.message.body(), &sdp("offer"), "the first offer again");
+        let ok = MessageBuilder::response_to(&new.message, 200, "OK", Some("cal2"))
+            .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+            .body("application/sdp", sdp("answer"))
+            .build()
+            .unwrap();
+        answer_per_via(&mut sim, callee, &new.message, &ok);
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(
+            sim.endpoint(alice).call_state(a),
+            Some(CallState::Confirmed)
+        );
+        assert_eq!(states(&mut sim, alice), [(CallState::Confirmed, Some(200))]);
+    }
+}
+
+/// Make-before-break keeps today's move of a ringing call (see
+/// `a_change_while_our_call_rings_sends_an_update_with_the_new_contact`):
+/// with the old path alive nothing is CANCELled, and the 2xx to the
+/// original INVITE still arrives and confirms the call.
+#[test]
+fn a_call_ringing_when_its_old_address_stays_is_not_invited_again() {
+    let (mut sim, alice, callee, a, old) = ringing_at_a_peer();
+    let mark = sim.log().len();
+    let action = sim
+        .with_endpoint(alice, |ep, now| ep.move_call(now, a, moved_to(ALICE2)))
+        .unwrap();
+    assert_eq!(action, CallMoveAction::Rebind);
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.peer_recv(callee).is_none(), "no CANCEL, no INVITE");
+    let ok = MessageBuilder::response_to(&old.message, 200, "OK", Some("cal1"))
+        .header("Contact", &format!("<sip:callee@{CALLEE}:5060>"))
+        .body("application/sdp", sdp("answer"))
+        .build()
+        .unwrap();
+    answer_per_via(&mut sim, callee, &old.message, &ok);
+    let ack = sim
+        .run_until_peer_receives(callee, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(ack.message.call_id(), old.message.call_id());
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    assert_eq!(
+        sent_since(&sim, mark),
+        [
+            ("200".to_owned(), ip(CALLEE)),
+            ("ACK".to_owned(), ip(ALICE2))
+        ]
+    );
+}
+
 // ----- incoming calls from anyone: limits and the no-answer timeout -------
 
 /// A peer's new INVITE (its own Call-ID and branch), with an offer.

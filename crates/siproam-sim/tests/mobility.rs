@@ -478,6 +478,11 @@ fn reoffering_app() -> siproam_sim::Handler {
             } => {
                 queued.insert(*call, *update);
             }
+            Event::CallMoved {
+                call,
+                action: CallMoveAction::Resend,
+                ..
+            } => ep.resend_invite(now, *call, Some(sdp("again"))).unwrap(),
             Event::Call(CallEvent::Answer { call, .. } | CallEvent::RefreshFailed { call, .. }) => {
                 if let Some(update) = queued.remove(call) {
                     ep.refresh(now, *call, update, Some(sdp("moved"))).unwrap();
@@ -755,5 +760,77 @@ fn a_change_back_takes_back_the_lingering_listener() {
             (Ok(()), Some(addr(UA, 5060))),
             (Ok(()), Some(addr(UA, 5061))),
         ]
+    );
+}
+
+/// Break-before-make while our call rings: the address the INVITE left
+/// from is gone, so the machine sees its path gone and the INVITE is
+/// CANCELled and sent again from the new address; the same call is then
+/// answered there.
+#[test]
+fn our_ringing_call_whose_address_went_is_invited_again_from_the_new_one() {
+    let mut sim = Sim::new(std::time::Instant::now(), 3);
+    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 2,
+            ..siproam_core::Config::default()
+        },
+    );
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: addr(BOB, 5060),
+            local: Some(addr(UA, 5060)),
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let first = sim
+        .take_events(bob)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .unwrap();
+    sim.with_endpoint(bob, |ep, now| ep.answer(now, first, 180, None))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    sim.set_handler(alice, reoffering_app());
+    sim.set_addresses(alice, &[ip(NEW)]);
+    let mark = sim.log().len();
+    sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
+    sim.run_for(Duration::from_millis(100));
+    let sent = sent_since(&sim, mark);
+    assert_eq!(sent[0], ("CANCEL".to_owned(), ip(NEW)), "{sent:?}");
+    assert!(
+        sent.contains(&("INVITE".to_owned(), ip(NEW))),
+        "sent again from the new address: {sent:?}"
+    );
+    let second = sim
+        .take_events(bob)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .expect("the new INVITE rings at Bob");
+    sim.with_endpoint(bob, |ep, now| {
+        ep.answer(now, second, 200, Some(sdp("answer")))
+    })
+    .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
     );
 }

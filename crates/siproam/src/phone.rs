@@ -574,6 +574,14 @@ impl Phone {
                 pc.queued_refresh = Some(update);
                 Ok(())
             }
+            CallMoveAction::Resend => {
+                // the INVITE was given up: a new one with a fresh offer
+                // naming the new media address (the old offer was never
+                // answered)
+                pc.sdp.cancel_offer();
+                let offer = pc.sdp.create_offer();
+                Ok(core.resend_invite(now, call, Some(offer))?)
+            }
         }
     }
 

@@ -6,8 +6,9 @@
 //! (Contact, next hop, a CANCEL for a stuck re-INVITE, an UPDATE without
 //! SDP for an outgoing early dialog, a BYE), and the returned
 //! [`CallMoveAction`] tells the application what to do with the media
-//! (re-offer now, re-offer once the pending refresh settles, or re-open
-//! the RTP socket of a call still ringing).
+//! (re-offer now, re-offer once the pending refresh settles, re-open
+//! the RTP socket of a call still ringing, or — our INVITE unanswered and
+//! its old path gone — make the fresh offer of the INVITE sent again).
 
 use std::net::SocketAddr;
 
@@ -32,6 +33,14 @@ pub struct CallMove {
     /// Refresh by UPDATE when the peer's Allow lists it (RFC 3311), else
     /// by re-INVITE.
     pub prefer_update: bool,
+    /// The call's old path is gone: the address its requests were sent
+    /// from (their Via) is no longer one of ours, or (TCP/TLS) its flow
+    /// closed (break-before-make). An outgoing call not answered yet is
+    /// then CANCELled and sent again ([`CallMoveAction::Resend`]): the
+    /// callee's answer would follow the old Via. With the old path alive
+    /// (make-before-break, the old UDP listener lingering) the answer
+    /// still arrives and the call moves as any ringing call.
+    pub old_path_gone: bool,
 }
 
 /// What the application does with a moved call's media.
@@ -59,6 +68,16 @@ pub enum CallMoveAction {
     /// outgoing early dialog whose peer allows UPDATE already got an
     /// UPDATE without SDP with the new Contact.)
     Rebind,
+    /// An outgoing call not answered yet whose old path is gone
+    /// ([`CallMove::old_path_gone`]): the callee's answer would follow
+    /// the INVITE's Via to an address we no longer have. The INVITE was
+    /// CANCELled and given up; re-open the media on the new address, make
+    /// a fresh offer and give it to [`Endpoint::resend_invite`], which
+    /// sends a new INVITE from the new address. The call stays the same
+    /// call for the application (its state does not change; the old
+    /// INVITE's 487, timeout or a late 2xx never reach it). Until then
+    /// the call has no INVITE out.
+    Resend,
 }
 
 impl Endpoint {
@@ -75,7 +94,14 @@ impl Endpoint {
             state,
             CallState::Incoming | CallState::Ringing | CallState::Early
         );
-        if !ringing && state != CallState::Confirmed {
+        // our INVITE, unanswered, cannot get its answer any more
+        let resend = (mv.old_path_gone || self.call_invite_lost(call))
+            && self.call_is_outgoing(call)
+            && matches!(
+                state,
+                CallState::Calling | CallState::Ringing | CallState::Early
+            );
+        if !ringing && !resend && state != CallState::Confirmed {
             return Ok(CallMoveAction::Nothing);
         }
         if let Some(contact) = mv.contact {
@@ -96,6 +122,10 @@ impl Endpoint {
         if state == CallState::Confirmed && mv.hang_up {
             self.hang_up(now, call)?;
             return Ok(CallMoveAction::Nothing);
+        }
+        if resend {
+            self.abandon_invite(now, call)?;
+            return Ok(CallMoveAction::Resend);
         }
         if ringing {
             // an outgoing early dialog learns the new Contact at once

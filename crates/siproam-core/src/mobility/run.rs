@@ -990,12 +990,19 @@ impl Endpoint {
             } else {
                 None
             };
+            // the address the call sends from (its Via) is gone: an
+            // unanswered INVITE of ours is sent again (break-before-make)
+            let old_path_gone = self
+                .call_next_hop(call)
+                .and_then(|hop| hop.local)
+                .is_some_and(|a| !a.ip().is_unspecified() && !run.view.is_local(a.ip()));
             let mv = CallMove {
                 contact: flags.update_contact.then_some(call_contact),
                 via: flags.update_via.then_some(call_contact),
                 next_hop,
                 hang_up: knobs.hangup_calls,
                 prefer_update: flags.prefer_update,
+                old_path_gone,
             };
             self.move_one_call(now, run, call, state, mv, media_ip, stage);
         }
@@ -1035,6 +1042,9 @@ impl Endpoint {
             // an early dialog told of the new Contact by UPDATE
             CallMoveAction::Rebind if self.call_refresh_pending(call) => Some(CallWait { skip: 0 }),
             CallMoveAction::Rebind => None,
+            // our INVITE sent again from the new address: the call rings
+            // again, its answer is the user's
+            CallMoveAction::Resend => None,
             CallMoveAction::Nothing if state == CallState::Confirmed && mv.hang_up => None,
             // a call in no state to move (an INVITE not answered at all)
             CallMoveAction::Nothing => return,
@@ -1116,6 +1126,7 @@ impl Endpoint {
                 next_hop: None,
                 hang_up: false,
                 prefer_update,
+                old_path_gone: false,
             };
             self.move_one_call(
                 now,

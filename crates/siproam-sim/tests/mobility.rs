@@ -452,7 +452,7 @@ fn a_refused_register_after_a_change_is_reported() {
 
 // ----- calls through the machine ---------------------------------------
 
-const BOB: &str = "192.0.2.20";
+const BOB: &str = "192.0.2.30";
 
 fn sdp(tag: &str) -> bytes::Bytes {
     bytes::Bytes::from(format!(
@@ -833,4 +833,247 @@ fn our_ringing_call_whose_address_went_is_invited_again_from_the_new_one() {
         sim.endpoint(alice).call_state(a),
         Some(CallState::Confirmed)
     );
+}
+
+/// A call ringing here at the change: nothing is sent (the peer's INVITE
+/// is not ours to move), the stage is ok at once, and our 2xx carries the
+/// new Contact: the peer's ACK comes to the new address.
+#[test]
+fn a_call_ringing_here_is_answered_with_the_new_contact() {
+    let mut sim = Sim::new(std::time::Instant::now(), 3);
+    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 2,
+            ..siproam_core::Config::default()
+        },
+    );
+    let spec = InviteSpec {
+        uri: format!("sip:alice@{UA}"),
+        from: "sip:bob@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: addr(UA, 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "bob".into(),
+    };
+    sim.with_endpoint(bob, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let a = sim
+        .take_events(alice)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .unwrap();
+    sim.with_endpoint(alice, |ep, now| ep.answer(now, a, 180, None))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let mark = sim.log().len();
+    let steps = sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
+    let moved = steps.iter().find_map(|s| match s {
+        ChangeStep::Stage(r) if r.stage == IpChangeStage::RefreshCalls => {
+            Some((r.status.clone(), r.call))
+        }
+        _ => None,
+    });
+    assert_eq!(moved, Some((Ok(()), Some(a))));
+    assert_eq!(*stages(&steps).last().unwrap(), IpChangeStage::Completed);
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        sent_since(&sim, mark).is_empty(),
+        "nothing sent at the change"
+    );
+    sim.with_endpoint(alice, |ep, now| ep.answer(now, a, 200, Some(sdp("answer"))))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let ack = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("ACK "))
+        .unwrap();
+    assert_eq!(ack.to.ip(), ip(NEW), "the ACK goes to the new Contact");
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+}
+
+/// A NAT rebinding: the registrar's answer to a refresh shows another
+/// public address (`received`/`rport`); the registration re-registers it,
+/// and the machine moves the account's call: `started` with the public
+/// address, the call re-offered with it as Contact while still sent from
+/// our address, `refresh_calls` on its 2xx, `completed`.
+#[test]
+fn a_nat_rebinding_moves_the_accounts_calls_through_the_machine() {
+    let mut sim = Sim::new(std::time::Instant::now(), 3);
+    let alice = sim.add_endpoint("alice", &[ip(UA)], siproam_core::Config::default());
+    let reg = sim.add_peer("registrar", &[ip(REG)]);
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 2,
+            ..siproam_core::Config::default()
+        },
+    );
+    let target = Target {
+        transport: Transport::Udp,
+        remote: addr(REG, 5060),
+        local: None,
+    };
+    let mut cfg =
+        siproam_core::AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
+    cfg.expires = 300;
+    let acc = sim.with_endpoint(alice, |ep, now| ep.register(now, cfg));
+    sim.with_endpoint(alice, |ep, _| {
+        ep.set_account_routes(
+            acc,
+            AccountRoutes {
+                aor: "sip:alice@example.test".into(),
+                registrar: vec![RegistrarAddress {
+                    transport: Transport::Udp,
+                    addr: addr(REG, 5060),
+                }],
+                sip: Ipv6Use::Enabled,
+                media: Ipv6Use::Enabled,
+                ip_change: None,
+            },
+            Some(ip(UA)),
+        )
+    })
+    .unwrap();
+    let r = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r, 300);
+    sim.run_for(Duration::from_millis(100));
+    // a call of the account's (its AoR is the call's local URI)
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: addr(BOB, 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let b = sim
+        .take_events(bob)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .unwrap();
+    sim.with_endpoint(bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    sim.take_events(alice);
+    sim.take_events(bob);
+    sim.set_handler(alice, reoffering_app());
+    // the refresh's answer shows the NAT's new mapping
+    let refresh = recv(&mut sim, reg);
+    let contact = refresh
+        .message
+        .header(HeaderName::Contact)
+        .unwrap()
+        .to_owned();
+    let mut resp =
+        siproam_sip::MessageBuilder::response_to(&refresh.message, 200, "OK", Some("reg1"))
+            .header("Contact", &contact)
+            .build()
+            .unwrap();
+    resp.set_top_via_param("received", Some(Some("198.51.100.77")))
+        .unwrap();
+    resp.set_top_via_param("rport", Some(Some("40123")))
+        .unwrap();
+    sim.peer_reply(reg, &refresh, resp.to_bytes());
+    let rewritten = recv(&mut sim, reg);
+    assert!(rewritten
+        .message
+        .header(HeaderName::Contact)
+        .unwrap()
+        .contains("198.51.100.77:40123"));
+    let mark = sim.log().len();
+    ok(&mut sim, reg, &rewritten, 300);
+    sim.run_for(Duration::from_millis(100));
+    let started = reports(&mut sim, alice);
+    assert_eq!(
+        started
+            .iter()
+            .map(|r| (r.stage, r.account, r.address))
+            .collect::<Vec<_>>(),
+        [(
+            IpChangeStage::Started,
+            Some(acc),
+            Some(addr("198.51.100.77", 40123))
+        )]
+    );
+    // the re-INVITE names the public address and leaves from ours
+    let reinvite = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("INVITE "))
+        .expect("a re-INVITE")
+        .clone();
+    assert_eq!(reinvite.from.ip(), ip(UA));
+    bob_answers(&mut sim, bob, b);
+    let got: Vec<_> = reports(&mut sim, alice)
+        .into_iter()
+        .map(|r| (r.stage, r.status, r.call))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IpChangeStage::RefreshCalls, Ok(()), Some(a)),
+            (IpChangeStage::Completed, Ok(()), None),
+        ]
+    );
+}
+
+/// Detection is a pure function of the core's state and a view: an
+/// account whose registrar is now reached from another address moves
+/// there, unless a listener is pinned to its address and that address
+/// still exists; a call whose next hop is reached from another address
+/// moves with it.
+#[test]
+fn detection_reads_the_view() {
+    let (mut sim, ua, _reg, acc) = registered(Transport::Udp);
+    let base = sim.network_view(ua);
+    assert_eq!(sim.endpoint(ua).detect_change(&base), None, "{base:?}");
+    // the route to the registrar now leaves from NEW
+    let mut view = base.clone();
+    view.sources.insert(addr(REG, 5060), ip(NEW));
+    view.local.insert(ip(NEW));
+    // the sim's listen points are pinned to UA, which still exists
+    assert_eq!(sim.endpoint(ua).detect_change(&view), None);
+    // with wildcard listeners nothing is pinned
+    for l in &mut view.listeners {
+        l.local = SocketAddr::new("0.0.0.0".parse().unwrap(), l.local.port());
+    }
+    let change = sim.endpoint(ua).detect_change(&view).unwrap();
+    assert_eq!(change.ip, ip(NEW));
+    assert_eq!(change.accounts, [acc]);
+    assert!(change.calls.is_empty());
+    let params = change.params(&IpChangeParams::new(ip(UA)));
+    assert_eq!(params.ip, Some(ip(NEW)));
+    assert_eq!(params.accounts, Some(vec![acc]));
+    assert!(params.keep_unaffected);
+    // the old address gone too: the same, and only the stale connections
+    // would be closed
+    view.local.remove(&ip(UA));
+    assert_eq!(sim.endpoint(ua).detect_change(&view).unwrap().ip, ip(NEW));
 }

@@ -229,20 +229,19 @@ impl Driver {
             Command::Modify(account, changes, reregister, reply) => {
                 let _ = reply.send(self.modify(account, changes, reregister));
             }
-            Command::Call {
-                uri,
+            Command::Via {
+                hop,
                 from,
-                via,
+                make,
                 reply,
             } => {
-                let r = self.place_call(uri, from, via).await;
+                let r = self.command_via(hop, from, make).await;
                 let _ = reply.send(r);
             }
-            Command::Phone(cmd, reply) => {
+            Command::App(cmd, reply) => {
                 let r = self
                     .app
                     .command(&mut self.core, now(), cmd)
-                    .map(|_| ())
                     .map_err(EndpointError::from);
                 let _ = reply.send(r);
             }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use siproam_core::{
-    AccountId, Endpoint as Core, Event, IpChangeParams, IpChangeReport, ListenPoint,
+    AccountId, CallId, Endpoint as Core, Event, IpChangeParams, IpChangeReport, ListenPoint,
+    Target as CoreTarget,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,7 +14,7 @@ use crate::resolve::{HickoryDns, Resolver, StaticHosts};
 use crate::transport::{ListenError, ListenerInfo, Transport, TransportManager};
 
 use super::driver::{now, to_core, Driver};
-use super::{AccountChanges, AccountSpec, Application, EndpointConfig};
+use super::{AccountChanges, AccountSpec, AppCommand, Application, CommandError, EndpointConfig};
 
 /// What a running endpoint reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +23,7 @@ pub enum EndpointEvent {
     /// An event of the core (registration, call, request …).
     Core(Event),
     /// Media statistics of a call.
-    Media(crate::phone::MediaReport),
+    Media(crate::media_report::MediaReport),
     /// A stage of an IP change ([`EndpointHandle::ip_change`]).
     IpChange(IpChangeReport),
     /// What the network monitor saw ([`EndpointConfig::watch`]).
@@ -61,12 +62,16 @@ pub enum EndpointError {
     /// The core refused the command.
     #[error("core: {0}")]
     Core(#[from] siproam_core::CoreError),
-    /// A call's RTP socket could not be opened (out of descriptors …).
+    /// A socket the application needed (a call's RTP socket) could not be
+    /// opened (out of descriptors …).
     #[error("no RTP socket: {0}")]
     Media(#[source] std::io::Error),
     /// The endpoint task has stopped.
     #[error("endpoint stopped")]
     Stopped,
+    /// The application takes no command of that type.
+    #[error("the application takes no such command")]
+    UnsupportedCommand,
     /// The network namespace could not be entered.
     #[error("network namespace: {0}")]
     Namespace(#[source] std::io::Error),
@@ -75,14 +80,19 @@ pub enum EndpointError {
     Random(#[from] crate::random::RandomError),
 }
 
-impl From<crate::phone::PhoneError> for EndpointError {
-    fn from(e: crate::phone::PhoneError) -> Self {
+impl From<CommandError> for EndpointError {
+    fn from(e: CommandError) -> Self {
         match e {
-            crate::phone::PhoneError::Core(e) => EndpointError::Core(e),
-            crate::phone::PhoneError::Media(e) => EndpointError::Media(e),
+            CommandError::Unsupported => EndpointError::UnsupportedCommand,
+            CommandError::Core(e) => EndpointError::Core(e),
+            CommandError::Socket(e) => EndpointError::Media(e),
         }
     }
 }
+
+/// Builds an application command for the next hop the endpoint found
+/// ([`EndpointHandle::command_via`]).
+pub type CommandFor = Box<dyn FnOnce(CoreTarget) -> AppCommand + Send>;
 
 /// Moves the calling thread into the network namespace at `path`.
 #[cfg(target_os = "linux")]
@@ -112,15 +122,16 @@ pub(super) enum Command {
         bool,
         oneshot::Sender<Result<(), EndpointError>>,
     ),
-    Call {
-        uri: String,
+    /// An application command built for a resolved next hop.
+    Via {
+        hop: String,
         from: String,
-        via: Option<String>,
-        reply: oneshot::Sender<Result<siproam_core::CallId, EndpointError>>,
+        make: CommandFor,
+        reply: oneshot::Sender<Result<Option<CallId>, EndpointError>>,
     },
-    Phone(
-        crate::phone::PhoneCommand,
-        oneshot::Sender<Result<(), EndpointError>>,
+    App(
+        AppCommand,
+        oneshot::Sender<Result<Option<CallId>, EndpointError>>,
     ),
     IpChange(Box<IpChangeParams>, oneshot::Sender<()>),
     Listeners(oneshot::Sender<Vec<ListenerInfo>>),
@@ -315,20 +326,39 @@ impl EndpointHandle {
         self.events.recv().await
     }
 
-    /// Places a call (the application must be a [`crate::Phone`]): to
-    /// `uri`, from the address of record `from`, through the proxy `via`
-    /// (a SIP URI) or straight to the URI's host.
-    pub async fn call(
+    /// Hands the application a command of its own type
+    /// ([`Application::command`]); the call it names, if any.
+    pub async fn command<C: std::any::Any + Send>(
         &self,
-        uri: &str,
-        from: &str,
-        via: Option<&str>,
-    ) -> Result<siproam_core::CallId, EndpointError> {
+        cmd: C,
+    ) -> Result<Option<CallId>, EndpointError> {
         let (tx, rx) = oneshot::channel();
-        let cmd = Command::Call {
-            uri: uri.to_owned(),
+        self.commands
+            .send(Command::App(Box::new(cmd), tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Resolves `hop` (a SIP URI: a proxy, or the callee's URI) to the
+    /// first next hop reachable from a listener, with the IPv6 use of the
+    /// account whose address of record is `from`, and hands the
+    /// application the command `make` builds for it (a new call, in the
+    /// endpoint task, so nothing moves in between).
+    pub async fn command_via<F>(
+        &self,
+        hop: &str,
+        from: &str,
+        make: F,
+    ) -> Result<Option<CallId>, EndpointError>
+    where
+        F: FnOnce(CoreTarget) -> AppCommand + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Via {
+            hop: hop.to_owned(),
             from: from.to_owned(),
-            via: via.map(str::to_owned),
+            make: Box::new(make),
             reply: tx,
         };
         self.commands
@@ -358,16 +388,6 @@ impl EndpointHandle {
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)
-    }
-
-    /// Answers, hangs up, holds or resumes a call.
-    pub async fn phone(&self, cmd: crate::phone::PhoneCommand) -> Result<(), EndpointError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Phone(cmd, tx))
-            .await
-            .map_err(|_| EndpointError::Stopped)?;
-        rx.await.map_err(|_| EndpointError::Stopped)?
     }
 
     /// Stops the endpoint (sockets close; bindings are not removed:

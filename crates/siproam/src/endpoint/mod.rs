@@ -22,6 +22,6 @@ mod driver;
 mod handle;
 mod targets;
 
-pub use app::{Application, UserAgent};
+pub use app::{AppCommand, Application, CommandError, UserAgent};
 pub use config::{AccountChanges, AccountSpec, EndpointConfig, WatchConfig};
-pub use handle::{EndpointError, EndpointEvent, EndpointHandle};
+pub use handle::{CommandFor, EndpointError, EndpointEvent, EndpointHandle};

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use siproam_core::{
-    AccountConfig, AccountId, AccountRoutes, Ipv6Use, RegistrarAddress, Target as CoreTarget,
+    AccountConfig, AccountId, AccountRoutes, CallId, Ipv6Use, RegistrarAddress,
+    Target as CoreTarget,
 };
 use tracing::debug;
 
@@ -12,7 +13,7 @@ use crate::resolve::{Destination, FamilyPreference, Target as Resolved};
 use crate::transport::{ListenerInfo, Target, Transport};
 
 use super::driver::{from_core, now, to_core, Driver};
-use super::{AccountSpec, EndpointError};
+use super::{AccountSpec, CommandFor, EndpointError};
 
 /// The resolver's family preference for an IPv6 use.
 pub(super) fn family_preference(mode: Ipv6Use) -> FamilyPreference {
@@ -136,13 +137,14 @@ impl Driver {
         Err(first_error.unwrap_or(EndpointError::Stopped))
     }
 
-    pub(super) async fn place_call(
+    /// An application command for the next hop `hop` (a SIP URI),
+    /// resolved with the IPv6 use of the account of `from` (a new call).
+    pub(super) async fn command_via(
         &mut self,
-        uri: String,
+        hop: String,
         from: String,
-        via: Option<String>,
-    ) -> Result<siproam_core::CallId, EndpointError> {
-        let hop = via.unwrap_or_else(|| uri.clone());
+        make: CommandFor,
+    ) -> Result<Option<CallId>, EndpointError> {
         let family = family_preference(
             self.core
                 .routes_for_uri(&from)
@@ -153,11 +155,7 @@ impl Driver {
         if let Some(local) = target.local {
             self.core.note_local_ip(local.ip());
         }
-        let cmd = crate::phone::PhoneCommand::Call { uri, from, target };
-        match self.app.command(&mut self.core, now(), cmd)? {
-            Some(id) => Ok(id),
-            None => Err(EndpointError::Core(siproam_core::CoreError::InvalidState)),
-        }
+        Ok(self.app.command(&mut self.core, now(), make(target))?)
     }
 
     pub(super) async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {

@@ -21,9 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use siproam_core::sdp::{
-    Direction as SdpDirection, MediaConfig as SdpConfig, Negotiated, SdpSession,
-};
+use siproam_core::sdp::{MediaConfig as SdpConfig, Negotiated, SdpDirection, SdpSession};
 use siproam_core::{
     CallEvent, CallId, CallMoveAction, CallState, CoreError, Endpoint as Core, Event,
     IncomingCallLimits, InviteSpec, Target as CoreTarget,
@@ -205,7 +203,7 @@ pub enum PhoneCommand {
 
 enum MediaCmd {
     Destination(SocketAddr),
-    Direction(siproam_media::Direction),
+    Direction(siproam_media::MediaDirection),
     /// Send and receive on this socket from now on (a new local address);
     /// the session keeps its SSRC, sequence numbers and timestamps.
     Rebind(StdUdpSocket, Duration),
@@ -290,12 +288,12 @@ impl std::fmt::Debug for Phone {
     }
 }
 
-fn to_media_direction(d: SdpDirection) -> siproam_media::Direction {
+fn to_media_direction(d: SdpDirection) -> siproam_media::MediaDirection {
     match d {
-        SdpDirection::SendRecv => siproam_media::Direction::SendRecv,
-        SdpDirection::SendOnly => siproam_media::Direction::SendOnly,
-        SdpDirection::RecvOnly => siproam_media::Direction::RecvOnly,
-        SdpDirection::Inactive => siproam_media::Direction::Inactive,
+        SdpDirection::SendRecv => siproam_media::MediaDirection::SendRecv,
+        SdpDirection::SendOnly => siproam_media::MediaDirection::SendOnly,
+        SdpDirection::RecvOnly => siproam_media::MediaDirection::RecvOnly,
+        SdpDirection::Inactive => siproam_media::MediaDirection::Inactive,
     }
 }
 
@@ -385,8 +383,8 @@ impl Phone {
         };
         let mut cfg = MediaConfig::new(seed);
         cfg.codec = match neg.codec {
-            siproam_core::sdp::Codec::Pcmu => siproam_media::Codec::Pcmu,
-            siproam_core::sdp::Codec::Pcma => siproam_media::Codec::Pcma,
+            siproam_core::sdp::SdpCodec::Pcmu => siproam_media::Codec::Pcmu,
+            siproam_core::sdp::SdpCodec::Pcma => siproam_media::Codec::Pcma,
         };
         cfg.telephone_event = neg.telephone_event_pt;
         cfg.direction = direction;

@@ -6,13 +6,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use siproam_core::{
     ConnectionView, FlowId, IpChangeParams, ListenFailure, ListenerView, MobilityAction,
-    MobilityResult, NetworkView, Transport as CoreTransport,
+    MobilityResult, NetworkView,
 };
 use tracing::debug;
 
-use crate::transport::{CloseReason, ConnectionId, ListenError, ListenerId, ListenerInfo, Target};
+use crate::transport::{
+    CloseReason, ConnectionId, ListenError, ListenerId, ListenerInfo, SendTarget, Transport,
+};
 
-use super::driver::{from_core, now, to_core, Driver, FlowPath};
+use super::driver::{now, Driver, FlowPath};
 
 impl Driver {
     /// What the core needs to see of the network: the source address
@@ -125,7 +127,7 @@ impl Driver {
                 if !after.is_zero() {
                     tokio::time::sleep(after).await;
                 }
-                listened(self.transports.listen(from_core(transport), addr).await)
+                listened(self.transports.listen(transport, addr).await)
             }
             MobilityAction::RestartListener { listener } => listened(
                 self.transports
@@ -185,12 +187,12 @@ impl Driver {
     /// account's Contact.
     async fn connect_for_contact(
         &mut self,
-        transport: CoreTransport,
+        transport: Transport,
         remote: SocketAddr,
         local: SocketAddr,
     ) -> MobilityResult {
-        let mut t = Target::new(from_core(transport), remote).with_local(local);
-        if transport == CoreTransport::Tls {
+        let mut t = SendTarget::new(transport, remote).with_local(local);
+        if transport == Transport::Tls {
             let name = self
                 .server_names
                 .get(&remote)
@@ -212,7 +214,7 @@ impl Driver {
 fn listener_view(l: ListenerInfo) -> ListenerView {
     ListenerView {
         id: l.id.as_u64(),
-        transport: to_core(l.transport),
+        transport: l.transport,
         local: l.local,
     }
 }

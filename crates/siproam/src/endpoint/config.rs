@@ -7,7 +7,7 @@ use siproam_core::{AccountIpChange, Config as CoreConfig, IpChangeParams, Ipv6Us
 
 use crate::transport::{Transport, TransportConfig};
 
-/// Changes to an account's settings ([`EndpointHandle::modify_account`]);
+/// Changes to an account's settings ([`EndpointHandle::modify_account`](super::EndpointHandle::modify_account));
 /// `None` leaves a setting as it is.
 #[derive(Debug, Clone, Default)]
 pub struct AccountChanges {
@@ -36,10 +36,10 @@ pub struct EndpointConfig {
     /// The transports' settings (TLS, limits, idle timeout).
     pub transport: TransportConfig,
     /// Host names pinned to addresses, looked up before DNS (a name may
-    /// be given once per address; see [`StaticHosts`]).
+    /// be given once per address; see [`StaticHosts`](crate::resolve::StaticHosts)).
     pub hosts: Vec<(String, IpAddr)>,
     /// Detect network changes and handle them without being told
-    /// (`None`: only [`EndpointHandle::handle_ip_change`] moves the
+    /// (`None`: only [`EndpointHandle::handle_ip_change`](super::EndpointHandle::handle_ip_change) moves the
     /// endpoint).
     pub watch: Option<WatchConfig>,
 }

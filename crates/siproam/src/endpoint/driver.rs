@@ -6,17 +6,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use siproam_core::{
-    AccountId, Endpoint as Core, Event, FlowCloseReason, FlowId, IpChangeParams,
-    Transport as CoreTransport,
-};
+use siproam_core::{AccountId, Endpoint as Core, Event, FlowCloseReason, FlowId, IpChangeParams};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::resolve::{HickoryDns, Resolver, StaticHosts};
 use crate::transport::{
-    CloseReason, ConnectionId, Direction, Target, Transport, TransportEvent, TransportEvents,
-    TransportManager,
+    CloseReason, ConnectionDirection, ConnectionId, SendTarget, Transport, TransportEvent,
+    TransportEvents, TransportManager,
 };
 
 use super::handle::Command;
@@ -59,24 +56,8 @@ pub(super) struct Driver {
 pub(super) enum Connected {
     Done(
         FlowId,
-        Result<crate::transport::Flow, crate::transport::SendError>,
+        Result<crate::transport::OpenedFlow, crate::transport::SendError>,
     ),
-}
-
-pub(super) fn to_core(t: Transport) -> CoreTransport {
-    match t {
-        Transport::Udp => CoreTransport::Udp,
-        Transport::Tcp => CoreTransport::Tcp,
-        Transport::Tls => CoreTransport::Tls,
-    }
-}
-
-pub(super) fn from_core(t: CoreTransport) -> Transport {
-    match t {
-        CoreTransport::Udp => Transport::Udp,
-        CoreTransport::Tcp => Transport::Tcp,
-        CoreTransport::Tls => Transport::Tls,
-    }
 }
 
 fn close_reason(r: &CloseReason) -> FlowCloseReason {
@@ -330,7 +311,8 @@ impl Driver {
             }
             TransportEvent::Received { .. } => {}
             TransportEvent::ConnectionOpened { info } => {
-                if info.direction == Direction::Incoming && !self.connections.contains_key(&info.id)
+                if info.direction == ConnectionDirection::Incoming
+                    && !self.connections.contains_key(&info.id)
                 {
                     self.accept(info.id, info.transport, info.local, info.remote);
                 }
@@ -355,9 +337,7 @@ impl Driver {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> FlowId {
-        let flow = self
-            .core
-            .handle_flow_accepted(to_core(transport), local, remote);
+        let flow = self.core.handle_flow_accepted(transport, local, remote);
         self.connections.insert(conn, flow);
         self.flows.insert(flow, FlowPath::Connection(conn));
         flow
@@ -366,7 +346,7 @@ impl Driver {
     async fn connected(
         &mut self,
         flow: FlowId,
-        result: Result<crate::transport::Flow, crate::transport::SendError>,
+        result: Result<crate::transport::OpenedFlow, crate::transport::SendError>,
     ) {
         if self.close_when_connected.remove(&flow) {
             if let Ok(f) = &result {
@@ -433,10 +413,10 @@ impl Driver {
         t: siproam_core::Transmit,
         conn_tx: &mpsc::UnboundedSender<Connected>,
     ) {
-        let transport = from_core(t.transport);
+        let transport = t.transport;
         if transport == Transport::Udp {
             let local = self.udp_local(t.local, t.remote);
-            let mut target = Target::new(transport, t.remote);
+            let mut target = SendTarget::new(transport, t.remote);
             if let Some(l) = local {
                 target = target.with_local(l);
             }
@@ -457,7 +437,7 @@ impl Driver {
                     return;
                 }
                 self.pending.insert(t.flow, VecDeque::new());
-                let mut target = Target::new(transport, t.remote);
+                let mut target = SendTarget::new(transport, t.remote);
                 if let Some(l) = t.local.filter(|l| !l.ip().is_unspecified()) {
                     target = target.with_local(l);
                 }
@@ -504,7 +484,7 @@ impl Driver {
         else {
             return true; // closed meanwhile: its close event tells the core
         };
-        let target = Target::new(info.transport, info.remote).with_connection(conn);
+        let target = SendTarget::new(info.transport, info.remote).with_connection(conn);
         match self.transports.send(&target, bytes.clone()).await {
             Ok(_) => true,
             Err(crate::transport::SendError::QueueFull(_)) => {

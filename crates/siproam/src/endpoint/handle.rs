@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::resolve::{HickoryDns, Resolver, StaticHosts};
 use crate::transport::{ListenError, ListenerInfo, Transport, TransportManager};
 
-use super::driver::{now, to_core, Driver};
+use super::driver::{now, Driver};
 use super::{AccountChanges, AccountSpec, AppCommand, Application, CommandError, EndpointConfig};
 
 /// What a running endpoint reports.
@@ -166,7 +166,7 @@ impl EndpointHandle {
         for (t, addr) in &config.listen {
             let info = transports.listen(*t, *addr).await?;
             core.add_listen_point(ListenPoint {
-                transport: to_core(info.transport),
+                transport: info.transport,
                 addr: info.local,
             });
         }

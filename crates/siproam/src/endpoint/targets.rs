@@ -9,10 +9,10 @@ use siproam_core::{
 };
 use tracing::debug;
 
-use crate::resolve::{Destination, FamilyPreference, Target as Resolved};
-use crate::transport::{ListenerInfo, Target, Transport};
+use crate::resolve::{Destination, FamilyPreference, ResolvedTarget};
+use crate::transport::{ListenerInfo, SendTarget, Transport};
 
-use super::driver::{from_core, now, to_core, Driver};
+use super::driver::{now, Driver};
 use super::{AccountSpec, CommandFor, EndpointError};
 
 /// The resolver's family preference for an IPv6 use.
@@ -31,7 +31,7 @@ impl Driver {
         &mut self,
         uri_text: &str,
         family: FamilyPreference,
-    ) -> Result<Vec<Resolved>, EndpointError> {
+    ) -> Result<Vec<ResolvedTarget>, EndpointError> {
         let uri = siproam_sip::Uri::parse(uri_text)?;
         let dest = Destination::from_uri(&uri)?;
         let mut rng_state = self.random();
@@ -51,7 +51,7 @@ impl Driver {
     /// wildcard listener, or `local_ip` when given).
     fn core_target(
         &mut self,
-        target: &Resolved,
+        target: &ResolvedTarget,
         local_ip: Option<IpAddr>,
     ) -> Result<CoreTarget, EndpointError> {
         let listeners: Vec<ListenerInfo> = self
@@ -81,7 +81,7 @@ impl Driver {
                 .insert(target.addr, target.server_name.clone());
         }
         Ok(CoreTarget {
-            transport: to_core(target.transport),
+            transport: target.transport,
             remote: target.addr,
             local: Some(SocketAddr::new(ip, listener.local.port())),
         })
@@ -93,9 +93,9 @@ impl Driver {
     /// be the Contact (RFC 5626: the flow). A Contact naming another
     /// transport's listener would send the registrar's requests to a port
     /// nothing of ours listens on for them. `None`: a listener exists.
-    fn contact_connection(&self, target: &CoreTarget) -> Option<Target> {
-        let transport = from_core(target.transport);
-        if !transport.is_stream() {
+    fn contact_connection(&self, target: &CoreTarget) -> Option<SendTarget> {
+        let transport = target.transport;
+        if !transport.is_reliable() {
             return None;
         }
         let has_listener = self.transports.listeners().iter().any(|l| {
@@ -106,7 +106,7 @@ impl Driver {
         if has_listener {
             return None;
         }
-        let mut t = Target::new(transport, target.remote);
+        let mut t = SendTarget::new(transport, target.remote);
         if let Some(mut l) = target.local.filter(|l| !l.ip().is_unspecified()) {
             l.set_port(0);
             t = t.with_local(l);
@@ -124,7 +124,7 @@ impl Driver {
 
     /// The first of `targets` we can reach from a listener (the error of
     /// the first one when none can be).
-    fn first_usable(&mut self, targets: &[Resolved]) -> Result<CoreTarget, EndpointError> {
+    fn first_usable(&mut self, targets: &[ResolvedTarget]) -> Result<CoreTarget, EndpointError> {
         let mut first_error = None;
         for t in targets {
             match self.core_target(t, None) {
@@ -199,7 +199,7 @@ impl Driver {
             registrar: candidates
                 .iter()
                 .map(|c| RegistrarAddress {
-                    transport: to_core(c.transport),
+                    transport: c.transport,
                     addr: c.addr,
                 })
                 .collect(),

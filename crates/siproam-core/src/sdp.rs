@@ -47,34 +47,34 @@ const MAX_PTIME_MS: u32 = 200;
 
 /// An audio codec this module can negotiate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
+pub enum SdpCodec {
     /// G.711 µ-law, static payload type 0.
     Pcmu,
     /// G.711 A-law, static payload type 8.
     Pcma,
 }
 
-impl Codec {
+impl SdpCodec {
     /// The static RTP payload type (RFC 3551): 0 for PCMU, 8 for PCMA.
     pub const fn static_payload_type(self) -> u8 {
         match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
+            SdpCodec::Pcmu => 0,
+            SdpCodec::Pcma => 8,
         }
     }
 
     /// The encoding name used in `a=rtpmap`: `PCMU` or `PCMA`.
     pub const fn encoding_name(self) -> &'static str {
         match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
+            SdpCodec::Pcmu => "PCMU",
+            SdpCodec::Pcma => "PCMA",
         }
     }
 
-    fn from_static_payload_type(pt: u8) -> Option<Codec> {
+    fn from_static_payload_type(pt: u8) -> Option<SdpCodec> {
         match pt {
-            0 => Some(Codec::Pcmu),
-            8 => Some(Codec::Pcma),
+            0 => Some(SdpCodec::Pcmu),
+            8 => Some(SdpCodec::Pcma),
             _ => None,
         }
     }
@@ -83,7 +83,7 @@ impl Codec {
 /// Media direction (RFC 3264 §5.1, §6.1), always from the point of view of
 /// the side that wrote it: in our SDP and in [`Negotiated`] it is ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Direction {
+pub enum SdpDirection {
     /// Send and receive (the default when an SDP names no direction).
     #[default]
     SendRecv,
@@ -95,41 +95,41 @@ pub enum Direction {
     Inactive,
 }
 
-impl Direction {
+impl SdpDirection {
     /// Whether this direction includes sending media.
     pub const fn sends(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::SendOnly)
+        matches!(self, SdpDirection::SendRecv | SdpDirection::SendOnly)
     }
 
     /// Whether this direction includes receiving media.
     pub const fn receives(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+        matches!(self, SdpDirection::SendRecv | SdpDirection::RecvOnly)
     }
 
-    const fn from_flags(send: bool, recv: bool) -> Direction {
+    const fn from_flags(send: bool, recv: bool) -> SdpDirection {
         match (send, recv) {
-            (true, true) => Direction::SendRecv,
-            (true, false) => Direction::SendOnly,
-            (false, true) => Direction::RecvOnly,
-            (false, false) => Direction::Inactive,
+            (true, true) => SdpDirection::SendRecv,
+            (true, false) => SdpDirection::SendOnly,
+            (false, true) => SdpDirection::RecvOnly,
+            (false, false) => SdpDirection::Inactive,
         }
     }
 
     const fn as_str(self) -> &'static str {
         match self {
-            Direction::SendRecv => "sendrecv",
-            Direction::SendOnly => "sendonly",
-            Direction::RecvOnly => "recvonly",
-            Direction::Inactive => "inactive",
+            SdpDirection::SendRecv => "sendrecv",
+            SdpDirection::SendOnly => "sendonly",
+            SdpDirection::RecvOnly => "recvonly",
+            SdpDirection::Inactive => "inactive",
         }
     }
 
-    fn from_attribute(name: &str) -> Option<Direction> {
+    fn from_attribute(name: &str) -> Option<SdpDirection> {
         [
-            Direction::SendRecv,
-            Direction::SendOnly,
-            Direction::RecvOnly,
-            Direction::Inactive,
+            SdpDirection::SendRecv,
+            SdpDirection::SendOnly,
+            SdpDirection::RecvOnly,
+            SdpDirection::Inactive,
         ]
         .into_iter()
         .find(|d| name.trim().eq_ignore_ascii_case(d.as_str()))
@@ -143,7 +143,7 @@ pub struct MediaConfig {
     /// Codecs in our order of preference (the order of our offers). When
     /// answering, the offerer's order decides. Duplicates are ignored; an
     /// empty list means the default `[Pcmu, Pcma]`.
-    pub codecs: Vec<Codec>,
+    pub codecs: Vec<SdpCodec>,
     /// Payload type we offer telephone-event (RFC 4733, events 0-16) on, or
     /// `None` to neither offer nor accept it. Must be dynamic (96..=127);
     /// anything else is replaced by 101. When answering, the offerer's PT is
@@ -156,7 +156,7 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
-            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            codecs: vec![SdpCodec::Pcmu, SdpCodec::Pcma],
             telephone_event_pt: Some(DEFAULT_TELEPHONE_EVENT_PT),
             ptime_ms: DEFAULT_PTIME_MS,
         }
@@ -171,15 +171,15 @@ pub struct Negotiated {
     /// used the RFC 2543 hold form `c=0.0.0.0` (or `::`): send nothing.
     pub remote: Option<SocketAddr>,
     /// The codec to send and expect.
-    pub codec: Codec,
+    pub codec: SdpCodec,
     /// The payload type of [`Negotiated::codec`] on the wire.
     pub payload_type: u8,
     /// The telephone-event payload type, if both sides do RFC 4733.
     pub telephone_event_pt: Option<u8>,
-    /// Our direction: [`Direction::SendOnly`] means we send and do not
-    /// receive (we hold the peer), [`Direction::RecvOnly`] that the peer
+    /// Our direction: [`SdpDirection::SendOnly`] means we send and do not
+    /// receive (we hold the peer), [`SdpDirection::RecvOnly`] that the peer
     /// holds us.
-    pub direction: Direction,
+    pub direction: SdpDirection,
     /// Packetisation to send with: the peer's `a=ptime` if it gave a sane
     /// one, else ours.
     pub ptime_ms: u32,
@@ -338,14 +338,14 @@ impl EventSet {
 /// One payload format of our audio m-line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocalFormat {
-    Codec { pt: u8, codec: Codec },
+    SdpCodec { pt: u8, codec: SdpCodec },
     TelephoneEvent { pt: u8, events: EventSet },
 }
 
 impl LocalFormat {
     fn pt(self) -> u8 {
         match self {
-            LocalFormat::Codec { pt, .. } | LocalFormat::TelephoneEvent { pt, .. } => pt,
+            LocalFormat::SdpCodec { pt, .. } | LocalFormat::TelephoneEvent { pt, .. } => pt,
         }
     }
 }
@@ -369,14 +369,14 @@ enum Slot {
 struct AudioOut {
     port: u16,
     formats: Vec<LocalFormat>,
-    direction: Direction,
+    direction: SdpDirection,
 }
 
 /// What we asked for in the offer that awaits an answer.
 #[derive(Debug, Clone)]
 struct PendingOffer {
     formats: Vec<LocalFormat>,
-    direction: Direction,
+    direction: SdpDirection,
     audio_index: usize,
     mline_count: usize,
 }
@@ -394,7 +394,7 @@ pub struct SdpSession {
     local: SocketAddr,
     config: MediaConfig,
     /// The direction the application asked for.
-    wanted: Direction,
+    wanted: SdpDirection,
     /// The peer's last offer said it does not want to receive (it holds
     /// us): our offers then leave out sending too (RFC 3264 §8.4).
     held_by_peer: bool,
@@ -423,7 +423,7 @@ impl SdpSession {
             origin_ip: local.ip(),
             local,
             config,
-            wanted: Direction::SendRecv,
+            wanted: SdpDirection::SendRecv,
             held_by_peer: false,
             slots: vec![Slot::Audio],
             formats,
@@ -445,7 +445,7 @@ impl SdpSession {
         if !self.slots.contains(&Slot::Audio) {
             self.slots.push(Slot::Audio);
         }
-        let direction = Direction::from_flags(
+        let direction = SdpDirection::from_flags(
             self.wanted.sends() && !self.held_by_peer,
             self.wanted.receives(),
         );
@@ -473,15 +473,15 @@ impl SdpSession {
     }
 
     /// The direction we want, used from the next offer or answer on: set
-    /// [`Direction::SendOnly`] to hold (RFC 3264 §8.4) and
-    /// [`Direction::SendRecv`] to resume, then [`SdpSession::create_offer`].
-    pub fn set_direction(&mut self, direction: Direction) {
+    /// [`SdpDirection::SendOnly`] to hold (RFC 3264 §8.4) and
+    /// [`SdpDirection::SendRecv`] to resume, then [`SdpSession::create_offer`].
+    pub fn set_direction(&mut self, direction: SdpDirection) {
         self.wanted = direction;
     }
 
     /// The direction last set with [`SdpSession::set_direction`] (initially
-    /// [`Direction::SendRecv`]).
-    pub fn direction(&self) -> Direction {
+    /// [`SdpDirection::SendRecv`]).
+    pub fn direction(&self) -> SdpDirection {
         self.wanted
     }
 
@@ -514,11 +514,11 @@ impl SdpSession {
         let chosen = choose_offered_audio(&offer, &self.config)?;
 
         let slots = offer_slots(&offer, Some(chosen.index));
-        let direction = Direction::from_flags(
+        let direction = SdpDirection::from_flags(
             self.wanted.sends() && chosen.peer.receives(),
             self.wanted.receives() && chosen.peer.sends(),
         );
-        let mut formats = vec![LocalFormat::Codec {
+        let mut formats = vec![LocalFormat::SdpCodec {
             pt: chosen.payload_type,
             codec: chosen.codec,
         }];
@@ -614,11 +614,11 @@ impl SdpSession {
             return Err(SdpError::AudioRejected);
         }
 
-        let offered_codec = |codec: Codec| {
+        let offered_codec = |codec: SdpCodec| {
             pending
                 .formats
                 .iter()
-                .any(|f| matches!(f, LocalFormat::Codec { codec: c, .. } if *c == codec))
+                .any(|f| matches!(f, LocalFormat::SdpCodec { codec: c, .. } if *c == codec))
         };
         let offered_events = pending
             .formats
@@ -628,7 +628,7 @@ impl SdpSession {
         let mut telephone_event = None;
         for (pt, format) in remote_formats(media) {
             match format {
-                RemoteFormat::Codec(c) if codec.is_none() && offered_codec(c) => {
+                RemoteFormat::SdpCodec(c) if codec.is_none() && offered_codec(c) => {
                     codec = Some((c, pt));
                 }
                 RemoteFormat::TelephoneEvent if telephone_event.is_none() && offered_events => {
@@ -646,7 +646,7 @@ impl SdpSession {
             codec,
             payload_type,
             telephone_event_pt: telephone_event,
-            direction: Direction::from_flags(
+            direction: SdpDirection::from_flags(
                 pending.direction.sends() && peer.receives(),
                 pending.direction.receives() && peer.sends(),
             ),
@@ -737,7 +737,7 @@ impl SdpSession {
         );
         for format in &audio.formats {
             match *format {
-                LocalFormat::Codec { pt, codec } => {
+                LocalFormat::SdpCodec { pt, codec } => {
                     media.add_attribute(RtpMap::new(pt, codec.encoding_name(), CLOCK_RATE));
                 }
                 LocalFormat::TelephoneEvent { pt, events } => {
@@ -783,7 +783,7 @@ fn offer_formats(config: &MediaConfig) -> Vec<LocalFormat> {
     let mut formats: Vec<LocalFormat> = config
         .codecs
         .iter()
-        .map(|&codec| LocalFormat::Codec {
+        .map(|&codec| LocalFormat::SdpCodec {
             pt: codec.static_payload_type(),
             codec,
         })
@@ -837,7 +837,7 @@ fn is_rtp_audio(media: &sdp_types::Media) -> bool {
 /// A payload format of the peer's that we understand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RemoteFormat {
-    Codec(Codec),
+    SdpCodec(SdpCodec),
     TelephoneEvent,
 }
 
@@ -866,7 +866,7 @@ fn remote_formats(media: &sdp_types::Media) -> Vec<(u8, RemoteFormat)> {
         .filter_map(|pt| {
             let format = match rtpmaps.iter().find(|(p, _)| *p == pt) {
                 Some((_, format)) => *format,
-                None => Codec::from_static_payload_type(pt).map(RemoteFormat::Codec),
+                None => SdpCodec::from_static_payload_type(pt).map(RemoteFormat::SdpCodec),
             };
             format.map(|f| (pt, f))
         })
@@ -882,10 +882,10 @@ fn rtpmap_format(rtpmap: &sdp_types::RtpMap) -> Option<RemoteFormat> {
         return None;
     }
     let name = rtpmap.encoding_name.trim();
-    [Codec::Pcmu, Codec::Pcma]
+    [SdpCodec::Pcmu, SdpCodec::Pcma]
         .into_iter()
         .find(|c| name.eq_ignore_ascii_case(c.encoding_name()))
-        .map(RemoteFormat::Codec)
+        .map(RemoteFormat::SdpCodec)
         .or_else(|| {
             name.eq_ignore_ascii_case("telephone-event")
                 .then_some(RemoteFormat::TelephoneEvent)
@@ -909,12 +909,12 @@ fn fmtp(media: &sdp_types::Media, pt: u8) -> Option<&str> {
 #[derive(Debug)]
 struct ChosenAudio {
     index: usize,
-    codec: Codec,
+    codec: SdpCodec,
     payload_type: u8,
     telephone_event: Option<(u8, EventSet)>,
     remote: Option<SocketAddr>,
     /// The peer's direction, with receiving removed for `c=0.0.0.0`.
-    peer: Direction,
+    peer: SdpDirection,
     ptime: Option<u32>,
 }
 
@@ -934,7 +934,7 @@ fn choose_offered_audio(
         let mut seen_events = config.telephone_event_pt.is_none();
         for (pt, format) in remote_formats(media) {
             match format {
-                RemoteFormat::Codec(c) if codec.is_none() && config.codecs.contains(&c) => {
+                RemoteFormat::SdpCodec(c) if codec.is_none() && config.codecs.contains(&c) => {
                     codec = Some((c, pt));
                 }
                 RemoteFormat::TelephoneEvent if !seen_events => {
@@ -1005,16 +1005,16 @@ fn peer_direction(
     session: &sdp_types::Session,
     media: &sdp_types::Media,
     remote: Option<SocketAddr>,
-) -> Direction {
+) -> SdpDirection {
     let named = |attrs: &[sdp_types::Attribute]| {
         attrs
             .iter()
-            .find_map(|a| Direction::from_attribute(&a.attribute))
+            .find_map(|a| SdpDirection::from_attribute(&a.attribute))
     };
     let direction = named(&media.attributes)
         .or_else(|| named(&session.attributes))
         .unwrap_or_default();
-    Direction::from_flags(direction.sends(), direction.receives() && remote.is_some())
+    SdpDirection::from_flags(direction.sends(), direction.receives() && remote.is_some())
 }
 
 /// The peer's `a=ptime` (media level, else session level) if it is sane.
@@ -1103,10 +1103,10 @@ mod tests {
         );
         let expected = Negotiated {
             remote: Some(addr("198.51.100.20:50000")),
-            codec: Codec::Pcmu,
+            codec: SdpCodec::Pcmu,
             payload_type: 0,
             telephone_event_pt: Some(101),
-            direction: Direction::SendRecv,
+            direction: SdpDirection::SendRecv,
             ptime_ms: 20,
         };
         assert_eq!(na, expected);
@@ -1125,7 +1125,7 @@ mod tests {
     #[test]
     fn pcma_follows_the_offerers_order() {
         let pcma_first = MediaConfig {
-            codecs: vec![Codec::Pcma, Codec::Pcmu],
+            codecs: vec![SdpCodec::Pcma, SdpCodec::Pcmu],
             ..MediaConfig::default()
         };
         let mut a = with_config(1, "192.0.2.10:40000", pcma_first);
@@ -1133,21 +1133,21 @@ mod tests {
         let (na, nb, offer, answer) = exchange(&mut a, &mut b);
         assert!(has_line(&offer, "m=audio 40000 RTP/AVP 8 0 101"));
         assert!(has_line(&answer, "m=audio 50000 RTP/AVP 8 101"));
-        assert_eq!((na.codec, na.payload_type), (Codec::Pcma, 8));
-        assert_eq!((nb.codec, nb.payload_type), (Codec::Pcma, 8));
+        assert_eq!((na.codec, na.payload_type), (SdpCodec::Pcma, 8));
+        assert_eq!((nb.codec, nb.payload_type), (SdpCodec::Pcma, 8));
 
         // The answerer only does PCMA: it skips the offer's PCMU.
         let mut a = session(1, "192.0.2.10:40000");
         let only_pcma = MediaConfig {
-            codecs: vec![Codec::Pcma],
+            codecs: vec![SdpCodec::Pcma],
             ..MediaConfig::default()
         };
         let mut b = with_config(2, "198.51.100.20:50000", only_pcma);
         let (na, nb, _, answer) = exchange(&mut a, &mut b);
         assert!(has_line(&answer, "a=rtpmap:8 PCMA/8000"));
         assert!(!text(&answer).contains("PCMU"));
-        assert_eq!(na.codec, Codec::Pcma);
-        assert_eq!(nb.codec, Codec::Pcma);
+        assert_eq!(na.codec, SdpCodec::Pcma);
+        assert_eq!(nb.codec, SdpCodec::Pcma);
     }
 
     #[test]
@@ -1228,58 +1228,58 @@ mod tests {
         exchange(&mut a, &mut b);
 
         // A holds B: sendonly is answered recvonly.
-        a.set_direction(Direction::SendOnly);
+        a.set_direction(SdpDirection::SendOnly);
         let (na, nb, offer, answer) = exchange(&mut a, &mut b);
         assert!(has_line(&offer, "a=sendonly"));
         assert!(has_line(&answer, "a=recvonly"));
-        assert_eq!(na.direction, Direction::SendOnly);
-        assert_eq!(nb.direction, Direction::RecvOnly);
+        assert_eq!(na.direction, SdpDirection::SendOnly);
+        assert_eq!(nb.direction, SdpDirection::RecvOnly);
 
         // B holds too while held: a recvonly stream is held with inactive
         // (RFC 3264 §8.4), answered inactive.
-        b.set_direction(Direction::SendOnly);
+        b.set_direction(SdpDirection::SendOnly);
         let (nb, na, offer, answer) = exchange(&mut b, &mut a);
         assert!(has_line(&offer, "a=inactive"));
         assert!(has_line(&answer, "a=inactive"));
         assert_eq!(
             (na.direction, nb.direction),
-            (Direction::Inactive, Direction::Inactive)
+            (SdpDirection::Inactive, SdpDirection::Inactive)
         );
 
         // A resumes: it wants sendrecv, but B holds it, so it offers
         // recvonly and B answers sendonly.
-        a.set_direction(Direction::SendRecv);
+        a.set_direction(SdpDirection::SendRecv);
         let (na, nb, offer, answer) = exchange(&mut a, &mut b);
         assert!(has_line(&offer, "a=recvonly"));
         assert!(has_line(&answer, "a=sendonly"));
-        assert_eq!(na.direction, Direction::RecvOnly);
-        assert_eq!(nb.direction, Direction::SendOnly);
+        assert_eq!(na.direction, SdpDirection::RecvOnly);
+        assert_eq!(nb.direction, SdpDirection::SendOnly);
 
         // B resumes: back to sendrecv both ways.
-        b.set_direction(Direction::SendRecv);
+        b.set_direction(SdpDirection::SendRecv);
         let (nb, na, offer, answer) = exchange(&mut b, &mut a);
         assert!(has_line(&offer, "a=sendrecv"));
         assert!(has_line(&answer, "a=sendrecv"));
         assert_eq!(
             (na.direction, nb.direction),
-            (Direction::SendRecv, Direction::SendRecv)
+            (SdpDirection::SendRecv, SdpDirection::SendRecv)
         );
 
         // And A can hold again with plain sendonly.
-        a.set_direction(Direction::SendOnly);
+        a.set_direction(SdpDirection::SendOnly);
         let (_, _, offer, _) = exchange(&mut a, &mut b);
         assert!(has_line(&offer, "a=sendonly"));
 
         // Inactive is answered inactive, whatever the answerer wants.
-        a.set_direction(Direction::Inactive);
+        a.set_direction(SdpDirection::Inactive);
         let (na, nb, offer, answer) = exchange(&mut a, &mut b);
         assert!(has_line(&offer, "a=inactive"));
         assert!(has_line(&answer, "a=inactive"));
         assert_eq!(
             (na.direction, nb.direction),
-            (Direction::Inactive, Direction::Inactive)
+            (SdpDirection::Inactive, SdpDirection::Inactive)
         );
-        assert_eq!(a.direction(), Direction::Inactive);
+        assert_eq!(a.direction(), SdpDirection::Inactive);
     }
 
     #[test]
@@ -1289,7 +1289,7 @@ mod tests {
         let mut b = session(2, "198.51.100.20:50000");
         let (answer, nb) = b.answer(offer).unwrap();
         assert!(has_line(&answer, "a=sendonly"));
-        assert_eq!(nb.direction, Direction::SendOnly);
+        assert_eq!(nb.direction, SdpDirection::SendOnly);
 
         // A session-level direction counts when the media names none.
         let offer = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
@@ -1297,7 +1297,7 @@ mod tests {
         let mut b = session(2, "198.51.100.20:50000");
         let (answer, nb) = b.answer(offer).unwrap();
         assert!(has_line(&answer, "a=recvonly"));
-        assert_eq!(nb.direction, Direction::RecvOnly);
+        assert_eq!(nb.direction, SdpDirection::RecvOnly);
     }
 
     #[test]
@@ -1315,7 +1315,7 @@ mod tests {
             a=fmtp:101 0-15\r\n";
         let (answer, nb) = b.answer(offer).unwrap();
         assert_eq!(nb.remote, None);
-        assert_eq!(nb.direction, Direction::RecvOnly);
+        assert_eq!(nb.direction, SdpDirection::RecvOnly);
         assert!(has_line(&answer, "a=recvonly"));
         assert!(has_line(&answer, "a=fmtp:101 0-15"));
         // While held that way, our own offers do not send either.
@@ -1382,7 +1382,7 @@ mod tests {
         let mut b = session(2, "198.51.100.20:50000");
         let (na, _, offer1, _) = exchange(&mut a, &mut b);
 
-        a.set_direction(Direction::SendOnly);
+        a.set_direction(SdpDirection::SendOnly);
         let hold = a.create_offer();
         assert_eq!(version(&hold), 2);
         // Glare: B has an offer of its own out.
@@ -1398,7 +1398,7 @@ mod tests {
         // different from its last SDP, so a new version.
         let (answer, _) = a.answer(&b_offer).unwrap();
         b.handle_answer(&answer).unwrap();
-        a.set_direction(Direction::SendRecv);
+        a.set_direction(SdpDirection::SendRecv);
         let again = a.create_offer();
         assert!(version(&again) > version(&hold));
     }
@@ -1427,7 +1427,7 @@ mod tests {
         assert!(has_line(&answer, "m=video 0 RTP/AVP 96 97"));
         assert!(has_line(&answer, "m=audio 50000 RTP/AVP 8 101"));
         assert_eq!(nb.remote, Some(addr("192.0.2.30:7078")));
-        assert_eq!((nb.codec, nb.payload_type), (Codec::Pcma, 8));
+        assert_eq!((nb.codec, nb.payload_type), (SdpCodec::Pcma, 8));
 
         // B's re-offer keeps the declined video m-line in first place, and a
         // peer's answer with two m-lines is understood.
@@ -1595,21 +1595,21 @@ mod tests {
         assert_eq!(n.remote, Some(addr("192.0.2.5:6000")));
         assert_eq!(
             (n.codec, n.payload_type, n.telephone_event_pt),
-            (Codec::Pcmu, 0, None)
+            (SdpCodec::Pcmu, 0, None)
         );
 
         let mut b = session(2, "198.51.100.20:50000");
         let (answer, n) = b.answer(SIPP_UAC_PCAP).unwrap();
         assert!(has_line(&answer, "m=audio 50000 RTP/AVP 8 101"));
         assert!(has_line(&answer, "a=fmtp:101 0-11,16"));
-        assert_eq!((n.codec, n.telephone_event_pt), (Codec::Pcma, Some(101)));
+        assert_eq!((n.codec, n.telephone_event_pt), (SdpCodec::Pcma, Some(101)));
 
         let mut b = session(2, "198.51.100.20:50000");
         let (answer, n) = b.answer(BARESIP).unwrap();
         assert!(has_line(&answer, "m=audio 50000 RTP/AVP 0 101"));
         assert!(has_line(&answer, "a=fmtp:101 0-15"));
         assert_eq!(n.remote, Some(addr("192.0.2.37:10450")));
-        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+        assert_eq!((n.codec, n.payload_type), (SdpCodec::Pcmu, 0));
 
         let mut b = session(2, "198.51.100.20:50000");
         let (answer, n) = b.answer(LINPHONE).unwrap();
@@ -1623,7 +1623,7 @@ mod tests {
         let (answer, n) = b.answer(PJSUA_IPV6).unwrap();
         assert!(has_line(&answer, "m=audio 50000 RTP/AVP 8 96"));
         assert_eq!(n.remote, Some(addr("[2001:db8::10]:4000")));
-        assert_eq!((n.codec, n.telephone_event_pt), (Codec::Pcma, Some(96)));
+        assert_eq!((n.codec, n.telephone_event_pt), (SdpCodec::Pcma, Some(96)));
     }
 
     #[test]
@@ -1647,7 +1647,7 @@ mod tests {
         assert_eq!(n.remote, Some(addr("203.0.113.9:14562")));
         assert_eq!(
             (n.codec, n.telephone_event_pt, n.ptime_ms),
-            (Codec::Pcmu, Some(101), 20)
+            (SdpCodec::Pcmu, Some(101), 20)
         );
 
         // FreeSWITCH picking PCMA at 30 ms, LF-only line endings.
@@ -1666,7 +1666,10 @@ mod tests {
         let mut a = session(1, "192.0.2.10:40000");
         let _ = a.create_offer();
         let n = a.handle_answer(freeswitch).unwrap();
-        assert_eq!((n.codec, n.payload_type, n.ptime_ms), (Codec::Pcma, 8, 30));
+        assert_eq!(
+            (n.codec, n.payload_type, n.ptime_ms),
+            (SdpCodec::Pcma, 8, 30)
+        );
 
         // SIPp's uas answering a hold offer with recvonly.
         let sipp_uas = b"v=0\r\n\
@@ -1678,12 +1681,12 @@ mod tests {
             a=rtpmap:0 PCMU/8000\r\n\
             a=recvonly\r\n";
         let mut a = session(1, "192.0.2.10:40000");
-        a.set_direction(Direction::SendOnly);
+        a.set_direction(SdpDirection::SendOnly);
         let _ = a.create_offer();
         let n = a.handle_answer(sipp_uas).unwrap();
         assert_eq!(
             (n.direction, n.telephone_event_pt),
-            (Direction::SendOnly, None)
+            (SdpDirection::SendOnly, None)
         );
     }
 
@@ -1743,7 +1746,7 @@ mod tests {
             m=audio 6000 RTP/AVP 97 0\r\na=rtpmap:97 pcmu/8000/1\r\n";
         let mut b = session(2, "198.51.100.20:50000");
         let (answer, n) = b.answer(offer).unwrap();
-        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 97));
+        assert_eq!((n.codec, n.payload_type), (SdpCodec::Pcmu, 97));
         assert!(has_line(&answer, "a=rtpmap:97 PCMU/8000"));
         // A static PT remapped by rtpmap to something else is not PCMU.
         let offer = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
@@ -1788,7 +1791,7 @@ mod tests {
         let (_, n) = session(2, "198.51.100.20:50000")
             .answer(sdp.as_bytes())
             .unwrap();
-        assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
+        assert_eq!((n.codec, n.payload_type), (SdpCodec::Pcma, 8));
         // Many declined m-lines.
         let mut sdp = String::from(
             "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n",

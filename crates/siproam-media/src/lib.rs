@@ -70,7 +70,7 @@ pub use dtmf::{DtmfDigit, TelephoneEvent};
 pub use g711::{Codec, Frame, FRAME_SAMPLES, SAMPLE_RATE};
 pub use rtcp::{ReportBlockInfo, RtcpReport, SenderInfo};
 pub use session::{
-    Destination, Direction, MediaConfig, MediaError, MediaEvent, MediaSession, MediaTransmit,
+    Destination, MediaConfig, MediaDirection, MediaError, MediaEvent, MediaSession, MediaTransmit,
     PacketError, PTIME,
 };
 pub use stats::MediaStats;

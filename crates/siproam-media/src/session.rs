@@ -31,7 +31,7 @@ const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 
 /// The media direction of RFC 3264 §6.1, used for hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Direction {
+pub enum MediaDirection {
     /// Send and receive.
     #[default]
     SendRecv,
@@ -43,34 +43,34 @@ pub enum Direction {
     Inactive,
 }
 
-impl Direction {
+impl MediaDirection {
     /// Whether RTP goes out.
     pub fn sends(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::SendOnly)
+        matches!(self, MediaDirection::SendRecv | MediaDirection::SendOnly)
     }
 
     /// Whether received RTP is played.
     pub fn receives(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+        matches!(self, MediaDirection::SendRecv | MediaDirection::RecvOnly)
     }
 
     /// The SDP attribute name (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
     pub fn as_sdp(self) -> &'static str {
         match self {
-            Direction::SendRecv => "sendrecv",
-            Direction::SendOnly => "sendonly",
-            Direction::RecvOnly => "recvonly",
-            Direction::Inactive => "inactive",
+            MediaDirection::SendRecv => "sendrecv",
+            MediaDirection::SendOnly => "sendonly",
+            MediaDirection::RecvOnly => "recvonly",
+            MediaDirection::Inactive => "inactive",
         }
     }
 
     /// The direction an SDP attribute name stands for.
-    pub fn from_sdp(attribute: &str) -> Option<Direction> {
+    pub fn from_sdp(attribute: &str) -> Option<MediaDirection> {
         match attribute {
-            "sendrecv" => Some(Direction::SendRecv),
-            "sendonly" => Some(Direction::SendOnly),
-            "recvonly" => Some(Direction::RecvOnly),
-            "inactive" => Some(Direction::Inactive),
+            "sendrecv" => Some(MediaDirection::SendRecv),
+            "sendonly" => Some(MediaDirection::SendOnly),
+            "recvonly" => Some(MediaDirection::RecvOnly),
+            "inactive" => Some(MediaDirection::Inactive),
             _ => None,
         }
     }
@@ -156,7 +156,7 @@ pub struct MediaConfig {
     /// `None` when the peer did not offer it. Default 101.
     pub telephone_event: Option<u8>,
     /// The initial direction. Default send and receive.
-    pub direction: Direction,
+    pub direction: MediaDirection,
     /// Whether to follow the peer's source address (symmetric RTP). Default on.
     pub symmetric_rtp: bool,
     /// Consecutive packets from a new source address before the destination
@@ -183,7 +183,7 @@ impl MediaConfig {
             seed,
             codec: Codec::Pcmu,
             telephone_event: Some(101),
-            direction: Direction::SendRecv,
+            direction: MediaDirection::SendRecv,
             symmetric_rtp: true,
             latch_after: 3,
             jitter_depth: 3,
@@ -221,7 +221,7 @@ pub enum MediaError {
     NotADtmfKey(char),
     /// The direction does not send.
     #[error("the media direction {} does not send", .0.as_sdp())]
-    NotSending(Direction),
+    NotSending(MediaDirection),
     /// The session was closed.
     #[error("the media session is closed")]
     Closed,
@@ -430,7 +430,7 @@ pub struct MediaSession {
     rtcp_interval: Duration,
     wallclock: Option<SystemTime>,
     created: Instant,
-    direction: Direction,
+    direction: MediaDirection,
     destination: Option<Destination>,
     closed: bool,
 
@@ -552,7 +552,7 @@ impl MediaSession {
     }
 
     /// The current direction.
-    pub fn direction(&self) -> Direction {
+    pub fn direction(&self) -> MediaDirection {
         self.direction
     }
 
@@ -619,7 +619,7 @@ impl MediaSession {
 
     /// Changes the direction (hold and resume). Stopping sending drops any
     /// digits not yet sent; stopping receiving drops media waiting to play.
-    pub fn set_direction(&mut self, direction: Direction) {
+    pub fn set_direction(&mut self, direction: MediaDirection) {
         if !direction.sends() {
             self.dtmf.clear();
         }
@@ -1182,7 +1182,10 @@ mod tests {
         let b: SocketAddr = "192.0.2.2:5000".parse().unwrap_or_else(|_| unreachable!());
         assert_eq!(Destination::new(a).moved_to(b), Destination::new(b));
         assert_eq!(Destination::muxed(a).moved_to(b), Destination::muxed(b));
-        assert_eq!(Direction::from_sdp("sendonly"), Some(Direction::SendOnly));
-        assert_eq!(Direction::Inactive.as_sdp(), "inactive");
+        assert_eq!(
+            MediaDirection::from_sdp("sendonly"),
+            Some(MediaDirection::SendOnly)
+        );
+        assert_eq!(MediaDirection::Inactive.as_sdp(), "inactive");
     }
 }

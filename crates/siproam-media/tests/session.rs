@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rtp_types::RtpPacket;
 use siproam_media::{
-    AudioSource, Codec, Destination, Direction, DtmfDigit, MediaConfig, MediaError, MediaEvent,
-    MediaSession, MediaTransmit, ToneSource, FRAME_SAMPLES, PTIME,
+    AudioSource, Codec, Destination, DtmfDigit, MediaConfig, MediaDirection, MediaError,
+    MediaEvent, MediaSession, MediaTransmit, ToneSource, FRAME_SAMPLES, PTIME,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -698,7 +698,7 @@ fn rtcp_sender_and_receiver_reports_round_trip() {
     let start = t0();
     let a = session(40, Codec::Pcmu, start);
     let mut cfg = MediaConfig::new(41);
-    cfg.direction = Direction::RecvOnly;
+    cfg.direction = MediaDirection::RecvOnly;
     let b = MediaSession::new(cfg, start).unwrap();
     let mut net = Net::new(start, a, b, ms(30));
     // Lose 5 of A's RTP packets.
@@ -847,14 +847,14 @@ fn hold_stops_sending_and_resume_continues_the_stream() {
     let b_recv_before = net.peers[1].session.stats().packets_received;
 
     // A puts B on hold: A sends nothing, and ignores what B sends.
-    net.peers[0].session.set_direction(Direction::Inactive);
+    net.peers[0].session.set_direction(MediaDirection::Inactive);
     assert_eq!(net.peers[0].session.next_send_at(), None);
     assert!(!net.peers[0]
         .session
         .send_frame(net.now, &[0; FRAME_SAMPLES]));
     assert_eq!(
         net.peers[0].session.send_dtmf(DtmfDigit::D1, ms(100)),
-        Err(MediaError::NotSending(Direction::Inactive))
+        Err(MediaError::NotSending(MediaDirection::Inactive))
     );
     let a_audio_before = net.peers[0].audio.len();
     let a_ignored_before = net.peers[0].session.stats().packets_ignored;
@@ -876,14 +876,14 @@ fn hold_stops_sending_and_resume_continues_the_stream() {
     );
 
     // recvonly: A plays B again but still sends nothing.
-    net.peers[0].session.set_direction(Direction::RecvOnly);
+    net.peers[0].session.set_direction(MediaDirection::RecvOnly);
     net.run_until(start + ms(6990));
     assert_eq!(net.peers[0].session.stats().packets_sent, sent_before);
     assert!(net.peers[0].audio.len() > a_audio_before);
 
     // Resume: the same stream goes on, one sequence number further, the
     // timestamp moved on by the real time, the marker set.
-    net.peers[0].session.set_direction(Direction::SendRecv);
+    net.peers[0].session.set_direction(MediaDirection::SendRecv);
     net.run_until(start + ms(7990));
     let a_rtp: Vec<Header> = net.peers[0]
         .sent

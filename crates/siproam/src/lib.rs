@@ -9,6 +9,7 @@
 pub mod edge;
 mod endpoint;
 mod fdlimit;
+mod media_report;
 pub mod netwatch;
 mod phone;
 pub mod random;
@@ -16,11 +17,12 @@ pub mod resolve;
 pub mod transport;
 
 pub use endpoint::{
-    AccountChanges, AccountSpec, Application, EndpointConfig, EndpointError, EndpointEvent,
-    EndpointHandle, UserAgent, WatchConfig,
+    AccountChanges, AccountSpec, AppCommand, Application, CommandError, CommandFor, EndpointConfig,
+    EndpointError, EndpointEvent, EndpointHandle, UserAgent, WatchConfig,
 };
 pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
-pub use phone::{AudioSpec, MediaReport, Phone, PhoneCommand, PhoneConfig};
+pub use media_report::MediaReport;
+pub use phone::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;
 pub use siproam_core::{
     AccountIpChange, IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use,

@@ -21,9 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use siproam_core::sdp::{
-    Direction as SdpDirection, MediaConfig as SdpConfig, Negotiated, SdpSession,
-};
+use siproam_core::sdp::{MediaConfig as SdpConfig, Negotiated, SdpDirection, SdpSession};
 use siproam_core::{
     CallEvent, CallId, CallMoveAction, CallState, CoreError, Endpoint as Core, Event,
     IncomingCallLimits, InviteSpec, Target as CoreTarget,
@@ -35,7 +33,9 @@ use siproam_media::{
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::endpoint::{Application, EndpointEvent};
+use crate::endpoint::{AppCommand, Application, CommandError, EndpointError, EndpointEvent};
+use crate::media_report::MediaReport;
+use crate::EndpointHandle;
 
 /// What a phone plays into its calls.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +106,47 @@ pub enum PhoneError {
     Media(#[source] std::io::Error),
 }
 
+impl From<PhoneError> for CommandError {
+    fn from(e: PhoneError) -> Self {
+        match e {
+            PhoneError::Core(e) => CommandError::Core(e),
+            PhoneError::Media(e) => CommandError::Socket(e),
+        }
+    }
+}
+
+/// The phone's commands on a running endpoint whose application is a
+/// [`Phone`].
+impl EndpointHandle {
+    /// Places a call: to `uri`, from the address of record `from`, through
+    /// the proxy `via` (a SIP URI) or straight to the URI's host.
+    pub async fn call(
+        &self,
+        uri: &str,
+        from: &str,
+        via: Option<&str>,
+    ) -> Result<CallId, EndpointError> {
+        let hop = via.unwrap_or(uri);
+        let (uri, from_aor) = (uri.to_owned(), from.to_owned());
+        let make = move |target| -> AppCommand {
+            Box::new(PhoneCommand::Call {
+                uri,
+                from: from_aor,
+                target,
+            })
+        };
+        match self.command_via(hop, from, make).await? {
+            Some(id) => Ok(id),
+            None => Err(EndpointError::Core(CoreError::InvalidState)),
+        }
+    }
+
+    /// Answers, hangs up, holds or resumes a call.
+    pub async fn phone(&self, cmd: PhoneCommand) -> Result<(), EndpointError> {
+        self.command(cmd).await.map(|_| ())
+    }
+}
+
 impl Default for PhoneConfig {
     fn default() -> Self {
         PhoneConfig {
@@ -119,27 +160,6 @@ impl Default for PhoneConfig {
             retry_after: 30,
         }
     }
-}
-
-/// Statistics of a call's media, reported every second and at the end.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MediaReport {
-    /// The call.
-    pub call: CallId,
-    /// Our RTP address.
-    pub local: SocketAddr,
-    /// Where we send (after symmetric-RTP latching).
-    pub remote: Option<SocketAddr>,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Packets lost (RFC 3550 count).
-    pub lost: i64,
-    /// Longest gap between received packets, in ms.
-    pub max_gap_ms: f64,
-    /// True for the last report of the call.
-    pub last: bool,
 }
 
 /// Commands a phone takes from its owner.
@@ -183,7 +203,7 @@ pub enum PhoneCommand {
 
 enum MediaCmd {
     Destination(SocketAddr),
-    Direction(siproam_media::Direction),
+    Direction(siproam_media::MediaDirection),
     /// Send and receive on this socket from now on (a new local address);
     /// the session keeps its SSRC, sequence numbers and timestamps.
     Rebind(StdUdpSocket, Duration),
@@ -268,12 +288,12 @@ impl std::fmt::Debug for Phone {
     }
 }
 
-fn to_media_direction(d: SdpDirection) -> siproam_media::Direction {
+fn to_media_direction(d: SdpDirection) -> siproam_media::MediaDirection {
     match d {
-        SdpDirection::SendRecv => siproam_media::Direction::SendRecv,
-        SdpDirection::SendOnly => siproam_media::Direction::SendOnly,
-        SdpDirection::RecvOnly => siproam_media::Direction::RecvOnly,
-        SdpDirection::Inactive => siproam_media::Direction::Inactive,
+        SdpDirection::SendRecv => siproam_media::MediaDirection::SendRecv,
+        SdpDirection::SendOnly => siproam_media::MediaDirection::SendOnly,
+        SdpDirection::RecvOnly => siproam_media::MediaDirection::RecvOnly,
+        SdpDirection::Inactive => siproam_media::MediaDirection::Inactive,
     }
 }
 
@@ -363,8 +383,8 @@ impl Phone {
         };
         let mut cfg = MediaConfig::new(seed);
         cfg.codec = match neg.codec {
-            siproam_core::sdp::Codec::Pcmu => siproam_media::Codec::Pcmu,
-            siproam_core::sdp::Codec::Pcma => siproam_media::Codec::Pcma,
+            siproam_core::sdp::SdpCodec::Pcmu => siproam_media::Codec::Pcmu,
+            siproam_core::sdp::SdpCodec::Pcma => siproam_media::Codec::Pcma,
         };
         cfg.telephone_event = neg.telephone_event_pt;
         cfg.direction = direction;
@@ -667,9 +687,12 @@ impl Application for Phone {
         &mut self,
         core: &mut Core,
         now: Instant,
-        cmd: PhoneCommand,
-    ) -> Result<Option<CallId>, PhoneError> {
-        self.handle_command(core, now, cmd)
+        cmd: AppCommand,
+    ) -> Result<Option<CallId>, CommandError> {
+        let cmd = cmd
+            .downcast::<PhoneCommand>()
+            .map_err(|_| CommandError::Unsupported)?;
+        Ok(self.handle_command(core, now, *cmd)?)
     }
 
     fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event> {

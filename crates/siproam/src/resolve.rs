@@ -81,28 +81,21 @@ const MAX_ADDRS_PER_HOST: usize = 16;
 
 pub use crate::transport::Transport;
 
-/// What RFC 3263 needs to know of a transport.
-impl Transport {
-    /// The default port: 5060, or 5061 for TLS (RFC 3261 §19.1.2).
-    pub fn default_port(self) -> u16 {
-        match self {
-            Transport::Udp | Transport::Tcp => 5060,
-            Transport::Tls => 5061,
-        }
-    }
-
-    /// Parses a `;transport=` URI parameter value (case-insensitive):
-    /// `udp`, `tcp` or `tls`. Other values (`sctp`, `ws`, `wss`, …) give
-    /// `None`.
-    pub fn from_param(value: &str) -> Option<Transport> {
-        [Transport::Udp, Transport::Tcp, Transport::Tls]
-            .into_iter()
-            .find(|t| t.as_str().eq_ignore_ascii_case(value))
-    }
-
+/// What RFC 3263 needs to know of a transport (the core's [`Transport`];
+/// its default port is [`Transport::default_port`] and a `;transport=`
+/// value is parsed by [`Transport::from_token`]).
+pub trait Rfc3263Transport {
     /// The SRV service and protocol labels for this transport
     /// (`_sip._udp`, `_sip._tcp`, `_sips._tcp`; RFC 3263 §4.2).
-    pub fn srv_prefix(self) -> &'static str {
+    fn srv_prefix(self) -> &'static str;
+
+    /// The NAPTR service field for this transport
+    /// (`SIP+D2U`, `SIP+D2T`, `SIPS+D2T`; RFC 3263 §4.1).
+    fn naptr_service(self) -> &'static str;
+}
+
+impl Rfc3263Transport for Transport {
+    fn srv_prefix(self) -> &'static str {
         match self {
             Transport::Udp => "_sip._udp",
             Transport::Tcp => "_sip._tcp",
@@ -110,26 +103,25 @@ impl Transport {
         }
     }
 
-    /// The NAPTR service field for this transport
-    /// (`SIP+D2U`, `SIP+D2T`, `SIPS+D2T`; RFC 3263 §4.1).
-    pub fn naptr_service(self) -> &'static str {
+    fn naptr_service(self) -> &'static str {
         match self {
             Transport::Udp => "SIP+D2U",
             Transport::Tcp => "SIP+D2T",
             Transport::Tls => "SIPS+D2T",
         }
     }
+}
 
-    fn from_naptr_service(service: &str) -> Option<Transport> {
-        [Transport::Udp, Transport::Tcp, Transport::Tls]
-            .into_iter()
-            .find(|t| t.naptr_service().eq_ignore_ascii_case(service))
-    }
+/// The transport of a NAPTR service field (case-insensitive).
+fn transport_from_naptr_service(service: &str) -> Option<Transport> {
+    [Transport::Udp, Transport::Tcp, Transport::Tls]
+        .into_iter()
+        .find(|t| t.naptr_service().eq_ignore_ascii_case(service))
 }
 
 /// One place to send a request to: try the targets of a resolution in order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
+pub struct ResolvedTarget {
     /// The transport to use.
     pub transport: Transport,
     /// The server's address and port.
@@ -242,7 +234,7 @@ pub struct Destination {
     /// True for a `sips:` URI: only TLS may be used.
     pub secure: bool,
     /// The name for TLS SNI and certificate checks (see
-    /// [`Target::server_name`]): the URI's host, even when `maddr` is given.
+    /// [`ResolvedTarget::server_name`]): the URI's host, even when `maddr` is given.
     pub server_name: String,
 }
 
@@ -289,7 +281,7 @@ impl Destination {
     pub fn from_sip_uri(uri: &SipUri<'_>) -> Result<Destination, ResolveError> {
         let transport = match uri.transport() {
             None => None,
-            Some(t) => Some(Transport::from_param(t).ok_or(ResolveError::UnknownTransport)?),
+            Some(t) => Some(Transport::from_token(t).ok_or(ResolveError::UnknownTransport)?),
         };
         if uri.port() == Some(0) {
             return Err(ResolveError::ZeroPort);
@@ -544,7 +536,7 @@ impl<D: Dns> Resolver<D> {
         &self,
         uri: &Uri<'_>,
         rng: &mut R,
-    ) -> Result<Vec<Target>, ResolveError>
+    ) -> Result<Vec<ResolvedTarget>, ResolveError>
     where
         R: FnMut() -> u32,
     {
@@ -561,7 +553,7 @@ impl<D: Dns> Resolver<D> {
         &self,
         dest: &Destination,
         rng: &mut R,
-    ) -> Result<Vec<Target>, ResolveError>
+    ) -> Result<Vec<ResolvedTarget>, ResolveError>
     where
         R: FnMut() -> u32,
     {
@@ -585,7 +577,7 @@ struct Run<'a, D> {
     dns: &'a D,
     family: FamilyPreference,
     server_name: &'a str,
-    targets: Vec<Target>,
+    targets: Vec<ResolvedTarget>,
     seen: HashSet<(Transport, SocketAddr)>,
     /// The first DNS failure, reported when nothing is found.
     error: Option<DnsError>,
@@ -706,7 +698,7 @@ impl<D: Dns> Run<'_, D> {
         Ok(())
     }
 
-    fn finish(self) -> Result<Vec<Target>, ResolveError> {
+    fn finish(self) -> Result<Vec<ResolvedTarget>, ResolveError> {
         if !self.targets.is_empty() {
             return Ok(self.targets);
         }
@@ -790,7 +782,7 @@ impl<D: Dns> Run<'_, D> {
         for ip in ips {
             let addr = SocketAddr::new(ip, port);
             if self.seen.insert((transport, addr)) {
-                self.targets.push(Target {
+                self.targets.push(ResolvedTarget {
                     transport,
                     addr,
                     server_name: self.server_name.to_owned(),
@@ -835,7 +827,7 @@ fn usable_naptr(
             if is_root(&r.replacement) {
                 return None;
             }
-            let transport = Transport::from_naptr_service(&r.services)?;
+            let transport = transport_from_naptr_service(&r.services)?;
             if secure && transport != Transport::Tls {
                 return None;
             }
@@ -1320,8 +1312,8 @@ mod tests {
         move || v.next().expect("RNG called more often than expected")
     }
 
-    fn t(transport: Transport, addr: &str, server_name: &str) -> Target {
-        Target {
+    fn t(transport: Transport, addr: &str, server_name: &str) -> ResolvedTarget {
+        ResolvedTarget {
             transport,
             addr: addr.parse().unwrap(),
             server_name: server_name.into(),
@@ -1340,7 +1332,7 @@ mod tests {
         resolver: &Resolver<D>,
         uri: &str,
         rng: &mut impl FnMut() -> u32,
-    ) -> Result<Vec<Target>, ResolveError> {
+    ) -> Result<Vec<ResolvedTarget>, ResolveError> {
         let uri = Uri::parse(uri).unwrap();
         block_on(resolver.resolve_uri(&uri, rng))
     }
@@ -1929,7 +1921,7 @@ mod tests {
         )
     }
 
-    fn addrs(targets: &[Target]) -> Vec<String> {
+    fn addrs(targets: &[ResolvedTarget]) -> Vec<String> {
         targets.iter().map(|t| t.addr.to_string()).collect()
     }
 
@@ -2397,13 +2389,13 @@ mod tests {
 
     #[test]
     fn transport_helpers() {
-        assert_eq!(Transport::from_param("UdP"), Some(Transport::Udp));
-        assert_eq!(Transport::from_param("ws"), None);
+        assert_eq!(Transport::from_token("UdP"), Some(Transport::Udp));
+        assert_eq!(Transport::from_token("ws"), None);
         assert_eq!(Transport::Tls.default_port(), 5061);
-        assert_eq!(Transport::Tcp.to_string(), "TCP");
+        assert_eq!(Transport::Tcp.to_string(), "tcp");
         assert_eq!(Transport::Tls.srv_prefix(), "_sips._tcp");
         assert_eq!(
-            Transport::from_naptr_service("sips+d2t"),
+            transport_from_naptr_service("sips+d2t"),
             Some(Transport::Tls)
         );
         let _ = (Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST);

@@ -3,7 +3,7 @@
 //! A [`TransportManager`] owns every socket of an endpoint. It moves whole
 //! SIP messages as bytes and knows nothing of their meaning: the sans-IO
 //! core parses what arrives ([`TransportEvent::Received`]) and says where
-//! each message goes ([`Target`]).
+//! each message goes ([`SendTarget`]).
 //!
 //! - **Listeners** ([`TransportManager::listen`]): a UDP socket, or a TCP or
 //!   TLS listening socket, bound to an address (port 0 picks a free one).
@@ -70,38 +70,8 @@ pub use tls::{TlsClientConfig, TlsServerConfig};
 
 use stream::ConnShared;
 
-/// A SIP transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Transport {
-    /// UDP (RFC 3261 §18): one message per datagram.
-    Udp,
-    /// TCP: a byte stream framed by Content-Length.
-    Tcp,
-    /// TLS over TCP (`sips:`), framed like TCP.
-    Tls,
-}
-
-impl Transport {
-    /// Whether the transport is a byte stream with connections (TCP, TLS).
-    pub fn is_stream(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-
-    /// The transport token of a Via header (`UDP`, `TCP`, `TLS`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The SIP transport: the core's own type, one for the whole stack.
+pub use siproam_core::Transport;
 
 /// Identifies a listener; stays the same across
 /// [`TransportManager::restart_listener`].
@@ -151,7 +121,7 @@ impl fmt::Display for ConnectionId {
 
 /// Who opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
+pub enum ConnectionDirection {
     /// This manager connected to the peer.
     Outgoing,
     /// The peer connected to one of this manager's listeners.
@@ -160,7 +130,7 @@ pub enum Direction {
 
 /// Where [`TransportManager::send`] sends a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct SendTarget {
     /// The transport to use.
     pub transport: Transport,
     /// The peer's address.
@@ -181,10 +151,10 @@ pub struct Target {
     pub server_name: Option<String>,
 }
 
-impl Target {
+impl SendTarget {
     /// A target with no local address, connection or server name.
-    pub fn new(transport: Transport, remote: SocketAddr) -> Target {
-        Target {
+    pub fn new(transport: Transport, remote: SocketAddr) -> SendTarget {
+        SendTarget {
             transport,
             remote,
             local: None,
@@ -193,21 +163,21 @@ impl Target {
         }
     }
 
-    /// Sends from this local address (see [`Target::local`]).
-    pub fn with_local(mut self, local: SocketAddr) -> Target {
+    /// Sends from this local address (see [`SendTarget::local`]).
+    pub fn with_local(mut self, local: SocketAddr) -> SendTarget {
         self.local = Some(local);
         self
     }
 
-    /// Sends on this connection only (see [`Target::connection`]).
-    pub fn with_connection(mut self, connection: ConnectionId) -> Target {
+    /// Sends on this connection only (see [`SendTarget::connection`]).
+    pub fn with_connection(mut self, connection: ConnectionId) -> SendTarget {
         self.connection = Some(connection);
         self
     }
 
     /// Verifies the TLS server against this name (see
-    /// [`Target::server_name`]).
-    pub fn with_server_name(mut self, name: impl Into<String>) -> Target {
+    /// [`SendTarget::server_name`]).
+    pub fn with_server_name(mut self, name: impl Into<String>) -> SendTarget {
         self.server_name = Some(name.into());
         self
     }
@@ -215,7 +185,7 @@ impl Target {
 
 /// The path a message went out on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Flow {
+pub struct OpenedFlow {
     /// The transport.
     pub transport: Transport,
     /// The local address (for a UDP socket bound to the wildcard address,
@@ -253,7 +223,7 @@ pub struct ConnectionInfo {
     /// The peer's address.
     pub remote: SocketAddr,
     /// Who opened it.
-    pub direction: Direction,
+    pub direction: ConnectionDirection,
     /// The listener that accepted it (incoming connections).
     pub listener: Option<ListenerId>,
 }
@@ -687,11 +657,11 @@ impl Shared {
 
     /// Logs a failed TLS handshake (rate limited) with its reason and the
     /// peer's IP address.
-    fn tls_failed(&self, direction: Direction, ip: IpAddr, error: &dyn fmt::Display) {
+    fn tls_failed(&self, direction: ConnectionDirection, ip: IpAddr, error: &dyn fmt::Display) {
         if let Some(n) = self.tls_log.hit(Instant::now()) {
             let side = match direction {
-                Direction::Incoming => "from",
-                Direction::Outgoing => "to",
+                ConnectionDirection::Incoming => "from",
+                ConnectionDirection::Outgoing => "to",
             };
             tracing::warn!(
                 failed = n,
@@ -965,17 +935,17 @@ impl TransportManager {
     /// Sends one message (queues it, for TCP/TLS) and tells which flow it
     /// went out on.
     ///
-    /// UDP: from the listener socket chosen by [`Target::local`] (without
+    /// UDP: from the listener socket chosen by [`SendTarget::local`] (without
     /// it: a wildcard-bound socket of the remote's address family, else the
     /// one on the source address the OS would pick, else any of that
     /// family).
     ///
-    /// TCP/TLS: on [`Target::connection`] if given; otherwise on the newest
+    /// TCP/TLS: on [`SendTarget::connection`] if given; otherwise on the newest
     /// open connection of the same transport to the same remote address
     /// (and local IP, if given), whoever opened it (RFC 3261 §18); otherwise
     /// on a new connection. Two concurrent first sends to one peer may open
     /// two connections.
-    pub async fn send(&self, target: &Target, bytes: Bytes) -> Result<Flow, SendError> {
+    pub async fn send(&self, target: &SendTarget, bytes: Bytes) -> Result<OpenedFlow, SendError> {
         let limit = self.shared.limits.max_message;
         if bytes.len() > limit {
             return Err(SendError::TooLarge {
@@ -992,13 +962,13 @@ impl TransportManager {
         }
     }
 
-    async fn send_udp(&self, target: &Target, bytes: Bytes) -> Result<Flow, SendError> {
+    async fn send_udp(&self, target: &SendTarget, bytes: Bytes) -> Result<OpenedFlow, SendError> {
         let (socket, local) = self.pick_udp(target)?;
         socket
             .send_to(&bytes, target.remote)
             .await
             .map_err(SendError::Io)?;
-        Ok(Flow {
+        Ok(OpenedFlow {
             transport: Transport::Udp,
             local,
             remote: target.remote,
@@ -1008,7 +978,7 @@ impl TransportManager {
 
     fn pick_udp(
         &self,
-        target: &Target,
+        target: &SendTarget,
     ) -> Result<(Arc<tokio::net::UdpSocket>, SocketAddr), SendError> {
         let remote = target.remote;
         let state = self.shared.state();
@@ -1042,7 +1012,11 @@ impl TransportManager {
             })
     }
 
-    async fn send_stream(&self, target: &Target, bytes: Bytes) -> Result<Flow, SendError> {
+    async fn send_stream(
+        &self,
+        target: &SendTarget,
+        bytes: Bytes,
+    ) -> Result<OpenedFlow, SendError> {
         if let Some(id) = target.connection {
             let (info, tx) = {
                 let state = self.shared.state();
@@ -1083,8 +1057,8 @@ impl TransportManager {
     /// anything (or finds an open one that [`TransportManager::send`] would
     /// reuse) and tells its flow: its local address is what a Contact names
     /// when no listener of that transport exists (RFC 5626: the flow).
-    pub async fn connect(&self, target: &Target) -> Result<Flow, SendError> {
-        if !target.transport.is_stream() {
+    pub async fn connect(&self, target: &SendTarget) -> Result<OpenedFlow, SendError> {
+        if !target.transport.is_reliable() {
             return Err(SendError::NotAStream(target.transport));
         }
         if self.shared.stop.is_cancelled() {
@@ -1097,7 +1071,7 @@ impl TransportManager {
         Ok(flow_of(&info))
     }
 
-    fn find_reusable(&self, target: &Target) -> Option<(ConnectionInfo, mpsc::Sender<Bytes>)> {
+    fn find_reusable(&self, target: &SendTarget) -> Option<(ConnectionInfo, mpsc::Sender<Bytes>)> {
         let state = self.shared.state();
         state
             .connections
@@ -1110,8 +1084,8 @@ impl TransportManager {
                     && !c.shared.is_closing()
                     && (target.transport != Transport::Tls
                         || match c.info.direction {
-                            Direction::Outgoing => c.server_name == target.server_name,
-                            Direction::Incoming => target.server_name.is_none(),
+                            ConnectionDirection::Outgoing => c.server_name == target.server_name,
+                            ConnectionDirection::Incoming => target.server_name.is_none(),
                         })
             })
             .map(|c| (c.info, c.tx.clone()))
@@ -1185,8 +1159,8 @@ impl TransportManager {
     }
 }
 
-fn flow_of(info: &ConnectionInfo) -> Flow {
-    Flow {
+fn flow_of(info: &ConnectionInfo) -> OpenedFlow {
+    OpenedFlow {
         transport: info.transport,
         local: info.local,
         remote: info.remote,

@@ -125,3 +125,53 @@ async fn media_moves_to_a_new_local_address_and_keeps_flowing() {
     assert_eq!(last.lost, 0);
     assert!(last.rx_packets >= after.rx_packets);
 }
+
+/// The endpoint carries application commands without knowing their type:
+/// a phone takes its own and refuses any other type, a plain user agent
+/// takes none (and places no call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_of_a_type_the_application_does_not_take_are_refused() {
+    let alice = phone("127.0.0.2", false).await;
+    let refused = alice.command(42_u32).await;
+    assert!(
+        matches!(refused, Err(siproam::EndpointError::UnsupportedCommand)),
+        "{refused:?}"
+    );
+    // the phone's own command reaches it: no such call, the core refuses
+    let unknown = alice
+        .phone(PhoneCommand::Answer(siproam::core::CallId(999)))
+        .await;
+    assert!(
+        matches!(unknown, Err(siproam::EndpointError::Core(_))),
+        "{unknown:?}"
+    );
+
+    let cfg = EndpointConfig {
+        listen: vec![(Transport::Udp, "127.0.0.3:0".parse().unwrap())],
+        ..Default::default()
+    };
+    let ua = EndpointHandle::start(cfg, Box::new(siproam::UserAgent))
+        .await
+        .unwrap();
+    let bob_addr = ua.listeners().await.unwrap()[0].local;
+    let call = ua
+        .call(
+            &format!("sip:bob@{bob_addr}"),
+            "sip:carol@example.test",
+            None,
+        )
+        .await;
+    assert!(
+        matches!(call, Err(siproam::EndpointError::UnsupportedCommand)),
+        "{call:?}"
+    );
+    let hangup = ua
+        .phone(PhoneCommand::HangUp(siproam::core::CallId(1)))
+        .await;
+    assert!(
+        matches!(hangup, Err(siproam::EndpointError::UnsupportedCommand)),
+        "{hangup:?}"
+    );
+    alice.shutdown().await;
+    ua.shutdown().await;
+}

@@ -15,9 +15,9 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use siproam::transport::{
-    source_address_for, AddressOracle, CertificateDer, CloseReason, ConnectionId, Direction,
-    ListenError, SendError, Target, TlsClientConfig, TlsServerConfig, Transport, TransportConfig,
-    TransportEvent, TransportEvents, TransportManager,
+    source_address_for, AddressOracle, CertificateDer, CloseReason, ConnectionDirection,
+    ConnectionId, ListenError, SendError, SendTarget, TlsClientConfig, TlsServerConfig, Transport,
+    TransportConfig, TransportEvent, TransportEvents, TransportManager,
 };
 use siproam_sip::FramingError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,7 +151,7 @@ async fn udp_both_ways() {
     assert_eq!(lb.requested, lo(1));
 
     let flow = a
-        .send(&Target::new(Transport::Udp, lb.local), sip("ab"))
+        .send(&SendTarget::new(Transport::Udp, lb.local), sip("ab"))
         .await
         .unwrap();
     assert_eq!(flow.local, la.local);
@@ -169,7 +169,7 @@ async fn udp_both_ways() {
     .await;
     assert_eq!(got, (Transport::Udp, lb.local, la.local, None, sip("ab")));
 
-    b.send(&Target::new(Transport::Udp, got.2), sip("ba"))
+    b.send(&SendTarget::new(Transport::Udp, got.2), sip("ba"))
         .await
         .unwrap();
     let (conn, remote, bytes) = received(&mut ea).await;
@@ -186,7 +186,7 @@ async fn udp_local_address_picks_the_socket() {
 
     let flow = a
         .send(
-            &Target::new(Transport::Udp, lb.local).with_local(lo(3)),
+            &SendTarget::new(Transport::Udp, lb.local).with_local(lo(3)),
             sip("from3"),
         )
         .await
@@ -197,7 +197,7 @@ async fn udp_local_address_picks_the_socket() {
 
     let err = a
         .send(
-            &Target::new(Transport::Udp, lb.local).with_local(lo(4)),
+            &SendTarget::new(Transport::Udp, lb.local).with_local(lo(4)),
             sip("x"),
         )
         .await
@@ -206,7 +206,7 @@ async fn udp_local_address_picks_the_socket() {
 
     let big = Bytes::from(vec![b'x'; 70_000]);
     let err = a
-        .send(&Target::new(Transport::Udp, lb.local), big)
+        .send(&SendTarget::new(Transport::Udp, lb.local), big)
         .await
         .unwrap_err();
     assert!(matches!(err, SendError::TooLarge { .. }), "{err:?}");
@@ -221,7 +221,7 @@ async fn tcp_both_ways_with_connection_reuse() {
     let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
 
     let flow = a
-        .send(&Target::new(Transport::Tcp, lb.local), sip("one"))
+        .send(&SendTarget::new(Transport::Tcp, lb.local), sip("one"))
         .await
         .unwrap();
     let ca = flow.connection.unwrap();
@@ -231,14 +231,14 @@ async fn tcp_both_ways_with_connection_reuse() {
     })
     .await;
     assert_eq!(opened.id, ca);
-    assert_eq!(opened.direction, Direction::Outgoing);
+    assert_eq!(opened.direction, ConnectionDirection::Outgoing);
 
     let incoming = wait_for(&mut eb, |e| match e {
         TransportEvent::ConnectionOpened { info } => Some(info),
         _ => None,
     })
     .await;
-    assert_eq!(incoming.direction, Direction::Incoming);
+    assert_eq!(incoming.direction, ConnectionDirection::Incoming);
     assert_eq!(incoming.listener, Some(lb.id));
     assert_eq!(incoming.remote, flow.local);
     let (cb, remote, bytes) = received(&mut eb).await;
@@ -249,7 +249,7 @@ async fn tcp_both_ways_with_connection_reuse() {
 
     // a second send reuses the connection
     let again = a
-        .send(&Target::new(Transport::Tcp, lb.local), sip("two"))
+        .send(&SendTarget::new(Transport::Tcp, lb.local), sip("two"))
         .await
         .unwrap();
     assert_eq!(again.connection, Some(ca));
@@ -258,7 +258,7 @@ async fn tcp_both_ways_with_connection_reuse() {
     // the reply goes back on the connection the peer opened, found by
     // address alone, then by id
     let reply = b
-        .send(&Target::new(Transport::Tcp, flow.local), sip("reply"))
+        .send(&SendTarget::new(Transport::Tcp, flow.local), sip("reply"))
         .await
         .unwrap();
     assert_eq!(reply.connection, Some(incoming.id));
@@ -266,7 +266,7 @@ async fn tcp_both_ways_with_connection_reuse() {
     assert_eq!((conn, bytes), (Some(ca), sip("reply")));
     let reply = b
         .send(
-            &Target::new(Transport::Tcp, flow.local).with_connection(incoming.id),
+            &SendTarget::new(Transport::Tcp, flow.local).with_connection(incoming.id),
             sip("reply2"),
         )
         .await
@@ -286,7 +286,7 @@ async fn tcp_source_address_is_bound_and_keys_reuse() {
     let (a, _ea) = manager(TransportConfig::default());
     let (b, mut eb) = manager(TransportConfig::default());
     let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
-    let target = Target::new(Transport::Tcp, lb.local);
+    let target = SendTarget::new(Transport::Tcp, lb.local);
 
     let from3 = a
         .send(&target.clone().with_local(lo(3)), sip("3"))
@@ -336,7 +336,7 @@ async fn dropping_the_manager_closes_everything() {
     let (b, _eb) = manager(TransportConfig::default());
     let la = a.listen(Transport::Tcp, lo(1)).await.unwrap();
     let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
-    a.send(&Target::new(Transport::Tcp, lb.local), sip("x"))
+    a.send(&SendTarget::new(Transport::Tcp, lb.local), sip("x"))
         .await
         .unwrap();
     drop(a);
@@ -401,7 +401,7 @@ async fn ping_is_answered_with_a_pong() {
 
     // a manager pings its own outgoing connection and sees the pong
     let flow = a
-        .send(&Target::new(Transport::Tcp, lb.local), sip("hello"))
+        .send(&SendTarget::new(Transport::Tcp, lb.local), sip("hello"))
         .await
         .unwrap();
     let ca = flow.connection.unwrap();
@@ -446,7 +446,7 @@ async fn close_one_connection() {
     let (a, mut ea) = manager(TransportConfig::default());
     let (b, mut eb) = manager(TransportConfig::default());
     let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
-    let target = Target::new(Transport::Tcp, lb.local);
+    let target = SendTarget::new(Transport::Tcp, lb.local);
     let ca = a.send(&target, sip("x")).await.unwrap().connection.unwrap();
     let (cb, _, _) = received(&mut eb).await;
 
@@ -485,13 +485,13 @@ async fn shutdown_streams_keeps_listeners() {
     let tcp = b.listen(Transport::Tcp, lo(1)).await.unwrap();
     let tls = b.listen(Transport::Tls, lo(1)).await.unwrap();
     let c1 = a
-        .send(&Target::new(Transport::Tcp, tcp.local), sip("1"))
+        .send(&SendTarget::new(Transport::Tcp, tcp.local), sip("1"))
         .await
         .unwrap()
         .connection
         .unwrap();
     let c2 = a
-        .send(&Target::new(Transport::Tls, tls.local), sip("2"))
+        .send(&SendTarget::new(Transport::Tls, tls.local), sip("2"))
         .await
         .unwrap()
         .connection
@@ -539,7 +539,7 @@ async fn idle_connections_close_unless_pinned() {
         ..TransportConfig::default()
     });
     let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
-    let target = Target::new(Transport::Tcp, lb.local);
+    let target = SendTarget::new(Transport::Tcp, lb.local);
 
     // not pinned: closed after the idle time
     let ca = a.send(&target, sip("1")).await.unwrap().connection.unwrap();
@@ -579,14 +579,14 @@ async fn tls_both_ways_with_connection_reuse() {
 
     // verified against the IP address, then reused
     let flow = a
-        .send(&Target::new(Transport::Tls, lb.local), sip("one"))
+        .send(&SendTarget::new(Transport::Tls, lb.local), sip("one"))
         .await
         .unwrap();
     let ca = flow.connection.unwrap();
     let (cb, remote, bytes) = received(&mut eb).await;
     assert_eq!((remote, bytes), (flow.local, sip("one")));
     let again = a
-        .send(&Target::new(Transport::Tls, lb.local), sip("two"))
+        .send(&SendTarget::new(Transport::Tls, lb.local), sip("two"))
         .await
         .unwrap();
     assert_eq!(again.connection, Some(ca));
@@ -594,7 +594,7 @@ async fn tls_both_ways_with_connection_reuse() {
 
     // the reply goes back on the peer's connection
     let reply = b
-        .send(&Target::new(Transport::Tls, flow.local), sip("reply"))
+        .send(&SendTarget::new(Transport::Tls, flow.local), sip("reply"))
         .await
         .unwrap();
     assert_eq!(reply.connection, cb);
@@ -603,7 +603,7 @@ async fn tls_both_ways_with_connection_reuse() {
     // a connection verified for another name is not reused
     let named = a
         .send(
-            &Target::new(Transport::Tls, lb.local).with_server_name("localhost"),
+            &SendTarget::new(Transport::Tls, lb.local).with_server_name("localhost"),
             sip("named"),
         )
         .await
@@ -633,7 +633,7 @@ async fn tls_untrusted_certificate_is_rejected_by_default() {
         ..TransportConfig::default()
     });
     let lb = b.listen(Transport::Tls, lo(1)).await.unwrap();
-    let target = Target::new(Transport::Tls, lb.local).with_server_name("localhost");
+    let target = SendTarget::new(Transport::Tls, lb.local).with_server_name("localhost");
 
     // default: the built-in roots only
     let (plain, _ep) = manager(TransportConfig::default());
@@ -652,7 +652,7 @@ async fn tls_untrusted_certificate_is_rejected_by_default() {
     // a name the certificate does not carry is rejected too
     let err = trusting
         .send(
-            &Target::new(Transport::Tls, lb.local).with_server_name("example.com"),
+            &SendTarget::new(Transport::Tls, lb.local).with_server_name("example.com"),
             sip("x"),
         )
         .await
@@ -708,7 +708,7 @@ async fn restart_listener_keeps_address_and_port_and_listens_again() {
     assert_eq!(bytes, sip("tcp"));
     assert_ne!(conn, kept_id);
     // TLS accepts (and handshakes) again
-    a.send(&Target::new(Transport::Tls, tls.local), sip("tls"))
+    a.send(&SendTarget::new(Transport::Tls, tls.local), sip("tls"))
         .await
         .unwrap();
     assert_eq!(received(&mut eb).await.2, sip("tls"));

@@ -62,7 +62,7 @@ fn bind_once(transport: Transport, addr: SocketAddr) -> io::Result<Bound> {
         // so that 0.0.0.0 and [::] can both be bound on one port
         socket.set_only_v6(true)?;
     }
-    if transport.is_stream() {
+    if transport.is_reliable() {
         // rebinding while connections accepted on the port linger (or sit
         // in TIME_WAIT). Not for UDP, where it would let two sockets share
         // a port.

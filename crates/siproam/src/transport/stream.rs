@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CloseReason, ConnEntry, ConnectionId, ConnectionInfo, Direction, ListenerInfo, SendError,
-    Shared, SourceSlot, StreamSlot, Target, Transport, TransportEvent,
+    CloseReason, ConnEntry, ConnectionDirection, ConnectionId, ConnectionInfo, ListenerInfo,
+    SendError, SendTarget, Shared, SourceSlot, StreamSlot, Transport, TransportEvent,
 };
 
 /// Bytes read from a stream at a time.
@@ -232,7 +232,7 @@ pub(super) fn incoming(
 /// Opens a connection for `target` and starts its task.
 pub(super) async fn connect(
     shared: &Arc<Shared>,
-    target: &Target,
+    target: &SendTarget,
 ) -> Result<(ConnectionInfo, mpsc::Sender<Bytes>), SendError> {
     let remote = target.remote;
     // the name is checked before any packet goes out
@@ -289,7 +289,7 @@ pub(super) async fn connect(
                     .await
                     .map_err(|_| SendError::TlsHandshakeTimeout)?
                     .map_err(|e| {
-                        shared.tls_failed(Direction::Outgoing, remote.ip(), &e);
+                        shared.tls_failed(ConnectionDirection::Outgoing, remote.ip(), &e);
                         SendError::TlsHandshake(e)
                     })?;
             Ok(start(
@@ -298,7 +298,7 @@ pub(super) async fn connect(
                 Transport::Tls,
                 local,
                 remote,
-                Direction::Outgoing,
+                ConnectionDirection::Outgoing,
                 None,
                 target.server_name.clone(),
                 conn,
@@ -310,7 +310,7 @@ pub(super) async fn connect(
             Transport::Tcp,
             local,
             remote,
-            Direction::Outgoing,
+            ConnectionDirection::Outgoing,
             None,
             None,
             conn,
@@ -359,7 +359,7 @@ pub(super) async fn accepted(
                         Transport::Tls,
                         local,
                         remote,
-                        Direction::Incoming,
+                        ConnectionDirection::Incoming,
                         Some(listener),
                         None,
                         conn,
@@ -373,7 +373,7 @@ pub(super) async fn accepted(
                 }
                 Ok(Err(e)) => {
                     shared.forget_unproven(conn.seq);
-                    shared.tls_failed(Direction::Incoming, remote.ip(), &e);
+                    shared.tls_failed(ConnectionDirection::Incoming, remote.ip(), &e);
                 }
                 Err(_) => {
                     shared.forget_unproven(conn.seq);
@@ -388,7 +388,7 @@ pub(super) async fn accepted(
                 Transport::Tcp,
                 local,
                 remote,
-                Direction::Incoming,
+                ConnectionDirection::Incoming,
                 Some(listener),
                 None,
                 conn,
@@ -405,7 +405,7 @@ fn start<S>(
     transport: Transport,
     local: SocketAddr,
     remote: SocketAddr,
-    direction: Direction,
+    direction: ConnectionDirection,
     listener: Option<ListenerInfo>,
     server_name: Option<String>,
     conn: Arc<ConnShared>,
@@ -495,8 +495,8 @@ where
     R: AsyncRead + Unpin,
 {
     let side = match info.direction {
-        Direction::Outgoing => Side::Client,
-        Direction::Incoming => Side::Server,
+        ConnectionDirection::Outgoing => Side::Client,
+        ConnectionDirection::Incoming => Side::Server,
     };
     let mut framer = StreamFramer::new(side, shared.limits);
     let mut buf = vec![0u8; READ_CHUNK];

@@ -1,0 +1,97 @@
+//! The application hook: what runs on the core's events inside the
+//! endpoint task.
+
+use std::any::Any;
+use std::time::Instant;
+
+use siproam_core::{CallId, CoreError, Endpoint as Core, Event};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::EndpointEvent;
+
+/// A command for the application ([`EndpointHandle::command`](super::EndpointHandle::command)): a value
+/// of a type the application knows, which it downcasts; the endpoint
+/// only carries it.
+pub type AppCommand = Box<dyn Any + Send>;
+
+/// Why the application did not carry out a command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The application takes no command of that type (a plain user agent
+    /// takes none).
+    #[error("the application takes no such command")]
+    Unsupported,
+    /// The core refused it.
+    #[error("core: {0}")]
+    Core(#[from] CoreError),
+    /// A socket the application needed (a call's RTP socket) could not be
+    /// opened (out of descriptors …).
+    #[error("no socket: {0}")]
+    Socket(#[source] std::io::Error),
+}
+
+/// What runs on the core's events inside the endpoint task: a user agent
+/// that answers requests, a registrar, a proxy. It may act on the core at
+/// once; returning the event passes it on to [`EndpointHandle::next_event`](super::EndpointHandle::next_event).
+pub trait Application: Send + 'static {
+    /// Handles one event.
+    fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event>;
+
+    /// Gets the channel the endpoint's events go to (for reports the
+    /// application makes itself, such as media statistics).
+    fn attach(&mut self, events: mpsc::Sender<EndpointEvent>) {
+        let _ = events;
+    }
+
+    /// A command of the application's own type
+    /// ([`EndpointHandle::command`](super::EndpointHandle::command), [`EndpointHandle::command_via`](super::EndpointHandle::command_via)),
+    /// which it downcasts; it may name the call it made. By default every
+    /// command is [`CommandError::Unsupported`].
+    fn command(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        cmd: AppCommand,
+    ) -> Result<Option<CallId>, CommandError> {
+        let _ = (core, now, cmd);
+        Err(CommandError::Unsupported)
+    }
+
+    /// Sets up the core before the first event (the limits on incoming
+    /// calls an application that takes calls wants).
+    fn configure(&mut self, core: &mut Core) {
+        let _ = core;
+    }
+}
+
+/// A plain user agent: answers requests it gets the default way (OPTIONS
+/// 200, anything else 405/481), refuses calls with 486, and passes every
+/// event on.
+#[derive(Debug, Default)]
+pub struct UserAgent;
+
+impl Application for UserAgent {
+    fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event> {
+        match &event {
+            Event::IncomingRequest {
+                tx: Some(tx),
+                request,
+                ..
+            } => {
+                if let Err(e) = core.respond_default(now, *tx, request) {
+                    debug!("no default answer: {e}");
+                }
+            }
+            // no call handling in a plain UA: busy
+            Event::IncomingCall { call, .. } => {
+                if let Err(e) = core.answer(now, *call, 486, None) {
+                    debug!("could not refuse a call: {e}");
+                }
+            }
+            _ => {}
+        }
+        Some(event)
+    }
+}

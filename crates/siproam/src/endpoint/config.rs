@@ -1,0 +1,101 @@
+//! How an endpoint, its network watch and its accounts are configured.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use siproam_core::{AccountIpChange, Config as CoreConfig, IpChangeParams, Ipv6Use};
+
+use crate::transport::{Transport, TransportConfig};
+
+/// Changes to an account's settings ([`EndpointHandle::modify_account`](super::EndpointHandle::modify_account));
+/// `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChanges {
+    /// New digest user name.
+    pub username: Option<String>,
+    /// New digest password.
+    pub password: Option<String>,
+    /// New binding lifetime, in seconds (from the next refresh).
+    pub expires: Option<u32>,
+    /// New IPv6 use for SIP (from the next network change).
+    pub ipv6_sip: Option<Ipv6Use>,
+    /// New IPv6 use for media (from the next network change).
+    pub ipv6_media: Option<Ipv6Use>,
+    /// New IP-change knobs for the account (`Some(None)` returns to the
+    /// [`IpChangeParams`] ones).
+    pub ip_change: Option<Option<AccountIpChange>>,
+}
+
+/// How to start an endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointConfig {
+    /// Where to listen: `(transport, address)`; port 0 picks one.
+    pub listen: Vec<(Transport, SocketAddr)>,
+    /// The core's settings.
+    pub core: CoreConfig,
+    /// The transports' settings (TLS, limits, idle timeout).
+    pub transport: TransportConfig,
+    /// Host names pinned to addresses, looked up before DNS (a name may
+    /// be given once per address; see [`StaticHosts`](crate::resolve::StaticHosts)).
+    pub hosts: Vec<(String, IpAddr)>,
+    /// Detect network changes and handle them without being told
+    /// (`None`: only [`EndpointHandle::handle_ip_change`](super::EndpointHandle::handle_ip_change) moves the
+    /// endpoint).
+    pub watch: Option<WatchConfig>,
+}
+
+/// Automatic detection of network changes: the network monitor
+/// ([`crate::netwatch`]) reports what it sees; after `settle`, and every
+/// `resync`, the endpoint checks the source address the OS would now use
+/// towards each account's registrar (and each call's next hop) and, when
+/// it changed, handles the change with `params` (its `ip` becomes that
+/// address; an account that can only be reached in the other family
+/// switches family). A change seen while one is being handled is checked
+/// again right after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    /// How long after the first notification of a burst to decide (the
+    /// burst of address, route and link messages of one change).
+    pub settle: Duration,
+    /// How often the monitor dumps everything again (a lost notification)
+    /// and the source addresses are checked even without notifications.
+    pub resync: Duration,
+    /// How a detected change is handled.
+    pub params: IpChangeParams,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            settle: Duration::from_millis(2),
+            resync: Duration::from_secs(2),
+            params: IpChangeParams::in_place(),
+        }
+    }
+}
+
+/// An account to register, as the application describes it.
+#[derive(Debug, Clone)]
+pub struct AccountSpec {
+    /// The address of record (`sip:alice@example.test`).
+    pub aor: String,
+    /// The registrar URI (`sip:127.0.0.1:5060;transport=tcp`, `sips:…`).
+    pub registrar: String,
+    /// Digest user name (defaults to the AoR's user).
+    pub username: Option<String>,
+    /// Digest password.
+    pub password: Option<String>,
+    /// RFC 5626 `+sip.instance` (`urn:uuid:…`): with it a re-REGISTER
+    /// from a new address replaces the old binding.
+    pub instance_id: Option<String>,
+    /// Binding lifetime requested, in seconds.
+    pub expires: u32,
+    /// IPv6 use for SIP: which of the registrar's addresses to register
+    /// with, and whether a network change may switch family.
+    pub ipv6_sip: Ipv6Use,
+    /// IPv6 use for the media of this account's calls.
+    pub ipv6_media: Ipv6Use,
+    /// The account's own IP-change knobs; `None` uses those of each
+    /// [`IpChangeParams`].
+    pub ip_change: Option<AccountIpChange>,
+}

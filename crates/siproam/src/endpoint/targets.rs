@@ -1,0 +1,213 @@
+//! Resolution: registrars and next hops into the core's targets, and
+//! registration.
+
+use std::net::{IpAddr, SocketAddr};
+
+use siproam_core::{
+    AccountConfig, AccountId, AccountRoutes, CallId, Ipv6Use, RegistrarAddress,
+    Target as CoreTarget,
+};
+use tracing::debug;
+
+use crate::resolve::{Destination, FamilyPreference, ResolvedTarget};
+use crate::transport::{ListenerInfo, SendTarget, Transport};
+
+use super::driver::{now, Driver};
+use super::{AccountSpec, CommandFor, EndpointError};
+
+/// The resolver's family preference for an IPv6 use.
+pub(super) fn family_preference(mode: Ipv6Use) -> FamilyPreference {
+    match mode {
+        Ipv6Use::Disabled => FamilyPreference::Ipv4Only,
+        Ipv6Use::Enabled => FamilyPreference::PreferIpv4,
+        Ipv6Use::Prefer => FamilyPreference::PreferIpv6,
+        Ipv6Use::Only => FamilyPreference::Ipv6Only,
+    }
+}
+
+impl Driver {
+    /// Resolves a SIP URI to every target, in order, with `family`.
+    async fn resolve_targets(
+        &mut self,
+        uri_text: &str,
+        family: FamilyPreference,
+    ) -> Result<Vec<ResolvedTarget>, EndpointError> {
+        let uri = siproam_sip::Uri::parse(uri_text)?;
+        let dest = Destination::from_uri(&uri)?;
+        let mut rng_state = self.random();
+        let mut rng = move || {
+            rng_state = rng_state
+                .wrapping_mul(1_664_525)
+                .wrapping_add(1_013_904_223);
+            rng_state
+        };
+        self.resolver.set_family(family);
+        Ok(self.resolver.resolve(&dest, &mut rng).await?)
+    }
+
+    /// The core's target for a resolved one: the local address to send
+    /// from and advertise is a listener of the target's family (its own
+    /// address, or the OS's source address towards the target for a
+    /// wildcard listener, or `local_ip` when given).
+    fn core_target(
+        &mut self,
+        target: &ResolvedTarget,
+        local_ip: Option<IpAddr>,
+    ) -> Result<CoreTarget, EndpointError> {
+        let listeners: Vec<ListenerInfo> = self
+            .transports
+            .listeners()
+            .into_iter()
+            .filter(|l| !self.retiring.iter().any(|(_, id)| *id == l.id))
+            .filter(|l| l.local.is_ipv4() == target.addr.is_ipv4())
+            .collect();
+        let listener = listeners
+            .iter()
+            .find(|l| l.transport == target.transport)
+            // no listener of that transport: the peer reaches us over the
+            // connection we open; advertise another listener's port
+            .or(listeners.first())
+            .ok_or(EndpointError::NoListener(target.transport))?;
+        let ip = match local_ip {
+            Some(ip) => ip,
+            None if listener.local.ip().is_unspecified() => self
+                .transports
+                .source_address_for(target.addr)
+                .map_err(EndpointError::NoRoute)?,
+            None => listener.local.ip(),
+        };
+        if target.transport == Transport::Tls {
+            self.server_names
+                .insert(target.addr, target.server_name.clone());
+        }
+        Ok(CoreTarget {
+            transport: target.transport,
+            remote: target.addr,
+            local: Some(SocketAddr::new(ip, listener.local.port())),
+        })
+    }
+
+    /// For a TCP/TLS target when no listener of that transport exists (of
+    /// the target's family): the connection the account will register
+    /// over, to be opened first so that its local address (and port) can
+    /// be the Contact (RFC 5626: the flow). A Contact naming another
+    /// transport's listener would send the registrar's requests to a port
+    /// nothing of ours listens on for them. `None`: a listener exists.
+    fn contact_connection(&self, target: &CoreTarget) -> Option<SendTarget> {
+        let transport = target.transport;
+        if !transport.is_reliable() {
+            return None;
+        }
+        let has_listener = self.transports.listeners().iter().any(|l| {
+            l.transport == transport
+                && l.local.is_ipv4() == target.remote.is_ipv4()
+                && !self.retiring.iter().any(|(_, id)| *id == l.id)
+        });
+        if has_listener {
+            return None;
+        }
+        let mut t = SendTarget::new(transport, target.remote);
+        if let Some(mut l) = target.local.filter(|l| !l.ip().is_unspecified()) {
+            l.set_port(0);
+            t = t.with_local(l);
+        }
+        if transport == Transport::Tls {
+            let name = self
+                .server_names
+                .get(&target.remote)
+                .cloned()
+                .unwrap_or_else(|| target.remote.ip().to_string());
+            t = t.with_server_name(name);
+        }
+        Some(t)
+    }
+
+    /// The first of `targets` we can reach from a listener (the error of
+    /// the first one when none can be).
+    fn first_usable(&mut self, targets: &[ResolvedTarget]) -> Result<CoreTarget, EndpointError> {
+        let mut first_error = None;
+        for t in targets {
+            match self.core_target(t, None) {
+                Ok(ct) => return Ok(ct),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(EndpointError::Stopped))
+    }
+
+    /// An application command for the next hop `hop` (a SIP URI),
+    /// resolved with the IPv6 use of the account of `from` (a new call).
+    pub(super) async fn command_via(
+        &mut self,
+        hop: String,
+        from: String,
+        make: CommandFor,
+    ) -> Result<Option<CallId>, EndpointError> {
+        let family = family_preference(
+            self.core
+                .routes_for_uri(&from)
+                .map_or(Ipv6Use::Enabled, |r| r.sip),
+        );
+        let targets = self.resolve_targets(&hop, family).await?;
+        let target = self.first_usable(&targets)?;
+        if let Some(local) = target.local {
+            self.core.note_local_ip(local.ip());
+        }
+        Ok(self.app.command(&mut self.core, now(), make(target))?)
+    }
+
+    pub(super) async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
+        // every address of the registrar the account's IPv6 use allows:
+        // the first reachable one now, the others for a family switch
+        let candidates = self
+            .resolve_targets(&spec.registrar, family_preference(spec.ipv6_sip))
+            .await?;
+        let mut core_target = self.first_usable(&candidates)?;
+        if let Some(t) = self.contact_connection(&core_target) {
+            // opened apart from `self`: the driver's future stays Send
+            match self.transports.clone().connect(&t).await {
+                Ok(flow) => core_target.local = Some(flow.local),
+                // the REGISTER's own connect fails the same way and says so
+                Err(e) => debug!("connect for the Contact failed: {e}"),
+            }
+        }
+        let local_ip = core_target.local.map(|a| a.ip());
+        let uri = siproam_sip::Uri::parse(&spec.registrar)?;
+        // the Request-URI of a REGISTER is the registrar's domain
+        let registrar_uri = match uri.as_sip() {
+            Some(s) => format!(
+                "{}:{}",
+                if s.is_secure() { "sips" } else { "sip" },
+                s.host_str()
+            ),
+            None => spec.registrar.clone(),
+        };
+        let mut cfg = AccountConfig::new(&spec.aor, &registrar_uri, core_target);
+        cfg.username = spec.username;
+        cfg.instance_id = spec.instance_id;
+        cfg.password = spec.password;
+        cfg.expires = spec.expires;
+        let id = self.core.register(now(), cfg);
+        // every TLS address's server name, for a later switch of family
+        for c in candidates.iter().filter(|c| c.transport == Transport::Tls) {
+            self.server_names.insert(c.addr, c.server_name.clone());
+        }
+        let routes = AccountRoutes {
+            aor: spec.aor,
+            registrar: candidates
+                .iter()
+                .map(|c| RegistrarAddress {
+                    transport: c.transport,
+                    addr: c.addr,
+                })
+                .collect(),
+            sip: spec.ipv6_sip,
+            media: spec.ipv6_media,
+            ip_change: spec.ip_change,
+        };
+        self.core.set_account_routes(id, routes, local_ip)?;
+        Ok(id)
+    }
+}

@@ -11,9 +11,15 @@
 //! its old path gone — make the fresh offer of the INVITE sent again).
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use crate::dialog::{CallId, CallState};
-use crate::endpoint::{CoreError, Endpoint, Target};
+use crate::endpoint::{CoreError, Endpoint, Event, Target};
+use crate::flow::Transport;
+
+use super::params::AccountIpChange;
+use super::report::{IpChangeError, IpChangeStage};
+use super::run::{Run, Scope, Step};
 
 /// How to move one call after a network change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,5 +152,168 @@ impl Endpoint {
             return Ok(CallMoveAction::ReofferWhenSettled { update });
         }
         Ok(CallMoveAction::Reoffer { update })
+    }
+}
+
+/// A call waiting for its refresh to settle.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CallWait {
+    /// Settling events to skip first (a CANCELled re-INVITE's own end).
+    pub(super) skip: u8,
+}
+
+impl Endpoint {
+    pub(super) fn step_calls(&mut self, now: Instant, run: &mut Run) {
+        run.step = Step::Retire;
+        self.mobility.local_ip = Some(run.ip);
+        let ip = run.ip;
+        let call_contact = SocketAddr::new(ip, run.port_for(Transport::Udp));
+        let defaults = AccountIpChange::from_params(&run.params);
+        for (call, state) in self.calls() {
+            if run
+                .params
+                .calls
+                .as_ref()
+                .is_some_and(|only| !only.contains(&call))
+            {
+                continue;
+            }
+            use CallState as S;
+            let ringing = matches!(state, S::Incoming | S::Ringing | S::Early | S::Calling);
+            if !ringing && state != S::Confirmed {
+                continue;
+            }
+            // the knobs of the call's own account (its AoR is our URI)
+            let knobs = self
+                .call_local_uri(call)
+                .and_then(|u| self.account_with_aor(u))
+                .and_then(|(_, r)| r.ip_change)
+                .unwrap_or(defaults);
+            let flags = knobs.refresh;
+            let stage = if state == S::Confirmed && knobs.hangup_calls {
+                IpChangeStage::HangupCalls
+            } else {
+                IpChangeStage::RefreshCalls
+            };
+            // in-dialog requests to a next hop of the other family (IPv4
+            // ↔ IPv6) go to the same proxy's address in the new family
+            let mut next_hop = None;
+            if let Some(hop) = self.call_next_hop(call) {
+                if hop.remote.is_ipv4() != ip.is_ipv4() {
+                    next_hop = self
+                        .mobility
+                        .accounts
+                        .values()
+                        .filter(|a| a.routes.is_registrar(hop.transport, hop.remote))
+                        .find_map(|a| a.routes.candidate(hop.transport, ip))
+                        .map(|c| Target {
+                            transport: c.transport,
+                            remote: c.addr,
+                            local: None,
+                        });
+                    if next_hop.is_none() && !knobs.hangup_calls {
+                        run.failed += 1;
+                        self.report(
+                            run,
+                            now,
+                            stage,
+                            Err(IpChangeError::NoNextHopAddress),
+                            Scope {
+                                call: Some(call),
+                                ..Scope::default()
+                            },
+                        );
+                        continue;
+                    }
+                }
+            }
+            let media_ip = if flags.reinit_media {
+                self.media_ip_for(&run.view, call, ip)
+            } else {
+                None
+            };
+            // the address the call sends from (its Via) is gone: an
+            // unanswered INVITE of ours is sent again (break-before-make)
+            let old_path_gone = self
+                .call_next_hop(call)
+                .and_then(|hop| hop.local)
+                .is_some_and(|a| !a.ip().is_unspecified() && !run.view.is_local(a.ip()));
+            let mv = CallMove {
+                contact: flags.update_contact.then_some(call_contact),
+                via: flags.update_via.then_some(call_contact),
+                next_hop,
+                hang_up: knobs.hangup_calls,
+                prefer_update: flags.prefer_update,
+                old_path_gone,
+            };
+            self.move_one_call(now, run, call, state, mv, media_ip, stage);
+        }
+    }
+
+    /// Moves one call, hands the media part to the application
+    /// ([`Event::CallMoved`]) and notes what confirms the move.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn move_one_call(
+        &mut self,
+        now: Instant,
+        run: &mut Run,
+        call: CallId,
+        state: CallState,
+        mv: CallMove,
+        media_ip: Option<std::net::IpAddr>,
+        stage: IpChangeStage,
+    ) {
+        let action = match self.move_call(now, call, mv) {
+            Ok(a) => a,
+            Err(e) => {
+                run.failed += 1;
+                self.report(
+                    run,
+                    now,
+                    stage,
+                    Err(e.into()),
+                    Scope {
+                        call: Some(call),
+                        ..Scope::default()
+                    },
+                );
+                return;
+            }
+        };
+        if action != CallMoveAction::Nothing {
+            self.events.push_back(Event::CallMoved {
+                call,
+                media_ip,
+                action,
+            });
+        }
+        let wait = match action {
+            CallMoveAction::Reoffer { .. } => Some(CallWait { skip: 0 }),
+            CallMoveAction::ReofferWhenSettled { .. } => Some(CallWait { skip: 1 }),
+            // an early dialog told of the new Contact by UPDATE
+            CallMoveAction::Rebind if self.call_refresh_pending(call) => Some(CallWait { skip: 0 }),
+            CallMoveAction::Rebind => None,
+            // our INVITE sent again from the new address: the call rings
+            // again, its answer is the user's
+            CallMoveAction::Resend => None,
+            CallMoveAction::Nothing if state == CallState::Confirmed && mv.hang_up => None,
+            // a call in no state to move (an INVITE not answered at all)
+            CallMoveAction::Nothing => return,
+        };
+        match wait {
+            Some(w) => {
+                run.confirm_calls.insert(call, w);
+            }
+            None => self.report(
+                run,
+                now,
+                stage,
+                Ok(()),
+                Scope {
+                    call: Some(call),
+                    ..Scope::default()
+                },
+            ),
+        }
     }
 }

@@ -9,18 +9,25 @@
 //!   ([`crate::Endpoint::detect_change`]), and where media goes;
 //! - `run`: the change itself, a state machine that asks the driver for
 //!   socket work ([`crate::Endpoint::poll_mobility`] /
-//!   [`crate::Endpoint::handle_mobility`]) stage by stage, and reports
-//!   each stage when its effect is confirmed (the REGISTER's 2xx, the
-//!   refresh's 2xx); NAT rebinding learnt from `received`/`rport` goes
-//!   through it too;
-//! - `calls`: what a change does to one call;
+//!   [`crate::Endpoint::handle_mobility`]) stage by stage;
+//! - `listeners`: `shutdown_transports`, `restart_listener`, the old
+//!   listeners at the end;
+//! - `accounts`: `shutdown_registration_flow`, `update_contact`;
+//! - `calls`: `refresh_calls` / `hangup_calls`, and what a change does to
+//!   one call;
+//! - `settle`: each stage reported when its effect is confirmed (the
+//!   REGISTER's 2xx, the refresh's 2xx), `completed`; NAT rebinding
+//!   learnt from `received`/`rport`, which runs through the same machine;
 //! - `report`: the typed stages and errors.
 
+mod accounts;
 mod calls;
 mod detect;
+mod listeners;
 mod params;
 mod report;
 mod run;
+mod settle;
 mod view;
 
 use std::collections::HashMap;

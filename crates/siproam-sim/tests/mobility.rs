@@ -1077,3 +1077,70 @@ fn detection_reads_the_view() {
     view.local.remove(&ip(UA));
     assert_eq!(sim.endpoint(ua).detect_change(&view).unwrap().ip, ip(NEW));
 }
+
+/// `prefer_update` with a peer that allows UPDATE: the application is
+/// asked for its re-offer by UPDATE, which leaves from the new address.
+#[test]
+fn prefer_update_moves_the_call_with_an_update() {
+    let (mut sim, alice, bob, a, b) = call_up();
+    let mut params = IpChangeParams::new(ip(NEW));
+    params.refresh.prefer_update = true;
+    let mark = sim.log().len();
+    sim.ip_change(alice, params);
+    let moved = sim
+        .take_events(alice)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::CallMoved { call, action, .. } => Some((call, action)),
+            _ => None,
+        });
+    assert_eq!(moved, Some((a, CallMoveAction::Reoffer { update: true })));
+    sim.run_for(Duration::from_millis(100));
+    bob_answers(&mut sim, bob, b);
+    let sent = sent_since(&sim, mark);
+    assert_eq!(sent[0], ("UPDATE".to_owned(), ip(NEW)), "{sent:?}");
+    assert!(!sent.iter().any(|(m, _)| m == "INVITE"), "{sent:?}");
+}
+
+/// `update_via` alone (`update_contact` and `reinit_media` off): the
+/// re-INVITE leaves from the new address, its Via names it, the Contact
+/// stays, and the application re-offers no new media address.
+#[test]
+fn update_via_alone_moves_the_via_and_keeps_the_contact() {
+    let (mut sim, alice, bob, a, b) = call_up();
+    let mut params = IpChangeParams::new(ip(NEW));
+    params.refresh.update_contact = false;
+    params.refresh.reinit_media = false;
+    let mark = sim.log().len();
+    sim.ip_change(alice, params);
+    let moved = sim
+        .take_events(alice)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::CallMoved { call, media_ip, .. } => Some((call, media_ip)),
+            _ => None,
+        });
+    assert_eq!(moved, Some((a, None)));
+    sim.run_for(Duration::from_millis(100));
+    let reinvite = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("INVITE "))
+        .expect("a re-INVITE")
+        .clone();
+    assert_eq!(reinvite.from.ip(), ip(NEW));
+    // the dialog's Contact is still the old address: once the re-offer is
+    // answered, Bob's BYE goes there
+    bob_answers(&mut sim, bob, b);
+    sim.with_endpoint(bob, |ep, now| ep.hang_up(now, b))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let bye = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("BYE "))
+        .expect("Bob's BYE");
+    assert_eq!(bye.to.ip(), ip(UA), "the Contact stayed");
+}

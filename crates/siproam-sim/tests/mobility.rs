@@ -1144,3 +1144,125 @@ fn update_via_alone_moves_the_via_and_keeps_the_contact() {
         .expect("Bob's BYE");
     assert_eq!(bye.to.ip(), ip(UA), "the Contact stayed");
 }
+
+/// A partial change (what detection makes: `keep_unaffected`, only some
+/// accounts): a listener pinned to an address that still exists stays,
+/// only the stale stream connections are closed (their local address no
+/// longer the source towards their peer), and only the named account
+/// registers again.
+#[test]
+fn a_partial_change_keeps_what_it_does_not_concern() {
+    let (mut sim, ua, reg, acc) = registered(Transport::Tcp);
+    sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+    let view = sim.network_view(ua);
+    assert_eq!(view.connections.len(), 1, "{view:?}");
+    let stale = view.connections[0].id;
+    // the route to the registrar now leaves from NEW; the listeners stay
+    // pinned on UA, which still exists
+    let mut view = view;
+    view.sources.insert(addr(REG, 5060), ip(NEW));
+    let params = siproam_core::DetectedChange {
+        ip: ip(NEW),
+        accounts: vec![acc],
+        calls: vec![],
+    }
+    .params(&IpChangeParams::new(ip(NEW)));
+    let now = sim.now();
+    sim.endpoint(ua).start_ip_change(now, params, view).unwrap();
+    let mut actions = Vec::new();
+    while let Some(a) = sim.endpoint(ua).poll_mobility() {
+        actions.push(a.clone());
+        let now = sim.now();
+        sim.endpoint(ua)
+            .handle_mobility(now, siproam_core::MobilityResult::Done);
+    }
+    assert_eq!(actions[0], MobilityAction::CloseConnections(vec![stale]));
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            MobilityAction::Listen { .. } | MobilityAction::CloseListener(_)
+        )),
+        "pinned listeners stay: {actions:?}"
+    );
+    sim.flush(ua);
+    let restarted: Vec<_> = reports(&mut sim, ua)
+        .into_iter()
+        .filter(|r| r.stage == IpChangeStage::RestartListener)
+        .map(|r| r.address)
+        .collect();
+    assert_eq!(
+        restarted,
+        [
+            Some(addr(UA, 5060)),
+            Some(addr(UA, 5060)),
+            Some(addr(UA, 5061))
+        ]
+    );
+    let r = recv(&mut sim, reg);
+    assert_eq!(r.message.method(), Some(siproam_sip::Method::Register));
+}
+
+/// Make-before-break while our call rings at a peer that allows UPDATE:
+/// the early dialog gets an UPDATE without SDP from the new address at
+/// once, and `refresh_calls` is ok on its 2xx.
+#[test]
+fn our_ringing_call_with_its_old_path_alive_gets_an_update() {
+    let mut sim = Sim::new(std::time::Instant::now(), 3);
+    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 2,
+            ..siproam_core::Config::default()
+        },
+    );
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: addr(BOB, 5060),
+            local: Some(addr(UA, 5060)),
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    let b = sim
+        .take_events(bob)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .unwrap();
+    sim.with_endpoint(bob, |ep, now| ep.answer(now, b, 180, None))
+        .unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.endpoint(alice).call_allows_update(a));
+    sim.take_events(alice);
+    let mark = sim.log().len();
+    let steps = sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
+    assert_ne!(*stages(&steps).last().unwrap(), IpChangeStage::Completed);
+    sim.take_events(alice);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sent_since(&sim, mark),
+        [("UPDATE".to_owned(), ip(NEW)), ("200".to_owned(), ip(BOB)),]
+    );
+    let got: Vec<_> = reports(&mut sim, alice)
+        .into_iter()
+        .map(|r| (r.stage, r.status, r.call))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IpChangeStage::RefreshCalls, Ok(()), Some(a)),
+            (IpChangeStage::Completed, Ok(()), None),
+        ]
+    );
+}

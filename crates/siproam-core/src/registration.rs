@@ -302,6 +302,20 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Whether an account registering over `transport` to `remote` must
+    /// open its connection first and name that connection's own address
+    /// in its Contact (RFC 5626: the flow): a stream transport with no
+    /// listen point of it in the remote's family. A Contact naming another
+    /// transport's listener would send the registrar's requests where
+    /// nothing of ours listens for them.
+    pub fn needs_contact_flow(&self, transport: crate::Transport, remote: SocketAddr) -> bool {
+        transport.is_reliable()
+            && !self
+                .listen_points
+                .iter()
+                .any(|p| p.transport == transport && p.addr.is_ipv4() == remote.is_ipv4())
+    }
+
     /// Lets go of an account's flow before it is closed for a network
     /// change: its closing (and a REGISTER pending on it) no longer
     /// concerns the account, which registers anew over another flow.

@@ -124,17 +124,14 @@ impl Endpoint {
     /// family: the new flow, opened now, is the Contact (RFC 5626: the
     /// flow), as at registration.
     pub(super) fn connect_for_contact(&mut self, run: &mut Run, st: &mut AccountMoveState) {
-        if st.keep_flow || !st.transport.is_reliable() {
+        if st.keep_flow {
             return;
         }
         let Some(remote) = self.account_registrar(st.account) else {
             return;
         };
-        let has_listener = run
-            .new_points
-            .iter()
-            .any(|l| l.transport == st.transport && l.local.is_ipv4() == remote.is_ipv4());
-        if has_listener {
+        // (the listen points are the new listeners by now)
+        if !self.needs_contact_flow(st.transport, remote) {
             return;
         }
         run.ask(

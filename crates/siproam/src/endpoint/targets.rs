@@ -87,23 +87,13 @@ impl Driver {
         })
     }
 
-    /// For a TCP/TLS target when no listener of that transport exists (of
-    /// the target's family): the connection the account will register
-    /// over, to be opened first so that its local address (and port) can
-    /// be the Contact (RFC 5626: the flow). A Contact naming another
-    /// transport's listener would send the registrar's requests to a port
-    /// nothing of ours listens on for them. `None`: a listener exists.
+    /// The connection an account will register over, to be opened first
+    /// when the core says its own address must be the Contact
+    /// (`needs_contact_flow`: TCP/TLS with no listener of that transport);
+    /// `None`: a listener exists.
     fn contact_connection(&self, target: &CoreTarget) -> Option<SendTarget> {
         let transport = target.transport;
-        if !transport.is_reliable() {
-            return None;
-        }
-        let has_listener = self.transports.listeners().iter().any(|l| {
-            l.transport == transport
-                && l.local.is_ipv4() == target.remote.is_ipv4()
-                && !self.retiring.iter().any(|(_, id)| *id == l.id)
-        });
-        if has_listener {
+        if !self.core.needs_contact_flow(transport, target.remote) {
             return None;
         }
         let mut t = SendTarget::new(transport, target.remote);

@@ -460,6 +460,49 @@ fn sdp(tag: &str) -> bytes::Bytes {
     ))
 }
 
+/// Alice on `addrs` and Bob (a sans-IO endpoint on BOB).
+fn alice_and_bob(addrs: &[std::net::IpAddr]) -> (Sim, NodeId, NodeId) {
+    let mut sim = Sim::new(std::time::Instant::now(), 3);
+    let alice = sim.add_endpoint("alice", addrs, siproam_core::Config::default());
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 2,
+            ..siproam_core::Config::default()
+        },
+    );
+    (sim, alice, bob)
+}
+
+/// Alice calls Bob over UDP (from `local` when given), with an offer.
+fn call_bob(sim: &mut Sim, alice: NodeId, local: Option<SocketAddr>) -> CallId {
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: addr(BOB, 5060),
+            local,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap()
+}
+
+/// The call that just arrived at `node`.
+fn incoming(sim: &mut Sim, node: NodeId) -> CallId {
+    sim.take_events(node)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            Event::IncomingCall { call, .. } => Some(call),
+            _ => None,
+        })
+        .expect("an incoming call")
+}
+
 /// The application's media part of a move, as the `Phone` does it: a
 /// fresh offer now, or once the pending refresh settles.
 fn reoffering_app() -> siproam_sim::Handler {
@@ -498,39 +541,10 @@ fn reoffering_app() -> siproam_sim::Handler {
 /// with Bob (a sans-IO endpoint on BOB): (sim, alice, bob, alice's call,
 /// bob's call).
 fn call_up() -> (Sim, NodeId, NodeId, CallId, CallId) {
-    let mut sim = Sim::new(std::time::Instant::now(), 3);
-    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        siproam_core::Config {
-            seed: 2,
-            ..siproam_core::Config::default()
-        },
-    );
-    let spec = InviteSpec {
-        uri: format!("sip:bob@{BOB}"),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            transport: Transport::Udp,
-            remote: addr(BOB, 5060),
-            local: None,
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    let a = sim
-        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
-        .unwrap();
+    let (mut sim, alice, bob) = alice_and_bob(&[ip(UA), ip(NEW)]);
+    let a = call_bob(&mut sim, alice, None);
     sim.run_for(Duration::from_millis(100));
-    let b = sim
-        .take_events(bob)
-        .into_iter()
-        .find_map(|(_, e)| match e {
-            Event::IncomingCall { call, .. } => Some(call),
-            _ => None,
-        })
-        .unwrap();
+    let b = incoming(&mut sim, bob);
     sim.with_endpoint(bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
         .unwrap();
     sim.run_for(Duration::from_millis(100));
@@ -769,39 +783,10 @@ fn a_change_back_takes_back_the_lingering_listener() {
 /// answered there.
 #[test]
 fn our_ringing_call_whose_address_went_is_invited_again_from_the_new_one() {
-    let mut sim = Sim::new(std::time::Instant::now(), 3);
-    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        siproam_core::Config {
-            seed: 2,
-            ..siproam_core::Config::default()
-        },
-    );
-    let spec = InviteSpec {
-        uri: format!("sip:bob@{BOB}"),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            transport: Transport::Udp,
-            remote: addr(BOB, 5060),
-            local: Some(addr(UA, 5060)),
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    let a = sim
-        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
-        .unwrap();
+    let (mut sim, alice, bob) = alice_and_bob(&[ip(UA), ip(NEW)]);
+    let a = call_bob(&mut sim, alice, Some(addr(UA, 5060)));
     sim.run_for(Duration::from_millis(100));
-    let first = sim
-        .take_events(bob)
-        .into_iter()
-        .find_map(|(_, e)| match e {
-            Event::IncomingCall { call, .. } => Some(call),
-            _ => None,
-        })
-        .unwrap();
+    let first = incoming(&mut sim, bob);
     sim.with_endpoint(bob, |ep, now| ep.answer(now, first, 180, None))
         .unwrap();
     sim.run_for(Duration::from_millis(100));
@@ -816,14 +801,7 @@ fn our_ringing_call_whose_address_went_is_invited_again_from_the_new_one() {
         sent.contains(&("INVITE".to_owned(), ip(NEW))),
         "sent again from the new address: {sent:?}"
     );
-    let second = sim
-        .take_events(bob)
-        .into_iter()
-        .find_map(|(_, e)| match e {
-            Event::IncomingCall { call, .. } => Some(call),
-            _ => None,
-        })
-        .expect("the new INVITE rings at Bob");
+    let second = incoming(&mut sim, bob);
     sim.with_endpoint(bob, |ep, now| {
         ep.answer(now, second, 200, Some(sdp("answer")))
     })
@@ -840,16 +818,7 @@ fn our_ringing_call_whose_address_went_is_invited_again_from_the_new_one() {
 /// new Contact: the peer's ACK comes to the new address.
 #[test]
 fn a_call_ringing_here_is_answered_with_the_new_contact() {
-    let mut sim = Sim::new(std::time::Instant::now(), 3);
-    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        siproam_core::Config {
-            seed: 2,
-            ..siproam_core::Config::default()
-        },
-    );
+    let (mut sim, alice, bob) = alice_and_bob(&[ip(UA), ip(NEW)]);
     let spec = InviteSpec {
         uri: format!("sip:alice@{UA}"),
         from: "sip:bob@example.test".into(),
@@ -864,14 +833,7 @@ fn a_call_ringing_here_is_answered_with_the_new_contact() {
     sim.with_endpoint(bob, |ep, now| ep.invite(now, spec))
         .unwrap();
     sim.run_for(Duration::from_millis(100));
-    let a = sim
-        .take_events(alice)
-        .into_iter()
-        .find_map(|(_, e)| match e {
-            Event::IncomingCall { call, .. } => Some(call),
-            _ => None,
-        })
-        .unwrap();
+    let a = incoming(&mut sim, alice);
     sim.with_endpoint(alice, |ep, now| ep.answer(now, a, 180, None))
         .unwrap();
     sim.run_for(Duration::from_millis(100));
@@ -913,17 +875,8 @@ fn a_call_ringing_here_is_answered_with_the_new_contact() {
 /// our address, `refresh_calls` on its 2xx, `completed`.
 #[test]
 fn a_nat_rebinding_moves_the_accounts_calls_through_the_machine() {
-    let mut sim = Sim::new(std::time::Instant::now(), 3);
-    let alice = sim.add_endpoint("alice", &[ip(UA)], siproam_core::Config::default());
+    let (mut sim, alice, bob) = alice_and_bob(&[ip(UA)]);
     let reg = sim.add_peer("registrar", &[ip(REG)]);
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        siproam_core::Config {
-            seed: 2,
-            ..siproam_core::Config::default()
-        },
-    );
     let target = Target {
         transport: Transport::Udp,
         remote: addr(REG, 5060),
@@ -954,29 +907,9 @@ fn a_nat_rebinding_moves_the_accounts_calls_through_the_machine() {
     ok(&mut sim, reg, &r, 300);
     sim.run_for(Duration::from_millis(100));
     // a call of the account's (its AoR is the call's local URI)
-    let spec = InviteSpec {
-        uri: format!("sip:bob@{BOB}"),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            transport: Transport::Udp,
-            remote: addr(BOB, 5060),
-            local: None,
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    let a = sim
-        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
-        .unwrap();
+    let a = call_bob(&mut sim, alice, None);
     sim.run_for(Duration::from_millis(100));
-    let b = sim
-        .take_events(bob)
-        .into_iter()
-        .find_map(|(_, e)| match e {
-            Event::IncomingCall { call, .. } => Some(call),
-            _ => None,
-        })
-        .unwrap();
+    let b = incoming(&mut sim, bob);
     sim.with_endpoint(bob, |ep, now| ep.answer(now, b, 200, Some(sdp("answer"))))
         .unwrap();
     sim.run_for(Duration::from_millis(100));
@@ -1207,39 +1140,10 @@ fn a_partial_change_keeps_what_it_does_not_concern() {
 /// once, and `refresh_calls` is ok on its 2xx.
 #[test]
 fn our_ringing_call_with_its_old_path_alive_gets_an_update() {
-    let mut sim = Sim::new(std::time::Instant::now(), 3);
-    let alice = sim.add_endpoint("alice", &[ip(UA), ip(NEW)], siproam_core::Config::default());
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        siproam_core::Config {
-            seed: 2,
-            ..siproam_core::Config::default()
-        },
-    );
-    let spec = InviteSpec {
-        uri: format!("sip:bob@{BOB}"),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            transport: Transport::Udp,
-            remote: addr(BOB, 5060),
-            local: Some(addr(UA, 5060)),
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    let a = sim
-        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
-        .unwrap();
+    let (mut sim, alice, bob) = alice_and_bob(&[ip(UA), ip(NEW)]);
+    let a = call_bob(&mut sim, alice, Some(addr(UA, 5060)));
     sim.run_for(Duration::from_millis(100));
-    let b = sim
-        .take_events(bob)
-        .into_iter()
-        .find_map(|(_, e)| match e {
-            Event::IncomingCall { call, .. } => Some(call),
-            _ => None,
-        })
-        .unwrap();
+    let b = incoming(&mut sim, bob);
     sim.with_endpoint(bob, |ep, now| ep.answer(now, b, 180, None))
         .unwrap();
     sim.run_for(Duration::from_millis(100));

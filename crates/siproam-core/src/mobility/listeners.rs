@@ -23,6 +23,30 @@ pub(super) enum ListenerPlan {
 }
 
 impl Endpoint {
+    /// A listener is open (kept, taken back, opened or restarted): the
+    /// stage is reported with its address, and it is one of the new ones.
+    pub(super) fn listener_opened(
+        &mut self,
+        run: &mut Run,
+        now: Instant,
+        transport: Transport,
+        listener: ListenerView,
+        status: Result<(), IpChangeError>,
+    ) {
+        self.report(
+            run,
+            now,
+            IpChangeStage::RestartListener,
+            status,
+            Scope {
+                transport: Some(transport),
+                address: Some(listener.local),
+                ..Scope::default()
+            },
+        );
+        run.new_points.push(listener);
+    }
+
     pub(super) fn step_transports(&mut self, run: &mut Run) {
         run.step = Step::Listeners;
         run.old.clone_from(&run.view.listeners);
@@ -102,18 +126,7 @@ impl Endpoint {
         };
         match self.plan_listener(run, &l) {
             ListenerPlan::Keep => {
-                self.report(
-                    run,
-                    now,
-                    IpChangeStage::RestartListener,
-                    Ok(()),
-                    Scope {
-                        transport: Some(l.transport),
-                        address: Some(l.local),
-                        ..Scope::default()
-                    },
-                );
-                run.new_points.push(l);
+                self.listener_opened(run, now, l.transport, l, Ok(()));
             }
             ListenerPlan::Listen(addr) => run.ask(
                 MobilityAction::Listen {
@@ -194,18 +207,7 @@ impl Endpoint {
                 } else {
                     Ok(())
                 };
-                self.report(
-                    run,
-                    now,
-                    IpChangeStage::RestartListener,
-                    status,
-                    Scope {
-                        transport: Some(old.transport),
-                        address: Some(l.local),
-                        ..Scope::default()
-                    },
-                );
-                run.new_points.push(l);
+                self.listener_opened(run, now, old.transport, l, status);
                 return;
             }
             MobilityResult::ListenFailed(f) => f,

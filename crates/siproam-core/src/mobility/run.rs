@@ -374,18 +374,7 @@ impl Endpoint {
             }
             Waiting::Restart { old } => match result {
                 MobilityResult::Listening(l) => {
-                    self.report(
-                        run,
-                        now,
-                        IpChangeStage::RestartListener,
-                        Ok(()),
-                        Scope {
-                            transport: Some(old.transport),
-                            address: Some(l.local),
-                            ..Scope::default()
-                        },
-                    );
-                    run.new_points.push(l);
+                    self.listener_opened(run, now, old.transport, l, Ok(()));
                 }
                 // its address is gone: to where the first account's
                 // registrar is reached from now
@@ -442,18 +431,7 @@ impl Endpoint {
                 self.move_account_now(now, run, st);
             }
             Waiting::Reclaim { old, lingering } => {
-                self.report(
-                    run,
-                    now,
-                    IpChangeStage::RestartListener,
-                    Ok(()),
-                    Scope {
-                        transport: Some(old.transport),
-                        address: Some(lingering.local),
-                        ..Scope::default()
-                    },
-                );
-                run.new_points.push(lingering);
+                self.listener_opened(run, now, old.transport, lingering, Ok(()));
             }
             Waiting::Retire => {}
         }

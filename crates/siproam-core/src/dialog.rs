@@ -957,6 +957,11 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The INVITE server transaction of a call not answered yet.
+    pub(crate) fn call_server_tx(&self, call: CallId) -> Option<ServerTxId> {
+        self.calls.calls.get(&call.0).and_then(|c| c.server_tx)
+    }
+
     /// Where the call's next in-dialog request goes: the route set's first
     /// hop (or the remote target), unless
     /// [`set_call_next_hop`](Self::set_call_next_hop) overrode it.

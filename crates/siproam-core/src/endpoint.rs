@@ -1248,6 +1248,26 @@ impl Endpoint {
         }
     }
 
+    /// Sends a UDP server transaction's responses from `local` from now on
+    /// (a network change took the address its request came to; RFC 3261
+    /// §18.2.2 names where a response goes, not where it leaves from).
+    /// A stream transaction stays on its connection.
+    pub(crate) fn move_server_tx(&mut self, tx: ServerTxId, local: SocketAddr) {
+        let Some(remote) = self
+            .server_txs
+            .get(&tx.0)
+            .and_then(|t| self.flows.get(t.flow))
+            .filter(|f| !f.transport.is_reliable())
+            .map(|f| f.remote)
+        else {
+            return;
+        };
+        let flow = self.flows.inbound(Transport::Udp, local, remote);
+        if let Some(t) = self.server_txs.get_mut(&tx.0) {
+            t.flow = flow;
+        }
+    }
+
     /// Answers a request received as [`Event::IncomingRequest`].
     pub fn respond(
         &mut self,

@@ -818,6 +818,18 @@ fn our_ringing_call_whose_address_went_is_invited_again_from_the_new_one() {
 /// new Contact: the peer's ACK comes to the new address.
 #[test]
 fn a_call_ringing_here_is_answered_with_the_new_contact() {
+    ringing_here_then_answered(false);
+}
+
+/// The same when the old address is gone (break-before-make): the answer
+/// cannot leave from the address the INVITE came to, so it leaves from
+/// the new one, and the call is set up.
+#[test]
+fn a_call_ringing_here_when_its_address_went_is_answered_from_the_new_one() {
+    ringing_here_then_answered(true);
+}
+
+fn ringing_here_then_answered(break_before_make: bool) {
     let (mut sim, alice, bob) = alice_and_bob(&[ip(UA), ip(NEW)]);
     let spec = InviteSpec {
         uri: format!("sip:alice@{UA}"),
@@ -837,6 +849,9 @@ fn a_call_ringing_here_is_answered_with_the_new_contact() {
     sim.with_endpoint(alice, |ep, now| ep.answer(now, a, 180, None))
         .unwrap();
     sim.run_for(Duration::from_millis(100));
+    if break_before_make {
+        sim.set_addresses(alice, &[ip(NEW)]);
+    }
     let mark = sim.log().len();
     let steps = sim.ip_change(alice, IpChangeParams::new(ip(NEW)));
     let moved = steps.iter().find_map(|s| match s {
@@ -865,6 +880,20 @@ fn a_call_ringing_here_is_answered_with_the_new_contact() {
     assert_eq!(
         sim.endpoint(alice).call_state(a),
         Some(CallState::Confirmed)
+    );
+    let b = sim.endpoint(bob).calls().first().map(|(c, _)| *c).unwrap();
+    assert_eq!(sim.endpoint(bob).call_state(b), Some(CallState::Confirmed));
+    let fates: Vec<_> = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .map(|e| (e.first_line.clone(), e.fate))
+        .collect();
+    assert!(
+        fates
+            .iter()
+            .all(|(_, f)| *f == siproam_sim::Fate::Delivered),
+        "{fates:?}"
     );
 }
 

@@ -133,6 +133,13 @@ impl Endpoint {
             self.abandon_invite(now, call)?;
             return Ok(CallMoveAction::Resend);
         }
+        if ringing && !self.call_is_outgoing(call) && mv.old_path_gone {
+            // the INVITE came to an address that is gone: our answer
+            // leaves from the new one
+            if let (Some(tx), Some(from)) = (self.call_server_tx(call), mv.via.or(mv.contact)) {
+                self.move_server_tx(tx, from);
+            }
+        }
         if ringing {
             // an outgoing early dialog learns the new Contact at once
             if mv.contact.is_some()

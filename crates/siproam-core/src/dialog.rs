@@ -5,7 +5,6 @@
 //! unknown dialogs. Bodies (SDP) are opaque here: the application makes
 //! and reads them.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -224,7 +223,7 @@ impl CallPhase {
 /// route set, sequence numbers, the offer/answer exchanges in progress),
 /// and its [`CallPhase`].
 #[derive(Debug)]
-struct Call {
+pub(crate) struct Call {
     role: Role,
     phase: CallPhase,
     call_id: String,
@@ -303,17 +302,38 @@ impl Default for IncomingCallLimits {
     }
 }
 
-/// Every call of an endpoint.
-#[derive(Debug, Default)]
-pub(crate) struct Calls {
-    calls: HashMap<u32, Call>,
-    next: u32,
-    limits: IncomingCallLimits,
-}
-
 impl Call {
+    /// Whether a request with this Call-ID and tags belongs to the call's
+    /// dialog (an early dialog of ours matches the peer's tag or, before
+    /// we know it, our own as the To tag).
+    pub(crate) fn is_in_dialog(
+        &self,
+        call_id: &str,
+        from_tag: Option<&str>,
+        to_tag: Option<&str>,
+    ) -> bool {
+        let local = Some(self.local_tag.as_str());
+        self.call_id == call_id
+            && match self.role {
+                Role::Uas => {
+                    from_tag == self.remote_tag.as_deref() && (to_tag.is_none() || to_tag == local)
+                }
+                Role::Uac => to_tag == local || from_tag == self.remote_tag.as_deref(),
+            }
+    }
+
+    /// The flow the dialog uses, if one is known.
+    pub(crate) fn flow(&self) -> Option<FlowId> {
+        self.flow
+    }
+
+    /// Whether the peer placed the call.
+    pub(crate) fn is_incoming(&self) -> bool {
+        self.role == Role::Uas
+    }
+
     /// An incoming call we have not sent a final response to.
-    fn is_unanswered_incoming(&self) -> bool {
+    pub(crate) fn is_unanswered_incoming(&self) -> bool {
         matches!(self.phase, CallPhase::Incoming { .. })
     }
 
@@ -328,13 +348,6 @@ impl Call {
         Some(self.send_from.unwrap_or(self.contact))
             .filter(|a| !a.ip().is_unspecified())
             .map(|a| SocketAddr::new(a.ip(), 0))
-    }
-}
-
-impl Calls {
-    /// The flows the calls use (kept when idle UDP flows are reclaimed).
-    pub(crate) fn flows_in_use(&self) -> impl Iterator<Item = FlowId> + '_ {
-        self.calls.values().filter_map(|c| c.flow)
     }
 }
 
@@ -368,10 +381,7 @@ fn uri_addr(uri: &str, default_transport: Transport) -> Option<Target> {
 
 impl Endpoint {
     fn new_call(&mut self, call: Call) -> CallId {
-        self.calls.next += 1;
-        let id = self.calls.next;
-        self.calls.calls.insert(id, call);
-        CallId(id)
+        self.calls.insert(call)
     }
 
     fn call_event(&mut self, ev: CallEvent) {
@@ -396,7 +406,7 @@ impl Endpoint {
     /// A provisional response sent or received on a call not answered
     /// yet: reported when the state changes (or a body came).
     fn set_progress(&mut self, id: CallId, to: Progress, code: Option<u16>, body: Option<Bytes>) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         let before = c.state();
@@ -415,7 +425,7 @@ impl Endpoint {
 
     /// The call is up (the ACK of our 2xx came, or the 2xx of our INVITE).
     fn set_confirmed(&mut self, id: CallId, code: Option<u16>, body: Option<Bytes>) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         let invite_tx = match &c.phase {
@@ -432,7 +442,7 @@ impl Endpoint {
 
     /// The call ended: reported, its timers cancelled, forgotten.
     fn end_call(&mut self, id: CallId, code: Option<u16>, body: Option<Bytes>) {
-        if self.calls.calls.remove(&id.0).is_none() {
+        if self.calls.remove(id).is_none() {
             return;
         }
         self.state_event(id, CallState::Disconnected, code, body);
@@ -441,23 +451,23 @@ impl Endpoint {
 
     /// The state of a call, if it exists.
     pub fn call_state(&self, call: CallId) -> Option<CallState> {
-        self.calls.calls.get(&call.0).map(Call::state)
+        self.calls.get(call).map(Call::state)
     }
 
     /// How many calls exist.
     pub fn call_count(&self) -> usize {
-        self.calls.calls.len()
+        self.calls.count()
     }
 
     /// Sets how many incoming calls are taken at once and how long one
     /// rings (applies to INVITEs that arrive from now on).
     pub fn set_incoming_call_limits(&mut self, limits: IncomingCallLimits) {
-        self.calls.limits = limits;
+        self.calls.set_limits(limits);
     }
 
     /// The limits on incoming calls in force.
     pub fn incoming_call_limits(&self) -> IncomingCallLimits {
-        self.calls.limits
+        self.calls.limits()
     }
 
     /// Refuses an incoming call not answered yet with a final status
@@ -527,7 +537,7 @@ impl Endpoint {
         let _ = self.start_client_tx(now, b, spec.target, TxOwner::Call(id));
         if let Some(rid) = self.last_request_id() {
             if let Some(CallPhase::Outgoing { invite, .. }) =
-                self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase)
+                self.calls.get_mut(id).map(|c| &mut c.phase)
             {
                 *invite = Some(rid);
             }
@@ -562,7 +572,7 @@ impl Endpoint {
     /// the call). The early dialog (to-tag, remote target, route set) is
     /// forgotten. The call waits for [`Endpoint::resend_invite`].
     pub(crate) fn abandon_invite(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         let CallPhase::Outgoing { invite, .. } = c.phase else {
             return Err(CoreError::InvalidState);
         };
@@ -574,7 +584,7 @@ impl Endpoint {
         }
         self.disown_client_txs(now, TxOwner::Call(call));
         self.timers.cancel_all(TimerOwner::Call(call.0));
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+        if let Some(c) = self.calls.get_mut(call) {
             if let CallPhase::Outgoing { invite, .. } = &mut c.phase {
                 *invite = None;
             }
@@ -606,11 +616,7 @@ impl Endpoint {
     ) -> Result<(), CoreError> {
         let call_id = format!("{}@siproam", self.rng.token(20));
         let local_tag = self.rng.token(10);
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         let CallPhase::Outgoing {
             invite: None,
             offer,
@@ -632,11 +638,11 @@ impl Endpoint {
         if let Some(a) = c.source_ip() {
             target.local = Some(a);
         }
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         let b = self.initial_invite(c, target.transport, offer);
         let flow = self.start_client_tx(now, b, target, TxOwner::Call(call))?;
         let rid = self.last_request_id();
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+        if let Some(c) = self.calls.get_mut(call) {
             if let CallPhase::Outgoing { invite, .. } = &mut c.phase {
                 *invite = rid;
             }
@@ -752,11 +758,11 @@ impl Endpoint {
         body: Option<Bytes>,
         cseq: Option<u32>,
     ) -> Option<(MessageBuilder, Target)> {
-        let c = self.calls.calls.get_mut(&id.0)?;
+        let c = self.calls.get_mut(id)?;
         if cseq.is_none() && method != Method::Ack && method != Method::Cancel {
             c.local_cseq += 1;
         }
-        let c = self.calls.calls.get(&id.0)?;
+        let c = self.calls.get(id)?;
         let target = self.in_dialog_target(c);
         let cseq = cseq.unwrap_or(c.local_cseq);
         let (from_uri, to_uri) = (c.local_uri.clone(), c.remote_uri.clone());
@@ -803,7 +809,7 @@ impl Endpoint {
         body: Option<Bytes>,
         headers: &[(&str, &str)],
     ) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         let (tx, req, reliable_1xx) = match &c.phase {
             CallPhase::Incoming {
                 tx,
@@ -848,7 +854,7 @@ impl Endpoint {
         let resp = b.build()?;
         self.respond(now, tx, resp.clone())?;
         if reliable {
-            if let Some(c) = self.calls.calls.get_mut(&call.0) {
+            if let Some(c) = self.calls.get_mut(call) {
                 c.rseq = rseq;
                 if let CallPhase::Incoming { unacked_1xx, .. } = &mut c.phase {
                     *unacked_1xx = Some(Unacked {
@@ -883,11 +889,7 @@ impl Endpoint {
     /// Ends a call: BYE when confirmed, CANCEL while our INVITE is
     /// pending, 486 for an incoming call not yet answered.
     pub fn hang_up(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         match &mut c.phase {
             CallPhase::Confirmed { .. } | CallPhase::Answered { .. } => self.send_bye(now, call),
             CallPhase::Outgoing { invite: None, .. } => {
@@ -927,7 +929,7 @@ impl Endpoint {
         update: bool,
         body: Option<Bytes>,
     ) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         // one refresh of ours at a time; a re-INVITE only in a confirmed
         // dialog with no INVITE of the peer's in progress (RFC 3261 §14.1,
         // RFC 3311 §1); an UPDATE once a dialog exists
@@ -953,7 +955,7 @@ impl Endpoint {
             .ok_or(CoreError::NoSuchCall)?;
         self.start_client_tx(now, b, target, TxOwner::Call(call))?;
         let rid = self.last_request_id().ok_or(CoreError::InvalidState)?;
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+        if let Some(c) = self.calls.get_mut(call) {
             c.refresh = Some((rid, update, body));
         }
         Ok(())
@@ -966,13 +968,9 @@ impl Endpoint {
         call: CallId,
         body: Bytes,
     ) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         let (tx, req) = c.pending_offer.take().ok_or(CoreError::InvalidState)?;
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         let transport = self
             .flows
             .get(c.flow.unwrap_or(crate::FlowId(0)))
@@ -991,10 +989,7 @@ impl Endpoint {
     /// Whether the peer's last Allow header listed UPDATE (RFC 3311), so a
     /// refresh may use UPDATE instead of a re-INVITE.
     pub fn call_allows_update(&self, call: CallId) -> bool {
-        self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.peer_allows_update)
+        self.calls.get(call).is_some_and(|c| c.peer_allows_update)
     }
 
     /// CANCELs our re-INVITE in progress on the call (RFC 6141 §5.5: a
@@ -1002,7 +997,7 @@ impl Endpoint {
     /// [`CallEvent::RefreshFailed`]. An UPDATE cannot be cancelled:
     /// [`CoreError::InvalidState`].
     pub fn cancel_refresh(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         match c.refresh {
             Some((rid, false, _)) => self.cancel(now, rid).map(|_| ()),
             _ => Err(CoreError::InvalidState),
@@ -1016,7 +1011,7 @@ impl Endpoint {
             message: resp,
             interval: self.config.t1,
         };
-        let Some(c) = self.calls.calls.get_mut(&call.0) else {
+        let Some(c) = self.calls.get_mut(call) else {
             return;
         };
         // the phase is taken out for the move (a placeholder in between)
@@ -1069,10 +1064,7 @@ impl Endpoint {
 
     /// Whether we placed the call (we are its UAC).
     pub fn call_is_outgoing(&self, call: CallId) -> bool {
-        self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.role == Role::Uac)
+        self.calls.get(call).is_some_and(|c| c.role == Role::Uac)
     }
 
     /// Whether our INVITE of a call not answered yet was lost (its
@@ -1080,17 +1072,13 @@ impl Endpoint {
     /// sent again yet.
     pub(crate) fn call_invite_lost(&self, call: CallId) -> bool {
         self.calls
-            .calls
-            .get(&call.0)
+            .get(call)
             .is_some_and(|c| matches!(c.phase, CallPhase::Outgoing { invite: None, .. }))
     }
 
     /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
     pub fn call_refresh_pending(&self, call: CallId) -> bool {
-        self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.refresh.is_some())
+        self.calls.get(call).is_some_and(|c| c.refresh.is_some())
     }
 
     /// Tells the core a network change starts at `now`: for the next
@@ -1106,11 +1094,7 @@ impl Endpoint {
     /// Changes our Contact address for a call (a network change); the
     /// next request or answer carries it.
     pub fn set_call_contact(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         c.contact = addr;
         c.send_from = None;
         c.flow = None;
@@ -1121,11 +1105,7 @@ impl Endpoint {
     /// the Contact stays as it is (a network change with the Via updated
     /// but not the Contact).
     pub fn set_call_send_from(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         c.send_from = Some(addr);
         c.flow = None;
         Ok(())
@@ -1135,10 +1115,7 @@ impl Endpoint {
     /// hop (or the remote target), unless
     /// [`set_call_next_hop`](Self::set_call_next_hop) overrode it.
     pub fn call_next_hop(&self, call: CallId) -> Option<Target> {
-        self.calls
-            .calls
-            .get(&call.0)
-            .map(|c| self.in_dialog_target(c))
+        self.calls.get(call).map(|c| self.in_dialog_target(c))
     }
 
     /// Sends the call's in-dialog requests to `hop` (with the route set
@@ -1150,11 +1127,7 @@ impl Endpoint {
         call: CallId,
         hop: Option<Target>,
     ) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         c.next_hop = hop;
         c.flow = None;
         Ok(())
@@ -1163,17 +1136,12 @@ impl Endpoint {
     /// Our URI in the call (the From of a call we made, the To of one we
     /// answered): the account it belongs to.
     pub fn call_local_uri(&self, call: CallId) -> Option<&str> {
-        self.calls.calls.get(&call.0).map(|c| c.local_uri.as_str())
+        self.calls.get(call).map(|c| c.local_uri.as_str())
     }
 
     /// Every call and its state.
     pub fn calls(&self) -> Vec<(CallId, CallState)> {
-        let mut v: Vec<_> = self
-            .calls
-            .calls
-            .iter()
-            .map(|(id, c)| (CallId(*id), c.state()))
-            .collect();
+        let mut v: Vec<_> = self.calls.iter().map(|(id, c)| (id, c.state())).collect();
         v.sort_by_key(|(id, _)| *id);
         v
     }
@@ -1197,19 +1165,9 @@ impl Endpoint {
         };
         let to_tag = tag_param(req, true);
         let from_tag = tag_param(req, false);
-        let found = self.calls.calls.iter().find(|(_, c)| {
-            c.call_id == req.call_id()
-                && match c.role {
-                    Role::Uas => {
-                        from_tag == c.remote_tag
-                            && (to_tag.is_none() || to_tag.as_deref() == Some(c.local_tag.as_str()))
-                    }
-                    Role::Uac => {
-                        to_tag.as_deref() == Some(c.local_tag.as_str()) || from_tag == c.remote_tag
-                    }
-                }
-        });
-        let found = found.map(|(id, _)| CallId(*id));
+        let found = self
+            .calls
+            .find_dialog(req.call_id(), from_tag.as_deref(), to_tag.as_deref());
         match (method, found, tx) {
             (Method::Invite, None, Some(tx)) if to_tag.is_none() => {
                 self.incoming_call(now, tx, flow, req);
@@ -1218,7 +1176,7 @@ impl Endpoint {
             (Method::Ack, Some(id), _) => {
                 // the ACK of our 2xx: to the INVITE (the call is up) or to
                 // a re-INVITE
-                let acked = match self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase) {
+                let acked = match self.calls.get_mut(id).map(|c| &mut c.phase) {
                     Some(CallPhase::Answered { .. }) => Some(true),
                     Some(CallPhase::Confirmed { unacked_2xx, .. }) => {
                         unacked_2xx.take().map(|_| false)
@@ -1244,15 +1202,14 @@ impl Endpoint {
             (Method::Cancel, Some(id), Some(tx)) => {
                 let tag = self
                     .calls
-                    .calls
-                    .get(&id.0)
+                    .get(id)
                     .map(|c| c.local_tag.clone())
                     .unwrap_or_default();
                 if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
                     let _ = self.respond(now, tx, ok);
                 }
                 // CANCEL after the 2xx changes nothing (RFC 3261 §9.2)
-                let answered = self.calls.calls.get(&id.0).is_some_and(|c| {
+                let answered = self.calls.get(id).is_some_and(|c| {
                     matches!(
                         c.phase,
                         CallPhase::Answered { .. } | CallPhase::Confirmed { .. }
@@ -1270,12 +1227,12 @@ impl Endpoint {
                     .rack()
                     .and_then(Result::ok)
                     .map(|r| (r.rseq, r.cseq.seq));
-                let c = self.calls.calls.get_mut(&id.0);
+                let c = self.calls.get_mut(id);
                 let expected = c.as_ref().map(|c| (c.rseq, c.remote_cseq));
                 let (code, phrase) = match (rack, expected) {
                     (Some(got), Some(want)) if got == want => {
                         if let Some(CallPhase::Incoming { unacked_1xx, .. }) =
-                            self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase)
+                            self.calls.get_mut(id).map(|c| &mut c.phase)
                         {
                             *unacked_1xx = None;
                         }
@@ -1287,8 +1244,7 @@ impl Endpoint {
                 };
                 let tag = self
                     .calls
-                    .calls
-                    .get(&id.0)
+                    .get(id)
                     .map(|c| c.local_tag.clone())
                     .unwrap_or_default();
                 if let Ok(r) = MessageBuilder::response_to(req, code, phrase, Some(&tag)).build() {
@@ -1299,8 +1255,7 @@ impl Endpoint {
             (Method::Bye, Some(id), Some(tx)) => {
                 let tag = self
                     .calls
-                    .calls
-                    .get(&id.0)
+                    .get(id)
                     .map(|c| c.local_tag.clone())
                     .unwrap_or_default();
                 if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
@@ -1335,22 +1290,8 @@ impl Endpoint {
         }
     }
 
-    /// Whether a new incoming call fits the limits (counted over the
-    /// calls that exist, at most `max_calls` of them).
-    fn incoming_call_admitted(&self) -> bool {
-        let limits = self.calls.limits;
-        let (mut unanswered, mut incoming) = (0usize, 0usize);
-        for c in self.calls.calls.values().filter(|c| c.role == Role::Uas) {
-            incoming += 1;
-            if c.is_unanswered_incoming() {
-                unanswered += 1;
-            }
-        }
-        unanswered < limits.max_unanswered && incoming < limits.max_calls
-    }
-
     fn incoming_call(&mut self, now: Instant, tx: ServerTxId, flow: FlowId, req: &Message) {
-        if !self.incoming_call_admitted() {
+        if !self.calls.admits_incoming() {
             // no call is made: nothing is held for it but its transaction
             let tag = self.rng.token(10);
             if let Ok(r) = MessageBuilder::response_to(req, 486, reason(486), Some(&tag)).build() {
@@ -1422,7 +1363,7 @@ impl Endpoint {
             send_from: None,
         };
         let id = self.new_call(call);
-        if let Some(wait) = self.calls.limits.no_answer {
+        if let Some(wait) = self.calls.limits().no_answer {
             self.timers
                 .set(TimerOwner::Call(id.0), TimerKind::NoAnswer, now + wait);
         }
@@ -1438,7 +1379,7 @@ impl Endpoint {
     /// (same branch): 487 it and drop its offer.
     fn cancel_peer_reinvite(&mut self, now: Instant, id: CallId, cancel: &Message) {
         let branch = |m: &Message| m.top_via().ok().and_then(|v| v.branch().map(str::to_owned));
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         let matches = c.pending_offer.as_ref().is_some_and(|(_, r)| {
@@ -1460,7 +1401,7 @@ impl Endpoint {
 
     fn in_dialog_offer(&mut self, now: Instant, id: CallId, tx: ServerTxId, req: &Message) {
         let update = req.method() == Some(Method::Update);
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         // glare: our own offer is outstanding (RFC 3261 §14.2, RFC 3311 §5.2)
@@ -1495,8 +1436,7 @@ impl Endpoint {
             let transport = c.first_hop.transport;
             let contact = self
                 .calls
-                .calls
-                .get(&id.0)
+                .get(id)
                 .map(|c| self.contact_header(c, transport))
                 .unwrap_or_default();
             if let Ok(r) = MessageBuilder::response_to(req, code, reason(code), Some(&tag))
@@ -1516,7 +1456,7 @@ impl Endpoint {
     }
 
     pub(crate) fn call_response(&mut self, now: Instant, id: CallId, resp: Message) {
-        let Some(c) = self.calls.calls.get(&id.0) else {
+        let Some(c) = self.calls.get(id) else {
             // a 2xx for a call we already ended: ACK and BYE it (RFC 3261 §15)
             return;
         };
@@ -1535,7 +1475,7 @@ impl Endpoint {
             match code {
                 100 => {}
                 101..=199 => {
-                    if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                    if let Some(c) = self.calls.get_mut(id) {
                         if let Some(allows) = allow_update(&resp) {
                             c.peer_allows_update = allows;
                         }
@@ -1573,42 +1513,30 @@ impl Endpoint {
             self.send_ack(now, id, &resp);
         }
         if is_refresh && code >= 200 {
-            let refresh = self
-                .calls
-                .calls
-                .get_mut(&id.0)
-                .and_then(|c| c.refresh.take());
+            let refresh = self.calls.get_mut(id).and_then(|c| c.refresh.take());
             match code {
                 200..=299 => {
                     if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next() {
                         let t = a.uri().to_string();
-                        if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                        if let Some(c) = self.calls.get_mut(id) {
                             c.remote_target = t;
                         }
                     }
-                    if let (Some(allows), Some(c)) =
-                        (allow_update(&resp), self.calls.calls.get_mut(&id.0))
-                    {
+                    if let (Some(allows), Some(c)) = (allow_update(&resp), self.calls.get_mut(id)) {
                         c.peer_allows_update = allows;
                     }
                     self.call_event(CallEvent::Answer { call: id, body });
                 }
                 491 => {
                     // retry after 2.1–4 s if we own the Call-ID, else 0–2 s
-                    let owner = self
-                        .calls
-                        .calls
-                        .get(&id.0)
-                        .is_some_and(|c| c.role == Role::Uac);
+                    let owner = self.calls.get(id).is_some_and(|c| c.role == Role::Uac);
                     let unit = self.rng.unit();
                     let wait = if owner {
                         Duration::from_millis(2100 + (unit * 1900.0) as u64)
                     } else {
                         Duration::from_millis((unit * 2000.0) as u64)
                     };
-                    if let (Some(c), Some((_, update, b))) =
-                        (self.calls.calls.get_mut(&id.0), refresh)
-                    {
+                    if let (Some(c), Some((_, update, b))) = (self.calls.get_mut(id), refresh) {
                         c.glare_retry = Some((update, b));
                     }
                     self.timers
@@ -1624,7 +1552,7 @@ impl Endpoint {
     }
 
     fn confirm_uac(&mut self, now: Instant, id: CallId, resp: &Message, body: Option<Bytes>) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         if let Some(allows) = allow_update(resp) {
@@ -1653,7 +1581,7 @@ impl Endpoint {
         self.send_ack(now, id, resp);
         self.set_confirmed(id, resp.status(), body);
         // the 2xx crossed our CANCEL: the call exists, end it (RFC 3261 §9.1)
-        if cancelled && self.calls.calls.contains_key(&id.0) {
+        if cancelled && self.calls.contains(id) {
             let _ = self.send_bye(now, id);
         }
     }
@@ -1680,7 +1608,7 @@ impl Endpoint {
         }
         let Some(Ok(rseq)) = resp.rseq() else { return };
         let cseq = resp.cseq().seq;
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         if rseq <= c.remote_rseq {
@@ -1694,7 +1622,7 @@ impl Endpoint {
     }
 
     pub(crate) fn call_failed(&mut self, now: Instant, id: CallId, reason: RequestFailure) {
-        let Some(c) = self.calls.calls.get(&id.0) else {
+        let Some(c) = self.calls.get(id) else {
             return;
         };
         let code = match reason {
@@ -1709,15 +1637,14 @@ impl Endpoint {
             // the call stays, its INVITE (if that died) is sent again by
             // the move (`CallMoveAction::Resend`)
             let invite_gone = invite.is_some_and(|rid| !self.client_tx_exists(rid));
-            if let (true, Some(CallPhase::Outgoing { invite, .. })) = (
-                invite_gone,
-                self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase),
-            ) {
+            if let (true, Some(CallPhase::Outgoing { invite, .. })) =
+                (invite_gone, self.calls.get_mut(id).map(|c| &mut c.phase))
+            {
                 *invite = None;
             }
             return;
         }
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         let confirmed = c.state() == CallState::Confirmed;
@@ -1737,7 +1664,7 @@ impl Endpoint {
     pub(crate) fn call_timer(&mut self, now: Instant, id: CallId, kind: TimerKind) {
         match kind {
             TimerKind::Retransmit2xx => {
-                let (ok, tx) = match self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase) {
+                let (ok, tx) = match self.calls.get_mut(id).map(|c| &mut c.phase) {
                     Some(CallPhase::Answered { ok, tx, .. }) => (ok, Some(*tx)),
                     Some(CallPhase::Confirmed {
                         unacked_2xx: Some(ok),
@@ -1757,7 +1684,7 @@ impl Endpoint {
             TimerKind::AckTimeout => {
                 // no ACK: confirm and hang up (RFC 3261 §13.3.1.4)
                 if let Some(CallPhase::Confirmed { unacked_2xx, .. }) =
-                    self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase)
+                    self.calls.get_mut(id).map(|c| &mut c.phase)
                 {
                     *unacked_2xx = None;
                 }
@@ -1768,7 +1695,7 @@ impl Endpoint {
             TimerKind::Reliable1xx => {
                 let Some(CallPhase::Incoming {
                     unacked_1xx, tx, ..
-                }) = self.calls.calls.get_mut(&id.0).map(|c| &mut c.phase)
+                }) = self.calls.get_mut(id).map(|c| &mut c.phase)
                 else {
                     return;
                 };
@@ -1789,21 +1716,11 @@ impl Endpoint {
                     .set(TimerOwner::Call(id.0), TimerKind::Reliable1xx, now + next);
             }
             // nobody answered: 480 (RFC 3261 §21.4.18)
-            TimerKind::NoAnswer
-                if self
-                    .calls
-                    .calls
-                    .get(&id.0)
-                    .is_some_and(Call::is_unanswered_incoming) =>
-            {
+            TimerKind::NoAnswer if self.calls.get(id).is_some_and(Call::is_unanswered_incoming) => {
                 let _ = self.answer(now, id, 480, None);
             }
             TimerKind::Glare => {
-                let retry = self
-                    .calls
-                    .calls
-                    .get_mut(&id.0)
-                    .and_then(|c| c.glare_retry.take());
+                let retry = self.calls.get_mut(id).and_then(|c| c.glare_retry.take());
                 if let Some((update, body)) = retry {
                     let _ = self.refresh(now, id, update, body);
                 }

@@ -256,7 +256,7 @@ pub struct Endpoint {
     server_txs: HashMap<u64, ServerTx>,
     server_index: HashMap<String, u64>,
     pub(crate) accounts: HashMap<u32, Account>,
-    pub(crate) calls: crate::dialog::Calls,
+    pub(crate) calls: crate::calls::Calls,
     /// The client transaction started last (for callers that need its id).
     last_tx: Option<u64>,
     pub(crate) listen_points: Vec<ListenPoint>,
@@ -322,7 +322,7 @@ impl Endpoint {
             mobility: crate::mobility::Mobility::default(),
             clock: None,
             accounts: HashMap::new(),
-            calls: crate::dialog::Calls::default(),
+            calls: crate::calls::Calls::default(),
             last_tx: None,
             listen_points: Vec::new(),
             transmits: VecDeque::new(),

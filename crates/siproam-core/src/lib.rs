@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod calls;
 mod config;
 mod dialog;
 mod endpoint;

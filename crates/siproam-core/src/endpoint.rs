@@ -16,7 +16,7 @@ use siproam_sip::{Answer, HeaderName, Message, MessageBuilder, Method};
 use crate::admission::{shrink, SharedAdmission};
 use crate::config::Config;
 use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, Transport};
-use crate::registration::{Account, AccountId};
+use crate::registration::AccountId;
 use crate::rng::Rng;
 use crate::timers::{TimeoutReason, TimerKind, TimerOwner, TimerTable};
 
@@ -255,7 +255,7 @@ pub struct Endpoint {
     client_index: HashMap<(String, String), u64>,
     server_txs: HashMap<u64, ServerTx>,
     server_index: HashMap<String, u64>,
-    pub(crate) accounts: HashMap<u32, Account>,
+    pub(crate) accounts: crate::accounts::Accounts,
     pub(crate) calls: crate::calls::Calls,
     /// The client transaction started last (for callers that need its id).
     last_tx: Option<u64>,
@@ -263,7 +263,6 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     next_tx: u64,
-    pub(crate) next_account: u32,
     /// Until then, in-dialog timeouts and transport failures do not end
     /// calls (a network change: requests die on the dead path).
     pub(crate) change_window_until: Option<Instant>,
@@ -321,14 +320,13 @@ impl Endpoint {
             tidied: None,
             mobility: crate::mobility::Mobility::default(),
             clock: None,
-            accounts: HashMap::new(),
+            accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             last_tx: None,
             listen_points: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_tx: 0,
-            next_account: 0,
         }
     }
 
@@ -466,7 +464,7 @@ impl Endpoint {
             .values()
             .map(|t| t.flow)
             .chain(self.server_txs.values().map(|t| t.flow))
-            .chain(self.accounts.values().filter_map(|a| a.flow_in_use()))
+            .chain(self.accounts.flows_in_use())
             .collect();
         in_use.extend(self.calls.flows_in_use());
         self.flows.reclaim_udp(&in_use);

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod accounts;
 mod admission;
 mod calls;
 mod config;

@@ -26,6 +26,7 @@ mod registration;
 mod rng;
 pub mod sdp;
 mod timers;
+mod transactions;
 
 pub use admission::{AdmissionConfig, AdmissionStats, SharedAdmission};
 pub use config::Config;

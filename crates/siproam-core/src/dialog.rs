@@ -5,7 +5,6 @@
 //! unknown dialogs. Bodies (SDP) are opaque here: the application makes
 //! and reads them.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -132,12 +131,105 @@ enum Role {
     Uas,
 }
 
+/// A message retransmitted until it is acknowledged (our 2xx until its
+/// ACK, a reliable provisional until its PRACK), and the current interval.
 #[derive(Debug)]
-struct Call {
+struct Unacked {
+    message: Message,
+    interval: Duration,
+}
+
+/// How far an INVITE not answered yet has come (a provisional response
+/// sent or received).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Nothing but 100 yet.
+    None,
+    /// 180.
+    Ringing,
+    /// 183 or another provisional (early media).
+    Early,
+}
+
+/// Where a call is in its life: what only some phases have is carried by
+/// their variants (a call that ended is removed, it has no phase).
+#[derive(Debug)]
+enum CallPhase {
+    /// We placed the call and no final response came yet (`Calling`,
+    /// `Ringing`, `Early`).
+    Outgoing {
+        progress: Progress,
+        /// Our INVITE's transaction (`None` once given up after a
+        /// network change, until [`Endpoint::resend_invite`]).
+        invite: Option<RequestId>,
+        /// The offer our INVITE carried (sent again when no fresh one
+        /// comes).
+        offer: Option<Bytes>,
+        /// We CANCELled our INVITE: a 2xx that still comes is ACKed and
+        /// BYEd.
+        cancelled: bool,
+    },
+    /// An INVITE came and we sent no final response yet (`Incoming`,
+    /// `Ringing`, `Early`).
+    Incoming {
+        progress: Progress,
+        /// Its server transaction, which our answers go through.
+        tx: ServerTxId,
+        /// The INVITE.
+        request: Message,
+        /// The peer requires reliable provisional responses (RFC 3262).
+        reliable_1xx: bool,
+        /// Our reliable provisional awaiting its PRACK.
+        unacked_1xx: Option<Unacked>,
+    },
+    /// We answered the peer's INVITE with a 2xx and wait for its ACK (the
+    /// state reported stays what it was until the ACK).
+    Answered {
+        progress: Progress,
+        tx: ServerTxId,
+        request: Message,
+        /// Our 2xx, retransmitted until the ACK.
+        ok: Unacked,
+    },
+    /// 2xx and ACK: the call is up.
+    Confirmed {
+        /// The INVITE's server transaction of a call we answered: a 2xx
+        /// awaiting its ACK is retransmitted through it.
+        invite_tx: Option<ServerTxId>,
+        /// Our 2xx to the peer's re-INVITE, retransmitted until its ACK.
+        unacked_2xx: Option<Unacked>,
+    },
+}
+
+impl CallPhase {
+    /// The state reported for the phase.
+    fn state(&self) -> CallState {
+        let early = |p: Progress, none: CallState| match p {
+            Progress::None => none,
+            Progress::Ringing => CallState::Ringing,
+            Progress::Early => CallState::Early,
+        };
+        match self {
+            CallPhase::Outgoing { progress, .. } => early(*progress, CallState::Calling),
+            CallPhase::Incoming { progress, .. } | CallPhase::Answered { progress, .. } => {
+                early(*progress, CallState::Incoming)
+            }
+            CallPhase::Confirmed { .. } => CallState::Confirmed,
+        }
+    }
+}
+
+/// One call: what every call has (its dialog's identifiers, addresses,
+/// route set, sequence numbers, the offer/answer exchanges in progress),
+/// and its [`CallPhase`].
+#[derive(Debug)]
+pub(crate) struct Call {
     role: Role,
-    state: CallState,
+    phase: CallPhase,
     call_id: String,
     local_tag: String,
+    /// The peer's tag: `None` before an early dialog of ours exists, or
+    /// from a peer that sends none (RFC 2543).
     remote_tag: Option<String>,
     local_uri: String,
     remote_uri: String,
@@ -147,33 +239,21 @@ struct Call {
     route_set: Vec<String>,
     contact_user: String,
     /// Our Contact address (changed in place by a network change).
-    contact: Option<SocketAddr>,
+    contact: SocketAddr,
     /// The first hop used for the INVITE (a proxy, or the peer).
     first_hop: Target,
-    /// Our INVITE (`None` once given up after a network change, until
-    /// [`Endpoint::resend_invite`]).
-    invite: Option<RequestId>,
-    /// The offer our INVITE carried (sent again when no fresh one comes).
-    invite_offer: Option<Bytes>,
-    server_tx: Option<ServerTxId>,
-    invite_request: Option<Message>,
-    /// The UAS's 2xx, retransmitted until the ACK.
-    pending_2xx: Option<(Message, Duration)>,
-    /// A re-INVITE or UPDATE of ours in progress.
+    /// A re-INVITE or UPDATE of ours in progress: (its transaction,
+    /// update, its offer).
     refresh: Option<(RequestId, bool, Option<Bytes>)>,
     /// A peer's re-INVITE / UPDATE waiting for our answer.
     pending_offer: Option<(ServerTxId, Message)>,
     /// A refresh to retry after a 491: (update, body).
     glare_retry: Option<(bool, Option<Bytes>)>,
-    /// The flow the dialog was made on.
+    /// The flow the dialog was made on (`None` after a network change
+    /// moved the call, until its next request picks one).
     flow: Option<FlowId>,
-    /// We CANCELled our INVITE: a 2xx that still comes is ACKed and BYEd.
-    cancelled: bool,
-    /// The peer requires reliable provisional responses (RFC 3262).
-    reliable_1xx: bool,
-    /// Our last RSeq, and the provisional awaiting its PRACK.
+    /// Our last RSeq (RFC 3262).
     rseq: u32,
-    unacked_1xx: Option<(Message, Duration)>,
     /// The peer's last RSeq we PRACKed.
     remote_rseq: u32,
     /// The peer's last Allow header listed UPDATE (RFC 3311 §5.1).
@@ -222,25 +302,52 @@ impl Default for IncomingCallLimits {
     }
 }
 
-/// Every call of an endpoint.
-#[derive(Debug, Default)]
-pub(crate) struct Calls {
-    calls: HashMap<u32, Call>,
-    next: u32,
-    limits: IncomingCallLimits,
-}
-
 impl Call {
-    /// An incoming call we have not sent a final response to.
-    fn is_unanswered_incoming(&self) -> bool {
-        self.role == Role::Uas && self.state != CallState::Confirmed && self.pending_2xx.is_none()
+    /// Whether a request with this Call-ID and tags belongs to the call's
+    /// dialog (an early dialog of ours matches the peer's tag or, before
+    /// we know it, our own as the To tag).
+    pub(crate) fn is_in_dialog(
+        &self,
+        call_id: &str,
+        from_tag: Option<&str>,
+        to_tag: Option<&str>,
+    ) -> bool {
+        let local = Some(self.local_tag.as_str());
+        self.call_id == call_id
+            && match self.role {
+                Role::Uas => {
+                    from_tag == self.remote_tag.as_deref() && (to_tag.is_none() || to_tag == local)
+                }
+                Role::Uac => to_tag == local || from_tag == self.remote_tag.as_deref(),
+            }
     }
-}
 
-impl Calls {
-    /// The flows the calls use (kept when idle UDP flows are reclaimed).
-    pub(crate) fn flows_in_use(&self) -> impl Iterator<Item = FlowId> + '_ {
-        self.calls.values().filter_map(|c| c.flow)
+    /// The flow the dialog uses, if one is known.
+    pub(crate) fn flow(&self) -> Option<FlowId> {
+        self.flow
+    }
+
+    /// Whether the peer placed the call.
+    pub(crate) fn is_incoming(&self) -> bool {
+        self.role == Role::Uas
+    }
+
+    /// An incoming call we have not sent a final response to.
+    pub(crate) fn is_unanswered_incoming(&self) -> bool {
+        matches!(self.phase, CallPhase::Incoming { .. })
+    }
+
+    /// The state reported.
+    fn state(&self) -> CallState {
+        self.phase.state()
+    }
+
+    /// Our address to send from: [`Call::send_from`], else the Contact's
+    /// (none while it is a wildcard).
+    fn source_ip(&self) -> Option<SocketAddr> {
+        Some(self.send_from.unwrap_or(self.contact))
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(a.ip(), 0))
     }
 }
 
@@ -274,55 +381,93 @@ fn uri_addr(uri: &str, default_transport: Transport) -> Option<Target> {
 
 impl Endpoint {
     fn new_call(&mut self, call: Call) -> CallId {
-        self.calls.next += 1;
-        let id = self.calls.next;
-        self.calls.calls.insert(id, call);
-        CallId(id)
+        self.calls.insert(call)
     }
 
     fn call_event(&mut self, ev: CallEvent) {
         self.events.push_back(Event::Call(ev));
     }
 
-    fn set_state(&mut self, id: CallId, state: CallState, code: Option<u16>, body: Option<Bytes>) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
-            return;
-        };
-        if c.state == state && body.is_none() {
-            return;
-        }
-        c.state = state;
+    fn state_event(
+        &mut self,
+        call: CallId,
+        state: CallState,
+        code: Option<u16>,
+        body: Option<Bytes>,
+    ) {
         self.call_event(CallEvent::State {
-            call: id,
+            call,
             state,
             code,
             body,
         });
-        if state == CallState::Disconnected {
-            self.timers.cancel_all(TimerOwner::Call(id.0));
-            self.calls.calls.remove(&id.0);
+    }
+
+    /// A provisional response sent or received on a call not answered
+    /// yet: reported when the state changes (or a body came).
+    fn set_progress(&mut self, id: CallId, to: Progress, code: Option<u16>, body: Option<Bytes>) {
+        let Some(c) = self.calls.get_mut(id) else {
+            return;
+        };
+        let before = c.state();
+        match &mut c.phase {
+            CallPhase::Outgoing { progress, .. }
+            | CallPhase::Incoming { progress, .. }
+            | CallPhase::Answered { progress, .. } => *progress = to,
+            // an answered call does not ring again
+            CallPhase::Confirmed { .. } => return,
         }
+        let state = c.state();
+        if state != before || body.is_some() {
+            self.state_event(id, state, code, body);
+        }
+    }
+
+    /// The call is up (the ACK of our 2xx came, or the 2xx of our INVITE).
+    fn set_confirmed(&mut self, id: CallId, code: Option<u16>, body: Option<Bytes>) {
+        let Some(c) = self.calls.get_mut(id) else {
+            return;
+        };
+        let invite_tx = match &c.phase {
+            CallPhase::Confirmed { .. } => return,
+            CallPhase::Answered { tx, .. } | CallPhase::Incoming { tx, .. } => Some(*tx),
+            CallPhase::Outgoing { .. } => None,
+        };
+        c.phase = CallPhase::Confirmed {
+            invite_tx,
+            unacked_2xx: None,
+        };
+        self.state_event(id, CallState::Confirmed, code, body);
+    }
+
+    /// The call ended: reported, its timers cancelled, forgotten.
+    fn end_call(&mut self, id: CallId, code: Option<u16>, body: Option<Bytes>) {
+        if self.calls.remove(id).is_none() {
+            return;
+        }
+        self.state_event(id, CallState::Disconnected, code, body);
+        self.timers.cancel_all(TimerOwner::Call(id.0));
     }
 
     /// The state of a call, if it exists.
     pub fn call_state(&self, call: CallId) -> Option<CallState> {
-        self.calls.calls.get(&call.0).map(|c| c.state)
+        self.calls.get(call).map(Call::state)
     }
 
     /// How many calls exist.
     pub fn call_count(&self) -> usize {
-        self.calls.calls.len()
+        self.calls.count()
     }
 
     /// Sets how many incoming calls are taken at once and how long one
     /// rings (applies to INVITEs that arrive from now on).
     pub fn set_incoming_call_limits(&mut self, limits: IncomingCallLimits) {
-        self.calls.limits = limits;
+        self.calls.set_limits(limits);
     }
 
     /// The limits on incoming calls in force.
     pub fn incoming_call_limits(&self) -> IncomingCallLimits {
-        self.calls.limits
+        self.calls.limits()
     }
 
     /// Refuses an incoming call not answered yet with a final status
@@ -342,9 +487,7 @@ impl Endpoint {
     }
 
     fn contact_header(&self, c: &Call, transport: Transport) -> String {
-        let addr = c
-            .contact
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = c.contact;
         let t = if transport == Transport::Udp {
             String::new()
         } else {
@@ -361,7 +504,12 @@ impl Endpoint {
         let local = self.local_for(flow, spec.target.transport, spec.target.local);
         let call = Call {
             role: Role::Uac,
-            state: CallState::Calling,
+            phase: CallPhase::Outgoing {
+                progress: Progress::None,
+                invite: None,
+                offer: spec.sdp.clone(),
+                cancelled: false,
+            },
             call_id: format!("{}@siproam", self.rng.token(20)),
             local_tag: self.rng.token(10),
             remote_tag: None,
@@ -372,21 +520,13 @@ impl Endpoint {
             remote_target: spec.uri.clone(),
             route_set: Vec::new(),
             contact_user: spec.contact_user.clone(),
-            contact: Some(local),
+            contact: local,
             first_hop: spec.target,
-            invite: None,
-            invite_offer: spec.sdp.clone(),
-            server_tx: None,
-            invite_request: None,
-            pending_2xx: None,
             refresh: None,
             pending_offer: None,
             glare_retry: None,
             flow: Some(flow),
-            cancelled: false,
-            reliable_1xx: false,
             rseq: 0,
-            unacked_1xx: None,
             remote_rseq: 0,
             peer_allows_update: false,
             next_hop: None,
@@ -396,16 +536,13 @@ impl Endpoint {
         let id = self.new_call(call);
         let _ = self.start_client_tx(now, b, spec.target, TxOwner::Call(id));
         if let Some(rid) = self.last_request_id() {
-            if let Some(c) = self.calls.calls.get_mut(&id.0) {
-                c.invite = Some(rid);
+            if let Some(CallPhase::Outgoing { invite, .. }) =
+                self.calls.get_mut(id).map(|c| &mut c.phase)
+            {
+                *invite = Some(rid);
             }
         }
-        self.call_event(CallEvent::State {
-            call: id,
-            state: CallState::Calling,
-            code: None,
-            body: None,
-        });
+        self.state_event(id, CallState::Calling, None, None);
         Ok(id)
     }
 
@@ -435,24 +572,22 @@ impl Endpoint {
     /// the call). The early dialog (to-tag, remote target, route set) is
     /// forgotten. The call waits for [`Endpoint::resend_invite`].
     pub(crate) fn abandon_invite(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
-        if c.role != Role::Uac || c.pending_2xx.is_some() {
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
+        let CallPhase::Outgoing { invite, .. } = c.phase else {
             return Err(CoreError::InvalidState);
-        }
-        let local = c
-            .send_from
-            .or(c.contact)
-            .filter(|a| !a.ip().is_unspecified())
-            .map(|a| SocketAddr::new(a.ip(), 0));
-        if let Some(invite) = c.invite {
+        };
+        let local = c.source_ip();
+        if let Some(invite) = invite {
             // before any provisional (state Calling) too: none can reach
             // us any more, and the callee may have the INVITE
             let _ = self.cancel_from(now, invite, local, Some(TxOwner::Abandoned));
         }
         self.disown_client_txs(now, TxOwner::Call(call));
         self.timers.cancel_all(TimerOwner::Call(call.0));
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
-            c.invite = None;
+        if let Some(c) = self.calls.get_mut(call) {
+            if let CallPhase::Outgoing { invite, .. } = &mut c.phase {
+                *invite = None;
+            }
             c.remote_tag = None;
             c.remote_target = c.remote_uri.clone();
             c.route_set.clear();
@@ -481,39 +616,36 @@ impl Endpoint {
     ) -> Result<(), CoreError> {
         let call_id = format!("{}@siproam", self.rng.token(20));
         let local_tag = self.rng.token(10);
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
-        let unanswered = matches!(
-            c.state,
-            CallState::Calling | CallState::Ringing | CallState::Early
-        );
-        if c.role != Role::Uac || !unanswered || c.invite.is_some() {
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
+        let CallPhase::Outgoing {
+            invite: None,
+            offer,
+            cancelled,
+            ..
+        } = &mut c.phase
+        else {
             return Err(CoreError::InvalidState);
+        };
+        *cancelled = false;
+        if sdp.is_some() {
+            *offer = sdp;
         }
+        let offer = offer.clone();
         c.call_id = call_id;
         c.local_tag = local_tag;
         c.local_cseq = 1;
-        c.cancelled = false;
-        if sdp.is_some() {
-            c.invite_offer = sdp;
-        }
         let mut target = c.next_hop.unwrap_or(c.first_hop);
-        if let Some(a) = c
-            .send_from
-            .or(c.contact)
-            .filter(|a| !a.ip().is_unspecified())
-        {
-            target.local = Some(SocketAddr::new(a.ip(), 0));
+        if let Some(a) = c.source_ip() {
+            target.local = Some(a);
         }
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
-        let b = self.initial_invite(c, target.transport, c.invite_offer.clone());
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
+        let b = self.initial_invite(c, target.transport, offer);
         let flow = self.start_client_tx(now, b, target, TxOwner::Call(call))?;
         let rid = self.last_request_id();
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
-            c.invite = rid;
+        if let Some(c) = self.calls.get_mut(call) {
+            if let CallPhase::Outgoing { invite, .. } = &mut c.phase {
+                *invite = rid;
+            }
             c.flow = Some(flow);
         }
         Ok(())
@@ -589,12 +721,7 @@ impl Endpoint {
     /// The next hop and Request-URI for an in-dialog request.
     fn in_dialog_target(&self, c: &Call) -> Target {
         if let Some(mut t) = c.next_hop {
-            t.local = c
-                .send_from
-                .or(c.contact)
-                .filter(|a| !a.ip().is_unspecified())
-                .map(|a| SocketAddr::new(a.ip(), 0))
-                .or(t.local);
+            t.local = c.source_ip().or(t.local);
             return t;
         }
         let hop = c
@@ -609,12 +736,7 @@ impl Endpoint {
                 t.remote = f.remote;
             }
         }
-        t.local = c
-            .send_from
-            .or(c.contact)
-            .filter(|a| !a.ip().is_unspecified())
-            .map(|a| SocketAddr::new(a.ip(), 0))
-            .or(c.first_hop.local);
+        t.local = c.source_ip().or(c.first_hop.local);
         t
     }
 
@@ -636,11 +758,11 @@ impl Endpoint {
         body: Option<Bytes>,
         cseq: Option<u32>,
     ) -> Option<(MessageBuilder, Target)> {
-        let c = self.calls.calls.get_mut(&id.0)?;
+        let c = self.calls.get_mut(id)?;
         if cseq.is_none() && method != Method::Ack && method != Method::Cancel {
             c.local_cseq += 1;
         }
-        let c = self.calls.calls.get(&id.0)?;
+        let c = self.calls.get(id)?;
         let target = self.in_dialog_target(c);
         let cseq = cseq.unwrap_or(c.local_cseq);
         let (from_uri, to_uri) = (c.local_uri.clone(), c.remote_uri.clone());
@@ -687,9 +809,17 @@ impl Endpoint {
         body: Option<Bytes>,
         headers: &[(&str, &str)],
     ) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
-        let (Some(tx), Some(req)) = (c.server_tx, c.invite_request.clone()) else {
-            return Err(CoreError::InvalidState);
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
+        let (tx, req, reliable_1xx) = match &c.phase {
+            CallPhase::Incoming {
+                tx,
+                request,
+                reliable_1xx,
+                ..
+            } => (*tx, request.clone(), *reliable_1xx),
+            // a 2xx again (a 1xx or a failure is refused by the transaction)
+            CallPhase::Answered { tx, request, .. } => (*tx, request.clone(), false),
+            _ => return Err(CoreError::InvalidState),
         };
         let mut b = MessageBuilder::response_to(&req, code, reason(code), Some(&c.local_tag));
         for rr in req.header_values(HeaderName::RecordRoute) {
@@ -699,7 +829,7 @@ impl Endpoint {
             b = b.header(name, value);
         }
         // RFC 3262: a peer that requires 100rel gets reliable provisionals
-        let reliable = c.reliable_1xx && (101..200).contains(&code);
+        let reliable = reliable_1xx && (101..200).contains(&code);
         let rseq = c.rseq + 1;
         if reliable {
             b = b
@@ -724,9 +854,14 @@ impl Endpoint {
         let resp = b.build()?;
         self.respond(now, tx, resp.clone())?;
         if reliable {
-            if let Some(c) = self.calls.calls.get_mut(&call.0) {
+            if let Some(c) = self.calls.get_mut(call) {
                 c.rseq = rseq;
-                c.unacked_1xx = Some((resp.clone(), self.config.t1));
+                if let CallPhase::Incoming { unacked_1xx, .. } = &mut c.phase {
+                    *unacked_1xx = Some(Unacked {
+                        message: resp.clone(),
+                        interval: self.config.t1,
+                    });
+                }
             }
             self.timers.set(
                 TimerOwner::Call(call.0),
@@ -743,10 +878,10 @@ impl Endpoint {
                 .cancel(TimerOwner::Call(call.0), TimerKind::NoAnswer);
         }
         match code {
-            180 => self.set_state(call, CallState::Ringing, Some(180), None),
-            181..=199 => self.set_state(call, CallState::Early, Some(code), None),
+            180 => self.set_progress(call, Progress::Ringing, Some(180), None),
+            181..=199 => self.set_progress(call, Progress::Early, Some(code), None),
             200..=299 => self.await_ack(now, call, resp),
-            _ => self.set_state(call, CallState::Disconnected, Some(code), None),
+            _ => self.end_call(call, Some(code), None),
         }
         Ok(())
     }
@@ -754,25 +889,26 @@ impl Endpoint {
     /// Ends a call: BYE when confirmed, CANCEL while our INVITE is
     /// pending, 486 for an incoming call not yet answered.
     pub fn hang_up(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
-        match (c.role, c.state) {
-            (_, CallState::Confirmed) => self.send_bye(now, call),
-            (Role::Uas, _) if c.pending_2xx.is_some() => self.send_bye(now, call),
-            (Role::Uac, _) if c.invite.is_none() => {
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
+        match &mut c.phase {
+            CallPhase::Confirmed { .. } | CallPhase::Answered { .. } => self.send_bye(now, call),
+            CallPhase::Outgoing { invite: None, .. } => {
                 // its INVITE was given up and not sent again: nothing to
                 // CANCEL
-                self.set_state(call, CallState::Disconnected, None, None);
+                self.end_call(call, None, None);
                 Ok(())
             }
-            (Role::Uac, _) => {
-                let invite = c.invite.ok_or(CoreError::InvalidState)?;
-                if let Some(c) = self.calls.calls.get_mut(&call.0) {
-                    c.cancelled = true;
-                }
+            CallPhase::Outgoing {
+                invite: Some(invite),
+                cancelled,
+                ..
+            } => {
+                let invite = *invite;
+                *cancelled = true;
                 self.cancel(now, invite)?;
                 Ok(())
             }
-            (Role::Uas, _) => self.answer(now, call, 486, None),
+            CallPhase::Incoming { .. } => self.answer(now, call, 486, None),
         }
     }
 
@@ -780,7 +916,7 @@ impl Endpoint {
         if let Some((b, target)) = self.in_dialog_request(call, Method::Bye, None) {
             self.start_client_tx(now, b, target, TxOwner::Call(call))?;
         }
-        self.set_state(call, CallState::Disconnected, None, None);
+        self.end_call(call, None, None);
         Ok(())
     }
 
@@ -793,14 +929,14 @@ impl Endpoint {
         update: bool,
         body: Option<Bytes>,
     ) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         // one refresh of ours at a time; a re-INVITE only in a confirmed
         // dialog with no INVITE of the peer's in progress (RFC 3261 §14.1,
         // RFC 3311 §1); an UPDATE once a dialog exists
         let allowed = if update {
-            !matches!(c.state, CallState::Calling | CallState::Incoming)
+            !matches!(c.state(), CallState::Calling | CallState::Incoming)
         } else {
-            c.state == CallState::Confirmed
+            c.state() == CallState::Confirmed
                 && !c
                     .pending_offer
                     .as_ref()
@@ -819,7 +955,7 @@ impl Endpoint {
             .ok_or(CoreError::NoSuchCall)?;
         self.start_client_tx(now, b, target, TxOwner::Call(call))?;
         let rid = self.last_request_id().ok_or(CoreError::InvalidState)?;
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
+        if let Some(c) = self.calls.get_mut(call) {
             c.refresh = Some((rid, update, body));
         }
         Ok(())
@@ -832,13 +968,9 @@ impl Endpoint {
         call: CallId,
         body: Bytes,
     ) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         let (tx, req) = c.pending_offer.take().ok_or(CoreError::InvalidState)?;
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         let transport = self
             .flows
             .get(c.flow.unwrap_or(crate::FlowId(0)))
@@ -857,10 +989,7 @@ impl Endpoint {
     /// Whether the peer's last Allow header listed UPDATE (RFC 3311), so a
     /// refresh may use UPDATE instead of a re-INVITE.
     pub fn call_allows_update(&self, call: CallId) -> bool {
-        self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.peer_allows_update)
+        self.calls.get(call).is_some_and(|c| c.peer_allows_update)
     }
 
     /// CANCELs our re-INVITE in progress on the call (RFC 6141 §5.5: a
@@ -868,7 +997,7 @@ impl Endpoint {
     /// [`CallEvent::RefreshFailed`]. An UPDATE cannot be cancelled:
     /// [`CoreError::InvalidState`].
     pub fn cancel_refresh(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
-        let c = self.calls.calls.get(&call.0).ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
         match c.refresh {
             Some((rid, false, _)) => self.cancel(now, rid).map(|_| ()),
             _ => Err(CoreError::InvalidState),
@@ -878,9 +1007,49 @@ impl Endpoint {
     /// Our 2xx to an INVITE went out: retransmit it (T1 doubling to T2)
     /// until the ACK, and give up after 64·T1 (RFC 3261 §13.3.1.4).
     fn await_ack(&mut self, now: Instant, call: CallId, resp: Message) {
-        if let Some(c) = self.calls.calls.get_mut(&call.0) {
-            c.pending_2xx = Some((resp, self.config.t1));
-        }
+        let ok = Unacked {
+            message: resp,
+            interval: self.config.t1,
+        };
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        // the phase is taken out for the move (a placeholder in between)
+        let phase = std::mem::replace(
+            &mut c.phase,
+            CallPhase::Confirmed {
+                invite_tx: None,
+                unacked_2xx: None,
+            },
+        );
+        c.phase = match phase {
+            CallPhase::Incoming {
+                progress,
+                tx,
+                request,
+                ..
+            }
+            | CallPhase::Answered {
+                progress,
+                tx,
+                request,
+                ..
+            } => CallPhase::Answered {
+                progress,
+                tx,
+                request,
+                ok,
+            },
+            CallPhase::Confirmed { invite_tx, .. } => CallPhase::Confirmed {
+                invite_tx,
+                unacked_2xx: Some(ok),
+            },
+            // a call we placed answers re-INVITEs only once confirmed
+            outgoing @ CallPhase::Outgoing { .. } => {
+                c.phase = outgoing;
+                return;
+            }
+        };
         self.timers.set(
             TimerOwner::Call(call.0),
             TimerKind::Retransmit2xx,
@@ -895,10 +1064,7 @@ impl Endpoint {
 
     /// Whether we placed the call (we are its UAC).
     pub fn call_is_outgoing(&self, call: CallId) -> bool {
-        self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.role == Role::Uac)
+        self.calls.get(call).is_some_and(|c| c.role == Role::Uac)
     }
 
     /// Whether our INVITE of a call not answered yet was lost (its
@@ -906,17 +1072,13 @@ impl Endpoint {
     /// sent again yet.
     pub(crate) fn call_invite_lost(&self, call: CallId) -> bool {
         self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.role == Role::Uac && c.invite.is_none())
+            .get(call)
+            .is_some_and(|c| matches!(c.phase, CallPhase::Outgoing { invite: None, .. }))
     }
 
     /// Whether a re-INVITE or UPDATE of ours is in progress on the call.
     pub fn call_refresh_pending(&self, call: CallId) -> bool {
-        self.calls
-            .calls
-            .get(&call.0)
-            .is_some_and(|c| c.refresh.is_some())
+        self.calls.get(call).is_some_and(|c| c.refresh.is_some())
     }
 
     /// Tells the core a network change starts at `now`: for the next
@@ -932,12 +1094,8 @@ impl Endpoint {
     /// Changes our Contact address for a call (a network change); the
     /// next request or answer carries it.
     pub fn set_call_contact(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
-        c.contact = Some(addr);
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
+        c.contact = addr;
         c.send_from = None;
         c.flow = None;
         Ok(())
@@ -947,11 +1105,7 @@ impl Endpoint {
     /// the Contact stays as it is (a network change with the Via updated
     /// but not the Contact).
     pub fn set_call_send_from(&mut self, call: CallId, addr: SocketAddr) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         c.send_from = Some(addr);
         c.flow = None;
         Ok(())
@@ -966,10 +1120,7 @@ impl Endpoint {
     /// hop (or the remote target), unless
     /// [`set_call_next_hop`](Self::set_call_next_hop) overrode it.
     pub fn call_next_hop(&self, call: CallId) -> Option<Target> {
-        self.calls
-            .calls
-            .get(&call.0)
-            .map(|c| self.in_dialog_target(c))
+        self.calls.get(call).map(|c| self.in_dialog_target(c))
     }
 
     /// Sends the call's in-dialog requests to `hop` (with the route set
@@ -981,11 +1132,7 @@ impl Endpoint {
         call: CallId,
         hop: Option<Target>,
     ) -> Result<(), CoreError> {
-        let c = self
-            .calls
-            .calls
-            .get_mut(&call.0)
-            .ok_or(CoreError::NoSuchCall)?;
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         c.next_hop = hop;
         c.flow = None;
         Ok(())
@@ -994,17 +1141,12 @@ impl Endpoint {
     /// Our URI in the call (the From of a call we made, the To of one we
     /// answered): the account it belongs to.
     pub fn call_local_uri(&self, call: CallId) -> Option<&str> {
-        self.calls.calls.get(&call.0).map(|c| c.local_uri.as_str())
+        self.calls.get(call).map(|c| c.local_uri.as_str())
     }
 
     /// Every call and its state.
     pub fn calls(&self) -> Vec<(CallId, CallState)> {
-        let mut v: Vec<_> = self
-            .calls
-            .calls
-            .iter()
-            .map(|(id, c)| (CallId(*id), c.state))
-            .collect();
+        let mut v: Vec<_> = self.calls.iter().map(|(id, c)| (id, c.state())).collect();
         v.sort_by_key(|(id, _)| *id);
         v
     }
@@ -1028,39 +1170,32 @@ impl Endpoint {
         };
         let to_tag = tag_param(req, true);
         let from_tag = tag_param(req, false);
-        let found = self.calls.calls.iter().find(|(_, c)| {
-            c.call_id == req.call_id()
-                && match c.role {
-                    Role::Uas => {
-                        from_tag == c.remote_tag
-                            && (to_tag.is_none() || to_tag.as_deref() == Some(c.local_tag.as_str()))
-                    }
-                    Role::Uac => {
-                        to_tag.as_deref() == Some(c.local_tag.as_str()) || from_tag == c.remote_tag
-                    }
-                }
-        });
-        let found = found.map(|(id, _)| CallId(*id));
+        let found = self
+            .calls
+            .find_dialog(req.call_id(), from_tag.as_deref(), to_tag.as_deref());
         match (method, found, tx) {
             (Method::Invite, None, Some(tx)) if to_tag.is_none() => {
                 self.incoming_call(now, tx, flow, req);
                 true
             }
             (Method::Ack, Some(id), _) => {
-                let confirmed = self
-                    .calls
-                    .calls
-                    .get_mut(&id.0)
-                    .and_then(|c| c.pending_2xx.take())
-                    .is_some();
+                // the ACK of our 2xx: to the INVITE (the call is up) or to
+                // a re-INVITE
+                let acked = match self.calls.get_mut(id).map(|c| &mut c.phase) {
+                    Some(CallPhase::Answered { .. }) => Some(true),
+                    Some(CallPhase::Confirmed { unacked_2xx, .. }) => {
+                        unacked_2xx.take().map(|_| false)
+                    }
+                    _ => None,
+                };
                 self.timers
                     .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
                 self.timers
                     .cancel(TimerOwner::Call(id.0), TimerKind::AckTimeout);
                 let body = (!req.body().is_empty()).then(|| req.body().clone());
-                if confirmed && self.call_state(id) != Some(CallState::Confirmed) {
-                    self.set_state(id, CallState::Confirmed, Some(200), body);
-                } else if let (true, Some(body)) = (confirmed, body) {
+                if acked == Some(true) {
+                    self.set_confirmed(id, Some(200), body);
+                } else if let (Some(false), Some(body)) = (acked, body) {
                     // the answer to the offer we put in a re-INVITE's 200
                     self.call_event(CallEvent::Answer {
                         call: id,
@@ -1072,18 +1207,19 @@ impl Endpoint {
             (Method::Cancel, Some(id), Some(tx)) => {
                 let tag = self
                     .calls
-                    .calls
-                    .get(&id.0)
+                    .get(id)
                     .map(|c| c.local_tag.clone())
                     .unwrap_or_default();
                 if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
                     let _ = self.respond(now, tx, ok);
                 }
                 // CANCEL after the 2xx changes nothing (RFC 3261 §9.2)
-                let answered =
-                    self.calls.calls.get(&id.0).is_some_and(|c| {
-                        c.pending_2xx.is_some() || c.state == CallState::Confirmed
-                    });
+                let answered = self.calls.get(id).is_some_and(|c| {
+                    matches!(
+                        c.phase,
+                        CallPhase::Answered { .. } | CallPhase::Confirmed { .. }
+                    )
+                });
                 if !answered {
                     let _ = self.answer(now, id, 487, None);
                 } else {
@@ -1096,12 +1232,14 @@ impl Endpoint {
                     .rack()
                     .and_then(Result::ok)
                     .map(|r| (r.rseq, r.cseq.seq));
-                let c = self.calls.calls.get_mut(&id.0);
+                let c = self.calls.get_mut(id);
                 let expected = c.as_ref().map(|c| (c.rseq, c.remote_cseq));
                 let (code, phrase) = match (rack, expected) {
                     (Some(got), Some(want)) if got == want => {
-                        if let Some(c) = self.calls.calls.get_mut(&id.0) {
-                            c.unacked_1xx = None;
+                        if let Some(CallPhase::Incoming { unacked_1xx, .. }) =
+                            self.calls.get_mut(id).map(|c| &mut c.phase)
+                        {
+                            *unacked_1xx = None;
                         }
                         self.timers
                             .cancel(TimerOwner::Call(id.0), TimerKind::Reliable1xx);
@@ -1111,8 +1249,7 @@ impl Endpoint {
                 };
                 let tag = self
                     .calls
-                    .calls
-                    .get(&id.0)
+                    .get(id)
                     .map(|c| c.local_tag.clone())
                     .unwrap_or_default();
                 if let Ok(r) = MessageBuilder::response_to(req, code, phrase, Some(&tag)).build() {
@@ -1123,14 +1260,13 @@ impl Endpoint {
             (Method::Bye, Some(id), Some(tx)) => {
                 let tag = self
                     .calls
-                    .calls
-                    .get(&id.0)
+                    .get(id)
                     .map(|c| c.local_tag.clone())
                     .unwrap_or_default();
                 if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
                     let _ = self.respond(now, tx, ok);
                 }
-                self.set_state(id, CallState::Disconnected, None, None);
+                self.end_call(id, None, None);
                 true
             }
             (Method::Invite | Method::Update, Some(id), Some(tx))
@@ -1159,22 +1295,8 @@ impl Endpoint {
         }
     }
 
-    /// Whether a new incoming call fits the limits (counted over the
-    /// calls that exist, at most `max_calls` of them).
-    fn incoming_call_admitted(&self) -> bool {
-        let limits = self.calls.limits;
-        let (mut unanswered, mut incoming) = (0usize, 0usize);
-        for c in self.calls.calls.values().filter(|c| c.role == Role::Uas) {
-            incoming += 1;
-            if c.is_unanswered_incoming() {
-                unanswered += 1;
-            }
-        }
-        unanswered < limits.max_unanswered && incoming < limits.max_calls
-    }
-
     fn incoming_call(&mut self, now: Instant, tx: ServerTxId, flow: FlowId, req: &Message) {
-        if !self.incoming_call_admitted() {
+        if !self.calls.admits_incoming() {
             // no call is made: nothing is held for it but its transaction
             let tag = self.rng.token(10);
             if let Ok(r) = MessageBuilder::response_to(req, 486, reason(486), Some(&tag)).build() {
@@ -1204,7 +1326,13 @@ impl Endpoint {
             .unwrap_or_else(|| "siproam".into());
         let call = Call {
             role: Role::Uas,
-            state: CallState::Incoming,
+            phase: CallPhase::Incoming {
+                progress: Progress::None,
+                tx,
+                request: req.clone(),
+                reliable_1xx: req.has_token(HeaderName::Require, "100rel"),
+                unacked_1xx: None,
+            },
             call_id: req.call_id().to_owned(),
             local_tag: self.rng.token(10),
             remote_tag: tag_param(req, false),
@@ -1227,28 +1355,20 @@ impl Endpoint {
                 .map(str::to_owned)
                 .collect(),
             contact_user,
-            contact: Some(local),
+            contact: local,
             first_hop,
-            invite: None,
-            invite_offer: None,
-            server_tx: Some(tx),
-            invite_request: Some(req.clone()),
-            pending_2xx: None,
             refresh: None,
             pending_offer: None,
             glare_retry: None,
             flow: Some(flow),
-            cancelled: false,
-            reliable_1xx: req.has_token(HeaderName::Require, "100rel"),
             rseq: 0,
-            unacked_1xx: None,
             remote_rseq: 0,
             peer_allows_update: allow_update(req).unwrap_or(false),
             next_hop: None,
             send_from: None,
         };
         let id = self.new_call(call);
-        if let Some(wait) = self.calls.limits.no_answer {
+        if let Some(wait) = self.calls.limits().no_answer {
             self.timers
                 .set(TimerOwner::Call(id.0), TimerKind::NoAnswer, now + wait);
         }
@@ -1257,19 +1377,14 @@ impl Endpoint {
             call: id,
             request: req.clone(),
         });
-        self.call_event(CallEvent::State {
-            call: id,
-            state: CallState::Incoming,
-            code: None,
-            body,
-        });
+        self.state_event(id, CallState::Incoming, None, body);
     }
 
     /// A CANCEL for the peer's re-INVITE still waiting for our answer
     /// (same branch): 487 it and drop its offer.
     fn cancel_peer_reinvite(&mut self, now: Instant, id: CallId, cancel: &Message) {
         let branch = |m: &Message| m.top_via().ok().and_then(|v| v.branch().map(str::to_owned));
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         let matches = c.pending_offer.as_ref().is_some_and(|(_, r)| {
@@ -1291,7 +1406,7 @@ impl Endpoint {
 
     fn in_dialog_offer(&mut self, now: Instant, id: CallId, tx: ServerTxId, req: &Message) {
         let update = req.method() == Some(Method::Update);
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         // glare: our own offer is outstanding (RFC 3261 §14.2, RFC 3311 §5.2)
@@ -1326,8 +1441,7 @@ impl Endpoint {
             let transport = c.first_hop.transport;
             let contact = self
                 .calls
-                .calls
-                .get(&id.0)
+                .get(id)
                 .map(|c| self.contact_header(c, transport))
                 .unwrap_or_default();
             if let Ok(r) = MessageBuilder::response_to(req, code, reason(code), Some(&tag))
@@ -1347,7 +1461,7 @@ impl Endpoint {
     }
 
     pub(crate) fn call_response(&mut self, now: Instant, id: CallId, resp: Message) {
-        let Some(c) = self.calls.calls.get(&id.0) else {
+        let Some(c) = self.calls.get(id) else {
             // a 2xx for a call we already ended: ACK and BYE it (RFC 3261 §15)
             return;
         };
@@ -1359,14 +1473,14 @@ impl Endpoint {
             if *update {
                 method == "UPDATE"
             } else {
-                method == "INVITE" && c.state == CallState::Confirmed
+                method == "INVITE" && c.state() == CallState::Confirmed
             }
         });
         if method == "INVITE" && !is_refresh {
             match code {
                 100 => {}
                 101..=199 => {
-                    if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                    if let Some(c) = self.calls.get_mut(id) {
                         if let Some(allows) = allow_update(&resp) {
                             c.peer_allows_update = allows;
                         }
@@ -1387,15 +1501,15 @@ impl Endpoint {
                         }
                     }
                     self.prack(now, id, &resp);
-                    let state = if code == 180 {
-                        CallState::Ringing
+                    let progress = if code == 180 {
+                        Progress::Ringing
                     } else {
-                        CallState::Early
+                        Progress::Early
                     };
-                    self.set_state(id, state, Some(code), body);
+                    self.set_progress(id, progress, Some(code), body);
                 }
                 200..=299 => self.confirm_uac(now, id, &resp, body),
-                _ => self.set_state(id, CallState::Disconnected, Some(code), None),
+                _ => self.end_call(id, Some(code), None),
             }
             return;
         }
@@ -1404,42 +1518,30 @@ impl Endpoint {
             self.send_ack(now, id, &resp);
         }
         if is_refresh && code >= 200 {
-            let refresh = self
-                .calls
-                .calls
-                .get_mut(&id.0)
-                .and_then(|c| c.refresh.take());
+            let refresh = self.calls.get_mut(id).and_then(|c| c.refresh.take());
             match code {
                 200..=299 => {
                     if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next() {
                         let t = a.uri().to_string();
-                        if let Some(c) = self.calls.calls.get_mut(&id.0) {
+                        if let Some(c) = self.calls.get_mut(id) {
                             c.remote_target = t;
                         }
                     }
-                    if let (Some(allows), Some(c)) =
-                        (allow_update(&resp), self.calls.calls.get_mut(&id.0))
-                    {
+                    if let (Some(allows), Some(c)) = (allow_update(&resp), self.calls.get_mut(id)) {
                         c.peer_allows_update = allows;
                     }
                     self.call_event(CallEvent::Answer { call: id, body });
                 }
                 491 => {
                     // retry after 2.1–4 s if we own the Call-ID, else 0–2 s
-                    let owner = self
-                        .calls
-                        .calls
-                        .get(&id.0)
-                        .is_some_and(|c| c.role == Role::Uac);
+                    let owner = self.calls.get(id).is_some_and(|c| c.role == Role::Uac);
                     let unit = self.rng.unit();
                     let wait = if owner {
                         Duration::from_millis(2100 + (unit * 1900.0) as u64)
                     } else {
                         Duration::from_millis((unit * 2000.0) as u64)
                     };
-                    if let (Some(c), Some((_, update, b))) =
-                        (self.calls.calls.get_mut(&id.0), refresh)
-                    {
+                    if let (Some(c), Some((_, update, b))) = (self.calls.get_mut(id), refresh) {
                         c.glare_retry = Some((update, b));
                     }
                     self.timers
@@ -1447,7 +1549,7 @@ impl Endpoint {
                 }
                 481 | 408 => {
                     // RFC 5057: the dialog is gone
-                    self.set_state(id, CallState::Disconnected, Some(code), None);
+                    self.end_call(id, Some(code), None);
                 }
                 _ => self.call_event(CallEvent::RefreshFailed { call: id, code }),
             }
@@ -1455,13 +1557,20 @@ impl Endpoint {
     }
 
     fn confirm_uac(&mut self, now: Instant, id: CallId, resp: &Message, body: Option<Bytes>) {
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         if let Some(allows) = allow_update(resp) {
             c.peer_allows_update = allows;
         }
-        if c.state != CallState::Confirmed {
+        let cancelled = matches!(
+            c.phase,
+            CallPhase::Outgoing {
+                cancelled: true,
+                ..
+            }
+        );
+        if c.state() != CallState::Confirmed {
             c.remote_tag = tag_param(resp, true).or(c.remote_tag.take());
             if let Some(Ok(siproam_sip::Contact::Addr(a))) = resp.contacts().next() {
                 c.remote_target = a.uri().to_string();
@@ -1475,11 +1584,9 @@ impl Endpoint {
             c.route_set = rr;
         }
         self.send_ack(now, id, resp);
-        if self.call_state(id) != Some(CallState::Confirmed) {
-            self.set_state(id, CallState::Confirmed, resp.status(), body);
-        }
+        self.set_confirmed(id, resp.status(), body);
         // the 2xx crossed our CANCEL: the call exists, end it (RFC 3261 §9.1)
-        if self.calls.calls.get(&id.0).is_some_and(|c| c.cancelled) {
+        if cancelled && self.calls.contains(id) {
             let _ = self.send_bye(now, id);
         }
     }
@@ -1506,7 +1613,7 @@ impl Endpoint {
         }
         let Some(Ok(rseq)) = resp.rseq() else { return };
         let cseq = resp.cseq().seq;
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
         if rseq <= c.remote_rseq {
@@ -1520,7 +1627,7 @@ impl Endpoint {
     }
 
     pub(crate) fn call_failed(&mut self, now: Instant, id: CallId, reason: RequestFailure) {
-        let Some(c) = self.calls.calls.get(&id.0) else {
+        let Some(c) = self.calls.get(id) else {
             return;
         };
         let code = match reason {
@@ -1528,49 +1635,51 @@ impl Endpoint {
             RequestFailure::Transport(_) => 503,
         };
         let changing = self.change_window_until.is_some_and(|until| now < until);
-        let unanswered_uac = c.role == Role::Uac
-            && matches!(
-                c.state,
-                CallState::Calling | CallState::Ringing | CallState::Early
-            );
-        if unanswered_uac && changing && matches!(reason, RequestFailure::Transport(_)) {
+        if let (CallPhase::Outgoing { invite, .. }, true, RequestFailure::Transport(_)) =
+            (&c.phase, changing, reason)
+        {
             // the connection went with the old address during a change:
             // the call stays, its INVITE (if that died) is sent again by
             // the move (`CallMoveAction::Resend`)
-            let invite_gone = c.invite.is_some_and(|rid| !self.client_tx_exists(rid));
-            if let (true, Some(c)) = (invite_gone, self.calls.calls.get_mut(&id.0)) {
-                c.invite = None;
+            let invite_gone = invite.is_some_and(|rid| !self.client_tx_exists(rid));
+            if let (true, Some(CallPhase::Outgoing { invite, .. })) =
+                (invite_gone, self.calls.get_mut(id).map(|c| &mut c.phase))
+            {
+                *invite = None;
             }
             return;
         }
-        let Some(c) = self.calls.calls.get_mut(&id.0) else {
+        let Some(c) = self.calls.get_mut(id) else {
             return;
         };
-        if c.state == CallState::Confirmed && c.refresh.is_some() && changing {
+        let confirmed = c.state() == CallState::Confirmed;
+        if confirmed && c.refresh.is_some() && changing {
             // the request died on the old path: the call stays
             c.refresh = None;
             self.call_event(CallEvent::RefreshFailed { call: id, code });
-        } else if c.state == CallState::Confirmed && c.refresh.is_some() {
+        } else if confirmed && c.refresh.is_some() {
             c.refresh = None;
             // RFC 5057: a timeout on a re-INVITE ends the invite usage
-            self.set_state(id, CallState::Disconnected, Some(code), None);
-        } else if c.state != CallState::Confirmed {
-            self.set_state(id, CallState::Disconnected, Some(code), None);
+            self.end_call(id, Some(code), None);
+        } else if !confirmed {
+            self.end_call(id, Some(code), None);
         }
     }
 
     pub(crate) fn call_timer(&mut self, now: Instant, id: CallId, kind: TimerKind) {
         match kind {
             TimerKind::Retransmit2xx => {
-                let Some(c) = self.calls.calls.get_mut(&id.0) else {
-                    return;
+                let (ok, tx) = match self.calls.get_mut(id).map(|c| &mut c.phase) {
+                    Some(CallPhase::Answered { ok, tx, .. }) => (ok, Some(*tx)),
+                    Some(CallPhase::Confirmed {
+                        unacked_2xx: Some(ok),
+                        invite_tx,
+                    }) => (ok, *invite_tx),
+                    _ => return,
                 };
-                let Some((resp, interval)) = c.pending_2xx.as_mut() else {
-                    return;
-                };
-                let next = (*interval * 2).min(self.config.t2);
-                *interval = next;
-                let (resp, tx) = (resp.clone(), c.server_tx);
+                let next = (ok.interval * 2).min(self.config.t2);
+                ok.interval = next;
+                let resp = ok.message.clone();
                 if let Some(tx) = tx {
                     let _ = self.respond(now, tx, resp);
                 }
@@ -1579,50 +1688,44 @@ impl Endpoint {
             }
             TimerKind::AckTimeout => {
                 // no ACK: confirm and hang up (RFC 3261 §13.3.1.4)
-                if let Some(c) = self.calls.calls.get_mut(&id.0) {
-                    c.pending_2xx = None;
+                if let Some(CallPhase::Confirmed { unacked_2xx, .. }) =
+                    self.calls.get_mut(id).map(|c| &mut c.phase)
+                {
+                    *unacked_2xx = None;
                 }
                 self.timers
                     .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
                 let _ = self.send_bye(now, id);
             }
             TimerKind::Reliable1xx => {
-                let Some(c) = self.calls.calls.get_mut(&id.0) else {
+                let Some(CallPhase::Incoming {
+                    unacked_1xx, tx, ..
+                }) = self.calls.get_mut(id).map(|c| &mut c.phase)
+                else {
                     return;
                 };
-                let Some((resp, interval)) = c.unacked_1xx.as_mut() else {
+                let tx = *tx;
+                let Some(unacked) = unacked_1xx.as_mut() else {
                     return;
                 };
-                *interval *= 2;
+                unacked.interval *= 2;
                 // RFC 3262 §3: give up after 64·T1 (the INVITE then fails)
-                if *interval > self.config.t1x64() {
-                    c.unacked_1xx = None;
+                if unacked.interval > self.config.t1x64() {
+                    *unacked_1xx = None;
                     let _ = self.answer(now, id, 504, None);
                     return;
                 }
-                let (resp, next, tx) = (resp.clone(), *interval, c.server_tx);
-                if let Some(tx) = tx {
-                    let _ = self.respond(now, tx, resp);
-                }
+                let (resp, next) = (unacked.message.clone(), unacked.interval);
+                let _ = self.respond(now, tx, resp);
                 self.timers
                     .set(TimerOwner::Call(id.0), TimerKind::Reliable1xx, now + next);
             }
             // nobody answered: 480 (RFC 3261 §21.4.18)
-            TimerKind::NoAnswer
-                if self
-                    .calls
-                    .calls
-                    .get(&id.0)
-                    .is_some_and(Call::is_unanswered_incoming) =>
-            {
+            TimerKind::NoAnswer if self.calls.get(id).is_some_and(Call::is_unanswered_incoming) => {
                 let _ = self.answer(now, id, 480, None);
             }
             TimerKind::Glare => {
-                let retry = self
-                    .calls
-                    .calls
-                    .get_mut(&id.0)
-                    .and_then(|c| c.glare_retry.take());
+                let retry = self.calls.get_mut(id).and_then(|c| c.glare_retry.take());
                 if let Some((update, body)) = retry {
                     let _ = self.refresh(now, id, update, body);
                 }

@@ -6,19 +6,20 @@
 //! `poll_transmit` and `poll_event` until they return `None`, then sleep
 //! until `poll_timeout` and call `handle_timeout`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_sip::{Answer, HeaderName, Message, MessageBuilder, Method};
 
-use crate::admission::{shrink, SharedAdmission};
+use crate::admission::SharedAdmission;
 use crate::config::Config;
 use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, Transport};
-use crate::registration::{Account, AccountId};
+use crate::registration::AccountId;
 use crate::rng::Rng;
 use crate::timers::{TimeoutReason, TimerKind, TimerOwner, TimerTable};
+use crate::transactions::{ClientState, ClientTx, ServerState, ServerTx, Transactions};
 
 /// A message for the driver to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,63 +179,6 @@ pub(crate) enum TxOwner {
     Abandoned,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientState {
-    /// INVITE sent, nothing back (Timer A, B).
-    Calling,
-    /// Non-INVITE sent, nothing back (Timer E, F).
-    Trying,
-    /// A provisional response came.
-    Proceeding,
-    /// A failure (INVITE, Timer D) or any final (non-INVITE, Timer K).
-    Completed,
-    /// A 2xx to an INVITE (RFC 6026, Timer M).
-    Accepted,
-}
-
-#[derive(Debug)]
-struct ClientTx {
-    invite: bool,
-    state: ClientState,
-    branch: String,
-    method: String,
-    request: Bytes,
-    flow: FlowId,
-    transport: Transport,
-    owner: TxOwner,
-    /// Current retransmission interval (Timer A / E).
-    interval: Duration,
-    /// The ACK for a failure response, kept to answer retransmissions.
-    ack: Option<Bytes>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ServerState {
-    /// Non-INVITE received, not answered.
-    Trying,
-    /// A provisional response was sent (INVITE: from the start).
-    Proceeding,
-    /// A final response was sent (INVITE failure: Timer G/H; non-INVITE:
-    /// Timer J).
-    Completed,
-    /// The ACK came (Timer I).
-    Confirmed,
-    /// A 2xx was sent to an INVITE (RFC 6026, Timer L).
-    Accepted,
-}
-
-#[derive(Debug)]
-struct ServerTx {
-    invite: bool,
-    state: ServerState,
-    key: String,
-    flow: FlowId,
-    /// The request, to answer it without the application's copy.
-    request: Bytes,
-    last_response: Option<Bytes>,
-    interval: Duration,
-}
-
 /// A place the endpoint listens on, as the driver bound it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenPoint {
@@ -251,19 +195,13 @@ pub struct Endpoint {
     pub(crate) rng: Rng,
     pub(crate) flows: FlowTable,
     pub(crate) timers: TimerTable,
-    client_txs: HashMap<u64, ClientTx>,
-    client_index: HashMap<(String, String), u64>,
-    server_txs: HashMap<u64, ServerTx>,
-    server_index: HashMap<String, u64>,
-    pub(crate) accounts: HashMap<u32, Account>,
-    pub(crate) calls: crate::dialog::Calls,
-    /// The client transaction started last (for callers that need its id).
-    last_tx: Option<u64>,
+    /// Every client and server transaction.
+    txs: Transactions,
+    pub(crate) accounts: crate::accounts::Accounts,
+    pub(crate) calls: crate::calls::Calls,
     pub(crate) listen_points: Vec<ListenPoint>,
     transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
-    next_tx: u64,
-    pub(crate) next_account: u32,
     /// Until then, in-dialog timeouts and transport failures do not end
     /// calls (a network change: requests die on the dead path).
     pub(crate) change_window_until: Option<Instant>,
@@ -312,23 +250,17 @@ impl Endpoint {
             rng,
             flows: FlowTable::default(),
             timers: TimerTable::default(),
-            client_txs: HashMap::new(),
-            client_index: HashMap::new(),
-            server_txs: HashMap::new(),
-            server_index: HashMap::new(),
+            txs: Transactions::default(),
             change_window_until: None,
             admission: SharedAdmission::new(admission),
             tidied: None,
             mobility: crate::mobility::Mobility::default(),
             clock: None,
-            accounts: HashMap::new(),
-            calls: crate::dialog::Calls::default(),
-            last_tx: None,
+            accounts: crate::accounts::Accounts::default(),
+            calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            next_tx: 0,
-            next_account: 0,
         }
     }
 
@@ -370,7 +302,7 @@ impl Endpoint {
 
     /// How many transactions are alive (client, server).
     pub fn transaction_count(&self) -> (usize, usize) {
-        (self.client_txs.len(), self.server_txs.len())
+        self.txs.counts()
     }
 
     /// A flow's details.
@@ -462,18 +394,13 @@ impl Endpoint {
         self.tidied = Some(now);
         self.admission.lock().tidy(now);
         let mut in_use: std::collections::HashSet<FlowId> = self
-            .client_txs
-            .values()
-            .map(|t| t.flow)
-            .chain(self.server_txs.values().map(|t| t.flow))
-            .chain(self.accounts.values().filter_map(|a| a.flow_in_use()))
+            .txs
+            .flows_in_use()
+            .chain(self.accounts.flows_in_use())
             .collect();
         in_use.extend(self.calls.flows_in_use());
         self.flows.reclaim_udp(&in_use);
-        shrink(&mut self.client_txs);
-        shrink(&mut self.client_index);
-        shrink(&mut self.server_txs);
-        shrink(&mut self.server_index);
+        self.txs.shrink();
         self.transmits.shrink_to(64);
         self.events.shrink_to(64);
     }
@@ -481,9 +408,10 @@ impl Endpoint {
     /// What the endpoint holds and has shed.
     pub fn stats(&self) -> EndpointStats {
         let a = self.admission.lock().stats();
+        let (client_transactions, server_transactions) = self.txs.counts();
         EndpointStats {
-            client_transactions: self.client_txs.len(),
-            server_transactions: self.server_txs.len(),
+            client_transactions,
+            server_transactions,
             flows: self.flows.len(),
             timers: self.timers.len(),
             shed: a.shed,
@@ -534,30 +462,15 @@ impl Endpoint {
             return;
         }
         // client transactions still waiting fail with a transport error
-        let failed: Vec<u64> = self
-            .client_txs
-            .iter()
-            .filter(|(_, t)| {
-                t.flow == flow
-                    && matches!(
-                        t.state,
-                        ClientState::Calling | ClientState::Trying | ClientState::Proceeding
-                    )
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let failed = self
+            .txs
+            .client_ids_where(|t| t.flow == flow && t.is_pending());
         for id in failed {
             if let Some(tx) = self.remove_client(id) {
                 self.client_failed(now, tx.owner, RequestFailure::Transport(reason));
             }
         }
-        let dead: Vec<u64> = self
-            .server_txs
-            .iter()
-            .filter(|(_, t)| t.flow == flow)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dead {
+        for id in self.txs.server_ids_on(flow) {
             self.remove_server(id);
         }
         self.events.push_back(Event::FlowClosed { flow, reason });
@@ -653,8 +566,7 @@ impl Endpoint {
         request: MessageBuilder,
         target: Target,
     ) -> Result<RequestId, CoreError> {
-        self.next_tx += 1;
-        let id = RequestId(self.next_tx);
+        let id = RequestId(self.txs.next_id());
         self.start_client_tx(now, request, target, TxOwner::App(id))?;
         Ok(id)
     }
@@ -671,8 +583,7 @@ impl Endpoint {
     ) -> Result<Option<RequestId>, CoreError> {
         let hops = request.max_forwards().and_then(Result::ok).unwrap_or(71);
         request.set_header("Max-Forwards", &hops.saturating_sub(1).to_string())?;
-        self.next_tx += 1;
-        let id = RequestId(self.next_tx);
+        let id = RequestId(self.txs.next_id());
         let is_ack = request.method() == Some(Method::Ack);
         self.start_tx_with(now, request, target, TxOwner::App(id))?;
         Ok((!is_ack).then_some(id))
@@ -698,10 +609,10 @@ impl Endpoint {
         owner: Option<TxOwner>,
     ) -> Result<RequestId, CoreError> {
         let (invite, flow, transport) = self
-            .client_txs
-            .iter()
+            .txs
+            .clients()
             .find(|(id, t)| {
-                (t.owner == TxOwner::App(request) || **id == request.0)
+                (t.owner == TxOwner::App(request) || *id == request.0)
                     && t.invite
                     && matches!(t.state, ClientState::Calling | ClientState::Proceeding)
             })
@@ -742,9 +653,8 @@ impl Endpoint {
             .and_then(|v| v.branch())
             .unwrap_or_default()
             .to_owned();
-        self.next_tx += 1;
-        let id = RequestId(self.next_tx);
-        let tid = self.next_tx;
+        let tid = self.txs.next_id();
+        let id = RequestId(tid);
         let bytes = cancel.to_bytes();
         self.transmit_on(flow, bytes.clone());
         let timer = TimerOwner::ClientTx(tid);
@@ -753,9 +663,7 @@ impl Endpoint {
         }
         self.timers
             .set(timer, TimerKind::F, now + self.config.t1x64());
-        self.client_index
-            .insert((branch.clone(), "CANCEL".to_owned()), tid);
-        self.client_txs.insert(
+        self.txs.insert_client(
             tid,
             ClientTx {
                 invite: false,
@@ -849,8 +757,7 @@ impl Endpoint {
             self.push_transmit(flow, target, bytes);
             return Ok(flow);
         }
-        self.next_tx += 1;
-        let id = self.next_tx;
+        let id = self.txs.next_id();
         let tx = ClientTx {
             invite,
             state: if invite {
@@ -881,9 +788,8 @@ impl Endpoint {
             if invite { TimerKind::B } else { TimerKind::F },
             now + self.config.t1x64(),
         );
-        self.client_index.insert((branch, method), id);
-        self.client_txs.insert(id, tx);
-        self.last_tx = Some(id);
+        self.txs.insert_client(id, tx);
+        self.txs.set_last_client(id);
         Ok(flow)
     }
 
@@ -900,7 +806,7 @@ impl Endpoint {
 
     /// The id of the client transaction started last.
     pub(crate) fn last_request_id(&self) -> Option<RequestId> {
-        self.last_tx.map(RequestId)
+        self.txs.last_client().map(RequestId)
     }
 
     fn transmit_on(&mut self, flow: FlowId, payload: Bytes) {
@@ -918,24 +824,15 @@ impl Endpoint {
     /// Whether `owner` has a client transaction still waiting for its
     /// final response.
     pub(crate) fn has_client_tx(&self, owner: TxOwner) -> bool {
-        self.client_txs.values().any(|tx| {
-            tx.owner == owner
-                && matches!(
-                    tx.state,
-                    ClientState::Calling | ClientState::Trying | ClientState::Proceeding
-                )
-        })
+        self.txs
+            .clients()
+            .any(|(_, tx)| tx.owner == owner && tx.is_pending())
     }
 
     /// Forgets the pending client transactions of `owner`: no more
     /// retransmissions, and a late answer is a stray response (dropped).
     pub(crate) fn abandon_client_txs(&mut self, owner: TxOwner) -> usize {
-        let ids: Vec<u64> = self
-            .client_txs
-            .iter()
-            .filter(|(_, tx)| tx.owner == owner)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self.txs.client_ids_where(|tx| tx.owner == owner);
         for id in &ids {
             self.remove_client(*id);
         }
@@ -944,7 +841,7 @@ impl Endpoint {
 
     /// Whether the client transaction `id` still exists.
     pub(crate) fn client_tx_exists(&self, id: RequestId) -> bool {
-        self.client_txs.contains_key(&id.0)
+        self.txs.client(id.0).is_some()
     }
 
     /// Gives `owner`'s client transactions to [`TxOwner::Abandoned`]:
@@ -953,10 +850,10 @@ impl Endpoint {
     /// 3261 §9.1, the wait for the answer to its CANCEL).
     pub(crate) fn disown_client_txs(&mut self, now: Instant, owner: TxOwner) {
         let t1x64 = self.config.t1x64();
-        for (id, tx) in self.client_txs.iter_mut().filter(|(_, t)| t.owner == owner) {
+        for (id, tx) in self.txs.clients_mut().filter(|(_, t)| t.owner == owner) {
             tx.owner = TxOwner::Abandoned;
             if tx.invite && matches!(tx.state, ClientState::Calling | ClientState::Proceeding) {
-                let timer = TimerOwner::ClientTx(*id);
+                let timer = TimerOwner::ClientTx(id);
                 self.timers.cancel(timer, TimerKind::A);
                 self.timers.set(timer, TimerKind::B, now + t1x64);
             }
@@ -964,12 +861,8 @@ impl Endpoint {
     }
 
     fn remove_client(&mut self, id: u64) -> Option<ClientTx> {
-        let tx = self.client_txs.remove(&id)?;
-        self.client_index
-            .remove(&(tx.branch.clone(), tx.method.clone()));
+        let tx = self.txs.remove_client(id)?;
         self.timers.cancel_all(TimerOwner::ClientTx(id));
-        shrink(&mut self.client_txs);
-        shrink(&mut self.client_index);
         Some(tx)
     }
 
@@ -1006,12 +899,11 @@ impl Endpoint {
         let Some(branch) = via.branch() else {
             return;
         };
-        let key = (branch.to_owned(), resp.cseq().method.as_str().to_owned());
-        let Some(&id) = self.client_index.get(&key) else {
+        let Some(id) = self.txs.client_for(branch, resp.cseq().method.as_str()) else {
             return; // a stray or late response: dropped (RFC 3261 §18.1.2)
         };
         let code = resp.status().unwrap_or(0);
-        let Some(tx) = self.client_txs.get_mut(&id) else {
+        let Some(tx) = self.txs.client_mut(id) else {
             return;
         };
         let owner = tx.owner;
@@ -1094,7 +986,7 @@ impl Endpoint {
     }
 
     fn client_timer(&mut self, now: Instant, id: u64, kind: TimerKind) {
-        let Some(tx) = self.client_txs.get_mut(&id) else {
+        let Some(tx) = self.txs.client_mut(id) else {
             return;
         };
         let timer = TimerOwner::ClientTx(id);
@@ -1148,7 +1040,7 @@ impl Endpoint {
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
         let key = server_key(&req, &method);
-        if let Some(&id) = self.server_index.get(&key) {
+        if let Some(id) = self.txs.server_for(&key) {
             self.server_retransmission(now, id, &method);
             return;
         }
@@ -1165,7 +1057,7 @@ impl Endpoint {
             return;
         }
         let cap = self.admission.config().max_server_transactions;
-        let held = self.server_txs.len();
+        let held = self.txs.counts().1;
         // a source that proved who it is gets in while a flood fills the
         // table, up to twice the cap
         if held >= cap
@@ -1176,8 +1068,7 @@ impl Endpoint {
             self.overloaded_response(flow, &req);
             return;
         }
-        self.next_tx += 1;
-        let id = self.next_tx;
+        let id = self.txs.next_id();
         let invite = method == "INVITE";
         let tx = ServerTx {
             invite,
@@ -1192,12 +1083,11 @@ impl Endpoint {
             last_response: None,
             interval: self.config.t1,
         };
-        self.server_index.insert(key, id);
-        self.server_txs.insert(id, tx);
+        self.txs.insert_server(id, tx);
         if invite && self.config.send_100_trying {
             if let Ok(trying) = MessageBuilder::response_to(&req, 100, "Trying", None).build() {
                 let bytes = trying.to_bytes();
-                if let Some(tx) = self.server_txs.get_mut(&id) {
+                if let Some(tx) = self.txs.server_mut(id) {
                     tx.last_response = Some(bytes.clone());
                 }
                 self.transmit_on(flow, bytes);
@@ -1214,7 +1104,7 @@ impl Endpoint {
     }
 
     fn server_retransmission(&mut self, now: Instant, id: u64, method: &str) {
-        let Some(tx) = self.server_txs.get_mut(&id) else {
+        let Some(tx) = self.txs.server_mut(id) else {
             return;
         };
         let timer = TimerOwner::ServerTx(id);
@@ -1279,8 +1169,8 @@ impl Endpoint {
         let code = response.status().ok_or(CoreError::InvalidState)?;
         let bytes = response.to_bytes();
         let t = self
-            .server_txs
-            .get_mut(&id)
+            .txs
+            .server_mut(id)
             .ok_or(CoreError::NoSuchTransaction)?;
         let timer = TimerOwner::ServerTx(id);
         let flow = t.flow;
@@ -1338,8 +1228,8 @@ impl Endpoint {
         reason: &str,
     ) -> Result<(), CoreError> {
         let request = self
-            .server_txs
-            .get(&tx.0)
+            .txs
+            .server(tx.0)
             .map(|t| t.request.clone())
             .ok_or(CoreError::NoSuchTransaction)?;
         let req = Message::parse(request)?;
@@ -1349,7 +1239,7 @@ impl Endpoint {
     }
 
     fn server_timer(&mut self, now: Instant, id: u64, kind: TimerKind) {
-        let Some(tx) = self.server_txs.get_mut(&id) else {
+        let Some(tx) = self.txs.server_mut(id) else {
             return;
         };
         let timer = TimerOwner::ServerTx(id);
@@ -1375,11 +1265,8 @@ impl Endpoint {
     }
 
     fn remove_server(&mut self, id: u64) {
-        if let Some(tx) = self.server_txs.remove(&id) {
-            self.server_index.remove(&tx.key);
+        if self.txs.remove_server(id).is_some() {
             self.timers.cancel_all(TimerOwner::ServerTx(id));
-            shrink(&mut self.server_txs);
-            shrink(&mut self.server_index);
         }
     }
 
@@ -1446,10 +1333,7 @@ impl Endpoint {
         response: Message,
     ) -> Result<(), CoreError> {
         let code = response.status().ok_or(CoreError::InvalidState)?;
-        let t = self
-            .server_txs
-            .get(&tx.0)
-            .ok_or(CoreError::NoSuchTransaction)?;
+        let t = self.txs.server(tx.0).ok_or(CoreError::NoSuchTransaction)?;
         if t.invite || code < 200 {
             // an INVITE's final answer is retransmitted until its ACK
             return self.respond(now, tx, response);

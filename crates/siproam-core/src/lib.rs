@@ -14,7 +14,9 @@
 
 #![warn(missing_docs)]
 
+mod accounts;
 mod admission;
+mod calls;
 mod config;
 mod dialog;
 mod endpoint;
@@ -24,6 +26,7 @@ mod registration;
 mod rng;
 pub mod sdp;
 mod timers;
+mod transactions;
 
 pub use admission::{AdmissionConfig, AdmissionStats, SharedAdmission};
 pub use config::Config;

@@ -209,27 +209,22 @@ impl Account {
 impl Endpoint {
     /// Adds an account and starts registering it.
     pub fn register(&mut self, now: Instant, config: AccountConfig) -> AccountId {
-        self.next_account += 1;
-        let id = AccountId(self.next_account);
         let call_id = format!("{}@siproam", self.rng.token(20));
         let from_tag = self.rng.token(12);
         let expires = config.expires;
-        self.accounts.insert(
-            id.0,
-            Account {
-                config,
-                call_id,
-                from_tag,
-                cseq: 0,
-                phase: Phase::Idle,
-                contact_addr: None,
-                flow: None,
-                auth: None,
-                failures: 0,
-                expires,
-                reregister: false,
-            },
-        );
+        let id = self.accounts.insert(Account {
+            config,
+            call_id,
+            from_tag,
+            cseq: 0,
+            phase: Phase::Idle,
+            contact_addr: None,
+            flow: None,
+            auth: None,
+            failures: 0,
+            expires,
+            reregister: false,
+        });
         self.send_register(now, id, false);
         id
     }
@@ -240,12 +235,12 @@ impl Endpoint {
         self.forget_account_routes(account);
         let acc = self
             .accounts
-            .get_mut(&account.0)
+            .get_mut(account)
             .ok_or(CoreError::NoSuchAccount)?;
         self.timers
             .cancel(TimerOwner::Account(account.0), TimerKind::Register);
         if matches!(acc.phase, Phase::Idle | Phase::Failed) && acc.contact_addr.is_none() {
-            self.accounts.remove(&account.0);
+            self.accounts.remove(account);
             return Ok(());
         }
         self.send_register(now, account, true);
@@ -255,7 +250,7 @@ impl Endpoint {
     /// The account's Contact URI, if it has one yet.
     pub fn account_contact(&self, account: AccountId) -> Option<String> {
         self.accounts
-            .get(&account.0)
+            .get(account)
             .filter(|a| a.contact_addr.is_some())
             .map(Account::contact_uri)
     }
@@ -285,7 +280,7 @@ impl Endpoint {
     ) -> Result<(), CoreError> {
         let acc = self
             .accounts
-            .get_mut(&account.0)
+            .get_mut(account)
             .ok_or(CoreError::NoSuchAccount)?;
         acc.contact_addr = Some(local);
         if !keep_flow {
@@ -320,7 +315,7 @@ impl Endpoint {
     /// change: its closing (and a REGISTER pending on it) no longer
     /// concerns the account, which registers anew over another flow.
     pub(crate) fn detach_account_flow(&mut self, account: AccountId) {
-        if let Some(acc) = self.accounts.get_mut(&account.0) {
+        if let Some(acc) = self.accounts.get_mut(account) {
             acc.flow = None;
         }
         self.abandon_client_txs(crate::endpoint::TxOwner::Account(account));
@@ -340,7 +335,7 @@ impl Endpoint {
     ) -> Result<(), CoreError> {
         let acc = self
             .accounts
-            .get_mut(&account.0)
+            .get_mut(account)
             .ok_or(CoreError::NoSuchAccount)?;
         let before = acc.config.registrar;
         let before_expires = acc.config.expires;
@@ -368,7 +363,7 @@ impl Endpoint {
         now: Instant,
         account: AccountId,
     ) -> Result<(), CoreError> {
-        if !self.accounts.contains_key(&account.0) {
+        if !self.accounts.contains(account) {
             return Err(CoreError::NoSuchAccount);
         }
         if self.has_client_tx(TxOwner::Account(account)) {
@@ -396,32 +391,30 @@ impl Endpoint {
     /// address).
     pub fn account_registrar(&self, account: AccountId) -> Option<SocketAddr> {
         self.accounts
-            .get(&account.0)
+            .get(account)
             .map(|a| a.config.registrar.remote)
     }
 
     /// The transport an account registers over.
     pub fn account_transport(&self, account: AccountId) -> Option<crate::Transport> {
         self.accounts
-            .get(&account.0)
+            .get(account)
             .map(|a| a.config.registrar.transport)
     }
 
     /// Every account.
     pub fn accounts(&self) -> Vec<AccountId> {
-        let mut v: Vec<AccountId> = self.accounts.keys().map(|k| AccountId(*k)).collect();
-        v.sort();
-        v
+        self.accounts.ids()
     }
 
     /// The flow an account registers over, if any.
     pub fn account_flow(&self, account: AccountId) -> Option<FlowId> {
-        self.accounts.get(&account.0).and_then(|a| a.flow)
+        self.accounts.get(account).and_then(|a| a.flow)
     }
 
     /// How many accounts the endpoint holds.
     pub fn account_count(&self) -> usize {
-        self.accounts.len()
+        self.accounts.count()
     }
 
     fn emit(
@@ -435,7 +428,7 @@ impl Endpoint {
     ) {
         let contact = self
             .accounts
-            .get(&account.0)
+            .get(account)
             .map(Account::contact_uri)
             .unwrap_or_default();
         self.events
@@ -451,7 +444,7 @@ impl Endpoint {
     }
 
     fn send_register(&mut self, now: Instant, id: AccountId, unregister: bool) {
-        let Some(acc) = self.accounts.get_mut(&id.0) else {
+        let Some(acc) = self.accounts.get_mut(id) else {
             return;
         };
         let target = acc.config.registrar;
@@ -459,7 +452,7 @@ impl Endpoint {
             .flows
             .towards(target.transport, target.remote, target.local);
         let local = self.local_for(flow, target.transport, target.local);
-        let Some(acc) = self.accounts.get_mut(&id.0) else {
+        let Some(acc) = self.accounts.get_mut(id) else {
             return;
         };
         if acc.contact_addr.is_none() {
@@ -497,7 +490,7 @@ impl Endpoint {
         }
         // answer the last challenge again (nonce reuse, nc counting up)
         let cnonce = self.rng.token(16);
-        let Some(acc) = self.accounts.get_mut(&id.0) else {
+        let Some(acc) = self.accounts.get_mut(id) else {
             return;
         };
         if let (Some(auth), Some(password)) = (acc.auth.as_mut(), acc.config.password.as_deref()) {
@@ -558,13 +551,13 @@ impl Endpoint {
         // the answer to a REGISTER a newer one has replaced
         if self
             .accounts
-            .get(&id.0)
+            .get(id)
             .is_some_and(|a| resp.cseq().seq < a.cseq)
         {
             return;
         }
         let rewritten = self.learn_contact(id, &resp);
-        let Some(acc) = self.accounts.get_mut(&id.0) else {
+        let Some(acc) = self.accounts.get_mut(id) else {
             return;
         };
         if acc.phase == Phase::Unregistering {
@@ -591,7 +584,7 @@ impl Endpoint {
                 }
             }
             let failure = (code >= 300).then_some(RegistrationFailure::Status(code));
-            self.accounts.remove(&id.0);
+            self.accounts.remove(id);
             self.timers.cancel_all(TimerOwner::Account(id.0));
             self.events
                 .push_back(Event::Registration(RegistrationEvent {
@@ -696,7 +689,7 @@ impl Endpoint {
     /// Learns the address the registrar saw from the top Via; returns true
     /// when the Contact changed.
     fn learn_contact(&mut self, id: AccountId, resp: &Message) -> bool {
-        let Some(acc) = self.accounts.get_mut(&id.0) else {
+        let Some(acc) = self.accounts.get_mut(id) else {
             return false;
         };
         if !acc.config.contact_rewrite || acc.phase == Phase::Unregistering {
@@ -770,11 +763,11 @@ impl Endpoint {
         retry_after: Option<Duration>,
     ) {
         let unit = self.rng.unit();
-        let Some(acc) = self.accounts.get_mut(&id.0) else {
+        let Some(acc) = self.accounts.get_mut(id) else {
             return;
         };
         if acc.phase == Phase::Unregistering {
-            self.accounts.remove(&id.0);
+            self.accounts.remove(id);
             self.timers.cancel_all(TimerOwner::Account(id.0));
             self.events
                 .push_back(Event::Registration(RegistrationEvent {
@@ -823,7 +816,7 @@ impl Endpoint {
     }
 
     pub(crate) fn account_timer(&mut self, now: Instant, id: AccountId) {
-        let Some(acc) = self.accounts.get(&id.0) else {
+        let Some(acc) = self.accounts.get(id) else {
             return;
         };
         if matches!(acc.phase, Phase::Registered | Phase::Failed | Phase::Idle) {
@@ -837,18 +830,15 @@ impl Endpoint {
         flow: FlowId,
         _reason: FlowCloseReason,
     ) {
-        let affected: Vec<u32> = self
+        let affected = self
             .accounts
-            .iter()
-            .filter(|(_, a)| a.flow == Some(flow) && a.phase == Phase::Registered)
-            .map(|(id, _)| *id)
-            .collect();
+            .ids_where(|a| a.flow == Some(flow) && a.phase == Phase::Registered);
         for id in affected {
             // the binding points at a dead flow: register again over a new one
-            if let Some(acc) = self.accounts.get_mut(&id) {
+            if let Some(acc) = self.accounts.get_mut(id) {
                 acc.flow = None;
             }
-            self.send_register(now, AccountId(id), false);
+            self.send_register(now, id, false);
         }
     }
 }

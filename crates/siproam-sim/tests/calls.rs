@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_core::{
-    CallEvent, CallId, CallMove, CallMoveAction, CallState, Config, Event, InviteSpec, Target,
-    Transport,
+    CallEvent, CallId, CallMove, CallMoveAction, CallState, Config, CoreError, Event, InviteSpec,
+    Target, Transport,
 };
 mod support;
 
@@ -315,6 +315,33 @@ fn confirmed(transport: Transport) -> (Pair, CallId, CallId) {
     p.sim.take_events(p.alice);
     p.sim.take_events(p.bob);
     (p, a, b)
+}
+
+#[test]
+fn a_confirmed_call_is_not_answered_again() {
+    let (mut p, _a, b) = confirmed(Transport::Udp);
+    let t0 = p.sim.now();
+    // the INVITE's server transaction still lives (Timer L), but the call
+    // has no INVITE waiting for an answer any more
+    for code in [200, 486] {
+        let again = p
+            .sim
+            .with_endpoint(p.bob, |ep, now| ep.answer(now, b, code, None));
+        assert_eq!(again, Err(CoreError::InvalidState), "{code}");
+    }
+    p.sim.run_for(Duration::from_secs(40));
+    let sent: Vec<_> = p
+        .sim
+        .log()
+        .iter()
+        .filter(|e| e.from.ip() == ip(BOB) && e.at >= t0)
+        .map(|e| e.first_line.clone())
+        .collect();
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(
+        p.sim.with_endpoint(p.bob, |ep, _| ep.call_state(b)),
+        Some(CallState::Confirmed)
+    );
 }
 
 fn offers(sim: &mut Sim, node: NodeId) -> Vec<(CallId, bool)> {

@@ -117,7 +117,7 @@ impl Endpoint {
         routes: AccountRoutes,
         local_ip: Option<IpAddr>,
     ) -> Result<(), CoreError> {
-        if !self.accounts.contains_key(&account.0) {
+        if !self.accounts.contains(account) {
             return Err(CoreError::NoSuchAccount);
         }
         if self.mobility.local_ip.is_none() {

@@ -1113,7 +1113,10 @@ impl Endpoint {
 
     /// The INVITE server transaction of a call not answered yet.
     pub(crate) fn call_server_tx(&self, call: CallId) -> Option<ServerTxId> {
-        self.calls.calls.get(&call.0).and_then(|c| c.server_tx)
+        match self.calls.get(call).map(|c| &c.phase) {
+            Some(CallPhase::Incoming { tx, .. } | CallPhase::Answered { tx, .. }) => Some(*tx),
+            _ => None,
+        }
     }
 
     /// Where the call's next in-dialog request goes: the route set's first

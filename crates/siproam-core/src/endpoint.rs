@@ -1144,8 +1144,8 @@ impl Endpoint {
     /// A stream transaction stays on its connection.
     pub(crate) fn move_server_tx(&mut self, tx: ServerTxId, local: SocketAddr) {
         let Some(remote) = self
-            .server_txs
-            .get(&tx.0)
+            .txs
+            .server(tx.0)
             .and_then(|t| self.flows.get(t.flow))
             .filter(|f| !f.transport.is_reliable())
             .map(|f| f.remote)
@@ -1153,7 +1153,7 @@ impl Endpoint {
             return;
         };
         let flow = self.flows.inbound(Transport::Udp, local, remote);
-        if let Some(t) = self.server_txs.get_mut(&tx.0) {
+        if let Some(t) = self.txs.server_mut(tx.0) {
             t.flow = flow;
         }
     }

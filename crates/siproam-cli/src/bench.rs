@@ -133,6 +133,7 @@ pub async fn register(
                 ipv6_sip: siproam::Ipv6Use::Enabled,
                 ipv6_media: siproam::Ipv6Use::Enabled,
                 ip_change: None,
+                flow: Default::default(),
             };
             ep.register(spec).await?;
             next += 1;
@@ -356,6 +357,7 @@ pub(crate) async fn register_and_call(
             ipv6_sip: siproam::Ipv6Use::Enabled,
             ipv6_media: siproam::Ipv6Use::Enabled,
             ip_change: None,
+            flow: Default::default(),
         })
         .await?;
     }

@@ -458,6 +458,7 @@ fn spec(user: &str, password: &str, registrar: &str) -> AccountSpec {
         ipv6_sip: siproam::Ipv6Use::Enabled,
         ipv6_media: siproam::Ipv6Use::Enabled,
         ip_change: None,
+        flow: Default::default(),
     }
 }
 

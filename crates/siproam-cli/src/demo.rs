@@ -175,6 +175,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             ipv6_sip: siproam::Ipv6Use::Enabled,
             ipv6_media: siproam::Ipv6Use::Enabled,
             ip_change: None,
+            flow: Default::default(),
         })
         .await?;
     }

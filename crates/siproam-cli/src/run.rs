@@ -276,8 +276,34 @@ pub struct AgentArgs {
     /// one per address, e.g. an IPv4 and an IPv6 one).
     #[arg(long, value_name = "NAME=IP")]
     pub host: Vec<String>,
+    /// Keep-alive interval for the registration's flow, in seconds, when
+    /// the registrar sends no Flow-Timer (datagram and stream; 0: none).
+    #[arg(long, value_name = "SECS")]
+    pub keepalive: Option<u64>,
+    /// The same for stream flows alone (default 120).
+    #[arg(long, value_name = "SECS")]
+    pub keepalive_stream: Option<u64>,
+    /// No pong within this many seconds after a keep-alive ping: the flow
+    /// has failed (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub pong_timeout: Option<u64>,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+impl AgentArgs {
+    /// How the registration's flow is kept alive.
+    fn flow_spec(&self) -> anyhow::Result<siproam::FlowSpec> {
+        let mut spec = siproam::FlowSpec::default();
+        if let Some(secs) = self.keepalive_stream.or(self.keepalive) {
+            spec.keepalive_stream = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.pong_timeout {
+            anyhow::ensure!(secs > 0, "pong-timeout must be at least 1");
+            spec.pong_timeout = Duration::from_secs(secs);
+        }
+        Ok(spec)
+    }
 }
 
 /// `NAME=IP` pairs of `--host`.
@@ -328,6 +354,9 @@ pub struct FileConfig {
     no_watch: Option<bool>,
     ipv6_sip: Option<String>,
     ipv6_media: Option<String>,
+    keepalive: Option<u64>,
+    keepalive_stream: Option<u64>,
+    pong_timeout: Option<u64>,
     host: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -412,6 +441,9 @@ impl FileConfig {
         }
         fill(&mut a.aor, &self.aor);
         fill(&mut a.registrar, &self.registrar);
+        fill(&mut a.keepalive, &self.keepalive);
+        fill(&mut a.keepalive_stream, &self.keepalive_stream);
+        fill(&mut a.pong_timeout, &self.pong_timeout);
         fill(&mut a.user, &self.user);
         self.password(a)?;
         if a.expires.is_none() {
@@ -544,6 +576,36 @@ pub fn network_json(n: &siproam::netwatch::NetworkEvent) -> Value {
     })
 }
 
+/// `cli.md`'s `flow` event.
+pub fn flow_json(f: &siproam::core::FlowEvent) -> Value {
+    json!({
+        "event": "flow",
+        "flow": f.flow.0,
+        "account": f.account.0,
+        "state": f.state.as_str(),
+        "transport": f.transport.param(),
+        "local": f.local.map(|a| a.to_string()),
+        "remote": f.remote.to_string(),
+        "flow_timer": f.flow_timer,
+        "reason": f.reason.map(flow_reason),
+    })
+}
+
+/// `cli.md`'s name for why a flow failed.
+fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
+    use siproam::core::FlowCloseReason as R;
+    match r {
+        R::KeepAliveTimeout => "pong_timeout",
+        R::PeerClosed => "closed",
+        R::Reset => "reset",
+        R::ConnectFailed => "connect_failed",
+        R::Idle => "idle",
+        R::FramingError => "framing_error",
+        R::Local => "closed_locally",
+        _ => "other",
+    }
+}
+
 /// `cli.md`'s `ip_change` event.
 pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
     let mut v = json!({
@@ -645,6 +707,7 @@ pub async fn agent(
                 ipv6_sip: args.ipv6_sip.unwrap_or_default(),
                 ipv6_media: args.ipv6_media.unwrap_or_default(),
                 ip_change: None,
+                flow: args.flow_spec()?,
             })
             .await
             .context("registering")?,
@@ -733,6 +796,7 @@ pub async fn agent(
                     }
                 }
                 Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
+                Some(EndpointEvent::Core(Event::Flow(f))) => emit(json_out, flow_json(&f)),
                 Some(EndpointEvent::Network(n)) => emit(json_out, network_json(&n)),
                 // the peer's first RTP packet on our new media address
                 Some(EndpointEvent::MediaMoved { call, local, .. }) => emit(

@@ -97,16 +97,6 @@ fn preferred_source(t: &Topology) -> String {
         .unwrap_or_else(|| panic!("no source towards the server: {text}"))
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to a `siproam` process (`ip netns exec`
-/// execs it: the child's pid is siproam's).
-fn signal(p: &Proc, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &p.child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -{signal}");
-}
-
 /// The local ports of the handset's established TCP connections to the
 /// registrar.
 fn registrar_connections(t: &Topology) -> Vec<String> {

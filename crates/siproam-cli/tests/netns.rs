@@ -642,6 +642,7 @@ async fn only_the_account_whose_path_changed_moves() {
         ipv6_sip: Ipv6Use::Enabled,
         ipv6_media: Ipv6Use::Enabled,
         ip_change: None,
+        flow: Default::default(),
     };
     let via_wifi = ep
         .register(spec("sip:alice@example.test", "sip:10.9.0.2:5060"))

@@ -128,6 +128,9 @@ pub enum Event {
     },
     /// A stage of a network change ([`Endpoint::start_ip_change`]).
     IpChange(crate::mobility::IpChangeReport),
+    /// Something happened to an account's flow (up, a keep-alive answered,
+    /// failed).
+    Flow(crate::keepalive::FlowEvent),
     /// A network change moved a call: the application does the media part
     /// — re-open the RTP socket on `media_ip` (if given), then what
     /// `action` says.
@@ -200,7 +203,7 @@ pub struct Endpoint {
     pub(crate) accounts: crate::accounts::Accounts,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) listen_points: Vec<ListenPoint>,
-    transmits: VecDeque<Transmit>,
+    pub(crate) transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     /// Until then, in-dialog timeouts and transport failures do not end
     /// calls (a network change: requests die on the dead path).
@@ -213,6 +216,10 @@ pub struct Endpoint {
     pub(crate) mobility: crate::mobility::Mobility,
     /// The time of the last input (for what is decided as events leave).
     pub(crate) clock: Option<Instant>,
+    /// Keep-alives of the accounts' stream flows.
+    pub(crate) keepalives: std::collections::HashMap<AccountId, crate::keepalive::KeepAlive>,
+    /// Failed flows the driver must close.
+    pub(crate) closes: VecDeque<FlowId>,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -256,6 +263,8 @@ impl Endpoint {
             tidied: None,
             mobility: crate::mobility::Mobility::default(),
             clock: None,
+            keepalives: std::collections::HashMap::new(),
+            closes: VecDeque::new(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -474,6 +483,7 @@ impl Endpoint {
             self.remove_server(id);
         }
         self.events.push_back(Event::FlowClosed { flow, reason });
+        self.keepalive_flow_gone(flow, reason);
         self.accounts_flow_closed(now, flow, reason);
     }
 
@@ -484,7 +494,12 @@ impl Endpoint {
             match reason.owner {
                 TimerOwner::ClientTx(id) => self.client_timer(now, id, reason.kind),
                 TimerOwner::ServerTx(id) => self.server_timer(now, id, reason.kind),
-                TimerOwner::Account(id) => self.account_timer(now, AccountId(id)),
+                TimerOwner::Account(id) => match reason.kind {
+                    TimerKind::KeepAlive | TimerKind::PongTimeout => {
+                        self.keepalive_timer(now, AccountId(id), reason.kind)
+                    }
+                    _ => self.account_timer(now, AccountId(id)),
+                },
                 TimerOwner::Call(id) => {
                     self.call_timer(now, crate::dialog::CallId(id), reason.kind)
                 }

@@ -21,6 +21,7 @@ mod config;
 mod dialog;
 mod endpoint;
 mod flow;
+mod keepalive;
 pub(crate) mod mobility;
 mod registration;
 mod rng;
@@ -36,6 +37,7 @@ pub use endpoint::{
     Target, Transmit,
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
+pub use keepalive::{FlowEvent, FlowState};
 pub use mobility::{
     AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ConnectionView, DetectedChange,
     IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use, ListenFailure,

@@ -51,6 +51,11 @@ pub struct AccountConfig {
     pub retry_max: Duration,
     /// Refresh this long before the binding expires (at least halfway).
     pub refresh_margin: Duration,
+    /// Keep-alive interval on a stream flow when the registrar sends no
+    /// `Flow-Timer` (RFC 5626 §4.4.1; `None` or zero: none).
+    pub keepalive_stream: Option<Duration>,
+    /// No pong within this after a ping: the flow has failed.
+    pub pong_timeout: Duration,
 }
 
 impl AccountConfig {
@@ -72,6 +77,8 @@ impl AccountConfig {
             retry_base: Duration::from_secs(30),
             retry_max: Duration::from_secs(1800),
             refresh_margin: Duration::from_secs(10),
+            keepalive_stream: Some(Duration::from_secs(120)),
+            pong_timeout: Duration::from_secs(10),
         }
     }
 
@@ -233,6 +240,7 @@ impl Endpoint {
     /// forgotten once the registrar answers (or the request fails).
     pub fn unregister(&mut self, now: Instant, account: AccountId) -> Result<(), CoreError> {
         self.forget_account_routes(account);
+        self.keepalive_stop(account);
         let acc = self
             .accounts
             .get_mut(account)
@@ -309,6 +317,13 @@ impl Endpoint {
                 .listen_points
                 .iter()
                 .any(|p| p.transport == transport && p.addr.is_ipv4() == remote.is_ipv4())
+    }
+
+    /// How long an account waits for a keep-alive's pong.
+    pub(crate) fn account_pong_timeout(&self, account: AccountId) -> Duration {
+        self.accounts
+            .get(account)
+            .map_or(Duration::from_secs(10), |a| a.config.pong_timeout)
     }
 
     /// Lets go of an account's flow before it is closed for a network
@@ -624,6 +639,7 @@ impl Endpoint {
                     TimerKind::Register,
                     now + refresh,
                 );
+                let (flow, keepalive) = (acc.flow, acc.config.keepalive_stream);
                 self.emit(
                     id,
                     RegistrationState::Registered,
@@ -632,6 +648,9 @@ impl Endpoint {
                     None,
                     None,
                 );
+                if let Some(flow) = flow {
+                    self.keepalive_start(now, id, flow, &resp, keepalive);
+                }
             }
             401 | 407 => {
                 let (challenge, stale) = challenge_of(&resp, code);

@@ -69,6 +69,10 @@ pub enum TimerKind {
     NoAnswer,
     /// A network change stops waiting for its confirmations.
     MobilitySettle,
+    /// Send a keep-alive ping on an account's flow (RFC 5626 §4.4.1).
+    KeepAlive,
+    /// No pong to the ping in time: the flow has failed.
+    PongTimeout,
 }
 
 /// Why the core asked to be woken up.

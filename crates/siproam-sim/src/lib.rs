@@ -171,6 +171,8 @@ pub struct Sim {
     /// Old listeners a change left lingering, per node (they still hold
     /// their address).
     lingering: HashMap<NodeId, Vec<ListenerView>>,
+    /// Nodes that answer no keep-alive ping.
+    no_pong: Vec<NodeId>,
 }
 
 /// One step of a change as the simulator carried it out: the socket
@@ -212,6 +214,7 @@ impl Sim {
             log: Vec::new(),
             taken: Vec::new(),
             lingering: HashMap::new(),
+            no_pong: Vec::new(),
         }
     }
 
@@ -384,6 +387,15 @@ impl Sim {
     /// there fails with "address in use".
     pub fn occupy(&mut self, addr: SocketAddr) {
         self.taken.push(addr);
+    }
+
+    /// Whether a node answers keep-alive pings on its streams (it does
+    /// unless told not to: a peer whose pongs get lost).
+    pub fn set_pong(&mut self, node: NodeId, pong: bool) {
+        self.no_pong.retain(|n| *n != node);
+        if !pong {
+            self.no_pong.push(node);
+        }
     }
 
     /// Whether a stream connection is still open.
@@ -610,6 +622,7 @@ impl Sim {
         let now = self.now;
         loop {
             let mut transmits = Vec::new();
+            let mut closes = Vec::new();
             let mut handled = false;
             match self.nodes.get_mut(node.0).map(|n| &mut n.kind) {
                 Some(NodeKind::Endpoint {
@@ -630,8 +643,16 @@ impl Sim {
                     while let Some(t) = ep.poll_transmit() {
                         transmits.push(t);
                     }
+                    while let Some(f) = ep.poll_close() {
+                        closes.push(f);
+                    }
                 }
                 _ => return,
+            }
+            for f in closes {
+                if let Some(conn) = self.flow_conns.get(&(node, f)).copied() {
+                    self.local_close(conn);
+                }
             }
             if transmits.is_empty() && !handled {
                 return;
@@ -873,6 +894,24 @@ impl Sim {
                     }
                 }
             }
+        }
+        // RFC 5626 keep-alives on streams, as a transport layer handles
+        // them: a ping is answered with a pong (unless the peer is told
+        // not to), a pong is handed to the endpoint
+        if let (Some((conn, from_a)), true) = (m.conn, m.payload.as_ref() == b"\r\n\r\n") {
+            if !self.no_pong.contains(&node) {
+                self.send_on(conn, !from_a, Bytes::from_static(b"\r\n"));
+            }
+            return;
+        }
+        if m.conn.is_some() && m.payload.as_ref() == b"\r\n" {
+            if let (Some(f), Some(NodeKind::Endpoint { ep, .. })) =
+                (flow, self.nodes.get_mut(node.0).map(|n| &mut n.kind))
+            {
+                ep.handle_pong(now, f);
+                self.flush(node);
+            }
+            return;
         }
         match self.nodes.get_mut(node.0).map(|n| &mut n.kind) {
             Some(NodeKind::Endpoint { ep, .. }) => {

@@ -18,7 +18,7 @@ pub mod transport;
 
 pub use endpoint::{
     AccountChanges, AccountSpec, AppCommand, Application, CommandError, CommandFor, EndpointConfig,
-    EndpointError, EndpointEvent, EndpointHandle, UserAgent, WatchConfig,
+    EndpointError, EndpointEvent, EndpointHandle, FlowSpec, UserAgent, WatchConfig,
 };
 pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
 pub use media_report::MediaReport;

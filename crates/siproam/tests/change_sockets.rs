@@ -164,6 +164,7 @@ async fn the_registration_connection_closes_before_its_stage_is_reported() {
         ipv6_sip: Ipv6Use::Enabled,
         ipv6_media: Ipv6Use::Enabled,
         ip_change: None,
+        flow: Default::default(),
     })
     .await
     .unwrap();

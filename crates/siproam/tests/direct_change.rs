@@ -591,6 +591,7 @@ async fn an_accounts_own_knobs_apply_to_its_calls() {
             ipv6_sip: siproam::Ipv6Use::Enabled,
             ipv6_media: siproam::Ipv6Use::Enabled,
             ip_change: Some(knobs),
+            flow: Default::default(),
         })
         .await
         .unwrap();
@@ -659,6 +660,7 @@ async fn a_changed_received_rport_refreshes_the_accounts_calls() {
             ipv6_sip: siproam::Ipv6Use::Enabled,
             ipv6_media: siproam::Ipv6Use::Enabled,
             ip_change: None,
+            flow: Default::default(),
         })
         .await
         .unwrap();

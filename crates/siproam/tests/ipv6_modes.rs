@@ -110,6 +110,7 @@ async fn endpoint(reg: &Registrar, mode: Ipv6Use) -> (EndpointHandle, siproam::c
             ipv6_sip: mode,
             ipv6_media: Ipv6Use::Enabled,
             ip_change: None,
+            flow: Default::default(),
         })
         .await
         .unwrap();

@@ -408,3 +408,13 @@ impl Drop for Kamailio {
         let _ = std::fs::remove_dir_all(&self.workdir);
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`, …) to a process (`ip netns exec`
+/// execs `siproam`: the child's pid is siproam's).
+pub fn signal(p: &Proc, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &p.child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal}");
+}

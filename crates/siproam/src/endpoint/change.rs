@@ -14,7 +14,7 @@ use crate::transport::{
     CloseReason, ConnectionId, ListenError, ListenerId, ListenerInfo, SendTarget, Transport,
 };
 
-use super::driver::{now, Driver, FlowPath};
+use super::driver::{now, Driver};
 
 impl Driver {
     /// What the core needs to see of the network: the source address
@@ -174,17 +174,8 @@ impl Driver {
 
     /// Closes an account's registration flow.
     fn close_flow(&mut self, flow: FlowId) -> MobilityResult {
-        match self.flows.get(&flow) {
-            Some(FlowPath::Connection(conn)) => {
-                self.transports
-                    .close_connection(*conn, CloseReason::ShutDown);
-            }
-            // its connect (and first message) is still being
-            // reported: closed as soon as it is
-            None => {
-                self.close_when_connected.insert(flow);
-            }
-        }
+        // (a connect still being reported is closed as soon as it is)
+        self.close_flow_connection(flow, CloseReason::ShutDown);
         MobilityResult::Done
     }
 

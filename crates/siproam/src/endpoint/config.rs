@@ -98,4 +98,25 @@ pub struct AccountSpec {
     /// The account's own IP-change knobs; `None` uses those of each
     /// [`IpChangeParams`].
     pub ip_change: Option<AccountIpChange>,
+    /// How its flow is kept alive (RFC 5626 §4.4).
+    pub flow: FlowSpec,
+}
+
+/// How an account's flow is kept alive (RFC 5626 §4.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSpec {
+    /// Keep-alive interval on a stream flow when the registrar sends no
+    /// `Flow-Timer` (`None`: none); 120 s by default.
+    pub keepalive_stream: Option<Duration>,
+    /// No pong within this after a ping: the flow has failed; 10 s.
+    pub pong_timeout: Duration,
+}
+
+impl Default for FlowSpec {
+    fn default() -> Self {
+        FlowSpec {
+            keepalive_stream: Some(Duration::from_secs(120)),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
 }

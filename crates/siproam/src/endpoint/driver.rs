@@ -42,6 +42,8 @@ pub(super) struct Driver {
     pub(super) pending: HashMap<FlowId, VecDeque<Bytes>>,
     /// flows a change closed before their connect was reported
     pub(super) close_when_connected: std::collections::HashSet<FlowId>,
+    /// registration flows to pin once their connect is reported
+    pub(super) pin_when_connected: std::collections::HashSet<FlowId>,
     /// messages waiting for room in their connection's send queue, in order
     pub(super) backlog: HashMap<FlowId, VecDeque<Bytes>>,
     /// Old UDP listeners after an IP change, still receiving answers to
@@ -326,7 +328,11 @@ impl Driver {
                         .handle_flow_closed(now, flow, close_reason(&reason));
                 }
             }
-            TransportEvent::PongReceived { .. } => {}
+            TransportEvent::PongReceived { connection } => {
+                if let Some(flow) = self.connections.get(&connection) {
+                    self.core.handle_pong(now, *flow);
+                }
+            }
         }
     }
 
@@ -363,6 +369,9 @@ impl Driver {
         match result {
             Ok(f) => {
                 if let Some(conn) = f.connection {
+                    if self.pin_when_connected.remove(&flow) {
+                        self.transports.set_pinned(conn, true);
+                    }
                     self.connections.insert(conn, flow);
                     self.flows.insert(flow, FlowPath::Connection(conn));
                     self.core.handle_flow_established(flow, f.local);
@@ -382,6 +391,32 @@ impl Driver {
     }
 
     /// Carries out what the core asked, and hands its events on.
+    /// Closes a flow's connection (or does so as soon as its connect is
+    /// reported).
+    pub(super) fn close_flow_connection(&mut self, flow: FlowId, reason: CloseReason) {
+        match self.flows.get(&flow) {
+            Some(FlowPath::Connection(conn)) => {
+                self.transports.close_connection(*conn, reason);
+            }
+            None => {
+                self.close_when_connected.insert(flow);
+            }
+        }
+    }
+
+    /// Pins a flow's connection: no idle close (or as soon as its connect
+    /// is reported).
+    fn pin_flow(&mut self, flow: FlowId) {
+        match self.flows.get(&flow) {
+            Some(FlowPath::Connection(conn)) => {
+                self.transports.set_pinned(*conn, true);
+            }
+            None => {
+                self.pin_when_connected.insert(flow);
+            }
+        }
+    }
+
     async fn drain(&mut self, conn_tx: &mpsc::UnboundedSender<Connected>) {
         loop {
             let mut progressed = false;
@@ -389,12 +424,23 @@ impl Driver {
                 progressed = true;
                 self.transmit(t, conn_tx).await;
             }
+            // a flow the core found dead (no pong): its connection goes
+            while let Some(flow) = self.core.poll_close() {
+                progressed = true;
+                self.close_flow_connection(flow, CloseReason::KeepAliveTimeout);
+            }
             while let Some(ev) = self.core.poll_event() {
                 progressed = true;
                 let at = now();
                 if let Event::IpChange(r) = ev {
                     let _ = self.events.try_send(EndpointEvent::IpChange(r));
                     continue;
+                }
+                // a registration's flow is never closed for idleness
+                if let Event::Flow(f) = &ev {
+                    if f.state == siproam_core::FlowState::Up {
+                        self.pin_flow(f.flow);
+                    }
                 }
                 if let Some(ev) = self.app.on_event(&mut self.core, at, ev) {
                     if self.events.try_send(EndpointEvent::Core(ev)).is_err() {

@@ -194,6 +194,7 @@ impl EndpointHandle {
             connections: HashMap::new(),
             pending: HashMap::new(),
             close_when_connected: std::collections::HashSet::new(),
+            pin_when_connected: std::collections::HashSet::new(),
             backlog: HashMap::new(),
             retiring: Vec::new(),
             server_names: HashMap::new(),

@@ -23,5 +23,5 @@ mod handle;
 mod targets;
 
 pub use app::{AppCommand, Application, CommandError, UserAgent};
-pub use config::{AccountChanges, AccountSpec, EndpointConfig, WatchConfig};
+pub use config::{AccountChanges, AccountSpec, EndpointConfig, FlowSpec, WatchConfig};
 pub use handle::{CommandFor, EndpointError, EndpointEvent, EndpointHandle};

@@ -179,6 +179,8 @@ impl Driver {
         cfg.instance_id = spec.instance_id;
         cfg.password = spec.password;
         cfg.expires = spec.expires;
+        cfg.keepalive_stream = spec.flow.keepalive_stream;
+        cfg.pong_timeout = spec.flow.pong_timeout;
         let id = self.core.register(now(), cfg);
         // every TLS address's server name, for a later switch of family
         for c in candidates.iter().filter(|c| c.transport == Transport::Tls) {

@@ -1,0 +1,65 @@
+//! Keep-alives on the registration's TCP flow between real processes on
+//! loopback: the agent's CRLFCRLF pings are answered by `siproam
+//! registrar`'s transport; a registrar that stops answering (SIGSTOP) makes
+//! the flow fail on the pong timeout, and the agent registers again over a
+//! new connection once the registrar is back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+
+#[test]
+fn a_registration_flow_is_kept_alive_and_replaced_when_pongs_stop() {
+    let registrar = Proc::spawn(&["registrar", "--json", "--listen", "tcp:127.0.0.1:0"]);
+    let addr = registrar.wait_for("tcp listener", |v| {
+        v["event"] == "listening" && v["transport"] == "tcp"
+    })["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = format!("sip:{addr};transport=tcp");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        "udp:127.0.0.2:0",
+        "--keepalive-stream",
+        "1",
+        "--pong-timeout",
+        "1",
+    ]);
+    agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let up = agent.seen_or_wait("the flow up", |v| {
+        v["event"] == "flow" && v["state"] == "up"
+    });
+    assert_eq!(up["transport"], "tcp", "{up}");
+    assert_eq!(up["remote"], addr.as_str(), "{up}");
+    agent.wait_for("a pong", |v| {
+        v["event"] == "flow" && v["state"] == "keepalive_ok"
+    });
+    // the registrar stops answering anything, pings included
+    signal(&registrar, "STOP");
+    let failed = agent.wait_for("the flow failed", |v| {
+        v["event"] == "flow" && v["state"] == "failed"
+    });
+    assert_eq!(failed["reason"], "pong_timeout", "{failed}");
+    signal(&registrar, "CONT");
+    // registered again, over a new connection, kept alive in turn
+    agent.wait_for("registered again", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let again = agent.wait_for("the new flow up", |v| {
+        v["event"] == "flow" && v["state"] == "up"
+    });
+    assert_ne!(again["local"], up["local"], "a new connection: {again}");
+    agent.wait_for("a pong on it", |v| {
+        v["event"] == "flow" && v["state"] == "keepalive_ok"
+    });
+}

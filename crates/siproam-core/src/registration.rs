@@ -216,7 +216,8 @@ impl Account {
     /// The `reg-id` the next REGISTER carries, with outbound.
     fn reg_id(&self) -> Option<u32> {
         self.outbound_requested()
-            .then(|| self.config.reg_id.unwrap_or(1))
+            // reg-id is a positive integer (RFC 5626 §4.2.1)
+            .then(|| self.config.reg_id.filter(|&r| r > 0).unwrap_or(1))
     }
 
     fn contact_uri(&self) -> String {

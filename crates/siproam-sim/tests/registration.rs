@@ -869,6 +869,11 @@ fn an_outbound_register_carries_the_instance_a_reg_id_and_supported_outbound_pat
     cfg.reg_id = Some(2);
     sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
     assert_eq!(register_contact(&recv(&mut sim, reg)).2, Some(2));
+    // reg-id is positive (RFC 5626 §4.2.1): 0 is taken as unset
+    let (mut sim, ua, reg, mut cfg) = outbound_setup();
+    cfg.reg_id = Some(0);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    assert_eq!(register_contact(&recv(&mut sim, reg)).2, Some(1));
 }
 
 #[test]

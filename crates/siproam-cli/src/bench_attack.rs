@@ -454,6 +454,8 @@ fn spec(user: &str, password: &str, registrar: &str) -> AccountSpec {
         username: None,
         password: Some(password.to_owned()),
         instance_id: None,
+        outbound: false,
+        reg_id: None,
         expires: 3600,
         ipv6_sip: siproam::Ipv6Use::Enabled,
         ipv6_media: siproam::Ipv6Use::Enabled,

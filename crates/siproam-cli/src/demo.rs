@@ -171,6 +171,8 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             username: None,
             password: None,
             instance_id: Some(crate::run::instance_id(seed(user.len() as u64))),
+            outbound: false,
+            reg_id: None,
             expires: 600,
             ipv6_sip: siproam::Ipv6Use::Enabled,
             ipv6_media: siproam::Ipv6Use::Enabled,

@@ -217,7 +217,7 @@ pub async fn registrar(
                     let contacts: Vec<Value> = guard
                         .lookup(&aor, now)
                         .iter()
-                        .map(|b| json!({"contact": b.contact, "expires": b.expires_at.saturating_duration_since(now).as_secs()}))
+                        .map(|b| json!({"contact": b.contact, "expires": b.expires_at.saturating_duration_since(now).as_secs(), "instance": b.instance, "reg_id": b.reg_id}))
                         .collect();
                     drop(guard);
                     emit(json_out, json!({"event": "binding", "aor": aor, "contacts": contacts}));
@@ -258,6 +258,17 @@ pub struct AgentArgs {
     /// Binding lifetime to request, in seconds (default 600).
     #[arg(long)]
     pub expires: Option<u32>,
+    /// RFC 5626 outbound: register with `+sip.instance`, `reg-id` and
+    /// `Supported: outbound`; a first hop answering 439 gets a normal
+    /// registration instead.
+    #[arg(long)]
+    pub outbound: bool,
+    /// The registration flow's `reg-id`, with `--outbound` (default 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reg_id: Option<u32>,
+    /// The `+sip.instance` (`urn:uuid:…`); default: a new random one.
+    #[arg(long, value_name = "URN")]
+    pub instance_id: Option<String>,
     /// Keep running when stdin ends (for scripts).
     #[arg(long)]
     pub stay: bool,
@@ -330,6 +341,7 @@ fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
         "contact": r.contact,
         "code": r.code,
         "expires": r.expires,
+        "outbound": r.outbound,
     })
 }
 
@@ -350,6 +362,9 @@ pub struct FileConfig {
     password: Option<String>,
     password_file: Option<PathBuf>,
     expires: Option<u32>,
+    outbound: Option<bool>,
+    reg_id: Option<u32>,
+    instance_id: Option<String>,
     stay: Option<bool>,
     no_watch: Option<bool>,
     ipv6_sip: Option<String>,
@@ -449,6 +464,12 @@ impl FileConfig {
         if a.expires.is_none() {
             a.expires = self.expires;
         }
+        a.outbound |= self.outbound.unwrap_or(false);
+        if self.reg_id == Some(0) {
+            anyhow::bail!("reg-id must be at least 1");
+        }
+        fill(&mut a.reg_id, &self.reg_id);
+        fill(&mut a.instance_id, &self.instance_id);
         a.stay |= self.stay.unwrap_or(false);
         a.no_watch |= self.no_watch.unwrap_or(false);
         self.tls(&mut a.tls);
@@ -702,7 +723,13 @@ pub async fn agent(
                 registrar: registrar.clone(),
                 username: args.user.clone(),
                 password: args.password.clone(),
-                instance_id: Some(instance_id(seed())),
+                instance_id: Some(
+                    args.instance_id
+                        .clone()
+                        .unwrap_or_else(|| instance_id(seed())),
+                ),
+                outbound: args.outbound,
+                reg_id: args.reg_id,
                 expires: args.expires.unwrap_or(600),
                 ipv6_sip: args.ipv6_sip.unwrap_or_default(),
                 ipv6_media: args.ipv6_media.unwrap_or_default(),

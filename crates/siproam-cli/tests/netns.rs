@@ -638,6 +638,8 @@ async fn only_the_account_whose_path_changed_moves() {
         username: None,
         password: None,
         instance_id: None,
+        outbound: false,
+        reg_id: None,
         expires: 600,
         ipv6_sip: Ipv6Use::Enabled,
         ipv6_media: Ipv6Use::Enabled,

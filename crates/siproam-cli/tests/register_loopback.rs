@@ -533,3 +533,71 @@ fn after_an_ip_change_a_tls_registration_without_a_tls_listener_names_its_new_co
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `siproam agent --outbound --reg-id 2 --instance-id URN` against
+/// `siproam registrar` (which grants outbound): the binding carries the
+/// instance and reg-id, and the agent reports outbound in force; the same
+/// from a `--config` file; without `--outbound` the agent registers as a
+/// normal client.
+#[test]
+fn an_agent_with_outbound_registers_its_instance_and_reg_id_and_outbound_is_in_force() {
+    const URN: &str = "urn:uuid:00000000-0000-1000-8000-0000000000c1";
+    let dir = temp_dir("outbound");
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        format!("outbound = true\nreg-id = 3\ninstance-id = \"{URN}\"\n"),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    // (extra agent arguments, local address, reg-id expected)
+    let cases: [(&[&str], &str, Option<u32>); 3] = [
+        (
+            &["--instance-id", URN, "--outbound", "--reg-id", "2"],
+            "127.0.0.13",
+            Some(2),
+        ),
+        (&["--config", file], "127.0.0.14", Some(3)),
+        (&["--instance-id", URN], "127.0.0.15", None),
+    ];
+    for (extra, ip, reg_id) in cases {
+        let registrar = Proc::spawn(&[
+            "registrar",
+            "--json",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--domain",
+            "example.test",
+        ]);
+        let addr = listening(&registrar, "tcp");
+        let uri = format!("sip:{addr};transport=tcp");
+        let listen = format!("tcp:{ip}:0");
+        let mut args = vec![
+            "agent",
+            "--json",
+            "--aor",
+            "sip:alice@example.test",
+            "--registrar",
+            &uri,
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let mut agent = Proc::spawn(&args);
+        let registered = agent.wait_for("registered", |v| {
+            v["event"] == "registration" && v["state"] == "registered"
+        });
+        assert_eq!(registered["outbound"], reg_id.is_some(), "{registered}");
+        let binding = registrar.wait_for("binding", |v| {
+            v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+        });
+        assert_eq!(binding["contacts"][0]["instance"], URN, "{binding}");
+        assert_eq!(
+            binding["contacts"][0]["reg_id"].as_u64(),
+            reg_id.map(u64::from),
+            "{binding}"
+        );
+        agent.quit();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -487,13 +487,22 @@ impl Endpoint {
     }
 
     fn contact_header(&self, c: &Call, transport: Transport) -> String {
+        self.contact_header_with(c, transport, "")
+    }
+
+    /// Our Contact with `uri_params` (`;ob`) added to its URI.
+    fn contact_header_with(&self, c: &Call, transport: Transport, uri_params: &str) -> String {
         let addr = c.contact;
         let t = if transport == Transport::Udp {
             String::new()
         } else {
             format!(";transport={}", transport.param())
         };
-        format!("<sip:{}@{}{t}>", c.contact_user, fmt_hostport(addr))
+        format!(
+            "<sip:{}@{}{t}{uri_params}>",
+            c.contact_user,
+            fmt_hostport(addr)
+        )
     }
 
     /// Places a call: an INVITE (with the offer, if given).
@@ -554,7 +563,19 @@ impl Endpoint {
             .header("To", &format!("<{}>", c.remote_uri))
             .header("Call-ID", &c.call_id)
             .header("CSeq", &format!("{} INVITE", c.local_cseq))
-            .header("Contact", &self.contact_header(c, transport))
+            .header(
+                "Contact",
+                // dialog-forming over an outbound flow (RFC 5626 §4.3)
+                &self.contact_header_with(
+                    c,
+                    transport,
+                    if self.outbound_for(&c.local_uri) {
+                        ";ob"
+                    } else {
+                        ""
+                    },
+                ),
+            )
             .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
             .header("Supported", "100rel, replaces, timer");
         if let Some(sdp) = sdp {

@@ -35,8 +35,18 @@ pub struct AccountConfig {
     pub contact_user: Option<String>,
     /// RFC 5626 `+sip.instance` (`urn:uuid:…`), kept across restarts.
     pub instance_id: Option<String>,
-    /// RFC 5626 `reg-id`.
+    /// RFC 5626 `reg-id` of the registration's flow, used with
+    /// `outbound` (1 when not given).
     pub reg_id: Option<u32>,
+    /// Ask for RFC 5626 outbound: the REGISTER carries the
+    /// `+sip.instance`, a `reg-id` and `Supported: outbound, path, gruu`.
+    /// It needs an `instance_id`; without one the account registers as a
+    /// normal client.
+    pub outbound: bool,
+    /// On a 439 (First Hop Lacks Outbound Support) register again at once
+    /// without outbound (RFC 5626 §11.6), and keep doing so for the
+    /// account; when off, the 439 fails the registration.
+    pub outbound_fallback: bool,
     /// Learn the Contact address from `received`/`rport` and re-register
     /// with it (PJSIP's `allow_contact_rewrite`).
     pub contact_rewrite: bool,
@@ -72,6 +82,8 @@ impl AccountConfig {
             contact_user: None,
             instance_id: None,
             reg_id: None,
+            outbound: false,
+            outbound_fallback: true,
             contact_rewrite: true,
             rewrite_public_to_private: false,
             retry_base: Duration::from_secs(30),
@@ -127,6 +139,10 @@ pub enum RegistrationFailure {
     /// Challenged again after answering with the same credentials, or no
     /// credentials to answer with.
     AuthenticationFailed,
+    /// 439 First Hop Lacks Outbound Support (RFC 5626 §11.6): with
+    /// `outbound_fallback` the account registers again at once without
+    /// outbound.
+    OutboundUnsupported,
 }
 
 /// A change of a registration's state.
@@ -146,6 +162,9 @@ pub struct RegistrationEvent {
     pub failure: Option<RegistrationFailure>,
     /// When the next attempt is due, for `Failed`.
     pub retry_at: Option<Instant>,
+    /// RFC 5626 outbound is in force (the registrar's 2xx said
+    /// `Require: outbound`).
+    pub outbound: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,12 +202,29 @@ pub(crate) struct Account {
     expires: u32,
     /// A rewrite learnt while a REGISTER was pending: register again.
     reregister: bool,
+    /// RFC 5626 outbound is in force: the last REGISTER asked for it and
+    /// its 2xx said `Require: outbound`.
+    outbound_in_force: bool,
+    /// The first hop answered 439: outbound is no longer asked for.
+    outbound_refused: bool,
 }
 
 impl Account {
     /// The flow the account registers over, if any.
     pub(crate) fn flow_in_use(&self) -> Option<FlowId> {
         self.flow
+    }
+
+    /// Whether the next REGISTER asks for outbound (RFC 5626 §4.2).
+    fn outbound_requested(&self) -> bool {
+        self.config.outbound && self.config.instance_id.is_some() && !self.outbound_refused
+    }
+
+    /// The `reg-id` the next REGISTER carries, with outbound.
+    fn reg_id(&self) -> Option<u32> {
+        self.outbound_requested()
+            // reg-id is a positive integer (RFC 5626 §4.2.1)
+            .then(|| self.config.reg_id.filter(|&r| r > 0).unwrap_or(1))
     }
 
     fn contact_uri(&self) -> String {
@@ -204,12 +240,9 @@ impl Account {
         } else {
             format!(";transport={}", t.param())
         };
-        let ob = if self.config.reg_id.is_some() {
-            ";ob"
-        } else {
-            ""
-        };
-        format!("sip:{user}@{addr}{transport}{ob}")
+        // no `ob` here: a REGISTER's Contact does not carry it (RFC 5626
+        // §4.2); dialog-forming requests do (`Endpoint::outbound_for`)
+        format!("sip:{user}@{addr}{transport}")
     }
 }
 
@@ -231,6 +264,8 @@ impl Endpoint {
             failures: 0,
             expires,
             reregister: false,
+            outbound_in_force: false,
+            outbound_refused: false,
         });
         self.send_register(now, id, false);
         id
@@ -427,6 +462,32 @@ impl Endpoint {
         self.accounts.get(account).and_then(|a| a.flow)
     }
 
+    /// Whether RFC 5626 outbound is in force for an account: its last
+    /// REGISTER asked for it and the 2xx said `Require: outbound`. Its
+    /// registration flow is then the flow for its requests.
+    pub fn account_outbound(&self, account: AccountId) -> bool {
+        self.accounts
+            .get(account)
+            .is_some_and(|a| a.outbound_in_force)
+    }
+
+    /// Whether a request from `local_uri` is an account's for which
+    /// outbound is in force (its dialog-forming requests carry `;ob` in
+    /// their Contact, RFC 5626 §4.3).
+    pub(crate) fn outbound_for(&self, local_uri: &str) -> bool {
+        let ours = siproam_sip::Uri::parse(local_uri).ok();
+        !self
+            .accounts
+            .ids_where(|a| {
+                a.outbound_in_force
+                    && match (&ours, siproam_sip::Uri::parse(&a.config.aor)) {
+                        (Some(o), Ok(aor)) => o.equivalent(&aor),
+                        _ => a.config.aor == local_uri,
+                    }
+            })
+            .is_empty()
+    }
+
     /// How many accounts the endpoint holds.
     pub fn account_count(&self) -> usize {
         self.accounts.count()
@@ -441,10 +502,10 @@ impl Endpoint {
         failure: Option<RegistrationFailure>,
         retry_at: Option<Instant>,
     ) {
-        let contact = self
+        let (contact, outbound) = self
             .accounts
             .get(account)
-            .map(Account::contact_uri)
+            .map(|a| (a.contact_uri(), a.outbound_in_force))
             .unwrap_or_default();
         self.events
             .push_back(Event::Registration(RegistrationEvent {
@@ -455,6 +516,7 @@ impl Endpoint {
                 expires,
                 failure,
                 retry_at,
+                outbound,
             }));
     }
 
@@ -486,7 +548,7 @@ impl Endpoint {
         if let Some(inst) = &acc.config.instance_id {
             contact.push_str(&format!(";+sip.instance=\"<{inst}>\""));
         }
-        if let Some(reg_id) = acc.config.reg_id {
+        if let Some(reg_id) = acc.reg_id() {
             contact.push_str(&format!(";reg-id={reg_id}"));
         }
         contact.push_str(&format!(";expires={expires}"));
@@ -500,8 +562,8 @@ impl Endpoint {
             .header("CSeq", &format!("{} REGISTER", acc.cseq))
             .header("Contact", &contact)
             .header("Expires", &expires.to_string());
-        if acc.config.reg_id.is_some() {
-            b = b.header("Supported", "outbound, path");
+        if acc.outbound_requested() {
+            b = b.header("Supported", "outbound, path, gruu");
         }
         // answer the last challenge again (nonce reuse, nc counting up)
         let cnonce = self.rng.token(16);
@@ -610,12 +672,15 @@ impl Endpoint {
                     expires: Some(0),
                     failure,
                     retry_at: None,
+                    outbound: false,
                 }));
             return;
         }
         match code {
             200..=299 => {
                 acc.failures = 0;
+                acc.outbound_in_force =
+                    acc.outbound_requested() && resp.has_token(HeaderName::Require, "outbound");
                 if let Some(a) = acc.auth.as_mut() {
                     a.answered = false;
                 }
@@ -684,6 +749,31 @@ impl Endpoint {
                         self.send_register(now, id, false);
                     }
                     _ => self.fail(now, id, RegistrationFailure::Status(code), Some(code)),
+                }
+            }
+            439 if acc.outbound_requested() => {
+                if acc.config.outbound_fallback {
+                    // RFC 5626 §11.6: register again at once without
+                    // outbound (the instance stays), and go on so
+                    acc.outbound_refused = true;
+                    acc.outbound_in_force = false;
+                    acc.phase = Phase::Failed;
+                    self.emit(
+                        id,
+                        RegistrationState::Failed,
+                        Some(code),
+                        None,
+                        Some(RegistrationFailure::OutboundUnsupported),
+                        Some(now),
+                    );
+                    self.send_register(now, id, false);
+                } else {
+                    self.fail(
+                        now,
+                        id,
+                        RegistrationFailure::OutboundUnsupported,
+                        Some(code),
+                    );
                 }
             }
             _ => {
@@ -797,10 +887,12 @@ impl Endpoint {
                     expires: None,
                     failure: Some(failure),
                     retry_at: None,
+                    outbound: false,
                 }));
             return;
         }
         acc.phase = Phase::Failed;
+        acc.outbound_in_force = false;
         // RFC 5626 §4.5: U(50%..100%) × min(max, base × 2^failures)
         let exp = acc
             .config

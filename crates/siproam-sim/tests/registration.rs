@@ -1,6 +1,7 @@
 //! The registration client in the simulator: challenge, refresh, 423,
 //! 503, an unreachable server, Contact rewrite on a 401, unregister, and
-//! a dead registration flow.
+//! a dead registration flow; RFC 5626 outbound (`+sip.instance`,
+//! `reg-id`, `Require: outbound`, `;ob`, the 439 fallback).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -789,4 +790,244 @@ fn modifying_an_account_sends_nothing_until_its_next_register() {
         sim.with_endpoint(ua, |ep, _| ep.modify_account(AccountId(99), |_| {})),
         Err(siproam_core::CoreError::NoSuchAccount)
     );
+}
+
+// ---- RFC 5626 Outbound, client side: registration, `;ob`, 439 ----
+
+const INSTANCE: &str = "urn:uuid:00000000-0000-1000-8000-000000000001";
+
+/// An account asking for outbound (RFC 5626 §4.2) over UDP.
+fn outbound_setup() -> (Sim, siproam_sim::NodeId, siproam_sim::NodeId, AccountConfig) {
+    let (sim, ua, reg, mut cfg) = setup(Transport::Udp);
+    cfg.password = None;
+    cfg.instance_id = Some(INSTANCE.into());
+    cfg.outbound = true;
+    (sim, ua, reg, cfg)
+}
+
+/// The REGISTER's Contact: (URI, `+sip.instance`, `reg-id`).
+fn register_contact(r: &Received) -> (String, Option<String>, Option<u32>) {
+    let Some(Ok(Contact::Addr(c))) = r.message.contacts().next() else {
+        panic!("no Contact in {:?}", r.message);
+    };
+    (
+        c.uri().as_str().to_owned(),
+        c.sip_instance().map(str::to_owned),
+        c.reg_id(),
+    )
+}
+
+/// A call from `from` to `sip:bob@example.test` through the registrar
+/// (as outbound proxy); the INVITE's Contact URI as the registrar sees it.
+fn invite_contact(
+    sim: &mut Sim,
+    ua: siproam_sim::NodeId,
+    reg: siproam_sim::NodeId,
+    from: &str,
+) -> String {
+    let spec = siproam_core::InviteSpec {
+        uri: "sip:bob@example.test".into(),
+        from: from.into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: SocketAddr::new(ip(REG), 5060),
+            local: None,
+        },
+        sdp: None,
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(ua, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let r = recv(sim, reg);
+    assert_eq!(r.message.method(), Some(Method::Invite));
+    let Some(Ok(Contact::Addr(c))) = r.message.contacts().next() else {
+        panic!("no Contact in the INVITE");
+    };
+    c.uri().as_str().to_owned()
+}
+
+#[test]
+fn an_outbound_register_carries_the_instance_a_reg_id_and_supported_outbound_path_gruu() {
+    let (mut sim, ua, reg, cfg) = outbound_setup();
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    assert_eq!(
+        register_contact(&r1),
+        (
+            "sip:alice@192.0.2.10:5060".to_owned(),
+            Some(INSTANCE.to_owned()),
+            Some(1)
+        ),
+        "reg-id 1 by default; no `ob` in a REGISTER's Contact"
+    );
+    assert_eq!(
+        r1.message.header(HeaderName::Supported),
+        Some("outbound, path, gruu")
+    );
+    // a reg-id of its own is kept
+    let (mut sim, ua, reg, mut cfg) = outbound_setup();
+    cfg.reg_id = Some(2);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    assert_eq!(register_contact(&recv(&mut sim, reg)).2, Some(2));
+    // reg-id is positive (RFC 5626 §4.2.1): 0 is taken as unset
+    let (mut sim, ua, reg, mut cfg) = outbound_setup();
+    cfg.reg_id = Some(0);
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    assert_eq!(register_contact(&recv(&mut sim, reg)).2, Some(1));
+}
+
+#[test]
+fn without_outbound_a_register_has_no_reg_id_and_no_supported_outbound() {
+    let (mut sim, ua, reg, mut cfg) = outbound_setup();
+    cfg.outbound = false;
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    assert_eq!(
+        register_contact(&r1),
+        (
+            "sip:alice@192.0.2.10:5060".to_owned(),
+            Some(INSTANCE.to_owned()),
+            None
+        )
+    );
+    assert!(!r1.message.has_token(HeaderName::Supported, "outbound"));
+}
+
+#[test]
+fn a_2xx_requiring_outbound_puts_it_in_force_and_the_accounts_invites_carry_ob() {
+    let (mut sim, ua, reg, cfg) = outbound_setup();
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    let contact = r1.message.header(HeaderName::Contact).unwrap().to_owned();
+    let base = contact.split(";expires").next().unwrap().to_owned();
+    answer(
+        &mut sim,
+        reg,
+        &r1,
+        200,
+        &[
+            ("Contact", &format!("{base};expires=300")),
+            ("Require", "outbound"),
+        ],
+    );
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    let last = &evs.last().unwrap().1;
+    assert_eq!(
+        (last.state, last.outbound),
+        (RegistrationState::Registered, true)
+    );
+    assert!(sim.with_endpoint(ua, |ep, _| ep.account_outbound(acc)));
+    assert_eq!(
+        invite_contact(&mut sim, ua, reg, "sip:alice@example.test"),
+        "sip:alice@192.0.2.10:5060;ob"
+    );
+    // a call under another identity is not the account's
+    assert_eq!(
+        invite_contact(&mut sim, ua, reg, "sip:carol@example.test"),
+        "sip:alice@192.0.2.10:5060"
+    );
+}
+
+#[test]
+fn a_2xx_without_require_outbound_leaves_a_normal_client_without_ob() {
+    let (mut sim, ua, reg, cfg) = outbound_setup();
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    ok(&mut sim, reg, &r1, 300);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    let last = &evs.last().unwrap().1;
+    assert_eq!(
+        (last.state, last.outbound),
+        (RegistrationState::Registered, false)
+    );
+    assert!(!sim.with_endpoint(ua, |ep, _| ep.account_outbound(acc)));
+    assert_eq!(
+        invite_contact(&mut sim, ua, reg, "sip:alice@example.test"),
+        "sip:alice@192.0.2.10:5060"
+    );
+}
+
+#[test]
+fn a_439_retries_at_once_without_reg_id_and_the_account_remembers_it() {
+    let (mut sim, ua, reg, cfg) = outbound_setup();
+    let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    assert_eq!(register_contact(&r1).2, Some(1));
+    let t439 = sim.now();
+    answer(&mut sim, reg, &r1, 439, &[]);
+    let r2 = recv(&mut sim, reg);
+    assert!(
+        r2.at - t439 < Duration::from_secs(1),
+        "at once, not after a back-off: {:?}",
+        r2.at - t439
+    );
+    assert_eq!(r2.message.call_id(), r1.message.call_id());
+    assert_eq!(
+        register_contact(&r2),
+        (
+            "sip:alice@192.0.2.10:5060".to_owned(),
+            Some(INSTANCE.to_owned()),
+            None
+        ),
+        "the instance kept, the reg-id dropped (RFC 5626 §11.6)"
+    );
+    assert!(!r2.message.has_token(HeaderName::Supported, "outbound"));
+    ok(&mut sim, reg, &r2, 120);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    let seen: Vec<_> = evs
+        .iter()
+        .map(|(_, e)| (e.state, e.code, e.failure, e.outbound))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (RegistrationState::Registering, None, None, false),
+            (
+                RegistrationState::Failed,
+                Some(439),
+                Some(RegistrationFailure::OutboundUnsupported),
+                false
+            ),
+            (RegistrationState::Registering, None, None, false),
+            (RegistrationState::Registered, Some(200), None, false),
+        ]
+    );
+    assert!(!sim.with_endpoint(ua, |ep, _| ep.account_outbound(acc)));
+    // the refresh does not ask again
+    let r3 = recv(&mut sim, reg);
+    assert_eq!(register_contact(&r3).2, None);
+    assert!(!r3.message.has_token(HeaderName::Supported, "outbound"));
+}
+
+#[test]
+fn with_the_fallback_off_a_439_fails_the_registration() {
+    let (mut sim, ua, reg, mut cfg) = outbound_setup();
+    cfg.outbound_fallback = false;
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r1 = recv(&mut sim, reg);
+    let t439 = sim.now();
+    answer(&mut sim, reg, &r1, 439, &[]);
+    sim.run_for(Duration::from_millis(100));
+    let evs = registrations(&mut sim, ua);
+    let last = &evs.last().unwrap().1;
+    assert_eq!(
+        (last.state, last.code, last.failure),
+        (
+            RegistrationState::Failed,
+            Some(439),
+            Some(RegistrationFailure::OutboundUnsupported)
+        )
+    );
+    // the retry waits out the back-off (30 s × 50–100 %) and still asks
+    // for outbound
+    let r2 = recv(&mut sim, reg);
+    assert!(
+        r2.at - t439 >= Duration::from_secs(15),
+        "{:?}",
+        r2.at - t439
+    );
+    assert_eq!(register_contact(&r2).2, Some(1));
 }

@@ -160,6 +160,8 @@ async fn the_registration_connection_closes_before_its_stage_is_reported() {
         username: None,
         password: None,
         instance_id: None,
+        outbound: false,
+        reg_id: None,
         expires: 600,
         ipv6_sip: Ipv6Use::Enabled,
         ipv6_media: Ipv6Use::Enabled,

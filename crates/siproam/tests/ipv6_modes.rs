@@ -106,6 +106,8 @@ async fn endpoint(reg: &Registrar, mode: Ipv6Use) -> (EndpointHandle, siproam::c
             username: None,
             password: None,
             instance_id: Some("urn:uuid:00000000-0000-1000-8000-00000000000a".into()),
+            outbound: false,
+            reg_id: None,
             expires: 600,
             ipv6_sip: mode,
             ipv6_media: Ipv6Use::Enabled,

@@ -88,6 +88,13 @@ pub struct AccountSpec {
     /// RFC 5626 `+sip.instance` (`urn:uuid:…`): with it a re-REGISTER
     /// from a new address replaces the old binding.
     pub instance_id: Option<String>,
+    /// RFC 5626 outbound: register with `reg-id` and `Supported:
+    /// outbound` (needs `instance_id`); a 439 falls back to a normal
+    /// registration.
+    pub outbound: bool,
+    /// The `reg-id` of the registration's flow, with `outbound` (1 when
+    /// not given).
+    pub reg_id: Option<u32>,
     /// Binding lifetime requested, in seconds.
     pub expires: u32,
     /// IPv6 use for SIP: which of the registrar's addresses to register

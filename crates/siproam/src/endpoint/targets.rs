@@ -177,6 +177,8 @@ impl Driver {
         let mut cfg = AccountConfig::new(&spec.aor, &registrar_uri, core_target);
         cfg.username = spec.username;
         cfg.instance_id = spec.instance_id;
+        cfg.outbound = spec.outbound;
+        cfg.reg_id = spec.reg_id;
         cfg.password = spec.password;
         cfg.expires = spec.expires;
         cfg.keepalive_stream = spec.flow.keepalive_stream;

@@ -503,6 +503,22 @@ fn incoming(sim: &mut Sim, node: NodeId) -> CallId {
         .expect("an incoming call")
 }
 
+/// The reports since the last look are exactly: the call's
+/// `refresh_calls` ok, then `completed` ok.
+fn assert_call_settled(sim: &mut Sim, node: NodeId, call: CallId) {
+    let got: Vec<_> = reports(sim, node)
+        .into_iter()
+        .map(|r| (r.stage, r.status, r.call))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IpChangeStage::RefreshCalls, Ok(()), Some(call)),
+            (IpChangeStage::Completed, Ok(()), None),
+        ]
+    );
+}
+
 /// The application's media part of a move, as the `Phone` does it: a
 /// fresh offer now, or once the pending refresh settles.
 fn reoffering_app() -> siproam_sim::Handler {
@@ -604,17 +620,7 @@ fn a_confirmed_call_is_refreshed_from_the_new_address_and_confirmed_on_its_2xx()
         .find(|e| e.first_line.starts_with("INVITE"))
         .unwrap();
     assert_eq!(reinvite.from, addr(NEW, 5060));
-    let got: Vec<_> = reports(&mut sim, alice)
-        .into_iter()
-        .map(|r| (r.stage, r.status, r.call))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            (IpChangeStage::RefreshCalls, Ok(()), Some(a)),
-            (IpChangeStage::Completed, Ok(()), None),
-        ]
-    );
+    assert_call_settled(&mut sim, alice, a);
 }
 
 /// RFC 6141 §5.5 through the machine: our re-INVITE is stuck at the
@@ -993,17 +999,7 @@ fn a_nat_rebinding_moves_the_accounts_calls_through_the_machine() {
         .clone();
     assert_eq!(reinvite.from.ip(), ip(UA));
     bob_answers(&mut sim, bob, b);
-    let got: Vec<_> = reports(&mut sim, alice)
-        .into_iter()
-        .map(|r| (r.stage, r.status, r.call))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            (IpChangeStage::RefreshCalls, Ok(()), Some(a)),
-            (IpChangeStage::Completed, Ok(()), None),
-        ]
-    );
+    assert_call_settled(&mut sim, alice, a);
 }
 
 /// Detection is a pure function of the core's state and a view: an
@@ -1187,15 +1183,5 @@ fn our_ringing_call_with_its_old_path_alive_gets_an_update() {
         sent_since(&sim, mark),
         [("UPDATE".to_owned(), ip(NEW)), ("200".to_owned(), ip(BOB)),]
     );
-    let got: Vec<_> = reports(&mut sim, alice)
-        .into_iter()
-        .map(|r| (r.stage, r.status, r.call))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            (IpChangeStage::RefreshCalls, Ok(()), Some(a)),
-            (IpChangeStage::Completed, Ok(()), None),
-        ]
-    );
+    assert_call_settled(&mut sim, alice, a);
 }

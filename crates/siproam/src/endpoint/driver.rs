@@ -354,6 +354,8 @@ impl Driver {
         flow: FlowId,
         result: Result<crate::transport::OpenedFlow, crate::transport::SendError>,
     ) {
+        // (a flow to pin is pinned below, or forgotten: nothing lingers)
+        let pin = self.pin_when_connected.remove(&flow);
         if self.close_when_connected.remove(&flow) {
             if let Ok(f) = &result {
                 if let Some(conn) = f.connection {
@@ -369,7 +371,7 @@ impl Driver {
         match result {
             Ok(f) => {
                 if let Some(conn) = f.connection {
-                    if self.pin_when_connected.remove(&flow) {
+                    if pin {
                         self.transports.set_pinned(conn, true);
                     }
                     self.connections.insert(conn, flow);

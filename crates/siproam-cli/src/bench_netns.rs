@@ -43,7 +43,7 @@ pub(crate) struct Topology {
 }
 
 impl Topology {
-    fn up() -> anyhow::Result<Topology> {
+    pub(crate) fn up() -> anyhow::Result<Topology> {
         let script = script_path()?;
         let tag = format!("B{}", std::process::id() % 100_000);
         let out = Command::new("bash")
@@ -61,7 +61,7 @@ impl Topology {
         Ok(t)
     }
 
-    fn ns(&self, which: char) -> String {
+    pub(crate) fn ns(&self, which: char) -> String {
         format!("sr{which}{}", self.tag)
     }
 
@@ -132,7 +132,7 @@ fn script_path() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// Starts an endpoint inside namespace `ns`.
-fn start_in(
+pub(crate) fn start_in(
     ns: &str,
     config: EndpointConfig,
     app: Box<dyn siproam::Application>,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_attack;
+mod bench_keepalive;
 mod bench_netns;
 mod bench_soak;
 mod demo;
@@ -150,6 +151,24 @@ enum BenchKind {
         /// (registrar only; 0 skips).
         #[arg(long, default_value_t = 20_000)]
         tcp_idle: usize,
+    },
+    /// Keep-alives on outbound flows. With --netns (root): how long a
+    /// silently dropped TCP flow takes to be found dead and replaced (from
+    /// the first unanswered ping to the `flow failed` event and the next
+    /// REGISTER 2xx).
+    Keepalive {
+        /// In network namespaces: the flow-failure timing.
+        #[arg(long)]
+        netns: bool,
+        /// How many flow failures (--netns).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Keep-alive interval in seconds (pings at 80-100 % of it).
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Pong timeout in seconds.
+        #[arg(long, default_value_t = 10)]
+        pong_timeout: u64,
     },
     /// Holds idle TCP connections for `bench attack` (run by it).
     #[command(hide = true)]
@@ -299,6 +318,21 @@ fn main() -> ExitCode {
         Command::Bench {
             which: BenchKind::HoldIdle { to, count, first },
         } => bench_attack::hold_idle(to, count, first),
+        Command::Bench {
+            which:
+                BenchKind::Keepalive {
+                    netns: true,
+                    runs,
+                    interval,
+                    pong_timeout,
+                },
+        } => block_on(bench_keepalive::netns(runs, interval, pong_timeout, json)),
+        Command::Bench {
+            which: BenchKind::Keepalive { netns: false, .. },
+        } => {
+            eprintln!("siproam bench keepalive: only --netns is built so far");
+            Ok(ExitCode::from(2))
+        }
         Command::Bench {
             which: BenchKind::Soak { handoffs, max_secs },
         } => block_on(bench_soak::soak(handoffs, max_secs, json)),

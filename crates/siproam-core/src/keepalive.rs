@@ -409,7 +409,10 @@ impl Endpoint {
             state,
             reason,
             transport: f.transport,
-            local: f.local,
+            // (a UDP flow sends from the listener its requests name)
+            local: f.local.or_else(|| {
+                (!f.transport.is_reliable()).then(|| self.local_for(flow, f.transport, None))
+            }),
             remote: f.remote,
             flow_timer: self.keepalives.get(&account).and_then(|k| k.flow_timer),
         };

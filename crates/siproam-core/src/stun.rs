@@ -144,18 +144,25 @@ pub(crate) struct StunState {
     pub(crate) dropped: u64,
 }
 
-/// A message, checked: a whole header whose length matches the datagram.
-fn checked(data: &[u8]) -> Result<(MessageHeader, Message<'_>), StunDrop> {
+/// A header, checked: a whole one whose length matches the datagram.
+fn checked_header(data: &[u8]) -> Result<MessageHeader, StunDrop> {
     if data.len() > MAX_STUN_MESSAGE {
         return Err(StunDrop::TooLarge);
     }
     let header = MessageHeader::from_bytes(data).map_err(|_| StunDrop::Malformed)?;
     let length = usize::from(header.data_length());
-    // (checked here first: the parser would log a truncated message as a
-    // warning, and garbage from anyone must not fill the logs)
     if length % 4 != 0 || MessageHeader::LENGTH + length != data.len() {
         return Err(StunDrop::Malformed);
     }
+    Ok(header)
+}
+
+/// A message, checked: its header, then its attributes. (The parser logs
+/// what is broken as a warning: it is only given what passed the header
+/// check and, for an answer, matched a request of ours, so garbage from
+/// anyone cannot fill the logs.)
+fn checked(data: &[u8]) -> Result<(MessageHeader, Message<'_>), StunDrop> {
+    let header = checked_header(data)?;
     let msg = Message::from_bytes(data).map_err(|_| StunDrop::Malformed)?;
     Ok((header, msg))
 }
@@ -191,8 +198,8 @@ impl Endpoint {
         remote: SocketAddr,
         data: &[u8],
     ) -> StunOutcome {
-        let (header, msg) = match checked(data) {
-            Ok(m) => m,
+        let header = match checked_header(data) {
+            Ok(h) => h,
             Err(why) => return StunOutcome::Dropped(why),
         };
         let tid = header.transaction_id();
@@ -203,7 +210,8 @@ impl Endpoint {
         match mtype.class() {
             MessageClass::Request => {
                 // RFC 5626 §5.4 / RFC 5389 §10: tell the source how it is
-                // seen, over the flow it came on
+                // seen, over the flow it came on (the answer needs nothing
+                // from the request's attributes: they are not parsed)
                 let flow = self.flows.inbound(Transport::Udp, local, remote);
                 self.transmits.push_back(Transmit {
                     flow,
@@ -215,12 +223,16 @@ impl Endpoint {
                 StunOutcome::Answered
             }
             MessageClass::Success => {
+                // one look-up before anything is parsed
                 let Some(account) = self.stun.pending.get(&u128::from(tid)).copied() else {
                     return StunOutcome::Dropped(StunDrop::UnknownTransaction);
                 };
                 if !self.keepalive_came_from(account, remote) {
                     return StunOutcome::Dropped(StunDrop::WrongSource);
                 }
+                let Ok((_, msg)) = checked(data) else {
+                    return StunOutcome::Dropped(StunDrop::Malformed);
+                };
                 let Ok(mapped) = msg.attribute::<XorMappedAddress>() else {
                     return StunOutcome::Dropped(StunDrop::NoMappedAddress);
                 };
@@ -299,9 +311,9 @@ mod tests {
         let mut bad = binding_request(7).to_vec();
         bad[3] = 4;
         assert!(is_stun(&bad));
-        assert!(matches!(checked(&bad), Err(StunDrop::Malformed)));
+        assert!(matches!(checked_header(&bad), Err(StunDrop::Malformed)));
         let mut big = binding_request(7).to_vec();
         big.resize(MAX_STUN_MESSAGE + 4, 0);
-        assert!(matches!(checked(&big), Err(StunDrop::TooLarge)));
+        assert!(matches!(checked_header(&big), Err(StunDrop::TooLarge)));
     }
 }

@@ -427,8 +427,13 @@ mod stun_keepalives {
         huge[2..4].copy_from_slice(&len.to_be_bytes());
         let mut garbage = vec![0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42];
         garbage.extend_from_slice(&[0xff; 40]);
+        // the right id, a broken attribute (longer than the message)
+        let mut broken = good.to_vec();
+        broken[22] = 0x00;
+        broken[23] = 0xf0;
         let bad: Vec<Vec<u8>> = vec![
             garbage,
+            broken,
             truncated,
             error,
             no_mapped,

@@ -385,7 +385,24 @@ mod stun_keepalives {
         assert_eq!(evs.len(), 1, "{evs:?}");
         assert_eq!(evs[0].state, FlowState::Failed);
         assert_eq!(evs[0].reason, Some(FlowCloseReason::StunChanged));
-        ok_with(&mut sim, reg, &again, &[OUTBOUND, ("Flow-Timer", "30")]);
+        // the registrar sees the REGISTER from the new public address
+        // (received/rport): the Contact is rewritten to it and bound
+        let contact = again.message.header(HeaderName::Contact).unwrap();
+        let mut resp = siproam_sip::MessageBuilder::response_to(&again.message, 200, "OK", None)
+            .header("Contact", contact)
+            .header("Require", "outbound")
+            .header("Flow-Timer", "30")
+            .build()
+            .unwrap();
+        resp.set_top_via_param("received", Some(Some("198.51.100.7")))
+            .unwrap();
+        resp.set_top_via_param("rport", Some(Some("61000")))
+            .unwrap();
+        sim.peer_reply(reg, &again, resp.to_bytes());
+        let rewritten = recv(&mut sim, reg);
+        let contact = rewritten.message.header(HeaderName::Contact).unwrap();
+        assert!(contact.contains("@198.51.100.7:61000"), "{contact}");
+        ok_with(&mut sim, reg, &rewritten, &[OUTBOUND, ("Flow-Timer", "30")]);
         sim.run_for(Duration::from_secs(31));
         let evs = flow_events(&mut sim, ua);
         assert_eq!(
@@ -395,6 +412,75 @@ mod stun_keepalives {
         assert_eq!(
             sim.endpoint(ua).keepalive_mapped(AccountId(1)),
             Some(public)
+        );
+        assert_eq!(
+            sim.endpoint(ua).account_contact(AccountId(1)).as_deref(),
+            Some("sip:alice@198.51.100.7:61000")
+        );
+    }
+
+    /// Refreshes over the same flow keep it and its mapped address: ten
+    /// refreshes (every 40 s) with keep-alives every 24–30 s between
+    /// them, one `Up`, no failure; a rebinding seen after a refresh is
+    /// still a change.
+    #[test]
+    fn refreshes_keep_the_flow_and_its_mapped_address() {
+        let (mut sim, ua, reg, _) = registered_udp(&[OUTBOUND, ("Flow-Timer", "30")], |c| {
+            c.expires = 50;
+        });
+        for _ in 0..10 {
+            let r = recv(&mut sim, reg);
+            assert_eq!(r.message.method(), Some(siproam_sip::Method::Register));
+            let contact = r.message.header(HeaderName::Contact).unwrap();
+            let base = contact.split(";expires").next().unwrap().to_owned();
+            let contact = format!("{base};expires=50");
+            answer(
+                &mut sim,
+                reg,
+                &r,
+                200,
+                &[("Contact", &contact), OUTBOUND, ("Flow-Timer", "30")],
+            );
+        }
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs[0].state, FlowState::Up);
+        assert!(evs.len() > 10, "{evs:?}");
+        assert!(
+            evs[1..].iter().all(|e| e.state == FlowState::KeepaliveOk),
+            "{evs:?}"
+        );
+        assert_eq!(
+            sim.endpoint(ua).keepalive_mapped(AccountId(1)),
+            Some(ua_addr())
+        );
+        // the keep-alive after the last refresh (24–30 s after it; the
+        // next refresh is due 40 s after it, before the one after) …
+        sim.run_for(Duration::from_secs(31));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::KeepaliveOk]
+        );
+        // … then the NAT rebinds; a refresh comes first — it must not make
+        // the flow forget what it was mapped to
+        sim.set_stun_mapped(reg, Some("198.51.100.7:61000".parse().unwrap()));
+        let r = recv(&mut sim, reg);
+        let contact = r.message.header(HeaderName::Contact).unwrap();
+        let base = contact.split(";expires").next().unwrap().to_owned();
+        let contact = format!("{base};expires=50");
+        answer(
+            &mut sim,
+            reg,
+            &r,
+            200,
+            &[("Contact", &contact), OUTBOUND, ("Flow-Timer", "30")],
+        );
+        let again = recv(&mut sim, reg);
+        assert_eq!(again.message.method(), Some(siproam_sip::Method::Register));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| (e.state, e.reason)).collect::<Vec<_>>(),
+            [(FlowState::Failed, Some(FlowCloseReason::StunChanged))]
         );
     }
 

@@ -347,7 +347,8 @@ impl Endpoint {
         self.listen_points.clear();
     }
 
-    /// A UDP datagram arrived on `local` from `remote`.
+    /// A UDP datagram arrived on `local` from `remote`. A STUN message
+    /// goes to [`Endpoint::handle_stun`], not to the SIP parser.
     pub fn handle_datagram(
         &mut self,
         now: Instant,

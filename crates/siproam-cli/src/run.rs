@@ -288,7 +288,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME=IP")]
     pub host: Vec<String>,
     /// Keep-alive interval for the registration's flow, in seconds, when
-    /// the registrar sends no Flow-Timer (datagram and stream; 0: none).
+    /// the registrar sends no Flow-Timer (datagram — STUN, default 30 —
+    /// and stream; 0: none).
     #[arg(long, value_name = "SECS")]
     pub keepalive: Option<u64>,
     /// The same for stream flows alone (default 120).
@@ -308,6 +309,9 @@ impl AgentArgs {
         let mut spec = siproam::FlowSpec::default();
         if let Some(secs) = self.keepalive_stream.or(self.keepalive) {
             spec.keepalive_stream = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.keepalive {
+            spec.keepalive_datagram = (secs > 0).then(|| Duration::from_secs(secs));
         }
         if let Some(secs) = self.pong_timeout {
             anyhow::ensure!(secs > 0, "pong-timeout must be at least 1");
@@ -617,6 +621,8 @@ fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
     use siproam::core::FlowCloseReason as R;
     match r {
         R::KeepAliveTimeout => "pong_timeout",
+        R::StunTimeout => "stun_timeout",
+        R::StunChanged => "stun_changed",
         R::PeerClosed => "closed",
         R::Reset => "reset",
         R::ConnectFailed => "connect_failed",
@@ -884,4 +890,56 @@ pub async fn agent(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn spec(args: &[&str], toml_text: &str) -> siproam::FlowSpec {
+        let mut a = Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .unwrap()
+            .agent;
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        file.agent(&mut a).unwrap();
+        a.flow_spec().unwrap()
+    }
+
+    /// `--keepalive` sets the datagram (STUN) and the stream interval,
+    /// `--keepalive-stream` the stream one alone; the TOML file the same.
+    #[test]
+    fn keepalive_feeds_the_datagram_and_the_stream_interval() {
+        let secs = |s| Some(Duration::from_secs(s));
+        let d = spec(&[], "");
+        assert_eq!(
+            (d.keepalive_datagram, d.keepalive_stream),
+            (secs(30), secs(120))
+        );
+        let s = spec(&["--keepalive", "5"], "");
+        assert_eq!(
+            (s.keepalive_datagram, s.keepalive_stream),
+            (secs(5), secs(5))
+        );
+        let s = spec(&["--keepalive", "5", "--keepalive-stream", "60"], "");
+        assert_eq!(
+            (s.keepalive_datagram, s.keepalive_stream),
+            (secs(5), secs(60))
+        );
+        let s = spec(&["--keepalive", "0"], "");
+        assert_eq!((s.keepalive_datagram, s.keepalive_stream), (None, None));
+        let s = spec(&[], "keepalive = 7\nkeepalive-stream = 90\n");
+        assert_eq!(
+            (s.keepalive_datagram, s.keepalive_stream),
+            (secs(7), secs(90))
+        );
+    }
 }

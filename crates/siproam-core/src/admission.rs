@@ -57,10 +57,12 @@ impl SharedAdmission {
             .is_some_and(|until| *until > now)
     }
 
-    /// May this received message be looked at? Responses (`SIP/…`) always;
+    /// May this received message be looked at? Responses (`SIP/…`, and
+    /// STUN answers: each costs one look-up, like a SIP response) always;
     /// a request if its source is within its budget (counted).
     pub fn admit(&self, now: Instant, source: IpAddr, data: &[u8]) -> bool {
         data.starts_with(b"SIP/")
+            || crate::stun::is_stun_response(data)
             || self.config.per_source_rate == 0
             || self.lock().admit(now, source)
     }

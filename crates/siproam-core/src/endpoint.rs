@@ -220,6 +220,8 @@ pub struct Endpoint {
     pub(crate) keepalives: std::collections::HashMap<AccountId, crate::keepalive::KeepAlive>,
     /// Failed flows the driver must close.
     pub(crate) closes: VecDeque<FlowId>,
+    /// STUN keep-alives waiting for their answer, and counters.
+    pub(crate) stun: crate::stun::StunState,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -265,6 +267,7 @@ impl Endpoint {
             clock: None,
             keepalives: std::collections::HashMap::new(),
             closes: VecDeque::new(),
+            stun: crate::stun::StunState::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -344,7 +347,8 @@ impl Endpoint {
         self.listen_points.clear();
     }
 
-    /// A UDP datagram arrived on `local` from `remote`.
+    /// A UDP datagram arrived on `local` from `remote`. A STUN message
+    /// goes to [`Endpoint::handle_stun`], not to the SIP parser.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -373,6 +377,12 @@ impl Endpoint {
             return; // not a message
         }
         self.tidy(now);
+        if crate::stun::is_stun(&data) {
+            // STUN on the SIP port (RFC 5626 §4.4.2, §5.4): not for the
+            // SIP parser
+            self.handle_stun(now, local, remote, &data);
+            return;
+        }
         let flow = self.flows.inbound(Transport::Udp, local, remote);
         self.handle_message(now, flow, remote, data);
     }
@@ -495,7 +505,7 @@ impl Endpoint {
                 TimerOwner::ClientTx(id) => self.client_timer(now, id, reason.kind),
                 TimerOwner::ServerTx(id) => self.server_timer(now, id, reason.kind),
                 TimerOwner::Account(id) => match reason.kind {
-                    TimerKind::KeepAlive | TimerKind::PongTimeout => {
+                    TimerKind::KeepAlive | TimerKind::PongTimeout | TimerKind::StunRetransmit => {
                         self.keepalive_timer(now, AccountId(id), reason.kind)
                     }
                     _ => self.account_timer(now, AccountId(id)),

@@ -96,6 +96,12 @@ pub enum FlowCloseReason {
     Idle,
     /// No keep-alive pong in time (RFC 5626 §4.4.1).
     KeepAliveTimeout,
+    /// No answer to a UDP flow's STUN keep-alive in time (RFC 5626
+    /// §4.4.2).
+    StunTimeout,
+    /// A UDP flow's STUN keep-alive came back with another mapped address
+    /// than before: the NAT rebound (RFC 5626 §4.4.2).
+    StunChanged,
     /// The stream could no longer be framed.
     FramingError,
     /// Closed on request (shutdown, network change).
@@ -110,6 +116,8 @@ impl fmt::Display for FlowCloseReason {
             FlowCloseReason::ConnectFailed => "connect failed",
             FlowCloseReason::Idle => "idle",
             FlowCloseReason::KeepAliveTimeout => "keep-alive timeout",
+            FlowCloseReason::StunTimeout => "STUN keep-alive timeout",
+            FlowCloseReason::StunChanged => "STUN mapped address changed",
             FlowCloseReason::FramingError => "framing error",
             FlowCloseReason::Local => "closed locally",
         })

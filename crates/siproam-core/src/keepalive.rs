@@ -1,12 +1,29 @@
-//! Keep-alives on an account's stream flow (RFC 5626 §4.4.1): a CRLFCRLF
-//! ping at a random 80–100 % of the interval — the registrar's
-//! `Flow-Timer`, else the account's `keepalive_stream` — and a pong
-//! watchdog: no CRLF back within `pong_timeout` and the flow has failed.
-//! A failed flow is closed (the driver is asked through
-//! [`Endpoint::poll_close`]) and the account registers again at once over
-//! a new one, as for any flow that dies. Each step is a [`FlowEvent`].
+//! Keep-alives on an account's registration flow (RFC 5626 §4.4): a ping
+//! at a random 80–100 % of the interval — the registrar's `Flow-Timer`,
+//! else the account's configured time — and a watchdog: no answer within
+//! `pong_timeout` and the flow has failed.
 //!
-//! (UDP flows are kept by STUN, RFC 5626 §4.4.2: not built yet.)
+//! - Stream flows (§4.4.1): the ping is CRLFCRLF, the pong CRLF
+//!   (`keepalive_stream`, 120 s by default).
+//! - UDP flows (§4.4.2): the ping is a STUN Binding request (RFC 5389)
+//!   over the SIP 5-tuple, with a fresh 96-bit transaction id from the
+//!   seeded generator, sent again 0.5, 1.5, 3.5, 7.5 s … after (RFC 5389
+//!   §7.2.1's doubling from 500 ms) while the pong timeout has not passed;
+//!   the pong is a Binding success with that id and an XOR-MAPPED-ADDRESS
+//!   (decoded in `stun.rs`). The first mapped address is remembered; a
+//!   later answer with another one means the NAT rebound: the flow has
+//!   failed (`StunChanged`). No answer in time: `StunTimeout`. Only when
+//!   outbound is in force or the registrar sent a `Flow-Timer`
+//!   (`keepalive_datagram`, 30 s, otherwise): a registrar that did not
+//!   take part in outbound is not assumed to answer STUN on its SIP port,
+//!   and its flow would fail at every interval.
+//!
+//! A failed flow is closed (a connection: the driver is asked through
+//! [`Endpoint::poll_close`]; a UDP flow is only forgotten) and the account
+//! registers again at once over a new one, as for any flow that dies —
+//! after a NAT rebinding that REGISTER's answer shows the new public
+//! address (`received`/`rport`) and the Contact is rewritten. Each step is
+//! a [`FlowEvent`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -66,6 +83,10 @@ pub struct FlowEvent {
     pub flow_timer: Option<u32>,
 }
 
+/// The first STUN retransmission comes this long after the request
+/// (RFC 5389 §7.2.1's RTO), each later one twice as long after the last.
+const STUN_RTO: Duration = Duration::from_millis(500);
+
 /// One account's keep-alive.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeepAlive {
@@ -74,6 +95,12 @@ pub(crate) struct KeepAlive {
     flow_timer: Option<u32>,
     /// A ping is out, unanswered.
     awaiting: bool,
+    /// UDP: the STUN Binding request out (its transaction id) …
+    stun: Option<u128>,
+    /// … and how often it was sent again.
+    retransmits: u32,
+    /// UDP: the address the registrar first saw us as.
+    mapped: Option<SocketAddr>,
 }
 
 impl Endpoint {
@@ -90,10 +117,18 @@ impl Endpoint {
         let Some(f) = self.flows.get(flow) else {
             return;
         };
-        if !f.transport.is_reliable() {
-            return;
-        }
+        let udp = !f.transport.is_reliable();
         let flow_timer = resp.flow_timer().and_then(Result::ok);
+        let configured = if udp {
+            // STUN only towards a registrar that takes part in outbound
+            // (it answers STUN on its SIP port, RFC 5626 §5.4)
+            if !self.account_outbound(account) && flow_timer.is_none_or(|s| s == 0) {
+                return;
+            }
+            self.account_keepalive_datagram(account)
+        } else {
+            configured
+        };
         // `Flow-Timer: 0` says nothing useful: the configured time
         let interval = match flow_timer.filter(|s| *s > 0) {
             Some(s) => Duration::from_secs(u64::from(s)).min(MAX_INTERVAL),
@@ -102,7 +137,16 @@ impl Endpoint {
                 _ => return,
             },
         };
-        let fresh = self.keepalives.get(&account).is_none_or(|k| k.flow != flow);
+        let prev = self.keepalives.get(&account).copied();
+        let fresh = prev.is_none_or(|k| k.flow != flow);
+        // (a refresh over the same flow keeps the mapped address learnt)
+        let mapped = prev.filter(|k| k.flow == flow).and_then(|k| k.mapped);
+        if let Some(tid) = prev.and_then(|k| k.stun) {
+            self.stun_forget(tid);
+        }
+        let owner = TimerOwner::Account(account.0);
+        self.timers.cancel(owner, TimerKind::PongTimeout);
+        self.timers.cancel(owner, TimerKind::StunRetransmit);
         self.keepalives.insert(
             account,
             KeepAlive {
@@ -110,6 +154,9 @@ impl Endpoint {
                 interval,
                 flow_timer,
                 awaiting: false,
+                stun: None,
+                retransmits: 0,
+                mapped,
             },
         );
         if fresh {
@@ -140,22 +187,66 @@ impl Endpoint {
             self.keepalive_stop(account);
             return;
         }
+        let owner = TimerOwner::Account(account.0);
+        let udp = self
+            .flows
+            .get(k.flow)
+            .is_some_and(|f| !f.transport.is_reliable());
         match kind {
             TimerKind::KeepAlive => {
-                self.transmit_ping(k.flow);
+                let stun = if udp {
+                    if let Some(old) = k.stun {
+                        self.stun_forget(old);
+                    }
+                    let tid = self.stun_transaction(account);
+                    self.transmit_keepalive(k.flow, crate::stun::binding_request(tid));
+                    self.timers
+                        .set(owner, TimerKind::StunRetransmit, now + STUN_RTO);
+                    Some(tid)
+                } else {
+                    self.transmit_keepalive(k.flow, Bytes::from_static(b"\r\n\r\n"));
+                    None
+                };
                 if let Some(k) = self.keepalives.get_mut(&account) {
                     k.awaiting = true;
+                    k.stun = stun;
+                    k.retransmits = 0;
                 }
                 let pong_timeout = self.account_pong_timeout(account);
-                self.timers.set(
-                    TimerOwner::Account(account.0),
-                    TimerKind::PongTimeout,
-                    now + pong_timeout,
-                );
+                self.timers
+                    .set(owner, TimerKind::PongTimeout, now + pong_timeout);
+            }
+            TimerKind::StunRetransmit => {
+                // RFC 5389 §7.2.1: the same request again, each wait twice
+                // the last, while the answer may still come in time
+                let Some(tid) = k.stun.filter(|_| k.awaiting) else {
+                    return;
+                };
+                self.transmit_keepalive(k.flow, crate::stun::binding_request(tid));
+                let retransmits = k.retransmits.saturating_add(1);
+                if let Some(k) = self.keepalives.get_mut(&account) {
+                    k.retransmits = retransmits;
+                }
+                let next = now + STUN_RTO * 2u32.saturating_pow(retransmits.min(16));
+                if self
+                    .timers
+                    .deadline(owner, TimerKind::PongTimeout)
+                    .is_some_and(|deadline| next < deadline)
+                {
+                    self.timers.set(owner, TimerKind::StunRetransmit, next);
+                }
             }
             TimerKind::PongTimeout if k.awaiting => {
-                // no pong: the flow has failed (RFC 5626 §4.4.1)
-                self.flow_failed(now, k.flow, FlowCloseReason::KeepAliveTimeout);
+                // no pong: the flow has failed (RFC 5626 §4.4.1, §4.4.2)
+                let reason = match k.stun {
+                    Some(tid) => {
+                        self.stun_forget(tid);
+                        FlowCloseReason::StunTimeout
+                    }
+                    None => FlowCloseReason::KeepAliveTimeout,
+                };
+                self.timers.cancel(owner, TimerKind::StunRetransmit);
+                self.flow_failed(now, k.flow, reason);
             }
             _ => {}
         }
@@ -181,11 +272,70 @@ impl Endpoint {
         }
     }
 
+    /// Whether an answer from `remote` can be the one to `account`'s
+    /// STUN keep-alive: the flow's far end sent it.
+    pub(crate) fn keepalive_came_from(&self, account: AccountId, remote: SocketAddr) -> bool {
+        self.keepalives
+            .get(&account)
+            .and_then(|k| self.flows.get(k.flow))
+            .is_some_and(|f| f.remote == remote)
+    }
+
+    /// The answer to `account`'s STUN keep-alive came, saying the
+    /// registrar sees us as `mapped`: the flow lives — unless the address
+    /// changed, then the NAT rebound and the flow has failed.
+    pub(crate) fn keepalive_answered(
+        &mut self,
+        now: Instant,
+        account: AccountId,
+        mapped: SocketAddr,
+    ) {
+        let Some(k) = self.keepalives.get(&account).copied() else {
+            return;
+        };
+        if self.account_flow(account) != Some(k.flow) || !k.awaiting {
+            return;
+        }
+        let owner = TimerOwner::Account(account.0);
+        self.timers.cancel(owner, TimerKind::PongTimeout);
+        self.timers.cancel(owner, TimerKind::StunRetransmit);
+        if let Some(k) = self.keepalives.get_mut(&account) {
+            k.awaiting = false;
+            k.stun = None;
+        }
+        match k.mapped {
+            Some(before) if before != mapped => {
+                self.flow_failed(now, k.flow, FlowCloseReason::StunChanged);
+            }
+            _ => {
+                if let Some(k) = self.keepalives.get_mut(&account) {
+                    k.mapped = Some(mapped);
+                }
+                self.flow_event(account, k.flow, FlowState::KeepaliveOk, None);
+                self.schedule_ping(now, account);
+            }
+        }
+    }
+
+    /// The address the registrar saw an account's UDP flow as, by its last
+    /// STUN answer.
+    pub fn keepalive_mapped(&self, account: AccountId) -> Option<SocketAddr> {
+        self.keepalives.get(&account).and_then(|k| k.mapped)
+    }
+
     /// A flow of ours failed (no pong, a keep-alive decided it): it is
     /// closed, and what used it learns so at once (accounts register again
     /// over a new flow).
     pub(crate) fn flow_failed(&mut self, now: Instant, flow: FlowId, reason: FlowCloseReason) {
-        self.closes.push_back(flow);
+        // a connection is closed by the driver; a UDP flow has nothing to
+        // close (its socket is the listener's)
+        if self
+            .flows
+            .get(flow)
+            .is_some_and(|f| f.transport.is_reliable())
+        {
+            self.closes.push_back(flow);
+        }
         self.handle_flow_closed(now, flow, reason);
     }
 
@@ -204,21 +354,23 @@ impl Endpoint {
     }
 
     pub(crate) fn keepalive_stop(&mut self, account: AccountId) {
-        self.keepalives.remove(&account);
-        self.timers
-            .cancel(TimerOwner::Account(account.0), TimerKind::KeepAlive);
-        self.timers
-            .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
+        if let Some(tid) = self.keepalives.remove(&account).and_then(|k| k.stun) {
+            self.stun_forget(tid);
+        }
+        let owner = TimerOwner::Account(account.0);
+        self.timers.cancel(owner, TimerKind::KeepAlive);
+        self.timers.cancel(owner, TimerKind::PongTimeout);
+        self.timers.cancel(owner, TimerKind::StunRetransmit);
     }
 
-    fn transmit_ping(&mut self, flow: FlowId) {
+    fn transmit_keepalive(&mut self, flow: FlowId, payload: Bytes) {
         if let Some(f) = self.flows.get(flow) {
             self.transmits.push_back(crate::endpoint::Transmit {
                 flow,
                 transport: f.transport,
                 local: f.local,
                 remote: f.remote,
-                payload: Bytes::from_static(b"\r\n\r\n"),
+                payload,
             });
         }
     }
@@ -257,7 +409,10 @@ impl Endpoint {
             state,
             reason,
             transport: f.transport,
-            local: f.local,
+            // (a UDP flow sends from the listener its requests name)
+            local: f.local.or_else(|| {
+                (!f.transport.is_reliable()).then(|| self.local_for(flow, f.transport, None))
+            }),
             remote: f.remote,
             flow_timer: self.keepalives.get(&account).and_then(|k| k.flow_timer),
         };

@@ -26,6 +26,7 @@ pub(crate) mod mobility;
 mod registration;
 mod rng;
 pub mod sdp;
+pub mod stun;
 mod timers;
 mod transactions;
 

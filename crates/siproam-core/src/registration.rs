@@ -66,6 +66,10 @@ pub struct AccountConfig {
     pub keepalive_stream: Option<Duration>,
     /// No pong within this after a ping: the flow has failed.
     pub pong_timeout: Duration,
+    /// Keep-alive interval on a UDP flow (STUN, RFC 5626 §4.4.2) when the
+    /// registrar sends no `Flow-Timer`; used once outbound is in force
+    /// (`None` or zero: none).
+    pub keepalive_datagram: Option<Duration>,
 }
 
 impl AccountConfig {
@@ -91,6 +95,7 @@ impl AccountConfig {
             refresh_margin: Duration::from_secs(10),
             keepalive_stream: Some(Duration::from_secs(120)),
             pong_timeout: Duration::from_secs(10),
+            keepalive_datagram: Some(Duration::from_secs(30)),
         }
     }
 
@@ -359,6 +364,14 @@ impl Endpoint {
         self.accounts
             .get(account)
             .map_or(Duration::from_secs(10), |a| a.config.pong_timeout)
+    }
+
+    /// An account's keep-alive interval on a UDP flow without a
+    /// `Flow-Timer`.
+    pub(crate) fn account_keepalive_datagram(&self, account: AccountId) -> Option<Duration> {
+        self.accounts
+            .get(account)
+            .and_then(|a| a.config.keepalive_datagram)
     }
 
     /// Lets go of an account's flow before it is closed for a network

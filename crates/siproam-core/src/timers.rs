@@ -73,6 +73,9 @@ pub enum TimerKind {
     KeepAlive,
     /// No pong to the ping in time: the flow has failed.
     PongTimeout,
+    /// Send a UDP keep-alive's STUN Binding request again (RFC 5389
+    /// §7.2.1), until its answer or the pong timeout.
+    StunRetransmit,
 }
 
 /// Why the core asked to be woken up.

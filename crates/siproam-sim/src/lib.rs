@@ -173,6 +173,30 @@ pub struct Sim {
     lingering: HashMap<NodeId, Vec<ListenerView>>,
     /// Nodes that answer no keep-alive ping.
     no_pong: Vec<NodeId>,
+    /// Peers that answer no STUN Binding request.
+    no_stun: Vec<NodeId>,
+    /// The address a peer reports in its STUN answers, when not the
+    /// source's (a NAT that rebound).
+    stun_mapped: HashMap<NodeId, SocketAddr>,
+    /// STUN datagrams each peer received.
+    stun_seen: HashMap<NodeId, Vec<StunDatagram>>,
+}
+
+/// A STUN datagram a scripted peer received (on UDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunDatagram {
+    /// When it arrived.
+    pub at: Instant,
+    /// The sender's address.
+    pub from: SocketAddr,
+    /// The address it arrived on.
+    pub to: SocketAddr,
+    /// Its transaction id.
+    pub transaction: u128,
+    /// Whether it is a Binding request (the peer answers those).
+    pub request: bool,
+    /// The bytes.
+    pub payload: Bytes,
 }
 
 /// One step of a change as the simulator carried it out: the socket
@@ -215,6 +239,9 @@ impl Sim {
             taken: Vec::new(),
             lingering: HashMap::new(),
             no_pong: Vec::new(),
+            no_stun: Vec::new(),
+            stun_mapped: HashMap::new(),
+            stun_seen: HashMap::new(),
         }
     }
 
@@ -396,6 +423,36 @@ impl Sim {
         if !pong {
             self.no_pong.push(node);
         }
+    }
+
+    /// Whether a scripted peer answers STUN Binding requests on UDP (it
+    /// does unless told not to, as an RFC 5626 edge proxy or registrar
+    /// does on its SIP port).
+    pub fn set_stun(&mut self, node: NodeId, answer: bool) {
+        self.no_stun.retain(|n| *n != node);
+        if !answer {
+            self.no_stun.push(node);
+        }
+    }
+
+    /// The address a scripted peer tells in its STUN answers (`None`: the
+    /// request's source, as seen). Another address plays a NAT that
+    /// rebound the flow to a new public port.
+    pub fn set_stun_mapped(&mut self, node: NodeId, mapped: Option<SocketAddr>) {
+        match mapped {
+            Some(a) => {
+                self.stun_mapped.insert(node, a);
+            }
+            None => {
+                self.stun_mapped.remove(&node);
+            }
+        }
+    }
+
+    /// The STUN datagrams a scripted peer received so far (and forgets
+    /// them).
+    pub fn take_stun(&mut self, node: NodeId) -> Vec<StunDatagram> {
+        self.stun_seen.remove(&node).unwrap_or_default()
     }
 
     /// Whether a stream connection is still open.
@@ -773,11 +830,15 @@ impl Sim {
         conn: Option<(ConnId, bool)>,
         payload: Bytes,
     ) {
-        let first_line = payload
-            .split(|b| *b == b'\n')
-            .next()
-            .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
-            .unwrap_or_default();
+        let first_line = if siproam_core::stun::is_stun(&payload) {
+            "STUN".to_owned()
+        } else {
+            payload
+                .split(|b| *b == b'\n')
+                .next()
+                .map(|l| String::from_utf8_lossy(l).trim_end().to_owned())
+                .unwrap_or_default()
+        };
         let src = self.owner_of(from.ip());
         let dst = self.owner_of(to.ip());
         let fate = match (src, dst) {
@@ -913,6 +974,16 @@ impl Sim {
             }
             return;
         }
+        // STUN on a peer's SIP UDP port, as an RFC 5626 edge answers it
+        // (an endpoint node's core answers by itself)
+        let to_peer = matches!(
+            self.nodes.get(node.0).map(|n| &n.kind),
+            Some(NodeKind::Peer { .. })
+        );
+        if to_peer && m.conn.is_none() && siproam_core::stun::is_stun(&m.payload) {
+            self.peer_stun(node, &m);
+            return;
+        }
         match self.nodes.get_mut(node.0).map(|n| &mut n.kind) {
             Some(NodeKind::Endpoint { ep, .. }) => {
                 match flow {
@@ -935,6 +1006,30 @@ impl Sim {
             }
             None => {}
         }
+    }
+
+    /// A scripted peer got a STUN datagram: it is noted, and a Binding
+    /// request is answered (unless the peer is told not to).
+    fn peer_stun(&mut self, node: NodeId, m: &InFlight) {
+        let Some(transaction) = siproam_core::stun::transaction_id(&m.payload) else {
+            return;
+        };
+        // a Binding request: method 1, class request
+        let request = m.payload.get(0..2) == Some(&[0, 1][..]);
+        self.stun_seen.entry(node).or_default().push(StunDatagram {
+            at: self.now,
+            from: m.from,
+            to: m.to,
+            transaction,
+            request,
+            payload: m.payload.clone(),
+        });
+        if !request || self.no_stun.contains(&node) {
+            return;
+        }
+        let mapped = self.stun_mapped.get(&node).copied().unwrap_or(m.from);
+        let answer = siproam_core::stun::binding_success(transaction, mapped);
+        self.route(m.to, m.from, Transport::Udp, None, answer);
     }
 
     fn next_deadline(&self) -> Option<Instant> {

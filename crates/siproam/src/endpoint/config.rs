@@ -109,12 +109,16 @@ pub struct AccountSpec {
     pub flow: FlowSpec,
 }
 
-/// How an account's flow is kept alive (RFC 5626 §4.4.1).
+/// How an account's flow is kept alive (RFC 5626 §4.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowSpec {
     /// Keep-alive interval on a stream flow when the registrar sends no
     /// `Flow-Timer` (`None`: none); 120 s by default.
     pub keepalive_stream: Option<Duration>,
+    /// Keep-alive interval (STUN) on a UDP flow when the registrar sends
+    /// no `Flow-Timer`, once outbound is in force (`None`: none); 30 s by
+    /// default.
+    pub keepalive_datagram: Option<Duration>,
     /// No pong within this after a ping: the flow has failed; 10 s.
     pub pong_timeout: Duration,
 }
@@ -123,6 +127,7 @@ impl Default for FlowSpec {
     fn default() -> Self {
         FlowSpec {
             keepalive_stream: Some(Duration::from_secs(120)),
+            keepalive_datagram: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(10),
         }
     }

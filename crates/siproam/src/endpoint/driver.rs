@@ -291,7 +291,14 @@ impl Driver {
                 bytes,
                 ..
             } => {
-                if self.transports.has_datagram_filter() {
+                if self.transports.has_datagram_filter() && siproam_core::stun::is_stun(&bytes) {
+                    // STUN on the SIP port (RFC 5626 keep-alives): to the
+                    // core's STUN side, not the SIP parser
+                    let outcome = self.core.handle_stun(now, local, remote, &bytes);
+                    if let siproam_core::stun::StunOutcome::Dropped(why) = outcome {
+                        debug!(%remote, ?why, "STUN datagram dropped");
+                    }
+                } else if self.transports.has_datagram_filter() {
                     self.core
                         .handle_admitted_datagram(now, local, remote, bytes);
                 } else {
@@ -440,7 +447,7 @@ impl Driver {
                 }
                 // a registration's flow is never closed for idleness
                 if let Event::Flow(f) = &ev {
-                    if f.state == siproam_core::FlowState::Up {
+                    if f.state == siproam_core::FlowState::Up && f.transport.is_reliable() {
                         self.pin_flow(f.flow);
                     }
                 }

@@ -182,6 +182,7 @@ impl Driver {
         cfg.password = spec.password;
         cfg.expires = spec.expires;
         cfg.keepalive_stream = spec.flow.keepalive_stream;
+        cfg.keepalive_datagram = spec.flow.keepalive_datagram;
         cfg.pong_timeout = spec.flow.pong_timeout;
         let id = self.core.register(now(), cfg);
         // every TLS address's server name, for a later switch of family

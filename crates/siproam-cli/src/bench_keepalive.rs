@@ -198,6 +198,7 @@ pub async fn netns(
             flow: FlowSpec {
                 keepalive_stream: Some(Duration::from_secs(keepalive)),
                 pong_timeout: Duration::from_secs(pong_timeout),
+                ..FlowSpec::default()
             },
         })
         .await?;

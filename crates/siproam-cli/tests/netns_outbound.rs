@@ -22,7 +22,10 @@
 //! registers again over a new flow; then bob's call reaches alice over
 //! that flow (edge: Path flow token → `loose_route()`), with no
 //! connection ever opened towards the handset (a counter in the router and
-//! no SYN from the server in the capture).
+//! no SYN from the server in the capture); alice answers with her GRUU as
+//! Contact (RFC 5627) and bob's BYE to it reaches her. Over UDP (no
+//! keep-alives yet): registered with outbound, and the call reaches alice
+//! through the NAT's mapping of her flow.
 //!
 //! [`Scene`] holds the whole setup so that further cases (a call that
 //! survives the flow failure, UDP flows with STUN) can be added.
@@ -76,7 +79,8 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> String {
 
 /// The router as a NAT: what leaves towards the server is masqueraded
 /// (the server sees 10.9.0.1); from the server only packets of a known
-/// mapping pass (new ones are counted in `inbound_tcp` / dropped), and a
+/// mapping pass (new TCP ones are counted in `inbound_tcp`, SIP datagrams
+/// from the server's port 5060 in `inbound_sip`, and dropped), and a
 /// packet no mapping knows any more (after a flush) is dropped silently —
 /// `nf_conntrack_tcp_loose` 0 makes a mid-stream TCP segment `invalid`
 /// instead of a new mapping.
@@ -84,6 +88,7 @@ fn make_nat(t: &Topology) {
     let script = r#"
 table inet srj_nat {
     counter inbound_tcp { }
+    counter inbound_sip { }
     counter forgotten { }
     chain post {
         type nat hook postrouting priority srcnat; policy accept;
@@ -94,6 +99,7 @@ table inet srj_nat {
         ct state invalid counter name forgotten drop
         iifname "rsrv" ct state established,related accept
         iifname "rsrv" meta l4proto tcp counter name inbound_tcp drop
+        iifname "rsrv" udp sport 5060 counter name inbound_sip drop
         iifname "rsrv" drop
     }
     chain input {
@@ -134,7 +140,7 @@ fn nat_counter(t: &Topology, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no packet count in {out}"))
 }
 
-/// tcpdump in the server namespace on srv0 (TCP port 5060), writing a
+/// tcpdump in the server namespace on srv0 (port 5060), writing a
 /// pcap; stopped on drop.
 struct Capture {
     child: Child,
@@ -156,7 +162,7 @@ impl Capture {
             .arg("--immediate-mode")
             .arg("-w")
             .arg(&file)
-            .args(["tcp", "port", "5060"])
+            .args(["port", "5060"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -220,7 +226,7 @@ impl Capture {
 
     /// The whole capture as text (`-A`).
     fn text(&self) -> String {
-        self.read(&["-A"], "tcp").join("\n")
+        self.read(&["-A"], "port 5060").join("\n")
     }
 
     /// What tcpdump said, and the capture's size.
@@ -238,8 +244,8 @@ impl Drop for Capture {
     }
 }
 
-/// The NAT, the two Kamailios, the capture and alice registered with
-/// outbound over TCP through the edge.
+/// The NAT, the two Kamailios, the capture and alice registering with
+/// outbound over `transport` (`tcp` or `udp`) through the edge.
 struct Scene {
     alice: Proc,
     capture: Capture,
@@ -251,8 +257,8 @@ struct Scene {
 }
 
 impl Scene {
-    fn start() -> Scene {
-        let t = Topology::new("j-o");
+    fn start(transport: &str) -> Scene {
+        let t = Topology::new(&format!("j-{transport}"));
         make_nat(&t);
         let dir = temp_dir(&format!("outbound-{}", t.tag));
         let registrar = Kamailio::start_cfg(
@@ -270,7 +276,11 @@ impl Scene {
             "edge.cfg",
         );
         let capture = Capture::start(&t, &dir);
-        let registrar_uri = format!("sip:{SERVER}:5060;transport=tcp");
+        let registrar_uri = if transport == "udp" {
+            format!("sip:{SERVER}:5060")
+        } else {
+            format!("sip:{SERVER}:5060;transport={transport}")
+        };
         let alice = t.spawn(
             &t.handset,
             &[
@@ -287,7 +297,7 @@ impl Scene {
                 "--instance-id",
                 INSTANCE,
                 "--listen",
-                &format!("tcp:{WIFI}:0"),
+                &format!("{transport}:{WIFI}:0"),
                 "--pong-timeout",
                 "3",
                 "--auto-answer",
@@ -355,7 +365,7 @@ fn kamailio_outbound_behind_nat_pings_within_flow_timer_recovers_a_flushed_flow_
     if !can_run() {
         return;
     }
-    let s = Scene::start();
+    let s = Scene::start("tcp");
 
     // registered through the edge with outbound in force, a GRUU given
     let r = s.alice.wait_for("alice registered", registered);
@@ -442,6 +452,13 @@ fn kamailio_outbound_behind_nat_pings_within_flow_timer_recovers_a_flushed_flow_
         0,
         "the server opened a TCP connection"
     );
+    // alice answered with her GRUU as Contact (RFC 5627), and bob's BYE,
+    // sent to it, reaches her (the edge's Record-Route names the flow)
+    let wire = s.capture.text();
+    assert!(
+        wire.contains(&format!("Contact: <sip:alice@example.test;gr={INSTANCE}>")),
+        "alice's 200 has not her GRUU as Contact:\n{wire}"
+    );
     bob.send("hangup");
     s.alice.wait_for("alice's call ended", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
@@ -450,4 +467,35 @@ fn kamailio_outbound_behind_nat_pings_within_flow_timer_recovers_a_flushed_flow_
     // (c) a call that survives the flow failure (call repair, another
     // slice of issue 12) goes here: bob_calls_alice before the flush, then
     // check the call is refreshed over the new flow.
+}
+
+/// The same over UDP, without keep-alives (STUN on UDP flows is another
+/// slice of issue 12): registered through the edge with outbound in force,
+/// and bob's call reaches alice through the NAT's mapping of her flow —
+/// the edge sends to the address the flow token names (the NAT's), never
+/// to her Contact, and the NAT lets nothing else in.
+#[test]
+fn kamailio_outbound_over_udp_behind_nat_reaches_the_agent_over_its_flow() {
+    if !can_run() {
+        return;
+    }
+    let s = Scene::start("udp");
+    let r = s.alice.wait_for("alice registered", registered);
+    assert_eq!(r["outbound"], true, "{r}");
+    let b = s
+        .registrar
+        .bindings_with("alice@example.test", "Path,Reg-Id");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(b[0].contains(";ob>") && b[0].ends_with("\t1"), "{b:?}");
+    let mut bob = s.bob_calls_alice();
+    assert_eq!(
+        nat_counter(&s.t, "inbound_sip"),
+        0,
+        "the server sent SIP to the handset outside its flow"
+    );
+    bob.send("hangup");
+    s.alice.wait_for("alice's call ended", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    bob.quit();
 }

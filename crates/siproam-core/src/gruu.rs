@@ -89,3 +89,57 @@ pub(crate) fn dialog_contact(public: &str, ob: bool) -> String {
         public.to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clean_sip_uris_are_gruus() {
+        assert_eq!(
+            sip_uri("sip:a@example.test;gr=urn:uuid:1").as_deref(),
+            Some("sip:a@example.test;gr=urn:uuid:1")
+        );
+        assert_eq!(
+            sip_uri("sips:a@example.test;gr").as_deref(),
+            Some("sips:a@example.test;gr")
+        );
+        // quoted-pairs decoded
+        assert_eq!(
+            sip_uri(r"sip:a@example.test;gr=\x").as_deref(),
+            Some("sip:a@example.test;gr=x")
+        );
+        for bad in [
+            "",
+            "tel:+15551234567",
+            "urn:uuid:1",
+            "sip:",
+            "sip:a@exa mple.test",
+            "sip:a@example.test>",
+            "<sip:a@example.test>",
+            r"sip:a@example.test\",
+            r#"sip:a@example.test;gr=\""#,
+            "sip:a@example.test\r\nX: y",
+            "sip:a@example.té",
+        ] {
+            assert_eq!(sip_uri(bad), None, "{bad:?}");
+        }
+        assert_eq!(sip_uri(&format!("sip:a@{}", "x".repeat(2000))), None);
+    }
+
+    #[test]
+    fn ob_goes_on_the_uri_before_any_headers() {
+        assert_eq!(
+            dialog_contact("sip:a@example.test;gr=urn:uuid:1", true),
+            "sip:a@example.test;gr=urn:uuid:1;ob"
+        );
+        assert_eq!(
+            dialog_contact("sip:a@example.test;gr?x=y", true),
+            "sip:a@example.test;gr;ob?x=y"
+        );
+        assert_eq!(
+            dialog_contact("sip:a@example.test;gr", false),
+            "sip:a@example.test;gr"
+        );
+    }
+}

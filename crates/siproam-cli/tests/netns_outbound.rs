@@ -23,7 +23,8 @@
 //! that flow (edge: Path flow token → `loose_route()`), with no
 //! connection ever opened towards the handset (a counter in the router and
 //! no SYN from the server in the capture); alice answers with her GRUU as
-//! Contact (RFC 5627) and bob's BYE to it reaches her. Over UDP (no
+//! Contact (RFC 5627) and bob's BYE to it reaches her; her own call to
+//! bob carries `<GRUU;ob>` as Contact and works through the edge. Over UDP (no
 //! keep-alives yet): registered with outbound, and the call reaches alice
 //! through the NAT's mapping of her flow.
 //!
@@ -330,6 +331,7 @@ impl Scene {
                 "bobpw",
                 "--listen",
                 &format!("udp:{SERVER}:0"),
+                "--auto-answer",
             ],
         );
         bob.wait_for("bob registered", |v| {
@@ -365,7 +367,7 @@ fn kamailio_outbound_behind_nat_pings_within_flow_timer_recovers_a_flushed_flow_
     if !can_run() {
         return;
     }
-    let s = Scene::start("tcp");
+    let mut s = Scene::start("tcp");
 
     // registered through the edge with outbound in force, a GRUU given
     let r = s.alice.wait_for("alice registered", registered);
@@ -463,6 +465,39 @@ fn kamailio_outbound_behind_nat_pings_within_flow_timer_recovers_a_flushed_flow_
     s.alice.wait_for("alice's call ended", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
+    bob.wait_for("bob's call ended", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    // alice calls bob over her flow: her INVITE's Contact is her GRUU with
+    // `ob` (outbound in force, RFC 5626 §4.3), and the dialog works
+    // through the edge both ways (her BYE reaches bob)
+    s.alice.send("call sip:bob@example.test");
+    let a = s.alice.wait_for("alice's call to bob answered", |v| {
+        v["event"] == "call" && matches!(v["state"].as_str(), Some("confirmed" | "disconnected"))
+    });
+    assert_eq!(a["state"], "confirmed", "alice's call: {a}");
+    bob.wait_for("bob's incoming call confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    let wire = s.capture.text();
+    assert!(
+        wire.contains(&format!(
+            "Contact: <sip:alice@example.test;gr={INSTANCE};ob>"
+        )),
+        "alice's INVITE has not her GRUU with ob as Contact:\n{wire}"
+    );
+    s.alice.send("hangup");
+    bob.wait_for("bob's call ended by alice", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    assert_eq!(
+        (
+            nat_counter(&s.t, "inbound_tcp"),
+            s.capture.syns_from_server()
+        ),
+        (0, 0),
+        "a connection towards the handset was tried"
+    );
     bob.quit();
     // (c) a call that survives the flow failure (call repair, another
     // slice of issue 12) goes here: bob_calls_alice before the flush, then

@@ -17,7 +17,12 @@
 #                              g711 account uuid (in baresip-core).
 #   python3                    interop/baresip/ctrl.py (stdlib only)
 #   nftables                   nft: packet loss and silent drops in the namespace
-#                              fault tests (this kernel has no netem)
+#                              fault tests (this kernel has no netem), NAT
+#                              (masquerade) in the outbound namespace test
+#   conntrack                  conntrack -F: flush a NAT's mappings (the
+#                              outbound namespace test)
+#   tcpdump                    captures with kernel timestamps (the outbound
+#                              namespace test times the keep-alives on the wire)
 #
 # The Debian kamailio package ships a service (init script, systemd unit)
 # that must not start here (it would listen on every address, port 5060):
@@ -26,7 +31,7 @@
 # place if there is none.
 set -euo pipefail
 
-PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3 nftables)
+PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3 nftables conntrack tcpdump)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root" >&2
@@ -58,7 +63,7 @@ fi
 
 # What the scripts rely on, checked every time.
 fail=0
-for b in kamailio kamcmd sipp ss timeout setsid baresip python3; do
+for b in kamailio kamcmd sipp ss timeout setsid baresip python3 nft conntrack tcpdump; do
     command -v "$b" >/dev/null || { echo "install.sh: '$b' missing after install" >&2; fail=1; }
 done
 MODDIR=$(kamailio -I 2>/dev/null | sed -n "s/^ *Default paths to modules: *//p" | head -n1)

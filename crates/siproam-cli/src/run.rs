@@ -346,6 +346,7 @@ fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
         "code": r.code,
         "expires": r.expires,
         "outbound": r.outbound,
+        "gruu": r.gruu,
     })
 }
 

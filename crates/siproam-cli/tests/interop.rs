@@ -13,6 +13,7 @@
 mod common;
 use common::*;
 
+use serde_json::Value;
 use std::process::{Command, Stdio};
 
 #[test]
@@ -149,5 +150,90 @@ fn sipp_registers_to_siproam_registrar_with_digest() {
         contact.contains(&format!("127.0.0.1:{sipp_port}")),
         "{contact}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// RFC 5626 §11.6 against SIPp as the registrar
+/// (`interop/sipp/uas_register_439.xml`): the outbound REGISTER is
+/// answered 439 First Hop Lacks Outbound Support; the agent registers again
+/// at once without `reg-id` and without `Supported: outbound` (the scenario
+/// fails otherwise) and reports the fallback: a `failed` 439, then
+/// `registered` with `outbound` false.
+#[test]
+fn sipp_answering_439_gets_a_register_without_outbound_and_the_agent_reports_the_fallback() {
+    if !have("sipp") {
+        return;
+    }
+    let dir = temp_dir("sipp-439");
+    let port = free_port(0);
+    let mut sipp = Command::new("timeout")
+        .args(["40", "sipp", "-sf"])
+        .arg(repo().join("interop/sipp/uas_register_439.xml"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
+        .args(["-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"])
+        .args(["-trace_err", "-trace_msg"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_udp_bound("127.0.0.1", port);
+    let registrar = format!("sip:127.0.0.1:{port}");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &registrar,
+        "--outbound",
+        "--instance-id",
+        "urn:uuid:00000000-0000-4000-8000-000000000439",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--stay",
+    ]);
+    let ok = agent.wait_for("registered after the 439", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    let status = sipp.wait().unwrap();
+    let log = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        status.success(),
+        "SIPp's 439 scenario failed: {status}\n{log}"
+    );
+    assert_eq!(ok["outbound"], false, "{ok}");
+    assert_eq!(ok["code"], 200);
+    let regs: Vec<(String, Value)> = agent
+        .seen()
+        .into_iter()
+        .filter(|v| v["event"] == "registration")
+        .map(|v| {
+            (
+                v["state"].as_str().unwrap_or("").to_owned(),
+                v["code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        regs,
+        [
+            ("registering".to_owned(), Value::Null),
+            ("failed".to_owned(), Value::from(439)),
+            ("registering".to_owned(), Value::Null),
+            ("registered".to_owned(), Value::from(200)),
+        ],
+        "the 439 is reported, then the registration without outbound"
+    );
+    // what SIPp saw: one REGISTER with reg-id, one without
+    let registers = log.matches("REGISTER sip:").count();
+    assert_eq!(registers, 2, "{log}");
+    assert_eq!(log.matches("reg-id=1").count(), 1, "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -492,6 +492,11 @@ impl Endpoint {
 
     /// Our Contact with `uri_params` (`;ob`) added to its URI.
     fn contact_header_with(&self, c: &Call, transport: Transport, uri_params: &str) -> String {
+        // the account's public GRUU, when the registrar gave one (RFC 5627
+        // §4.2); `ob` goes on it as on any Contact URI (RFC 5626 §4.3)
+        if let Some(gruu) = self.gruu_contact_for(&c.local_uri, uri_params == ";ob") {
+            return format!("<{gruu}>");
+        }
         let addr = c.contact;
         let t = if transport == Transport::Udp {
             String::new()

@@ -21,6 +21,7 @@ mod config;
 mod dialog;
 mod endpoint;
 mod flow;
+mod gruu;
 mod keepalive;
 pub(crate) mod mobility;
 mod registration;
@@ -38,6 +39,7 @@ pub use endpoint::{
     Target, Transmit,
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
+pub use gruu::Gruu;
 pub use keepalive::{FlowEvent, FlowState};
 pub use mobility::{
     AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ConnectionView, DetectedChange,

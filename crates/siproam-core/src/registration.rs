@@ -10,6 +10,7 @@ use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method};
 
 use crate::endpoint::{fmt_hostport, CoreError, Endpoint, Event, RequestFailure, Target, TxOwner};
 use crate::flow::{FlowCloseReason, FlowId};
+use crate::gruu::Gruu;
 use crate::timers::{TimerKind, TimerOwner};
 
 /// An account's identity within an endpoint.
@@ -170,6 +171,8 @@ pub struct RegistrationEvent {
     /// RFC 5626 outbound is in force (the registrar's 2xx said
     /// `Require: outbound`).
     pub outbound: bool,
+    /// The public GRUU the registrar assigned (RFC 5627), if any.
+    pub gruu: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +215,8 @@ pub(crate) struct Account {
     outbound_in_force: bool,
     /// The first hop answered 439: outbound is no longer asked for.
     outbound_refused: bool,
+    /// The GRUUs of the last 2xx (RFC 5627).
+    gruu: Option<Gruu>,
 }
 
 impl Account {
@@ -271,6 +276,7 @@ impl Endpoint {
             reregister: false,
             outbound_in_force: false,
             outbound_refused: false,
+            gruu: None,
         });
         self.send_register(now, id, false);
         id
@@ -515,10 +521,13 @@ impl Endpoint {
         failure: Option<RegistrationFailure>,
         retry_at: Option<Instant>,
     ) {
-        let (contact, outbound) = self
+        let (contact, outbound, gruu) = self
             .accounts
             .get(account)
-            .map(|a| (a.contact_uri(), a.outbound_in_force))
+            .map(|a| {
+                let gruu = a.gruu.as_ref().and_then(|g| g.public.clone());
+                (a.contact_uri(), a.outbound_in_force, gruu)
+            })
             .unwrap_or_default();
         self.events
             .push_back(Event::Registration(RegistrationEvent {
@@ -530,6 +539,7 @@ impl Endpoint {
                 failure,
                 retry_at,
                 outbound,
+                gruu,
             }));
     }
 
@@ -646,6 +656,7 @@ impl Endpoint {
         {
             return;
         }
+        let gruu = self.gruu_in(id, &resp, code);
         let rewritten = self.learn_contact(id, &resp);
         let Some(acc) = self.accounts.get_mut(id) else {
             return;
@@ -686,6 +697,7 @@ impl Endpoint {
                     failure,
                     retry_at: None,
                     outbound: false,
+                    gruu: None,
                 }));
             return;
         }
@@ -694,6 +706,7 @@ impl Endpoint {
                 acc.failures = 0;
                 acc.outbound_in_force =
                     acc.outbound_requested() && resp.has_token(HeaderName::Require, "outbound");
+                acc.gruu = gruu;
                 if let Some(a) = acc.auth.as_mut() {
                     a.answered = false;
                 }
@@ -808,6 +821,41 @@ impl Endpoint {
         }
     }
 
+    /// The GRUUs (RFC 5627) on our Contact in a REGISTER's 2xx; `None`
+    /// for any other answer.
+    fn gruu_in(&self, id: AccountId, resp: &Message, code: u16) -> Option<Gruu> {
+        let acc = self.accounts.get(id)?;
+        if !(200..300).contains(&code) {
+            return None;
+        }
+        crate::gruu::gruus_of(resp, acc.config.instance_id.as_deref(), &acc.contact_uri())
+    }
+
+    /// The GRUUs an account holds (RFC 5627), from the last 2xx to its
+    /// REGISTER: `None` when it has none.
+    pub fn account_gruu(&self, account: AccountId) -> Option<Gruu> {
+        self.accounts.get(account).and_then(|a| a.gruu.clone())
+    }
+
+    /// The Contact URI of a dialog from `local_uri`: the public GRUU of
+    /// the account with that AoR (with `ob` when `ob`), if it has one.
+    pub(crate) fn gruu_contact_for(&self, local_uri: &str, ob: bool) -> Option<String> {
+        let ours = siproam_sip::Uri::parse(local_uri).ok();
+        let id = self
+            .accounts
+            .ids_where(|a| {
+                a.gruu.as_ref().is_some_and(|g| g.public.is_some())
+                    && match (&ours, siproam_sip::Uri::parse(&a.config.aor)) {
+                        (Some(o), Ok(aor)) => o.equivalent(&aor),
+                        _ => a.config.aor == local_uri,
+                    }
+            })
+            .into_iter()
+            .next()?;
+        let public = self.accounts.get(id)?.gruu.as_ref()?.public.as_deref()?;
+        Some(crate::gruu::dialog_contact(public, ob))
+    }
+
     /// Learns the address the registrar saw from the top Via; returns true
     /// when the Contact changed.
     fn learn_contact(&mut self, id: AccountId, resp: &Message) -> bool {
@@ -901,6 +949,7 @@ impl Endpoint {
                     failure: Some(failure),
                     retry_at: None,
                     outbound: false,
+                    gruu: None,
                 }));
             return;
         }

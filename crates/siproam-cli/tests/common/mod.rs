@@ -344,6 +344,18 @@ impl Kamailio {
     /// with extra `KAM_ARGS` (e.g. `-A SIP_ADDR=10.9.0.2`); `tag` names its
     /// working directory.
     pub fn start_in(netns: Option<&str>, port: u16, kam_args: &str, tag: &str) -> Kamailio {
+        Kamailio::start_cfg(netns, port, kam_args, tag, "kamailio.cfg")
+    }
+
+    /// [`Kamailio::start_in`] with another config of `interop/kamailio`
+    /// (`KAM_CFG`), e.g. `edge.cfg`.
+    pub fn start_cfg(
+        netns: Option<&str>,
+        port: u16,
+        kam_args: &str,
+        tag: &str,
+        cfg: &str,
+    ) -> Kamailio {
         let workdir = std::env::temp_dir().join(format!("siproam-kam-{tag}"));
         std::fs::create_dir_all(&workdir).unwrap();
         let mut cmd = match netns {
@@ -359,6 +371,7 @@ impl Kamailio {
             .arg(port.to_string())
             .arg(&workdir)
             .env("KAM_ARGS", kam_args)
+            .env("KAM_CFG", repo().join("interop/kamailio").join(cfg))
             .stdin(Stdio::null())
             .output()
             .unwrap();

@@ -1246,6 +1246,13 @@ impl Endpoint {
         let Some(method) = req.method() else {
             return false;
         };
+        if let (Some(tx), false) = (tx, matches!(method, Method::Invite | Method::Ack)) {
+            if req.header(HeaderName::Replaces).is_some() {
+                // `Replaces` belongs in an INVITE only (RFC 3891 §3)
+                self.respond_in_dialog(now, tx, req, 400, None);
+                return true;
+            }
+        }
         let to_tag = tag_param(req, true);
         let from_tag = tag_param(req, false);
         let found = self

@@ -423,6 +423,170 @@ fn a_refresh_finding_the_dialog_gone_falls_back_to_an_invite_with_replaces() {
     }
 }
 
+/// The outbound case proper: a call that came in over our registration's
+/// flow (the proxy used it to reach us) is repaired the same way from the
+/// callee's side — re-INVITE in its dialog over the new flow, and on 481
+/// an INVITE with `Replaces` naming it from our side (to-tag the caller's,
+/// from-tag ours), from our AoR to the caller's Contact.
+#[test]
+fn a_call_that_came_in_over_the_flow_is_repaired_from_our_side() {
+    let (mut sim, ua, reg, mut cfg) = setup(Transport::Tcp);
+    cfg.password = None;
+    cfg.expires = 3600;
+    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+    let r = recv(&mut sim, reg);
+    registered_ok(&mut sim, reg, &r);
+    sim.run_for(Duration::from_millis(100));
+    sim.set_handler(
+        ua,
+        Box::new(|ep, now, ev| {
+            match &ev {
+                Event::IncomingCall { call, .. } => {
+                    ep.answer(now, *call, 200, Some(sdp("alice"))).unwrap()
+                }
+                Event::CallMoved {
+                    call,
+                    action: CallMoveAction::Reoffer { update },
+                    ..
+                } => ep
+                    .refresh(now, *call, *update, Some(sdp("repaired")))
+                    .unwrap(),
+                _ => {}
+            }
+            Some(ev)
+        }),
+    );
+    // Bob's INVITE, proxied to us over our registration's connection
+    let invite = MessageBuilder::request(
+        Method::Invite,
+        &format!("sip:alice@{UA}:5060;transport=tcp"),
+    )
+    .header("Via", "SIP/2.0/TCP 192.0.2.20:5060;branch=z9hG4bKin1")
+    .header("Max-Forwards", "69")
+    .header("Record-Route", RR)
+    .header("From", "<sip:bob@example.test>;tag=bobx")
+    .header("To", "<sip:alice@example.test>")
+    .header("Call-ID", "in1@proxy")
+    .header("CSeq", "1 INVITE")
+    .header("Contact", BOB_CONTACT)
+    .header("Supported", "replaces")
+    .body("application/sdp", sdp("bob"))
+    .build()
+    .unwrap();
+    sim.peer_reply(reg, &r, invite.to_bytes());
+    let mut ok = recv(&mut sim, reg);
+    while ok.message.status() != Some(200) {
+        ok = recv(&mut sim, reg);
+    }
+    let our_tag = ok.message.to().unwrap().tag().unwrap().to_owned();
+    let ack = MessageBuilder::request(Method::Ack, &format!("sip:alice@{UA}:5060;transport=tcp"))
+        .header("Via", "SIP/2.0/TCP 192.0.2.20:5060;branch=z9hG4bKin1ack")
+        .header("Max-Forwards", "69")
+        .header("From", "<sip:bob@example.test>;tag=bobx")
+        .header("To", &format!("<sip:alice@example.test>;tag={our_tag}"))
+        .header("Call-ID", "in1@proxy")
+        .header("CSeq", "1 ACK")
+        .build()
+        .unwrap();
+    sim.peer_reply(reg, &r, ack.to_bytes());
+    sim.run_for(Duration::from_millis(100));
+    let call = sim.endpoint(ua).calls()[0].0;
+    assert_eq!(
+        sim.endpoint(ua).call_state(call),
+        Some(CallState::Confirmed)
+    );
+    sim.take_events(ua);
+    // the flow fails; registered again over a new one
+    sim.set_pong(reg, false);
+    let register = recv(&mut sim, reg);
+    assert_eq!(register.message.method(), Some(Method::Register));
+    sim.set_pong(reg, true);
+    registered_ok(&mut sim, reg, &register);
+    let reinvite = recv(&mut sim, reg);
+    assert_eq!(reinvite.message.method(), Some(Method::Invite));
+    assert_eq!(reinvite.conn, register.conn);
+    assert_eq!(reinvite.message.call_id(), "in1@proxy");
+    assert_eq!(
+        reinvite.message.from().unwrap().tag(),
+        Some(our_tag.as_str())
+    );
+    assert_eq!(reinvite.message.to().unwrap().tag(), Some("bobx"));
+    answer(&mut sim, reg, &reinvite, 481, &[]);
+    let mut replacing = recv(&mut sim, reg);
+    while replacing.message.method() == Some(Method::Ack) {
+        replacing = recv(&mut sim, reg);
+    }
+    let m = &replacing.message;
+    assert_eq!(m.method(), Some(Method::Invite));
+    assert_eq!(replacing.conn, register.conn);
+    assert_eq!(
+        m.request_uri_str(),
+        Some("sip:bob@192.0.2.30:5060;transport=tcp")
+    );
+    assert_eq!(
+        m.header(HeaderName::Replaces),
+        Some(format!("in1@proxy;to-tag=bobx;from-tag={our_tag}").as_str())
+    );
+    assert_eq!(
+        m.from().unwrap().uri().to_string(),
+        "sip:alice@example.test"
+    );
+    assert_eq!(m.to().unwrap().uri().to_string(), "sip:bob@example.test");
+    bob_ok(&mut sim, reg, &replacing, "bob2");
+    let ack = recv(&mut sim, reg);
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(ack.message.call_id(), m.call_id());
+    let evs: Vec<Event> = sim.take_events(ua).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(
+        reports(&evs),
+        flow_failure(&[
+            (IpChangeStage::Started, Ok(())),
+            (IpChangeStage::UpdateContact, Ok(())),
+            (
+                IpChangeStage::RefreshCalls,
+                Err(IpChangeError::RefreshFailed(481))
+            ),
+            (IpChangeStage::ReplaceCalls, Ok(())),
+            (IpChangeStage::Completed, Ok(())),
+        ])
+    );
+    assert_eq!(
+        sim.endpoint(ua).call_state(call),
+        Some(CallState::Confirmed)
+    );
+}
+
+/// A per-account policy wins over the endpoint's: the account says
+/// `HangUp`, so its call gets a BYE although the endpoint repairs.
+#[test]
+fn an_accounts_own_policy_wins_over_the_endpoints() {
+    let mut s = call_over_the_registration_flow(None);
+    s.sim
+        .endpoint(s.ua)
+        .set_account_flow_failure_policy(
+            s.acc,
+            Some(FlowFailurePolicy {
+                invite: InviteRecovery::HangUp,
+                ..FlowFailurePolicy::default()
+            }),
+        )
+        .unwrap();
+    s.sim.set_pong(s.reg, false);
+    let first = recv(&mut s.sim, s.reg);
+    let second = recv(&mut s.sim, s.reg);
+    let methods = [first.message.method(), second.message.method()];
+    assert!(methods.contains(&Some(Method::Bye)), "{methods:?}");
+    assert_eq!(s.sim.endpoint(s.ua).call_state(s.call), None);
+    assert_eq!(
+        s.sim.endpoint(s.ua).flow_failure_policy(Some(s.acc)).invite,
+        InviteRecovery::HangUp
+    );
+    assert_eq!(
+        s.sim.endpoint(s.ua).flow_failure_policy(None).invite,
+        InviteRecovery::default()
+    );
+}
+
 /// The fallback turned off: the refresh's 481 ends the call, told as the
 /// refresh's failure and the call's end with 481.
 #[test]
@@ -746,13 +910,17 @@ fn send(sim: &mut Sim, peer: NodeId, m: &Message) {
     );
 }
 
-/// The final status the peer gets for `m` (the 100 skipped).
+/// The final status the peer gets for `m` (the 100 and what belongs to
+/// earlier requests skipped).
 fn final_status(sim: &mut Sim, peer: NodeId, m: &Message) -> u16 {
     send(sim, peer, m);
     loop {
         let r = sim
             .run_until_peer_receives(peer, Duration::from_secs(1))
             .expect("an answer");
+        if r.message.call_id() != m.call_id() {
+            continue; // a retransmission of an earlier answer
+        }
         match r.message.status() {
             Some(100) => continue,
             Some(code) => return code,
@@ -872,6 +1040,21 @@ fn a_malformed_replaces_gets_400() {
         let invite = peer_invite(&format!("m{i}@peer"), "pm", Some(&refs));
         assert_eq!(final_status(&mut sim, peer, &invite), *want, "{values:?}");
     }
+    // in a request other than INVITE: 400 as well (RFC 3891 §3)
+    let options = MessageBuilder::request(Method::Options, &format!("sip:bob@{BOB}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {PEER}:5060;branch=z9hG4bKopt1"),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:peer@example.test>;tag=po")
+        .header("To", &format!("<sip:bob@{BOB}>"))
+        .header("Call-ID", "opt@peer")
+        .header("CSeq", "1 OPTIONS")
+        .header("Replaces", &good)
+        .build()
+        .unwrap();
+    assert_eq!(final_status(&mut sim, peer, &options), 400);
     assert_eq!(sim.endpoint(bob).call_count(), 1);
     assert_eq!(
         sim.endpoint(bob).call_state(old),

@@ -14,8 +14,9 @@
 //! [`CallEvent::ReplacesCall`]; once it is confirmed the replaced call is
 //! ended with a BYE. No such dialog (or an early one: not replaced here)
 //! is 481, `early-only` against a confirmed dialog 486, a malformed or
-//! repeated `Replaces` 400, and one from anyone but the dialog's peer
-//! (its From URI is not the dialog's remote URI) 403.
+//! repeated `Replaces` (or one in a request other than INVITE) 400, and
+//! one from anyone but the dialog's peer (its From URI is not the
+//! dialog's remote URI) 403.
 
 use std::time::Instant;
 

@@ -18,8 +18,11 @@
 //!   `server_subscription` from the same policy.
 //!
 //! A flow the endpoint closed itself ([`FlowCloseReason::Local`]: a
-//! network change, shutdown, an idle connection) has not failed: nothing
-//! here applies to it.
+//! network change, a shutdown; [`FlowCloseReason::Idle`]: a connection
+//! nothing used for a while) has not failed, nor has one that never came
+//! up ([`FlowCloseReason::ConnectFailed`]: what was sent on it fails on
+//! its own — a repair's refresh with 503, a REGISTER into its back-off):
+//! nothing here applies to them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -200,7 +203,10 @@ impl Endpoint {
         flow: Flow,
         reason: FlowCloseReason,
     ) -> Option<Carried> {
-        if reason == FlowCloseReason::Local {
+        if matches!(
+            reason,
+            FlowCloseReason::Local | FlowCloseReason::Idle | FlowCloseReason::ConnectFailed
+        ) {
             return None;
         }
         let mut on_flow: Vec<AccountId> = self

@@ -686,23 +686,28 @@ fn the_ignore_policy_does_nothing_but_tells() {
     assert!(!evs.iter().any(|e| matches!(e, Event::CallMoved { .. })));
 }
 
-/// A flow the endpoint closes itself has not failed: no usage is touched
-/// and nothing is told.
+/// A flow the endpoint closes itself (a network change, an idle
+/// connection) has not failed: no call is touched and nothing is told.
 #[test]
-fn a_flow_closed_locally_is_no_failure() {
-    let mut s = call_over_the_registration_flow(None);
-    let flow = s
-        .sim
-        .endpoint(s.ua)
-        .account_flow(s.acc)
-        .expect("the registration's flow");
-    s.sim.with_endpoint(s.ua, |ep, now| {
-        ep.handle_flow_closed(now, flow, FlowCloseReason::Local)
-    });
-    s.sim.run_for(Duration::from_secs(1));
-    let evs = s.events();
-    assert!(terminated(&evs).is_empty());
-    assert!(reports(&evs).is_empty());
+fn a_flow_closed_by_us_is_no_failure() {
+    for reason in [FlowCloseReason::Local, FlowCloseReason::Idle] {
+        let mut s = call_over_the_registration_flow(None);
+        let flow = s
+            .sim
+            .endpoint(s.ua)
+            .account_flow(s.acc)
+            .expect("the registration's flow");
+        s.sim
+            .with_endpoint(s.ua, |ep, now| ep.handle_flow_closed(now, flow, reason));
+        s.sim.run_for(Duration::from_secs(1));
+        let evs = s.events();
+        assert!(terminated(&evs).is_empty(), "{reason:?}");
+        assert!(reports(&evs).is_empty(), "{reason:?}");
+        assert!(
+            !evs.iter().any(|e| matches!(e, Event::CallMoved { .. })),
+            "{reason:?}"
+        );
+    }
 }
 
 // ----- both ends siproam: the fallback against a siproam peer ----------
@@ -824,6 +829,89 @@ fn the_replaces_fallback_works_against_a_siproam_peer() {
         .unwrap();
     sim.run_for(Duration::from_millis(200));
     assert_eq!(sim.endpoint(bob).call_count(), 0);
+}
+
+/// A path that is down: the connection resets, the repair's re-INVITE
+/// cannot connect — that refresh fails (503) and the repair ends there,
+/// reported; no new repair for the connection that never came up, so no
+/// loop of connects. The call stays up (the peer may still come back).
+#[test]
+fn a_repair_whose_refresh_cannot_connect_ends_without_looping() {
+    let mut sim = Sim::new(std::time::Instant::now(), 5);
+    let alice = sim.add_endpoint("alice", &[ip(ALICE)], siproam_core::Config::default());
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        siproam_core::Config {
+            seed: 9,
+            ..siproam_core::Config::default()
+        },
+    );
+    sim.set_handler(bob, answering_app());
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB};transport=tcp"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Tcp,
+            remote: SocketAddr::new(ip(BOB), 5060),
+            local: None,
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
+    sim.take_events(alice);
+    sim.set_handler(alice, reoffering_app());
+    sim.set_handler(
+        bob,
+        Box::new(|_, _, ev| Some(ev)), // Bob leaves his call alone
+    );
+    sim.endpoint(bob)
+        .set_flow_failure_policy(FlowFailurePolicy {
+            invite: InviteRecovery::Ignore,
+            ..FlowFailurePolicy::default()
+        });
+    let mark = sim.log().len();
+    sim.set_link(
+        alice,
+        bob,
+        Link {
+            up: false,
+            ..Link::default()
+        },
+    );
+    sim.run_for(Duration::from_secs(70));
+    let invites = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .filter(|e| e.first_line.starts_with("INVITE "))
+        .count();
+    assert_eq!(invites, 1, "one refresh, no loop");
+    let evs: Vec<Event> = sim.take_events(alice).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(terminated(&evs).len(), 1, "{evs:#?}");
+    assert_eq!(
+        reports(&evs),
+        flow_failure(&[
+            (IpChangeStage::Started, Ok(())),
+            (
+                IpChangeStage::RefreshCalls,
+                Err(IpChangeError::RefreshFailed(503))
+            ),
+            (IpChangeStage::Completed, Err(IpChangeError::Incomplete(1))),
+        ])
+    );
+    assert_eq!(
+        sim.endpoint(alice).call_state(a),
+        Some(CallState::Confirmed)
+    );
 }
 
 // ----- receiving an INVITE with Replaces --------------------------------

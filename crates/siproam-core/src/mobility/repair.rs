@@ -75,6 +75,15 @@ impl Endpoint {
                 ..Scope::default()
             },
         );
+        // a call this run already repairs is not moved again (its refresh
+        // settles it): a path failing over and over cannot loop
+        let calls: Vec<(CallId, bool)> = calls
+            .iter()
+            .filter(|(c, _)| {
+                !run.confirm_calls.contains_key(c) && !run.after_register.iter().any(|w| w.1 == *c)
+            })
+            .copied()
+            .collect();
         match wait_for {
             Some(account) => {
                 let transport = self.account_transport(account).unwrap_or(flow.transport);
@@ -89,7 +98,7 @@ impl Endpoint {
             }
             None => {
                 for (call, fallback) in calls {
-                    self.repair_call(now, &mut run, *call, None, *fallback);
+                    self.repair_call(now, &mut run, call, None, fallback);
                 }
             }
         }

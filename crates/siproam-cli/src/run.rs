@@ -617,6 +617,47 @@ pub fn flow_json(f: &siproam::core::FlowEvent) -> Value {
     })
 }
 
+/// A failed flow's usages and what is done with each: a `flow` event
+/// with `state` `terminated` (after the accounts' `failed`), whose
+/// `registrations` and `calls` list `{account|call, action}`.
+pub fn flow_terminated_json(t: &siproam::core::FlowTerminated) -> Value {
+    use siproam::core::{InviteRecovery, RegistrationRecovery};
+    let registrations: Vec<Value> = t
+        .registrations
+        .iter()
+        .map(|(a, r)| {
+            let action = match r {
+                RegistrationRecovery::Reregister => "reregister",
+                RegistrationRecovery::Ignore => "ignore",
+            };
+            json!({"account": a.0, "action": action})
+        })
+        .collect();
+    let calls: Vec<Value> = t
+        .calls
+        .iter()
+        .map(|(c, r)| {
+            let action = match r {
+                InviteRecovery::Repair { .. } => "repair",
+                InviteRecovery::HangUp => "hangup",
+                InviteRecovery::Ignore => "ignore",
+            };
+            json!({"call": c.0, "action": action})
+        })
+        .collect();
+    json!({
+        "event": "flow",
+        "flow": t.flow.0,
+        "state": "terminated",
+        "transport": t.transport.param(),
+        "local": t.local.map(|a| a.to_string()),
+        "remote": t.remote.to_string(),
+        "reason": flow_reason(t.reason),
+        "registrations": registrations,
+        "calls": calls,
+    })
+}
+
 /// `cli.md`'s name for why a flow failed.
 fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
     use siproam::core::FlowCloseReason as R;
@@ -639,6 +680,7 @@ pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
     let mut v = json!({
         "event": "ip_change",
         "stage": c.stage.as_str(),
+        "trigger": c.trigger.as_str(),
         "status": c.status_text(),
         "elapsed_ms": (c.elapsed_ms() * 1000.0).round() / 1000.0,
     });
@@ -831,6 +873,9 @@ pub async fn agent(
                 }
                 Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
                 Some(EndpointEvent::Core(Event::Flow(f))) => emit(json_out, flow_json(&f)),
+                Some(EndpointEvent::Core(Event::FlowTerminated(t))) => {
+                    emit(json_out, flow_terminated_json(&t))
+                }
                 Some(EndpointEvent::Network(n)) => emit(json_out, network_json(&n)),
                 // the peer's first RTP packet on our new media address
                 Some(EndpointEvent::MediaMoved { call, local, .. }) => emit(

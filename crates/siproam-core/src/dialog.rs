@@ -18,6 +18,8 @@ use crate::endpoint::{
 use crate::flow::{FlowId, Transport};
 use crate::timers::{TimerKind, TimerOwner};
 
+mod replaces;
+
 /// A call's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(pub u32);
@@ -107,6 +109,28 @@ pub enum CallEvent {
         call: CallId,
         /// The status.
         code: u16,
+    },
+    /// The target refresh repairing the call after a flow failure failed
+    /// with `code` (481, or 408 for no answer): the dialog is gone, so an
+    /// INVITE with `Replaces` (RFC 3891) carrying the same offer went out
+    /// to make a new one for the call. Its answer comes as
+    /// [`CallEvent::Answer`] (the call stays confirmed and keeps its id);
+    /// if it fails, the call ends.
+    Replacing {
+        /// The call.
+        call: CallId,
+        /// What the refresh got.
+        code: u16,
+    },
+    /// An incoming call replaces one of ours (an INVITE with `Replaces`
+    /// naming a confirmed dialog, RFC 3891 §3): answer it as any call —
+    /// typically at once, with the media of `replaced`; once it is
+    /// confirmed, `replaced` is ended with a BYE.
+    ReplacesCall {
+        /// The new, incoming call.
+        call: CallId,
+        /// The call it replaces.
+        replaced: CallId,
     },
 }
 
@@ -267,6 +291,30 @@ pub(crate) struct Call {
     /// Contact's: a network change that updates the Via but keeps the
     /// Contact (PJSIP's `UPDATE_VIA` without `UPDATE_CONTACT`).
     send_from: Option<SocketAddr>,
+    /// Being repaired after a flow failure: the next refresh's 481 or 408
+    /// is followed by an INVITE with `Replaces` when this says so
+    /// (`crate::flow_failure`).
+    repair: Option<bool>,
+    /// Our INVITE with `Replaces` making a new dialog for the call.
+    replacing: Option<Replacing>,
+    /// The dialog an INVITE with `Replaces` replaced (a BYE for it gets
+    /// 200 and leaves the call alone): Call-ID, local tag, remote tag.
+    replaced: Option<(String, String, Option<String>)>,
+    /// The call an incoming INVITE with `Replaces` replaces, ended once
+    /// this one is confirmed.
+    replaces: Option<CallId>,
+    /// The peer listed `replaces` in Supported.
+    peer_supports_replaces: bool,
+}
+
+/// Our INVITE with `Replaces` (RFC 3891), not answered yet: the new
+/// dialog's identifiers.
+#[derive(Debug)]
+struct Replacing {
+    call_id: String,
+    local_tag: String,
+    /// Where it went (the new dialog's first hop).
+    target: Target,
 }
 
 /// Whether a message's Allow lists UPDATE (`None` without an Allow).
@@ -545,6 +593,11 @@ impl Endpoint {
             peer_allows_update: false,
             next_hop: None,
             send_from: None,
+            repair: None,
+            replacing: None,
+            replaced: None,
+            replaces: None,
+            peer_supports_replaces: false,
         };
         let b = self.initial_invite(&call, spec.target.transport, spec.sdp);
         let id = self.new_call(call);
@@ -968,7 +1021,8 @@ impl Endpoint {
                     .as_ref()
                     .is_some_and(|(_, r)| r.method() == Some(Method::Invite))
         };
-        if c.refresh.is_some() || !allowed {
+        // (nor while an INVITE with Replaces is making a new dialog)
+        if c.refresh.is_some() || c.replacing.is_some() || !allowed {
             return Err(CoreError::InvalidState);
         }
         let method = if update {
@@ -1197,14 +1251,33 @@ impl Endpoint {
         let Some(method) = req.method() else {
             return false;
         };
+        if let (Some(tx), false) = (tx, matches!(method, Method::Invite | Method::Ack)) {
+            if req.header(HeaderName::Replaces).is_some() {
+                // `Replaces` belongs in an INVITE only (RFC 3891 §3)
+                self.respond_in_dialog(now, tx, req, 400, None);
+                return true;
+            }
+        }
         let to_tag = tag_param(req, true);
         let from_tag = tag_param(req, false);
         let found = self
             .calls
             .find_dialog(req.call_id(), from_tag.as_deref(), to_tag.as_deref());
         match (method, found, tx) {
+            (Method::Invite, None, Some(tx))
+                if to_tag.is_none() && req.header(HeaderName::Replaces).is_some() =>
+            {
+                self.incoming_replaces(now, tx, flow, req);
+                true
+            }
             (Method::Invite, None, Some(tx)) if to_tag.is_none() => {
                 self.incoming_call(now, tx, flow, req);
+                true
+            }
+            (Method::Bye, None, Some(tx)) if self.replaced_dialog(req).is_some() => {
+                // the dialog one of our INVITEs with Replaces replaced:
+                // ended, and the call lives on in its new dialog
+                self.respond_in_dialog(now, tx, req, 200, self.replaced_dialog(req));
                 true
             }
             (Method::Ack, Some(id), _) => {
@@ -1224,6 +1297,12 @@ impl Endpoint {
                 let body = (!req.body().is_empty()).then(|| req.body().clone());
                 if acked == Some(true) {
                     self.set_confirmed(id, Some(200), body);
+                    // a call that replaces another: that one ends now
+                    // (RFC 3891 §3)
+                    let replaced = self.calls.get_mut(id).and_then(|c| c.replaces.take());
+                    if let Some(old) = replaced {
+                        let _ = self.hang_up(now, old);
+                    }
                 } else if let (Some(false), Some(body)) = (acked, body) {
                     // the answer to the offer we put in a re-INVITE's 200
                     self.call_event(CallEvent::Answer {
@@ -1324,14 +1403,20 @@ impl Endpoint {
         }
     }
 
-    fn incoming_call(&mut self, now: Instant, tx: ServerTxId, flow: FlowId, req: &Message) {
+    fn incoming_call(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        flow: FlowId,
+        req: &Message,
+    ) -> Option<CallId> {
         if !self.calls.admits_incoming() {
             // no call is made: nothing is held for it but its transaction
             let tag = self.rng.token(10);
             if let Ok(r) = MessageBuilder::response_to(req, 486, reason(486), Some(&tag)).build() {
                 let _ = self.respond(now, tx, r);
             }
-            return;
+            return None;
         }
         let remote_target = req
             .contacts()
@@ -1395,6 +1480,11 @@ impl Endpoint {
             peer_allows_update: allow_update(req).unwrap_or(false),
             next_hop: None,
             send_from: None,
+            repair: None,
+            replacing: None,
+            replaced: None,
+            replaces: None,
+            peer_supports_replaces: req.has_token(HeaderName::Supported, "replaces"),
         };
         let id = self.new_call(call);
         if let Some(wait) = self.calls.limits().no_answer {
@@ -1407,6 +1497,7 @@ impl Endpoint {
             request: req.clone(),
         });
         self.state_event(id, CallState::Incoming, None, body);
+        Some(id)
     }
 
     /// A CANCEL for the peer's re-INVITE still waiting for our answer
@@ -1497,6 +1588,14 @@ impl Endpoint {
         let code = resp.status().unwrap_or(0);
         let method = resp.cseq().method.as_str().to_owned();
         let body = (!resp.body().is_empty()).then(|| resp.body().clone());
+        if method == "INVITE"
+            && c.replacing
+                .as_ref()
+                .is_some_and(|r| r.call_id == resp.call_id())
+        {
+            self.replacing_response(now, id, &resp, code, body);
+            return;
+        }
         // our re-INVITE (confirmed dialog) or UPDATE (early or confirmed)
         let is_refresh = c.refresh.as_ref().is_some_and(|(_, update, _)| {
             if *update {
@@ -1556,6 +1655,10 @@ impl Endpoint {
                             c.remote_target = t;
                         }
                     }
+                    // repaired
+                    if let Some(c) = self.calls.get_mut(id) {
+                        c.repair = None;
+                    }
                     if let (Some(allows), Some(c)) = (allow_update(&resp), self.calls.get_mut(id)) {
                         c.peer_allows_update = allows;
                     }
@@ -1577,10 +1680,17 @@ impl Endpoint {
                         .set(TimerOwner::Call(id.0), TimerKind::Glare, now + wait);
                 }
                 481 | 408 => {
-                    // RFC 5057: the dialog is gone
-                    self.end_call(id, Some(code), None);
+                    // RFC 5057: the dialog is gone; a call being repaired
+                    // after a flow failure gets a new one (RFC 3891)
+                    let offer = refresh.and_then(|(_, _, b)| b);
+                    self.dialog_gone(now, id, code, offer);
                 }
-                _ => self.call_event(CallEvent::RefreshFailed { call: id, code }),
+                _ => {
+                    if let Some(c) = self.calls.get_mut(id) {
+                        c.repair = None;
+                    }
+                    self.call_event(CallEvent::RefreshFailed { call: id, code })
+                }
             }
         }
     }
@@ -1591,6 +1701,9 @@ impl Endpoint {
         };
         if let Some(allows) = allow_update(resp) {
             c.peer_allows_update = allows;
+        }
+        if resp.header(HeaderName::Supported).is_some() {
+            c.peer_supports_replaces = resp.has_token(HeaderName::Supported, "replaces");
         }
         let cancelled = matches!(
             c.phase,
@@ -1682,6 +1795,18 @@ impl Endpoint {
             return;
         };
         let confirmed = c.state() == CallState::Confirmed;
+        if confirmed && c.replacing.take().is_some() {
+            // our INVITE with Replaces got no answer: the call is lost
+            self.end_call(id, Some(code), None);
+            return;
+        }
+        if confirmed && reason == RequestFailure::Timeout && c.repair.is_some() {
+            if let Some((_, _, offer)) = c.refresh.take() {
+                // a repair's refresh timed out: as a 408 (RFC 5057)
+                self.dialog_gone(now, id, 408, offer);
+                return;
+            }
+        }
         if confirmed && c.refresh.is_some() && changing {
             // the request died on the old path: the call stays
             c.refresh = None;

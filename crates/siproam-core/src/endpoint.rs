@@ -131,6 +131,9 @@ pub enum Event {
     /// Something happened to an account's flow (up, a keep-alive answered,
     /// failed).
     Flow(crate::keepalive::FlowEvent),
+    /// A flow failed: the registrations and calls it carried, and what the
+    /// policy does with each ([`Endpoint::set_flow_failure_policy`]).
+    FlowTerminated(crate::flow_failure::FlowTerminated),
     /// A network change moved a call: the application does the media part
     /// — re-open the RTP socket on `media_ip` (if given), then what
     /// `action` says.
@@ -222,6 +225,8 @@ pub struct Endpoint {
     pub(crate) closes: VecDeque<FlowId>,
     /// STUN keep-alives waiting for their answer, and counters.
     pub(crate) stun: crate::stun::StunState,
+    /// What a failed flow does to its usages.
+    pub(crate) flow_failure: crate::flow_failure::FlowFailurePolicies,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -268,6 +273,7 @@ impl Endpoint {
             keepalives: std::collections::HashMap::new(),
             closes: VecDeque::new(),
             stun: crate::stun::StunState::default(),
+            flow_failure: Default::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -477,9 +483,11 @@ impl Endpoint {
     /// A flow ended: everything using it is told.
     pub fn handle_flow_closed(&mut self, now: Instant, flow: FlowId, reason: FlowCloseReason) {
         self.clock = Some(now);
-        if self.flows.remove(flow).is_none() {
+        let Some(gone) = self.flows.remove(flow) else {
             return;
-        }
+        };
+        // what it carried, by policy (before its transactions fail)
+        let carried = self.flow_failure_begin(now, gone, reason);
         // client transactions still waiting fail with a transport error
         let failed = self
             .txs
@@ -495,6 +503,9 @@ impl Endpoint {
         self.events.push_back(Event::FlowClosed { flow, reason });
         self.keepalive_flow_gone(flow, reason);
         self.accounts_flow_closed(now, flow, reason);
+        if let Some(carried) = carried {
+            self.flow_failure_end(now, carried);
+        }
     }
 
     /// Timers due at `now` fire.

@@ -22,6 +22,7 @@ mod dialog;
 mod endpoint;
 mod flow;
 mod gruu;
+mod flow_failure;
 mod keepalive;
 pub(crate) mod mobility;
 mod registration;
@@ -40,12 +41,16 @@ pub use endpoint::{
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
 pub use gruu::Gruu;
+pub use flow_failure::{
+    ClientSubscriptionRecovery, FlowFailurePolicy, FlowTerminated, InviteRecovery,
+    RegistrationRecovery, ServerSubscriptionRecovery,
+};
 pub use keepalive::{FlowEvent, FlowState};
 pub use mobility::{
-    AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ConnectionView, DetectedChange,
-    IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use, ListenFailure,
-    ListenerView, MobilityAction, MobilityResult, NetworkQueries, NetworkView, RefreshFlags,
-    RegistrarAddress, UnknownIpv6Use,
+    AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ChangeTrigger, ConnectionView,
+    DetectedChange, IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use,
+    ListenFailure, ListenerView, MobilityAction, MobilityResult, NetworkQueries, NetworkView,
+    RefreshFlags, RegistrarAddress, UnknownIpv6Use,
 };
 pub use registration::{
     AccountConfig, AccountId, RegistrationEvent, RegistrationFailure, RegistrationState,

@@ -663,7 +663,8 @@ impl Phone {
         pc.offer = Some(offer.clone());
         self.calls.insert(call, pc);
         self.follow_offer_family(call, offer);
-        let r = if self.config.auto_answer {
+        // a call replacing one of ours (RFC 3891) is taken at once
+        let r = if self.config.auto_answer || core.call_replaces(call).is_some() {
             self.answer_call(core, now, call)
         } else {
             core.answer(now, call, 180, None).map_err(PhoneError::from)

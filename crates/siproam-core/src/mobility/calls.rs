@@ -167,6 +167,9 @@ impl Endpoint {
 pub(super) struct CallWait {
     /// Settling events to skip first (a CANCELled re-INVITE's own end).
     pub(super) skip: u8,
+    /// The stage that settles: `refresh_calls`, or `replace_calls` once
+    /// a repair fell back to an INVITE with `Replaces`.
+    pub(super) stage: IpChangeStage,
 }
 
 impl Endpoint {
@@ -295,10 +298,19 @@ impl Endpoint {
             });
         }
         let wait = match action {
-            CallMoveAction::Reoffer { .. } => Some(CallWait { skip: 0 }),
-            CallMoveAction::ReofferWhenSettled { .. } => Some(CallWait { skip: 1 }),
+            CallMoveAction::Reoffer { .. } => Some(CallWait {
+                skip: 0,
+                stage: IpChangeStage::RefreshCalls,
+            }),
+            CallMoveAction::ReofferWhenSettled { .. } => Some(CallWait {
+                skip: 1,
+                stage: IpChangeStage::RefreshCalls,
+            }),
             // an early dialog told of the new Contact by UPDATE
-            CallMoveAction::Rebind if self.call_refresh_pending(call) => Some(CallWait { skip: 0 }),
+            CallMoveAction::Rebind if self.call_refresh_pending(call) => Some(CallWait {
+                skip: 0,
+                stage: IpChangeStage::RefreshCalls,
+            }),
             CallMoveAction::Rebind => None,
             // our INVITE sent again from the new address: the call rings
             // again, its answer is the user's

@@ -15,6 +15,10 @@
 //! - `accounts`: `shutdown_registration_flow`, `update_contact`;
 //! - `calls`: `refresh_calls` / `hangup_calls`, and what a change does to
 //!   one call;
+//! - `repair`: a failed flow's calls, repaired through the same machine
+//!   (`started`, `update_contact` when the account registers over its
+//!   new flow, `refresh_calls`, `replace_calls` for the `Replaces`
+//!   fallback, `completed`; [`ChangeTrigger::FlowFailure`]);
 //! - `settle`: each stage reported when its effect is confirmed (the
 //!   REGISTER's 2xx, the refresh's 2xx), `completed`; NAT rebinding
 //!   learnt from `received`/`rport`, which runs through the same machine;
@@ -25,6 +29,7 @@ mod calls;
 mod detect;
 mod listeners;
 mod params;
+mod repair;
 mod report;
 mod run;
 mod settle;
@@ -36,7 +41,7 @@ use std::net::{IpAddr, SocketAddr};
 pub use calls::{CallMove, CallMoveAction};
 pub use detect::DetectedChange;
 pub use params::{AccountIpChange, IpChangeParams, Ipv6Use, RefreshFlags, UnknownIpv6Use};
-pub use report::{IpChangeError, IpChangeReport, IpChangeStage, ListenFailure};
+pub use report::{ChangeTrigger, IpChangeError, IpChangeReport, IpChangeStage, ListenFailure};
 pub use run::{MobilityAction, MobilityResult};
 pub use view::{ConnectionView, ListenerView, NetworkQueries, NetworkView};
 

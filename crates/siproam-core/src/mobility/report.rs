@@ -28,6 +28,10 @@ pub enum IpChangeStage {
     HangupCalls,
     /// A call was moved (ok on its refresh's 2xx).
     RefreshCalls,
+    /// A call whose refresh after a flow failure found its dialog gone
+    /// (481, 408) was given a new one by an INVITE with `Replaces` (ok on
+    /// its 2xx).
+    ReplaceCalls,
     /// Everything above settled.
     Completed,
 }
@@ -43,6 +47,7 @@ impl IpChangeStage {
             IpChangeStage::UpdateContact => "update_contact",
             IpChangeStage::HangupCalls => "hangup_calls",
             IpChangeStage::RefreshCalls => "refresh_calls",
+            IpChangeStage::ReplaceCalls => "replace_calls",
             IpChangeStage::Completed => "completed",
         }
     }
@@ -51,6 +56,30 @@ impl IpChangeStage {
 impl std::fmt::Display for IpChangeStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What started a run of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChangeTrigger {
+    /// A network change (detected, or asked for by the application).
+    #[default]
+    NetworkChange,
+    /// The registrar saw us at another public address (NAT rebinding).
+    NatRebinding,
+    /// A flow failed (RFC 5626: no pong, reset, closed …): its calls are
+    /// repaired over the new flow.
+    FlowFailure,
+}
+
+impl ChangeTrigger {
+    /// The name used in JSON events (`ip_change`'s `trigger`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeTrigger::NetworkChange => "network_change",
+            ChangeTrigger::NatRebinding => "nat_rebinding",
+            ChangeTrigger::FlowFailure => "flow_failure",
+        }
     }
 }
 
@@ -139,6 +168,8 @@ pub enum IpChangeError {
 pub struct IpChangeReport {
     /// The stage.
     pub stage: IpChangeStage,
+    /// What started the run.
+    pub trigger: ChangeTrigger,
     /// Ok, or what went wrong.
     pub status: Result<(), IpChangeError>,
     /// Since `started`.

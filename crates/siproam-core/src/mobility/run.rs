@@ -25,7 +25,7 @@ use crate::timers::{TimerKind, TimerOwner};
 use super::accounts::AccountMoveState;
 use super::calls::CallWait;
 use super::params::IpChangeParams;
-use super::report::{IpChangeError, IpChangeReport, IpChangeStage, ListenFailure};
+use super::report::{ChangeTrigger, IpChangeError, IpChangeReport, IpChangeStage, ListenFailure};
 use super::view::{ListenerView, NetworkView};
 
 /// Socket work the driver does for a change; answer each with
@@ -139,6 +139,7 @@ pub(super) struct Scope {
 
 #[derive(Debug)]
 pub(crate) struct Run {
+    pub(super) trigger: ChangeTrigger,
     pub(super) params: IpChangeParams,
     pub(super) started: Instant,
     pub(super) view: NetworkView,
@@ -153,12 +154,16 @@ pub(crate) struct Run {
     pub(super) accounts: VecDeque<AccountId>,
     pub(super) confirm_accounts: HashMap<AccountId, (Transport, SocketAddr)>,
     pub(super) confirm_calls: HashMap<CallId, CallWait>,
+    /// Calls to repair once an account registered over its new flow (a
+    /// flow failure): (the account, the call, the `Replaces` fallback).
+    pub(super) after_register: Vec<(AccountId, CallId, bool)>,
     pub(super) failed: usize,
 }
 
 impl Run {
     pub(super) fn new(params: IpChangeParams, started: Instant, view: NetworkView) -> Run {
         Run {
+            trigger: ChangeTrigger::NetworkChange,
             params,
             started,
             view,
@@ -173,6 +178,7 @@ impl Run {
             accounts: VecDeque::new(),
             confirm_accounts: HashMap::new(),
             confirm_calls: HashMap::new(),
+            after_register: Vec::new(),
             failed: 0,
         }
     }
@@ -280,6 +286,7 @@ impl Endpoint {
     ) {
         self.events.push_back(Event::IpChange(IpChangeReport {
             stage,
+            trigger: run.trigger,
             status,
             elapsed: now.saturating_duration_since(run.started),
             account: scope.account,
@@ -320,7 +327,10 @@ impl Endpoint {
                 Step::Confirm => true,
             };
             if done {
-                if run.confirm_accounts.is_empty() && run.confirm_calls.is_empty() {
+                if run.confirm_accounts.is_empty()
+                    && run.confirm_calls.is_empty()
+                    && run.after_register.is_empty()
+                {
                     self.timers
                         .cancel(TimerOwner::Mobility, TimerKind::MobilitySettle);
                     let status = match run.failed {

@@ -11,12 +11,12 @@ use crate::registration::{AccountId, RegistrationEvent, RegistrationState};
 
 use super::calls::CallMove;
 use super::params::IpChangeParams;
-use super::report::{IpChangeError, IpChangeStage};
+use super::report::{ChangeTrigger, IpChangeError, IpChangeStage};
 use super::run::{Run, Scope, Step};
 use super::view::NetworkView;
 
 /// The address of a Contact URI (`sip:user@1.2.3.4:5060;…`).
-fn contact_address(contact: &str) -> Option<SocketAddr> {
+pub(super) fn contact_address(contact: &str) -> Option<SocketAddr> {
     let uri = siproam_sip::Uri::parse(contact).ok()?;
     let sip = uri.as_sip()?;
     let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
@@ -34,7 +34,8 @@ impl Endpoint {
         err: IpChangeError,
         counted: bool,
     ) {
-        run.failed += run.confirm_accounts.len() + run.confirm_calls.len();
+        run.failed +=
+            run.confirm_accounts.len() + run.confirm_calls.len() + run.after_register.len();
         let completed = if counted {
             IpChangeError::Incomplete(run.failed)
         } else {
@@ -56,13 +57,22 @@ impl Endpoint {
                 },
             );
         }
-        let mut calls: Vec<_> = run.confirm_calls.drain().map(|(c, _)| c).collect();
-        calls.sort();
-        for call in calls {
+        let mut calls: Vec<_> = run
+            .confirm_calls
+            .drain()
+            .map(|(c, w)| (c, w.stage))
+            .chain(
+                run.after_register
+                    .drain(..)
+                    .map(|(_, c, _)| (c, IpChangeStage::RefreshCalls)),
+            )
+            .collect();
+        calls.sort_by_key(|(c, _)| *c);
+        for (call, stage) in calls {
             self.report(
                 &run,
                 now,
-                IpChangeStage::RefreshCalls,
+                stage,
                 Err(err.clone()),
                 Scope {
                     call: Some(call),
@@ -104,6 +114,7 @@ impl Endpoint {
             ..IpChangeParams::in_place()
         };
         let mut run = Run::new(params, now, NetworkView::default());
+        run.trigger = ChangeTrigger::NatRebinding;
         self.report(
             &run,
             now,
@@ -171,6 +182,9 @@ impl Endpoint {
             Event::Call(CallEvent::RefreshFailed { call, code }) => {
                 self.settle_call(now, *call, Err(IpChangeError::RefreshFailed(*code)))
             }
+            Event::Call(CallEvent::Replacing { call, code }) => {
+                self.replacing_call(now, *call, *code)
+            }
             Event::Call(CallEvent::State {
                 call,
                 state: CallState::Disconnected,
@@ -191,6 +205,7 @@ impl Endpoint {
             RegistrationState::Unregistered => Some(Err(IpChangeError::AccountGone)),
         };
         if let Some(status) = status {
+            let registered = status.is_ok();
             if let Some((transport, contact)) = run.confirm_accounts.remove(&r.account) {
                 run.failed += usize::from(status.is_err());
                 self.report(
@@ -205,6 +220,19 @@ impl Endpoint {
                         ..Scope::default()
                     },
                 );
+            }
+            // a flow failure's calls waiting for this account's new flow
+            // (registered or not, they are repaired now)
+            if run.trigger == ChangeTrigger::FlowFailure {
+                let (ready, rest) = run
+                    .after_register
+                    .drain(..)
+                    .partition(|(a, _, _)| *a == r.account);
+                run.after_register = rest;
+                for (account, call, fallback) in ready {
+                    let over = registered.then_some(account);
+                    self.repair_call(now, &mut run, call, over, fallback);
+                }
             }
         }
         self.mobility.run = Some(run);
@@ -229,13 +257,12 @@ impl Endpoint {
             Some(_) => true,
             None => false,
         };
-        if settle {
-            run.confirm_calls.remove(&call);
+        if let Some(w) = settle.then(|| run.confirm_calls.remove(&call)).flatten() {
             run.failed += usize::from(status.is_err());
             self.report(
                 &run,
                 now,
-                IpChangeStage::RefreshCalls,
+                w.stage,
                 status,
                 Scope {
                     call: Some(call),
@@ -245,6 +272,31 @@ impl Endpoint {
         }
         self.mobility.run = Some(run);
         self.advance(now);
+    }
+
+    /// A repair's refresh found the dialog gone (`code`) and an INVITE
+    /// with `Replaces` went out: `refresh_calls` is reported failed (not
+    /// counted: the fallback may still save the call) and the call now
+    /// waits for `replace_calls`.
+    pub(super) fn replacing_call(&mut self, now: Instant, call: CallId, code: u16) {
+        let Some(mut run) = self.mobility.run.take() else {
+            return;
+        };
+        if let Some(w) = run.confirm_calls.get_mut(&call) {
+            w.skip = 0;
+            w.stage = IpChangeStage::ReplaceCalls;
+            self.report(
+                &run,
+                now,
+                IpChangeStage::RefreshCalls,
+                Err(IpChangeError::RefreshFailed(code)),
+                Scope {
+                    call: Some(call),
+                    ..Scope::default()
+                },
+            );
+        }
+        self.mobility.run = Some(run);
     }
 
     /// A registered Contact other than the last one while no change of

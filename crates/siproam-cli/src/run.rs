@@ -603,6 +603,7 @@ pub fn flow_json(f: &siproam::core::FlowEvent) -> Value {
         "event": "flow",
         "flow": f.flow.0,
         "account": f.account.0,
+        "reg_id": f.reg_id,
         "state": f.state.as_str(),
         "transport": f.transport.param(),
         "local": f.local.map(|a| a.to_string()),
@@ -623,6 +624,7 @@ fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
         R::Idle => "idle",
         R::FramingError => "framing_error",
         R::Local => "closed_locally",
+        R::FlowFailed => "430",
         _ => "other",
     }
 }

@@ -220,6 +220,8 @@ pub struct Endpoint {
     pub(crate) keepalives: std::collections::HashMap<AccountId, crate::keepalive::KeepAlive>,
     /// Failed flows the driver must close.
     pub(crate) closes: VecDeque<FlowId>,
+    /// Calls whose INVITE was sent again after a 430 (once only).
+    retried_430: std::collections::HashSet<crate::dialog::CallId>,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -265,6 +267,7 @@ impl Endpoint {
             clock: None,
             keepalives: std::collections::HashMap::new(),
             closes: VecDeque::new(),
+            retried_430: std::collections::HashSet::new(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -896,14 +899,71 @@ impl Endpoint {
         &mut self,
         now: Instant,
         owner: TxOwner,
+        flow: FlowId,
         response: Message,
         remote: SocketAddr,
     ) {
+        if response.status() == Some(430) && self.flow_failed_430(now, owner, flow) {
+            return;
+        }
         match owner {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
             TxOwner::Call(call) => self.call_response(now, call, response),
             TxOwner::Abandoned => {}
+        }
+    }
+
+    /// A request of ours sent over an outbound account's flow was answered
+    /// 430 Flow Failed (RFC 5626 §11.5): the flow is reported failed
+    /// (reason 430) and closed, the accounts on it register again over a
+    /// new flow, and the request is sent once more over a live flow — a
+    /// REGISTER over its new flow, a call's INVITE over a live flow of
+    /// its AoR's set. Returns true when the 430 was taken care of (the
+    /// owner does not see it); a second 430 reaches the owner.
+    fn flow_failed_430(&mut self, now: Instant, owner: TxOwner, flow: FlowId) -> bool {
+        let accounts = self.outbound_accounts_on(flow);
+        if accounts.is_empty() {
+            return false;
+        }
+        let retry_call = match owner {
+            TxOwner::Call(call) => !self.retried_430.contains(&call),
+            _ => false,
+        };
+        // the keep-alive of a stream flow reports its failure as it
+        // stops; the others are reported here
+        for a in &accounts {
+            if !self.keepalives.contains_key(a) {
+                self.flow_event(
+                    *a,
+                    flow,
+                    crate::keepalive::FlowState::Failed,
+                    Some(FlowCloseReason::FlowFailed),
+                );
+            }
+        }
+        self.flow_failed(now, flow, FlowCloseReason::FlowFailed);
+        match owner {
+            TxOwner::Account(id) => {
+                self.account_430(now, id);
+                true
+            }
+            TxOwner::Call(call) if retry_call => {
+                let Some(from) = self.call_local_uri(call).map(str::to_owned) else {
+                    return false;
+                };
+                let Some((account, target)) = self.outbound_target_for(&from) else {
+                    return false;
+                };
+                let contact = self.account_contact_addr(account);
+                // calls that ended meanwhile are forgotten (bounded by the
+                // calls alive)
+                let calls = &self.calls;
+                self.retried_430.retain(|c| calls.get(*c).is_some());
+                self.retried_430.insert(call);
+                self.reroute_invite(now, call, target, contact).is_ok()
+            }
+            _ => false,
         }
     }
 
@@ -922,6 +982,7 @@ impl Endpoint {
             return;
         };
         let owner = tx.owner;
+        let tx_flow = tx.flow;
         let reliable = tx.transport.is_reliable();
         let timer = TimerOwner::ClientTx(id);
         match (tx.invite, tx.state, code) {
@@ -936,7 +997,7 @@ impl Endpoint {
                     // RFC 3261 §17.1.1.2: Timer B only bounds Calling
                     self.timers.cancel(timer, TimerKind::B);
                 }
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_flow, resp, remote);
             }
             (true, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 tx.state = ClientState::Accepted;
@@ -948,7 +1009,7 @@ impl Endpoint {
                 if owner == TxOwner::Abandoned {
                     self.end_stray_2xx(now, &invite, &resp, flow, true);
                 } else {
-                    self.client_response(now, owner, resp, remote);
+                    self.client_response(now, owner, tx_flow, resp, remote);
                 }
             }
             (true, ClientState::Accepted, 200..=299) if owner == TxOwner::Abandoned => {
@@ -958,7 +1019,7 @@ impl Endpoint {
             }
             (true, ClientState::Accepted, 200..=299) => {
                 // RFC 6026: retransmitted or forked 2xx go to the TU
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_flow, resp, remote);
             }
             (true, ClientState::Calling | ClientState::Proceeding, 300..=699) => {
                 let ack = build_ack(&tx.request, &resp);
@@ -976,7 +1037,7 @@ impl Endpoint {
                     self.timers
                         .set(timer, TimerKind::D, now + self.config.timer_d);
                 }
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_flow, resp, remote);
             }
             (true, ClientState::Completed, 300..=699) => {
                 // retransmitted failure: ACK again, not passed up
@@ -994,7 +1055,7 @@ impl Endpoint {
                 } else {
                     self.timers.set(timer, TimerKind::K, now + self.config.t4);
                 }
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_flow, resp, remote);
             }
             _ => {} // absorbed
         }

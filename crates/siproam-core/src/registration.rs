@@ -54,9 +54,17 @@ pub struct AccountConfig {
     /// Contact and the registrar are public (PJSIP's safeguard is off by
     /// default: such a change usually means a broken ALG).
     pub rewrite_public_to_private: bool,
+    /// RFC 5626 §5.1 outbound proxy of this flow: a pre-loaded Route
+    /// (`sip:proxy.example.test;lr`) on the REGISTER and on the requests
+    /// that go over this flow; `registrar` is then the proxy's address.
+    pub outbound_proxy: Option<String>,
     /// First retry delay after a failure; doubles per failure, with
-    /// jitter, up to `retry_max` (RFC 5626 §4.5).
+    /// jitter, up to `retry_max`. With outbound it is RFC 5626 §4.5's
+    /// base time when every flow of the account's set has failed.
     pub retry_base: Duration,
+    /// RFC 5626 §4.5's base time when another flow of the set still
+    /// works (90 s).
+    pub retry_base_flow_alive: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
     /// Refresh this long before the binding expires (at least halfway).
@@ -86,7 +94,9 @@ impl AccountConfig {
             outbound_fallback: true,
             contact_rewrite: true,
             rewrite_public_to_private: false,
+            outbound_proxy: None,
             retry_base: Duration::from_secs(30),
+            retry_base_flow_alive: Duration::from_secs(90),
             retry_max: Duration::from_secs(1800),
             refresh_margin: Duration::from_secs(10),
             keepalive_stream: Some(Duration::from_secs(120)),
@@ -207,12 +217,36 @@ pub(crate) struct Account {
     outbound_in_force: bool,
     /// The first hop answered 439: outbound is no longer asked for.
     outbound_refused: bool,
+    /// A REGISTER answered 430 was sent again over a new flow; another
+    /// 430 fails the registration.
+    retried_430: bool,
 }
 
 impl Account {
     /// The flow the account registers over, if any.
     pub(crate) fn flow_in_use(&self) -> Option<FlowId> {
         self.flow
+    }
+
+    /// The `reg-id` of this flow, when the account is one flow of an
+    /// outbound flow set (even before outbound is in force).
+    pub(crate) fn flow_reg_id(&self) -> Option<u32> {
+        self.reg_id()
+    }
+
+    /// Whether `other` is a sibling flow of this account (RFC 5626: the
+    /// same AoR and `+sip.instance`, both asking for outbound).
+    fn same_flow_set(&self, other: &Account) -> bool {
+        self.outbound_requested()
+            && other.outbound_requested()
+            && self.config.instance_id == other.config.instance_id
+            && self.config.aor == other.config.aor
+    }
+
+    /// Whether this flow is registered with outbound in force: requests of
+    /// its AoR may go over it.
+    fn flow_live(&self) -> bool {
+        self.outbound_in_force && self.phase == Phase::Registered && self.flow.is_some()
     }
 
     /// Whether the next REGISTER asks for outbound (RFC 5626 §4.2).
@@ -266,6 +300,7 @@ impl Endpoint {
             reregister: false,
             outbound_in_force: false,
             outbound_refused: false,
+            retried_430: false,
         });
         self.send_register(now, id, false);
         id
@@ -488,6 +523,79 @@ impl Endpoint {
             .is_empty()
     }
 
+    /// The flow a new request from `local_uri` goes over when RFC 5626
+    /// outbound is in force for its AoR: a live flow of its flow set (the
+    /// lowest `reg-id` first), else one of the set being registered again;
+    /// `None` when outbound is not in force for it. The target is that
+    /// flow's first hop (its outbound proxy, or the registrar).
+    pub fn outbound_target_for(&self, local_uri: &str) -> Option<(AccountId, Target)> {
+        let ours = siproam_sip::Uri::parse(local_uri).ok();
+        let mut set: Vec<(bool, u32, AccountId)> = self
+            .accounts
+            .ids_where(|a| {
+                a.outbound_in_force
+                    && match (&ours, siproam_sip::Uri::parse(&a.config.aor)) {
+                        (Some(o), Ok(aor)) => o.equivalent(&aor),
+                        _ => a.config.aor == local_uri,
+                    }
+            })
+            .into_iter()
+            .filter_map(|id| {
+                let a = self.accounts.get(id)?;
+                let live = a.flow_live() && a.flow.is_some_and(|f| self.flows.get(f).is_some());
+                Some((!live, a.reg_id().unwrap_or(1), id))
+            })
+            .collect();
+        set.sort();
+        let (_, _, id) = set.first()?;
+        let a = self.accounts.get(*id)?;
+        Some((*id, a.config.registrar))
+    }
+
+    /// The pre-loaded Route (`<sip:proxy;lr>`) of requests sent to
+    /// `target`, when it is an outbound proxy of one of our flows.
+    pub(crate) fn outbound_route_towards(&self, target: Target) -> Option<String> {
+        let ids = self.accounts.ids_where(|a| {
+            a.config.outbound_proxy.is_some()
+                && a.config.registrar.transport == target.transport
+                && a.config.registrar.remote == target.remote
+        });
+        let a = self.accounts.get(*ids.first()?)?;
+        a.config.outbound_proxy.as_ref().map(|p| format!("<{p}>"))
+    }
+
+    /// The outbound accounts registered over `flow`.
+    pub(crate) fn outbound_accounts_on(&self, flow: FlowId) -> Vec<AccountId> {
+        self.accounts
+            .ids_where(|a| a.flow == Some(flow) && a.outbound_requested())
+    }
+
+    /// The address in an account's Contact.
+    pub(crate) fn account_contact_addr(&self, account: AccountId) -> Option<SocketAddr> {
+        self.accounts.get(account).and_then(|a| a.contact_addr)
+    }
+
+    /// The `reg-id` of an account's flow, when it asks for outbound.
+    pub fn account_reg_id(&self, account: AccountId) -> Option<u32> {
+        self.accounts.get(account).and_then(Account::flow_reg_id)
+    }
+
+    /// A REGISTER of `id` was answered 430 (Flow Failed, RFC 5626 §11.5)
+    /// and its flow was failed: once it registers again at once over a new
+    /// flow; a second 430 in a row fails the registration.
+    pub(crate) fn account_430(&mut self, now: Instant, id: AccountId) {
+        let Some(acc) = self.accounts.get_mut(id) else {
+            return;
+        };
+        if acc.phase == Phase::Unregistering || acc.retried_430 {
+            self.fail(now, id, RegistrationFailure::Status(430), Some(430));
+            return;
+        }
+        acc.retried_430 = true;
+        acc.flow = None;
+        self.send_register(now, id, false);
+    }
+
     /// How many accounts the endpoint holds.
     pub fn account_count(&self) -> usize {
         self.accounts.count()
@@ -562,6 +670,10 @@ impl Endpoint {
             .header("CSeq", &format!("{} REGISTER", acc.cseq))
             .header("Contact", &contact)
             .header("Expires", &expires.to_string());
+        if let Some(proxy) = &acc.config.outbound_proxy {
+            // the flow's first hop (RFC 5626 §5.1, RFC 3261 §8.1.2)
+            b = b.header("Route", &format!("<{proxy}>"));
+        }
         if acc.outbound_requested() {
             b = b.header("Supported", "outbound, path, gruu");
         }
@@ -679,6 +791,7 @@ impl Endpoint {
         match code {
             200..=299 => {
                 acc.failures = 0;
+                acc.retried_430 = false;
                 acc.outbound_in_force =
                     acc.outbound_requested() && resp.has_token(HeaderName::Require, "outbound");
                 if let Some(a) = acc.auth.as_mut() {
@@ -893,13 +1006,13 @@ impl Endpoint {
         }
         acc.phase = Phase::Failed;
         acc.outbound_in_force = false;
-        // RFC 5626 §4.5: U(50%..100%) × min(max, base × 2^failures)
-        let exp = acc
-            .config
-            .retry_base
-            .saturating_mul(1u32 << acc.failures.min(16));
-        let wait =
-            retry_after.unwrap_or_else(|| exp.min(acc.config.retry_max).mul_f64(0.5 + unit / 2.0));
+        let wait = match retry_after {
+            Some(w) => w,
+            None => self.retry_wait(id, unit),
+        };
+        let Some(acc) = self.accounts.get_mut(id) else {
+            return;
+        };
         acc.failures = acc.failures.saturating_add(1);
         let at = now + wait;
         self.timers
@@ -912,6 +1025,55 @@ impl Endpoint {
             Some(failure),
             Some(at),
         );
+    }
+
+    /// How long a failed account waits before registering again, `unit`
+    /// a draw in [0, 1). A flow of an outbound set follows RFC 5626 §4.5:
+    /// U(50–100 %) × min(max, base × 2^n), `n` its consecutive failures
+    /// counting this one, `base` 30 s when every flow of the set has
+    /// failed and 90 s when another still works. Other accounts wait
+    /// U(50–100 %) × min(max, base × 2^(n-1)).
+    fn retry_wait(&self, id: AccountId, unit: f64) -> Duration {
+        let Some(acc) = self.accounts.get(id) else {
+            return Duration::ZERO;
+        };
+        let (base, doublings) = if acc.outbound_requested() {
+            let other_alive = self
+                .accounts
+                .ids_where(|o| o.same_flow_set(acc) && o.flow_live())
+                .into_iter()
+                .any(|o| o != id);
+            let base = if other_alive {
+                acc.config.retry_base_flow_alive
+            } else {
+                acc.config.retry_base
+            };
+            (base, acc.failures.saturating_add(1))
+        } else {
+            (acc.config.retry_base, acc.failures)
+        };
+        base.saturating_mul(1u32 << doublings.min(16))
+            .min(acc.config.retry_max)
+            .mul_f64(0.5 + unit / 2.0)
+    }
+
+    /// Registers at once every account waiting out a back-off after a
+    /// failure (RFC 5626 §4.5: a network change, or the application's
+    /// forced retry; resiprocate's `refreshRegistration` for all). Returns
+    /// the accounts that registered again.
+    pub fn retry_failed_registrations(&mut self, now: Instant) -> Vec<AccountId> {
+        let waiting = self.accounts.ids_where(|a| a.phase == Phase::Failed);
+        let mut sent = Vec::new();
+        for id in waiting {
+            if self.has_client_tx(TxOwner::Account(id)) {
+                continue;
+            }
+            self.timers
+                .cancel(TimerOwner::Account(id.0), TimerKind::Register);
+            self.send_register(now, id, false);
+            sent.push(id);
+        }
+        sent
     }
 
     pub(crate) fn account_failed(&mut self, now: Instant, id: AccountId, reason: RequestFailure) {

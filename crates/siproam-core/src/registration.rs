@@ -58,6 +58,11 @@ pub struct AccountConfig {
     /// (`sip:proxy.example.test;lr`) on the REGISTER and on the requests
     /// that go over this flow; `registrar` is then the proxy's address.
     pub outbound_proxy: Option<String>,
+    /// The flow leaves from `registrar.local` by choice (one flow per
+    /// interface, RFC 5626 §4.2): network-change detection leaves it
+    /// there while that address exists, even when the OS would route
+    /// from another.
+    pub pin_local: bool,
     /// First retry delay after a failure; doubles per failure, with
     /// jitter, up to `retry_max`. With outbound it is RFC 5626 §4.5's
     /// base time when every flow of the account's set has failed.
@@ -95,6 +100,7 @@ impl AccountConfig {
             contact_rewrite: true,
             rewrite_public_to_private: false,
             outbound_proxy: None,
+            pin_local: false,
             retry_base: Duration::from_secs(30),
             retry_base_flow_alive: Duration::from_secs(90),
             retry_max: Duration::from_secs(1800),
@@ -568,6 +574,14 @@ impl Endpoint {
     pub(crate) fn outbound_accounts_on(&self, flow: FlowId) -> Vec<AccountId> {
         self.accounts
             .ids_where(|a| a.flow == Some(flow) && a.outbound_requested())
+    }
+
+    /// Whether an account's flow leaves from its local address by choice
+    /// ([`AccountConfig::pin_local`]).
+    pub(crate) fn account_pins_local(&self, account: AccountId) -> bool {
+        self.accounts
+            .get(account)
+            .is_some_and(|a| a.config.pin_local)
     }
 
     /// The address in an account's Contact.

@@ -455,3 +455,62 @@ fn a_430_to_a_register_retries_once_over_a_new_flow() {
     assert_eq!(last.failure, Some(RegistrationFailure::Status(430)));
     assert!(last.retry_at.is_some());
 }
+
+/// A flow that leaves from a chosen local address (`--flow-from`) stays
+/// there: network-change detection does not move it to the address the
+/// OS would route from while its own exists; it moves once that is gone.
+#[test]
+fn a_flow_pinned_to_its_local_address_is_not_moved_by_detection() {
+    const SECOND: &str = "192.0.2.11";
+    let mut sim = Sim::new(std::time::Instant::now(), 7);
+    let ua = sim.add_endpoint("ua", &[ip(UA), ip(SECOND)], Config::default());
+    let p1 = sim.add_peer("proxy1", &[ip(PROXY1)]);
+    let p2 = sim.add_peer("proxy2", &[ip(PROXY2)]);
+    for (proxy, reg_id, local, peer) in [(PROXY1, 1, UA, p1), (PROXY2, 2, SECOND, p2)] {
+        let mut cfg = flow_config(proxy, reg_id);
+        cfg.registrar.local = Some(SocketAddr::new(ip(local), 5060));
+        cfg.pin_local = reg_id == 2;
+        let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+        sim.with_endpoint(ua, |ep, _| {
+            ep.set_account_routes(
+                acc,
+                siproam_core::AccountRoutes {
+                    aor: "sip:alice@example.test".into(),
+                    registrar: vec![siproam_core::RegistrarAddress {
+                        transport: Transport::Tcp,
+                        addr: SocketAddr::new(ip(proxy), 5060),
+                    }],
+                    sip: siproam_core::Ipv6Use::Enabled,
+                    media: siproam_core::Ipv6Use::Enabled,
+                    ip_change: None,
+                },
+                Some(ip(local)),
+            )
+        })
+        .unwrap();
+        let r = recv(&mut sim, peer);
+        assert_eq!(
+            r.from.ip(),
+            ip(local),
+            "flow {reg_id} leaves from its address"
+        );
+        ok_outbound(&mut sim, peer, &r);
+    }
+    sim.run_for(Duration::from_millis(100));
+    let mut view = sim.network_view(ua);
+    // wildcard listeners (nothing pinned by a listener); the OS routes to
+    // both proxies from UA
+    for l in &mut view.listeners {
+        l.local = SocketAddr::new("0.0.0.0".parse().unwrap(), l.local.port());
+    }
+    view.sources
+        .insert(SocketAddr::new(ip(PROXY1), 5060), ip(UA));
+    view.sources
+        .insert(SocketAddr::new(ip(PROXY2), 5060), ip(UA));
+    assert_eq!(sim.endpoint(ua).detect_change(&view), None, "{view:?}");
+    // its address gone: it moves
+    view.local.remove(&ip(SECOND));
+    let change = sim.endpoint(ua).detect_change(&view).unwrap();
+    assert_eq!(change.ip, ip(UA));
+    assert_eq!(change.accounts, [AccountId(2)]);
+}

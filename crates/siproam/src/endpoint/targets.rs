@@ -196,6 +196,7 @@ impl Driver {
         cfg.keepalive_stream = spec.flow.keepalive_stream;
         cfg.pong_timeout = spec.flow.pong_timeout;
         cfg.outbound_proxy = spec.flow.outbound_proxy.as_deref().map(loose_route);
+        cfg.pin_local = spec.flow.local_ip.is_some();
         let id = self.core.register(now(), cfg);
         // every TLS address's server name, for a later switch of family
         for c in candidates.iter().filter(|c| c.transport == Transport::Tls) {

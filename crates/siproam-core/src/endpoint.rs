@@ -577,13 +577,34 @@ impl Endpoint {
     /// Sends a request in a new client transaction. Build it without a
     /// Via: the core adds the top Via (with a fresh branch and `rport`),
     /// Max-Forwards and User-Agent when absent. Responses come back as
-    /// [`Event::Response`].
+    /// [`Event::Response`]. A request from an AoR with RFC 5626 outbound
+    /// in force goes over a live flow of its set instead of `target`
+    /// (with that flow's outbound proxy as Route, when it has one).
     pub fn send_request(
         &mut self,
         now: Instant,
-        request: MessageBuilder,
-        target: Target,
+        mut request: MessageBuilder,
+        mut target: Target,
     ) -> Result<RequestId, CoreError> {
+        let from = request
+            .header_value(HeaderName::From)
+            .and_then(|f| siproam_sip::NameAddr::parse(f).ok())
+            .map(|f| f.uri().to_string())
+            // an account's REGISTER takes its own flow
+            .filter(|_| {
+                !request
+                    .header_value(HeaderName::CSeq)
+                    .is_some_and(|c| c.ends_with("REGISTER"))
+            });
+        if let Some((_, flow_target)) = from.and_then(|f| self.outbound_target_for(&f)) {
+            target = flow_target;
+            if let (false, Some(route)) = (
+                request.has_header(HeaderName::Route),
+                self.outbound_route_towards(target),
+            ) {
+                request = request.header("Route", &route);
+            }
+        }
         let id = RequestId(self.txs.next_id());
         self.start_client_tx(now, request, target, TxOwner::App(id))?;
         Ok(id)

@@ -514,3 +514,46 @@ fn a_flow_pinned_to_its_local_address_is_not_moved_by_detection() {
     assert_eq!(change.ip, ip(UA));
     assert_eq!(change.accounts, [AccountId(2)]);
 }
+
+/// An out-of-dialog request the application sends (a MESSAGE) from the
+/// AoR goes over a live flow too, with that flow's proxy as Route: flow 1
+/// while it works, flow 2 once flow 1 has failed.
+#[test]
+fn an_application_request_goes_over_a_live_flow() {
+    let (mut f, registers) = registered(2);
+    let message = || {
+        siproam_sip::MessageBuilder::request(Method::Message, "sip:bob@example.test")
+            .header("From", "<sip:alice@example.test>;tag=m1")
+            .header("To", "<sip:bob@example.test>")
+            .header("Call-ID", "msg-1@ua")
+            .header("CSeq", "1 MESSAGE")
+    };
+    // the application names some other next hop: the flow wins
+    let elsewhere = Target {
+        transport: Transport::Udp,
+        remote: SocketAddr::new(ip("192.0.2.99"), 5060),
+        local: None,
+    };
+    f.sim
+        .with_endpoint(f.ua, |ep, now| ep.send_request(now, message(), elsewhere))
+        .unwrap();
+    let m = recv(&mut f.sim, f.proxies[0]);
+    assert_eq!(m.message.method(), Some(Method::Message));
+    assert_eq!(m.conn, registers[0].conn);
+    assert_eq!(
+        m.message.header(HeaderName::Route),
+        Some(format!("<sip:{PROXY1};lr>").as_str())
+    );
+    f.sim.peer_close(registers[0].conn.unwrap());
+    f.sim.run_for(Duration::from_millis(1));
+    f.sim
+        .with_endpoint(f.ua, |ep, now| ep.send_request(now, message(), elsewhere))
+        .unwrap();
+    let m = recv(&mut f.sim, f.proxies[1]);
+    assert_eq!(m.message.method(), Some(Method::Message));
+    assert_eq!(m.conn, registers[1].conn);
+    assert_eq!(
+        m.message.header(HeaderName::Route),
+        Some(format!("<sip:{PROXY2};lr>").as_str())
+    );
+}

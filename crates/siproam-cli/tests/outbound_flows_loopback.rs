@@ -1,7 +1,8 @@
 //! Several RFC 5626 flows of one identity between real processes on
 //! loopback: an agent with two `--outbound-proxy` (two listen addresses of
 //! one `siproam registrar`, 127.0.0.1 and 127.0.0.2) registers one flow
-//! through each, with reg-id 1 and 2 and the same instance.
+//! through each, with reg-id 1 and 2 and the same instance, and calls over
+//! them; `--flow-from` makes one flow from each local address.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -84,6 +85,34 @@ fn two_outbound_proxies_make_two_flows_with_reg_id_1_and_2() {
         .collect();
     reg_ids.sort();
     assert_eq!(reg_ids, [1, 2], "{binding}");
+    // a call goes over a flow (the proxy as a loose Route the registrar
+    // takes off) and is answered
+    let mut bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--listen",
+        "tcp:127.0.0.19:0",
+        "--auto-answer",
+    ]);
+    bob.wait_for("bob registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    agent.send("call sip:bob@example.test");
+    agent.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    agent.send("hangup");
+    bob.wait_for("bob disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    bob.quit();
     agent.quit();
 }
 

@@ -557,3 +557,66 @@ fn an_application_request_goes_over_a_live_flow() {
         Some(format!("<sip:{PROXY2};lr>").as_str())
     );
 }
+
+/// An application's request over flow 1 answered 430: flow 1 fails and
+/// registers again, the request goes once more over flow 2 (a new
+/// transaction: the next CSeq, flow 2's proxy as Route), and its answer is
+/// what the application sees; a second 430 reaches it.
+#[test]
+fn an_application_request_answered_430_is_sent_again_once_over_a_live_flow() {
+    let (mut f, registers) = registered(2);
+    let message = siproam_sip::MessageBuilder::request(Method::Message, "sip:bob@example.test")
+        .header("From", "<sip:alice@example.test>;tag=m1")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "msg-430@ua")
+        .header("CSeq", "7 MESSAGE");
+    let target = Target {
+        transport: Transport::Tcp,
+        remote: SocketAddr::new(ip(PROXY1), 5060),
+        local: None,
+    };
+    let id = f
+        .sim
+        .with_endpoint(f.ua, |ep, now| ep.send_request(now, message, target))
+        .unwrap();
+    let m = recv(&mut f.sim, f.proxies[0]);
+    assert_eq!(m.message.method(), Some(Method::Message));
+    answer(&mut f.sim, f.proxies[0], &m, 430, &[]);
+    let again = recv_request(&mut f.sim, f.proxies[1]);
+    assert_eq!(again.message.method(), Some(Method::Message));
+    assert_eq!(again.conn, registers[1].conn);
+    assert_eq!(again.message.cseq().seq, 8);
+    assert_eq!(again.message.call_id(), "msg-430@ua");
+    assert_eq!(
+        again
+            .message
+            .header_values(HeaderName::Route)
+            .collect::<Vec<_>>(),
+        [format!("<sip:{PROXY2};lr>")]
+    );
+    assert_eq!(again.message.header_values(HeaderName::Via).count(), 1);
+    let evs = f.sim.take_events(f.ua);
+    assert!(
+        !evs.iter().any(|(_, e)| matches!(e, Event::Response { .. })),
+        "the first 430 is not the application's: {evs:?}"
+    );
+    assert!(evs.iter().any(|(_, e)| matches!(
+        e,
+        Event::Flow(fe) if fe.reg_id == Some(1) && fe.reason == Some(FlowCloseReason::FlowFailed)
+    )));
+    let reregister = recv_request(&mut f.sim, f.proxies[0]);
+    assert_eq!(reregister.message.method(), Some(Method::Register));
+    // the second 430 is the answer
+    answer(&mut f.sim, f.proxies[1], &again, 430, &[]);
+    f.sim.run_for(Duration::from_millis(100));
+    let codes: Vec<u16> = f
+        .sim
+        .take_events(f.ua)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Response { request, response } if request == id => response.status(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, [430]);
+}

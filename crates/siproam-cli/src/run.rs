@@ -974,3 +974,85 @@ pub async fn agent(
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use clap::Parser;
+
+    use super::AgentArgs;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    /// (reg-id, outbound proxy, local address) of a flow.
+    type Flow = (Option<u32>, Option<String>, Option<String>);
+
+    fn flows(args: &[&str]) -> anyhow::Result<Vec<Flow>> {
+        let a = Args::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .unwrap()
+            .agent;
+        Ok(a.flows()?
+            .into_iter()
+            .map(|(r, f)| (r, f.outbound_proxy, f.local_ip.map(|i| i.to_string())))
+            .collect())
+    }
+
+    /// One flow per `--outbound-proxy` / `--flow-from` (the i-th of each,
+    /// the last one repeated), reg-id 1, 2, … (from `--reg-id` when
+    /// given); several need `--outbound`; none: one flow as before.
+    #[test]
+    fn flows_from_the_outbound_proxies_and_local_addresses() {
+        let p = |s: &str| Some(s.to_owned());
+        assert_eq!(flows(&[]).unwrap(), [(None, None, None)]);
+        assert_eq!(
+            flows(&["--outbound-proxy", "sip:p1"]).unwrap(),
+            [(None, p("sip:p1"), None)]
+        );
+        assert_eq!(
+            flows(&[
+                "--outbound",
+                "--outbound-proxy",
+                "sip:p1",
+                "--outbound-proxy",
+                "sip:p2"
+            ])
+            .unwrap(),
+            [(Some(1), p("sip:p1"), None), (Some(2), p("sip:p2"), None)]
+        );
+        assert_eq!(
+            flows(&[
+                "--outbound",
+                "--reg-id",
+                "5",
+                "--flow-from",
+                "127.0.0.7",
+                "--flow-from",
+                "127.0.0.8",
+                "--outbound-proxy",
+                "sip:p1",
+            ])
+            .unwrap(),
+            [
+                (Some(5), p("sip:p1"), p("127.0.0.7")),
+                (Some(6), p("sip:p1"), p("127.0.0.8"))
+            ]
+        );
+        assert!(flows(&["--outbound-proxy", "sip:p1", "--outbound-proxy", "sip:p2"]).is_err());
+        assert!(flows(&["--outbound", "--flow-from", "no-such-interface-xyz"]).is_err());
+    }
+
+    /// `--flow-from IFACE`: the interface's address (IPv4 first).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn flow_from_an_interface_takes_its_address() {
+        assert_eq!(
+            flows(&["--flow-from", "lo"]).unwrap(),
+            [(None, None, Some("127.0.0.1".to_owned()))]
+        );
+    }
+}

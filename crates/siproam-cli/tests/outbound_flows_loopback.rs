@@ -174,3 +174,91 @@ fn flows_from_two_local_addresses_and_from_a_config_file() {
     agent.quit();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Failover between real processes: two registrars (A on 127.0.0.1, B on
+/// 127.0.0.2), alice and bob each with a flow through each (reg-id 1 to
+/// A, 2 to B). A dies: alice's flow 1 fails, and her next call goes over
+/// flow 2 through B at once and is answered.
+#[test]
+fn when_one_proxy_dies_the_next_call_goes_over_the_other_flow() {
+    let spawn_registrar = |ip: &str| {
+        Proc::spawn(&[
+            "registrar",
+            "--json",
+            "--listen",
+            &format!("tcp:{ip}:0"),
+            "--domain",
+            "example.test",
+        ])
+    };
+    let mut a = spawn_registrar("127.0.0.1");
+    let b = spawn_registrar("127.0.0.2");
+    let a_addr = listening_on(&a, "tcp", "127.0.0.1:");
+    let b_addr = listening_on(&b, "tcp", "127.0.0.2:");
+    let registrar_uri = format!("sip:{a_addr};transport=tcp");
+    let proxy_a = format!("sip:{a_addr};transport=tcp");
+    let proxy_b = format!("sip:{b_addr};transport=tcp");
+    let agent = |aor: &str, listen: &str, urn: &str, extra: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "--json",
+            "--aor",
+            aor,
+            "--registrar",
+            &registrar_uri,
+            "--listen",
+            listen,
+            "--outbound",
+            "--instance-id",
+            urn,
+            "--outbound-proxy",
+            &proxy_a,
+            "--outbound-proxy",
+            &proxy_b,
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(&args)
+    };
+    let mut bob = agent(
+        "sip:bob@example.test",
+        "tcp:127.0.0.21:0",
+        "urn:uuid:00000000-0000-1000-8000-0000000000f6",
+        &["--auto-answer"],
+    );
+    let mut alice = agent(
+        "sip:alice@example.test",
+        "tcp:127.0.0.20:0",
+        "urn:uuid:00000000-0000-1000-8000-0000000000f5",
+        &[],
+    );
+    for p in [&bob, &alice] {
+        for reg_id in [1, 2] {
+            p.seen_or_wait(&format!("flow {reg_id} up"), |v| {
+                v["event"] == "flow" && v["state"] == "up" && v["reg_id"] == reg_id
+            });
+        }
+    }
+    // A goes away: alice's flow 1 (and bob's) fail
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let failed = alice.wait_for("alice's flow 1 failed", |v| {
+        v["event"] == "flow" && v["state"] == "failed" && v["reg_id"] == 1
+    });
+    assert_eq!(failed["remote"].as_str(), Some(a_addr.as_str()), "{failed}");
+    bob.wait_for("bob's flow 1 failed", |v| {
+        v["event"] == "flow" && v["state"] == "failed" && v["reg_id"] == 1
+    });
+    alice.send("call sip:bob@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    alice.send("hangup");
+    bob.wait_for("bob disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    bob.quit();
+    alice.quit();
+}

@@ -234,12 +234,6 @@ impl Account {
         self.flow
     }
 
-    /// The `reg-id` of this flow, when the account is one flow of an
-    /// outbound flow set (even before outbound is in force).
-    pub(crate) fn flow_reg_id(&self) -> Option<u32> {
-        self.reg_id()
-    }
-
     /// Whether `other` is a sibling flow of this account (RFC 5626: the
     /// same AoR and `+sip.instance`, both asking for outbound).
     fn same_flow_set(&self, other: &Account) -> bool {
@@ -260,8 +254,9 @@ impl Account {
         self.config.outbound && self.config.instance_id.is_some() && !self.outbound_refused
     }
 
-    /// The `reg-id` the next REGISTER carries, with outbound.
-    fn reg_id(&self) -> Option<u32> {
+    /// The `reg-id` the next REGISTER carries, with outbound (the flow's
+    /// within its set, even before outbound is in force).
+    pub(crate) fn reg_id(&self) -> Option<u32> {
         self.outbound_requested()
             // reg-id is a positive integer (RFC 5626 §4.2.1)
             .then(|| self.config.reg_id.filter(|&r| r > 0).unwrap_or(1))
@@ -591,12 +586,13 @@ impl Endpoint {
 
     /// The `reg-id` of an account's flow, when it asks for outbound.
     pub fn account_reg_id(&self, account: AccountId) -> Option<u32> {
-        self.accounts.get(account).and_then(Account::flow_reg_id)
+        self.accounts.get(account).and_then(Account::reg_id)
     }
 
     /// A REGISTER of `id` was answered 430 (Flow Failed, RFC 5626 §11.5)
-    /// and its flow was failed: once it registers again at once over a new
-    /// flow; a second 430 in a row fails the registration.
+    /// and its flow was failed: the account registers again at once over
+    /// a new flow, once; a second 430 before a 2xx fails the registration
+    /// (and it backs off).
     pub(crate) fn account_430(&mut self, now: Instant, id: AccountId) {
         let Some(acc) = self.accounts.get_mut(id) else {
             return;

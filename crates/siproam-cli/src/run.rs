@@ -269,6 +269,16 @@ pub struct AgentArgs {
     /// The `+sip.instance` (`urn:uuid:…`); default: a new random one.
     #[arg(long, value_name = "URN")]
     pub instance_id: Option<String>,
+    /// An outbound proxy (repeatable): each one a flow of its own, with
+    /// reg-id 1, 2, … (several need `--outbound`); the REGISTER and the
+    /// requests over a flow go to its proxy with it as a loose Route.
+    #[arg(long, value_name = "URI")]
+    pub outbound_proxy: Vec<String>,
+    /// A local interface or address a flow leaves from (repeatable; with
+    /// `--outbound` one flow from each). With `--outbound-proxy` too, the
+    /// i-th flow takes the i-th of each (the last one repeated).
+    #[arg(long, value_name = "IFACE|ADDR")]
+    pub flow_from: Vec<String>,
     /// Keep running when stdin ends (for scripts).
     #[arg(long)]
     pub stay: bool,
@@ -319,6 +329,59 @@ impl AgentArgs {
         }
         Ok(spec)
     }
+
+    /// The flows to register (RFC 5626: several per identity), each with
+    /// its reg-id and first hop: one per `--outbound-proxy` /
+    /// `--flow-from`, at least one.
+    fn flows(&self) -> anyhow::Result<Vec<(Option<u32>, siproam::FlowSpec)>> {
+        let base = self.flow_spec()?;
+        let n = self.outbound_proxy.len().max(self.flow_from.len()).max(1);
+        anyhow::ensure!(
+            n == 1 || self.outbound,
+            "several flows (--outbound-proxy, --flow-from) need --outbound"
+        );
+        let locals = self
+            .flow_from
+            .iter()
+            .map(|f| flow_from_address(f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let first_reg_id = self.reg_id.unwrap_or(1);
+        Ok((0..n)
+            .map(|i| {
+                let mut spec = base.clone();
+                spec.outbound_proxy = pick(&self.outbound_proxy, i);
+                spec.local_ip = pick(&locals, i);
+                let reg_id = if n == 1 {
+                    self.reg_id
+                } else {
+                    u32::try_from(i)
+                        .ok()
+                        .and_then(|i| first_reg_id.checked_add(i))
+                };
+                (reg_id, spec)
+            })
+            .collect())
+    }
+}
+
+/// The `i`-th of `v`, the last one past its end.
+fn pick<T: Clone>(v: &[T], i: usize) -> Option<T> {
+    v.get(i).or(v.last()).cloned()
+}
+
+/// A `--flow-from`: an address, or an interface's first address (IPv4
+/// first).
+fn flow_from_address(from: &str) -> anyhow::Result<std::net::IpAddr> {
+    if let Ok(ip) = from.trim_start_matches('[').trim_end_matches(']').parse() {
+        return Ok(ip);
+    }
+    siproam::netwatch::interface_addresses(from)
+        .with_context(|| format!("--flow-from {from}"))?
+        .into_iter()
+        .find(|a| !matches!(a, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .with_context(|| {
+            format!("--flow-from {from}: no such interface or no usable address on it")
+        })
 }
 
 /// `NAME=IP` pairs of `--host`.
@@ -370,6 +433,8 @@ pub struct FileConfig {
     outbound: Option<bool>,
     reg_id: Option<u32>,
     instance_id: Option<String>,
+    outbound_proxy: Option<Vec<String>>,
+    flow_from: Option<Vec<String>>,
     stay: Option<bool>,
     no_watch: Option<bool>,
     ipv6_sip: Option<String>,
@@ -450,6 +515,14 @@ impl FileConfig {
         }
         if a.host.is_empty() {
             a.host.extend(self.host.clone().unwrap_or_default());
+        }
+        if a.outbound_proxy.is_empty() {
+            a.outbound_proxy
+                .extend(self.outbound_proxy.clone().unwrap_or_default());
+        }
+        if a.flow_from.is_empty() {
+            a.flow_from
+                .extend(self.flow_from.clone().unwrap_or_default());
         }
         for (slot, from) in [
             (&mut a.ipv6_sip, &self.ipv6_sip),
@@ -608,6 +681,7 @@ pub fn flow_json(f: &siproam::core::FlowEvent) -> Value {
         "event": "flow",
         "flow": f.flow.0,
         "account": f.account.0,
+        "reg_id": f.reg_id,
         "state": f.state.as_str(),
         "transport": f.transport.param(),
         "local": f.local.map(|a| a.to_string()),
@@ -671,6 +745,7 @@ fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
         R::Idle => "idle",
         R::FramingError => "framing_error",
         R::Local => "closed_locally",
+        R::FlowFailed => "430",
         _ => "other",
     }
 }
@@ -765,39 +840,46 @@ pub async fn agent(
     };
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(phone)).await?;
     announce_listeners(&ep, json_out).await?;
-    let account = match &args.registrar {
-        Some(registrar) => Some(
-            ep.register(AccountSpec {
-                aor: aor.clone(),
-                registrar: registrar.clone(),
-                username: args.user.clone(),
-                password: args.password.clone(),
-                instance_id: Some(
-                    args.instance_id
-                        .clone()
-                        .unwrap_or_else(|| instance_id(seed())),
-                ),
-                outbound: args.outbound,
-                reg_id: args.reg_id,
-                expires: args.expires.unwrap_or(600),
-                ipv6_sip: args.ipv6_sip.unwrap_or_default(),
-                ipv6_media: args.ipv6_media.unwrap_or_default(),
-                ip_change: None,
-                flow: args.flow_spec()?,
-            })
-            .await
-            .context("registering")?,
-        ),
-        None => None,
-    };
+    // one account per flow of the identity (RFC 5626: the same AoR and
+    // instance, reg-id 1, 2, …)
+    let mut accounts = Vec::new();
+    if let Some(registrar) = &args.registrar {
+        let instance = args
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| instance_id(seed()));
+        for (reg_id, flow) in args.flows()? {
+            accounts.push(
+                ep.register(AccountSpec {
+                    aor: aor.clone(),
+                    registrar: registrar.clone(),
+                    username: args.user.clone(),
+                    password: args.password.clone(),
+                    instance_id: Some(instance.clone()),
+                    outbound: args.outbound,
+                    reg_id,
+                    expires: args.expires.unwrap_or(600),
+                    ipv6_sip: args.ipv6_sip.unwrap_or_default(),
+                    ipv6_media: args.ipv6_media.unwrap_or_default(),
+                    ip_change: None,
+                    flow,
+                })
+                .await
+                .context("registering")?,
+            );
+        }
+    }
+    // calls go to the first outbound proxy, else the registrar (with
+    // outbound in force the core picks a live flow)
+    let first_hop = args
+        .outbound_proxy
+        .first()
+        .or(args.registrar.as_ref())
+        .map(String::as_str);
     let exit_after_call = call_now.is_some();
     let mut current: Option<CallId> = None;
     if let Some(uri) = call_now {
-        current = Some(
-            ep.call(&uri, &aor, args.registrar.as_deref())
-                .await
-                .context("calling")?,
-        );
+        current = Some(ep.call(&uri, &aor, first_hop).await.context("calling")?);
     }
     let mut last: Option<Value> = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -820,7 +902,7 @@ pub async fn agent(
                             Ok(())
                         }
                         ("call", _) => match arg {
-                            Some(uri) => ep.call(uri, &aor, args.registrar.as_deref()).await.map(|id| {
+                            Some(uri) => ep.call(uri, &aor, first_hop).await.map(|id| {
                                 current = Some(id);
                             }).map_err(anyhow::Error::from),
                             None => Err(anyhow::anyhow!("call URI")),
@@ -914,21 +996,28 @@ pub async fn agent(
         })
         .await;
     }
-    // remove the binding before leaving (bounded wait)
-    if let Some(acc) = account {
+    // remove the bindings before leaving (bounded wait)
+    let mut pending = 0;
+    for acc in accounts {
         if ep.unregister(acc).await.is_ok() {
-            let wait = async {
-                while let Some(ev) = ep.next_event().await {
-                    if let EndpointEvent::Core(Event::Registration(r)) = ev {
-                        emit(json_out, registration_json(&r));
-                        if r.state == RegistrationState::Unregistered {
+            pending += 1;
+        }
+    }
+    if pending > 0 {
+        let wait = async {
+            while let Some(ev) = ep.next_event().await {
+                if let EndpointEvent::Core(Event::Registration(r)) = ev {
+                    emit(json_out, registration_json(&r));
+                    if r.state == RegistrationState::Unregistered {
+                        pending -= 1;
+                        if pending == 0 {
                             break;
                         }
                     }
                 }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
-        }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
     }
     ep.shutdown().await;
     Ok(if exit_after_call && failed_call {
@@ -940,7 +1029,7 @@ pub async fn agent(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
     use clap::Parser;
@@ -986,6 +1075,73 @@ mod tests {
         assert_eq!(
             (s.keepalive_datagram, s.keepalive_stream),
             (secs(7), secs(90))
+        );
+    }
+
+    /// (reg-id, outbound proxy, local address) of a flow.
+    type Flow = (Option<u32>, Option<String>, Option<String>);
+
+    fn flows(args: &[&str]) -> anyhow::Result<Vec<Flow>> {
+        let a = Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .unwrap()
+            .agent;
+        Ok(a.flows()?
+            .into_iter()
+            .map(|(r, f)| (r, f.outbound_proxy, f.local_ip.map(|i| i.to_string())))
+            .collect())
+    }
+
+    /// One flow per `--outbound-proxy` / `--flow-from` (the i-th of each,
+    /// the last one repeated), reg-id 1, 2, … (from `--reg-id` when
+    /// given); several need `--outbound`; none: one flow as before.
+    #[test]
+    fn flows_from_the_outbound_proxies_and_local_addresses() {
+        let p = |s: &str| Some(s.to_owned());
+        assert_eq!(flows(&[]).unwrap(), [(None, None, None)]);
+        assert_eq!(
+            flows(&["--outbound-proxy", "sip:p1"]).unwrap(),
+            [(None, p("sip:p1"), None)]
+        );
+        assert_eq!(
+            flows(&[
+                "--outbound",
+                "--outbound-proxy",
+                "sip:p1",
+                "--outbound-proxy",
+                "sip:p2"
+            ])
+            .unwrap(),
+            [(Some(1), p("sip:p1"), None), (Some(2), p("sip:p2"), None)]
+        );
+        assert_eq!(
+            flows(&[
+                "--outbound",
+                "--reg-id",
+                "5",
+                "--flow-from",
+                "127.0.0.7",
+                "--flow-from",
+                "127.0.0.8",
+                "--outbound-proxy",
+                "sip:p1",
+            ])
+            .unwrap(),
+            [
+                (Some(5), p("sip:p1"), p("127.0.0.7")),
+                (Some(6), p("sip:p1"), p("127.0.0.8"))
+            ]
+        );
+        assert!(flows(&["--outbound-proxy", "sip:p1", "--outbound-proxy", "sip:p2"]).is_err());
+        assert!(flows(&["--outbound", "--flow-from", "no-such-interface-xyz"]).is_err());
+    }
+
+    /// `--flow-from IFACE`: the interface's address (IPv4 first).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn flow_from_an_interface_takes_its_address() {
+        assert_eq!(
+            flows(&["--flow-from", "lo"]).unwrap(),
+            [(None, None, Some("127.0.0.1".to_owned()))]
         );
     }
 }

@@ -559,7 +559,12 @@ impl Endpoint {
     }
 
     /// Places a call: an INVITE (with the offer, if given).
-    pub fn invite(&mut self, now: Instant, spec: InviteSpec) -> Result<CallId, CoreError> {
+    pub fn invite(&mut self, now: Instant, mut spec: InviteSpec) -> Result<CallId, CoreError> {
+        // with outbound in force the call goes over a live flow of the
+        // AoR's flow set (RFC 5626 §4.3, §5.1)
+        if let Some((_, target)) = self.outbound_target_for(&spec.from) {
+            spec.target = target;
+        }
         let flow = self
             .flows
             .towards(spec.target.transport, spec.target.remote, spec.target.local);
@@ -636,6 +641,10 @@ impl Endpoint {
             )
             .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
             .header("Supported", "100rel, replaces, timer");
+        // the pre-loaded Route of a flow through an outbound proxy
+        if let Some(route) = self.outbound_route_towards(c.next_hop.unwrap_or(c.first_hop)) {
+            b = b.header("Route", &route);
+        }
         if let Some(sdp) = sdp {
             b = b.body("application/sdp", sdp);
         }
@@ -728,6 +737,36 @@ impl Endpoint {
             c.flow = Some(flow);
         }
         Ok(())
+    }
+
+    /// Sends our INVITE again, over `target` from `contact`, after a final
+    /// answer that said its flow had failed (430, RFC 5626 §11.5): the
+    /// early dialog is forgotten and a new INVITE goes out
+    /// ([`resend_invite`](Self::resend_invite)).
+    pub(crate) fn reroute_invite(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        target: Target,
+        contact: Option<SocketAddr>,
+    ) -> Result<(), CoreError> {
+        let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
+        let CallPhase::Outgoing { invite, .. } = &mut c.phase else {
+            return Err(CoreError::InvalidState);
+        };
+        *invite = None;
+        c.first_hop = target;
+        c.next_hop = None;
+        c.flow = None;
+        c.send_from = None;
+        if let Some(contact) = contact {
+            c.contact = contact;
+        }
+        c.remote_tag = None;
+        c.remote_target = c.remote_uri.clone();
+        c.route_set.clear();
+        c.remote_rseq = 0;
+        self.resend_invite(now, call, None)
     }
 
     /// ACKs a 2xx to an INVITE nobody wants any more (one given up after a

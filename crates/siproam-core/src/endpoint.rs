@@ -227,6 +227,10 @@ pub struct Endpoint {
     pub(crate) stun: crate::stun::StunState,
     /// What a failed flow does to its usages.
     pub(crate) flow_failure: crate::flow_failure::FlowFailurePolicies,
+    /// Calls whose INVITE was sent again after a 430 (once only).
+    retried_430: std::collections::HashSet<crate::dialog::CallId>,
+    /// Application requests sent again after a 430 (once only).
+    retried_430_requests: std::collections::HashSet<RequestId>,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -274,6 +278,8 @@ impl Endpoint {
             closes: VecDeque::new(),
             stun: crate::stun::StunState::default(),
             flow_failure: Default::default(),
+            retried_430: std::collections::HashSet::new(),
+            retried_430_requests: std::collections::HashSet::new(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -595,13 +601,34 @@ impl Endpoint {
     /// Sends a request in a new client transaction. Build it without a
     /// Via: the core adds the top Via (with a fresh branch and `rport`),
     /// Max-Forwards and User-Agent when absent. Responses come back as
-    /// [`Event::Response`].
+    /// [`Event::Response`]. A request from an AoR with RFC 5626 outbound
+    /// in force goes over a live flow of its set instead of `target`
+    /// (with that flow's outbound proxy as Route, when it has one).
     pub fn send_request(
         &mut self,
         now: Instant,
-        request: MessageBuilder,
-        target: Target,
+        mut request: MessageBuilder,
+        mut target: Target,
     ) -> Result<RequestId, CoreError> {
+        let from = request
+            .header_value(HeaderName::From)
+            .and_then(|f| siproam_sip::NameAddr::parse(f).ok())
+            .map(|f| f.uri().to_string())
+            // an account's REGISTER takes its own flow
+            .filter(|_| {
+                !request
+                    .header_value(HeaderName::CSeq)
+                    .is_some_and(|c| c.ends_with("REGISTER"))
+            });
+        if let Some((_, flow_target)) = from.and_then(|f| self.outbound_target_for(&f)) {
+            target = flow_target;
+            if let (false, Some(route)) = (
+                request.has_header(HeaderName::Route),
+                self.outbound_route_towards(target),
+            ) {
+                request = request.header("Route", &route);
+            }
+        }
         let id = RequestId(self.txs.next_id());
         self.start_client_tx(now, request, target, TxOwner::App(id))?;
         Ok(id)
@@ -917,15 +944,153 @@ impl Endpoint {
         &mut self,
         now: Instant,
         owner: TxOwner,
+        sent: (FlowId, Option<Bytes>),
         response: Message,
         remote: SocketAddr,
     ) {
+        if response.status() == Some(430) && self.flow_failed_430(now, owner, sent) {
+            return;
+        }
         match owner {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
             TxOwner::Call(call) => self.call_response(now, call, response),
             TxOwner::Abandoned => {}
         }
+    }
+
+    /// A request of ours sent over an outbound account's flow was answered
+    /// 430 Flow Failed (RFC 5626 §11.5): the flow is reported failed
+    /// (reason 430) and closed, the accounts on it register again over a
+    /// new flow, and the request is sent once more over a live flow — a
+    /// REGISTER over its new flow, a call's INVITE or an application's
+    /// request over a live flow of its AoR's set. Returns true when the
+    /// 430 was taken care of (the owner does not see it); a second 430
+    /// reaches the owner.
+    fn flow_failed_430(
+        &mut self,
+        now: Instant,
+        owner: TxOwner,
+        (flow, request): (FlowId, Option<Bytes>),
+    ) -> bool {
+        let accounts = self.outbound_accounts_on(flow);
+        if accounts.is_empty() {
+            return false;
+        }
+        let retry_call = match owner {
+            TxOwner::Call(call) => !self.retried_430.contains(&call),
+            _ => false,
+        };
+        let retry_request = match owner {
+            TxOwner::App(id) => !self.retried_430_requests.contains(&id),
+            _ => false,
+        };
+        // the failed flow's pre-loaded Route, replaced on a retry
+        let old_route = self.flows.get(flow).and_then(|f| {
+            self.outbound_route_towards(Target {
+                transport: f.transport,
+                remote: f.remote,
+                local: None,
+            })
+        });
+        // the keep-alive of a stream flow reports its failure as it
+        // stops; the others are reported here
+        for a in &accounts {
+            if !self.keepalives.contains_key(a) {
+                self.flow_event(
+                    *a,
+                    flow,
+                    crate::keepalive::FlowState::Failed,
+                    Some(FlowCloseReason::FlowFailed),
+                );
+            }
+        }
+        self.flow_failed(now, flow, FlowCloseReason::FlowFailed);
+        match owner {
+            TxOwner::Account(id) => {
+                self.account_430(now, id);
+                true
+            }
+            TxOwner::Call(call) if retry_call => {
+                let Some(from) = self.call_local_uri(call).map(str::to_owned) else {
+                    return false;
+                };
+                let Some((account, target)) = self.outbound_target_for(&from) else {
+                    return false;
+                };
+                let contact = self.account_contact_addr(account);
+                // calls that ended meanwhile are forgotten (bounded by the
+                // calls alive)
+                let calls = &self.calls;
+                self.retried_430.retain(|c| calls.get(*c).is_some());
+                self.retried_430.insert(call);
+                self.reroute_invite(now, call, target, contact).is_ok()
+            }
+            TxOwner::App(id) if retry_request => {
+                let Some(request) = request else {
+                    return false;
+                };
+                // only what has not ended keeps its mark (bounded by the
+                // requests pending)
+                let txs = &self.txs;
+                self.retried_430_requests
+                    .retain(|r| txs.clients().any(|(_, t)| t.owner == TxOwner::App(*r)));
+                self.retried_430_requests.insert(id);
+                self.resend_after_430(now, id, request, old_route)
+            }
+            _ => false,
+        }
+    }
+
+    /// An application's request answered 430 sent once more, as a new
+    /// transaction (our Via off, the next CSeq) over a live flow of its
+    /// From's flow set, its first Route the new flow's proxy when the old
+    /// one was the failed flow's. False when there is no flow to go over.
+    fn resend_after_430(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        request: Bytes,
+        old_route: Option<String>,
+    ) -> bool {
+        let Ok(mut msg) = Message::parse(request) else {
+            return false;
+        };
+        let Some(from) = msg.from().ok().map(|f| f.uri().to_string()) else {
+            return false;
+        };
+        let Some((_, target)) = self.outbound_target_for(&from) else {
+            return false;
+        };
+        let cseq = msg.cseq();
+        let next = format!("{} {}", cseq.seq.saturating_add(1), cseq.method.as_str());
+        let first_route = msg
+            .header_values(HeaderName::Route)
+            .flat_map(siproam_sip::split_list)
+            .map(|r| r.trim().to_owned())
+            .next();
+        let new_route = self.outbound_route_towards(target);
+        let edited = (|| -> Result<(), siproam_sip::EditError> {
+            msg.remove_header("Via")?;
+            msg.set_header("CSeq", &next)?;
+            if first_route.is_some() && first_route == old_route {
+                let rest: Vec<String> = msg
+                    .header_values(HeaderName::Route)
+                    .flat_map(siproam_sip::split_list)
+                    .skip(1)
+                    .map(|r| r.trim().to_owned())
+                    .collect();
+                msg.remove_header("Route")?;
+                for r in new_route.iter().chain(rest.iter()) {
+                    msg.push_header("Route", r)?;
+                }
+            }
+            Ok(())
+        })();
+        edited.is_ok()
+            && self
+                .start_tx_with(now, msg, target, TxOwner::App(id))
+                .is_ok()
     }
 
     fn handle_response(&mut self, now: Instant, resp: Message, remote: SocketAddr) {
@@ -943,6 +1108,8 @@ impl Endpoint {
             return;
         };
         let owner = tx.owner;
+        // the flow it went over, and (for a 430) the request itself
+        let tx_sent = (tx.flow, (code == 430).then(|| tx.request.clone()));
         let reliable = tx.transport.is_reliable();
         let timer = TimerOwner::ClientTx(id);
         match (tx.invite, tx.state, code) {
@@ -957,7 +1124,7 @@ impl Endpoint {
                     // RFC 3261 §17.1.1.2: Timer B only bounds Calling
                     self.timers.cancel(timer, TimerKind::B);
                 }
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote);
             }
             (true, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 tx.state = ClientState::Accepted;
@@ -969,7 +1136,7 @@ impl Endpoint {
                 if owner == TxOwner::Abandoned {
                     self.end_stray_2xx(now, &invite, &resp, flow, true);
                 } else {
-                    self.client_response(now, owner, resp, remote);
+                    self.client_response(now, owner, tx_sent.clone(), resp, remote);
                 }
             }
             (true, ClientState::Accepted, 200..=299) if owner == TxOwner::Abandoned => {
@@ -979,7 +1146,7 @@ impl Endpoint {
             }
             (true, ClientState::Accepted, 200..=299) => {
                 // RFC 6026: retransmitted or forked 2xx go to the TU
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote);
             }
             (true, ClientState::Calling | ClientState::Proceeding, 300..=699) => {
                 let ack = build_ack(&tx.request, &resp);
@@ -997,7 +1164,7 @@ impl Endpoint {
                     self.timers
                         .set(timer, TimerKind::D, now + self.config.timer_d);
                 }
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote);
             }
             (true, ClientState::Completed, 300..=699) => {
                 // retransmitted failure: ACK again, not passed up
@@ -1015,7 +1182,7 @@ impl Endpoint {
                 } else {
                     self.timers.set(timer, TimerKind::K, now + self.config.t4);
                 }
-                self.client_response(now, owner, resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote);
             }
             _ => {} // absorbed
         }

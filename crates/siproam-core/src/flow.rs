@@ -106,6 +106,8 @@ pub enum FlowCloseReason {
     FramingError,
     /// Closed on request (shutdown, network change).
     Local,
+    /// A request over it was answered 430 Flow Failed (RFC 5626 §11.5).
+    FlowFailed,
 }
 
 impl fmt::Display for FlowCloseReason {
@@ -120,6 +122,7 @@ impl fmt::Display for FlowCloseReason {
             FlowCloseReason::StunChanged => "STUN mapped address changed",
             FlowCloseReason::FramingError => "framing error",
             FlowCloseReason::Local => "closed locally",
+            FlowCloseReason::FlowFailed => "430 flow failed",
         })
     }
 }

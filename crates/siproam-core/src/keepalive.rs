@@ -69,6 +69,9 @@ pub struct FlowEvent {
     pub account: AccountId,
     /// The flow.
     pub flow: FlowId,
+    /// The account's `reg-id` (RFC 5626), when it is one flow of an
+    /// outbound flow set.
+    pub reg_id: Option<u32>,
     /// What happened.
     pub state: FlowState,
     /// Why it failed.
@@ -375,7 +378,7 @@ impl Endpoint {
         }
     }
 
-    fn flow_event(
+    pub(crate) fn flow_event(
         &mut self,
         account: AccountId,
         flow: FlowId,
@@ -392,6 +395,7 @@ impl Endpoint {
                 let ev = FlowEvent {
                     account,
                     flow,
+                    reg_id: self.account_reg_id(account),
                     state,
                     reason,
                     transport: self.account_transport(account).unwrap_or(Transport::Tcp),
@@ -406,6 +410,7 @@ impl Endpoint {
         let ev = FlowEvent {
             account,
             flow,
+            reg_id: self.account_reg_id(account),
             state,
             reason,
             transport: f.transport,

@@ -55,9 +55,22 @@ pub struct AccountConfig {
     /// Contact and the registrar are public (PJSIP's safeguard is off by
     /// default: such a change usually means a broken ALG).
     pub rewrite_public_to_private: bool,
+    /// RFC 5626 §5.1 outbound proxy of this flow: a pre-loaded Route
+    /// (`sip:proxy.example.test;lr`) on the REGISTER and on the requests
+    /// that go over this flow; `registrar` is then the proxy's address.
+    pub outbound_proxy: Option<String>,
+    /// The flow leaves from `registrar.local` by choice (one flow per
+    /// interface, RFC 5626 §4.2): network-change detection leaves it
+    /// there while that address exists, even when the OS would route
+    /// from another.
+    pub pin_local: bool,
     /// First retry delay after a failure; doubles per failure, with
-    /// jitter, up to `retry_max` (RFC 5626 §4.5).
+    /// jitter, up to `retry_max`. With outbound it is RFC 5626 §4.5's
+    /// base time when every flow of the account's set has failed.
     pub retry_base: Duration,
+    /// RFC 5626 §4.5's base time when another flow of the set still
+    /// works (90 s).
+    pub retry_base_flow_alive: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
     /// Refresh this long before the binding expires (at least halfway).
@@ -91,7 +104,10 @@ impl AccountConfig {
             outbound_fallback: true,
             contact_rewrite: true,
             rewrite_public_to_private: false,
+            outbound_proxy: None,
+            pin_local: false,
             retry_base: Duration::from_secs(30),
+            retry_base_flow_alive: Duration::from_secs(90),
             retry_max: Duration::from_secs(1800),
             refresh_margin: Duration::from_secs(10),
             keepalive_stream: Some(Duration::from_secs(120)),
@@ -217,6 +233,9 @@ pub(crate) struct Account {
     outbound_refused: bool,
     /// The GRUUs of the last 2xx (RFC 5627).
     gruu: Option<Gruu>,
+    /// A REGISTER answered 430 was sent again over a new flow; another
+    /// 430 fails the registration.
+    retried_430: bool,
 }
 
 impl Account {
@@ -225,13 +244,29 @@ impl Account {
         self.flow
     }
 
+    /// Whether `other` is a sibling flow of this account (RFC 5626: the
+    /// same AoR and `+sip.instance`, both asking for outbound).
+    fn same_flow_set(&self, other: &Account) -> bool {
+        self.outbound_requested()
+            && other.outbound_requested()
+            && self.config.instance_id == other.config.instance_id
+            && self.config.aor == other.config.aor
+    }
+
+    /// Whether this flow is registered with outbound in force: requests of
+    /// its AoR may go over it.
+    fn flow_live(&self) -> bool {
+        self.outbound_in_force && self.phase == Phase::Registered && self.flow.is_some()
+    }
+
     /// Whether the next REGISTER asks for outbound (RFC 5626 §4.2).
     fn outbound_requested(&self) -> bool {
         self.config.outbound && self.config.instance_id.is_some() && !self.outbound_refused
     }
 
-    /// The `reg-id` the next REGISTER carries, with outbound.
-    fn reg_id(&self) -> Option<u32> {
+    /// The `reg-id` the next REGISTER carries, with outbound (the flow's
+    /// within its set, even before outbound is in force).
+    pub(crate) fn reg_id(&self) -> Option<u32> {
         self.outbound_requested()
             // reg-id is a positive integer (RFC 5626 §4.2.1)
             .then(|| self.config.reg_id.filter(|&r| r > 0).unwrap_or(1))
@@ -277,6 +312,7 @@ impl Endpoint {
             outbound_in_force: false,
             outbound_refused: false,
             gruu: None,
+            retried_430: false,
         });
         self.send_register(now, id, false);
         id
@@ -507,6 +543,88 @@ impl Endpoint {
             .is_empty()
     }
 
+    /// The flow a new request from `local_uri` goes over when RFC 5626
+    /// outbound is in force for its AoR: a live flow of its flow set (the
+    /// lowest `reg-id` first), else one of the set being registered again;
+    /// `None` when outbound is not in force for it. The target is that
+    /// flow's first hop (its outbound proxy, or the registrar).
+    pub fn outbound_target_for(&self, local_uri: &str) -> Option<(AccountId, Target)> {
+        let ours = siproam_sip::Uri::parse(local_uri).ok();
+        let mut set: Vec<(bool, u32, AccountId)> = self
+            .accounts
+            .ids_where(|a| {
+                a.outbound_in_force
+                    && match (&ours, siproam_sip::Uri::parse(&a.config.aor)) {
+                        (Some(o), Ok(aor)) => o.equivalent(&aor),
+                        _ => a.config.aor == local_uri,
+                    }
+            })
+            .into_iter()
+            .filter_map(|id| {
+                let a = self.accounts.get(id)?;
+                let live = a.flow_live() && a.flow.is_some_and(|f| self.flows.get(f).is_some());
+                Some((!live, a.reg_id().unwrap_or(1), id))
+            })
+            .collect();
+        set.sort();
+        let (_, _, id) = set.first()?;
+        let a = self.accounts.get(*id)?;
+        Some((*id, a.config.registrar))
+    }
+
+    /// The pre-loaded Route (`<sip:proxy;lr>`) of requests sent to
+    /// `target`, when it is an outbound proxy of one of our flows.
+    pub(crate) fn outbound_route_towards(&self, target: Target) -> Option<String> {
+        let ids = self.accounts.ids_where(|a| {
+            a.config.outbound_proxy.is_some()
+                && a.config.registrar.transport == target.transport
+                && a.config.registrar.remote == target.remote
+        });
+        let a = self.accounts.get(*ids.first()?)?;
+        a.config.outbound_proxy.as_ref().map(|p| format!("<{p}>"))
+    }
+
+    /// The outbound accounts registered over `flow`.
+    pub(crate) fn outbound_accounts_on(&self, flow: FlowId) -> Vec<AccountId> {
+        self.accounts
+            .ids_where(|a| a.flow == Some(flow) && a.outbound_requested())
+    }
+
+    /// Whether an account's flow leaves from its local address by choice
+    /// ([`AccountConfig::pin_local`]).
+    pub(crate) fn account_pins_local(&self, account: AccountId) -> bool {
+        self.accounts
+            .get(account)
+            .is_some_and(|a| a.config.pin_local)
+    }
+
+    /// The address in an account's Contact.
+    pub(crate) fn account_contact_addr(&self, account: AccountId) -> Option<SocketAddr> {
+        self.accounts.get(account).and_then(|a| a.contact_addr)
+    }
+
+    /// The `reg-id` of an account's flow, when it asks for outbound.
+    pub fn account_reg_id(&self, account: AccountId) -> Option<u32> {
+        self.accounts.get(account).and_then(Account::reg_id)
+    }
+
+    /// A REGISTER of `id` was answered 430 (Flow Failed, RFC 5626 §11.5)
+    /// and its flow was failed: the account registers again at once over
+    /// a new flow, once; a second 430 before a 2xx fails the registration
+    /// (and it backs off).
+    pub(crate) fn account_430(&mut self, now: Instant, id: AccountId) {
+        let Some(acc) = self.accounts.get_mut(id) else {
+            return;
+        };
+        if acc.phase == Phase::Unregistering || acc.retried_430 {
+            self.fail(now, id, RegistrationFailure::Status(430), Some(430));
+            return;
+        }
+        acc.retried_430 = true;
+        acc.flow = None;
+        self.send_register(now, id, false);
+    }
+
     /// How many accounts the endpoint holds.
     pub fn account_count(&self) -> usize {
         self.accounts.count()
@@ -585,6 +703,10 @@ impl Endpoint {
             .header("CSeq", &format!("{} REGISTER", acc.cseq))
             .header("Contact", &contact)
             .header("Expires", &expires.to_string());
+        if let Some(proxy) = &acc.config.outbound_proxy {
+            // the flow's first hop (RFC 5626 §5.1, RFC 3261 §8.1.2)
+            b = b.header("Route", &format!("<{proxy}>"));
+        }
         if acc.outbound_requested() {
             b = b.header("Supported", "outbound, path, gruu");
         }
@@ -704,6 +826,7 @@ impl Endpoint {
         match code {
             200..=299 => {
                 acc.failures = 0;
+                acc.retried_430 = false;
                 acc.outbound_in_force =
                     acc.outbound_requested() && resp.has_token(HeaderName::Require, "outbound");
                 acc.gruu = gruu;
@@ -955,13 +1078,13 @@ impl Endpoint {
         }
         acc.phase = Phase::Failed;
         acc.outbound_in_force = false;
-        // RFC 5626 §4.5: U(50%..100%) × min(max, base × 2^failures)
-        let exp = acc
-            .config
-            .retry_base
-            .saturating_mul(1u32 << acc.failures.min(16));
-        let wait =
-            retry_after.unwrap_or_else(|| exp.min(acc.config.retry_max).mul_f64(0.5 + unit / 2.0));
+        let wait = match retry_after {
+            Some(w) => w,
+            None => self.retry_wait(id, unit),
+        };
+        let Some(acc) = self.accounts.get_mut(id) else {
+            return;
+        };
         acc.failures = acc.failures.saturating_add(1);
         let at = now + wait;
         self.timers
@@ -974,6 +1097,55 @@ impl Endpoint {
             Some(failure),
             Some(at),
         );
+    }
+
+    /// How long a failed account waits before registering again, `unit`
+    /// a draw in [0, 1). A flow of an outbound set follows RFC 5626 §4.5:
+    /// U(50–100 %) × min(max, base × 2^n), `n` its consecutive failures
+    /// counting this one, `base` 30 s when every flow of the set has
+    /// failed and 90 s when another still works. Other accounts wait
+    /// U(50–100 %) × min(max, base × 2^(n-1)).
+    fn retry_wait(&self, id: AccountId, unit: f64) -> Duration {
+        let Some(acc) = self.accounts.get(id) else {
+            return Duration::ZERO;
+        };
+        let (base, doublings) = if acc.outbound_requested() {
+            let other_alive = self
+                .accounts
+                .ids_where(|o| o.same_flow_set(acc) && o.flow_live())
+                .into_iter()
+                .any(|o| o != id);
+            let base = if other_alive {
+                acc.config.retry_base_flow_alive
+            } else {
+                acc.config.retry_base
+            };
+            (base, acc.failures.saturating_add(1))
+        } else {
+            (acc.config.retry_base, acc.failures)
+        };
+        base.saturating_mul(1u32 << doublings.min(16))
+            .min(acc.config.retry_max)
+            .mul_f64(0.5 + unit / 2.0)
+    }
+
+    /// Registers at once every account waiting out a back-off after a
+    /// failure (RFC 5626 §4.5: a network change, or the application's
+    /// forced retry; resiprocate's `refreshRegistration` for all). Returns
+    /// the accounts that registered again.
+    pub fn retry_failed_registrations(&mut self, now: Instant) -> Vec<AccountId> {
+        let waiting = self.accounts.ids_where(|a| a.phase == Phase::Failed);
+        let mut sent = Vec::new();
+        for id in waiting {
+            if self.has_client_tx(TxOwner::Account(id)) {
+                continue;
+            }
+            self.timers
+                .cancel(TimerOwner::Account(id.0), TimerKind::Register);
+            self.send_register(now, id, false);
+            sent.push(id);
+        }
+        sent
     }
 
     pub(crate) fn account_failed(&mut self, now: Instant, id: AccountId, reason: RequestFailure) {

@@ -221,6 +221,21 @@ impl Proxy {
         // before any target is contacted, so the answer says nothing
         // about reachability.
         let call_id = req.call_id().to_owned();
+        // a Route naming us with no token on a request outside any dialog
+        // is a client's pre-loaded one (we are its outbound proxy, RFC
+        // 5626 §5.1): taken off (RFC 3261 §16.4); what is left is judged
+        // like any request
+        let out_of_dialog = req.to().ok().is_some_and(|t| t.tag().is_none());
+        while out_of_dialog
+            && req.routes().next().and_then(Result::ok).is_some_and(|r| {
+                is_us(r.uri(), &points)
+                    && r.uri()
+                        .as_sip()
+                        .is_some_and(|s| s.params().value(TOKEN_PARAM).is_none())
+            })
+        {
+            remove_top_route(&mut req)?;
+        }
         // the top Route: none, ours (with whether its token verifies), or
         // another's; a malformed one is a bad request
         let top = match req.routes().next() {

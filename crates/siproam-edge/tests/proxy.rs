@@ -670,6 +670,40 @@ fn a_route_elsewhere_or_our_route_without_a_valid_token_is_refused() {
     );
 }
 
+/// A client's pre-loaded Route naming the proxy (its outbound proxy, RFC
+/// 5626 §5.1) on an INVITE outside any dialog is taken off and the INVITE
+/// forwarded to our AoR's binding without it; with a Request-URI that is
+/// not ours, or in a dialog, such a Route is still refused.
+#[test]
+fn a_preloaded_route_naming_the_proxy_is_taken_off_an_initial_request() {
+    let mut w = victim_world();
+    let ours = format!("<sip:{PROXY}:5060;lr>");
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(
+                now,
+                invite_with("sip:bob@example.test", "p1").header("Route", &ours),
+                proxy_target(Transport::Udp),
+            )
+        })
+        .unwrap();
+    w.sim.run_for(Duration::from_millis(200));
+    let got = incoming(&mut w.sim, w.bob);
+    let (_, inv) = got.first().expect("bob gets the INVITE");
+    assert_eq!(inv.call_id(), "p1");
+    assert!(
+        inv.header_values(HeaderName::Route)
+            .all(|r| !r.contains(PROXY)),
+        "{inv:?}"
+    );
+    let codes = final_codes(
+        &mut w,
+        vec![invite_with(&format!("sip:x@{VICTIM}:5060"), "p2").header("Route", &ours)],
+    );
+    assert_eq!(codes, [403]);
+    assert_eq!(sent_to_victim(&w), Vec::<String>::new());
+}
+
 /// Regression: with a domain configured, a request for another domain
 /// was answered 404 like an unknown user; it is not ours: 403. An unknown
 /// user of our domain stays 404.

@@ -1805,6 +1805,23 @@ impl MessageBuilder {
             .any(|n| HeaderName::from_bytes(n.trim_ascii()) == name)
     }
 
+    /// The value of the first header line added with this name (compact
+    /// forms count), trimmed; `None` when there is none or it is not
+    /// UTF-8.
+    pub fn header_value(&self, name: HeaderName) -> Option<&str> {
+        self.text
+            .get(self.headers_at..)
+            .unwrap_or_default()
+            .split(|&b| b == b'\n')
+            .find_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                let (n, v) = line.split_at(colon);
+                (HeaderName::from_bytes(n.trim_ascii()) == name)
+                    .then(|| std::str::from_utf8(v.get(1..)?.trim_ascii()).ok())
+                    .flatten()
+            })
+    }
+
     /// Sets the body and its Content-Type.
     pub fn body(self, content_type: &str, body: Bytes) -> MessageBuilder {
         let mut b = self.header("Content-Type", content_type);

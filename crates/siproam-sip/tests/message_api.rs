@@ -299,3 +299,19 @@ fn response_to_copies_the_transaction_headers() {
         .unwrap();
     assert_eq!(trying.to().unwrap().tag(), None, "no To tag on 100");
 }
+
+/// A builder's header value, by full or compact name, trimmed; the first
+/// of several; none when absent.
+#[test]
+fn a_builder_gives_back_a_header_value() {
+    let b = MessageBuilder::request(Method::Message, "sip:bob@example.test")
+        .header("f", " <sip:alice@example.test>;tag=1 ")
+        .header("Route", "<sip:p1;lr>")
+        .header("Route", "<sip:p2;lr>");
+    assert_eq!(
+        b.header_value(HeaderName::From),
+        Some("<sip:alice@example.test>;tag=1")
+    );
+    assert_eq!(b.header_value(HeaderName::Route), Some("<sip:p1;lr>"));
+    assert_eq!(b.header_value(HeaderName::To), None);
+}

@@ -54,6 +54,59 @@ impl NetworkEventKind {
     }
 }
 
+/// The addresses of the interface `name` (`--flow-from IFACE`), IPv4
+/// first; empty when it has none or does not exist.
+#[cfg(unix)]
+pub fn interface_addresses(name: &str) -> std::io::Result<Vec<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    #[allow(unsafe_code)]
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet
+        // freed; its name is a NUL-terminated string and `ifa_addr`, when
+        // not null, points at a sockaddr of the family it names.
+        #[allow(unsafe_code)]
+        let (ifa_name, addr) = unsafe {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            let ifa_name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            let addr = if ifa.ifa_addr.is_null() {
+                None
+            } else {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                }
+            };
+            (ifa_name.into_owned(), addr)
+        };
+        if let (true, Some(addr)) = (ifa_name == name, addr) {
+            found.push(addr);
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::freeifaddrs(list)
+    };
+    found.sort_by_key(|a| !a.is_ipv4());
+    Ok(found)
+}
+
 /// What the monitor sends the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MonitorMsg {

@@ -92,7 +92,9 @@ impl Endpoint {
             .into_iter()
             .filter_map(|a| {
                 let state = self.mobility.accounts.get(&a)?;
-                if state.local_ip.is_some_and(|ip| pinned.contains(&ip)) {
+                if state.local_ip.is_some_and(|ip| {
+                    pinned.contains(&ip) || (self.account_pins_local(a) && view.is_local(ip))
+                }) {
                     return None;
                 }
                 let registrar = self.account_registrar(a)?;

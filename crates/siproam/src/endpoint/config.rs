@@ -105,13 +105,25 @@ pub struct AccountSpec {
     /// The account's own IP-change knobs; `None` uses those of each
     /// [`IpChangeParams`].
     pub ip_change: Option<AccountIpChange>,
-    /// How its flow is kept alive (RFC 5626 §4.4).
+    /// Its flow: the first hop, the local address, how it is kept alive
+    /// (RFC 5626 §4.4).
     pub flow: FlowSpec,
 }
 
-/// How an account's flow is kept alive (RFC 5626 §4.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An account's flow (RFC 5626): where it goes first, where it leaves
+/// from, and how it is kept alive (§4.4.1). Several flows of one identity
+/// are several accounts with the same AoR and instance and their own
+/// `reg_id`, each with its own `FlowSpec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowSpec {
+    /// An outbound proxy (`sip:proxy.example.test`, `;lr` added when
+    /// missing): the REGISTER and the requests over this flow go to it
+    /// with it as a pre-loaded Route (RFC 5626 §5.1); `None`: straight to
+    /// the registrar.
+    pub outbound_proxy: Option<String>,
+    /// The local address the flow leaves from (one flow per interface);
+    /// `None`: the OS's choice.
+    pub local_ip: Option<IpAddr>,
     /// Keep-alive interval on a stream flow when the registrar sends no
     /// `Flow-Timer` (`None`: none); 120 s by default.
     pub keepalive_stream: Option<Duration>,
@@ -126,6 +138,8 @@ pub struct FlowSpec {
 impl Default for FlowSpec {
     fn default() -> Self {
         FlowSpec {
+            outbound_proxy: None,
+            local_ip: None,
             keepalive_stream: Some(Duration::from_secs(120)),
             keepalive_datagram: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(10),

@@ -99,6 +99,12 @@ impl Driver {
             tokio::select! {
                 msg = async { match net.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
                     Some(crate::netwatch::MonitorMsg::Event(ev)) => {
+                        // the network changed: a flow waiting out its
+                        // back-off tries again now (RFC 5626 §4.5)
+                        let retried = self.core.retry_failed_registrations(now());
+                        if !retried.is_empty() {
+                            debug!("network event: {} registration(s) retried", retried.len());
+                        }
                         let _ = self.events.try_send(EndpointEvent::Network(ev));
                         if let (None, Some(w)) = (settle_at, &self.watch) {
                             settle_at = Some(tokio::time::Instant::now() + w.settle);
@@ -231,6 +237,9 @@ impl Driver {
             Command::IpChange(params, reply) => {
                 self.ip_change(*params).await;
                 let _ = reply.send(());
+            }
+            Command::RetryRegistrations(reply) => {
+                let _ = reply.send(self.core.retry_failed_registrations(now()));
             }
             Command::Listeners(reply) => {
                 let _ = reply.send(self.transports.listeners());

@@ -134,6 +134,8 @@ pub(super) enum Command {
         oneshot::Sender<Result<Option<CallId>, EndpointError>>,
     ),
     IpChange(Box<IpChangeParams>, oneshot::Sender<()>),
+    /// Register at once every account waiting out a back-off.
+    RetryRegistrations(oneshot::Sender<Vec<AccountId>>),
     Listeners(oneshot::Sender<Vec<ListenerInfo>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -310,6 +312,19 @@ impl EndpointHandle {
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// Registers at once every account waiting out a back-off after a
+    /// failure (RFC 5626 §4.5's forced retry; the network watch does the
+    /// same on every network event). Returns the accounts that register
+    /// again.
+    pub async fn retry_registrations(&self) -> Result<Vec<AccountId>, EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::RetryRegistrations(tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)
     }
 
     /// The listeners as bound (real ports for port 0).

@@ -113,11 +113,17 @@ impl Driver {
     }
 
     /// The first of `targets` we can reach from a listener (the error of
-    /// the first one when none can be).
-    fn first_usable(&mut self, targets: &[ResolvedTarget]) -> Result<CoreTarget, EndpointError> {
+    /// the first one when none can be), sent from `local_ip` when given
+    /// (then only targets of its family).
+    fn first_usable(
+        &mut self,
+        targets: &[ResolvedTarget],
+        local_ip: Option<IpAddr>,
+    ) -> Result<CoreTarget, EndpointError> {
         let mut first_error = None;
-        for t in targets {
-            match self.core_target(t, None) {
+        let family = |t: &&ResolvedTarget| local_ip.is_none_or(|l| l.is_ipv4() == t.addr.is_ipv4());
+        for t in targets.iter().filter(family) {
+            match self.core_target(t, local_ip) {
                 Ok(ct) => return Ok(ct),
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -141,7 +147,7 @@ impl Driver {
                 .map_or(Ipv6Use::Enabled, |r| r.sip),
         );
         let targets = self.resolve_targets(&hop, family).await?;
-        let target = self.first_usable(&targets)?;
+        let target = self.first_usable(&targets, None)?;
         if let Some(local) = target.local {
             self.core.note_local_ip(local.ip());
         }
@@ -149,12 +155,18 @@ impl Driver {
     }
 
     pub(super) async fn register(&mut self, spec: AccountSpec) -> Result<AccountId, EndpointError> {
-        // every address of the registrar the account's IPv6 use allows:
-        // the first reachable one now, the others for a family switch
+        // every address of the first hop (the flow's outbound proxy, else
+        // the registrar) the account's IPv6 use allows: the first
+        // reachable one now, the others for a family switch
+        let first_hop = spec
+            .flow
+            .outbound_proxy
+            .clone()
+            .unwrap_or_else(|| spec.registrar.clone());
         let candidates = self
-            .resolve_targets(&spec.registrar, family_preference(spec.ipv6_sip))
+            .resolve_targets(&first_hop, family_preference(spec.ipv6_sip))
             .await?;
-        let mut core_target = self.first_usable(&candidates)?;
+        let mut core_target = self.first_usable(&candidates, spec.flow.local_ip)?;
         if let Some(t) = self.contact_connection(&core_target) {
             // opened apart from `self`: the driver's future stays Send
             match self.transports.clone().connect(&t).await {
@@ -184,6 +196,8 @@ impl Driver {
         cfg.keepalive_stream = spec.flow.keepalive_stream;
         cfg.keepalive_datagram = spec.flow.keepalive_datagram;
         cfg.pong_timeout = spec.flow.pong_timeout;
+        cfg.outbound_proxy = spec.flow.outbound_proxy.as_deref().map(loose_route);
+        cfg.pin_local = spec.flow.local_ip.is_some();
         let id = self.core.register(now(), cfg);
         // every TLS address's server name, for a later switch of family
         for c in candidates.iter().filter(|c| c.transport == Transport::Tls) {
@@ -204,5 +218,44 @@ impl Driver {
         };
         self.core.set_account_routes(id, routes, local_ip)?;
         Ok(id)
+    }
+}
+
+/// An outbound proxy's URI as a loose Route (`;lr` added when missing).
+fn loose_route(uri: &str) -> String {
+    let has_lr = uri
+        .split(['?', '>'])
+        .next()
+        .unwrap_or_default()
+        .split(';')
+        .skip(1)
+        .any(|p| {
+            p.split('=')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case("lr"))
+        });
+    if has_lr {
+        uri.to_owned()
+    } else {
+        format!("{uri};lr")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loose_route;
+
+    #[test]
+    fn an_outbound_proxy_gets_lr_once() {
+        assert_eq!(loose_route("sip:p.example.test"), "sip:p.example.test;lr");
+        assert_eq!(
+            loose_route("sip:10.0.0.1:5060;transport=tcp"),
+            "sip:10.0.0.1:5060;transport=tcp;lr"
+        );
+        assert_eq!(
+            loose_route("sip:p.example.test;LR"),
+            "sip:p.example.test;LR"
+        );
+        assert_eq!(loose_route("sip:lr.example.test"), "sip:lr.example.test;lr");
     }
 }

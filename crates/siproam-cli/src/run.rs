@@ -298,6 +298,12 @@ pub struct AgentArgs {
     /// has failed (default 10).
     #[arg(long, value_name = "SECS")]
     pub pong_timeout: Option<u64>,
+    /// The kernel's TCP keep-alive on every TCP/TLS connection: seconds
+    /// idle before the first probe, seconds between probes, probes
+    /// unanswered before the connection is dropped (e.g. 60,10,5;
+    /// default off).
+    #[arg(long, value_name = "IDLE,INTERVAL,COUNT")]
+    pub tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -372,6 +378,7 @@ pub struct FileConfig {
     keepalive: Option<u64>,
     keepalive_stream: Option<u64>,
     pong_timeout: Option<u64>,
+    tcp_keepalive: Option<String>,
     host: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -459,6 +466,12 @@ impl FileConfig {
         fill(&mut a.keepalive, &self.keepalive);
         fill(&mut a.keepalive_stream, &self.keepalive_stream);
         fill(&mut a.pong_timeout, &self.pong_timeout);
+        if let (None, Some(k)) = (&a.tcp_keepalive, &self.tcp_keepalive) {
+            a.tcp_keepalive = Some(
+                k.parse()
+                    .with_context(|| format!("tcp-keepalive = {k:?}"))?,
+            );
+        }
         fill(&mut a.user, &self.user);
         self.password(a)?;
         if a.expires.is_none() {
@@ -710,7 +723,10 @@ pub async fn agent(
             seed: seed(),
             ..Default::default()
         },
-        transport: transport_config(&args.tls)?,
+        transport: TransportConfig {
+            tcp_keepalive: args.tcp_keepalive,
+            ..transport_config(&args.tls)?
+        },
         hosts: parse_hosts(&args.host)?,
         watch: (!args.no_watch).then(siproam::WatchConfig::default),
     };

@@ -44,6 +44,7 @@
 mod addr;
 mod error;
 mod listener;
+mod sockopt;
 mod stream;
 mod tls;
 
@@ -66,6 +67,9 @@ use tokio_util::sync::CancellationToken;
 pub use addr::{source_address_for, AddressOracle, SystemAddresses};
 pub use error::{ListenError, SendError, TlsConfigError};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use sockopt::{
+    TcpKeepalive, TcpKeepaliveError, TcpKeepaliveField, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
+};
 pub use tls::{TlsClientConfig, TlsServerConfig};
 
 use stream::ConnShared;
@@ -406,6 +410,10 @@ pub struct TransportConfig {
     /// Tells whether an address is still on this host (used by
     /// [`TransportManager::restart_listener`]).
     pub address_oracle: Arc<dyn AddressOracle>,
+    /// The kernel's TCP keep-alive on every TCP/TLS connection, opened or
+    /// accepted (`SO_KEEPALIVE` with idle time, interval and probe
+    /// count). `None` (the default): off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
 }
 
 impl Default for TransportConfig {
@@ -425,6 +433,7 @@ impl Default for TransportConfig {
             tls_client: None,
             tls_server: None,
             address_oracle: Arc::new(SystemAddresses),
+            tcp_keepalive: None,
         }
     }
 }
@@ -460,6 +469,7 @@ pub(crate) struct Shared {
     max_connections: usize,
     max_per_source: usize,
     rebind_retry_delay: Duration,
+    tcp_keepalive: Option<TcpKeepalive>,
     tls_connector: Option<tokio_rustls::TlsConnector>,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     oracle: Arc<dyn AddressOracle>,
@@ -768,6 +778,7 @@ impl TransportManager {
             max_connections: config.max_connections,
             max_per_source: config.max_connections_per_source,
             rebind_retry_delay: config.rebind_retry_delay,
+            tcp_keepalive: config.tcp_keepalive,
             tls_connector: client.map(|c| tokio_rustls::TlsConnector::from(c.into_rustls())),
             tls_acceptor: config
                 .tls_server

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CloseReason, ConnEntry, ConnectionDirection, ConnectionId, ConnectionInfo, ListenerInfo,
-    SendError, SendTarget, Shared, SourceSlot, StreamSlot, Transport, TransportEvent,
+    sockopt, CloseReason, ConnEntry, ConnectionDirection, ConnectionId, ConnectionInfo,
+    ListenerInfo, SendError, SendTarget, Shared, SourceSlot, StreamSlot, Transport, TransportEvent,
 };
 
 /// Bytes read from a stream at a time.
@@ -278,6 +278,7 @@ pub(super) async fn connect(
         .map_err(|_| SendError::ConnectTimeout)?
         .map_err(SendError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    sockopt::apply(&tcp, shared.tcp_keepalive.as_ref());
     let local = tcp.local_addr().map_err(SendError::Connect)?;
     if shared.stop.is_cancelled() {
         return Err(SendError::ShutDown);
@@ -336,6 +337,7 @@ pub(super) async fn accepted(
         }
     };
     let _ = tcp.set_nodelay(true);
+    sockopt::apply(&tcp, shared.tcp_keepalive.as_ref());
     match listener.transport {
         Transport::Tls => {
             let Some(acceptor) = shared.tls_acceptor.clone() else {

@@ -1,0 +1,149 @@
+//! `siproam agent` flow options on loopback: the kernel's TCP keep-alive
+//! (`--tcp-keepalive`), an agent with no listener (`--no-listen`) and the
+//! instance id kept per AoR (`--state-dir`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+
+use std::process::Command;
+
+fn listening(p: &Proc, transport: &str) -> String {
+    p.wait_for(&format!("{transport} listener"), |v| {
+        v["event"] == "listening" && v["transport"] == transport
+    })["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn registered(agent: &Proc) -> String {
+    agent.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    })["contact"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `siproam ARGS` run to its end: (exit code, stderr).
+fn run_siproam(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `/proc/net/tcp` line of the connection from `local` to `remote`,
+/// split into fields (addresses as little-endian hex).
+#[cfg(target_os = "linux")]
+fn proc_tcp_line(
+    local: std::net::SocketAddrV4,
+    remote: std::net::SocketAddrV4,
+) -> Option<Vec<String>> {
+    let hex = |a: std::net::SocketAddrV4| {
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        )
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|f| f.len() > 5 && f[1] == l && f[2] == r)
+}
+
+#[test]
+fn bad_tcp_keepalive_values_are_bad_usage() {
+    for bad in ["0,10,5", "60,10", "60,10,200", "x,y,z"] {
+        let (code, err) = run_siproam(&[
+            "agent",
+            "--aor",
+            "sip:a@example.test",
+            "--tcp-keepalive",
+            bad,
+        ]);
+        assert_eq!(code, Some(2), "--tcp-keepalive {bad}: {err}");
+        assert!(err.contains("tcp-keepalive"), "{err}");
+    }
+    let (_, err) = run_siproam(&["agent", "--tcp-keepalive", "0,10,5"]);
+    assert!(
+        err.contains("the idle time (seconds) must be between 1 and 32767, not 0"),
+        "{err}"
+    );
+    // the same in the config file
+    let dir = temp_dir("tcp-keepalive-config");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "aor = \"sip:a@example.test\"\ntcp-keepalive = \"60,0,5\"\n",
+    )
+    .unwrap();
+    let (code, err) = run_siproam(&["agent", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("tcp-keepalive") && err.contains("interval"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_agents_tcp_registration_connection_carries_the_kernel_keepalive() {
+    let registrar = Proc::spawn(&["registrar", "--json", "--listen", "tcp:127.0.0.1:0"]);
+    let addr = listening(&registrar, "tcp");
+    let uri = format!("sip:{addr};transport=tcp");
+    let dir = temp_dir("tcp-keepalive-file");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, "tcp-keepalive = \"45,7,3\"\n").unwrap();
+    // from the config file; no TCP listener: the Contact is the connection
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        "udp:127.0.0.11:0",
+        "--stay",
+    ]);
+    let contact = registered(&agent);
+    let local: std::net::SocketAddrV4 = contact
+        .strip_prefix("sip:alice@")
+        .and_then(|c| c.strip_suffix(";transport=tcp"))
+        .unwrap_or_else(|| panic!("unexpected contact {contact}"))
+        .parse()
+        .unwrap();
+    let line = proc_tcp_line(local, addr.parse().unwrap())
+        .unwrap_or_else(|| panic!("no connection {local} -> {addr}"));
+    // "tr:tm->when": timer 2 is the keep-alive timer, due within the idle
+    // time (in hundredths of a second)
+    let (timer, when) = line[5].split_once(':').unwrap();
+    assert_eq!(
+        timer, "02",
+        "no keep-alive timer on the connection: {line:?}"
+    );
+    let when = u64::from_str_radix(when, 16).unwrap();
+    assert!(
+        when > 0 && when <= 4500,
+        "keep-alive due in {when}/100 s: {line:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -31,6 +31,35 @@ pub fn instance_id(salt: u64) -> String {
     })
 }
 
+/// The instance id kept for `aor` in `dir` (default: the XDG state
+/// directory), so that a restarted agent replaces its binding. A file
+/// holding no valid id is replaced with a warning; one that cannot be read
+/// or written is an error. With no state directory at all (no
+/// `$XDG_STATE_HOME`, no `$HOME`) a new id is drawn, with a warning.
+fn kept_instance_id(aor: &str, dir: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use siproam::instance::{default_state_dir, stored_instance_id, InstanceOrigin};
+    let Some(dir) = dir.map(PathBuf::from).or_else(default_state_dir) else {
+        tracing::warn!(
+            "no state directory ($XDG_STATE_HOME and $HOME unset, no --state-dir): \
+             a new instance id for this run"
+        );
+        return Ok(instance_id(seed()));
+    };
+    let (urn, origin) = stored_instance_id(&dir, aor).with_context(|| {
+        format!(
+            "keeping the instance id in {} (give --instance-id URN or another --state-dir)",
+            dir.display()
+        )
+    })?;
+    if origin == InstanceOrigin::Replaced {
+        tracing::warn!(
+            file = %siproam::instance::instance_file(&dir, aor).display(),
+            "the stored instance id was unreadable; a new one replaces it"
+        );
+    }
+    Ok(urn)
+}
+
 /// Only when the OS generator fails (never seen on Linux): the clock.
 fn fallback_seed() -> u64 {
     std::time::SystemTime::now()
@@ -266,9 +295,14 @@ pub struct AgentArgs {
     /// The registration flow's `reg-id`, with `--outbound` (default 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub reg_id: Option<u32>,
-    /// The `+sip.instance` (`urn:uuid:…`); default: a new random one.
+    /// The `+sip.instance` (`urn:uuid:…`); default: the one kept for the
+    /// AoR in `--state-dir` (made there on the first run).
     #[arg(long, value_name = "URN")]
     pub instance_id: Option<String>,
+    /// Where the instance id of each AoR is kept (default
+    /// `$XDG_STATE_HOME/siproam`, else `~/.local/state/siproam`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Keep running when stdin ends (for scripts).
     #[arg(long)]
     pub stay: bool,
@@ -371,6 +405,7 @@ pub struct FileConfig {
     outbound: Option<bool>,
     reg_id: Option<u32>,
     instance_id: Option<String>,
+    state_dir: Option<PathBuf>,
     stay: Option<bool>,
     no_watch: Option<bool>,
     ipv6_sip: Option<String>,
@@ -483,6 +518,7 @@ impl FileConfig {
         }
         fill(&mut a.reg_id, &self.reg_id);
         fill(&mut a.instance_id, &self.instance_id);
+        fill(&mut a.state_dir, &self.state_dir);
         a.stay |= self.stay.unwrap_or(false);
         a.no_watch |= self.no_watch.unwrap_or(false);
         self.tls(&mut a.tls);
@@ -739,11 +775,10 @@ pub async fn agent(
                 registrar: registrar.clone(),
                 username: args.user.clone(),
                 password: args.password.clone(),
-                instance_id: Some(
-                    args.instance_id
-                        .clone()
-                        .unwrap_or_else(|| instance_id(seed())),
-                ),
+                instance_id: Some(match &args.instance_id {
+                    Some(urn) => urn.clone(),
+                    None => kept_instance_id(&aor, args.state_dir.as_deref())?,
+                }),
                 outbound: args.outbound,
                 reg_id: args.reg_id,
                 expires: args.expires.unwrap_or(600),

@@ -147,3 +147,75 @@ fn the_agents_tcp_registration_connection_carries_the_kernel_keepalive() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The registrar's binding event for Alice once it names `contact`.
+fn binding_with(registrar: &Proc, contact: &str) -> serde_json::Value {
+    registrar.wait_for(&format!("a binding of {contact}"), |v| {
+        v["event"] == "binding"
+            && v["aor"] == "sip:alice@example.test"
+            && v["contacts"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|b| b["contact"] == contact))
+    })
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_instance_and_replaces_its_binding() {
+    let dir = temp_dir("state-dir");
+    let state = dir.join("state");
+    let state = state.to_str().unwrap();
+    let registrar = Proc::spawn(&["registrar", "--json", "--listen", "udp:127.0.0.1:0"]);
+    let uri = format!("sip:{}", listening(&registrar, "udp"));
+    let agent = |ip: &str| {
+        Proc::spawn(&[
+            "agent",
+            "--json",
+            "--aor",
+            "sip:alice@example.test",
+            "--registrar",
+            &uri,
+            "--listen",
+            &format!("udp:{ip}:0"),
+            "--state-dir",
+            state,
+            "--stay",
+        ])
+    };
+    let first = agent("127.0.0.12");
+    let contact = registered(&first);
+    let binding = binding_with(&registrar, &contact);
+    let instance = binding["contacts"][0]["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(instance.starts_with("urn:uuid:"), "{binding}");
+    // killed, not quit: its binding stays at the registrar
+    drop(first);
+    let second = agent("127.0.0.13");
+    let contact = registered(&second);
+    let binding = binding_with(&registrar, &contact);
+    let contacts = binding["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "the old binding was replaced: {binding}");
+    assert_eq!(contacts[0]["instance"], instance.as_str(), "{binding}");
+    // one file, named without the AoR, holding that id, the owner's alone
+    let files: Vec<_> = std::fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        !name.contains("alice") && !name.contains("example"),
+        "{name}"
+    );
+    assert_eq!(std::fs::read_to_string(&files[0]).unwrap().trim(), instance);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(std::path::Path::new(state)), 0o700);
+        assert_eq!(mode(&files[0]), 0o600);
+    }
+    drop(second);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -284,6 +284,12 @@ pub struct AgentArgs {
     /// `udp:0.0.0.0:0` and `tcp:0.0.0.0:0`.
     #[arg(long)]
     pub listen: Vec<String>,
+    /// Open no listening socket: the Contact is the registration flow's
+    /// own address (a TCP/TLS connection opened first, or a UDP socket on
+    /// a port of the OS's choosing), and requests to the agent come over
+    /// that flow — no open port needed behind a NAT.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
     /// Binding lifetime to request, in seconds (default 600).
     #[arg(long)]
     pub expires: Option<u32>,
@@ -407,6 +413,7 @@ pub struct FileConfig {
     instance_id: Option<String>,
     state_dir: Option<PathBuf>,
     stay: Option<bool>,
+    no_listen: Option<bool>,
     no_watch: Option<bool>,
     ipv6_sip: Option<String>,
     ipv6_media: Option<String>,
@@ -482,7 +489,8 @@ impl FileConfig {
 
     /// Fills what the agent's flags left out.
     pub fn agent(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
-        if a.listen.is_empty() {
+        a.no_listen |= a.listen.is_empty() && self.no_listen.unwrap_or(false);
+        if a.listen.is_empty() && !a.no_listen {
             a.listen.extend(self.listen.clone().unwrap_or_default());
         }
         if a.host.is_empty() {
@@ -727,7 +735,9 @@ pub async fn agent(
         .aor
         .clone()
         .context("--aor is required (or aor = … in --config)")?;
-    let listen = if args.listen.is_empty() {
+    let listen = if args.no_listen {
+        Vec::new()
+    } else if args.listen.is_empty() {
         vec!["udp:0.0.0.0:0".to_owned(), "tcp:0.0.0.0:0".to_owned()]
     } else {
         args.listen.clone()

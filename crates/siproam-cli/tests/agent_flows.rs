@@ -219,3 +219,151 @@ fn a_restarted_agent_keeps_its_instance_and_replaces_its_binding() {
     drop(second);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The inodes of the sockets process `pid` holds.
+#[cfg(target_os = "linux")]
+fn socket_inodes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect()
+}
+
+/// The lines of `/proc/net/{table}` (split) of the sockets of `pid`.
+#[cfg(target_os = "linux")]
+fn sockets_of(pid: u32, table: &str) -> Vec<Vec<String>> {
+    let inodes = socket_inodes(pid);
+    std::fs::read_to_string(format!("/proc/net/{table}"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && inodes.contains(&f[9]))
+        .collect()
+}
+
+/// `/proc/net` hex `0100007F:1F90` to `127.0.0.1:8080`.
+#[cfg(target_os = "linux")]
+fn from_hex(a: &str) -> std::net::SocketAddrV4 {
+    let (ip, port) = a.split_once(':').unwrap();
+    let ip = u32::from_str_radix(ip, 16).unwrap().to_le_bytes();
+    std::net::SocketAddrV4::new(ip.into(), u16::from_str_radix(port, 16).unwrap())
+}
+
+/// Alice with `--no-listen` registers over `transport`: her Contact is her
+/// flow's own address, she announces no listener and holds no listening
+/// TCP socket, and Bob's call reaches her over that flow.
+#[cfg(target_os = "linux")]
+fn no_listen_over(transport: &str) {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        &format!("{transport}:127.0.0.1:0"),
+    ]);
+    let addr = listening(&registrar, transport);
+    let uri = match transport {
+        "udp" => format!("sip:{addr}"),
+        _ => format!("sip:{addr};transport={transport}"),
+    };
+    let alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &uri,
+        "--no-listen",
+        "--no-watch",
+        "--auto-answer",
+        "--stay",
+    ]);
+    let contact = registered(&alice);
+    let pid = alice.child.id();
+    let suffix = match transport {
+        "udp" => String::new(),
+        t => format!(";transport={t}"),
+    };
+    let named: std::net::SocketAddrV4 = contact
+        .strip_prefix("sip:alice@")
+        .and_then(|c| c.strip_suffix(suffix.as_str()))
+        .unwrap_or_else(|| panic!("unexpected contact {contact}"))
+        .parse()
+        .unwrap();
+    assert!(
+        alice.seen().iter().all(|v| v["event"] != "listening"),
+        "{:?}",
+        alice.seen()
+    );
+    let tcp = sockets_of(pid, "tcp");
+    assert!(
+        tcp.iter().all(|f| f[3] != "0A"),
+        "a listening TCP socket: {tcp:?}"
+    );
+    let registrar_addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    if transport == "udp" {
+        // the one socket towards the registrar, on a port the OS chose
+        let udp: Vec<_> = sockets_of(pid, "udp")
+            .iter()
+            .map(|f| from_hex(&f[1]))
+            .collect();
+        assert_eq!(udp, vec![named], "her UDP sockets");
+    } else {
+        // the Contact is her end of the connection to the registrar
+        let flows: Vec<_> = tcp
+            .iter()
+            .filter(|f| f[3] == "01")
+            .map(|f| (from_hex(&f[1]), from_hex(&f[2])))
+            .collect();
+        assert_eq!(flows, vec![(named, registrar_addr)], "her connections");
+    }
+    let mut bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &uri,
+        "--listen",
+        &format!("{transport}:127.0.0.21:0"),
+        "--no-watch",
+    ]);
+    registered(&bob);
+    bob.send("call sip:alice@example.test");
+    alice.wait_for("alice's call confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.wait_for("bob's call confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    // still no listener, and no connection but the flow
+    assert!(sockets_of(pid, "tcp").iter().all(|f| f[3] != "0A"));
+    if transport != "udp" {
+        let flows: Vec<_> = sockets_of(pid, "tcp")
+            .iter()
+            .filter(|f| f[3] == "01")
+            .map(|f| (from_hex(&f[1]), from_hex(&f[2])))
+            .collect();
+        assert_eq!(
+            flows,
+            vec![(named, registrar_addr)],
+            "the call came over the flow"
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_agent_with_no_listener_registers_and_is_called_over_its_tcp_flow() {
+    no_listen_over("tcp");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_agent_with_no_listener_registers_and_is_called_over_its_udp_socket() {
+    no_listen_over("udp");
+}

@@ -367,3 +367,123 @@ fn an_agent_with_no_listener_registers_and_is_called_over_its_tcp_flow() {
 fn an_agent_with_no_listener_registers_and_is_called_over_its_udp_socket() {
     no_listen_over("udp");
 }
+
+/// A CA, and a server certificate for `a.example.test` and
+/// `*.b.example.test`, as PEM files (ca, cert, key).
+fn san_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "siproam test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![
+        "a.example.test".to_owned(),
+        "*.b.example.test".to_owned(),
+    ])
+    .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = [
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    ];
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    (s(&paths[0]), s(&paths[1]), s(&paths[2]))
+}
+
+/// Connections the server on `addr` has accepted and holds open.
+#[cfg(target_os = "linux")]
+fn accepted_at(addr: std::net::SocketAddrV4) -> usize {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && f[3] == "01" && from_hex(&f[1]) == addr)
+        .count()
+}
+
+/// The code of the agent's next call that ends.
+fn call_ended(agent: &Proc) -> Option<u64> {
+    agent.wait_for("a call ended", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    })["code"]
+        .as_u64()
+}
+
+/// RFC 5626 §4.3: a request to `x.b.example.test`, which the registrar's
+/// certificate covers with `*.b.example.test`, goes over the connection
+/// opened for `a.example.test` — although the name itself points at
+/// another address, where nothing listens; `c.example.test`, not covered,
+/// gets a connection of its own (to the registrar's second TLS listener,
+/// same certificate), which verification refuses.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_request_to_a_domain_the_tls_certificate_covers_goes_over_the_open_connection() {
+    let dir = temp_dir("tls-san");
+    let (ca, cert, key) = san_certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--listen",
+        "tls:127.0.0.3:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let addr: std::net::SocketAddrV4 = listening(&registrar, "tls").parse().unwrap();
+    let second: std::net::SocketAddrV4 = listening(&registrar, "tls").parse().unwrap();
+    let port = addr.port();
+    let mut agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--ca",
+        &ca,
+        "--host",
+        "a.example.test=127.0.0.1",
+        "--host",
+        "x.b.example.test=127.0.0.2",
+        "--host",
+        "c.example.test=127.0.0.3",
+        "--listen",
+        "udp:127.0.0.22:0",
+        "--no-watch",
+        "--stay",
+    ]);
+    // bob is not registered: the registrar's answer ends each call
+    agent.send(&format!("call sip:bob@a.example.test:{port};transport=tls"));
+    let answer = call_ended(&agent);
+    assert!(
+        answer.is_some_and(|c| c != 503 && c != 408),
+        "the registrar answered: {answer:?}"
+    );
+    assert_eq!(accepted_at(addr), 1);
+    agent.send(&format!(
+        "call sip:bob@x.b.example.test:{port};transport=tls"
+    ));
+    assert_eq!(
+        call_ended(&agent),
+        answer,
+        "x.b.example.test reached the registrar"
+    );
+    assert_eq!(accepted_at(addr), 1, "over the same connection");
+    let port = second.port();
+    agent.send(&format!("call sip:bob@c.example.test:{port};transport=tls"));
+    let refused = call_ended(&agent);
+    assert_eq!(refused, Some(503), "c.example.test is not the registrar's");
+    assert_eq!(accepted_at(addr), 1);
+    assert_eq!(accepted_at(second), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -560,8 +560,8 @@ struct ListenerEntry {
 #[derive(Debug)]
 struct ConnEntry {
     info: ConnectionInfo,
-    /// The name an outgoing TLS connection verified.
-    server_name: Option<String>,
+    /// What an outgoing TLS connection verified of its server.
+    verified: tls::VerifiedServer,
     tx: mpsc::Sender<Bytes>,
     shared: Arc<ConnShared>,
 }
@@ -1095,11 +1095,34 @@ impl TransportManager {
                     && !c.shared.is_closing()
                     && (target.transport != Transport::Tls
                         || match c.info.direction {
-                            ConnectionDirection::Outgoing => c.server_name == target.server_name,
+                            // the name verified, or one its certificate covers
+                            ConnectionDirection::Outgoing => {
+                                c.verified.serves(target.server_name.as_deref())
+                            }
                             ConnectionDirection::Incoming => target.server_name.is_none(),
                         })
             })
             .map(|c| (c.info, c.tx.clone()))
+    }
+
+    /// The newest open outgoing TLS connection whose server's certificate
+    /// covers `name` (a subject alternative name, wildcards as RFC 6125
+    /// allows them), on `port` if given: a request for that domain may
+    /// reuse it instead of opening another (RFC 5626 §4.3).
+    pub fn tls_connection_serving(&self, name: &str, port: Option<u16>) -> Option<ConnectionInfo> {
+        let state = self.shared.state();
+        state
+            .connections
+            .values()
+            .rev()
+            .find(|c| {
+                c.info.transport == Transport::Tls
+                    && c.info.direction == ConnectionDirection::Outgoing
+                    && !c.shared.is_closing()
+                    && port.is_none_or(|p| p == c.info.remote.port())
+                    && c.verified.serves(Some(name))
+            })
+            .map(|c| c.info)
     }
 
     /// Sends a keep-alive ping (`CRLFCRLF`, RFC 5626 §4.4.1) on a

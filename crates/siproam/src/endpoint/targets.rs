@@ -9,7 +9,7 @@ use siproam_core::{
 };
 use tracing::debug;
 
-use crate::resolve::{Destination, FamilyPreference, ResolvedTarget};
+use crate::resolve::{Destination, FamilyPreference, NameOrIp, ResolvedTarget};
 use crate::transport::{ListenerInfo, SendTarget, Transport};
 
 use super::driver::{now, Driver};
@@ -34,6 +34,9 @@ impl Driver {
     ) -> Result<Vec<ResolvedTarget>, EndpointError> {
         let uri = siproam_sip::Uri::parse(uri_text)?;
         let dest = Destination::from_uri(&uri)?;
+        if let Some(reused) = self.tls_flow_for(&dest, family) {
+            return Ok(vec![reused]);
+        }
         let mut rng_state = self.random();
         let mut rng = move || {
             rng_state = rng_state
@@ -43,6 +46,38 @@ impl Driver {
         };
         self.resolver.set_family(family);
         Ok(self.resolver.resolve(&dest, &mut rng).await?)
+    }
+
+    /// RFC 5626 §4.3: a TLS destination named by a domain (no `maddr`)
+    /// that the certificate of an open outgoing TLS connection covers (a
+    /// subject alternative name, a wildcard as RFC 6125 allows) goes over
+    /// that connection, without a look-up: the certificate already proves
+    /// the server serves the domain. An explicit port must be the
+    /// connection's.
+    fn tls_flow_for(&self, dest: &Destination, family: FamilyPreference) -> Option<ResolvedTarget> {
+        let tls = dest.secure || dest.transport == Some(Transport::Tls);
+        let named =
+            matches!(&dest.host, NameOrIp::Name(n) if n.eq_ignore_ascii_case(&dest.server_name));
+        if !tls || !named {
+            return None;
+        }
+        let conn = self
+            .transports
+            .tls_connection_serving(&dest.server_name, dest.port)?;
+        let allowed = match family {
+            FamilyPreference::Ipv4Only => conn.remote.is_ipv4(),
+            FamilyPreference::Ipv6Only => conn.remote.is_ipv6(),
+            FamilyPreference::PreferIpv4 | FamilyPreference::PreferIpv6 => true,
+        };
+        if !allowed {
+            return None;
+        }
+        debug!(connection = %conn.id, "TLS flow reused for a domain its certificate covers");
+        Some(ResolvedTarget {
+            transport: Transport::Tls,
+            addr: conn.remote,
+            server_name: dest.server_name.clone(),
+        })
     }
 
     /// The core's target for a resolved one: the local address to send

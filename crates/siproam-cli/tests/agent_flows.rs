@@ -270,18 +270,26 @@ fn no_listen_over(transport: &str) {
         "udp" => format!("sip:{addr}"),
         _ => format!("sip:{addr};transport={transport}"),
     };
-    let alice = Proc::spawn(&[
+    // over UDP from the config file, over TCP from the flag
+    let dir = temp_dir(&format!("no-listen-{transport}"));
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, "no-listen = true\nstay = true\n").unwrap();
+    let no_listen = match transport {
+        "udp" => ["--config", cfg.to_str().unwrap()],
+        _ => ["--no-listen", "--stay"],
+    };
+    let mut args = vec![
         "agent",
         "--json",
         "--aor",
         "sip:alice@example.test",
         "--registrar",
         &uri,
-        "--no-listen",
         "--no-watch",
         "--auto-answer",
-        "--stay",
-    ]);
+    ];
+    args.extend_from_slice(&no_listen);
+    let alice = Proc::spawn(&args);
     let contact = registered(&alice);
     let pid = alice.child.id();
     let suffix = match transport {
@@ -354,6 +362,7 @@ fn no_listen_over(transport: &str) {
             "the call came over the flow"
         );
     }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[cfg(target_os = "linux")]

@@ -259,19 +259,29 @@ fn from_hex(a: &str) -> std::net::SocketAddrV4 {
 /// TCP socket, and Bob's call reaches her over that flow.
 #[cfg(target_os = "linux")]
 fn no_listen_over(transport: &str) {
+    let dir = temp_dir(&format!("no-listen-{transport}"));
+    let (ca, cert, key) = certificates(&dir);
+    let (ca, cert, key) = (
+        ca.to_str().unwrap().to_owned(),
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    );
     let registrar = Proc::spawn(&[
         "registrar",
         "--json",
         "--listen",
         &format!("{transport}:127.0.0.1:0"),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
     ]);
     let addr = listening(&registrar, transport);
     let uri = match transport {
         "udp" => format!("sip:{addr}"),
         _ => format!("sip:{addr};transport={transport}"),
     };
-    // over UDP from the config file, over TCP from the flag
-    let dir = temp_dir(&format!("no-listen-{transport}"));
+    // over UDP from the config file, over TCP/TLS from the flag
     let cfg = dir.join("agent.toml");
     std::fs::write(&cfg, "no-listen = true\nstay = true\n").unwrap();
     let no_listen = match transport {
@@ -287,6 +297,8 @@ fn no_listen_over(transport: &str) {
         &uri,
         "--no-watch",
         "--auto-answer",
+        "--ca",
+        &ca,
     ];
     args.extend_from_slice(&no_listen);
     let alice = Proc::spawn(&args);
@@ -337,8 +349,10 @@ fn no_listen_over(transport: &str) {
         "--registrar",
         &uri,
         "--listen",
-        &format!("{transport}:127.0.0.21:0"),
+        "udp:127.0.0.21:0",
         "--no-watch",
+        "--ca",
+        &ca,
     ]);
     registered(&bob);
     bob.send("call sip:alice@example.test");
@@ -369,6 +383,12 @@ fn no_listen_over(transport: &str) {
 #[test]
 fn an_agent_with_no_listener_registers_and_is_called_over_its_tcp_flow() {
     no_listen_over("tcp");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_agent_with_no_listener_registers_and_is_called_over_its_tls_flow() {
+    no_listen_over("tls");
 }
 
 #[cfg(target_os = "linux")]

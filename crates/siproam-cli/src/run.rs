@@ -489,6 +489,9 @@ impl FileConfig {
 
     /// Fills what the agent's flags left out.
     pub fn agent(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
+        if self.no_listen == Some(true) && self.listen.as_ref().is_some_and(|l| !l.is_empty()) {
+            anyhow::bail!("no-listen and listen cannot go together");
+        }
         a.no_listen |= a.listen.is_empty() && self.no_listen.unwrap_or(false);
         if a.listen.is_empty() && !a.no_listen {
             a.listen.extend(self.listen.clone().unwrap_or_default());

@@ -67,7 +67,7 @@ fn proc_tcp_line(
 }
 
 #[test]
-fn bad_tcp_keepalive_values_are_bad_usage() {
+fn bad_tcp_keepalive_values_and_no_listen_with_listen_are_bad_usage() {
     for bad in ["0,10,5", "60,10", "60,10,200", "x,y,z"] {
         let (code, err) = run_siproam(&[
             "agent",
@@ -98,6 +98,13 @@ fn bad_tcp_keepalive_values_are_bad_usage() {
         err.contains("tcp-keepalive") && err.contains("interval"),
         "{err}"
     );
+    // --no-listen and --listen exclude each other, in the file too
+    let (code, err) = run_siproam(&["agent", "--no-listen", "--listen", "udp:127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "{err}");
+    std::fs::write(&cfg, "no-listen = true\nlisten = [\"udp:127.0.0.1:0\"]\n").unwrap();
+    let (code, err) = run_siproam(&["agent", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no-listen"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -523,3 +523,76 @@ fn a_request_to_a_domain_the_tls_certificate_covers_goes_over_the_open_connectio
     assert_eq!(accepted_at(second), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An agent with no listener moves with its address: after `ip-change`
+/// its Contact is its new flow's own address, and it still listens on
+/// nothing.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_agent_with_no_listener_moves_its_flow_on_an_address_change() {
+    for transport in ["udp", "tcp"] {
+        let registrar = Proc::spawn(&[
+            "registrar",
+            "--json",
+            "--listen",
+            &format!("{transport}:127.0.0.1:0"),
+        ]);
+        let addr = listening(&registrar, transport);
+        let uri = match transport {
+            "udp" => format!("sip:{addr}"),
+            t => format!("sip:{addr};transport={t}"),
+        };
+        let mut alice = Proc::spawn(&[
+            "agent",
+            "--json",
+            "--aor",
+            "sip:alice@example.test",
+            "--registrar",
+            &uri,
+            "--no-listen",
+            "--no-watch",
+            "--stay",
+        ]);
+        let before = registered(&alice);
+        assert!(before.starts_with("sip:alice@127.0.0.1:"), "{before}");
+        alice.send("ip-change 127.0.0.24");
+        let after = alice.wait_for("registered from the new address", |v| {
+            v["event"] == "registration"
+                && v["state"] == "registered"
+                && v["contact"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("sip:alice@127.0.0.24:"))
+        });
+        alice.wait_for("completed", |v| {
+            v["event"] == "ip_change" && v["stage"] == "completed" && v["status"] == "ok"
+        });
+        let contact = after["contact"].as_str().unwrap();
+        let pid = alice.child.id();
+        let tcp = sockets_of(pid, "tcp");
+        assert!(tcp.iter().all(|f| f[3] != "0A"), "{transport}: {tcp:?}");
+        let named: std::net::SocketAddrV4 = contact
+            .strip_prefix("sip:alice@")
+            .map(|c| c.split(';').next().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if transport == "udp" {
+            // (the old socket lingers a moment for late answers)
+            let old: std::net::SocketAddrV4 =
+                before.strip_prefix("sip:alice@").unwrap().parse().unwrap();
+            let mut udp: Vec<_> = sockets_of(pid, "udp")
+                .iter()
+                .map(|f| from_hex(&f[1]))
+                .collect();
+            udp.retain(|a| *a != old);
+            assert_eq!(udp, vec![named], "{transport}");
+        } else {
+            let flows: Vec<_> = tcp
+                .iter()
+                .filter(|f| f[3] == "01")
+                .map(|f| from_hex(&f[1]))
+                .collect();
+            assert_eq!(flows, vec![named], "{transport}");
+        }
+    }
+}

@@ -31,6 +31,35 @@ pub fn instance_id(salt: u64) -> String {
     })
 }
 
+/// The instance id kept for `aor` in `dir` (default: the XDG state
+/// directory), so that a restarted agent replaces its binding. A file
+/// holding no valid id is replaced with a warning; one that cannot be read
+/// or written is an error. With no state directory at all (no
+/// `$XDG_STATE_HOME`, no `$HOME`) a new id is drawn, with a warning.
+fn kept_instance_id(aor: &str, dir: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use siproam::instance::{default_state_dir, stored_instance_id, InstanceOrigin};
+    let Some(dir) = dir.map(PathBuf::from).or_else(default_state_dir) else {
+        tracing::warn!(
+            "no state directory ($XDG_STATE_HOME and $HOME unset, no --state-dir): \
+             a new instance id for this run"
+        );
+        return Ok(instance_id(seed()));
+    };
+    let (urn, origin) = stored_instance_id(&dir, aor).with_context(|| {
+        format!(
+            "keeping the instance id in {} (give --instance-id URN or another --state-dir)",
+            dir.display()
+        )
+    })?;
+    if origin == InstanceOrigin::Replaced {
+        tracing::warn!(
+            file = %siproam::instance::instance_file(&dir, aor).display(),
+            "the stored instance id was unreadable; a new one replaces it"
+        );
+    }
+    Ok(urn)
+}
+
 /// Only when the OS generator fails (never seen on Linux): the clock.
 fn fallback_seed() -> u64 {
     std::time::SystemTime::now()
@@ -255,6 +284,12 @@ pub struct AgentArgs {
     /// `udp:0.0.0.0:0` and `tcp:0.0.0.0:0`.
     #[arg(long)]
     pub listen: Vec<String>,
+    /// Open no listening socket: the Contact is the registration flow's
+    /// own address (a TCP/TLS connection opened first, or a UDP socket on
+    /// a port of the OS's choosing), and requests to the agent come over
+    /// that flow — no open port needed behind a NAT.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
     /// Binding lifetime to request, in seconds (default 600).
     #[arg(long)]
     pub expires: Option<u32>,
@@ -266,7 +301,8 @@ pub struct AgentArgs {
     /// The registration flow's `reg-id`, with `--outbound` (default 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub reg_id: Option<u32>,
-    /// The `+sip.instance` (`urn:uuid:…`); default: a new random one.
+    /// The `+sip.instance` (`urn:uuid:…`); default: the one kept for the
+    /// AoR in `--state-dir` (made there on the first run).
     #[arg(long, value_name = "URN")]
     pub instance_id: Option<String>,
     /// An outbound proxy (repeatable): each one a flow of its own, with
@@ -279,6 +315,10 @@ pub struct AgentArgs {
     /// i-th flow takes the i-th of each (the last one repeated).
     #[arg(long, value_name = "IFACE|ADDR")]
     pub flow_from: Vec<String>,
+    /// Where the instance id of each AoR is kept (default
+    /// `$XDG_STATE_HOME/siproam`, else `~/.local/state/siproam`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Keep running when stdin ends (for scripts).
     #[arg(long)]
     pub stay: bool,
@@ -309,6 +349,12 @@ pub struct AgentArgs {
     /// has failed (default 10).
     #[arg(long, value_name = "SECS")]
     pub pong_timeout: Option<u64>,
+    /// The kernel's TCP keep-alive on every TCP/TLS connection: seconds
+    /// idle before the first probe, seconds between probes, probes
+    /// unanswered before the connection is dropped (e.g. 60,10,5;
+    /// default off).
+    #[arg(long, value_name = "IDLE,INTERVAL,COUNT")]
+    pub tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -435,13 +481,16 @@ pub struct FileConfig {
     instance_id: Option<String>,
     outbound_proxy: Option<Vec<String>>,
     flow_from: Option<Vec<String>>,
+    state_dir: Option<PathBuf>,
     stay: Option<bool>,
+    no_listen: Option<bool>,
     no_watch: Option<bool>,
     ipv6_sip: Option<String>,
     ipv6_media: Option<String>,
     keepalive: Option<u64>,
     keepalive_stream: Option<u64>,
     pong_timeout: Option<u64>,
+    tcp_keepalive: Option<String>,
     host: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -510,7 +559,11 @@ impl FileConfig {
 
     /// Fills what the agent's flags left out.
     pub fn agent(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
-        if a.listen.is_empty() {
+        if self.no_listen == Some(true) && self.listen.as_ref().is_some_and(|l| !l.is_empty()) {
+            anyhow::bail!("no-listen and listen cannot go together");
+        }
+        a.no_listen |= a.listen.is_empty() && self.no_listen.unwrap_or(false);
+        if a.listen.is_empty() && !a.no_listen {
             a.listen.extend(self.listen.clone().unwrap_or_default());
         }
         if a.host.is_empty() {
@@ -537,6 +590,12 @@ impl FileConfig {
         fill(&mut a.keepalive, &self.keepalive);
         fill(&mut a.keepalive_stream, &self.keepalive_stream);
         fill(&mut a.pong_timeout, &self.pong_timeout);
+        if let (None, Some(k)) = (&a.tcp_keepalive, &self.tcp_keepalive) {
+            a.tcp_keepalive = Some(
+                k.parse()
+                    .with_context(|| format!("tcp-keepalive = {k:?}"))?,
+            );
+        }
         fill(&mut a.user, &self.user);
         self.password(a)?;
         if a.expires.is_none() {
@@ -548,6 +607,7 @@ impl FileConfig {
         }
         fill(&mut a.reg_id, &self.reg_id);
         fill(&mut a.instance_id, &self.instance_id);
+        fill(&mut a.state_dir, &self.state_dir);
         a.stay |= self.stay.unwrap_or(false);
         a.no_watch |= self.no_watch.unwrap_or(false);
         self.tls(&mut a.tls);
@@ -802,7 +862,9 @@ pub async fn agent(
         .aor
         .clone()
         .context("--aor is required (or aor = … in --config)")?;
-    let listen = if args.listen.is_empty() {
+    let listen = if args.no_listen {
+        Vec::new()
+    } else if args.listen.is_empty() {
         vec!["udp:0.0.0.0:0".to_owned(), "tcp:0.0.0.0:0".to_owned()]
     } else {
         args.listen.clone()
@@ -834,7 +896,10 @@ pub async fn agent(
             seed: seed(),
             ..Default::default()
         },
-        transport: transport_config(&args.tls)?,
+        transport: TransportConfig {
+            tcp_keepalive: args.tcp_keepalive,
+            ..transport_config(&args.tls)?
+        },
         hosts: parse_hosts(&args.host)?,
         watch: (!args.no_watch).then(siproam::WatchConfig::default),
     };
@@ -844,10 +909,10 @@ pub async fn agent(
     // instance, reg-id 1, 2, …)
     let mut accounts = Vec::new();
     if let Some(registrar) = &args.registrar {
-        let instance = args
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| instance_id(seed()));
+        let instance = match &args.instance_id {
+            Some(urn) => urn.clone(),
+            None => kept_instance_id(&aor, args.state_dir.as_deref())?,
+        };
         for (reg_id, flow) in args.flows()? {
             accounts.push(
                 ep.register(AccountSpec {

@@ -327,6 +327,8 @@ fn spawn_reading_stderr(args: &[&str]) -> (std::process::Child, std::sync::mpsc:
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_siproam"))
         .args(args)
+        // the agent's instance id is kept here, not in the home directory
+        .env("XDG_STATE_HOME", temp_dir("stderr-state"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

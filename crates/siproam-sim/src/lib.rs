@@ -749,8 +749,22 @@ impl Sim {
             let conn = match self.flow_conns.get(&(node, t.flow)) {
                 Some(c) => *c,
                 None => {
-                    self.next_port = self.next_port.wrapping_add(1).max(40000);
-                    let from = SocketAddr::new(local_ip, self.next_port);
+                    // a port the target names that nothing listens on: a
+                    // connection opened first for its own address (a
+                    // client with no listener), as the driver's connect
+                    let named = t.local.map(|a| a.port()).filter(|p| {
+                        *p != 0
+                            && !self
+                                .endpoint(node)
+                                .listen_points()
+                                .iter()
+                                .any(|l| l.addr.port() == *p)
+                    });
+                    let port = named.unwrap_or_else(|| {
+                        self.next_port = self.next_port.wrapping_add(1).max(40000);
+                        self.next_port
+                    });
+                    let from = SocketAddr::new(local_ip, port);
                     let c = self.open_conn(t.transport, End::Flow(node, t.flow), from, t.remote);
                     self.endpoint(node).handle_flow_established(t.flow, from);
                     c

@@ -9,6 +9,7 @@
 pub mod edge;
 mod endpoint;
 mod fdlimit;
+pub mod instance;
 mod media_report;
 pub mod netwatch;
 mod phone;

@@ -44,6 +44,7 @@
 mod addr;
 mod error;
 mod listener;
+mod sockopt;
 mod stream;
 mod tls;
 
@@ -66,6 +67,9 @@ use tokio_util::sync::CancellationToken;
 pub use addr::{source_address_for, AddressOracle, SystemAddresses};
 pub use error::{ListenError, SendError, TlsConfigError};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use sockopt::{
+    TcpKeepalive, TcpKeepaliveError, TcpKeepaliveField, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
+};
 pub use tls::{TlsClientConfig, TlsServerConfig};
 
 use stream::ConnShared;
@@ -406,6 +410,10 @@ pub struct TransportConfig {
     /// Tells whether an address is still on this host (used by
     /// [`TransportManager::restart_listener`]).
     pub address_oracle: Arc<dyn AddressOracle>,
+    /// The kernel's TCP keep-alive on every TCP/TLS connection, opened or
+    /// accepted (`SO_KEEPALIVE` with idle time, interval and probe
+    /// count). `None` (the default): off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
 }
 
 impl Default for TransportConfig {
@@ -425,6 +433,7 @@ impl Default for TransportConfig {
             tls_client: None,
             tls_server: None,
             address_oracle: Arc::new(SystemAddresses),
+            tcp_keepalive: None,
         }
     }
 }
@@ -460,6 +469,7 @@ pub(crate) struct Shared {
     max_connections: usize,
     max_per_source: usize,
     rebind_retry_delay: Duration,
+    tcp_keepalive: Option<TcpKeepalive>,
     tls_connector: Option<tokio_rustls::TlsConnector>,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     oracle: Arc<dyn AddressOracle>,
@@ -550,8 +560,8 @@ struct ListenerEntry {
 #[derive(Debug)]
 struct ConnEntry {
     info: ConnectionInfo,
-    /// The name an outgoing TLS connection verified.
-    server_name: Option<String>,
+    /// What an outgoing TLS connection verified of its server.
+    verified: tls::VerifiedServer,
     tx: mpsc::Sender<Bytes>,
     shared: Arc<ConnShared>,
 }
@@ -768,6 +778,7 @@ impl TransportManager {
             max_connections: config.max_connections,
             max_per_source: config.max_connections_per_source,
             rebind_retry_delay: config.rebind_retry_delay,
+            tcp_keepalive: config.tcp_keepalive,
             tls_connector: client.map(|c| tokio_rustls::TlsConnector::from(c.into_rustls())),
             tls_acceptor: config
                 .tls_server
@@ -1084,11 +1095,34 @@ impl TransportManager {
                     && !c.shared.is_closing()
                     && (target.transport != Transport::Tls
                         || match c.info.direction {
-                            ConnectionDirection::Outgoing => c.server_name == target.server_name,
+                            // the name verified, or one its certificate covers
+                            ConnectionDirection::Outgoing => {
+                                c.verified.serves(target.server_name.as_deref())
+                            }
                             ConnectionDirection::Incoming => target.server_name.is_none(),
                         })
             })
             .map(|c| (c.info, c.tx.clone()))
+    }
+
+    /// The newest open outgoing TLS connection whose server's certificate
+    /// covers `name` (a subject alternative name, wildcards as RFC 6125
+    /// allows them), on `port` if given: a request for that domain may
+    /// reuse it instead of opening another (RFC 5626 §4.3).
+    pub fn tls_connection_serving(&self, name: &str, port: Option<u16>) -> Option<ConnectionInfo> {
+        let state = self.shared.state();
+        state
+            .connections
+            .values()
+            .rev()
+            .find(|c| {
+                c.info.transport == Transport::Tls
+                    && c.info.direction == ConnectionDirection::Outgoing
+                    && !c.shared.is_closing()
+                    && port.is_none_or(|p| p == c.info.remote.port())
+                    && c.verified.serves(Some(name))
+            })
+            .map(|c| c.info)
     }
 
     /// Sends a keep-alive ping (`CRLFCRLF`, RFC 5626 §4.4.1) on a

@@ -600,7 +600,9 @@ async fn tls_both_ways_with_connection_reuse() {
     assert_eq!(reply.connection, cb);
     assert_eq!(received(&mut ea).await, (Some(ca), lb.local, sip("reply")));
 
-    // a connection verified for another name is not reused
+    // verified for the address, it serves a name its certificate also
+    // carries (RFC 5626 §4.3), not one it does not: that one gets a
+    // connection of its own, which verification refuses
     let named = a
         .send(
             &SendTarget::new(Transport::Tls, lb.local).with_server_name("localhost"),
@@ -608,9 +610,19 @@ async fn tls_both_ways_with_connection_reuse() {
         )
         .await
         .unwrap();
-    assert_ne!(named.connection, Some(ca));
+    assert_eq!(named.connection, Some(ca));
     assert_eq!(received(&mut eb).await.2, sip("named"));
-    assert_eq!(a.connections().len(), 2);
+    let other = a
+        .send(
+            &SendTarget::new(Transport::Tls, lb.local).with_server_name("other.example.test"),
+            sip("other"),
+        )
+        .await;
+    assert!(
+        matches!(other, Err(SendError::TlsHandshake(_))),
+        "{other:?}"
+    );
+    assert_eq!(a.connections().len(), 1);
 }
 
 #[tokio::test]

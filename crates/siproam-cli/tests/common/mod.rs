@@ -27,6 +27,18 @@ pub struct Proc {
     lines: mpsc::Receiver<Value>,
     /// Every event read so far, in order.
     history: std::cell::RefCell<Vec<Value>>,
+    /// Its `XDG_STATE_HOME` (removed on drop).
+    state: PathBuf,
+}
+
+/// A new empty directory for one process's state.
+fn fresh_state_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("siproam-state-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl Proc {
@@ -47,8 +59,12 @@ impl Proc {
     }
 
     fn spawn_command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        // an agent keeps its instance id in its state directory: one of
+        // its own per process (as a new random id before), not the home's
+        let state = fresh_state_dir();
         let mut child = Command::new(program)
             .args(args)
+            .env("XDG_STATE_HOME", &state)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -72,6 +88,7 @@ impl Proc {
             stdin,
             lines: rx,
             history: std::cell::RefCell::new(Vec::new()),
+            state,
         }
     }
 
@@ -160,6 +177,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 

@@ -9,7 +9,7 @@ use siproam_core::{
 };
 use tracing::debug;
 
-use crate::resolve::{Destination, FamilyPreference, ResolvedTarget};
+use crate::resolve::{Destination, FamilyPreference, NameOrIp, ResolvedTarget};
 use crate::transport::{ListenerInfo, SendTarget, Transport};
 
 use super::driver::{now, Driver};
@@ -34,6 +34,9 @@ impl Driver {
     ) -> Result<Vec<ResolvedTarget>, EndpointError> {
         let uri = siproam_sip::Uri::parse(uri_text)?;
         let dest = Destination::from_uri(&uri)?;
+        if let Some(reused) = self.tls_flow_for(&dest, family) {
+            return Ok(vec![reused]);
+        }
         let mut rng_state = self.random();
         let mut rng = move || {
             rng_state = rng_state
@@ -43,6 +46,38 @@ impl Driver {
         };
         self.resolver.set_family(family);
         Ok(self.resolver.resolve(&dest, &mut rng).await?)
+    }
+
+    /// RFC 5626 §4.3: a TLS destination named by a domain (no `maddr`)
+    /// that the certificate of an open outgoing TLS connection covers (a
+    /// subject alternative name, a wildcard as RFC 6125 allows) goes over
+    /// that connection, without a look-up: the certificate already proves
+    /// the server serves the domain. An explicit port must be the
+    /// connection's.
+    fn tls_flow_for(&self, dest: &Destination, family: FamilyPreference) -> Option<ResolvedTarget> {
+        let tls = dest.secure || dest.transport == Some(Transport::Tls);
+        let named =
+            matches!(&dest.host, NameOrIp::Name(n) if n.eq_ignore_ascii_case(&dest.server_name));
+        if !tls || !named {
+            return None;
+        }
+        let conn = self
+            .transports
+            .tls_connection_serving(&dest.server_name, dest.port)?;
+        let allowed = match family {
+            FamilyPreference::Ipv4Only => conn.remote.is_ipv4(),
+            FamilyPreference::Ipv6Only => conn.remote.is_ipv6(),
+            FamilyPreference::PreferIpv4 | FamilyPreference::PreferIpv6 => true,
+        };
+        if !allowed {
+            return None;
+        }
+        debug!(connection = %conn.id, "TLS flow reused for a domain its certificate covers");
+        Some(ResolvedTarget {
+            transport: Transport::Tls,
+            addr: conn.remote,
+            server_name: dest.server_name.clone(),
+        })
     }
 
     /// The core's target for a resolved one: the local address to send
@@ -67,14 +102,24 @@ impl Driver {
             // no listener of that transport: the peer reaches us over the
             // connection we open; advertise another listener's port
             .or(listeners.first())
-            .ok_or(EndpointError::NoListener(target.transport))?;
+            .map(|l| l.local);
+        // no listener at all (a client with no listener): a stream target
+        // is reached over the connection opened first, whose own address
+        // is the Contact ([`Driver::contact_connection`])
+        let listener = match listener {
+            Some(l) => l,
+            None if target.transport.is_reliable() => {
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+            }
+            None => return Err(EndpointError::NoListener(target.transport)),
+        };
         let ip = match local_ip {
             Some(ip) => ip,
-            None if listener.local.ip().is_unspecified() => self
+            None if listener.ip().is_unspecified() => self
                 .transports
                 .source_address_for(target.addr)
                 .map_err(EndpointError::NoRoute)?,
-            None => listener.local.ip(),
+            None => listener.ip(),
         };
         if target.transport == Transport::Tls {
             self.server_names
@@ -83,8 +128,57 @@ impl Driver {
         Ok(CoreTarget {
             transport: target.transport,
             remote: target.addr,
-            local: Some(SocketAddr::new(ip, listener.local.port())),
+            local: Some(SocketAddr::new(ip, listener.port())),
         })
+    }
+
+    /// A UDP target with no UDP socket of its family to send from (a
+    /// client with no listener): one is bound on the source address the OS
+    /// uses towards it, on a port of the OS's choosing — it must exist to
+    /// receive the answers, and its address is the Contact. It is not
+    /// a configured listener, but it is one for the core from now on.
+    async fn ensure_udp_socket(&mut self, targets: &[ResolvedTarget]) -> Result<(), EndpointError> {
+        let Some(target) = targets.iter().find(|t| t.transport == Transport::Udp) else {
+            return Ok(());
+        };
+        let has_socket = self.transports.listeners().iter().any(|l| {
+            l.transport == Transport::Udp
+                && l.local.is_ipv4() == target.addr.is_ipv4()
+                && !self.retiring.iter().any(|(_, id)| *id == l.id)
+        });
+        if has_socket {
+            return Ok(());
+        }
+        let ip = self
+            .transports
+            .source_address_for(target.addr)
+            .map_err(EndpointError::NoRoute)?;
+        // opened apart from `self`: the driver's future stays Send
+        let info = self
+            .transports
+            .clone()
+            .listen(Transport::Udp, SocketAddr::new(ip, 0))
+            .await?;
+        debug!(local = %info.local, "no UDP listener: a socket for the flow");
+        self.core.add_listen_point(siproam_core::ListenPoint {
+            transport: Transport::Udp,
+            addr: info.local,
+        });
+        Ok(())
+    }
+
+    /// Opens the connection a stream target's Contact must name, when the
+    /// core asks for it ([`Driver::contact_connection`]), and makes its
+    /// local address the target's.
+    async fn connect_first(&mut self, target: &mut CoreTarget) {
+        if let Some(t) = self.contact_connection(target) {
+            // opened apart from `self`: the driver's future stays Send
+            match self.transports.clone().connect(&t).await {
+                Ok(flow) => target.local = Some(flow.local),
+                // the request's own connect fails the same way and says so
+                Err(e) => debug!("connect for the Contact failed: {e}"),
+            }
+        }
     }
 
     /// The connection an account will register over, to be opened first
@@ -147,7 +241,9 @@ impl Driver {
                 .map_or(Ipv6Use::Enabled, |r| r.sip),
         );
         let targets = self.resolve_targets(&hop, family).await?;
-        let target = self.first_usable(&targets, None)?;
+        self.ensure_udp_socket(&targets).await?;
+        let mut target = self.first_usable(&targets, None)?;
+        self.connect_first(&mut target).await;
         if let Some(local) = target.local {
             self.core.note_local_ip(local.ip());
         }
@@ -166,15 +262,9 @@ impl Driver {
         let candidates = self
             .resolve_targets(&first_hop, family_preference(spec.ipv6_sip))
             .await?;
+        self.ensure_udp_socket(&candidates).await?;
         let mut core_target = self.first_usable(&candidates, spec.flow.local_ip)?;
-        if let Some(t) = self.contact_connection(&core_target) {
-            // opened apart from `self`: the driver's future stays Send
-            match self.transports.clone().connect(&t).await {
-                Ok(flow) => core_target.local = Some(flow.local),
-                // the REGISTER's own connect fails the same way and says so
-                Err(e) => debug!("connect for the Contact failed: {e}"),
-            }
-        }
+        self.connect_first(&mut core_target).await;
         let local_ip = core_target.local.map(|a| a.ip());
         let uri = siproam_sip::Uri::parse(&spec.registrar)?;
         // the Request-URI of a REGISTER is the registrar's domain

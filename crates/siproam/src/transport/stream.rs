@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CloseReason, ConnEntry, ConnectionDirection, ConnectionId, ConnectionInfo, ListenerInfo,
-    SendError, SendTarget, Shared, SourceSlot, StreamSlot, Transport, TransportEvent,
+    sockopt, tls::VerifiedServer, CloseReason, ConnEntry, ConnectionDirection, ConnectionId,
+    ConnectionInfo, ListenerInfo, SendError, SendTarget, Shared, SourceSlot, StreamSlot, Transport,
+    TransportEvent,
 };
 
 /// Bytes read from a stream at a time.
@@ -278,6 +279,7 @@ pub(super) async fn connect(
         .map_err(|_| SendError::ConnectTimeout)?
         .map_err(SendError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    sockopt::apply(&tcp, shared.tcp_keepalive.as_ref());
     let local = tcp.local_addr().map_err(SendError::Connect)?;
     if shared.stop.is_cancelled() {
         return Err(SendError::ShutDown);
@@ -292,6 +294,18 @@ pub(super) async fn connect(
                         shared.tls_failed(ConnectionDirection::Outgoing, remote.ip(), &e);
                         SendError::TlsHandshake(e)
                     })?;
+            // the verified end-entity certificate: its names may cover
+            // other domains the connection can serve (RFC 5626 §4.3)
+            let peer_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|c| c.clone().into_owned());
+            let verified = VerifiedServer {
+                name: target.server_name.clone(),
+                certificate: peer_cert,
+            };
             Ok(start(
                 shared,
                 tls,
@@ -300,7 +314,7 @@ pub(super) async fn connect(
                 remote,
                 ConnectionDirection::Outgoing,
                 None,
-                target.server_name.clone(),
+                verified,
                 conn,
             ))
         }
@@ -312,7 +326,7 @@ pub(super) async fn connect(
             remote,
             ConnectionDirection::Outgoing,
             None,
-            None,
+            VerifiedServer::default(),
             conn,
         )),
     }
@@ -336,6 +350,7 @@ pub(super) async fn accepted(
         }
     };
     let _ = tcp.set_nodelay(true);
+    sockopt::apply(&tcp, shared.tcp_keepalive.as_ref());
     match listener.transport {
         Transport::Tls => {
             let Some(acceptor) = shared.tls_acceptor.clone() else {
@@ -361,7 +376,7 @@ pub(super) async fn accepted(
                         remote,
                         ConnectionDirection::Incoming,
                         Some(listener),
-                        None,
+                        VerifiedServer::default(),
                         conn,
                     );
                 }
@@ -390,7 +405,7 @@ pub(super) async fn accepted(
                 remote,
                 ConnectionDirection::Incoming,
                 Some(listener),
-                None,
+                VerifiedServer::default(),
                 conn,
             );
         }
@@ -407,7 +422,7 @@ fn start<S>(
     remote: SocketAddr,
     direction: ConnectionDirection,
     listener: Option<ListenerInfo>,
-    server_name: Option<String>,
+    verified: VerifiedServer,
     conn: Arc<ConnShared>,
 ) -> (ConnectionInfo, mpsc::Sender<Bytes>)
 where
@@ -426,7 +441,7 @@ where
         info.id,
         ConnEntry {
             info,
-            server_name,
+            verified,
             tx: tx.clone(),
             shared: conn.clone(),
         },

@@ -139,3 +139,44 @@ impl TlsServerConfig {
         self.inner
     }
 }
+
+/// What an outgoing TLS connection verified of its server: the name it
+/// asked for and the end-entity certificate that passed. Empty for TCP
+/// and for incoming connections (whose peer was never authenticated).
+#[derive(Debug, Clone, Default)]
+pub(super) struct VerifiedServer {
+    /// The name the certificate was checked against (`None`: the remote
+    /// IP address).
+    pub(super) name: Option<String>,
+    /// The server's end-entity certificate.
+    pub(super) certificate: Option<CertificateDer<'static>>,
+}
+
+impl VerifiedServer {
+    /// Whether the connection serves `name`: the name it verified, or a
+    /// name a subject alternative name of its certificate covers (RFC 5922
+    /// §7.2, RFC 6125 §6.4: a wildcard only as the whole left-most label,
+    /// matching exactly one label) — the check a new handshake for `name`
+    /// would make, by rustls's own verifier.
+    pub(super) fn serves(&self, name: Option<&str>) -> bool {
+        if self.name.as_deref() == name {
+            return true;
+        }
+        match (name, &self.certificate) {
+            (Some(name), Some(cert)) => certificate_covers(cert, name),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a subject alternative name of `cert` covers `name` (a DNS name
+/// or an IP address in text form).
+pub(super) fn certificate_covers(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(server_name) = rustls_pki_types::ServerName::try_from(name) else {
+        return false;
+    };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(cert) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &server_name).is_ok()
+}

@@ -170,13 +170,16 @@ async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// The registrar's limits on bindings (flags or config file).
+/// The registrar's limits on bindings and connections (flags or config
+/// file).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BindingLimits {
     /// Most bindings per AoR (`--max-bindings`).
     pub max_bindings: Option<u32>,
     /// Shortest lifetime granted (`--min-expires`).
     pub min_expires: Option<u32>,
+    /// Most TCP/TLS connections at once (`--max-connections`).
+    pub max_connections: Option<u32>,
 }
 
 /// `siproam registrar`.
@@ -229,10 +232,20 @@ pub async fn registrar(
             },
             ..Default::default()
         },
-        transport: transport_config(&tls)?,
+        transport: {
+            let mut t = transport_config(&tls)?;
+            if let Some(n) = limits.max_connections {
+                t.max_connections = usize::try_from(n)?;
+            }
+            t
+        },
         hosts: Vec::new(),
         watch: None,
     };
+    if let Some(n) = limits.max_connections {
+        // a descriptor per connection, and some to spare
+        siproam::raise_open_files_limit_to(u64::from(n) + 256)?;
+    }
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
     announce_listeners(&ep, json_out).await?;
     loop {

@@ -217,7 +217,7 @@ pub struct Endpoint {
     /// The time of the last input (for what is decided as events leave).
     pub(crate) clock: Option<Instant>,
     /// Keep-alives of the accounts' stream flows.
-    pub(crate) keepalives: std::collections::HashMap<AccountId, crate::keepalive::KeepAlive>,
+    pub(crate) keepalives: crate::keepalive::KeepAliveTable,
     /// Failed flows the driver must close.
     pub(crate) closes: VecDeque<FlowId>,
     /// STUN keep-alives waiting for their answer, and counters.
@@ -265,7 +265,7 @@ impl Endpoint {
             tidied: None,
             mobility: crate::mobility::Mobility::default(),
             clock: None,
-            keepalives: std::collections::HashMap::new(),
+            keepalives: crate::keepalive::KeepAliveTable::default(),
             closes: VecDeque::new(),
             stun: crate::stun::StunState::default(),
             accounts: crate::accounts::Accounts::default(),

@@ -25,6 +25,7 @@
 //! address (`received`/`rport`) and the Contact is rewritten. Each step is
 //! a [`FlowEvent`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,65 @@ pub(crate) struct KeepAlive {
     retransmits: u32,
     /// UDP: the address the registrar first saw us as.
     mapped: Option<SocketAddr>,
+}
+
+/// The accounts' keep-alives, found by account and by flow (a pong or a
+/// flow's end costs a look-up and the flow's own accounts, not a scan of
+/// every account).
+#[derive(Debug, Default)]
+pub(crate) struct KeepAliveTable {
+    by_account: HashMap<AccountId, KeepAlive>,
+    by_flow: HashMap<FlowId, Vec<AccountId>>,
+    /// Keep-alive entries looked at to find a flow's accounts (tests count
+    /// the work a pong costs).
+    visited: u64,
+}
+
+impl KeepAliveTable {
+    pub(crate) fn get(&self, account: &AccountId) -> Option<&KeepAlive> {
+        self.by_account.get(account)
+    }
+
+    fn get_mut(&mut self, account: &AccountId) -> Option<&mut KeepAlive> {
+        self.by_account.get_mut(account)
+    }
+
+    fn insert(&mut self, account: AccountId, k: KeepAlive) {
+        let flow = k.flow;
+        if let Some(old) = self.by_account.insert(account, k) {
+            if old.flow == flow {
+                return;
+            }
+            self.unindex(old.flow, account);
+        }
+        self.by_flow.entry(flow).or_default().push(account);
+    }
+
+    fn remove(&mut self, account: &AccountId) -> Option<KeepAlive> {
+        let k = self.by_account.remove(account)?;
+        self.unindex(k.flow, *account);
+        if self.by_account.is_empty() {
+            self.by_account.shrink_to(16);
+            self.by_flow.shrink_to(16);
+        }
+        Some(k)
+    }
+
+    fn unindex(&mut self, flow: FlowId, account: AccountId) {
+        if let Some(accounts) = self.by_flow.get_mut(&flow) {
+            accounts.retain(|a| *a != account);
+            if accounts.is_empty() {
+                self.by_flow.remove(&flow);
+            }
+        }
+    }
+
+    /// The accounts whose keep-alive runs on `flow`.
+    fn on_flow(&mut self, flow: FlowId) -> Vec<AccountId> {
+        let found = self.by_flow.get(&flow).cloned().unwrap_or_default();
+        self.visited += found.len() as u64;
+        found
+    }
 }
 
 impl Endpoint {
@@ -255,15 +315,10 @@ impl Endpoint {
     /// A pong (CRLF) arrived on `flow`.
     pub fn handle_pong(&mut self, now: Instant, flow: FlowId) {
         self.clock = Some(now);
-        let accounts: Vec<AccountId> = self
-            .keepalives
-            .iter()
-            .filter(|(_, k)| k.flow == flow && k.awaiting)
-            .map(|(a, _)| *a)
-            .collect();
-        for account in accounts {
-            if let Some(k) = self.keepalives.get_mut(&account) {
-                k.awaiting = false;
+        for account in self.keepalives.on_flow(flow) {
+            match self.keepalives.get_mut(&account) {
+                Some(k) if k.awaiting => k.awaiting = false,
+                _ => continue,
             }
             self.timers
                 .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
@@ -341,13 +396,7 @@ impl Endpoint {
 
     /// A flow an account used is gone: report it, stop its keep-alive.
     pub(crate) fn keepalive_flow_gone(&mut self, flow: FlowId, reason: FlowCloseReason) {
-        let accounts: Vec<AccountId> = self
-            .keepalives
-            .iter()
-            .filter(|(_, k)| k.flow == flow)
-            .map(|(a, _)| *a)
-            .collect();
-        for account in accounts {
+        for account in self.keepalives.on_flow(flow) {
             self.flow_event(account, flow, FlowState::Failed, Some(reason));
             self.keepalive_stop(account);
         }
@@ -427,5 +476,68 @@ impl Endpoint {
     /// The keep-alive interval of an account's flow, if it has one running.
     pub fn keepalive_interval(&self, account: AccountId) -> Option<Duration> {
         self.keepalives.get(&account).map(|k| k.interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::config::Config;
+
+    fn keepalive(flow: FlowId, awaiting: bool) -> KeepAlive {
+        KeepAlive {
+            flow,
+            interval: Duration::from_secs(120),
+            flow_timer: None,
+            awaiting,
+            stun: None,
+            retransmits: 0,
+            mapped: None,
+        }
+    }
+
+    /// Issue 12: a pong used to scan every account's keep-alive, so a peer
+    /// flooding CRLFs at one of 10,000 registration flows cost
+    /// 10,000 × CRLFs. Now a pong looks only at the keep-alives of its own
+    /// flow.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn a_pong_visits_only_the_keepalives_of_its_flow() {
+        let now = Instant::now();
+        let mut ep = Endpoint::new(Config::default());
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let accounts = 10_000u32;
+        let mut flows = Vec::new();
+        for i in 0..accounts {
+            let remote = SocketAddr::new([127, 0, 0, 2].into(), 10_000 + (i as u16));
+            let flow = ep.handle_flow_accepted(Transport::Tcp, local, remote);
+            flows.push(flow);
+            ep.keepalives.insert(AccountId(i), keepalive(flow, true));
+        }
+        // two more accounts on the first flow
+        for i in accounts..accounts + 2 {
+            ep.keepalives
+                .insert(AccountId(i), keepalive(flows[0], true));
+        }
+        let flood = 10_000u64;
+        for _ in 0..flood {
+            ep.handle_pong(now, flows[0]);
+        }
+        // the three accounts on that flow were looked at per pong, no other
+        assert_eq!(ep.keepalives.visited, 3 * flood);
+        // the first pong answered each of them once, the others nothing
+        let oks = std::iter::from_fn(|| ep.poll_event())
+            .filter(|e| matches!(e, Event::Flow(f) if f.state == FlowState::KeepaliveOk))
+            .count();
+        assert_eq!(oks, 3);
+        assert!(ep.keepalives.get(&AccountId(1)).unwrap().awaiting);
+        assert!(!ep.keepalives.get(&AccountId(0)).unwrap().awaiting);
+        // a flow's failure finds its accounts the same way
+        ep.keepalives.visited = 0;
+        ep.handle_flow_closed(now, flows[7], FlowCloseReason::Reset);
+        assert_eq!(ep.keepalives.visited, 1);
+        assert!(ep.keepalives.get(&AccountId(7)).is_none());
     }
 }

@@ -51,6 +51,9 @@ fn a_registration_flow_is_kept_alive_and_replaced_when_pongs_stop() {
         v["event"] == "flow" && v["state"] == "failed"
     });
     assert_eq!(failed["reason"], "pong_timeout", "{failed}");
+    // what the (now closed) flow was
+    assert_eq!(failed["local"], up["local"], "{failed}");
+    assert_eq!(failed["remote"], up["remote"], "{failed}");
     signal(&registrar, "CONT");
     // registered again, over a new connection, kept alive in turn
     agent.wait_for("registered again", |v| {
@@ -121,6 +124,7 @@ fn a_udp_registration_flow_is_kept_alive_by_stun_and_fails_when_answers_stop() {
     });
     assert_eq!(failed["reason"], "stun_timeout", "{failed}");
     assert_eq!(failed["transport"], "udp", "{failed}");
+    assert_eq!(failed["local"], up["local"], "{failed}");
     signal(&registrar, "CONT");
     // registered again over UDP, kept alive in turn
     agent.wait_for("registered again", |v| {

@@ -102,6 +102,10 @@ pub(crate) struct KeepAlive {
     retransmits: u32,
     /// UDP: the address the registrar first saw us as.
     mapped: Option<SocketAddr>,
+    /// What the flow was (its events still say so once it is gone).
+    transport: Transport,
+    local: Option<SocketAddr>,
+    remote: SocketAddr,
 }
 
 /// The accounts' keep-alives, found by account and by flow (a pong or a
@@ -177,7 +181,9 @@ impl Endpoint {
         let Some(f) = self.flows.get(flow) else {
             return;
         };
-        let udp = !f.transport.is_reliable();
+        let (transport, remote) = (f.transport, f.remote);
+        let local = self.flow_local(flow);
+        let udp = !transport.is_reliable();
         let flow_timer = resp.flow_timer().and_then(Result::ok);
         let configured = if udp {
             // STUN only towards a registrar that takes part in outbound
@@ -217,10 +223,13 @@ impl Endpoint {
                 stun: None,
                 retransmits: 0,
                 mapped,
+                transport,
+                local,
+                remote,
             },
         );
         if fresh {
-            self.flow_event(account, flow, FlowState::Up, None);
+            self.flow_event(account, FlowState::Up, None);
         }
         self.schedule_ping(now, account);
     }
@@ -322,7 +331,7 @@ impl Endpoint {
             }
             self.timers
                 .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
-            self.flow_event(account, flow, FlowState::KeepaliveOk, None);
+            self.flow_event(account, FlowState::KeepaliveOk, None);
             self.schedule_ping(now, account);
         }
     }
@@ -366,7 +375,7 @@ impl Endpoint {
                 if let Some(k) = self.keepalives.get_mut(&account) {
                     k.mapped = Some(mapped);
                 }
-                self.flow_event(account, k.flow, FlowState::KeepaliveOk, None);
+                self.flow_event(account, FlowState::KeepaliveOk, None);
                 self.schedule_ping(now, account);
             }
         }
@@ -397,7 +406,7 @@ impl Endpoint {
     /// A flow an account used is gone: report it, stop its keep-alive.
     pub(crate) fn keepalive_flow_gone(&mut self, flow: FlowId, reason: FlowCloseReason) {
         for account in self.keepalives.on_flow(flow) {
-            self.flow_event(account, flow, FlowState::Failed, Some(reason));
+            self.flow_event(account, FlowState::Failed, Some(reason));
             self.keepalive_stop(account);
         }
     }
@@ -424,48 +433,40 @@ impl Endpoint {
         }
     }
 
+    /// Our end of a flow, when known (a UDP flow sends from the listener
+    /// its requests name).
+    fn flow_local(&self, flow: FlowId) -> Option<SocketAddr> {
+        let f = self.flows.get(flow)?;
+        f.local.or_else(|| {
+            (!f.transport.is_reliable()).then(|| self.local_for(flow, f.transport, None))
+        })
+    }
+
+    /// Reports what happened to `account`'s keep-alive flow: the flow as
+    /// it is, or — once forgotten (closed, failed) — as it was.
     fn flow_event(
         &mut self,
         account: AccountId,
-        flow: FlowId,
         state: FlowState,
         reason: Option<FlowCloseReason>,
     ) {
-        let Some(f) = self.flows.get(flow) else {
-            // (a flow already forgotten: what it was is still known to
-            // the keep-alive)
-            if let (Some(k), Some(remote)) = (
-                self.keepalives.get(&account),
-                self.account_registrar(account),
-            ) {
-                let ev = FlowEvent {
-                    account,
-                    flow,
-                    state,
-                    reason,
-                    transport: self.account_transport(account).unwrap_or(Transport::Tcp),
-                    local: None,
-                    remote,
-                    flow_timer: k.flow_timer,
-                };
-                self.events.push_back(Event::Flow(ev));
-            }
+        let Some(k) = self.keepalives.get(&account).copied() else {
             return;
         };
-        let ev = FlowEvent {
+        let (transport, local, remote) = match self.flows.get(k.flow) {
+            Some(f) => (f.transport, self.flow_local(k.flow).or(k.local), f.remote),
+            None => (k.transport, k.local, k.remote),
+        };
+        self.events.push_back(Event::Flow(FlowEvent {
             account,
-            flow,
+            flow: k.flow,
             state,
             reason,
-            transport: f.transport,
-            // (a UDP flow sends from the listener its requests name)
-            local: f.local.or_else(|| {
-                (!f.transport.is_reliable()).then(|| self.local_for(flow, f.transport, None))
-            }),
-            remote: f.remote,
-            flow_timer: self.keepalives.get(&account).and_then(|k| k.flow_timer),
-        };
-        self.events.push_back(Event::Flow(ev));
+            transport,
+            local,
+            remote,
+            flow_timer: k.flow_timer,
+        }));
     }
 
     /// The next flow the driver must close (a failed one).
@@ -495,6 +496,9 @@ mod tests {
             stun: None,
             retransmits: 0,
             mapped: None,
+            transport: Transport::Tcp,
+            local: None,
+            remote: SocketAddr::new([127, 0, 0, 2].into(), 5060),
         }
     }
 

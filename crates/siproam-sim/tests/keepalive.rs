@@ -146,6 +146,11 @@ fn a_missing_pong_fails_the_flow_and_registers_again_over_a_new_one() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].state, FlowState::Failed);
     assert_eq!(evs[0].reason, Some(FlowCloseReason::KeepAliveTimeout));
+    // what the flow was, though it is gone
+    assert_eq!(evs[0].local, Some(first.from));
+    assert_eq!(evs[0].remote, first.to);
+    assert_eq!(evs[0].transport, Transport::Tcp);
+    assert_eq!(evs[0].flow_timer, Some(30));
     // the new flow is kept alive in turn once registered
     sim.set_pong(reg, true);
     ok_with(&mut sim, reg, &again, &[("Flow-Timer", "30")]);
@@ -170,6 +175,8 @@ fn a_closed_flow_is_reported_failed_and_replaced() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].state, FlowState::Failed);
     assert_eq!(evs[0].reason, Some(FlowCloseReason::PeerClosed));
+    assert_eq!(evs[0].local, Some(first.from));
+    assert_eq!(evs[0].remote, first.to);
 }
 
 /// A UDP account gets no CRLF keep-alives (UDP flows are kept by STUN).
@@ -347,6 +354,8 @@ mod stun_keepalives {
         assert_eq!(evs[0].state, FlowState::Failed);
         assert_eq!(evs[0].reason, Some(FlowCloseReason::StunTimeout));
         assert_eq!(evs[0].transport, Transport::Udp);
+        assert_eq!(evs[0].local, Some(ua_addr()));
+        assert_eq!(evs[0].remote, reg_addr());
         // the new flow is kept alive in turn once registered
         sim.set_stun(reg, true);
         ok_with(&mut sim, reg, &again, &[OUTBOUND, ("Flow-Timer", "30")]);

@@ -629,6 +629,8 @@ fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
         R::Idle => "idle",
         R::FramingError => "framing_error",
         R::Local => "closed_locally",
+        R::Unregistered => "unregistered",
+        R::Replaced => "replaced",
         _ => "other",
     }
 }
@@ -873,11 +875,16 @@ pub async fn agent(
         if ep.unregister(acc).await.is_ok() {
             let wait = async {
                 while let Some(ev) = ep.next_event().await {
-                    if let EndpointEvent::Core(Event::Registration(r)) = ev {
-                        emit(json_out, registration_json(&r));
-                        if r.state == RegistrationState::Unregistered {
-                            break;
+                    match ev {
+                        EndpointEvent::Core(Event::Registration(r)) => {
+                            emit(json_out, registration_json(&r));
+                            if r.state == RegistrationState::Unregistered {
+                                break;
+                            }
                         }
+                        // (its flow reported closed)
+                        EndpointEvent::Core(Event::Flow(f)) => emit(json_out, flow_json(&f)),
+                        _ => {}
                     }
                 }
             };

@@ -66,6 +66,14 @@ fn a_registration_flow_is_kept_alive_and_replaced_when_pongs_stop() {
     agent.wait_for("a pong on it", |v| {
         v["event"] == "flow" && v["state"] == "keepalive_ok"
     });
+    // leaving, the agent unregisters: its flow is closed on purpose
+    signal(&agent, "INT");
+    let closed = agent.wait_for("the flow closed", |v| {
+        v["event"] == "flow" && v["state"] == "closed"
+    });
+    assert_eq!(closed["reason"], "unregistered", "{closed}");
+    assert_eq!(closed["flow"], again["flow"], "{closed}");
+    assert_eq!(closed["local"], again["local"], "{closed}");
 }
 
 /// The same over UDP (RFC 5626 §4.4.2): with outbound in force the agent

@@ -106,6 +106,10 @@ pub enum FlowCloseReason {
     FramingError,
     /// Closed on request (shutdown, network change).
     Local,
+    /// The account unregistered: it no longer uses the flow.
+    Unregistered,
+    /// The account registered over a newer flow and left this one.
+    Replaced,
 }
 
 impl fmt::Display for FlowCloseReason {
@@ -120,6 +124,8 @@ impl fmt::Display for FlowCloseReason {
             FlowCloseReason::StunChanged => "STUN mapped address changed",
             FlowCloseReason::FramingError => "framing error",
             FlowCloseReason::Local => "closed locally",
+            FlowCloseReason::Unregistered => "unregistered",
+            FlowCloseReason::Replaced => "replaced by a newer flow",
         })
     }
 }

@@ -50,6 +50,9 @@ pub enum FlowState {
     KeepaliveOk,
     /// It failed (no pong, closed, reset …): a new one is being made.
     Failed,
+    /// The account stopped using it on purpose (unregistered, closed for
+    /// a network change, replaced by a newer flow).
+    Closed,
 }
 
 impl FlowState {
@@ -59,6 +62,7 @@ impl FlowState {
             FlowState::Up => "up",
             FlowState::KeepaliveOk => "keepalive_ok",
             FlowState::Failed => "failed",
+            FlowState::Closed => "closed",
         }
     }
 }
@@ -82,6 +86,15 @@ pub struct FlowEvent {
     pub remote: SocketAddr,
     /// The registrar's `Flow-Timer`, if it sent one.
     pub flow_timer: Option<u32>,
+}
+
+/// Whether a flow ended because we chose so (then it is reported
+/// `closed`, else `failed`).
+fn is_deliberate(reason: FlowCloseReason) -> bool {
+    matches!(
+        reason,
+        FlowCloseReason::Local | FlowCloseReason::Unregistered | FlowCloseReason::Replaced
+    )
 }
 
 /// The first STUN retransmission comes this long after the request
@@ -205,8 +218,13 @@ impl Endpoint {
         };
         let prev = self.keepalives.get(&account).copied();
         let fresh = prev.is_none_or(|k| k.flow != flow);
+        if prev.is_some() && fresh {
+            // the account left its flow for this one
+            self.keepalive_closed(account, FlowCloseReason::Replaced);
+        }
+        let prev = prev.filter(|k| k.flow == flow);
         // (a refresh over the same flow keeps the mapped address learnt)
-        let mapped = prev.filter(|k| k.flow == flow).and_then(|k| k.mapped);
+        let mapped = prev.and_then(|k| k.mapped);
         if let Some(tid) = prev.and_then(|k| k.stun) {
             self.stun_forget(tid);
         }
@@ -253,7 +271,7 @@ impl Endpoint {
         // the account moved to another flow (or none): this one is not
         // its to keep any more
         if self.account_flow(account) != Some(k.flow) || self.flows.get(k.flow).is_none() {
-            self.keepalive_stop(account);
+            self.keepalive_closed(account, FlowCloseReason::Replaced);
             return;
         }
         let owner = TimerOwner::Account(account.0);
@@ -405,10 +423,27 @@ impl Endpoint {
 
     /// A flow an account used is gone: report it, stop its keep-alive.
     pub(crate) fn keepalive_flow_gone(&mut self, flow: FlowId, reason: FlowCloseReason) {
+        // closed on purpose (a network change, shutdown) or lost
+        let state = if is_deliberate(reason) {
+            FlowState::Closed
+        } else {
+            FlowState::Failed
+        };
         for account in self.keepalives.on_flow(flow) {
-            self.flow_event(account, FlowState::Failed, Some(reason));
+            self.flow_event(account, state, Some(reason));
             self.keepalive_stop(account);
         }
+    }
+
+    /// The account stops using its keep-alive flow on purpose (`reason`:
+    /// unregistered, replaced by a newer flow): reported `closed`, its
+    /// keep-alive stopped.
+    pub(crate) fn keepalive_closed(&mut self, account: AccountId, reason: FlowCloseReason) {
+        if self.keepalives.get(&account).is_none() {
+            return;
+        }
+        self.flow_event(account, FlowState::Closed, Some(reason));
+        self.keepalive_stop(account);
     }
 
     pub(crate) fn keepalive_stop(&mut self, account: AccountId) {

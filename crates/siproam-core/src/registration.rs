@@ -280,7 +280,7 @@ impl Endpoint {
     /// forgotten once the registrar answers (or the request fails).
     pub fn unregister(&mut self, now: Instant, account: AccountId) -> Result<(), CoreError> {
         self.forget_account_routes(account);
-        self.keepalive_stop(account);
+        self.keepalive_closed(account, FlowCloseReason::Unregistered);
         let acc = self
             .accounts
             .get_mut(account)

@@ -624,3 +624,153 @@ mod stun_keepalives {
         assert!(answered > 0 && answered <= 400, "{answered}");
     }
 }
+
+/// A flow the account stops using on purpose — unregistered, closed for a
+/// network change, replaced by a newer one — is reported `closed` with
+/// its reason, not `failed` (or not at all).
+mod closed_flows {
+    use std::net::SocketAddr;
+
+    use siproam_core::{AccountId, AccountRoutes, IpChangeParams, Ipv6Use, RegistrarAddress};
+
+    use super::*;
+    use support::REG;
+
+    const NEW: &str = "192.0.2.11";
+
+    fn acc() -> AccountId {
+        AccountId(1)
+    }
+
+    /// Registered over TCP with `Flow-Timer: 30`; the `up` event taken.
+    fn registered() -> (Sim, NodeId, NodeId, Received, FlowEvent) {
+        let (mut sim, ua, reg, first) = registered_tcp(&[("Flow-Timer", "30")], None);
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Up);
+        let up = evs[0].clone();
+        (sim, ua, reg, first, up)
+    }
+
+    #[test]
+    fn unregistering_reports_the_flow_closed() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.with_endpoint(ua, |ep, now| ep.unregister(now, acc()))
+            .unwrap();
+        let r = recv(&mut sim, reg);
+        assert_eq!(r.conn, first.conn, "over the same flow");
+        answer(&mut sim, reg, &r, 200, &[]);
+        sim.run_for(Duration::from_secs(120));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Closed);
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Unregistered));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+        assert!(pings(&sim).is_empty(), "no keep-alives after");
+    }
+
+    /// A network change closes the registration flow itself: `closed`
+    /// (`Local`), then the new flow from the new address is `up`.
+    #[test]
+    fn a_flow_closed_for_a_network_change_is_reported_closed() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.with_endpoint(ua, |ep, _| {
+            ep.set_account_routes(
+                acc(),
+                AccountRoutes {
+                    aor: "sip:alice@example.test".into(),
+                    registrar: vec![RegistrarAddress {
+                        transport: Transport::Tcp,
+                        addr: SocketAddr::new(ip(REG), 5060),
+                    }],
+                    sip: Ipv6Use::Enabled,
+                    media: Ipv6Use::Enabled,
+                    ip_change: None,
+                },
+                Some(ip(UA)),
+            )
+        })
+        .unwrap();
+        sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+        let mut params = IpChangeParams::new(ip(NEW));
+        params.shutdown_transports = false;
+        sim.ip_change(ua, params);
+        let r = recv(&mut sim, reg);
+        assert_eq!(r.from.ip(), ip(NEW));
+        assert!(!sim.conn_open(first.conn.unwrap()));
+        ok_with(&mut sim, reg, &r, &[("Flow-Timer", "30")]);
+        sim.run_for(Duration::from_millis(100));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::Closed, FlowState::Up],
+            "{evs:?}"
+        );
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Local));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+        assert_ne!(evs[1].flow, up.flow);
+        assert_eq!(evs[1].local.map(|a| a.ip()), Some(ip(NEW)));
+    }
+
+    /// The account moves to a new flow while the old one stays open: once
+    /// the new one is registered the old one is reported `closed`
+    /// (`Replaced`) and gets no more keep-alives.
+    #[test]
+    fn a_flow_replaced_by_a_newer_one_is_reported_closed() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+        sim.with_endpoint(ua, |ep, now| {
+            ep.move_account_with(now, acc(), SocketAddr::new(ip(NEW), 0), false)
+        })
+        .unwrap();
+        let r = recv(&mut sim, reg);
+        assert_ne!(r.conn, first.conn, "a new flow");
+        ok_with(&mut sim, reg, &r, &[("Flow-Timer", "30")]);
+        sim.run_for(Duration::from_millis(100));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::Closed, FlowState::Up],
+            "{evs:?}"
+        );
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Replaced));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+        assert_ne!(evs[1].flow, up.flow);
+        // keep-alives go on over the new flow only
+        let log_from = sim.log().len();
+        sim.run_for(Duration::from_secs(61));
+        let old_pings = sim.log()[log_from..]
+            .iter()
+            .filter(|e| e.first_line.is_empty() && e.from == first.from)
+            .count();
+        assert_eq!(old_pings, 0);
+        assert!(flow_events(&mut sim, ua)
+            .iter()
+            .all(|e| e.state == FlowState::KeepaliveOk && e.flow == evs[1].flow));
+    }
+
+    /// Moved, but the new flow's 2xx has not come when the old flow's
+    /// keep-alive falls due: the old one is reported `closed` then,
+    /// without a ping.
+    #[test]
+    fn a_flow_left_before_its_next_ping_is_reported_closed_then() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+        sim.with_endpoint(ua, |ep, now| {
+            ep.move_account_with(now, acc(), SocketAddr::new(ip(NEW), 0), false)
+        })
+        .unwrap();
+        let _unanswered = recv(&mut sim, reg);
+        sim.run_for(Duration::from_secs(31));
+        assert!(pings(&sim).is_empty(), "{:?}", pings(&sim));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Closed);
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Replaced));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+    }
+}

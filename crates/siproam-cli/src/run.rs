@@ -296,7 +296,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECS")]
     pub keepalive_stream: Option<u64>,
     /// No pong within this many seconds after a keep-alive ping: the flow
-    /// has failed (default 10).
+    /// has failed (default 10; only with outbound in force or a
+    /// `Flow-Timer` from the registrar).
     #[arg(long, value_name = "SECS")]
     pub pong_timeout: Option<u64>,
     #[command(flatten)]

@@ -1,8 +1,8 @@
 //! Keep-alives on the registration's TCP flow between real processes on
 //! loopback: the agent's CRLFCRLF pings are answered by `siproam
-//! registrar`'s transport; a registrar that stops answering (SIGSTOP) makes
-//! the flow fail on the pong timeout, and the agent registers again over a
-//! new connection once the registrar is back. Over UDP the same with STUN
+//! registrar`'s transport; with outbound in force a registrar that stops
+//! answering (SIGSTOP) makes the flow fail on the pong timeout, and the
+//! agent registers again over a new connection once the registrar is back. Over UDP the same with STUN
 //! Binding requests (`stun_timeout`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -29,14 +29,18 @@ fn a_registration_flow_is_kept_alive_and_replaced_when_pongs_stop() {
         &uri,
         "--listen",
         "udp:127.0.0.2:0",
+        // (the pong watchdog needs a registrar known to answer pings:
+        // outbound in force)
+        "--outbound",
         "--keepalive-stream",
         "1",
         "--pong-timeout",
         "1",
     ]);
-    agent.wait_for("registered", |v| {
+    let registered = agent.wait_for("registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"
     });
+    assert_eq!(registered["outbound"], true, "{registered}");
     let up = agent.seen_or_wait("the flow up", |v| {
         v["event"] == "flow" && v["state"] == "up"
     });

@@ -1,7 +1,11 @@
 //! Keep-alives on an account's registration flow (RFC 5626 §4.4): a ping
 //! at a random 80–100 % of the interval — the registrar's `Flow-Timer`,
 //! else the account's configured time — and a watchdog: no answer within
-//! `pong_timeout` and the flow has failed.
+//! `pong_timeout` and the flow has failed. The watchdog only where the far
+//! end is known to answer: outbound in force or a `Flow-Timer` in the 2xx
+//! (§4.4.1 obliges only such a registrar); towards a plain RFC 3261
+//! registrar CRLF pings still go at the configured interval, to keep a NAT
+//! binding open (it ignores them), and a pong that comes is reported.
 //!
 //! - Stream flows (§4.4.1): the ping is CRLFCRLF, the pong CRLF
 //!   (`keepalive_stream`, 120 s by default).
@@ -109,6 +113,9 @@ pub(crate) struct KeepAlive {
     flow_timer: Option<u32>,
     /// A ping is out, unanswered.
     awaiting: bool,
+    /// A missing pong fails the flow: the far end is known to answer
+    /// (outbound in force, or it sent a `Flow-Timer`).
+    watchdog: bool,
     /// UDP: the STUN Binding request out (its transaction id) …
     stun: Option<u128>,
     /// … and how often it was sent again.
@@ -198,10 +205,14 @@ impl Endpoint {
         let local = self.flow_local(flow);
         let udp = !transport.is_reliable();
         let flow_timer = resp.flow_timer().and_then(Result::ok);
+        // a registrar that takes part in outbound answers pings (RFC 5626
+        // §4.4.1) and STUN on its SIP port (§5.4); a plain RFC 3261 one
+        // need not
+        let answers = self.account_outbound(account) || flow_timer.is_some_and(|s| s > 0);
         let configured = if udp {
-            // STUN only towards a registrar that takes part in outbound
-            // (it answers STUN on its SIP port, RFC 5626 §5.4)
-            if !self.account_outbound(account) && flow_timer.is_none_or(|s| s == 0) {
+            // STUN only towards one that answers: a Binding request does
+            // nothing else
+            if !answers {
                 return;
             }
             self.account_keepalive_datagram(account)
@@ -238,6 +249,7 @@ impl Endpoint {
                 interval,
                 flow_timer,
                 awaiting: false,
+                watchdog: answers,
                 stun: None,
                 retransmits: 0,
                 mapped,
@@ -299,9 +311,15 @@ impl Endpoint {
                     k.stun = stun;
                     k.retransmits = 0;
                 }
-                let pong_timeout = self.account_pong_timeout(account);
-                self.timers
-                    .set(owner, TimerKind::PongTimeout, now + pong_timeout);
+                if k.watchdog {
+                    let pong_timeout = self.account_pong_timeout(account);
+                    self.timers
+                        .set(owner, TimerKind::PongTimeout, now + pong_timeout);
+                } else {
+                    // CRLF pings only to keep a NAT binding open: the next
+                    // one whether a pong comes or not
+                    self.schedule_ping(now, account);
+                }
             }
             TimerKind::StunRetransmit => {
                 // RFC 5389 §7.2.1: the same request again, each wait twice
@@ -343,14 +361,19 @@ impl Endpoint {
     pub fn handle_pong(&mut self, now: Instant, flow: FlowId) {
         self.clock = Some(now);
         for account in self.keepalives.on_flow(flow) {
-            match self.keepalives.get_mut(&account) {
-                Some(k) if k.awaiting => k.awaiting = false,
+            let watchdog = match self.keepalives.get_mut(&account) {
+                Some(k) if k.awaiting => {
+                    k.awaiting = false;
+                    k.watchdog
+                }
                 _ => continue,
-            }
-            self.timers
-                .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
+            };
             self.flow_event(account, FlowState::KeepaliveOk, None);
-            self.schedule_ping(now, account);
+            if watchdog {
+                self.timers
+                    .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
+                self.schedule_ping(now, account);
+            }
         }
     }
 
@@ -528,6 +551,7 @@ mod tests {
             interval: Duration::from_secs(120),
             flow_timer: None,
             awaiting,
+            watchdog: true,
             stun: None,
             retransmits: 0,
             mapped: None,

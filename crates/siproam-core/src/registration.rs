@@ -64,7 +64,8 @@ pub struct AccountConfig {
     /// Keep-alive interval on a stream flow when the registrar sends no
     /// `Flow-Timer` (RFC 5626 §4.4.1; `None` or zero: none).
     pub keepalive_stream: Option<Duration>,
-    /// No pong within this after a ping: the flow has failed.
+    /// No pong within this after a ping: the flow has failed (when
+    /// outbound is in force or the registrar sent a `Flow-Timer`).
     pub pong_timeout: Duration,
     /// Keep-alive interval on a UDP flow (STUN, RFC 5626 §4.4.2) when the
     /// registrar sends no `Flow-Timer`; used once outbound is in force

@@ -774,3 +774,61 @@ mod closed_flows {
         assert_eq!(evs[0].local, Some(first.from));
     }
 }
+
+/// RFC 5626 §4.4.1 obliges only a registrar that takes part in outbound to
+/// answer CRLF pings: without outbound in force and without a
+/// `Flow-Timer` the pings still go (they keep a NAT binding; an RFC 3261
+/// server ignores them), but a missing pong does not fail the flow.
+mod watchdog {
+    use super::*;
+
+    #[test]
+    fn without_outbound_or_a_flow_timer_a_missing_pong_does_not_fail_the_flow() {
+        let (mut sim, ua, reg, first) = registered_tcp(&[], Some(Duration::from_secs(30)));
+        sim.set_pong(reg, false);
+        sim.run_for(Duration::from_secs(600));
+        // pinged all along, at the configured interval, over the one flow
+        let at = pings(&sim);
+        assert!(at.len() >= 19, "{at:?}");
+        assert!(sim.conn_open(first.conn.unwrap()));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Up);
+        // no REGISTER beyond the first (the binding lasts an hour)
+        assert!(sim.peer_recv(reg).is_none());
+        // a pong that does come is still reported
+        sim.set_pong(reg, true);
+        sim.run_for(Duration::from_secs(31));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::KeepaliveOk]
+        );
+    }
+
+    /// Outbound in force (the 2xx's `Require: outbound`) with no
+    /// `Flow-Timer`: the configured interval, and the watchdog.
+    #[test]
+    fn with_outbound_in_force_a_missing_pong_fails_the_flow() {
+        let (mut sim, ua, reg, mut cfg) = setup(Transport::Tcp);
+        cfg.password = None;
+        cfg.expires = 3600;
+        cfg.keepalive_stream = Some(Duration::from_secs(30));
+        cfg.outbound = true;
+        cfg.instance_id = Some("urn:uuid:00000000-0000-4000-8000-000000000001".to_owned());
+        sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+        let r = recv(&mut sim, reg);
+        ok_with(&mut sim, reg, &r, &[("Require", "outbound")]);
+        sim.run_for(Duration::from_millis(100));
+        sim.set_pong(reg, false);
+        let again = recv(&mut sim, reg);
+        assert_eq!(again.message.method(), Some(siproam_sip::Method::Register));
+        assert_ne!(again.conn, r.conn);
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::Up, FlowState::Failed]
+        );
+        assert_eq!(evs[1].reason, Some(FlowCloseReason::KeepAliveTimeout));
+    }
+}

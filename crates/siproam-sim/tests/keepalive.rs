@@ -832,3 +832,28 @@ mod watchdog {
         assert_eq!(evs[1].reason, Some(FlowCloseReason::KeepAliveTimeout));
     }
 }
+
+/// Issue 12, bad input: a registrar flooding stray CRLFs (pongs nobody
+/// asked for) at the registration flow: each costs the core a look-up,
+/// only the pong to an actual ping counts (one `keepalive_ok` per ping),
+/// and the flow and the binding stay as they are.
+#[test]
+fn a_flood_of_stray_pongs_changes_nothing() {
+    let (mut sim, ua, reg, first) = registered_tcp(&[("Flow-Timer", "30")], None);
+    flow_events(&mut sim, ua);
+    for round in 0..10 {
+        for _ in 0..1_000 {
+            sim.peer_reply(reg, &first, bytes::Bytes::from_static(b"\r\n"));
+        }
+        sim.run_for(Duration::from_secs(30));
+        assert!(sim.conn_open(first.conn.unwrap()), "round {round}");
+    }
+    let evs = flow_events(&mut sim, ua);
+    let oks = evs
+        .iter()
+        .filter(|e| e.state == FlowState::KeepaliveOk)
+        .count();
+    assert_eq!(oks, pings(&sim).len(), "{evs:?}");
+    assert!(evs.iter().all(|e| e.state == FlowState::KeepaliveOk));
+    assert!(sim.peer_recv(reg).is_none(), "no REGISTER again");
+}

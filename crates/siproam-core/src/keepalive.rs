@@ -22,6 +22,10 @@
 //!   take part in outbound is not assumed to answer STUN on its SIP port,
 //!   and its flow would fail at every interval.
 //!
+//! A flow the account leaves on purpose is reported `Closed` with its
+//! reason (`Unregistered`, `Replaced` by a newer flow, `Local`: closed for
+//! a network change or shutdown); a lost one `Failed`.
+//!
 //! A failed flow is closed (a connection: the driver is asked through
 //! [`Endpoint::poll_close`]; a UDP flow is only forgotten) and the account
 //! registers again at once over a new one, as for any flow that dies —
@@ -80,7 +84,7 @@ pub struct FlowEvent {
     pub flow: FlowId,
     /// What happened.
     pub state: FlowState,
-    /// Why it failed.
+    /// Why it failed or was closed.
     pub reason: Option<FlowCloseReason>,
     /// The transport.
     pub transport: Transport,

@@ -359,7 +359,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECS")]
     pub keepalive_stream: Option<u64>,
     /// No pong within this many seconds after a keep-alive ping: the flow
-    /// has failed (default 10).
+    /// has failed (default 10; only with outbound in force or a
+    /// `Flow-Timer` from the registrar).
     #[arg(long, value_name = "SECS")]
     pub pong_timeout: Option<u64>,
     /// The kernel's TCP keep-alive on every TCP/TLS connection: seconds
@@ -819,6 +820,8 @@ fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
         R::FramingError => "framing_error",
         R::Local => "closed_locally",
         R::FlowFailed => "430",
+        R::Unregistered => "unregistered",
+        R::Replaced => "replaced",
         _ => "other",
     }
 }
@@ -1084,14 +1087,19 @@ pub async fn agent(
     if pending > 0 {
         let wait = async {
             while let Some(ev) = ep.next_event().await {
-                if let EndpointEvent::Core(Event::Registration(r)) = ev {
-                    emit(json_out, registration_json(&r));
-                    if r.state == RegistrationState::Unregistered {
-                        pending -= 1;
-                        if pending == 0 {
-                            break;
+                match ev {
+                    EndpointEvent::Core(Event::Registration(r)) => {
+                        emit(json_out, registration_json(&r));
+                        if r.state == RegistrationState::Unregistered {
+                            pending -= 1;
+                            if pending == 0 {
+                                break;
+                            }
                         }
                     }
+                    // (its flow reported closed)
+                    EndpointEvent::Core(Event::Flow(f)) => emit(json_out, flow_json(&f)),
+                    _ => {}
                 }
             }
         };

@@ -220,7 +220,7 @@ pub struct Endpoint {
     /// The time of the last input (for what is decided as events leave).
     pub(crate) clock: Option<Instant>,
     /// Keep-alives of the accounts' stream flows.
-    pub(crate) keepalives: std::collections::HashMap<AccountId, crate::keepalive::KeepAlive>,
+    pub(crate) keepalives: crate::keepalive::KeepAliveTable,
     /// Failed flows the driver must close.
     pub(crate) closes: VecDeque<FlowId>,
     /// STUN keep-alives waiting for their answer, and counters.
@@ -274,7 +274,7 @@ impl Endpoint {
             tidied: None,
             mobility: crate::mobility::Mobility::default(),
             clock: None,
-            keepalives: std::collections::HashMap::new(),
+            keepalives: crate::keepalive::KeepAliveTable::default(),
             closes: VecDeque::new(),
             stun: crate::stun::StunState::default(),
             flow_failure: Default::default(),
@@ -997,7 +997,7 @@ impl Endpoint {
         // stops; the others are reported here
         for a in &accounts {
             if !self.keepalives.contains_key(a) {
-                self.flow_event(
+                self.flow_event_on(
                     *a,
                     flow,
                     crate::keepalive::FlowState::Failed,

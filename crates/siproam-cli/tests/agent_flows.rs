@@ -524,6 +524,75 @@ fn a_request_to_a_domain_the_tls_certificate_covers_goes_over_the_open_connectio
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// RFC 5626 §4.3 / RFC 5922 §7: `c.example.test` resolves to the very
+/// address of the open TLS connection to `a.example.test`, but the
+/// certificate does not cover it: a request for it must not go over that
+/// connection (the core picked flows by address alone and reused it) — it
+/// gets a connection of its own, which verification refuses. Names the
+/// certificate covers (`a.example.test` itself, `x.b.example.test` by its
+/// wildcard) keep going over the one connection.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_name_at_the_same_address_that_the_certificate_does_not_cover_gets_no_reuse() {
+    let dir = temp_dir("tls-same-addr");
+    let (ca, cert, key) = san_certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let addr: std::net::SocketAddrV4 = listening(&registrar, "tls").parse().unwrap();
+    let port = addr.port();
+    let mut agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--ca",
+        &ca,
+        "--host",
+        "a.example.test=127.0.0.1",
+        "--host",
+        "c.example.test=127.0.0.1",
+        "--host",
+        "x.b.example.test=127.0.0.1",
+        "--listen",
+        "udp:127.0.0.23:0",
+        "--no-watch",
+        "--stay",
+    ]);
+    // bob is not registered: the registrar's answer ends each call
+    agent.send(&format!("call sip:bob@a.example.test:{port};transport=tls"));
+    let answer = call_ended(&agent);
+    assert!(
+        answer.is_some_and(|c| c != 503 && c != 408),
+        "the registrar answered: {answer:?}"
+    );
+    assert_eq!(accepted_at(addr), 1);
+    agent.send(&format!("call sip:bob@c.example.test:{port};transport=tls"));
+    assert_eq!(
+        call_ended(&agent),
+        Some(503),
+        "c.example.test did not reach the registrar over a.example.test's connection"
+    );
+    for name in ["a.example.test", "x.b.example.test"] {
+        agent.send(&format!("call sip:bob@{name}:{port};transport=tls"));
+        assert_eq!(call_ended(&agent), answer, "{name} reached the registrar");
+    }
+    // the refused connection goes; the first one stays the only one
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while accepted_at(addr) != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(accepted_at(addr), 1, "one connection carried them all");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// An agent with no listener moves with its address: after `ip-change`
 /// its Contact is its new flow's own address, and it still listens on
 /// nothing.

@@ -21,8 +21,8 @@ mod config;
 mod dialog;
 mod endpoint;
 mod flow;
-mod gruu;
 mod flow_failure;
+mod gruu;
 mod keepalive;
 pub(crate) mod mobility;
 mod registration;
@@ -39,12 +39,12 @@ pub use endpoint::{
     CoreError, Endpoint, EndpointStats, Event, ListenPoint, RequestFailure, RequestId, ServerTxId,
     Target, Transmit,
 };
-pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
-pub use gruu::Gruu;
+pub use flow::{Flow, FlowCloseReason, FlowId, ServerName, Transport};
 pub use flow_failure::{
     ClientSubscriptionRecovery, FlowFailurePolicy, FlowTerminated, InviteRecovery,
     RegistrationRecovery, ServerSubscriptionRecovery,
 };
+pub use gruu::Gruu;
 pub use keepalive::{FlowEvent, FlowState};
 pub use mobility::{
     AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ChangeTrigger, ConnectionView,

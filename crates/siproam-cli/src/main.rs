@@ -73,6 +73,12 @@ enum Command {
         /// gets 423 Interval Too Brief (default 60).
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
         min_expires: Option<u32>,
+        /// The kernel's TCP keep-alive on every accepted TCP/TLS
+        /// connection: seconds idle before the first probe, seconds
+        /// between probes, probes unanswered before the connection is
+        /// dropped (e.g. 60,10,5; default off).
+        #[arg(long, value_name = "IDLE,INTERVAL,COUNT")]
+        tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -241,16 +247,20 @@ fn main() -> ExitCode {
             max_rate_per_source,
             mut max_bindings,
             mut min_expires,
+            mut tcp_keepalive,
             mut tls,
         } => {
-            if let Err(e) = file.registrar(
-                &mut listen,
-                &mut users,
-                &mut domain,
-                &mut max_bindings,
-                &mut min_expires,
-                &mut tls,
-            ) {
+            if let Err(e) = file
+                .registrar(
+                    &mut listen,
+                    &mut users,
+                    &mut domain,
+                    &mut max_bindings,
+                    &mut min_expires,
+                    &mut tls,
+                )
+                .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
+            {
                 return bad_usage(&e);
             }
             block_on(run::registrar(
@@ -262,7 +272,7 @@ fn main() -> ExitCode {
                     max_bindings,
                     min_expires,
                 },
-                tls,
+                run::RegistrarTransport { tls, tcp_keepalive },
                 json,
             ))
         }

@@ -78,6 +78,12 @@ enum Command {
         /// makes room, else the new one is closed.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: Option<u32>,
+        /// The kernel's TCP keep-alive on every accepted TCP/TLS
+        /// connection: seconds idle before the first probe, seconds
+        /// between probes, probes unanswered before the connection is
+        /// dropped (e.g. 60,10,5; default off).
+        #[arg(long, value_name = "IDLE,INTERVAL,COUNT")]
+        tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -256,16 +262,20 @@ fn main() -> ExitCode {
             mut max_bindings,
             mut min_expires,
             max_connections,
+            mut tcp_keepalive,
             mut tls,
         } => {
-            if let Err(e) = file.registrar(
-                &mut listen,
-                &mut users,
-                &mut domain,
-                &mut max_bindings,
-                &mut min_expires,
-                &mut tls,
-            ) {
+            if let Err(e) = file
+                .registrar(
+                    &mut listen,
+                    &mut users,
+                    &mut domain,
+                    &mut max_bindings,
+                    &mut min_expires,
+                    &mut tls,
+                )
+                .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
+            {
                 return bad_usage(&e);
             }
             block_on(run::registrar(
@@ -278,7 +288,7 @@ fn main() -> ExitCode {
                     min_expires,
                     max_connections,
                 },
-                tls,
+                run::RegistrarTransport { tls, tcp_keepalive },
                 json,
             ))
         }

@@ -182,6 +182,15 @@ pub struct BindingLimits {
     pub max_connections: Option<u32>,
 }
 
+/// The registrar's connections: TLS and the kernel's TCP keep-alive.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrarTransport {
+    /// Certificate, key and trusted CAs.
+    pub tls: TlsArgs,
+    /// `--tcp-keepalive` (or `tcp-keepalive` in the file).
+    pub tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
+}
+
 /// `siproam registrar`.
 pub async fn registrar(
     listen: Vec<String>,
@@ -189,7 +198,7 @@ pub async fn registrar(
     domain: Option<String>,
     max_rate_per_source: u32,
     limits: BindingLimits,
-    tls: TlsArgs,
+    transport: RegistrarTransport,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut config = RegistrarConfig {
@@ -233,7 +242,10 @@ pub async fn registrar(
             ..Default::default()
         },
         transport: {
-            let mut t = transport_config(&tls)?;
+            let mut t = TransportConfig {
+                tcp_keepalive: transport.tcp_keepalive,
+                ..transport_config(&transport.tls)?
+            };
             if let Some(n) = limits.max_connections {
                 t.max_connections = usize::try_from(n)?;
             }
@@ -558,6 +570,21 @@ impl FileConfig {
         Ok(())
     }
 
+    /// `tcp-keepalive` from the file when the flag was not given (agent
+    /// and registrar alike).
+    pub fn tcp_keepalive(
+        &self,
+        slot: &mut Option<siproam::transport::TcpKeepalive>,
+    ) -> anyhow::Result<()> {
+        if let (None, Some(k)) = (&slot, &self.tcp_keepalive) {
+            *slot = Some(
+                k.parse()
+                    .with_context(|| format!("tcp-keepalive = {k:?}"))?,
+            );
+        }
+        Ok(())
+    }
+
     fn tls(&self, tls: &mut TlsArgs) {
         fill(&mut tls.tls_cert, &self.tls_cert);
         fill(&mut tls.tls_key, &self.tls_key);
@@ -604,12 +631,7 @@ impl FileConfig {
         fill(&mut a.keepalive, &self.keepalive);
         fill(&mut a.keepalive_stream, &self.keepalive_stream);
         fill(&mut a.pong_timeout, &self.pong_timeout);
-        if let (None, Some(k)) = (&a.tcp_keepalive, &self.tcp_keepalive) {
-            a.tcp_keepalive = Some(
-                k.parse()
-                    .with_context(|| format!("tcp-keepalive = {k:?}"))?,
-            );
-        }
+        self.tcp_keepalive(&mut a.tcp_keepalive)?;
         fill(&mut a.user, &self.user);
         self.password(a)?;
         if a.expires.is_none() {

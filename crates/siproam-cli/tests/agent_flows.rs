@@ -155,6 +155,63 @@ fn the_agents_tcp_registration_connection_carries_the_kernel_keepalive() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The registrar takes `--tcp-keepalive` (and `tcp-keepalive` in its
+/// file) as the agent does: a connection it accepts carries the kernel's
+/// keep-alive timer, due within the idle time; bad values are bad usage.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_registrars_accepted_connections_carry_the_kernel_keepalive() {
+    let dir = temp_dir("registrar-tcp-keepalive");
+    let cfg = dir.join("registrar.toml");
+    std::fs::write(&cfg, "tcp-keepalive = \"45,7,3\"\n").unwrap();
+    let from_flag = ["--tcp-keepalive", "45,7,3"];
+    let from_file = ["--config", cfg.to_str().unwrap()];
+    for (how, args) in [("flag", from_flag), ("file", from_file)] {
+        let mut argv = vec!["registrar", "--json", "--listen", "tcp:127.0.0.1:0"];
+        argv.extend(args);
+        let registrar = Proc::spawn(&argv);
+        let addr: std::net::SocketAddrV4 = listening(&registrar, "tcp").parse().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let std::net::SocketAddr::V4(local) = client.local_addr().unwrap() else {
+            panic!("an IPv4 connection");
+        };
+        // the accepted side: its options are set as it is accepted
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let line = loop {
+            let line = proc_tcp_line(addr, local);
+            let armed = line.as_ref().is_some_and(|f| f[5].starts_with("02:"));
+            if armed || std::time::Instant::now() > deadline {
+                break line.unwrap_or_else(|| panic!("{how}: no connection {addr} -> {local}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let (timer, when) = line[5].split_once(':').unwrap();
+        assert_eq!(
+            timer, "02",
+            "{how}: no keep-alive timer on the accepted connection: {line:?}"
+        );
+        let when = u64::from_str_radix(when, 16).unwrap();
+        assert!(
+            when > 0 && when <= 4500,
+            "{how}: keep-alive due in {when}/100 s: {line:?}"
+        );
+        drop(client);
+    }
+    for bad in ["0,10,5", "60,10", "x,y,z"] {
+        let (code, err) = run_siproam(&["registrar", "--tcp-keepalive", bad]);
+        assert_eq!(code, Some(2), "--tcp-keepalive {bad}: {err}");
+        assert!(err.contains("tcp-keepalive"), "{err}");
+    }
+    std::fs::write(&cfg, "tcp-keepalive = \"60,0,5\"\n").unwrap();
+    let (code, err) = run_siproam(&["registrar", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("tcp-keepalive") && err.contains("interval"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The registrar's binding event for Alice once it names `contact`.
 fn binding_with(registrar: &Proc, contact: &str) -> serde_json::Value {
     registrar.wait_for(&format!("a binding of {contact}"), |v| {
@@ -521,6 +578,75 @@ fn a_request_to_a_domain_the_tls_certificate_covers_goes_over_the_open_connectio
     assert_eq!(refused, Some(503), "c.example.test is not the registrar's");
     assert_eq!(accepted_at(addr), 1);
     assert_eq!(accepted_at(second), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// RFC 5626 §4.3 / RFC 5922 §7: `c.example.test` resolves to the very
+/// address of the open TLS connection to `a.example.test`, but the
+/// certificate does not cover it: a request for it must not go over that
+/// connection (the core picked flows by address alone and reused it) — it
+/// gets a connection of its own, which verification refuses. Names the
+/// certificate covers (`a.example.test` itself, `x.b.example.test` by its
+/// wildcard) keep going over the one connection.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_name_at_the_same_address_that_the_certificate_does_not_cover_gets_no_reuse() {
+    let dir = temp_dir("tls-same-addr");
+    let (ca, cert, key) = san_certificates(&dir);
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let addr: std::net::SocketAddrV4 = listening(&registrar, "tls").parse().unwrap();
+    let port = addr.port();
+    let mut agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--ca",
+        &ca,
+        "--host",
+        "a.example.test=127.0.0.1",
+        "--host",
+        "c.example.test=127.0.0.1",
+        "--host",
+        "x.b.example.test=127.0.0.1",
+        "--listen",
+        "udp:127.0.0.23:0",
+        "--no-watch",
+        "--stay",
+    ]);
+    // bob is not registered: the registrar's answer ends each call
+    agent.send(&format!("call sip:bob@a.example.test:{port};transport=tls"));
+    let answer = call_ended(&agent);
+    assert!(
+        answer.is_some_and(|c| c != 503 && c != 408),
+        "the registrar answered: {answer:?}"
+    );
+    assert_eq!(accepted_at(addr), 1);
+    agent.send(&format!("call sip:bob@c.example.test:{port};transport=tls"));
+    assert_eq!(
+        call_ended(&agent),
+        Some(503),
+        "c.example.test did not reach the registrar over a.example.test's connection"
+    );
+    for name in ["a.example.test", "x.b.example.test"] {
+        agent.send(&format!("call sip:bob@{name}:{port};transport=tls"));
+        assert_eq!(call_ended(&agent), answer, "{name} reached the registrar");
+    }
+    // the refused connection goes; the first one stays the only one
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while accepted_at(addr) != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(accepted_at(addr), 1, "one connection carried them all");
     let _ = std::fs::remove_dir_all(dir);
 }
 

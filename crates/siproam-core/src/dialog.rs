@@ -424,6 +424,7 @@ fn uri_addr(uri: &str, default_transport: Transport) -> Option<Target> {
         transport,
         remote: SocketAddr::new(ip, sip.port().unwrap_or(transport.default_port())),
         local: None,
+        server_name: None,
     })
 }
 
@@ -565,9 +566,12 @@ impl Endpoint {
         if let Some((_, target)) = self.outbound_target_for(&spec.from) {
             spec.target = target;
         }
-        let flow = self
-            .flows
-            .towards(spec.target.transport, spec.target.remote, spec.target.local);
+        let flow = self.flows.towards(
+            spec.target.transport,
+            spec.target.remote,
+            spec.target.local,
+            spec.target.server_name,
+        );
         let local = self.local_for(flow, spec.target.transport, spec.target.local);
         let call = Call {
             role: Role::Uac,
@@ -800,11 +804,14 @@ impl Endpoint {
             .map(str::to_owned)
             .collect();
         routes.reverse();
-        let Some(path) = self
-            .flows
-            .get(flow)
-            .map(|f| (f.transport, f.remote, f.local))
-        else {
+        let Some(path) = self.flows.get(flow).map(|f| {
+            (
+                f.transport,
+                f.remote,
+                f.local,
+                f.server_names.first().copied(),
+            )
+        }) else {
             return;
         };
         let hop = routes
@@ -815,6 +822,7 @@ impl Endpoint {
             transport: path.0,
             remote: path.1,
             local: None,
+            server_name: path.3,
         });
         target.local = path.2;
         let seq = inv.cseq().seq;
@@ -1472,6 +1480,9 @@ impl Endpoint {
             transport,
             remote: flow_info.as_ref().map_or(local, |f| f.remote),
             local: None,
+            server_name: flow_info
+                .as_ref()
+                .and_then(|f| f.server_names.first().copied()),
         };
         let contact_user = req
             .request_uri()

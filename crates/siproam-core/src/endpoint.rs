@@ -15,7 +15,7 @@ use siproam_sip::{Answer, HeaderName, Message, MessageBuilder, Method};
 
 use crate::admission::SharedAdmission;
 use crate::config::Config;
-use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, Transport};
+use crate::flow::{Flow, FlowCloseReason, FlowId, FlowTable, ServerName, Transport};
 use crate::registration::AccountId;
 use crate::rng::Rng;
 use crate::timers::{TimeoutReason, TimerKind, TimerOwner, TimerTable};
@@ -46,6 +46,12 @@ pub struct Target {
     pub remote: SocketAddr,
     /// The local address to send from, if it matters.
     pub local: Option<SocketAddr>,
+    /// TLS: the name the server's certificate must cover (from
+    /// [`Endpoint::server_name`]); a TLS flow is reused only for a name
+    /// its certificate is known to cover (RFC 5626 §4.3). `None`: the next
+    /// hop is its IP address — any flow to it serves, a new connection
+    /// verifies the address. Ignored for UDP and TCP.
+    pub server_name: Option<ServerName>,
 }
 
 /// A client transaction started by [`Endpoint::send_request`].
@@ -339,6 +345,24 @@ impl Endpoint {
         self.flows.iter()
     }
 
+    /// The core's id of a TLS server name (ASCII case ignored), for
+    /// [`Target::server_name`]; the same name always gets the same id.
+    pub fn server_name(&mut self, name: &str) -> ServerName {
+        self.flows.names.intern(name)
+    }
+
+    /// The text of a server name id.
+    pub fn server_name_text(&self, name: ServerName) -> Option<&str> {
+        self.flows.names.text(name)
+    }
+
+    /// The name a TLS flow was opened for: the one a new connection for it
+    /// must verify (`None`: the remote IP address).
+    pub fn flow_server_name(&self, flow: FlowId) -> Option<&str> {
+        let name = self.flows.get(flow)?.server_names.first().copied()?;
+        self.flows.names.text(name)
+    }
+
     // ----- inputs from the driver --------------------------------------
 
     /// Tells the core where the driver listens (used for Via and Contact
@@ -464,6 +488,14 @@ impl Endpoint {
     /// An outgoing connection is up; its local address is now known.
     pub fn handle_flow_established(&mut self, flow: FlowId, local: SocketAddr) {
         self.flows.set_local(flow, local);
+    }
+
+    /// The certificate of a TLS flow's connection covers `name` too (the
+    /// driver checked it, RFC 5922 §7.2): requests for `name` to the
+    /// flow's address may go over it (RFC 5626 §4.3). Without this, a
+    /// TLS flow serves only the name it was opened for.
+    pub fn handle_tls_name_covered(&mut self, flow: FlowId, name: ServerName) {
+        self.flows.add_server_name(flow, name);
     }
 
     /// A whole message arrived on a TCP/TLS flow (framed by the driver).
@@ -681,8 +713,11 @@ impl Endpoint {
             })
             .map(|(_, t)| (t.request.clone(), t.flow, t.transport))
             .ok_or(CoreError::NoSuchTransaction)?;
-        let flow = match (local, self.flows.get(flow).map(|f| f.remote)) {
-            (Some(local), Some(remote)) => self.flows.towards(transport, remote, Some(local)),
+        let flow = match (local, self.flows.get(flow)) {
+            (Some(local), Some(f)) => {
+                let (remote, name) = (f.remote, f.server_names.first().copied());
+                self.flows.towards(transport, remote, Some(local), name)
+            }
             _ => flow,
         };
         let inv = Message::parse(invite)?;
@@ -751,9 +786,12 @@ impl Endpoint {
         target: Target,
         owner: TxOwner,
     ) -> Result<FlowId, CoreError> {
-        let flow = self
-            .flows
-            .towards(target.transport, target.remote, target.local);
+        let flow = self.flows.towards(
+            target.transport,
+            target.remote,
+            target.local,
+            target.server_name,
+        );
         let local = self.local_for(flow, target.transport, target.local);
         let branch = format!("z9hG4bK{}", self.rng.token(16));
         let via = format!(
@@ -785,9 +823,12 @@ impl Endpoint {
         target: Target,
         owner: TxOwner,
     ) -> Result<FlowId, CoreError> {
-        let flow = self
-            .flows
-            .towards(target.transport, target.remote, target.local);
+        let flow = self.flows.towards(
+            target.transport,
+            target.remote,
+            target.local,
+            target.server_name,
+        );
         let local = self.local_for(flow, target.transport, target.local);
         let branch = format!("z9hG4bK{}", self.rng.token(16));
         let via = format!(
@@ -991,6 +1032,7 @@ impl Endpoint {
                 transport: f.transport,
                 remote: f.remote,
                 local: None,
+                server_name: f.server_names.first().copied(),
             })
         });
         // the keep-alive of a stream flow reports its failure as it

@@ -19,6 +19,46 @@ impl fmt::Display for FlowId {
     }
 }
 
+/// A TLS server name as the core knows it: an id the endpoint gives out
+/// for a name ([`crate::Endpoint::server_name`]), equal for names that
+/// differ only in ASCII case, so a [`crate::Target`] stays `Copy`. The
+/// certificate of a TLS flow must cover its target's name (RFC 5922 §7,
+/// RFC 5626 §4.3): a flow opened for one name is used for another only
+/// when the driver has reported that its certificate covers it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerName(u32);
+
+/// The names given out as [`ServerName`]s. Names come only from the
+/// application and the driver (the next hops they resolve), never from
+/// network input, so the table grows with what they ask to reach.
+#[derive(Debug, Default)]
+pub(crate) struct ServerNames {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, ServerName>,
+}
+
+impl ServerNames {
+    /// The id of `name` (ASCII case ignored), given out on first use.
+    pub(crate) fn intern(&mut self, name: &str) -> ServerName {
+        let key = name.to_ascii_lowercase().into_boxed_str();
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = ServerName(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        self.names.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// The name behind an id.
+    pub(crate) fn text(&self, id: ServerName) -> Option<&str> {
+        usize::try_from(id.0)
+            .ok()
+            .and_then(|i| self.names.get(i))
+            .map(|n| &**n)
+    }
+}
+
 /// A SIP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Transport {
@@ -148,6 +188,25 @@ pub struct Flow {
     /// True when the peer opened it (an accepted connection, or UDP
     /// traffic that arrived first).
     pub inbound: bool,
+    /// TLS: the names its server's certificate is known to cover — the
+    /// one it was opened for first, then those the driver reported
+    /// ([`crate::Endpoint::handle_tls_name_covered`]). Empty for an
+    /// inbound flow, a flow opened for an IP address, and TCP/UDP.
+    pub server_names: Vec<ServerName>,
+}
+
+impl Flow {
+    /// Whether a request for `name` may go over this flow: always on UDP
+    /// and TCP, and for no name (a next hop given by its IP address: any
+    /// connection to that address, RFC 3261 §18); on TLS, a name only when
+    /// its certificate is known to cover it — never over an inbound flow,
+    /// whose peer was not authenticated.
+    fn serves(&self, name: Option<ServerName>) -> bool {
+        match name {
+            Some(n) if self.transport == Transport::Tls => self.server_names.contains(&n),
+            _ => true,
+        }
+    }
 }
 
 /// Every live flow.
@@ -156,6 +215,8 @@ pub(crate) struct FlowTable {
     flows: HashMap<FlowId, Flow>,
     by_path: HashMap<(Transport, SocketAddr), Vec<FlowId>>,
     next: u64,
+    /// The TLS server names given out.
+    pub(crate) names: ServerNames,
 }
 
 impl FlowTable {
@@ -169,9 +230,14 @@ impl FlowTable {
         local: Option<SocketAddr>,
         remote: SocketAddr,
         inbound: bool,
+        server_name: Option<ServerName>,
     ) -> FlowId {
         self.next += 1;
         let id = FlowId(self.next);
+        let server_names = match server_name {
+            Some(n) if transport == Transport::Tls => vec![n],
+            _ => Vec::new(),
+        };
         self.flows.insert(
             id,
             Flow {
@@ -180,6 +246,7 @@ impl FlowTable {
                 local,
                 remote,
                 inbound,
+                server_names,
             },
         );
         self.by_path
@@ -191,18 +258,23 @@ impl FlowTable {
 
     /// The flow to use towards `remote`: an existing one (either
     /// direction, RFC 3261 §18 connection reuse) whose local address
-    /// matches `local` when given, or a new one.
+    /// matches `local` when given and, on TLS, whose certificate is known
+    /// to cover `server_name` ([`Flow::serves`]), or a new one.
     pub(crate) fn towards(
         &mut self,
         transport: Transport,
         remote: SocketAddr,
         local: Option<SocketAddr>,
+        server_name: Option<ServerName>,
     ) -> FlowId {
         if let Some(ids) = self.by_path.get(&(transport, remote)) {
             for id in ids {
                 let Some(f) = self.flows.get(id) else {
                     continue;
                 };
+                if !f.serves(server_name) {
+                    continue;
+                }
                 let local_ok = match (local, f.local) {
                     (None, _) => true,
                     // a connection's local port is ephemeral: only the
@@ -221,7 +293,17 @@ impl FlowTable {
                 }
             }
         }
-        self.insert(transport, local, remote, false)
+        self.insert(transport, local, remote, false, server_name)
+    }
+
+    /// Records that a TLS flow's certificate covers `name` too (the
+    /// driver checked it): requests for that name may use the flow.
+    pub(crate) fn add_server_name(&mut self, id: FlowId, name: ServerName) {
+        if let Some(f) = self.flows.get_mut(&id) {
+            if f.transport == Transport::Tls && !f.server_names.contains(&name) {
+                f.server_names.push(name);
+            }
+        }
     }
 
     /// The flow for traffic that arrived on `local` from `remote` (UDP), or
@@ -245,7 +327,7 @@ impl FlowTable {
                 }
             }
         }
-        self.insert(transport, Some(local), remote, true)
+        self.insert(transport, Some(local), remote, true, None)
     }
 
     /// Records the local address of a flow once the driver knows it.
@@ -315,12 +397,16 @@ mod tests {
     #[test]
     fn reuse_and_remove() {
         let mut t = FlowTable::default();
-        let a = t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None);
-        assert_eq!(t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None), a);
+        let a = t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None, None);
+        assert_eq!(
+            t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None, None),
+            a
+        );
         let u = t.towards(
             Transport::Udp,
             addr("127.0.0.9:5060"),
             Some(addr("127.0.0.2:5060")),
+            None,
         );
         assert_ne!(u, a);
         assert_eq!(
@@ -335,6 +421,7 @@ mod tests {
             Transport::Udp,
             addr("127.0.0.9:5060"),
             Some(addr("127.0.0.3:5060")),
+            None,
         );
         assert_ne!(other, u, "another local address is another flow");
         // an established connection (ephemeral local port) is reused by a
@@ -343,13 +430,15 @@ mod tests {
             Transport::Tcp,
             addr("127.0.0.8:5060"),
             Some(addr("127.0.0.2:5070")),
+            None,
         );
         t.set_local(c, addr("127.0.0.2:40123"));
         assert_eq!(
             t.towards(
                 Transport::Tcp,
                 addr("127.0.0.8:5060"),
-                Some(addr("127.0.0.2:5070"))
+                Some(addr("127.0.0.2:5070")),
+                None
             ),
             c
         );
@@ -357,11 +446,64 @@ mod tests {
             t.towards(
                 Transport::Tcp,
                 addr("127.0.0.8:5060"),
-                Some(addr("127.0.0.3:5070"))
+                Some(addr("127.0.0.3:5070")),
+                None
             ),
             c
         );
         assert!(t.remove(a).is_some());
-        assert_ne!(t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None), a);
+        assert_ne!(
+            t.towards(Transport::Tcp, addr("127.0.0.9:5060"), None, None),
+            a
+        );
+    }
+
+    /// RFC 5626 §4.3 / RFC 5922 §7: a TLS flow is reused only for a name
+    /// its certificate is known to cover, whatever address it resolved to.
+    #[test]
+    fn a_tls_flow_serves_only_the_names_known_to_be_covered() {
+        let mut t = FlowTable::default();
+        let a = t.names.intern("a.example.test");
+        let c = t.names.intern("c.example.test");
+        assert_eq!(t.names.intern("A.Example.TEST"), a, "case is ignored");
+        assert_eq!(t.names.text(c), Some("c.example.test"));
+        let remote = addr("127.0.0.9:5061");
+        let fa = t.towards(Transport::Tls, remote, None, Some(a));
+        assert_eq!(t.towards(Transport::Tls, remote, None, Some(a)), fa);
+        let fc = t.towards(Transport::Tls, remote, None, Some(c));
+        assert_ne!(
+            fc, fa,
+            "same address, a name not covered: a flow of its own"
+        );
+        // a next hop given by its address goes over a connection to it
+        assert_eq!(t.towards(Transport::Tls, remote, None, None), fa);
+        // once the driver reports that a's certificate covers x, x goes
+        // over a's flow
+        let x = t.names.intern("x.example.test");
+        t.remove(fc);
+        let fx = t.towards(Transport::Tls, remote, None, Some(x));
+        assert_ne!(fx, fa);
+        t.remove(fx);
+        t.add_server_name(fa, x);
+        assert_eq!(t.towards(Transport::Tls, remote, None, Some(x)), fa);
+        assert_eq!(t.towards(Transport::Tls, remote, None, Some(a)), fa);
+        // names do not matter on TCP
+        let tcp = t.towards(Transport::Tcp, remote, None, Some(a));
+        assert_eq!(t.towards(Transport::Tcp, remote, None, Some(c)), tcp);
+        assert_eq!(t.towards(Transport::Tcp, remote, None, None), tcp);
+        // an accepted TLS connection serves an address, never a name
+        let inbound = t.inbound(
+            Transport::Tls,
+            addr("127.0.0.2:5061"),
+            addr("127.0.0.7:4000"),
+        );
+        assert_eq!(
+            t.towards(Transport::Tls, addr("127.0.0.7:4000"), None, None),
+            inbound
+        );
+        assert_ne!(
+            t.towards(Transport::Tls, addr("127.0.0.7:4000"), None, Some(a)),
+            inbound
+        );
     }
 }

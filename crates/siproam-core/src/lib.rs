@@ -39,7 +39,7 @@ pub use endpoint::{
     CoreError, Endpoint, EndpointStats, Event, ListenPoint, RequestFailure, RequestId, ServerTxId,
     Target, Transmit,
 };
-pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
+pub use flow::{Flow, FlowCloseReason, FlowId, ServerName, Transport};
 pub use flow_failure::{
     ClientSubscriptionRecovery, FlowFailurePolicy, FlowTerminated, InviteRecovery,
     RegistrationRecovery, ServerSubscriptionRecovery,

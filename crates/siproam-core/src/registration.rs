@@ -9,7 +9,7 @@ use siproam_sip::digest::{self, Challenge, ClientInput};
 use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method};
 
 use crate::endpoint::{fmt_hostport, CoreError, Endpoint, Event, RequestFailure, Target, TxOwner};
-use crate::flow::{FlowCloseReason, FlowId};
+use crate::flow::{FlowCloseReason, FlowId, ServerName};
 use crate::gruu::Gruu;
 use crate::timers::{TimerKind, TimerOwner};
 
@@ -501,6 +501,13 @@ impl Endpoint {
             .map(|a| a.config.registrar.remote)
     }
 
+    /// The TLS server name an account's registrar was reached by.
+    pub(crate) fn account_server_name(&self, account: AccountId) -> Option<ServerName> {
+        self.accounts
+            .get(account)
+            .and_then(|a| a.config.registrar.server_name)
+    }
+
     /// The transport an account registers over.
     pub fn account_transport(&self, account: AccountId) -> Option<crate::Transport> {
         self.accounts
@@ -667,9 +674,12 @@ impl Endpoint {
             return;
         };
         let target = acc.config.registrar;
-        let flow = self
-            .flows
-            .towards(target.transport, target.remote, target.local);
+        let flow = self.flows.towards(
+            target.transport,
+            target.remote,
+            target.local,
+            target.server_name,
+        );
         let local = self.local_for(flow, target.transport, target.local);
         let Some(acc) = self.accounts.get_mut(id) else {
             return;

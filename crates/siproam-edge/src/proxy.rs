@@ -76,6 +76,7 @@ fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
         transport,
         remote: SocketAddr::new(ip, port),
         local: None,
+        server_name: None,
     })
 }
 
@@ -309,6 +310,7 @@ impl Proxy {
                                 transport: f.transport,
                                 remote: f.remote,
                                 local: f.local,
+                                server_name: None,
                             });
                     let contact = Uri::parse(&b.contact)
                         .ok()

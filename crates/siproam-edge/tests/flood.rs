@@ -60,6 +60,7 @@ fn alice(sim: &mut Sim) -> NodeId {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG), 5060),
         local: None,
+        server_name: None,
     };
     let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     cfg.password = Some("alicepw".into());

@@ -29,6 +29,7 @@ fn proxy_target(transport: Transport) -> Target {
         transport,
         remote: SocketAddr::new(ip(PROXY), 5060),
         local: None,
+        server_name: None,
     }
 }
 
@@ -448,6 +449,7 @@ fn a_call_between_families_is_record_routed_twice() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(PROXY6), 5060),
         local: None,
+        server_name: None,
     };
     let inv =
         invite("sip:bob@example.test").header("Contact", &format!("<sip:alice@[{ALICE6}]:5060>"));

@@ -64,6 +64,7 @@ fn account(user: &str, password: &str, transport: Transport) -> AccountConfig {
         transport,
         remote: SocketAddr::new(ip(REG), 5060),
         local: None,
+        server_name: None,
     };
     let mut cfg = AccountConfig::new(
         &format!("sip:{user}@example.test"),
@@ -401,6 +402,7 @@ fn other_domains_and_users_files() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG), 5060),
         local: None,
+        server_name: None,
     };
     let cfg = AccountConfig::new("sip:alice@elsewhere.test", "sip:elsewhere.test", target);
     w.sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));

@@ -77,6 +77,7 @@ fn invite_contact(sim: &mut Sim, ua: NodeId, reg: NodeId) -> String {
             transport: Transport::Udp,
             remote: SocketAddr::new(ip(REG), 5060),
             local: None,
+            server_name: None,
         },
         sdp: None,
         contact_user: "alice".into(),

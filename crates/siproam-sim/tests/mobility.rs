@@ -484,6 +484,7 @@ fn call_bob(sim: &mut Sim, alice: NodeId, local: Option<SocketAddr>) -> CallId {
             transport: Transport::Udp,
             remote: addr(BOB, 5060),
             local,
+            server_name: None,
         },
         sdp: Some(sdp("offer")),
         contact_user: "alice".into(),
@@ -844,6 +845,7 @@ fn ringing_here_then_answered(break_before_make: bool) {
             transport: Transport::Udp,
             remote: addr(UA, 5060),
             local: None,
+            server_name: None,
         },
         sdp: Some(sdp("offer")),
         contact_user: "bob".into(),
@@ -916,6 +918,7 @@ fn a_nat_rebinding_moves_the_accounts_calls_through_the_machine() {
         transport: Transport::Udp,
         remote: addr(REG, 5060),
         local: None,
+        server_name: None,
     };
     let mut cfg =
         siproam_core::AccountConfig::new("sip:alice@example.test", "sip:example.test", target);

@@ -36,6 +36,7 @@ fn flow_config(proxy: &str, reg_id: u32) -> AccountConfig {
         transport: Transport::Tcp,
         remote: SocketAddr::new(ip(proxy), 5060),
         local: None,
+        server_name: None,
     };
     let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     cfg.expires = 3600;
@@ -95,6 +96,7 @@ fn invite(f: &mut Flows) -> siproam_core::CallId {
             transport: Transport::Tcp,
             remote: SocketAddr::new(ip(PROXY1), 5060),
             local: None,
+            server_name: None,
         },
         sdp: None,
         contact_user: "alice".into(),
@@ -533,6 +535,7 @@ fn an_application_request_goes_over_a_live_flow() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip("192.0.2.99"), 5060),
         local: None,
+        server_name: None,
     };
     f.sim
         .with_endpoint(f.ua, |ep, now| ep.send_request(now, message(), elsewhere))
@@ -574,6 +577,7 @@ fn an_application_request_answered_430_is_sent_again_once_over_a_live_flow() {
         transport: Transport::Tcp,
         remote: SocketAddr::new(ip(PROXY1), 5060),
         local: None,
+        server_name: None,
     };
     let id = f
         .sim

@@ -320,6 +320,7 @@ fn no_rewrite_to_a_private_address_between_public_ones() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip("203.0.113.20"), 5060),
         local: None,
+        server_name: None,
     };
     let cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
@@ -483,6 +484,7 @@ fn a_moved_account_registers_its_new_contact_at_once_from_the_new_address() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG), 5060),
         local: Some(SocketAddr::new(ip(UA), 5060)),
+        server_name: None,
     };
     let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     cfg.instance_id = Some("urn:uuid:00000000-0000-1000-8000-000000000001".into());
@@ -546,6 +548,7 @@ fn two_changes_in_a_row_each_update_the_contact_and_the_last_wins() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG), 5060),
         local: Some(SocketAddr::new(ip(UA), 5060)),
+        server_name: None,
     };
     let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     cfg.instance_id = Some("urn:uuid:00000000-0000-1000-8000-000000000001".into());
@@ -606,6 +609,7 @@ fn a_register_pending_at_a_change_that_times_out_does_not_fail_the_account() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG), 5060),
         local: Some(SocketAddr::new(ip(UA), 5060)),
+        server_name: None,
     };
     let cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     let acc = sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
@@ -682,6 +686,7 @@ fn an_account_switching_family_registers_at_the_registrars_other_address() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG), 5060),
         local: Some(SocketAddr::new(ip(UA), 5060)),
+        server_name: None,
     };
     let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     cfg.instance_id = Some("urn:uuid:00000000-0000-1000-8000-000000000001".into());
@@ -697,6 +702,7 @@ fn an_account_switching_family_registers_at_the_registrars_other_address() {
         transport: Transport::Udp,
         remote: SocketAddr::new(ip(REG6), 5060),
         local: Some(contact6),
+        server_name: None,
     };
     sim.with_endpoint(ua, |ep, now| {
         ep.retarget_account(acc, target6)?;
@@ -832,6 +838,7 @@ fn invite_contact(
             transport: Transport::Udp,
             remote: SocketAddr::new(ip(REG), 5060),
             local: None,
+            server_name: None,
         },
         sdp: None,
         contact_user: "alice".into(),

@@ -50,6 +50,7 @@ fn target(transport: Transport) -> Target {
         transport,
         remote: peer_addr(),
         local: None,
+        server_name: None,
     }
 }
 
@@ -699,6 +700,7 @@ fn the_via_of_a_request_to_ipv6_names_our_ipv6_address() {
             transport,
             remote: SocketAddr::new(ip(PEER6), 5060),
             local: None,
+            server_name: None,
         };
         sim.with_endpoint(ua, |ep, now| {
             ep.send_request(now, request(Method::Options), target)

@@ -109,12 +109,15 @@ impl Endpoint {
             .candidate(st.transport, ip)
             .ok_or(IpChangeError::NoRegistrarAddress { ipv6: ip.is_ipv6() })?;
         st.keep_flow = false;
+        // the same registrar (one name) at its address in the new family
+        let server_name = self.account_server_name(st.account);
         self.retarget_account(
             st.account,
             Target {
                 transport: c.transport,
                 remote: c.addr,
                 local: Some(st.contact),
+                server_name,
             },
         )?;
         Ok(())
@@ -139,6 +142,7 @@ impl Endpoint {
                 transport: st.transport,
                 remote,
                 local: SocketAddr::new(st.contact.ip(), 0),
+                server_name: self.account_server_name(st.account),
             },
             Waiting::AccountConnect(*st),
         );

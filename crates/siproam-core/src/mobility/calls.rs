@@ -220,6 +220,7 @@ impl Endpoint {
                             transport: c.transport,
                             remote: c.addr,
                             local: None,
+                            server_name: hop.server_name,
                         });
                     if next_hop.is_none() && !knobs.hangup_calls {
                         run.failed += 1;

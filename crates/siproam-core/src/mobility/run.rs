@@ -65,6 +65,8 @@ pub enum MobilityAction {
         remote: SocketAddr,
         /// The local address (port 0).
         local: SocketAddr,
+        /// TLS: the registrar's name, for the certificate.
+        server_name: Option<crate::ServerName>,
     },
     /// Take back a listener left lingering by an earlier change (the
     /// change returns to its address): it is a listener again, and is not

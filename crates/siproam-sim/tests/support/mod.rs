@@ -30,6 +30,7 @@ pub fn setup(transport: Transport) -> (Sim, NodeId, NodeId, AccountConfig) {
         transport,
         remote: SocketAddr::new(ip(REG), 5060),
         local: None,
+        server_name: None,
     };
     let mut cfg = AccountConfig::new("sip:alice@example.test", "sip:example.test", target);
     cfg.password = Some("alicepw".to_owned());

@@ -15,6 +15,7 @@ use crate::transport::{
 };
 
 use super::driver::{now, Driver};
+use super::targets::tls_target;
 
 impl Driver {
     /// What the core needs to see of the network: the source address
@@ -139,7 +140,13 @@ impl Driver {
                 transport,
                 remote,
                 local,
-            } => self.connect_for_contact(transport, remote, local).await,
+                server_name,
+            } => {
+                let name =
+                    server_name.and_then(|n| self.core.server_name_text(n).map(str::to_owned));
+                self.connect_for_contact(transport, remote, local, name)
+                    .await
+            }
             MobilityAction::ReclaimListener(id) => {
                 let id = ListenerId::from_u64(id);
                 self.retiring.retain(|(_, l)| *l != id);
@@ -186,16 +193,12 @@ impl Driver {
         transport: Transport,
         remote: SocketAddr,
         local: SocketAddr,
+        server_name: Option<String>,
     ) -> MobilityResult {
-        let mut t = SendTarget::new(transport, remote).with_local(local);
-        if transport == Transport::Tls {
-            let name = self
-                .server_names
-                .get(&remote)
-                .cloned()
-                .unwrap_or_else(|| remote.ip().to_string());
-            t = t.with_server_name(name);
-        }
+        let t = tls_target(
+            SendTarget::new(transport, remote).with_local(local),
+            server_name,
+        );
         match self.transports.clone().connect(&t).await {
             Ok(flow) => MobilityResult::Connected(flow.local),
             Err(e) => {

@@ -49,8 +49,6 @@ pub(super) struct Driver {
     /// Old UDP listeners after an IP change, still receiving answers to
     /// requests sent before it, until their deadline.
     pub(super) retiring: Vec<(tokio::time::Instant, crate::transport::ListenerId)>,
-    /// TLS server names by address (from resolution)
-    pub(super) server_names: HashMap<SocketAddr, String>,
     pub(super) events: mpsc::Sender<EndpointEvent>,
     pub(super) rng: u64,
 }
@@ -505,14 +503,9 @@ impl Driver {
                 if let Some(l) = t.local.filter(|l| !l.ip().is_unspecified()) {
                     target = target.with_local(l);
                 }
-                if transport == Transport::Tls {
-                    let name = self
-                        .server_names
-                        .get(&t.remote)
-                        .cloned()
-                        .unwrap_or_else(|| t.remote.ip().to_string());
-                    target = target.with_server_name(name);
-                }
+                // TLS: the name the core opened the flow for
+                let name = self.core.flow_server_name(t.flow).map(str::to_owned);
+                target = super::targets::tls_target(target, name);
                 let transports = self.transports.clone();
                 let tx = conn_tx.clone();
                 let flow = t.flow;

@@ -199,7 +199,6 @@ impl EndpointHandle {
             pin_when_connected: std::collections::HashSet::new(),
             backlog: HashMap::new(),
             retiring: Vec::new(),
-            server_names: HashMap::new(),
             events: ev_tx,
             rng: crate::random::os_u64()? | 1,
         };

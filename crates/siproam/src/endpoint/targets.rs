@@ -53,8 +53,13 @@ impl Driver {
     /// subject alternative name, a wildcard as RFC 6125 allows) goes over
     /// that connection, without a look-up: the certificate already proves
     /// the server serves the domain. An explicit port must be the
-    /// connection's.
-    fn tls_flow_for(&self, dest: &Destination, family: FamilyPreference) -> Option<ResolvedTarget> {
+    /// connection's. The core hears that the connection's flow covers the
+    /// name, so it picks that flow for it.
+    fn tls_flow_for(
+        &mut self,
+        dest: &Destination,
+        family: FamilyPreference,
+    ) -> Option<ResolvedTarget> {
         let tls = dest.secure || dest.transport == Some(Transport::Tls);
         let named =
             matches!(&dest.host, NameOrIp::Name(n) if n.eq_ignore_ascii_case(&dest.server_name));
@@ -73,6 +78,10 @@ impl Driver {
             return None;
         }
         debug!(connection = %conn.id, "TLS flow reused for a domain its certificate covers");
+        if let Some(flow) = self.connections.get(&conn.id).copied() {
+            let name = self.core.server_name(&dest.server_name);
+            self.core.handle_tls_name_covered(flow, name);
+        }
         Some(ResolvedTarget {
             transport: Transport::Tls,
             addr: conn.remote,
@@ -121,14 +130,17 @@ impl Driver {
                 .map_err(EndpointError::NoRoute)?,
             None => listener.ip(),
         };
-        if target.transport == Transport::Tls {
-            self.server_names
-                .insert(target.addr, target.server_name.clone());
-        }
+        // TLS: the name the certificate must cover; a flow the core opened
+        // for another name is not used for it (RFC 5626 §4.3). An address
+        // is no name: any connection to it serves it.
+        let named = target.server_name.parse::<IpAddr>().is_err();
+        let server_name = (target.transport == Transport::Tls && named)
+            .then(|| self.core.server_name(&target.server_name));
         Ok(CoreTarget {
             transport: target.transport,
             remote: target.addr,
             local: Some(SocketAddr::new(ip, listener.port())),
+            server_name,
         })
     }
 
@@ -195,15 +207,10 @@ impl Driver {
             l.set_port(0);
             t = t.with_local(l);
         }
-        if transport == Transport::Tls {
-            let name = self
-                .server_names
-                .get(&target.remote)
-                .cloned()
-                .unwrap_or_else(|| target.remote.ip().to_string());
-            t = t.with_server_name(name);
-        }
-        Some(t)
+        let name = target
+            .server_name
+            .and_then(|n| self.core.server_name_text(n).map(str::to_owned));
+        Some(tls_target(t, name))
     }
 
     /// The first of `targets` we can reach from a listener (the error of
@@ -289,10 +296,6 @@ impl Driver {
         cfg.outbound_proxy = spec.flow.outbound_proxy.as_deref().map(loose_route);
         cfg.pin_local = spec.flow.local_ip.is_some();
         let id = self.core.register(now(), cfg);
-        // every TLS address's server name, for a later switch of family
-        for c in candidates.iter().filter(|c| c.transport == Transport::Tls) {
-            self.server_names.insert(c.addr, c.server_name.clone());
-        }
         let routes = AccountRoutes {
             aor: spec.aor,
             registrar: candidates
@@ -309,6 +312,16 @@ impl Driver {
         self.core.set_account_routes(id, routes, local_ip)?;
         Ok(id)
     }
+}
+
+/// A TLS send target verifies `name`, or the remote IP address without
+/// one; other transports are left as they are.
+pub(super) fn tls_target(t: SendTarget, name: Option<String>) -> SendTarget {
+    if t.transport != Transport::Tls {
+        return t;
+    }
+    let name = name.unwrap_or_else(|| t.remote.ip().to_string());
+    t.with_server_name(name)
 }
 
 /// An outbound proxy's URI as a loose Route (`;lr` added when missing).

@@ -899,7 +899,17 @@ impl Endpoint {
             b = b.header("Route", r);
         }
         if matches!(method, Method::Invite | Method::Update) {
-            b = b.header("Contact", &self.contact_header(c, target.transport));
+            // a target refresh keeps `ob` (RFC 5626 §4.3): the new remote
+            // target still reaches us over a flow
+            let ob = if self.outbound_for(&c.local_uri) {
+                ";ob"
+            } else {
+                ""
+            };
+            b = b.header(
+                "Contact",
+                &self.contact_header_with(c, target.transport, ob),
+            );
         }
         if let Some(body) = body {
             b = b.body("application/sdp", body);

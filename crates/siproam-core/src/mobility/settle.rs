@@ -230,8 +230,16 @@ impl Endpoint {
                     .partition(|(a, _, _)| *a == r.account);
                 run.after_register = rest;
                 for (account, call, fallback) in ready {
-                    let over = registered.then_some(account);
-                    self.repair_call(now, &mut run, call, over, fallback);
+                    // not registered: over a sibling flow that came up
+                    // meanwhile, else at once along the call's own path
+                    let (over, hop) = match registered {
+                        true => (Some(account), None),
+                        false => match self.live_sibling_for(call) {
+                            Some((sibling, hop)) => (Some(sibling), Some(hop)),
+                            None => (None, None),
+                        },
+                    };
+                    self.repair_call(now, &mut run, call, over, hop, fallback);
                 }
             }
         }

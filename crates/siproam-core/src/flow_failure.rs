@@ -57,7 +57,9 @@ pub enum InviteRecovery {
     /// answered 481 or timing out (408) is followed by an INVITE with
     /// `Replaces` (RFC 3891) carrying the same offer, which makes a new
     /// dialog for the call ([`crate::CallEvent::Replacing`]); without it,
-    /// the call ends with that code (RFC 5057).
+    /// the call ends with that code (RFC 5057). A refresh moved to a
+    /// sibling flow's proxy while the route set still names the failed
+    /// one falls back on a 403, 404, 480 or 5xx too (the way is refused).
     Repair {
         /// Fall back to an INVITE with `Replaces`.
         replaces_fallback: bool,

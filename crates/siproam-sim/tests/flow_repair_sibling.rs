@@ -271,6 +271,75 @@ fn a_call_on_a_failed_flow_moves_to_the_live_sibling_flow_at_once() {
     );
 }
 
+/// The refresh over the sibling flow finds the dialog gone (481, or
+/// `code`): the INVITE with `Replaces` over the same flow, answered; the
+/// call stays up.
+fn refresh_over_flow_2_refused_then_replaced(code: u16) {
+    let mut s = call_over_flow_1();
+    let [p1, p2] = s.proxies;
+    s.sim.set_pong(p1, false);
+    let again1 = recv_request(&mut s.sim, p1);
+    assert_eq!(again1.message.method(), Some(Method::Register));
+    s.sim.set_pong(p1, true);
+    let reinvite = s
+        .sim
+        .run_until_peer_receives(p2, Duration::from_secs(5))
+        .expect("the refresh over flow 2");
+    assert_repair_reinvite(&reinvite);
+    // the dialog's route set still names PROXY1 (it record-routed)
+    assert_eq!(
+        reinvite.message.header(HeaderName::Route),
+        Some(format!("<sip:{PROXY1}:5060;transport=tcp;lr>").as_str())
+    );
+    answer(&mut s.sim, p2, &reinvite, code, &[]);
+    let replacing = recv_request(&mut s.sim, p2);
+    assert_eq!(replacing.message.method(), Some(Method::Invite));
+    assert_eq!(replacing.conn, s.registers[1].conn, "over flow 2");
+    assert!(replacing.message.header(HeaderName::Replaces).is_some());
+    let rr2 = format!("<sip:{PROXY2}:5060;transport=tcp;lr>");
+    bob_ok(&mut s.sim, p2, &replacing, Some(&rr2));
+    let ack = recv(&mut s.sim, p2);
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(
+        s.sim.endpoint(s.ua).call_state(s.call),
+        Some(CallState::Confirmed)
+    );
+}
+
+/// The sibling's proxy refuses to route to the failed flow's proxy that
+/// record-routed the dialog (403, as `siproam registrar` does for a Route
+/// to another): the path is broken, as with a 408, and the `Replaces`
+/// fallback makes a new dialog over the sibling flow.
+#[test]
+fn a_refresh_over_the_sibling_refused_by_its_proxy_falls_back_to_replaces() {
+    refresh_over_flow_2_refused_then_replaced(403);
+    refresh_over_flow_2_refused_then_replaced(503);
+}
+
+/// A 488 to the refresh over the sibling flow reached the peer (the path
+/// works; the offer did not): no `Replaces`, the call stays.
+#[test]
+fn a_refresh_over_the_sibling_refused_by_the_peer_keeps_the_call() {
+    let mut s = call_over_flow_1();
+    let [p1, p2] = s.proxies;
+    s.sim.set_pong(p1, false);
+    recv_request(&mut s.sim, p1);
+    s.sim.set_pong(p1, true);
+    let reinvite = s
+        .sim
+        .run_until_peer_receives(p2, Duration::from_secs(5))
+        .expect("the refresh over flow 2");
+    answer(&mut s.sim, p2, &reinvite, 488, &[]);
+    s.sim.run_for(Duration::from_secs(2));
+    while let Some(r) = s.sim.peer_recv(p2) {
+        assert_eq!(r.message.method(), Some(Method::Ack), "no Replaces");
+    }
+    assert_eq!(
+        s.sim.endpoint(s.ua).call_state(s.call),
+        Some(CallState::Confirmed)
+    );
+}
+
 /// The refresh over the sibling flow finds the dialog gone (481): the
 /// INVITE with `Replaces` goes over that same flow, out of the dialog —
 /// to PROXY2 over flow 2's connection, PROXY2 as its pre-loaded Route,

@@ -383,3 +383,48 @@ fn the_replaces_fallback_goes_over_the_sibling_flow_too() {
         Some(CallState::Confirmed)
     );
 }
+
+/// Both flows fail at once: no sibling is live, so the call waits for its
+/// own flow's new registration. Flow 2 comes back first: the call moves
+/// over it at once, flow 1's REGISTER still unanswered; flow 1's
+/// REGISTER then failing (503) does not move the call again.
+#[test]
+fn a_waiting_call_moves_to_the_first_sibling_flow_that_comes_back() {
+    let mut s = call_over_flow_1();
+    let [p1, p2] = s.proxies;
+    s.sim.set_pong(p1, false);
+    s.sim.set_pong(p2, false);
+    let again1 = recv_request(&mut s.sim, p1);
+    assert_eq!(again1.message.method(), Some(Method::Register));
+    let again2 = recv_request(&mut s.sim, p2);
+    assert_eq!(again2.message.method(), Some(Method::Register));
+    s.sim.set_pong(p1, true);
+    s.sim.set_pong(p2, true);
+    s.sim.run_for(Duration::from_secs(1));
+    assert!(
+        s.sim.peer_recv(p1).is_none(),
+        "nothing before a flow is back"
+    );
+    assert!(
+        s.sim.peer_recv(p2).is_none(),
+        "nothing before a flow is back"
+    );
+    ok_outbound(&mut s.sim, p2, &again2);
+    let reinvite = s
+        .sim
+        .run_until_peer_receives(p2, Duration::from_secs(5))
+        .expect("the refresh over flow 2 once it is back");
+    assert_repair_reinvite(&reinvite);
+    assert_eq!(reinvite.conn, again2.conn, "over flow 2's new connection");
+    bob_ok(&mut s.sim, p2, &reinvite, None);
+    let ack = recv(&mut s.sim, p2);
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    answer(&mut s.sim, p1, &again1, 503, &[]);
+    s.sim.run_for(Duration::from_secs(2));
+    assert!(s.sim.peer_recv(p1).is_none(), "the call is not moved again");
+    assert!(s.sim.peer_recv(p2).is_none(), "the call is not moved again");
+    assert_eq!(
+        s.sim.endpoint(s.ua).call_state(s.call),
+        Some(CallState::Confirmed)
+    );
+}

@@ -866,6 +866,26 @@ impl Endpoint {
         t
     }
 
+    /// Whether a failure `code` to the refresh of a call repaired with
+    /// the `Replaces` fallback over another first hop than its route
+    /// set's (a sibling flow's proxy) means the path is broken: a 403,
+    /// 404 or 5xx other than a challenge or an offer refused.
+    fn sibling_path_refused(&self, id: CallId, code: u16) -> bool {
+        let Some(c) = self.calls.get(id) else {
+            return false;
+        };
+        let Some(hop) = c.next_hop else {
+            return false;
+        };
+        let route_hop = c
+            .route_set
+            .first()
+            .and_then(|r| uri_addr(&name_addr_uri(r), c.first_hop.transport));
+        c.repair == Some(true)
+            && route_hop.is_some_and(|r| r.remote != hop.remote)
+            && matches!(code, 403 | 404 | 480 | 500..=599)
+    }
+
     fn in_dialog_request(
         &mut self,
         id: CallId,
@@ -907,7 +927,17 @@ impl Endpoint {
             b = b.header("Route", r);
         }
         if matches!(method, Method::Invite | Method::Update) {
-            b = b.header("Contact", &self.contact_header(c, target.transport));
+            // a target refresh keeps `ob` (RFC 5626 §4.3): the new remote
+            // target still reaches us over a flow
+            let ob = if self.outbound_for(&c.local_uri) {
+                ";ob"
+            } else {
+                ""
+            };
+            b = b.header(
+                "Contact",
+                &self.contact_header_with(c, target.transport, ob),
+            );
         }
         if let Some(body) = body {
             b = b.body("application/sdp", body);
@@ -1732,6 +1762,15 @@ impl Endpoint {
                 481 | 408 => {
                     // RFC 5057: the dialog is gone; a call being repaired
                     // after a flow failure gets a new one (RFC 3891)
+                    let offer = refresh.and_then(|(_, _, b)| b);
+                    self.dialog_gone(now, id, code, offer);
+                }
+                // a repair over a sibling flow whose path still names the
+                // failed flow's proxy, refused on the way (the sibling's
+                // proxy cannot or will not route there): the path is as
+                // gone as after a 408 (a peer's 488 / 606 / 3xx, or a
+                // challenge, says the path works)
+                _ if self.sibling_path_refused(id, code) => {
                     let offer = refresh.and_then(|(_, _, b)| b);
                     self.dialog_gone(now, id, code, offer);
                 }

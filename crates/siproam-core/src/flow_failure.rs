@@ -9,9 +9,11 @@
 //!   own machinery, `registration`), unless `Ignore`;
 //! - confirmed calls are repaired through the mobility machine, as one
 //!   more trigger of the same recovery as an address change
-//!   ([`crate::ChangeTrigger::FlowFailure`]): a target refresh over the
-//!   new flow once the account registered over it (at once over UDP, or
-//!   when no account re-registers), and, when that refresh fails with 481
+//!   ([`crate::ChangeTrigger::FlowFailure`]): a target refresh at once
+//!   over a live sibling flow of the call's identity (RFC 5626 §4.2.1;
+//!   the call then belongs to that flow), else over the new flow once
+//!   the account registered over it (at once over UDP, or when no account
+//!   re-registers), and, when that refresh fails with 481
 //!   or 408, an INVITE with `Replaces` (RFC 3891) that makes a new dialog
 //!   for the call (`dialog`); or hung up; or left alone;
 //! - subscriptions (not built yet) will take `client_subscription` /
@@ -55,7 +57,9 @@ pub enum InviteRecovery {
     /// answered 481 or timing out (408) is followed by an INVITE with
     /// `Replaces` (RFC 3891) carrying the same offer, which makes a new
     /// dialog for the call ([`crate::CallEvent::Replacing`]); without it,
-    /// the call ends with that code (RFC 5057).
+    /// the call ends with that code (RFC 5057). A refresh moved to a
+    /// sibling flow's proxy while the route set still names the failed
+    /// one falls back on a 403, 404, 480 or 5xx too (the way is refused).
     Repair {
         /// Fall back to an INVITE with `Replaces`.
         replaces_fallback: bool,

@@ -580,6 +580,18 @@ impl Endpoint {
         Some((*id, a.config.registrar))
     }
 
+    /// The account of a live flow (registered, outbound in force, flow
+    /// open) of `local_uri`'s flow set, the lowest `reg-id` first, with
+    /// that flow's first hop sent from its local address: where a call of
+    /// a failed flow moves at once (`crate::mobility`'s flow repair).
+    pub(crate) fn live_flow_for(&self, local_uri: &str) -> Option<(AccountId, Target)> {
+        let (id, mut target) = self.outbound_target_for(local_uri)?;
+        let a = self.accounts.get(id)?;
+        let flow = self.flows.get(a.flow?).filter(|_| a.flow_live())?;
+        target.local = flow.local.or(target.local);
+        Some((id, target))
+    }
+
     /// The pre-loaded Route (`<sip:proxy;lr>`) of requests sent to
     /// `target`, when it is an outbound proxy of one of our flows.
     pub(crate) fn outbound_route_towards(&self, target: Target) -> Option<String> {

@@ -149,6 +149,11 @@ impl Endpoint {
         if c.peer_supports_replaces {
             b = b.header("Require", "replaces");
         }
+        // out of the dialog over a flow through an outbound proxy: that
+        // proxy as its pre-loaded Route
+        if let Some(route) = self.outbound_route_towards(target) {
+            b = b.header("Route", &route);
+        }
         let b = b.body("application/sdp", offer);
         if self
             .start_client_tx(now, b, target, TxOwner::Call(id))

@@ -3,7 +3,10 @@
 //! what the flow carried are `crate::flow_failure`'s).
 //!
 //! `started` (with the flow's transport and far end, and the account
-//! that registers again), then — over a stream, once that account's
+//! that registers again), then — at once over a live sibling flow of the
+//! call's identity when there is one (its Contact, its first hop as the
+//! call's next hop: the call belongs to that flow from then on), else
+//! over a stream, once that account's
 //! REGISTER over its new flow is answered (`update_contact`), else at
 //! once — each call moved as after a change: its Contact is the
 //! account's Contact, [`crate::Event::CallMoved`] asks the application for the
@@ -20,7 +23,7 @@
 use std::time::Instant;
 
 use crate::dialog::{CallId, CallState};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Target};
 use crate::flow::Flow;
 use crate::registration::AccountId;
 
@@ -84,8 +87,20 @@ impl Endpoint {
             })
             .copied()
             .collect();
+        // a call whose identity has another live flow moves over it at
+        // once (RFC 5626 §4.2.1: no waiting for the failed flow's new
+        // registration, which goes on in the background)
+        let mut waiting = Vec::new();
+        for (call, fallback) in calls {
+            match self.live_sibling_for(call) {
+                Some((sibling, hop)) => {
+                    self.repair_call(now, &mut run, call, Some(sibling), Some(hop), fallback)
+                }
+                None => waiting.push((call, fallback)),
+            }
+        }
         match wait_for {
-            Some(account) => {
+            Some(account) if !waiting.is_empty() => {
                 let transport = self.account_transport(account).unwrap_or(flow.transport);
                 let contact = self
                     .account_contact(account)
@@ -94,11 +109,11 @@ impl Endpoint {
                     .unwrap_or(flow.remote);
                 run.confirm_accounts.insert(account, (transport, contact));
                 run.after_register
-                    .extend(calls.iter().map(|(c, f)| (account, *c, *f)));
+                    .extend(waiting.iter().map(|(c, f)| (account, *c, *f)));
             }
-            None => {
-                for (call, fallback) in calls {
-                    self.repair_call(now, &mut run, call, None, fallback);
+            _ => {
+                for (call, fallback) in waiting {
+                    self.repair_call(now, &mut run, call, None, None, fallback);
                 }
             }
         }
@@ -106,15 +121,26 @@ impl Endpoint {
         self.advance(now);
     }
 
+    /// The live flow of the call's identity (its local URI's flow set)
+    /// the call moves over: its account and first hop.
+    pub(super) fn live_sibling_for(&self, call: CallId) -> Option<(AccountId, Target)> {
+        self.call_local_uri(call)
+            .and_then(|u| self.live_flow_for(u))
+    }
+
     /// Moves one call of a failed flow: its Contact becomes `over`'s (the
-    /// account that registered over the new flow), it is marked for the
-    /// `Replaces` fallback, and the application is asked for the offer.
+    /// account that registered over the new flow, or a live sibling flow
+    /// of the call's identity — then with that flow's first hop as the
+    /// call's next hop, so the call belongs to that flow from now on), it
+    /// is marked for the `Replaces` fallback, and the application is
+    /// asked for the offer.
     pub(super) fn repair_call(
         &mut self,
         now: Instant,
         run: &mut Run,
         call: CallId,
         over: Option<AccountId>,
+        next_hop: Option<Target>,
         fallback: bool,
     ) {
         if self.call_state(call) != Some(CallState::Confirmed) {
@@ -150,7 +176,7 @@ impl Endpoint {
         let mv = CallMove {
             contact,
             via,
-            next_hop: None,
+            next_hop,
             hang_up: false,
             prefer_update,
             old_path_gone: false,

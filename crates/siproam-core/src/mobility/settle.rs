@@ -222,16 +222,24 @@ impl Endpoint {
                 );
             }
             // a flow failure's calls waiting for this account's new flow
-            // (registered or not, they are repaired now)
+            // (registered or not, they are repaired now), and those whose
+            // identity has a flow live again (this one, a sibling)
             if run.trigger == ChangeTrigger::FlowFailure {
-                let (ready, rest) = run
-                    .after_register
-                    .drain(..)
-                    .partition(|(a, _, _)| *a == r.account);
+                let (ready, rest) = run.after_register.drain(..).partition(|(a, c, _)| {
+                    *a == r.account || (registered && self.live_sibling_for(*c).is_some())
+                });
                 run.after_register = rest;
                 for (account, call, fallback) in ready {
-                    let over = registered.then_some(account);
-                    self.repair_call(now, &mut run, call, over, fallback);
+                    // not registered: over a sibling flow that came up
+                    // meanwhile, else at once along the call's own path
+                    let (over, hop) = match registered && account == r.account {
+                        true => (Some(account), None),
+                        false => match self.live_sibling_for(call) {
+                            Some((sibling, hop)) => (Some(sibling), Some(hop)),
+                            None => (None, None),
+                        },
+                    };
+                    self.repair_call(now, &mut run, call, over, hop, fallback);
                 }
             }
         }

@@ -49,6 +49,9 @@ fn a_call_survives_the_failure_of_its_flow() {
         "tcp:127.0.0.2:0",
         "--listen",
         "udp:127.0.0.2:0",
+        // the pong watchdog runs with outbound in force (siproam registrar
+        // says Require: outbound when asked)
+        "--outbound",
         "--keepalive-stream",
         "1",
         "--pong-timeout",

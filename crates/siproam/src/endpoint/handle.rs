@@ -196,6 +196,7 @@ impl EndpointHandle {
             close_when_connected: std::collections::HashSet::new(),
             pin_when_connected: std::collections::HashSet::new(),
             backlog: HashMap::new(),
+            unclaimed: HashMap::new(),
             retiring: Vec::new(),
             server_names: HashMap::new(),
             events: ev_tx,

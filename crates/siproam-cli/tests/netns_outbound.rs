@@ -24,12 +24,20 @@
 //! connection ever opened towards the handset (a counter in the router and
 //! no SYN from the server in the capture); alice answers with her GRUU as
 //! Contact (RFC 5627) and bob's BYE to it reaches her; her own call to
-//! bob carries `<GRUU;ob>` as Contact and works through the edge. Over UDP (no
+//! bob carries `<GRUU;ob>` as Contact and works through the edge. A call
+//! survives the failure of her flow: the NAT flushed again mid-call, she
+//! registers over a new flow and repairs the call - the refresh over the
+//! new flow gets 408 from the edge (its Route carries the old flow's
+//! token, and a request arriving over another flow is sent towards the
+//! token's flow, which is dead), so the INVITE with `Replaces` follows,
+//! relayed by the registrar to bob's contact (`EDGE_PORT` in
+//! kamailio.cfg); bob takes it as a new call and ends the old one, both
+//! stay in the call, and alice's BYE reaches bob. Over UDP (no
 //! keep-alives yet): registered with outbound, and the call reaches alice
 //! through the NAT's mapping of her flow.
 //!
-//! [`Scene`] holds the whole setup so that further cases (a call that
-//! survives the flow failure, UDP flows with STUN) can be added.
+//! [`Scene`] holds the whole setup so that further cases (UDP flows with
+//! STUN) can be added.
 //!
 //! Needs root, iproute2, nftables, conntrack, tcpdump and Kamailio with
 //! its outbound module (`interop/install.sh`): without them the test says
@@ -191,10 +199,12 @@ impl Capture {
             .arg(filter)
             .output()
             .expect("tcpdump -r");
+        // the capture is still being written: a packet half written at
+        // its end is no failure (every packet before it was read)
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            out.status.success(),
-            "tcpdump -r: {}",
-            String::from_utf8_lossy(&out.stderr)
+            out.status.success() || stderr.contains("truncated dump file"),
+            "tcpdump -r: {stderr}"
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -265,7 +275,9 @@ impl Scene {
         let registrar = Kamailio::start_cfg(
             Some(&t.server),
             5070,
-            &format!("-A SIP_ADDR={SERVER} -A FLOW_TIMER={FLOW_TIMER} -A NO_CALL_AUTH"),
+            &format!(
+                "-A SIP_ADDR={SERVER} -A FLOW_TIMER={FLOW_TIMER} -A NO_CALL_AUTH -A EDGE_PORT=5060"
+            ),
             &format!("{}-reg", t.tag),
             "kamailio.cfg",
         );
@@ -499,9 +511,101 @@ fn kamailio_outbound_behind_nat_pings_within_flow_timer_recovers_a_flushed_flow_
         "a connection towards the handset was tried"
     );
     bob.quit();
-    // (c) a call that survives the flow failure (call repair, another
-    // slice of issue 12) goes here: bob_calls_alice before the flush, then
-    // check the call is refreshed over the new flow.
+
+    // (c) a call that survives the failure of alice's flow: bob calls her,
+    // the NAT forgets the flow, the keep-alive finds it failed, she
+    // registers again over a new flow and repairs the call
+    let mut bob = s.bob_calls_alice();
+    let call = s.alice.seen_or_wait("alice's call confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    })["call"]
+        .clone();
+    let bob_call = bob.seen_or_wait("bob's call confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    })["call"]
+        .clone();
+    in_ns(&s.t.router, "conntrack", &["-F"]);
+    let failed = s.alice.wait_for("the call's flow failed", |v| {
+        v["event"] == "flow" && v["state"] == "failed"
+    });
+    assert_eq!(failed["reason"], "pong_timeout", "{failed}");
+    let carried = s.alice.wait_for("what the flow carried", |v| {
+        v["event"] == "flow" && v["state"] == "terminated"
+    });
+    assert_eq!(
+        carried["registrations"][0]["action"], "reregister",
+        "{carried}"
+    );
+    assert_eq!(carried["calls"][0]["call"], call, "{carried}");
+    assert_eq!(carried["calls"][0]["action"], "repair", "{carried}");
+    s.alice.wait_for("registered over a new flow", registered);
+    let mut repair = Vec::new();
+    loop {
+        let v = s.alice.wait_for("the repair's stages", |v| {
+            v["event"] == "ip_change" && v["trigger"] == "flow_failure"
+        });
+        let done = v["stage"] == "completed";
+        repair.push(v);
+        if done {
+            break;
+        }
+    }
+    let stage = |name: &str| {
+        repair
+            .iter()
+            .find(|v| v["stage"] == name && v["call"] == call)
+            .cloned()
+    };
+    let refreshed = stage("refresh_calls").expect("a refresh was tried");
+    let replaced = stage("replace_calls");
+    eprintln!(
+        "call repair through the Kamailio edge: refresh {}, Replaces {}",
+        refreshed["status"],
+        replaced
+            .as_ref()
+            .map_or("not tried".into(), |r| r["status"].to_string())
+    );
+    let mut bob_now = bob_call.clone();
+    if refreshed["status"] != "ok" {
+        // (what happens with Kamailio 5.6: the edge sends the refresh
+        // towards the old flow's token, 408) the fallback made a new
+        // dialog for the call
+        let replaced = replaced.expect("the Replaces fallback after a failed refresh");
+        assert_eq!(replaced["status"], "ok", "{repair:?}");
+        // bob took the INVITE with Replaces as a new call, confirmed,
+        // and ended the old dialog
+        bob_now = bob.wait_for("bob's replacing call confirmed", |v| {
+            v["event"] == "call" && v["state"] == "confirmed" && v["call"] != bob_call
+        })["call"]
+            .clone();
+        bob.seen_or_wait("bob's replaced call ended", |v| {
+            v["event"] == "call" && v["state"] == "disconnected" && v["call"] == bob_call
+        });
+    }
+    assert_eq!(repair.last().unwrap()["status"], "ok", "{repair:?}");
+    // alice is still in her call, bob in his (the replacing one)
+    let ended = |v: &Value| v["event"] == "call" && v["state"] == "disconnected";
+    s.alice.drain();
+    assert!(
+        !s.alice.seen().iter().any(|v| ended(v) && v["call"] == call),
+        "alice's call ended: {:?}",
+        s.alice.seen()
+    );
+    bob.drain();
+    assert!(
+        !bob.seen().iter().any(|v| ended(v) && v["call"] == bob_now),
+        "bob's call ended: {:?}",
+        bob.seen()
+    );
+    // alice hangs up: her BYE, in the call's dialog now, reaches bob
+    // (bob's BYE towards her in a dialog she made cannot pass this edge:
+    // Kamailio puts a flow token in its Record-Route only for a request
+    // whose top Route names it with `ob`, and the agent sends none - its
+    // Record-Route has none, and a request to her GRUU gets 478 there)
+    s.alice.send("hangup");
+    let end = bob.wait_for("bob's call ended by alice", ended);
+    assert_eq!(end["call"], bob_now, "{end}");
+    bob.quit();
 }
 
 /// The same over UDP, without keep-alives (STUN on UDP flows is another

@@ -449,9 +449,14 @@ async fn an_incoming_ringing_call_is_answered_with_the_new_contact() {
 }
 
 /// Three changes asked for at once are queued and merged, not refused:
-/// fewer than three runs, every caller returns, and the call ends up on
-/// the newest address.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// one change runs, every caller returns, and the call ends up on the
+/// newest address. On one thread, so "at once" is exact: all three are
+/// queued before the driver takes the first. (With worker threads the
+/// driver can take the first before the others are sent; they then run
+/// as a second change that supersedes the first while it waits for its
+/// 2xx - `Superseded` reports, covered by the sim's
+/// `a_second_change_supersedes_one_waiting_for_its_2xx`.)
+#[tokio::test(flavor = "current_thread")]
 async fn changes_asked_for_together_are_merged_and_the_newest_wins() {
     let mut s = setup("INVITE, ACK, BYE, CANCEL").await;
     let (a, b, c) = tokio::join!(
@@ -492,16 +497,22 @@ async fn changes_asked_for_together_are_merged_and_the_newest_wins() {
     })
     .await
     .expect("a re-INVITE from the newest address");
+    // every report up to the change's completion
     let mut started = 0;
-    while let Ok(Some(ev)) =
-        tokio::time::timeout(Duration::from_millis(200), s.alice.next_event()).await
-    {
-        if let EndpointEvent::IpChange(r) = ev {
-            assert_eq!(r.status, Ok(()), "{r:?}");
-            started += usize::from(r.stage == siproam::IpChangeStage::Started);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(EndpointEvent::IpChange(r)) = s.alice.next_event().await {
+                assert_eq!(r.status, Ok(()), "{r:?}");
+                started += usize::from(r.stage == siproam::IpChangeStage::Started);
+                if r.stage == siproam::IpChangeStage::Completed {
+                    break;
+                }
+            }
         }
-    }
-    assert!((1..3).contains(&started), "{started} changes ran");
+    })
+    .await
+    .expect("the change completes");
+    assert_eq!(started, 1, "the three changes ran as one");
 }
 
 /// A change without a new address restarts the listeners in place: a

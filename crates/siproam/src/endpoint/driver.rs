@@ -46,12 +46,28 @@ pub(super) struct Driver {
     pub(super) pin_when_connected: std::collections::HashSet<FlowId>,
     /// messages waiting for room in their connection's send queue, in order
     pub(super) backlog: HashMap<FlowId, VecDeque<Bytes>>,
+    /// Outgoing connections whose flow is not known yet: a connect's task
+    /// reports on `conn_rx`, apart from the connection's own events, so an
+    /// answer to what it carried (and its close) can come first. Claimed
+    /// by [`Driver::connected`]; a closed one is kept only while a connect
+    /// is pending.
+    pub(super) unclaimed: HashMap<ConnectionId, Unclaimed>,
     /// Old UDP listeners after an IP change, still receiving answers to
     /// requests sent before it, until their deadline.
     pub(super) retiring: Vec<(tokio::time::Instant, crate::transport::ListenerId)>,
     pub(super) events: mpsc::Sender<EndpointEvent>,
     pub(super) rng: u64,
 }
+
+/// What came on an outgoing connection before its flow was known.
+#[derive(Debug, Default)]
+pub(super) struct Unclaimed {
+    messages: Vec<Bytes>,
+    closed: Option<FlowCloseReason>,
+}
+
+/// At most this many messages are kept for an unclaimed connection.
+const UNCLAIMED_MESSAGES: usize = 32;
 
 pub(super) enum Connected {
     Done(
@@ -321,16 +337,33 @@ impl Driver {
             } => {
                 let flow = match self.connections.get(&conn) {
                     Some(f) => *f,
-                    None => self.accept(conn, transport, local, remote),
+                    None => {
+                        if let Some(u) = self.unclaimed.get_mut(&conn) {
+                            // ours, its flow not known yet: it gets them
+                            // (a second flow for it would be a dead one)
+                            if u.messages.len() < UNCLAIMED_MESSAGES {
+                                u.messages.push(bytes);
+                            } else {
+                                debug!("{conn}: message before its connect was reported dropped");
+                            }
+                            return;
+                        }
+                        self.accept(conn, transport, local, remote)
+                    }
                 };
                 self.core.handle_stream_message(now, flow, bytes);
             }
             TransportEvent::Received { .. } => {}
             TransportEvent::ConnectionOpened { info } => {
-                if info.direction == ConnectionDirection::Incoming
-                    && !self.connections.contains_key(&info.id)
-                {
-                    self.accept(info.id, info.transport, info.local, info.remote);
+                if !self.connections.contains_key(&info.id) {
+                    match info.direction {
+                        ConnectionDirection::Incoming => {
+                            self.accept(info.id, info.transport, info.local, info.remote);
+                        }
+                        ConnectionDirection::Outgoing => {
+                            self.unclaimed.insert(info.id, Unclaimed::default());
+                        }
+                    }
                 }
             }
             TransportEvent::ConnectionClosed { info, reason } => {
@@ -340,6 +373,11 @@ impl Driver {
                     self.backlog.remove(&flow);
                     self.core
                         .handle_flow_closed(now, flow, close_reason(&reason));
+                } else if self.pending.is_empty() {
+                    // no connect left to claim it
+                    self.unclaimed.remove(&info.id);
+                } else if let Some(u) = self.unclaimed.get_mut(&info.id) {
+                    u.closed = Some(close_reason(&reason));
                 }
             }
             TransportEvent::PongReceived { connection } => {
@@ -373,11 +411,13 @@ impl Driver {
         if self.close_when_connected.remove(&flow) {
             if let Ok(f) = &result {
                 if let Some(conn) = f.connection {
+                    self.unclaimed.remove(&conn);
                     self.transports
                         .close_connection(conn, CloseReason::ShutDown);
                 }
             }
             self.pending.remove(&flow);
+            self.forget_unclaimed_closed();
             self.core
                 .handle_flow_closed(now(), flow, FlowCloseReason::Local);
             return;
@@ -385,12 +425,26 @@ impl Driver {
         match result {
             Ok(f) => {
                 if let Some(conn) = f.connection {
+                    let early = self.unclaimed.remove(&conn).unwrap_or_default();
                     if pin {
                         self.transports.set_pinned(conn, true);
                     }
                     self.connections.insert(conn, flow);
                     self.flows.insert(flow, FlowPath::Connection(conn));
                     self.core.handle_flow_established(flow, f.local);
+                    // what came on it before we knew, on its own flow
+                    let now = now();
+                    for bytes in early.messages {
+                        self.core.handle_stream_message(now, flow, bytes);
+                    }
+                    if let Some(reason) = early.closed {
+                        self.connections.remove(&conn);
+                        self.flows.remove(&flow);
+                        self.pending.remove(&flow);
+                        self.forget_unclaimed_closed();
+                        self.core.handle_flow_closed(now, flow, reason);
+                        return;
+                    }
                     let queued = self.pending.remove(&flow).unwrap_or_default();
                     for bytes in queued {
                         self.send_stream(flow, conn, bytes).await;
@@ -403,6 +457,15 @@ impl Driver {
                 self.core
                     .handle_flow_closed(now(), flow, FlowCloseReason::ConnectFailed);
             }
+        }
+        self.forget_unclaimed_closed();
+    }
+
+    /// With no connect pending, closed connections nobody claimed are
+    /// forgotten (nothing will).
+    fn forget_unclaimed_closed(&mut self) {
+        if self.pending.is_empty() {
+            self.unclaimed.retain(|_, u| u.closed.is_none());
         }
     }
 

@@ -198,6 +198,7 @@ impl EndpointHandle {
             close_when_connected: std::collections::HashSet::new(),
             pin_when_connected: std::collections::HashSet::new(),
             backlog: HashMap::new(),
+            unclaimed: HashMap::new(),
             retiring: Vec::new(),
             events: ev_tx,
             rng: crate::random::os_u64()? | 1,

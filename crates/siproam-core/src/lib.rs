@@ -21,8 +21,8 @@ mod config;
 mod dialog;
 mod endpoint;
 mod flow;
-mod gruu;
 mod flow_failure;
+mod gruu;
 mod keepalive;
 pub(crate) mod mobility;
 mod registration;
@@ -40,11 +40,11 @@ pub use endpoint::{
     Target, Transmit,
 };
 pub use flow::{Flow, FlowCloseReason, FlowId, Transport};
-pub use gruu::Gruu;
 pub use flow_failure::{
     ClientSubscriptionRecovery, FlowFailurePolicy, FlowTerminated, InviteRecovery,
     RegistrationRecovery, ServerSubscriptionRecovery,
 };
+pub use gruu::Gruu;
 pub use keepalive::{FlowEvent, FlowState};
 pub use mobility::{
     AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ChangeTrigger, ConnectionView,

@@ -46,7 +46,6 @@ pub async fn register(
     };
     let dir = std::env::temp_dir().join(format!("siproam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let exe = std::env::current_exe()?;
     let listen = format!("{transport}:127.0.0.1:0");
     let mut args = vec![
         "registrar".to_owned(),
@@ -66,36 +65,7 @@ pub async fn register(
         }
         args.extend(["--users".to_owned(), users.to_string_lossy().into_owned()]);
     }
-    let mut child = Command::new(exe)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().context("registrar stdout")?;
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("the registrar exited before listening");
-        }
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v.get("event").and_then(Value::as_str) == Some("listening") {
-            break v
-                .get("address")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    // drain the registrar's output so it never blocks on a full pipe
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-    });
+    let (mut child, addr) = spawn_registrar(&args)?;
     let registrar_uri = if t == Transport::Udp {
         format!("sip:{addr}")
     } else {
@@ -192,10 +162,53 @@ pub async fn register(
     })
 }
 
+/// Starts this binary as a child with `args` (a `registrar …` command
+/// line with `--json`) and waits for its `listening` event; returns the
+/// child and the address it listens on. Its output is drained on a
+/// thread so it never blocks on a full pipe.
+pub(crate) fn spawn_registrar(args: &[String]) -> anyhow::Result<(std::process::Child, String)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("registrar stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the registrar exited before listening");
+        }
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v.get("event").and_then(Value::as_str) == Some("listening") {
+            break v
+                .get("address")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    Ok((child, addr))
+}
+
 /// CPU time this process has used (user + system), from `/proc/self/stat`
 /// (clock ticks of 10 ms).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+pub(crate) fn cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("self")
+}
+
+/// CPU time of process `pid` (`self` for this one), in seconds.
+pub(crate) fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // the command name may hold spaces: fields start after the last ')'
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -319,3 +319,150 @@ async fn wait_registered(alice: &mut EndpointHandle, wait: Duration) -> anyhow::
         }
     }
 }
+
+/// `siproam bench keepalive --accounts N`: one endpoint, N accounts, each
+/// registered with outbound over its own TCP connection (its own local
+/// address, 127.1.x.y) to a `siproam registrar` child process; once all
+/// are up, keep-alives run every `interval` seconds (pings at 80–100 % of
+/// it) for `seconds`. Reports this process's CPU during that window (% of
+/// one core), its resident memory per account, the registrar's CPU, and the
+/// pongs and failures seen.
+pub async fn accounts(
+    n: usize,
+    interval: u64,
+    seconds: u64,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    if n == 0 || n > 60_000 {
+        bail!("--accounts must be between 1 and 60000");
+    }
+    if interval == 0 || seconds == 0 {
+        bail!("--interval and --seconds must be at least 1");
+    }
+    // a connection each, both ends in this machine: descriptors to spare
+    let want = u64::try_from(n)?.saturating_mul(2) + 1024;
+    let limit = siproam::raise_open_files_limit_to(want).unwrap_or(0);
+    if limit < want {
+        bail!("the open-files limit is {limit}; {want} are needed (raise the hard limit)");
+    }
+    let (mut child, addr) = crate::bench::spawn_registrar(&[
+        "registrar".to_owned(),
+        "--json".to_owned(),
+        "--listen".to_owned(),
+        "tcp:127.0.0.1:0".to_owned(),
+        "--max-rate-per-source".to_owned(),
+        "0".to_owned(),
+        "--max-connections".to_owned(),
+        (n + 64).to_string(),
+    ])?;
+    let registrar = format!("sip:{addr};transport=tcp");
+    // no listener: each account's Contact is its connection's address
+    let mut config = EndpointConfig::default();
+    config.transport.max_connections = n + 64;
+    let mut ep = EndpointHandle::start(config, Box::new(UserAgent)).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rss_before = crate::bench::rss_bytes().unwrap_or(0);
+    let register_start = std::time::Instant::now();
+    let window = 256;
+    let (mut next, mut in_flight, mut registered, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while registered + failed < n {
+        while in_flight < window && next < n {
+            let local = std::net::Ipv4Addr::new(127, 1, (next / 250) as u8, (next % 250 + 1) as u8);
+            ep.register(AccountSpec {
+                aor: format!("sip:ka{next}@example.test"),
+                registrar: registrar.clone(),
+                username: None,
+                password: None,
+                instance_id: Some(siproam::random::instance_id()?),
+                outbound: true,
+                reg_id: Some(1),
+                expires: 3600,
+                ipv6_sip: siproam::Ipv6Use::Enabled,
+                ipv6_media: siproam::Ipv6Use::Enabled,
+                ip_change: None,
+                flow: FlowSpec {
+                    local_ip: Some(local.into()),
+                    keepalive_stream: Some(Duration::from_secs(interval)),
+                    ..FlowSpec::default()
+                },
+            })
+            .await?;
+            next += 1;
+            in_flight += 1;
+        }
+        match tokio::time::timeout_at(deadline, ep.next_event()).await {
+            Ok(Some(EndpointEvent::Core(Event::Registration(r)))) => match r.state {
+                RegistrationState::Registered => {
+                    registered += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                RegistrationState::Failed => {
+                    failed += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                _ => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the endpoint stopped"),
+            Err(_) => break,
+        }
+    }
+    let register_secs = register_start.elapsed().as_secs_f64();
+    let rss_after = crate::bench::rss_bytes().unwrap_or(0);
+    // the keep-alive window
+    let pid = child.id().to_string();
+    let (cpu0, reg_cpu0) = (
+        crate::bench::cpu_seconds().unwrap_or(0.0),
+        crate::bench::cpu_seconds_of(&pid).unwrap_or(0.0),
+    );
+    let start = std::time::Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut pongs, mut flow_failed) = (0u64, 0u64);
+    loop {
+        match tokio::time::timeout_at(until, ep.next_event()).await {
+            Ok(Some(EndpointEvent::Core(Event::Flow(f)))) => match f.state {
+                FlowState::KeepaliveOk => pongs += 1,
+                FlowState::Failed => flow_failed += 1,
+                _ => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the endpoint stopped"),
+            Err(_) => break,
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = crate::bench::cpu_seconds().unwrap_or(0.0) - cpu0;
+    let reg_cpu = crate::bench::cpu_seconds_of(&pid).unwrap_or(0.0) - reg_cpu0;
+    let rss_end = crate::bench::rss_bytes().unwrap_or(0);
+    let pct = |c: f64| (c / wall * 100.0 * 100.0).round() / 100.0;
+    emit(
+        json_out,
+        json!({
+            "event": "bench",
+            "bench": "keepalive",
+            "accounts": n,
+            "registered": registered,
+            "failed_registrations": failed,
+            "register_seconds": (register_secs * 1000.0).round() / 1000.0,
+            "interval_s": interval,
+            "window_s": (wall * 10.0).round() / 10.0,
+            "pongs": pongs,
+            "pongs_per_second": (pongs as f64 / wall).round(),
+            "flows_failed": flow_failed,
+            "cpu_percent_of_one_core": pct(cpu),
+            "registrar_cpu_percent_of_one_core": pct(reg_cpu),
+            "rss_per_account_bytes": (rss_after.saturating_sub(rss_before) as f64 / n as f64).round(),
+            "rss_per_account_end_bytes": (rss_end.saturating_sub(rss_before) as f64 / n as f64).round(),
+            "rss_before_bytes": rss_before,
+        }),
+    );
+    ep.shutdown().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(if registered == n && flow_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -73,6 +73,11 @@ enum Command {
         /// gets 423 Interval Too Brief (default 60).
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
         min_expires: Option<u32>,
+        /// Most TCP/TLS connections open at once (default 1024); beyond
+        /// it an idle incoming connection that never carried a message
+        /// makes room, else the new one is closed.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: Option<u32>,
         #[command(flatten)]
         tls: run::TlsArgs,
     },
@@ -152,11 +157,20 @@ enum BenchKind {
         #[arg(long, default_value_t = 20_000)]
         tcp_idle: usize,
     },
-    /// Keep-alives on outbound flows. With --netns (root): how long a
+    /// Keep-alives on outbound flows: N accounts, each with its own TCP
+    /// flow to a registrar on loopback, pinging for a while (CPU, memory
+    /// per account). With --netns (root): how long a
     /// silently dropped TCP flow takes to be found dead and replaced (from
     /// the first unanswered ping to the `flow failed` event and the next
     /// REGISTER 2xx).
     Keepalive {
+        /// Accounts, each with its own outbound TCP flow (without --netns).
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        /// How long keep-alives run once all are registered, in seconds
+        /// (without --netns).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
         /// In network namespaces: the flow-failure timing.
         #[arg(long)]
         netns: bool,
@@ -241,6 +255,7 @@ fn main() -> ExitCode {
             max_rate_per_source,
             mut max_bindings,
             mut min_expires,
+            max_connections,
             mut tls,
         } => {
             if let Err(e) = file.registrar(
@@ -261,6 +276,7 @@ fn main() -> ExitCode {
                 run::BindingLimits {
                     max_bindings,
                     min_expires,
+                    max_connections,
                 },
                 tls,
                 json,
@@ -325,14 +341,19 @@ fn main() -> ExitCode {
                     runs,
                     interval,
                     pong_timeout,
+                    ..
                 },
         } => block_on(bench_keepalive::netns(runs, interval, pong_timeout, json)),
         Command::Bench {
-            which: BenchKind::Keepalive { netns: false, .. },
-        } => {
-            eprintln!("siproam bench keepalive: only --netns is built so far");
-            Ok(ExitCode::from(2))
-        }
+            which:
+                BenchKind::Keepalive {
+                    netns: false,
+                    accounts,
+                    seconds,
+                    interval,
+                    ..
+                },
+        } => block_on(bench_keepalive::accounts(accounts, interval, seconds, json)),
         Command::Bench {
             which: BenchKind::Soak { handoffs, max_secs },
         } => block_on(bench_soak::soak(handoffs, max_secs, json)),

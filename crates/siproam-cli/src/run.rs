@@ -170,13 +170,16 @@ async fn announce_listeners(ep: &EndpointHandle, json_out: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// The registrar's limits on bindings (flags or config file).
+/// The registrar's limits on bindings and connections (flags or config
+/// file).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BindingLimits {
     /// Most bindings per AoR (`--max-bindings`).
     pub max_bindings: Option<u32>,
     /// Shortest lifetime granted (`--min-expires`).
     pub min_expires: Option<u32>,
+    /// Most TCP/TLS connections at once (`--max-connections`).
+    pub max_connections: Option<u32>,
 }
 
 /// `siproam registrar`.
@@ -229,10 +232,20 @@ pub async fn registrar(
             },
             ..Default::default()
         },
-        transport: transport_config(&tls)?,
+        transport: {
+            let mut t = transport_config(&tls)?;
+            if let Some(n) = limits.max_connections {
+                t.max_connections = usize::try_from(n)?;
+            }
+            t
+        },
         hosts: Vec::new(),
         watch: None,
     };
+    if let Some(n) = limits.max_connections {
+        // a descriptor per connection, and some to spare
+        siproam::raise_open_files_limit_to(u64::from(n) + 256)?;
+    }
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
     announce_listeners(&ep, json_out).await?;
     loop {
@@ -346,7 +359,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECS")]
     pub keepalive_stream: Option<u64>,
     /// No pong within this many seconds after a keep-alive ping: the flow
-    /// has failed (default 10).
+    /// has failed (default 10; only with outbound in force or a
+    /// `Flow-Timer` from the registrar).
     #[arg(long, value_name = "SECS")]
     pub pong_timeout: Option<u64>,
     /// The kernel's TCP keep-alive on every TCP/TLS connection: seconds
@@ -806,6 +820,8 @@ fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
         R::FramingError => "framing_error",
         R::Local => "closed_locally",
         R::FlowFailed => "430",
+        R::Unregistered => "unregistered",
+        R::Replaced => "replaced",
         _ => "other",
     }
 }
@@ -1071,14 +1087,19 @@ pub async fn agent(
     if pending > 0 {
         let wait = async {
             while let Some(ev) = ep.next_event().await {
-                if let EndpointEvent::Core(Event::Registration(r)) = ev {
-                    emit(json_out, registration_json(&r));
-                    if r.state == RegistrationState::Unregistered {
-                        pending -= 1;
-                        if pending == 0 {
-                            break;
+                match ev {
+                    EndpointEvent::Core(Event::Registration(r)) => {
+                        emit(json_out, registration_json(&r));
+                        if r.state == RegistrationState::Unregistered {
+                            pending -= 1;
+                            if pending == 0 {
+                                break;
+                            }
                         }
                     }
+                    // (its flow reported closed)
+                    EndpointEvent::Core(Event::Flow(f)) => emit(json_out, flow_json(&f)),
+                    _ => {}
                 }
             }
         };

@@ -220,7 +220,7 @@ pub struct Endpoint {
     /// The time of the last input (for what is decided as events leave).
     pub(crate) clock: Option<Instant>,
     /// Keep-alives of the accounts' stream flows.
-    pub(crate) keepalives: std::collections::HashMap<AccountId, crate::keepalive::KeepAlive>,
+    pub(crate) keepalives: crate::keepalive::KeepAliveTable,
     /// Failed flows the driver must close.
     pub(crate) closes: VecDeque<(FlowId, FlowCloseReason)>,
     /// STUN keep-alives waiting for their answer, and counters.
@@ -274,7 +274,7 @@ impl Endpoint {
             tidied: None,
             mobility: crate::mobility::Mobility::default(),
             clock: None,
-            keepalives: std::collections::HashMap::new(),
+            keepalives: crate::keepalive::KeepAliveTable::default(),
             closes: VecDeque::new(),
             stun: crate::stun::StunState::default(),
             flow_failure: Default::default(),
@@ -996,8 +996,8 @@ impl Endpoint {
         // the keep-alive of a stream flow reports its failure as it
         // stops; the others are reported here
         for a in &accounts {
-            if !self.keepalives.contains_key(a) {
-                self.flow_event(
+            if self.keepalives.get(a).is_none() {
+                self.flow_event_on(
                     *a,
                     flow,
                     crate::keepalive::FlowState::Failed,

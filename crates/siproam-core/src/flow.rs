@@ -108,6 +108,10 @@ pub enum FlowCloseReason {
     Local,
     /// A request over it was answered 430 Flow Failed (RFC 5626 §11.5).
     FlowFailed,
+    /// The account unregistered: it no longer uses the flow.
+    Unregistered,
+    /// The account registered over a newer flow and left this one.
+    Replaced,
 }
 
 impl fmt::Display for FlowCloseReason {
@@ -123,6 +127,8 @@ impl fmt::Display for FlowCloseReason {
             FlowCloseReason::FramingError => "framing error",
             FlowCloseReason::Local => "closed locally",
             FlowCloseReason::FlowFailed => "430 flow failed",
+            FlowCloseReason::Unregistered => "unregistered",
+            FlowCloseReason::Replaced => "replaced by a newer flow",
         })
     }
 }

@@ -1,7 +1,11 @@
 //! Keep-alives on an account's registration flow (RFC 5626 §4.4): a ping
 //! at a random 80–100 % of the interval — the registrar's `Flow-Timer`,
 //! else the account's configured time — and a watchdog: no answer within
-//! `pong_timeout` and the flow has failed.
+//! `pong_timeout` and the flow has failed. The watchdog only where the far
+//! end is known to answer: outbound in force or a `Flow-Timer` in the 2xx
+//! (§4.4.1 obliges only such a registrar); towards a plain RFC 3261
+//! registrar CRLF pings still go at the configured interval, to keep a NAT
+//! binding open (it ignores them), and a pong that comes is reported.
 //!
 //! - Stream flows (§4.4.1): the ping is CRLFCRLF, the pong CRLF
 //!   (`keepalive_stream`, 120 s by default).
@@ -18,6 +22,10 @@
 //!   take part in outbound is not assumed to answer STUN on its SIP port,
 //!   and its flow would fail at every interval.
 //!
+//! A flow the account leaves on purpose is reported `Closed` with its
+//! reason (`Unregistered`, `Replaced` by a newer flow, `Local`: closed for
+//! a network change or shutdown); a lost one `Failed`.
+//!
 //! A failed flow is closed (a connection: the driver is asked through
 //! [`Endpoint::poll_close`]; a UDP flow is only forgotten) and the account
 //! registers again at once over a new one, as for any flow that dies —
@@ -25,6 +33,7 @@
 //! address (`received`/`rport`) and the Contact is rewritten. Each step is
 //! a [`FlowEvent`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -49,6 +58,9 @@ pub enum FlowState {
     KeepaliveOk,
     /// It failed (no pong, closed, reset …): a new one is being made.
     Failed,
+    /// The account stopped using it on purpose (unregistered, closed for
+    /// a network change, replaced by a newer flow).
+    Closed,
 }
 
 impl FlowState {
@@ -58,6 +70,7 @@ impl FlowState {
             FlowState::Up => "up",
             FlowState::KeepaliveOk => "keepalive_ok",
             FlowState::Failed => "failed",
+            FlowState::Closed => "closed",
         }
     }
 }
@@ -74,7 +87,7 @@ pub struct FlowEvent {
     pub reg_id: Option<u32>,
     /// What happened.
     pub state: FlowState,
-    /// Why it failed.
+    /// Why it failed or was closed.
     pub reason: Option<FlowCloseReason>,
     /// The transport.
     pub transport: Transport,
@@ -84,6 +97,15 @@ pub struct FlowEvent {
     pub remote: SocketAddr,
     /// The registrar's `Flow-Timer`, if it sent one.
     pub flow_timer: Option<u32>,
+}
+
+/// Whether a flow ended because we chose so (then it is reported
+/// `closed`, else `failed`).
+fn is_deliberate(reason: FlowCloseReason) -> bool {
+    matches!(
+        reason,
+        FlowCloseReason::Local | FlowCloseReason::Unregistered | FlowCloseReason::Replaced
+    )
 }
 
 /// The first STUN retransmission comes this long after the request
@@ -98,12 +120,78 @@ pub(crate) struct KeepAlive {
     flow_timer: Option<u32>,
     /// A ping is out, unanswered.
     awaiting: bool,
+    /// A missing pong fails the flow: the far end is known to answer
+    /// (outbound in force, or it sent a `Flow-Timer`).
+    watchdog: bool,
     /// UDP: the STUN Binding request out (its transaction id) …
     stun: Option<u128>,
     /// … and how often it was sent again.
     retransmits: u32,
     /// UDP: the address the registrar first saw us as.
     mapped: Option<SocketAddr>,
+    /// What the flow was (its events still say so once it is gone).
+    transport: Transport,
+    local: Option<SocketAddr>,
+    remote: SocketAddr,
+}
+
+/// The accounts' keep-alives, found by account and by flow (a pong or a
+/// flow's end costs a look-up and the flow's own accounts, not a scan of
+/// every account).
+#[derive(Debug, Default)]
+pub(crate) struct KeepAliveTable {
+    by_account: HashMap<AccountId, KeepAlive>,
+    by_flow: HashMap<FlowId, Vec<AccountId>>,
+    /// Keep-alive entries looked at to find a flow's accounts (tests count
+    /// the work a pong costs).
+    visited: u64,
+}
+
+impl KeepAliveTable {
+    pub(crate) fn get(&self, account: &AccountId) -> Option<&KeepAlive> {
+        self.by_account.get(account)
+    }
+
+    fn get_mut(&mut self, account: &AccountId) -> Option<&mut KeepAlive> {
+        self.by_account.get_mut(account)
+    }
+
+    fn insert(&mut self, account: AccountId, k: KeepAlive) {
+        let flow = k.flow;
+        if let Some(old) = self.by_account.insert(account, k) {
+            if old.flow == flow {
+                return;
+            }
+            self.unindex(old.flow, account);
+        }
+        self.by_flow.entry(flow).or_default().push(account);
+    }
+
+    fn remove(&mut self, account: &AccountId) -> Option<KeepAlive> {
+        let k = self.by_account.remove(account)?;
+        self.unindex(k.flow, *account);
+        if self.by_account.is_empty() {
+            self.by_account.shrink_to(16);
+            self.by_flow.shrink_to(16);
+        }
+        Some(k)
+    }
+
+    fn unindex(&mut self, flow: FlowId, account: AccountId) {
+        if let Some(accounts) = self.by_flow.get_mut(&flow) {
+            accounts.retain(|a| *a != account);
+            if accounts.is_empty() {
+                self.by_flow.remove(&flow);
+            }
+        }
+    }
+
+    /// The accounts whose keep-alive runs on `flow`.
+    fn on_flow(&mut self, flow: FlowId) -> Vec<AccountId> {
+        let found = self.by_flow.get(&flow).cloned().unwrap_or_default();
+        self.visited += found.len() as u64;
+        found
+    }
 }
 
 impl Endpoint {
@@ -120,12 +208,18 @@ impl Endpoint {
         let Some(f) = self.flows.get(flow) else {
             return;
         };
-        let udp = !f.transport.is_reliable();
+        let (transport, remote) = (f.transport, f.remote);
+        let local = self.flow_local(flow);
+        let udp = !transport.is_reliable();
         let flow_timer = resp.flow_timer().and_then(Result::ok);
+        // a registrar that takes part in outbound answers pings (RFC 5626
+        // §4.4.1) and STUN on its SIP port (§5.4); a plain RFC 3261 one
+        // need not
+        let answers = self.account_outbound(account) || flow_timer.is_some_and(|s| s > 0);
         let configured = if udp {
-            // STUN only towards a registrar that takes part in outbound
-            // (it answers STUN on its SIP port, RFC 5626 §5.4)
-            if !self.account_outbound(account) && flow_timer.is_none_or(|s| s == 0) {
+            // STUN only towards one that answers: a Binding request does
+            // nothing else
+            if !answers {
                 return;
             }
             self.account_keepalive_datagram(account)
@@ -142,8 +236,13 @@ impl Endpoint {
         };
         let prev = self.keepalives.get(&account).copied();
         let fresh = prev.is_none_or(|k| k.flow != flow);
+        if prev.is_some() && fresh {
+            // the account left its flow for this one
+            self.keepalive_closed(account, FlowCloseReason::Replaced);
+        }
+        let prev = prev.filter(|k| k.flow == flow);
         // (a refresh over the same flow keeps the mapped address learnt)
-        let mapped = prev.filter(|k| k.flow == flow).and_then(|k| k.mapped);
+        let mapped = prev.and_then(|k| k.mapped);
         if let Some(tid) = prev.and_then(|k| k.stun) {
             self.stun_forget(tid);
         }
@@ -157,13 +256,17 @@ impl Endpoint {
                 interval,
                 flow_timer,
                 awaiting: false,
+                watchdog: answers,
                 stun: None,
                 retransmits: 0,
                 mapped,
+                transport,
+                local,
+                remote,
             },
         );
         if fresh {
-            self.flow_event(account, flow, FlowState::Up, None);
+            self.flow_event(account, FlowState::Up, None);
         }
         self.schedule_ping(now, account);
     }
@@ -187,7 +290,7 @@ impl Endpoint {
         // the account moved to another flow (or none): this one is not
         // its to keep any more
         if self.account_flow(account) != Some(k.flow) || self.flows.get(k.flow).is_none() {
-            self.keepalive_stop(account);
+            self.keepalive_closed(account, FlowCloseReason::Replaced);
             return;
         }
         let owner = TimerOwner::Account(account.0);
@@ -215,9 +318,15 @@ impl Endpoint {
                     k.stun = stun;
                     k.retransmits = 0;
                 }
-                let pong_timeout = self.account_pong_timeout(account);
-                self.timers
-                    .set(owner, TimerKind::PongTimeout, now + pong_timeout);
+                if k.watchdog {
+                    let pong_timeout = self.account_pong_timeout(account);
+                    self.timers
+                        .set(owner, TimerKind::PongTimeout, now + pong_timeout);
+                } else {
+                    // CRLF pings only to keep a NAT binding open: the next
+                    // one whether a pong comes or not
+                    self.schedule_ping(now, account);
+                }
             }
             TimerKind::StunRetransmit => {
                 // RFC 5389 §7.2.1: the same request again, each wait twice
@@ -258,20 +367,20 @@ impl Endpoint {
     /// A pong (CRLF) arrived on `flow`.
     pub fn handle_pong(&mut self, now: Instant, flow: FlowId) {
         self.clock = Some(now);
-        let accounts: Vec<AccountId> = self
-            .keepalives
-            .iter()
-            .filter(|(_, k)| k.flow == flow && k.awaiting)
-            .map(|(a, _)| *a)
-            .collect();
-        for account in accounts {
-            if let Some(k) = self.keepalives.get_mut(&account) {
-                k.awaiting = false;
+        for account in self.keepalives.on_flow(flow) {
+            let watchdog = match self.keepalives.get_mut(&account) {
+                Some(k) if k.awaiting => {
+                    k.awaiting = false;
+                    k.watchdog
+                }
+                _ => continue,
+            };
+            self.flow_event(account, FlowState::KeepaliveOk, None);
+            if watchdog {
+                self.timers
+                    .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
+                self.schedule_ping(now, account);
             }
-            self.timers
-                .cancel(TimerOwner::Account(account.0), TimerKind::PongTimeout);
-            self.flow_event(account, flow, FlowState::KeepaliveOk, None);
-            self.schedule_ping(now, account);
         }
     }
 
@@ -314,7 +423,7 @@ impl Endpoint {
                 if let Some(k) = self.keepalives.get_mut(&account) {
                     k.mapped = Some(mapped);
                 }
-                self.flow_event(account, k.flow, FlowState::KeepaliveOk, None);
+                self.flow_event(account, FlowState::KeepaliveOk, None);
                 self.schedule_ping(now, account);
             }
         }
@@ -344,16 +453,27 @@ impl Endpoint {
 
     /// A flow an account used is gone: report it, stop its keep-alive.
     pub(crate) fn keepalive_flow_gone(&mut self, flow: FlowId, reason: FlowCloseReason) {
-        let accounts: Vec<AccountId> = self
-            .keepalives
-            .iter()
-            .filter(|(_, k)| k.flow == flow)
-            .map(|(a, _)| *a)
-            .collect();
-        for account in accounts {
-            self.flow_event(account, flow, FlowState::Failed, Some(reason));
+        // closed on purpose (a network change, shutdown) or lost
+        let state = if is_deliberate(reason) {
+            FlowState::Closed
+        } else {
+            FlowState::Failed
+        };
+        for account in self.keepalives.on_flow(flow) {
+            self.flow_event(account, state, Some(reason));
             self.keepalive_stop(account);
         }
+    }
+
+    /// The account stops using its keep-alive flow on purpose (`reason`:
+    /// unregistered, replaced by a newer flow): reported `closed`, its
+    /// keep-alive stopped.
+    pub(crate) fn keepalive_closed(&mut self, account: AccountId, reason: FlowCloseReason) {
+        if self.keepalives.get(&account).is_none() {
+            return;
+        }
+        self.flow_event(account, FlowState::Closed, Some(reason));
+        self.keepalive_stop(account);
     }
 
     pub(crate) fn keepalive_stop(&mut self, account: AccountId) {
@@ -378,7 +498,18 @@ impl Endpoint {
         }
     }
 
-    pub(crate) fn flow_event(
+    /// Our end of a flow, when known (a UDP flow sends from the listener
+    /// its requests name).
+    fn flow_local(&self, flow: FlowId) -> Option<SocketAddr> {
+        let f = self.flows.get(flow)?;
+        f.local.or_else(|| {
+            (!f.transport.is_reliable()).then(|| self.local_for(flow, f.transport, None))
+        })
+    }
+
+    /// Reports what happened to `flow`, a flow of `account` with no
+    /// keep-alive running (a datagram flow without one, say).
+    pub(crate) fn flow_event_on(
         &mut self,
         account: AccountId,
         flow: FlowId,
@@ -386,42 +517,49 @@ impl Endpoint {
         reason: Option<FlowCloseReason>,
     ) {
         let Some(f) = self.flows.get(flow) else {
-            // (a flow already forgotten: what it was is still known to
-            // the keep-alive)
-            if let (Some(k), Some(remote)) = (
-                self.keepalives.get(&account),
-                self.account_registrar(account),
-            ) {
-                let ev = FlowEvent {
-                    account,
-                    flow,
-                    reg_id: self.account_reg_id(account),
-                    state,
-                    reason,
-                    transport: self.account_transport(account).unwrap_or(Transport::Tcp),
-                    local: None,
-                    remote,
-                    flow_timer: k.flow_timer,
-                };
-                self.events.push_back(Event::Flow(ev));
-            }
             return;
         };
-        let ev = FlowEvent {
+        let (transport, remote) = (f.transport, f.remote);
+        let local = self.flow_local(flow);
+        self.events.push_back(Event::Flow(FlowEvent {
             account,
             flow,
             reg_id: self.account_reg_id(account),
             state,
             reason,
-            transport: f.transport,
-            // (a UDP flow sends from the listener its requests name)
-            local: f.local.or_else(|| {
-                (!f.transport.is_reliable()).then(|| self.local_for(flow, f.transport, None))
-            }),
-            remote: f.remote,
-            flow_timer: self.keepalives.get(&account).and_then(|k| k.flow_timer),
+            transport,
+            local,
+            remote,
+            flow_timer: None,
+        }));
+    }
+
+    /// Reports what happened to `account`'s keep-alive flow: the flow as
+    /// it is, or — once forgotten (closed, failed) — as it was.
+    pub(crate) fn flow_event(
+        &mut self,
+        account: AccountId,
+        state: FlowState,
+        reason: Option<FlowCloseReason>,
+    ) {
+        let Some(k) = self.keepalives.get(&account).copied() else {
+            return;
         };
-        self.events.push_back(Event::Flow(ev));
+        let (transport, local, remote) = match self.flows.get(k.flow) {
+            Some(f) => (f.transport, self.flow_local(k.flow).or(k.local), f.remote),
+            None => (k.transport, k.local, k.remote),
+        };
+        self.events.push_back(Event::Flow(FlowEvent {
+            account,
+            flow: k.flow,
+            reg_id: self.account_reg_id(account),
+            state,
+            reason,
+            transport,
+            local,
+            remote,
+            flow_timer: k.flow_timer,
+        }));
     }
 
     /// The next flow the driver must close (a failed one), and why.
@@ -432,5 +570,72 @@ impl Endpoint {
     /// The keep-alive interval of an account's flow, if it has one running.
     pub fn keepalive_interval(&self, account: AccountId) -> Option<Duration> {
         self.keepalives.get(&account).map(|k| k.interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::config::Config;
+
+    fn keepalive(flow: FlowId, awaiting: bool) -> KeepAlive {
+        KeepAlive {
+            flow,
+            interval: Duration::from_secs(120),
+            flow_timer: None,
+            awaiting,
+            watchdog: true,
+            stun: None,
+            retransmits: 0,
+            mapped: None,
+            transport: Transport::Tcp,
+            local: None,
+            remote: SocketAddr::new([127, 0, 0, 2].into(), 5060),
+        }
+    }
+
+    /// Issue 12: a pong used to scan every account's keep-alive, so a peer
+    /// flooding CRLFs at one of 10,000 registration flows cost
+    /// 10,000 × CRLFs. Now a pong looks only at the keep-alives of its own
+    /// flow.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn a_pong_visits_only_the_keepalives_of_its_flow() {
+        let now = Instant::now();
+        let mut ep = Endpoint::new(Config::default());
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let accounts = 10_000u32;
+        let mut flows = Vec::new();
+        for i in 0..accounts {
+            let remote = SocketAddr::new([127, 0, 0, 2].into(), 10_000 + (i as u16));
+            let flow = ep.handle_flow_accepted(Transport::Tcp, local, remote);
+            flows.push(flow);
+            ep.keepalives.insert(AccountId(i), keepalive(flow, true));
+        }
+        // two more accounts on the first flow
+        for i in accounts..accounts + 2 {
+            ep.keepalives
+                .insert(AccountId(i), keepalive(flows[0], true));
+        }
+        let flood = 10_000u64;
+        for _ in 0..flood {
+            ep.handle_pong(now, flows[0]);
+        }
+        // the three accounts on that flow were looked at per pong, no other
+        assert_eq!(ep.keepalives.visited, 3 * flood);
+        // the first pong answered each of them once, the others nothing
+        let oks = std::iter::from_fn(|| ep.poll_event())
+            .filter(|e| matches!(e, Event::Flow(f) if f.state == FlowState::KeepaliveOk))
+            .count();
+        assert_eq!(oks, 3);
+        assert!(ep.keepalives.get(&AccountId(1)).unwrap().awaiting);
+        assert!(!ep.keepalives.get(&AccountId(0)).unwrap().awaiting);
+        // a flow's failure finds its accounts the same way
+        ep.keepalives.visited = 0;
+        ep.handle_flow_closed(now, flows[7], FlowCloseReason::Reset);
+        assert_eq!(ep.keepalives.visited, 1);
+        assert!(ep.keepalives.get(&AccountId(7)).is_none());
     }
 }

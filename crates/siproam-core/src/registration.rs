@@ -78,7 +78,8 @@ pub struct AccountConfig {
     /// Keep-alive interval on a stream flow when the registrar sends no
     /// `Flow-Timer` (RFC 5626 §4.4.1; `None` or zero: none).
     pub keepalive_stream: Option<Duration>,
-    /// No pong within this after a ping: the flow has failed.
+    /// No pong within this after a ping: the flow has failed (when
+    /// outbound is in force or the registrar sent a `Flow-Timer`).
     pub pong_timeout: Duration,
     /// Keep-alive interval on a UDP flow (STUN, RFC 5626 §4.4.2) when the
     /// registrar sends no `Flow-Timer`; used once outbound is in force
@@ -322,7 +323,7 @@ impl Endpoint {
     /// forgotten once the registrar answers (or the request fails).
     pub fn unregister(&mut self, now: Instant, account: AccountId) -> Result<(), CoreError> {
         self.forget_account_routes(account);
-        self.keepalive_stop(account);
+        self.keepalive_closed(account, FlowCloseReason::Unregistered);
         let acc = self
             .accounts
             .get_mut(account)

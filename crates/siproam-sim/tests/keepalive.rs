@@ -146,6 +146,11 @@ fn a_missing_pong_fails_the_flow_and_registers_again_over_a_new_one() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].state, FlowState::Failed);
     assert_eq!(evs[0].reason, Some(FlowCloseReason::KeepAliveTimeout));
+    // what the flow was, though it is gone
+    assert_eq!(evs[0].local, Some(first.from));
+    assert_eq!(evs[0].remote, first.to);
+    assert_eq!(evs[0].transport, Transport::Tcp);
+    assert_eq!(evs[0].flow_timer, Some(30));
     // the new flow is kept alive in turn once registered
     sim.set_pong(reg, true);
     ok_with(&mut sim, reg, &again, &[("Flow-Timer", "30")]);
@@ -170,6 +175,8 @@ fn a_closed_flow_is_reported_failed_and_replaced() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].state, FlowState::Failed);
     assert_eq!(evs[0].reason, Some(FlowCloseReason::PeerClosed));
+    assert_eq!(evs[0].local, Some(first.from));
+    assert_eq!(evs[0].remote, first.to);
 }
 
 /// A UDP account gets no CRLF keep-alives (UDP flows are kept by STUN).
@@ -347,6 +354,8 @@ mod stun_keepalives {
         assert_eq!(evs[0].state, FlowState::Failed);
         assert_eq!(evs[0].reason, Some(FlowCloseReason::StunTimeout));
         assert_eq!(evs[0].transport, Transport::Udp);
+        assert_eq!(evs[0].local, Some(ua_addr()));
+        assert_eq!(evs[0].remote, reg_addr());
         // the new flow is kept alive in turn once registered
         sim.set_stun(reg, true);
         ok_with(&mut sim, reg, &again, &[OUTBOUND, ("Flow-Timer", "30")]);
@@ -614,4 +623,237 @@ mod stun_keepalives {
         let answered = sim.take_stun(reg).len();
         assert!(answered > 0 && answered <= 400, "{answered}");
     }
+}
+
+/// A flow the account stops using on purpose — unregistered, closed for a
+/// network change, replaced by a newer one — is reported `closed` with
+/// its reason, not `failed` (or not at all).
+mod closed_flows {
+    use std::net::SocketAddr;
+
+    use siproam_core::{AccountId, AccountRoutes, IpChangeParams, Ipv6Use, RegistrarAddress};
+
+    use super::*;
+    use support::REG;
+
+    const NEW: &str = "192.0.2.11";
+
+    fn acc() -> AccountId {
+        AccountId(1)
+    }
+
+    /// Registered over TCP with `Flow-Timer: 30`; the `up` event taken.
+    fn registered() -> (Sim, NodeId, NodeId, Received, FlowEvent) {
+        let (mut sim, ua, reg, first) = registered_tcp(&[("Flow-Timer", "30")], None);
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Up);
+        let up = evs[0].clone();
+        (sim, ua, reg, first, up)
+    }
+
+    #[test]
+    fn unregistering_reports_the_flow_closed() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.with_endpoint(ua, |ep, now| ep.unregister(now, acc()))
+            .unwrap();
+        let r = recv(&mut sim, reg);
+        assert_eq!(r.conn, first.conn, "over the same flow");
+        answer(&mut sim, reg, &r, 200, &[]);
+        sim.run_for(Duration::from_secs(120));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Closed);
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Unregistered));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+        assert!(pings(&sim).is_empty(), "no keep-alives after");
+    }
+
+    /// A network change closes the registration flow itself: `closed`
+    /// (`Local`), then the new flow from the new address is `up`.
+    #[test]
+    fn a_flow_closed_for_a_network_change_is_reported_closed() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.with_endpoint(ua, |ep, _| {
+            ep.set_account_routes(
+                acc(),
+                AccountRoutes {
+                    aor: "sip:alice@example.test".into(),
+                    registrar: vec![RegistrarAddress {
+                        transport: Transport::Tcp,
+                        addr: SocketAddr::new(ip(REG), 5060),
+                    }],
+                    sip: Ipv6Use::Enabled,
+                    media: Ipv6Use::Enabled,
+                    ip_change: None,
+                },
+                Some(ip(UA)),
+            )
+        })
+        .unwrap();
+        sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+        let mut params = IpChangeParams::new(ip(NEW));
+        params.shutdown_transports = false;
+        sim.ip_change(ua, params);
+        let r = recv(&mut sim, reg);
+        assert_eq!(r.from.ip(), ip(NEW));
+        assert!(!sim.conn_open(first.conn.unwrap()));
+        ok_with(&mut sim, reg, &r, &[("Flow-Timer", "30")]);
+        sim.run_for(Duration::from_millis(100));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::Closed, FlowState::Up],
+            "{evs:?}"
+        );
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Local));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+        assert_ne!(evs[1].flow, up.flow);
+        assert_eq!(evs[1].local.map(|a| a.ip()), Some(ip(NEW)));
+    }
+
+    /// The account moves to a new flow while the old one stays open: once
+    /// the new one is registered the old one is reported `closed`
+    /// (`Replaced`) and gets no more keep-alives.
+    #[test]
+    fn a_flow_replaced_by_a_newer_one_is_reported_closed() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+        sim.with_endpoint(ua, |ep, now| {
+            ep.move_account_with(now, acc(), SocketAddr::new(ip(NEW), 0), false)
+        })
+        .unwrap();
+        let r = recv(&mut sim, reg);
+        assert_ne!(r.conn, first.conn, "a new flow");
+        ok_with(&mut sim, reg, &r, &[("Flow-Timer", "30")]);
+        sim.run_for(Duration::from_millis(100));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::Closed, FlowState::Up],
+            "{evs:?}"
+        );
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Replaced));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+        assert_ne!(evs[1].flow, up.flow);
+        // keep-alives go on over the new flow only
+        let log_from = sim.log().len();
+        sim.run_for(Duration::from_secs(61));
+        let old_pings = sim.log()[log_from..]
+            .iter()
+            .filter(|e| e.first_line.is_empty() && e.from == first.from)
+            .count();
+        assert_eq!(old_pings, 0);
+        assert!(flow_events(&mut sim, ua)
+            .iter()
+            .all(|e| e.state == FlowState::KeepaliveOk && e.flow == evs[1].flow));
+    }
+
+    /// Moved, but the new flow's 2xx has not come when the old flow's
+    /// keep-alive falls due: the old one is reported `closed` then,
+    /// without a ping.
+    #[test]
+    fn a_flow_left_before_its_next_ping_is_reported_closed_then() {
+        let (mut sim, ua, reg, first, up) = registered();
+        sim.set_addresses(ua, &[ip(UA), ip(NEW)]);
+        sim.with_endpoint(ua, |ep, now| {
+            ep.move_account_with(now, acc(), SocketAddr::new(ip(NEW), 0), false)
+        })
+        .unwrap();
+        let _unanswered = recv(&mut sim, reg);
+        sim.run_for(Duration::from_secs(31));
+        assert!(pings(&sim).is_empty(), "{:?}", pings(&sim));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Closed);
+        assert_eq!(evs[0].reason, Some(FlowCloseReason::Replaced));
+        assert_eq!(evs[0].flow, up.flow);
+        assert_eq!(evs[0].local, Some(first.from));
+    }
+}
+
+/// RFC 5626 §4.4.1 obliges only a registrar that takes part in outbound to
+/// answer CRLF pings: without outbound in force and without a
+/// `Flow-Timer` the pings still go (they keep a NAT binding; an RFC 3261
+/// server ignores them), but a missing pong does not fail the flow.
+mod watchdog {
+    use super::*;
+
+    #[test]
+    fn without_outbound_or_a_flow_timer_a_missing_pong_does_not_fail_the_flow() {
+        let (mut sim, ua, reg, first) = registered_tcp(&[], Some(Duration::from_secs(30)));
+        sim.set_pong(reg, false);
+        sim.run_for(Duration::from_secs(600));
+        // pinged all along, at the configured interval, over the one flow
+        let at = pings(&sim);
+        assert!(at.len() >= 19, "{at:?}");
+        assert!(sim.conn_open(first.conn.unwrap()));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].state, FlowState::Up);
+        // no REGISTER beyond the first (the binding lasts an hour)
+        assert!(sim.peer_recv(reg).is_none());
+        // a pong that does come is still reported
+        sim.set_pong(reg, true);
+        sim.run_for(Duration::from_secs(31));
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::KeepaliveOk]
+        );
+    }
+
+    /// Outbound in force (the 2xx's `Require: outbound`) with no
+    /// `Flow-Timer`: the configured interval, and the watchdog.
+    #[test]
+    fn with_outbound_in_force_a_missing_pong_fails_the_flow() {
+        let (mut sim, ua, reg, mut cfg) = setup(Transport::Tcp);
+        cfg.password = None;
+        cfg.expires = 3600;
+        cfg.keepalive_stream = Some(Duration::from_secs(30));
+        cfg.outbound = true;
+        cfg.instance_id = Some("urn:uuid:00000000-0000-4000-8000-000000000001".to_owned());
+        sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
+        let r = recv(&mut sim, reg);
+        ok_with(&mut sim, reg, &r, &[("Require", "outbound")]);
+        sim.run_for(Duration::from_millis(100));
+        sim.set_pong(reg, false);
+        let again = recv(&mut sim, reg);
+        assert_eq!(again.message.method(), Some(siproam_sip::Method::Register));
+        assert_ne!(again.conn, r.conn);
+        let evs = flow_events(&mut sim, ua);
+        assert_eq!(
+            evs.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [FlowState::Up, FlowState::Failed]
+        );
+        assert_eq!(evs[1].reason, Some(FlowCloseReason::KeepAliveTimeout));
+    }
+}
+
+/// Issue 12, bad input: a registrar flooding stray CRLFs (pongs nobody
+/// asked for) at the registration flow: each costs the core a look-up,
+/// only the pong to an actual ping counts (one `keepalive_ok` per ping),
+/// and the flow and the binding stay as they are.
+#[test]
+fn a_flood_of_stray_pongs_changes_nothing() {
+    let (mut sim, ua, reg, first) = registered_tcp(&[("Flow-Timer", "30")], None);
+    flow_events(&mut sim, ua);
+    for round in 0..10 {
+        for _ in 0..1_000 {
+            sim.peer_reply(reg, &first, bytes::Bytes::from_static(b"\r\n"));
+        }
+        sim.run_for(Duration::from_secs(30));
+        assert!(sim.conn_open(first.conn.unwrap()), "round {round}");
+    }
+    let evs = flow_events(&mut sim, ua);
+    let oks = evs
+        .iter()
+        .filter(|e| e.state == FlowState::KeepaliveOk)
+        .count();
+    assert_eq!(oks, pings(&sim).len(), "{evs:?}");
+    assert!(evs.iter().all(|e| e.state == FlowState::KeepaliveOk));
+    assert!(sim.peer_recv(reg).is_none(), "no REGISTER again");
 }

@@ -947,6 +947,16 @@ impl TransportManager {
             .collect()
     }
 
+    /// One open TCP/TLS connection, by id (`None` once it is closing).
+    pub fn connection(&self, id: ConnectionId) -> Option<ConnectionInfo> {
+        self.shared
+            .state()
+            .connections
+            .get(&id)
+            .filter(|c| !c.shared.is_closing())
+            .map(|c| c.info)
+    }
+
     /// Sends one message (queues it, for TCP/TLS) and tells which flow it
     /// went out on.
     ///

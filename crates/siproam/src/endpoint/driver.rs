@@ -554,12 +554,7 @@ impl Driver {
     /// One send; on a full queue the message goes to the front of the
     /// flow's backlog and false comes back.
     async fn try_send_stream(&mut self, flow: FlowId, conn: ConnectionId, bytes: Bytes) -> bool {
-        let Some(info) = self
-            .transports
-            .connections()
-            .into_iter()
-            .find(|c| c.id == conn)
-        else {
+        let Some(info) = self.transports.connection(conn) else {
             return true; // closed meanwhile: its close event tells the core
         };
         let target = SendTarget::new(info.transport, info.remote).with_connection(conn);

@@ -228,7 +228,7 @@ pub struct Endpoint {
     /// Keep-alives of the accounts' stream flows.
     pub(crate) keepalives: crate::keepalive::KeepAliveTable,
     /// Failed flows the driver must close.
-    pub(crate) closes: VecDeque<FlowId>,
+    pub(crate) closes: VecDeque<(FlowId, FlowCloseReason)>,
     /// STUN keep-alives waiting for their answer, and counters.
     pub(crate) stun: crate::stun::StunState,
     /// What a failed flow does to its usages.

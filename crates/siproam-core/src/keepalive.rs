@@ -446,7 +446,7 @@ impl Endpoint {
             .get(flow)
             .is_some_and(|f| f.transport.is_reliable())
         {
-            self.closes.push_back(flow);
+            self.closes.push_back((flow, reason));
         }
         self.handle_flow_closed(now, flow, reason);
     }
@@ -562,8 +562,8 @@ impl Endpoint {
         }));
     }
 
-    /// The next flow the driver must close (a failed one).
-    pub fn poll_close(&mut self) -> Option<FlowId> {
+    /// The next flow the driver must close (a failed one), and why.
+    pub fn poll_close(&mut self) -> Option<(FlowId, FlowCloseReason)> {
         self.closes.pop_front()
     }
 

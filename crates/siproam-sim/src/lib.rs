@@ -700,7 +700,7 @@ impl Sim {
                     while let Some(t) = ep.poll_transmit() {
                         transmits.push(t);
                     }
-                    while let Some(f) = ep.poll_close() {
+                    while let Some((f, _)) = ep.poll_close() {
                         closes.push(f);
                     }
                 }

@@ -260,6 +260,9 @@ pub enum CloseReason {
     /// The keep-alive logic gave up on the flow (given by the caller of
     /// [`TransportManager::close_connection`]).
     KeepAliveTimeout,
+    /// A request over it was answered 430 Flow Failed (RFC 5626 §11.5;
+    /// given by the caller of [`TransportManager::close_connection`]).
+    FlowFailed,
     /// Closed by [`TransportManager::close_connection`].
     Closed,
     /// Closed by [`TransportManager::shutdown_streams`].
@@ -280,6 +283,7 @@ impl fmt::Display for CloseReason {
             CloseReason::MessageTimeout => f.write_str("message not completed in time"),
             CloseReason::Evicted => f.write_str("evicted for a new connection"),
             CloseReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            CloseReason::FlowFailed => f.write_str("flow failed (430)"),
             CloseReason::Closed => f.write_str("closed"),
             CloseReason::ShutDown => f.write_str("shut down"),
             CloseReason::Stopped => f.write_str("transport stopped"),

@@ -83,7 +83,20 @@ fn close_reason(r: &CloseReason) -> FlowCloseReason {
         CloseReason::Framing(_) => FlowCloseReason::FramingError,
         CloseReason::Idle => FlowCloseReason::Idle,
         CloseReason::KeepAliveTimeout => FlowCloseReason::KeepAliveTimeout,
+        CloseReason::FlowFailed => FlowCloseReason::FlowFailed,
         _ => FlowCloseReason::Local,
+    }
+}
+
+/// How the connection of a flow the core gave up on is closed: with the
+/// core's reason.
+fn failed_flow_close(r: FlowCloseReason) -> CloseReason {
+    match r {
+        FlowCloseReason::KeepAliveTimeout | FlowCloseReason::StunTimeout => {
+            CloseReason::KeepAliveTimeout
+        }
+        FlowCloseReason::FlowFailed => CloseReason::FlowFailed,
+        _ => CloseReason::Closed,
     }
 }
 
@@ -503,10 +516,11 @@ impl Driver {
                 progressed = true;
                 self.transmit(t, conn_tx).await;
             }
-            // a flow the core found dead (no pong): its connection goes
-            while let Some(flow) = self.core.poll_close() {
+            // a flow the core found dead (no pong, 430): its connection
+            // goes, closed with the core's reason
+            while let Some((flow, reason)) = self.core.poll_close() {
                 progressed = true;
-                self.close_flow_connection(flow, CloseReason::KeepAliveTimeout);
+                self.close_flow_connection(flow, failed_flow_close(reason));
             }
             while let Some(ev) = self.core.poll_event() {
                 progressed = true;

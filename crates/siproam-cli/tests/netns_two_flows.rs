@@ -29,10 +29,8 @@
 //! it, an in-dialog request, too; the drop lifted → flow 1 up again from
 //! wifi0 and registered.
 //!
-//! The call made before the drop continuing over flow 2 is
-//! [`CALL_MOVES_TO_SIBLING`], off until a call moves at once to a live
-//! sibling flow (help-h's slice; seen passing with it merged). Through
-//! this edge the repair is an INVITE with Replaces: the edge's
+//! The call made before the drop continues over flow 2: it moves at once
+//! to the live sibling flow when its own fails. Through this edge the repair is an INVITE with Replaces: the edge's
 //! Record-Route names flow 1 (flow token), so a refresh sent over flow 2
 //! is forwarded to flow 1 and times out (408); the new dialog's
 //! Record-Route names flow 2, and bob's BYE then reaches alice.
@@ -55,11 +53,6 @@ use serde_json::Value;
 const FLOW_TIMER: u32 = 5;
 /// Alice's instance.
 const INSTANCE: &str = "urn:uuid:00000000-0000-4000-8000-0000000005a7";
-/// For the lead: turn on once a call moves at once to a live sibling flow
-/// when its own flow fails (help-h's slice). Then the call alice made
-/// before the drop must still carry an in-dialog request (bob's BYE)
-/// afterwards.
-const CALL_MOVES_TO_SIBLING: bool = false;
 
 fn can_run() -> bool {
     can_build_namespaces() && have("kamailio") && have("kamcmd") && have("nft") && have("ss")
@@ -282,38 +275,36 @@ fn two_flows_through_wifi_and_cell_one_path_dropped_calls_go_over_the_other() {
     );
     assert!(dropped(&t) > 0, "the router dropped nothing");
 
-    if CALL_MOVES_TO_SIBLING {
-        // the call made over flow 1 is repaired over flow 2 (the edge's
-        // Record-Route names flow 1, so a refresh is sent back to it and
-        // times out; an INVITE with Replaces makes a new dialog over flow
-        // 2): nothing ended, and then bob's BYE reaches alice
-        let done = alice.wait_for("alice's call repair", |v| {
-            v["event"] == "ip_change" && v["trigger"] == "flow_failure" && v["stage"] == "completed"
-        });
-        let events = |p: &Proc| {
-            p.seen()
-                .into_iter()
-                .filter(|v| v["event"] != "media" && v["state"] != "keepalive_ok")
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(done["status"], "ok", "{:#?}", events(&alice));
-        assert_no_call_ended(&[&alice]);
-        // bob's side: the same call (refreshed), or the one an INVITE with
-        // Replaces made (bob reports media every second: bounded)
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let replaced = bob.wait_for("bob's side of the repaired call", |v| {
-            (v["event"] == "call" && v["state"] == "confirmed" && v["call"] != first_call["call"])
-                || std::time::Instant::now() > until
-        });
-        let live = if replaced["event"] == "call" {
-            &replaced["call"]
-        } else {
-            &first_call["call"]
-        };
-        bob.send(&format!("hangup {live}"));
-        let ended = alice.wait_for("bob's BYE reaches alice", call_state("disconnected"));
-        assert!(ended["code"].is_null(), "{ended}: {:#?}", events(&alice));
-    }
+    // the call made over flow 1 is repaired over flow 2 (the edge's
+    // Record-Route names flow 1, so a refresh is sent back to it and
+    // times out; an INVITE with Replaces makes a new dialog over flow
+    // 2): nothing ended, and then bob's BYE reaches alice
+    let done = alice.wait_for("alice's call repair", |v| {
+        v["event"] == "ip_change" && v["trigger"] == "flow_failure" && v["stage"] == "completed"
+    });
+    let events = |p: &Proc| {
+        p.seen()
+            .into_iter()
+            .filter(|v| v["event"] != "media" && v["state"] != "keepalive_ok")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(done["status"], "ok", "{:#?}", events(&alice));
+    assert_no_call_ended(&[&alice]);
+    // bob's side: the same call (refreshed), or the one an INVITE with
+    // Replaces made (bob reports media every second: bounded)
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let replaced = bob.wait_for("bob's side of the repaired call", |v| {
+        (v["event"] == "call" && v["state"] == "confirmed" && v["call"] != first_call["call"])
+            || std::time::Instant::now() > until
+    });
+    let live = if replaced["event"] == "call" {
+        &replaced["call"]
+    } else {
+        &first_call["call"]
+    };
+    bob.send(&format!("hangup {live}"));
+    let ended = alice.wait_for("bob's BYE reaches alice", call_state("disconnected"));
+    assert!(ended["code"].is_null(), "{ended}: {:#?}", events(&alice));
 
     // (4) a new call from bob reaches alice over flow 2 (wifi is dropped
     // both ways), and so does bob's BYE of it

@@ -996,7 +996,7 @@ impl Endpoint {
         // the keep-alive of a stream flow reports its failure as it
         // stops; the others are reported here
         for a in &accounts {
-            if !self.keepalives.contains_key(a) {
+            if self.keepalives.get(a).is_none() {
                 self.flow_event_on(
                     *a,
                     flow,

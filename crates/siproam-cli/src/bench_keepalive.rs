@@ -339,8 +339,9 @@ pub async fn accounts(
     if interval == 0 || seconds == 0 {
         bail!("--interval and --seconds must be at least 1");
     }
-    // a connection each, both ends in this machine: descriptors to spare
-    let want = u64::try_from(n)?.saturating_mul(2) + 1024;
+    // a connection each; the registrar child holds the other ends (and
+    // raises its own limit for --max-connections)
+    let want = u64::try_from(n)? + 1024;
     let limit = siproam::raise_open_files_limit_to(want).unwrap_or(0);
     if limit < want {
         bail!("the open-files limit is {limit}; {want} are needed (raise the hard limit)");

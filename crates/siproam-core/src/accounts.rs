@@ -10,7 +10,9 @@ use crate::registration::{Account, AccountId};
 /// Every account of an endpoint.
 #[derive(Debug, Default)]
 pub(crate) struct Accounts {
-    accounts: HashMap<u32, Account>,
+    /// Boxed: the table keeps spare slots as it grows, and an account
+    /// is large; a spare slot then costs a pointer, not an account.
+    accounts: HashMap<u32, Box<Account>>,
     next: u32,
 }
 
@@ -18,21 +20,21 @@ impl Accounts {
     /// Keeps a new account and gives it its id.
     pub(crate) fn insert(&mut self, account: Account) -> AccountId {
         self.next += 1;
-        self.accounts.insert(self.next, account);
+        self.accounts.insert(self.next, Box::new(account));
         AccountId(self.next)
     }
 
     pub(crate) fn get(&self, id: AccountId) -> Option<&Account> {
-        self.accounts.get(&id.0)
+        self.accounts.get(&id.0).map(|a| &**a)
     }
 
     pub(crate) fn get_mut(&mut self, id: AccountId) -> Option<&mut Account> {
-        self.accounts.get_mut(&id.0)
+        self.accounts.get_mut(&id.0).map(|a| &mut **a)
     }
 
     /// Forgets an account (unregistered, or given up).
     pub(crate) fn remove(&mut self, id: AccountId) -> Option<Account> {
-        self.accounts.remove(&id.0)
+        self.accounts.remove(&id.0).map(|a| *a)
     }
 
     pub(crate) fn contains(&self, id: AccountId) -> bool {
@@ -66,6 +68,6 @@ impl Accounts {
     /// The flows the accounts register over (kept when idle UDP flows
     /// are reclaimed).
     pub(crate) fn flows_in_use(&self) -> impl Iterator<Item = FlowId> + '_ {
-        self.accounts.values().filter_map(Account::flow_in_use)
+        self.accounts.values().filter_map(|a| a.flow_in_use())
     }
 }

@@ -96,7 +96,8 @@ impl StreamFramer {
     /// A framer with the given limits.
     pub fn new(side: Side, limits: Limits) -> StreamFramer {
         StreamFramer {
-            buf: BytesMut::with_capacity(4096),
+            // grows with what comes: an idle connection holds nothing
+            buf: BytesMut::new(),
             limits,
             side,
             failed: None,

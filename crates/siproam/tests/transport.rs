@@ -383,6 +383,81 @@ async fn tcp_framing_split_and_coalesced() {
     assert_eq!(&pong, b"\r\n");
 }
 
+/// A SIP request with a body of `size` bytes.
+fn big_sip(tag: &str, size: usize) -> Bytes {
+    let body: String = (0..size)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    Bytes::from(format!(
+        "MESSAGE sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK{tag}\r\n\
+         From: <sip:alice@example.com>;tag=1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: {tag}@test\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// The read buffer starts small and grows on full reads: messages far
+/// larger than it (and than its largest size), small ones and pings in
+/// the same write, all framed whole and in order.
+#[tokio::test]
+async fn large_messages_between_small_ones_and_pings_framed_whole() {
+    let (b, mut eb) = manager(TransportConfig::default());
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    let mut raw = TcpStream::connect(lb.local).await.unwrap();
+    raw.set_nodelay(true).unwrap();
+    let big = big_sip("big", 60_000);
+    let mut all = Vec::new();
+    all.extend_from_slice(&sip("s1"));
+    all.extend_from_slice(&big);
+    all.extend_from_slice(b"\r\n\r\n");
+    all.extend_from_slice(&sip("s2"));
+    all.extend_from_slice(&big_sip("big2", 20_000));
+    raw.write_all(&all).await.unwrap();
+    assert_eq!(received(&mut eb).await.2, sip("s1"));
+    assert_eq!(received(&mut eb).await.2, big);
+    assert_eq!(received(&mut eb).await.2, sip("s2"));
+    assert_eq!(received(&mut eb).await.2, big_sip("big2", 20_000));
+    let mut pong = [0u8; 2];
+    timeout(WAIT, raw.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&pong, b"\r\n");
+    // then small again, a byte at a time
+    for chunk in sip("s3").chunks(1) {
+        raw.write_all(chunk).await.unwrap();
+    }
+    assert_eq!(received(&mut eb).await.2, sip("s3"));
+
+    // and over TLS, both ways
+    let pki = pki();
+    let (c, mut ec) = manager(TransportConfig {
+        tls_client: Some(tls_client(&pki)),
+        ..TransportConfig::default()
+    });
+    let (d, mut ed) = manager(TransportConfig {
+        tls_server: Some(tls_server(&pki)),
+        ..TransportConfig::default()
+    });
+    let ld = d.listen(Transport::Tls, lo(1)).await.unwrap();
+    let to_d = SendTarget::new(Transport::Tls, ld.local);
+    let flow = c.send(&to_d, sip("t1")).await.unwrap();
+    c.send(&to_d, big.clone()).await.unwrap();
+    c.send(&to_d, sip("t2")).await.unwrap();
+    assert_eq!(received(&mut ed).await.2, sip("t1"));
+    assert_eq!(received(&mut ed).await.2, big);
+    assert_eq!(received(&mut ed).await.2, sip("t2"));
+    let back = SendTarget::new(Transport::Tls, flow.local);
+    d.send(&back, big.clone()).await.unwrap();
+    d.send(&back, sip("t3")).await.unwrap();
+    assert_eq!(received(&mut ec).await.2, big);
+    assert_eq!(received(&mut ec).await.2, sip("t3"));
+}
+
 #[tokio::test]
 async fn ping_is_answered_with_a_pong() {
     let (a, mut ea) = manager(TransportConfig::default());

@@ -23,8 +23,14 @@ use super::{
     TransportEvent,
 };
 
-/// Bytes read from a stream at a time.
+/// Most bytes read from a stream at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The read buffer of an idle connection: a keep-alive (four bytes) fits,
+/// and a connection waiting for its next message holds no more. A read
+/// that fills the buffer doubles it, up to [`READ_CHUNK`]; a read that
+/// used less than a quarter of it gives it back down to this.
+const READ_MIN: usize = 64;
 
 /// How long a closing connection may take to send its FIN (and TLS
 /// close_notify).
@@ -514,7 +520,7 @@ where
         ConnectionDirection::Incoming => Side::Server,
     };
     let mut framer = StreamFramer::new(side, shared.limits);
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; READ_MIN];
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) => return CloseReason::PeerClosed,
@@ -522,6 +528,7 @@ where
             Err(e) => return io_reason(&e),
         };
         framer.push(buf.get(..n).unwrap_or_default());
+        resize_read_buffer(&mut buf, n);
         let mut finished = false;
         loop {
             match framer.next_frame() {
@@ -610,6 +617,18 @@ async fn deadline_watch(conn: &ConnShared, deadlines: Deadlines) -> CloseReason 
     }
 }
 
+/// After a read of `n` bytes into `buf`: full, it doubles (up to
+/// [`READ_CHUNK`]) so a burst takes fewer reads; mostly empty, it shrinks
+/// back to [`READ_MIN`] so an idle connection holds little memory.
+fn resize_read_buffer(buf: &mut Vec<u8>, n: usize) {
+    let len = buf.len();
+    if n >= len && len < READ_CHUNK {
+        *buf = vec![0u8; (len * 2).min(READ_CHUNK)];
+    } else if len > READ_MIN && n < len / 4 {
+        *buf = vec![0u8; READ_MIN];
+    }
+}
+
 fn io_reason(e: &io::Error) -> CloseReason {
     match e.kind() {
         io::ErrorKind::ConnectionReset
@@ -638,6 +657,30 @@ mod tests {
             reason(io::ErrorKind::InvalidData),
             CloseReason::Io(io::ErrorKind::InvalidData)
         );
+    }
+
+    #[test]
+    fn the_read_buffer_grows_on_full_reads_and_shrinks_when_idle() {
+        let mut buf = vec![0u8; READ_MIN];
+        // a keep-alive: stays small
+        resize_read_buffer(&mut buf, 4);
+        assert_eq!(buf.len(), READ_MIN);
+        // a burst: doubles on each full read, never past READ_CHUNK
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            let n = buf.len();
+            resize_read_buffer(&mut buf, n);
+            sizes.push(buf.len());
+        }
+        assert_eq!(sizes.first(), Some(&(2 * READ_MIN)));
+        assert_eq!(sizes.last(), Some(&READ_CHUNK));
+        assert!(sizes.windows(2).all(|w| matches!(w, [a, b] if a <= b)));
+        // half full: kept
+        resize_read_buffer(&mut buf, READ_CHUNK / 2);
+        assert_eq!(buf.len(), READ_CHUNK);
+        // a small read after it: back to the idle size
+        resize_read_buffer(&mut buf, 4);
+        assert_eq!(buf.len(), READ_MIN);
     }
 
     #[tokio::test]

@@ -86,15 +86,25 @@ impl Capture {
         Ok(Capture { child, lines })
     }
 
-    /// The kernel time of the first captured packet stamped at or after
-    /// `since`, waiting up to `wait`.
-    fn first_after(&self, since: f64, wait: Duration) -> Option<f64> {
+    /// The kernel time of the first packet captured from local port
+    /// `port` stamped at or after `since`, waiting up to `wait`. (A
+    /// connection closed earlier still retransmits its last, unanswered
+    /// ping for a while: those are not this flow's.)
+    fn first_after(&self, since: f64, port: u16, wait: Duration) -> Option<f64> {
         let deadline = std::time::Instant::now() + wait;
+        // tcpdump -n: "TIME IP 10.1.0.2.PORT > 10.9.0.2.5060: …"
+        let from = format!(".{port} >");
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = self.lines.recv_timeout(left).ok()?;
-            let t: f64 = line.split_whitespace().next()?.parse().ok()?;
-            if t >= since {
+            let Some(t) = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            if t >= since && line.contains(&from) {
                 return Some(t);
             }
         }
@@ -224,7 +234,7 @@ pub async fn netns(
         local = wait_flow_up(&mut alice, patience).await?;
         nft(&r, "delete table inet srbench\n")?;
         let ping = capture
-            .first_after(cut, Duration::from_secs(1))
+            .first_after(cut, port, Duration::from_secs(1))
             .context("no ping captured after the cut")?;
         done.push(Run {
             ping,

@@ -315,6 +315,30 @@ impl Endpoint {
         Some(ev)
     }
 
+    /// [`Endpoint::poll_timeout`], letting keep-alive pings wait up to
+    /// `slack` so that one wake-up sends every ping due meanwhile: when the
+    /// next timer is a keep-alive ping, the answer is `slack` after it —
+    /// unless another kind of timer is due before that, which then comes
+    /// first. Only pings wait (never a retransmission, a pong timeout or a
+    /// transaction timer); a driver with many flows wakes once per `slack`
+    /// for them instead of once per ping.
+    pub fn poll_timeout_coalesced(&self, slack: Duration) -> Option<(Instant, TimeoutReason)> {
+        let (first_at, first) = self.timers.next()?;
+        if first.kind != TimerKind::KeepAlive {
+            return Some((first_at, first));
+        }
+        let limit = first_at + slack;
+        for (at, reason) in self.timers.upcoming() {
+            if at > limit {
+                break;
+            }
+            if reason.kind != TimerKind::KeepAlive {
+                return Some((at, reason));
+            }
+        }
+        Some((limit, first))
+    }
+
     /// When to call [`Endpoint::handle_timeout`] next, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, TimeoutReason)> {
         self.timers.next()

@@ -638,4 +638,38 @@ mod tests {
         assert_eq!(ep.keepalives.visited, 1);
         assert!(ep.keepalives.get(&AccountId(7)).is_none());
     }
+
+    /// Issue 12 (bench keepalive: each ping was a wake-up of its own):
+    /// pings due within the slack of the first one are answered by one
+    /// deadline, but a timer of another kind in that window comes first,
+    /// and a first timer of another kind is never delayed.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn keepalive_pings_coalesce_within_the_slack_and_nothing_else_waits() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let slack = Duration::from_millis(20);
+        let mut ep = Endpoint::new(Config::default());
+        assert_eq!(ep.poll_timeout_coalesced(slack), None);
+        for (i, at) in [0, 5, 19, 40].into_iter().enumerate() {
+            ep.timers
+                .set(TimerOwner::Account(i as u32), TimerKind::KeepAlive, ms(at));
+        }
+        let (at, why) = ep.poll_timeout_coalesced(slack).unwrap();
+        assert_eq!((at, why.kind), (ms(20), TimerKind::KeepAlive));
+        // plain poll_timeout is unchanged
+        assert_eq!(ep.poll_timeout().unwrap().0, ms(0));
+        // a pong timeout inside the window is not delayed
+        ep.timers
+            .set(TimerOwner::Account(9), TimerKind::PongTimeout, ms(7));
+        let (at, why) = ep.poll_timeout_coalesced(slack).unwrap();
+        assert_eq!((at, why.kind), (ms(7), TimerKind::PongTimeout));
+        // nor a first timer that is no ping
+        ep.timers
+            .set(TimerOwner::Account(9), TimerKind::PongTimeout, ms(0));
+        ep.timers
+            .cancel(TimerOwner::Account(0), TimerKind::KeepAlive);
+        let (at, why) = ep.poll_timeout_coalesced(slack).unwrap();
+        assert_eq!((at, why.kind), (ms(0), TimerKind::PongTimeout));
+    }
 }

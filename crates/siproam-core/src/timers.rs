@@ -147,6 +147,13 @@ impl TimerTable {
         self.by_key.get(&(owner, kind)).copied()
     }
 
+    /// The pending timers, earliest first.
+    pub(crate) fn upcoming(&self) -> impl Iterator<Item = (Instant, TimeoutReason)> + '_ {
+        self.by_deadline
+            .iter()
+            .map(|&(at, owner, kind)| (at, TimeoutReason { owner, kind }))
+    }
+
     /// The next deadline and its reason.
     pub(crate) fn next(&self) -> Option<(Instant, TimeoutReason)> {
         self.by_deadline

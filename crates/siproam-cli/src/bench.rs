@@ -88,12 +88,17 @@ pub async fn register(
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rss_before = rss_bytes().unwrap_or(0);
     let start = Instant::now();
-    let (mut next, mut in_flight, mut registered, mut failed) = (0usize, 0usize, 0usize, 0usize);
-    let deadline = start + Duration::from_secs(120);
-    let mut failures = std::collections::BTreeMap::new();
-    while registered + failed < accounts {
-        while in_flight < window && next < accounts {
-            let spec = AccountSpec {
+    let Registered {
+        registered,
+        failed,
+        failures,
+    } = register_windowed(
+        &mut ep,
+        accounts,
+        window,
+        Duration::from_secs(120),
+        |next| {
+            Ok(AccountSpec {
                 aor: format!("sip:user{next}@example.test"),
                 registrar: registrar_uri.clone(),
                 username: None,
@@ -106,30 +111,10 @@ pub async fn register(
                 ipv6_media: siproam::Ipv6Use::Enabled,
                 ip_change: None,
                 flow: Default::default(),
-            };
-            ep.register(spec).await?;
-            next += 1;
-            in_flight += 1;
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, ep.next_event()).await {
-            Ok(Some(EndpointEvent::Core(Event::Registration(r)))) => match r.state {
-                RegistrationState::Registered => {
-                    registered += 1;
-                    in_flight = in_flight.saturating_sub(1);
-                }
-                RegistrationState::Failed => {
-                    *failures.entry(format!("{:?}", r.failure)).or_insert(0usize) += 1;
-                    failed += 1;
-                    in_flight = in_flight.saturating_sub(1);
-                }
-                _ => {}
-            },
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("the endpoint stopped"),
-            Err(_) => break,
-        }
-    }
+            })
+        },
+    )
+    .await?;
     let elapsed = start.elapsed();
     let rss_after = rss_bytes().unwrap_or(0);
     let per_account = rss_after.saturating_sub(rss_before) as f64 / accounts as f64;
@@ -160,6 +145,59 @@ pub async fn register(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What [`register_windowed`] saw.
+pub(crate) struct Registered {
+    /// Accounts registered.
+    pub registered: usize,
+    /// Accounts whose registration failed.
+    pub failed: usize,
+    /// Failures by cause.
+    pub failures: std::collections::BTreeMap<String, usize>,
+}
+
+/// Registers `n` accounts on `ep` (the i-th described by `spec(i)`), at
+/// most `window` in flight at once, waiting at most `budget` in all.
+pub(crate) async fn register_windowed(
+    ep: &mut EndpointHandle,
+    n: usize,
+    window: usize,
+    budget: Duration,
+    mut spec: impl FnMut(usize) -> anyhow::Result<AccountSpec>,
+) -> anyhow::Result<Registered> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let (mut next, mut in_flight) = (0usize, 0usize);
+    let mut r = Registered {
+        registered: 0,
+        failed: 0,
+        failures: std::collections::BTreeMap::new(),
+    };
+    while r.registered + r.failed < n {
+        while in_flight < window && next < n {
+            ep.register(spec(next)?).await?;
+            next += 1;
+            in_flight += 1;
+        }
+        match tokio::time::timeout_at(deadline, ep.next_event()).await {
+            Ok(Some(EndpointEvent::Core(Event::Registration(ev)))) => match ev.state {
+                RegistrationState::Registered => {
+                    r.registered += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                RegistrationState::Failed => {
+                    *r.failures.entry(format!("{:?}", ev.failure)).or_insert(0) += 1;
+                    r.failed += 1;
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                _ => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the endpoint stopped"),
+            Err(_) => break,
+        }
+    }
+    Ok(r)
 }
 
 /// Starts this binary as a child with `args` (a `registrar …` command

@@ -374,51 +374,30 @@ pub async fn accounts(
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rss_before = crate::bench::rss_bytes().unwrap_or(0);
     let register_start = std::time::Instant::now();
-    let window = 256;
-    let (mut next, mut in_flight, mut registered, mut failed) = (0usize, 0usize, 0usize, 0usize);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while registered + failed < n {
-        while in_flight < window && next < n {
-            let local = std::net::Ipv4Addr::new(127, 1, (next / 250) as u8, (next % 250 + 1) as u8);
-            ep.register(AccountSpec {
-                aor: format!("sip:ka{next}@example.test"),
-                registrar: registrar.clone(),
-                username: None,
-                password: None,
-                instance_id: Some(siproam::random::instance_id()?),
-                outbound: true,
-                reg_id: Some(1),
-                expires: 3600,
-                ipv6_sip: siproam::Ipv6Use::Enabled,
-                ipv6_media: siproam::Ipv6Use::Enabled,
-                ip_change: None,
-                flow: FlowSpec {
-                    local_ip: Some(local.into()),
-                    keepalive_stream: Some(Duration::from_secs(interval)),
-                    ..FlowSpec::default()
-                },
-            })
-            .await?;
-            next += 1;
-            in_flight += 1;
-        }
-        match tokio::time::timeout_at(deadline, ep.next_event()).await {
-            Ok(Some(EndpointEvent::Core(Event::Registration(r)))) => match r.state {
-                RegistrationState::Registered => {
-                    registered += 1;
-                    in_flight = in_flight.saturating_sub(1);
-                }
-                RegistrationState::Failed => {
-                    failed += 1;
-                    in_flight = in_flight.saturating_sub(1);
-                }
-                _ => {}
+    let crate::bench::Registered {
+        registered, failed, ..
+    } = crate::bench::register_windowed(&mut ep, n, 256, Duration::from_secs(300), |next| {
+        let local = std::net::Ipv4Addr::new(127, 1, (next / 250) as u8, (next % 250 + 1) as u8);
+        Ok(AccountSpec {
+            aor: format!("sip:ka{next}@example.test"),
+            registrar: registrar.clone(),
+            username: None,
+            password: None,
+            instance_id: Some(siproam::random::instance_id()?),
+            outbound: true,
+            reg_id: Some(1),
+            expires: 3600,
+            ipv6_sip: siproam::Ipv6Use::Enabled,
+            ipv6_media: siproam::Ipv6Use::Enabled,
+            ip_change: None,
+            flow: FlowSpec {
+                local_ip: Some(local.into()),
+                keepalive_stream: Some(Duration::from_secs(interval)),
+                ..FlowSpec::default()
             },
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("the endpoint stopped"),
-            Err(_) => break,
-        }
-    }
+        })
+    })
+    .await?;
     let register_secs = register_start.elapsed().as_secs_f64();
     let rss_after = crate::bench::rss_bytes().unwrap_or(0);
     // the keep-alive window

@@ -341,6 +341,7 @@ pub async fn accounts(
     n: usize,
     interval: u64,
     seconds: u64,
+    floor: bool,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     if n == 0 || n > 60_000 {
@@ -366,6 +367,33 @@ pub async fn accounts(
         "--max-connections".to_owned(),
         (n + 64).to_string(),
     ])?;
+    if floor {
+        let remote: SocketAddr = addr.parse().context("the registrar's address")?;
+        let pid = child.id().to_string();
+        let result =
+            tokio::task::spawn_blocking(move || floor_run(n, interval, seconds, remote, &pid))
+                .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let f = result??;
+        emit(
+            json_out,
+            json!({
+                "event": "bench",
+                "bench": "keepalive",
+                "mode": "floor",
+                "accounts": n,
+                "interval_s": interval,
+                "window_s": (f.wall * 10.0).round() / 10.0,
+                "pings": f.pings,
+                "pongs": f.pongs,
+                "pongs_per_second": (f.pongs as f64 / f.wall).round(),
+                "cpu_percent_of_one_core": f.pct(f.cpu),
+                "registrar_cpu_percent_of_one_core": f.pct(f.registrar_cpu),
+            }),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let registrar = format!("sip:{addr};transport=tcp");
     // no listener: each account's Contact is its connection's address
     let mut config = EndpointConfig::default();
@@ -454,5 +482,129 @@ pub async fn accounts(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// What the floor run measured.
+struct Floor {
+    wall: f64,
+    cpu: f64,
+    registrar_cpu: f64,
+    pings: u64,
+    pongs: u64,
+}
+
+impl Floor {
+    fn pct(&self, c: f64) -> f64 {
+        (c / self.wall * 100.0 * 100.0).round() / 100.0
+    }
+}
+
+/// The kernel's share: `n` plain TCP connections (from the same local
+/// addresses as the accounts), each first carrying one OPTIONS so the
+/// registrar treats it as a SIP flow, then pinged on one thread with no
+/// runtime and no readiness polling — every 20 ms the due pings are
+/// written and the pongs of the previous ones read, one system call each.
+/// What is left between this and the endpoint's figure is ours.
+fn floor_run(
+    n: usize,
+    interval: u64,
+    seconds: u64,
+    remote: SocketAddr,
+    registrar_pid: &str,
+) -> anyhow::Result<Floor> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    const TICK: Duration = Duration::from_millis(20);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let local = std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::new(local.into(), 0).into())?;
+        socket.connect(&remote.into())?;
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let via = stream.local_addr()?;
+        let options = format!(
+            "OPTIONS sip:{remote};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {via};branch=z9hG4bKfloor{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:floor{i}@example.test>;tag=f{i}\r\nTo: <sip:{remote}>\r\n\
+             Call-ID: floor{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(options.as_bytes())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let k = stream
+                .read(&mut buf)
+                .context("the registrar's answer to OPTIONS")?;
+            if k == 0 {
+                bail!("the registrar closed connection {i}");
+            }
+            got.extend_from_slice(buf.get(..k).unwrap_or_default());
+        }
+        stream.set_nonblocking(true)?;
+        conns.push(stream);
+    }
+    // each connection's next ping: 80-100 % of the interval, as the
+    // endpoint draws it (a small xorshift: no need for a secure source)
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut draw = |base: Duration| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        base.mul_f64(0.8 + 0.2 * (seed % 10_000) as f64 / 10_000.0)
+    };
+    let period = Duration::from_secs(interval);
+    let start = std::time::Instant::now();
+    // the first pings spread over one interval: the window is steady from
+    // its start, as the endpoint's is once every account has registered
+    let mut due: std::collections::BinaryHeap<std::cmp::Reverse<(std::time::Instant, usize)>> = (0
+        ..n)
+        .map(|i| std::cmp::Reverse((start + period.mul_f64(i as f64 / n as f64), i)))
+        .collect();
+    let (cpu0, reg0) = (
+        crate::bench::cpu_seconds().unwrap_or(0.0),
+        crate::bench::cpu_seconds_of(registrar_pid).unwrap_or(0.0),
+    );
+    let until = start + Duration::from_secs(seconds);
+    let (mut pings, mut pongs) = (0u64, 0u64);
+    let mut awaiting: Vec<usize> = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let now = std::time::Instant::now();
+        if now >= until {
+            break;
+        }
+        // the pongs of the pings sent one tick ago
+        awaiting.retain(|&i| match conns.get_mut(i).map(|c| c.read(&mut buf)) {
+            Some(Ok(k)) if k > 0 => {
+                pongs += 1;
+                false
+            }
+            Some(Err(e)) if e.kind() == ErrorKind::WouldBlock => true,
+            _ => false,
+        });
+        while let Some(std::cmp::Reverse((at, i))) = due.peek().copied() {
+            if at > now {
+                break;
+            }
+            due.pop();
+            if let Some(c) = conns.get_mut(i) {
+                if c.write(b"\r\n\r\n").is_ok() {
+                    pings += 1;
+                    awaiting.push(i);
+                }
+            }
+            due.push(std::cmp::Reverse((at + draw(period), i)));
+        }
+        std::thread::sleep(TICK);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok(Floor {
+        wall,
+        cpu: crate::bench::cpu_seconds().unwrap_or(0.0) - cpu0,
+        registrar_cpu: crate::bench::cpu_seconds_of(registrar_pid).unwrap_or(0.0) - reg0,
+        pings,
+        pongs,
     })
 }

@@ -189,6 +189,11 @@ enum BenchKind {
         /// Pong timeout in seconds.
         #[arg(long, default_value_t = 10)]
         pong_timeout: u64,
+        /// Instead of siproam's endpoint, plain non-blocking sockets on
+        /// one thread send the same pings and read the pongs: the cost the
+        /// kernel alone puts on this workload (without --netns).
+        #[arg(long)]
+        floor: bool,
     },
     /// Holds idle TCP connections for `bench attack` (run by it).
     #[command(hide = true)]
@@ -361,9 +366,12 @@ fn main() -> ExitCode {
                     accounts,
                     seconds,
                     interval,
+                    floor,
                     ..
                 },
-        } => block_on(bench_keepalive::accounts(accounts, interval, seconds, json)),
+        } => block_on(bench_keepalive::accounts(
+            accounts, interval, seconds, floor, json,
+        )),
         Command::Bench {
             which: BenchKind::Soak { handoffs, max_secs },
         } => block_on(bench_soak::soak(handoffs, max_secs, json)),

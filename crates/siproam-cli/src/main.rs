@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_attack;
+mod bench_edge;
 mod bench_keepalive;
 mod bench_netns;
 mod bench_soak;
@@ -162,6 +163,33 @@ enum BenchKind {
         /// (registrar only; 0 skips).
         #[arg(long, default_value_t = 20_000)]
         tcp_idle: usize,
+    },
+    /// `siproam registrar` against Kamailio 5.6 set up the same way
+    /// (interop/kamailio/bench.cfg), one generator: UDP REGISTER/s without
+    /// and with digest, memory per binding, TCP flows held with keep-alives
+    /// (memory per flow, pong p50/p99).
+    Edge {
+        /// AoRs registered (memory per binding is taken at this many).
+        #[arg(long, default_value_t = 50_000)]
+        bindings: usize,
+        /// Seconds of each REGISTER/s run and of the keep-alive run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// TCP flows held (0 skips that part).
+        #[arg(long, default_value_t = 20_000)]
+        flows: usize,
+        /// Seconds between pings on each flow.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+        /// Source addresses the UDP load comes from (127.3.x.y).
+        #[arg(long, default_value_t = 128)]
+        sources: usize,
+        /// REGISTERs in flight at once, over all sources.
+        #[arg(long, default_value_t = 128)]
+        window: usize,
+        /// Leave Kamailio out (not installed).
+        #[arg(long)]
+        no_kamailio: bool,
     },
     /// Keep-alives on outbound flows: N accounts, each with its own TCP
     /// flow to a registrar on loopback, pinging for a while (CPU, memory
@@ -371,6 +399,29 @@ fn main() -> ExitCode {
                 },
         } => block_on(bench_keepalive::accounts(
             accounts, interval, seconds, floor, json,
+        )),
+        Command::Bench {
+            which:
+                BenchKind::Edge {
+                    bindings,
+                    seconds,
+                    flows,
+                    interval,
+                    sources,
+                    window,
+                    no_kamailio,
+                },
+        } => block_on(bench_edge::edge(
+            bench_edge::EdgeBench {
+                bindings,
+                seconds,
+                flows,
+                interval,
+                sources,
+                window,
+                kamailio: !no_kamailio,
+            },
+            json,
         )),
         Command::Bench {
             which: BenchKind::Soak { handoffs, max_secs },

@@ -504,14 +504,13 @@ impl Registrar {
         for (n, v) in extra {
             b = b.header(n, v);
         }
-        if code >= 300 {
-            // a challenge (its nonce validates itself) or a refusal costs
-            // nothing to give again: no transaction is kept for it, so a
-            // flood of unauthenticated REGISTERs holds no state
-            ep.respond_stateless(now, tx, b.build()?)?;
-        } else {
-            ep.respond(now, tx, b.build()?)?;
-        }
+        // no transaction is kept for any answer to a REGISTER: a challenge
+        // (its nonce validates itself) or a refusal costs nothing to give
+        // again, and a retransmitted REGISTER after its 2xx is the same
+        // change again (an equal CSeq is accepted, below), so neither a
+        // flood nor a high rate of registrations holds Timer J's 32 s of
+        // state per request
+        ep.respond_stateless(now, tx, b.build()?)?;
         Ok(code)
     }
 
@@ -628,7 +627,10 @@ impl Registrar {
             .collect();
         for (na, _) in &updates {
             if let Some(old) = list.iter().find(|b| same_binding(b, na)) {
-                if old.call_id == call_id && old.cseq >= cseq {
+                // an equal CSeq is this request again (answered without a
+                // transaction, its retransmission comes here): applied
+                // again, it changes nothing; a lower one is out of order
+                if old.call_id == call_id && old.cseq > cseq {
                     return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
                 }
             }

@@ -320,9 +320,58 @@ fn instance_and_reg_id_replace_the_old_binding_and_outbound_is_granted() {
     assert_eq!(b[0].contact, "sip:dave@192.0.2.41;ob");
     assert_eq!(b[0].reg_id, Some(1));
     assert_eq!(r2.message.contacts().count(), 1);
-    // an older CSeq on the same Call-ID is refused
-    let r3 = send(&mut w, "192.0.2.41", 1, "cid-b");
-    assert_eq!(r3.message.status(), Some(500));
+    // a newer CSeq refreshes; an older one on the same Call-ID is refused
+    let r3 = send(&mut w, "192.0.2.41", 2, "cid-b");
+    assert_eq!(r3.message.status(), Some(200));
+    let r4 = send(&mut w, "192.0.2.41", 1, "cid-b");
+    assert_eq!(r4.message.status(), Some(500));
+}
+
+/// A REGISTER is answered without keeping a transaction (32 s of Timer J
+/// per REGISTER would hold more memory than the bindings themselves at
+/// thousands a second); its retransmission, arriving after the 2xx was
+/// lost, is the same request again and gets the same 200 with the binding
+/// unchanged, not a 500 for an equal CSeq.
+#[test]
+fn a_register_keeps_no_transaction_and_its_retransmission_gets_the_same_200() {
+    let mut w = world(RegistrarConfig::default());
+    let peer = w.sim.add_peer("phone", &[ip("192.0.2.50")]);
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKretrans1")
+        .header("From", "<sip:erin@example.test>;tag=e1")
+        .header("To", "<sip:erin@example.test>")
+        .header("Call-ID", "cid-retrans")
+        .header("CSeq", "7 REGISTER")
+        .header("Contact", "<sip:erin@192.0.2.50:5060>;expires=600")
+        .build()
+        .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        w.sim.peer_send(
+            peer,
+            SocketAddr::new(ip("192.0.2.50"), 5060),
+            SocketAddr::new(ip(REG), 5060),
+            Transport::Udp,
+            m.to_bytes(),
+        );
+        let r = w
+            .sim
+            .run_until_peer_receives(peer, Duration::from_secs(1))
+            .unwrap();
+        answers.push(r.message.status());
+        assert_eq!(
+            w.sim.endpoint(w.reg).stats().server_transactions,
+            0,
+            "no transaction held after the answer"
+        );
+    }
+    assert_eq!(answers, [Some(200), Some(200)]);
+    let b = w
+        .registrar
+        .borrow()
+        .lookup("erin@example.test", w.sim.now());
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].cseq, 7);
 }
 
 #[test]

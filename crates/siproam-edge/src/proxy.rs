@@ -59,7 +59,7 @@ pub struct Proxy {
 /// The address a SIP URI names (IP literals only; the proxy does no DNS).
 /// Without `;transport=` a numeric `sip:` URI means `default` — UDP, as
 /// RFC 3263 §4.1 says, never the transport the request came in on.
-fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
+pub(crate) fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
     let sip = uri.as_sip()?;
     let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = sip.maddr().unwrap_or(host).parse().ok()?;
@@ -80,7 +80,7 @@ fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
     })
 }
 
-fn is_us(uri: &Uri<'_>, points: &[ListenPoint]) -> bool {
+pub(crate) fn is_us(uri: &Uri<'_>, points: &[ListenPoint]) -> bool {
     let Some(sip) = uri.as_sip() else {
         return false;
     };
@@ -492,7 +492,7 @@ impl Proxy {
     }
 }
 
-fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
+pub(crate) fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
     let values: Vec<String> = req
         .header_values(HeaderName::Route)
         .map(str::to_owned)

@@ -301,24 +301,53 @@ impl Proxy {
                 });
                 if let Some(b) = bindings.first() {
                     req.set_request_uri(&b.contact)?;
-                    // over the flow the REGISTER came on when it was a
-                    // connection (the UA may not be reachable otherwise)
-                    let over_flow =
-                        ep.flow(b.flow)
-                            .filter(|f| f.transport.is_reliable())
-                            .map(|f| Target {
-                                transport: f.transport,
-                                remote: f.remote,
-                                local: f.local,
-                                server_name: None,
-                            });
-                    let contact = Uri::parse(&b.contact)
-                        .ok()
-                        .and_then(|u| uri_target(&u, Transport::Udp));
-                    match over_flow.or(contact) {
-                        Some(t) => t,
-                        None => {
-                            return Self::refuse(ep, now, tx, &req, 480, "Temporarily Unavailable")
+                    // RFC 3327 §5.3: a binding registered with Path is
+                    // reached along it (an RFC 5626 edge proxy's flow
+                    // token): its entries become the Route set, the first
+                    // one the next hop
+                    let path: Vec<&str> = b
+                        .path
+                        .iter()
+                        .flat_map(|v| siproam_sip::split_list(v))
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    let first_hop = path
+                        .first()
+                        .and_then(|p| siproam_sip::NameAddr::parse(p).ok())
+                        .and_then(|na| uri_target(na.uri(), Transport::Udp));
+                    if let Some(hop) = first_hop {
+                        for entry in path.iter().rev() {
+                            req.prepend_header("Route", entry)?;
+                        }
+                        hop
+                    } else {
+                        // over the flow the REGISTER came on when it was a
+                        // connection (the UA may not be reachable otherwise)
+                        let over_flow =
+                            ep.flow(b.flow)
+                                .filter(|f| f.transport.is_reliable())
+                                .map(|f| Target {
+                                    transport: f.transport,
+                                    remote: f.remote,
+                                    local: f.local,
+                                    server_name: None,
+                                });
+                        let contact = Uri::parse(&b.contact)
+                            .ok()
+                            .and_then(|u| uri_target(&u, Transport::Udp));
+                        match over_flow.or(contact) {
+                            Some(t) => t,
+                            None => {
+                                return Self::refuse(
+                                    ep,
+                                    now,
+                                    tx,
+                                    &req,
+                                    480,
+                                    "Temporarily Unavailable",
+                                )
+                            }
                         }
                     }
                 } else if is_us(&parsed, &points) {

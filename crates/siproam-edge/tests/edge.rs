@@ -575,3 +575,104 @@ fn a_udp_flow_is_the_address_pair_and_430_once_the_edge_forgot_it() {
     send_from_registrar(&mut w, invite_via(&path, "udp-2"));
     assert_eq!(next_final(&mut w.sim, w.reg, "udp-2").status(), Some(430));
 }
+
+/// The edge in front of the crate's own registrar and proxy: the binding
+/// keeps the Path with `;ob`, and an INVITE for the AoR from elsewhere
+/// reaches Alice along it, over the connection she registered on.
+#[test]
+fn the_registrar_routes_to_a_binding_along_its_path_through_the_edge() {
+    use siproam_edge::{Dispatcher, Proxy, Registrar, RegistrarConfig};
+    let mut sim = Sim::new(Instant::now(), 12);
+    let edge = sim.add_endpoint(
+        "edge",
+        &[ip(EDGE)],
+        Config {
+            dialogs: false,
+            ..Config::default()
+        },
+    );
+    let reg = sim.add_endpoint(
+        "registrar",
+        &[ip(REG)],
+        Config {
+            dialogs: false,
+            seed: 4,
+            ..Config::default()
+        },
+    );
+    let alice = sim.add_peer("alice", &[ip(ALICE)]);
+    let bob = sim.add_peer("bob", &[ip("192.0.2.30")]);
+    let mut config = EdgeConfig::new(
+        Target {
+            transport: Transport::Tcp,
+            remote: addr(REG, 5060),
+            local: None,
+            server_name: None,
+        },
+        KEY,
+    );
+    config.flow_timer = Some(25);
+    let proxy = Rc::new(RefCell::new(EdgeProxy::new(config)));
+    let p = proxy.clone();
+    sim.set_handler(
+        edge,
+        Box::new(move |ep, now, ev| p.borrow_mut().handle_event(ep, now, ev)),
+    );
+    let registrar = Rc::new(RefCell::new(Registrar::new(RegistrarConfig {
+        key: [7; 32],
+        ..RegistrarConfig::default()
+    })));
+    let r = registrar.clone();
+    let mut px = Proxy::new();
+    let mut dispatcher = Dispatcher::new();
+    sim.set_handler(
+        reg,
+        Box::new(move |ep, now, ev| {
+            dispatcher.handle_event(&mut r.borrow_mut(), &mut px, ep, now, ev)
+        }),
+    );
+    sim.peer_send(
+        alice,
+        addr(ALICE, 40000),
+        addr(EDGE, 5060),
+        Transport::Tcp,
+        register(40000, Transport::Tcp, 1),
+    );
+    let ok = loop {
+        let r = next(&mut sim, alice);
+        if r.message.status().is_some_and(|c| c >= 200) {
+            break r;
+        }
+    };
+    assert_eq!(ok.message.status(), Some(200));
+    assert!(ok.message.has_token(HeaderName::Require, "outbound"));
+    assert_eq!(ok.message.flow_timer(), Some(Ok(25)));
+    let now = sim.now();
+    let bindings = registrar.borrow().lookup("alice@example.test", now);
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0].path.len(), 1);
+    assert!(bindings[0].path[0].contains(";ob"), "{:?}", bindings[0].path);
+    // Bob calls Alice's AoR at the registrar
+    let inv = MessageBuilder::request(Method::Invite, "sip:alice@example.test")
+        .header("Via", "SIP/2.0/UDP 192.0.2.30:5060;branch=z9hG4bK-bob1")
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:bob@example.test>;tag=b1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", "call-bob")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", "<sip:bob@192.0.2.30:5060>")
+        .build()
+        .unwrap();
+    sim.peer_send(
+        bob,
+        addr("192.0.2.30", 5060),
+        addr(REG, 5060),
+        Transport::Udp,
+        inv.to_bytes(),
+    );
+    let got = next_request(&mut sim, alice);
+    assert_eq!(got.message.method(), Some(Method::Invite));
+    assert_eq!(got.conn, ok.conn, "over the connection Alice registered on");
+    assert_eq!(got.message.vias().count(), 3, "bob, registrar, edge");
+    assert!(got.message.routes().next().is_none());
+}

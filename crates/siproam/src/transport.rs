@@ -326,6 +326,12 @@ pub enum TransportEvent {
         /// Why.
         reason: CloseReason,
     },
+    /// A keep-alive ping (`CRLFCRLF`) arrived on a connection that has
+    /// carried SIP (it was answered with a pong at once).
+    PingReceived {
+        /// The connection.
+        connection: ConnectionId,
+    },
     /// A keep-alive pong (`CRLF`) arrived on a connection we opened.
     PongReceived {
         /// The connection.

@@ -138,6 +138,11 @@ impl ConnShared {
         self.touch();
     }
 
+    /// Whether a SIP message went either way on it.
+    fn has_carried_sip(&self) -> bool {
+        self.carried_sip.load(Ordering::Relaxed)
+    }
+
     /// A keep-alive: restarts the idle timer on a connection that has
     /// carried SIP.
     fn keepalive(&self) {
@@ -550,6 +555,15 @@ where
                     conn.keepalive();
                     if tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
                         tracing::debug!(connection = %info.id, "send queue full; pong skipped");
+                    }
+                    // the flow's keep-alive, for whoever keeps flows alive
+                    // by what arrives (an edge proxy's clean-up)
+                    if conn.has_carried_sip() {
+                        shared
+                            .emit(TransportEvent::PingReceived {
+                                connection: info.id,
+                            })
+                            .await;
                     }
                 }
                 Ok(Some(Frame::Pong)) => {

@@ -651,7 +651,11 @@ fn the_registrar_routes_to_a_binding_along_its_path_through_the_edge() {
     let bindings = registrar.borrow().lookup("alice@example.test", now);
     assert_eq!(bindings.len(), 1);
     assert_eq!(bindings[0].path.len(), 1);
-    assert!(bindings[0].path[0].contains(";ob"), "{:?}", bindings[0].path);
+    assert!(
+        bindings[0].path[0].contains(";ob"),
+        "{:?}",
+        bindings[0].path
+    );
     // Bob calls Alice's AoR at the registrar
     let inv = MessageBuilder::request(Method::Invite, "sip:alice@example.test")
         .header("Via", "SIP/2.0/UDP 192.0.2.30:5060;branch=z9hG4bK-bob1")

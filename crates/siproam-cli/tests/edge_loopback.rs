@@ -234,3 +234,113 @@ fn the_registrar_puts_its_flow_timer_in_the_outbound_2xx() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Reads one SIP message's head (up to the blank line) from a stream.
+fn read_head(s: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// True once the peer closed the stream (bounded wait).
+fn closed_by_peer(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // pongs, stray bytes
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The edge's clean-up through the driver: a registered flow that pings
+/// stays up past its Flow-Timer + grace (the pings reach the edge's
+/// clock), and is closed once the pings stop; a flow without Flow-Timer
+/// is closed after --flow-idle.
+#[test]
+fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    let edge = Proc::spawn(&[
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+        &format!("sip:{reg_addr};transport=tcp"),
+        "--flow-timer",
+        "2",
+        "--flow-grace",
+        "1",
+        "--flow-idle",
+        "2",
+    ]);
+    let edge_tcp = listening(&edge, "tcp");
+    let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let me = raw.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:example.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-raw1;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:carol@example.test>;tag=c1\r\n\
+         To: <sip:carol@example.test>\r\n\
+         Call-ID: raw-reg-1\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:carol@{me};transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000e3>\"\r\n\
+         Supported: outbound, path\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    raw.write_all(register.as_bytes()).unwrap();
+    let head = read_head(&mut raw);
+    assert!(head.starts_with("SIP/2.0 200"), "{head}");
+    assert!(head.contains("\r\nFlow-Timer: 2\r\n"), "{head}");
+    // eight pings a second apart: twice the 3 s it may stay silent
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_secs(1));
+        raw.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        raw.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n", "the flow stays up while it pings");
+    }
+    // silence: closed by the edge
+    assert!(closed_by_peer(&mut raw, Duration::from_secs(30)));
+
+    // a flow that carried a message but registered nothing: --flow-idle
+    let mut other = std::net::TcpStream::connect(&edge_tcp).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let me = other.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:{edge_tcp};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-raw2;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:carol@example.test>;tag=c2\r\n\
+         To: <sip:{edge_tcp}>\r\n\
+         Call-ID: raw-opt-1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    other.write_all(options.as_bytes()).unwrap();
+    let head = read_head(&mut other);
+    assert!(head.starts_with("SIP/2.0 200"), "{head}");
+    assert!(closed_by_peer(&mut other, Duration::from_secs(30)));
+}

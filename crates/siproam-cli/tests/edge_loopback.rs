@@ -248,6 +248,26 @@ fn read_head(s: &mut std::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// An outbound REGISTER of carol's instance from `s`'s address.
+fn raw_register(s: &mut std::net::TcpStream, cseq: u32) -> String {
+    let me = s.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:example.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-raw{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:carol@example.test>;tag=c1\r\n\
+         To: <sip:carol@example.test>\r\n\
+         Call-ID: raw-reg-1\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:carol@{me};transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000e3>\"\r\n\
+         Supported: outbound, path\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    s.write_all(register.as_bytes()).unwrap();
+    read_head(s)
+}
+
 /// True once the peer closed the stream (bounded wait).
 fn closed_by_peer(s: &mut std::net::TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap();
@@ -294,22 +314,7 @@ fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
     let edge_tcp = listening(&edge, "tcp");
     let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let me = raw.local_addr().unwrap();
-    let register = format!(
-        "REGISTER sip:example.test SIP/2.0\r\n\
-         Via: SIP/2.0/TCP {me};branch=z9hG4bK-raw1;rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:carol@example.test>;tag=c1\r\n\
-         To: <sip:carol@example.test>\r\n\
-         Call-ID: raw-reg-1\r\n\
-         CSeq: 1 REGISTER\r\n\
-         Contact: <sip:carol@{me};transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000e3>\"\r\n\
-         Supported: outbound, path\r\n\
-         Expires: 600\r\n\
-         Content-Length: 0\r\n\r\n"
-    );
-    raw.write_all(register.as_bytes()).unwrap();
-    let head = read_head(&mut raw);
+    let head = raw_register(&mut raw, 1);
     assert!(head.starts_with("SIP/2.0 200"), "{head}");
     assert!(head.contains("\r\nFlow-Timer: 2\r\n"), "{head}");
     // eight pings a second apart: twice the 3 s it may stay silent
@@ -343,4 +348,56 @@ fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
     let head = read_head(&mut other);
     assert!(head.starts_with("SIP/2.0 200"), "{head}");
     assert!(closed_by_peer(&mut other, Duration::from_secs(30)));
+}
+
+/// `--aggressive-gc`: the same instance and reg-id registered over a new
+/// connection closes the old one at once (without it, the old one stays).
+#[test]
+fn aggressive_gc_closes_the_older_flow_of_a_registration() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    for aggressive in [false, true] {
+        let mut args = vec![
+            "edge".to_owned(),
+            "--json".to_owned(),
+            "--listen".to_owned(),
+            "tcp:127.0.0.1:0".to_owned(),
+            "--registrar".to_owned(),
+            format!("sip:{reg_addr};transport=tcp"),
+        ];
+        if aggressive {
+            args.push("--aggressive-gc".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let edge = Proc::spawn(&args);
+        let edge_tcp = listening(&edge, "tcp");
+        let mut old = std::net::TcpStream::connect(&edge_tcp).unwrap();
+        old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = raw_register(&mut old, 1);
+        assert!(head.starts_with("SIP/2.0 200"), "{head}");
+        let mut new = std::net::TcpStream::connect(&edge_tcp).unwrap();
+        new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = raw_register(&mut new, 2);
+        assert!(head.starts_with("SIP/2.0 200"), "{head}");
+        if aggressive {
+            assert!(closed_by_peer(&mut old, Duration::from_secs(30)));
+        } else {
+            // still answers a ping
+            old.write_all(b"\r\n\r\n").unwrap();
+            let mut pong = [0u8; 2];
+            old.read_exact(&mut pong).unwrap();
+            assert_eq!(&pong, b"\r\n");
+        }
+        new.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        new.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n");
+    }
 }

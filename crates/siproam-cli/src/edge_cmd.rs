@@ -126,6 +126,9 @@ pub async fn edge(
         // --flow-idle); connections that never bring a message still go
         // after the first-message deadline
         idle_timeout: None,
+        // the pings keep flows alive: the edge hears of them (at most one
+        // a second per connection)
+        report_pings: true,
         ..TransportConfig::default()
     };
     if let Some(n) = args.max_connections {

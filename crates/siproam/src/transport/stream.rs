@@ -525,6 +525,7 @@ where
         ConnectionDirection::Incoming => Side::Server,
     };
     let mut framer = StreamFramer::new(side, shared.limits);
+    let mut ping_reported: Option<tokio::time::Instant> = None;
     let mut buf = vec![0u8; READ_MIN];
     loop {
         let n = match rd.read(&mut buf).await {
@@ -557,8 +558,14 @@ where
                         tracing::debug!(connection = %info.id, "send queue full; pong skipped");
                     }
                     // the flow's keep-alive, for whoever keeps flows alive
-                    // by what arrives (an edge proxy's clean-up)
-                    if conn.has_carried_sip() {
+                    // by what arrives (an edge proxy's clean-up): at most
+                    // one report per interval, whatever a peer floods
+                    if shared.report_pings
+                        && conn.has_carried_sip()
+                        && ping_reported
+                            .is_none_or(|t| t.elapsed() >= crate::transport::PING_REPORT_INTERVAL)
+                    {
+                        ping_reported = Some(tokio::time::Instant::now());
                         shared
                             .emit(TransportEvent::PingReceived {
                                 connection: info.id,

@@ -8,6 +8,7 @@ mod bench_keepalive;
 mod bench_netns;
 mod bench_soak;
 mod demo;
+mod edge_cmd;
 mod run;
 
 use std::io::Read;
@@ -85,8 +86,20 @@ enum Command {
         /// dropped (e.g. 60,10,5; default off).
         #[arg(long, value_name = "IDLE,INTERVAL,COUNT")]
         tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
+        /// Flow-Timer (seconds) in the 2xx of REGISTERs with outbound in
+        /// force (RFC 5626 §5.4): how often the client must send a
+        /// keep-alive.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
+        flow_timer: Option<u32>,
         #[command(flatten)]
         tls: run::TlsArgs,
+    },
+    /// An RFC 5626 edge proxy in front of a registrar: Path and
+    /// Record-Route with signed flow tokens, 430 on a dead flow, CRLF pong
+    /// and STUN on its ports, flow clean-up.
+    Edge {
+        #[command(flatten)]
+        args: edge_cmd::EdgeArgs,
     },
     /// A long-running user agent: registers, places and answers calls.
     Agent {
@@ -296,6 +309,7 @@ fn main() -> ExitCode {
             mut min_expires,
             max_connections,
             mut tcp_keepalive,
+            mut flow_timer,
             mut tls,
         } => {
             if let Err(e) = file
@@ -308,6 +322,7 @@ fn main() -> ExitCode {
                     &mut tls,
                 )
                 .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
+                .and_then(|()| file.flow_timer(&mut flow_timer))
             {
                 return bad_usage(&e);
             }
@@ -321,9 +336,28 @@ fn main() -> ExitCode {
                     min_expires,
                     max_connections,
                 },
-                run::RegistrarTransport { tls, tcp_keepalive },
+                run::RegistrarTransport {
+                    tls,
+                    tcp_keepalive,
+                    flow_timer,
+                },
                 json,
             ))
+        }
+        Command::Edge { args } => {
+            let key = match edge_cmd::flow_key(args.flow_key_file.as_deref()) {
+                Ok(k) => k,
+                Err(e) => return bad_usage(&e),
+            };
+            block_on(async move {
+                match edge_cmd::registrar_target(&args.registrar).await {
+                    Ok(target) => edge_cmd::edge(args, target, key, json).await,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        Ok(ExitCode::from(2))
+                    }
+                }
+            })
         }
         Command::Agent {
             agent: mut args,

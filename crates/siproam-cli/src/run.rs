@@ -182,13 +182,17 @@ pub struct BindingLimits {
     pub max_connections: Option<u32>,
 }
 
-/// The registrar's connections: TLS and the kernel's TCP keep-alive.
+/// The registrar's connections: TLS, the kernel's TCP keep-alive and the
+/// RFC 5626 Flow-Timer.
 #[derive(Debug, Clone, Default)]
 pub struct RegistrarTransport {
     /// Certificate, key and trusted CAs.
     pub tls: TlsArgs,
     /// `--tcp-keepalive` (or `tcp-keepalive` in the file).
     pub tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
+    /// `--flow-timer` (or `flow-timer` in the file): the Flow-Timer of
+    /// outbound registrations' 2xx.
+    pub flow_timer: Option<u32>,
 }
 
 /// `siproam registrar`.
@@ -203,6 +207,7 @@ pub async fn registrar(
 ) -> anyhow::Result<ExitCode> {
     let mut config = RegistrarConfig {
         domain,
+        flow_timer: transport.flow_timer,
         ..registrar_config()?
     };
     if let Some(n) = limits.max_bindings {
@@ -271,7 +276,7 @@ pub async fn registrar(
                     let contacts: Vec<Value> = guard
                         .lookup(&aor, now)
                         .iter()
-                        .map(|b| json!({"contact": b.contact, "expires": b.expires_at.saturating_duration_since(now).as_secs(), "instance": b.instance, "reg_id": b.reg_id}))
+                        .map(|b| json!({"contact": b.contact, "expires": b.expires_at.saturating_duration_since(now).as_secs(), "instance": b.instance, "reg_id": b.reg_id, "path": b.path}))
                         .collect();
                     drop(guard);
                     emit(json_out, json!({"event": "binding", "aor": aor, "contacts": contacts}));
@@ -496,6 +501,7 @@ pub struct FileConfig {
     domain: Option<String>,
     max_bindings: Option<u32>,
     min_expires: Option<u32>,
+    flow_timer: Option<u32>,
     aor: Option<String>,
     registrar: Option<String>,
     user: Option<String>,
@@ -567,6 +573,18 @@ impl FileConfig {
             *min_expires = self.min_expires;
         }
         self.tls(tls);
+        Ok(())
+    }
+
+    /// The registrar's `flow-timer` from the file when the flag was not
+    /// given.
+    pub fn flow_timer(&self, slot: &mut Option<u32>) -> anyhow::Result<()> {
+        if slot.is_none() {
+            if self.flow_timer == Some(0) {
+                anyhow::bail!("flow-timer must be at least 1");
+            }
+            *slot = self.flow_timer;
+        }
         Ok(())
     }
 

@@ -435,6 +435,13 @@ impl Endpoint {
         self.keepalives.get(&account).and_then(|k| k.mapped)
     }
 
+    /// The application closes a flow (an edge proxy's idle clean-up): a
+    /// connection is handed to the driver to close ([`Endpoint::poll_close`]),
+    /// a UDP flow is only forgotten, and what used it is told at once.
+    pub fn close_flow(&mut self, now: Instant, flow: FlowId, reason: FlowCloseReason) {
+        self.flow_failed(now, flow, reason);
+    }
+
     /// A flow of ours failed (no pong, a keep-alive decided it): it is
     /// closed, and what used it learns so at once (accounts register again
     /// over a new flow).

@@ -8,7 +8,10 @@
 //! digest-uri checked). Time comes in as `now`; nonces are signed with the
 //! configured HMAC key, so a challenge costs no stored state. The proxy
 //! forwards requests for the AoRs it holds; the [`Dispatcher`] hands each
-//! endpoint event to the one it is for.
+//! endpoint event to the one it is for. The [`EdgeProxy`] is an RFC 5626
+//! edge proxy in front of a registrar: Path and Record-Route with signed
+//! flow tokens ([`FlowTokenKey`]), requests routed back over exactly the
+//! flow a token names (430 when it is gone), flow clean-up.
 //!
 //! No sockets, no tokio, no clock: the driver's `siproam::edge::RegistrarApp`
 //! runs the element inside a running endpoint.
@@ -16,10 +19,14 @@
 #![warn(missing_docs)]
 
 mod dispatch;
+mod edge;
+mod flow_token;
 mod mac;
 mod proxy;
 mod registrar;
 
 pub use dispatch::Dispatcher;
+pub use edge::{has_flow_token, EdgeConfig, EdgeProxy, EdgeSizes};
+pub use flow_token::{FlowToken, FlowTokenKey, TokenError, MAX_TOKEN_LEN};
 pub use proxy::{Proxy, Routed};
 pub use registrar::{aor_key, Binding, Handled, Registrar, RegistrarConfig, UsersError};

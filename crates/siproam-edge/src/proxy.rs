@@ -59,7 +59,7 @@ pub struct Proxy {
 /// The address a SIP URI names (IP literals only; the proxy does no DNS).
 /// Without `;transport=` a numeric `sip:` URI means `default` — UDP, as
 /// RFC 3263 §4.1 says, never the transport the request came in on.
-fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
+pub(crate) fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
     let sip = uri.as_sip()?;
     let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = sip.maddr().unwrap_or(host).parse().ok()?;
@@ -80,7 +80,7 @@ fn uri_target(uri: &Uri<'_>, default: Transport) -> Option<Target> {
     })
 }
 
-fn is_us(uri: &Uri<'_>, points: &[ListenPoint]) -> bool {
+pub(crate) fn is_us(uri: &Uri<'_>, points: &[ListenPoint]) -> bool {
     let Some(sip) = uri.as_sip() else {
         return false;
     };
@@ -301,24 +301,53 @@ impl Proxy {
                 });
                 if let Some(b) = bindings.first() {
                     req.set_request_uri(&b.contact)?;
-                    // over the flow the REGISTER came on when it was a
-                    // connection (the UA may not be reachable otherwise)
-                    let over_flow =
-                        ep.flow(b.flow)
-                            .filter(|f| f.transport.is_reliable())
-                            .map(|f| Target {
-                                transport: f.transport,
-                                remote: f.remote,
-                                local: f.local,
-                                server_name: None,
-                            });
-                    let contact = Uri::parse(&b.contact)
-                        .ok()
-                        .and_then(|u| uri_target(&u, Transport::Udp));
-                    match over_flow.or(contact) {
-                        Some(t) => t,
-                        None => {
-                            return Self::refuse(ep, now, tx, &req, 480, "Temporarily Unavailable")
+                    // RFC 3327 §5.3: a binding registered with Path is
+                    // reached along it (an RFC 5626 edge proxy's flow
+                    // token): its entries become the Route set, the first
+                    // one the next hop
+                    let path: Vec<&str> = b
+                        .path
+                        .iter()
+                        .flat_map(|v| siproam_sip::split_list(v))
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    let first_hop = path
+                        .first()
+                        .and_then(|p| siproam_sip::NameAddr::parse(p).ok())
+                        .and_then(|na| uri_target(na.uri(), Transport::Udp));
+                    if let Some(hop) = first_hop {
+                        for entry in path.iter().rev() {
+                            req.prepend_header("Route", entry)?;
+                        }
+                        hop
+                    } else {
+                        // over the flow the REGISTER came on when it was a
+                        // connection (the UA may not be reachable otherwise)
+                        let over_flow =
+                            ep.flow(b.flow)
+                                .filter(|f| f.transport.is_reliable())
+                                .map(|f| Target {
+                                    transport: f.transport,
+                                    remote: f.remote,
+                                    local: f.local,
+                                    server_name: None,
+                                });
+                        let contact = Uri::parse(&b.contact)
+                            .ok()
+                            .and_then(|u| uri_target(&u, Transport::Udp));
+                        match over_flow.or(contact) {
+                            Some(t) => t,
+                            None => {
+                                return Self::refuse(
+                                    ep,
+                                    now,
+                                    tx,
+                                    &req,
+                                    480,
+                                    "Temporarily Unavailable",
+                                )
+                            }
                         }
                     }
                 } else if is_us(&parsed, &points) {
@@ -492,7 +521,7 @@ impl Proxy {
     }
 }
 
-fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
+pub(crate) fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
     let values: Vec<String> = req
         .header_values(HeaderName::Route)
         .map(str::to_owned)

@@ -2,7 +2,9 @@
 //! running endpoint: the sans-IO [`Dispatcher`] behind a lock, so the
 //! owner can look bindings up from another task, and a key from the OS's
 //! secure generator. The sans-IO types are re-exported here, so one
-//! dependency on `siproam` is enough to run a registrar.
+//! dependency on `siproam` is enough to run a registrar. [`EdgeApp`] runs
+//! the RFC 5626 [`EdgeProxy`] the same way; [`load_or_create_flow_key`]
+//! gives it a key that survives restarts.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -61,5 +63,160 @@ impl Application for RegistrarApp {
         let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
         self.dispatcher
             .handle_event(&mut registrar, &mut proxy, core, now, event)
+    }
+}
+
+/// Runs an [`EdgeProxy`] (RFC 5626 edge proxy) inside an endpoint task: the
+/// core's events, keep-alives and its timer go to the sans-IO proxy; the
+/// flows it closes are closed by the driver (the core's `poll_close`).
+/// The proxy is shared so the owner can read its sizes.
+#[derive(Debug, Clone)]
+pub struct EdgeApp {
+    edge: Arc<Mutex<EdgeProxy>>,
+}
+
+impl EdgeApp {
+    /// Wraps an edge proxy.
+    pub fn new(edge: EdgeProxy) -> EdgeApp {
+        EdgeApp {
+            edge: Arc::new(Mutex::new(edge)),
+        }
+    }
+
+    /// The shared edge proxy.
+    pub fn edge(&self) -> Arc<Mutex<EdgeProxy>> {
+        self.edge.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EdgeProxy> {
+        self.edge.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Application for EdgeApp {
+    fn on_event(&mut self, core: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
+        self.lock().handle_event(core, now, event)
+    }
+
+    fn on_keepalive(
+        &mut self,
+        now: Instant,
+        transport: crate::core::Transport,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        flow: Option<crate::core::FlowId>,
+    ) {
+        self.lock()
+            .handle_keepalive(now, transport, local, remote, flow);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.lock().poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, core: &mut Endpoint, now: Instant) {
+        self.lock().handle_timeout(core, now);
+    }
+}
+
+/// Why the flow-token key file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowKeyError {
+    /// It could not be read or created.
+    #[error("flow key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It does not hold exactly 32 bytes.
+    #[error("flow key file {path}: {len} bytes, a key is exactly 32")]
+    WrongLength {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// No key could be drawn from the OS's secure generator.
+    #[error("no random key: {0}")]
+    Random(#[from] crate::random::RandomError),
+}
+
+/// The edge's flow-token key from `path`: read when the file exists (it
+/// must hold exactly 32 bytes), else 32 bytes from the OS's secure
+/// generator written there, readable by the owner only (0600), so tokens
+/// handed out survive a restart.
+pub fn load_or_create_flow_key(path: &std::path::Path) -> Result<[u8; 32], FlowKeyError> {
+    use std::io::Write;
+    let io = |source| FlowKeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| FlowKeyError::WrongLength {
+                path: path.to_owned(),
+                len: bytes.len(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let key = crate::random::os_seed()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = match options.open(path) {
+        Ok(f) => f,
+        // made meanwhile by another process: use that one
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load_or_create_flow_key(path)
+        }
+        Err(e) => return Err(io(e)),
+    };
+    file.write_all(&key).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_flow_key_file_is_made_0600_then_read_back_and_a_bad_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("siproam-flowkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flow.key");
+        let _ = std::fs::remove_file(&path);
+        let key = load_or_create_flow_key(&path).unwrap();
+        assert_ne!(key, [0; 32]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_flow_key(&path).unwrap(), key);
+        std::fs::write(&path, b"short").unwrap();
+        assert!(matches!(
+            load_or_create_flow_key(&path),
+            Err(FlowKeyError::WrongLength { len: 5, .. })
+        ));
+        let missing_dir = dir.join("nope").join("flow.key");
+        assert!(matches!(
+            load_or_create_flow_key(&missing_dir),
+            Err(FlowKeyError::Io { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -326,6 +326,14 @@ pub enum TransportEvent {
         /// Why.
         reason: CloseReason,
     },
+    /// A keep-alive ping (`CRLFCRLF`) arrived on a connection that has
+    /// carried SIP (it was answered with a pong at once); only with
+    /// [`TransportConfig::report_pings`], at most one per connection per
+    /// [`PING_REPORT_INTERVAL`].
+    PingReceived {
+        /// The connection.
+        connection: ConnectionId,
+    },
     /// A keep-alive pong (`CRLF`) arrived on a connection we opened.
     PongReceived {
         /// The connection.
@@ -418,7 +426,16 @@ pub struct TransportConfig {
     /// accepted (`SO_KEEPALIVE` with idle time, interval and probe
     /// count). `None` (the default): off.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Report keep-alive pings ([`TransportEvent::PingReceived`]) on
+    /// connections that have carried SIP, at most one per connection per
+    /// [`PING_REPORT_INTERVAL`], so a CRLF flood costs no more events
+    /// than that. Off by default (the pongs are sent either way); an edge
+    /// proxy that keeps its flows by what arrives on them turns it on.
+    pub report_pings: bool,
 }
+
+/// At most one [`TransportEvent::PingReceived`] per connection this often.
+pub const PING_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -438,6 +455,7 @@ impl Default for TransportConfig {
             tls_server: None,
             address_oracle: Arc::new(SystemAddresses),
             tcp_keepalive: None,
+            report_pings: false,
         }
     }
 }
@@ -474,6 +492,7 @@ pub(crate) struct Shared {
     max_per_source: usize,
     rebind_retry_delay: Duration,
     tcp_keepalive: Option<TcpKeepalive>,
+    report_pings: bool,
     tls_connector: Option<tokio_rustls::TlsConnector>,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     oracle: Arc<dyn AddressOracle>,
@@ -783,6 +802,7 @@ impl TransportManager {
             max_per_source: config.max_connections_per_source,
             rebind_retry_delay: config.rebind_retry_delay,
             tcp_keepalive: config.tcp_keepalive,
+            report_pings: config.report_pings,
             tls_connector: client.map(|c| tokio_rustls::TlsConnector::from(c.into_rustls())),
             tls_acceptor: config
                 .tls_server

@@ -17,7 +17,7 @@ use rcgen::{
 use siproam::transport::{
     source_address_for, AddressOracle, CertificateDer, CloseReason, ConnectionDirection,
     ConnectionId, ListenError, SendError, SendTarget, TlsClientConfig, TlsServerConfig, Transport,
-    TransportConfig, TransportEvent, TransportEvents, TransportManager,
+    TransportConfig, TransportEvent, TransportEvents, TransportManager, PING_REPORT_INTERVAL,
 };
 use siproam_sip::FramingError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1076,4 +1076,59 @@ async fn only_sip_messages_and_keepalives_on_a_sip_flow_keep_a_connection_from_i
     assert!(b.connections().iter().any(|c| c.id == flow_id));
     // and idles out once they stop
     assert_eq!(closed(&mut eb, flow_id).await, CloseReason::Idle);
+}
+
+/// `report_pings`: a ping on a connection that carried SIP is reported
+/// (the edge proxy keeps its flows by them), a flood of pings costs at
+/// most one report per `PING_REPORT_INTERVAL` per connection, and without
+/// the setting none is reported; pongs go out either way.
+#[tokio::test]
+async fn pings_are_reported_only_when_asked_and_at_most_once_an_interval() {
+    for report in [true, false] {
+        let (b, mut eb) = manager(TransportConfig {
+            report_pings: report,
+            ..TransportConfig::default()
+        });
+        let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+        let mut raw = TcpStream::connect(lb.local).await.unwrap();
+        raw.write_all(&sip("first")).await.unwrap();
+        let (conn, _, _) = received(&mut eb).await;
+        let start = tokio::time::Instant::now();
+        // a flood of 1,000 pings, then a message
+        let mut flood = b"\r\n\r\n".repeat(1000);
+        flood.extend_from_slice(&sip("after"));
+        raw.write_all(&flood).await.unwrap();
+        let mut reports = 0u64;
+        timeout(WAIT, async {
+            loop {
+                match eb.recv().await.unwrap() {
+                    TransportEvent::PingReceived { connection } => {
+                        assert_eq!(Some(connection), conn);
+                        reports += 1;
+                    }
+                    TransportEvent::Received { bytes, .. } if bytes == sip("after") => break,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let intervals = start.elapsed().as_secs() / PING_REPORT_INTERVAL.as_secs().max(1) + 1;
+        if report {
+            assert!(reports >= 1, "the first ping is reported");
+            assert!(
+                reports <= intervals,
+                "{reports} reports in {intervals} interval(s)"
+            );
+        } else {
+            assert_eq!(reports, 0);
+        }
+        // pongs go out either way (a full send queue skips some)
+        let mut pong = [0u8; 2];
+        timeout(WAIT, raw.read_exact(&mut pong))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&pong, b"\r\n");
+    }
 }

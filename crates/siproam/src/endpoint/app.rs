@@ -2,9 +2,10 @@
 //! endpoint task.
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use siproam_core::{CallId, CoreError, Endpoint as Core, Event};
+use siproam_core::{CallId, CoreError, Endpoint as Core, Event, FlowId, Transport};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -57,6 +58,32 @@ pub trait Application: Send + 'static {
     ) -> Result<Option<CallId>, CommandError> {
         let _ = (core, now, cmd);
         Err(CommandError::Unsupported)
+    }
+
+    /// A keep-alive arrived on a flow: a ping on a connection (`flow`), or
+    /// a STUN Binding request on UDP (`flow` is `None`; the flow is the
+    /// address pair). The transport has answered it already.
+    fn on_keepalive(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+        flow: Option<FlowId>,
+    ) {
+        let _ = (now, transport, local, remote, flow);
+    }
+
+    /// When the application's own timer is next due
+    /// ([`Application::handle_timeout`]); `None`: no timer.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The application's timer is due: it may act on the core (close
+    /// flows, send).
+    fn handle_timeout(&mut self, core: &mut Core, now: Instant) {
+        let _ = (core, now);
     }
 
     /// Sets up the core before the first event (the limits on incoming

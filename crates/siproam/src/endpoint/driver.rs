@@ -122,7 +122,11 @@ impl Driver {
             let deadline = self
                 .core
                 .poll_timeout_coalesced(KEEPALIVE_SLACK)
-                .map(|(at, _)| tokio::time::Instant::from_std(at));
+                .map(|(at, _)| at)
+                .into_iter()
+                .chain(self.app.poll_timeout())
+                .min()
+                .map(tokio::time::Instant::from_std);
             let retire_at = self.retiring.iter().map(|(at, _)| *at).min();
             tokio::select! {
                 msg = async { match net.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
@@ -178,7 +182,13 @@ impl Driver {
                     None => return,
                 },
                 Some(Connected::Done(flow, result)) = conn_rx.recv() => self.connected(flow, result).await,
-                _ = sleep_until(deadline) => self.core.handle_timeout(now()),
+                _ = sleep_until(deadline) => {
+                    let now = now();
+                    self.core.handle_timeout(now);
+                    if self.app.poll_timeout().is_some_and(|at| at <= now) {
+                        self.app.handle_timeout(&mut self.core, now);
+                    }
+                }
                 // a full connection queue drains while we wait a moment
                 _ = tokio::time::sleep(std::time::Duration::from_millis(2)), if !self.backlog.is_empty() => {
                     self.flush_backlog().await;
@@ -332,8 +342,16 @@ impl Driver {
                     // STUN on the SIP port (RFC 5626 keep-alives): to the
                     // core's STUN side, not the SIP parser
                     let outcome = self.core.handle_stun(now, local, remote, &bytes);
-                    if let siproam_core::stun::StunOutcome::Dropped(why) = outcome {
-                        debug!(%remote, ?why, "STUN datagram dropped");
+                    match outcome {
+                        siproam_core::stun::StunOutcome::Dropped(why) => {
+                            debug!(%remote, ?why, "STUN datagram dropped");
+                        }
+                        siproam_core::stun::StunOutcome::Answered => {
+                            // a UDP flow's keep-alive (RFC 5626 §4.4.2)
+                            self.app
+                                .on_keepalive(now, Transport::Udp, local, remote, None);
+                        }
+                        _ => {}
                     }
                 } else if self.transports.has_datagram_filter() {
                     self.core
@@ -392,6 +410,20 @@ impl Driver {
                     self.unclaimed.remove(&info.id);
                 } else if let Some(u) = self.unclaimed.get_mut(&info.id) {
                     u.closed = Some(close_reason(&reason));
+                }
+            }
+            TransportEvent::PingReceived { connection } => {
+                if let (Some(flow), Some(info)) = (
+                    self.connections.get(&connection),
+                    self.transports.connection(connection),
+                ) {
+                    self.app.on_keepalive(
+                        now,
+                        info.transport,
+                        info.local,
+                        info.remote,
+                        Some(*flow),
+                    );
                 }
             }
             TransportEvent::PongReceived { connection } => {

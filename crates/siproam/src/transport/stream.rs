@@ -138,6 +138,11 @@ impl ConnShared {
         self.touch();
     }
 
+    /// Whether a SIP message went either way on it.
+    fn has_carried_sip(&self) -> bool {
+        self.carried_sip.load(Ordering::Relaxed)
+    }
+
     /// A keep-alive: restarts the idle timer on a connection that has
     /// carried SIP.
     fn keepalive(&self) {
@@ -520,6 +525,7 @@ where
         ConnectionDirection::Incoming => Side::Server,
     };
     let mut framer = StreamFramer::new(side, shared.limits);
+    let mut ping_reported: Option<tokio::time::Instant> = None;
     let mut buf = vec![0u8; READ_MIN];
     loop {
         let n = match rd.read(&mut buf).await {
@@ -550,6 +556,21 @@ where
                     conn.keepalive();
                     if tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
                         tracing::debug!(connection = %info.id, "send queue full; pong skipped");
+                    }
+                    // the flow's keep-alive, for whoever keeps flows alive
+                    // by what arrives (an edge proxy's clean-up): at most
+                    // one report per interval, whatever a peer floods
+                    if shared.report_pings
+                        && conn.has_carried_sip()
+                        && ping_reported
+                            .is_none_or(|t| t.elapsed() >= crate::transport::PING_REPORT_INTERVAL)
+                    {
+                        ping_reported = Some(tokio::time::Instant::now());
+                        shared
+                            .emit(TransportEvent::PingReceived {
+                                connection: info.id,
+                            })
+                            .await;
                     }
                 }
                 Ok(Some(Frame::Pong)) => {

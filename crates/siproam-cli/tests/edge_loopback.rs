@@ -1,0 +1,403 @@
+//! `siproam edge` between real processes on loopback: an agent with
+//! outbound over TCP through the edge to `siproam registrar`, with no
+//! listener of its own (`--no-listen`): its binding carries the edge's
+//! Path with `;ob`, the 2xx the edge's Flow-Timer, a call from a second
+//! agent reaches it over its flow through the edge, and once its
+//! connection is gone the next call gets 430. The edge answers a CRLFCRLF
+//! ping with CRLF and a STUN Binding request on its UDP port; a bad
+//! `--flow-key-file` is refused with a clear error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// The address a process listens on for `transport`.
+fn listening(p: &Proc, transport: &str) -> String {
+    p.seen_or_wait(&format!("{transport} listener"), |v| {
+        v["event"] == "listening" && v["transport"] == transport
+    })["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
+    const URN: &str = "urn:uuid:00000000-0000-1000-8000-0000000000e1";
+    let dir = temp_dir("edge-loopback");
+    let key_file = dir.join("flow.key");
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
+    let edge = Proc::spawn(&[
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--registrar",
+        &registrar_uri,
+        "--flow-timer",
+        "20",
+        "--flow-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    let edge_tcp = listening(&edge, "tcp");
+    let edge_udp = listening(&edge, "udp");
+    // the key file was made, 32 bytes, owner-only
+    let meta = std::fs::metadata(&key_file).unwrap();
+    assert_eq!(meta.len(), 32);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    let edge_uri = format!("sip:{edge_tcp};transport=tcp");
+    let mut alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--outbound",
+        "--outbound-proxy",
+        &edge_uri,
+        "--instance-id",
+        URN,
+        "--no-listen",
+        "--auto-answer",
+    ]);
+    let reg = alice.wait_for("alice registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    assert_eq!(reg["outbound"], true, "{reg}");
+    // the edge's Flow-Timer in the 2xx: the flow keeps alive by it
+    let up = alice.seen_or_wait("alice's flow up", |v| {
+        v["event"] == "flow" && v["state"] == "up"
+    });
+    assert_eq!(up["flow_timer"], 20, "{up}");
+    assert_eq!(up["remote"].as_str(), Some(edge_tcp.as_str()), "{up}");
+    // the registrar's binding carries the edge's Path with a token and ;ob
+    let binding = registrar.seen_or_wait("alice's binding", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    let path = binding["contacts"][0]["path"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let edge_host = edge_tcp.clone();
+    assert!(
+        path.contains(&format!("@{edge_host};transport=tcp;lr;ob")),
+        "{path}"
+    );
+    assert_eq!(binding["contacts"][0]["instance"], URN, "{binding}");
+
+    // Bob calls Alice: registrar → Path → edge → Alice's own connection
+    let mut bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--listen",
+        "tcp:127.0.0.1:0",
+    ]);
+    bob.wait_for("bob registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    bob.send("call sip:alice@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    // in-dialog: Bob's BYE comes back through the edge's Record-Route
+    bob.send("hangup");
+    alice.wait_for("alice disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    bob.wait_for("bob disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+
+    // Alice's process (and so her connection) goes: her binding lives on
+    // at the registrar, but the flow its Path names is gone: 430
+    alice.child.kill().unwrap();
+    let _ = alice.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    bob.send("call sip:alice@example.test");
+    let failed = bob.wait_for("bob's second call fails", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    assert_eq!(failed["code"], 430, "{failed}");
+
+    // a CRLFCRLF ping on the edge's TCP port gets a CRLF pong at once
+    let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"\r\n\r\n").unwrap();
+    let mut pong = [0u8; 2];
+    raw.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"\r\n");
+    // a STUN Binding request on its UDP port gets our mapped address
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let txid: u128 = 0x1234_5678_9abc_def0_1122_3344;
+    udp.send_to(&siproam::core::stun::binding_request(txid), &edge_udp)
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    let (got_tx, mapped) = siproam::core::stun::binding_success_parts(&buf[..n]).unwrap();
+    assert_eq!(got_tx, txid);
+    assert_eq!(mapped, udp.local_addr().unwrap());
+
+    bob.quit();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_flow_key_file_is_refused_with_a_clear_error() {
+    let dir = temp_dir("edge-badkey");
+    let key_file = dir.join("flow.key");
+    std::fs::write(&key_file, b"not a key").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args([
+            "edge",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--registrar",
+            "sip:127.0.0.1:5060;transport=tcp",
+            "--flow-key-file",
+            key_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("9 bytes, a key is exactly 32"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["edge", "--registrar", "mailto:x@y"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_registrar_puts_its_flow_timer_in_the_outbound_2xx() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+        "--flow-timer",
+        "15",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
+    let mut alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--outbound",
+        "--instance-id",
+        "urn:uuid:00000000-0000-1000-8000-0000000000e2",
+        "--no-listen",
+    ]);
+    let up = alice.wait_for("alice's flow up", |v| {
+        v["event"] == "flow" && v["state"] == "up"
+    });
+    assert_eq!(up["flow_timer"], 15, "{up}");
+    alice.quit();
+    // a zero is refused as bad usage
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["registrar", "--flow-timer", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Reads one SIP message's head (up to the blank line) from a stream.
+fn read_head(s: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An outbound REGISTER of carol's instance from `s`'s address.
+fn raw_register(s: &mut std::net::TcpStream, cseq: u32) -> String {
+    let me = s.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:example.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-raw{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:carol@example.test>;tag=c1\r\n\
+         To: <sip:carol@example.test>\r\n\
+         Call-ID: raw-reg-1\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:carol@{me};transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000e3>\"\r\n\
+         Supported: outbound, path\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    s.write_all(register.as_bytes()).unwrap();
+    read_head(s)
+}
+
+/// True once the peer closed the stream (bounded wait).
+fn closed_by_peer(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // pongs, stray bytes
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The edge's clean-up through the driver: a registered flow that pings
+/// stays up past its Flow-Timer + grace (the pings reach the edge's
+/// clock), and is closed once the pings stop; a flow without Flow-Timer
+/// is closed after --flow-idle.
+#[test]
+fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    let edge = Proc::spawn(&[
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+        &format!("sip:{reg_addr};transport=tcp"),
+        "--flow-timer",
+        "2",
+        "--flow-grace",
+        "1",
+        "--flow-idle",
+        "2",
+    ]);
+    let edge_tcp = listening(&edge, "tcp");
+    let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = raw_register(&mut raw, 1);
+    assert!(head.starts_with("SIP/2.0 200"), "{head}");
+    assert!(head.contains("\r\nFlow-Timer: 2\r\n"), "{head}");
+    // eight pings a second apart: twice the 3 s it may stay silent
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_secs(1));
+        raw.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        raw.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n", "the flow stays up while it pings");
+    }
+    // silence: closed by the edge
+    assert!(closed_by_peer(&mut raw, Duration::from_secs(30)));
+
+    // a flow that carried a message but registered nothing: --flow-idle
+    let mut other = std::net::TcpStream::connect(&edge_tcp).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let me = other.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:{edge_tcp};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-raw2;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:carol@example.test>;tag=c2\r\n\
+         To: <sip:{edge_tcp}>\r\n\
+         Call-ID: raw-opt-1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    other.write_all(options.as_bytes()).unwrap();
+    let head = read_head(&mut other);
+    assert!(head.starts_with("SIP/2.0 200"), "{head}");
+    assert!(closed_by_peer(&mut other, Duration::from_secs(30)));
+}
+
+/// `--aggressive-gc`: the same instance and reg-id registered over a new
+/// connection closes the old one at once (without it, the old one stays).
+#[test]
+fn aggressive_gc_closes_the_older_flow_of_a_registration() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    for aggressive in [false, true] {
+        let mut args = vec![
+            "edge".to_owned(),
+            "--json".to_owned(),
+            "--listen".to_owned(),
+            "tcp:127.0.0.1:0".to_owned(),
+            "--registrar".to_owned(),
+            format!("sip:{reg_addr};transport=tcp"),
+        ];
+        if aggressive {
+            args.push("--aggressive-gc".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let edge = Proc::spawn(&args);
+        let edge_tcp = listening(&edge, "tcp");
+        let mut old = std::net::TcpStream::connect(&edge_tcp).unwrap();
+        old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = raw_register(&mut old, 1);
+        assert!(head.starts_with("SIP/2.0 200"), "{head}");
+        let mut new = std::net::TcpStream::connect(&edge_tcp).unwrap();
+        new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = raw_register(&mut new, 2);
+        assert!(head.starts_with("SIP/2.0 200"), "{head}");
+        if aggressive {
+            assert!(closed_by_peer(&mut old, Duration::from_secs(30)));
+        } else {
+            // still answers a ping
+            old.write_all(b"\r\n\r\n").unwrap();
+            let mut pong = [0u8; 2];
+            old.read_exact(&mut pong).unwrap();
+            assert_eq!(&pong, b"\r\n");
+        }
+        new.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        new.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n");
+    }
+}

@@ -1,0 +1,206 @@
+//! `siproam edge` with SIP software nobody here wrote, on loopback: SIPp
+//! registers through the edge to `siproam registrar` with outbound
+//! (`interop/sipp/register_edge_outbound.xml`: the 2xx carries `Require:
+//! outbound`, the edge's `Flow-Timer` and its `Path` with a flow token and
+//! `;ob`, echoed by the registrar); once SIPp is gone (its connection
+//! closed), a call to its AoR gets 430 Flow Failed from the edge. The edge
+//! in front of Kamailio as registrar: Kamailio keeps and follows its Path.
+//!
+//! SIPp and Kamailio come from the Debian packages (`interop/install.sh`, run by CI as
+//! root). Without them a test says why it is skipped; with
+//! `SIPROAM_REQUIRE_INTEROP=1` (CI sets it) a missing peer fails instead.
+//! SIPp cannot send a bare CRLFCRLF ping; the pong is proved with a plain
+//! TCP socket in `edge_loopback.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+
+use std::process::{Command, Stdio};
+
+#[test]
+fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
+    if !have("sipp") {
+        return;
+    }
+    let dir = temp_dir("sipp-edge");
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = registrar.wait_for("listener", |v| v["event"] == "listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
+    let edge_port = free_port(0);
+    let edge = Proc::spawn(&[
+        "edge",
+        "--json",
+        "--listen",
+        &format!("tcp:127.0.0.1:{edge_port}"),
+        "--registrar",
+        &registrar_uri,
+        "--flow-timer",
+        "20",
+    ]);
+    edge.wait_for("edge listener", |v| v["event"] == "listening");
+    let sipp_port = free_port(0);
+    let status = Command::new("timeout")
+        .args(["30", "sipp", "-sf"])
+        .arg(repo().join("interop/sipp/register_edge_outbound.xml"))
+        .args(["-m", "1", "-nostdin", "-s", "alice"])
+        .arg(format!("127.0.0.1:{edge_port}"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &sipp_port.to_string(),
+            "-t",
+            "t1",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIPp's outbound REGISTER through the edge failed: {status}"
+    );
+    // the registrar holds SIPp's binding with the edge's Path and ;ob
+    let binding = registrar.seen_or_wait("binding", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    let path = binding["contacts"][0]["path"][0].as_str().unwrap();
+    assert!(
+        path.contains(&format!("@127.0.0.1:{edge_port};transport=tcp;lr;ob")),
+        "{binding}"
+    );
+    // SIPp exited: its connection is gone, and with it the flow the Path
+    // names
+    let mut bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &registrar_uri,
+        "--listen",
+        "tcp:127.0.0.1:0",
+    ]);
+    bob.wait_for("bob registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    bob.send("call sip:alice@example.test");
+    let failed = bob.wait_for("the call fails", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    assert_eq!(failed["code"], 430, "{failed}");
+    bob.quit();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `siproam edge` in front of Kamailio 5.6 as the registrar
+/// (`interop/kamailio/kamailio.cfg`, digest on REGISTER, calls not
+/// challenged): an outbound agent with no listener registers through the
+/// edge, Kamailio keeps the edge's Path (flow token, `;ob`) and answers
+/// `Require: outbound` (it would answer 439 without the `;ob`), the edge's
+/// Flow-Timer reaches the agent, and Bob's call through Kamailio reaches
+/// the agent along the Path over its flow; Bob's BYE follows.
+#[test]
+fn kamailio_behind_siproam_edge_honours_the_path() {
+    if !have("kamailio") || !have("kamcmd") {
+        return;
+    }
+    let port = free_port(0);
+    let kam = Kamailio::start_in(
+        None,
+        port,
+        "-A NO_CALL_AUTH",
+        &format!("edge-{}-{port}", std::process::id()),
+    );
+    let kam_uri = format!("sip:127.0.0.1:{port};transport=tcp");
+    let edge = Proc::spawn(&[
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+        &kam_uri,
+        "--flow-timer",
+        "20",
+    ]);
+    let edge_tcp = edge.wait_for("edge listener", |v| v["event"] == "listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let edge_uri = format!("sip:{edge_tcp};transport=tcp");
+    let mut alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &kam_uri,
+        "--password",
+        "alicepw",
+        "--outbound",
+        "--outbound-proxy",
+        &edge_uri,
+        "--instance-id",
+        "urn:uuid:00000000-0000-1000-8000-0000000000e4",
+        "--no-listen",
+        "--auto-answer",
+    ]);
+    let reg = alice.wait_for("alice registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    assert_eq!(reg["outbound"], true, "{reg}");
+    let up = alice.seen_or_wait("alice's flow up", |v| {
+        v["event"] == "flow" && v["state"] == "up"
+    });
+    assert_eq!(up["flow_timer"], 20, "{up}");
+    assert_eq!(up["remote"].as_str(), Some(edge_tcp.as_str()), "{up}");
+    let paths = kam.bindings_with("alice@example.test", "Path");
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    assert!(
+        paths[0].contains(&format!("@{edge_tcp};transport=tcp;lr;ob")),
+        "{paths:?}"
+    );
+    let mut bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &kam_uri,
+        "--password",
+        "bobpw",
+        "--listen",
+        "tcp:127.0.0.1:0",
+    ]);
+    bob.wait_for("bob registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    bob.send("call sip:alice@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.send("hangup");
+    alice.wait_for("alice disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    bob.quit();
+    alice.quit();
+}

@@ -51,6 +51,9 @@ pub struct RegistrarConfig {
     /// naming another host. Off by default (403 for such requests); needs
     /// `users`.
     pub relay_authenticated: bool,
+    /// `Service-Route` URIs (RFC 3608) for every REGISTER 2xx, in order:
+    /// the route the registered UA pre-loads on its requests.
+    pub service_routes: Vec<String>,
 }
 
 impl fmt::Debug for RegistrarConfig {
@@ -72,6 +75,7 @@ impl fmt::Debug for RegistrarConfig {
             .field("max_bindings_per_aor", &self.max_bindings_per_aor)
             .field("max_tracked_nonces", &self.max_tracked_nonces)
             .field("relay_authenticated", &self.relay_authenticated)
+            .field("service_routes", &self.service_routes.len())
             .finish()
     }
 }
@@ -92,6 +96,7 @@ impl Default for RegistrarConfig {
             max_bindings_per_aor: 16,
             max_tracked_nonces: 10_000,
             relay_authenticated: false,
+            service_routes: Vec::new(),
         }
     }
 }
@@ -581,6 +586,22 @@ impl Registrar {
             .header_values(HeaderName::Path)
             .map(str::to_owned)
             .collect();
+        if self.config.outbound && asks_outbound(&contacts) {
+            match first_hop_keeps_flows(req) {
+                Some(true) => {}
+                Some(false) => {
+                    return self.reply(
+                        ep,
+                        now,
+                        tx,
+                        req,
+                        (439, "First Hop Lacks Outbound Support"),
+                        &[],
+                    )
+                }
+                None => return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]),
+            }
+        }
         let source = ep.flow(flow).map(|f| f.remote);
         // Contact: * with Expires: 0 removes everything
         if contacts.iter().any(|c| matches!(c, Contact::Star)) {
@@ -716,6 +737,9 @@ impl Registrar {
         }
         for p in req.header_values(HeaderName::Path) {
             extra.push(("Path", p.to_owned()));
+        }
+        for uri in &self.config.service_routes {
+            extra.push(("Service-Route", format!("<{uri}>")));
         }
         self.reply(ep, now, tx, req, (200, "OK"), &extra)
     }
@@ -881,4 +905,29 @@ fn same_binding(b: &Binding, na: &NameAddr<'_>) -> bool {
         }
         (None, None) => Uri::parse(&b.contact).is_ok_and(|u| u.equivalent(na.uri())),
     }
+}
+
+/// True when a Contact asks for outbound: `+sip.instance` and `reg-id`
+/// (RFC 5626 §6).
+fn asks_outbound(contacts: &[Contact<'_>]) -> bool {
+    contacts.iter().any(|c| match c {
+        Contact::Addr(na) => na.sip_instance().is_some() && na.reg_id().is_some(),
+        Contact::Star => false,
+    })
+}
+
+/// RFC 5626 §6: whether the first hop of a REGISTER keeps its flows — we
+/// are the first hop (the request has one Via: it came straight from the
+/// UA), or the first hop's Path entry, the bottom-most one (each proxy
+/// adds its entry on top, RFC 3327), carries `;ob`. `None` for a
+/// malformed Path (a bad request).
+fn first_hop_keeps_flows(req: &Message) -> Option<bool> {
+    if req.vias().nth(1).is_none() {
+        return Some(true);
+    }
+    let mut first_hop = None;
+    for p in req.paths() {
+        first_hop = Some(p.ok()?);
+    }
+    Some(first_hop.is_some_and(|p| p.uri().as_sip().is_some_and(|s| s.ob())))
 }

@@ -891,3 +891,160 @@ fn purge_gives_memory_back_after_a_flood_of_bindings() {
         assert!(cap <= 64, "{sizes:?}");
     }
 }
+
+const DAVE_INSTANCE: &str = "urn:uuid:00000000-0000-1000-8000-000A95A0E128";
+
+/// A REGISTER for dave from a scripted peer at 192.0.2.50 (a proxy when
+/// `vias` has more than one entry: its Via on top of the phone's), with
+/// `path` as its Path headers (top first) and the Contact asking for
+/// outbound when `reg_id` is set. Returns the final answer.
+fn register_via(
+    w: &mut World,
+    peer: NodeId,
+    vias: usize,
+    path: &[&str],
+    reg_id: Option<u32>,
+) -> siproam_sip::Message {
+    let n = w.sim.log().len();
+    let mut b = MessageBuilder::request(Method::Register, "sip:example.test");
+    b = b.header(
+        "Via",
+        &format!("SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKedge{n}"),
+    );
+    for i in 1..vias {
+        b = b.header(
+            "Via",
+            &format!("SIP/2.0/UDP 198.51.100.{i}:5060;branch=z9hG4bKua{n}x{i}"),
+        );
+    }
+    for p in path {
+        b = b.header("Path", p);
+    }
+    let contact = match reg_id {
+        Some(r) => format!(
+            "<sip:dave@198.51.100.1;ob>;+sip.instance=\"<{DAVE_INSTANCE}>\";reg-id={r};expires=600"
+        ),
+        None => "<sip:dave@198.51.100.1>;expires=600".to_owned(),
+    };
+    let m = b
+        .header("From", "<sip:dave@example.test>;tag=d1")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", &format!("cid-path-{n}"))
+        .header("CSeq", "1 REGISTER")
+        .header("Supported", "outbound, path")
+        .header("Contact", &contact)
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.50"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        m.to_bytes(),
+    );
+    w.sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap()
+        .message
+}
+
+fn dave_bindings(w: &World) -> usize {
+    w.registrar
+        .borrow()
+        .lookup("dave@example.test", w.sim.now())
+        .len()
+}
+
+#[test]
+fn outbound_through_a_first_hop_without_ob_gets_439_and_stores_nothing() {
+    let mut w = world(RegistrarConfig::default());
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    // the first hop (the bottom-most Path entry, the proxy nearest the
+    // phone) did not say it keeps the flow: 439, nothing bound
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], Some(1));
+    assert_eq!(r.status(), Some(439));
+    assert_eq!(r.reason(), Some("First Hop Lacks Outbound Support"));
+    assert_eq!(dave_bindings(&w), 0);
+    // a proxy in between with no Path at all: the first hop is unknown
+    let r = register_via(&mut w, edge, 2, &[], Some(1));
+    assert_eq!(r.status(), Some(439));
+    // ;ob only on the top entry (the proxy nearest us) is not enough
+    let r = register_via(
+        &mut w,
+        edge,
+        3,
+        &["<sip:192.0.2.50;lr;ob>", "<sip:192.0.2.60;lr>"],
+        Some(1),
+    );
+    assert_eq!(r.status(), Some(439));
+    assert_eq!(dave_bindings(&w), 0);
+}
+
+#[test]
+fn outbound_through_a_first_hop_with_ob_or_straight_from_the_phone_is_bound() {
+    let mut w = world(RegistrarConfig::default());
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    // the bottom-most Path entry carries ;ob (two proxies on the way)
+    let r = register_via(
+        &mut w,
+        edge,
+        3,
+        &["<sip:192.0.2.60;lr>", "<sip:192.0.2.50;lr;ob>"],
+        Some(1),
+    );
+    assert_eq!(r.status(), Some(200));
+    assert!(r.has_token(HeaderName::Require, "outbound"));
+    assert_eq!(dave_bindings(&w), 1);
+    // no outbound asked: a Path without ;ob is fine
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], None);
+    assert_eq!(r.status(), Some(200));
+    // straight from the phone (one Via, no Path): we are the first hop
+    let r = register_via(&mut w, edge, 1, &[], Some(2));
+    assert_eq!(r.status(), Some(200));
+    assert!(r.has_token(HeaderName::Require, "outbound"));
+    assert_eq!(dave_bindings(&w), 3);
+}
+
+#[test]
+fn a_registrar_without_outbound_ignores_reg_id_and_sends_no_439() {
+    let mut w = world(RegistrarConfig {
+        outbound: false,
+        ..RegistrarConfig::default()
+    });
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], Some(1));
+    assert_eq!(r.status(), Some(200));
+    assert!(!r.has_token(HeaderName::Require, "outbound"));
+}
+
+#[test]
+fn the_register_2xx_carries_the_configured_service_route() {
+    let mut w = world(RegistrarConfig {
+        service_routes: vec![
+            "sip:orig@192.0.2.1;lr".to_owned(),
+            "sip:as.example.test;lr".to_owned(),
+        ],
+        ..RegistrarConfig::default()
+    });
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    let r = register_via(&mut w, edge, 1, &[], None);
+    assert_eq!(r.status(), Some(200));
+    let routes: Vec<String> = r
+        .header_values(HeaderName::ServiceRoute)
+        .flat_map(|v| siproam_sip::split_list(v).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        routes,
+        ["<sip:orig@192.0.2.1;lr>", "<sip:as.example.test;lr>"],
+        "in the configured order"
+    );
+    // a refusal carries none
+    let mut w = world(RegistrarConfig {
+        service_routes: vec!["sip:orig@192.0.2.1;lr".to_owned()],
+        ..RegistrarConfig::default()
+    });
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], Some(1));
+    assert_eq!(r.status(), Some(439));
+    assert_eq!(r.header_values(HeaderName::ServiceRoute).count(), 0);
+}

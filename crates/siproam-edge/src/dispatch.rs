@@ -80,14 +80,14 @@ impl Dispatcher {
                 None
             }
             Event::Response { request, response } => {
-                if proxy.handle_response(core, now, request, response.clone()) {
+                if proxy.handle_response(core, now, request, response.clone(), registrar) {
                     None
                 } else {
                     Some(Event::Response { request, response })
                 }
             }
             Event::RequestFailed { request, reason } => {
-                if proxy.handle_failure(core, now, request, reason) {
+                if proxy.handle_failure(core, now, request, reason, registrar) {
                     None
                 } else {
                     Some(Event::RequestFailed { request, reason })

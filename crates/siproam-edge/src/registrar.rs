@@ -423,19 +423,47 @@ impl Registrar {
     }
 
     /// The live bindings of an AoR (`user@domain` or a SIP URI), best `q`
-    /// first.
+    /// first, and among equals the most recently registered first (RFC
+    /// 5626 §5.3: an instance's newest flow is tried first).
     pub fn lookup(&self, aor: &str, now: Instant) -> Vec<Binding> {
         let key = match Uri::parse(aor).ok().and_then(|u| aor_key(&u)) {
             Some(k) => k,
             None => aor.to_ascii_lowercase(),
         };
+        // a list is kept in registration order (a refresh moves a binding
+        // to its end)
         let mut live: Vec<Binding> = self
             .bindings
             .get(&key)
-            .map(|v| v.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .map(|v| {
+                v.iter()
+                    .rev()
+                    .filter(|b| b.expires_at > now)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         live.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         live
+    }
+
+    /// Forgets the binding of an instance's flow `reg_id` (an edge proxy
+    /// answered 430: the flow it named is gone, RFC 5626 §5.3). True when
+    /// there was one.
+    pub fn forget_flow(&mut self, aor: &str, instance: &str, reg_id: u32) -> bool {
+        let Some(list) = self.bindings.get(aor) else {
+            return false;
+        };
+        let kept: Vec<Binding> = list
+            .iter()
+            .filter(|b| !(b.instance.as_deref() == Some(instance) && b.reg_id == Some(reg_id)))
+            .cloned()
+            .collect();
+        if kept.len() == list.len() {
+            return false;
+        }
+        self.set_bindings(aor, kept);
+        true
     }
 
     /// Every AoR with at least one live binding.
@@ -463,14 +491,17 @@ impl Registrar {
     }
 
     /// Forgets the outbound bindings (those with `reg-id`) that arrived on
-    /// a flow that failed (RFC 5626 §7: such a binding is only reachable
-    /// over its flow). Other bindings stay: their Contact can be reached
-    /// anew. Returns how many went.
+    /// a flow that failed straight from the UA (RFC 5626 §7: such a
+    /// binding is only reachable over its flow). Other bindings stay:
+    /// their Contact can be reached anew, and a binding registered through
+    /// an edge proxy (with a Path) is reached along its Path — the flow
+    /// that closed was the edge's, the UA's flow is the edge's to keep.
+    /// Returns how many went.
     pub fn flow_failed(&mut self, flow: FlowId) -> usize {
         let mut n = 0;
         for list in self.bindings.values_mut() {
             let before = list.len();
-            list.retain(|b| b.flow != flow || b.reg_id.is_none());
+            list.retain(|b| b.flow != flow || b.reg_id.is_none() || !b.path.is_empty());
             n += before - list.len();
         }
         if n > 0 {

@@ -19,7 +19,9 @@ mod dispatch;
 mod mac;
 mod proxy;
 mod registrar;
+mod store;
 
 pub use dispatch::Dispatcher;
 pub use proxy::{Proxy, Routed};
 pub use registrar::{aor_key, Binding, Handled, Registrar, RegistrarConfig, UsersError};
+pub use store::{LocationStore, MemoryStore};

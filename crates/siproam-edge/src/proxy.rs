@@ -677,8 +677,9 @@ fn aim_at_binding(
         }
         return Ok(first.flatten());
     }
-    let over_flow = ep
-        .flow(b.flow)
+    let over_flow = b
+        .flow
+        .and_then(|f| ep.flow(f))
         .filter(|f| f.transport.is_reliable())
         .map(|f| Target {
             transport: f.transport,

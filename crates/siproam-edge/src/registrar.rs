@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use siproam_core::{CoreError, Endpoint, FlowId, ListenPoint, ServerTxId};
@@ -11,6 +10,7 @@ use siproam_sip::digest::{self, Credentials, Secret, ServerChallenge};
 use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method, NameAddr, Uri};
 
 use crate::mac::Mac;
+use crate::store::{LocationStore, MemoryStore};
 
 /// Registrar (and proxy) settings.
 #[derive(Clone)]
@@ -157,10 +157,9 @@ pub struct Binding {
     /// The REGISTER's CSeq number.
     pub cseq: u32,
     /// The flow the REGISTER came on (requests for this binding go back
-    /// over it, RFC 5626 §5.3).
-    pub flow: FlowId,
-    /// Where the REGISTER came from.
-    pub source: Option<SocketAddr>,
+    /// over it, RFC 5626 §5.3); `None` for a binding another process of a
+    /// shared store registered (reached along its Path or at its Contact).
+    pub flow: Option<FlowId>,
     /// `q` in thousandths.
     pub q: Option<u16>,
     /// Path header values, top first (RFC 3327).
@@ -183,10 +182,8 @@ pub struct Registrar {
     mac: Mac,
     /// The time base of nonces: the first `now` seen.
     epoch: Option<Instant>,
-    bindings: HashMap<String, Vec<Binding>>,
-    /// How many bindings name each contact address ([`contact_key`]), so
-    /// the proxy can tell a registered Contact in one lookup.
-    contacts: HashMap<String, u32>,
+    /// The bindings, and which Contact addresses they name.
+    store: Box<dyn LocationStore>,
     nonces: NonceTable,
 }
 
@@ -269,7 +266,7 @@ const ROUTE_LABEL: &[u8] = b"siproam-record-route";
 
 /// The address part of a contact (`user@host:port`, host lower-cased,
 /// the default port filled in), to match a Request-URI against Contacts.
-fn contact_key(uri: &Uri<'_>) -> Option<String> {
+pub(crate) fn contact_key(uri: &Uri<'_>) -> Option<String> {
     let sip = uri.as_sip()?;
     let tls = sip.is_secure()
         || sip
@@ -291,14 +288,18 @@ pub fn aor_key(uri: &Uri<'_>) -> Option<String> {
 }
 
 impl Registrar {
-    /// A registrar.
+    /// A registrar keeping its bindings in memory ([`MemoryStore`]).
     pub fn new(config: RegistrarConfig) -> Registrar {
+        Registrar::with_store(config, Box::new(MemoryStore::new()))
+    }
+
+    /// A registrar keeping its bindings in `store`.
+    pub fn with_store(config: RegistrarConfig, store: Box<dyn LocationStore>) -> Registrar {
         Registrar {
             mac: Mac::new(&config.key),
             config,
             epoch: None,
-            bindings: HashMap::new(),
-            contacts: HashMap::new(),
+            store,
             nonces: NonceTable::default(),
         }
     }
@@ -313,9 +314,10 @@ impl Registrar {
     /// Sizes of the registrar's maps (AoRs, indexed contacts, tracked
     /// nonces) and their allocated capacities, for tests and metrics.
     pub fn sizes(&self) -> [(usize, usize); 3] {
+        let [aors, contacts] = self.store.sizes();
         [
-            (self.bindings.len(), self.bindings.capacity()),
-            (self.contacts.len(), self.contacts.capacity()),
+            aors,
+            contacts,
             (self.nonces.last_nc.len(), self.nonces.last_nc.capacity()),
         ]
     }
@@ -323,7 +325,7 @@ impl Registrar {
     /// True when the URI is the Contact of a binding (the proxy forwards
     /// requests addressed to one).
     pub fn is_bound_contact(&self, uri: &Uri<'_>) -> bool {
-        contact_key(uri).is_some_and(|k| self.contacts.contains_key(&k))
+        contact_key(uri).is_some_and(|k| self.store.is_bound_contact(&k))
     }
 
     /// True for a host of the domain served (any, when none is set).
@@ -346,41 +348,9 @@ impl Registrar {
         self.mac.verify(ROUTE_LABEL, call_id.as_bytes(), token)
     }
 
-    /// Replaces an AoR's bindings, keeping the contact index right.
+    /// Replaces an AoR's bindings.
     fn set_bindings(&mut self, key: &str, list: Vec<Binding>) {
-        let old = if list.is_empty() {
-            self.bindings.remove(key)
-        } else {
-            self.bindings.insert(key.to_owned(), list)
-        };
-        for b in old.iter().flatten() {
-            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
-                if let Some(n) = self.contacts.get_mut(&k) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.contacts.remove(&k);
-                    }
-                }
-            }
-        }
-        for b in self.bindings.get(key).into_iter().flatten() {
-            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
-                *self.contacts.entry(k).or_default() += 1;
-            }
-        }
-    }
-
-    /// Rebuilds the contact index after a sweep over every AoR.
-    fn reindex(&mut self) {
-        self.bindings.retain(|_, l| !l.is_empty());
-        self.contacts.clear();
-        for b in self.bindings.values().flatten() {
-            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
-                *self.contacts.entry(k).or_default() += 1;
-            }
-        }
-        shrink(&mut self.bindings);
-        shrink(&mut self.contacts);
+        self.store.replace(key, list);
     }
 
     /// How many nonces have their `nc` tracked (only nonces used in a
@@ -433,16 +403,13 @@ impl Registrar {
         // a list is kept in registration order (a refresh moves a binding
         // to its end)
         let mut live: Vec<Binding> = self
-            .bindings
-            .get(&key)
-            .map(|v| {
-                v.iter()
-                    .rev()
-                    .filter(|b| b.expires_at > now)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+            .store
+            .bindings(&key)
+            .iter()
+            .rev()
+            .filter(|b| b.expires_at > now)
+            .cloned()
+            .collect();
         live.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         live
     }
@@ -451,9 +418,7 @@ impl Registrar {
     /// answered 430: the flow it named is gone, RFC 5626 §5.3). True when
     /// there was one.
     pub fn forget_flow(&mut self, aor: &str, instance: &str, reg_id: u32) -> bool {
-        let Some(list) = self.bindings.get(aor) else {
-            return false;
-        };
+        let list = self.store.bindings(aor);
         let kept: Vec<Binding> = list
             .iter()
             .filter(|b| !(b.instance.as_deref() == Some(instance) && b.reg_id == Some(reg_id)))
@@ -468,22 +433,19 @@ impl Registrar {
 
     /// Every AoR with at least one live binding.
     pub fn aors(&self, now: Instant) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .bindings
-            .iter()
-            .filter(|(_, b)| b.iter().any(|b| b.expires_at > now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut v: Vec<String> = Vec::new();
+        self.store.for_each(&mut |aor, list| {
+            if list.iter().any(|b| b.expires_at > now) {
+                v.push(aor.to_owned());
+            }
+        });
         v.sort();
         v
     }
 
     /// Drops lapsed bindings and nonces (call now and then).
     pub fn purge(&mut self, now: Instant) {
-        for list in self.bindings.values_mut() {
-            list.retain(|b| b.expires_at > now);
-        }
-        self.reindex();
+        self.store.retain(&mut |b| b.expires_at > now);
         let lifetime = u64::try_from(self.config.nonce_lifetime.as_millis()).unwrap_or(u64::MAX);
         if let Some(lapsed) = self.millis(now).checked_sub(lifetime) {
             self.nonces.expire(lapsed);
@@ -499,14 +461,11 @@ impl Registrar {
     /// Returns how many went.
     pub fn flow_failed(&mut self, flow: FlowId) -> usize {
         let mut n = 0;
-        for list in self.bindings.values_mut() {
-            let before = list.len();
-            list.retain(|b| b.flow != flow || b.reg_id.is_none() || !b.path.is_empty());
-            n += before - list.len();
-        }
-        if n > 0 {
-            self.reindex();
-        }
+        self.store.retain(&mut |b| {
+            let gone = b.flow == Some(flow) && b.reg_id.is_some() && b.path.is_empty();
+            n += usize::from(gone);
+            !gone
+        });
         n
     }
 
@@ -633,16 +592,18 @@ impl Registrar {
                 None => return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]),
             }
         }
-        let source = ep.flow(flow).map(|f| f.remote);
         // Contact: * with Expires: 0 removes everything
         if contacts.iter().any(|c| matches!(c, Contact::Star)) {
             if contacts.len() != 1 || header_expires != Some(0) {
                 return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
             }
-            if let Some(list) = self.bindings.get(&key) {
-                if list.iter().any(|b| b.call_id == call_id && b.cseq >= cseq) {
-                    return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
-                }
+            if self
+                .store
+                .bindings(&key)
+                .iter()
+                .any(|b| b.call_id == call_id && b.cseq >= cseq)
+            {
+                return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
             }
             self.set_bindings(&key, Vec::new());
             return self.ok(ep, now, tx, req, &key, false);
@@ -671,10 +632,9 @@ impl Registrar {
         // unless the whole request is accepted. Work per REGISTER is
         // bounded by cap × cap URI comparisons.
         let mut list: Vec<Binding> = self
-            .bindings
-            .get(&key)
-            .into_iter()
-            .flatten()
+            .store
+            .bindings(&key)
+            .iter()
             .filter(|b| b.expires_at > now)
             .cloned()
             .collect();
@@ -701,8 +661,7 @@ impl Registrar {
                 reg_id,
                 call_id: call_id.clone(),
                 cseq,
-                flow,
-                source,
+                flow: Some(flow),
                 q: na.q(),
                 path: path.clone(),
             });
@@ -744,10 +703,9 @@ impl Registrar {
     ) -> Result<u16, CoreError> {
         let mut extra: Vec<(&str, String)> = Vec::new();
         for b in self
-            .bindings
-            .get(key)
-            .into_iter()
-            .flatten()
+            .store
+            .bindings(key)
+            .iter()
             .filter(|b| b.expires_at > now)
         {
             let secs = b.expires_at.saturating_duration_since(now).as_secs();

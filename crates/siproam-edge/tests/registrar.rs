@@ -134,7 +134,10 @@ fn registers_with_digest_over_udp_and_tcp() {
     // the flow is remembered (the TCP binding's flow is a connection)
     let tcp = bindings.iter().find(|b| b.contact.contains("tcp")).unwrap();
     assert_eq!(
-        w.sim.endpoint(w.reg).flow(tcp.flow).map(|f| f.transport),
+        w.sim
+            .endpoint(w.reg)
+            .flow(tcp.flow.unwrap())
+            .map(|f| f.transport),
         Some(Transport::Tcp)
     );
 }

@@ -46,6 +46,7 @@ impl Dispatcher {
             .is_none_or(|t| now.saturating_duration_since(t) > PURGE_EVERY)
         {
             registrar.purge(now);
+            registrar.expire_store_waits(core, now);
             self.last_purge = Some(now);
         }
         match event {
@@ -53,7 +54,7 @@ impl Dispatcher {
                 if let Some(tx) = tx {
                     match registrar.handle_request(core, now, tx, flow, &request) {
                         // a binding changed: pass it on (challenges are not news)
-                        Ok(Handled::Responded(200)) => {
+                        Ok(Handled::Responded(200) | Handled::Pending) => {
                             return Some(Event::IncomingRequest {
                                 tx: Some(tx),
                                 flow,

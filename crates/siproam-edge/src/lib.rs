@@ -23,5 +23,7 @@ mod store;
 
 pub use dispatch::Dispatcher;
 pub use proxy::{Proxy, Routed};
-pub use registrar::{aor_key, Binding, Handled, Registrar, RegistrarConfig, UsersError};
-pub use store::{LocationStore, MemoryStore};
+pub use registrar::{
+    aor_key, Binding, Handled, Registrar, RegistrarConfig, StoreOp, UsersError, AWAIT_LIMIT,
+};
+pub use store::{decode_shared, encode_shared, LocationStore, MemoryStore, SharedRecordError};

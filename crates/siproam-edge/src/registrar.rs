@@ -1,6 +1,6 @@
 //! The registrar (RFC 3261 §10.3) and its in-memory location service.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -173,7 +173,52 @@ pub enum Handled {
     Responded(u16),
     /// Not a REGISTER: the caller handles it.
     NotMine,
+    /// A REGISTER that changed bindings, answered once the shared store
+    /// acknowledged the write ([`Registrar::store_done`]).
+    Pending,
 }
+
+/// A write of one AoR's bindings for a store shared with other processes
+/// (the driver performs it and reports with [`Registrar::store_done`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOp {
+    /// Its id.
+    pub id: u64,
+    /// The AoR's location key.
+    pub aor: String,
+    /// Its bindings now, in registration order; empty: remove the AoR.
+    pub bindings: Vec<Binding>,
+}
+
+impl StoreOp {
+    /// How long the shared copy should live: until its last binding lapses
+    /// (`None`: remove it now).
+    pub fn lifetime(&self, now: Instant) -> Option<Duration> {
+        self.bindings
+            .iter()
+            .map(|b| b.expires_at.saturating_duration_since(now))
+            .max()
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// A REGISTER waiting for the shared store.
+#[derive(Debug)]
+struct AwaitingWrite {
+    tx: ServerTxId,
+    response: Message,
+    aor: String,
+    previous: Vec<Binding>,
+    written: Vec<Binding>,
+    since: Instant,
+}
+
+/// Most REGISTERs waiting for the shared store at once; beyond, 503.
+const MAX_AWAITING_WRITES: usize = 4096;
+/// Most writes queued for the driver.
+const MAX_OUTBOX: usize = 8192;
+/// A write not acknowledged within this is failed (503).
+pub const AWAIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The registrar and location service.
 #[derive(Debug)]
@@ -185,6 +230,12 @@ pub struct Registrar {
     /// The bindings, and which Contact addresses they name.
     store: Box<dyn LocationStore>,
     nonces: NonceTable,
+    /// Bindings shared with other processes: changes go out as
+    /// [`StoreOp`]s and a REGISTER waits for its write.
+    shared: bool,
+    outbox: VecDeque<StoreOp>,
+    awaiting: HashMap<u64, AwaitingWrite>,
+    next_op: u64,
 }
 
 impl Default for Registrar {
@@ -301,6 +352,10 @@ impl Registrar {
             epoch: None,
             store,
             nonces: NonceTable::default(),
+            shared: false,
+            outbox: VecDeque::new(),
+            awaiting: HashMap::new(),
+            next_op: 0,
         }
     }
 
@@ -427,6 +482,9 @@ impl Registrar {
         if kept.len() == list.len() {
             return false;
         }
+        if self.shared {
+            self.emit(aor, kept.clone());
+        }
         self.set_bindings(aor, kept);
         true
     }
@@ -461,11 +519,17 @@ impl Registrar {
     /// Returns how many went.
     pub fn flow_failed(&mut self, flow: FlowId) -> usize {
         let mut n = 0;
-        self.store.retain(&mut |b| {
+        let changed = self.store.retain(&mut |b| {
             let gone = b.flow == Some(flow) && b.reg_id.is_some() && b.path.is_empty();
             n += usize::from(gone);
             !gone
         });
+        if self.shared {
+            for aor in changed {
+                let now_bound = self.store.bindings(&aor).to_vec();
+                self.emit(&aor, now_bound);
+            }
+        }
         n
     }
 
@@ -481,8 +545,7 @@ impl Registrar {
         if req.method() != Some(Method::Register) {
             return Ok(Handled::NotMine);
         }
-        let code = self.register(ep, now, tx, flow, req)?;
-        Ok(Handled::Responded(code))
+        self.register(ep, now, tx, flow, req)
     }
 
     fn reply(
@@ -493,7 +556,7 @@ impl Registrar {
         req: &Message,
         (code, reason): (u16, &str),
         extra: &[(&str, String)],
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Handled, CoreError> {
         let tag = ep.random_token(10);
         let mut b = MessageBuilder::response_to(req, code, reason, Some(&tag));
         for (n, v) in extra {
@@ -507,7 +570,7 @@ impl Registrar {
         } else {
             ep.respond(now, tx, b.build()?)?;
         }
-        Ok(code)
+        Ok(Handled::Responded(code))
     }
 
     fn register(
@@ -517,7 +580,7 @@ impl Registrar {
         tx: ServerTxId,
         flow: FlowId,
         req: &Message,
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Handled, CoreError> {
         // the AoR is the To URI
         let Ok(to) = req.to() else {
             return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
@@ -605,8 +668,7 @@ impl Registrar {
             {
                 return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
             }
-            self.set_bindings(&key, Vec::new());
-            return self.ok(ep, now, tx, req, &key, false);
+            return self.commit(ep, now, tx, req, &key, Vec::new(), false);
         }
         // first pass: checks, before changing anything
         let mut updates = Vec::new();
@@ -669,10 +731,154 @@ impl Registrar {
         if list.len() > cap {
             return self.too_many_contacts(ep, now, tx, req);
         }
-        self.set_bindings(&key, list);
         let wants_outbound =
             outbound && self.config.outbound && req.has_token(HeaderName::Supported, "outbound");
-        self.ok(ep, now, tx, req, &key, wants_outbound)
+        self.commit(ep, now, tx, req, &key, list, wants_outbound)
+    }
+
+    /// Stores an accepted REGISTER's bindings and answers 2xx. With a
+    /// shared store the 2xx waits for the store's acknowledgement (a
+    /// [`StoreOp`] to perform, then [`Registrar::store_done`]); when too
+    /// many writes are already waiting, nothing changes and the answer is
+    /// 503.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+        key: &str,
+        list: Vec<Binding>,
+        outbound: bool,
+    ) -> Result<Handled, CoreError> {
+        if !self.shared {
+            self.set_bindings(key, list);
+            let response = self.ok(ep, now, req, key, outbound)?;
+            ep.respond(now, tx, response)?;
+            return Ok(Handled::Responded(200));
+        }
+        if self.awaiting.len() >= MAX_AWAITING_WRITES || self.outbox.len() >= MAX_OUTBOX {
+            tracing::warn!("shared location store: too many writes waiting; 503");
+            return self.reply(
+                ep,
+                now,
+                tx,
+                req,
+                (503, "Service Unavailable"),
+                &[("Retry-After", "5".to_owned())],
+            );
+        }
+        let previous = self.store.bindings(key).to_vec();
+        self.set_bindings(key, list.clone());
+        let response = self.ok(ep, now, req, key, outbound)?;
+        let id = self.emit(key, list.clone());
+        self.awaiting.insert(
+            id,
+            AwaitingWrite {
+                tx,
+                response,
+                aor: key.to_owned(),
+                previous,
+                written: list,
+                since: now,
+            },
+        );
+        Ok(Handled::Pending)
+    }
+
+    /// Queues a write of an AoR's bindings for the shared store.
+    fn emit(&mut self, aor: &str, bindings: Vec<Binding>) -> u64 {
+        self.next_op = self.next_op.wrapping_add(1);
+        let id = self.next_op;
+        if self.outbox.len() >= MAX_OUTBOX {
+            // only writes no REGISTER waits for get here (a failed flow's
+            // bindings): the shared copy keeps them until they lapse
+            tracing::warn!("shared location store: outbox full, a write is dropped");
+            return id;
+        }
+        self.outbox.push_back(StoreOp {
+            id,
+            aor: aor.to_owned(),
+            bindings,
+        });
+        id
+    }
+
+    /// The next write for the shared store to perform, oldest first (none
+    /// unless [`Registrar::set_shared`]). Perform them in this order and
+    /// report each with [`Registrar::store_done`].
+    pub fn poll_store_op(&mut self) -> Option<StoreOp> {
+        self.outbox.pop_front()
+    }
+
+    /// Makes the registrar keep its bindings in a store shared with other
+    /// processes: each change is a [`StoreOp`] ([`Registrar::poll_store_op`])
+    /// and a REGISTER's 2xx waits for [`Registrar::store_done`].
+    pub fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
+    /// The shared store performed (`stored`) or failed the write `id`:
+    /// the REGISTER waiting for it gets its 2xx, or 503 and its change is
+    /// undone (unless the AoR changed again since). Returns the status
+    /// sent; `None` for a write no REGISTER waited for (or one already
+    /// answered).
+    pub fn store_done(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        id: u64,
+        stored: bool,
+    ) -> Option<u16> {
+        let w = self.awaiting.remove(&id)?;
+        if stored {
+            return match ep.respond(now, w.tx, w.response) {
+                Ok(()) => Some(200),
+                Err(e) => {
+                    tracing::debug!("REGISTER 2xx after the store: {e}");
+                    None
+                }
+            };
+        }
+        if self.store.bindings(&w.aor) == w.written.as_slice() {
+            self.set_bindings(&w.aor, w.previous);
+        }
+        match ep.respond_status(now, w.tx, 503, "Service Unavailable") {
+            Ok(()) => Some(503),
+            Err(e) => {
+                tracing::debug!("REGISTER 503 after the store: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes waiting longer than [`AWAIT_LIMIT`] are failed (a driver that
+    /// lost one must not leave a REGISTER unanswered); call now and then.
+    pub fn expire_store_waits(&mut self, ep: &mut Endpoint, now: Instant) {
+        let late: Vec<u64> = self
+            .awaiting
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.since) > AWAIT_LIMIT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.store_done(ep, now, id, false);
+        }
+        shrink(&mut self.awaiting);
+    }
+
+    /// Puts an AoR's bindings as another process of the shared store wrote
+    /// them (at most `max_bindings_per_aor` are kept). The caller decodes
+    /// them ([`decode_shared`](crate::decode_shared)).
+    pub fn apply_shared(&mut self, aor: &str, mut bindings: Vec<Binding>) {
+        bindings.truncate(self.config.max_bindings_per_aor);
+        self.set_bindings(aor, bindings);
+    }
+
+    /// How many REGISTERs wait for the shared store.
+    pub fn store_waits(&self) -> usize {
+        self.awaiting.len()
     }
 
     /// More bindings than `max_bindings_per_aor`. RFC 3261 names no status
@@ -688,19 +894,19 @@ impl Registrar {
         now: Instant,
         tx: ServerTxId,
         req: &Message,
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Handled, CoreError> {
         self.reply(ep, now, tx, req, (403, "Too Many Registered Contacts"), &[])
     }
 
+    /// The 2xx to an accepted REGISTER: the AoR's bindings now.
     fn ok(
         &mut self,
         ep: &mut Endpoint,
         now: Instant,
-        tx: ServerTxId,
         req: &Message,
         key: &str,
         outbound: bool,
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Message, CoreError> {
         let mut extra: Vec<(&str, String)> = Vec::new();
         for b in self
             .store
@@ -730,7 +936,12 @@ impl Registrar {
         for uri in &self.config.service_routes {
             extra.push(("Service-Route", format!("<{uri}>")));
         }
-        self.reply(ep, now, tx, req, (200, "OK"), &extra)
+        let tag = ep.random_token(10);
+        let mut b = MessageBuilder::response_to(req, 200, "OK", Some(&tag));
+        for (n, v) in &extra {
+            b = b.header(n, v);
+        }
+        Ok(b.build()?)
     }
 
     fn authenticate(

@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::{Duration, Instant};
 
+use siproam_core::FlowId;
 use siproam_sip::Uri;
 
 use crate::registrar::{contact_key, shrink};
@@ -140,15 +142,167 @@ impl LocationStore for MemoryStore {
     }
 }
 
+/// The first word of a shared record (its format's version).
+const RECORD_MAGIC: &str = "siproam-loc/1";
+
+/// Why a shared record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SharedRecordError {
+    /// The first line is not `siproam-loc/1 ORIGIN`.
+    #[error("not a siproam location record")]
+    Header,
+    /// A binding line lacks a field or has a bad number.
+    #[error("binding {line}: malformed")]
+    Binding {
+        /// 1-based binding number.
+        line: usize,
+    },
+    /// More bindings than the registrar keeps for one AoR.
+    #[error("more than {cap} bindings")]
+    TooMany {
+        /// The cap.
+        cap: usize,
+    },
+}
+
+fn escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next()? {
+            '\\' => '\\',
+            't' => '\t',
+            'n' => '\n',
+            'r' => '\r',
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// An AoR's bindings as a text record for a store shared by several
+/// processes: lifetimes as absolute wall-clock milliseconds (`unix_ms` is
+/// the wall clock at `now`, both from the driver), the flow with the id of
+/// the process whose flow it is (`origin`: another process cannot use it).
+pub fn encode_shared(bindings: &[Binding], now: Instant, unix_ms: u64, origin: u64) -> String {
+    let mut out = format!("{RECORD_MAGIC} {origin:x}\n");
+    for b in bindings {
+        let left = u64::try_from(b.expires_at.saturating_duration_since(now).as_millis())
+            .unwrap_or(u64::MAX);
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t",
+            unix_ms.saturating_add(left),
+            opt(b.reg_id.map(|r| r.to_string())),
+            opt(b.q.map(|q| q.to_string())),
+            b.cseq,
+            opt(b.flow.map(|f| f.0.to_string())),
+        ));
+        escape(&mut out, b.instance.as_deref().unwrap_or_default());
+        out.push('\t');
+        escape(&mut out, &b.contact);
+        out.push('\t');
+        escape(&mut out, &b.call_id);
+        for p in &b.path {
+            out.push('\t');
+            escape(&mut out, p);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads a record [`encode_shared`] wrote: the bindings still live at
+/// `now` (`unix_ms` the wall clock then), their flow kept only when the
+/// record is this process's own (`origin`). At most `cap` bindings.
+pub fn decode_shared(
+    text: &str,
+    now: Instant,
+    unix_ms: u64,
+    origin: u64,
+    cap: usize,
+) -> Result<Vec<Binding>, SharedRecordError> {
+    let mut lines = text.lines();
+    let header = lines.next().ok_or(SharedRecordError::Header)?;
+    let theirs = header
+        .strip_prefix(RECORD_MAGIC)
+        .and_then(|r| r.strip_prefix(' '))
+        .and_then(|o| u64::from_str_radix(o, 16).ok())
+        .ok_or(SharedRecordError::Header)?;
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if i >= cap {
+            return Err(SharedRecordError::TooMany { cap });
+        }
+        let bad = SharedRecordError::Binding { line: i + 1 };
+        let mut f = line.split('\t');
+        let mut field = || f.next().ok_or(bad.clone());
+        let expires: u64 = field()?.parse().map_err(|_| bad.clone())?;
+        let num = |s: &str| -> Result<Option<u64>, SharedRecordError> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|_| bad.clone())
+            }
+        };
+        let reg_id = num(field()?)?
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| bad.clone())?;
+        let q = num(field()?)?
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|_| bad.clone())?;
+        let cseq = u32::try_from(num(field()?)?.ok_or(bad.clone())?).map_err(|_| bad.clone())?;
+        let flow = num(field()?)?.map(FlowId).filter(|_| theirs == origin);
+        let text = |s: &str| unescape(s).ok_or(bad.clone());
+        let instance = Some(text(field()?)?).filter(|i| !i.is_empty());
+        let contact = text(field()?)?;
+        let call_id = text(field()?)?;
+        let path = f.map(text).collect::<Result<Vec<_>, _>>()?;
+        if contact.is_empty() {
+            return Err(bad);
+        }
+        let Some(left) = expires.checked_sub(unix_ms).filter(|l| *l > 0) else {
+            continue; // lapsed
+        };
+        out.push(Binding {
+            contact,
+            expires_at: now + Duration::from_millis(left),
+            instance,
+            reg_id,
+            call_id,
+            cseq,
+            flow,
+            q,
+            path,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     // a binding's lifetime needs an instant; the store never reads one
     #![allow(clippy::disallowed_methods)]
-
-    use std::time::{Duration, Instant};
-
-    use siproam_core::FlowId;
 
     use super::*;
 
@@ -244,5 +398,92 @@ mod tests {
         s.for_each(&mut |aor, list| seen.push((aor.to_owned(), list.len())));
         seen.sort();
         assert_eq!(seen, [("a@x".to_owned(), 1), ("b@x".to_owned(), 1)]);
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::disallowed_methods)]
+
+    use super::*;
+
+    fn sample(now: Instant) -> Vec<Binding> {
+        vec![
+            Binding {
+                contact: "sip:alice@192.0.2.1:5060;ob".to_owned(),
+                expires_at: now + Duration::from_secs(300),
+                instance: Some("urn:uuid:1\tweird\\".to_owned()),
+                reg_id: Some(2),
+                call_id: "cid@host".to_owned(),
+                cseq: 7,
+                flow: Some(FlowId(42)),
+                q: Some(500),
+                path: vec![
+                    "<sip:edge.example.test;lr;ob>".to_owned(),
+                    "<sip:p2;lr>".to_owned(),
+                ],
+            },
+            Binding {
+                contact: "sip:alice@192.0.2.2".to_owned(),
+                expires_at: now + Duration::from_secs(60),
+                instance: None,
+                reg_id: None,
+                call_id: "c2".to_owned(),
+                cseq: 1,
+                flow: None,
+                q: None,
+                path: Vec::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_record_reads_back_in_its_own_process_with_its_flows() {
+        let now = Instant::now();
+        let b = sample(now);
+        let text = encode_shared(&b, now, 1_000_000, 7);
+        let back = decode_shared(&text, now, 1_000_000, 7, 16).unwrap();
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn another_process_reads_it_without_flows_and_with_lifetimes_on_its_clock() {
+        let now = Instant::now();
+        let text = encode_shared(&sample(now), now, 1_000_000, 7);
+        // read 10 s later by a process whose Instant base differs
+        let there = now + Duration::from_secs(1000);
+        let back = decode_shared(&text, there, 1_010_000, 8, 16).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back.iter().all(|b| b.flow.is_none()));
+        assert_eq!(back[0].expires_at, there + Duration::from_secs(290));
+        assert_eq!(back[0].path.len(), 2);
+        assert_eq!(back[0].instance.as_deref(), Some("urn:uuid:1\tweird\\"));
+        // 70 s later the 60 s binding has lapsed
+        let back = decode_shared(&text, there, 1_070_000, 8, 16).unwrap();
+        assert_eq!(back.len(), 1);
+    }
+
+    #[test]
+    fn malformed_or_oversized_records_are_refused() {
+        let now = Instant::now();
+        assert_eq!(
+            decode_shared("hello", now, 0, 1, 16),
+            Err(SharedRecordError::Header)
+        );
+        assert_eq!(
+            decode_shared("siproam-loc/1 7\n12\tx", now, 0, 1, 16),
+            Err(SharedRecordError::Binding { line: 1 })
+        );
+        assert_eq!(
+            decode_shared("siproam-loc/1 7\n99\t\t\t1\t\t\t\tc", now, 0, 1, 16),
+            Err(SharedRecordError::Binding { line: 1 }),
+            "no contact"
+        );
+        let text = encode_shared(&sample(now), now, 0, 7);
+        assert_eq!(
+            decode_shared(&text, now, 0, 7, 1),
+            Err(SharedRecordError::TooMany { cap: 1 })
+        );
     }
 }

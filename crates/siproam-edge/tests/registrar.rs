@@ -1051,3 +1051,152 @@ fn the_register_2xx_carries_the_configured_service_route() {
     assert_eq!(r.status(), Some(439));
     assert_eq!(r.header_values(HeaderName::ServiceRoute).count(), 0);
 }
+
+// ---- a store shared with other processes ----
+
+fn shared_world() -> (World, NodeId) {
+    let mut w = world(RegistrarConfig::default());
+    w.registrar.borrow_mut().set_shared(true);
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    (w, edge)
+}
+
+/// Sends dave's REGISTER (straight from the phone) without waiting for
+/// an answer.
+fn send_register(w: &mut World, peer: NodeId, cseq: u32, expires: u32) {
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKsh{cseq}"),
+        )
+        .header("From", "<sip:dave@example.test>;tag=d1")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", "cid-shared")
+        .header("CSeq", &format!("{cseq} REGISTER"))
+        .header(
+            "Contact",
+            &format!("<sip:dave@192.0.2.50>;expires={expires}"),
+        )
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.50"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        m.to_bytes(),
+    );
+}
+
+fn final_answer(w: &mut World, peer: NodeId, limit: Duration) -> Option<u16> {
+    let until = w.sim.now() + limit;
+    while w.sim.now() < until {
+        let left = until.saturating_duration_since(w.sim.now());
+        let r = w.sim.run_until_peer_receives(peer, left)?;
+        if r.message.status().is_some_and(|c| c >= 200) {
+            return r.message.status();
+        }
+    }
+    None
+}
+
+#[test]
+fn with_a_shared_store_the_2xx_waits_for_the_write_to_be_acknowledged() {
+    let (mut w, edge) = shared_world();
+    send_register(&mut w, edge, 1, 600);
+    // the phone retransmits meanwhile; nothing is answered
+    assert_eq!(final_answer(&mut w, edge, Duration::from_secs(2)), None);
+    let op = w.registrar.borrow_mut().poll_store_op().expect("a write");
+    assert!(
+        w.registrar.borrow_mut().poll_store_op().is_none(),
+        "one write"
+    );
+    assert_eq!(op.aor, "dave@example.test");
+    assert_eq!(op.bindings.len(), 1);
+    assert_eq!(op.bindings[0].contact, "sip:dave@192.0.2.50");
+    let life = op.lifetime(w.sim.now()).unwrap();
+    assert!(life <= Duration::from_secs(600) && life > Duration::from_secs(590));
+    let reg = w.registrar.clone();
+    let sent = w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().store_done(ep, now, op.id, true)
+    });
+    assert_eq!(sent, Some(200));
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(200)
+    );
+    assert_eq!(dave_bindings(&w), 1);
+    assert_eq!(w.registrar.borrow().store_waits(), 0);
+}
+
+#[test]
+fn with_a_shared_store_a_failed_write_is_a_503_and_undone() {
+    let (mut w, edge) = shared_world();
+    send_register(&mut w, edge, 1, 600);
+    w.sim.run_for(Duration::from_millis(100));
+    let op = w.registrar.borrow_mut().poll_store_op().unwrap();
+    let reg = w.registrar.clone();
+    let sent = w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().store_done(ep, now, op.id, false)
+    });
+    assert_eq!(sent, Some(503));
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(503)
+    );
+    assert_eq!(dave_bindings(&w), 0, "not acknowledged: not bound");
+    // a write never reported is failed once it waited too long
+    send_register(&mut w, edge, 2, 600);
+    w.sim.run_for(Duration::from_millis(100));
+    assert!(w.registrar.borrow_mut().poll_store_op().is_some());
+    assert_eq!(dave_bindings(&w), 1, "bound locally while the write is out");
+    w.sim
+        .run_for(siproam_edge::AWAIT_LIMIT + Duration::from_secs(1));
+    let reg = w.registrar.clone();
+    w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().expire_store_waits(ep, now)
+    });
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(503)
+    );
+    assert_eq!(dave_bindings(&w), 0);
+    assert_eq!(w.registrar.borrow().store_waits(), 0);
+}
+
+#[test]
+fn bindings_another_process_wrote_are_found_and_carry_no_flow() {
+    let (w, _edge) = shared_world();
+    let now = w.sim.now();
+    let theirs = vec![siproam_edge::Binding {
+        contact: "sip:erin@192.0.2.77".to_owned(),
+        expires_at: now + Duration::from_secs(60),
+        instance: None,
+        reg_id: None,
+        call_id: "x".to_owned(),
+        cseq: 1,
+        flow: None,
+        q: None,
+        path: Vec::new(),
+    }];
+    let text = siproam_edge::encode_shared(&theirs, now, 5_000_000, 1);
+    let back = siproam_edge::decode_shared(&text, now, 5_000_000, 2, 16).unwrap();
+    w.registrar
+        .borrow_mut()
+        .apply_shared("erin@example.test", back);
+    let b = w.registrar.borrow().lookup("sip:erin@example.test", now);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].flow, None);
+    assert!(
+        w.registrar.borrow_mut().poll_store_op().is_none(),
+        "not written back"
+    );
+    w.registrar
+        .borrow_mut()
+        .apply_shared("erin@example.test", Vec::new());
+    assert!(w
+        .registrar
+        .borrow()
+        .lookup("sip:erin@example.test", now)
+        .is_empty());
+}

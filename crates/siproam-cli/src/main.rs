@@ -48,7 +48,7 @@ enum Command {
     },
     /// Registrar, two agents, a call and an IP change on loopback, with a timeline.
     Demo,
-    /// A registrar and location service, in memory.
+    /// A registrar and location service (in memory, or shared in Redis).
     Registrar {
         /// Where to listen (`PROTO:HOST:PORT`, repeatable); default udp:127.0.0.1:5060.
         #[arg(long)]
@@ -86,6 +86,8 @@ enum Command {
         tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
         #[command(flatten)]
         tls: run::TlsArgs,
+        #[command(flatten)]
+        store: run::StoreArgs,
     },
     /// A long-running user agent: registers, places and answers calls.
     Agent {
@@ -264,6 +266,7 @@ fn main() -> ExitCode {
             max_connections,
             mut tcp_keepalive,
             mut tls,
+            store,
         } => {
             if let Err(e) = file
                 .registrar(
@@ -289,6 +292,7 @@ fn main() -> ExitCode {
                     max_connections,
                 },
                 run::RegistrarTransport { tls, tcp_keepalive },
+                store,
                 json,
             ))
         }

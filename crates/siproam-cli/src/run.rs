@@ -191,7 +191,23 @@ pub struct RegistrarTransport {
     pub tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
 }
 
+/// Where the registrar keeps its bindings, and what its 2xx tells the
+/// registered UA.
+#[derive(Debug, clap::Args, Clone)]
+pub struct StoreArgs {
+    /// The location store: `memory` (this process only) or
+    /// `redis://HOST:PORT` (shared by every registrar using it: a request
+    /// entering any of them reaches a user registered at another).
+    #[arg(long, value_name = "URL", default_value = "memory")]
+    pub store: String,
+    /// A `Service-Route` (RFC 3608) for every REGISTER 2xx, in order
+    /// (repeatable): the route the registered UA pre-loads.
+    #[arg(long = "service-route", value_name = "URI")]
+    pub service_routes: Vec<String>,
+}
+
 /// `siproam registrar`.
+#[allow(clippy::too_many_arguments)]
 pub async fn registrar(
     listen: Vec<String>,
     users: Option<PathBuf>,
@@ -199,11 +215,23 @@ pub async fn registrar(
     max_rate_per_source: u32,
     limits: BindingLimits,
     transport: RegistrarTransport,
+    store: StoreArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut config = RegistrarConfig {
         domain,
         ..registrar_config()?
+    };
+    for uri in &store.service_routes {
+        if siproam_sip::Uri::parse(uri).is_err() {
+            bail!("--service-route {uri}: not a URI");
+        }
+    }
+    config.service_routes = store.service_routes.clone();
+    let redis_url = match store.store.as_str() {
+        "memory" => None,
+        url if url.starts_with("redis://") => Some(url.to_owned()),
+        other => bail!("--store {other}: expected memory or redis://HOST:PORT"),
     };
     if let Some(n) = limits.max_bindings {
         config.max_bindings_per_aor = usize::try_from(n)?;
@@ -226,8 +254,24 @@ pub async fn registrar(
         .iter()
         .map(|s| parse_listen(s))
         .collect::<Result<_, _>>()?;
-    let app = RegistrarApp::new(Registrar::new(config));
+    let mut app = RegistrarApp::new(Registrar::new(config));
     let registrar = app.registrar();
+    // the shared store: connected and loaded before the first request
+    let mut shared = match redis_url {
+        Some(url) => {
+            let origin = seed();
+            let s = siproam::location::RedisStore::connect(
+                siproam::location::RedisConfig::new(&url),
+                registrar.clone(),
+                origin,
+            )
+            .await
+            .with_context(|| format!("--store {url}"))?;
+            app = app.with_shared_store(s.sender());
+            Some(s)
+        }
+        None => None,
+    };
     let ep_cfg = EndpointConfig {
         listen,
         // a registrar and proxy: every request goes to the application
@@ -259,6 +303,9 @@ pub async fn registrar(
         siproam::raise_open_files_limit_to(u64::from(n) + 256)?;
     }
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
+    if let Some(s) = &mut shared {
+        s.start(ep.app_commander());
+    }
     announce_listeners(&ep, json_out).await?;
     loop {
         tokio::select! {

@@ -8,7 +8,10 @@
 //! digest-uri checked). Time comes in as `now`; nonces are signed with the
 //! configured HMAC key, so a challenge costs no stored state. The proxy
 //! forwards requests for the AoRs it holds; the [`Dispatcher`] hands each
-//! endpoint event to the one it is for.
+//! endpoint event to the one it is for. Bindings live in a
+//! [`LocationStore`] ([`MemoryStore`] by default); a store shared by
+//! several processes is fed through [`StoreOp`]s the driver performs
+//! (`siproam::location`, Redis).
 //!
 //! No sockets, no tokio, no clock: the driver's `siproam::edge::RegistrarApp`
 //! runs the element inside a running endpoint.

@@ -1200,3 +1200,52 @@ fn bindings_another_process_wrote_are_found_and_carry_no_flow() {
         .lookup("sip:erin@example.test", now)
         .is_empty());
 }
+
+#[test]
+fn with_a_shared_store_a_closed_flow_writes_its_aors_remaining_bindings() {
+    let (mut w, _edge) = shared_world();
+    let phone = w.sim.add_peer("phone", &[ip("192.0.2.70")]);
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/TCP 192.0.2.70:40000;branch=z9hG4bKflow")
+        .header("From", "<sip:dave@example.test>;tag=d9")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", "cid-flow")
+        .header("CSeq", "1 REGISTER")
+        .header("Supported", "outbound, path")
+        .header(
+            "Contact",
+            &format!("<sip:dave@192.0.2.70:40000;transport=tcp;ob>;+sip.instance=\"<{DAVE_INSTANCE}>\";reg-id=1;expires=600"),
+        )
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        phone,
+        SocketAddr::new(ip("192.0.2.70"), 40000),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Tcp,
+        m.to_bytes(),
+    );
+    w.sim.run_for(Duration::from_millis(100));
+    let op = w.registrar.borrow_mut().poll_store_op().unwrap();
+    let reg = w.registrar.clone();
+    w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().store_done(ep, now, op.id, true)
+    });
+    let r = w
+        .sim
+        .run_until_peer_receives(phone, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(r.message.status(), Some(200));
+    // the registrar is driven by hand here: tell it the flow closed
+    let flow = w
+        .registrar
+        .borrow()
+        .lookup("dave@example.test", w.sim.now())[0]
+        .flow
+        .unwrap();
+    assert_eq!(w.registrar.borrow_mut().flow_failed(flow), 1);
+    let op = w.registrar.borrow_mut().poll_store_op().expect("a write");
+    assert_eq!(op.aor, "dave@example.test");
+    assert!(op.bindings.is_empty(), "the shared copy forgets it too");
+    assert_eq!(op.lifetime(w.sim.now()), None);
+}

@@ -2,7 +2,7 @@
 //! (`siproam registrar --store redis://HOST:PORT`).
 //!
 //! The sans-IO [`Registrar`] stays the authority of its decisions and
-//! keeps a local replica of every binding in its [`MemoryStore`], so
+//! keeps a local replica of every binding in its [`MemoryStore`](crate::edge::MemoryStore), so
 //! lookups stay synchronous. This module only moves records:
 //!
 //! - **writes**: each [`StoreOp`] the registrar emits (an AoR's bindings

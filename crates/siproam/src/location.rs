@@ -312,12 +312,15 @@ impl Reader {
                 }
             }
             warn!("the location store's subscription ended; subscribing again");
+            // 1 s, doubling up to 30 s while Redis stays away
+            let mut wait = Duration::from_secs(1);
             pubsub = loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(wait).await;
                 match self.resubscribe(&client, &config).await {
                     Ok(p) => break p,
-                    Err(e) => warn!("{e}"),
+                    Err(e) => warn!(retry_in = ?wait, "location store subscription: {e}"),
                 }
+                wait = (wait * 2).min(Duration::from_secs(30));
             };
         }
     }

@@ -266,8 +266,9 @@ fn main() -> ExitCode {
             max_connections,
             mut tcp_keepalive,
             mut tls,
-            store,
+            mut store,
         } => {
+            file.store(&mut store);
             if let Err(e) = file
                 .registrar(
                     &mut listen,

@@ -195,11 +195,11 @@ pub struct RegistrarTransport {
 /// registered UA.
 #[derive(Debug, clap::Args, Clone)]
 pub struct StoreArgs {
-    /// The location store: `memory` (this process only) or
+    /// The location store: `memory` (this process only; the default) or
     /// `redis://HOST:PORT` (shared by every registrar using it: a request
     /// entering any of them reaches a user registered at another).
-    #[arg(long, value_name = "URL", default_value = "memory")]
-    pub store: String,
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// A `Service-Route` (RFC 3608) for every REGISTER 2xx, in order
     /// (repeatable): the route the registered UA pre-loads.
     #[arg(long = "service-route", value_name = "URI")]
@@ -228,7 +228,7 @@ pub async fn registrar(
         }
     }
     config.service_routes = store.service_routes.clone();
-    let redis_url = match store.store.as_str() {
+    let redis_url = match store.store.as_deref().unwrap_or("memory") {
         "memory" => None,
         url if url.starts_with("redis://") => Some(url.to_owned()),
         other => bail!("--store {other}: expected memory or redis://HOST:PORT"),
@@ -571,6 +571,8 @@ pub struct FileConfig {
     max_ringing: Option<usize>,
     max_calls: Option<usize>,
     no_answer: Option<u64>,
+    store: Option<String>,
+    service_route: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -615,6 +617,16 @@ impl FileConfig {
         }
         self.tls(tls);
         Ok(())
+    }
+
+    /// `store` and `service-route` from the file when the flags were not
+    /// given.
+    pub fn store(&self, s: &mut StoreArgs) {
+        fill(&mut s.store, &self.store);
+        if s.service_routes.is_empty() {
+            s.service_routes
+                .extend(self.service_route.clone().unwrap_or_default());
+        }
     }
 
     /// `tcp-keepalive` from the file when the flag was not given (agent
@@ -1230,6 +1242,52 @@ mod tests {
         assert_eq!(
             (s.keepalive_datagram, s.keepalive_stream),
             (secs(7), secs(90))
+        );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct StoreCli {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    /// `--store` and `--service-route` (repeatable, in order), or the
+    /// file's `store` / `service-route` when the flags are absent.
+    #[test]
+    fn store_and_service_routes_from_flags_or_the_file() {
+        let parse = |args: &[&str], toml_text: &str| {
+            let mut s = StoreCli::try_parse_from(std::iter::once("r").chain(args.iter().copied()))
+                .unwrap()
+                .store;
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            file.store(&mut s);
+            (s.store, s.service_routes)
+        };
+        assert_eq!(parse(&[], ""), (None, Vec::new()));
+        let file = "store = \"redis://127.0.0.1:6379\"\nservice-route = [\"sip:a;lr\"]\n";
+        assert_eq!(
+            parse(&[], file),
+            (
+                Some("redis://127.0.0.1:6379".to_owned()),
+                vec!["sip:a;lr".to_owned()]
+            )
+        );
+        assert_eq!(
+            parse(
+                &[
+                    "--store",
+                    "memory",
+                    "--service-route",
+                    "sip:x;lr",
+                    "--service-route",
+                    "sip:y;lr"
+                ],
+                file
+            ),
+            (
+                Some("memory".to_owned()),
+                vec!["sip:x;lr".to_owned(), "sip:y;lr".to_owned()]
+            )
         );
     }
 

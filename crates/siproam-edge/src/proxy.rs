@@ -535,14 +535,24 @@ impl Proxy {
             return true; // hop by hop: never forwarded
         }
         if code == 430 || code == 408 {
-            if let Some(retry) = self.pending.get(&request).and_then(|p| p.retry.as_ref()) {
+            let to_instance = self.pending.get(&request).and_then(|p| p.retry.as_ref());
+            if let Some(retry) = to_instance {
                 if code == 430 {
                     if let Some(reg_id) = retry.tried.last() {
                         registrar.forget_flow(&retry.aor, &retry.instance, *reg_id);
                     }
                 }
             }
+            let to_instance = to_instance.is_some();
             if self.next_flow(ep, now, request, registrar) {
+                return true;
+            }
+            if code == 430 && to_instance {
+                // every flow of the callee failed; a 430 upstream would
+                // tell the caller its own flow failed (it would register
+                // again): the callee is temporarily unavailable
+                self.forget(request);
+                let _ = ep.respond_status(now, server, 480, "Temporarily Unavailable");
                 return true;
             }
         }

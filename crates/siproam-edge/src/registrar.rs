@@ -752,7 +752,8 @@ impl Registrar {
         list: Vec<Binding>,
         outbound: bool,
     ) -> Result<Handled, CoreError> {
-        if !self.shared {
+        // a fetch (no Contact) changes nothing: nothing to write
+        if !self.shared || self.store.bindings(key) == list.as_slice() {
             self.set_bindings(key, list);
             let response = self.ok(ep, now, req, key, outbound)?;
             ep.respond(now, tx, response)?;

@@ -1127,6 +1127,27 @@ fn with_a_shared_store_the_2xx_waits_for_the_write_to_be_acknowledged() {
     );
     assert_eq!(dave_bindings(&w), 1);
     assert_eq!(w.registrar.borrow().store_waits(), 0);
+    // a fetch (no Contact) changes nothing: answered at once, no write
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKfetch")
+        .header("From", "<sip:dave@example.test>;tag=d1")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", "cid-shared")
+        .header("CSeq", "2 REGISTER")
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        edge,
+        SocketAddr::new(ip("192.0.2.50"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        m.to_bytes(),
+    );
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(200)
+    );
+    assert!(w.registrar.borrow_mut().poll_store_op().is_none());
 }
 
 #[test]

@@ -897,12 +897,24 @@ fn register_through_edge(
     reg_id: u32,
     transport: Transport,
 ) -> u16 {
+    let path = format!("<sip:{edge_ip};lr;ob>");
+    register_with_path(w, edge, edge_ip, reg_id, transport, &path)
+}
+
+fn register_with_path(
+    w: &mut World,
+    edge: NodeId,
+    edge_ip: &str,
+    reg_id: u32,
+    transport: Transport,
+    path: &str,
+) -> u16 {
     let n = w.sim.log().len();
     let t = transport.param().to_ascii_uppercase();
     let m = MessageBuilder::request(Method::Register, "sip:example.test")
         .header("Via", &format!("SIP/2.0/{t} {edge_ip}:5060;branch=z9hG4bKe{n}"))
         .header("Via", &format!("SIP/2.0/TCP 198.51.100.7:40000;branch=z9hG4bKc{n}"))
-        .header("Path", &format!("<sip:{edge_ip};lr;ob>"))
+        .header("Path", path)
         .header("From", "<sip:carol@example.test>;tag=c1")
         .header("To", "<sip:carol@example.test>")
         .header("Call-ID", &format!("carol-{reg_id}"))
@@ -1143,4 +1155,29 @@ fn an_edge_connection_closing_keeps_the_bindings_registered_through_it() {
     w.sim.peer_close(r.conn.unwrap());
     w.sim.run_for(Duration::from_millis(200));
     assert_eq!(carol_reg_ids(&w), [Some(1)], "the phone's flow is gone");
+}
+
+#[test]
+fn an_edge_that_cannot_be_reached_fails_over_to_the_instances_other_flow() {
+    let mut w = world(Transport::Udp);
+    let a = w.sim.add_peer("edge-a", &[ip(EDGE_A)]);
+    let b = w.sim.add_peer("edge-b", &[ip(EDGE_B)]);
+    assert_eq!(
+        register_through_edge(&mut w, a, EDGE_A, 1, Transport::Udp),
+        200
+    );
+    w.sim.run_for(Duration::from_secs(1));
+    let path_b = format!("<sip:{EDGE_B};transport=tcp;lr;ob>");
+    assert_eq!(
+        register_with_path(&mut w, b, EDGE_B, 2, Transport::Udp, &path_b),
+        200
+    );
+    // edge B is gone: the connection towards it cannot be opened
+    w.sim.set_addresses(b, &[]);
+    alice_invites_carol(&mut w);
+    let got = edge_request(&mut w, a, Duration::from_secs(5)).expect("edge A instead");
+    assert_eq!(got.message.method(), Some(Method::Invite));
+    reply(&mut w, a, &got, 200, "OK");
+    w.sim.run_for(Duration::from_millis(300));
+    assert_eq!(alice_finals(&mut w), [200]);
 }

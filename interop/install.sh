@@ -23,6 +23,10 @@
 #                              outbound namespace test)
 #   tcpdump                    captures with kernel timestamps (the outbound
 #                              namespace test times the keep-alives on the wire)
+#   redis-server               a shared location store for two registrar
+#                              processes (siproam-cli/tests/redis_store.rs starts
+#                              its own on a free loopback port; the packaged
+#                              service is not used)
 #
 # The Debian kamailio package ships a service (init script, systemd unit)
 # that must not start here (it would listen on every address, port 5060):
@@ -31,7 +35,7 @@
 # place if there is none.
 set -euo pipefail
 
-PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3 nftables conntrack tcpdump)
+PKGS=(kamailio kamailio-outbound-modules sip-tester iproute2 baresip baresip-core python3 nftables conntrack tcpdump redis-server)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root" >&2
@@ -63,7 +67,7 @@ fi
 
 # What the scripts rely on, checked every time.
 fail=0
-for b in kamailio kamcmd sipp ss timeout setsid baresip python3 nft conntrack tcpdump; do
+for b in kamailio kamcmd sipp ss timeout setsid baresip python3 nft conntrack tcpdump redis-server; do
     command -v "$b" >/dev/null || { echo "install.sh: '$b' missing after install" >&2; fail=1; }
 done
 MODDIR=$(kamailio -I 2>/dev/null | sed -n "s/^ *Default paths to modules: *//p" | head -n1)

@@ -50,7 +50,7 @@ enum Command {
     },
     /// Registrar, two agents, a call and an IP change on loopback, with a timeline.
     Demo,
-    /// A registrar and location service, in memory.
+    /// A registrar and location service (in memory, or shared in Redis).
     Registrar {
         /// Where to listen (`PROTO:HOST:PORT`, repeatable); default udp:127.0.0.1:5060.
         #[arg(long)]
@@ -93,6 +93,8 @@ enum Command {
         flow_timer: Option<u32>,
         #[command(flatten)]
         tls: run::TlsArgs,
+        #[command(flatten)]
+        store: run::StoreArgs,
     },
     /// An RFC 5626 edge proxy in front of a registrar: Path and
     /// Record-Route with signed flow tokens, 430 on a dead flow, CRLF pong
@@ -311,7 +313,9 @@ fn main() -> ExitCode {
             mut tcp_keepalive,
             mut flow_timer,
             mut tls,
+            mut store,
         } => {
+            file.store(&mut store);
             if let Err(e) = file
                 .registrar(
                     &mut listen,
@@ -341,6 +345,7 @@ fn main() -> ExitCode {
                     tcp_keepalive,
                     flow_timer,
                 },
+                store,
                 json,
             ))
         }

@@ -195,7 +195,23 @@ pub struct RegistrarTransport {
     pub flow_timer: Option<u32>,
 }
 
+/// Where the registrar keeps its bindings, and what its 2xx tells the
+/// registered UA.
+#[derive(Debug, clap::Args, Clone)]
+pub struct StoreArgs {
+    /// The location store: `memory` (this process only; the default) or
+    /// `redis://HOST:PORT` (shared by every registrar using it: a request
+    /// entering any of them reaches a user registered at another).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// A `Service-Route` (RFC 3608) for every REGISTER 2xx, in order
+    /// (repeatable): the route the registered UA pre-loads.
+    #[arg(long = "service-route", value_name = "URI")]
+    pub service_routes: Vec<String>,
+}
+
 /// `siproam registrar`.
+#[allow(clippy::too_many_arguments)]
 pub async fn registrar(
     listen: Vec<String>,
     users: Option<PathBuf>,
@@ -203,12 +219,24 @@ pub async fn registrar(
     max_rate_per_source: u32,
     limits: BindingLimits,
     transport: RegistrarTransport,
+    store: StoreArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut config = RegistrarConfig {
         domain,
         flow_timer: transport.flow_timer,
         ..registrar_config()?
+    };
+    for uri in &store.service_routes {
+        if siproam_sip::Uri::parse(uri).is_err() {
+            bail!("--service-route {uri}: not a URI");
+        }
+    }
+    config.service_routes = store.service_routes.clone();
+    let redis_url = match store.store.as_deref().unwrap_or("memory") {
+        "memory" => None,
+        url if url.starts_with("redis://") => Some(url.to_owned()),
+        other => bail!("--store {other}: expected memory or redis://HOST:PORT"),
     };
     if let Some(n) = limits.max_bindings {
         config.max_bindings_per_aor = usize::try_from(n)?;
@@ -231,8 +259,24 @@ pub async fn registrar(
         .iter()
         .map(|s| parse_listen(s))
         .collect::<Result<_, _>>()?;
-    let app = RegistrarApp::new(Registrar::new(config));
+    let mut app = RegistrarApp::new(Registrar::new(config));
     let registrar = app.registrar();
+    // the shared store: connected and loaded before the first request
+    let mut shared = match redis_url {
+        Some(url) => {
+            let origin = seed();
+            let s = siproam::location::RedisStore::connect(
+                siproam::location::RedisConfig::new(&url),
+                registrar.clone(),
+                origin,
+            )
+            .await
+            .with_context(|| format!("--store {url}"))?;
+            app = app.with_shared_store(s.sender());
+            Some(s)
+        }
+        None => None,
+    };
     let ep_cfg = EndpointConfig {
         listen,
         // a registrar and proxy: every request goes to the application
@@ -264,6 +308,9 @@ pub async fn registrar(
         siproam::raise_open_files_limit_to(u64::from(n) + 256)?;
     }
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(app)).await?;
+    if let Some(s) = &mut shared {
+        s.start(ep.app_commander());
+    }
     announce_listeners(&ep, json_out).await?;
     loop {
         tokio::select! {
@@ -530,6 +577,8 @@ pub struct FileConfig {
     max_ringing: Option<usize>,
     max_calls: Option<usize>,
     no_answer: Option<u64>,
+    store: Option<String>,
+    service_route: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -586,6 +635,16 @@ impl FileConfig {
             *slot = self.flow_timer;
         }
         Ok(())
+    }
+
+    /// `store` and `service-route` from the file when the flags were not
+    /// given.
+    pub fn store(&self, s: &mut StoreArgs) {
+        fill(&mut s.store, &self.store);
+        if s.service_routes.is_empty() {
+            s.service_routes
+                .extend(self.service_route.clone().unwrap_or_default());
+        }
     }
 
     /// `tcp-keepalive` from the file when the flag was not given (agent
@@ -1201,6 +1260,52 @@ mod tests {
         assert_eq!(
             (s.keepalive_datagram, s.keepalive_stream),
             (secs(7), secs(90))
+        );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct StoreCli {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    /// `--store` and `--service-route` (repeatable, in order), or the
+    /// file's `store` / `service-route` when the flags are absent.
+    #[test]
+    fn store_and_service_routes_from_flags_or_the_file() {
+        let parse = |args: &[&str], toml_text: &str| {
+            let mut s = StoreCli::try_parse_from(std::iter::once("r").chain(args.iter().copied()))
+                .unwrap()
+                .store;
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            file.store(&mut s);
+            (s.store, s.service_routes)
+        };
+        assert_eq!(parse(&[], ""), (None, Vec::new()));
+        let file = "store = \"redis://127.0.0.1:6379\"\nservice-route = [\"sip:a;lr\"]\n";
+        assert_eq!(
+            parse(&[], file),
+            (
+                Some("redis://127.0.0.1:6379".to_owned()),
+                vec!["sip:a;lr".to_owned()]
+            )
+        );
+        assert_eq!(
+            parse(
+                &[
+                    "--store",
+                    "memory",
+                    "--service-route",
+                    "sip:x;lr",
+                    "--service-route",
+                    "sip:y;lr"
+                ],
+                file
+            ),
+            (
+                Some("memory".to_owned()),
+                vec!["sip:x;lr".to_owned(), "sip:y;lr".to_owned()]
+            )
         );
     }
 

@@ -14,8 +14,25 @@ use common::have;
 
 fn bench(extra: &[&str]) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
-        .args(["--json", "bench", "edge", "--bindings", "300", "--seconds", "1"])
-        .args(["--flows", "40", "--interval", "1", "--sources", "16", "--window", "16"])
+        .args([
+            "--json",
+            "bench",
+            "edge",
+            "--bindings",
+            "300",
+            "--seconds",
+            "1",
+        ])
+        .args([
+            "--flows",
+            "40",
+            "--interval",
+            "1",
+            "--sources",
+            "16",
+            "--window",
+            "16",
+        ])
         .args(extra)
         .output()
         .unwrap();
@@ -50,7 +67,10 @@ fn check_server(results: &[Value], server: &str) {
         .unwrap_or_else(|| panic!("no {server} tcp_flows in {results:?}"));
     assert_eq!(f["flows"], 40, "{f}");
     assert_eq!(f["flows_dropped"], 0, "{f}");
-    assert!(f["pongs"].as_u64().unwrap() >= 40, "a pong on every flow: {f}");
+    assert!(
+        f["pongs"].as_u64().unwrap() >= 40,
+        "a pong on every flow: {f}"
+    );
 }
 
 #[test]
@@ -69,5 +89,8 @@ fn kamailio_is_measured_the_same_way() {
     check_server(&results, "siproam");
     check_server(&results, "kamailio");
     let summary = results.iter().find(|v| v["part"] == "summary").unwrap();
-    assert!(summary["register_udp_vs_kamailio"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(
+        summary["register_udp_vs_kamailio"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
 }

@@ -46,6 +46,7 @@ impl Dispatcher {
             .is_none_or(|t| now.saturating_duration_since(t) > PURGE_EVERY)
         {
             registrar.purge(now);
+            registrar.expire_store_waits(core, now);
             self.last_purge = Some(now);
         }
         match event {
@@ -53,7 +54,7 @@ impl Dispatcher {
                 if let Some(tx) = tx {
                     match registrar.handle_request(core, now, tx, flow, &request) {
                         // a binding changed: pass it on (challenges are not news)
-                        Ok(Handled::Responded(200)) => {
+                        Ok(Handled::Responded(200) | Handled::Pending) => {
                             return Some(Event::IncomingRequest {
                                 tx: Some(tx),
                                 flow,
@@ -80,14 +81,14 @@ impl Dispatcher {
                 None
             }
             Event::Response { request, response } => {
-                if proxy.handle_response(core, now, request, response.clone()) {
+                if proxy.handle_response(core, now, request, response.clone(), registrar) {
                     None
                 } else {
                     Some(Event::Response { request, response })
                 }
             }
             Event::RequestFailed { request, reason } => {
-                if proxy.handle_failure(core, now, request, reason) {
+                if proxy.handle_failure(core, now, request, reason, registrar) {
                     None
                 } else {
                     Some(Event::RequestFailed { request, reason })

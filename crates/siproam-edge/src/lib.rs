@@ -12,6 +12,10 @@
 //! edge proxy in front of a registrar: Path and Record-Route with signed
 //! flow tokens ([`FlowTokenKey`]), requests routed back over exactly the
 //! flow a token names (430 when it is gone), flow clean-up.
+//! Bindings live in a
+//! [`LocationStore`] ([`MemoryStore`] by default); a store shared by
+//! several processes is fed through [`StoreOp`]s the driver performs
+//! (`siproam::location`, Redis).
 //!
 //! No sockets, no tokio, no clock: the driver's `siproam::edge::RegistrarApp`
 //! runs the element inside a running endpoint.
@@ -24,9 +28,13 @@ mod flow_token;
 mod mac;
 mod proxy;
 mod registrar;
+mod store;
 
 pub use dispatch::Dispatcher;
 pub use edge::{has_flow_token, EdgeConfig, EdgeProxy, EdgeSizes};
 pub use flow_token::{FlowToken, FlowTokenKey, TokenError, MAX_TOKEN_LEN};
 pub use proxy::{Proxy, Routed};
-pub use registrar::{aor_key, Binding, Handled, Registrar, RegistrarConfig, UsersError};
+pub use registrar::{
+    aor_key, Binding, Handled, Registrar, RegistrarConfig, StoreOp, UsersError, AWAIT_LIMIT,
+};
+pub use store::{decode_shared, encode_shared, LocationStore, MemoryStore, SharedRecordError};

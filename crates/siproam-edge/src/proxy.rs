@@ -18,10 +18,10 @@ use siproam_core::{
     CoreError, Endpoint, FlowId, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
     Transport,
 };
-use siproam_sip::{HeaderName, Message, MessageBuilder, Uri};
+use siproam_sip::{HeaderName, Message, MessageBuilder, NameAddr, Uri};
 
 use crate::registrar::{aor_key, shrink};
-use crate::Registrar;
+use crate::{Binding, Registrar};
 
 /// The Record-Route URI parameter that carries the dialog's token.
 const TOKEN_PARAM: &str = "rrt";
@@ -43,6 +43,29 @@ struct Pending {
     since: Instant,
     /// The upstream branch of a forwarded INVITE (its key in `invites`).
     invite_branch: Option<String>,
+    /// Sent to a flow of an instance (an outbound binding): what trying
+    /// its other flows needs, should this one fail.
+    retry: Option<Box<FlowRetry>>,
+}
+
+/// A request sent to one flow of an instance, kept so that when the flow
+/// fails — 430 or 408 from the edge proxy, no answer, the next hop
+/// unreachable — it goes to the same instance's next flow (RFC 5626
+/// §5.3), before the UA has registered again. Any other final answer is
+/// the instance's own and goes upstream.
+#[derive(Debug, Clone)]
+struct FlowRetry {
+    /// The request as it was before it was aimed at a binding.
+    request: Message,
+    /// The flow it came in on (the caller's leg of the Record-Route).
+    inbound: FlowId,
+    /// The AoR's location key.
+    aor: String,
+    /// `+sip.instance`.
+    instance: String,
+    /// The reg-ids tried, the current one last (at most the AoR's
+    /// bindings, bounded by `max_bindings_per_aor`).
+    tried: Vec<u32>,
 }
 
 /// The proxy's transaction state: which server transaction each forwarded
@@ -183,7 +206,6 @@ impl Proxy {
     ) -> Result<Routed, CoreError> {
         self.sweep(now);
         let points = ep.listen_points().to_vec();
-        let inbound = ep.flow(flow).map(|f| f.transport).unwrap_or(Transport::Udp);
         let method = req
             .method()
             .map(|m| m.as_str().to_owned())
@@ -200,6 +222,10 @@ impl Proxy {
                 .to_owned();
             return match self.invites.get(&branch).copied() {
                 Some(invite) => {
+                    // a cancelled INVITE tries no other flow
+                    if let Some(p) = self.pending.get_mut(&invite) {
+                        p.retry = None;
+                    }
                     Self::reply(ep, now, tx, &req, 200, "OK")?;
                     // the INVITE's own 487 comes back from downstream
                     let _ = ep.cancel(now, invite);
@@ -300,56 +326,24 @@ impl Proxy {
                         .is_ok()
                 });
                 if let Some(b) = bindings.first() {
-                    req.set_request_uri(&b.contact)?;
-                    // RFC 3327 §5.3: a binding registered with Path is
-                    // reached along it (an RFC 5626 edge proxy's flow
-                    // token): its entries become the Route set, the first
-                    // one the next hop
-                    let path: Vec<&str> = b
-                        .path
-                        .iter()
-                        .flat_map(|v| siproam_sip::split_list(v))
-                        .map(str::trim)
-                        .filter(|e| !e.is_empty())
-                        .collect();
-                    let first_hop = path
-                        .first()
-                        .and_then(|p| siproam_sip::NameAddr::parse(p).ok())
-                        .and_then(|na| uri_target(na.uri(), Transport::Udp));
-                    if let Some(hop) = first_hop {
-                        for entry in path.iter().rev() {
-                            req.prepend_header("Route", entry)?;
+                    let retry = match (&b.instance, b.reg_id, key, tx) {
+                        (Some(instance), Some(reg_id), Some(aor), Some(_)) => {
+                            Some(Box::new(FlowRetry {
+                                request: req.clone(),
+                                inbound: flow,
+                                aor,
+                                instance: instance.clone(),
+                                tried: vec![reg_id],
+                            }))
                         }
-                        hop
-                    } else {
-                        // over the flow the REGISTER came on when it was a
-                        // connection (the UA may not be reachable otherwise)
-                        let over_flow =
-                            ep.flow(b.flow)
-                                .filter(|f| f.transport.is_reliable())
-                                .map(|f| Target {
-                                    transport: f.transport,
-                                    remote: f.remote,
-                                    local: f.local,
-                                    server_name: None,
-                                });
-                        let contact = Uri::parse(&b.contact)
-                            .ok()
-                            .and_then(|u| uri_target(&u, Transport::Udp));
-                        match over_flow.or(contact) {
-                            Some(t) => t,
-                            None => {
-                                return Self::refuse(
-                                    ep,
-                                    now,
-                                    tx,
-                                    &req,
-                                    480,
-                                    "Temporarily Unavailable",
-                                )
-                            }
+                        _ => None,
+                    };
+                    return match aim_at_binding(ep, &mut req, b)? {
+                        Some(target) => {
+                            self.forward(ep, now, tx, flow, req, target, registrar, retry)
                         }
-                    }
+                        None => Self::refuse(ep, now, tx, &req, 480, "Temporarily Unavailable"),
+                    };
                 } else if is_us(&parsed, &points) {
                     return Ok(Routed::ForUs);
                 } else if in_dialog || (ip_host && registrar.is_bound_contact(&parsed)) {
@@ -381,6 +375,30 @@ impl Proxy {
                 }
             }
         };
+        self.forward(ep, now, tx, flow, req, target, registrar, None)
+    }
+
+    /// Record-routes (dialog-creating requests) and forwards `req` to
+    /// `target`, remembering which server transaction it answers.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        flow: FlowId,
+        mut req: Message,
+        target: Target,
+        registrar: &Registrar,
+        retry: Option<Box<FlowRetry>>,
+    ) -> Result<Routed, CoreError> {
+        let points = ep.listen_points().to_vec();
+        let inbound = ep.flow(flow).map(|f| f.transport).unwrap_or(Transport::Udp);
+        let method = req
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let call_id = req.call_id().to_owned();
         // stay on the dialog's path: record-route dialog-creating requests,
         // with our address on the caller's leg and, when the callee's leg
         // is of another family or transport, a second entry on top with
@@ -426,20 +444,88 @@ impl Proxy {
                     server,
                     since: now,
                     invite_branch,
+                    retry,
                 },
             );
         }
         Ok(Routed::Forwarded)
     }
 
+    /// The flow a request was sent on failed: sends it to the same
+    /// instance's most recently registered flow not tried yet. False when
+    /// there is none (or the request was not sent to a flow of an
+    /// instance); the caller then answers upstream.
+    fn next_flow(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        request: RequestId,
+        registrar: &mut Registrar,
+    ) -> bool {
+        let Some(retry) = self.pending.get(&request).and_then(|p| p.retry.as_ref()) else {
+            return false;
+        };
+        let next = registrar.lookup(&retry.aor, now).into_iter().find(|b| {
+            b.instance.as_deref() == Some(retry.instance.as_str())
+                && b.reg_id.is_some_and(|r| !retry.tried.contains(&r))
+        });
+        let Some((next, reg_id)) = next.and_then(|b| b.reg_id.map(|r| (b, r))) else {
+            return false;
+        };
+        let Some(mut pending) = self.pending.remove(&request) else {
+            return false;
+        };
+        let Some(mut retry) = pending.retry.take() else {
+            return false;
+        };
+        let mut req = retry.request.clone();
+        let target = match aim_at_binding(ep, &mut req, &next) {
+            Ok(Some(t)) => t,
+            // this binding cannot be aimed at: the caller answers
+            _ => {
+                pending.retry = Some(retry);
+                self.pending.insert(request, pending);
+                return false;
+            }
+        };
+        if let Some(branch) = &pending.invite_branch {
+            self.invites.remove(branch);
+        }
+        retry.tried.push(reg_id);
+        let inbound = retry.inbound;
+        tracing::debug!(reg_id, "flow failed: the instance's next flow");
+        match self.forward(
+            ep,
+            now,
+            Some(pending.server),
+            inbound,
+            req,
+            target,
+            registrar,
+            Some(retry),
+        ) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("forwarding to the next flow: {e}");
+                let _ = ep.respond_status(now, pending.server, 503, "Service Unavailable");
+                true
+            }
+        }
+    }
+
     /// Passes a response to a forwarded request upstream; false when the
     /// request was not the proxy's.
+    ///
+    /// A 430 or 408 to a request sent to a flow of an instance sends it
+    /// to the instance's next flow instead (RFC 5626 §5.3); after a 430
+    /// the registrar forgets the failed flow's binding.
     pub fn handle_response(
         &mut self,
         ep: &mut Endpoint,
         now: Instant,
         request: RequestId,
         mut response: Message,
+        registrar: &mut Registrar,
     ) -> bool {
         let Some(server) = self.pending.get(&request).map(|p| p.server) else {
             return false;
@@ -447,6 +533,28 @@ impl Proxy {
         let code = response.status().unwrap_or(0);
         if code == 100 {
             return true; // hop by hop: never forwarded
+        }
+        if code == 430 || code == 408 {
+            let to_instance = self.pending.get(&request).and_then(|p| p.retry.as_ref());
+            if let Some(retry) = to_instance {
+                if code == 430 {
+                    if let Some(reg_id) = retry.tried.last() {
+                        registrar.forget_flow(&retry.aor, &retry.instance, *reg_id);
+                    }
+                }
+            }
+            let to_instance = to_instance.is_some();
+            if self.next_flow(ep, now, request, registrar) {
+                return true;
+            }
+            if code == 430 && to_instance {
+                // every flow of the callee failed; a 430 upstream would
+                // tell the caller its own flow failed (it would register
+                // again): the callee is temporarily unavailable
+                self.forget(request);
+                let _ = ep.respond_status(now, server, 480, "Temporarily Unavailable");
+                return true;
+            }
         }
         if response.remove_top_via().is_ok() {
             let _ = ep.respond(now, server, response);
@@ -459,16 +567,23 @@ impl Proxy {
 
     /// A forwarded request got no response: answer upstream (408 on
     /// timeout, 503 when the next hop could not be reached).
+    ///
+    /// A request sent to a flow of an instance goes to the instance's
+    /// next flow instead (RFC 5626 §5.3).
     pub fn handle_failure(
         &mut self,
         ep: &mut Endpoint,
         now: Instant,
         request: RequestId,
         reason: RequestFailure,
+        registrar: &mut Registrar,
     ) -> bool {
         let Some(server) = self.pending.get(&request).map(|p| p.server) else {
             return false;
         };
+        if self.next_flow(ep, now, request, registrar) {
+            return true;
+        }
         self.forget(request);
         let (code, phrase) = match reason {
             RequestFailure::Timeout => (408, "Request Timeout"),
@@ -539,6 +654,53 @@ pub(crate) fn remove_top_route(req: &mut Message) -> Result<(), CoreError> {
         req.push_header("Route", &e)?;
     }
     Ok(())
+}
+
+/// Aims a request at a binding: its Contact as the Request-URI and, for a
+/// binding registered through proxies, its Path as the route (RFC 3327
+/// §5.3; the edge proxy's entry carries the flow, RFC 5626 §5.3). The
+/// next hop: the first Path entry; else the flow the REGISTER came on when
+/// it was a connection (the UA may not be reachable otherwise); else the
+/// Contact's address. `None` when none of them names an address.
+fn aim_at_binding(
+    ep: &Endpoint,
+    req: &mut Message,
+    b: &Binding,
+) -> Result<Option<Target>, CoreError> {
+    req.set_request_uri(&b.contact)?;
+    if !b.path.is_empty() {
+        let mut first = None;
+        for entry in b
+            .path
+            .iter()
+            .flat_map(|v| siproam_sip::split_list(v))
+            .filter(|e| !e.is_empty())
+        {
+            req.push_header("Route", entry)?;
+            if first.is_none() {
+                first = Some(
+                    NameAddr::parse(entry)
+                        .ok()
+                        .and_then(|na| uri_target(na.uri(), Transport::Udp)),
+                );
+            }
+        }
+        return Ok(first.flatten());
+    }
+    let over_flow = b
+        .flow
+        .and_then(|f| ep.flow(f))
+        .filter(|f| f.transport.is_reliable())
+        .map(|f| Target {
+            transport: f.transport,
+            remote: f.remote,
+            local: f.local,
+            server_name: None,
+        });
+    let contact = Uri::parse(&b.contact)
+        .ok()
+        .and_then(|u| uri_target(&u, Transport::Udp));
+    Ok(over_flow.or(contact))
 }
 
 /// A Record-Route entry naming a listen point, with the dialog's token.

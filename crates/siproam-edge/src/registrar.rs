@@ -1,8 +1,7 @@
 //! The registrar (RFC 3261 §10.3) and its in-memory location service.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use siproam_core::{CoreError, Endpoint, FlowId, ListenPoint, ServerTxId};
@@ -11,6 +10,7 @@ use siproam_sip::digest::{self, Credentials, Secret, ServerChallenge};
 use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Method, NameAddr, Uri};
 
 use crate::mac::Mac;
+use crate::store::{LocationStore, MemoryStore};
 
 /// Registrar (and proxy) settings.
 #[derive(Clone)]
@@ -51,6 +51,9 @@ pub struct RegistrarConfig {
     /// naming another host. Off by default (403 for such requests); needs
     /// `users`.
     pub relay_authenticated: bool,
+    /// `Service-Route` URIs (RFC 3608) for every REGISTER 2xx, in order:
+    /// the route the registered UA pre-loads on its requests.
+    pub service_routes: Vec<String>,
 }
 
 impl fmt::Debug for RegistrarConfig {
@@ -72,6 +75,7 @@ impl fmt::Debug for RegistrarConfig {
             .field("max_bindings_per_aor", &self.max_bindings_per_aor)
             .field("max_tracked_nonces", &self.max_tracked_nonces)
             .field("relay_authenticated", &self.relay_authenticated)
+            .field("service_routes", &self.service_routes.len())
             .finish()
     }
 }
@@ -92,6 +96,7 @@ impl Default for RegistrarConfig {
             max_bindings_per_aor: 16,
             max_tracked_nonces: 10_000,
             relay_authenticated: false,
+            service_routes: Vec::new(),
         }
     }
 }
@@ -152,10 +157,9 @@ pub struct Binding {
     /// The REGISTER's CSeq number.
     pub cseq: u32,
     /// The flow the REGISTER came on (requests for this binding go back
-    /// over it, RFC 5626 §5.3).
-    pub flow: FlowId,
-    /// Where the REGISTER came from.
-    pub source: Option<SocketAddr>,
+    /// over it, RFC 5626 §5.3); `None` for a binding another process of a
+    /// shared store registered (reached along its Path or at its Contact).
+    pub flow: Option<FlowId>,
     /// `q` in thousandths.
     pub q: Option<u16>,
     /// Path header values, top first (RFC 3327).
@@ -169,7 +173,52 @@ pub enum Handled {
     Responded(u16),
     /// Not a REGISTER: the caller handles it.
     NotMine,
+    /// A REGISTER that changed bindings, answered once the shared store
+    /// acknowledged the write ([`Registrar::store_done`]).
+    Pending,
 }
+
+/// A write of one AoR's bindings for a store shared with other processes
+/// (the driver performs it and reports with [`Registrar::store_done`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOp {
+    /// Its id.
+    pub id: u64,
+    /// The AoR's location key.
+    pub aor: String,
+    /// Its bindings now, in registration order; empty: remove the AoR.
+    pub bindings: Vec<Binding>,
+}
+
+impl StoreOp {
+    /// How long the shared copy should live: until its last binding lapses
+    /// (`None`: remove it now).
+    pub fn lifetime(&self, now: Instant) -> Option<Duration> {
+        self.bindings
+            .iter()
+            .map(|b| b.expires_at.saturating_duration_since(now))
+            .max()
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// A REGISTER waiting for the shared store.
+#[derive(Debug)]
+struct AwaitingWrite {
+    tx: ServerTxId,
+    response: Message,
+    aor: String,
+    previous: Vec<Binding>,
+    written: Vec<Binding>,
+    since: Instant,
+}
+
+/// Most REGISTERs waiting for the shared store at once; beyond, 503.
+const MAX_AWAITING_WRITES: usize = 4096;
+/// Most writes queued for the driver.
+const MAX_OUTBOX: usize = 8192;
+/// A write not acknowledged within this is failed (503).
+pub const AWAIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The registrar and location service.
 #[derive(Debug)]
@@ -178,11 +227,15 @@ pub struct Registrar {
     mac: Mac,
     /// The time base of nonces: the first `now` seen.
     epoch: Option<Instant>,
-    bindings: HashMap<String, Vec<Binding>>,
-    /// How many bindings name each contact address ([`contact_key`]), so
-    /// the proxy can tell a registered Contact in one lookup.
-    contacts: HashMap<String, u32>,
+    /// The bindings, and which Contact addresses they name.
+    store: Box<dyn LocationStore>,
     nonces: NonceTable,
+    /// Bindings shared with other processes: changes go out as
+    /// [`StoreOp`]s and a REGISTER waits for its write.
+    shared: bool,
+    outbox: VecDeque<StoreOp>,
+    awaiting: HashMap<u64, AwaitingWrite>,
+    next_op: u64,
 }
 
 impl Default for Registrar {
@@ -264,7 +317,7 @@ const ROUTE_LABEL: &[u8] = b"siproam-record-route";
 
 /// The address part of a contact (`user@host:port`, host lower-cased,
 /// the default port filled in), to match a Request-URI against Contacts.
-fn contact_key(uri: &Uri<'_>) -> Option<String> {
+pub(crate) fn contact_key(uri: &Uri<'_>) -> Option<String> {
     let sip = uri.as_sip()?;
     let tls = sip.is_secure()
         || sip
@@ -286,15 +339,23 @@ pub fn aor_key(uri: &Uri<'_>) -> Option<String> {
 }
 
 impl Registrar {
-    /// A registrar.
+    /// A registrar keeping its bindings in memory ([`MemoryStore`]).
     pub fn new(config: RegistrarConfig) -> Registrar {
+        Registrar::with_store(config, Box::new(MemoryStore::new()))
+    }
+
+    /// A registrar keeping its bindings in `store`.
+    pub fn with_store(config: RegistrarConfig, store: Box<dyn LocationStore>) -> Registrar {
         Registrar {
             mac: Mac::new(&config.key),
             config,
             epoch: None,
-            bindings: HashMap::new(),
-            contacts: HashMap::new(),
+            store,
             nonces: NonceTable::default(),
+            shared: false,
+            outbox: VecDeque::new(),
+            awaiting: HashMap::new(),
+            next_op: 0,
         }
     }
 
@@ -308,9 +369,10 @@ impl Registrar {
     /// Sizes of the registrar's maps (AoRs, indexed contacts, tracked
     /// nonces) and their allocated capacities, for tests and metrics.
     pub fn sizes(&self) -> [(usize, usize); 3] {
+        let [aors, contacts] = self.store.sizes();
         [
-            (self.bindings.len(), self.bindings.capacity()),
-            (self.contacts.len(), self.contacts.capacity()),
+            aors,
+            contacts,
             (self.nonces.last_nc.len(), self.nonces.last_nc.capacity()),
         ]
     }
@@ -318,7 +380,7 @@ impl Registrar {
     /// True when the URI is the Contact of a binding (the proxy forwards
     /// requests addressed to one).
     pub fn is_bound_contact(&self, uri: &Uri<'_>) -> bool {
-        contact_key(uri).is_some_and(|k| self.contacts.contains_key(&k))
+        contact_key(uri).is_some_and(|k| self.store.is_bound_contact(&k))
     }
 
     /// True for a host of the domain served (any, when none is set).
@@ -341,41 +403,9 @@ impl Registrar {
         self.mac.verify(ROUTE_LABEL, call_id.as_bytes(), token)
     }
 
-    /// Replaces an AoR's bindings, keeping the contact index right.
+    /// Replaces an AoR's bindings.
     fn set_bindings(&mut self, key: &str, list: Vec<Binding>) {
-        let old = if list.is_empty() {
-            self.bindings.remove(key)
-        } else {
-            self.bindings.insert(key.to_owned(), list)
-        };
-        for b in old.iter().flatten() {
-            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
-                if let Some(n) = self.contacts.get_mut(&k) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.contacts.remove(&k);
-                    }
-                }
-            }
-        }
-        for b in self.bindings.get(key).into_iter().flatten() {
-            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
-                *self.contacts.entry(k).or_default() += 1;
-            }
-        }
-    }
-
-    /// Rebuilds the contact index after a sweep over every AoR.
-    fn reindex(&mut self) {
-        self.bindings.retain(|_, l| !l.is_empty());
-        self.contacts.clear();
-        for b in self.bindings.values().flatten() {
-            if let Some(k) = Uri::parse(&b.contact).ok().and_then(|u| contact_key(&u)) {
-                *self.contacts.entry(k).or_default() += 1;
-            }
-        }
-        shrink(&mut self.bindings);
-        shrink(&mut self.contacts);
+        self.store.replace(key, list);
     }
 
     /// How many nonces have their `nc` tracked (only nonces used in a
@@ -418,39 +448,62 @@ impl Registrar {
     }
 
     /// The live bindings of an AoR (`user@domain` or a SIP URI), best `q`
-    /// first.
+    /// first, and among equals the most recently registered first (RFC
+    /// 5626 §5.3: an instance's newest flow is tried first).
     pub fn lookup(&self, aor: &str, now: Instant) -> Vec<Binding> {
         let key = match Uri::parse(aor).ok().and_then(|u| aor_key(&u)) {
             Some(k) => k,
             None => aor.to_ascii_lowercase(),
         };
+        // a list is kept in registration order (a refresh moves a binding
+        // to its end)
         let mut live: Vec<Binding> = self
-            .bindings
-            .get(&key)
-            .map(|v| v.iter().filter(|b| b.expires_at > now).cloned().collect())
-            .unwrap_or_default();
+            .store
+            .bindings(&key)
+            .iter()
+            .rev()
+            .filter(|b| b.expires_at > now)
+            .cloned()
+            .collect();
         live.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
         live
     }
 
+    /// Forgets the binding of an instance's flow `reg_id` (an edge proxy
+    /// answered 430: the flow it named is gone, RFC 5626 §5.3). True when
+    /// there was one.
+    pub fn forget_flow(&mut self, aor: &str, instance: &str, reg_id: u32) -> bool {
+        let list = self.store.bindings(aor);
+        let kept: Vec<Binding> = list
+            .iter()
+            .filter(|b| !(b.instance.as_deref() == Some(instance) && b.reg_id == Some(reg_id)))
+            .cloned()
+            .collect();
+        if kept.len() == list.len() {
+            return false;
+        }
+        if self.shared {
+            self.emit(aor, kept.clone());
+        }
+        self.set_bindings(aor, kept);
+        true
+    }
+
     /// Every AoR with at least one live binding.
     pub fn aors(&self, now: Instant) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .bindings
-            .iter()
-            .filter(|(_, b)| b.iter().any(|b| b.expires_at > now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut v: Vec<String> = Vec::new();
+        self.store.for_each(&mut |aor, list| {
+            if list.iter().any(|b| b.expires_at > now) {
+                v.push(aor.to_owned());
+            }
+        });
         v.sort();
         v
     }
 
     /// Drops lapsed bindings and nonces (call now and then).
     pub fn purge(&mut self, now: Instant) {
-        for list in self.bindings.values_mut() {
-            list.retain(|b| b.expires_at > now);
-        }
-        self.reindex();
+        self.store.retain(&mut |b| b.expires_at > now);
         let lifetime = u64::try_from(self.config.nonce_lifetime.as_millis()).unwrap_or(u64::MAX);
         if let Some(lapsed) = self.millis(now).checked_sub(lifetime) {
             self.nonces.expire(lapsed);
@@ -458,18 +511,24 @@ impl Registrar {
     }
 
     /// Forgets the outbound bindings (those with `reg-id`) that arrived on
-    /// a flow that failed (RFC 5626 §7: such a binding is only reachable
-    /// over its flow). Other bindings stay: their Contact can be reached
-    /// anew. Returns how many went.
+    /// a flow that failed straight from the UA (RFC 5626 §7: such a
+    /// binding is only reachable over its flow). Other bindings stay:
+    /// their Contact can be reached anew, and a binding registered through
+    /// an edge proxy (with a Path) is reached along its Path — the flow
+    /// that closed was the edge's, the UA's flow is the edge's to keep.
+    /// Returns how many went.
     pub fn flow_failed(&mut self, flow: FlowId) -> usize {
         let mut n = 0;
-        for list in self.bindings.values_mut() {
-            let before = list.len();
-            list.retain(|b| b.flow != flow || b.reg_id.is_none());
-            n += before - list.len();
-        }
-        if n > 0 {
-            self.reindex();
+        let changed = self.store.retain(&mut |b| {
+            let gone = b.flow == Some(flow) && b.reg_id.is_some() && b.path.is_empty();
+            n += usize::from(gone);
+            !gone
+        });
+        if self.shared {
+            for aor in changed {
+                let now_bound = self.store.bindings(&aor).to_vec();
+                self.emit(&aor, now_bound);
+            }
         }
         n
     }
@@ -486,8 +545,7 @@ impl Registrar {
         if req.method() != Some(Method::Register) {
             return Ok(Handled::NotMine);
         }
-        let code = self.register(ep, now, tx, flow, req)?;
-        Ok(Handled::Responded(code))
+        self.register(ep, now, tx, flow, req)
     }
 
     fn reply(
@@ -498,7 +556,7 @@ impl Registrar {
         req: &Message,
         (code, reason): (u16, &str),
         extra: &[(&str, String)],
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Handled, CoreError> {
         let tag = ep.random_token(10);
         let mut b = MessageBuilder::response_to(req, code, reason, Some(&tag));
         for (n, v) in extra {
@@ -511,7 +569,7 @@ impl Registrar {
         // flood nor a high rate of registrations holds Timer J's 32 s of
         // state per request
         ep.respond_stateless(now, tx, b.build()?)?;
-        Ok(code)
+        Ok(Handled::Responded(code))
     }
 
     fn register(
@@ -521,7 +579,7 @@ impl Registrar {
         tx: ServerTxId,
         flow: FlowId,
         req: &Message,
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Handled, CoreError> {
         // the AoR is the To URI
         let Ok(to) = req.to() else {
             return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
@@ -580,19 +638,36 @@ impl Registrar {
             .header_values(HeaderName::Path)
             .map(str::to_owned)
             .collect();
-        let source = ep.flow(flow).map(|f| f.remote);
+        if self.config.outbound && asks_outbound(&contacts) {
+            match first_hop_keeps_flows(req) {
+                Some(true) => {}
+                Some(false) => {
+                    return self.reply(
+                        ep,
+                        now,
+                        tx,
+                        req,
+                        (439, "First Hop Lacks Outbound Support"),
+                        &[],
+                    )
+                }
+                None => return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]),
+            }
+        }
         // Contact: * with Expires: 0 removes everything
         if contacts.iter().any(|c| matches!(c, Contact::Star)) {
             if contacts.len() != 1 || header_expires != Some(0) {
                 return self.reply(ep, now, tx, req, (400, "Bad Request"), &[]);
             }
-            if let Some(list) = self.bindings.get(&key) {
-                if list.iter().any(|b| b.call_id == call_id && b.cseq >= cseq) {
-                    return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
-                }
+            if self
+                .store
+                .bindings(&key)
+                .iter()
+                .any(|b| b.call_id == call_id && b.cseq >= cseq)
+            {
+                return self.reply(ep, now, tx, req, (500, "Out of Order"), &[]);
             }
-            self.set_bindings(&key, Vec::new());
-            return self.ok(ep, now, tx, req, &key, false);
+            return self.commit(ep, now, tx, req, &key, Vec::new(), false);
         }
         // first pass: checks, before changing anything
         let mut updates = Vec::new();
@@ -618,10 +693,9 @@ impl Registrar {
         // unless the whole request is accepted. Work per REGISTER is
         // bounded by cap × cap URI comparisons.
         let mut list: Vec<Binding> = self
-            .bindings
-            .get(&key)
-            .into_iter()
-            .flatten()
+            .store
+            .bindings(&key)
+            .iter()
             .filter(|b| b.expires_at > now)
             .cloned()
             .collect();
@@ -651,8 +725,7 @@ impl Registrar {
                 reg_id,
                 call_id: call_id.clone(),
                 cseq,
-                flow,
-                source,
+                flow: Some(flow),
                 q: na.q(),
                 path: path.clone(),
             });
@@ -660,10 +733,158 @@ impl Registrar {
         if list.len() > cap {
             return self.too_many_contacts(ep, now, tx, req);
         }
-        self.set_bindings(&key, list);
         let wants_outbound =
             outbound && self.config.outbound && req.has_token(HeaderName::Supported, "outbound");
-        self.ok(ep, now, tx, req, &key, wants_outbound)
+        self.commit(ep, now, tx, req, &key, list, wants_outbound)
+    }
+
+    /// Stores an accepted REGISTER's bindings and answers 2xx. With a
+    /// shared store the 2xx waits for the store's acknowledgement (a
+    /// [`StoreOp`] to perform, then [`Registrar::store_done`]); when too
+    /// many writes are already waiting, nothing changes and the answer is
+    /// 503.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Message,
+        key: &str,
+        list: Vec<Binding>,
+        outbound: bool,
+    ) -> Result<Handled, CoreError> {
+        // a fetch (no Contact) changes nothing: nothing to write
+        if !self.shared || self.store.bindings(key) == list.as_slice() {
+            self.set_bindings(key, list);
+            let response = self.ok(ep, now, req, key, outbound)?;
+            // no transaction kept (see `reply`)
+            ep.respond_stateless(now, tx, response)?;
+            return Ok(Handled::Responded(200));
+        }
+        if self.awaiting.len() >= MAX_AWAITING_WRITES || self.outbox.len() >= MAX_OUTBOX {
+            tracing::warn!("shared location store: too many writes waiting; 503");
+            return self.reply(
+                ep,
+                now,
+                tx,
+                req,
+                (503, "Service Unavailable"),
+                &[("Retry-After", "5".to_owned())],
+            );
+        }
+        let previous = self.store.bindings(key).to_vec();
+        self.set_bindings(key, list.clone());
+        let response = self.ok(ep, now, req, key, outbound)?;
+        let id = self.emit(key, list.clone());
+        self.awaiting.insert(
+            id,
+            AwaitingWrite {
+                tx,
+                response,
+                aor: key.to_owned(),
+                previous,
+                written: list,
+                since: now,
+            },
+        );
+        Ok(Handled::Pending)
+    }
+
+    /// Queues a write of an AoR's bindings for the shared store.
+    fn emit(&mut self, aor: &str, bindings: Vec<Binding>) -> u64 {
+        self.next_op = self.next_op.wrapping_add(1);
+        let id = self.next_op;
+        if self.outbox.len() >= MAX_OUTBOX {
+            // only writes no REGISTER waits for get here (a failed flow's
+            // bindings): the shared copy keeps them until they lapse
+            tracing::warn!("shared location store: outbox full, a write is dropped");
+            return id;
+        }
+        self.outbox.push_back(StoreOp {
+            id,
+            aor: aor.to_owned(),
+            bindings,
+        });
+        id
+    }
+
+    /// The next write for the shared store to perform, oldest first (none
+    /// unless [`Registrar::set_shared`]). Perform them in this order and
+    /// report each with [`Registrar::store_done`].
+    pub fn poll_store_op(&mut self) -> Option<StoreOp> {
+        self.outbox.pop_front()
+    }
+
+    /// Makes the registrar keep its bindings in a store shared with other
+    /// processes: each change is a [`StoreOp`] ([`Registrar::poll_store_op`])
+    /// and a REGISTER's 2xx waits for [`Registrar::store_done`].
+    pub fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
+    /// The shared store performed (`stored`) or failed the write `id`:
+    /// the REGISTER waiting for it gets its 2xx, or 503 and its change is
+    /// undone (unless the AoR changed again since). Returns the status
+    /// sent; `None` for a write no REGISTER waited for (or one already
+    /// answered).
+    pub fn store_done(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        id: u64,
+        stored: bool,
+    ) -> Option<u16> {
+        let w = self.awaiting.remove(&id)?;
+        if stored {
+            // no transaction kept (see `reply`): a retransmission from now
+            // on is the same change again, answered at once
+            return match ep.respond_stateless(now, w.tx, w.response) {
+                Ok(()) => Some(200),
+                Err(e) => {
+                    tracing::debug!("REGISTER 2xx after the store: {e}");
+                    None
+                }
+            };
+        }
+        if self.store.bindings(&w.aor) == w.written.as_slice() {
+            self.set_bindings(&w.aor, w.previous);
+        }
+        match ep.respond_status(now, w.tx, 503, "Service Unavailable") {
+            Ok(()) => Some(503),
+            Err(e) => {
+                tracing::debug!("REGISTER 503 after the store: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes waiting longer than [`AWAIT_LIMIT`] are failed (a driver that
+    /// lost one must not leave a REGISTER unanswered); call now and then.
+    pub fn expire_store_waits(&mut self, ep: &mut Endpoint, now: Instant) {
+        let late: Vec<u64> = self
+            .awaiting
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.since) > AWAIT_LIMIT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.store_done(ep, now, id, false);
+        }
+        shrink(&mut self.awaiting);
+    }
+
+    /// Puts an AoR's bindings as another process of the shared store wrote
+    /// them (at most `max_bindings_per_aor` are kept). The caller decodes
+    /// them ([`decode_shared`](crate::decode_shared)).
+    pub fn apply_shared(&mut self, aor: &str, mut bindings: Vec<Binding>) {
+        bindings.truncate(self.config.max_bindings_per_aor);
+        self.set_bindings(aor, bindings);
+    }
+
+    /// How many REGISTERs wait for the shared store.
+    pub fn store_waits(&self) -> usize {
+        self.awaiting.len()
     }
 
     /// More bindings than `max_bindings_per_aor`. RFC 3261 names no status
@@ -679,25 +900,24 @@ impl Registrar {
         now: Instant,
         tx: ServerTxId,
         req: &Message,
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Handled, CoreError> {
         self.reply(ep, now, tx, req, (403, "Too Many Registered Contacts"), &[])
     }
 
+    /// The 2xx to an accepted REGISTER: the AoR's bindings now.
     fn ok(
         &mut self,
         ep: &mut Endpoint,
         now: Instant,
-        tx: ServerTxId,
         req: &Message,
         key: &str,
         outbound: bool,
-    ) -> Result<u16, CoreError> {
+    ) -> Result<Message, CoreError> {
         let mut extra: Vec<(&str, String)> = Vec::new();
         for b in self
-            .bindings
-            .get(key)
-            .into_iter()
-            .flatten()
+            .store
+            .bindings(key)
+            .iter()
             .filter(|b| b.expires_at > now)
         {
             let secs = b.expires_at.saturating_duration_since(now).as_secs();
@@ -719,7 +939,15 @@ impl Registrar {
         for p in req.header_values(HeaderName::Path) {
             extra.push(("Path", p.to_owned()));
         }
-        self.reply(ep, now, tx, req, (200, "OK"), &extra)
+        for uri in &self.config.service_routes {
+            extra.push(("Service-Route", format!("<{uri}>")));
+        }
+        let tag = ep.random_token(10);
+        let mut b = MessageBuilder::response_to(req, 200, "OK", Some(&tag));
+        for (n, v) in &extra {
+            b = b.header(n, v);
+        }
+        Ok(b.build()?)
     }
 
     fn authenticate(
@@ -883,4 +1111,29 @@ fn same_binding(b: &Binding, na: &NameAddr<'_>) -> bool {
         }
         (None, None) => Uri::parse(&b.contact).is_ok_and(|u| u.equivalent(na.uri())),
     }
+}
+
+/// True when a Contact asks for outbound: `+sip.instance` and `reg-id`
+/// (RFC 5626 §6).
+fn asks_outbound(contacts: &[Contact<'_>]) -> bool {
+    contacts.iter().any(|c| match c {
+        Contact::Addr(na) => na.sip_instance().is_some() && na.reg_id().is_some(),
+        Contact::Star => false,
+    })
+}
+
+/// RFC 5626 §6: whether the first hop of a REGISTER keeps its flows — we
+/// are the first hop (the request has one Via: it came straight from the
+/// UA), or the first hop's Path entry, the bottom-most one (each proxy
+/// adds its entry on top, RFC 3327), carries `;ob`. `None` for a
+/// malformed Path (a bad request).
+fn first_hop_keeps_flows(req: &Message) -> Option<bool> {
+    if req.vias().nth(1).is_none() {
+        return Some(true);
+    }
+    let mut first_hop = None;
+    for p in req.paths() {
+        first_hop = Some(p.ok()?);
+    }
+    Some(first_hop.is_some_and(|p| p.uri().as_sip().is_some_and(|s| s.ob())))
 }

@@ -880,3 +880,304 @@ fn relay_authenticated_lets_a_known_user_out_after_a_407() {
         );
     }
 }
+
+// ---- RFC 5626 §5.3 / §6: an instance's flows, through edge proxies ----
+
+const EDGE_A: &str = "192.0.2.50";
+const EDGE_B: &str = "192.0.2.51";
+const CAROL_INSTANCE: &str = "urn:uuid:00000000-0000-1000-8000-00000000ca01";
+
+/// Carol's phone registers flow `reg_id` through the scripted edge proxy
+/// `edge` at `edge_ip` (its Via over the phone's, its Path with `;ob`),
+/// over `transport`. Returns the status of the answer.
+fn register_through_edge(
+    w: &mut World,
+    edge: NodeId,
+    edge_ip: &str,
+    reg_id: u32,
+    transport: Transport,
+) -> u16 {
+    let path = format!("<sip:{edge_ip};lr;ob>");
+    register_with_path(w, edge, edge_ip, reg_id, transport, &path)
+}
+
+fn register_with_path(
+    w: &mut World,
+    edge: NodeId,
+    edge_ip: &str,
+    reg_id: u32,
+    transport: Transport,
+    path: &str,
+) -> u16 {
+    let n = w.sim.log().len();
+    let t = transport.param().to_ascii_uppercase();
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", &format!("SIP/2.0/{t} {edge_ip}:5060;branch=z9hG4bKe{n}"))
+        .header("Via", &format!("SIP/2.0/TCP 198.51.100.7:40000;branch=z9hG4bKc{n}"))
+        .header("Path", path)
+        .header("From", "<sip:carol@example.test>;tag=c1")
+        .header("To", "<sip:carol@example.test>")
+        .header("Call-ID", &format!("carol-{reg_id}"))
+        .header("CSeq", &format!("{n} REGISTER"))
+        .header("Supported", "outbound, path")
+        .header(
+            "Contact",
+            &format!(
+                "<sip:carol@198.51.100.7:40000;transport=tcp;ob>;+sip.instance=\"<{CAROL_INSTANCE}>\";reg-id={reg_id};expires=600"
+            ),
+        )
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        edge,
+        SocketAddr::new(ip(edge_ip), 5060),
+        SocketAddr::new(ip(PROXY), 5060),
+        transport,
+        m.to_bytes(),
+    );
+    let r = w
+        .sim
+        .run_until_peer_receives(edge, Duration::from_secs(1))
+        .unwrap();
+    r.message.status().unwrap()
+}
+
+/// Carol registered flow 1 through edge A, then flow 2 through edge B.
+fn carol_with_two_flows() -> (World, NodeId, NodeId) {
+    let mut w = world(Transport::Udp);
+    let a = w.sim.add_peer("edge-a", &[ip(EDGE_A)]);
+    let b = w.sim.add_peer("edge-b", &[ip(EDGE_B)]);
+    assert_eq!(
+        register_through_edge(&mut w, a, EDGE_A, 1, Transport::Udp),
+        200
+    );
+    w.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        register_through_edge(&mut w, b, EDGE_B, 2, Transport::Udp),
+        200
+    );
+    (w, a, b)
+}
+
+/// The next request an edge peer receives (skipping ACKs).
+fn edge_request(w: &mut World, edge: NodeId, limit: Duration) -> Option<siproam_sim::Received> {
+    let until = w.sim.now() + limit;
+    while w.sim.now() < until {
+        let left = until.saturating_duration_since(w.sim.now());
+        let r = w.sim.run_until_peer_receives(edge, left)?;
+        if r.message.method() != Some(Method::Ack) && r.message.is_request() {
+            return Some(r);
+        }
+    }
+    None
+}
+
+fn reply(w: &mut World, edge: NodeId, to: &siproam_sim::Received, code: u16, reason: &str) {
+    let mut b = MessageBuilder::response_to(&to.message, code, reason, Some("c1x"));
+    if code < 300 {
+        b = b.header("Contact", "<sip:carol@198.51.100.7:40000;transport=tcp;ob>");
+    }
+    w.sim.peer_reply(edge, to, b.build().unwrap().to_bytes());
+}
+
+fn alice_invites_carol(w: &mut World) -> RequestId {
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(
+                now,
+                invite_with("sip:carol@example.test", "carol-call"),
+                proxy_target(Transport::Udp),
+            )
+        })
+        .unwrap()
+}
+
+fn alice_finals(w: &mut World) -> Vec<u16> {
+    responses(&mut w.sim, w.alice)
+        .iter()
+        .map(|(_, m)| m.status().unwrap())
+        .filter(|c| *c >= 200)
+        .collect()
+}
+
+fn carol_reg_ids(w: &World) -> Vec<Option<u32>> {
+    w.registrar
+        .lock()
+        .unwrap()
+        .lookup("sip:carol@example.test", w.sim.now())
+        .iter()
+        .map(|b| b.reg_id)
+        .collect()
+}
+
+#[test]
+fn a_request_to_an_instance_goes_along_the_path_of_its_newest_flow() {
+    let (mut w, a, b) = carol_with_two_flows();
+    alice_invites_carol(&mut w);
+    let got = edge_request(&mut w, b, Duration::from_secs(1)).expect("edge B, the newest flow");
+    let inv = &got.message;
+    assert_eq!(
+        inv.request_uri_str(),
+        Some("sip:carol@198.51.100.7:40000;transport=tcp;ob")
+    );
+    let routes: Vec<String> = inv
+        .header_values(HeaderName::Route)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        routes,
+        [format!("<sip:{EDGE_B};lr;ob>")],
+        "the Path as Route"
+    );
+    assert!(
+        w.sim.peer_recv(a).is_none(),
+        "one flow of an instance at a time"
+    );
+}
+
+#[test]
+fn a_430_from_the_edge_fails_over_to_the_instances_other_flow_and_forgets_the_dead_one() {
+    let (mut w, a, b) = carol_with_two_flows();
+    alice_invites_carol(&mut w);
+    let first = edge_request(&mut w, b, Duration::from_secs(1)).expect("edge B first");
+    reply(&mut w, b, &first, 430, "Flow Failed");
+    let second = edge_request(&mut w, a, Duration::from_secs(1)).expect("then edge A");
+    let routes: Vec<String> = second
+        .message
+        .header_values(HeaderName::Route)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(routes, [format!("<sip:{EDGE_A};lr;ob>")]);
+    assert_eq!(second.message.call_id(), "carol-call");
+    assert_eq!(
+        second.message.record_routes().count(),
+        1,
+        "record-routed once"
+    );
+    reply(&mut w, a, &second, 200, "OK");
+    w.sim.run_for(Duration::from_millis(300));
+    assert_eq!(alice_finals(&mut w), [200], "the caller never sees the 430");
+    assert_eq!(carol_reg_ids(&w), [Some(1)], "flow 2 is gone");
+}
+
+#[test]
+fn a_408_or_a_timeout_fails_over_but_a_busy_here_does_not() {
+    // 408 from the edge: the other flow
+    let (mut w, a, b) = carol_with_two_flows();
+    alice_invites_carol(&mut w);
+    let first = edge_request(&mut w, b, Duration::from_secs(1)).unwrap();
+    reply(&mut w, b, &first, 408, "Request Timeout");
+    let second = edge_request(&mut w, a, Duration::from_secs(1)).expect("408: edge A");
+    reply(&mut w, a, &second, 486, "Busy Here");
+    w.sim.run_for(Duration::from_millis(300));
+    assert_eq!(alice_finals(&mut w), [486]);
+
+    // no answer at all (Timer B): the other flow
+    let (mut w, a, b) = carol_with_two_flows();
+    alice_invites_carol(&mut w);
+    let first = edge_request(&mut w, b, Duration::from_secs(1)).unwrap();
+    assert_eq!(first.message.method(), Some(Method::Invite));
+    let second = edge_request(&mut w, a, Duration::from_secs(40)).expect("timeout: edge A");
+    reply(&mut w, a, &second, 200, "OK");
+    w.sim.run_for(Duration::from_millis(300));
+    assert_eq!(alice_finals(&mut w), [200]);
+
+    // any other final answer is the instance's answer (§5.3: MUST NOT try
+    // another flow of the same instance)
+    let (mut w, a, b) = carol_with_two_flows();
+    alice_invites_carol(&mut w);
+    let first = edge_request(&mut w, b, Duration::from_secs(1)).unwrap();
+    reply(&mut w, b, &first, 486, "Busy Here");
+    w.sim.run_for(Duration::from_millis(500));
+    assert_eq!(alice_finals(&mut w), [486]);
+    assert!(edge_request(&mut w, a, Duration::from_secs(1)).is_none());
+    assert_eq!(carol_reg_ids(&w).len(), 2, "nothing forgotten");
+}
+
+/// (Regression: the last 430 went upstream, where a caller using
+/// outbound takes it for the failure of its own flow and registers again.)
+#[test]
+fn when_every_flow_failed_the_caller_gets_480_not_430() {
+    let (mut w, a, b) = carol_with_two_flows();
+    alice_invites_carol(&mut w);
+    let first = edge_request(&mut w, b, Duration::from_secs(1)).unwrap();
+    reply(&mut w, b, &first, 430, "Flow Failed");
+    let second = edge_request(&mut w, a, Duration::from_secs(1)).unwrap();
+    reply(&mut w, a, &second, 430, "Flow Failed");
+    w.sim.run_for(Duration::from_millis(500));
+    assert_eq!(alice_finals(&mut w), [480]);
+    assert!(carol_reg_ids(&w).is_empty());
+    assert!(edge_request(&mut w, b, Duration::from_millis(500)).is_none());
+}
+
+#[test]
+fn an_edge_connection_closing_keeps_the_bindings_registered_through_it() {
+    let mut w = world(Transport::Udp);
+    let a = w.sim.add_peer("edge-a", &[ip(EDGE_A)]);
+    assert_eq!(
+        register_through_edge(&mut w, a, EDGE_A, 1, Transport::Tcp),
+        200
+    );
+    // the edge's connection to the registrar closes: the phone's own flow
+    // is the edge's, not this one, and the binding stays reachable along
+    // its Path
+    w.sim.set_addresses(a, &[]);
+    w.sim.run_for(Duration::from_millis(200));
+    assert_eq!(carol_reg_ids(&w), [Some(1)]);
+    // a phone's own flow (no Path) closing takes its outbound binding
+    let phone = w.sim.add_peer("phone", &[ip("192.0.2.70")]);
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/TCP 192.0.2.70:40000;branch=z9hG4bKdirect")
+        .header("From", "<sip:carol@example.test>;tag=c2")
+        .header("To", "<sip:carol@example.test>")
+        .header("Call-ID", "carol-direct")
+        .header("CSeq", "1 REGISTER")
+        .header("Supported", "outbound, path")
+        .header(
+            "Contact",
+            &format!("<sip:carol@192.0.2.70:40000;transport=tcp;ob>;+sip.instance=\"<{CAROL_INSTANCE}>\";reg-id=2;expires=600"),
+        )
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        phone,
+        SocketAddr::new(ip("192.0.2.70"), 40000),
+        SocketAddr::new(ip(PROXY), 5060),
+        Transport::Tcp,
+        m.to_bytes(),
+    );
+    let r = w
+        .sim
+        .run_until_peer_receives(phone, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(r.message.status(), Some(200));
+    assert_eq!(carol_reg_ids(&w).len(), 2);
+    w.sim.peer_close(r.conn.unwrap());
+    w.sim.run_for(Duration::from_millis(200));
+    assert_eq!(carol_reg_ids(&w), [Some(1)], "the phone's flow is gone");
+}
+
+#[test]
+fn an_edge_that_cannot_be_reached_fails_over_to_the_instances_other_flow() {
+    let mut w = world(Transport::Udp);
+    let a = w.sim.add_peer("edge-a", &[ip(EDGE_A)]);
+    let b = w.sim.add_peer("edge-b", &[ip(EDGE_B)]);
+    assert_eq!(
+        register_through_edge(&mut w, a, EDGE_A, 1, Transport::Udp),
+        200
+    );
+    w.sim.run_for(Duration::from_secs(1));
+    let path_b = format!("<sip:{EDGE_B};transport=tcp;lr;ob>");
+    assert_eq!(
+        register_with_path(&mut w, b, EDGE_B, 2, Transport::Udp, &path_b),
+        200
+    );
+    // edge B is gone: the connection towards it cannot be opened
+    w.sim.set_addresses(b, &[]);
+    alice_invites_carol(&mut w);
+    let got = edge_request(&mut w, a, Duration::from_secs(5)).expect("edge A instead");
+    assert_eq!(got.message.method(), Some(Method::Invite));
+    reply(&mut w, a, &got, 200, "OK");
+    w.sim.run_for(Duration::from_millis(300));
+    assert_eq!(alice_finals(&mut w), [200]);
+}

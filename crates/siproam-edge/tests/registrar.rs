@@ -134,7 +134,10 @@ fn registers_with_digest_over_udp_and_tcp() {
     // the flow is remembered (the TCP binding's flow is a connection)
     let tcp = bindings.iter().find(|b| b.contact.contains("tcp")).unwrap();
     assert_eq!(
-        w.sim.endpoint(w.reg).flow(tcp.flow).map(|f| f.transport),
+        w.sim
+            .endpoint(w.reg)
+            .flow(tcp.flow.unwrap())
+            .map(|f| f.transport),
         Some(Transport::Tcp)
     );
 }
@@ -939,4 +942,380 @@ fn purge_gives_memory_back_after_a_flood_of_bindings() {
         assert_eq!(len, 0);
         assert!(cap <= 64, "{sizes:?}");
     }
+}
+
+const DAVE_INSTANCE: &str = "urn:uuid:00000000-0000-1000-8000-000A95A0E128";
+
+/// A REGISTER for dave from a scripted peer at 192.0.2.50 (a proxy when
+/// `vias` has more than one entry: its Via on top of the phone's), with
+/// `path` as its Path headers (top first) and the Contact asking for
+/// outbound when `reg_id` is set. Returns the final answer.
+fn register_via(
+    w: &mut World,
+    peer: NodeId,
+    vias: usize,
+    path: &[&str],
+    reg_id: Option<u32>,
+) -> siproam_sip::Message {
+    let n = w.sim.log().len();
+    let mut b = MessageBuilder::request(Method::Register, "sip:example.test");
+    b = b.header(
+        "Via",
+        &format!("SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKedge{n}"),
+    );
+    for i in 1..vias {
+        b = b.header(
+            "Via",
+            &format!("SIP/2.0/UDP 198.51.100.{i}:5060;branch=z9hG4bKua{n}x{i}"),
+        );
+    }
+    for p in path {
+        b = b.header("Path", p);
+    }
+    let contact = match reg_id {
+        Some(r) => format!(
+            "<sip:dave@198.51.100.1;ob>;+sip.instance=\"<{DAVE_INSTANCE}>\";reg-id={r};expires=600"
+        ),
+        None => "<sip:dave@198.51.100.1>;expires=600".to_owned(),
+    };
+    let m = b
+        .header("From", "<sip:dave@example.test>;tag=d1")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", &format!("cid-path-{n}"))
+        .header("CSeq", "1 REGISTER")
+        .header("Supported", "outbound, path")
+        .header("Contact", &contact)
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.50"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        m.to_bytes(),
+    );
+    w.sim
+        .run_until_peer_receives(peer, Duration::from_secs(1))
+        .unwrap()
+        .message
+}
+
+fn dave_bindings(w: &World) -> usize {
+    w.registrar
+        .borrow()
+        .lookup("dave@example.test", w.sim.now())
+        .len()
+}
+
+#[test]
+fn outbound_through_a_first_hop_without_ob_gets_439_and_stores_nothing() {
+    let mut w = world(RegistrarConfig::default());
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    // the first hop (the bottom-most Path entry, the proxy nearest the
+    // phone) did not say it keeps the flow: 439, nothing bound
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], Some(1));
+    assert_eq!(r.status(), Some(439));
+    assert_eq!(r.reason(), Some("First Hop Lacks Outbound Support"));
+    assert_eq!(dave_bindings(&w), 0);
+    // a proxy in between with no Path at all: the first hop is unknown
+    let r = register_via(&mut w, edge, 2, &[], Some(1));
+    assert_eq!(r.status(), Some(439));
+    // ;ob only on the top entry (the proxy nearest us) is not enough
+    let r = register_via(
+        &mut w,
+        edge,
+        3,
+        &["<sip:192.0.2.50;lr;ob>", "<sip:192.0.2.60;lr>"],
+        Some(1),
+    );
+    assert_eq!(r.status(), Some(439));
+    assert_eq!(dave_bindings(&w), 0);
+}
+
+#[test]
+fn outbound_through_a_first_hop_with_ob_or_straight_from_the_phone_is_bound() {
+    let mut w = world(RegistrarConfig::default());
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    // the bottom-most Path entry carries ;ob (two proxies on the way)
+    let r = register_via(
+        &mut w,
+        edge,
+        3,
+        &["<sip:192.0.2.60;lr>", "<sip:192.0.2.50;lr;ob>"],
+        Some(1),
+    );
+    assert_eq!(r.status(), Some(200));
+    assert!(r.has_token(HeaderName::Require, "outbound"));
+    assert_eq!(dave_bindings(&w), 1);
+    // no outbound asked: a Path without ;ob is fine
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], None);
+    assert_eq!(r.status(), Some(200));
+    // straight from the phone (one Via, no Path): we are the first hop
+    let r = register_via(&mut w, edge, 1, &[], Some(2));
+    assert_eq!(r.status(), Some(200));
+    assert!(r.has_token(HeaderName::Require, "outbound"));
+    assert_eq!(dave_bindings(&w), 3);
+}
+
+#[test]
+fn a_registrar_without_outbound_ignores_reg_id_and_sends_no_439() {
+    let mut w = world(RegistrarConfig {
+        outbound: false,
+        ..RegistrarConfig::default()
+    });
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], Some(1));
+    assert_eq!(r.status(), Some(200));
+    assert!(!r.has_token(HeaderName::Require, "outbound"));
+}
+
+#[test]
+fn the_register_2xx_carries_the_configured_service_route() {
+    let mut w = world(RegistrarConfig {
+        service_routes: vec![
+            "sip:orig@192.0.2.1;lr".to_owned(),
+            "sip:as.example.test;lr".to_owned(),
+        ],
+        ..RegistrarConfig::default()
+    });
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    let r = register_via(&mut w, edge, 1, &[], None);
+    assert_eq!(r.status(), Some(200));
+    let routes: Vec<String> = r
+        .header_values(HeaderName::ServiceRoute)
+        .flat_map(|v| siproam_sip::split_list(v).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        routes,
+        ["<sip:orig@192.0.2.1;lr>", "<sip:as.example.test;lr>"],
+        "in the configured order"
+    );
+    // a refusal carries none
+    let mut w = world(RegistrarConfig {
+        service_routes: vec!["sip:orig@192.0.2.1;lr".to_owned()],
+        ..RegistrarConfig::default()
+    });
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    let r = register_via(&mut w, edge, 2, &["<sip:192.0.2.50;lr>"], Some(1));
+    assert_eq!(r.status(), Some(439));
+    assert_eq!(r.header_values(HeaderName::ServiceRoute).count(), 0);
+}
+
+// ---- a store shared with other processes ----
+
+fn shared_world() -> (World, NodeId) {
+    let mut w = world(RegistrarConfig::default());
+    w.registrar.borrow_mut().set_shared(true);
+    let edge = w.sim.add_peer("edge", &[ip("192.0.2.50")]);
+    (w, edge)
+}
+
+/// Sends dave's REGISTER (straight from the phone) without waiting for
+/// an answer.
+fn send_register(w: &mut World, peer: NodeId, cseq: u32, expires: u32) {
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKsh{cseq}"),
+        )
+        .header("From", "<sip:dave@example.test>;tag=d1")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", "cid-shared")
+        .header("CSeq", &format!("{cseq} REGISTER"))
+        .header(
+            "Contact",
+            &format!("<sip:dave@192.0.2.50>;expires={expires}"),
+        )
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        peer,
+        SocketAddr::new(ip("192.0.2.50"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        m.to_bytes(),
+    );
+}
+
+fn final_answer(w: &mut World, peer: NodeId, limit: Duration) -> Option<u16> {
+    let until = w.sim.now() + limit;
+    while w.sim.now() < until {
+        let left = until.saturating_duration_since(w.sim.now());
+        let r = w.sim.run_until_peer_receives(peer, left)?;
+        if r.message.status().is_some_and(|c| c >= 200) {
+            return r.message.status();
+        }
+    }
+    None
+}
+
+#[test]
+fn with_a_shared_store_the_2xx_waits_for_the_write_to_be_acknowledged() {
+    let (mut w, edge) = shared_world();
+    send_register(&mut w, edge, 1, 600);
+    // the phone retransmits meanwhile; nothing is answered
+    assert_eq!(final_answer(&mut w, edge, Duration::from_secs(2)), None);
+    let op = w.registrar.borrow_mut().poll_store_op().expect("a write");
+    assert!(
+        w.registrar.borrow_mut().poll_store_op().is_none(),
+        "one write"
+    );
+    assert_eq!(op.aor, "dave@example.test");
+    assert_eq!(op.bindings.len(), 1);
+    assert_eq!(op.bindings[0].contact, "sip:dave@192.0.2.50");
+    let life = op.lifetime(w.sim.now()).unwrap();
+    assert!(life <= Duration::from_secs(600) && life > Duration::from_secs(590));
+    let reg = w.registrar.clone();
+    let sent = w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().store_done(ep, now, op.id, true)
+    });
+    assert_eq!(sent, Some(200));
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(200)
+    );
+    assert_eq!(dave_bindings(&w), 1);
+    assert_eq!(w.registrar.borrow().store_waits(), 0);
+    // a fetch (no Contact) changes nothing: answered at once, no write
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKfetch")
+        .header("From", "<sip:dave@example.test>;tag=d1")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", "cid-shared")
+        .header("CSeq", "2 REGISTER")
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        edge,
+        SocketAddr::new(ip("192.0.2.50"), 5060),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Udp,
+        m.to_bytes(),
+    );
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(200)
+    );
+    assert!(w.registrar.borrow_mut().poll_store_op().is_none());
+}
+
+#[test]
+fn with_a_shared_store_a_failed_write_is_a_503_and_undone() {
+    let (mut w, edge) = shared_world();
+    send_register(&mut w, edge, 1, 600);
+    w.sim.run_for(Duration::from_millis(100));
+    let op = w.registrar.borrow_mut().poll_store_op().unwrap();
+    let reg = w.registrar.clone();
+    let sent = w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().store_done(ep, now, op.id, false)
+    });
+    assert_eq!(sent, Some(503));
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(503)
+    );
+    assert_eq!(dave_bindings(&w), 0, "not acknowledged: not bound");
+    // a write never reported is failed once it waited too long
+    send_register(&mut w, edge, 2, 600);
+    w.sim.run_for(Duration::from_millis(100));
+    assert!(w.registrar.borrow_mut().poll_store_op().is_some());
+    assert_eq!(dave_bindings(&w), 1, "bound locally while the write is out");
+    w.sim
+        .run_for(siproam_edge::AWAIT_LIMIT + Duration::from_secs(1));
+    let reg = w.registrar.clone();
+    w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().expire_store_waits(ep, now)
+    });
+    assert_eq!(
+        final_answer(&mut w, edge, Duration::from_secs(1)),
+        Some(503)
+    );
+    assert_eq!(dave_bindings(&w), 0);
+    assert_eq!(w.registrar.borrow().store_waits(), 0);
+}
+
+#[test]
+fn bindings_another_process_wrote_are_found_and_carry_no_flow() {
+    let (w, _edge) = shared_world();
+    let now = w.sim.now();
+    let theirs = vec![siproam_edge::Binding {
+        contact: "sip:erin@192.0.2.77".to_owned(),
+        expires_at: now + Duration::from_secs(60),
+        instance: None,
+        reg_id: None,
+        call_id: "x".to_owned(),
+        cseq: 1,
+        flow: None,
+        q: None,
+        path: Vec::new(),
+    }];
+    let text = siproam_edge::encode_shared(&theirs, now, 5_000_000, 1);
+    let back = siproam_edge::decode_shared(&text, now, 5_000_000, 2, 16).unwrap();
+    w.registrar
+        .borrow_mut()
+        .apply_shared("erin@example.test", back);
+    let b = w.registrar.borrow().lookup("sip:erin@example.test", now);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].flow, None);
+    assert!(
+        w.registrar.borrow_mut().poll_store_op().is_none(),
+        "not written back"
+    );
+    w.registrar
+        .borrow_mut()
+        .apply_shared("erin@example.test", Vec::new());
+    assert!(w
+        .registrar
+        .borrow()
+        .lookup("sip:erin@example.test", now)
+        .is_empty());
+}
+
+#[test]
+fn with_a_shared_store_a_closed_flow_writes_its_aors_remaining_bindings() {
+    let (mut w, _edge) = shared_world();
+    let phone = w.sim.add_peer("phone", &[ip("192.0.2.70")]);
+    let m = MessageBuilder::request(Method::Register, "sip:example.test")
+        .header("Via", "SIP/2.0/TCP 192.0.2.70:40000;branch=z9hG4bKflow")
+        .header("From", "<sip:dave@example.test>;tag=d9")
+        .header("To", "<sip:dave@example.test>")
+        .header("Call-ID", "cid-flow")
+        .header("CSeq", "1 REGISTER")
+        .header("Supported", "outbound, path")
+        .header(
+            "Contact",
+            &format!("<sip:dave@192.0.2.70:40000;transport=tcp;ob>;+sip.instance=\"<{DAVE_INSTANCE}>\";reg-id=1;expires=600"),
+        )
+        .build()
+        .unwrap();
+    w.sim.peer_send(
+        phone,
+        SocketAddr::new(ip("192.0.2.70"), 40000),
+        SocketAddr::new(ip(REG), 5060),
+        Transport::Tcp,
+        m.to_bytes(),
+    );
+    w.sim.run_for(Duration::from_millis(100));
+    let op = w.registrar.borrow_mut().poll_store_op().unwrap();
+    let reg = w.registrar.clone();
+    w.sim.with_endpoint(w.reg, |ep, now| {
+        reg.borrow_mut().store_done(ep, now, op.id, true)
+    });
+    let r = w
+        .sim
+        .run_until_peer_receives(phone, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(r.message.status(), Some(200));
+    // the registrar is driven by hand here: tell it the flow closed
+    let flow = w
+        .registrar
+        .borrow()
+        .lookup("dave@example.test", w.sim.now())[0]
+        .flow
+        .unwrap();
+    assert_eq!(w.registrar.borrow_mut().flow_failed(flow), 1);
+    let op = w.registrar.borrow_mut().poll_store_op().expect("a write");
+    assert_eq!(op.aor, "dave@example.test");
+    assert!(op.bindings.is_empty(), "the shared copy forgets it too");
+    assert_eq!(op.lifetime(w.sim.now()), None);
 }

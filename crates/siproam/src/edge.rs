@@ -11,8 +11,11 @@ use std::time::Instant;
 
 pub use siproam_edge::*;
 
-use crate::core::{Endpoint, Event};
-use crate::Application;
+use tokio::sync::mpsc;
+
+use crate::core::{CallId, Endpoint, Event};
+use crate::location::{queue_ops, StoreDone};
+use crate::{AppCommand, Application, CommandError};
 
 /// Runs a [`Registrar`] and a [`Proxy`] for the AoRs it holds inside an
 /// endpoint task; requests for the element itself get the default
@@ -22,6 +25,9 @@ pub struct RegistrarApp {
     registrar: Arc<Mutex<Registrar>>,
     proxy: Arc<Mutex<Proxy>>,
     dispatcher: Dispatcher,
+    /// Where the registrar's writes go when its bindings are shared with
+    /// other processes ([`RegistrarApp::with_shared_store`]).
+    store_ops: Option<mpsc::Sender<StoreOp>>,
 }
 
 impl RegistrarApp {
@@ -40,7 +46,21 @@ impl RegistrarApp {
             registrar: Arc::new(Mutex::new(registrar)),
             proxy: Arc::new(Mutex::new(Proxy::new())),
             dispatcher: Dispatcher::new(),
+            store_ops: None,
         }
+    }
+
+    /// Shares the registrar's bindings with other processes: its writes
+    /// ([`StoreOp`]) go to `ops` (the [`crate::location::RedisStore`]'s
+    /// writer), whose outcomes come back as [`StoreDone`] commands; a
+    /// REGISTER's 2xx waits for its write.
+    pub fn with_shared_store(mut self, ops: mpsc::Sender<StoreOp>) -> RegistrarApp {
+        self.registrar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_shared(true);
+        self.store_ops = Some(ops);
+        self
     }
 
     /// The shared registrar (to look bindings up).
@@ -61,8 +81,35 @@ impl Application for RegistrarApp {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
-        self.dispatcher
-            .handle_event(&mut registrar, &mut proxy, core, now, event)
+        let passed = self
+            .dispatcher
+            .handle_event(&mut registrar, &mut proxy, core, now, event);
+        if let Some(ops) = &self.store_ops {
+            queue_ops(&mut registrar, core, now, ops);
+        }
+        passed
+    }
+
+    /// Takes [`StoreDone`]: a shared-store write's outcome (the REGISTER
+    /// waiting for it is answered).
+    fn command(
+        &mut self,
+        core: &mut Endpoint,
+        now: Instant,
+        cmd: AppCommand,
+    ) -> Result<Option<CallId>, CommandError> {
+        let done = cmd
+            .downcast::<StoreDone>()
+            .map_err(|_| CommandError::Unsupported)?;
+        let mut registrar = self
+            .registrar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        registrar.store_done(core, now, done.id, done.stored);
+        if let Some(ops) = &self.store_ops {
+            queue_ops(&mut registrar, core, now, ops);
+        }
+        Ok(None)
     }
 }
 

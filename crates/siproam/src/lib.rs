@@ -10,6 +10,7 @@ pub mod edge;
 mod endpoint;
 mod fdlimit;
 pub mod instance;
+pub mod location;
 mod media_report;
 pub mod netwatch;
 mod phone;
@@ -18,8 +19,8 @@ pub mod resolve;
 pub mod transport;
 
 pub use endpoint::{
-    AccountChanges, AccountSpec, AppCommand, Application, CommandError, CommandFor, EndpointConfig,
-    EndpointError, EndpointEvent, EndpointHandle, FlowSpec, UserAgent, WatchConfig,
+    AccountChanges, AccountSpec, AppCommand, AppCommander, Application, CommandError, CommandFor,
+    EndpointConfig, EndpointError, EndpointEvent, EndpointHandle, FlowSpec, UserAgent, WatchConfig,
 };
 pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
 pub use media_report::MediaReport;

@@ -140,6 +140,28 @@ pub(super) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Sends commands of the application's own type to a running endpoint
+/// ([`EndpointHandle::app_commander`]); cloneable.
+#[derive(Debug, Clone)]
+pub struct AppCommander {
+    commands: mpsc::Sender<Command>,
+}
+
+impl AppCommander {
+    /// As [`EndpointHandle::command`].
+    pub async fn command<C: std::any::Any + Send>(
+        &self,
+        cmd: C,
+    ) -> Result<Option<CallId>, EndpointError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::App(Box::new(cmd), tx))
+            .await
+            .map_err(|_| EndpointError::Stopped)?;
+        rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+}
+
 /// A handle on a running endpoint.
 #[derive(Debug)]
 pub struct EndpointHandle {
@@ -354,6 +376,15 @@ impl EndpointHandle {
             .await
             .map_err(|_| EndpointError::Stopped)?;
         rx.await.map_err(|_| EndpointError::Stopped)?
+    }
+
+    /// A cloneable sender of application commands, for a task of the
+    /// application's own that reports back into the endpoint task (the
+    /// shared location store's writer acknowledging a write).
+    pub fn app_commander(&self) -> AppCommander {
+        AppCommander {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Resolves `hop` (a SIP URI: a proxy, or the callee's URI) to the

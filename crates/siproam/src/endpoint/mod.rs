@@ -24,4 +24,4 @@ mod targets;
 
 pub use app::{AppCommand, Application, CommandError, UserAgent};
 pub use config::{AccountChanges, AccountSpec, EndpointConfig, FlowSpec, WatchConfig};
-pub use handle::{CommandFor, EndpointError, EndpointEvent, EndpointHandle};
+pub use handle::{AppCommander, CommandFor, EndpointError, EndpointEvent, EndpointHandle};

@@ -55,18 +55,28 @@ pub struct EdgeBench {
     pub window: usize,
     /// Whether to run Kamailio too (it must be installed).
     pub kamailio: bool,
+    /// Also siproam registrar behind `siproam edge`.
+    pub edge: bool,
+    /// Also siproam registrar with `--store redis://` (redis-server must
+    /// be installed).
+    pub redis: bool,
 }
 
 /// A server under test, stopped on drop.
 enum Server {
     Siproam(Child),
-    Kamailio { workdir: PathBuf, pid: u32 },
+    /// An edge and the registrar behind it, measured together.
+    Pair(Box<Server>, Box<Server>),
+    Kamailio {
+        workdir: PathBuf,
+        pid: u32,
+    },
 }
 
 impl Server {
     fn name(&self) -> &'static str {
         match self {
-            Server::Siproam(_) => "siproam",
+            Server::Siproam(_) | Server::Pair(..) => "siproam",
             Server::Kamailio { .. } => "kamailio",
         }
     }
@@ -76,6 +86,7 @@ impl Server {
     fn pids(&self) -> Vec<u32> {
         match self {
             Server::Siproam(child) => vec![child.id()],
+            Server::Pair(a, b) => a.pids().into_iter().chain(b.pids()).collect(),
             Server::Kamailio { pid, .. } => process_group(*pid),
         }
     }
@@ -101,6 +112,7 @@ impl Drop for Server {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            Server::Pair(..) => {}
             Server::Kamailio { workdir, .. } => {
                 let _ = Command::new(interop_dir().join("kamailio/stop.sh"))
                     .arg(&*workdir)
@@ -152,13 +164,26 @@ fn start_siproam(
     users: Option<&Path>,
     max_connections: usize,
 ) -> anyhow::Result<(Server, SocketAddr, SocketAddr)> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["registrar", "--json", "--domain", DOMAIN])
-        .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
-        .args(["--max-connections", &max_connections.to_string()]);
+    let mut args: Vec<String> = vec!["--domain".into(), DOMAIN.into()];
     if let Some(u) = users {
-        cmd.arg("--users").arg(u);
+        args.push("--users".into());
+        args.push(u.to_string_lossy().into_owned());
     }
+    start_child("registrar", &args, max_connections)
+}
+
+/// Starts `siproam COMMAND --json --listen udp:… --listen tcp:…` with
+/// `args` and waits for both listeners.
+fn start_child(
+    command: &str,
+    args: &[String],
+    max_connections: usize,
+) -> anyhow::Result<(Server, SocketAddr, SocketAddr)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([command, "--json"])
+        .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
+        .args(["--max-connections", &max_connections.to_string()])
+        .args(args);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -172,7 +197,7 @@ fn start_siproam(
     while udp.is_none() || tcp.is_none() {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            bail!("the registrar exited before listening");
+            bail!("siproam {command} exited before listening");
         }
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if v.get("event").and_then(Value::as_str) != Some("listening") {
@@ -195,9 +220,42 @@ fn start_siproam(
         }
     });
     let (Some(udp), Some(tcp)) = (udp, tcp) else {
-        bail!("the registrar did not say where it listens");
+        bail!("siproam {command} did not say where it listens");
     };
     Ok((server, udp, tcp))
+}
+
+/// A `redis-server` of the bench's own on 127.0.0.1 (no persistence),
+/// stopped on drop.
+struct Redis(Child, u16);
+
+impl Redis {
+    fn start() -> anyhow::Result<Redis> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (Debian package redis-server)")?;
+        let redis = Redis(child, port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on {port} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A port free on 127.0.0.1 for both UDP and TCP (a moment ago).
@@ -682,7 +740,7 @@ fn register_part(
     server: &Server,
     addr: SocketAddr,
     b: &EdgeBench,
-    auth: bool,
+    part: &str,
     json_out: bool,
 ) -> anyhow::Result<Value> {
     let pss0 = server.pss();
@@ -696,7 +754,7 @@ fn register_part(
         "event": "bench",
         "bench": "edge",
         "server": server.name(),
-        "part": if auth { "register_udp_digest" } else { "register_udp" },
+        "part": part,
         "bindings": fill.ok,
         "fill_seconds": (fill_secs * 100.0).round() / 100.0,
         "bytes_per_binding": (pss1.saturating_sub(pss0) as f64 / fill.ok.max(1) as f64).round(),
@@ -747,7 +805,63 @@ pub async fn edge(b: EdgeBench, json_out: bool) -> anyhow::Result<ExitCode> {
                     "siproam" => start_siproam(auth.then_some(users.as_path()), b.flows + 64)?,
                     _ => start_kamailio(&users, auth)?,
                 };
-                out.push(register_part(&server, udp, &b, auth, json_out)?);
+                let part = if auth {
+                    "register_udp_digest"
+                } else {
+                    "register_udp"
+                };
+                out.push(register_part(&server, udp, &b, part, json_out)?);
+            }
+            if kind == "siproam" && b.edge {
+                // the same load through `siproam edge` in front of it: the
+                // edge's cost (memory is the edge's and registrar's PSS)
+                // behind one trusted edge, the registrar's per-source budget
+                // is off (as its --help says to deploy it)
+                let (registrar, reg_udp, _) = start_child(
+                    "registrar",
+                    &[
+                        "--domain".into(),
+                        DOMAIN.into(),
+                        "--max-rate-per-source".into(),
+                        "0".into(),
+                    ],
+                    1024,
+                )?;
+                let (edge, edge_udp, _) = start_child(
+                    "edge",
+                    &["--registrar".into(), format!("sip:{reg_udp}")],
+                    1024,
+                )?;
+                let both = Server::Pair(Box::new(edge), Box::new(registrar));
+                out.push(register_part(
+                    &both,
+                    edge_udp,
+                    &b,
+                    "register_udp_via_edge",
+                    json_out,
+                )?);
+            }
+            if kind == "siproam" && b.redis {
+                let redis = Redis::start()?;
+                let (server, udp, _) = start_child(
+                    "registrar",
+                    &[
+                        "--domain".into(),
+                        DOMAIN.into(),
+                        "--store".into(),
+                        format!("redis://127.0.0.1:{}", redis.1),
+                    ],
+                    1024,
+                )?;
+                out.push(register_part(
+                    &server,
+                    udp,
+                    &b,
+                    "register_udp_redis",
+                    json_out,
+                )?);
+                drop(server);
+                drop(redis);
             }
             if b.flows > 0 {
                 let (server, _, tcp) = match kind {

@@ -205,6 +205,14 @@ enum BenchKind {
         /// Leave Kamailio out (not installed).
         #[arg(long)]
         no_kamailio: bool,
+        /// Also the UDP REGISTER/s through `siproam edge` in front of the
+        /// registrar.
+        #[arg(long)]
+        edge: bool,
+        /// Also the UDP REGISTER/s with `--store redis://` (starts its own
+        /// redis-server on loopback).
+        #[arg(long)]
+        redis: bool,
     },
     /// Keep-alives on outbound flows: N accounts, each with its own TCP
     /// flow to a registrar on loopback, pinging for a while (CPU, memory
@@ -449,6 +457,8 @@ fn main() -> ExitCode {
                     sources,
                     window,
                     no_kamailio,
+                    edge,
+                    redis,
                 },
         } => block_on(bench_edge::edge(
             bench_edge::EdgeBench {
@@ -459,6 +469,8 @@ fn main() -> ExitCode {
                 sources,
                 window,
                 kamailio: !no_kamailio,
+                edge,
+                redis,
             },
             json,
         )),

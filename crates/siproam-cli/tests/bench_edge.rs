@@ -73,11 +73,31 @@ fn check_server(results: &[Value], server: &str) {
     );
 }
 
+fn check_part(results: &[Value], part: &str) {
+    let v = results
+        .iter()
+        .find(|v| v["part"] == part)
+        .unwrap_or_else(|| panic!("no {part} in {results:?}"));
+    assert_eq!(v["bindings"], 300, "every AoR registered once: {v}");
+    assert!(v["registers_per_second"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["refused"], 0, "{v}");
+}
+
 #[test]
 fn siproam_registrar_parts_all_run() {
-    let results = bench(&["--no-kamailio"]);
+    let results = bench(&["--no-kamailio", "--edge"]);
     check_server(&results, "siproam");
+    check_part(&results, "register_udp_via_edge");
     assert!(results.iter().all(|v| v["server"] != "kamailio"));
+}
+
+#[test]
+fn the_registrar_with_a_redis_store_is_measured() {
+    if !have("redis-server") {
+        return;
+    }
+    let results = bench(&["--no-kamailio", "--redis"]);
+    check_part(&results, "register_udp_redis");
 }
 
 #[test]

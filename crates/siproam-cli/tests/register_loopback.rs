@@ -603,3 +603,61 @@ fn an_agent_with_outbound_registers_its_instance_and_reg_id_and_outbound_is_in_f
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A `binding` event says the bindings changed: a refresh (same Contact,
+/// a new CSeq) is answered 200 and not reported, a new Contact is. (One
+/// event per refresh cost more than the registration itself at
+/// thousands a second.)
+#[test]
+fn a_refresh_is_answered_but_not_reported_as_a_binding_change() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let addr: std::net::SocketAddr = listening(&registrar, "udp").parse().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.7:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let local = sock.local_addr().unwrap();
+    let register = |cseq: u32, port: u16| {
+        let m = format!(
+            "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKref{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:rita@example.test>;tag=r1\r\nTo: <sip:rita@example.test>\r\n\
+             Call-ID: refresh-test\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:rita@127.0.0.7:{port}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(m.as_bytes(), addr).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = sock.recv(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"SIP/2.0 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    };
+    register(1, 5060);
+    registrar.wait_for("the new binding", |v| {
+        v["event"] == "binding" && v["aor"] == "sip:rita@example.test"
+    });
+    register(2, 5060);
+    register(3, 5060);
+    // a change after the refreshes: its event is the second one
+    register(4, 5070);
+    registrar.wait_for("the moved binding", |v| {
+        v["event"] == "binding"
+            && v["contacts"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|b| b["contact"].as_str().is_some_and(|s| s.ends_with(":5070")))
+            })
+    });
+    let events = registrar
+        .seen()
+        .into_iter()
+        .filter(|v| v["event"] == "binding")
+        .count();
+    assert_eq!(events, 2, "{:?}", registrar.seen());
+}

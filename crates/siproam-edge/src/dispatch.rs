@@ -30,7 +30,8 @@ impl Dispatcher {
     }
 
     /// One event of `core`. Returns it when the application should see it
-    /// too: a REGISTER that changed a binding (challenges are not news),
+    /// too: a REGISTER that changed a binding (challenges and refreshes
+    /// are not news),
     /// responses and failures of requests the proxy did not send, a closed
     /// flow, and every other event.
     pub fn handle_event(
@@ -61,7 +62,7 @@ impl Dispatcher {
                                 request,
                             })
                         }
-                        Ok(Handled::Responded(_)) | Err(_) => return None,
+                        Ok(Handled::Responded(_) | Handled::Refreshed) | Err(_) => return None,
                         Ok(Handled::NotMine) => {}
                     }
                 }

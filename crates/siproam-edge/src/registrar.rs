@@ -169,13 +169,31 @@ pub struct Binding {
 /// What the registrar did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
-    /// It answered the request.
+    /// It answered the request (a 2xx: the bindings changed).
     Responded(u16),
+    /// It answered 200 to a REGISTER that changed nothing but lifetimes:
+    /// a refresh or a fetch (not news for the application).
+    Refreshed,
     /// Not a REGISTER: the caller handles it.
     NotMine,
     /// A REGISTER that changed bindings, answered once the shared store
     /// acknowledged the write ([`Registrar::store_done`]).
     Pending,
+}
+
+/// Whether two binding lists name the same bindings in the same order
+/// (contact, instance, reg-id, q, Path, flow): what differs between them
+/// is only lifetimes and CSeqs, a refresh.
+fn same_set(a: &[Binding], b: &[Binding]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.contact == y.contact
+                && x.instance == y.instance
+                && x.reg_id == y.reg_id
+                && x.q == y.q
+                && x.path == y.path
+                && x.flow == y.flow
+        })
 }
 
 /// A write of one AoR's bindings for a store shared with other processes
@@ -756,11 +774,16 @@ impl Registrar {
     ) -> Result<Handled, CoreError> {
         // a fetch (no Contact) changes nothing: nothing to write
         if !self.shared || self.store.bindings(key) == list.as_slice() {
+            let changed = !same_set(self.store.bindings(key), &list);
             self.set_bindings(key, list);
             let response = self.ok(ep, now, req, key, outbound)?;
             // no transaction kept (see `reply`)
             ep.respond_stateless(now, tx, response)?;
-            return Ok(Handled::Responded(200));
+            return Ok(if changed {
+                Handled::Responded(200)
+            } else {
+                Handled::Refreshed
+            });
         }
         if self.awaiting.len() >= MAX_AWAITING_WRITES || self.outbox.len() >= MAX_OUTBOX {
             tracing::warn!("shared location store: too many writes waiting; 503");

@@ -89,7 +89,10 @@ impl LocationStore for MemoryStore {
             .unwrap_or_default()
     }
 
-    fn replace(&mut self, aor: &str, list: Vec<Binding>) {
+    fn replace(&mut self, aor: &str, mut list: Vec<Binding>) {
+        // kept for the binding's lifetime: no spare room (a list built by
+        // pushing has room for four, 432 bytes a binding for nothing)
+        list.shrink_to_fit();
         for b in &list {
             Self::index(&mut self.contacts, b);
         }

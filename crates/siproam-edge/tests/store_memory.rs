@@ -53,7 +53,11 @@ fn the_store_holds_a_binding_in_under_400_bytes() {
             q: None,
             path: Vec::new(),
         };
-        store.replace(&format!("u{i}@example.test"), vec![b]);
+        // built the way a REGISTER builds it: collected, then pushed to
+        // (a Vec's first push reserves room for four)
+        let mut list: Vec<Binding> = Vec::new();
+        list.push(b);
+        store.replace(&format!("u{i}@example.test"), list);
     }
     let per_binding = (LIVE.load(Ordering::Relaxed) - before) / N;
     assert_eq!(store.sizes()[0].0, 50_000);

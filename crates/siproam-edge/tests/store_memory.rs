@@ -6,6 +6,8 @@
 //! keeps the store's own share from growing unnoticed.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, unsafe_code)]
+// the lists are built the way a REGISTER builds them, push by push
+#![allow(clippy::vec_init_then_push)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

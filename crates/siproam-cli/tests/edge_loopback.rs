@@ -135,7 +135,10 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     });
 
     // Alice's process (and so her connection) goes: her binding lives on
-    // at the registrar, but the flow its Path names is gone: 430
+    // at the registrar, but the flow its Path names is gone: the edge
+    // answers the registrar 430, and the registrar, with no other flow of
+    // hers, answers Bob 480 (a 430 is for the proxy that chose the flow,
+    // RFC 5626 §11.5: a caller would take it for its own flow failing)
     alice.child.kill().unwrap();
     let _ = alice.child.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -143,7 +146,27 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     let failed = bob.wait_for("bob's second call fails", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
-    assert_eq!(failed["code"], 430, "{failed}");
+    assert_eq!(failed["code"], 480, "{failed}");
+    // the edge's own answer along the Path: 430 Flow Failed
+    let mut direct = std::net::TcpStream::connect(&edge_tcp).unwrap();
+    direct
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let me = direct.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:alice@example.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-along-path\r\n\
+         Route: {path}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@example.test>;tag=b9\r\n\
+         To: <sip:alice@example.test>\r\n\
+         Call-ID: along-path-1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    direct.write_all(options.as_bytes()).unwrap();
+    let head = read_head(&mut direct);
+    assert!(head.starts_with("SIP/2.0 430"), "{head}");
 
     // a CRLFCRLF ping on the edge's TCP port gets a CRLF pong at once
     let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
@@ -249,7 +272,7 @@ fn read_head(s: &mut std::net::TcpStream) -> String {
 }
 
 /// An outbound REGISTER of carol's instance from `s`'s address.
-fn raw_register(s: &mut std::net::TcpStream, cseq: u32) -> String {
+fn raw_register(s: &mut std::net::TcpStream, cseq: u32, call_id: &str) -> String {
     let me = s.local_addr().unwrap();
     let register = format!(
         "REGISTER sip:example.test SIP/2.0\r\n\
@@ -257,7 +280,7 @@ fn raw_register(s: &mut std::net::TcpStream, cseq: u32) -> String {
          Max-Forwards: 70\r\n\
          From: <sip:carol@example.test>;tag=c1\r\n\
          To: <sip:carol@example.test>\r\n\
-         Call-ID: raw-reg-1\r\n\
+         Call-ID: {call_id}\r\n\
          CSeq: {cseq} REGISTER\r\n\
          Contact: <sip:carol@{me};transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000e3>\"\r\n\
          Supported: outbound, path\r\n\
@@ -314,7 +337,7 @@ fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
     let edge_tcp = listening(&edge, "tcp");
     let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = raw_register(&mut raw, 1);
+    let head = raw_register(&mut raw, 1, "raw-reg-1");
     assert!(head.starts_with("SIP/2.0 200"), "{head}");
     assert!(head.contains("\r\nFlow-Timer: 2\r\n"), "{head}");
     // eight pings a second apart: twice the 3 s it may stay silent
@@ -378,13 +401,16 @@ fn aggressive_gc_closes_the_older_flow_of_a_registration() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let edge = Proc::spawn(&args);
         let edge_tcp = listening(&edge, "tcp");
+        // a phone of its own each round (the first round's binding lives
+        // on at the registrar: its CSeq must not go back)
+        let call_id = format!("raw-reg-{aggressive}");
         let mut old = std::net::TcpStream::connect(&edge_tcp).unwrap();
         old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = raw_register(&mut old, 1);
+        let head = raw_register(&mut old, 1, &call_id);
         assert!(head.starts_with("SIP/2.0 200"), "{head}");
         let mut new = std::net::TcpStream::connect(&edge_tcp).unwrap();
         new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = raw_register(&mut new, 2);
+        let head = raw_register(&mut new, 2, &call_id);
         assert!(head.starts_with("SIP/2.0 200"), "{head}");
         if aggressive {
             assert!(closed_by_peer(&mut old, Duration::from_secs(30)));

@@ -3,7 +3,9 @@
 //! (`interop/sipp/register_edge_outbound.xml`: the 2xx carries `Require:
 //! outbound`, the edge's `Flow-Timer` and its `Path` with a flow token and
 //! `;ob`, echoed by the registrar); once SIPp is gone (its connection
-//! closed), a call to its AoR gets 430 Flow Failed from the edge. The edge
+//! closed), a request along its Path gets 430 Flow Failed from the edge,
+//! and a call to its AoR gets 480 from the registrar (RFC 5626 §11.5: the
+//! 430 is for the proxy that chose the flow, not the caller). The edge
 //! in front of Kamailio as registrar: Kamailio keeps and follows its Path.
 //!
 //! SIPp and Kamailio come from the Debian packages (`interop/install.sh`, run by CI as
@@ -103,7 +105,35 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
     let failed = bob.wait_for("the call fails", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
-    assert_eq!(failed["code"], 430, "{failed}");
+    assert_eq!(failed["code"], 480, "{failed}");
+    // the edge's answer to the registrar, seen directly along the Path
+    let mut direct = std::net::TcpStream::connect(("127.0.0.1", edge_port)).unwrap();
+    direct
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let me = direct.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:alice@example.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-sipp-path\r\n\
+         Route: {path}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@example.test>;tag=b9\r\n\
+         To: <sip:alice@example.test>\r\n\
+         Call-ID: sipp-path-1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut direct, options.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match std::io::Read::read(&mut direct, &mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("SIP/2.0 430"), "{head}");
     bob.quit();
     let _ = std::fs::remove_dir_all(dir);
 }

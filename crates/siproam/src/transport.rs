@@ -44,6 +44,7 @@
 mod addr;
 mod error;
 mod listener;
+mod queue;
 mod sockopt;
 mod stream;
 mod tls;
@@ -585,7 +586,7 @@ struct ConnEntry {
     info: ConnectionInfo,
     /// What an outgoing TLS connection verified of its server.
     verified: tls::VerifiedServer,
-    tx: mpsc::Sender<Bytes>,
+    tx: Arc<queue::SendQueue>,
     shared: Arc<ConnShared>,
 }
 
@@ -1116,7 +1117,10 @@ impl TransportManager {
         Ok(flow_of(&info))
     }
 
-    fn find_reusable(&self, target: &SendTarget) -> Option<(ConnectionInfo, mpsc::Sender<Bytes>)> {
+    fn find_reusable(
+        &self,
+        target: &SendTarget,
+    ) -> Option<(ConnectionInfo, Arc<queue::SendQueue>)> {
         let state = self.shared.state();
         state
             .connections
@@ -1236,7 +1240,7 @@ fn flow_of(info: &ConnectionInfo) -> OpenedFlow {
     }
 }
 
-fn enqueue(tx: &mpsc::Sender<Bytes>, id: ConnectionId, bytes: Bytes) -> Result<(), SendError> {
+fn enqueue(tx: &queue::SendQueue, id: ConnectionId, bytes: Bytes) -> Result<(), SendError> {
     tx.try_send(bytes).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => SendError::QueueFull(id),
         mpsc::error::TrySendError::Closed(_) => SendError::ConnectionGone(id),

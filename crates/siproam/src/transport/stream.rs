@@ -13,10 +13,11 @@ use rustls_pki_types::ServerName;
 use siproam_sip::{Frame, Side, StreamFramer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::SendQueue;
 use super::{
     sockopt, tls::VerifiedServer, CloseReason, ConnEntry, ConnectionDirection, ConnectionId,
     ConnectionInfo, ListenerInfo, SendError, SendTarget, Shared, SourceSlot, StreamSlot, Transport,
@@ -245,7 +246,7 @@ pub(super) fn incoming(
 pub(super) async fn connect(
     shared: &Arc<Shared>,
     target: &SendTarget,
-) -> Result<(ConnectionInfo, mpsc::Sender<Bytes>), SendError> {
+) -> Result<(ConnectionInfo, Arc<SendQueue>), SendError> {
     let remote = target.remote;
     // the name is checked before any packet goes out
     let server_name = match (target.transport, &target.server_name) {
@@ -435,7 +436,7 @@ fn start<S>(
     listener: Option<ListenerInfo>,
     verified: VerifiedServer,
     conn: Arc<ConnShared>,
-) -> (ConnectionInfo, mpsc::Sender<Bytes>)
+) -> (ConnectionInfo, Arc<SendQueue>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -447,7 +448,7 @@ where
         direction,
         listener: listener.map(|l| l.id),
     };
-    let (tx, rx) = mpsc::channel(shared.send_queue);
+    let tx = Arc::new(SendQueue::new(shared.send_queue));
     shared.state().connections.insert(
         info.id,
         ConnEntry {
@@ -458,7 +459,7 @@ where
         },
     );
     tracing::debug!(connection = %info.id, %transport, ?direction, "connection opened");
-    tokio::spawn(drive(shared.clone(), stream, info, rx, tx.clone(), conn));
+    tokio::spawn(drive(shared.clone(), stream, info, tx.clone(), conn));
     (info, tx)
 }
 
@@ -468,8 +469,7 @@ async fn drive<S>(
     shared: Arc<Shared>,
     stream: S,
     info: ConnectionInfo,
-    mut rx: mpsc::Receiver<Bytes>,
-    tx: mpsc::Sender<Bytes>,
+    tx: Arc<SendQueue>,
     conn: Arc<ConnShared>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -481,7 +481,7 @@ async fn drive<S>(
     }
     let reason = tokio::select! {
         r = read_loop(&shared, &info, &mut rd, &tx, &conn) => r,
-        r = write_loop(&shared, &mut wr, &mut rx, &conn) => r,
+        r = write_loop(&shared, &mut wr, &tx, &conn) => r,
         r = deadline_watch(&conn, shared.deadlines) => r,
         () = conn.token.cancelled() => conn.take_reason().unwrap_or(CloseReason::Stopped),
     };
@@ -492,7 +492,8 @@ async fn drive<S>(
         shared.forget_unproven(conn.seq);
     }
     conn.release();
-    drop(rx);
+    // senders now get `Closed`; what was queued is dropped
+    tx.close();
     if matches!(
         reason,
         CloseReason::FirstMessageTimeout | CloseReason::MessageTimeout
@@ -514,7 +515,7 @@ async fn read_loop<R>(
     shared: &Shared,
     info: &ConnectionInfo,
     rd: &mut R,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &SendQueue,
     conn: &ConnShared,
 ) -> CloseReason
 where
@@ -594,7 +595,7 @@ where
 async fn write_loop<W>(
     shared: &Shared,
     wr: &mut W,
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &SendQueue,
     conn: &ConnShared,
 ) -> CloseReason
 where

@@ -615,10 +615,21 @@ impl Shared {
     /// Sends an event; waits while the queue is full, gives up when the
     /// manager stops or nobody listens.
     async fn emit(&self, event: TransportEvent) {
-        tokio::select! {
-            _ = self.events.send(event) => {}
-            () = self.stop.cancelled() => {}
-        }
+        // most of the time there is room: no future to hold. Waiting for
+        // room is boxed, so the task of every connection (each holds an
+        // `emit` in its state) does not carry that future's size.
+        let event = match self.events.try_send(event) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        Box::pin(async {
+            tokio::select! {
+                _ = self.events.send(event) => {}
+                () = self.stop.cancelled() => {}
+            }
+        })
+        .await;
     }
 
     fn remove_connection(&self, id: ConnectionId) {

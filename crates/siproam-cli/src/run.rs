@@ -1058,6 +1058,8 @@ pub async fn agent(
         .map(String::as_str);
     let exit_after_call = call_now.is_some();
     let mut current: Option<CallId> = None;
+    // the calls not ended yet, oldest first
+    let mut live: Vec<CallId> = Vec::new();
     if let Some(uri) = call_now {
         current = Some(ep.call(&uri, &aor, first_hop).await.context("calling")?);
     }
@@ -1122,9 +1124,16 @@ pub async fn agent(
                         if *state == CallState::Incoming && current.is_none() {
                             current = Some(*call);
                         }
+                        if *state != CallState::Disconnected && !live.contains(call) {
+                            live.push(*call);
+                        }
                         if *state == CallState::Disconnected {
+                            live.retain(|c| c != call);
+                            // the default call ends: the newest still up
+                            // (e.g. the one that replaced it, RFC 3891)
+                            // becomes the default
                             if current == Some(*call) {
-                                current = None;
+                                current = live.last().copied();
                             }
                             failed_call = code.is_some_and(|c| c >= 300);
                         }

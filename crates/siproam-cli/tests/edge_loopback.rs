@@ -3,8 +3,9 @@
 //! listener of its own (`--no-listen`): its binding carries the edge's
 //! Path with `;ob`, the 2xx the edge's Flow-Timer, a call from a second
 //! agent reaches it over its flow through the edge, and once its
-//! connection is gone the next call gets 430. The edge answers a CRLFCRLF
-//! ping with CRLF and a STUN Binding request on its UDP port; a bad
+//! connection is gone the edge answers the next call 430 (480 to Bob).
+//! The edge answers a CRLFCRLF ping with CRLF and a STUN Binding request
+//! on its UDP port; a bad
 //! `--flow-key-file` is refused with a clear error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -135,7 +136,9 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     });
 
     // Alice's process (and so her connection) goes: her binding lives on
-    // at the registrar, but the flow its Path names is gone: 430
+    // at the registrar, but the flow its Path names is gone: the edge
+    // answers 430, and the registrar, with no other flow of hers to try,
+    // gives Bob 480 (a 430 would tell him his own flow failed)
     alice.child.kill().unwrap();
     let _ = alice.child.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -143,7 +146,7 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     let failed = bob.wait_for("bob's second call fails", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
-    assert_eq!(failed["code"], 430, "{failed}");
+    assert_eq!(failed["code"], 480, "{failed}");
 
     // a CRLFCRLF ping on the edge's TCP port gets a CRLF pong at once
     let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
@@ -354,16 +357,18 @@ fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
 /// connection closes the old one at once (without it, the old one stays).
 #[test]
 fn aggressive_gc_closes_the_older_flow_of_a_registration() {
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
     for aggressive in [false, true] {
+        // a registrar of each run's own: the raw REGISTERs reuse their
+        // Call-ID and CSeqs (a lower CSeq again would be 500)
+        let registrar = Proc::spawn(&[
+            "registrar",
+            "--json",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--domain",
+            "example.test",
+        ]);
+        let reg_addr = listening(&registrar, "tcp");
         let mut args = vec![
             "edge".to_owned(),
             "--json".to_owned(),

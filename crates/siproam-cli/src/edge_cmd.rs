@@ -23,21 +23,23 @@ pub struct EdgeArgs {
     #[arg(long)]
     pub listen: Vec<String>,
     /// The registrar (or home proxy) behind the edge:
-    /// `sip:HOST[:PORT][;transport=udp|tcp|tls]`.
+    /// `sip:HOST[:PORT][;transport=udp|tcp|tls]` (required, here or in
+    /// the --config file).
     #[arg(long, value_name = "URI")]
-    pub registrar: String,
+    pub registrar: Option<String>,
     /// Flow-Timer (seconds) to put in the REGISTER 2xx relayed with
     /// outbound in force; flows with one are closed after it plus
     /// --flow-grace with nothing received.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
     pub flow_timer: Option<u32>,
-    /// Grace beyond the Flow-Timer before a silent flow is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub flow_grace: u64,
+    /// Grace beyond the Flow-Timer before a silent flow is closed
+    /// (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub flow_grace: Option<u64>,
     /// Flows without a Flow-Timer are closed after this long with nothing
-    /// received (2 hours).
-    #[arg(long, value_name = "SECS", default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..))]
-    pub flow_idle: u64,
+    /// received (default 7200: 2 hours).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub flow_idle: Option<u64>,
     /// The key that signs flow tokens: read when the file exists (exactly
     /// 32 bytes), else drawn from the OS and written there (0600), so
     /// tokens survive a restart. Without it, a new key each run.
@@ -51,14 +53,47 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
     /// New requests per second one source address may send (bursts of
-    /// twice that); 0 turns the limit off.
-    #[arg(long, value_name = "N", default_value_t = 200)]
-    pub max_rate_per_source: u32,
+    /// twice that); 0 turns the limit off (default 200).
+    #[arg(long, value_name = "N")]
+    pub max_rate_per_source: Option<u32>,
+    /// Where the edge keeps its flows: `memory`, this process (the only
+    /// store it has: its flow tokens name the flow themselves, so a
+    /// registrar of a fleet needs no shared record of them to reach it).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+/// The default `--flow-grace`, seconds.
+const FLOW_GRACE: u64 = 30;
+/// The default `--flow-idle`, seconds.
+const FLOW_IDLE: u64 = 7200;
+/// The default `--max-rate-per-source`.
+const MAX_RATE_PER_SOURCE: u32 = 200;
+
+impl EdgeArgs {
+    /// Checks what the flags and the config file gave together: the
+    /// registrar is there and the store is one the edge has.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.registrar.is_none() {
+            bail!("--registrar URI is required (or registrar = \"URI\" in the --config file)");
+        }
+        match self.store.as_deref() {
+            None | Some("memory") => Ok(()),
+            Some(other) => bail!(
+                "--store {other}: the edge keeps its flows in memory only (its flow \
+                 tokens name the flow; a shared store is the registrar's: \
+                 siproam registrar --store redis://HOST:PORT)"
+            ),
+        }
+    }
 }
 
 /// The next hop a `--registrar` URI names: an IP literal, or a name
 /// resolved once at start.
-pub async fn registrar_target(uri: &str) -> anyhow::Result<Target> {
+pub async fn registrar_target(uri: Option<&str>) -> anyhow::Result<Target> {
+    let Some(uri) = uri else {
+        bail!("--registrar URI is required");
+    };
     let parsed =
         siproam_sip::Uri::parse(uri).map_err(|e| anyhow::anyhow!("--registrar {uri:?}: {e}"))?;
     let Some(sip) = parsed.as_sip() else {
@@ -105,8 +140,8 @@ pub async fn edge(
 ) -> anyhow::Result<ExitCode> {
     let mut config = EdgeConfig::new(registrar, key);
     config.flow_timer = args.flow_timer;
-    config.flow_grace = Duration::from_secs(args.flow_grace);
-    config.flow_idle = Duration::from_secs(args.flow_idle);
+    config.flow_grace = Duration::from_secs(args.flow_grace.unwrap_or(FLOW_GRACE));
+    config.flow_idle = Duration::from_secs(args.flow_idle.unwrap_or(FLOW_IDLE));
     config.aggressive_gc = args.aggressive_gc;
     let listen = if args.listen.is_empty() {
         vec![
@@ -135,7 +170,7 @@ pub async fn edge(
         transport.max_connections = usize::try_from(n)?;
         siproam::raise_open_files_limit_to(u64::from(n) + 256)?;
     }
-    let rate = args.max_rate_per_source;
+    let rate = args.max_rate_per_source.unwrap_or(MAX_RATE_PER_SOURCE);
     let ep_cfg = EndpointConfig {
         listen,
         core: siproam::core::Config {

@@ -357,13 +357,16 @@ fn main() -> ExitCode {
                 json,
             ))
         }
-        Command::Edge { args } => {
+        Command::Edge { mut args } => {
+            if let Err(e) = file.edge(&mut args).and_then(|()| args.check()) {
+                return bad_usage(&e);
+            }
             let key = match edge_cmd::flow_key(args.flow_key_file.as_deref()) {
                 Ok(k) => k,
                 Err(e) => return bad_usage(&e),
             };
             block_on(async move {
-                match edge_cmd::registrar_target(&args.registrar).await {
+                match edge_cmd::registrar_target(args.registrar.as_deref()).await {
                     Ok(target) => edge_cmd::edge(args, target, key, json).await,
                     Err(e) => {
                         eprintln!("error: {e:#}");

@@ -579,6 +579,12 @@ pub struct FileConfig {
     no_answer: Option<u64>,
     store: Option<String>,
     service_route: Option<Vec<String>>,
+    flow_grace: Option<u64>,
+    flow_idle: Option<u64>,
+    flow_key_file: Option<PathBuf>,
+    aggressive_gc: Option<bool>,
+    max_connections: Option<u32>,
+    max_rate_per_source: Option<u32>,
 }
 
 impl FileConfig {
@@ -645,6 +651,35 @@ impl FileConfig {
             s.service_routes
                 .extend(self.service_route.clone().unwrap_or_default());
         }
+    }
+
+    /// Fills what `siproam edge`'s flags left out (`listen`, `registrar`,
+    /// `flow-timer`, `flow-grace`, `flow-idle`, `flow-key-file`,
+    /// `aggressive-gc`, `max-connections`, `max-rate-per-source`,
+    /// `store`).
+    pub fn edge(&self, e: &mut crate::edge_cmd::EdgeArgs) -> anyhow::Result<()> {
+        if e.listen.is_empty() {
+            e.listen.extend(self.listen.clone().unwrap_or_default());
+        }
+        fill(&mut e.registrar, &self.registrar);
+        self.flow_timer(&mut e.flow_timer)?;
+        fill(&mut e.flow_grace, &self.flow_grace);
+        if e.flow_idle.is_none() {
+            anyhow::ensure!(self.flow_idle != Some(0), "flow-idle must be at least 1");
+            e.flow_idle = self.flow_idle;
+        }
+        fill(&mut e.flow_key_file, &self.flow_key_file);
+        e.aggressive_gc |= self.aggressive_gc.unwrap_or(false);
+        if e.max_connections.is_none() {
+            anyhow::ensure!(
+                self.max_connections != Some(0),
+                "max-connections must be at least 1"
+            );
+            e.max_connections = self.max_connections;
+        }
+        fill(&mut e.max_rate_per_source, &self.max_rate_per_source);
+        fill(&mut e.store, &self.store);
+        Ok(())
     }
 
     /// `tcp-keepalive` from the file when the flag was not given (agent
@@ -1058,6 +1093,8 @@ pub async fn agent(
         .map(String::as_str);
     let exit_after_call = call_now.is_some();
     let mut current: Option<CallId> = None;
+    // the calls not ended yet, oldest first
+    let mut live: Vec<CallId> = Vec::new();
     if let Some(uri) = call_now {
         current = Some(ep.call(&uri, &aor, first_hop).await.context("calling")?);
     }
@@ -1122,9 +1159,16 @@ pub async fn agent(
                         if *state == CallState::Incoming && current.is_none() {
                             current = Some(*call);
                         }
+                        if *state != CallState::Disconnected && !live.contains(call) {
+                            live.push(*call);
+                        }
                         if *state == CallState::Disconnected {
+                            live.retain(|c| c != call);
+                            // the default call ends: the newest still up
+                            // (e.g. the one that replaced it, RFC 3891)
+                            // becomes the default
                             if current == Some(*call) {
-                                current = None;
+                                current = live.last().copied();
                             }
                             failed_call = code.is_some_and(|c| c >= 300);
                         }
@@ -1307,6 +1351,71 @@ mod tests {
                 vec!["sip:x;lr".to_owned(), "sip:y;lr".to_owned()]
             )
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct EdgeCli {
+        #[command(flatten)]
+        edge: crate::edge_cmd::EdgeArgs,
+    }
+
+    /// `siproam edge` takes every setting from the file too; its flags win.
+    #[test]
+    fn the_edge_reads_the_file_and_its_flags_win() {
+        let parse = |args: &[&str], toml_text: &str| {
+            let mut e =
+                EdgeCli::try_parse_from(std::iter::once("edge").chain(args.iter().copied()))
+                    .unwrap()
+                    .edge;
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            file.edge(&mut e).and_then(|()| e.check()).map(|()| e)
+        };
+        let file = "listen = [\"tcp:127.0.0.1:5062\"]\n\
+                    registrar = \"sip:127.0.0.1:5070;transport=tcp\"\n\
+                    flow-timer = 20\nflow-grace = 5\nflow-idle = 60\n\
+                    flow-key-file = \"edge.key\"\naggressive-gc = true\n\
+                    max-connections = 100\nmax-rate-per-source = 0\nstore = \"memory\"\n";
+        let e = parse(&[], file).unwrap();
+        assert_eq!(e.listen, ["tcp:127.0.0.1:5062"]);
+        assert_eq!(
+            e.registrar.as_deref(),
+            Some("sip:127.0.0.1:5070;transport=tcp")
+        );
+        assert_eq!(
+            (e.flow_timer, e.flow_grace, e.flow_idle),
+            (Some(20), Some(5), Some(60))
+        );
+        assert_eq!(e.flow_key_file, Some(PathBuf::from("edge.key")));
+        assert!(e.aggressive_gc);
+        assert_eq!(
+            (e.max_connections, e.max_rate_per_source),
+            (Some(100), Some(0))
+        );
+        let e = parse(
+            &[
+                "--listen",
+                "udp:127.0.0.1:5064",
+                "--registrar",
+                "sip:127.0.0.2",
+                "--flow-timer",
+                "9",
+                "--flow-grace",
+                "1",
+            ],
+            file,
+        )
+        .unwrap();
+        assert_eq!(e.listen, ["udp:127.0.0.1:5064"]);
+        assert_eq!(e.registrar.as_deref(), Some("sip:127.0.0.2"));
+        assert_eq!((e.flow_timer, e.flow_grace), (Some(9), Some(1)));
+        // nothing given: the defaults, but a registrar is needed
+        let e = parse(&["--registrar", "sip:127.0.0.2"], "").unwrap();
+        assert_eq!((e.flow_grace, e.flow_idle, e.store), (None, None, None));
+        assert!(parse(&[], "").is_err());
+        // zeros and a store the edge does not have are refused
+        assert!(parse(&[], "registrar = \"sip:x\"\nflow-idle = 0\n").is_err());
+        assert!(parse(&["--store", "redis://127.0.0.1:6379"], file).is_err());
+        assert!(parse(&[], "registrar = \"sip:x\"\nstore = \"redis://h:1\"\n").is_err());
     }
 
     /// (reg-id, outbound proxy, local address) of a flow.

@@ -3,8 +3,9 @@
 //! listener of its own (`--no-listen`): its binding carries the edge's
 //! Path with `;ob`, the 2xx the edge's Flow-Timer, a call from a second
 //! agent reaches it over its flow through the edge, and once its
-//! connection is gone the next call gets 430. The edge answers a CRLFCRLF
-//! ping with CRLF and a STUN Binding request on its UDP port; a bad
+//! connection is gone the edge answers the next call 430 (480 to Bob).
+//! The edge answers a CRLFCRLF ping with CRLF and a STUN Binding request
+//! on its UDP port; a bad
 //! `--flow-key-file` is refused with a clear error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -377,16 +378,18 @@ fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
 /// connection closes the old one at once (without it, the old one stays).
 #[test]
 fn aggressive_gc_closes_the_older_flow_of_a_registration() {
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
     for aggressive in [false, true] {
+        // a registrar of each run's own: the raw REGISTERs reuse their
+        // Call-ID and CSeqs (a lower CSeq again would be 500)
+        let registrar = Proc::spawn(&[
+            "registrar",
+            "--json",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--domain",
+            "example.test",
+        ]);
+        let reg_addr = listening(&registrar, "tcp");
         let mut args = vec![
             "edge".to_owned(),
             "--json".to_owned(),
@@ -426,4 +429,68 @@ fn aggressive_gc_closes_the_older_flow_of_a_registration() {
         new.read_exact(&mut pong).unwrap();
         assert_eq!(&pong, b"\r\n");
     }
+}
+
+/// `siproam edge --config FILE`: its settings come from the TOML file
+/// (here the listener, the registrar and the Flow-Timer the 2xx carries),
+/// a flag wins over the file, and a store the edge does not have is bad
+/// usage.
+#[test]
+fn the_edge_takes_its_settings_from_the_config_file_and_flags_win() {
+    let dir = temp_dir("edge-config");
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "json = true\nlisten = [\"tcp:127.0.0.1:0\"]\n\
+             registrar = \"sip:{reg_addr};transport=tcp\"\nflow-timer = 7\n\
+             flow-grace = 5\nstore = \"memory\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut cseq = 0;
+    for (flags, flow_timer) in [(&[][..], 7), (&["--flow-timer", "9"][..], 9)] {
+        let mut args = vec!["edge", "--config", config];
+        args.extend_from_slice(flags);
+        let edge = Proc::spawn(&args);
+        let edge_tcp = listening(&edge, "tcp");
+        let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        cseq += 1;
+        let head = raw_register(&mut raw, cseq, "raw-config-1");
+        assert!(head.starts_with("SIP/2.0 200"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nFlow-Timer: {flow_timer}\r\n")),
+            "{head}"
+        );
+    }
+    for extra in [
+        &["--store", "redis://127.0.0.1:1"][..],
+        &["--flow-idle", "0"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_siproam"))
+            .args(["edge", "--config", config])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["edge", "--listen", "tcp:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--registrar URI is required"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

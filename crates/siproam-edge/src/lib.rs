@@ -37,4 +37,7 @@ pub use proxy::{Proxy, Routed};
 pub use registrar::{
     aor_key, Binding, Handled, Registrar, RegistrarConfig, StoreOp, UsersError, AWAIT_LIMIT,
 };
-pub use store::{decode_shared, encode_shared, LocationStore, MemoryStore, SharedRecordError};
+pub use store::{
+    decode_shared, encode_shared, merge_shared, LocationStore, MemoryStore, MergedRecord,
+    SharedRecordError,
+};

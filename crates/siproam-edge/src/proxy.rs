@@ -348,7 +348,17 @@ impl Proxy {
                     return Ok(Routed::ForUs);
                 } else if in_dialog || (ip_host && registrar.is_bound_contact(&parsed)) {
                     // the dialog's remote target (it may have moved), or a
-                    // Contact registered here
+                    // Contact registered here: along its binding's Path or
+                    // over its flow when it is one of the To AoR's (only
+                    // they reach a Contact behind an edge, RFC 5626 §5.3)
+                    if let Some(b) = binding_of_contact(registrar, &req, &parsed, now) {
+                        return match aim_at_binding(ep, &mut req, &b)? {
+                            Some(target) => {
+                                self.forward(ep, now, tx, flow, req, target, registrar, None)
+                            }
+                            None => Self::refuse(ep, now, tx, &req, 480, "Temporarily Unavailable"),
+                        };
+                    }
                     match uri_target(&parsed, Transport::Udp) {
                         Some(t) => t,
                         None => return Self::refuse(ep, now, tx, &req, 404, "Not Found"),
@@ -701,6 +711,24 @@ fn aim_at_binding(
         .ok()
         .and_then(|u| uri_target(&u, Transport::Udp));
     Ok(over_flow.or(contact))
+}
+
+/// The binding of the request's To AoR whose Contact is `uri` (the
+/// newest), when it is reached otherwise than at that Contact: along a
+/// Path, or over the flow it registered on.
+fn binding_of_contact(
+    registrar: &Registrar,
+    req: &Message,
+    uri: &Uri<'_>,
+    now: Instant,
+) -> Option<Binding> {
+    let to = req.to().ok()?;
+    let key = aor_key(to.uri())?;
+    registrar
+        .lookup(&key, now)
+        .into_iter()
+        .filter(|b| !b.path.is_empty() || b.flow.is_some())
+        .find(|b| Uri::parse(&b.contact).is_ok_and(|c| c.equivalent(uri)))
 }
 
 /// A Record-Route entry naming a listen point, with the dialog's token.

@@ -206,6 +206,10 @@ pub struct StoreOp {
     pub aor: String,
     /// Its bindings now, in registration order; empty: remove the AoR.
     pub bindings: Vec<Binding>,
+    /// Its bindings before the change, as this process saw them: with
+    /// [`crate::merge_shared`] the write changes only what this process
+    /// changed, and keeps what another one wrote meanwhile.
+    pub previous: Vec<Binding>,
 }
 
 impl StoreOp {
@@ -501,7 +505,8 @@ impl Registrar {
             return false;
         }
         if self.shared {
-            self.emit(aor, kept.clone());
+            let previous = list.to_vec();
+            self.emit(aor, previous, kept.clone());
         }
         self.set_bindings(aor, kept);
         true
@@ -536,16 +541,27 @@ impl Registrar {
     /// that closed was the edge's, the UA's flow is the edge's to keep.
     /// Returns how many went.
     pub fn flow_failed(&mut self, flow: FlowId) -> usize {
+        let gone = |b: &Binding| b.flow == Some(flow) && b.reg_id.is_some() && b.path.is_empty();
+        // what the shared store's writes change from
+        let mut previous: HashMap<String, Vec<Binding>> = HashMap::new();
+        if self.shared {
+            self.store.for_each(&mut |aor, list| {
+                if list.iter().any(gone) {
+                    previous.insert(aor.to_owned(), list.to_vec());
+                }
+            });
+        }
         let mut n = 0;
         let changed = self.store.retain(&mut |b| {
-            let gone = b.flow == Some(flow) && b.reg_id.is_some() && b.path.is_empty();
+            let gone = gone(b);
             n += usize::from(gone);
             !gone
         });
         if self.shared {
             for aor in changed {
                 let now_bound = self.store.bindings(&aor).to_vec();
-                self.emit(&aor, now_bound);
+                let before = previous.remove(&aor).unwrap_or_default();
+                self.emit(&aor, before, now_bound);
             }
         }
         n
@@ -799,7 +815,7 @@ impl Registrar {
         let previous = self.store.bindings(key).to_vec();
         self.set_bindings(key, list.clone());
         let response = self.ok(ep, now, req, key, outbound)?;
-        let id = self.emit(key, list.clone());
+        let id = self.emit(key, previous.clone(), list.clone());
         self.awaiting.insert(
             id,
             AwaitingWrite {
@@ -815,7 +831,7 @@ impl Registrar {
     }
 
     /// Queues a write of an AoR's bindings for the shared store.
-    fn emit(&mut self, aor: &str, bindings: Vec<Binding>) -> u64 {
+    fn emit(&mut self, aor: &str, previous: Vec<Binding>, bindings: Vec<Binding>) -> u64 {
         self.next_op = self.next_op.wrapping_add(1);
         let id = self.next_op;
         if self.outbox.len() >= MAX_OUTBOX {
@@ -828,6 +844,7 @@ impl Registrar {
             id,
             aor: aor.to_owned(),
             bindings,
+            previous,
         });
         id
     }

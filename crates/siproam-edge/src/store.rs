@@ -200,64 +200,62 @@ fn unescape(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// An AoR's bindings as a text record for a store shared by several
-/// processes: lifetimes as absolute wall-clock milliseconds (`unix_ms` is
-/// the wall clock at `now`, both from the driver), the flow with the id of
-/// the process whose flow it is (`origin`: another process cannot use it).
-pub fn encode_shared(bindings: &[Binding], now: Instant, unix_ms: u64, origin: u64) -> String {
-    let mut out = format!("{RECORD_MAGIC} {origin:x}\n");
-    for b in bindings {
+/// One binding of a shared record as written: its expiry on the wall
+/// clock and its flow with the process that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SharedLine {
+    expires_unix: u64,
+    flow: Option<(u64, FlowId)>,
+    binding: Binding,
+}
+
+impl SharedLine {
+    fn from_binding(b: &Binding, now: Instant, unix_ms: u64, origin: u64) -> SharedLine {
         let left = u64::try_from(b.expires_at.saturating_duration_since(now).as_millis())
             .unwrap_or(u64::MAX);
+        SharedLine {
+            expires_unix: unix_ms.saturating_add(left),
+            flow: b.flow.map(|f| (origin, f)),
+            binding: b.clone(),
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        let b = &self.binding;
         let opt = |v: Option<String>| v.unwrap_or_default();
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}\t",
-            unix_ms.saturating_add(left),
+            self.expires_unix,
             opt(b.reg_id.map(|r| r.to_string())),
             opt(b.q.map(|q| q.to_string())),
             b.cseq,
-            opt(b.flow.map(|f| f.0.to_string())),
+            opt(self.flow.map(|(o, f)| format!("{o:x}:{}", f.0))),
         ));
-        escape(&mut out, b.instance.as_deref().unwrap_or_default());
+        escape(out, b.instance.as_deref().unwrap_or_default());
         out.push('\t');
-        escape(&mut out, &b.contact);
+        escape(out, &b.contact);
         out.push('\t');
-        escape(&mut out, &b.call_id);
+        escape(out, &b.call_id);
         for p in &b.path {
             out.push('\t');
-            escape(&mut out, p);
+            escape(out, p);
         }
         out.push('\n');
     }
-    out
-}
 
-/// Reads a record [`encode_shared`] wrote: the bindings still live at
-/// `now` (`unix_ms` the wall clock then), their flow kept only when the
-/// record is this process's own (`origin`). At most `cap` bindings.
-pub fn decode_shared(
-    text: &str,
-    now: Instant,
-    unix_ms: u64,
-    origin: u64,
-    cap: usize,
-) -> Result<Vec<Binding>, SharedRecordError> {
-    let mut lines = text.lines();
-    let header = lines.next().ok_or(SharedRecordError::Header)?;
-    let theirs = header
-        .strip_prefix(RECORD_MAGIC)
-        .and_then(|r| r.strip_prefix(' '))
-        .and_then(|o| u64::from_str_radix(o, 16).ok())
-        .ok_or(SharedRecordError::Header)?;
-    let mut out = Vec::new();
-    for (i, line) in lines.enumerate() {
-        if i >= cap {
-            return Err(SharedRecordError::TooMany { cap });
-        }
-        let bad = SharedRecordError::Binding { line: i + 1 };
+    /// Reads binding `line_no` (1-based); a flow without an origin of its
+    /// own is the record's (`header_origin`). The binding's `expires_at`
+    /// is `now` (the caller sets it) and its flow is `None`.
+    fn parse(
+        line: &str,
+        line_no: usize,
+        header_origin: u64,
+        now: Instant,
+    ) -> Result<SharedLine, SharedRecordError> {
+        let bad = SharedRecordError::Binding { line: line_no };
         let mut f = line.split('\t');
         let mut field = || f.next().ok_or(bad.clone());
-        let expires: u64 = field()?.parse().map_err(|_| bad.clone())?;
+        let expires_unix: u64 = field()?.parse().map_err(|_| bad.clone())?;
         let num = |s: &str| -> Result<Option<u64>, SharedRecordError> {
             if s.is_empty() {
                 Ok(None)
@@ -274,7 +272,16 @@ pub fn decode_shared(
             .transpose()
             .map_err(|_| bad.clone())?;
         let cseq = u32::try_from(num(field()?)?.ok_or(bad.clone())?).map_err(|_| bad.clone())?;
-        let flow = num(field()?)?.map(FlowId).filter(|_| theirs == origin);
+        let flow = match field()? {
+            "" => None,
+            f => match f.split_once(':') {
+                Some((o, id)) => Some((
+                    u64::from_str_radix(o, 16).map_err(|_| bad.clone())?,
+                    FlowId(id.parse().map_err(|_| bad.clone())?),
+                )),
+                None => Some((header_origin, FlowId(f.parse().map_err(|_| bad.clone())?))),
+            },
+        };
         let text = |s: &str| unescape(s).ok_or(bad.clone());
         let instance = Some(text(field()?)?).filter(|i| !i.is_empty());
         let contact = text(field()?)?;
@@ -283,22 +290,164 @@ pub fn decode_shared(
         if contact.is_empty() {
             return Err(bad);
         }
-        let Some(left) = expires.checked_sub(unix_ms).filter(|l| *l > 0) else {
-            continue; // lapsed
-        };
-        out.push(Binding {
-            contact,
-            expires_at: now + Duration::from_millis(left),
-            instance,
-            reg_id,
-            call_id,
-            cseq,
+        Ok(SharedLine {
+            expires_unix,
             flow,
-            q,
-            path,
-        });
+            binding: Binding {
+                contact,
+                expires_at: now,
+                instance,
+                reg_id,
+                call_id,
+                cseq,
+                flow: None,
+                q,
+                path,
+            },
+        })
+    }
+}
+
+/// Reads a record's lines (at most `cap`): the header's origin and the
+/// lines still live at `unix_ms`.
+fn parse_shared(
+    text: &str,
+    now: Instant,
+    unix_ms: u64,
+    cap: usize,
+) -> Result<Vec<SharedLine>, SharedRecordError> {
+    let mut lines = text.lines();
+    let header = lines.next().ok_or(SharedRecordError::Header)?;
+    let theirs = header
+        .strip_prefix(RECORD_MAGIC)
+        .and_then(|r| r.strip_prefix(' '))
+        .and_then(|o| u64::from_str_radix(o, 16).ok())
+        .ok_or(SharedRecordError::Header)?;
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if i >= cap {
+            return Err(SharedRecordError::TooMany { cap });
+        }
+        let l = SharedLine::parse(line, i + 1, theirs, now)?;
+        if l.expires_unix > unix_ms {
+            out.push(l);
+        }
     }
     Ok(out)
+}
+
+fn write_shared(lines: &[SharedLine], origin: u64) -> String {
+    let mut out = format!("{RECORD_MAGIC} {origin:x}\n");
+    for l in lines {
+        l.write(&mut out);
+    }
+    out
+}
+
+/// An AoR's bindings as a text record for a store shared by several
+/// processes: lifetimes as absolute wall-clock milliseconds (`unix_ms` is
+/// the wall clock at `now`, both from the driver), each flow with the id
+/// of the process whose flow it is (`origin`: another process cannot use
+/// it).
+pub fn encode_shared(bindings: &[Binding], now: Instant, unix_ms: u64, origin: u64) -> String {
+    let lines: Vec<SharedLine> = bindings
+        .iter()
+        .map(|b| SharedLine::from_binding(b, now, unix_ms, origin))
+        .collect();
+    write_shared(&lines, origin)
+}
+
+/// Reads a record [`encode_shared`] (or [`merge_shared`]) wrote: the
+/// bindings still live at `now` (`unix_ms` the wall clock then), each
+/// flow kept only when it is this process's own (`origin`). At most `cap`
+/// bindings.
+pub fn decode_shared(
+    text: &str,
+    now: Instant,
+    unix_ms: u64,
+    origin: u64,
+    cap: usize,
+) -> Result<Vec<Binding>, SharedRecordError> {
+    Ok(parse_shared(text, now, unix_ms, cap)?
+        .into_iter()
+        .map(|l| {
+            let mut b = l.binding;
+            b.expires_at = now + Duration::from_millis(l.expires_unix.saturating_sub(unix_ms));
+            b.flow = l.flow.filter(|(o, _)| *o == origin).map(|(_, f)| f);
+            b
+        })
+        .collect())
+}
+
+/// True when two bindings are the same registration: the same instance
+/// and reg-id, or (without an instance) the same Contact URI.
+fn same_identity(a: &Binding, b: &Binding) -> bool {
+    match (&a.instance, &b.instance) {
+        (Some(x), Some(y)) => x == y && a.reg_id == b.reg_id,
+        (None, None) => {
+            a.contact == b.contact
+                || matches!(
+                    (Uri::parse(&a.contact), Uri::parse(&b.contact)),
+                    (Ok(x), Ok(y)) if x.equivalent(&y)
+                )
+        }
+        _ => false,
+    }
+}
+
+/// A merged record ([`merge_shared`]) and how long its key should live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedRecord {
+    /// The record to store.
+    pub text: String,
+    /// Until its last binding lapses.
+    pub lifetime: Duration,
+}
+
+/// Applies one process's change of an AoR's bindings — from `before` to
+/// `after`, both as that process saw them — to the record in the shared
+/// store (`current`; another process may have changed it meanwhile):
+/// the registrations of `before` that `after` lacks go, those of `after`
+/// new or changed since `before` replace theirs (moving to the end), and
+/// every other binding of `current` stays as its writer wrote it (its
+/// flow still naming its own process). Lapsed bindings go; beyond `cap`
+/// the oldest go. `None`: no binding left (delete the key). A `current`
+/// that cannot be read is replaced (the error is returned with the
+/// result for the caller to log).
+pub fn merge_shared(
+    current: Option<&str>,
+    before: &[Binding],
+    after: &[Binding],
+    now: Instant,
+    unix_ms: u64,
+    origin: u64,
+    cap: usize,
+) -> (Option<MergedRecord>, Option<SharedRecordError>) {
+    let (mut lines, error) = match current.map(|t| parse_shared(t, now, unix_ms, usize::MAX)) {
+        None => (Vec::new(), None),
+        Some(Ok(l)) => (l, None),
+        Some(Err(e)) => (Vec::new(), Some(e)),
+    };
+    for gone in before
+        .iter()
+        .filter(|b| !after.iter().any(|a| same_identity(a, b)))
+    {
+        lines.retain(|l| !same_identity(&l.binding, gone));
+    }
+    for changed in after.iter().filter(|a| !before.contains(a)) {
+        lines.retain(|l| !same_identity(&l.binding, changed));
+        if changed.expires_at > now {
+            lines.push(SharedLine::from_binding(changed, now, unix_ms, origin));
+        }
+    }
+    let excess = lines.len().saturating_sub(cap.max(1));
+    lines.drain(..excess);
+    let last = lines.iter().map(|l| l.expires_unix).max();
+    let merged = last.map(|last| MergedRecord {
+        text: write_shared(&lines, origin),
+        lifetime: Duration::from_millis(last.saturating_sub(unix_ms).max(1)),
+    });
+    (merged, error)
 }
 
 #[cfg(test)]
@@ -501,6 +650,95 @@ mod record_tests {
         assert_eq!(
             decode_shared(&text, now, 0, 7, 1),
             Err(SharedRecordError::TooMany { cap: 1 })
+        );
+    }
+
+    fn flow_binding(now: Instant, reg_id: u32, flow: u64, secs: u64) -> Binding {
+        Binding {
+            contact: format!("sip:alice@192.0.2.{reg_id};ob"),
+            expires_at: now + Duration::from_secs(secs),
+            instance: Some("urn:uuid:a".to_owned()),
+            reg_id: Some(reg_id),
+            call_id: format!("c{reg_id}"),
+            cseq: 1,
+            flow: Some(FlowId(flow)),
+            q: None,
+            path: vec![format!("<sip:tok@edge{reg_id};lr;ob>")],
+        }
+    }
+
+    /// Two registrars each add a flow of the same instance before either
+    /// saw the other's: both stay (a whole-record write lost one).
+    #[test]
+    fn a_merge_keeps_what_another_process_wrote_meanwhile() {
+        let now = Instant::now();
+        let (p, q) = (7, 8);
+        let theirs = encode_shared(&[flow_binding(now, 2, 5, 300)], now, 1_000_000, q);
+        let mine = [flow_binding(now, 1, 3, 300)];
+        let (merged, err) = merge_shared(Some(&theirs), &[], &mine, now, 1_000_000, p, 16);
+        assert_eq!(err, None);
+        let merged = merged.unwrap();
+        assert_eq!(merged.lifetime, Duration::from_secs(300));
+        // each process reads its own flow back, and only its own
+        let at_p = decode_shared(&merged.text, now, 1_000_000, p, 16).unwrap();
+        let at_q = decode_shared(&merged.text, now, 1_000_000, q, 16).unwrap();
+        assert_eq!(
+            at_p.iter().map(|b| (b.reg_id, b.flow)).collect::<Vec<_>>(),
+            [(Some(2), None), (Some(1), Some(FlowId(3)))]
+        );
+        assert_eq!(
+            at_q.iter().map(|b| (b.reg_id, b.flow)).collect::<Vec<_>>(),
+            [(Some(2), Some(FlowId(5))), (Some(1), None)]
+        );
+        // p then forgets its flow: q's stays
+        let (merged, _) = merge_shared(Some(&merged.text), &mine, &[], now, 1_000_000, p, 16);
+        let left = decode_shared(&merged.unwrap().text, now, 1_000_000, q, 16).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].flow, Some(FlowId(5)));
+        // and q forgets its own: nothing left, the key goes
+        let (merged, _) = merge_shared(
+            Some(&theirs),
+            &[flow_binding(now, 2, 5, 300)],
+            &[],
+            now,
+            1_000_000,
+            q,
+            16,
+        );
+        assert_eq!(merged, None);
+    }
+
+    #[test]
+    fn a_merge_moves_a_refresh_to_the_end_and_drops_the_lapsed_and_the_excess() {
+        let now = Instant::now();
+        let old = [
+            flow_binding(now, 1, 1, 300),
+            flow_binding(now, 2, 2, 300),
+            flow_binding(now, 3, 3, 5),
+        ];
+        let current = encode_shared(&old, now, 1_000_000, 7);
+        let refreshed = flow_binding(now, 1, 1, 600);
+        let after = [old[1].clone(), old[2].clone(), refreshed.clone()];
+        // 10 s later: reg-id 3 has lapsed
+        let (merged, _) = merge_shared(Some(&current), &old, &after, now, 1_010_000, 7, 16);
+        let back = decode_shared(&merged.unwrap().text, now, 1_010_000, 7, 16).unwrap();
+        assert_eq!(
+            back.iter().map(|b| b.reg_id).collect::<Vec<_>>(),
+            [Some(2), Some(1)]
+        );
+        // a cap of one keeps the newest
+        let (merged, _) = merge_shared(Some(&current), &old, &after, now, 1_000_000, 7, 1);
+        let back = decode_shared(&merged.unwrap().text, now, 1_000_000, 7, 16).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].reg_id, Some(1));
+        // an unreadable record is replaced, and said so
+        let (merged, err) = merge_shared(Some("junk"), &[], &after, now, 1_000_000, 7, 16);
+        assert_eq!(err, Some(SharedRecordError::Header));
+        assert_eq!(
+            decode_shared(&merged.unwrap().text, now, 1_000_000, 7, 16)
+                .unwrap()
+                .len(),
+            3
         );
     }
 }

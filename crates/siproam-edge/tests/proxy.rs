@@ -1181,3 +1181,37 @@ fn an_edge_that_cannot_be_reached_fails_over_to_the_instances_other_flow() {
     w.sim.run_for(Duration::from_millis(300));
     assert_eq!(alice_finals(&mut w), [200]);
 }
+
+/// A request addressed to a Contact registered through an edge proxy
+/// (the callee's Contact as the Request-URI, as in an INVITE with
+/// `Replaces` after a flow failure, RFC 5626 §5.3 / RFC 3891) goes along
+/// that binding's Path, not straight at a Contact only its flow reaches.
+#[test]
+fn a_request_for_a_contact_registered_through_an_edge_goes_along_its_path() {
+    let mut w = world(Transport::Udp);
+    let a = w.sim.add_peer("edge-a", &[ip(EDGE_A)]);
+    assert_eq!(
+        register_through_edge(&mut w, a, EDGE_A, 1, Transport::Udp),
+        200
+    );
+    let contact = "sip:carol@198.51.100.7:40000;transport=tcp;ob";
+    let m = MessageBuilder::request(Method::Invite, contact)
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", "<sip:carol@example.test>")
+        .header("Call-ID", "replacing-1")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", &format!("<sip:alice@{ALICE}:5060>"));
+    w.sim
+        .with_endpoint(w.alice, |ep, now| {
+            ep.send_request(now, m, proxy_target(Transport::Udp))
+        })
+        .unwrap();
+    let got = edge_request(&mut w, a, Duration::from_secs(1)).expect("along the Path: edge A");
+    assert_eq!(got.message.request_uri_str(), Some(contact));
+    let routes: Vec<String> = got
+        .message
+        .header_values(HeaderName::Route)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(routes, [format!("<sip:{EDGE_A};lr;ob>")]);
+}

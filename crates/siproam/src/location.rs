@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::edge::{decode_shared, encode_shared, Registrar, SharedRecordError, StoreOp};
+use crate::edge::{decode_shared, merge_shared, Registrar, SharedRecordError, StoreOp};
 use crate::AppCommander;
 
 /// The key prefix of an AoR's record.
@@ -47,6 +47,9 @@ const MAX_RECORD: usize = 64 * 1024;
 const MAX_AOR: usize = 1024;
 /// Most writes put in one transaction.
 const MAX_BATCH: usize = 256;
+/// Most tries of one batch whose records another process changed between
+/// our read and our write.
+const MAX_ATTEMPTS: usize = 16;
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
@@ -98,6 +101,9 @@ pub enum RedisStoreError {
     /// A record in Redis could not be read.
     #[error("a record in Redis: {0}")]
     Record(#[from] SharedRecordError),
+    /// Other processes changed the records at every try.
+    #[error("the records changed under every one of {0} tries")]
+    Contended(usize),
 }
 
 /// A write's outcome, handed to the registrar in the endpoint task
@@ -182,11 +188,18 @@ impl RedisStore {
         let Some(ops) = self.ops.take() else {
             return;
         };
+        let cap = self
+            .registrar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config()
+            .max_bindings_per_aor;
         let writer = Writer {
             client: self.client.clone(),
             conn: None,
             timeout: self.config.op_timeout,
             origin: self.origin,
+            cap,
             commander,
         };
         self.tasks.push(tokio::spawn(writer.run(ops)));
@@ -407,6 +420,8 @@ struct Writer {
     conn: Option<MultiplexedConnection>,
     timeout: Duration,
     origin: u64,
+    /// Most bindings kept per AoR.
+    cap: usize,
     commander: AppCommander,
 }
 
@@ -457,36 +472,91 @@ impl Writer {
                 self.conn.insert(c)
             }
         };
-        let (now, unix) = clocks();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for op in batch {
-            let key = format!("{KEY_PREFIX}{}", op.aor);
-            match op.lifetime(now) {
-                Some(life) => {
-                    let record = encode_shared(&op.bindings, now, unix, self.origin);
-                    let ms = u64::try_from(life.as_millis()).unwrap_or(u64::MAX).max(1);
-                    pipe.cmd("SET")
-                        .arg(&key)
-                        .arg(&record)
-                        .arg("PX")
-                        .arg(ms)
-                        .ignore();
-                    pipe.cmd("PUBLISH")
-                        .arg(CHANNEL)
-                        .arg(format!("{}\n{record}", op.aor))
-                        .ignore();
+        // each op changes only what its REGISTER changed: read the
+        // records (WATCHed), merge, write them in one transaction; another
+        // process writing one of them in between aborts it, and we read
+        // again
+        let mut keys: Vec<&str> = batch.iter().map(|op| op.aor.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let redis_keys: Vec<String> = keys.iter().map(|a| format!("{KEY_PREFIX}{a}")).collect();
+        for _ in 0..MAX_ATTEMPTS {
+            within(
+                self.timeout,
+                redis::cmd("WATCH").arg(&redis_keys).query_async::<()>(conn),
+            )
+            .await?;
+            let current: Vec<Option<String>> = within(
+                self.timeout,
+                redis::cmd("MGET").arg(&redis_keys).query_async(conn),
+            )
+            .await?;
+            // each AoR's record, then what it becomes and how long it lives
+            let mut records: Vec<(Option<String>, Duration)> = current
+                .into_iter()
+                .map(|r| (r.filter(|t| t.len() <= MAX_RECORD), Duration::ZERO))
+                .collect();
+            let (now, unix) = clocks();
+            for op in batch {
+                let Ok(i) = keys.binary_search(&op.aor.as_str()) else {
+                    continue;
+                };
+                let Some(slot) = records.get_mut(i) else {
+                    continue;
+                };
+                let (merged, error) = merge_shared(
+                    slot.0.as_deref(),
+                    &op.previous,
+                    &op.bindings,
+                    now,
+                    unix,
+                    self.origin,
+                    self.cap,
+                );
+                if let Some(e) = error {
+                    warn!("{}; replaced", RedisStoreError::Record(e));
                 }
-                None => {
-                    pipe.cmd("DEL").arg(&key).ignore();
-                    pipe.cmd("PUBLISH")
-                        .arg(CHANNEL)
-                        .arg(format!("{}\n", op.aor))
-                        .ignore();
+                *slot = match merged {
+                    Some(m) => (Some(m.text), m.lifetime),
+                    None => (None, Duration::ZERO),
+                };
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for ((aor, key), (record, life)) in keys.iter().zip(&redis_keys).zip(&records) {
+                match record {
+                    Some(text) => {
+                        let ms = u64::try_from(life.as_millis()).unwrap_or(u64::MAX).max(1);
+                        pipe.cmd("SET")
+                            .arg(key)
+                            .arg(text)
+                            .arg("PX")
+                            .arg(ms)
+                            .ignore();
+                        pipe.cmd("PUBLISH")
+                            .arg(CHANNEL)
+                            .arg(format!("{aor}\n{text}"))
+                            .ignore();
+                    }
+                    None => {
+                        pipe.cmd("DEL").arg(key).ignore();
+                        pipe.cmd("PUBLISH")
+                            .arg(CHANNEL)
+                            .arg(format!("{aor}\n"))
+                            .ignore();
+                    }
                 }
             }
+            // None: a WATCHed key changed, nothing was written
+            if within(self.timeout, pipe.query_async::<Option<()>>(conn))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            debug!("location store: a record changed meanwhile; merging again");
         }
-        within(self.timeout, pipe.query_async::<()>(conn)).await
+        Err(RedisStoreError::Contended(MAX_ATTEMPTS))
     }
 }
 

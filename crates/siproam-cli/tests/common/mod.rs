@@ -449,3 +449,78 @@ pub fn signal(p: &Proc, signal: &str) {
         .is_ok_and(|s| s.success());
     assert!(ok, "kill -{signal}");
 }
+
+/// A `redis-server` of the test's own on 127.0.0.1 (no persistence),
+/// killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    /// True when `redis-server` and `redis-cli` are installed; otherwise
+    /// says why the test is skipped, or fails when
+    /// `SIPROAM_REQUIRE_INTEROP=1` (CI).
+    pub fn available() -> bool {
+        have("redis-server") && have("redis-cli")
+    }
+
+    /// Starts one (no RDB snapshots, no AOF) and waits until it answers.
+    pub fn start() -> Redis {
+        let port = free_port(0);
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let redis = Redis { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while redis.cli(&["PING"]) != "PONG" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli -p PORT ARGS`, its output trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -840,7 +840,15 @@ impl EdgeProxy {
             }
         }
         if response.remove_top_via().is_ok() {
-            let _ = ep.respond(now, server, response);
+            if code >= 200 && !is_invite {
+                // a non-INVITE's final answer keeps no transaction: 32 s of
+                // Timer J per relayed REGISTER filled the core's cap under
+                // load; a retransmission is relayed again and answered as
+                // the same change (the registrar takes an equal CSeq so)
+                let _ = ep.respond_stateless(now, server, response);
+            } else {
+                let _ = ep.respond(now, server, response);
+            }
         }
         if code >= 300 || (code >= 200 && !is_invite) {
             self.forget(request);

@@ -680,3 +680,33 @@ fn the_registrar_routes_to_a_binding_along_its_path_through_the_edge() {
     assert_eq!(got.message.vias().count(), 3, "bob, registrar, edge");
     assert!(got.message.routes().next().is_none());
 }
+
+/// The edge relays a REGISTER's final answer without keeping the server
+/// transaction (32 s of Timer J per REGISTER over UDP filled the core's
+/// cap under load and every REGISTER got 503); a retransmitted REGISTER
+/// is then relayed again, and the registrar answers it as the same
+/// change.
+#[test]
+fn a_relayed_register_answer_keeps_no_server_transaction() {
+    let mut w = world(|_| {});
+    let (_, ok) = registered(&mut w, 40100, Transport::Udp, 1);
+    assert_eq!(ok.message.status(), Some(200));
+    assert_eq!(
+        w.sim.endpoint(w.edge).stats().server_transactions,
+        0,
+        "nothing held after the 2xx went back"
+    );
+    // the same REGISTER again (its 2xx lost): relayed, answered again
+    w.sim.peer_send(
+        w.alice,
+        addr(ALICE, 40100),
+        addr(EDGE, 5060),
+        Transport::Udp,
+        register(40100, Transport::Udp, 1),
+    );
+    let got = next(&mut w.sim, w.reg);
+    assert_eq!(got.message.method(), Some(Method::Register));
+    reg_ok(&mut w, &got, None);
+    let again = next(&mut w.sim, w.alice);
+    assert_eq!(again.message.status(), Some(200));
+}

@@ -247,6 +247,15 @@ impl EdgeProxy {
         }
     }
 
+    /// Sets up the core it runs in, before the first event: the
+    /// registrar's address is exempt from the per-source rate limit (it
+    /// is one source for the requests towards every client behind us).
+    pub fn configure(&self, ep: &Endpoint) {
+        if !ep.admission().exempt(self.config.registrar.remote.ip()) {
+            tracing::warn!("edge: the registrar could not be exempted from the rate limit");
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &EdgeConfig {
         &self.config

@@ -64,6 +64,7 @@ fn world(tune: impl FnOnce(&mut EdgeConfig)) -> World {
     );
     tune(&mut config);
     let proxy = Rc::new(RefCell::new(EdgeProxy::new(config)));
+    proxy.borrow().configure(sim.endpoint(edge));
     let p = proxy.clone();
     sim.set_handler(
         edge,
@@ -613,6 +614,7 @@ fn the_registrar_routes_to_a_binding_along_its_path_through_the_edge() {
     );
     config.flow_timer = Some(25);
     let proxy = Rc::new(RefCell::new(EdgeProxy::new(config)));
+    proxy.borrow().configure(sim.endpoint(edge));
     let p = proxy.clone();
     sim.set_handler(
         edge,
@@ -679,4 +681,78 @@ fn the_registrar_routes_to_a_binding_along_its_path_through_the_edge() {
     assert_eq!(got.conn, ok.conn, "over the connection Alice registered on");
     assert_eq!(got.message.vias().count(), 3, "bob, registrar, edge");
     assert!(got.message.routes().next().is_none());
+}
+
+/// The registrar is one source sending the requests of every client
+/// behind the edge: the edge's per-source rate limit (200/s, bursts of
+/// 400 by default) is for clients, not for the registrar it forwards to.
+/// 1,000 requests from the registrar at once all reach Alice (before: 400
+/// did, the rest were shed as a flood).
+#[test]
+fn requests_from_the_registrar_are_not_shed_by_the_per_source_rate_limit() {
+    let mut w = world(|_| {});
+    let (path, _) = registered(&mut w, 40000, Transport::Tcp, 1);
+    let route = path.clone();
+    for i in 0..1000 {
+        let msg = MessageBuilder::request(
+            Method::Message,
+            &format!("sip:alice@{ALICE}:40000;transport=tcp;ob"),
+        )
+        .header(
+            "Via",
+            &format!("SIP/2.0/TCP {REG}:5060;branch=z9hG4bK-m{i}"),
+        )
+        .header("Max-Forwards", "69")
+        .header("Route", &route)
+        .header("From", "<sip:bob@example.test>;tag=b1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", &format!("msg-{i}"))
+        .header("CSeq", "1 MESSAGE")
+        .build()
+        .unwrap()
+        .to_bytes();
+        send_from_registrar(&mut w, msg);
+    }
+    w.sim.run_for(Duration::from_millis(500));
+    let mut got = 0;
+    while let Some(r) = w.sim.peer_recv(w.alice) {
+        if r.message.method() == Some(Method::Message) {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 1000, "requests from the registrar were shed");
+    // a client's flood is still shed: 1,000 from Alice's address at once
+    for i in 0..1000 {
+        let msg = MessageBuilder::request(Method::Options, "sip:bob@example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP {ALICE}:40002;branch=z9hG4bK-o{i}"),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:alice@example.test>;tag=a2")
+            .header("To", "<sip:bob@example.test>")
+            .header("Call-ID", &format!("opt-{i}"))
+            .header("CSeq", "1 OPTIONS")
+            .build()
+            .unwrap()
+            .to_bytes();
+        w.sim.peer_send(
+            w.alice,
+            addr(ALICE, 40002),
+            addr(EDGE, 5060),
+            Transport::Udp,
+            msg,
+        );
+    }
+    w.sim.run_for(Duration::from_millis(500));
+    let mut forwarded = 0;
+    while let Some(r) = w.sim.peer_recv(w.reg) {
+        if r.message.method() == Some(Method::Options) {
+            forwarded += 1;
+        }
+    }
+    assert!(
+        forwarded > 0 && forwarded < 1000,
+        "a client's flood: {forwarded} of 1000 forwarded"
+    );
 }

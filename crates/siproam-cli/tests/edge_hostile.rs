@@ -465,3 +465,105 @@ fn slow_loris_peers_are_closed_and_the_edge_keeps_serving() {
     assert_eq!(open, 0, "slow-loris connections left open");
     w.assert_still_serving("after the slow-loris");
 }
+
+/// A REGISTER of a fresh instance over `s`; the status of the answer (0
+/// when the connection was closed or nothing came).
+fn try_register(s: &mut TcpStream, n: u32) -> u16 {
+    let me = s.local_addr().unwrap();
+    let msg = format!(
+        "REGISTER sip:example.test SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {me};branch=z9hG4bK-new{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:dave@example.test>;tag=d{n}\r\n\
+         To: <sip:dave@example.test>\r\n\
+         Call-ID: new{n}@dave\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:dave@{me};transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000d1>\"\r\n\
+         Supported: outbound, path\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    if s.write_all(msg.as_bytes()).is_err() {
+        return 0;
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return 0,
+        }
+    }
+    String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Connections that each send one request and then sit idle (the
+/// transport evicts only connections that never carried SIP): the edge
+/// closes them after its short idle time for connections that never
+/// registered, so a new client gets in (before: they were kept as flows
+/// for --flow-idle, 2 hours, and every new connection was refused).
+#[test]
+fn connections_that_sent_one_request_and_went_idle_do_not_lock_new_clients_out() {
+    let registrar = Proc::spawn(&[
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ]);
+    let reg_addr = listening(&registrar, "tcp");
+    let edge = Proc::spawn(&[
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+        &format!("sip:{reg_addr};transport=tcp"),
+        "--max-connections",
+        "16",
+    ]);
+    let edge_tcp: SocketAddr = listening(&edge, "tcp").parse().unwrap();
+    // the attacker fills every slot with a connection that carried SIP
+    let mut idle = Vec::new();
+    for i in 0..16 {
+        let mut s = tcp_from("127.0.0.12", edge_tcp);
+        let me = s.local_addr().unwrap();
+        let options = format!(
+            "OPTIONS sip:{edge_tcp};transport=tcp SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {me};branch=z9hG4bK-fill{i};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:mallory@example.test>;tag=f{i}\r\n\
+             To: <sip:{edge_tcp}>\r\n\
+             Call-ID: fill{i}@mallory\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        s.write_all(options.as_bytes()).unwrap();
+        idle.push(s);
+    }
+    // a new client keeps trying (bounded: 150 s)
+    let start = Instant::now();
+    let mut served = false;
+    let mut n = 0;
+    while !served && start.elapsed() < Duration::from_secs(150) {
+        n += 1;
+        let mut s = tcp_from("127.0.0.13", edge_tcp);
+        served = try_register(&mut s, n) == 200;
+        if !served {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+    assert!(served, "a new client was locked out ({n} tries)");
+    // the idle connections were the ones closed
+    let mut open = 0;
+    for s in &mut idle {
+        open += usize::from(!closed_by_peer(s, Duration::from_secs(5)));
+    }
+    assert_eq!(open, 0, "idle connections left open");
+}

@@ -78,6 +78,13 @@ pub struct EdgeConfig {
     /// it registered or made a dialog through us). Beyond, a new one's
     /// request gets 503.
     pub max_udp_flows: usize,
+    /// A connection that carried requests but never a registration (a
+    /// REGISTER 2xx) nor a dialog-forming request is closed after this
+    /// long with no request on it, keep-alives or not (60 s, beyond the
+    /// 32 s a transaction may take): nobody can reach a client over it, and
+    /// it must not hold one of the transport's connection slots for
+    /// `flow_idle` (the shorter of the two applies).
+    pub unregistered_idle: Duration,
 }
 
 impl std::fmt::Debug for EdgeConfig {
@@ -90,6 +97,7 @@ impl std::fmt::Debug for EdgeConfig {
             .field("flow_idle", &self.flow_idle)
             .field("aggressive_gc", &self.aggressive_gc)
             .field("max_udp_flows", &self.max_udp_flows)
+            .field("unregistered_idle", &self.unregistered_idle)
             .finish()
     }
 }
@@ -105,6 +113,7 @@ impl EdgeConfig {
             flow_idle: Duration::from_secs(2 * 3600),
             aggressive_gc: false,
             max_udp_flows: 100_000,
+            unregistered_idle: Duration::from_secs(60),
         }
     }
 }
@@ -131,6 +140,9 @@ struct FlowEntry {
     queued: Instant,
     /// The registration it carries, for aggressive clean-up.
     reg: Option<RegKey>,
+    /// It registered or made a dialog through us (else a connection is
+    /// closed after `unregistered_idle`).
+    kept: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +303,9 @@ impl EdgeProxy {
     }
 
     fn timeout_of(&self, entry: &FlowEntry) -> Duration {
+        if !entry.kept {
+            return self.config.unregistered_idle.min(self.config.flow_idle);
+        }
         match entry.flow_timer {
             Some(ft) => Duration::from_secs(u64::from(ft)) + self.config.flow_grace,
             None => self.config.flow_idle,
@@ -303,6 +318,7 @@ impl EdgeProxy {
     fn touch(&mut self, now: Instant, key: FlowKey, id: FlowId, keep: bool) -> bool {
         if let Some(e) = self.flows.get_mut(&key) {
             e.last_seen = now;
+            e.kept |= keep;
             if key.transport.is_reliable() && e.id != id {
                 // the same addresses, another connection
                 self.by_core.remove(&e.id);
@@ -324,6 +340,7 @@ impl EdgeProxy {
             flow_timer: None,
             queued: now,
             reg: None,
+            kept: keep,
         };
         let due = now + self.timeout_of(&entry);
         self.flows.insert(
@@ -360,7 +377,8 @@ impl EdgeProxy {
                 remote,
             },
         };
-        if let Some(e) = self.flows.get_mut(&key) {
+        // a keep-alive keeps a flow, not a connection that never became one
+        if let Some(e) = self.flows.get_mut(&key).filter(|e| e.kept) {
             e.last_seen = now;
         }
     }
@@ -531,7 +549,12 @@ impl EdgeProxy {
         let Some(arrived) = flow_key(ep, flow) else {
             return Self::refuse(ep, now, tx, &req, 500, "Server Internal Error");
         };
-        self.touch(now, arrived, flow, false);
+        // the registrar's connections are kept like flows (they carry the
+        // requests towards every client); a client's only once it
+        // registered or made a dialog
+        let from_registrar = arrived.transport.is_reliable()
+            && arrived.remote.ip() == self.config.registrar.remote.ip();
+        self.touch(now, arrived, flow, from_registrar);
         let points = ep.listen_points().to_vec();
         let method = req
             .method()

@@ -756,3 +756,65 @@ fn requests_from_the_registrar_are_not_shed_by_the_per_source_rate_limit() {
         "a client's flood: {forwarded} of 1000 forwarded"
     );
 }
+
+/// A connection that carried a request but never a registration or a
+/// dialog is no flow anyone can reach: it goes after `unregistered_idle`
+/// (60 s), pings or not, not after the 2 hours of a registered flow — so
+/// connections that each send one request and then sit idle cannot hold
+/// the edge's connection slots (the transport evicts only connections
+/// that never carried SIP) for hours. Before: still open at 2 hours.
+#[test]
+fn a_connection_that_never_registered_is_closed_after_a_short_idle_time() {
+    let mut w = world(|c| c.flow_idle = Duration::from_secs(7200));
+    let options =
+        MessageBuilder::request(Method::Options, &format!("sip:{EDGE}:5060;transport=tcp"))
+            .header(
+                "Via",
+                &format!("SIP/2.0/TCP {ALICE}:40020;branch=z9hG4bK-idle1"),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:mallory@example.test>;tag=m1")
+            .header("To", &format!("<sip:{EDGE}:5060>"))
+            .header("Call-ID", "idle-1")
+            .header("CSeq", "1 OPTIONS")
+            .build()
+            .unwrap()
+            .to_bytes();
+    w.sim.peer_send(
+        w.alice,
+        addr(ALICE, 40020),
+        addr(EDGE, 5060),
+        Transport::Tcp,
+        options,
+    );
+    let ok = loop {
+        let r = next(&mut w.sim, w.alice);
+        if r.message.status().is_some_and(|c| c >= 200) {
+            break r;
+        }
+    };
+    assert_eq!(ok.message.status(), Some(200));
+    let conn = ok.conn.unwrap();
+    let start = w.sim.now();
+    let (local, remote) = (addr(EDGE, 5060), addr(ALICE, 40020));
+    let flow = w.sim.with_endpoint(w.edge, |ep, _| {
+        ep.flows().find(|f| f.remote == remote).map(|f| f.id)
+    });
+    // pings every 20 s do not keep it
+    for i in 1..=6 {
+        w.sim.run_until(start + Duration::from_secs(20 * i));
+        let now = w.sim.now();
+        w.proxy
+            .borrow_mut()
+            .handle_keepalive(now, Transport::Tcp, local, remote, flow);
+        edge_timeout(&mut w);
+    }
+    assert!(!w.sim.conn_open(conn), "an unregistered connection kept");
+    assert_eq!(w.proxy.borrow().sizes().flows, 0);
+    // a registered flow stays (its Flow-Timer of 60 s + 30 s grace)
+    let (_, reg) = registered(&mut w, 40000, Transport::Tcp, 1);
+    let start = w.sim.now();
+    w.sim.run_until(start + Duration::from_secs(85));
+    edge_timeout(&mut w);
+    assert!(w.sim.conn_open(reg.conn.unwrap()));
+}

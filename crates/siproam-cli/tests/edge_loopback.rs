@@ -135,7 +135,10 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     });
 
     // Alice's process (and so her connection) goes: her binding lives on
-    // at the registrar, but the flow its Path names is gone: 430
+    // at the registrar, but the flow its Path names is gone: the edge
+    // answers 430, and the registrar, with no other flow of hers left,
+    // gives the caller 480 (RFC 5626 §5.3: not a 430 the caller would take
+    // for its own flow's failure)
     alice.child.kill().unwrap();
     let _ = alice.child.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -143,7 +146,7 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     let failed = bob.wait_for("bob's second call fails", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
-    assert_eq!(failed["code"], 430, "{failed}");
+    assert_eq!(failed["code"], 480, "{failed}");
 
     // a CRLFCRLF ping on the edge's TCP port gets a CRLF pong at once
     let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
@@ -380,11 +383,13 @@ fn aggressive_gc_closes_the_older_flow_of_a_registration() {
         let edge_tcp = listening(&edge, "tcp");
         let mut old = std::net::TcpStream::connect(&edge_tcp).unwrap();
         old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = raw_register(&mut old, 1);
+        // the same registrar both rounds: the CSeq of the Call-ID grows
+        let cseq = if aggressive { 3 } else { 1 };
+        let head = raw_register(&mut old, cseq);
         assert!(head.starts_with("SIP/2.0 200"), "{head}");
         let mut new = std::net::TcpStream::connect(&edge_tcp).unwrap();
         new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = raw_register(&mut new, 2);
+        let head = raw_register(&mut new, cseq + 1);
         assert!(head.starts_with("SIP/2.0 200"), "{head}");
         if aggressive {
             assert!(closed_by_peer(&mut old, Duration::from_secs(30)));

@@ -118,6 +118,9 @@ impl EdgeConfig {
     }
 }
 
+/// Most registrations (AoR, instance, reg-id) remembered per flow.
+pub const MAX_REGS_PER_FLOW: usize = 16;
+
 /// A flow as the edge names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct FlowKey {
@@ -138,8 +141,9 @@ struct FlowEntry {
     flow_timer: Option<u32>,
     /// The deadline this flow is queued at in `deadlines`.
     queued: Instant,
-    /// The registration it carries, for aggressive clean-up.
-    reg: Option<RegKey>,
+    /// The registrations it carries (newest last, at most
+    /// [`MAX_REGS_PER_FLOW`]), for aggressive clean-up.
+    regs: Vec<RegKey>,
     /// It registered or made a dialog through us (else a connection is
     /// closed after `unregistered_idle`).
     kept: bool,
@@ -177,6 +181,8 @@ pub struct EdgeSizes {
     pub udp_flows: usize,
     /// Forwarded requests waiting for their answer.
     pub pending: usize,
+    /// Registrations known by flow (for aggressive clean-up).
+    pub registrations: usize,
 }
 
 /// The edge proxy (sans-IO: the driver feeds it the events of the core
@@ -279,6 +285,7 @@ impl EdgeProxy {
             flows: self.flows.len(),
             udp_flows: self.udp_flows,
             pending: self.pending.len(),
+            registrations: self.registrations.len(),
         }
     }
 
@@ -339,7 +346,7 @@ impl EdgeProxy {
             last_seen: now,
             flow_timer: None,
             queued: now,
-            reg: None,
+            regs: Vec::new(),
             kept: keep,
         };
         let due = now + self.timeout_of(&entry);
@@ -399,7 +406,7 @@ impl EdgeProxy {
         } else {
             self.udp_flows = self.udp_flows.saturating_sub(1);
         }
-        if let Some(reg) = &entry.reg {
+        for reg in &entry.regs {
             if self.registrations.get(reg) == Some(&key) {
                 self.registrations.remove(reg);
             }
@@ -907,12 +914,27 @@ impl EdgeProxy {
                 return;
             };
             e.flow_timer = flow_timer;
-            e.reg = reg.reg.clone().filter(|_| outbound);
             match e.flow_timer {
                 Some(ft) => Duration::from_secs(u64::from(ft)) + self.config.flow_grace,
                 None => self.config.flow_idle,
             }
         };
+        // the registrations a flow carries are bounded: the oldest goes
+        // (it only loses its aggressive clean-up)
+        let mut dropped = None;
+        if let (true, Some(key), Some(e)) = (outbound, &reg.reg, self.flows.get_mut(&reg.from)) {
+            if !e.regs.contains(key) {
+                e.regs.push(key.clone());
+                if e.regs.len() > MAX_REGS_PER_FLOW {
+                    dropped = Some(e.regs.remove(0));
+                }
+            }
+        }
+        if let Some(old) = dropped {
+            if self.registrations.get(&old) == Some(&reg.from) {
+                self.registrations.remove(&old);
+            }
+        }
         // a shorter timeout than the one queued: queue the earlier one
         if let Some(e) = self.flows.get_mut(&reg.from) {
             let due = e.last_seen + timeout;
@@ -922,13 +944,13 @@ impl EdgeProxy {
             }
         }
         if let (true, Some(key)) = (outbound, reg.reg.clone()) {
-            let old = self.registrations.insert(key, reg.from);
+            let old = self.registrations.insert(key.clone(), reg.from);
             if let Some(old) = old.filter(|o| *o != reg.from) {
                 if self.config.aggressive_gc {
                     tracing::debug!("edge: older flow of a registration closed");
                     self.close(ep, now, old, FlowCloseReason::Replaced);
                 } else if let Some(e) = self.flows.get_mut(&old) {
-                    e.reg = None;
+                    e.regs.retain(|r| *r != key);
                 }
             }
         }

@@ -818,3 +818,55 @@ fn a_connection_that_never_registered_is_closed_after_a_short_idle_time() {
     edge_timeout(&mut w);
     assert!(w.sim.conn_open(reg.conn.unwrap()));
 }
+
+/// One connection registering ever new instances (an open registrar
+/// accepts them all): the edge's table of registrations (for aggressive
+/// clean-up) holds at most a few per flow, and nothing once the flow is
+/// gone. Before: one entry per instance, kept after the flow closed — a
+/// leak of 200 entries a second at the rate limit.
+#[test]
+fn registrations_over_one_flow_are_bounded_and_forgotten_with_it() {
+    let mut w = world(|_| {});
+    let mut conn = None;
+    for i in 0..300u32 {
+        let msg = MessageBuilder::request(Method::Register, "sip:example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/TCP {ALICE}:40030;branch=z9hG4bK-many{i};rport"),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", &format!("<sip:u{i}@example.test>;tag=u{i}"))
+            .header("To", &format!("<sip:u{i}@example.test>"))
+            .header("Call-ID", &format!("many-{i}"))
+            .header("CSeq", "1 REGISTER")
+            .header(
+                "Contact",
+                &format!(
+                    "<sip:u{i}@{ALICE}:40030;transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-{i:012}>\""
+                ),
+            )
+            .header("Supported", "outbound, path")
+            .header("Expires", "600")
+            .build()
+            .unwrap()
+            .to_bytes();
+        w.sim.peer_send(
+            w.alice,
+            addr(ALICE, 40030),
+            addr(EDGE, 5060),
+            Transport::Tcp,
+            msg,
+        );
+        let got = next(&mut w.sim, w.reg);
+        reg_ok(&mut w, &got, Some(60));
+        let ok = next(&mut w.sim, w.alice);
+        assert_eq!(ok.message.status(), Some(200));
+        conn = ok.conn;
+    }
+    let held = w.proxy.borrow().sizes().registrations;
+    assert!(held <= 16, "{held} registrations held for one flow");
+    w.sim.peer_close(conn.unwrap());
+    w.sim.run_for(Duration::from_millis(100));
+    let sizes = w.proxy.borrow().sizes();
+    assert_eq!((sizes.flows, sizes.registrations), (0, 0), "{sizes:?}");
+}

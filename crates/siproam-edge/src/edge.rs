@@ -118,6 +118,10 @@ impl EdgeConfig {
     }
 }
 
+/// Most of the edge's own entries on top of a request's Route set (a
+/// double Record-Route and a pre-loaded route need three); more is 403.
+pub const MAX_OWN_ROUTES: usize = 8;
+
 /// Most registrations (AoR, instance, reg-id) remembered per flow.
 pub const MAX_REGS_PER_FLOW: usize = 16;
 
@@ -183,6 +187,8 @@ pub struct EdgeSizes {
     pub pending: usize,
     /// Registrations known by flow (for aggressive clean-up).
     pub registrations: usize,
+    /// Flow tokens checked (HMACs computed) so far.
+    pub token_checks: u64,
 }
 
 /// The edge proxy (sans-IO: the driver feeds it the events of the core
@@ -203,6 +209,7 @@ pub struct EdgeProxy {
     /// Which flow each registration is on (aggressive clean-up).
     registrations: HashMap<RegKey, FlowKey>,
     last_sweep: Option<Instant>,
+    token_checks: u64,
 }
 
 fn flow_key(ep: &Endpoint, flow: FlowId) -> Option<FlowKey> {
@@ -262,6 +269,7 @@ impl EdgeProxy {
             deadlines: BTreeSet::new(),
             registrations: HashMap::new(),
             last_sweep: None,
+            token_checks: 0,
         }
     }
 
@@ -286,6 +294,7 @@ impl EdgeProxy {
             udp_flows: self.udp_flows,
             pending: self.pending.len(),
             registrations: self.registrations.len(),
+            token_checks: self.token_checks,
         }
     }
 
@@ -618,31 +627,39 @@ impl EdgeProxy {
             return Self::refuse(ep, now, tx, &req, 482, "Loop Detected");
         }
         // our Route entries on top: the first with a token says where the
-        // request goes; those without one are a client's pre-loaded route
+        // request goes; those without one are a client's pre-loaded route.
+        // Bounded: at most MAX_OWN_ROUTES of them, and a token text checked
+        // once (a double Record-Route repeats it)
         let mut token = None;
+        let mut verified: Vec<String> = Vec::new();
+        let mut own = 0usize;
         loop {
-            let top = match req.routes().next() {
+            let user = match req.routes().next() {
                 None => break,
                 Some(Err(_)) => return Self::refuse(ep, now, tx, &req, 400, "Bad Request"),
                 Some(Ok(r)) => {
                     if !is_us(r.uri(), &points) {
                         break;
                     }
-                    r.uri()
-                        .as_sip()
-                        .and_then(|s| s.user())
-                        .map(|u| self.tokens.verify(u))
+                    r.uri().as_sip().and_then(|s| s.user()).map(str::to_owned)
                 }
             };
-            match top {
-                Some(Err(e)) => {
-                    tracing::debug!("edge: {e}");
-                    return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+            own += 1;
+            if own > MAX_OWN_ROUTES {
+                return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+            }
+            if let Some(u) = user.filter(|u| !verified.contains(u)) {
+                self.token_checks += 1;
+                match self.tokens.verify(&u) {
+                    Err(e) => {
+                        tracing::debug!("edge: {e}");
+                        return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+                    }
+                    Ok(t) => {
+                        token.get_or_insert(t);
+                        verified.push(u);
+                    }
                 }
-                Some(Ok(t)) => {
-                    token.get_or_insert(t);
-                }
-                None => {}
             }
             remove_top_route(&mut req)?;
         }

@@ -870,3 +870,49 @@ fn registrations_over_one_flow_are_bounded_and_forgotten_with_it() {
     let sizes = w.proxy.borrow().sizes();
     assert_eq!((sizes.flows, sizes.registrations), (0, 0), "{sizes:?}");
 }
+
+/// The token check is bounded per request: a request that repeats a
+/// valid token in hundreds of Route entries costs one HMAC, not one per
+/// entry (before: one per entry), and a request with more of our own
+/// Route entries than a path ever holds is refused without being walked.
+#[test]
+fn a_request_stacking_our_route_entries_costs_one_token_check() {
+    let mut w = world(|_| {});
+    let (path, ok) = registered(&mut w, 40000, Transport::Tcp, 1);
+    let conn = ok.conn.unwrap();
+    let route = uri_of(&path).replace(";ob", "");
+    let send = |w: &mut World, n: usize, call: &str| {
+        let mut msg = MessageBuilder::request(
+            Method::Message,
+            &format!("sip:alice@{ALICE}:40000;transport=tcp;ob"),
+        )
+        .header(
+            "Via",
+            &format!("SIP/2.0/TCP {REG}:5060;branch=z9hG4bK-{call}"),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:bob@example.test>;tag=b5")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", call)
+        .header("CSeq", "1 MESSAGE");
+        // one header line each (a line is at most 16 KiB)
+        for _ in 0..n {
+            msg = msg.header("Route", &format!("<{route}>"));
+        }
+        send_from_registrar(w, msg.build().unwrap().to_bytes());
+    };
+    // two of our entries (a double Record-Route): forwarded, one check
+    let before = w.proxy.borrow().sizes().token_checks;
+    send(&mut w, 2, "stack-2");
+    let got = next_request(&mut w.sim, w.alice);
+    assert_eq!(got.message.call_id(), "stack-2");
+    assert_eq!(got.conn, Some(conn));
+    assert_eq!(w.proxy.borrow().sizes().token_checks - before, 1);
+    // two hundred: refused, and not one check per entry
+    let before = w.proxy.borrow().sizes().token_checks;
+    send(&mut w, 200, "stack-200");
+    let refused = next_final(&mut w.sim, w.reg, "stack-200");
+    assert_eq!(refused.status(), Some(403));
+    let checks = w.proxy.borrow().sizes().token_checks - before;
+    assert!(checks <= 1, "{checks} token checks for one request");
+}

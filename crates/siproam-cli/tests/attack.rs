@@ -1,5 +1,5 @@
-//! The hostile-input suite on the real binaries (issue 10): each probe
-//! against `siproam registrar` or `siproam agent` on loopback, with a
+//! The hostile-input suite on the real binaries (issues 10 and 13): each probe
+//! against `siproam registrar`, `siproam agent` or `siproam edge` on loopback, with a
 //! legitimate client that must be served during and after it, and the
 //! server's memory and descriptors back near their baseline. Outcomes
 //! only: no duration is asserted. (The other probes live beside the code

@@ -8,6 +8,13 @@
 //! Then `--tcp-idle N` idle TCP connections are opened from many source
 //! addresses and a new TCP client must still register. Figures only: the
 //! tests assert outcomes from the JSON, never times.
+//!
+//! `--target edge` runs `siproam edge` in front of a registrar (both
+//! children; the edge's memory and descriptors are the ones measured):
+//! the clients register through the edge with outbound, the flood goes
+//! at the edge, and each probe also reaches Alice with an OPTIONS sent to
+//! the registrar, which goes along her Path through the edge over her
+//! flow — so a lost binding or flow shows.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -46,6 +53,8 @@ struct Target {
     tcp: Option<SocketAddr>,
     /// Keeps the agent's stdin open (it quits at end of input).
     _stdin: Option<std::process::ChildStdin>,
+    /// The registrar behind an edge target.
+    upstream: Option<Box<Target>>,
 }
 
 impl Drop for Target {
@@ -65,35 +74,14 @@ fn fds_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-fn start_target(args: &AttackArgs, dir: &std::path::Path) -> anyhow::Result<Target> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--json");
-    let agent = args.target == "agent";
-    if agent {
-        cmd.args([
-            "agent",
-            "--aor",
-            "sip:agent@example.test",
-            "--no-watch",
-            "--listen",
-            "udp:127.0.0.1:0",
-        ]);
-    } else {
-        let users = dir.join("users.txt");
-        std::fs::write(&users, "alice:alicepw\nbob:bobpw\n")?;
-        cmd.args([
-            "registrar",
-            "--domain",
-            "example.test",
-            "--listen",
-            "udp:127.0.0.1:0",
-            "--listen",
-            "tcp:127.0.0.1:0",
-            "--users",
-        ])
-        .arg(&users);
-    }
+/// A child's stdout until it named the listeners wanted (`listening`
+/// events); its later output drained so it never blocks on a full pipe.
+fn spawn_listening(
+    mut cmd: Command,
+    what: &str,
+    want_udp: bool,
+    want_tcp: bool,
+) -> anyhow::Result<Target> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -105,10 +93,12 @@ fn start_target(args: &AttackArgs, dir: &std::path::Path) -> anyhow::Result<Targ
     let (mut udp, mut tcp) = (None, None);
     let mut line = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while udp.is_none() || (!agent && tcp.is_none()) {
+    while (want_udp && udp.is_none()) || (want_tcp && tcp.is_none()) {
         line.clear();
         if reader.read_line(&mut line)? == 0 || Instant::now() > deadline {
-            bail!("the {} exited before listening", args.target);
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the {what} exited before listening");
         }
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if v.get("event").and_then(Value::as_str) != Some("listening") {
@@ -124,7 +114,6 @@ fn start_target(args: &AttackArgs, dir: &std::path::Path) -> anyhow::Result<Targ
             _ => {}
         }
     }
-    // drain its output so it never blocks on a full pipe
     std::thread::spawn(move || {
         let mut sink = String::new();
         while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
@@ -136,7 +125,63 @@ fn start_target(args: &AttackArgs, dir: &std::path::Path) -> anyhow::Result<Targ
         udp: udp.context("no UDP listener")?,
         tcp,
         _stdin: stdin,
+        upstream: None,
     })
+}
+
+fn start_target(args: &AttackArgs, dir: &std::path::Path) -> anyhow::Result<Target> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--json");
+    if args.target == "agent" {
+        cmd.args([
+            "agent",
+            "--aor",
+            "sip:agent@example.test",
+            "--no-watch",
+            "--listen",
+            "udp:127.0.0.1:0",
+        ]);
+        return spawn_listening(cmd, "agent", true, false);
+    }
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "alice:alicepw\nbob:bobpw\n")?;
+    cmd.args([
+        "registrar",
+        "--domain",
+        "example.test",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--users",
+    ])
+    .arg(&users);
+    if args.target == "edge" {
+        // reached only through the edge, which limits each client: the
+        // edge is one source for all of them
+        cmd.args(["--max-rate-per-source", "0"]);
+    }
+    let registrar = spawn_listening(cmd, "registrar", true, true)?;
+    if args.target != "edge" {
+        return Ok(registrar);
+    }
+    // the edge in front of it, over TCP
+    let reg_tcp = registrar.tcp.context("no registrar TCP listener")?;
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "--json",
+        "edge",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+    ])
+    .arg(format!("sip:{reg_tcp};transport=tcp"));
+    let mut edge = spawn_listening(cmd, "edge", true, true)?;
+    edge.upstream = Some(Box::new(registrar));
+    Ok(edge)
 }
 
 /// One unauthenticated request from the attacker, numbered `n` (fresh
@@ -165,7 +210,7 @@ fn flood(
     sent: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
+        let Ok(sock) = UdpSocket::bind("127.0.0.5:0") else {
             return;
         };
         let Ok(from) = sock.local_addr() else {
@@ -261,12 +306,12 @@ impl Probes {
 
 /// A raw OPTIONS probe (the agent target): sends, retransmits after
 /// 500 ms like a UAC would, and waits up to 4 s for the 200.
-fn options_probe(sock: &UdpSocket, to: SocketAddr, n: u64) -> bool {
+fn options_probe(sock: &UdpSocket, to: SocketAddr, ruri: &str, n: u64) -> bool {
     let Ok(from) = sock.local_addr() else {
         return false;
     };
     let msg = format!(
-        "OPTIONS sip:{to} SIP/2.0\r\n\
+        "OPTIONS {ruri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {from};branch=z9hG4bKprobe{n}\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:probe@example.test>;tag=p{n}\r\n\
@@ -295,6 +340,18 @@ fn options_probe(sock: &UdpSocket, to: SocketAddr, n: u64) -> bool {
     false
 }
 
+/// An OPTIONS for Alice's AoR sent to the registrar: it answers only when
+/// her binding is there and the edge still holds her flow.
+async fn reach_alice(sock: &UdpSocket, registrar: SocketAddr, n: u64) -> anyhow::Result<bool> {
+    let sock = sock.try_clone()?;
+    // numbered apart from the plain probes
+    let k = n + (1 << 40);
+    Ok(tokio::task::spawn_blocking(move || {
+        options_probe(&sock, registrar, "sip:alice@example.test", k)
+    })
+    .await?)
+}
+
 fn phase_of(now: Instant, flood_start: Instant, flood_end: Instant) -> u8 {
     if now < flood_start {
         0
@@ -313,14 +370,21 @@ fn raise_fd_limit(want: u64) -> u64 {
 
 /// `siproam bench attack`.
 pub async fn attack(args: AttackArgs, json_out: bool) -> anyhow::Result<ExitCode> {
-    if args.target != "registrar" && args.target != "agent" {
-        bail!("--target {}: registrar or agent", args.target);
+    if !["registrar", "agent", "edge"].contains(&args.target.as_str()) {
+        bail!("--target {}: registrar, agent or edge", args.target);
     }
     let dir = std::env::temp_dir().join(format!("siproam-attack-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let target = start_target(&args, &dir)?;
     let pid = target.child.id();
     let agent = args.target == "agent";
+    // behind an edge: the registrar the edge forwards to, and the first
+    // hop (the edge) each client goes through
+    let upstream = target.upstream.as_ref().map(|u| (u.udp, u.tcp));
+    let (registrar_udp, via_udp) = match upstream {
+        Some((reg_udp, _)) => (reg_udp, Some(format!("sip:{}", target.udp))),
+        None => (target.udp, None),
+    };
 
     // the legitimate client
     let mut client = None;
@@ -335,7 +399,12 @@ pub async fn attack(args: AttackArgs, json_out: bool) -> anyhow::Result<ExitCode
         )
         .await?;
         let acc = ep
-            .register(spec("alice", "alicepw", &format!("sip:{}", target.udp)))
+            .register(spec(
+                "alice",
+                "alicepw",
+                &format!("sip:{registrar_udp}"),
+                via_udp.clone(),
+            ))
             .await?;
         wait_registered(&mut ep, Duration::from_secs(10))
             .await
@@ -378,14 +447,19 @@ pub async fn attack(args: AttackArgs, json_out: bool) -> anyhow::Result<ExitCode
         let phase = phase_of(now, flood_start, flood_end);
         let ok = match (&mut client, account) {
             (Some(ep), Some(acc)) => {
-                ep.reregister(acc).await.is_ok()
-                    && wait_registered(ep, Duration::from_secs(4)).await.is_ok()
+                let registered = ep.reregister(acc).await.is_ok()
+                    && wait_registered(ep, Duration::from_secs(4)).await.is_ok();
+                // behind an edge: Alice is reached too, registrar -> Path ->
+                // the edge -> her flow
+                registered
+                    && (upstream.is_none() || reach_alice(&probe_sock, registrar_udp, n).await?)
             }
             _ => {
                 let sock = probe_sock.try_clone()?;
                 let to = target.udp;
                 let k = n;
-                tokio::task::spawn_blocking(move || options_probe(&sock, to, k)).await?
+                let ruri = format!("sip:{to}");
+                tokio::task::spawn_blocking(move || options_probe(&sock, to, &ruri, k)).await?
             }
         };
         probes.record(phase, now, ok);
@@ -403,8 +477,17 @@ pub async fn attack(args: AttackArgs, json_out: bool) -> anyhow::Result<ExitCode
     // idle TCP connections from many sources, then a new TCP client
     let mut tcp = Value::Null;
     if let (Some(tcp_addr), true) = (target.tcp, args.tcp_idle > 0) {
-        tcp = idle_tcp(tcp_addr, args.tcp_idle, pid).await?;
+        let registrar_tcp = upstream.and_then(|(_, t)| t).unwrap_or(tcp_addr);
+        let via = upstream.map(|_| format!("sip:{tcp_addr};transport=tcp"));
+        tcp = idle_tcp(tcp_addr, registrar_tcp, via, args.tcp_idle, pid).await?;
     }
+    // what was registered before is still there: Alice is reached through
+    // the edge once everything is over
+    let alice_reachable_at_end = match upstream {
+        Some(_) => json!(reach_alice(&probe_sock, registrar_udp, n + 1).await?),
+        None => Value::Null,
+    };
+    let upstream_rss = target.upstream.as_ref().map(|u| rss_of(u.child.id()));
 
     let longest_gap = probes.longest_gap_ms(flood_start);
     let report = json!({
@@ -432,6 +515,8 @@ pub async fn attack(args: AttackArgs, json_out: bool) -> anyhow::Result<ExitCode
         },
         "fds": { "baseline": fds_baseline, "after": fds_after },
         "tcp": tcp,
+        "alice_reachable_at_end": alice_reachable_at_end,
+        "registrar_rss_bytes": upstream_rss,
     });
     emit(json_out, report.clone());
     if let Some(ep) = client {
@@ -447,20 +532,27 @@ pub async fn attack(args: AttackArgs, json_out: bool) -> anyhow::Result<ExitCode
     })
 }
 
-fn spec(user: &str, password: &str, registrar: &str) -> AccountSpec {
+/// An account at `registrar`; through `via` (an edge) it registers with
+/// outbound, so its binding names its flow at the edge.
+fn spec(user: &str, password: &str, registrar: &str, via: Option<String>) -> AccountSpec {
     AccountSpec {
         aor: format!("sip:{user}@example.test"),
         registrar: registrar.to_owned(),
         username: None,
         password: Some(password.to_owned()),
-        instance_id: None,
-        outbound: false,
+        instance_id: via
+            .as_ref()
+            .map(|_| format!("urn:uuid:00000000-0000-1000-8000-{:012x}", user.len())),
+        outbound: via.is_some(),
         reg_id: None,
         expires: 3600,
         ipv6_sip: siproam::Ipv6Use::Enabled,
         ipv6_media: siproam::Ipv6Use::Enabled,
         ip_change: None,
-        flow: Default::default(),
+        flow: siproam::FlowSpec {
+            outbound_proxy: via,
+            ..Default::default()
+        },
     }
 }
 
@@ -568,7 +660,13 @@ impl Drop for Holder {
 /// address) in holder processes, then registers a new client over TCP
 /// from 127.0.0.3; reports how many the attacker got and kept, and whether
 /// the new client was served.
-async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
+async fn idle_tcp(
+    to: SocketAddr,
+    registrar: SocketAddr,
+    via: Option<String>,
+    n: usize,
+    pid: u32,
+) -> anyhow::Result<Value> {
     let fds_before = fds_of(pid);
     let exe = std::env::current_exe()?;
     let mut holders = Vec::new();
@@ -599,6 +697,7 @@ async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
     // give the server a moment to settle what it accepted
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_fds = fds_of(pid);
+    let server_rss = rss_of(pid);
     // a new TCP client registers while they are held
     let start = Instant::now();
     let mut ep = EndpointHandle::start(
@@ -609,8 +708,13 @@ async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
         Box::new(UserAgent),
     )
     .await?;
-    ep.register(spec("bob", "bobpw", &format!("sip:{to};transport=tcp")))
-        .await?;
+    ep.register(spec(
+        "bob",
+        "bobpw",
+        &format!("sip:{registrar};transport=tcp"),
+        via,
+    ))
+    .await?;
     let served = wait_registered(&mut ep, Duration::from_secs(10)).await;
     let latency_ms = (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     ep.shutdown().await;
@@ -625,6 +729,10 @@ async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
         still_open += v.get("still_open").and_then(Value::as_u64).unwrap_or(0);
     }
     drop(holders);
+    // the attacker's connections gone: what the server keeps
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let fds_released = fds_of(pid);
+    let rss_released = rss_of(pid);
     Ok(json!({
         "attempted": n,
         "connected": connected,
@@ -632,6 +740,9 @@ async fn idle_tcp(to: SocketAddr, n: usize, pid: u32) -> anyhow::Result<Value> {
         "still_open": still_open,
         "server_fds_before": fds_before,
         "server_fds_held": server_fds,
+        "server_rss_held_bytes": server_rss,
+        "server_fds_released": fds_released,
+        "server_rss_released_bytes": rss_released,
         "new_client_registered": served.is_ok(),
         "new_client_error": served.err().map(|e| e.to_string()),
         "new_client_ms": latency_ms,

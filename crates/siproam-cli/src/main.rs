@@ -162,7 +162,9 @@ enum BenchKind {
     /// latency during and after a flood from another source, the server's
     /// memory and descriptors, and a new TCP client among idle connections.
     Attack {
-        /// `registrar` (REGISTER flood, digest users) or `agent` (OPTIONS flood).
+        /// `registrar` (REGISTER flood, digest users), `agent` (OPTIONS
+        /// flood) or `edge` (`siproam edge` in front of a registrar, both
+        /// children: REGISTER flood at the edge).
         #[arg(long, default_value = "registrar")]
         target: String,
         /// How long the flood lasts, in seconds.
@@ -175,7 +177,7 @@ enum BenchKind {
         #[arg(long, default_value_t = 60)]
         after: u64,
         /// Idle TCP connections to open before a new TCP client registers
-        /// (registrar only; 0 skips).
+        /// (registrar and edge; 0 skips).
         #[arg(long, default_value_t = 20_000)]
         tcp_idle: usize,
     },

@@ -1,5 +1,5 @@
-//! The hostile-input suite on the real binaries (issue 10): each probe
-//! against `siproam registrar` or `siproam agent` on loopback, with a
+//! The hostile-input suite on the real binaries (issues 10 and 13): each probe
+//! against `siproam registrar`, `siproam agent` or `siproam edge` on loopback, with a
 //! legitimate client that must be served during and after it, and the
 //! server's memory and descriptors back near their baseline. Outcomes
 //! only: no duration is asserted. (The other probes live beside the code
@@ -90,6 +90,60 @@ fn the_registrar_keeps_serving_through_a_register_flood_and_idle_connections() {
 fn the_agent_keeps_answering_through_an_options_flood() {
     let r = attack(&["--target", "agent", "--secs", "3", "--after", "3"]);
     assert_served_and_recovered(&r);
+}
+
+/// The edge in front of a registrar (issue 13, item 4): a REGISTER flood
+/// from one source at the edge, then N idle TCP connections from many
+/// sources (19,000 by default: this machine's hard limit of open files is
+/// 20,000 per process; `SIPROAM_ATTACK_IDLE=20000` where it is higher).
+/// Alice, registered through the edge with outbound before, re-registers
+/// and is reached along her Path over her flow in every phase and at the
+/// end; a new TCP client registers through the edge among the idle
+/// connections; the edge's memory stays bounded during and comes back,
+/// and it holds at most its connection cap.
+#[test]
+fn the_edge_keeps_serving_through_a_register_flood_and_idle_connections() {
+    let idle = std::env::var("SIPROAM_ATTACK_IDLE").unwrap_or_else(|_| "19000".to_owned());
+    // the flood at 20,000/s: 100 times the per-source limit, and what a
+    // debug build reads off one socket (the kernel's queue is not the
+    // subject)
+    let r = attack(&[
+        "--target",
+        "edge",
+        "--secs",
+        "3",
+        "--rate",
+        "20000",
+        "--after",
+        "3",
+        "--tcp-idle",
+        &idle,
+    ]);
+    assert_served_and_recovered(&r);
+    let base = r["memory"]["rss_baseline_bytes"].as_u64().unwrap();
+    let peak = r["memory"]["rss_peak_bytes"].as_u64().unwrap();
+    assert!(peak <= 2 * base, "memory during the flood {base} -> {peak}");
+    assert_eq!(r["alice_reachable_at_end"], true, "{r}");
+    let tcp = &r["tcp"];
+    assert_eq!(tcp["new_client_registered"], true, "{tcp}");
+    assert_eq!(tcp["attempted"].as_u64(), idle.parse().ok(), "{tcp}");
+    assert!(tcp["connected"].as_u64().unwrap() > 1024, "{tcp}");
+    // the edge holds at most its cap (1024) however many came
+    assert!(
+        tcp["server_fds_held"].as_u64().unwrap() <= 1024 + 64,
+        "{tcp}"
+    );
+    let held = tcp["server_rss_held_bytes"].as_u64().unwrap();
+    assert!(
+        held <= 3 * base,
+        "memory with the idle connections {base} -> {held}"
+    );
+    let released = tcp["server_rss_released_bytes"].as_u64().unwrap();
+    assert!(released <= 2 * base, "memory after {base} -> {released}");
+    assert!(
+        tcp["server_fds_released"].as_u64().unwrap() <= r["fds"]["baseline"].as_u64().unwrap() + 4,
+        "{tcp}"
+    );
 }
 
 /// The registrar and its proxy on loopback, with a users file.

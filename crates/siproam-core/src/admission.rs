@@ -49,6 +49,20 @@ impl SharedAdmission {
         self.lock().trust(now, source, lifetime);
     }
 
+    /// Exempts `source` (exactly this address) from the per-source rate
+    /// for good: the one next hop a proxy forwards everyone's requests to
+    /// (an edge's registrar) is one source for all the clients behind it.
+    /// Set by the application from its configuration, never from the
+    /// network; at most [`MAX_EXEMPT`] addresses (false beyond).
+    pub fn exempt(&self, source: IpAddr) -> bool {
+        let mut a = self.lock();
+        if a.exempt.len() >= MAX_EXEMPT && !a.exempt.contains(&source) {
+            return false;
+        }
+        a.exempt.insert(source);
+        true
+    }
+
     /// Whether `source` is trusted at `now`.
     pub fn is_trusted(&self, now: Instant, source: IpAddr) -> bool {
         self.lock()
@@ -67,6 +81,9 @@ impl SharedAdmission {
             || self.lock().admit(now, source)
     }
 }
+
+/// Most addresses [`SharedAdmission::exempt`] keeps.
+pub const MAX_EXEMPT: usize = 64;
 
 /// Limits on what one source, and everyone together, may make the
 /// endpoint do.
@@ -148,6 +165,8 @@ pub(crate) struct Admission {
     swept: Option<Instant>,
     /// Sources that proved who they are, until when.
     trusted: HashMap<IpAddr, Instant>,
+    /// Sources never rate-limited ([`SharedAdmission::exempt`]).
+    exempt: std::collections::HashSet<IpAddr>,
     pub(crate) stats: AdmissionStats,
 }
 
@@ -161,7 +180,7 @@ impl Admission {
 
     /// May a new request from `source` be looked at? Counts it.
     pub(crate) fn admit(&mut self, now: Instant, source: IpAddr) -> bool {
-        if self.config.per_source_rate == 0 {
+        if self.config.per_source_rate == 0 || self.exempt.contains(&source) {
             return true;
         }
         let source = budget_key(source);

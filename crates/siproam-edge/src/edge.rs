@@ -78,6 +78,13 @@ pub struct EdgeConfig {
     /// it registered or made a dialog through us). Beyond, a new one's
     /// request gets 503.
     pub max_udp_flows: usize,
+    /// A connection that carried requests but never a registration (a
+    /// REGISTER 2xx) nor a dialog-forming request is closed after this
+    /// long with no request on it, keep-alives or not (60 s, beyond the
+    /// 32 s a transaction may take): nobody can reach a client over it, and
+    /// it must not hold one of the transport's connection slots for
+    /// `flow_idle` (the shorter of the two applies).
+    pub unregistered_idle: Duration,
 }
 
 impl std::fmt::Debug for EdgeConfig {
@@ -90,6 +97,7 @@ impl std::fmt::Debug for EdgeConfig {
             .field("flow_idle", &self.flow_idle)
             .field("aggressive_gc", &self.aggressive_gc)
             .field("max_udp_flows", &self.max_udp_flows)
+            .field("unregistered_idle", &self.unregistered_idle)
             .finish()
     }
 }
@@ -105,9 +113,17 @@ impl EdgeConfig {
             flow_idle: Duration::from_secs(2 * 3600),
             aggressive_gc: false,
             max_udp_flows: 100_000,
+            unregistered_idle: Duration::from_secs(60),
         }
     }
 }
+
+/// Most of the edge's own entries on top of a request's Route set (a
+/// double Record-Route and a pre-loaded route need three); more is 403.
+pub const MAX_OWN_ROUTES: usize = 8;
+
+/// Most registrations (AoR, instance, reg-id) remembered per flow.
+pub const MAX_REGS_PER_FLOW: usize = 16;
 
 /// A flow as the edge names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,8 +145,12 @@ struct FlowEntry {
     flow_timer: Option<u32>,
     /// The deadline this flow is queued at in `deadlines`.
     queued: Instant,
-    /// The registration it carries, for aggressive clean-up.
-    reg: Option<RegKey>,
+    /// The registrations it carries (newest last, at most
+    /// [`MAX_REGS_PER_FLOW`]), for aggressive clean-up.
+    regs: Vec<RegKey>,
+    /// It registered or made a dialog through us (else a connection is
+    /// closed after `unregistered_idle`).
+    kept: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +185,10 @@ pub struct EdgeSizes {
     pub udp_flows: usize,
     /// Forwarded requests waiting for their answer.
     pub pending: usize,
+    /// Registrations known by flow (for aggressive clean-up).
+    pub registrations: usize,
+    /// Flow tokens checked (HMACs computed) so far.
+    pub token_checks: u64,
 }
 
 /// The edge proxy (sans-IO: the driver feeds it the events of the core
@@ -185,6 +209,7 @@ pub struct EdgeProxy {
     /// Which flow each registration is on (aggressive clean-up).
     registrations: HashMap<RegKey, FlowKey>,
     last_sweep: Option<Instant>,
+    token_checks: u64,
 }
 
 fn flow_key(ep: &Endpoint, flow: FlowId) -> Option<FlowKey> {
@@ -244,6 +269,16 @@ impl EdgeProxy {
             deadlines: BTreeSet::new(),
             registrations: HashMap::new(),
             last_sweep: None,
+            token_checks: 0,
+        }
+    }
+
+    /// Sets up the core it runs in, before the first event: the
+    /// registrar's address is exempt from the per-source rate limit (it
+    /// is one source for the requests towards every client behind us).
+    pub fn configure(&self, ep: &Endpoint) {
+        if !ep.admission().exempt(self.config.registrar.remote.ip()) {
+            tracing::warn!("edge: the registrar could not be exempted from the rate limit");
         }
     }
 
@@ -258,6 +293,8 @@ impl EdgeProxy {
             flows: self.flows.len(),
             udp_flows: self.udp_flows,
             pending: self.pending.len(),
+            registrations: self.registrations.len(),
+            token_checks: self.token_checks,
         }
     }
 
@@ -282,6 +319,9 @@ impl EdgeProxy {
     }
 
     fn timeout_of(&self, entry: &FlowEntry) -> Duration {
+        if !entry.kept {
+            return self.config.unregistered_idle.min(self.config.flow_idle);
+        }
         match entry.flow_timer {
             Some(ft) => Duration::from_secs(u64::from(ft)) + self.config.flow_grace,
             None => self.config.flow_idle,
@@ -294,6 +334,7 @@ impl EdgeProxy {
     fn touch(&mut self, now: Instant, key: FlowKey, id: FlowId, keep: bool) -> bool {
         if let Some(e) = self.flows.get_mut(&key) {
             e.last_seen = now;
+            e.kept |= keep;
             if key.transport.is_reliable() && e.id != id {
                 // the same addresses, another connection
                 self.by_core.remove(&e.id);
@@ -314,7 +355,8 @@ impl EdgeProxy {
             last_seen: now,
             flow_timer: None,
             queued: now,
-            reg: None,
+            regs: Vec::new(),
+            kept: keep,
         };
         let due = now + self.timeout_of(&entry);
         self.flows.insert(
@@ -351,7 +393,8 @@ impl EdgeProxy {
                 remote,
             },
         };
-        if let Some(e) = self.flows.get_mut(&key) {
+        // a keep-alive keeps a flow, not a connection that never became one
+        if let Some(e) = self.flows.get_mut(&key).filter(|e| e.kept) {
             e.last_seen = now;
         }
     }
@@ -372,7 +415,7 @@ impl EdgeProxy {
         } else {
             self.udp_flows = self.udp_flows.saturating_sub(1);
         }
-        if let Some(reg) = &entry.reg {
+        for reg in &entry.regs {
             if self.registrations.get(reg) == Some(&key) {
                 self.registrations.remove(reg);
             }
@@ -522,7 +565,12 @@ impl EdgeProxy {
         let Some(arrived) = flow_key(ep, flow) else {
             return Self::refuse(ep, now, tx, &req, 500, "Server Internal Error");
         };
-        self.touch(now, arrived, flow, false);
+        // the registrar's connections are kept like flows (they carry the
+        // requests towards every client); a client's only once it
+        // registered or made a dialog
+        let from_registrar = arrived.transport.is_reliable()
+            && arrived.remote.ip() == self.config.registrar.remote.ip();
+        self.touch(now, arrived, flow, from_registrar);
         let points = ep.listen_points().to_vec();
         let method = req
             .method()
@@ -579,31 +627,39 @@ impl EdgeProxy {
             return Self::refuse(ep, now, tx, &req, 482, "Loop Detected");
         }
         // our Route entries on top: the first with a token says where the
-        // request goes; those without one are a client's pre-loaded route
+        // request goes; those without one are a client's pre-loaded route.
+        // Bounded: at most MAX_OWN_ROUTES of them, and a token text checked
+        // once (a double Record-Route repeats it)
         let mut token = None;
+        let mut verified: Vec<String> = Vec::new();
+        let mut own = 0usize;
         loop {
-            let top = match req.routes().next() {
+            let user = match req.routes().next() {
                 None => break,
                 Some(Err(_)) => return Self::refuse(ep, now, tx, &req, 400, "Bad Request"),
                 Some(Ok(r)) => {
                     if !is_us(r.uri(), &points) {
                         break;
                     }
-                    r.uri()
-                        .as_sip()
-                        .and_then(|s| s.user())
-                        .map(|u| self.tokens.verify(u))
+                    r.uri().as_sip().and_then(|s| s.user()).map(str::to_owned)
                 }
             };
-            match top {
-                Some(Err(e)) => {
-                    tracing::debug!("edge: {e}");
-                    return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+            own += 1;
+            if own > MAX_OWN_ROUTES {
+                return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+            }
+            if let Some(u) = user.filter(|u| !verified.contains(u)) {
+                self.token_checks += 1;
+                match self.tokens.verify(&u) {
+                    Err(e) => {
+                        tracing::debug!("edge: {e}");
+                        return Self::refuse(ep, now, tx, &req, 403, "Forbidden");
+                    }
+                    Ok(t) => {
+                        token.get_or_insert(t);
+                        verified.push(u);
+                    }
                 }
-                Some(Ok(t)) => {
-                    token.get_or_insert(t);
-                }
-                None => {}
             }
             remove_top_route(&mut req)?;
         }
@@ -883,12 +939,27 @@ impl EdgeProxy {
                 return;
             };
             e.flow_timer = flow_timer;
-            e.reg = reg.reg.clone().filter(|_| outbound);
             match e.flow_timer {
                 Some(ft) => Duration::from_secs(u64::from(ft)) + self.config.flow_grace,
                 None => self.config.flow_idle,
             }
         };
+        // the registrations a flow carries are bounded: the oldest goes
+        // (it only loses its aggressive clean-up)
+        let mut dropped = None;
+        if let (true, Some(key), Some(e)) = (outbound, &reg.reg, self.flows.get_mut(&reg.from)) {
+            if !e.regs.contains(key) {
+                e.regs.push(key.clone());
+                if e.regs.len() > MAX_REGS_PER_FLOW {
+                    dropped = Some(e.regs.remove(0));
+                }
+            }
+        }
+        if let Some(old) = dropped {
+            if self.registrations.get(&old) == Some(&reg.from) {
+                self.registrations.remove(&old);
+            }
+        }
         // a shorter timeout than the one queued: queue the earlier one
         if let Some(e) = self.flows.get_mut(&reg.from) {
             let due = e.last_seen + timeout;
@@ -898,13 +969,13 @@ impl EdgeProxy {
             }
         }
         if let (true, Some(key)) = (outbound, reg.reg.clone()) {
-            let old = self.registrations.insert(key, reg.from);
+            let old = self.registrations.insert(key.clone(), reg.from);
             if let Some(old) = old.filter(|o| *o != reg.from) {
                 if self.config.aggressive_gc {
                     tracing::debug!("edge: older flow of a registration closed");
                     self.close(ep, now, old, FlowCloseReason::Replaced);
                 } else if let Some(e) = self.flows.get_mut(&old) {
-                    e.reg = None;
+                    e.regs.retain(|r| *r != key);
                 }
             }
         }

@@ -31,7 +31,9 @@ mod registrar;
 mod store;
 
 pub use dispatch::Dispatcher;
-pub use edge::{has_flow_token, EdgeConfig, EdgeProxy, EdgeSizes};
+pub use edge::{
+    has_flow_token, EdgeConfig, EdgeProxy, EdgeSizes, MAX_OWN_ROUTES, MAX_REGS_PER_FLOW,
+};
 pub use flow_token::{FlowToken, FlowTokenKey, TokenError, MAX_TOKEN_LEN};
 pub use proxy::{Proxy, Routed};
 pub use registrar::{

@@ -64,6 +64,7 @@ fn world(tune: impl FnOnce(&mut EdgeConfig)) -> World {
     );
     tune(&mut config);
     let proxy = Rc::new(RefCell::new(EdgeProxy::new(config)));
+    proxy.borrow().configure(sim.endpoint(edge));
     let p = proxy.clone();
     sim.set_handler(
         edge,
@@ -613,6 +614,7 @@ fn the_registrar_routes_to_a_binding_along_its_path_through_the_edge() {
     );
     config.flow_timer = Some(25);
     let proxy = Rc::new(RefCell::new(EdgeProxy::new(config)));
+    proxy.borrow().configure(sim.endpoint(edge));
     let p = proxy.clone();
     sim.set_handler(
         edge,
@@ -709,4 +711,238 @@ fn a_relayed_register_answer_keeps_no_server_transaction() {
     reg_ok(&mut w, &got, None);
     let again = next(&mut w.sim, w.alice);
     assert_eq!(again.message.status(), Some(200));
+}
+
+/// The registrar is one source sending the requests of every client
+/// behind the edge: the edge's per-source rate limit (200/s, bursts of
+/// 400 by default) is for clients, not for the registrar it forwards to.
+/// 1,000 requests from the registrar at once all reach Alice (before: 400
+/// did, the rest were shed as a flood).
+#[test]
+fn requests_from_the_registrar_are_not_shed_by_the_per_source_rate_limit() {
+    let mut w = world(|_| {});
+    let (path, _) = registered(&mut w, 40000, Transport::Tcp, 1);
+    let route = path.clone();
+    for i in 0..1000 {
+        let msg = MessageBuilder::request(
+            Method::Message,
+            &format!("sip:alice@{ALICE}:40000;transport=tcp;ob"),
+        )
+        .header(
+            "Via",
+            &format!("SIP/2.0/TCP {REG}:5060;branch=z9hG4bK-m{i}"),
+        )
+        .header("Max-Forwards", "69")
+        .header("Route", &route)
+        .header("From", "<sip:bob@example.test>;tag=b1")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", &format!("msg-{i}"))
+        .header("CSeq", "1 MESSAGE")
+        .build()
+        .unwrap()
+        .to_bytes();
+        send_from_registrar(&mut w, msg);
+    }
+    w.sim.run_for(Duration::from_millis(500));
+    let mut got = 0;
+    while let Some(r) = w.sim.peer_recv(w.alice) {
+        if r.message.method() == Some(Method::Message) {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 1000, "requests from the registrar were shed");
+    // a client's flood is still shed: 1,000 from Alice's address at once
+    for i in 0..1000 {
+        let msg = MessageBuilder::request(Method::Options, "sip:bob@example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/UDP {ALICE}:40002;branch=z9hG4bK-o{i}"),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:alice@example.test>;tag=a2")
+            .header("To", "<sip:bob@example.test>")
+            .header("Call-ID", &format!("opt-{i}"))
+            .header("CSeq", "1 OPTIONS")
+            .build()
+            .unwrap()
+            .to_bytes();
+        w.sim.peer_send(
+            w.alice,
+            addr(ALICE, 40002),
+            addr(EDGE, 5060),
+            Transport::Udp,
+            msg,
+        );
+    }
+    w.sim.run_for(Duration::from_millis(500));
+    let mut forwarded = 0;
+    while let Some(r) = w.sim.peer_recv(w.reg) {
+        if r.message.method() == Some(Method::Options) {
+            forwarded += 1;
+        }
+    }
+    assert!(
+        forwarded > 0 && forwarded < 1000,
+        "a client's flood: {forwarded} of 1000 forwarded"
+    );
+}
+
+/// A connection that carried a request but never a registration or a
+/// dialog is no flow anyone can reach: it goes after `unregistered_idle`
+/// (60 s), pings or not, not after the 2 hours of a registered flow — so
+/// connections that each send one request and then sit idle cannot hold
+/// the edge's connection slots (the transport evicts only connections
+/// that never carried SIP) for hours. Before: still open at 2 hours.
+#[test]
+fn a_connection_that_never_registered_is_closed_after_a_short_idle_time() {
+    let mut w = world(|c| c.flow_idle = Duration::from_secs(7200));
+    let options =
+        MessageBuilder::request(Method::Options, &format!("sip:{EDGE}:5060;transport=tcp"))
+            .header(
+                "Via",
+                &format!("SIP/2.0/TCP {ALICE}:40020;branch=z9hG4bK-idle1"),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", "<sip:mallory@example.test>;tag=m1")
+            .header("To", &format!("<sip:{EDGE}:5060>"))
+            .header("Call-ID", "idle-1")
+            .header("CSeq", "1 OPTIONS")
+            .build()
+            .unwrap()
+            .to_bytes();
+    w.sim.peer_send(
+        w.alice,
+        addr(ALICE, 40020),
+        addr(EDGE, 5060),
+        Transport::Tcp,
+        options,
+    );
+    let ok = loop {
+        let r = next(&mut w.sim, w.alice);
+        if r.message.status().is_some_and(|c| c >= 200) {
+            break r;
+        }
+    };
+    assert_eq!(ok.message.status(), Some(200));
+    let conn = ok.conn.unwrap();
+    let start = w.sim.now();
+    let (local, remote) = (addr(EDGE, 5060), addr(ALICE, 40020));
+    let flow = w.sim.with_endpoint(w.edge, |ep, _| {
+        ep.flows().find(|f| f.remote == remote).map(|f| f.id)
+    });
+    // pings every 20 s do not keep it
+    for i in 1..=6 {
+        w.sim.run_until(start + Duration::from_secs(20 * i));
+        let now = w.sim.now();
+        w.proxy
+            .borrow_mut()
+            .handle_keepalive(now, Transport::Tcp, local, remote, flow);
+        edge_timeout(&mut w);
+    }
+    assert!(!w.sim.conn_open(conn), "an unregistered connection kept");
+    assert_eq!(w.proxy.borrow().sizes().flows, 0);
+    // a registered flow stays (its Flow-Timer of 60 s + 30 s grace)
+    let (_, reg) = registered(&mut w, 40000, Transport::Tcp, 1);
+    let start = w.sim.now();
+    w.sim.run_until(start + Duration::from_secs(85));
+    edge_timeout(&mut w);
+    assert!(w.sim.conn_open(reg.conn.unwrap()));
+}
+
+/// One connection registering ever new instances (an open registrar
+/// accepts them all): the edge's table of registrations (for aggressive
+/// clean-up) holds at most a few per flow, and nothing once the flow is
+/// gone. Before: one entry per instance, kept after the flow closed — a
+/// leak of 200 entries a second at the rate limit.
+#[test]
+fn registrations_over_one_flow_are_bounded_and_forgotten_with_it() {
+    let mut w = world(|_| {});
+    let mut conn = None;
+    for i in 0..300u32 {
+        let msg = MessageBuilder::request(Method::Register, "sip:example.test")
+            .header(
+                "Via",
+                &format!("SIP/2.0/TCP {ALICE}:40030;branch=z9hG4bK-many{i};rport"),
+            )
+            .header("Max-Forwards", "70")
+            .header("From", &format!("<sip:u{i}@example.test>;tag=u{i}"))
+            .header("To", &format!("<sip:u{i}@example.test>"))
+            .header("Call-ID", &format!("many-{i}"))
+            .header("CSeq", "1 REGISTER")
+            .header(
+                "Contact",
+                &format!(
+                    "<sip:u{i}@{ALICE}:40030;transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-{i:012}>\""
+                ),
+            )
+            .header("Supported", "outbound, path")
+            .header("Expires", "600")
+            .build()
+            .unwrap()
+            .to_bytes();
+        w.sim.peer_send(
+            w.alice,
+            addr(ALICE, 40030),
+            addr(EDGE, 5060),
+            Transport::Tcp,
+            msg,
+        );
+        let got = next(&mut w.sim, w.reg);
+        reg_ok(&mut w, &got, Some(60));
+        let ok = next(&mut w.sim, w.alice);
+        assert_eq!(ok.message.status(), Some(200));
+        conn = ok.conn;
+    }
+    let held = w.proxy.borrow().sizes().registrations;
+    assert!(held <= 16, "{held} registrations held for one flow");
+    w.sim.peer_close(conn.unwrap());
+    w.sim.run_for(Duration::from_millis(100));
+    let sizes = w.proxy.borrow().sizes();
+    assert_eq!((sizes.flows, sizes.registrations), (0, 0), "{sizes:?}");
+}
+
+/// The token check is bounded per request: a request that repeats a
+/// valid token in hundreds of Route entries costs one HMAC, not one per
+/// entry (before: one per entry), and a request with more of our own
+/// Route entries than a path ever holds is refused without being walked.
+#[test]
+fn a_request_stacking_our_route_entries_costs_one_token_check() {
+    let mut w = world(|_| {});
+    let (path, ok) = registered(&mut w, 40000, Transport::Tcp, 1);
+    let conn = ok.conn.unwrap();
+    let route = uri_of(&path).replace(";ob", "");
+    let send = |w: &mut World, n: usize, call: &str| {
+        let mut msg = MessageBuilder::request(
+            Method::Message,
+            &format!("sip:alice@{ALICE}:40000;transport=tcp;ob"),
+        )
+        .header(
+            "Via",
+            &format!("SIP/2.0/TCP {REG}:5060;branch=z9hG4bK-{call}"),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:bob@example.test>;tag=b5")
+        .header("To", "<sip:alice@example.test>")
+        .header("Call-ID", call)
+        .header("CSeq", "1 MESSAGE");
+        // one header line each (a line is at most 16 KiB)
+        for _ in 0..n {
+            msg = msg.header("Route", &format!("<{route}>"));
+        }
+        send_from_registrar(w, msg.build().unwrap().to_bytes());
+    };
+    // two of our entries (a double Record-Route): forwarded, one check
+    let before = w.proxy.borrow().sizes().token_checks;
+    send(&mut w, 2, "stack-2");
+    let got = next_request(&mut w.sim, w.alice);
+    assert_eq!(got.message.call_id(), "stack-2");
+    assert_eq!(got.conn, Some(conn));
+    assert_eq!(w.proxy.borrow().sizes().token_checks - before, 1);
+    // two hundred: refused, and not one check per entry
+    let before = w.proxy.borrow().sizes().token_checks;
+    send(&mut w, 200, "stack-200");
+    let refused = next_final(&mut w.sim, w.reg, "stack-200");
+    assert_eq!(refused.status(), Some(403));
+    let checks = w.proxy.borrow().sizes().token_checks - before;
+    assert!(checks <= 1, "{checks} token checks for one request");
 }

@@ -157,6 +157,10 @@ impl Application for EdgeApp {
             .handle_keepalive(now, transport, local, remote, flow);
     }
 
+    fn configure(&mut self, core: &mut Endpoint) {
+        self.lock().configure(core);
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         self.lock().poll_timeout()
     }

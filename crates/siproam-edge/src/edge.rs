@@ -52,6 +52,7 @@ use siproam_sip::{Contact, HeaderName, Message, MessageBuilder, Uri};
 use crate::flow_token::{FlowToken, FlowTokenKey};
 use crate::proxy::{is_us, remove_top_route, uri_target};
 use crate::registrar::{aor_key, shrink};
+use crate::relay;
 use crate::Routed;
 
 /// The edge proxy's settings.
@@ -174,6 +175,16 @@ struct Pending {
     since: Instant,
     invite_branch: Option<String>,
     leg: Leg,
+}
+
+impl relay::Pending for Pending {
+    fn since(&self) -> Instant {
+        self.since
+    }
+
+    fn invite_branch(&self) -> Option<&str> {
+        self.invite_branch.as_deref()
+    }
 }
 
 /// What the edge holds, for tests and metrics.
@@ -1007,34 +1018,20 @@ impl EdgeProxy {
     }
 
     fn forget(&mut self, request: RequestId) {
-        if let Some(branch) = self.pending.remove(&request).and_then(|p| p.invite_branch) {
-            if self.invites.get(&branch) == Some(&request) {
-                self.invites.remove(&branch);
-            }
-        }
+        relay::forget(&mut self.pending, &mut self.invites, request);
     }
 
-    /// Drops pending state older than the longest transaction; at most
-    /// every 10 s.
+    /// Drops pending state older than the longest transaction and shrinks
+    /// the tables; at most every 10 s.
     fn sweep(&mut self, now: Instant) {
-        if self
-            .last_sweep
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10))
-        {
+        if !relay::sweep(
+            &mut self.last_sweep,
+            &mut self.pending,
+            &mut self.invites,
+            now,
+        ) {
             return;
         }
-        self.last_sweep = Some(now);
-        let old: Vec<RequestId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.since) > Duration::from_secs(200))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in old {
-            self.forget(id);
-        }
-        shrink(&mut self.pending);
-        shrink(&mut self.invites);
         shrink(&mut self.flows);
         shrink(&mut self.by_core);
         shrink(&mut self.registrations);

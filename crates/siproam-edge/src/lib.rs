@@ -28,6 +28,7 @@ mod flow_token;
 mod mac;
 mod proxy;
 mod registrar;
+mod relay;
 mod store;
 
 pub use dispatch::Dispatcher;

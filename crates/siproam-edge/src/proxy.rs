@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use siproam_core::{
     CoreError, Endpoint, FlowId, ListenPoint, RequestFailure, RequestId, ServerTxId, Target,
@@ -20,7 +20,7 @@ use siproam_core::{
 };
 use siproam_sip::{HeaderName, Message, MessageBuilder, NameAddr, Uri};
 
-use crate::registrar::{aor_key, shrink};
+use crate::registrar::aor_key;
 use crate::{Binding, Registrar};
 
 /// The Record-Route URI parameter that carries the dialog's token.
@@ -46,6 +46,16 @@ struct Pending {
     /// Sent to a flow of an instance (an outbound binding): what trying
     /// its other flows needs, should this one fail.
     retry: Option<Box<FlowRetry>>,
+}
+
+impl crate::relay::Pending for Pending {
+    fn since(&self) -> Instant {
+        self.since
+    }
+
+    fn invite_branch(&self) -> Option<&str> {
+        self.invite_branch.as_deref()
+    }
 }
 
 /// A request sent to one flow of an instance, kept so that when the flow
@@ -615,34 +625,18 @@ impl Proxy {
     }
 
     fn forget(&mut self, request: RequestId) {
-        if let Some(branch) = self.pending.remove(&request).and_then(|p| p.invite_branch) {
-            if self.invites.get(&branch) == Some(&request) {
-                self.invites.remove(&branch);
-            }
-        }
+        crate::relay::forget(&mut self.pending, &mut self.invites, request);
     }
 
     /// Drops state older than the longest transaction (64·T1 plus slack),
     /// and gives memory back after a flood; at most every 10 s.
     fn sweep(&mut self, now: Instant) {
-        if self
-            .last_sweep
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(10))
-        {
-            return;
-        }
-        self.last_sweep = Some(now);
-        let old: Vec<RequestId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.since) > Duration::from_secs(200))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in old {
-            self.forget(id);
-        }
-        shrink(&mut self.pending);
-        shrink(&mut self.invites);
+        crate::relay::sweep(
+            &mut self.last_sweep,
+            &mut self.pending,
+            &mut self.invites,
+            now,
+        );
     }
 }
 

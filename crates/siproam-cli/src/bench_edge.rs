@@ -622,9 +622,23 @@ async fn flow_up(
 
 /// Pings a flow every `interval`, the first after `offset`, until
 /// `until`; the pong latencies in microseconds, and whether the flow
-/// held to the end.
+/// held to the end. The flow stays open until `until` whatever: a flow
+/// closing while others are measured would measure the server's
+/// clean-up, not its pongs.
 async fn flow_pings(
     mut stream: tokio::net::TcpStream,
+    offset: Duration,
+    interval: Duration,
+    until: tokio::time::Instant,
+) -> (Vec<u32>, bool) {
+    let r = flow_pings_on(&mut stream, offset, interval, until).await;
+    tokio::time::sleep_until(until).await;
+    drop(stream);
+    r
+}
+
+async fn flow_pings_on(
+    stream: &mut tokio::net::TcpStream,
     offset: Duration,
     interval: Duration,
     until: tokio::time::Instant,

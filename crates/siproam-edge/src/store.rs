@@ -118,19 +118,24 @@ impl LocationStore for MemoryStore {
 
     fn retain(&mut self, keep: &mut dyn FnMut(&Binding) -> bool) -> Vec<String> {
         let mut changed = Vec::new();
+        let contacts = &mut self.contacts;
         for (aor, list) in &mut self.bindings {
             let before = list.len();
-            list.retain(|b| keep(b));
+            // only what goes is taken out of the Contact index (a rebuild
+            // parsed every Contact of the store on each purge)
+            list.retain(|b| {
+                let kept = keep(b);
+                if !kept {
+                    Self::unindex(contacts, b);
+                }
+                kept
+            });
             if list.len() != before {
                 changed.push(aor.clone());
             }
         }
         if !changed.is_empty() {
             self.bindings.retain(|_, l| !l.is_empty());
-            self.contacts.clear();
-            for b in self.bindings.values().flatten() {
-                Self::index(&mut self.contacts, b);
-            }
         }
         shrink(&mut self.bindings);
         shrink(&mut self.contacts);

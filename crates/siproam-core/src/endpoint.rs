@@ -1684,18 +1684,24 @@ fn server_key(req: &Message, method: &str) -> String {
 /// Adds `received` (when the source differs from sent-by) and fills
 /// `rport` (when asked) on the top Via.
 fn stamp_received(req: &mut Message, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
     let (sent_by_matches, wants_rport) = match req.top_via() {
         Ok(v) => (
-            v.host_str().trim_start_matches('[').trim_end_matches(']') == remote.ip().to_string(),
+            v.host_str().trim_start_matches('[').trim_end_matches(']') == ip,
             v.rport() == Some(None),
         ),
         Err(_) => return,
     };
-    if !sent_by_matches || wants_rport {
-        let _ = req.set_top_via_param("received", Some(Some(&remote.ip().to_string())));
-    }
+    // one edit of the Via for both (each edit re-checks the message)
     if wants_rport {
-        let _ = req.set_top_via_param("rport", Some(Some(&remote.port().to_string())));
+        let port = remote.port().to_string();
+        let _ = req.set_header_params(
+            HeaderName::Via,
+            0,
+            &[("received", Some(Some(&ip))), ("rport", Some(Some(&port)))],
+        );
+    } else if !sent_by_matches {
+        let _ = req.set_top_via_param("received", Some(Some(&ip)));
     }
 }
 

@@ -93,16 +93,35 @@ impl LocationStore for MemoryStore {
         // kept for the binding's lifetime: no spare room (a list built by
         // pushing has room for four, 432 bytes a binding for nothing)
         list.shrink_to_fit();
+        let old = self
+            .bindings
+            .get(aor)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // the Contact index changes only by what differs: a refresh (the
+        // same Contacts again, the common case) parses no URI
+        let mut matched = vec![false; old.len()];
         for b in &list {
-            Self::index(&mut self.contacts, b);
+            let same = old
+                .iter()
+                .zip(matched.iter_mut())
+                .find(|(o, m)| !**m && o.contact == b.contact);
+            match same {
+                Some((_, m)) => *m = true,
+                None => Self::index(&mut self.contacts, b),
+            }
         }
-        let old = if list.is_empty() {
-            self.bindings.remove(aor)
+        for (o, m) in old.iter().zip(&matched) {
+            if !m {
+                Self::unindex(&mut self.contacts, o);
+            }
+        }
+        if list.is_empty() {
+            self.bindings.remove(aor);
+        } else if let Some(slot) = self.bindings.get_mut(aor) {
+            *slot = list;
         } else {
-            self.bindings.insert(aor.to_owned(), list)
-        };
-        for b in old.iter().flatten() {
-            Self::unindex(&mut self.contacts, b);
+            self.bindings.insert(aor.to_owned(), list);
         }
     }
 
@@ -513,6 +532,36 @@ mod tests {
         // an empty set removes the AoR and its Contacts
         s.replace("alice@example.test", Vec::new());
         assert_eq!(s.sizes()[0].0, 0);
+        assert_eq!(s.sizes()[1].0, 0);
+    }
+
+    /// The Contact index counts each Contact once per binding, through
+    /// refreshes (the same Contacts again), partial changes and two AoRs
+    /// sharing one Contact address.
+    #[test]
+    fn the_contact_index_follows_refreshes_and_shared_contacts() {
+        let mut s = store();
+        let t = Instant::now() + Duration::from_secs(60);
+        let one = || binding("sip:x@192.0.2.1", Some(1), t);
+        let two = || binding("sip:x@192.0.2.2", Some(2), t);
+        s.replace("a@x", vec![one(), two()]);
+        s.replace("b@x", vec![one()]);
+        // a refresh in another order
+        s.replace("a@x", vec![two(), one()]);
+        s.replace("a@x", vec![two(), one()]);
+        assert_eq!(s.sizes()[1].0, 2);
+        // a drops the shared Contact: b still holds it
+        s.replace("a@x", vec![two()]);
+        assert!(s.is_bound_contact("x@192.0.2.1:5060"));
+        s.replace("b@x", Vec::new());
+        assert!(!s.is_bound_contact("x@192.0.2.1:5060"));
+        assert!(s.is_bound_contact("x@192.0.2.2:5060"));
+        // the same Contact twice in one set (two instances behind one
+        // address) counts twice
+        s.replace("a@x", vec![two(), two()]);
+        s.replace("a@x", vec![two()]);
+        assert!(s.is_bound_contact("x@192.0.2.2:5060"));
+        s.replace("a@x", Vec::new());
         assert_eq!(s.sizes()[1].0, 0);
     }
 

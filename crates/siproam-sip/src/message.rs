@@ -1033,10 +1033,15 @@ impl Message {
         let field = self.fields.get(i).ok_or(EditError::NotFound)?;
         let value = self.text(&field.value);
         let element = value.get(range.clone()).ok_or(EditError::NotFound)?;
-        let unfolded: String = element
-            .chars()
-            .filter(|&c| c != '\r' && c != '\n')
-            .collect();
+        let folded = value.bytes().any(|b| b == b'\r' || b == b'\n');
+        let unfolded: String = if folded {
+            element
+                .chars()
+                .filter(|&c| c != '\r' && c != '\n')
+                .collect()
+        } else {
+            element.to_owned()
+        };
         let replacement = edit(&unfolded)?;
         if replacement
             .bytes()
@@ -1047,21 +1052,17 @@ impl Message {
         // An edited field is printed on one line: folding (CRLF before
         // white space) in the rest of the value is unfolded.
         let mut new_value = String::with_capacity(value.len() + replacement.len());
-        new_value.extend(
-            value
-                .get(..range.start)
-                .unwrap_or_default()
-                .chars()
-                .filter(|&c| c != '\r' && c != '\n'),
-        );
-        new_value.push_str(&replacement);
-        new_value.extend(
-            value
-                .get(range.end..)
-                .unwrap_or_default()
-                .chars()
-                .filter(|&c| c != '\r' && c != '\n'),
-        );
+        let before = value.get(..range.start).unwrap_or_default();
+        let after = value.get(range.end..).unwrap_or_default();
+        if folded {
+            new_value.extend(before.chars().filter(|&c| c != '\r' && c != '\n'));
+            new_value.push_str(&replacement);
+            new_value.extend(after.chars().filter(|&c| c != '\r' && c != '\n'));
+        } else {
+            new_value.push_str(before);
+            new_value.push_str(&replacement);
+            new_value.push_str(after);
+        }
         Self::check_value(name, &new_value)?;
         self.replace_value(i, &new_value);
         self.touch();
@@ -1083,6 +1084,29 @@ impl Message {
             let split = param_split(name, element)?;
             let (head, params) = element.split_at(split.min(element.len()));
             Ok(format!("{head}{}", params::edit(params, param, value)))
+        })
+    }
+
+    /// Sets, flags or removes several parameters of one header element
+    /// in one edit (as [`Message::set_header_param`] each in turn, with
+    /// one re-check of the message instead of one per parameter).
+    pub fn set_header_params(
+        &mut self,
+        name: HeaderName,
+        occurrence: usize,
+        edits: &[(&str, Option<Option<&str>>)],
+    ) -> Result<(), EditError> {
+        for (param, value) in edits {
+            check_param(param, *value)?;
+        }
+        self.edit_element(name, occurrence, |element| {
+            let split = param_split(name, element)?;
+            let (head, params) = element.split_at(split.min(element.len()));
+            let mut params = params.to_owned();
+            for (param, value) in edits {
+                params = params::edit(&params, param, *value);
+            }
+            Ok(format!("{head}{params}"))
         })
     }
 

@@ -945,6 +945,32 @@ impl Endpoint {
         Some((b, target))
     }
 
+    /// The CSeq of a call's request sent again (after a challenge,
+    /// `crate::auth`): the dialog's next local CSeq, taken.
+    pub(crate) fn call_next_cseq(&mut self, call: CallId) -> Option<u32> {
+        let c = self.calls.get_mut(call)?;
+        c.local_cseq = c.local_cseq.saturating_add(1);
+        Some(c.local_cseq)
+    }
+
+    /// A call's request `old` was sent again as `new` (after a
+    /// challenge): the INVITE or refresh the call follows is `new` now.
+    pub(crate) fn call_request_resent(&mut self, call: CallId, old: RequestId, new: RequestId) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if let CallPhase::Outgoing { invite, .. } = &mut c.phase {
+            if *invite == Some(old) {
+                *invite = Some(new);
+            }
+        }
+        if let Some((rid, _, _)) = c.refresh.as_mut() {
+            if *rid == old {
+                *rid = new;
+            }
+        }
+    }
+
     /// Answers (or rings) an incoming call: 180 for `code` 180, 183 with a
     /// body for early media, 200 with the answer.
     pub fn answer(

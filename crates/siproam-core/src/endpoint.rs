@@ -105,6 +105,20 @@ pub enum Event {
         /// The transaction.
         tx: ServerTxId,
     },
+    /// A request of an account was challenged again for a realm right
+    /// after it answered that realm's challenge (not `stale`): the
+    /// credentials are wrong. The request ends with that 401/407 (a call:
+    /// `Disconnected` with it); reported once per request, never retried.
+    AuthenticationFailed {
+        /// The account.
+        account: AccountId,
+        /// Its digest user name (personal data: keep out of default logs).
+        user: String,
+        /// The realm that refused it.
+        realm: String,
+        /// The request's method.
+        method: String,
+    },
     /// A registration changed state.
     Registration(crate::registration::RegistrationEvent),
     /// An INVITE created a call: ring or answer it with
@@ -237,6 +251,8 @@ pub struct Endpoint {
     retried_430: std::collections::HashSet<crate::dialog::CallId>,
     /// Application requests sent again after a 430 (once only).
     retried_430_requests: std::collections::HashSet<RequestId>,
+    /// The digest challenges each account answers (`crate::auth`).
+    pub(crate) auth: crate::auth::AuthCache,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -286,6 +302,7 @@ impl Endpoint {
             flow_failure: Default::default(),
             retried_430: std::collections::HashSet::new(),
             retried_430_requests: std::collections::HashSet::new(),
+            auth: crate::auth::AuthCache::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -798,6 +815,7 @@ impl Endpoint {
                 owner: owner.unwrap_or(TxOwner::App(id)),
                 interval: self.config.t1,
                 ack: None,
+                auth: None,
             },
         );
         Ok(id)
@@ -834,13 +852,27 @@ impl Endpoint {
         ) {
             b = b.header("User-Agent", ua);
         }
-        let request = b.build()?;
-        self.start_tx_sent(now, request, flow, target, branch, owner)
+        let mut request = b.build()?;
+        // an account's request: its route set and cached credentials
+        let attempt = self.prepare_account_request(&mut request);
+        let flow = self.start_tx_sent(now, request, flow, target, branch, owner)?;
+        if let (Some(attempt), Some(id)) = (attempt, self.last_request_id()) {
+            self.set_client_auth(id, attempt);
+        }
+        Ok(flow)
+    }
+
+    /// Keeps what a request of an account needs to answer a challenge on
+    /// its client transaction.
+    pub(crate) fn set_client_auth(&mut self, id: RequestId, attempt: crate::auth::AuthAttempt) {
+        if let Some(tx) = self.txs.client_mut(id.0) {
+            tx.auth = Some(Box::new(attempt));
+        }
     }
 
     /// Starts a client transaction for an already built request by adding
     /// the top Via (the proxy path).
-    fn start_tx_with(
+    pub(crate) fn start_tx_with(
         &mut self,
         now: Instant,
         mut request: Message,
@@ -901,6 +933,7 @@ impl Endpoint {
             owner,
             interval: self.config.t1,
             ack: None,
+            auth: None,
         };
         self.push_transmit(flow, target, bytes);
         let owner_key = TimerOwner::ClientTx(id);
@@ -1012,9 +1045,18 @@ impl Endpoint {
         sent: (FlowId, Option<Bytes>),
         response: Message,
         remote: SocketAddr,
+        auth: Option<(u64, crate::auth::AuthAttempt)>,
     ) {
-        if response.status() == Some(430) && self.flow_failed_430(now, owner, sent) {
+        if response.status() == Some(430) && self.flow_failed_430(now, owner, sent.clone()) {
             return;
+        }
+        // a challenge to an account's request: answered and sent again
+        if let (Some(401 | 407), Some((id, attempt)), (flow, Some(request))) =
+            (response.status(), auth, sent)
+        {
+            if self.auth_challenged(now, owner, (id, flow, request), Some(attempt), &response) {
+                return;
+            }
         }
         match owner {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
@@ -1174,8 +1216,18 @@ impl Endpoint {
             return;
         };
         let owner = tx.owner;
-        // the flow it went over, and (for a 430) the request itself
-        let tx_sent = (tx.flow, (code == 430).then(|| tx.request.clone()));
+        // the flow it went over, and (for a 430 or a challenge) the
+        // request itself
+        let tx_sent = (
+            tx.flow,
+            matches!(code, 401 | 407 | 430).then(|| tx.request.clone()),
+        );
+        // a final challenge takes what answers it (once: a retransmitted
+        // challenge finds nothing)
+        let auth = match code {
+            401 | 407 if tx.is_pending() => tx.auth.take().map(|a| (id, *a)),
+            _ => None,
+        };
         let reliable = tx.transport.is_reliable();
         let timer = TimerOwner::ClientTx(id);
         match (tx.invite, tx.state, code) {
@@ -1190,7 +1242,7 @@ impl Endpoint {
                     // RFC 3261 §17.1.1.2: Timer B only bounds Calling
                     self.timers.cancel(timer, TimerKind::B);
                 }
-                self.client_response(now, owner, tx_sent.clone(), resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote, auth.clone());
             }
             (true, ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 tx.state = ClientState::Accepted;
@@ -1202,7 +1254,7 @@ impl Endpoint {
                 if owner == TxOwner::Abandoned {
                     self.end_stray_2xx(now, &invite, &resp, flow, true);
                 } else {
-                    self.client_response(now, owner, tx_sent.clone(), resp, remote);
+                    self.client_response(now, owner, tx_sent.clone(), resp, remote, auth.clone());
                 }
             }
             (true, ClientState::Accepted, 200..=299) if owner == TxOwner::Abandoned => {
@@ -1212,7 +1264,7 @@ impl Endpoint {
             }
             (true, ClientState::Accepted, 200..=299) => {
                 // RFC 6026: retransmitted or forked 2xx go to the TU
-                self.client_response(now, owner, tx_sent.clone(), resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote, auth.clone());
             }
             (true, ClientState::Calling | ClientState::Proceeding, 300..=699) => {
                 let ack = build_ack(&tx.request, &resp);
@@ -1230,7 +1282,7 @@ impl Endpoint {
                     self.timers
                         .set(timer, TimerKind::D, now + self.config.timer_d);
                 }
-                self.client_response(now, owner, tx_sent.clone(), resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote, auth.clone());
             }
             (true, ClientState::Completed, 300..=699) => {
                 // retransmitted failure: ACK again, not passed up
@@ -1248,7 +1300,7 @@ impl Endpoint {
                 } else {
                     self.timers.set(timer, TimerKind::K, now + self.config.t4);
                 }
-                self.client_response(now, owner, tx_sent.clone(), resp, remote);
+                self.client_response(now, owner, tx_sent.clone(), resp, remote, auth.clone());
             }
             _ => {} // absorbed
         }

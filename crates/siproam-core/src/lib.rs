@@ -16,6 +16,7 @@
 
 mod accounts;
 mod admission;
+mod auth;
 mod calls;
 mod config;
 mod dialog;

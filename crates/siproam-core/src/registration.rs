@@ -237,6 +237,9 @@ pub(crate) struct Account {
     /// A REGISTER answered 430 was sent again over a new flow; another
     /// 430 fails the registration.
     retried_430: bool,
+    /// The `Service-Route` of the last 2xx (RFC 3608): the route set of
+    /// the account's out-of-dialog requests after its outbound proxy.
+    service_route: Vec<String>,
 }
 
 impl Account {
@@ -314,6 +317,7 @@ impl Endpoint {
             outbound_refused: false,
             gruu: None,
             retried_430: false,
+            service_route: Vec::new(),
         });
         self.send_register(now, id, false);
         id
@@ -604,6 +608,57 @@ impl Endpoint {
         a.config.outbound_proxy.as_ref().map(|p| format!("<{p}>"))
     }
 
+    /// The account whose AoR is `from_uri` (the first with a password,
+    /// else the first): the one whose credentials and route set the
+    /// request uses (`crate::auth`).
+    pub(crate) fn account_for_from(&self, from_uri: &str) -> Option<AccountId> {
+        let ours = siproam_sip::Uri::parse(from_uri).ok();
+        let ids =
+            self.accounts
+                .ids_where(|a| match (&ours, siproam_sip::Uri::parse(&a.config.aor)) {
+                    (Some(o), Ok(aor)) => o.equivalent(&aor),
+                    _ => a.config.aor == from_uri,
+                });
+        ids.iter()
+            .copied()
+            .find(|id| {
+                self.accounts
+                    .get(*id)
+                    .is_some_and(|a| a.config.password.is_some())
+            })
+            .or_else(|| ids.first().copied())
+    }
+
+    /// An account's digest user name and password, when it has one.
+    pub(crate) fn account_credentials(&self, id: AccountId) -> Option<(String, String)> {
+        let a = self.accounts.get(id)?;
+        let password = a.config.password.clone()?;
+        let user = a
+            .config
+            .username
+            .clone()
+            .unwrap_or_else(|| a.config.aor_user());
+        Some((user, password))
+    }
+
+    /// An account's pre-loaded route set for out-of-dialog requests: its
+    /// outbound proxy (`<sip:proxy;lr>`), then the `Service-Route` learnt
+    /// from its last REGISTER 2xx (RFC 3608).
+    pub(crate) fn account_route_set(&self, id: AccountId) -> (Option<String>, Vec<String>) {
+        let Some(a) = self.accounts.get(id) else {
+            return (None, Vec::new());
+        };
+        (
+            a.config.outbound_proxy.as_ref().map(|p| format!("<{p}>")),
+            a.service_route.clone(),
+        )
+    }
+
+    /// The AoR user of an account (for a failure report).
+    pub(crate) fn account_user(&self, id: AccountId) -> Option<String> {
+        self.accounts.get(id).map(|a| a.config.aor_user())
+    }
+
     /// The outbound accounts registered over `flow`.
     pub(crate) fn outbound_accounts_on(&self, flow: FlowId) -> Vec<AccountId> {
         self.accounts
@@ -853,6 +908,13 @@ impl Endpoint {
                 acc.outbound_in_force =
                     acc.outbound_requested() && resp.has_token(HeaderName::Require, "outbound");
                 acc.gruu = gruu;
+                // RFC 3608 §6: each 2xx replaces the stored route
+                acc.service_route = resp
+                    .header_values(HeaderName::ServiceRoute)
+                    .flat_map(siproam_sip::split_list)
+                    .map(|r| r.trim().to_owned())
+                    .take(MAX_SERVICE_ROUTE)
+                    .collect();
                 if let Some(a) = acc.auth.as_mut() {
                     a.answered = false;
                 }
@@ -1210,6 +1272,9 @@ impl Endpoint {
         }
     }
 }
+
+/// The most `Service-Route` entries kept per account.
+const MAX_SERVICE_ROUTE: usize = 8;
 
 /// The lifetime the registrar granted our Contact: its `expires`
 /// parameter in the 2xx, else the Expires header.

@@ -42,6 +42,9 @@ pub(crate) struct ClientTx {
     pub(crate) interval: Duration,
     /// The ACK for a failure response, kept to answer retransmissions.
     pub(crate) ack: Option<Bytes>,
+    /// A request of an account: what answers a challenge to it
+    /// (`crate::auth`).
+    pub(crate) auth: Option<Box<crate::auth::AuthAttempt>>,
 }
 
 impl ClientTx {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use siproam_core::{AccountId, Endpoint as Core, Event, FlowCloseReason, FlowId, IpChangeParams};
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::resolve::{HickoryDns, Resolver, StaticHosts};
 use crate::transport::{
@@ -561,6 +561,21 @@ impl Driver {
                 if let Event::IpChange(r) = ev {
                     let _ = self.events.try_send(EndpointEvent::IpChange(r));
                     continue;
+                }
+                if let Event::AuthenticationFailed {
+                    account,
+                    user,
+                    realm,
+                    method,
+                } = &ev
+                {
+                    // once per request (the core never retries it); the
+                    // user name only at debug (personal data)
+                    warn!(
+                        "authentication failed for account {} at realm {realm} ({method})",
+                        account.0
+                    );
+                    debug!("authentication failed for {user} at realm {realm}");
                 }
                 // a registration's flow is never closed for idleness
                 if let Event::Flow(f) = &ev {

@@ -281,6 +281,11 @@ impl Endpoint {
         if attempt.retries >= MAX_AUTH_RETRIES {
             return false;
         }
+        if let TxOwner::Call(call) = owner {
+            if self.call_gave_up_invite(call, msg.cseq().method.as_str()) {
+                return false;
+            }
+        }
         let Some(target) = self.flows.get(flow).map(|f| Target {
             transport: f.transport,
             remote: f.remote,

@@ -953,6 +953,24 @@ impl Endpoint {
         Some(c.local_cseq)
     }
 
+    /// Whether a challenged INVITE of a call is not worth sending again:
+    /// the call ended or was hung up (CANCELled) meanwhile.
+    pub(crate) fn call_gave_up_invite(&self, call: CallId, method: &str) -> bool {
+        if method != "INVITE" {
+            return false;
+        }
+        match self.calls.get(call) {
+            None => true,
+            Some(c) => matches!(
+                c.phase,
+                CallPhase::Outgoing {
+                    cancelled: true,
+                    ..
+                }
+            ),
+        }
+    }
+
     /// A call's request `old` was sent again as `new` (after a
     /// challenge): the INVITE or refresh the call follows is `new` now.
     pub(crate) fn call_request_resent(&mut self, call: CallId, old: RequestId, new: RequestId) {

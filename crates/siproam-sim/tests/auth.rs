@@ -557,3 +557,37 @@ fn the_outbound_proxy_then_the_service_route_lead_an_invite() {
     let ack = recv(&mut sim, peer);
     assert_eq!(ack.message.header(HeaderName::Route), None);
 }
+
+#[test]
+fn a_challenge_to_an_invite_hung_up_meanwhile_is_not_answered() {
+    let (mut sim, ua, peer) = registered(|_| {}, None);
+    let call = place_call(&mut sim, ua);
+    let inv1 = recv(&mut sim, peer);
+    reply(&mut sim, peer, &inv1, 100, &[]);
+    sim.run_for(Duration::from_millis(50));
+    sim.with_endpoint(ua, |ep, now| ep.hang_up(now, call))
+        .unwrap();
+    let cancel = recv(&mut sim, peer);
+    assert_eq!(cancel.message.method(), Some(Method::Cancel));
+    // the proxy's 407 crosses the CANCEL
+    reply(
+        &mut sim,
+        peer,
+        &inv1,
+        407,
+        &[(
+            "Proxy-Authenticate",
+            &challenge("example.test", "c1", false),
+        )],
+    );
+    reply(&mut sim, peer, &cancel, 200, &[]);
+    sim.run_for(Duration::from_secs(40));
+    let invites = sim
+        .log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("INVITE "))
+        .count();
+    assert_eq!(invites, 1, "a hung-up call is not sent again");
+    let (states, _) = call_states(&mut sim, ua);
+    assert_eq!(states.last(), Some(&(CallState::Disconnected, Some(407))));
+}

@@ -401,6 +401,11 @@ impl Kamailio {
         Kamailio { workdir }
     }
 
+    /// What Kamailio logged so far (`WORKDIR/kamailio.log`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.workdir.join("kamailio.log")).unwrap_or_default()
+    }
+
     /// The contacts bound to `aor`, sorted.
     pub fn bindings(&self, aor: &str) -> Vec<String> {
         self.bindings_with(aor, "Address")

@@ -9,14 +9,16 @@
 //! A challenge is answered with a new transaction: our Via off, the next
 //! CSeq (a dialog's next local CSeq for an in-dialog request), every
 //! challenge of the response answered (several WWW-/Proxy-Authenticate, a
-//! chain of proxies). The challenges are cached per realm on the account
-//! and answered pre-emptively on its later requests, `nc` counting up. A
+//! chain of proxies). The challenges are cached per realm and next hop on
+//! the account and answered pre-emptively on its later requests to that
+//! hop, `nc` counting up. A
 //! `stale=true` challenge is answered again; a second challenge for a
 //! realm this request already answered is a wrong password: the request
 //! ends with that answer and [`Event::AuthenticationFailed`] says so,
 //! once. At most [`MAX_AUTH_RETRIES`] answers per request.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -40,6 +42,10 @@ struct Cached {
     challenge: String,
     /// It came in a Proxy-Authenticate (answered in Proxy-Authorization).
     proxy: bool,
+    /// The next hop the challenged request went to: only requests to it
+    /// carry the answer pre-emptively (a digest response is not handed to
+    /// every peer an account calls directly).
+    hop: SocketAddr,
     /// The last `nc` used with its nonce.
     nc: u32,
 }
@@ -104,14 +110,15 @@ fn challenges_of(resp: &Message) -> Vec<Fresh> {
 }
 
 impl AuthCache {
-    fn learn(&mut self, account: AccountId, fresh: &[Fresh]) {
+    fn learn(&mut self, account: AccountId, hop: SocketAddr, fresh: &[Fresh]) {
         let list = self.by_account.entry(account).or_default();
         for f in fresh {
-            list.retain(|c| c.realm != f.realm);
+            list.retain(|c| c.realm != f.realm || c.hop != hop);
             list.push(Cached {
                 realm: f.realm.clone(),
                 challenge: f.challenge.clone(),
                 proxy: f.proxy,
+                hop,
                 nc: 0,
             });
         }
@@ -120,7 +127,7 @@ impl AuthCache {
         }
     }
 
-    /// How many realms an account has answers for.
+    /// How many challenges an account keeps answers for.
     pub(crate) fn realms(&self, account: AccountId) -> usize {
         self.by_account.get(&account).map_or(0, Vec::len)
     }
@@ -135,7 +142,11 @@ impl Endpoint {
     /// up). Returns what its transaction keeps to answer a challenge;
     /// `None` for a request of no account with a password (and for
     /// REGISTER, ACK, CANCEL).
-    pub(crate) fn prepare_account_request(&mut self, request: &mut Message) -> Option<AuthAttempt> {
+    pub(crate) fn prepare_account_request(
+        &mut self,
+        request: &mut Message,
+        hop: SocketAddr,
+    ) -> Option<AuthAttempt> {
         let method = request.method()?;
         if matches!(method, Method::Register | Method::Ack | Method::Cancel) {
             return None;
@@ -170,7 +181,7 @@ impl Endpoint {
             let accounts = &self.accounts;
             self.auth.by_account.retain(|a, _| accounts.contains(*a));
         }
-        self.add_credentials(account, request);
+        self.add_credentials(account, hop, request);
         Some(AuthAttempt {
             account,
             retries: 0,
@@ -178,13 +189,19 @@ impl Endpoint {
         })
     }
 
-    /// Writes the answers to every cached challenge of `account` into
-    /// `request` (replacing any it carries), each with its next `nc`.
-    fn add_credentials(&mut self, account: AccountId, request: &mut Message) {
+    /// Writes the answers to every challenge of `account` cached for next
+    /// hop `hop` into `request` (replacing any it carries), each with its
+    /// next `nc`.
+    fn add_credentials(&mut self, account: AccountId, hop: SocketAddr, request: &mut Message) {
         let Some((user, password)) = self.account_credentials(account) else {
             return;
         };
-        if self.auth.realms(account) == 0 {
+        if !self
+            .auth
+            .by_account
+            .get(&account)
+            .is_some_and(|l| l.iter().any(|c| c.hop == hop))
+        {
             return;
         }
         let _ = request.remove_header("Authorization");
@@ -203,6 +220,7 @@ impl Endpoint {
                 .by_account
                 .get_mut(&account)
                 .and_then(|l| l.get_mut(i))
+                .filter(|c| c.hop == hop)
             else {
                 continue;
             };
@@ -257,6 +275,14 @@ impl Endpoint {
         let Ok(mut msg) = Message::parse(request) else {
             return false;
         };
+        let Some(target) = self.flows.get(flow).map(|f| Target {
+            transport: f.transport,
+            remote: f.remote,
+            local: f.local,
+            server_name: f.server_names.first().copied(),
+        }) else {
+            return false;
+        };
         // challenged again for a realm we just answered, the nonce not
         // stale: the credentials are wrong
         if let Some(bad) = fresh
@@ -268,7 +294,7 @@ impl Endpoint {
                 .by_account
                 .entry(attempt.account)
                 .or_default()
-                .retain(|c| c.realm != realm);
+                .retain(|c| c.realm != realm || c.hop != target.remote);
             let user = self.account_user(attempt.account).unwrap_or_default();
             self.events.push_back(Event::AuthenticationFailed {
                 account: attempt.account,
@@ -286,15 +312,7 @@ impl Endpoint {
                 return false;
             }
         }
-        let Some(target) = self.flows.get(flow).map(|f| Target {
-            transport: f.transport,
-            remote: f.remote,
-            local: f.local,
-            server_name: f.server_names.first().copied(),
-        }) else {
-            return false;
-        };
-        self.auth.learn(attempt.account, &fresh);
+        self.auth.learn(attempt.account, target.remote, &fresh);
         for f in &fresh {
             if !attempt.answered.contains(&f.realm) {
                 attempt.answered.push(f.realm.clone());
@@ -317,7 +335,7 @@ impl Endpoint {
         if edited.is_err() {
             return false;
         }
-        self.add_credentials(attempt.account, &mut msg);
+        self.add_credentials(attempt.account, target.remote, &mut msg);
         if self.start_tx_with(now, msg, target, owner).is_err() {
             return false;
         }

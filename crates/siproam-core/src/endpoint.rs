@@ -854,7 +854,7 @@ impl Endpoint {
         }
         let mut request = b.build()?;
         // an account's request: its route set and cached credentials
-        let attempt = self.prepare_account_request(&mut request);
+        let attempt = self.prepare_account_request(&mut request, target.remote);
         let flow = self.start_tx_sent(now, request, flow, target, branch, owner)?;
         if let (Some(attempt), Some(id)) = (attempt, self.last_request_id()) {
             self.set_client_auth(id, attempt);

@@ -591,3 +591,31 @@ fn a_challenge_to_an_invite_hung_up_meanwhile_is_not_answered() {
     let (states, _) = call_states(&mut sim, ua);
     assert_eq!(states.last(), Some(&(CallState::Disconnected, Some(407))));
 }
+
+#[test]
+fn a_cached_answer_goes_only_to_the_hop_that_challenged() {
+    let (mut sim, ua, peer) = registered(|_| {}, None);
+    let call = challenged_call(&mut sim, ua, peer);
+    sim.with_endpoint(ua, |ep, now| ep.hang_up(now, call))
+        .unwrap();
+    let bye = recv(&mut sim, peer);
+    reply(&mut sim, peer, &bye, 200, &[]);
+    // a call straight to another user agent carries no credentials
+    let other = sim.add_peer("carol", &[ip("192.0.2.30")]);
+    let spec = InviteSpec {
+        uri: "sip:carol@192.0.2.30".into(),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            remote: SocketAddr::new(ip("192.0.2.30"), 5060),
+            ..target()
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(ua, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let inv = recv(&mut sim, other);
+    assert_eq!(inv.message.method(), Some(Method::Invite));
+    assert!(proxy_creds(&inv.message).is_empty());
+    assert!(www_creds(&inv.message).is_empty());
+}

@@ -3,7 +3,8 @@
 //! and `nonce_count` checking that each reuse of a nonce carries a greater
 //! `nc`): a `siproam agent` call gets a 407, answers it and goes on; its
 //! re-INVITE (hold) and BYE pass Kamailio's digest check with the cached
-//! challenge answered pre-emptively.
+//! challenge answered pre-emptively; with a wrong password the INVITE is
+//! answered once and the call ends with the second 407 (no loop).
 //!
 //! Kamailio comes from Debian (`interop/install.sh`); without it the test
 //! says why it is skipped, and with `SIPROAM_REQUIRE_INTEROP=1` (CI) it
@@ -121,4 +122,50 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
     assert_ne!(ended["code"], 407, "{ended}");
     alice.quit();
     bob.quit();
+}
+
+/// A wrong password: Kamailio challenges the INVITE again after our
+/// answer; the call ends with that 407, after exactly two INVITEs.
+#[test]
+fn a_wrong_password_ends_a_call_through_kamailio_after_one_answer() {
+    if !have("kamailio") || !have("kamcmd") {
+        return;
+    }
+    let port = free_port(0);
+    let kam = Kamailio::start_in(
+        None,
+        port,
+        "-A WITH_QOP",
+        &format!("authbad-{}-{port}", std::process::id()),
+    );
+    let registrar = format!("sip:127.0.0.1:{port}");
+    let mut alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &registrar,
+        "--password",
+        "wrong",
+        "--listen",
+        "udp:127.0.0.1:0",
+    ]);
+    alice.wait_for("the registration refused", |v| {
+        v["event"] == "registration" && v["state"] == "failed"
+    });
+    alice.send("call sip:bob@example.test");
+    let ended = alice.wait_for("the call ended", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    assert_eq!(ended["code"], 407, "{ended}");
+    // no third INVITE comes later
+    std::thread::sleep(Duration::from_secs(2));
+    let lines = auth_lines(&kam, "two challenges", |l| l.len() >= 2);
+    assert_eq!(
+        lines,
+        ["407 INVITE 1 from alice", "407 INVITE 2 from alice"],
+        "answered once, never looped"
+    );
+    alice.quit();
 }

@@ -135,9 +135,10 @@ impl AuthCache {
 
 impl Endpoint {
     /// Readies a request an account sends (its From is the account's AoR)
-    /// before its transaction starts: an out-of-dialog request gets the
-    /// account's route set when it carries no other (its outbound proxy,
-    /// then the `Service-Route`, RFC 3608 §6.1), and every request the
+    /// to next hop `hop` before its transaction starts: an out-of-dialog
+    /// request to the account's first hop gets the account's route set
+    /// when it carries no other (its outbound proxy, then the
+    /// `Service-Route`, RFC 3608 §6.1), and every request the
     /// credentials cached for the account (pre-emptive, `nc` counting
     /// up). Returns what its transaction keeps to answer a challenge;
     /// `None` for a request of no account with a password (and for
@@ -155,7 +156,7 @@ impl Endpoint {
         let account = self.account_for_from(&from)?;
         let out_of_dialog = request.to().ok().is_some_and(|t| t.tag().is_none());
         if out_of_dialog {
-            let (proxy, service) = self.account_route_set(account);
+            let (proxy, service) = self.account_route_set(account, hop);
             let routes: Vec<String> = request
                 .header_values(HeaderName::Route)
                 .flat_map(siproam_sip::split_list)

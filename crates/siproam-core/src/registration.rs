@@ -641,11 +641,21 @@ impl Endpoint {
         Some((user, password))
     }
 
-    /// An account's pre-loaded route set for out-of-dialog requests: its
-    /// outbound proxy (`<sip:proxy;lr>`), then the `Service-Route` learnt
-    /// from its last REGISTER 2xx (RFC 3608).
-    pub(crate) fn account_route_set(&self, id: AccountId) -> (Option<String>, Vec<String>) {
-        let Some(a) = self.accounts.get(id) else {
+    /// An account's pre-loaded route set for out-of-dialog requests sent
+    /// to `hop`: its outbound proxy (`<sip:proxy;lr>`), then the
+    /// `Service-Route` learnt from its last REGISTER 2xx (RFC 3608) — when
+    /// `hop` is the account's first hop (its registrar or outbound proxy);
+    /// nothing for a request sent straight elsewhere.
+    pub(crate) fn account_route_set(
+        &self,
+        id: AccountId,
+        hop: SocketAddr,
+    ) -> (Option<String>, Vec<String>) {
+        let Some(a) = self
+            .accounts
+            .get(id)
+            .filter(|a| a.config.registrar.remote == hop)
+        else {
             return (None, Vec::new());
         };
         (

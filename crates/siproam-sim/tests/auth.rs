@@ -527,6 +527,22 @@ fn the_service_route_is_the_route_of_a_later_invite() {
     let inv = recv(&mut sim, peer);
     let routes: Vec<&str> = inv.message.header_values(HeaderName::Route).collect();
     assert_eq!(routes, [sr]);
+    // a call sent straight to another user agent takes no route set
+    let other = sim.add_peer("carol", &[ip("192.0.2.30")]);
+    let spec = InviteSpec {
+        uri: "sip:carol@192.0.2.30".into(),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            remote: SocketAddr::new(ip("192.0.2.30"), 5060),
+            ..target()
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(ua, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let inv = recv(&mut sim, other);
+    assert_eq!(inv.message.header(HeaderName::Route), None);
 }
 
 #[test]
@@ -618,4 +634,40 @@ fn a_cached_answer_goes_only_to_the_hop_that_challenged() {
     assert_eq!(inv.message.method(), Some(Method::Invite));
     assert!(proxy_creds(&inv.message).is_empty());
     assert!(www_creds(&inv.message).is_empty());
+}
+
+#[test]
+fn an_update_challenged_is_sent_again_with_the_next_cseq() {
+    let (mut sim, ua, peer) = registered(|_| {}, None);
+    let call = plain_call(&mut sim, ua, peer);
+    sim.with_endpoint(ua, |ep, now| ep.refresh(now, call, true, Some(sdp("upd"))))
+        .unwrap();
+    let u1 = recv(&mut sim, peer);
+    assert_eq!(u1.message.method(), Some(Method::Update));
+    assert_eq!(u1.message.cseq().seq, 2);
+    reply(
+        &mut sim,
+        peer,
+        &u1,
+        407,
+        &[(
+            "Proxy-Authenticate",
+            &challenge("example.test", "u1", false),
+        )],
+    );
+    let u2 = recv(&mut sim, peer);
+    assert_eq!(u2.message.method(), Some(Method::Update));
+    assert_eq!(u2.message.cseq().seq, 3);
+    assert!(good(&proxy_creds(&u2.message)[0], "UPDATE", b""));
+    let resp = MessageBuilder::response_to(&u2.message, 200, "OK", None)
+        .header("Contact", &format!("<sip:bob@{REG}:5060>"))
+        .body("application/sdp", sdp("answer2"))
+        .build()
+        .unwrap();
+    sim.peer_reply(peer, &u2, resp.to_bytes());
+    sim.run_for(Duration::from_millis(100));
+    let (_, evs) = call_states(&mut sim, ua);
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::Call(CallEvent::Answer { call: c, .. }) if *c == call)));
 }

@@ -1,0 +1,284 @@
+//! Instant messages (RFC 3428) and DTMF (RFC 4733) between two `siproam
+//! agent`s through `siproam registrar` on loopback, from their stdin
+//! commands to their JSON events; and MESSAGEs an agent must refuse (413,
+//! 415, 1 MB over TCP) without anything else being disturbed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn registrar() -> (Proc, String) {
+    let registrar = Proc::spawn(&["registrar", "--json", "--listen", "udp:127.0.0.1:0"]);
+    let addr = registrar.wait_for("listener", |v| v["event"] == "listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (registrar, format!("sip:{addr}"))
+}
+
+/// An agent registered at `reg`, listening on UDP and TCP at `ip`; its TCP
+/// address.
+fn agent(name: &str, ip: &str, reg: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let aor = format!("sip:{name}@example.test");
+    let udp = format!("udp:{ip}:0");
+    let tcp = format!("tcp:{ip}:0");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        &aor,
+        "--registrar",
+        reg,
+        "--listen",
+        &udp,
+        "--listen",
+        &tcp,
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&args);
+    let tcp_addr = p.wait_for("tcp listener", |v| {
+        v["event"] == "listening" && v["transport"] == "tcp"
+    })["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    p.wait_for("registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    (p, tcp_addr)
+}
+
+fn is_message(v: &Value, direction: &str) -> bool {
+    v["event"] == "message" && v["direction"] == direction
+}
+
+#[test]
+fn a_message_goes_each_way_through_the_registrar() {
+    let (_registrar, reg) = registrar();
+    let (mut alice, _) = agent("alice", "127.0.0.2", &reg, &[]);
+    let (mut bob, _) = agent("bob", "127.0.0.3", &reg, &[]);
+
+    alice.send("message sip:bob@example.test Hello Bob,  are you there? ☺");
+    let got = bob.wait_for("bob's message", |v| is_message(v, "received"));
+    assert_eq!(got["peer"], "sip:alice@example.test");
+    assert_eq!(got["text"], "Hello Bob,  are you there? ☺");
+    let sent = alice.wait_for("alice's outcome", |v| is_message(v, "sent"));
+    assert_eq!(sent["peer"], "sip:bob@example.test");
+    assert_eq!(sent["text"], "Hello Bob,  are you there? ☺");
+    assert_eq!(sent["code"], 200);
+
+    bob.send("message sip:alice@example.test yes");
+    let got = alice.wait_for("alice's message", |v| is_message(v, "received"));
+    assert_eq!(got["peer"], "sip:bob@example.test");
+    assert_eq!(got["text"], "yes");
+    let sent = bob.wait_for("bob's outcome", |v| is_message(v, "sent"));
+    assert_eq!(sent["code"], 200);
+
+    // nobody of that name: the registrar's final answer is the outcome
+    alice.send("message sip:nobody@example.test hello?");
+    let sent = alice.wait_for("outcome to nobody", |v| is_message(v, "sent"));
+    assert_eq!(sent["peer"], "sip:nobody@example.test");
+    assert_eq!(sent["code"], 404);
+
+    // no text: a usage error, nothing sent
+    alice.send("message sip:bob@example.test");
+    let e = alice.wait_for("usage error", |v| v["event"] == "error");
+    assert_eq!(e["command"], "message");
+    alice.quit();
+    bob.quit();
+}
+
+#[test]
+fn dtmf_keys_sent_by_one_agent_arrive_in_order_at_the_other() {
+    let (_registrar, reg) = registrar();
+    let (mut alice, _) = agent("alice", "127.0.0.2", &reg, &[]);
+    let (mut bob, _) = agent("bob", "127.0.0.3", &reg, &["--auto-answer"]);
+
+    // no call yet: an error, not a crash
+    alice.send("dtmf 1");
+    let e = alice.wait_for("no call", |v| v["event"] == "error");
+    assert_eq!(e["command"], "dtmf");
+
+    alice.send("call sip:bob@example.test");
+    let c = alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    let call = c["call"].as_u64().unwrap();
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    // media flows both ways (the telephone-events ride on it)
+    bob.wait_for("bob hears alice", |v| {
+        v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > 10
+    });
+
+    // a key that is not one: refused whole, nothing sent
+    alice.send("dtmf 12x");
+    let e = alice.wait_for("bad key", |v| v["event"] == "error");
+    assert_eq!(e["command"], "dtmf");
+
+    let keys = "159*#0A";
+    alice.send(&format!("dtmf {keys}"));
+    // and two more, naming the call
+    alice.send(&format!("dtmf {call} 77"));
+    let all = format!("{keys}77");
+    let mut got = String::new();
+    for _ in all.chars() {
+        let v = bob.wait_for("a received key", |v| {
+            v["event"] == "dtmf" && v["direction"] == "received"
+        });
+        got.push_str(v["digit"].as_str().unwrap());
+    }
+    assert_eq!(got, all, "every key once, in order");
+    let mut sent = String::new();
+    alice.drain();
+    for v in alice.seen() {
+        if v["event"] == "dtmf" && v["direction"] == "sent" {
+            assert_eq!(v["call"].as_u64(), Some(call));
+            sent.push_str(v["digit"].as_str().unwrap());
+        }
+    }
+    while sent.len() < all.len() {
+        let v = alice.wait_for("a sent key", |v| {
+            v["event"] == "dtmf" && v["direction"] == "sent"
+        });
+        sent.push_str(v["digit"].as_str().unwrap());
+    }
+    assert_eq!(sent, all);
+    // no key twice (three end packets each, deduplicated)
+    bob.wait_quiet(Duration::from_millis(700));
+    let received = bob
+        .seen()
+        .iter()
+        .filter(|v| v["event"] == "dtmf" && v["direction"] == "received")
+        .count();
+    assert_eq!(received, all.len());
+
+    alice.send("hangup");
+    bob.wait_for("bob disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    alice.quit();
+    bob.quit();
+}
+
+/// A raw MESSAGE to `to` over TCP from `from`, with this body and type.
+fn raw_message(from: SocketAddr, to: SocketAddr, n: u32, ct: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "MESSAGE sip:bob@{to} SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {from};branch=z9hG4bKraw{n}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:mallory@example.test>;tag=m{n}\r\n\
+         To: <sip:bob@example.test>\r\n\
+         Call-ID: raw{n}@example.test\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Content-Type: {ct}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+/// Sends one MESSAGE on a new connection and reads the status of its
+/// answer (`None` when the connection closed without one).
+fn exchange(to: SocketAddr, n: u32, ct: &str, body: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let from = s.local_addr().unwrap();
+    // a peer that closes on us mid-write is an answer too
+    let _ = s.write_all(&raw_message(from, to, n, ct, body));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                buf.extend_from_slice(&chunk[..k]);
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
+    if status == 415 {
+        assert!(
+            text.to_ascii_lowercase().contains("\r\naccept: text/plain"),
+            "{text}"
+        );
+    }
+    Some(status)
+}
+
+#[test]
+fn oversized_and_non_text_messages_are_refused_and_nothing_else_is_disturbed() {
+    let (_registrar, reg) = registrar();
+    let (mut alice, _) = agent("alice", "127.0.0.2", &reg, &[]);
+    let (mut bob, bob_tcp) = agent("bob", "127.0.0.3", &reg, &["--auto-answer"]);
+    alice.send("call sip:bob@example.test");
+    alice.wait_for("alice confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+
+    assert_eq!(exchange(bob_tcp, 1, "text/plain", b"hi"), Some(200));
+    // over the 16 KiB body limit, under the transport's 64 KiB
+    assert_eq!(
+        exchange(bob_tcp, 2, "text/plain", &vec![b'a'; 20 * 1024]),
+        Some(413)
+    );
+    assert_eq!(exchange(bob_tcp, 3, "text/html", b"<b>hi</b>"), Some(415));
+    // 1 MB: over what the transport takes at all; the connection is
+    // closed without reading it
+    assert_eq!(
+        exchange(bob_tcp, 4, "text/plain", &vec![b'a'; 1 << 20]),
+        None
+    );
+    // bob still takes messages, on a new connection and through the
+    // registrar, and the call goes on
+    assert_eq!(
+        exchange(bob_tcp, 5, "text/plain", b"still there?"),
+        Some(200)
+    );
+    alice.send("message sip:bob@example.test after the flood");
+    let sent = alice.wait_for("alice's outcome", |v| is_message(v, "sent"));
+    assert_eq!(sent["code"], 200);
+    let received: Vec<String> = {
+        bob.wait_for("bob's last message", |v| {
+            is_message(v, "received") && v["text"] == "after the flood"
+        });
+        bob.seen()
+            .iter()
+            .filter(|v| is_message(v, "received"))
+            .map(|v| v["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(received, ["hi", "still there?", "after the flood"]);
+    let before = alice.wait_for("media", |v| v["event"] == "media")["rx_packets"]
+        .as_u64()
+        .unwrap();
+    let after = alice.wait_for("media", |v| {
+        v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > before
+    });
+    assert_eq!(after["lost"], 0);
+    assert!(!bob
+        .seen()
+        .iter()
+        .any(|v| v["event"] == "call" && v["state"] == "disconnected"));
+    alice.send("hangup");
+    bob.wait_for("bob disconnected", |v| {
+        v["event"] == "call" && v["state"] == "disconnected"
+    });
+    alice.quit();
+    bob.quit();
+}

@@ -282,3 +282,81 @@ fn oversized_and_non_text_messages_are_refused_and_nothing_else_is_disturbed() {
     alice.quit();
     bob.quit();
 }
+
+/// A peer whose offer has no telephone-event: `dtmf` is an error, and no
+/// tone nor event goes out in its place.
+#[test]
+fn dtmf_to_a_peer_without_telephone_event_is_refused() {
+    let mut bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--no-watch",
+        "--aor",
+        "sip:bob@example.test",
+        "--listen",
+        "udp:127.0.0.63:0",
+        "--auto-answer",
+        "--play",
+        "tone:440",
+    ]);
+    let addr = bob.wait_for("listener", |v| v["event"] == "listening")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let peer = std::net::UdpSocket::bind("127.0.0.64:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let rtp = std::net::UdpSocket::bind("127.0.0.64:0").unwrap();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    // PCMU alone
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.64\r\ns=-\r\nc=IN IP4 127.0.0.64\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\n"
+    );
+    let invite = format!(
+        "INVITE sip:bob@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {peer_addr};branch=z9hG4bKnote1\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.test>;tag=c1\r\nTo: <sip:bob@example.test>\r\nCall-ID: note1@carol\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@{peer_addr}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    peer.send_to(invite.as_bytes(), &addr).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let ok = loop {
+        let n = peer.recv(&mut buf).expect("an answer in time");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("SIP/2.0 200") {
+            break text;
+        }
+    };
+    assert!(!ok.contains("telephone-event"), "{ok}");
+    let to = ok
+        .lines()
+        .find(|l| l.starts_with("To:") || l.starts_with("t:"))
+        .unwrap()
+        .to_owned();
+    let ack = format!(
+        "ACK sip:bob@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {peer_addr};branch=z9hG4bKnote2\r\nMax-Forwards: 70\r\nFrom: <sip:carol@example.test>;tag=c1\r\n{to}\r\nCall-ID: note1@carol\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    peer.send_to(ack.as_bytes(), &addr).unwrap();
+    bob.wait_for("bob confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    bob.send("dtmf 123");
+    let e = bob.wait_for("the refusal", |v| v["event"] == "error");
+    assert_eq!(e["command"], "dtmf");
+    assert!(
+        e["reason"].as_str().unwrap().contains("telephone-event"),
+        "{e}"
+    );
+    // what bob sends is PCMU audio, nothing else (no event, no other type)
+    rtp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = 0;
+    while seen < 25 {
+        let n = rtp.recv(&mut buf).expect("bob's RTP");
+        if n >= 12 && !(192..=223).contains(&buf[1]) {
+            assert_eq!(buf[1] & 0x7F, 0, "only PCMU");
+            seen += 1;
+        }
+    }
+    assert!(!bob.seen().iter().any(|v| v["event"] == "dtmf"));
+    bob.send("quit");
+    let _ = bob.child.wait();
+}

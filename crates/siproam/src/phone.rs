@@ -260,6 +260,8 @@ const DTMF_GAP_FRAMES: u32 = 3;
 const MAX_DTMF_QUEUE: usize = 64;
 /// The most MESSAGEs waiting for their answer at once.
 const MAX_PENDING_MESSAGES: usize = 64;
+/// How long a sent MESSAGE is waited for at most (twice Timer F).
+const MESSAGE_GIVE_UP: Duration = Duration::from_secs(64);
 
 enum MediaCmd {
     Destination(SocketAddr),
@@ -293,6 +295,8 @@ struct PhoneCall {
     reoffer_when_confirmed: bool,
     /// The telephone-event payload type both sides agreed on (RFC 4733).
     telephone_event: Option<u8>,
+    /// The media direction last negotiated.
+    direction: siproam_media::MediaDirection,
 }
 
 /// A non-blocking UDP socket on `ip`, any port.
@@ -342,8 +346,8 @@ pub struct Phone {
     calls: HashMap<CallId, PhoneCall>,
     events: Option<mpsc::Sender<EndpointEvent>>,
     seed: u64,
-    /// MESSAGEs sent and not answered yet: their peer and text.
-    messages: HashMap<RequestId, (String, String)>,
+    /// MESSAGEs sent and not answered yet: their peer, text and when.
+    messages: HashMap<RequestId, (String, String, Instant)>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -409,6 +413,7 @@ impl Phone {
             queued_refresh: None,
             reoffer_when_confirmed: false,
             telephone_event: None,
+            direction: siproam_media::MediaDirection::SendRecv,
         }
     }
 
@@ -437,6 +442,7 @@ impl Phone {
         };
         let direction = to_media_direction(neg.direction);
         pc.telephone_event = neg.telephone_event_pt;
+        pc.direction = direction;
         if let Some(media) = &pc.media {
             if let Some(remote) = neg.remote {
                 let _ = media.send(MediaCmd::Destination(remote));
@@ -569,6 +575,10 @@ impl Phone {
                 if pc.telephone_event.is_none() {
                     return Err(MediaError::NoTelephoneEvent.into());
                 }
+                // held by the peer (or inactive): nothing of ours goes out
+                if !pc.direction.sends() {
+                    return Err(MediaError::NotSending(pc.direction).into());
+                }
                 let digits = keys
                     .chars()
                     .take(MAX_DTMF_QUEUE + 1)
@@ -588,6 +598,7 @@ impl Phone {
                 target,
                 text,
             } => {
+                self.expire_messages(now);
                 if self.messages.len() >= MAX_PENDING_MESSAGES {
                     return Err(PhoneError::Busy);
                 }
@@ -601,7 +612,7 @@ impl Phone {
                         text: text.clone(),
                     },
                 )?;
-                self.messages.insert(id, (peer, text));
+                self.messages.insert(id, (peer, text, now));
                 Ok(None)
             }
             PhoneCommand::Hold(call, hold) => {
@@ -796,9 +807,24 @@ impl Phone {
         }
     }
 
+    /// MESSAGEs whose transaction must have ended long ago (Timer F is
+    /// 32 s) without a word: reported as unanswered (408), so a lost
+    /// report cannot hold a slot for good.
+    fn expire_messages(&mut self, now: Instant) {
+        let stale: Vec<RequestId> = self
+            .messages
+            .iter()
+            .filter(|(_, (_, _, at))| now.saturating_duration_since(*at) > MESSAGE_GIVE_UP)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.message_done(id, 408);
+        }
+    }
+
     /// A MESSAGE we sent got its final answer (or none).
     fn message_done(&mut self, request: RequestId, code: u16) {
-        if let Some((peer, text)) = self.messages.remove(&request) {
+        if let Some((peer, text, _)) = self.messages.remove(&request) {
             self.report(EndpointEvent::Message(MessageReport {
                 direction: Direction::Sent,
                 peer,
@@ -1108,7 +1134,14 @@ async fn media_task(
             }
             cmd = cmds.recv() => match cmd {
                 Some(MediaCmd::Destination(d)) => session.set_destination(Destination::new(d)),
-                Some(MediaCmd::Direction(d)) => session.set_direction(d),
+                Some(MediaCmd::Direction(d)) => {
+                    session.set_direction(d);
+                    // held: the keys still waiting would never go out
+                    if !d.sends() && !dtmf.is_empty() {
+                        debug!("DTMF of {call:?}: {} keys dropped, the media does not send", dtmf.len());
+                        dtmf.clear();
+                    }
+                }
                 Some(MediaCmd::Dtmf(digits)) => {
                     let room = MAX_DTMF_QUEUE.saturating_sub(dtmf.len());
                     if digits.len() > room {

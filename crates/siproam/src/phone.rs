@@ -1238,6 +1238,34 @@ mod tests {
 
     use super::*;
 
+    /// A sent MESSAGE whose report never comes (a transaction the core
+    /// dropped without a word) does not hold its slot for good: after
+    /// `MESSAGE_GIVE_UP` it is reported unanswered (408), not before.
+    #[test]
+    fn a_message_without_a_report_is_given_up_as_408() {
+        let mut phone = Phone::new(PhoneConfig::default(), 1);
+        let (tx, mut rx) = mpsc::channel(8);
+        phone.attach(tx);
+        let t0 = Instant::now();
+        phone.messages.insert(
+            RequestId(7),
+            ("sip:bob@example.test".into(), "hi".into(), t0),
+        );
+        phone.expire_messages(t0 + MESSAGE_GIVE_UP);
+        assert_eq!(phone.messages.len(), 1, "not before its time");
+        assert!(rx.try_recv().is_err());
+        phone.expire_messages(t0 + MESSAGE_GIVE_UP + Duration::from_secs(1));
+        assert!(phone.messages.is_empty());
+        match rx.try_recv() {
+            Ok(EndpointEvent::Message(m)) => {
+                assert_eq!(m.direction, Direction::Sent);
+                assert_eq!(m.code, Some(408));
+                assert_eq!(m.peer, "sip:bob@example.test");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// A UDP socket bound to an address this host does not have, as a call's
     /// RTP socket is once its address was removed: every send fails.
     fn socket_on_a_removed_address() -> StdUdpSocket {

@@ -14,7 +14,7 @@
 #                              `baresip-core`; with --no-install-recommends it
 #                              pulls no GTK/X11/gstreamer/ffmpeg modules).
 #                              Modules used: ctrl_tcp menu ausine aubridge sndfile
-#                              g711 account uuid (in baresip-core).
+#                              g711 account uuid contact (in baresip-core).
 #   python3                    interop/baresip/ctrl.py (stdlib only)
 #   nftables                   nft: packet loss and silent drops in the namespace
 #                              fault tests (this kernel has no netem), NAT
@@ -83,7 +83,7 @@ done
 if [ -z "$BMODDIR" ]; then
     echo "install.sh: baresip modules (ctrl_tcp.so) not found" >&2; fail=1
 else
-    for m in ctrl_tcp menu ausine aubridge sndfile g711 account uuid; do
+    for m in ctrl_tcp menu ausine aubridge sndfile g711 account uuid contact; do
         [ -e "$BMODDIR/$m.so" ] || { echo "install.sh: baresip module $m.so missing in $BMODDIR" >&2; fail=1; }
     done
 fi

@@ -1002,6 +1002,28 @@ fn media_json(m: &MediaReport) -> Value {
 
 /// `siproam agent` (and `siproam call`, which sets `call_now` and
 /// `exit_after_call`).
+/// The text of a `message URI TEXT` line: everything after the URI, as
+/// typed (inner spaces kept).
+fn message_text(line: &str) -> Option<&str> {
+    let rest = line.trim_start().strip_prefix("message")?.trim_start();
+    let uri_end = rest.find(char::is_whitespace)?;
+    let text = rest.get(uri_end..)?.trim();
+    (!text.is_empty()).then_some(text)
+}
+
+fn message_json(m: &siproam::MessageReport) -> Value {
+    let mut v = json!({
+        "event": "message",
+        "direction": m.direction.as_str(),
+        "peer": m.peer,
+        "text": m.text,
+    });
+    if let (Some(code), Some(obj)) = (m.code, v.as_object_mut()) {
+        obj.insert("code".into(), json!(code));
+    }
+    v
+}
+
 pub async fn agent(
     args: AgentArgs,
     calls: CallArgs,
@@ -1129,6 +1151,24 @@ pub async fn agent(
                         ("hold", Some(c)) => ep.phone(PhoneCommand::Hold(c, true)).await.map_err(anyhow::Error::from),
                         ("unhold", Some(c)) => ep.phone(PhoneCommand::Hold(c, false)).await.map_err(anyhow::Error::from),
                         ("answer" | "hangup" | "hold" | "unhold", None) => Err(anyhow::anyhow!("no call")),
+                        // `dtmf [CALL] DIGITS`: digits alone look like a
+                        // call number, so the count of words decides
+                        ("dtmf", _) => match (arg, words.next()) {
+                            (Some(c), Some(keys)) => match c.parse::<u32>() {
+                                Ok(c) => ep.phone(PhoneCommand::Dtmf(CallId(c), keys.to_owned())).await.map_err(anyhow::Error::from),
+                                Err(_) => Err(anyhow::anyhow!("dtmf [CALL] DIGITS: CALL a number")),
+                            },
+                            (Some(keys), None) => match current {
+                                Some(c) => ep.phone(PhoneCommand::Dtmf(c, keys.to_owned())).await.map_err(anyhow::Error::from),
+                                None => Err(anyhow::anyhow!("no call")),
+                            },
+                            (None, _) => Err(anyhow::anyhow!("dtmf [CALL] DIGITS")),
+                        },
+                        // `message URI TEXT`: the text is the rest of the line
+                        ("message", _) => match (arg, message_text(&line)) {
+                            (Some(uri), Some(text)) => ep.message(uri, &aor, first_hop, text).await.map_err(anyhow::Error::from),
+                            _ => Err(anyhow::anyhow!("message URI TEXT")),
+                        },
                         ("ip-change", _) => match arg.map(str::parse::<std::net::IpAddr>) {
                             Some(Ok(ip)) => ep.ip_change(ip).await.map_err(anyhow::Error::from),
                             Some(Err(_)) => Err(anyhow::anyhow!("ip-change ADDR: an IP address")),
@@ -1194,6 +1234,11 @@ pub async fn agent(
                         break;
                     }
                 }
+                Some(EndpointEvent::Message(m)) => emit(json_out, message_json(&m)),
+                Some(EndpointEvent::Dtmf(d)) => emit(
+                    json_out,
+                    json!({"event": "dtmf", "call": d.call.0, "digit": d.digit.as_char().to_string(), "direction": d.direction.as_str()}),
+                ),
                 Some(_) => {}
                 None => break,
             },
@@ -1434,6 +1479,18 @@ mod tests {
     /// One flow per `--outbound-proxy` / `--flow-from` (the i-th of each,
     /// the last one repeated), reg-id 1, 2, … (from `--reg-id` when
     /// given); several need `--outbound`; none: one flow as before.
+    #[test]
+    fn a_message_line_keeps_its_text() {
+        assert_eq!(
+            message_text("message sip:bob@example.test hello  there, bob "),
+            Some("hello  there, bob")
+        );
+        assert_eq!(message_text("  message   sip:b@h   x"), Some("x"));
+        assert_eq!(message_text("message sip:bob@example.test"), None);
+        assert_eq!(message_text("message sip:bob@example.test   "), None);
+        assert_eq!(message_text("message"), None);
+    }
+
     #[test]
     fn flows_from_the_outbound_proxies_and_local_addresses() {
         let p = |s: &str| Some(s.to_owned());

@@ -190,6 +190,9 @@ pub enum CoreError {
     /// after a final, a response to an ACK …).
     #[error("response not allowed in this transaction state")]
     InvalidState,
+    /// A MESSAGE's text is over [`crate::pager::MAX_MESSAGE_BODY`].
+    #[error("message text too large")]
+    MessageTooLarge,
 }
 
 /// Who a client transaction reports to.

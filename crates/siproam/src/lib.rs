@@ -23,7 +23,7 @@ pub use endpoint::{
     EndpointConfig, EndpointError, EndpointEvent, EndpointHandle, FlowSpec, UserAgent, WatchConfig,
 };
 pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
-pub use media_report::MediaReport;
+pub use media_report::{Direction, DtmfReport, MediaReport, MessageReport};
 pub use phone::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;
 pub use siproam_core::{

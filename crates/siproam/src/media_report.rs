@@ -1,6 +1,7 @@
 //! What the application reports of a call's media, as
-//! [`crate::EndpointEvent::Media`]: shared by the endpoint (which carries
-//! it) and the softphone (which makes it).
+//! [`crate::EndpointEvent::Media`] and [`crate::EndpointEvent::Dtmf`], and
+//! of instant messages, as [`crate::EndpointEvent::Message`]: shared by
+//! the endpoint (which carries them) and the softphone (which makes them).
 
 use std::net::SocketAddr;
 
@@ -25,4 +26,50 @@ pub struct MediaReport {
     pub max_gap_ms: f64,
     /// True for the last report of the call.
     pub last: bool,
+}
+
+/// Which way a message or a DTMF key went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We sent it.
+    Sent,
+    /// We received it.
+    Received,
+}
+
+impl Direction {
+    /// `sent` or `received` (`cli.md`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
+/// An instant message (RFC 3428): one received (answered 200), or the
+/// outcome of one sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageReport {
+    /// Which way.
+    pub direction: Direction,
+    /// The other side's URI (the sender's From, or where we sent it).
+    pub peer: String,
+    /// The text.
+    pub text: String,
+    /// For a sent one, its final status (408 when nothing answered, 503
+    /// when its flow failed).
+    pub code: Option<u16>,
+}
+
+/// A DTMF key sent (as it starts) or received (once, on its end) on a
+/// call's RTP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfReport {
+    /// The call.
+    pub call: CallId,
+    /// The key.
+    pub digit: siproam_media::DtmfDigit,
+    /// Which way.
+    pub direction: Direction,
 }

@@ -21,20 +21,21 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use siproam_core::pager::{MessageRefusal, MessageSpec};
 use siproam_core::sdp::{MediaConfig as SdpConfig, Negotiated, SdpDirection, SdpSession};
 use siproam_core::{
     CallEvent, CallId, CallMoveAction, CallState, CoreError, Endpoint as Core, Event,
-    IncomingCallLimits, InviteSpec, Target as CoreTarget,
+    IncomingCallLimits, InviteSpec, RequestFailure, RequestId, Target as CoreTarget,
 };
 use siproam_media::{
-    AudioSink, AudioSource, Destination, MediaConfig, MediaSession, MediaTransmit, SilenceSource,
-    ToneSource, WavSink, WavSource,
+    AudioSink, AudioSource, Destination, DtmfDigit, MediaConfig, MediaError, MediaEvent,
+    MediaSession, MediaTransmit, SilenceSource, ToneSource, WavSink, WavSource,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::endpoint::{AppCommand, Application, CommandError, EndpointError, EndpointEvent};
-use crate::media_report::MediaReport;
+use crate::media_report::{Direction, DtmfReport, MediaReport, MessageReport};
 use crate::EndpointHandle;
 
 /// What a phone plays into its calls.
@@ -104,6 +105,16 @@ pub enum PhoneError {
     /// A call's RTP socket could not be opened (out of descriptors …).
     #[error("no RTP socket: {0}")]
     Media(#[source] std::io::Error),
+    /// The call's media refused it (DTMF without telephone-event …).
+    #[error("media: {0}")]
+    MediaRefused(#[from] MediaError),
+    /// The call has no media (yet).
+    #[error("the call has no media")]
+    NoMedia,
+    /// Too many MESSAGEs wait for their answer, or too many DTMF keys
+    /// were given at once.
+    #[error("too much waiting already")]
+    Busy,
 }
 
 impl From<PhoneError> for CommandError {
@@ -111,6 +122,9 @@ impl From<PhoneError> for CommandError {
         match e {
             PhoneError::Core(e) => CommandError::Core(e),
             PhoneError::Media(e) => CommandError::Socket(e),
+            PhoneError::MediaRefused(e) => CommandError::Media(e),
+            PhoneError::NoMedia => CommandError::NoMedia,
+            PhoneError::Busy => CommandError::Busy,
         }
     }
 }
@@ -139,6 +153,29 @@ impl EndpointHandle {
             Some(id) => Ok(id),
             None => Err(EndpointError::Core(CoreError::InvalidState)),
         }
+    }
+
+    /// Sends an instant message (RFC 3428): to `uri`, from the address of
+    /// record `from`, through the proxy `via` (a SIP URI) or straight to
+    /// the URI's host. Its outcome comes as [`EndpointEvent::Message`].
+    pub async fn message(
+        &self,
+        uri: &str,
+        from: &str,
+        via: Option<&str>,
+        text: &str,
+    ) -> Result<(), EndpointError> {
+        let hop = via.unwrap_or(uri);
+        let (uri, from_aor, text) = (uri.to_owned(), from.to_owned(), text.to_owned());
+        let make = move |target| -> AppCommand {
+            Box::new(PhoneCommand::Message {
+                uri,
+                from: from_aor,
+                target,
+                text,
+            })
+        };
+        self.command_via(hop, from, make).await.map(|_| ())
     }
 
     /// Answers, hangs up, holds or resumes a call.
@@ -199,7 +236,32 @@ pub enum PhoneCommand {
     /// Re-opens the RTP socket of a call not answered yet on another local
     /// address, without a refresh: the answer we send carries it.
     Rebind(CallId, IpAddr),
+    /// Send DTMF keys (`0`–`9`, `*`, `#`, `A`–`D`) on a call's RTP stream
+    /// as RFC 4733 telephone-events, one after the other.
+    Dtmf(CallId, String),
+    /// Send an instant message (RFC 3428) through a next hop.
+    Message {
+        /// The Request-URI.
+        uri: String,
+        /// Our address of record.
+        from: String,
+        /// The next hop.
+        target: CoreTarget,
+        /// The text.
+        text: String,
+    },
 }
+
+/// How long each DTMF key is sent.
+const DTMF_DURATION: Duration = Duration::from_millis(100);
+/// The silence between two DTMF keys, in 20 ms frames (60 ms).
+const DTMF_GAP_FRAMES: u32 = 3;
+/// The most keys one command takes, and the most waiting on a call.
+const MAX_DTMF_QUEUE: usize = 64;
+/// The most MESSAGEs waiting for their answer at once.
+const MAX_PENDING_MESSAGES: usize = 64;
+/// How long a sent MESSAGE is waited for at most (twice Timer F).
+const MESSAGE_GIVE_UP: Duration = Duration::from_secs(64);
 
 enum MediaCmd {
     Destination(SocketAddr),
@@ -207,6 +269,8 @@ enum MediaCmd {
     /// Send and receive on this socket from now on (a new local address);
     /// the session keeps its SSRC, sequence numbers and timestamps.
     Rebind(StdUdpSocket, Duration),
+    /// DTMF keys to send, after those already queued.
+    Dtmf(Vec<DtmfDigit>),
     Stop,
 }
 
@@ -229,6 +293,10 @@ struct PhoneCall {
     /// An outgoing call whose media moved before the answer: its offer
     /// named the old address, so a re-INVITE follows the 2xx.
     reoffer_when_confirmed: bool,
+    /// The telephone-event payload type both sides agreed on (RFC 4733).
+    telephone_event: Option<u8>,
+    /// The media direction last negotiated.
+    direction: siproam_media::MediaDirection,
 }
 
 /// A non-blocking UDP socket on `ip`, any port.
@@ -278,6 +346,8 @@ pub struct Phone {
     calls: HashMap<CallId, PhoneCall>,
     events: Option<mpsc::Sender<EndpointEvent>>,
     seed: u64,
+    /// MESSAGEs sent and not answered yet: their peer, text and when.
+    messages: HashMap<RequestId, (String, String, Instant)>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -305,6 +375,7 @@ impl Phone {
             calls: HashMap::new(),
             events: None,
             seed,
+            messages: HashMap::new(),
         }
     }
 
@@ -341,6 +412,8 @@ impl Phone {
             offer: None,
             queued_refresh: None,
             reoffer_when_confirmed: false,
+            telephone_event: None,
+            direction: siproam_media::MediaDirection::SendRecv,
         }
     }
 
@@ -368,6 +441,8 @@ impl Phone {
             return;
         };
         let direction = to_media_direction(neg.direction);
+        pc.telephone_event = neg.telephone_event_pt;
+        pc.direction = direction;
         if let Some(media) = &pc.media {
             if let Some(remote) = neg.remote {
                 let _ = media.send(MediaCmd::Destination(remote));
@@ -492,6 +567,53 @@ impl Phone {
             PhoneCommand::Rebind(call, ip) => {
                 self.apply_move(core, now, call, Some(ip), CallMoveAction::Rebind)?;
                 Ok(Some(call))
+            }
+            PhoneCommand::Dtmf(call, keys) => {
+                let pc = self.calls.get(&call).ok_or(CoreError::NoSuchCall)?;
+                let media = pc.media.as_ref().ok_or(PhoneError::NoMedia)?;
+                // never in-band tones: without telephone-event, nothing
+                if pc.telephone_event.is_none() {
+                    return Err(MediaError::NoTelephoneEvent.into());
+                }
+                // held by the peer (or inactive): nothing of ours goes out
+                if !pc.direction.sends() {
+                    return Err(MediaError::NotSending(pc.direction).into());
+                }
+                let digits = keys
+                    .chars()
+                    .take(MAX_DTMF_QUEUE + 1)
+                    .map(|c| DtmfDigit::from_char(c).ok_or(MediaError::NotADtmfKey(c)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if digits.len() > MAX_DTMF_QUEUE {
+                    return Err(PhoneError::Busy);
+                }
+                media
+                    .send(MediaCmd::Dtmf(digits))
+                    .map_err(|_| PhoneError::NoMedia)?;
+                Ok(Some(call))
+            }
+            PhoneCommand::Message {
+                uri,
+                from,
+                target,
+                text,
+            } => {
+                self.expire_messages(now);
+                if self.messages.len() >= MAX_PENDING_MESSAGES {
+                    return Err(PhoneError::Busy);
+                }
+                let peer = uri.clone();
+                let id = core.send_message(
+                    now,
+                    MessageSpec {
+                        uri,
+                        from,
+                        target,
+                        text: text.clone(),
+                    },
+                )?;
+                self.messages.insert(id, (peer, text, now));
+                Ok(None)
             }
             PhoneCommand::Hold(call, hold) => {
                 let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
@@ -675,6 +797,44 @@ impl Phone {
     }
 }
 
+impl Phone {
+    /// Hands a report to the endpoint's owner (dropped when it lags).
+    fn report(&self, ev: EndpointEvent) {
+        if let Some(events) = &self.events {
+            if events.try_send(ev).is_err() {
+                debug!("event dropped: the owner lags");
+            }
+        }
+    }
+
+    /// MESSAGEs whose transaction must have ended long ago (Timer F is
+    /// 32 s) without a word: reported as unanswered (408), so a lost
+    /// report cannot hold a slot for good.
+    fn expire_messages(&mut self, now: Instant) {
+        let stale: Vec<RequestId> = self
+            .messages
+            .iter()
+            .filter(|(_, (_, _, at))| now.saturating_duration_since(*at) > MESSAGE_GIVE_UP)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.message_done(id, 408);
+        }
+    }
+
+    /// A MESSAGE we sent got its final answer (or none).
+    fn message_done(&mut self, request: RequestId, code: u16) {
+        if let Some((peer, text, _)) = self.messages.remove(&request) {
+            self.report(EndpointEvent::Message(MessageReport {
+                direction: Direction::Sent,
+                peer,
+                text,
+                code: Some(code),
+            }));
+        }
+    }
+}
+
 impl Application for Phone {
     fn attach(&mut self, events: mpsc::Sender<EndpointEvent>) {
         self.events = Some(events);
@@ -702,9 +862,32 @@ impl Application for Phone {
                 tx: Some(tx),
                 request,
                 ..
-            } => {
-                let _ = core.respond_default(now, *tx, request);
+            } => match core.accept_message(now, *tx, request) {
+                Ok(Ok(m)) => self.report(EndpointEvent::Message(MessageReport {
+                    direction: Direction::Received,
+                    peer: m.peer,
+                    text: m.text,
+                    code: None,
+                })),
+                Ok(Err(MessageRefusal::NotAMessage)) => {
+                    let _ = core.respond_default(now, *tx, request);
+                }
+                // (no text, no sender in the log)
+                Ok(Err(refusal)) => debug!("MESSAGE refused: {refusal}"),
+                Err(e) => debug!("MESSAGE not answered: {e}"),
+            },
+            Event::Response { request, response } => {
+                if let Some(code) = response.status().filter(|c| *c >= 200) {
+                    self.message_done(*request, code);
+                }
             }
+            Event::RequestFailed { request, reason } => self.message_done(
+                *request,
+                match reason {
+                    RequestFailure::Timeout => 408,
+                    RequestFailure::Transport(_) => 503,
+                },
+            ),
             Event::IncomingCall { call, request } => {
                 self.incoming_call(core, now, *call, request.body());
             }
@@ -867,6 +1050,10 @@ async fn media_task(
     let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
     // RTP that could not leave because the socket's address is gone
     let mut stranded = Stranded::default();
+    // DTMF keys waiting to be sent, and the frames of silence still due
+    // before the next one
+    let mut dtmf: std::collections::VecDeque<DtmfDigit> = std::collections::VecDeque::new();
+    let mut dtmf_gap = 0u32;
     let report = |session: &MediaSession, stranded: &Stranded, local: SocketAddr, last: bool| {
         let s = session.stats();
         EndpointEvent::Media(MediaReport {
@@ -916,6 +1103,24 @@ async fn media_task(
             _ = tokio::time::sleep_until(wake) => {
                 let now = tokio::time::Instant::now().into_std();
                 if session.next_send_at().is_some_and(|t| t <= now) {
+                    if !session.dtmf_pending() {
+                        if dtmf_gap > 0 {
+                            dtmf_gap -= 1;
+                        } else if let Some(digit) = dtmf.pop_front() {
+                            match session.send_dtmf(digit, DTMF_DURATION) {
+                                Ok(()) => {
+                                    dtmf_gap = DTMF_GAP_FRAMES;
+                                    if let Some(ev) = &events {
+                                        let _ = ev.try_send(EndpointEvent::Dtmf(DtmfReport { call, digit, direction: Direction::Sent }));
+                                    }
+                                }
+                                Err(e) => {
+                                    debug!("DTMF of {call:?} not sent: {e}");
+                                    dtmf.clear();
+                                }
+                            }
+                        }
+                    }
                     let frame = source.next_frame();
                     session.send_frame(now, &frame);
                 }
@@ -929,7 +1134,21 @@ async fn media_task(
             }
             cmd = cmds.recv() => match cmd {
                 Some(MediaCmd::Destination(d)) => session.set_destination(Destination::new(d)),
-                Some(MediaCmd::Direction(d)) => session.set_direction(d),
+                Some(MediaCmd::Direction(d)) => {
+                    session.set_direction(d);
+                    // held: the keys still waiting would never go out
+                    if !d.sends() && !dtmf.is_empty() {
+                        debug!("DTMF of {call:?}: {} keys dropped, the media does not send", dtmf.len());
+                        dtmf.clear();
+                    }
+                }
+                Some(MediaCmd::Dtmf(digits)) => {
+                    let room = MAX_DTMF_QUEUE.saturating_sub(dtmf.len());
+                    if digits.len() > room {
+                        debug!("DTMF of {call:?}: {} keys over the queue's room", digits.len() - room);
+                    }
+                    dtmf.extend(digits.into_iter().take(room));
+                }
                 Some(MediaCmd::Rebind(std_socket, grace)) => {
                     match (std_socket.local_addr(), tokio::net::UdpSocket::from_std(std_socket)) {
                         (Ok(addr), Ok(new)) => {
@@ -1001,7 +1220,15 @@ async fn media_task(
                 let _ = s.write(&audio);
             }
         }
-        while session.poll_event().is_some() {}
+        while let Some(ev) = session.poll_event() {
+            if let (MediaEvent::Dtmf { digit, .. }, Some(events)) = (ev, &events) {
+                let _ = events.try_send(EndpointEvent::Dtmf(DtmfReport {
+                    call,
+                    digit,
+                    direction: Direction::Received,
+                }));
+            }
+        }
     }
 }
 
@@ -1010,6 +1237,34 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    /// A sent MESSAGE whose report never comes (a transaction the core
+    /// dropped without a word) does not hold its slot for good: after
+    /// `MESSAGE_GIVE_UP` it is reported unanswered (408), not before.
+    #[test]
+    fn a_message_without_a_report_is_given_up_as_408() {
+        let mut phone = Phone::new(PhoneConfig::default(), 1);
+        let (tx, mut rx) = mpsc::channel(8);
+        phone.attach(tx);
+        let t0 = Instant::now();
+        phone.messages.insert(
+            RequestId(7),
+            ("sip:bob@example.test".into(), "hi".into(), t0),
+        );
+        phone.expire_messages(t0 + MESSAGE_GIVE_UP);
+        assert_eq!(phone.messages.len(), 1, "not before its time");
+        assert!(rx.try_recv().is_err());
+        phone.expire_messages(t0 + MESSAGE_GIVE_UP + Duration::from_secs(1));
+        assert!(phone.messages.is_empty());
+        match rx.try_recv() {
+            Ok(EndpointEvent::Message(m)) => {
+                assert_eq!(m.direction, Direction::Sent);
+                assert_eq!(m.code, Some(408));
+                assert_eq!(m.peer, "sip:bob@example.test");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// A UDP socket bound to an address this host does not have, as a call's
     /// RTP socket is once its address was removed: every send fails.

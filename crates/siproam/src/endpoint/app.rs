@@ -31,6 +31,16 @@ pub enum CommandError {
     /// opened (out of descriptors …).
     #[error("no socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// A call's media refused it (DTMF to a peer that takes no
+    /// telephone-events, a character that is not a key …).
+    #[error("media: {0}")]
+    Media(#[from] siproam_media::MediaError),
+    /// The call has no media (yet): not answered, or ended.
+    #[error("the call has no media")]
+    NoMedia,
+    /// Too much waits already (MESSAGEs without an answer, DTMF keys).
+    #[error("too much waiting already")]
+    Busy,
 }
 
 /// What runs on the core's events inside the endpoint task: a user agent

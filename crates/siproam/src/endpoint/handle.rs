@@ -38,6 +38,10 @@ pub enum EndpointEvent {
         /// When.
         first_packet: Instant,
     },
+    /// An instant message (RFC 3428) received, or the outcome of one sent.
+    Message(crate::media_report::MessageReport),
+    /// A DTMF key sent or received on a call (RFC 4733).
+    Dtmf(crate::media_report::DtmfReport),
 }
 
 /// Errors of the endpoint's commands.
@@ -66,6 +70,16 @@ pub enum EndpointError {
     /// opened (out of descriptors …).
     #[error("no RTP socket: {0}")]
     Media(#[source] std::io::Error),
+    /// A call's media refused the command (DTMF to a peer that takes no
+    /// telephone-events …).
+    #[error("media: {0}")]
+    MediaRefused(siproam_media::MediaError),
+    /// The call has no media (yet): not answered, or ended.
+    #[error("the call has no media")]
+    NoMedia,
+    /// Too much waits already (MESSAGEs without an answer, DTMF keys).
+    #[error("too much waiting already")]
+    Busy,
     /// The endpoint task has stopped.
     #[error("endpoint stopped")]
     Stopped,
@@ -86,6 +100,9 @@ impl From<CommandError> for EndpointError {
             CommandError::Unsupported => EndpointError::UnsupportedCommand,
             CommandError::Core(e) => EndpointError::Core(e),
             CommandError::Socket(e) => EndpointError::Media(e),
+            CommandError::Media(e) => EndpointError::MediaRefused(e),
+            CommandError::NoMedia => EndpointError::NoMedia,
+            CommandError::Busy => EndpointError::Busy,
         }
     }
 }

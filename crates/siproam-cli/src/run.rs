@@ -1124,6 +1124,8 @@ pub async fn agent(
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut failed_call = false;
+    // the last wrong-password report, told with the call it ends
+    let mut auth_failure: Option<String> = None;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -1194,8 +1196,17 @@ pub async fn agent(
                     last = Some(v.clone());
                     emit(json_out, v);
                 }
+                Some(EndpointEvent::Core(Event::AuthenticationFailed { user, realm, .. })) => {
+                    // said with the call it ends (the user's own output,
+                    // not a log)
+                    auth_failure = Some(format!("authentication failed for {user} at realm {realm}"));
+                }
                 Some(EndpointEvent::Core(Event::Call(c))) => {
+                    let mut reason = None;
                     if let CallEvent::State { call, state, code, .. } = &c {
+                        if *state == CallState::Disconnected && matches!(code, Some(401 | 407)) {
+                            reason = auth_failure.take();
+                        }
                         if *state == CallState::Incoming && current.is_none() {
                             current = Some(*call);
                         }
@@ -1213,7 +1224,10 @@ pub async fn agent(
                             failed_call = code.is_some_and(|c| c >= 300);
                         }
                     }
-                    if let Some(v) = call_json(&c) {
+                    if let Some(mut v) = call_json(&c) {
+                        if let (Some(r), Some(o)) = (reason, v.as_object_mut()) {
+                            o.insert("reason".into(), json!(r));
+                        }
                         emit(json_out, v);
                     }
                 }

@@ -159,6 +159,12 @@ fn a_wrong_password_ends_a_call_through_kamailio_after_one_answer() {
         v["event"] == "call" && v["state"] == "disconnected"
     });
     assert_eq!(ended["code"], 407, "{ended}");
+    // said plainly, with the user and realm (Kamailio's realm is its domain)
+    let reason = ended["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("authentication failed for alice at realm "),
+        "{ended}"
+    );
     // no third INVITE comes later
     std::thread::sleep(Duration::from_secs(2));
     let lines = auth_lines(&kam, "two challenges", |l| l.len() >= 2);

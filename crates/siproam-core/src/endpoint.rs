@@ -151,6 +151,8 @@ pub enum Event {
         /// What the move asks of the media.
         action: crate::mobility::CallMoveAction,
     },
+    /// Something happened to a subscription (`subscription`).
+    Subscription(crate::subscription::SubscriptionEvent),
 }
 
 /// Errors from the endpoint's commands.
@@ -176,6 +178,9 @@ pub enum CoreError {
     /// after a final, a response to an ACK …).
     #[error("response not allowed in this transaction state")]
     InvalidState,
+    /// The subscription is unknown (or already ended).
+    #[error("no such subscription")]
+    NoSuchSubscription,
 }
 
 /// Who a client transaction reports to.
@@ -184,6 +189,8 @@ pub(crate) enum TxOwner {
     App(RequestId),
     Account(AccountId),
     Call(crate::dialog::CallId),
+    /// A subscription's SUBSCRIBE or NOTIFY (`subscription`).
+    Subscription(crate::subscription::SubId),
     /// Nobody any more: a call's INVITE given up after a network change
     /// (and its CANCEL, and what ends a 2xx that still comes for it).
     /// Responses and failures are dropped, but a 2xx to the INVITE is
@@ -237,6 +244,8 @@ pub struct Endpoint {
     retried_430: std::collections::HashSet<crate::dialog::CallId>,
     /// Application requests sent again after a 430 (once only).
     retried_430_requests: std::collections::HashSet<RequestId>,
+    /// Subscriptions held and served (`subscription`).
+    pub(crate) subscriptions: crate::subscription::Subscriptions,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -286,6 +295,7 @@ impl Endpoint {
             flow_failure: Default::default(),
             retried_430: std::collections::HashSet::new(),
             retried_430_requests: std::collections::HashSet::new(),
+            subscriptions: Default::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -550,6 +560,7 @@ impl Endpoint {
         };
         // what it carried, by policy (before its transactions fail)
         let carried = self.flow_failure_begin(now, gone, reason);
+        self.subscriptions_flow_closed(now, flow, reason);
         // client transactions still waiting fail with a transport error
         let failed = self
             .txs
@@ -588,6 +599,9 @@ impl Endpoint {
                 }
                 TimerOwner::Flow(_) => {}
                 TimerOwner::Mobility => self.mobility_timer(now),
+                TimerOwner::Subscription(id) => {
+                    self.subscription_timer(now, crate::subscription::SubId(id), reason.kind)
+                }
             }
         }
     }
@@ -1001,6 +1015,7 @@ impl Endpoint {
                 .push_back(Event::RequestFailed { request, reason }),
             TxOwner::Account(account) => self.account_failed(now, account, reason),
             TxOwner::Call(call) => self.call_failed(now, call, reason),
+            TxOwner::Subscription(sub) => self.subscription_failed(now, sub, reason),
             TxOwner::Abandoned => {}
         }
     }
@@ -1020,6 +1035,7 @@ impl Endpoint {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
             TxOwner::Call(call) => self.call_response(now, call, response),
+            TxOwner::Subscription(sub) => self.subscription_response(now, sub, response),
             TxOwner::Abandoned => {}
         }
     }
@@ -1362,7 +1378,9 @@ impl Endpoint {
                 self.transmit_on(flow, bytes);
             }
         }
-        if self.dialog_request(now, Some(ServerTxId(id)), flow, &req) {
+        if self.subscription_request(now, ServerTxId(id), flow, &req)
+            || self.dialog_request(now, Some(ServerTxId(id)), flow, &req)
+        {
             return;
         }
         self.events.push_back(Event::IncomingRequest {

@@ -29,6 +29,7 @@ mod registration;
 mod rng;
 pub mod sdp;
 pub mod stun;
+pub mod subscription;
 mod timers;
 mod transactions;
 
@@ -56,4 +57,8 @@ pub use registration::{
     AccountConfig, AccountId, RegistrationEvent, RegistrationFailure, RegistrationState,
 };
 pub use rng::Rng;
+pub use subscription::{
+    SubId, SubscribeSpec, SubscriptionEvent, SubscriptionReason, SubscriptionRole,
+    SubscriptionState,
+};
 pub use timers::{TimeoutReason, TimerKind, TimerOwner};

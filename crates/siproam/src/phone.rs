@@ -278,6 +278,8 @@ pub struct Phone {
     calls: HashMap<CallId, PhoneCall>,
     events: Option<mpsc::Sender<EndpointEvent>>,
     seed: u64,
+    /// The accounts registered now: our presence is open while any is.
+    registered: std::collections::HashSet<siproam_core::AccountId>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -305,6 +307,7 @@ impl Phone {
             calls: HashMap::new(),
             events: None,
             seed,
+            registered: std::collections::HashSet::new(),
         }
     }
 
@@ -690,9 +693,14 @@ impl Application for Phone {
         now: Instant,
         cmd: AppCommand,
     ) -> Result<Option<CallId>, CommandError> {
-        let cmd = cmd
-            .downcast::<PhoneCommand>()
-            .map_err(|_| CommandError::Unsupported)?;
+        let cmd = match cmd.downcast::<PhoneCommand>() {
+            Ok(cmd) => cmd,
+            Err(other) => {
+                let cmd =
+                    crate::subscribe::downcast(other).map_err(|_| CommandError::Unsupported)?;
+                return crate::subscribe::perform(core, now, *cmd);
+            }
+        };
         Ok(self.handle_command(core, now, *cmd)?)
     }
 
@@ -707,6 +715,20 @@ impl Application for Phone {
             }
             Event::IncomingCall { call, request } => {
                 self.incoming_call(core, now, *call, request.body());
+            }
+            // our presence (served to subscribers): open while registered
+            Event::Registration(r) => {
+                // (a refresh in progress changes nothing)
+                match r.state {
+                    siproam_core::RegistrationState::Registered => {
+                        self.registered.insert(r.account);
+                    }
+                    siproam_core::RegistrationState::Registering => {}
+                    _ => {
+                        self.registered.remove(&r.account);
+                    }
+                }
+                core.set_presence(now, !self.registered.is_empty());
             }
             // a network change moved the call: its media part
             Event::CallMoved {

@@ -515,3 +515,56 @@ fn a_served_subscription_over_a_failed_flow_ends_with_a_final_notify() {
         Some(SubscriptionReason::Deactivated)
     );
 }
+
+#[test]
+fn after_an_address_change_the_subscription_is_refreshed_with_the_new_contact() {
+    const NEW: &str = "192.0.2.11";
+    let mut sim = Sim::new(Instant::now(), 5);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(NEW)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        Config {
+            seed: 2,
+            ..Config::default()
+        },
+    );
+    sim.with_endpoint(bob, |ep, now| ep.set_presence(now, true));
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    sub_events(&mut sim, alice);
+    let mark = sim.log().len();
+    sim.ip_change(alice, siproam_core::IpChangeParams::new(ip(NEW)));
+    sim.run_for(Duration::from_millis(200));
+    let refresh = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("SUBSCRIBE"))
+        .expect("a refresh after the change")
+        .clone();
+    assert_eq!(refresh.from.ip(), ip(NEW));
+    // Bob's NOTIFYs now go to the new Contact
+    sim.with_endpoint(bob, |ep, now| ep.set_presence(now, false));
+    sim.run_for(Duration::from_millis(200));
+    let notify = sim
+        .log()
+        .iter()
+        .rev()
+        .find(|e| e.first_line.starts_with("NOTIFY"))
+        .unwrap()
+        .clone();
+    assert_eq!(notify.to.ip(), ip(NEW));
+    let evs = sub_events(&mut sim, alice);
+    let last = evs.last().unwrap();
+    assert_eq!(last.sub, sub);
+    assert_eq!(last.state, SubscriptionState::Active);
+    assert_eq!(presence_of(last), Some(BasicStatus::Closed));
+}

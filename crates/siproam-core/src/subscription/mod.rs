@@ -48,7 +48,7 @@
 mod body;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -234,6 +234,9 @@ struct SubDialog {
     first_hop: Target,
     flow: Option<FlowId>,
     contact_user: String,
+    /// The address to send from (and so our Contact), set by a network
+    /// change.
+    send_from: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -360,6 +363,7 @@ impl Endpoint {
             first_hop: target,
             flow: None,
             contact_user,
+            send_from: None,
         }
     }
 
@@ -427,6 +431,26 @@ impl Endpoint {
         }
     }
 
+    /// A network change moved us to `ip`: every subscription sends from
+    /// there, those we hold refresh at once (their new Contact), and those
+    /// we serve send a NOTIFY (its Contact is the new remote target).
+    pub(crate) fn move_subscriptions(&mut self, now: Instant, ip: IpAddr) {
+        let served: Vec<SubId> = self.subscriptions.servers.keys().copied().collect();
+        for c in self.subscriptions.clients.values_mut() {
+            c.dialog.send_from = Some(ip);
+        }
+        for id in &served {
+            if let Some(s) = self.subscriptions.servers.get_mut(id) {
+                s.dialog.send_from = Some(ip);
+                s.dialog.flow = None;
+            }
+        }
+        self.refresh_subscriptions(now);
+        for id in served {
+            self.send_notify(now, id, None);
+        }
+    }
+
     /// Sets our presence; every presence subscription served is notified
     /// when it changes.
     pub fn set_presence(&mut self, now: Instant, open: bool) {
@@ -474,6 +498,14 @@ impl Endpoint {
     /// The next hop of an in-dialog request (the route set's first entry,
     /// else the remote target; the dialog's flow when that is its peer).
     fn sub_target(&self, d: &SubDialog) -> Target {
+        let mut t = self.sub_hop(d);
+        if let Some(ip) = d.send_from {
+            t.local = Some(SocketAddr::new(ip, 0));
+        }
+        t
+    }
+
+    fn sub_hop(&self, d: &SubDialog) -> Target {
         if d.remote_tag.is_none() {
             // out of dialog: the account's first hop, or a live outbound
             // flow of the AoR
@@ -690,7 +722,9 @@ impl Endpoint {
             c.dialog.first_hop,
             c.dialog.contact_user.clone(),
         );
-        let fresh = self.new_client_dialog(&uri, &from, hop, user);
+        let send_from = c.dialog.send_from;
+        let mut fresh = self.new_client_dialog(&uri, &from, hop, user);
+        fresh.send_from = send_from;
         self.subscriptions.by_dialog.remove(&old);
         self.subscriptions
             .by_dialog
@@ -1071,6 +1105,7 @@ impl Endpoint {
             },
             flow: Some(flow),
             contact_user,
+            send_from: None,
         };
         let contact = self.sub_contact(&dialog, dialog.first_hop);
         self.sub_respond(

@@ -568,3 +568,107 @@ fn after_an_address_change_the_subscription_is_refreshed_with_the_new_contact() 
     assert_eq!(last.state, SubscriptionState::Active);
     assert_eq!(presence_of(last), Some(BasicStatus::Closed));
 }
+
+#[test]
+fn a_423_is_retried_once_with_the_min_expires() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 423, &[("Min-Expires", "1200")]);
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_eq!(again.message.header(HeaderName::Expires), Some("1200"));
+    reply(&mut sim, bob, &again, 423, &[("Min-Expires", "2400")]);
+    sim.run_for(Duration::from_millis(100));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.last().unwrap().state, SubscriptionState::Terminated);
+    assert_eq!(
+        evs.last().unwrap().reason,
+        Some(SubscriptionReason::Refused(423))
+    );
+}
+
+#[test]
+fn probation_subscribes_again_after_retry_after() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(
+            &s.message,
+            "b1",
+            1,
+            "terminated;reason=probation;retry-after=40",
+            None,
+        ),
+    );
+    let ok = recv(&mut sim, bob);
+    assert_eq!(ok.message.status(), Some(200));
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_ne!(again.message.call_id(), s.message.call_id());
+    let waited = again.at - ok.at;
+    assert!(
+        waited >= Duration::from_secs(40) && waited < Duration::from_secs(41),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn broken_notifies_get_clear_answers_and_change_nothing() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    // no Subscription-State: 400
+    let mut cseq = 1;
+    let without = {
+        let m =
+            siproam_sip::Message::parse(notify(&s.message, "b1", cseq, "active", None)).unwrap();
+        let mut m = m;
+        m.remove_header("Subscription-State").unwrap();
+        m.to_bytes()
+    };
+    send_to_alice(&mut sim, bob, without);
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(400));
+    // a body type the package does not take: 415 with Accept
+    cseq += 1;
+    let mut m =
+        siproam_sip::Message::parse(notify(&s.message, "b1", cseq, "active", None)).unwrap();
+    m.set_body(Bytes::from_static(b"<x/>"), Some("application/xpidf+xml"))
+        .unwrap();
+    send_to_alice(&mut sim, bob, m.to_bytes());
+    let r = recv(&mut sim, bob);
+    assert_eq!(r.message.status(), Some(415));
+    assert_eq!(
+        r.message.header(HeaderName::Accept),
+        Some("application/pidf+xml")
+    );
+    // garbage bodies of every shape: 400, never a panic
+    for garbage in [
+        &b"\xff\xfe\x00"[..],
+        b"<presence entity=",
+        b"<presence entity=\"x\"><basic>",
+        b"<<<<>>>>",
+        b"",
+    ] {
+        cseq += 1;
+        let mut m =
+            siproam_sip::Message::parse(notify(&s.message, "b1", cseq, "active", None)).unwrap();
+        m.set_body(
+            Bytes::copy_from_slice(garbage),
+            Some("application/pidf+xml"),
+        )
+        .unwrap();
+        send_to_alice(&mut sim, bob, m.to_bytes());
+        let code = recv(&mut sim, bob).message.status();
+        let want = if garbage.is_empty() { 200 } else { 400 };
+        assert_eq!(code, Some(want), "{garbage:?}");
+    }
+    // still there
+    assert_eq!(sim.endpoint(alice).subscriptions().len(), 1);
+    assert_eq!(sim.endpoint(alice).subscriptions()[0].0, sub);
+}

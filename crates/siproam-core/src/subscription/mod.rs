@@ -1287,7 +1287,19 @@ impl Endpoint {
                 Ok(b) => Some(b),
                 Err(e) => {
                     let (event, peer, st) = (c.event.clone(), c.dialog.remote_uri.clone(), c.state);
-                    self.sub_respond(now, tx, req, 400, Some(&local_tag), &[]);
+                    // a type we do not take is 415 with what we take
+                    let accept = content_type_for(&event).unwrap_or(PIDF).to_owned();
+                    match e {
+                        BodyError::UnsupportedType => self.sub_respond(
+                            now,
+                            tx,
+                            req,
+                            415,
+                            Some(&local_tag),
+                            &[("Accept", accept)],
+                        ),
+                        _ => self.sub_respond(now, tx, req, 400, Some(&local_tag), &[]),
+                    }
                     self.sub_event(SubscriptionEvent {
                         sub: id,
                         role: SubscriptionRole::Subscriber,

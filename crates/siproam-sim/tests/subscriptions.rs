@@ -672,3 +672,25 @@ fn broken_notifies_get_clear_answers_and_change_nothing() {
     assert_eq!(sim.endpoint(alice).subscriptions().len(), 1);
     assert_eq!(sim.endpoint(alice).subscriptions()[0].0, sub);
 }
+
+#[test]
+fn with_the_ignore_policy_a_subscribe_lost_with_its_flow_is_tried_again_later() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    sim.endpoint(alice)
+        .set_flow_failure_policy(siproam_core::FlowFailurePolicy {
+            client_subscription: siproam_core::ClientSubscriptionRecovery::Ignore,
+            ..Default::default()
+        });
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Tcp);
+    let s = recv(&mut sim, bob);
+    // no answer: the connection closes under the SUBSCRIBE
+    sim.peer_close(s.conn.unwrap());
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_eq!(again.message.call_id(), s.message.call_id(), "same dialog");
+    assert!(again.at - s.at >= Duration::from_secs(30));
+    let evs = sub_events(&mut sim, alice);
+    assert!(evs
+        .iter()
+        .all(|e| e.sub == sub && e.state == SubscriptionState::Pending));
+}

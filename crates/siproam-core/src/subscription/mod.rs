@@ -72,6 +72,9 @@ use crate::timers::{TimerKind, TimerOwner};
 pub const MAX_SERVED: usize = 256;
 /// The shortest expiry we grant (423 below it).
 const MIN_EXPIRES: u32 = 60;
+/// A held subscription whose SUBSCRIBE died with a flow the policy left
+/// alone tries again after this.
+const IGNORED_FAILURE_RETRY: Duration = Duration::from_secs(30);
 /// The longest expiry we grant, and the default.
 const MAX_EXPIRES: u32 = 3600;
 
@@ -329,7 +332,6 @@ impl Endpoint {
                 retried_423: false,
             },
         );
-        self.send_subscribe(now, id, spec.expires);
         self.sub_event(SubscriptionEvent {
             sub: id,
             role: SubscriptionRole::Subscriber,
@@ -340,6 +342,7 @@ impl Endpoint {
             retry_after: None,
             body: None,
         });
+        self.send_subscribe(now, id, spec.expires);
         Ok(id)
     }
 
@@ -835,16 +838,28 @@ impl Endpoint {
             return;
         }
         match reason {
-            // a failed flow is handled by the flow-failure policy
-            // (`subscriptions_flow_closed`); one that never came up is a 503
+            // a failed flow: a subscription the policy re-subscribed
+            // (`subscriptions_flow_closed`) gave its transactions away, so
+            // this one was left alone (`Ignore`): it tries again later over
+            // a new flow rather than stay without a refresh. One that never
+            // came up is a 503.
             RequestFailure::Transport(r)
-                if !matches!(r, FlowCloseReason::Local | FlowCloseReason::ConnectFailed) => {}
+                if !matches!(r, FlowCloseReason::Local | FlowCloseReason::ConnectFailed) =>
+            {
+                if let Some(c) = self.subscriptions.clients.get_mut(&id) {
+                    c.in_flight = false;
+                }
+                self.timers.set(
+                    TimerOwner::Subscription(id.0),
+                    TimerKind::SubscriptionRefresh,
+                    now + IGNORED_FAILURE_RETRY,
+                );
+            }
             RequestFailure::Transport(_) => {
                 self.end_client(id, SubscriptionReason::Refused(503), None)
             }
             RequestFailure::Timeout => self.end_client(id, SubscriptionReason::Refused(408), None),
         }
-        let _ = now;
     }
 
     pub(crate) fn subscription_timer(&mut self, now: Instant, id: SubId, kind: TimerKind) {

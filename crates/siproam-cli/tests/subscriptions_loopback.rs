@@ -1,7 +1,8 @@
 //! Presence between two `siproam agent`s through `siproam registrar` on
 //! loopback: Alice subscribes to Bob's presence (`subscribe`), sees it
-//! `active` and `open`; Bob quits (unregisters) and Alice sees him `closed`
-//! and the subscription `terminated`.
+//! `active` and `open`, a 489 for an unknown package, Bob's message
+//! summary, an unsubscribe; Bob quits (unregisters) and Alice sees him
+//! `closed` and the subscription `terminated`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -64,6 +65,22 @@ fn alice_sees_bob_open_then_closed_and_terminated_when_he_quits() {
     alice.send("subscribe sip:bob@example.test dialog");
     alice.wait_for("489", |v| {
         v["event"] == "subscription" && v["state"] == "terminated" && v["reason"] == "bad_event"
+    });
+    // Bob's message summary: nothing waiting; then Alice unsubscribes
+    alice.send("subscribe sip:bob@example.test message-summary");
+    let mwi = alice.wait_for("message-summary active", |v| {
+        v["event"] == "subscription" && v["package"] == "message-summary" && v["state"] == "active"
+    });
+    assert_eq!(mwi["body"]["messages_waiting"], false);
+    assert_eq!(mwi["body"]["new"], 0);
+    alice.send(&format!("unsubscribe {}", mwi["sub"]));
+    let gone = alice.wait_for("unsubscribed", |v| {
+        v["event"] == "subscription" && v["sub"] == mwi["sub"] && v["state"] == "terminated"
+    });
+    assert_eq!(gone["reason"], "unsubscribed");
+    alice.send("unsubscribe 999");
+    alice.wait_for("an error for an unknown subscription", |v| {
+        v["event"] == "error" && v["command"] == "unsubscribe"
     });
     bob.send("quit");
     let _ = bob.child.wait();

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use siproam::core::{CallEvent, CallId, CallState, Event, RegistrationState};
+use siproam::core::subscription::NotifyBody;
+use siproam::core::{
+    CallEvent, CallId, CallState, Event, RegistrationState, SubId, SubscriptionEvent,
+    SubscriptionReason, SubscriptionRole, SubscriptionState,
+};
 use siproam::edge::RegistrarApp;
 use siproam::transport::{TlsClientConfig, TlsServerConfig, Transport, TransportConfig};
 use siproam::{
@@ -859,6 +863,36 @@ impl CallArgs {
     }
 }
 
+/// The `subscription` event. The package is `package`: `event` is the
+/// event kind of every line.
+fn subscription_json(s: &SubscriptionEvent) -> Value {
+    let body = match &s.body {
+        Some(NotifyBody::Presence(p)) => json!(p.status.as_str()),
+        Some(NotifyBody::MessageSummary(m)) => {
+            let counts = m.voice.unwrap_or_default();
+            json!({"messages_waiting": m.waiting, "new": counts.new, "old": counts.old})
+        }
+        None => Value::Null,
+    };
+    let mut v = json!({
+        "event": "subscription",
+        "sub": s.sub.0,
+        "package": s.event,
+        "role": match s.role {
+            SubscriptionRole::Subscriber => "subscriber",
+            SubscriptionRole::Notifier => "notifier",
+        },
+        "peer": s.peer,
+        "state": s.state.as_str(),
+        "reason": s.reason.as_ref().map(SubscriptionReason::text),
+        "body": body,
+    });
+    if let (Some(r), Some(obj)) = (s.retry_after, v.as_object_mut()) {
+        obj.insert("retry_after".into(), json!(r));
+    }
+    v
+}
+
 fn call_json(ev: &CallEvent) -> Option<Value> {
     match ev {
         CallEvent::State {
@@ -1126,6 +1160,8 @@ pub async fn agent(
     let mut failed_call = false;
     // the last wrong-password report, told with the call it ends
     let mut auth_failure: Option<String> = None;
+    // the subscriptions we serve, ended with a final NOTIFY when we quit
+    let mut served = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -1176,6 +1212,14 @@ pub async fn agent(
                             Some(Err(_)) => Err(anyhow::anyhow!("ip-change ADDR: an IP address")),
                             // restart in place: pinned listeners stay while their address exists
                             None => ep.handle_ip_change(siproam::IpChangeParams::in_place()).await.map_err(anyhow::Error::from),
+                        },
+                        ("subscribe", _) => match (arg, words.next()) {
+                            (Some(uri), Some(event)) => ep.subscribe(uri, &aor, first_hop, event).await.map_err(anyhow::Error::from),
+                            _ => Err(anyhow::anyhow!("subscribe URI EVENT")),
+                        },
+                        ("unsubscribe", _) => match arg.and_then(|a| a.parse::<u32>().ok()) {
+                            Some(id) => ep.unsubscribe(SubId(id)).await.map_err(anyhow::Error::from),
+                            None => Err(anyhow::anyhow!("unsubscribe SUB")),
                         },
                         (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
                     };
@@ -1237,6 +1281,16 @@ pub async fn agent(
                     emit(json_out, flow_terminated_json(&t))
                 }
                 Some(EndpointEvent::Network(n)) => emit(json_out, network_json(&n)),
+                Some(EndpointEvent::Core(Event::Subscription(s))) => {
+                    if s.role == SubscriptionRole::Notifier {
+                        if s.state == SubscriptionState::Terminated {
+                            served.remove(&s.sub);
+                        } else {
+                            served.insert(s.sub);
+                        }
+                    }
+                    emit(json_out, subscription_json(&s));
+                }
                 // the peer's first RTP packet on our new media address
                 Some(EndpointEvent::MediaMoved { call, local, .. }) => emit(
                     json_out,
@@ -1306,6 +1360,19 @@ pub async fn agent(
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    }
+    if !served.is_empty() {
+        // our subscribers hear that we went away (after the presence
+        // `closed` the unregistration sent): a final NOTIFY each
+        let _ = ep.end_served_subscriptions().await;
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            while let Some(ev) = ep.next_event().await {
+                if let EndpointEvent::Core(Event::Subscription(s)) = ev {
+                    emit(json_out, subscription_json(&s));
+                }
+            }
+        })
+        .await;
     }
     ep.shutdown().await;
     Ok(if exit_after_call && failed_call {

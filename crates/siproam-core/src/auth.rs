@@ -325,6 +325,7 @@ impl Endpoint {
         let method = cseq.method.as_str().to_owned();
         let next = match owner {
             TxOwner::Call(call) => self.call_next_cseq(call),
+            TxOwner::Subscription(sub) => self.subscription_next_cseq(sub),
             _ => None,
         }
         .unwrap_or_else(|| cseq.seq.saturating_add(1));

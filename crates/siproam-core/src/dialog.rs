@@ -399,19 +399,19 @@ impl Call {
     }
 }
 
-fn tag_param(m: &Message, to: bool) -> Option<String> {
+pub(crate) fn tag_param(m: &Message, to: bool) -> Option<String> {
     let na = if to { m.to().ok()? } else { m.from().ok()? };
     na.tag().map(str::to_owned)
 }
 
-fn name_addr_uri(value: &str) -> String {
+pub(crate) fn name_addr_uri(value: &str) -> String {
     siproam_sip::NameAddr::parse(value)
         .map(|n| n.uri().to_string())
         .unwrap_or_default()
 }
 
 /// The address a URI names (IP literals only: the core does no DNS).
-fn uri_addr(uri: &str, default_transport: Transport) -> Option<Target> {
+pub(crate) fn uri_addr(uri: &str, default_transport: Transport) -> Option<Target> {
     let parsed = Uri::parse(uri).ok()?;
     let sip = parsed.as_sip()?;
     let host = sip.host_str().trim_start_matches('[').trim_end_matches(']');

@@ -165,6 +165,8 @@ pub enum Event {
         /// What the move asks of the media.
         action: crate::mobility::CallMoveAction,
     },
+    /// Something happened to a subscription (`subscription`).
+    Subscription(crate::subscription::SubscriptionEvent),
 }
 
 /// Errors from the endpoint's commands.
@@ -193,6 +195,9 @@ pub enum CoreError {
     /// A MESSAGE's text is over [`crate::pager::MAX_MESSAGE_BODY`].
     #[error("message text too large")]
     MessageTooLarge,
+    /// The subscription is unknown (or already ended).
+    #[error("no such subscription")]
+    NoSuchSubscription,
 }
 
 /// Who a client transaction reports to.
@@ -201,6 +206,8 @@ pub(crate) enum TxOwner {
     App(RequestId),
     Account(AccountId),
     Call(crate::dialog::CallId),
+    /// A subscription's SUBSCRIBE or NOTIFY (`subscription`).
+    Subscription(crate::subscription::SubId),
     /// Nobody any more: a call's INVITE given up after a network change
     /// (and its CANCEL, and what ends a 2xx that still comes for it).
     /// Responses and failures are dropped, but a 2xx to the INVITE is
@@ -256,6 +263,8 @@ pub struct Endpoint {
     retried_430_requests: std::collections::HashSet<RequestId>,
     /// The digest challenges each account answers (`crate::auth`).
     pub(crate) auth: crate::auth::AuthCache,
+    /// Subscriptions held and served (`subscription`).
+    pub(crate) subscriptions: crate::subscription::Subscriptions,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -306,6 +315,7 @@ impl Endpoint {
             retried_430: std::collections::HashSet::new(),
             retried_430_requests: std::collections::HashSet::new(),
             auth: crate::auth::AuthCache::default(),
+            subscriptions: Default::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -570,6 +580,7 @@ impl Endpoint {
         };
         // what it carried, by policy (before its transactions fail)
         let carried = self.flow_failure_begin(now, gone, reason);
+        self.subscriptions_flow_closed(now, flow, reason);
         // client transactions still waiting fail with a transport error
         let failed = self
             .txs
@@ -608,6 +619,9 @@ impl Endpoint {
                 }
                 TimerOwner::Flow(_) => {}
                 TimerOwner::Mobility => self.mobility_timer(now),
+                TimerOwner::Subscription(id) => {
+                    self.subscription_timer(now, crate::subscription::SubId(id), reason.kind)
+                }
             }
         }
     }
@@ -1037,6 +1051,7 @@ impl Endpoint {
                 .push_back(Event::RequestFailed { request, reason }),
             TxOwner::Account(account) => self.account_failed(now, account, reason),
             TxOwner::Call(call) => self.call_failed(now, call, reason),
+            TxOwner::Subscription(sub) => self.subscription_failed(now, sub, reason),
             TxOwner::Abandoned => {}
         }
     }
@@ -1065,6 +1080,7 @@ impl Endpoint {
             TxOwner::App(request) => self.events.push_back(Event::Response { request, response }),
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
             TxOwner::Call(call) => self.call_response(now, call, response),
+            TxOwner::Subscription(sub) => self.subscription_response(now, sub, response),
             TxOwner::Abandoned => {}
         }
     }
@@ -1417,7 +1433,9 @@ impl Endpoint {
                 self.transmit_on(flow, bytes);
             }
         }
-        if self.dialog_request(now, Some(ServerTxId(id)), flow, &req) {
+        if self.subscription_request(now, ServerTxId(id), flow, &req)
+            || self.dialog_request(now, Some(ServerTxId(id)), flow, &req)
+        {
             return;
         }
         self.events.push_back(Event::IncomingRequest {

@@ -31,6 +31,7 @@ mod registration;
 mod rng;
 pub mod sdp;
 pub mod stun;
+pub mod subscription;
 mod timers;
 mod transactions;
 
@@ -58,4 +59,8 @@ pub use registration::{
     AccountConfig, AccountId, RegistrationEvent, RegistrationFailure, RegistrationState,
 };
 pub use rng::Rng;
+pub use subscription::{
+    SubId, SubscribeSpec, SubscriptionEvent, SubscriptionReason, SubscriptionRole,
+    SubscriptionState,
+};
 pub use timers::{TimeoutReason, TimerKind, TimerOwner};

@@ -24,6 +24,8 @@ pub enum TimerOwner {
     Call(u32),
     /// The network change in progress.
     Mobility,
+    /// A subscription (RFC 6665), held or served.
+    Subscription(u32),
 }
 
 /// The RFC 3261 §17 timers, and the core's own.
@@ -76,6 +78,12 @@ pub enum TimerKind {
     /// Send a UDP keep-alive's STUN Binding request again (RFC 5389
     /// §7.2.1), until its answer or the pong timeout.
     StunRetransmit,
+    /// Refresh a subscription we hold (or subscribe again after
+    /// `retry-after`).
+    SubscriptionRefresh,
+    /// A served subscription expires; or no final NOTIFY came after our
+    /// unsubscribe.
+    SubscriptionExpiry,
 }
 
 /// Why the core asked to be woken up.

@@ -671,3 +671,55 @@ fn an_update_challenged_is_sent_again_with_the_next_cseq() {
         .iter()
         .any(|e| matches!(e, Event::Call(CallEvent::Answer { call: c, .. }) if *c == call)));
 }
+
+/// A SUBSCRIBE challenged is sent again with credentials and the next
+/// CSeq of its dialog: the refresh after it goes on counting from there
+/// (it reused the answered CSeq before, which the notifier refuses as
+/// old).
+#[test]
+fn a_subscribe_challenged_is_answered_and_its_refresh_counts_on() {
+    let (mut sim, ua, peer) = registered(|_| {}, None);
+    let spec = siproam_core::SubscribeSpec {
+        uri: "sip:bob@example.test".into(),
+        from: "sip:alice@example.test".into(),
+        event: "presence".into(),
+        expires: 600,
+        target: target(),
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(ua, |ep, now| ep.subscribe(now, spec))
+        .unwrap();
+    let s1 = recv(&mut sim, peer);
+    assert_eq!(s1.message.method(), Some(Method::Subscribe));
+    reply(
+        &mut sim,
+        peer,
+        &s1,
+        407,
+        &[(
+            "Proxy-Authenticate",
+            &challenge("example.test", "s1", false),
+        )],
+    );
+    let s2 = recv(&mut sim, peer);
+    assert_eq!(s2.message.method(), Some(Method::Subscribe));
+    assert_eq!(s2.message.cseq().seq, s1.message.cseq().seq + 1);
+    assert!(good(&proxy_creds(&s2.message)[0], "SUBSCRIBE", b""));
+    let resp = MessageBuilder::response_to(&s2.message, 200, "OK", Some("callee"))
+        .header("Contact", &format!("<sip:bob@{REG}:5060>"))
+        .header("Expires", "600")
+        .build()
+        .unwrap();
+    sim.peer_reply(peer, &s2, resp.to_bytes());
+    // the refresh, in the dialog, at 85 % of 600 s
+    let s3 = sim
+        .run_until_peer_receives(peer, Duration::from_secs(600))
+        .expect("a refresh");
+    assert_eq!(s3.message.method(), Some(Method::Subscribe));
+    assert!(
+        s3.message.cseq().seq > s2.message.cseq().seq,
+        "{} after {}",
+        s3.message.cseq().seq,
+        s2.message.cseq().seq
+    );
+}

@@ -16,6 +16,7 @@ pub mod netwatch;
 mod phone;
 pub mod random;
 pub mod resolve;
+mod subscribe;
 pub mod transport;
 
 pub use endpoint::{
@@ -30,3 +31,4 @@ pub use siproam_core::{
     AccountIpChange, IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use,
     RefreshFlags, UnknownIpv6Use,
 };
+pub use subscribe::SubscriptionCommand;

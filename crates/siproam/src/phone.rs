@@ -348,6 +348,8 @@ pub struct Phone {
     seed: u64,
     /// MESSAGEs sent and not answered yet: their peer, text and when.
     messages: HashMap<RequestId, (String, String, Instant)>,
+    /// The accounts registered now: our presence is open while any is.
+    registered: std::collections::HashSet<siproam_core::AccountId>,
 }
 
 impl std::fmt::Debug for Phone {
@@ -376,6 +378,7 @@ impl Phone {
             events: None,
             seed,
             messages: HashMap::new(),
+            registered: std::collections::HashSet::new(),
         }
     }
 
@@ -850,9 +853,14 @@ impl Application for Phone {
         now: Instant,
         cmd: AppCommand,
     ) -> Result<Option<CallId>, CommandError> {
-        let cmd = cmd
-            .downcast::<PhoneCommand>()
-            .map_err(|_| CommandError::Unsupported)?;
+        let cmd = match cmd.downcast::<PhoneCommand>() {
+            Ok(cmd) => cmd,
+            Err(other) => {
+                let cmd =
+                    crate::subscribe::downcast(other).map_err(|_| CommandError::Unsupported)?;
+                return crate::subscribe::perform(core, now, *cmd);
+            }
+        };
         Ok(self.handle_command(core, now, *cmd)?)
     }
 
@@ -890,6 +898,20 @@ impl Application for Phone {
             ),
             Event::IncomingCall { call, request } => {
                 self.incoming_call(core, now, *call, request.body());
+            }
+            // our presence (served to subscribers): open while registered
+            Event::Registration(r) => {
+                // (a refresh in progress changes nothing)
+                match r.state {
+                    siproam_core::RegistrationState::Registered => {
+                        self.registered.insert(r.account);
+                    }
+                    siproam_core::RegistrationState::Registering => {}
+                    _ => {
+                        self.registered.remove(&r.account);
+                    }
+                }
+                core.set_presence(now, !self.registered.is_empty());
             }
             // a network change moved the call: its media part
             Event::CallMoved {

@@ -177,6 +177,8 @@ impl Endpoint {
         run.step = Step::Retire;
         self.mobility.local_ip = Some(run.ip);
         let ip = run.ip;
+        // subscriptions follow like calls: refreshed with the new Contact
+        self.move_subscriptions(now, ip);
         let call_contact = SocketAddr::new(ip, run.port_for(Transport::Udp));
         let defaults = AccountIpChange::from_params(&run.params);
         for (call, state) in self.calls() {

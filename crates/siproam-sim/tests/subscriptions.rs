@@ -1,0 +1,696 @@
+//! Subscriptions (RFC 6665) in the simulator: two agents (presence open
+//! then closed, refresh, unsubscribe, expiry), a scripted notifier (a
+//! NOTIFY before the 2xx, forked NOTIFYs, 481, a malformed body) and a
+//! scripted subscriber (489, final NOTIFY on expiry and on a failed flow),
+//! and a subscription over a failed flow subscribing again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siproam_core::subscription::{BasicStatus, NotifyBody, Presence};
+use siproam_core::{
+    Config, Event, SubId, SubscribeSpec, SubscriptionEvent, SubscriptionReason, SubscriptionRole,
+    SubscriptionState, Target, Transport,
+};
+use siproam_sim::{NodeId, Received, Sim};
+use siproam_sip::{HeaderName, Message, MessageBuilder, Method};
+
+const ALICE: &str = "192.0.2.10";
+const BOB: &str = "192.0.2.20";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn bob_addr() -> SocketAddr {
+    SocketAddr::new(ip(BOB), 5060)
+}
+
+fn sim_with_peer_bob() -> (Sim, NodeId, NodeId) {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_peer("bob", &[ip(BOB)]);
+    (sim, alice, bob)
+}
+
+fn sim_with_agents() -> (Sim, NodeId, NodeId) {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        Config {
+            seed: 2,
+            ..Config::default()
+        },
+    );
+    (sim, alice, bob)
+}
+
+fn subscribe(sim: &mut Sim, alice: NodeId, event: &str, transport: Transport) -> SubId {
+    let spec = SubscribeSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        event: event.into(),
+        expires: 600,
+        target: Target {
+            transport,
+            remote: bob_addr(),
+            local: None,
+            server_name: None,
+        },
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(alice, |ep, now| ep.subscribe(now, spec))
+        .unwrap()
+}
+
+fn sub_events(sim: &mut Sim, node: NodeId) -> Vec<SubscriptionEvent> {
+    sim.take_events(node)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Subscription(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn presence_of(e: &SubscriptionEvent) -> Option<BasicStatus> {
+    match &e.body {
+        Some(NotifyBody::Presence(p)) => Some(p.status),
+        _ => None,
+    }
+}
+
+fn recv(sim: &mut Sim, peer: NodeId) -> Received {
+    sim.run_until_peer_receives(peer, Duration::from_secs(4000))
+        .expect("a message")
+}
+
+/// Bob's answer to a request Alice sent him.
+fn reply(sim: &mut Sim, bob: NodeId, to: &Received, code: u16, extra: &[(&str, &str)]) {
+    let mut b = MessageBuilder::response_to(&to.message, code, "X", Some("b1"));
+    for (n, v) in extra {
+        b = b.header(n, v);
+    }
+    sim.peer_reply(bob, to, b.build().unwrap().to_bytes());
+}
+
+/// A NOTIFY from the scripted Bob in the dialog of Alice's SUBSCRIBE
+/// `sub`, with `bob_tag` as his tag.
+fn notify(sub: &Message, bob_tag: &str, cseq: u32, state: &str, body: Option<&str>) -> Bytes {
+    let alice_from = sub.header(HeaderName::From).unwrap();
+    let mut b = MessageBuilder::request(Method::Notify, &format!("sip:alice@{ALICE}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {BOB}:5060;branch=z9hG4bKn{bob_tag}{cseq}"),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", &format!("<sip:bob@{BOB}>;tag={bob_tag}"))
+        .header("To", alice_from)
+        .header("Call-ID", sub.call_id())
+        .header("CSeq", &format!("{cseq} NOTIFY"))
+        .header("Contact", &format!("<sip:bob@{BOB}>"))
+        .header("Event", "presence")
+        .header("Subscription-State", state);
+    if let Some(body) = body {
+        b = b.body("application/pidf+xml", Bytes::from(body.to_owned()));
+    }
+    b.build().unwrap().to_bytes()
+}
+
+fn pidf(status: &str) -> String {
+    format!(
+        "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:bob@{BOB}\"><tuple id=\"t\"><status><basic>{status}</basic></status></tuple></presence>"
+    )
+}
+
+fn send_to_alice(sim: &mut Sim, bob: NodeId, bytes: Bytes) {
+    sim.peer_send(
+        bob,
+        bob_addr(),
+        SocketAddr::new(ip(ALICE), 5060),
+        Transport::Udp,
+        bytes,
+    );
+}
+
+fn subscribes_sent(sim: &Sim) -> usize {
+    sim.log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("SUBSCRIBE"))
+        .count()
+}
+
+#[test]
+fn a_presence_subscription_sees_open_then_closed_and_is_refreshed_before_expiry() {
+    let (mut sim, alice, bob) = sim_with_agents();
+    sim.with_endpoint(bob, |ep, now| ep.set_presence(now, true));
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert_eq!(evs[0].state, SubscriptionState::Pending);
+    assert_eq!(evs[1].sub, sub);
+    assert_eq!(evs[1].state, SubscriptionState::Active);
+    assert_eq!(presence_of(&evs[1]), Some(BasicStatus::Open));
+    assert_eq!(
+        evs[1].body,
+        Some(NotifyBody::Presence(Presence {
+            entity: format!("sip:bob@{BOB}"),
+            status: BasicStatus::Open
+        }))
+    );
+    let served = sub_events(&mut sim, bob);
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].role, SubscriptionRole::Notifier);
+    assert_eq!(served[0].peer, "sip:alice@example.test");
+
+    sim.with_endpoint(bob, |ep, now| ep.set_presence(now, false));
+    sim.run_for(Duration::from_millis(200));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].state, SubscriptionState::Active);
+    assert_eq!(presence_of(&evs[0]), Some(BasicStatus::Closed));
+
+    // granted 600 s: refreshed at 85 %, three times over half an hour,
+    // and never lapses at Bob (no final NOTIFY)
+    let before = subscribes_sent(&sim);
+    sim.run_for(Duration::from_secs(510 + 5));
+    assert_eq!(subscribes_sent(&sim) - before, 1, "one refresh by 515 s");
+    sim.run_for(Duration::from_secs(1800));
+    assert!(subscribes_sent(&sim) - before >= 3);
+    let evs = sub_events(&mut sim, alice);
+    assert!(!evs.is_empty(), "each refresh is followed by a NOTIFY");
+    assert!(evs.iter().all(|e| e.state == SubscriptionState::Active));
+    assert!(sub_events(&mut sim, bob).is_empty());
+    assert_eq!(
+        sim.endpoint(alice).subscriptions(),
+        [(sub, SubscriptionRole::Subscriber, SubscriptionState::Active)]
+    );
+}
+
+#[test]
+fn unsubscribing_ends_with_the_final_notify_on_both_sides() {
+    let (mut sim, alice, bob) = sim_with_agents();
+    let sub = subscribe(&mut sim, alice, "message-summary", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.last().unwrap().state, SubscriptionState::Active);
+    assert!(matches!(
+        evs.last().unwrap().body,
+        Some(NotifyBody::MessageSummary(ref s)) if !s.waiting
+    ));
+    sub_events(&mut sim, bob);
+    sim.with_endpoint(alice, |ep, now| ep.unsubscribe(now, sub))
+        .unwrap();
+    sim.run_for(Duration::from_millis(200));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].state, SubscriptionState::Terminated);
+    assert_eq!(evs[0].reason, Some(SubscriptionReason::Unsubscribed));
+    let served = sub_events(&mut sim, bob);
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].state, SubscriptionState::Terminated);
+    assert_eq!(served[0].reason, Some(SubscriptionReason::Timeout));
+    assert!(sim.endpoint(alice).subscriptions().is_empty());
+    assert!(sim.endpoint(bob).subscriptions().is_empty());
+}
+
+#[test]
+fn an_unknown_event_package_gets_489_and_ends_the_subscription() {
+    let (mut sim, alice, bob) = sim_with_agents();
+    subscribe(&mut sim, alice, "dialog", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs[1].state, SubscriptionState::Terminated);
+    assert_eq!(evs[1].reason, Some(SubscriptionReason::Refused(489)));
+    assert_eq!(evs[1].reason.as_ref().unwrap().text(), "bad_event");
+    assert!(sim
+        .log()
+        .iter()
+        .any(|e| e.first_line.starts_with("SIP/2.0 489")));
+    assert!(sim.endpoint(bob).subscriptions().is_empty());
+}
+
+#[test]
+fn a_served_subscription_expires_with_a_final_notify_terminated_timeout() {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let agent = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let peer = sim.add_peer("alice", &[ip(ALICE)]);
+    sim.with_endpoint(agent, |ep, now| ep.set_presence(now, true));
+    let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
+        .header("Via", &format!("SIP/2.0/UDP {ALICE}:5060;branch=z9hG4bKs1"))
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", &format!("<sip:bob@{BOB}>"))
+        .header("Call-ID", "sub1@alice")
+        .header("CSeq", "1 SUBSCRIBE")
+        .header("Contact", &format!("<sip:alice@{ALICE}>"))
+        .header("Event", "presence")
+        .header("Expires", "60")
+        .build()
+        .unwrap();
+    sim.peer_send(
+        peer,
+        SocketAddr::new(ip(ALICE), 5060),
+        bob_addr(),
+        Transport::Udp,
+        sub.to_bytes(),
+    );
+    let ok = recv(&mut sim, peer);
+    assert_eq!(ok.message.status(), Some(200));
+    assert_eq!(ok.message.header(HeaderName::Expires), Some("60"));
+    let first = recv(&mut sim, peer);
+    assert_eq!(first.message.method(), Some(Method::Notify));
+    assert!(first
+        .message
+        .header(HeaderName::SubscriptionState)
+        .unwrap()
+        .starts_with("active"));
+    assert!(String::from_utf8_lossy(first.message.body()).contains("<basic>open</basic>"));
+    reply(&mut sim, peer, &first, 200, &[]);
+    let last = recv(&mut sim, peer);
+    assert_eq!(last.message.method(), Some(Method::Notify));
+    assert_eq!(
+        last.message.header(HeaderName::SubscriptionState),
+        Some("terminated;reason=timeout")
+    );
+    assert!(last.at - first.at >= Duration::from_secs(59));
+    reply(&mut sim, peer, &last, 200, &[]);
+    assert!(sim.endpoint(agent).subscriptions().is_empty());
+}
+
+#[test]
+fn a_notify_before_the_2xx_makes_the_dialog_and_the_refresh_goes_in_it() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    assert_eq!(s.message.method(), Some(Method::Subscribe));
+    assert_eq!(s.message.header(HeaderName::Event), Some("presence"));
+    assert_eq!(s.message.header(HeaderName::Expires), Some("600"));
+    assert_eq!(
+        s.message.header(HeaderName::Accept),
+        Some("application/pidf+xml")
+    );
+    // the NOTIFY overtakes the 2xx
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(
+            &s.message,
+            "b1",
+            1,
+            "active;expires=300",
+            Some(&pidf("open")),
+        ),
+    );
+    let answer = recv(&mut sim, bob);
+    assert_eq!(answer.message.status(), Some(200));
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    sim.run_for(Duration::from_millis(100));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.last().unwrap().state, SubscriptionState::Active);
+    assert_eq!(presence_of(evs.last().unwrap()), Some(BasicStatus::Open));
+    // the NOTIFY's expires (300) is what the refresh follows, in the dialog
+    let refresh = recv(&mut sim, bob);
+    assert_eq!(refresh.message.method(), Some(Method::Subscribe));
+    assert_eq!(refresh.message.call_id(), s.message.call_id());
+    assert_eq!(refresh.message.to().unwrap().tag(), Some("b1"));
+    assert_eq!(refresh.message.cseq().seq, 2);
+    let start = sim.now() - sim.elapsed();
+    let at = refresh.at - start;
+    assert!(
+        at >= Duration::from_secs(250) && at <= Duration::from_secs(260),
+        "{at:?}"
+    );
+}
+
+#[test]
+fn a_notify_for_no_subscription_gets_481() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let fake = MessageBuilder::request(Method::Subscribe, "sip:x@example.test")
+        .header("Via", "SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKf")
+        .header("From", "<sip:alice@example.test>;tag=nope")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "unknown@x")
+        .header("CSeq", "1 SUBSCRIBE")
+        .build()
+        .unwrap();
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(&fake, "b9", 1, "active", Some(&pidf("open"))),
+    );
+    let r = recv(&mut sim, bob);
+    assert_eq!(r.message.status(), Some(481));
+    assert!(sub_events(&mut sim, alice).is_empty());
+}
+
+#[test]
+fn forked_notifies_keep_the_first_dialog_and_end_the_others_with_481() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(&s.message, "fork1", 1, "active", Some(&pidf("open"))),
+    );
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(200));
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(&s.message, "fork2", 1, "active", Some(&pidf("closed"))),
+    );
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(481));
+    let evs = sub_events(&mut sim, alice);
+    let active: Vec<_> = evs
+        .iter()
+        .filter(|e| e.state == SubscriptionState::Active)
+        .collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].sub, sub);
+    assert_eq!(presence_of(active[0]), Some(BasicStatus::Open));
+}
+
+#[test]
+fn a_final_notify_reports_its_reason_and_retry_after_and_a_malformed_body_is_refused() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(&s.message, "b1", 1, "active", Some("<presence><basic>")),
+    );
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(400));
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(
+            &s.message,
+            "b1",
+            2,
+            "terminated;reason=rejected;retry-after=90",
+            None,
+        ),
+    );
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(200));
+    sim.run_for(Duration::from_millis(50));
+    let evs = sub_events(&mut sim, alice);
+    assert!(matches!(
+        evs[1].reason,
+        Some(SubscriptionReason::MalformedBody(_))
+    ));
+    let last = evs.last().unwrap();
+    assert_eq!(last.sub, sub);
+    assert_eq!(last.state, SubscriptionState::Terminated);
+    assert_eq!(last.reason, Some(SubscriptionReason::Rejected));
+    assert_eq!(last.retry_after, Some(90));
+    assert!(sim.endpoint(alice).subscriptions().is_empty());
+}
+
+#[test]
+fn a_deactivated_subscription_subscribes_again_at_once_in_a_new_dialog() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(&s.message, "b1", 1, "terminated;reason=deactivated", None),
+    );
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(200));
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_ne!(again.message.call_id(), s.message.call_id());
+    assert_eq!(again.message.to().unwrap().tag(), None);
+}
+
+#[test]
+fn a_subscription_over_a_failed_flow_subscribes_again_at_once_over_a_new_one() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Tcp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    sim.run_for(Duration::from_millis(100));
+    sub_events(&mut sim, alice);
+    let conn = s.conn.expect("a TCP connection");
+    sim.peer_close(conn);
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_ne!(again.conn, Some(conn), "over a new connection");
+    assert_ne!(again.message.call_id(), s.message.call_id());
+    let evs = sub_events(&mut sim, alice);
+    assert!(evs.iter().any(|e| e.sub == sub
+        && e.state == SubscriptionState::Pending
+        && e.reason == Some(SubscriptionReason::FlowFailed)));
+}
+
+#[test]
+fn a_served_subscription_over_a_failed_flow_ends_with_a_final_notify() {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let agent = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let peer = sim.add_peer("alice", &[ip(ALICE)]);
+    let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB};transport=tcp"))
+        .header("Via", &format!("SIP/2.0/TCP {ALICE}:5060;branch=z9hG4bKs1"))
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", &format!("<sip:bob@{BOB}>"))
+        .header("Call-ID", "sub2@alice")
+        .header("CSeq", "1 SUBSCRIBE")
+        .header(
+            "Contact",
+            &format!("<sip:alice@{ALICE}:5060;transport=tcp>"),
+        )
+        .header("Event", "presence")
+        .build()
+        .unwrap();
+    sim.peer_send(
+        peer,
+        SocketAddr::new(ip(ALICE), 40000),
+        bob_addr(),
+        Transport::Tcp,
+        sub.to_bytes(),
+    );
+    let ok = recv(&mut sim, peer);
+    assert_eq!(ok.message.status(), Some(200));
+    let first = recv(&mut sim, peer);
+    assert_eq!(first.message.method(), Some(Method::Notify));
+    reply(&mut sim, peer, &first, 200, &[]);
+    sim.run_for(Duration::from_millis(50));
+    sim.peer_close(ok.conn.unwrap());
+    let last = recv(&mut sim, peer);
+    assert_eq!(last.message.method(), Some(Method::Notify));
+    assert_eq!(
+        last.message.header(HeaderName::SubscriptionState),
+        Some("terminated;reason=deactivated")
+    );
+    assert_eq!(last.to, SocketAddr::new(ip(ALICE), 5060), "to its Contact");
+    let evs = sub_events(&mut sim, agent);
+    assert_eq!(evs.last().unwrap().state, SubscriptionState::Terminated);
+    assert_eq!(
+        evs.last().unwrap().reason,
+        Some(SubscriptionReason::Deactivated)
+    );
+}
+
+#[test]
+fn after_an_address_change_the_subscription_is_refreshed_with_the_new_contact() {
+    const NEW: &str = "192.0.2.11";
+    let mut sim = Sim::new(Instant::now(), 5);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE), ip(NEW)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_endpoint(
+        "bob",
+        &[ip(BOB)],
+        Config {
+            seed: 2,
+            ..Config::default()
+        },
+    );
+    sim.with_endpoint(bob, |ep, now| ep.set_presence(now, true));
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    sub_events(&mut sim, alice);
+    let mark = sim.log().len();
+    sim.ip_change(alice, siproam_core::IpChangeParams::new(ip(NEW)));
+    sim.run_for(Duration::from_millis(200));
+    let refresh = sim
+        .log()
+        .iter()
+        .skip(mark)
+        .find(|e| e.first_line.starts_with("SUBSCRIBE"))
+        .expect("a refresh after the change")
+        .clone();
+    assert_eq!(refresh.from.ip(), ip(NEW));
+    // Bob's NOTIFYs now go to the new Contact
+    sim.with_endpoint(bob, |ep, now| ep.set_presence(now, false));
+    sim.run_for(Duration::from_millis(200));
+    let notify = sim
+        .log()
+        .iter()
+        .rev()
+        .find(|e| e.first_line.starts_with("NOTIFY"))
+        .unwrap()
+        .clone();
+    assert_eq!(notify.to.ip(), ip(NEW));
+    let evs = sub_events(&mut sim, alice);
+    let last = evs.last().unwrap();
+    assert_eq!(last.sub, sub);
+    assert_eq!(last.state, SubscriptionState::Active);
+    assert_eq!(presence_of(last), Some(BasicStatus::Closed));
+}
+
+#[test]
+fn a_423_is_retried_once_with_the_min_expires() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 423, &[("Min-Expires", "1200")]);
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_eq!(again.message.header(HeaderName::Expires), Some("1200"));
+    reply(&mut sim, bob, &again, 423, &[("Min-Expires", "2400")]);
+    sim.run_for(Duration::from_millis(100));
+    let evs = sub_events(&mut sim, alice);
+    assert_eq!(evs.last().unwrap().state, SubscriptionState::Terminated);
+    assert_eq!(
+        evs.last().unwrap().reason,
+        Some(SubscriptionReason::Refused(423))
+    );
+}
+
+#[test]
+fn probation_subscribes_again_after_retry_after() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(
+            &s.message,
+            "b1",
+            1,
+            "terminated;reason=probation;retry-after=40",
+            None,
+        ),
+    );
+    let ok = recv(&mut sim, bob);
+    assert_eq!(ok.message.status(), Some(200));
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_ne!(again.message.call_id(), s.message.call_id());
+    let waited = again.at - ok.at;
+    assert!(
+        waited >= Duration::from_secs(40) && waited < Duration::from_secs(41),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn broken_notifies_get_clear_answers_and_change_nothing() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    // no Subscription-State: 400
+    let mut cseq = 1;
+    let without = {
+        let m =
+            siproam_sip::Message::parse(notify(&s.message, "b1", cseq, "active", None)).unwrap();
+        let mut m = m;
+        m.remove_header("Subscription-State").unwrap();
+        m.to_bytes()
+    };
+    send_to_alice(&mut sim, bob, without);
+    assert_eq!(recv(&mut sim, bob).message.status(), Some(400));
+    // a body type the package does not take: 415 with Accept
+    cseq += 1;
+    let mut m =
+        siproam_sip::Message::parse(notify(&s.message, "b1", cseq, "active", None)).unwrap();
+    m.set_body(Bytes::from_static(b"<x/>"), Some("application/xpidf+xml"))
+        .unwrap();
+    send_to_alice(&mut sim, bob, m.to_bytes());
+    let r = recv(&mut sim, bob);
+    assert_eq!(r.message.status(), Some(415));
+    assert_eq!(
+        r.message.header(HeaderName::Accept),
+        Some("application/pidf+xml")
+    );
+    // garbage bodies of every shape: 400, never a panic
+    for garbage in [
+        &b"\xff\xfe\x00"[..],
+        b"<presence entity=",
+        b"<presence entity=\"x\"><basic>",
+        b"<<<<>>>>",
+        b"",
+    ] {
+        cseq += 1;
+        let mut m =
+            siproam_sip::Message::parse(notify(&s.message, "b1", cseq, "active", None)).unwrap();
+        m.set_body(
+            Bytes::copy_from_slice(garbage),
+            Some("application/pidf+xml"),
+        )
+        .unwrap();
+        send_to_alice(&mut sim, bob, m.to_bytes());
+        let code = recv(&mut sim, bob).message.status();
+        let want = if garbage.is_empty() { 200 } else { 400 };
+        assert_eq!(code, Some(want), "{garbage:?}");
+    }
+    // still there
+    assert_eq!(sim.endpoint(alice).subscriptions().len(), 1);
+    assert_eq!(sim.endpoint(alice).subscriptions()[0].0, sub);
+}
+
+#[test]
+fn with_the_ignore_policy_a_subscribe_lost_with_its_flow_is_tried_again_later() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    sim.endpoint(alice)
+        .set_flow_failure_policy(siproam_core::FlowFailurePolicy {
+            client_subscription: siproam_core::ClientSubscriptionRecovery::Ignore,
+            ..Default::default()
+        });
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Tcp);
+    let s = recv(&mut sim, bob);
+    // no answer: the connection closes under the SUBSCRIBE
+    sim.peer_close(s.conn.unwrap());
+    let again = recv(&mut sim, bob);
+    assert_eq!(again.message.method(), Some(Method::Subscribe));
+    assert_eq!(again.message.call_id(), s.message.call_id(), "same dialog");
+    assert!(again.at - s.at >= Duration::from_secs(30));
+    let evs = sub_events(&mut sim, alice);
+    assert!(evs
+        .iter()
+        .all(|e| e.sub == sub && e.state == SubscriptionState::Pending));
+}

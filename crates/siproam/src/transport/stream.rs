@@ -426,6 +426,41 @@ pub(super) async fn accepted(
     }
 }
 
+/// A connection's stream, split into what its task reads and what it
+/// writes: a TCP stream by reference (no allocation), a TLS stream by
+/// `tokio::io::split` (its two directions share one session).
+pub(super) trait Halves: AsyncRead + AsyncWrite + Send + 'static {
+    type Rd<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Wr<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>);
+}
+
+impl Halves for TcpStream {
+    type Rd<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Wr<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        self.split()
+    }
+}
+
+macro_rules! tls_halves {
+    ($tls:ty) => {
+        impl Halves for $tls {
+            type Rd<'a> = tokio::io::ReadHalf<&'a mut $tls>;
+            type Wr<'a> = tokio::io::WriteHalf<&'a mut $tls>;
+            fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+                tokio::io::split(self)
+            }
+        }
+    };
+}
+tls_halves!(tokio_rustls::client::TlsStream<TcpStream>);
+tls_halves!(tokio_rustls::server::TlsStream<TcpStream>);
+
 /// Registers a connection and spawns its task.
 #[allow(clippy::too_many_arguments)]
 fn start<S>(
@@ -440,7 +475,7 @@ fn start<S>(
     conn: Arc<ConnShared>,
 ) -> (ConnectionInfo, Arc<SendQueue>)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: Halves,
 {
     let info = ConnectionInfo {
         id: ConnectionId(shared.next_id()),
@@ -470,14 +505,14 @@ where
 /// reports the close (its deadlines are the sweeper's).
 async fn drive<S>(
     shared: Arc<Shared>,
-    stream: S,
+    mut stream: S,
     info: ConnectionInfo,
     tx: Arc<SendQueue>,
     conn: Arc<ConnShared>,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: Halves,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut rd, mut wr) = stream.halves();
     if let Some(wait) = shared.emit(TransportEvent::ConnectionOpened { info }) {
         tokio::select! {
             () = wait => {}
@@ -509,6 +544,7 @@ async fn drive<S>(
         let _ = tokio::time::timeout(CLOSE_GRACE, wr.shutdown()).await;
     }
     drop((rd, wr));
+    drop(stream);
     tracing::debug!(connection = %info.id, %reason, "connection closed");
     if let Some(wait) = shared.emit(TransportEvent::ConnectionClosed { info, reason }) {
         wait.await;

@@ -497,47 +497,53 @@ where
     );
     tracing::debug!(connection = %info.id, %transport, ?direction, "connection opened");
     super::start_sweeper(shared);
-    tokio::spawn(drive(shared.clone(), stream, info, tx.clone(), conn));
+    // one reference to all of it for the read and write loops, so their
+    // futures (held by every connection) carry one pointer, not four
+    let task = Task {
+        shared: shared.clone(),
+        info,
+        tx: tx.clone(),
+        conn,
+    };
+    tokio::spawn(drive(stream, task));
     (info, tx)
 }
 
 /// A connection's task: reads and frames, writes what is queued, and
 /// reports the close (its deadlines are the sweeper's).
-async fn drive<S>(
-    shared: Arc<Shared>,
-    mut stream: S,
-    info: ConnectionInfo,
-    tx: Arc<SendQueue>,
-    conn: Arc<ConnShared>,
-) where
+async fn drive<S>(mut stream: S, t: Task)
+where
     S: Halves,
 {
     let (mut rd, mut wr) = stream.halves();
-    if let Some(wait) = shared.emit(TransportEvent::ConnectionOpened { info }) {
+    if let Some(wait) = t
+        .shared
+        .emit(TransportEvent::ConnectionOpened { info: t.info })
+    {
         tokio::select! {
             () = wait => {}
-            () = conn.token.cancelled() => {}
+            () = t.conn.token.cancelled() => {}
         }
     }
     let reason = tokio::select! {
-        r = read_loop(&shared, &info, &mut rd, &tx, &conn) => r,
-        r = write_loop(&shared, &mut wr, &tx, &conn) => r,
-        () = conn.token.cancelled() => conn.take_reason().unwrap_or(CloseReason::Stopped),
+        r = read_loop(&t, &mut rd) => r,
+        r = write_loop(&t, &mut wr) => r,
+        () = t.conn.token.cancelled() => t.conn.take_reason().unwrap_or(CloseReason::Stopped),
     };
     // no sender may pick it any more
-    conn.token.cancel();
-    shared.remove_connection(info.id);
-    if conn.incoming {
-        shared.forget_unproven(conn.seq);
+    t.conn.token.cancel();
+    t.shared.remove_connection(t.info.id);
+    if t.conn.incoming {
+        t.shared.forget_unproven(t.conn.seq);
     }
-    conn.release();
+    t.conn.release();
     // senders now get `Closed`; what was queued is dropped
-    tx.close();
+    t.tx.close();
     if matches!(
         reason,
         CloseReason::FirstMessageTimeout | CloseReason::MessageTimeout
     ) {
-        tracing::debug!(connection = %info.id, peer = %info.remote.ip(), %reason, "connection too slow");
+        tracing::debug!(connection = %t.info.id, peer = %t.info.remote.ip(), %reason, "connection too slow");
     }
     if !matches!(reason, CloseReason::Reset | CloseReason::Io(_)) {
         // FIN (and close_notify): let the peer see an orderly close
@@ -545,27 +551,32 @@ async fn drive<S>(
     }
     drop((rd, wr));
     drop(stream);
-    tracing::debug!(connection = %info.id, %reason, "connection closed");
-    if let Some(wait) = shared.emit(TransportEvent::ConnectionClosed { info, reason }) {
+    tracing::debug!(connection = %t.info.id, %reason, "connection closed");
+    if let Some(wait) = t.shared.emit(TransportEvent::ConnectionClosed {
+        info: t.info,
+        reason,
+    }) {
         wait.await;
-    }
+    };
 }
 
-async fn read_loop<R>(
-    shared: &Shared,
-    info: &ConnectionInfo,
-    rd: &mut R,
-    tx: &SendQueue,
-    conn: &ConnShared,
-) -> CloseReason
+/// What a connection's read and write loops use.
+struct Task {
+    shared: Arc<Shared>,
+    info: ConnectionInfo,
+    tx: Arc<SendQueue>,
+    conn: Arc<ConnShared>,
+}
+
+async fn read_loop<R>(t: &Task, rd: &mut R) -> CloseReason
 where
     R: AsyncRead + Unpin,
 {
-    let side = match info.direction {
+    let side = match t.info.direction {
         ConnectionDirection::Outgoing => Side::Client,
         ConnectionDirection::Incoming => Side::Server,
     };
-    let mut framer = StreamFramer::new(side, shared.limits);
+    let mut framer = StreamFramer::new(side, t.shared.limits);
     let mut ping_reported: Option<tokio::time::Instant> = None;
     loop {
         match read_into(rd, &mut framer).await {
@@ -579,77 +590,72 @@ where
                 Ok(None) => break,
                 Ok(Some(Frame::Message(bytes))) => {
                     finished = true;
-                    conn.carried(shared);
-                    if let Some(wait) = shared.emit(TransportEvent::Received {
-                        transport: info.transport,
-                        local: info.local,
-                        remote: info.remote,
-                        connection: Some(info.id),
+                    t.conn.carried(&t.shared);
+                    if let Some(wait) = t.shared.emit(TransportEvent::Received {
+                        transport: t.info.transport,
+                        local: t.info.local,
+                        remote: t.info.remote,
+                        connection: Some(t.info.id),
                         bytes,
                     }) {
                         wait.await;
                     }
                 }
                 Ok(Some(Frame::Ping)) => {
-                    conn.keepalive();
-                    if tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
-                        tracing::debug!(connection = %info.id, "send queue full; pong skipped");
+                    t.conn.keepalive();
+                    if t.tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
+                        tracing::debug!(connection = %t.info.id, "send queue full; pong skipped");
                     }
                     // the flow's keep-alive, for whoever keeps flows alive
                     // by what arrives (an edge proxy's clean-up): at most
                     // one report per interval, whatever a peer floods
-                    if shared.report_pings
-                        && conn.has_carried_sip()
+                    if t.shared.report_pings
+                        && t.conn.has_carried_sip()
                         && ping_reported
                             .is_none_or(|t| t.elapsed() >= crate::transport::PING_REPORT_INTERVAL)
                     {
                         ping_reported = Some(tokio::time::Instant::now());
-                        if let Some(wait) = shared.emit(TransportEvent::PingReceived {
-                            connection: info.id,
+                        if let Some(wait) = t.shared.emit(TransportEvent::PingReceived {
+                            connection: t.info.id,
                         }) {
                             wait.await;
                         }
                     }
                 }
                 Ok(Some(Frame::Pong)) => {
-                    conn.keepalive();
-                    if let Some(wait) = shared.emit(TransportEvent::PongReceived {
-                        connection: info.id,
+                    t.conn.keepalive();
+                    if let Some(wait) = t.shared.emit(TransportEvent::PongReceived {
+                        connection: t.info.id,
                     }) {
                         wait.await;
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(connection = %info.id, error = %e, "framing error");
+                    tracing::debug!(connection = %t.info.id, error = %e, "framing error");
                     return CloseReason::Framing(e);
                 }
             }
         }
-        conn.set_mid_message(framer.mid_message(), finished);
+        t.conn.set_mid_message(framer.mid_message(), finished);
     }
 }
 
-async fn write_loop<W>(
-    shared: &Shared,
-    wr: &mut W,
-    rx: &SendQueue,
-    conn: &ConnShared,
-) -> CloseReason
+async fn write_loop<W>(t: &Task, wr: &mut W) -> CloseReason
 where
     W: AsyncWrite + Unpin,
 {
-    while let Some(bytes) = rx.recv().await {
+    while let Some(bytes) = t.tx.recv().await {
         if let Err(e) = wr.write_all(&bytes).await {
             return io_reason(&e);
         }
-        if rx.is_empty() {
+        if t.tx.is_empty() {
             if let Err(e) = wr.flush().await {
                 return io_reason(&e);
             }
         }
         // a SIP message counts, a ping or pong (only CR and LF) does not
         if !bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-            conn.carried(shared);
+            t.conn.carried(&t.shared);
         }
     }
     CloseReason::Closed
@@ -659,11 +665,14 @@ where
 /// bytes read, 0 at the end of the stream. The bytes go through a buffer
 /// on the stack of the poll that gets them (a pending read has written
 /// none), so the wait holds no buffer.
-async fn read_into<R>(rd: &mut R, framer: &mut StreamFramer) -> io::Result<usize>
+fn read_into<'a, R>(
+    rd: &'a mut R,
+    framer: &'a mut StreamFramer,
+) -> impl std::future::Future<Output = io::Result<usize>> + 'a
 where
     R: AsyncRead + Unpin,
 {
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
@@ -675,7 +684,6 @@ where
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
     })
-    .await
 }
 
 fn io_reason(e: &io::Error) -> CloseReason {

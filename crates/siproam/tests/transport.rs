@@ -400,9 +400,8 @@ fn big_sip(tag: &str, size: usize) -> Bytes {
     ))
 }
 
-/// The read buffer starts small and grows on full reads: messages far
-/// larger than it (and than its largest size), small ones and pings in
-/// the same write, all framed whole and in order.
+/// Reads come at most 16 KiB at a time: messages far larger than that,
+/// small ones and pings in the same write, all framed whole and in order.
 #[tokio::test]
 async fn large_messages_between_small_ones_and_pings_framed_whole() {
     let (b, mut eb) = manager(TransportConfig::default());

@@ -155,6 +155,7 @@ impl StreamFramer {
         if self.buf.starts_with(b"\r\n") {
             if self.buf.starts_with(b"\r\n\r\n") {
                 let _ = self.buf.split_to(4);
+                self.release_if_empty();
                 return Ok(Some(Frame::Ping));
             }
             match (self.side, self.buf.get(2)) {
@@ -162,6 +163,7 @@ impl StreamFramer {
                 (Side::Server, None) => return Ok(None),
                 _ => {
                     let _ = self.buf.split_to(2);
+                    self.release_if_empty();
                     return Ok(Some(Frame::Pong));
                 }
             }
@@ -192,7 +194,18 @@ impl StreamFramer {
         self.scanned = 0;
         self.line_start = 0;
         self.pending = None;
-        Some(Frame::Message(self.buf.split_to(total).freeze()))
+        let message = self.buf.split_to(total).freeze();
+        self.release_if_empty();
+        Some(Frame::Message(message))
+    }
+
+    /// With nothing buffered, lets go of the buffer: what is left of it
+    /// would otherwise keep the last message's allocation (shared with the
+    /// message) for as long as the connection waits for the next one.
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Scans the bytes not seen yet for the empty line (CRLF or bare LF)
@@ -366,6 +379,24 @@ mod tests {
             f.examined,
             msg.len()
         );
+    }
+
+    #[test]
+    fn an_idle_framer_holds_no_buffer() {
+        // the message comes in pieces (as reads bring it), then a ping
+        let mut f = StreamFramer::new(Side::Server, Limits::default());
+        for piece in MSG.chunks(64) {
+            f.push(piece);
+        }
+        let message = f.next_frame();
+        assert!(matches!(message, Ok(Some(Frame::Message(_)))));
+        // the message lives on elsewhere; the framer keeps none of its
+        // buffer for the next one
+        assert_eq!(f.buf.capacity(), 0);
+        f.push(b"\r\n\r\n");
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Ping)));
+        assert_eq!(f.buf.capacity(), 0);
+        drop(message);
     }
 
     #[test]

@@ -53,7 +53,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -514,7 +515,67 @@ pub(crate) struct Shared {
     refused_log: LogLimiter,
     evicted_log: LogLimiter,
     tls_log: LogLimiter,
+    /// Whether the deadline sweeper runs (see [`start_sweeper`]).
+    sweeper_started: AtomicBool,
     state: Mutex<State>,
+}
+
+/// The wait for room in the event queue (see [`Shared::emit`]).
+type EmitWait<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// How often the sweeper looks for connections past a deadline (or a
+/// quarter of the shortest deadline, when that is shorter): a connection
+/// closes at most this late.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Connections the sweeper checks before it lets other tasks run.
+const SWEEP_CHUNK: usize = 512;
+
+/// Starts the manager's deadline sweeper, once (with the first
+/// connection; a manager without deadlines needs none): one task that
+/// scans the connections every [`SWEEP_INTERVAL`] and closes those past
+/// their first-message, message or idle deadline, rather than a timer in
+/// every connection. It ends when the manager stops.
+fn start_sweeper(shared: &Arc<Shared>) {
+    let d = shared.deadlines;
+    let Some(shortest) = [d.idle, d.first_message, d.message]
+        .into_iter()
+        .flatten()
+        .min()
+    else {
+        return;
+    };
+    if shared.sweeper_started.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let period = SWEEP_INTERVAL
+        .min(shortest / 4)
+        .max(Duration::from_millis(1));
+    let weak = Arc::downgrade(shared);
+    let stop = shared.stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = tokio::time::Instant::now();
+            let mut after = None;
+            loop {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                after = shared.sweep(after, now);
+                drop(shared);
+                if after.is_none() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
 }
 
 /// How often at most a kind of refusal (connection refused, evicted, TLS
@@ -612,24 +673,48 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends an event; waits while the queue is full, gives up when the
-    /// manager stops or nobody listens.
-    async fn emit(&self, event: TransportEvent) {
-        // most of the time there is room: no future to hold. Waiting for
-        // room is boxed, so the task of every connection (each holds an
-        // `emit` in its state) does not carry that future's size.
+    /// Sends an event if there is room now; else the wait for room (until
+    /// the manager stops or nobody listens), boxed, so the task of every
+    /// connection (each holds an `emit` in its state) does not carry that
+    /// future's size, nor the event's.
+    fn emit(&self, event: TransportEvent) -> Option<EmitWait<'_>> {
         let event = match self.events.try_send(event) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Ok(()) => return None,
+            Err(mpsc::error::TrySendError::Closed(_)) => return None,
             Err(mpsc::error::TrySendError::Full(event)) => event,
         };
-        Box::pin(async {
+        Some(Box::pin(async {
             tokio::select! {
                 _ = self.events.send(event) => {}
                 () = self.stop.cancelled() => {}
             }
-        })
-        .await;
+        }))
+    }
+
+    /// Closes every connection a deadline of which has passed: the
+    /// connections in order of their id, at most [`SWEEP_CHUNK`] after
+    /// `after`; where to go on from, `None` when the table is done.
+    fn sweep(&self, after: Option<ConnectionId>, now: Instant) -> Option<ConnectionId> {
+        let mut overdue = Vec::new();
+        let mut last = None;
+        {
+            let state = self.state();
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for (id, entry) in state
+                .connections
+                .range((from, Bound::Unbounded))
+                .take(SWEEP_CHUNK)
+            {
+                last = Some(*id);
+                if let Some(reason) = entry.shared.overdue(&self.deadlines, now) {
+                    overdue.push((entry.shared.clone(), reason));
+                }
+            }
+        }
+        for (conn, reason) in overdue {
+            conn.close(reason);
+        }
+        last
     }
 
     fn remove_connection(&self, id: ConnectionId) {
@@ -829,6 +914,7 @@ impl TransportManager {
             refused_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             evicted_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
             tls_log: LogLimiter::new(REFUSAL_LOG_INTERVAL),
+            sweeper_started: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         });
         (

@@ -400,9 +400,8 @@ fn big_sip(tag: &str, size: usize) -> Bytes {
     ))
 }
 
-/// The read buffer starts small and grows on full reads: messages far
-/// larger than it (and than its largest size), small ones and pings in
-/// the same write, all framed whole and in order.
+/// Reads come at most 16 KiB at a time: messages far larger than that,
+/// small ones and pings in the same write, all framed whole and in order.
 #[tokio::test]
 async fn large_messages_between_small_ones_and_pings_framed_whole() {
     let (b, mut eb) = manager(TransportConfig::default());
@@ -1024,6 +1023,70 @@ async fn a_partial_message_must_complete_within_the_message_timeout() {
         closed(&mut eb, id.unwrap()).await,
         CloseReason::MessageTimeout
     );
+}
+
+/// The manager's deadline sweeper closes each kind of overdue connection
+/// with its reason — no first message, a message left unfinished, idle —
+/// leaves a pinned one alone, and ends with the manager (no task left).
+#[tokio::test]
+async fn the_sweeper_closes_each_kind_of_overdue_connection_and_stops_with_the_manager() {
+    let (b, mut eb) = manager(TransportConfig {
+        idle_timeout: Some(Duration::from_millis(1500)),
+        first_message_timeout: Some(Duration::from_millis(200)),
+        message_timeout: Some(Duration::from_millis(200)),
+        ..TransportConfig::default()
+    });
+    let lb = b.listen(Transport::Tcp, lo(1)).await.unwrap();
+    // silent from the start
+    let _silent = raw_from(lo(18), lb.local).await;
+    let (silent, _) = opened(&mut eb).await;
+    // a whole message, then part of one
+    let mut partial = raw_from(lo(19), lb.local).await;
+    partial.write_all(&sip("whole")).await.unwrap();
+    let partial_id = received(&mut eb).await.0.unwrap();
+    partial.write_all(&sip("unfinished")[..40]).await.unwrap();
+    // a whole message, then nothing
+    let mut idle = raw_from(lo(20), lb.local).await;
+    idle.write_all(&sip("idle")).await.unwrap();
+    let idle_id = received(&mut eb).await.0.unwrap();
+    // the same, pinned
+    let mut pinned = raw_from(lo(21), lb.local).await;
+    pinned.write_all(&sip("pinned")).await.unwrap();
+    let pinned_id = received(&mut eb).await.0.unwrap();
+    assert!(b.set_pinned(pinned_id, true));
+
+    let mut reasons = std::collections::HashMap::new();
+    timeout(WAIT, async {
+        while reasons.len() < 3 {
+            match eb.recv().await.expect("event stream ended") {
+                TransportEvent::ConnectionClosed { info, reason } => {
+                    reasons.insert(info.id, reason);
+                }
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("three connections closed");
+    assert_eq!(
+        reasons.get(&silent),
+        Some(&CloseReason::FirstMessageTimeout)
+    );
+    assert_eq!(reasons.get(&partial_id), Some(&CloseReason::MessageTimeout));
+    assert_eq!(reasons.get(&idle_id), Some(&CloseReason::Idle));
+    assert!(!reasons.contains_key(&pinned_id));
+    assert!(b.connections().iter().any(|c| c.id == pinned_id));
+
+    // the manager gone, every task it started ends: the sweeper too
+    drop((b, eb));
+    let metrics = tokio::runtime::Handle::current().metrics();
+    timeout(WAIT, async {
+        while metrics.num_alive_tasks() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every task of the manager ended");
 }
 
 #[tokio::test]

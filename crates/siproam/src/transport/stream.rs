@@ -1,9 +1,12 @@
 //! TCP and TLS connections: opening, accepting, and the task that drives
-//! each one (framing, keep-alive answers, the idle, first-message and
-//! message deadlines).
+//! each one (framing, keep-alive answers); the idle, first-message and
+//! message deadlines each connection keeps, which the manager's sweeper
+//! checks ([`super::Shared::sweep`]).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,9 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rustls_pki_types::ServerName;
 use siproam_sip::{Frame, Side, StreamFramer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,14 +26,10 @@ use super::{
     TransportEvent,
 };
 
-/// Most bytes read from a stream at a time.
+/// Most bytes read from a stream at a time. They are read into a buffer
+/// on the stack of the poll that reads them and handed to the framer at
+/// once: a connection waiting for bytes holds no read buffer.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// The read buffer of an idle connection: a keep-alive (four bytes) fits,
-/// and a connection waiting for its next message holds no more. A read
-/// that fills the buffer doubles it, up to [`READ_CHUNK`]; a read that
-/// used less than a quarter of it gives it back down to this.
-const READ_MIN: usize = 64;
 
 /// How long a closing connection may take to send its FIN (and TLS
 /// close_notify).
@@ -75,8 +73,6 @@ pub(super) struct ConnShared {
     /// received, or [`NO_MESSAGE`].
     message_started: AtomicU64,
     base: Instant,
-    /// Wakes the deadline watch when a deadline may have come closer.
-    wake: Notify,
     /// Its place in the table; taken away when it is evicted.
     slot: Mutex<Option<StreamSlot>>,
     /// Its count for its source address (incoming connections).
@@ -101,7 +97,6 @@ impl ConnShared {
             last_activity: AtomicU64::new(0),
             message_started: AtomicU64::new(NO_MESSAGE),
             base: Instant::now(),
-            wake: Notify::new(),
             slot: Mutex::new(slot),
             source: Mutex::new(source),
         }
@@ -160,8 +155,16 @@ impl ConnShared {
         } else if restart || self.message_started.load(Ordering::Relaxed) == NO_MESSAGE {
             self.message_started
                 .store(self.since_base(), Ordering::Relaxed);
-            self.wake.notify_one();
         }
+    }
+
+    /// The deadline that has passed at `now`, if one has: what the
+    /// manager's sweeper closes the connection for. Each is computed from
+    /// the shared state when asked, so bytes that do not count never push
+    /// one back.
+    pub(super) fn overdue(&self, d: &Deadlines, now: Instant) -> Option<CloseReason> {
+        self.next_deadline(d)
+            .and_then(|(at, reason)| (now >= at).then_some(reason))
     }
 
     /// The nearest deadline and what happens then.
@@ -206,7 +209,6 @@ impl ConnShared {
 
     pub(super) fn set_pinned(&self, pinned: bool) {
         self.pinned.store(pinned, Ordering::Relaxed);
-        self.wake.notify_one();
     }
 
     fn take_reason(&self) -> Option<CloseReason> {
@@ -424,6 +426,41 @@ pub(super) async fn accepted(
     }
 }
 
+/// A connection's stream, split into what its task reads and what it
+/// writes: a TCP stream by reference (no allocation), a TLS stream by
+/// `tokio::io::split` (its two directions share one session).
+pub(super) trait Halves: AsyncRead + AsyncWrite + Send + 'static {
+    type Rd<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Wr<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>);
+}
+
+impl Halves for TcpStream {
+    type Rd<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Wr<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        self.split()
+    }
+}
+
+macro_rules! tls_halves {
+    ($tls:ty) => {
+        impl Halves for $tls {
+            type Rd<'a> = tokio::io::ReadHalf<&'a mut $tls>;
+            type Wr<'a> = tokio::io::WriteHalf<&'a mut $tls>;
+            fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+                tokio::io::split(self)
+            }
+        }
+    };
+}
+tls_halves!(tokio_rustls::client::TlsStream<TcpStream>);
+tls_halves!(tokio_rustls::server::TlsStream<TcpStream>);
+
 /// Registers a connection and spawns its task.
 #[allow(clippy::too_many_arguments)]
 fn start<S>(
@@ -438,7 +475,7 @@ fn start<S>(
     conn: Arc<ConnShared>,
 ) -> (ConnectionInfo, Arc<SendQueue>)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: Halves,
 {
     let info = ConnectionInfo {
         id: ConnectionId(shared.next_id()),
@@ -459,196 +496,194 @@ where
         },
     );
     tracing::debug!(connection = %info.id, %transport, ?direction, "connection opened");
-    tokio::spawn(drive(shared.clone(), stream, info, tx.clone(), conn));
+    super::start_sweeper(shared);
+    // one reference to all of it for the read and write loops, so their
+    // futures (held by every connection) carry one pointer, not four
+    let task = Task {
+        shared: shared.clone(),
+        info,
+        tx: tx.clone(),
+        conn,
+    };
+    tokio::spawn(drive(stream, task));
     (info, tx)
 }
 
-/// A connection's task: reads and frames, writes what is queued, watches
-/// the deadlines, and reports the close.
-async fn drive<S>(
-    shared: Arc<Shared>,
-    stream: S,
-    info: ConnectionInfo,
-    tx: Arc<SendQueue>,
-    conn: Arc<ConnShared>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+/// A connection's task: reads and frames, writes what is queued, and
+/// reports the close (its deadlines are the sweeper's).
+async fn drive<S>(mut stream: S, t: Task)
+where
+    S: Halves,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    tokio::select! {
-        () = shared.emit(TransportEvent::ConnectionOpened { info }) => {}
-        () = conn.token.cancelled() => {}
+    let (mut rd, mut wr) = stream.halves();
+    if let Some(wait) = t
+        .shared
+        .emit(TransportEvent::ConnectionOpened { info: t.info })
+    {
+        tokio::select! {
+            () = wait => {}
+            () = t.conn.token.cancelled() => {}
+        }
     }
     let reason = tokio::select! {
-        r = read_loop(&shared, &info, &mut rd, &tx, &conn) => r,
-        r = write_loop(&shared, &mut wr, &tx, &conn) => r,
-        r = deadline_watch(&conn, shared.deadlines) => r,
-        () = conn.token.cancelled() => conn.take_reason().unwrap_or(CloseReason::Stopped),
+        r = read_loop(&t, &mut rd) => r,
+        r = write_loop(&t, &mut wr) => r,
+        () = t.conn.token.cancelled() => t.conn.take_reason().unwrap_or(CloseReason::Stopped),
     };
     // no sender may pick it any more
-    conn.token.cancel();
-    shared.remove_connection(info.id);
-    if conn.incoming {
-        shared.forget_unproven(conn.seq);
+    t.conn.token.cancel();
+    t.shared.remove_connection(t.info.id);
+    if t.conn.incoming {
+        t.shared.forget_unproven(t.conn.seq);
     }
-    conn.release();
+    t.conn.release();
     // senders now get `Closed`; what was queued is dropped
-    tx.close();
+    t.tx.close();
     if matches!(
         reason,
         CloseReason::FirstMessageTimeout | CloseReason::MessageTimeout
     ) {
-        tracing::debug!(connection = %info.id, peer = %info.remote.ip(), %reason, "connection too slow");
+        tracing::debug!(connection = %t.info.id, peer = %t.info.remote.ip(), %reason, "connection too slow");
     }
     if !matches!(reason, CloseReason::Reset | CloseReason::Io(_)) {
         // FIN (and close_notify): let the peer see an orderly close
         let _ = tokio::time::timeout(CLOSE_GRACE, wr.shutdown()).await;
     }
     drop((rd, wr));
-    tracing::debug!(connection = %info.id, %reason, "connection closed");
-    shared
-        .emit(TransportEvent::ConnectionClosed { info, reason })
-        .await;
+    drop(stream);
+    tracing::debug!(connection = %t.info.id, %reason, "connection closed");
+    if let Some(wait) = t.shared.emit(TransportEvent::ConnectionClosed {
+        info: t.info,
+        reason,
+    }) {
+        wait.await;
+    };
 }
 
-async fn read_loop<R>(
-    shared: &Shared,
-    info: &ConnectionInfo,
-    rd: &mut R,
-    tx: &SendQueue,
-    conn: &ConnShared,
-) -> CloseReason
+/// What a connection's read and write loops use.
+struct Task {
+    shared: Arc<Shared>,
+    info: ConnectionInfo,
+    tx: Arc<SendQueue>,
+    conn: Arc<ConnShared>,
+}
+
+async fn read_loop<R>(t: &Task, rd: &mut R) -> CloseReason
 where
     R: AsyncRead + Unpin,
 {
-    let side = match info.direction {
+    let side = match t.info.direction {
         ConnectionDirection::Outgoing => Side::Client,
         ConnectionDirection::Incoming => Side::Server,
     };
-    let mut framer = StreamFramer::new(side, shared.limits);
+    let mut framer = StreamFramer::new(side, t.shared.limits);
     let mut ping_reported: Option<tokio::time::Instant> = None;
-    let mut buf = vec![0u8; READ_MIN];
     loop {
-        let n = match rd.read(&mut buf).await {
+        match read_into(rd, &mut framer).await {
             Ok(0) => return CloseReason::PeerClosed,
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) => return io_reason(&e),
-        };
-        framer.push(buf.get(..n).unwrap_or_default());
-        resize_read_buffer(&mut buf, n);
+        }
         let mut finished = false;
         loop {
             match framer.next_frame() {
                 Ok(None) => break,
                 Ok(Some(Frame::Message(bytes))) => {
                     finished = true;
-                    conn.carried(shared);
-                    shared
-                        .emit(TransportEvent::Received {
-                            transport: info.transport,
-                            local: info.local,
-                            remote: info.remote,
-                            connection: Some(info.id),
-                            bytes,
-                        })
-                        .await;
+                    t.conn.carried(&t.shared);
+                    if let Some(wait) = t.shared.emit(TransportEvent::Received {
+                        transport: t.info.transport,
+                        local: t.info.local,
+                        remote: t.info.remote,
+                        connection: Some(t.info.id),
+                        bytes,
+                    }) {
+                        wait.await;
+                    }
                 }
                 Ok(Some(Frame::Ping)) => {
-                    conn.keepalive();
-                    if tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
-                        tracing::debug!(connection = %info.id, "send queue full; pong skipped");
+                    t.conn.keepalive();
+                    if t.tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
+                        tracing::debug!(connection = %t.info.id, "send queue full; pong skipped");
                     }
                     // the flow's keep-alive, for whoever keeps flows alive
                     // by what arrives (an edge proxy's clean-up): at most
                     // one report per interval, whatever a peer floods
-                    if shared.report_pings
-                        && conn.has_carried_sip()
+                    if t.shared.report_pings
+                        && t.conn.has_carried_sip()
                         && ping_reported
                             .is_none_or(|t| t.elapsed() >= crate::transport::PING_REPORT_INTERVAL)
                     {
                         ping_reported = Some(tokio::time::Instant::now());
-                        shared
-                            .emit(TransportEvent::PingReceived {
-                                connection: info.id,
-                            })
-                            .await;
+                        if let Some(wait) = t.shared.emit(TransportEvent::PingReceived {
+                            connection: t.info.id,
+                        }) {
+                            wait.await;
+                        }
                     }
                 }
                 Ok(Some(Frame::Pong)) => {
-                    conn.keepalive();
-                    shared
-                        .emit(TransportEvent::PongReceived {
-                            connection: info.id,
-                        })
-                        .await;
+                    t.conn.keepalive();
+                    if let Some(wait) = t.shared.emit(TransportEvent::PongReceived {
+                        connection: t.info.id,
+                    }) {
+                        wait.await;
+                    }
                 }
                 Err(e) => {
-                    tracing::debug!(connection = %info.id, error = %e, "framing error");
+                    tracing::debug!(connection = %t.info.id, error = %e, "framing error");
                     return CloseReason::Framing(e);
                 }
             }
         }
-        conn.set_mid_message(framer.mid_message(), finished);
+        t.conn.set_mid_message(framer.mid_message(), finished);
     }
 }
 
-async fn write_loop<W>(
-    shared: &Shared,
-    wr: &mut W,
-    rx: &SendQueue,
-    conn: &ConnShared,
-) -> CloseReason
+async fn write_loop<W>(t: &Task, wr: &mut W) -> CloseReason
 where
     W: AsyncWrite + Unpin,
 {
-    while let Some(bytes) = rx.recv().await {
+    while let Some(bytes) = t.tx.recv().await {
         if let Err(e) = wr.write_all(&bytes).await {
             return io_reason(&e);
         }
-        if rx.is_empty() {
+        if t.tx.is_empty() {
             if let Err(e) = wr.flush().await {
                 return io_reason(&e);
             }
         }
         // a SIP message counts, a ping or pong (only CR and LF) does not
         if !bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-            conn.carried(shared);
+            t.conn.carried(&t.shared);
         }
     }
     CloseReason::Closed
 }
 
-/// Resolves when a deadline passes: the first message's, the current
-/// message's, or the idle timer (while not pinned). Each is recomputed
-/// from the shared state when it falls due or when woken, so bytes that
-/// do not count never push one back.
-async fn deadline_watch(conn: &ConnShared, deadlines: Deadlines) -> CloseReason {
-    loop {
-        match conn.next_deadline(&deadlines) {
-            None => conn.wake.notified().await,
-            Some((at, reason)) => {
-                if Instant::now() >= at {
-                    return reason;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
-                    () = conn.wake.notified() => {}
-                }
+/// Reads what is there (at most [`READ_CHUNK`] bytes) into `framer`; the
+/// bytes read, 0 at the end of the stream. The bytes go through a buffer
+/// on the stack of the poll that gets them (a pending read has written
+/// none), so the wait holds no buffer.
+fn read_into<'a, R>(
+    rd: &'a mut R,
+    framer: &'a mut StreamFramer,
+) -> impl std::future::Future<Output = io::Result<usize>> + 'a
+where
+    R: AsyncRead + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                framer.push(buf.filled());
+                std::task::Poll::Ready(Ok(buf.filled().len()))
             }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
         }
-    }
-}
-
-/// After a read of `n` bytes into `buf`: full, it doubles (up to
-/// [`READ_CHUNK`]) so a burst takes fewer reads; mostly empty, it shrinks
-/// back to [`READ_MIN`] so an idle connection holds little memory.
-fn resize_read_buffer(buf: &mut Vec<u8>, n: usize) {
-    let len = buf.len();
-    if n >= len && len < READ_CHUNK {
-        *buf = vec![0u8; (len * 2).min(READ_CHUNK)];
-    } else if len > READ_MIN && n < len / 4 {
-        *buf = vec![0u8; READ_MIN];
-    }
+    })
 }
 
 fn io_reason(e: &io::Error) -> CloseReason {
@@ -681,28 +716,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_read_buffer_grows_on_full_reads_and_shrinks_when_idle() {
-        let mut buf = vec![0u8; READ_MIN];
-        // a keep-alive: stays small
-        resize_read_buffer(&mut buf, 4);
-        assert_eq!(buf.len(), READ_MIN);
-        // a burst: doubles on each full read, never past READ_CHUNK
-        let mut sizes = Vec::new();
-        for _ in 0..12 {
-            let n = buf.len();
-            resize_read_buffer(&mut buf, n);
-            sizes.push(buf.len());
+    #[tokio::test]
+    async fn reads_go_straight_to_the_framer_a_chunk_at_most() {
+        let (mut peer, mut rd) = tokio::io::duplex(4 * READ_CHUNK);
+        let body = vec![b'x'; READ_CHUNK + 100];
+        let mut message = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        message.extend_from_slice(&body);
+        peer.write_all(&message).await.unwrap_or_default();
+        let mut framer = StreamFramer::new(Side::Server, siproam_sip::Limits::default());
+        let first = read_into(&mut rd, &mut framer).await.unwrap_or_default();
+        assert_eq!(first, READ_CHUNK);
+        assert!(matches!(framer.next_frame(), Ok(None)));
+        let rest = read_into(&mut rd, &mut framer).await.unwrap_or_default();
+        assert_eq!(first + rest, message.len());
+        match framer.next_frame() {
+            Ok(Some(Frame::Message(m))) => assert_eq!(&m[..], &message[..]),
+            other => panic!("not the message: {other:?}"),
         }
-        assert_eq!(sizes.first(), Some(&(2 * READ_MIN)));
-        assert_eq!(sizes.last(), Some(&READ_CHUNK));
-        assert!(sizes.windows(2).all(|w| matches!(w, [a, b] if a <= b)));
-        // half full: kept
-        resize_read_buffer(&mut buf, READ_CHUNK / 2);
-        assert_eq!(buf.len(), READ_CHUNK);
-        // a small read after it: back to the idle size
-        resize_read_buffer(&mut buf, 4);
-        assert_eq!(buf.len(), READ_MIN);
+        drop(peer);
+        assert_eq!(read_into(&mut rd, &mut framer).await.unwrap_or(1), 0);
     }
 
     #[tokio::test]
@@ -732,44 +768,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_watch_waits_for_silence() {
+    async fn idle_is_overdue_after_silence_only() {
         let stop = CancellationToken::new();
         let conn = ConnShared::new(&stop, false, 1, None, None);
-        let idle = Duration::from_secs(10);
+        let d = idle_only(Duration::from_secs(10));
         conn.touch();
         let start = Instant::now();
         // traffic at 6 s pushes the deadline to 16 s
-        let toucher = async {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            conn.touch();
-            std::future::pending::<()>().await;
-        };
-        let reason = tokio::select! {
-            r = deadline_watch(&conn, idle_only(idle)) => r,
-            () = toucher => unreachable!(),
-        };
-        assert_eq!(reason, CloseReason::Idle);
-        assert_eq!(start.elapsed(), Duration::from_secs(16));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        conn.touch();
+        assert_eq!(conn.overdue(&d, start + Duration::from_secs(15)), None);
+        assert_eq!(
+            conn.overdue(&d, start + Duration::from_secs(16)),
+            Some(CloseReason::Idle)
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn unpinning_wakes_the_idle_watch_at_once() {
+    async fn a_pinned_connection_is_never_idle() {
         let stop = CancellationToken::new();
         let conn = ConnShared::new(&stop, false, 1, None, None);
+        let d = idle_only(Duration::from_secs(10));
         conn.set_pinned(true);
-        let start = Instant::now();
-        let unpin = async {
-            tokio::time::sleep(Duration::from_secs(100)).await;
-            conn.set_pinned(false);
-            std::future::pending::<()>().await;
-        };
-        let reason = tokio::select! {
-            r = deadline_watch(&conn, idle_only(Duration::from_secs(10))) => r,
-            () = unpin => unreachable!(),
-        };
-        // long past its idle time when unpinned: closed then
-        assert_eq!(reason, CloseReason::Idle);
-        assert_eq!(start.elapsed(), Duration::from_secs(100));
+        let later = Instant::now() + Duration::from_secs(100);
+        assert_eq!(conn.overdue(&d, later), None);
+        // long past its idle time when unpinned: overdue then
+        conn.set_pinned(false);
+        assert_eq!(conn.overdue(&d, later), Some(CloseReason::Idle));
     }
 
     #[tokio::test(start_paused = true)]
@@ -783,26 +808,27 @@ mod tests {
         };
         let start = Instant::now();
         // no message at all: the first-message deadline
-        let reason = deadline_watch(&conn, deadlines).await;
-        assert_eq!(reason, CloseReason::FirstMessageTimeout);
-        assert_eq!(start.elapsed(), Duration::from_secs(20));
+        let at = |s| start + Duration::from_secs(s);
+        assert_eq!(conn.overdue(&deadlines, at(19)), None);
+        assert_eq!(
+            conn.overdue(&deadlines, at(20)),
+            Some(CloseReason::FirstMessageTimeout)
+        );
 
-        // an outgoing connection: a message begun at 1 s ends it at 6 s
+        // an outgoing connection: a message begun at 1 s is due at 6 s
         let conn = ConnShared::new(&stop, false, 2, None, None);
-        let start = Instant::now();
-        let begin = async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            conn.set_mid_message(true, false);
-            // more bytes of the same message do not push it back
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            conn.set_mid_message(true, false);
-            std::future::pending::<()>().await;
-        };
-        let reason = tokio::select! {
-            r = deadline_watch(&conn, deadlines) => r,
-            () = begin => unreachable!(),
-        };
-        assert_eq!(reason, CloseReason::MessageTimeout);
-        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        conn.set_mid_message(true, false);
+        // more bytes of the same message do not push it back
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        conn.set_mid_message(true, false);
+        assert_eq!(conn.overdue(&deadlines, at(5)), None);
+        assert_eq!(
+            conn.overdue(&deadlines, at(6)),
+            Some(CloseReason::MessageTimeout)
+        );
+        // the message completed: no deadline but the idle one
+        conn.set_mid_message(false, false);
+        assert_eq!(conn.overdue(&deadlines, at(200)), None);
     }
 }

@@ -112,3 +112,60 @@ fn alice_transfers_bob_to_carol_blind() {
         p.quit();
     }
 }
+
+#[test]
+fn alice_joins_bob_and_carol_attended() {
+    let (_registrar, reg) = registrar();
+    let mut alice = agent("alice", "127.0.0.2", &reg, &[]);
+    let mut bob = agent("bob", "127.0.0.3", &reg, &["--auto-answer"]);
+    let mut carol = agent("carol", "127.0.0.4", &reg, &["--auto-answer"]);
+    let confirmed = |p: &Proc, what: &str, not: &[u64]| -> u64 {
+        p.wait_for(what, |v| {
+            v["event"] == "call"
+                && v["state"] == "confirmed"
+                && !not.iter().any(|c| v["call"] == *c)
+        })["call"]
+            .as_u64()
+            .unwrap()
+    };
+
+    alice.send("call sip:bob@example.test");
+    let ab = confirmed(&alice, "alice-bob", &[]);
+    let b_old = confirmed(&bob, "bob's call", &[]);
+    alice.send("call sip:carol@example.test");
+    let ac = confirmed(&alice, "alice-carol", &[ab]);
+    let c_old = confirmed(&carol, "carol's call", &[]);
+
+    alice.send(&format!("transfer {ab} {ac}"));
+    let ok = alice.wait_for("alice's transfer's outcome", |v| {
+        is_transfer(v, "succeeded") || is_transfer(v, "failed")
+    });
+    assert_eq!(ok["state"], "succeeded", "{ok}");
+    assert_eq!(ok["call"], ab);
+    // both of alice's calls end: she hangs up on bob, carol's new call
+    // replaces hers
+    for c in [ab, ac] {
+        alice.seen_or_wait("alice's calls end", |v| {
+            v["event"] == "call" && v["state"] == "disconnected" && v["call"] == c
+        });
+    }
+    // carol: the new call (from bob) confirmed, her call with alice ended
+    let c_new = carol.seen_or_wait("carol's new call", |v| {
+        v["event"] == "call" && v["state"] == "confirmed" && v["call"] != c_old
+    });
+    carol.seen_or_wait("carol's old call ended", |v| {
+        v["event"] == "call" && v["state"] == "disconnected" && v["call"] == c_old
+    });
+    // bob: told, and with carol now
+    bob.seen_or_wait("bob's transfer succeeded", |v| is_transfer(v, "succeeded"));
+    bob.seen_or_wait("bob's new call", |v| {
+        v["event"] == "call" && v["state"] == "confirmed" && v["call"] != b_old
+    });
+    let new_id = c_new["call"].clone();
+    carol.wait_for("media on carol's new call", |v| {
+        v["event"] == "media" && v["call"] == new_id && v["rx_packets"].as_u64().unwrap_or(0) > 10
+    });
+    for p in [&mut alice, &mut bob, &mut carol] {
+        p.quit();
+    }
+}

@@ -454,7 +454,9 @@ fn bad_refer_tos_are_refused_and_nothing_else_moves() {
     let (_, _, bob_tag) = scripted_call(&mut sim, peer, bob);
     let from = SocketAddr::new(ip(ALICE), 5060);
     let to = SocketAddr::new(ip(BOB), 5060);
-    let cases: [(Option<&str>, u16); 6] = [
+    let cases: [(Option<&str>, u16); 7] = [
+        // a Replaces that would smuggle a header line into our INVITE
+        (Some("<sip:carol@192.0.2.30?Replaces=a%3Bto-tag%3Dx%3Bfrom-tag%3Dy%0D%0AX-Evil%3A%201>"), 400),
         (Some("<sip:carol@"), 400),
         (None, 400),
         (Some("<http://example.test/x>"), 403),

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use siproam::core::subscription::NotifyBody;
 use siproam::core::{
     CallEvent, CallId, CallState, Event, RegistrationState, SubId, SubscriptionEvent,
-    SubscriptionReason, SubscriptionRole, SubscriptionState,
+    SubscriptionReason, SubscriptionRole, SubscriptionState, TransferEvent, TransferRole,
+    TransferState,
 };
 use siproam::edge::RegistrarApp;
 use siproam::transport::{TlsClientConfig, TlsServerConfig, Transport, TransportConfig};
@@ -863,6 +864,21 @@ impl CallArgs {
     }
 }
 
+/// The `transfer` event (`role` besides the contract's fields).
+fn transfer_json(t: &TransferEvent) -> Value {
+    json!({
+        "event": "transfer",
+        "call": t.call.0,
+        "state": t.state.as_str(),
+        "target": t.target,
+        "code": t.code,
+        "role": match t.role {
+            TransferRole::Transferor => "transferor",
+            TransferRole::Transferee => "transferee",
+        },
+    })
+}
+
 /// The `subscription` event. The package is `package`: `event` is the
 /// event kind of every line.
 fn subscription_json(s: &SubscriptionEvent) -> Value {
@@ -1217,6 +1233,20 @@ pub async fn agent(
                             (Some(uri), Some(event)) => ep.subscribe(uri, &aor, first_hop, event).await.map_err(anyhow::Error::from),
                             _ => Err(anyhow::anyhow!("subscribe URI EVENT")),
                         },
+                        // `transfer [CALL] URI` (blind) or `transfer CALL
+                        // OTHER_CALL` (attended)
+                        ("transfer", _) => match (arg, words.next()) {
+                            (Some(c), Some(to)) => match (c.parse::<u32>(), to.parse::<u32>()) {
+                                (Ok(c), Ok(other)) => ep.transfer_attended(CallId(c), CallId(other)).await.map_err(anyhow::Error::from),
+                                (Ok(c), Err(_)) => ep.transfer(CallId(c), to).await.map_err(anyhow::Error::from),
+                                (Err(_), _) => Err(anyhow::anyhow!("transfer [CALL] URI: CALL a number")),
+                            },
+                            (Some(uri), None) => match current {
+                                Some(c) => ep.transfer(c, uri).await.map_err(anyhow::Error::from),
+                                None => Err(anyhow::anyhow!("no call")),
+                            },
+                            (None, _) => Err(anyhow::anyhow!("transfer [CALL] URI | transfer CALL OTHER_CALL")),
+                        },
                         ("unsubscribe", _) => match arg.and_then(|a| a.parse::<u32>().ok()) {
                             Some(id) => ep.unsubscribe(SubId(id)).await.map_err(anyhow::Error::from),
                             None => Err(anyhow::anyhow!("unsubscribe SUB")),
@@ -1281,6 +1311,16 @@ pub async fn agent(
                     emit(json_out, flow_terminated_json(&t))
                 }
                 Some(EndpointEvent::Network(n)) => emit(json_out, network_json(&n)),
+                Some(EndpointEvent::Core(Event::Transfer(t))) => {
+                    emit(json_out, transfer_json(&t));
+                    // the peer asked us to call someone: we do, through
+                    // our usual first hop (a failure gives the transfer up)
+                    if t.role == TransferRole::Transferee && t.state == TransferState::Requested {
+                        if let Err(e) = ep.follow_transfer(t.transfer, &t.target, &aor, first_hop).await {
+                            emit(json_out, json!({"event": "error", "command": "transfer", "reason": format!("{e:#}")}));
+                        }
+                    }
+                }
                 Some(EndpointEvent::Core(Event::Subscription(s))) => {
                     if s.role == SubscriptionRole::Notifier {
                         if s.state == SubscriptionState::Terminated {

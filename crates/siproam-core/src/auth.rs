@@ -326,6 +326,7 @@ impl Endpoint {
         let next = match owner {
             TxOwner::Call(call) => self.call_next_cseq(call),
             TxOwner::Subscription(sub) => self.subscription_next_cseq(sub),
+            TxOwner::Transfer(t) => self.transfer_next_cseq(t, &method),
             _ => None,
         }
         .unwrap_or_else(|| cseq.seq.saturating_add(1));

@@ -19,6 +19,7 @@ use crate::flow::{FlowId, Transport};
 use crate::timers::{TimerKind, TimerOwner};
 
 mod replaces;
+pub mod transfer;
 
 /// A call's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -305,6 +306,9 @@ pub(crate) struct Call {
     replaces: Option<CallId>,
     /// The peer listed `replaces` in Supported.
     peer_supports_replaces: bool,
+    /// Headers our INVITE carries besides the usual (a transfer's
+    /// `Referred-By` and `Replaces`, `transfer`).
+    invite_headers: Vec<(String, String)>,
 }
 
 /// Our INVITE with `Replaces` (RFC 3891), not answered yet: the new
@@ -450,6 +454,9 @@ impl Endpoint {
             code,
             body,
         });
+        if let Some(now) = self.clock {
+            self.transfer_call_state(now, call, state, code);
+        }
     }
 
     /// A provisional response sent or received on a call not answered
@@ -560,7 +567,17 @@ impl Endpoint {
     }
 
     /// Places a call: an INVITE (with the offer, if given).
-    pub fn invite(&mut self, now: Instant, mut spec: InviteSpec) -> Result<CallId, CoreError> {
+    pub fn invite(&mut self, now: Instant, spec: InviteSpec) -> Result<CallId, CoreError> {
+        self.invite_with(now, spec, Vec::new())
+    }
+
+    /// [`Endpoint::invite`] with more headers on the INVITE.
+    pub(crate) fn invite_with(
+        &mut self,
+        now: Instant,
+        mut spec: InviteSpec,
+        invite_headers: Vec<(String, String)>,
+    ) -> Result<CallId, CoreError> {
         // with outbound in force the call goes over a live flow of the
         // AoR's flow set (RFC 5626 §4.3, §5.1)
         if let Some((_, target)) = self.outbound_target_for(&spec.from) {
@@ -607,6 +624,7 @@ impl Endpoint {
             replaced: None,
             replaces: None,
             peer_supports_replaces: false,
+            invite_headers,
         };
         let b = self.initial_invite(&call, spec.target.transport, spec.sdp);
         let id = self.new_call(call);
@@ -645,6 +663,9 @@ impl Endpoint {
             )
             .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
             .header("Supported", "100rel, replaces, timer");
+        for (name, value) in &c.invite_headers {
+            b = b.header(name, value);
+        }
         // the pre-loaded Route of a flow through an outbound proxy
         if let Some(route) = self.outbound_route_towards(c.next_hop.unwrap_or(c.first_hop)) {
             b = b.header("Route", &route);
@@ -1504,6 +1525,16 @@ impl Endpoint {
                 self.in_dialog_offer(now, id, tx, req);
                 true
             }
+            (Method::Refer, Some(id), Some(tx)) if to_tag.is_some() => {
+                self.incoming_refer(now, id, tx, req);
+                true
+            }
+            (Method::Notify, Some(id), Some(tx)) => self.refer_notify(now, id, tx, req),
+            (Method::Refer, _, Some(tx)) if to_tag.is_none() => {
+                // REFER outside a dialog is not supported (`transfer`)
+                self.respond_in_dialog(now, tx, req, 403, None);
+                true
+            }
             (Method::Ack, None, _) => false,
             (_, None, Some(tx)) if to_tag.is_some() => {
                 // an in-dialog request for a dialog we do not know
@@ -1609,6 +1640,7 @@ impl Endpoint {
             replaced: None,
             replaces: None,
             peer_supports_replaces: req.has_token(HeaderName::Supported, "replaces"),
+            invite_headers: Vec::new(),
         };
         let id = self.new_call(call);
         if let Some(wait) = self.calls.limits().no_answer {

@@ -167,6 +167,8 @@ pub enum Event {
     },
     /// Something happened to a subscription (`subscription`).
     Subscription(crate::subscription::SubscriptionEvent),
+    /// Something happened to a call transfer (`dialog/transfer`).
+    Transfer(crate::dialog::transfer::TransferEvent),
 }
 
 /// Errors from the endpoint's commands.
@@ -208,6 +210,8 @@ pub(crate) enum TxOwner {
     Call(crate::dialog::CallId),
     /// A subscription's SUBSCRIBE or NOTIFY (`subscription`).
     Subscription(crate::subscription::SubId),
+    /// A transfer's REFER or NOTIFY (`dialog/transfer`).
+    Transfer(crate::dialog::transfer::TransferId),
     /// Nobody any more: a call's INVITE given up after a network change
     /// (and its CANCEL, and what ends a 2xx that still comes for it).
     /// Responses and failures are dropped, but a 2xx to the INVITE is
@@ -265,6 +269,8 @@ pub struct Endpoint {
     pub(crate) auth: crate::auth::AuthCache,
     /// Subscriptions held and served (`subscription`).
     pub(crate) subscriptions: crate::subscription::Subscriptions,
+    /// Call transfers in progress (`dialog/transfer`).
+    pub(crate) transfers: crate::dialog::transfer::Transfers,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -316,6 +322,7 @@ impl Endpoint {
             retried_430_requests: std::collections::HashSet::new(),
             auth: crate::auth::AuthCache::default(),
             subscriptions: Default::default(),
+            transfers: Default::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -1052,6 +1059,7 @@ impl Endpoint {
             TxOwner::Account(account) => self.account_failed(now, account, reason),
             TxOwner::Call(call) => self.call_failed(now, call, reason),
             TxOwner::Subscription(sub) => self.subscription_failed(now, sub, reason),
+            TxOwner::Transfer(t) => self.transfer_failed(now, t, reason),
             TxOwner::Abandoned => {}
         }
     }
@@ -1081,6 +1089,7 @@ impl Endpoint {
             TxOwner::Account(account) => self.account_response(now, account, response, remote),
             TxOwner::Call(call) => self.call_response(now, call, response),
             TxOwner::Subscription(sub) => self.subscription_response(now, sub, response),
+            TxOwner::Transfer(t) => self.transfer_response(now, t, response),
             TxOwner::Abandoned => {}
         }
     }

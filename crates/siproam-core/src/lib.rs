@@ -37,6 +37,9 @@ mod transactions;
 
 pub use admission::{AdmissionConfig, AdmissionStats, SharedAdmission};
 pub use config::Config;
+pub use dialog::transfer::{
+    ReferRefusal, TransferEvent, TransferId, TransferRole, TransferState, MAX_TRANSFERS,
+};
 pub use dialog::{CallEvent, CallId, CallState, IncomingCallLimits, InviteSpec};
 pub use endpoint::{
     CoreError, Endpoint, EndpointStats, Event, ListenPoint, RequestFailure, RequestId, ServerTxId,

@@ -17,6 +17,7 @@ mod phone;
 pub mod random;
 pub mod resolve;
 mod subscribe;
+mod transfer;
 pub mod transport;
 
 pub use endpoint::{
@@ -32,3 +33,4 @@ pub use siproam_core::{
     RefreshFlags, UnknownIpv6Use,
 };
 pub use subscribe::SubscriptionCommand;
+pub use transfer::TransferCommand;

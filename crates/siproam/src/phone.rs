@@ -497,6 +497,48 @@ impl Phone {
         }
     }
 
+    /// Places a call with its media (an offer on a new RTP socket); for
+    /// a transfer we accepted, as its new call (`transfer`).
+    pub(crate) fn place_call(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        uri: String,
+        from: String,
+        target: CoreTarget,
+        transfer: Option<siproam_core::TransferId>,
+    ) -> Result<CallId, PhoneError> {
+        let user = siproam_sip::Uri::parse(&from)
+            .ok()
+            .and_then(|u| u.as_sip().and_then(|s| s.user()).map(str::to_owned))
+            .unwrap_or_else(|| "siproam".into());
+        let hint = target
+            .local
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .or_else(|| crate::transport::source_address_for(target.remote).ok());
+        let mut pc = self.new_call_media(core, hint);
+        pc.bind().map_err(|e| {
+            debug!("no RTP socket for a new call: {e}");
+            PhoneError::Media(e)
+        })?;
+        let offer = pc.sdp.create_offer();
+        let spec = InviteSpec {
+            uri,
+            from,
+            target,
+            sdp: Some(offer),
+            contact_user: user,
+        };
+        let id = match transfer {
+            Some(t) => core.transfer_invite(now, t, spec)?,
+            None => core.invite(now, spec)?,
+        };
+        pc.offer = None;
+        self.calls.insert(id, pc);
+        Ok(id)
+    }
+
     fn handle_command(
         &mut self,
         core: &mut Core,
@@ -504,36 +546,9 @@ impl Phone {
         cmd: PhoneCommand,
     ) -> Result<Option<CallId>, PhoneError> {
         match cmd {
-            PhoneCommand::Call { uri, from, target } => {
-                let user = siproam_sip::Uri::parse(&from)
-                    .ok()
-                    .and_then(|u| u.as_sip().and_then(|s| s.user()).map(str::to_owned))
-                    .unwrap_or_else(|| "siproam".into());
-                let hint = target
-                    .local
-                    .map(|a| a.ip())
-                    .filter(|ip| !ip.is_unspecified())
-                    .or_else(|| crate::transport::source_address_for(target.remote).ok());
-                let mut pc = self.new_call_media(core, hint);
-                pc.bind().map_err(|e| {
-                    debug!("no RTP socket for a new call: {e}");
-                    PhoneError::Media(e)
-                })?;
-                let offer = pc.sdp.create_offer();
-                let id = core.invite(
-                    now,
-                    InviteSpec {
-                        uri,
-                        from,
-                        target,
-                        sdp: Some(offer),
-                        contact_user: user,
-                    },
-                )?;
-                pc.offer = None;
-                self.calls.insert(id, pc);
-                Ok(Some(id))
-            }
+            PhoneCommand::Call { uri, from, target } => self
+                .place_call(core, now, uri, from, target, None)
+                .map(Some),
             PhoneCommand::Answer(call) => {
                 self.answer_call(core, now, call)?;
                 Ok(Some(call))
@@ -856,9 +871,13 @@ impl Application for Phone {
         let cmd = match cmd.downcast::<PhoneCommand>() {
             Ok(cmd) => cmd,
             Err(other) => {
+                let other = match crate::subscribe::downcast(other) {
+                    Ok(cmd) => return crate::subscribe::perform(core, now, *cmd),
+                    Err(other) => other,
+                };
                 let cmd =
-                    crate::subscribe::downcast(other).map_err(|_| CommandError::Unsupported)?;
-                return crate::subscribe::perform(core, now, *cmd);
+                    crate::transfer::downcast(other).map_err(|_| CommandError::Unsupported)?;
+                return crate::transfer::perform(self, core, now, *cmd);
             }
         };
         Ok(self.handle_command(core, now, *cmd)?)

@@ -16,7 +16,8 @@
 //! is 481, `early-only` against a confirmed dialog 486, a malformed or
 //! repeated `Replaces` (or one in a request other than INVITE) 400, and
 //! one from anyone but the dialog's peer (its From URI is not the
-//! dialog's remote URI) 403.
+//! dialog's remote URI, nor is its `Referred-By` — attended transfer)
+//! 403.
 
 use std::time::Instant;
 
@@ -332,16 +333,21 @@ impl Endpoint {
             return Err(486);
         }
         // only the dialog's peer may replace it (RFC 3891 §3 asks for an
-        // authorization check: the tags alone are seen by every proxy)
+        // authorization check: the tags alone are seen by every proxy) —
+        // itself, or someone it referred (attended transfer: `Referred-By`
+        // names the peer, RFC 3891 §6)
+        let peer = siproam_sip::Uri::parse(&c.remote_uri);
+        let is_peer =
+            |uri: Option<String>| match (uri.as_deref().map(siproam_sip::Uri::parse), &peer) {
+                (Some(Ok(a)), Ok(b)) => a.equivalent(b),
+                _ => false,
+            };
         let from = req.from().ok().map(|f| f.uri().to_string());
-        let same_peer = match (
-            from.as_deref().map(siproam_sip::Uri::parse),
-            siproam_sip::Uri::parse(&c.remote_uri),
-        ) {
-            (Some(Ok(a)), Ok(b)) => a.equivalent(&b),
-            _ => false,
-        };
-        if !same_peer {
+        let referred_by = req
+            .header(HeaderName::ReferredBy)
+            .and_then(|v| siproam_sip::NameAddr::parse(v.trim()).ok())
+            .map(|n| n.uri().to_string());
+        if !is_peer(from) && !is_peer(referred_by) {
             return Err(403);
         }
         Ok(id)

@@ -694,3 +694,37 @@ fn with_the_ignore_policy_a_subscribe_lost_with_its_flow_is_tried_again_later() 
         .iter()
         .all(|e| e.sub == sub && e.state == SubscriptionState::Pending));
 }
+
+/// The answers to SUBSCRIBE and NOTIFY carry their codes' reason phrases
+/// (baresip showed `SIP/2.0 200 Error` for our 200s).
+#[test]
+fn answers_to_subscribe_and_notify_carry_their_reason_phrases() {
+    let (mut sim, alice, _bob) = sim_with_agents();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    subscribe(&mut sim, alice, "dialog", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    let lines: Vec<String> = sim
+        .log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("SIP/2.0 "))
+        .map(|e| e.first_line.clone())
+        .collect();
+    for code in ["200", "489"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("SIP/2.0 {code} "))),
+            "no {code}: {lines:?}"
+        );
+    }
+    let wrong: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            !(l.starts_with("SIP/2.0 200 OK")
+                || l.starts_with("SIP/2.0 489 Bad Event")
+                || l.starts_with("SIP/2.0 401 ")
+                || l.starts_with("SIP/2.0 100 "))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+}

@@ -61,8 +61,7 @@ pub use body::{
 
 use crate::dialog::{name_addr_uri, tag_param, uri_addr};
 use crate::endpoint::{
-    fmt_hostport, reason_phrase, CoreError, Endpoint, Event, RequestFailure, ServerTxId, Target,
-    TxOwner,
+    fmt_hostport, CoreError, Endpoint, Event, RequestFailure, ServerTxId, Target, TxOwner,
 };
 use crate::flow::{FlowCloseReason, FlowId, Transport};
 use crate::flow_failure::{ClientSubscriptionRecovery, ServerSubscriptionRecovery};
@@ -1031,7 +1030,7 @@ impl Endpoint {
                 &fresh
             }
         };
-        let mut b = MessageBuilder::response_to(req, code, reason_phrase(code), Some(tag));
+        let mut b = MessageBuilder::response_to(req, code, sub_reason(code), Some(tag));
         for (n, v) in headers {
             b = b.header(n, v);
         }
@@ -1418,6 +1417,16 @@ impl Endpoint {
                 ev.body = Some(body);
             }
         }
+    }
+}
+
+/// The reason phrase of an answer to a SUBSCRIBE or NOTIFY (RFC 3261
+/// §21, RFC 6665 §8.3).
+fn sub_reason(code: u16) -> &'static str {
+    match code {
+        423 => "Interval Too Brief",
+        489 => "Bad Event",
+        _ => crate::dialog::reason(code),
     }
 }
 

@@ -8,15 +8,23 @@
 //! Alice sees Bob `active` and `open`, then `closed` and the subscription
 //! `terminated` when he quits (unregisters).
 //!
-//! Kamailio comes from Debian (`interop/install.sh`); without it the test
-//! says why it is skipped, and with `SIPROAM_REQUIRE_INTEROP=1` (CI) it
-//! fails.
+//! With baresip 1.0.0 (its `presence.so` and `contact.so`), both
+//! registered through that Kamailio: Alice subscribes to baresip's presence
+//! and follows it (`presence_offline`, `presence_online`), and baresip
+//! subscribes to Alice's (its contact list holds her with
+//! `;presence=p2p`) and shows her `Online`, then not once she quits.
+//!
+//! Kamailio and baresip come from Debian (`interop/install.sh`); without
+//! them each test says why it is skipped, and with
+//! `SIPROAM_REQUIRE_INTEROP=1` (CI) it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 use common::*;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
@@ -133,4 +141,174 @@ fn presence_through_kamailio_with_every_request_challenged() {
         "each challenged once at most, nothing refused"
     );
     alice.quit();
+}
+
+/// A headless baresip of `interop/baresip/run.sh`, stopped on drop.
+struct Baresip {
+    workdir: PathBuf,
+    ctrl: u16,
+}
+
+impl Baresip {
+    fn start(port: u16, ctrl: u16, workdir: &Path, extra: &[&str]) -> Baresip {
+        let out = Command::new("bash")
+            .arg(repo().join("interop/baresip/run.sh"))
+            .args([port.to_string(), ctrl.to_string()])
+            .arg(workdir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "baresip did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Baresip {
+            workdir: workdir.to_path_buf(),
+            ctrl,
+        }
+    }
+
+    /// One command through ctrl_tcp; its output.
+    fn ctrl(&self, args: &[&str]) -> String {
+        let out = Command::new("python3")
+            .arg(repo().join("interop/baresip/ctrl.py"))
+            .arg(self.ctrl.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctrl.py {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Its `contacts` line for `uri` once `pred` holds for it (30 s at most).
+    fn contact_until(&self, uri: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = self.ctrl(&["contacts"]);
+            let line = list
+                .lines()
+                .find(|l| l.contains(uri))
+                .unwrap_or_default()
+                .to_owned();
+            if pred(&line) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baresip never showed {what}: {list}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("interop/baresip/stop.sh"))
+            .arg(&self.workdir)
+            .status();
+    }
+}
+
+#[test]
+fn presence_both_ways_between_siproam_and_baresip_through_kamailio() {
+    if !have("kamailio") || !have("kamcmd") || !have("baresip") {
+        return;
+    }
+    let port = free_port(0);
+    let kam = Kamailio::start_in(
+        None,
+        port,
+        "",
+        &format!("subsbs-{}-{port}", std::process::id()),
+    );
+    let registrar = format!("sip:127.0.0.1:{port}");
+    let dir = temp_dir("baresip-presence");
+    let (bport, ctrl) = (free_port(1), free_port(0));
+    // baresip is bob: registered through Kamailio (its outbound proxy too)
+    let bs = Baresip::start(
+        bport,
+        ctrl,
+        &dir.join("bs"),
+        &[
+            "--user",
+            "bob",
+            "--registrar",
+            &registrar,
+            "--password",
+            "bobpw",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kam.bindings("bob@example.test").is_empty() {
+        assert!(Instant::now() < deadline, "baresip never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut alice = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--no-watch",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &registrar,
+        "--password",
+        "alicepw",
+        "--listen",
+        "udp:127.0.0.1:0",
+    ]);
+    alice.wait_for("alice registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+
+    // siproam -> baresip: Alice follows bob's presence (baresip serves it
+    // to the contacts of its list only: Alice is one)
+    std::fs::write(
+        dir.join("bs/contacts"),
+        "\"Alice\" <sip:alice@example.test>;presence=p2p\n",
+    )
+    .unwrap();
+    bs.ctrl(&["insmod", "contact.so"]);
+    bs.ctrl(&["insmod", "presence.so"]);
+    alice.send("subscribe sip:bob@example.test presence");
+    let active = alice.wait_for("bob's presence active", |v| {
+        v["event"] == "subscription" && v["role"] == "subscriber" && v["state"] == "active"
+    });
+    assert_eq!(active["package"], "presence", "{active}");
+    assert_eq!(active["body"], "open", "{active}");
+    let sub = active["sub"].as_u64().unwrap();
+    let ours =
+        move |v: &serde_json::Value| v["event"] == "subscription" && v["sub"].as_u64() == Some(sub);
+    bs.ctrl(&["presence_offline"]);
+    let off = alice.wait_for("bob closed", |v| ours(v) && v["body"] == "closed");
+    assert_eq!(off["state"], "active", "{off}");
+    bs.ctrl(&["presence_online"]);
+    let on = alice.wait_for("bob open again", |v| ours(v) && v["body"] == "open");
+    assert_eq!(on["state"], "active", "{on}");
+
+    // baresip -> siproam: baresip's subscription to Alice, served by her
+    let served = alice.seen_or_wait("alice serves baresip", |v| {
+        v["event"] == "subscription" && v["role"] == "notifier"
+    });
+    assert_eq!(served["package"], "presence", "{served}");
+    assert_eq!(served["state"], "active", "{served}");
+    assert_eq!(served["body"], "open", "{served}");
+    bs.contact_until("sip:alice@example.test", "Alice online", |l| {
+        l.contains("Online")
+    });
+    // Alice quits: her closed and final NOTIFYs reach baresip
+    alice.quit();
+    let line = bs.contact_until("sip:alice@example.test", "Alice gone", |l| {
+        !l.contains("Online")
+    });
+    assert!(!line.is_empty(), "alice left baresip's list");
+    let _ = std::fs::remove_dir_all(dir);
 }

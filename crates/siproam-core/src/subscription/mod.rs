@@ -1133,14 +1133,14 @@ impl Endpoint {
             send_from: None,
         };
         let contact = self.sub_contact(&dialog, dialog.first_hop);
-        self.sub_respond(
-            now,
-            tx,
-            req,
-            200,
-            Some(&local_tag),
-            &[("Expires", granted.to_string()), ("Contact", contact)],
+        let mut headers = vec![("Expires", granted.to_string()), ("Contact", contact)];
+        // the proxies that Record-Routed it stay on the subscriber's path
+        // too (RFC 3261 §12.1.1)
+        headers.extend(
+            req.header_values(HeaderName::RecordRoute)
+                .map(|rr| ("Record-Route", rr.to_owned())),
         );
+        self.sub_respond(now, tx, req, 200, Some(&local_tag), &headers);
         self.subscriptions
             .by_dialog
             .insert((dialog.call_id.clone(), local_tag), id);

@@ -736,7 +736,7 @@ fn answers_to_subscribe_and_notify_carry_their_reason_phrases() {
 #[test]
 fn the_2xx_to_a_subscribe_carries_its_record_route() {
     let mut sim = Sim::new(Instant::now(), 5);
-    let agent = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let _bob = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
     let peer = sim.add_peer("alice", &[ip(ALICE)]);
     let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
         .header(

@@ -1323,7 +1323,15 @@ impl Endpoint {
                             Some(&local_tag),
                             &[("Accept", accept)],
                         ),
-                        _ => self.sub_respond(now, tx, req, 400, Some(&local_tag), &[]),
+                        // what is wrong, said (RFC 3261 §20.43, 399: misc.)
+                        _ => self.sub_respond(
+                            now,
+                            tx,
+                            req,
+                            400,
+                            Some(&local_tag),
+                            &[("Warning", format!("399 siproam \"{e}\""))],
+                        ),
                     }
                     self.sub_event(SubscriptionEvent {
                         sub: id,

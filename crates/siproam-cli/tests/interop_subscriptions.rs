@@ -313,5 +313,7 @@ fn presence_both_ways_between_siproam_and_baresip_through_kamailio() {
         !l.contains("Online")
     });
     assert!(!line.is_empty(), "alice left baresip's list");
+    // stop.sh needs the pid file in the work dir: stop it first
+    drop(bs);
     let _ = std::fs::remove_dir_all(dir);
 }

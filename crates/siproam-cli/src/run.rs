@@ -1373,6 +1373,21 @@ pub async fn agent(
         })
         .await;
     }
+    if !served.is_empty() {
+        // our subscribers hear that we went away: presence `closed`, then
+        // a final NOTIFY each — before the unregistration, while the
+        // account is there to answer a proxy's challenge to them (it is
+        // forgotten once the registrar answers the un-REGISTER)
+        let _ = ep.end_served_subscriptions().await;
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            while let Some(ev) = ep.next_event().await {
+                if let EndpointEvent::Core(Event::Subscription(s)) = ev {
+                    emit(json_out, subscription_json(&s));
+                }
+            }
+        })
+        .await;
+    }
     // remove the bindings before leaving (bounded wait)
     let mut pending = 0;
     for acc in accounts {
@@ -1400,19 +1415,6 @@ pub async fn agent(
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
-    }
-    if !served.is_empty() {
-        // our subscribers hear that we went away (after the presence
-        // `closed` the unregistration sent): a final NOTIFY each
-        let _ = ep.end_served_subscriptions().await;
-        let _ = tokio::time::timeout(Duration::from_millis(300), async {
-            while let Some(ev) = ep.next_event().await {
-                if let EndpointEvent::Core(Event::Subscription(s)) = ev {
-                    emit(json_out, subscription_json(&s));
-                }
-            }
-        })
-        .await;
     }
     ep.shutdown().await;
     Ok(if exit_after_call && failed_call {

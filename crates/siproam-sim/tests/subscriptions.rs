@@ -694,3 +694,103 @@ fn with_the_ignore_policy_a_subscribe_lost_with_its_flow_is_tried_again_later() 
         .iter()
         .all(|e| e.sub == sub && e.state == SubscriptionState::Pending));
 }
+
+/// The answers to SUBSCRIBE and NOTIFY carry their codes' reason phrases
+/// (baresip showed `SIP/2.0 200 Error` for our 200s).
+#[test]
+fn answers_to_subscribe_and_notify_carry_their_reason_phrases() {
+    let (mut sim, alice, _bob) = sim_with_agents();
+    subscribe(&mut sim, alice, "presence", Transport::Udp);
+    subscribe(&mut sim, alice, "dialog", Transport::Udp);
+    sim.run_for(Duration::from_millis(200));
+    let lines: Vec<String> = sim
+        .log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("SIP/2.0 "))
+        .map(|e| e.first_line.clone())
+        .collect();
+    for code in ["200", "489"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("SIP/2.0 {code} "))),
+            "no {code}: {lines:?}"
+        );
+    }
+    let wrong: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            !(l.starts_with("SIP/2.0 200 OK")
+                || l.starts_with("SIP/2.0 489 Bad Event")
+                || l.starts_with("SIP/2.0 401 ")
+                || l.starts_with("SIP/2.0 100 "))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+/// A SUBSCRIBE that came through Record-Routing proxies is answered with
+/// their Record-Route (RFC 3261 §12.1.1): the subscriber's refreshes and
+/// un-SUBSCRIBE go through them too (baresip's went straight to us after
+/// Kamailio, and a NOTIFY's route set is the notifier's own).
+#[test]
+fn the_2xx_to_a_subscribe_carries_its_record_route() {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let _bob = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let peer = sim.add_peer("alice", &[ip(ALICE)]);
+    let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
+        .header(
+            "Via",
+            &format!("SIP/2.0/UDP {ALICE}:5060;branch=z9hG4bKrr1"),
+        )
+        .header("Max-Forwards", "70")
+        .header("Record-Route", "<sip:p2.example.test;lr>")
+        .header("Record-Route", &format!("<sip:{ALICE}:5060;lr>"))
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", &format!("<sip:bob@{BOB}>"))
+        .header("Call-ID", "subrr@alice")
+        .header("CSeq", "1 SUBSCRIBE")
+        .header("Contact", "<sip:alice@192.0.2.99>")
+        .header("Event", "presence")
+        .header("Expires", "600")
+        .build()
+        .unwrap();
+    sim.peer_send(
+        peer,
+        SocketAddr::new(ip(ALICE), 5060),
+        bob_addr(),
+        Transport::Udp,
+        sub.to_bytes(),
+    );
+    let ok = recv(&mut sim, peer);
+    assert_eq!(ok.message.status(), Some(200));
+    let rr: Vec<&str> = ok.message.header_values(HeaderName::RecordRoute).collect();
+    assert_eq!(
+        rr.iter()
+            .flat_map(|v| siproam_sip::split_list(v))
+            .map(str::trim)
+            .collect::<Vec<_>>(),
+        [
+            "<sip:p2.example.test;lr>",
+            &format!("<sip:{ALICE}:5060;lr>")
+        ],
+        "{:?}",
+        ok.message
+    );
+    // and its NOTIFY goes by that route set (a UAS keeps their order)
+    let first = recv(&mut sim, peer);
+    assert_eq!(first.message.method(), Some(Method::Notify));
+    let route: Vec<String> = first
+        .message
+        .header_values(HeaderName::Route)
+        .flat_map(siproam_sip::split_list)
+        .map(|r| r.trim().to_owned())
+        .collect();
+    assert_eq!(
+        route,
+        [
+            "<sip:p2.example.test;lr>".to_owned(),
+            format!("<sip:{ALICE}:5060;lr>")
+        ]
+    );
+}

@@ -26,7 +26,8 @@ pub enum SubscriptionCommand {
     },
     /// End a subscription we hold.
     Unsubscribe(SubId),
-    /// End every subscription we serve, each with a final NOTIFY.
+    /// End every subscription we serve: our presence `closed`, then a
+    /// final NOTIFY each.
     EndServed,
 }
 
@@ -66,7 +67,12 @@ pub(crate) fn perform(
         SubscriptionCommand::Unsubscribe(sub) => {
             core.unsubscribe(now, sub).map_err(CommandError::Core)?
         }
-        SubscriptionCommand::EndServed => core.end_served_subscriptions(now),
+        SubscriptionCommand::EndServed => {
+            // we go away: presence closed first (a NOTIFY each), then
+            // the final NOTIFYs
+            core.set_presence(now, false);
+            core.end_served_subscriptions(now)
+        }
     }
     Ok(None)
 }
@@ -110,7 +116,8 @@ impl EndpointHandle {
             .map(|_| ())
     }
 
-    /// Ends every subscription we serve, each with a final NOTIFY.
+    /// Ends every subscription we serve: our presence `closed` (a NOTIFY
+    /// each), then a final NOTIFY each.
     pub async fn end_served_subscriptions(&self) -> Result<(), EndpointError> {
         self.command(SubscriptionCommand::EndServed)
             .await

@@ -61,8 +61,7 @@ pub use body::{
 
 use crate::dialog::{name_addr_uri, tag_param, uri_addr};
 use crate::endpoint::{
-    fmt_hostport, reason_phrase, CoreError, Endpoint, Event, RequestFailure, ServerTxId, Target,
-    TxOwner,
+    fmt_hostport, CoreError, Endpoint, Event, RequestFailure, ServerTxId, Target, TxOwner,
 };
 use crate::flow::{FlowCloseReason, FlowId, Transport};
 use crate::flow_failure::{ClientSubscriptionRecovery, ServerSubscriptionRecovery};
@@ -1031,7 +1030,7 @@ impl Endpoint {
                 &fresh
             }
         };
-        let mut b = MessageBuilder::response_to(req, code, reason_phrase(code), Some(tag));
+        let mut b = MessageBuilder::response_to(req, code, sub_reason(code), Some(tag));
         for (n, v) in headers {
             b = b.header(n, v);
         }
@@ -1134,14 +1133,14 @@ impl Endpoint {
             send_from: None,
         };
         let contact = self.sub_contact(&dialog, dialog.first_hop);
-        self.sub_respond(
-            now,
-            tx,
-            req,
-            200,
-            Some(&local_tag),
-            &[("Expires", granted.to_string()), ("Contact", contact)],
+        let mut headers = vec![("Expires", granted.to_string()), ("Contact", contact)];
+        // the proxies that Record-Routed it stay on the subscriber's path
+        // too (RFC 3261 §12.1.1)
+        headers.extend(
+            req.header_values(HeaderName::RecordRoute)
+                .map(|rr| ("Record-Route", rr.to_owned())),
         );
+        self.sub_respond(now, tx, req, 200, Some(&local_tag), &headers);
         self.subscriptions
             .by_dialog
             .insert((dialog.call_id.clone(), local_tag), id);
@@ -1324,7 +1323,15 @@ impl Endpoint {
                             Some(&local_tag),
                             &[("Accept", accept)],
                         ),
-                        _ => self.sub_respond(now, tx, req, 400, Some(&local_tag), &[]),
+                        // what is wrong, said (RFC 3261 §20.43, 399: misc.)
+                        _ => self.sub_respond(
+                            now,
+                            tx,
+                            req,
+                            400,
+                            Some(&local_tag),
+                            &[("Warning", format!("399 siproam \"{e}\""))],
+                        ),
                     }
                     self.sub_event(SubscriptionEvent {
                         sub: id,
@@ -1418,6 +1425,16 @@ impl Endpoint {
                 ev.body = Some(body);
             }
         }
+    }
+}
+
+/// The reason phrase of an answer to a SUBSCRIBE or NOTIFY (RFC 3261
+/// §21, RFC 6665 §8.3).
+fn sub_reason(code: u16) -> &'static str {
+    match code {
+        423 => "Interval Too Brief",
+        489 => "Bad Event",
+        _ => crate::dialog::reason(code),
     }
 }
 

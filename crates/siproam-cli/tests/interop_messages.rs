@@ -175,5 +175,7 @@ fn siproam_and_baresip_exchange_messages_and_baresip_sees_our_dtmf() {
     assert_eq!(seen, keys, "the keys baresip saw, in order");
     alice.send("quit");
     let _ = alice.child.wait();
+    // stop.sh reads baresip's pid file in the work dir: stop it first
+    drop(bs);
     let _ = std::fs::remove_dir_all(dir);
 }

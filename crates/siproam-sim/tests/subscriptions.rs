@@ -794,3 +794,66 @@ fn the_2xx_to_a_subscribe_carries_its_record_route() {
         ]
     );
 }
+
+/// RFC 6665 §4.1.2.4: a 2xx to our SUBSCRIBE with no NOTIFY after it
+/// within 64·T1 ends the subscription (it stayed `pending` for ever).
+#[test]
+fn a_2xx_never_followed_by_a_notify_ends_the_subscription() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    assert_eq!(s.message.method(), Some(Method::Subscribe));
+    reply(
+        &mut sim,
+        bob,
+        &s,
+        200,
+        &[("Expires", "600"), ("Contact", &format!("<sip:bob@{BOB}>"))],
+    );
+    sim.run_for(Duration::from_secs(20));
+    assert!(
+        sub_events(&mut sim, alice)
+            .iter()
+            .all(|e| e.state != SubscriptionState::Terminated),
+        "still waiting at 20 s"
+    );
+    sim.run_for(Duration::from_secs(20));
+    let evs = sub_events(&mut sim, alice);
+    let last = evs.last().expect("an event");
+    assert_eq!(last.sub, sub);
+    assert_eq!(last.state, SubscriptionState::Terminated);
+    assert_eq!(last.reason, Some(SubscriptionReason::Timeout));
+    assert!(sim.endpoint(alice).subscriptions().is_empty());
+}
+
+/// A NOTIFY after the 2xx keeps it: the same wait does not end it.
+#[test]
+fn a_notify_after_the_2xx_keeps_the_subscription() {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
+    let s = recv(&mut sim, bob);
+    reply(
+        &mut sim,
+        bob,
+        &s,
+        200,
+        &[("Expires", "600"), ("Contact", &format!("<sip:bob@{BOB}>"))],
+    );
+    sim.run_for(Duration::from_secs(5));
+    send_to_alice(
+        &mut sim,
+        bob,
+        notify(
+            &s.message,
+            "b1",
+            1,
+            "active;expires=595",
+            Some(&pidf("open")),
+        ),
+    );
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(
+        sim.endpoint(alice).subscriptions(),
+        [(sub, SubscriptionRole::Subscriber, SubscriptionState::Active)]
+    );
+}

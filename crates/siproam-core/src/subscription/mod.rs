@@ -797,6 +797,9 @@ impl Endpoint {
             if c.unsubscribing {
                 return;
             }
+            // RFC 6665 §4.1.2.4: a NOTIFY follows the 2xx; none within
+            // 64·T1 and the subscription is over (the timer finds it)
+            let no_notify_yet = c.dialog.remote_cseq.is_none();
             let granted = resp
                 .expires()
                 .and_then(Result::ok)
@@ -815,6 +818,13 @@ impl Endpoint {
             );
             if self.timers.deadline(key.0, key.1).is_none_or(|d| d > at) {
                 self.timers.set(key.0, key.1, at);
+            }
+            if no_notify_yet {
+                self.timers.set(
+                    TimerOwner::Subscription(id.0),
+                    TimerKind::SubscriptionExpiry,
+                    now + self.config.t1x64(),
+                );
             }
             return;
         }
@@ -884,9 +894,14 @@ impl Endpoint {
             TimerKind::SubscriptionExpiry => {
                 if self.subscriptions.servers.contains_key(&id) {
                     self.final_notify(now, id, SubscriptionReason::Timeout);
-                } else {
-                    // no final NOTIFY came after our unsubscribe
-                    self.end_client(id, SubscriptionReason::Unsubscribed, None);
+                } else if let Some(c) = self.subscriptions.clients.get(&id) {
+                    if c.unsubscribing {
+                        // no final NOTIFY came after our unsubscribe
+                        self.end_client(id, SubscriptionReason::Unsubscribed, None);
+                    } else if c.dialog.remote_cseq.is_none() {
+                        // no NOTIFY at all after the 2xx
+                        self.end_client(id, SubscriptionReason::Timeout, None);
+                    }
                 }
             }
             _ => {}
@@ -1348,6 +1363,19 @@ impl Endpoint {
             }
         };
         self.sub_respond(now, tx, req, 200, Some(&local_tag), &[]);
+        // a NOTIFY came: the wait for the first one after the 2xx is over
+        // (an unsubscribe's wait for the final one is not)
+        if !self
+            .subscriptions
+            .clients
+            .get(&id)
+            .is_some_and(|c| c.unsubscribing)
+        {
+            self.timers.cancel(
+                TimerOwner::Subscription(id.0),
+                TimerKind::SubscriptionExpiry,
+            );
+        }
         let Some(c) = self.subscriptions.clients.get_mut(&id) else {
             return;
         };

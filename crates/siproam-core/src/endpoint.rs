@@ -629,6 +629,7 @@ impl Endpoint {
                 TimerOwner::Subscription(id) => {
                     self.subscription_timer(now, crate::subscription::SubId(id), reason.kind)
                 }
+                TimerOwner::Transfer(id) => self.transfer_timer(now, crate::TransferId(id)),
             }
         }
     }

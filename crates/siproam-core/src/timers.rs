@@ -26,6 +26,8 @@ pub enum TimerOwner {
     Mobility,
     /// A subscription (RFC 6665), held or served.
     Subscription(u32),
+    /// A transfer (REFER): the wait for its first NOTIFY.
+    Transfer(u32),
 }
 
 /// The RFC 3261 §17 timers, and the core's own.

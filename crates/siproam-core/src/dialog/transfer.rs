@@ -34,6 +34,7 @@ use siproam_sip::{HeaderName, Message, MessageBuilder, Method};
 
 use super::{reason, CallId, CallPhase, CallState, InviteSpec};
 use crate::endpoint::{CoreError, Endpoint, Event, RequestFailure, ServerTxId, TxOwner};
+use crate::timers::{TimerKind, TimerOwner};
 
 /// The most transfers (both roles) at once.
 pub const MAX_TRANSFERS: usize = 32;
@@ -391,7 +392,6 @@ impl Endpoint {
 
     /// A final response to a transfer's REFER or NOTIFY.
     pub(crate) fn transfer_response(&mut self, now: Instant, id: TransferId, resp: Message) {
-        let _ = now;
         let Some(code) = resp.status() else { return };
         if code < 200 {
             return;
@@ -403,9 +403,32 @@ impl Endpoint {
             if code >= 300 {
                 self.transfer_event(id, TransferState::Failed, Some(code));
                 self.transfers.live.remove(&id);
+            } else if t.role == TransferRole::Transferor {
+                // accepted: a NOTIFY must follow (RFC 3515 §2.4.4, RFC
+                // 6665 §4.1.2.4); none within 64·T1 and it has failed
+                self.timers.set(
+                    TimerOwner::Transfer(id.0),
+                    TimerKind::SubscriptionExpiry,
+                    now + self.config.t1x64(),
+                );
             }
         } else if t.role == TransferRole::Transferee && t.done {
             // the last NOTIFY answered: the transfer is over
+            self.transfers.live.remove(&id);
+        }
+    }
+
+    /// No NOTIFY came for a REFER the peer accepted: the transfer failed
+    /// (408), the call stays.
+    pub(crate) fn transfer_timer(&mut self, now: Instant, id: TransferId) {
+        let _ = now;
+        if self
+            .transfers
+            .live
+            .get(&id)
+            .is_some_and(|t| t.role == TransferRole::Transferor)
+        {
+            self.transfer_event(id, TransferState::Failed, Some(408));
             self.transfers.live.remove(&id);
         }
     }
@@ -679,6 +702,8 @@ impl Endpoint {
             self.respond_in_dialog(now, tx, req, 481, Some(call));
             return true;
         };
+        self.timers
+            .cancel(TimerOwner::Transfer(id.0), TimerKind::SubscriptionExpiry);
         let code = sipfrag_code(req.body());
         let Some(code) = code else {
             self.respond_in_dialog(now, tx, req, 400, Some(call));

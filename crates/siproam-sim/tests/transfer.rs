@@ -585,39 +585,8 @@ fn a_notify_refer_for_no_transfer_gets_481() {
 #[test]
 fn a_challenged_refer_is_answered_and_its_notifies_follow_the_new_cseq() {
     use siproam_sip::digest::{verify, Secret, ServerChallenge};
-    use support::{ok, recv, setup, REG};
-    let (mut sim, ua, peer, cfg) = setup(Transport::Udp);
-    sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
-    let r = recv(&mut sim, peer);
-    ok(&mut sim, peer, &r, 3600);
-    sim.run_for(Duration::from_millis(100));
-    // a call through the scripted proxy (which is also the callee)
-    let spec = InviteSpec {
-        uri: "sip:bob@example.test".into(),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            transport: Transport::Udp,
-            remote: SocketAddr::new(ip(REG), 5060),
-            local: None,
-            server_name: None,
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    let call = sim
-        .with_endpoint(ua, |ep, now| ep.invite(now, spec))
-        .unwrap();
-    let inv = recv(&mut sim, peer);
-    let resp = MessageBuilder::response_to(&inv.message, 200, "OK", Some("callee"))
-        .header("Contact", &format!("<sip:bob@{REG}:5060>"))
-        .body("application/sdp", sdp("answer"))
-        .build()
-        .unwrap();
-    sim.peer_reply(peer, &inv, resp.to_bytes());
-    let ack = recv(&mut sim, peer);
-    assert_eq!(ack.message.method(), Some(Method::Ack));
-    sim.run_for(Duration::from_millis(100));
-    sim.take_events(ua);
+    use support::{recv, REG};
+    let (mut sim, ua, peer, call) = registered_call();
 
     sim.with_endpoint(ua, |ep, now| {
         ep.transfer(now, call, "sip:carol@example.test")
@@ -721,6 +690,43 @@ fn a_challenged_refer_is_answered_and_its_notifies_follow_the_new_cseq() {
 /// long as the call lasted).
 #[test]
 fn an_accepted_refer_with_no_notify_fails_after_64_t1_and_the_call_stays() {
+    use support::recv;
+    let (mut sim, ua, peer, call) = registered_call();
+    sim.with_endpoint(ua, |ep, now| {
+        ep.transfer(now, call, "sip:carol@example.test")
+    })
+    .unwrap();
+    let refer = recv(&mut sim, peer);
+    assert_eq!(refer.message.method(), Some(Method::Refer));
+    let accepted = MessageBuilder::response_to(&refer.message, 202, "Accepted", Some("callee"))
+        .build()
+        .unwrap();
+    sim.peer_reply(peer, &refer, accepted.to_bytes());
+    let told = |sim: &mut Sim| -> Vec<(TransferState, Option<u16>)> {
+        sim.take_events(ua)
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                Event::Transfer(t) => Some((t.state, t.code)),
+                _ => None,
+            })
+            .collect()
+    };
+    sim.run_for(Duration::from_secs(20));
+    assert!(
+        !told(&mut sim)
+            .iter()
+            .any(|(s, _)| *s == TransferState::Failed),
+        "still waiting at 20 s"
+    );
+    sim.run_for(Duration::from_secs(20));
+    assert_eq!(told(&mut sim), [(TransferState::Failed, Some(408))]);
+    let calls = sim.with_endpoint(ua, |ep, _| ep.calls());
+    assert_eq!(calls.len(), 1, "the call stays");
+}
+
+/// Alice registered with the scripted proxy on REG (password `alicepw`)
+/// and in a confirmed call with it (the proxy is also the callee).
+fn registered_call() -> (Sim, NodeId, NodeId, CallId) {
     use support::{ok, recv, setup, REG};
     let (mut sim, ua, peer, cfg) = setup(Transport::Udp);
     sim.with_endpoint(ua, |ep, now| ep.register(now, cfg));
@@ -753,34 +759,5 @@ fn an_accepted_refer_with_no_notify_fails_after_64_t1_and_the_call_stays() {
     assert_eq!(ack.message.method(), Some(Method::Ack));
     sim.run_for(Duration::from_millis(100));
     sim.take_events(ua);
-    sim.with_endpoint(ua, |ep, now| {
-        ep.transfer(now, call, "sip:carol@example.test")
-    })
-    .unwrap();
-    let refer = recv(&mut sim, peer);
-    assert_eq!(refer.message.method(), Some(Method::Refer));
-    let accepted = MessageBuilder::response_to(&refer.message, 202, "Accepted", Some("callee"))
-        .build()
-        .unwrap();
-    sim.peer_reply(peer, &refer, accepted.to_bytes());
-    let told = |sim: &mut Sim| -> Vec<(TransferState, Option<u16>)> {
-        sim.take_events(ua)
-            .into_iter()
-            .filter_map(|(_, e)| match e {
-                Event::Transfer(t) => Some((t.state, t.code)),
-                _ => None,
-            })
-            .collect()
-    };
-    sim.run_for(Duration::from_secs(20));
-    assert!(
-        !told(&mut sim)
-            .iter()
-            .any(|(s, _)| *s == TransferState::Failed),
-        "still waiting at 20 s"
-    );
-    sim.run_for(Duration::from_secs(20));
-    assert_eq!(told(&mut sim), [(TransferState::Failed, Some(408))]);
-    let calls = sim.with_endpoint(ua, |ep, _| ep.calls());
-    assert_eq!(calls.len(), 1, "the call stays");
+    (sim, ua, peer, call)
 }

@@ -711,6 +711,35 @@ fn a_subscribe_challenged_is_answered_and_its_refresh_counts_on() {
         .build()
         .unwrap();
     sim.peer_reply(peer, &s2, resp.to_bytes());
+    // the notifier's first NOTIFY (without one the subscription would
+    // end after 64·T1)
+    let n = MessageBuilder::request(Method::Notify, &format!("sip:alice@{}", support::UA))
+        .header("Via", &format!("SIP/2.0/UDP {REG}:5060;branch=z9hG4bKsn1"))
+        .header("From", "<sip:bob@example.test>;tag=callee")
+        .header(
+            "To",
+            &format!(
+                "<sip:alice@example.test>;tag={}",
+                s2.message.from().unwrap().tag().unwrap()
+            ),
+        )
+        .header("Call-ID", s2.message.call_id())
+        .header("CSeq", "1 NOTIFY")
+        .header("Event", "presence")
+        .header("Subscription-State", "active;expires=600")
+        .header("Contact", &format!("<sip:bob@{REG}:5060>"))
+        .header("Max-Forwards", "70")
+        .build()
+        .unwrap();
+    sim.peer_send(
+        peer,
+        SocketAddr::new(ip(REG), 5060),
+        SocketAddr::new(ip(support::UA), 5060),
+        Transport::Udp,
+        n.to_bytes(),
+    );
+    let ok200 = recv(&mut sim, peer);
+    assert_eq!(ok200.message.status(), Some(200));
     // the refresh, in the dialog, at 85 % of 600 s
     let s3 = sim
         .run_until_peer_receives(peer, Duration::from_secs(600))

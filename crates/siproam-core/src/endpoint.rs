@@ -771,13 +771,18 @@ impl Endpoint {
     ) -> Result<RequestId, CoreError> {
         let (invite, flow, transport) = self
             .txs
-            .clients()
+            .clients_mut()
             .find(|(id, t)| {
                 (t.owner == TxOwner::App(request) || *id == request.0)
                     && t.invite
                     && matches!(t.state, ClientState::Calling | ClientState::Proceeding)
             })
-            .map(|(_, t)| (t.request.clone(), t.flow, t.transport))
+            .map(|(_, t)| {
+                // a challenge crossing the CANCEL is not answered: the
+                // INVITE is not sent again
+                t.auth = None;
+                (t.request.clone(), t.flow, t.transport)
+            })
             .ok_or(CoreError::NoSuchTransaction)?;
         let flow = match (local, self.flows.get(flow)) {
             (Some(local), Some(f)) => {

@@ -609,6 +609,59 @@ fn a_challenge_to_an_invite_hung_up_meanwhile_is_not_answered() {
 }
 
 #[test]
+fn a_challenge_to_an_application_invite_cancelled_meanwhile_is_not_answered() {
+    let (mut sim, ua, peer) = registered(|_| {}, None);
+    let req = MessageBuilder::request(Method::Invite, "sip:bob@example.test")
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "appinv1@test")
+        .header("CSeq", "1 INVITE")
+        .header("Contact", "<sip:alice@192.0.2.10:5060>");
+    let id = sim
+        .with_endpoint(ua, |ep, now| ep.send_request(now, req, target()))
+        .unwrap();
+    let inv1 = recv(&mut sim, peer);
+    reply(&mut sim, peer, &inv1, 100, &[]);
+    sim.run_for(Duration::from_millis(50));
+    sim.with_endpoint(ua, |ep, now| ep.cancel(now, id)).unwrap();
+    let cancel = recv(&mut sim, peer);
+    assert_eq!(cancel.message.method(), Some(Method::Cancel));
+    // the proxy's 407 crosses the CANCEL
+    reply(
+        &mut sim,
+        peer,
+        &inv1,
+        407,
+        &[(
+            "Proxy-Authenticate",
+            &challenge("example.test", "a1", false),
+        )],
+    );
+    reply(&mut sim, peer, &cancel, 200, &[]);
+    sim.run_for(Duration::from_secs(40));
+    let invites = sim
+        .log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("INVITE "))
+        .count();
+    assert_eq!(invites, 1, "a cancelled INVITE is not sent again");
+    let codes: Vec<u16> = sim
+        .take_events(ua)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Response { request, response } if request == id => response.status(),
+            _ => None,
+        })
+        .filter(|c| *c >= 200)
+        .collect();
+    assert_eq!(
+        codes,
+        [407],
+        "the application sees its INVITE's final answer"
+    );
+}
+
+#[test]
 fn a_cached_answer_goes_only_to_the_hop_that_challenged() {
     let (mut sim, ua, peer) = registered(|_| {}, None);
     let call = challenged_call(&mut sim, ua, peer);

@@ -262,6 +262,55 @@ fn a_blind_transfer_moves_the_call_to_the_target_and_both_sides_tell_it() {
 }
 
 #[test]
+fn the_transfer_target_ringing_is_told_to_the_transferor_once() {
+    let mut t = three();
+    let a = call(&mut t, ALICE_N, "alice", BOB, "bob");
+    // carol rings (twice) and answers only when told
+    let ringing: Rc<RefCell<Option<CallId>>> = Rc::default();
+    let r = ringing.clone();
+    t.sim.set_handler(
+        t.carol,
+        Box::new(move |ep, now, ev| {
+            if let Event::IncomingCall { call, .. } = &ev {
+                ep.answer(now, *call, 180, None).unwrap();
+                ep.answer(now, *call, 180, None).unwrap();
+                *r.borrow_mut() = Some(*call);
+            }
+            Some(ev)
+        }),
+    );
+    let target = format!("sip:carol@{CAROL}");
+    t.sim
+        .with_endpoint(t.alice, |ep, now| ep.transfer(now, a, &target))
+        .unwrap();
+    t.sim.run_for(Duration::from_secs(1));
+    use TransferRole::*;
+    use TransferState::*;
+    assert_eq!(
+        transfers(&t.seen[0]),
+        vec![
+            (Transferor, Requested, None),
+            (Transferor, Trying, Some(100)),
+            (Transferor, Trying, Some(180)),
+        ]
+    );
+    let carol_call = ringing.borrow().expect("carol was called");
+    t.sim
+        .with_endpoint(t.carol, |ep, now| {
+            ep.answer(now, carol_call, 200, Some(sdp("answer")))
+        })
+        .unwrap();
+    t.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        transfers(&t.seen[0]).last(),
+        Some(&(Transferor, Succeeded, Some(200)))
+    );
+    let log: Vec<String> = t.sim.log().iter().map(|e| e.first_line.clone()).collect();
+    let notifies = log.iter().filter(|l| l.starts_with("NOTIFY ")).count();
+    assert_eq!(notifies, 3, "100, one 180, 200: {log:?}");
+}
+
+#[test]
 fn a_refused_transfer_call_is_told_failed_on_both_sides_and_the_call_stays() {
     let mut t = three();
     let a = call(&mut t, ALICE_N, "alice", BOB, "bob");

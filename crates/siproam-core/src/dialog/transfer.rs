@@ -18,8 +18,8 @@
 //! ([`TransferState::Requested`] with the target and any `Replaces`) and
 //! places the new call with [`Endpoint::transfer_invite`] (it carries
 //! `Referred-By` and the `Replaces`) — or gives up with
-//! [`Endpoint::refuse_transfer`]. The new call's final answer is sent as
-//! the last NOTIFY (`terminated`). A `Refer-To` that does not parse (or
+//! [`Endpoint::refuse_transfer`]. The new call's first ringing (180/183)
+//! is sent once as a NOTIFY, its final answer as the last (`terminated`). A `Refer-To` that does not parse (or
 //! none, or several) gets 400, another scheme 403; a REFER outside any
 //! dialog 403 (not supported), in an unconfirmed call 481; beyond
 //! [`MAX_TRANSFERS`] at once 503. Nothing else changes.
@@ -128,6 +128,9 @@ struct Transfer {
     referred_by: Option<String>,
     /// A final state was told.
     done: bool,
+    /// Transferee: the new call's ringing was sent to the transferor
+    /// (once: RFC 3515 §2.4.5 asks for few NOTIFYs).
+    ringing_told: bool,
 }
 
 /// The transfers in progress.
@@ -368,6 +371,7 @@ impl Endpoint {
             new_call: None,
             referred_by: None,
             done: false,
+            ringing_told: false,
         });
         if let Err(e) = self.start_client_tx(now, b, hop, TxOwner::Transfer(id)) {
             self.transfers.live.remove(&id);
@@ -513,6 +517,7 @@ impl Endpoint {
             new_call: None,
             referred_by,
             done: false,
+            ringing_told: false,
         });
         self.send_sipfrag(now, id, 100, false);
         self.transfer_event(id, TransferState::Requested, None);
@@ -640,6 +645,17 @@ impl Endpoint {
                 (true, CallState::Confirmed) => {
                     self.transfer_event(id, TransferState::Succeeded, Some(code.unwrap_or(200)));
                     self.send_sipfrag(now, id, code.unwrap_or(200), true);
+                }
+                (true, CallState::Ringing | CallState::Early) => {
+                    let first = self
+                        .transfers
+                        .live
+                        .get_mut(&id)
+                        .is_some_and(|t| !std::mem::replace(&mut t.ringing_told, true));
+                    if first {
+                        let code = code.filter(|c| (101..200).contains(c)).unwrap_or(180);
+                        self.send_sipfrag(now, id, code, false);
+                    }
                 }
                 (true, CallState::Disconnected) => {
                     let code = code.filter(|c| *c >= 300).unwrap_or(487);

@@ -1177,7 +1177,8 @@ pub async fn agent(
     // the last wrong-password report, told with the call it ends
     let mut auth_failure: Option<String> = None;
     // the subscriptions we serve, ended with a final NOTIFY when we quit
-    let mut served = std::collections::HashSet::new();
+    // the subscriptions held and served, ended when we go away
+    let mut subscriptions = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -1322,12 +1323,10 @@ pub async fn agent(
                     }
                 }
                 Some(EndpointEvent::Core(Event::Subscription(s))) => {
-                    if s.role == SubscriptionRole::Notifier {
-                        if s.state == SubscriptionState::Terminated {
-                            served.remove(&s.sub);
-                        } else {
-                            served.insert(s.sub);
-                        }
+                    if s.state == SubscriptionState::Terminated {
+                        subscriptions.remove(&s.sub);
+                    } else {
+                        subscriptions.insert(s.sub);
                     }
                     emit(json_out, subscription_json(&s));
                 }
@@ -1373,16 +1372,30 @@ pub async fn agent(
         })
         .await;
     }
-    if !served.is_empty() {
-        // our subscribers hear that we went away: presence `closed`, then
-        // a final NOTIFY each — before the unregistration, while the
-        // account is there to answer a proxy's challenge to them (it is
-        // forgotten once the registrar answers the un-REGISTER)
-        let _ = ep.end_served_subscriptions().await;
-        let _ = tokio::time::timeout(Duration::from_millis(300), async {
-            while let Some(ev) = ep.next_event().await {
-                if let EndpointEvent::Core(Event::Subscription(s)) = ev {
-                    emit(json_out, subscription_json(&s));
+    if !subscriptions.is_empty() {
+        // the notifiers hear that we unsubscribe; our subscribers that we
+        // went away (presence `closed`, then a final NOTIFY each) — before
+        // the unregistration, while the account is there to answer a
+        // proxy's challenge to them (it is forgotten once the registrar
+        // answers the un-REGISTER). Bounded: a request unanswered ends by
+        // its own timeout (64*T1) or this wait.
+        let _ = ep.end_all_subscriptions().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    ev = ep.next_event() => match ev {
+                        Some(EndpointEvent::Core(Event::Subscription(s))) => {
+                            emit(json_out, subscription_json(&s));
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        if !ep.subscription_requests_pending().await.unwrap_or(false) {
+                            break;
+                        }
+                    }
                 }
             }
         })

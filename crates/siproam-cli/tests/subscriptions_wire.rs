@@ -6,7 +6,8 @@
 //! wrong), one of a type presence does not take (415 with Accept), and
 //! bytes that are no SIP at all (dropped). Her subscription goes on (the
 //! next good NOTIFY is taken, in the same subscription) and so does the
-//! call (media still flows, nothing ends).
+//! call (media still flows, nothing ends). When she quits, she
+//! unsubscribes (`Expires: 0` in the dialog).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -289,7 +290,28 @@ fn bad_notifies_over_the_wire_get_clear_answers_and_disturb_nothing() {
     bob.wait_for("bob disconnected", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
+    // Alice goes away: she unsubscribes first (Expires: 0 in the
+    // dialog), and leaves once it is answered
     alice.send("quit");
+    let (unsub, from) = n.recv("the unsubscribe", |m| {
+        m.first_line().starts_with("SUBSCRIBE ") && m.header("Expires").as_deref() == Some("0")
+    });
+    assert!(
+        unsub.header("To").unwrap().contains("tag=n1"),
+        "in the dialog: {}",
+        unsub.0
+    );
+    assert_eq!(unsub.header("Call-ID"), sub.header("Call-ID"));
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n\
+         CSeq: {}\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n",
+        unsub.header("Via").unwrap(),
+        unsub.header("From").unwrap(),
+        unsub.header("To").unwrap(),
+        unsub.header("Call-ID").unwrap(),
+        unsub.header("CSeq").unwrap(),
+    );
+    n.sock.send_to(ok.as_bytes(), from).unwrap();
     bob.send("quit");
     let _ = alice.child.wait();
     let _ = bob.child.wait();

@@ -1020,6 +1020,14 @@ impl Endpoint {
             .any(|(_, tx)| tx.owner == owner && tx.is_pending())
     }
 
+    /// Whether a client transaction whose owner `f` picks still waits
+    /// for its final response.
+    pub(crate) fn has_client_tx_where(&self, f: impl Fn(TxOwner) -> bool) -> bool {
+        self.txs
+            .clients()
+            .any(|(_, tx)| f(tx.owner) && tx.is_pending())
+    }
+
     /// Forgets the pending client transactions of `owner`: no more
     /// retransmissions, and a late answer is a stray response (dropped).
     pub(crate) fn abandon_client_txs(&mut self, owner: TxOwner) -> usize {

@@ -29,6 +29,12 @@ pub enum SubscriptionCommand {
     /// End every subscription we serve: our presence `closed`, then a
     /// final NOTIFY each.
     EndServed,
+    /// End every subscription, held (unsubscribed) and served (presence
+    /// `closed`, then a final NOTIFY each): we go away.
+    EndAll,
+    /// Whether a SUBSCRIBE or NOTIFY of ours still waits for its answer
+    /// (sent on the channel).
+    Pending(std::sync::mpsc::Sender<bool>),
 }
 
 /// How long a subscription is asked for.
@@ -73,6 +79,14 @@ pub(crate) fn perform(
             core.set_presence(now, false);
             core.end_served_subscriptions(now)
         }
+        SubscriptionCommand::EndAll => {
+            core.set_presence(now, false);
+            core.end_all_subscriptions(now)
+        }
+        SubscriptionCommand::Pending(reply) => {
+            // (the asker waits for this command's answer, so it is there)
+            let _ = reply.send(core.subscription_requests_pending());
+        }
     }
     Ok(None)
 }
@@ -114,6 +128,22 @@ impl EndpointHandle {
         self.command(SubscriptionCommand::Unsubscribe(sub))
             .await
             .map(|_| ())
+    }
+
+    /// Ends every subscription, as the application goes away: each held
+    /// one unsubscribed (`Expires: 0`); for each served one our presence
+    /// `closed`, then a final NOTIFY. [`Self::subscription_requests_pending`]
+    /// tells when their requests are answered.
+    pub async fn end_all_subscriptions(&self) -> Result<(), EndpointError> {
+        self.command(SubscriptionCommand::EndAll).await.map(|_| ())
+    }
+
+    /// Whether a SUBSCRIBE or NOTIFY of ours still waits for its final
+    /// answer.
+    pub async fn subscription_requests_pending(&self) -> Result<bool, EndpointError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.command(SubscriptionCommand::Pending(tx)).await?;
+        Ok(rx.try_recv().unwrap_or(false))
     }
 
     /// Ends every subscription we serve: our presence `closed` (a NOTIFY

@@ -482,6 +482,30 @@ impl Endpoint {
         }
     }
 
+    /// Ends every subscription as the application goes away: each held
+    /// one unsubscribed (`Expires: 0`), each served one ended with a final
+    /// NOTIFY. [`Endpoint::subscription_requests_pending`] tells when
+    /// their requests are answered.
+    pub fn end_all_subscriptions(&mut self, now: Instant) {
+        let held: Vec<SubId> = self
+            .subscriptions
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.unsubscribing)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in held {
+            let _ = self.unsubscribe(now, id);
+        }
+        self.end_served_subscriptions(now);
+    }
+
+    /// Whether a SUBSCRIBE or NOTIFY of ours still waits for its final
+    /// answer (a challenge to it answered counts as still waiting).
+    pub fn subscription_requests_pending(&self) -> bool {
+        self.has_client_tx_where(|owner| matches!(owner, TxOwner::Subscription(_)))
+    }
+
     fn notify_all(&mut self, now: Instant, event: &str) {
         let ids: Vec<SubId> = self
             .subscriptions

@@ -110,6 +110,35 @@ pub struct AccountSpec {
     pub flow: FlowSpec,
 }
 
+impl AccountSpec {
+    /// An account of `aor` at `registrar` with the usual settings: no
+    /// credentials, no instance id (RFC 5626 outbound off), 600 s
+    /// bindings, IPv4 and IPv6 both used, the endpoint's IP-change knobs
+    /// and a default flow. Set the fields to change them:
+    ///
+    /// ```
+    /// let mut account = siproam::AccountSpec::new("sip:alice@example.test", "sip:127.0.0.1:5060");
+    /// account.password = Some("secret".into());
+    /// assert_eq!(account.expires, 600);
+    /// ```
+    pub fn new(aor: impl Into<String>, registrar: impl Into<String>) -> AccountSpec {
+        AccountSpec {
+            aor: aor.into(),
+            registrar: registrar.into(),
+            username: None,
+            password: None,
+            instance_id: None,
+            outbound: false,
+            reg_id: None,
+            expires: 600,
+            ipv6_sip: Ipv6Use::Enabled,
+            ipv6_media: Ipv6Use::Enabled,
+            ip_change: None,
+            flow: FlowSpec::default(),
+        }
+    }
+}
+
 /// An account's flow (RFC 5626): where it goes first, where it leaves
 /// from, and how it is kept alive (§4.4.1). Several flows of one identity
 /// are several accounts with the same AoR and instance and their own

@@ -9,6 +9,7 @@ mod bench_netns;
 mod bench_soak;
 mod demo;
 mod edge_cmd;
+mod msgcheck;
 mod run;
 
 use std::io::Read;
@@ -16,10 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use siproam_sip::{Answer, Contact, HeaderName, Message, Policy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -310,7 +308,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Msg {
             action: MsgAction::Check { file },
-        } => msg_check(file.as_deref(), json),
+        } => read_input(file.as_deref()).and_then(|d| msgcheck::run(&d, json)),
         Command::Demo => block_on(demo::run(json)),
         Command::Registrar {
             mut listen,
@@ -598,120 +596,4 @@ fn read_input(file: Option<&str>) -> anyhow::Result<Vec<u8>> {
         }
     }
     Ok(data)
-}
-
-/// `siproam msg check`: exit 0 when the message would be accepted, 1 with
-/// `error: REASON (would answer CODE)` when not.
-fn msg_check(file: Option<&str>, json_out: bool) -> anyhow::Result<ExitCode> {
-    let data = read_input(file)?;
-    let checked = Message::parse(Bytes::from(data)).and_then(|m| {
-        m.validate()?;
-        m.check_policy(&Policy::default())?;
-        Ok(m)
-    });
-    match checked {
-        Ok(msg) => {
-            if json_out {
-                println!("{}", summary_json(&msg));
-            } else {
-                print!("{}", summary_text(&msg));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            let answer = e.answer();
-            if json_out {
-                let status = match answer {
-                    Answer::Respond(code) => json!(code),
-                    Answer::Drop => json!("drop"),
-                };
-                println!(
-                    "{}",
-                    json!({"valid": false, "error": e.to_string(), "status": status})
-                );
-            } else {
-                println!("error: {e} (would answer {answer})");
-            }
-            Ok(ExitCode::from(1))
-        }
-    }
-}
-
-fn contacts(msg: &Message) -> Vec<String> {
-    msg.contacts()
-        .filter_map(Result::ok)
-        .map(|c| match c {
-            Contact::Star => "*".to_owned(),
-            Contact::Addr(a) => a.uri().to_string(),
-        })
-        .collect()
-}
-
-fn summary_json(msg: &Message) -> Value {
-    let cseq = msg.cseq();
-    let via = msg.top_via().ok();
-    let mut v = json!({
-        "valid": true,
-        "kind": if msg.is_request() { "request" } else { "response" },
-        "call_id": msg.call_id(),
-        "cseq": {"seq": cseq.seq, "method": cseq.method.as_str()},
-        "via": via.map(|v| json!({
-            "transport": v.transport(),
-            "host": v.host_str(),
-            "port": v.port(),
-            "branch": v.branch(),
-        })),
-        "contact": contacts(msg),
-        "headers": msg.headers().count(),
-        "body_len": msg.body().len(),
-    });
-    if let Some(obj) = v.as_object_mut() {
-        match (msg.method(), msg.status()) {
-            (Some(m), _) => {
-                obj.insert("method".into(), json!(m.as_str()));
-                obj.insert("request_uri".into(), json!(msg.request_uri_str()));
-            }
-            (None, Some(code)) => {
-                obj.insert("status".into(), json!(code));
-                obj.insert("reason".into(), json!(msg.reason()));
-            }
-            (None, None) => {}
-        }
-    }
-    v
-}
-
-fn summary_text(msg: &Message) -> String {
-    let mut out = String::new();
-    match (msg.method(), msg.status()) {
-        (Some(m), _) => out.push_str(&format!(
-            "valid request: {} {}\n",
-            m,
-            msg.request_uri_str().unwrap_or_default()
-        )),
-        (None, Some(code)) => out.push_str(&format!(
-            "valid response: {} {}\n",
-            code,
-            msg.reason().unwrap_or_default()
-        )),
-        (None, None) => {}
-    }
-    let cseq = msg.cseq();
-    out.push_str(&format!("  Call-ID: {}\n", msg.call_id()));
-    out.push_str(&format!("  CSeq:    {} {}\n", cseq.seq, cseq.method));
-    if let Some(via) = msg
-        .header(HeaderName::Via)
-        .and_then(|v| siproam_sip::split_list(v).next())
-    {
-        out.push_str(&format!("  Via:     {via}\n"));
-    }
-    for c in contacts(msg) {
-        out.push_str(&format!("  Contact: {c}\n"));
-    }
-    out.push_str(&format!(
-        "  {} header fields, body {} bytes\n",
-        msg.headers().count(),
-        msg.body().len()
-    ));
-    out
 }

@@ -526,18 +526,56 @@ impl Message {
     /// what every message needs: start line, Call-ID, CSeq, Content-Length
     /// and the presence of Via, From and To). Returns the first problem.
     pub fn validate(&self) -> Result<(), ParseError> {
+        let mut first = None;
+        self.check_fields(|_, e| {
+            first = Some(e);
+            false
+        });
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Every problem [`Message::validate`] would find, not only the first,
+    /// each with the 1-based line it stands on in the message as received
+    /// (`None` for a field added by an edit). For a linter: a stack
+    /// answers the first.
+    pub fn problems(&self) -> Vec<(Option<usize>, ParseError)> {
+        let mut all = Vec::new();
+        self.check_fields(|line, e| {
+            all.push((line, e));
+            true
+        });
+        all
+    }
+
+    /// The 1-based line a span of the received bytes starts on.
+    fn line_at(&self, at: usize) -> usize {
+        self.buf
+            .get(..at)
+            .map_or(0, |b| memchr::memchr_iter(b'\n', b).count())
+            + 1
+    }
+
+    /// Runs the grammar checks, handing each problem and its line to
+    /// `found`, which says whether to go on.
+    fn check_fields(&self, mut found: impl FnMut(Option<usize>, ParseError) -> bool) {
         if let Some(uri) = self.request_uri_str() {
-            match Uri::parse(uri) {
-                Err(e) => return Err(self.error(ErrorKind::InvalidRequestUri(e))),
+            let bad = match Uri::parse(uri) {
+                Err(e) => Some(ErrorKind::InvalidRequestUri(e)),
                 Ok(Uri::Sip(s)) if !s.headers().is_empty() => {
-                    return Err(self.error(ErrorKind::InvalidRequestUri(UriError::Headers)));
+                    Some(ErrorKind::InvalidRequestUri(UriError::Headers))
                 }
-                Ok(_) => {}
+                Ok(_) => None,
+            };
+            if let Some(kind) = bad {
+                let line = self.start_raw.map(|_| 1);
+                if !found(line, self.error(kind)) {
+                    return;
+                }
             }
         }
         for f in &self.fields {
             let v = self.text(&f.value);
-            let fail = |e: ValueError| Err(self.header_error(f.name, e));
+            let fail = |e: ValueError| self.header_error(f.name, e);
             let r: Result<(), ValueError> = match f.name {
                 HeaderName::Via => each(v, headers::check_via),
                 HeaderName::From | HeaderName::To => {
@@ -613,10 +651,12 @@ impl Message {
                 _ => Ok(()),
             };
             if let Err(e) = r {
-                return fail(e);
+                let line = f.raw.map(|r| self.line_at(r.start as usize));
+                if !found(line, fail(e)) {
+                    return;
+                }
             }
         }
-        Ok(())
     }
 
     /// Applies a UAS's policy on top of [`Message::validate`]: the

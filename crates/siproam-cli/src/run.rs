@@ -438,8 +438,28 @@ pub struct AgentArgs {
     /// default off).
     #[arg(long, value_name = "IDLE,INTERVAL,COUNT")]
     pub tcp_keepalive: Option<siproam::transport::TcpKeepalive>,
+    /// Who may subscribe to this agent's presence and message summary
+    /// (repeatable): a SIP URI, compared with the subscriber's From by
+    /// scheme, user and host (the user case-sensitive, parameters and
+    /// display name ignored), or `*` for anyone. Default: nobody — a
+    /// SUBSCRIBE from anyone else gets 403, and one to a user that is not
+    /// this agent's 404.
+    #[arg(long, value_name = "URI", value_parser = parse_watcher)]
+    pub watcher: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// A `--watcher`: `*` or a `sip:`/`sips:` URI.
+fn parse_watcher(w: &str) -> Result<String, String> {
+    let w = w.trim();
+    if w == siproam::core::subscription::ANYONE
+        || siproam_sip::Uri::parse(w).is_ok_and(|u| u.as_sip().is_some())
+    {
+        Ok(w.to_owned())
+    } else {
+        Err(format!("{w:?} is not a SIP URI (sip:user@host) or *"))
+    }
 }
 
 impl AgentArgs {
@@ -590,6 +610,7 @@ pub struct FileConfig {
     aggressive_gc: Option<bool>,
     max_connections: Option<u32>,
     max_rate_per_source: Option<u32>,
+    watchers: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -763,6 +784,12 @@ impl FileConfig {
         fill(&mut a.state_dir, &self.state_dir);
         a.stay |= self.stay.unwrap_or(false);
         a.no_watch |= self.no_watch.unwrap_or(false);
+        if a.watcher.is_empty() {
+            for w in self.watchers.iter().flatten() {
+                a.watcher
+                    .push(parse_watcher(w).map_err(|e| anyhow::anyhow!("watchers: {e}"))?);
+            }
+        }
         self.tls(&mut a.tls);
         Ok(())
     }
@@ -1116,6 +1143,10 @@ pub async fn agent(
         listen,
         core: siproam::core::Config {
             seed: seed(),
+            // SUBSCRIBEs to our AoR's user (registered or not), from the
+            // watchers we were given
+            local_aors: vec![aor.clone()],
+            watchers: args.watcher.clone(),
             ..Default::default()
         },
         transport: TransportConfig {

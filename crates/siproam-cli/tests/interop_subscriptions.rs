@@ -62,7 +62,8 @@ fn presence_through_kamailio_with_every_request_challenged() {
         &format!("subs-{}-{port}", std::process::id()),
     );
     let registrar = format!("sip:127.0.0.1:{port}");
-    let agent = |user: &str, password: &str, listen: &str| {
+    // each may follow the other's presence
+    let agent = |user: &str, password: &str, listen: &str, watcher: &str| {
         let aor = format!("sip:{user}@example.test");
         Proc::spawn(&[
             "agent",
@@ -75,10 +76,17 @@ fn presence_through_kamailio_with_every_request_challenged() {
             password,
             "--listen",
             listen,
+            "--watcher",
+            watcher,
         ])
     };
-    let mut bob = agent("bob", "bobpw", "udp:127.0.0.1:0");
-    let mut alice = agent("alice", "alicepw", "udp:127.0.0.1:0");
+    let mut bob = agent("bob", "bobpw", "udp:127.0.0.1:0", "sip:alice@example.test");
+    let mut alice = agent(
+        "alice",
+        "alicepw",
+        "udp:127.0.0.1:0",
+        "sip:bob@example.test",
+    );
     for (who, p) in [("bob", &bob), ("alice", &alice)] {
         p.wait_for(&format!("{who} registered"), |v| {
             v["event"] == "registration" && v["state"] == "registered"
@@ -264,6 +272,9 @@ fn presence_both_ways_between_siproam_and_baresip_through_kamailio() {
         "alicepw",
         "--listen",
         "udp:127.0.0.1:0",
+        // baresip (bob) may follow her presence
+        "--watcher",
+        "sip:bob@example.test",
     ]);
     alice.wait_for("alice registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"

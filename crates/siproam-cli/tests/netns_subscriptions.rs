@@ -33,7 +33,12 @@ fn a_held_subscription_follows_a_network_change_and_the_call_survives() {
         return;
     }
     let t = Topology::new("sb");
-    let (registrar, mut bob, mut alice) = start(&t, &Options::default());
+    // Alice may follow Bob's presence
+    let o = Options {
+        bob_args: vec!["--watcher".into(), "sip:alice@example.test".into()],
+        ..Options::default()
+    };
+    let (registrar, mut bob, mut alice) = start(&t, &o);
     alice.send("subscribe sip:bob@example.test presence");
     let active = alice.wait_for("alice's subscription active and open", |v| {
         v["event"] == "subscription" && v["state"] == "active"

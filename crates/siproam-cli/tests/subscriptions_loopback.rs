@@ -3,11 +3,19 @@
 //! `active` and `open`, a 489 for an unknown package, Bob's message
 //! summary, an unsubscribe; Bob quits (unregisters) and Alice sees him
 //! `closed` and the subscription `terminated`.
+//!
+//! Who may subscribe to an agent (`--watcher`, `watchers = […]` in
+//! `--config`): a scripted subscriber (a UDP socket) is answered 200 when
+//! listed, 403 when not, 404 for a user that is not the agent's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 use common::*;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[test]
 fn alice_sees_bob_open_then_closed_and_terminated_when_he_quits() {
@@ -26,6 +34,9 @@ fn alice_sees_bob_open_then_closed_and_terminated_when_he_quits() {
         &reg,
         "--listen",
         "udp:127.0.0.3:0",
+        // Alice may follow Bob's presence
+        "--watcher",
+        "sip:alice@example.test",
     ]);
     bob.wait_for("bob registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"
@@ -93,4 +104,146 @@ fn alice_sees_bob_open_then_closed_and_terminated_when_he_quits() {
     assert_eq!(end["reason"], "noresource");
     alice.send("quit");
     let _ = alice.child.wait();
+}
+
+/// A SUBSCRIBE for presence from `from` (a name-addr) to `to_user` at `agent`, sent from
+/// `sock`: the status of its answer (10 s at most).
+fn subscribe_status(sock: &UdpSocket, agent: SocketAddr, to_user: &str, from: &str, n: u32) -> u16 {
+    let me = sock.local_addr().unwrap();
+    let text = format!(
+        "SUBSCRIBE sip:{to_user}@{agent} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKwatch{n}\r\n\
+         Max-Forwards: 70\r\n\
+         From: {from};tag=w{n}\r\n\
+         To: <sip:{to_user}@{agent}>\r\n\
+         Call-ID: watch{n}@{me}\r\n\
+         CSeq: 1 SUBSCRIBE\r\n\
+         Contact: <sip:w@{me}>\r\n\
+         Event: presence\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    sock.send_to(text.as_bytes(), agent).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        if let Ok((len, _)) = sock.recv_from(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..len]).into_owned();
+            // the answer to this SUBSCRIBE (a NOTIFY after a 2xx is skipped)
+            if msg.starts_with("SIP/2.0 ") && msg.contains(&format!("watch{n}@")) {
+                return msg[8..11].parse().unwrap();
+            }
+        }
+    }
+    panic!("no answer to SUBSCRIBE {n}");
+}
+
+/// `--watcher` on the command line and `watchers` in the config file say
+/// who may subscribe to an agent (here one that does not register: its
+/// `--aor`'s user is its own); anyone else gets 403, a user not the
+/// agent's 404; a bad entry is bad usage.
+#[test]
+fn watchers_from_the_flag_or_the_config_file_decide_who_may_subscribe() {
+    let dir = temp_dir("watchers-config");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "aor = \"sip:bob@example.test\"\nwatchers = [\"sip:alice@example.test\", \"sip:carol@example.test\"]\n",
+    )
+    .unwrap();
+    let from_flags = [
+        "--aor",
+        "sip:bob@example.test",
+        "--watcher",
+        "sip:alice@example.test",
+        "--watcher",
+        "sip:carol@example.test",
+    ];
+    let from_file = ["--config", cfg.to_str().unwrap()];
+    for (i, (how, args)) in [("flags", &from_flags[..]), ("file", &from_file[..])]
+        .into_iter()
+        .enumerate()
+    {
+        let listen = format!("udp:127.0.0.{}:0", 61 + i);
+        let mut argv = vec!["agent", "--json", "--no-watch", "--listen", &listen];
+        argv.extend(args);
+        let mut bob = Proc::spawn(&argv);
+        let addr: SocketAddr = bob.wait_for("listening", |v| v["event"] == "listening")["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let sock = UdpSocket::bind("127.0.0.5:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let n = 10 * u32::try_from(i).unwrap();
+        assert_eq!(
+            subscribe_status(&sock, addr, "bob", "<sip:alice@example.test>", n + 1),
+            200,
+            "{how}"
+        );
+        assert_eq!(
+            subscribe_status(
+                &sock,
+                addr,
+                "bob",
+                "\"Carol\" <sip:carol@EXAMPLE.test;transport=udp>",
+                n + 2
+            ),
+            200,
+            "{how}"
+        );
+        assert_eq!(
+            subscribe_status(&sock, addr, "bob", "<sip:mallory@example.test>", n + 3),
+            403,
+            "{how}"
+        );
+        assert_eq!(
+            subscribe_status(&sock, addr, "dave", "<sip:alice@example.test>", n + 4),
+            404,
+            "{how}"
+        );
+        bob.wait_for("carol served", |v| {
+            v["event"] == "subscription"
+                && v["role"] == "notifier"
+                && v["peer"] == "sip:carol@EXAMPLE.test;transport=udp"
+        });
+        let served: Vec<_> = bob
+            .seen()
+            .into_iter()
+            .filter(|v| v["event"] == "subscription" && v["role"] == "notifier")
+            .collect();
+        assert_eq!(served.len(), 2, "{how}: {served:?}");
+        bob.send("quit");
+        let _ = bob.child.wait();
+    }
+    // a watcher that is neither a SIP URI nor * is bad usage, flag or file
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[
+        "agent",
+        "--aor",
+        "sip:bob@example.test",
+        "--watcher",
+        "alice",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("watcher"), "{err}");
+    std::fs::write(
+        &cfg,
+        "aor = \"sip:bob@example.test\"\nwatchers = [\"tel:+1555\"]\n",
+    )
+    .unwrap();
+    let (code, err) = run(&["agent", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("watchers"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
 }

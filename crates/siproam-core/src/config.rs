@@ -35,6 +35,17 @@ pub struct Config {
     pub dialogs: bool,
     /// Per-source rate limits and the cap on server transactions.
     pub admission: crate::AdmissionConfig,
+    /// Addresses of record we answer for besides our accounts' (an agent
+    /// that does not register): a request whose Request-URI user is one
+    /// of theirs is for us, as one for an account's AoR or Contact user
+    /// is (`Endpoint::addressed_to_us`).
+    pub local_aors: Vec<String>,
+    /// Who may subscribe to what we serve (RFC 3856 §6.6, RFC 6665
+    /// §4.2.1.1): `From` URIs compared by scheme, user and host (RFC 3261
+    /// §19.1.4: the user case-sensitive, the host not; parameters
+    /// ignored), or `*` for anyone. Empty (the default): nobody, every new
+    /// SUBSCRIBE gets 403.
+    pub watchers: Vec<String>,
 }
 
 impl Default for Config {
@@ -51,6 +62,8 @@ impl Default for Config {
             limits: Limits::default(),
             dialogs: true,
             admission: crate::AdmissionConfig::default(),
+            local_aors: Vec::new(),
+            watchers: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod accounts;
+mod addressing;
 mod admission;
 mod auth;
 mod calls;

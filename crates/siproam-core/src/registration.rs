@@ -664,6 +664,28 @@ impl Endpoint {
         )
     }
 
+    /// Whether `user` (a Request-URI's, unescaped) is an account's: its
+    /// AoR's user, its Contact's, or its temporary GRUU's (RFC 5627) —
+    /// part of the one test of a request addressed to us
+    /// (`Endpoint::addressed_to_us`).
+    pub(crate) fn account_has_user(&self, user: &[u8]) -> bool {
+        let is = |uri: &str| crate::addressing::uri_user_is(uri, user);
+        !self
+            .accounts
+            .ids_where(|a| {
+                is(&a.config.aor)
+                    || a.config
+                        .contact_user
+                        .as_deref()
+                        .is_some_and(|u| crate::addressing::user_is(u, user))
+                    || a.gruu
+                        .as_ref()
+                        .and_then(|g| g.temp.as_deref())
+                        .is_some_and(is)
+            })
+            .is_empty()
+    }
+
     /// The AoR user of an account (for a failure report).
     pub(crate) fn account_user(&self, id: AccountId) -> Option<String> {
         self.accounts.get(id).map(|a| a.config.aor_user())

@@ -53,15 +53,19 @@ fn sim_with_agents() -> (Sim, NodeId, NodeId) {
             ..Config::default()
         },
     );
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        Config {
-            seed: 2,
-            ..Config::default()
-        },
-    );
+    let bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     (sim, alice, bob)
+}
+
+/// Bob's agent: `sip:bob@example.test` (no account registers it), serving
+/// `watchers`.
+fn bob_config(watchers: &[&str]) -> Config {
+    Config {
+        seed: 2,
+        local_aors: vec!["sip:bob@example.test".into()],
+        watchers: watchers.iter().map(|w| (*w).to_owned()).collect(),
+        ..Config::default()
+    }
 }
 
 fn subscribe(sim: &mut Sim, alice: NodeId, event: &str, transport: Transport) -> SubId {
@@ -254,7 +258,7 @@ fn an_unknown_event_package_gets_489_and_ends_the_subscription() {
 #[test]
 fn a_served_subscription_expires_with_a_final_notify_terminated_timeout() {
     let mut sim = Sim::new(Instant::now(), 5);
-    let agent = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let agent = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     let peer = sim.add_peer("alice", &[ip(ALICE)]);
     sim.with_endpoint(agent, |ep, now| ep.set_presence(now, true));
     let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
@@ -471,7 +475,7 @@ fn a_subscription_over_a_failed_flow_subscribes_again_at_once_over_a_new_one() {
 #[test]
 fn a_served_subscription_over_a_failed_flow_ends_with_a_final_notify() {
     let mut sim = Sim::new(Instant::now(), 5);
-    let agent = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let agent = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     let peer = sim.add_peer("alice", &[ip(ALICE)]);
     let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB};transport=tcp"))
         .header("Via", &format!("SIP/2.0/TCP {ALICE}:5060;branch=z9hG4bKs1"))
@@ -528,14 +532,7 @@ fn after_an_address_change_the_subscription_is_refreshed_with_the_new_contact() 
             ..Config::default()
         },
     );
-    let bob = sim.add_endpoint(
-        "bob",
-        &[ip(BOB)],
-        Config {
-            seed: 2,
-            ..Config::default()
-        },
-    );
+    let bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     sim.with_endpoint(bob, |ep, now| ep.set_presence(now, true));
     let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
     sim.run_for(Duration::from_millis(200));
@@ -736,7 +733,7 @@ fn answers_to_subscribe_and_notify_carry_their_reason_phrases() {
 #[test]
 fn the_2xx_to_a_subscribe_carries_its_record_route() {
     let mut sim = Sim::new(Instant::now(), 5);
-    let _bob = sim.add_endpoint("bob", &[ip(BOB)], Config::default());
+    let _bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     let peer = sim.add_peer("alice", &[ip(ALICE)]);
     let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
         .header(
@@ -856,4 +853,223 @@ fn a_notify_after_the_2xx_keeps_the_subscription() {
         sim.endpoint(alice).subscriptions(),
         [(sub, SubscriptionRole::Subscriber, SubscriptionState::Active)]
     );
+}
+
+// ----- who may subscribe (RFC 6665 §4.2.1, RFC 3856 §6.6) ---------------
+
+/// A new SUBSCRIBE from the scripted subscriber to `request_uri`, from
+/// `from` (a name-addr with its tag), for presence.
+fn subscribe_from(request_uri: &str, from: &str, call_id: &str) -> Bytes {
+    MessageBuilder::request(Method::Subscribe, request_uri)
+        .header(
+            "Via",
+            &format!(
+                "SIP/2.0/UDP {ALICE}:5060;branch=z9hG4bK{}",
+                call_id.replace('@', "-")
+            ),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", from)
+        .header("To", &format!("<{request_uri}>"))
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 SUBSCRIBE")
+        .header("Contact", &format!("<sip:alice@{ALICE}>"))
+        .header("Event", "presence")
+        .header("Expires", "600")
+        .build()
+        .unwrap()
+        .to_bytes()
+}
+
+/// Bob's agent with `watchers`, and a scripted subscriber at Alice's
+/// address.
+fn agent_and_subscriber(watchers: &[&str]) -> (Sim, NodeId, NodeId) {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let agent = sim.add_endpoint("bob", &[ip(BOB)], bob_config(watchers));
+    let peer = sim.add_peer("alice", &[ip(ALICE)]);
+    sim.with_endpoint(agent, |ep, now| ep.set_presence(now, true));
+    (sim, agent, peer)
+}
+
+fn send_to_bob(sim: &mut Sim, peer: NodeId, bytes: Bytes) {
+    sim.peer_send(
+        peer,
+        SocketAddr::new(ip(ALICE), 5060),
+        bob_addr(),
+        Transport::Udp,
+        bytes,
+    );
+}
+
+/// What Bob's agent sent, first lines.
+fn sent_by_bob(sim: &Sim) -> Vec<String> {
+    sim.log()
+        .iter()
+        .filter(|e| e.from.ip() == ip(BOB))
+        .map(|e| e.first_line.clone())
+        .collect()
+}
+
+/// `from` subscribes to Bob's presence at `request_uri`: the answer's
+/// status.
+fn answer_to(sim: &mut Sim, peer: NodeId, request_uri: &str, from: &str) -> u16 {
+    send_to_bob(sim, peer, subscribe_from(request_uri, from, "w1@alice"));
+    let answer = recv(sim, peer);
+    answer.message.status().unwrap()
+}
+
+#[test]
+fn a_subscribe_to_a_user_not_ours_gets_404_and_makes_no_subscription() {
+    let (mut sim, agent, peer) = agent_and_subscriber(&["*"]);
+    let code = answer_to(
+        &mut sim,
+        peer,
+        &format!("sip:carol@{BOB}"),
+        "<sip:alice@example.test>;tag=a1",
+    );
+    assert_eq!(code, 404);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sent_by_bob(&sim).len(), 1, "{:?}", sent_by_bob(&sim));
+    assert!(sub_events(&mut sim, agent).is_empty());
+    assert!(sim.endpoint(agent).subscriptions().is_empty());
+    // no user at all is not ours either
+    send_to_bob(
+        &mut sim,
+        peer,
+        subscribe_from(
+            &format!("sip:{BOB}"),
+            "<sip:alice@example.test>;tag=a2",
+            "w2@alice",
+        ),
+    );
+    assert_eq!(recv(&mut sim, peer).message.status(), Some(404));
+    assert!(sim.endpoint(agent).subscriptions().is_empty());
+}
+
+#[test]
+fn a_subscribe_from_a_watcher_not_listed_gets_403_and_nothing_follows() {
+    let (mut sim, agent, peer) = agent_and_subscriber(&["sip:alice@example.test"]);
+    for (i, from) in [
+        "<sip:mallory@example.test>;tag=m1",
+        // the user is case-sensitive (RFC 3261 §19.1.4)
+        "<sip:Alice@example.test>;tag=m2",
+        "<sip:alice@example.org>;tag=m3",
+        "<sips:alice@example.test>;tag=m4",
+        "<tel:+15551234>;tag=m5",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        send_to_bob(
+            &mut sim,
+            peer,
+            subscribe_from(&format!("sip:bob@{BOB}"), from, &format!("m{i}@x")),
+        );
+        assert_eq!(recv(&mut sim, peer).message.status(), Some(403), "{from}");
+    }
+    sim.run_for(Duration::from_secs(60));
+    let sent = sent_by_bob(&sim);
+    assert_eq!(sent.len(), 5, "{sent:?}");
+    assert!(
+        sent.iter().all(|l| l.starts_with("SIP/2.0 403 ")),
+        "{sent:?}"
+    );
+    assert!(sub_events(&mut sim, agent).is_empty());
+    assert!(sim.endpoint(agent).subscriptions().is_empty());
+}
+
+#[test]
+fn by_default_nobody_may_subscribe() {
+    let (mut sim, agent, peer) = agent_and_subscriber(&[]);
+    let code = answer_to(
+        &mut sim,
+        peer,
+        &format!("sip:bob@{BOB}"),
+        "<sip:alice@example.test>;tag=a1",
+    );
+    assert_eq!(code, 403);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sent_by_bob(&sim).len(), 1);
+    assert!(sim.endpoint(agent).subscriptions().is_empty());
+}
+
+#[test]
+fn a_listed_watcher_gets_200_and_a_notify() {
+    // the host is not case-sensitive; display names and parameters are
+    // ignored
+    let (mut sim, agent, peer) = agent_and_subscriber(&["sip:alice@EXAMPLE.test;transport=tcp"]);
+    let code = answer_to(
+        &mut sim,
+        peer,
+        &format!("sip:bob@{BOB}"),
+        "\"Alice\" <sip:alice@example.TEST:5062;user=phone>;tag=a1",
+    );
+    assert_eq!(code, 200);
+    let first = recv(&mut sim, peer);
+    assert_eq!(first.message.method(), Some(Method::Notify));
+    assert!(String::from_utf8_lossy(first.message.body()).contains("<basic>open</basic>"));
+    let evs = sub_events(&mut sim, agent);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].state, SubscriptionState::Active);
+    assert_eq!(sim.endpoint(agent).subscriptions().len(), 1);
+}
+
+#[test]
+fn a_star_lets_anyone_subscribe() {
+    let (mut sim, agent, peer) = agent_and_subscriber(&["*"]);
+    let code = answer_to(
+        &mut sim,
+        peer,
+        // the AoR's user at another host is ours too
+        "sip:bob@example.test",
+        "<sip:someone@elsewhere.example>;tag=s1",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(recv(&mut sim, peer).message.method(), Some(Method::Notify));
+    assert_eq!(sim.endpoint(agent).subscriptions().len(), 1);
+}
+
+/// A refresh in the dialog of an accepted subscription is not checked
+/// again: even one whose Request-URI names no user of ours (some
+/// subscribers send it to a bare host) is refreshed.
+#[test]
+fn a_refresh_of_an_accepted_subscription_still_works() {
+    let (mut sim, agent, peer) = agent_and_subscriber(&["sip:alice@example.test"]);
+    send_to_bob(
+        &mut sim,
+        peer,
+        subscribe_from(
+            &format!("sip:bob@{BOB}"),
+            "<sip:alice@example.test>;tag=a1",
+            "r1@alice",
+        ),
+    );
+    let ok = recv(&mut sim, peer);
+    assert_eq!(ok.message.status(), Some(200));
+    let bob_tag = ok.message.to().unwrap().tag().unwrap().to_owned();
+    let first = recv(&mut sim, peer);
+    reply(&mut sim, peer, &first, 200, &[]);
+    sim.run_for(Duration::from_secs(100));
+    let refresh = MessageBuilder::request(Method::Subscribe, &format!("sip:{BOB}"))
+        .header("Via", &format!("SIP/2.0/UDP {ALICE}:5060;branch=z9hG4bKr2"))
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", &format!("<sip:bob@{BOB}>;tag={bob_tag}"))
+        .header("Call-ID", "r1@alice")
+        .header("CSeq", "2 SUBSCRIBE")
+        .header("Contact", &format!("<sip:alice@{ALICE}>"))
+        .header("Event", "presence")
+        .header("Expires", "600")
+        .build()
+        .unwrap();
+    send_to_bob(&mut sim, peer, refresh.to_bytes());
+    let ok2 = recv(&mut sim, peer);
+    assert_eq!(ok2.message.status(), Some(200));
+    assert_eq!(ok2.message.header(HeaderName::Expires), Some("600"));
+    let again = recv(&mut sim, peer);
+    assert_eq!(again.message.method(), Some(Method::Notify));
+    reply(&mut sim, peer, &again, 200, &[]);
+    // alive past the first grant's end (600 s from the start)
+    sim.run_for(Duration::from_secs(550));
+    assert_eq!(sim.endpoint(agent).subscriptions().len(), 1);
 }

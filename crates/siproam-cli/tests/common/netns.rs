@@ -139,6 +139,8 @@ pub struct Options {
     pub registrar_args: Vec<String>,
     /// More arguments for Alice (e.g. `--expires 20`).
     pub alice_args: Vec<String>,
+    /// More arguments for Bob (e.g. `--watcher sip:alice@example.test`).
+    pub bob_args: Vec<String>,
 }
 
 /// `siproam registrar` in the server namespace on port 5060 (UDP and TCP;
@@ -192,6 +194,7 @@ pub fn start(t: &Topology, o: &Options) -> (Proc, Proc, Proc) {
     if o.dual_stack {
         bob_args.extend_from_slice(&hosts);
     }
+    bob_args.extend(o.bob_args.iter().map(String::as_str));
     let bob = t.spawn(&t.server, &bob_args);
     bob.wait_for("bob registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"

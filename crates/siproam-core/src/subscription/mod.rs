@@ -42,10 +42,15 @@
 //! flow). At most [`MAX_SERVED`] are held; beyond, 503. A NOTIFY answered
 //! 481 or unanswered ends the subscription.
 //!
-//! Nothing here authorizes a subscriber: every well-formed SUBSCRIBE for
-//! a served package is accepted.
+//! Who may subscribe: a new SUBSCRIBE whose Request-URI names no user of
+//! ours (`Endpoint::addressed_to_us`, the one test of our identities)
+//! gets 404, one from a watcher not in [`crate::Config::watchers`]
+//! ([`watchers`]: none by default, `*` for anyone) 403 (RFC 6665
+//! §4.2.1.1, RFC 3856 §6.6); neither keeps any state. A refresh in the
+//! dialog of a subscription we accepted is not checked again.
 
 mod body;
+mod watchers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +63,7 @@ pub use body::{
     BasicStatus, BodyError, MessageCounts, MessageSummary, NotifyBody, Presence, MESSAGE_SUMMARY,
     PIDF,
 };
+pub use watchers::ANYONE;
 
 use crate::dialog::{name_addr_uri, tag_param, uri_addr};
 use crate::endpoint::{
@@ -1086,6 +1092,11 @@ impl Endpoint {
         req: &Message,
         event: Option<String>,
     ) {
+        // RFC 6665 §4.2.1.1: a resource that is not ours is not found
+        if !self.addressed_to_us(req) {
+            self.sub_respond(now, tx, req, 404, None, &[]);
+            return;
+        }
         let Some(event) = event.filter(|e| content_type_for(e).is_some()) else {
             self.sub_respond(
                 now,
@@ -1097,6 +1108,15 @@ impl Endpoint {
             );
             return;
         };
+        // RFC 3856 §6.6: only the watchers we were told of (no state kept
+        // for the others)
+        let allowed = req
+            .from()
+            .is_ok_and(|f| watchers::may_watch(&self.config.watchers, f.uri()));
+        if !allowed {
+            self.sub_respond(now, tx, req, 403, None, &[]);
+            return;
+        }
         let Some(remote_target) = contact_uri(req) else {
             self.sub_respond(now, tx, req, 400, None, &[]);
             return;

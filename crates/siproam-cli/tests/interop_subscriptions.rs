@@ -23,8 +23,8 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use common::baresip::Baresip;
+
 use std::time::{Duration, Instant};
 
 /// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
@@ -141,81 +141,6 @@ fn presence_through_kamailio_with_every_request_challenged() {
         "each challenged once at most, nothing refused"
     );
     alice.quit();
-}
-
-/// A headless baresip of `interop/baresip/run.sh`, stopped on drop.
-struct Baresip {
-    workdir: PathBuf,
-    ctrl: u16,
-}
-
-impl Baresip {
-    fn start(port: u16, ctrl: u16, workdir: &Path, extra: &[&str]) -> Baresip {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/baresip/run.sh"))
-            .args([port.to_string(), ctrl.to_string()])
-            .arg(workdir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "baresip did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Baresip {
-            workdir: workdir.to_path_buf(),
-            ctrl,
-        }
-    }
-
-    /// One command through ctrl_tcp; its output.
-    fn ctrl(&self, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(repo().join("interop/baresip/ctrl.py"))
-            .arg(self.ctrl.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctrl.py {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Its `contacts` line for `uri` once `pred` holds for it (30 s at most).
-    fn contact_until(&self, uri: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let list = self.ctrl(&["contacts"]);
-            let line = list
-                .lines()
-                .find(|l| l.contains(uri))
-                .unwrap_or_default()
-                .to_owned();
-            if pred(&line) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "baresip never showed {what}: {list}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/baresip/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod baresip;
 pub mod netns;
 
 /// A `siproam` child process whose JSON stdout lines arrive on a channel.

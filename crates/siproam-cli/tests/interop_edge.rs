@@ -147,16 +147,10 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
 /// the agent along the Path over its flow; Bob's BYE follows.
 #[test]
 fn kamailio_behind_siproam_edge_honours_the_path() {
-    if !have("kamailio") || !have("kamcmd") {
+    if !Kamailio::available() {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "-A NO_CALL_AUTH",
-        &format!("edge-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("-A NO_CALL_AUTH", "edge");
     let kam_uri = format!("sip:127.0.0.1:{port};transport=tcp");
     let edge = Proc::spawn(&[
         "edge",
@@ -205,18 +199,7 @@ fn kamailio_behind_siproam_edge_honours_the_path() {
         paths[0].contains(&format!("@{edge_tcp};transport=tcp;lr;ob")),
         "{paths:?}"
     );
-    let mut bob = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
-        "sip:bob@example.test",
-        "--registrar",
-        &kam_uri,
-        "--password",
-        "bobpw",
-        "--listen",
-        "tcp:127.0.0.1:0",
-    ]);
+    let mut bob = account_agent(&kam_uri, "bob", "bobpw", "tcp:127.0.0.1:0", &[]);
     bob.wait_for("bob registered", |v| {
         v["event"] == "registration" && v["state"] == "registered"
     });

@@ -27,40 +27,12 @@ use common::baresip::Baresip;
 
 use std::time::{Duration, Instant};
 
-/// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
-/// `ok METHOD CSEQ from USER`) once `pred` holds for them (60 s at most).
-fn auth_lines(kam: &Kamailio, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines: Vec<String> = kam
-            .log()
-            .lines()
-            .filter_map(|l| l.split("callauth: ").nth(1))
-            .map(|l| l.trim().to_owned())
-            .collect();
-        if pred(&lines) {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Kamailio never logged {what}: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn presence_through_kamailio_with_every_request_challenged() {
-    if !have("kamailio") || !have("kamcmd") {
+    if !Kamailio::available() {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "-A WITH_QOP -A WITH_DIALOG_AUTH",
-        &format!("subs-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("-A WITH_QOP -A WITH_DIALOG_AUTH", "subs");
     let registrar = format!("sip:127.0.0.1:{port}");
     let agent = |user: &str, password: &str, listen: &str| {
         let aor = format!("sip:{user}@example.test");
@@ -145,16 +117,10 @@ fn presence_through_kamailio_with_every_request_challenged() {
 
 #[test]
 fn presence_both_ways_between_siproam_and_baresip_through_kamailio() {
-    if !have("kamailio") || !have("kamcmd") || !have("baresip") {
+    if !Kamailio::available() || !have("baresip") {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "",
-        &format!("subsbs-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("", "subsbs");
     let registrar = format!("sip:127.0.0.1:{port}");
     let dir = temp_dir("baresip-presence");
     let (bport, ctrl) = (free_port(1), free_port(0));

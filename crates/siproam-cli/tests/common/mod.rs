@@ -359,6 +359,22 @@ impl Kamailio {
         Kamailio::start_in(None, port, "", &format!("{}-{port}", std::process::id()))
     }
 
+    /// True when `kamailio` and `kamcmd` are installed; otherwise says
+    /// why the test is skipped, or fails when `SIPROAM_REQUIRE_INTEROP=1`
+    /// (CI).
+    pub fn available() -> bool {
+        have("kamailio") && have("kamcmd")
+    }
+
+    /// Kamailio on a free port of 127.0.0.1 with extra `KAM_ARGS` (e.g.
+    /// `-A WITH_QOP`); its working directory is named by `name`, the
+    /// process and the port. Returns it and its port.
+    pub fn start_local(kam_args: &str, name: &str) -> (Kamailio, u16) {
+        let port = free_port(0);
+        let tag = format!("{name}-{}-{port}", std::process::id());
+        (Kamailio::start_in(None, port, kam_args, &tag), port)
+    }
+
     /// Kamailio on `port` inside network namespace `netns` (when given),
     /// with extra `KAM_ARGS` (e.g. `-A SIP_ADDR=10.9.0.2`); `tag` names its
     /// working directory.
@@ -434,6 +450,57 @@ impl Kamailio {
         v.sort();
         v
     }
+}
+
+/// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
+/// `ok METHOD CSEQ from USER`, logged by `kamailio.cfg` for each request
+/// it challenges or lets through) once `pred` holds for them (60 s at
+/// most; `what` names them in the failure).
+pub fn auth_lines(kam: &Kamailio, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines: Vec<String> = kam
+            .log()
+            .lines()
+            .filter_map(|l| l.split("callauth: ").nth(1))
+            .map(|l| l.trim().to_owned())
+            .collect();
+        if pred(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Kamailio never logged {what}: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `siproam agent --json` for `sip:USER@example.test` registering at
+/// `registrar` with `password`, listening on `listen`, with `extra`
+/// options; not waited for.
+pub fn account_agent(
+    registrar: &str,
+    user: &str,
+    password: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Proc {
+    let aor = format!("sip:{user}@example.test");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        &aor,
+        "--registrar",
+        registrar,
+        "--password",
+        password,
+        "--listen",
+        listen,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
 }
 
 impl Drop for Kamailio {

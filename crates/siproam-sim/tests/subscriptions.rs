@@ -57,6 +57,22 @@ fn sim_with_agents() -> (Sim, NodeId, NodeId) {
     (sim, alice, bob)
 }
 
+/// Alice (an agent) subscribes to the scripted Bob's presence over
+/// `transport`; Bob answers 200 with `Expires: 600` and `extra`. Returns
+/// (sim, alice, bob, her subscription, her SUBSCRIBE as Bob got it).
+fn subscribed_to_peer_bob(
+    transport: Transport,
+    extra: &[(&str, &str)],
+) -> (Sim, NodeId, NodeId, SubId, Received) {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", transport);
+    let s = recv(&mut sim, bob);
+    let mut headers = vec![("Expires", "600")];
+    headers.extend_from_slice(extra);
+    reply(&mut sim, bob, &s, 200, &headers);
+    (sim, alice, bob, sub, s)
+}
+
 /// Bob an agent (the notifier), Alice a scripted peer: (sim, bob, alice).
 fn sim_with_peer_alice() -> (Sim, NodeId, NodeId) {
     let mut sim = Sim::new(Instant::now(), 5);
@@ -412,10 +428,7 @@ fn forked_notifies_keep_the_first_dialog_and_end_the_others_with_481() {
 
 #[test]
 fn a_final_notify_reports_its_reason_and_retry_after_and_a_malformed_body_is_refused() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, alice, bob, sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     send_to_alice(
         &mut sim,
         bob,
@@ -450,10 +463,7 @@ fn a_final_notify_reports_its_reason_and_retry_after_and_a_malformed_body_is_ref
 
 #[test]
 fn a_deactivated_subscription_subscribes_again_at_once_in_a_new_dialog() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, _alice, bob, _sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     send_to_alice(
         &mut sim,
         bob,
@@ -468,10 +478,7 @@ fn a_deactivated_subscription_subscribes_again_at_once_in_a_new_dialog() {
 
 #[test]
 fn a_subscription_over_a_failed_flow_subscribes_again_at_once_over_a_new_one() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Tcp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, alice, bob, sub, s) = subscribed_to_peer_bob(Transport::Tcp, &[]);
     sim.run_for(Duration::from_millis(100));
     sub_events(&mut sim, alice);
     let conn = s.conn.expect("a TCP connection");
@@ -628,10 +635,7 @@ fn a_served_subscribe_too_short_gets_423_and_an_unreadable_expires_400() {
 
 #[test]
 fn probation_subscribes_again_after_retry_after() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, _alice, bob, _sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     send_to_alice(
         &mut sim,
         bob,
@@ -657,10 +661,7 @@ fn probation_subscribes_again_after_retry_after() {
 
 #[test]
 fn broken_notifies_get_clear_answers_and_change_nothing() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, alice, bob, sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     // no Subscription-State: 400
     let mut cseq = 1;
     let without = {
@@ -819,17 +820,9 @@ fn the_2xx_to_a_subscribe_carries_its_record_route() {
 /// within 64·T1 ends the subscription (it stayed `pending` for ever).
 #[test]
 fn a_2xx_never_followed_by_a_notify_ends_the_subscription() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
+    let (mut sim, alice, _bob, sub, s) =
+        subscribed_to_peer_bob(Transport::Udp, &[("Contact", &format!("<sip:bob@{BOB}>"))]);
     assert_eq!(s.message.method(), Some(Method::Subscribe));
-    reply(
-        &mut sim,
-        bob,
-        &s,
-        200,
-        &[("Expires", "600"), ("Contact", &format!("<sip:bob@{BOB}>"))],
-    );
     sim.run_for(Duration::from_secs(20));
     assert!(
         sub_events(&mut sim, alice)
@@ -849,16 +842,8 @@ fn a_2xx_never_followed_by_a_notify_ends_the_subscription() {
 /// A NOTIFY after the 2xx keeps it: the same wait does not end it.
 #[test]
 fn a_notify_after_the_2xx_keeps_the_subscription() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(
-        &mut sim,
-        bob,
-        &s,
-        200,
-        &[("Expires", "600"), ("Contact", &format!("<sip:bob@{BOB}>"))],
-    );
+    let (mut sim, alice, bob, sub, s) =
+        subscribed_to_peer_bob(Transport::Udp, &[("Contact", &format!("<sip:bob@{BOB}>"))]);
     sim.run_for(Duration::from_secs(5));
     send_to_alice(
         &mut sim,

@@ -162,6 +162,13 @@ impl Proc {
         }
     }
 
+    /// Waits for its registration (`WHO registered`).
+    pub fn wait_registered(&self, who: &str) -> Value {
+        self.wait_for(&format!("{who} registered"), |v| {
+            v["event"] == "registration" && v["state"] == "registered"
+        })
+    }
+
     /// Sends `quit`, waits for the unregistration, and reaps it.
     pub fn quit(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
@@ -452,6 +459,100 @@ impl Kamailio {
     }
 }
 
+/// The address `p` listens on for `transport` (`tcp`, `udp`, …): its
+/// `listening` event, seen already or waited for.
+pub fn listening(p: &Proc, transport: &str) -> String {
+    p.seen_or_wait(&format!("{transport} listener"), |v| {
+        v["event"] == "listening" && v["transport"] == transport
+    })["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `siproam registrar --json` for `example.test` on a TCP port of
+/// 127.0.0.1, with `extra` options; and its URI
+/// (`sip:ADDRESS;transport=tcp`).
+pub fn tcp_registrar(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ];
+    args.extend_from_slice(extra);
+    let registrar = Proc::spawn(&args);
+    let uri = format!("sip:{};transport=tcp", listening(&registrar, "tcp"));
+    (registrar, uri)
+}
+
+/// `siproam edge --json` in front of `registrar_uri`, listening on a TCP
+/// port of 127.0.0.1, with `extra` options (more `--listen`s, Flow-Timer,
+/// …).
+pub fn edge_before(registrar_uri: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+        registrar_uri,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// `siproam agent --json` for `aor` with outbound (RFC 5626) and no
+/// listener of its own: it registers at `registrar_uri` through the edge
+/// at TCP `edge_tcp` (its outbound proxy) as instance `urn`; `extra`
+/// options. Not waited for.
+pub fn outbound_agent(
+    aor: &str,
+    registrar_uri: &str,
+    edge_tcp: &str,
+    urn: &str,
+    extra: &[&str],
+) -> Proc {
+    let proxy = format!("sip:{edge_tcp};transport=tcp");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        aor,
+        "--registrar",
+        registrar_uri,
+        "--outbound",
+        "--outbound-proxy",
+        &proxy,
+        "--instance-id",
+        urn,
+        "--no-listen",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// `siproam agent --json` for `sip:USER@example.test` registering at
+/// `registrar`, listening on `listen`, with `extra` options; not waited
+/// for.
+pub fn agent_at(registrar: &str, user: &str, listen: &str, extra: &[&str]) -> Proc {
+    let aor = format!("sip:{user}@example.test");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        &aor,
+        "--registrar",
+        registrar,
+        "--listen",
+        listen,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
 /// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
 /// `ok METHOD CSEQ from USER`, logged by `kamailio.cfg` for each request
 /// it challenges or lets through) once `pred` holds for them (60 s at
@@ -476,9 +577,7 @@ pub fn auth_lines(kam: &Kamailio, what: &str, pred: impl Fn(&[String]) -> bool) 
     }
 }
 
-/// `siproam agent --json` for `sip:USER@example.test` registering at
-/// `registrar` with `password`, listening on `listen`, with `extra`
-/// options; not waited for.
+/// [`agent_at`] with `--password PASSWORD`.
 pub fn account_agent(
     registrar: &str,
     user: &str,
@@ -486,21 +585,9 @@ pub fn account_agent(
     listen: &str,
     extra: &[&str],
 ) -> Proc {
-    let aor = format!("sip:{user}@example.test");
-    let mut args = vec![
-        "agent",
-        "--json",
-        "--aor",
-        &aor,
-        "--registrar",
-        registrar,
-        "--password",
-        password,
-        "--listen",
-        listen,
-    ];
+    let mut args = vec!["--password", password];
     args.extend_from_slice(extra);
-    Proc::spawn(&args)
+    agent_at(registrar, user, listen, &args)
 }
 
 impl Drop for Kamailio {

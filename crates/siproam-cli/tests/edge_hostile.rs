@@ -90,22 +90,12 @@ impl World {
     /// BYE comes back through the edge's Record-Route.
     fn call_alice(&mut self, case: &str) {
         self.bob.send("call sip:alice@example.test");
-        self.alice
-            .wait_for(&format!("{case}: alice confirmed"), |v| {
-                v["event"] == "call" && v["state"] == "confirmed"
-            });
-        self.bob.wait_for(&format!("{case}: bob confirmed"), |v| {
-            v["event"] == "call" && v["state"] == "confirmed"
-        });
+        self.alice.wait_call(&format!("{case}: alice"), "confirmed");
+        self.bob.wait_call(&format!("{case}: bob"), "confirmed");
         self.bob.send("hangup");
         self.alice
-            .wait_for(&format!("{case}: alice disconnected"), |v| {
-                v["event"] == "call" && v["state"] == "disconnected"
-            });
-        self.bob
-            .wait_for(&format!("{case}: bob disconnected"), |v| {
-                v["event"] == "call" && v["state"] == "disconnected"
-            });
+            .wait_call(&format!("{case}: alice"), "disconnected");
+        self.bob.wait_call(&format!("{case}: bob"), "disconnected");
     }
 
     /// The edge's memory now, checked against a generous bound.
@@ -145,9 +135,7 @@ impl World {
             &format!("urn:uuid:00000000-0000-1000-8000-0000000001{n:02}"),
             &[],
         );
-        carol.wait_for(&format!("{case}: a new client registered"), |v| {
-            v["event"] == "registration" && v["state"] == "registered"
-        });
+        carol.wait_registered(&format!("{case}: a new client"));
         drop(carol);
         let rss = self.assert_memory_bounded(case, 2);
         eprintln!("{case}: edge rss {} -> {rss}", self.rss_baseline);

@@ -76,20 +76,12 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     let mut bob = agent_at(&registrar_uri, "bob", "tcp:127.0.0.1:0", &[]);
     bob.wait_registered("bob");
     bob.send("call sip:alice@example.test");
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    alice.wait_call("alice", "confirmed");
+    bob.wait_call("bob", "confirmed");
     // in-dialog: Bob's BYE comes back through the edge's Record-Route
     bob.send("hangup");
-    alice.wait_for("alice disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
-    bob.wait_for("bob disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    alice.wait_call("alice", "disconnected");
+    bob.wait_call("bob", "disconnected");
 
     // Alice's process (and so her connection) goes: her binding lives on
     // at the registrar, but the flow its Path names is gone: the edge

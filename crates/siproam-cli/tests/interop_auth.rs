@@ -31,17 +31,11 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
     let mut bob = account_agent(&registrar, "bob", "bobpw", listen, &["--auto-answer"]);
     let mut alice = account_agent(&registrar, "alice", "alicepw", listen, &[]);
     for (who, p) in [("bob", &bob), ("alice", &alice)] {
-        p.wait_for(&format!("{who} registered"), |v| {
-            v["event"] == "registration" && v["state"] == "registered"
-        });
+        p.wait_registered(who);
     }
     alice.send("call sip:bob@example.test");
-    bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    bob.wait_call("bob", "confirmed");
+    alice.wait_call("alice", "confirmed");
     // the INVITE was challenged once, then let through with CSeq 2
     let lines = auth_lines(&kam, "the INVITE authenticated", |l| {
         l.iter().any(|x| x.starts_with("ok INVITE"))
@@ -57,9 +51,7 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
         l.iter().any(|x| x == "ok INVITE 3 from alice")
     });
     alice.send("hangup");
-    bob.wait_for("bob disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    bob.wait_call("bob", "disconnected");
     let lines = auth_lines(&kam, "the BYE authenticated", |l| {
         l.iter().any(|x| x.starts_with("ok BYE"))
     });
@@ -73,9 +65,7 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
         ],
         "no other challenge, nothing refused"
     );
-    let ended = alice.wait_for("alice disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    let ended = alice.wait_call("alice", "disconnected");
     assert_ne!(ended["code"], 407, "{ended}");
     alice.quit();
     bob.quit();

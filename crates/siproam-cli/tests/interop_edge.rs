@@ -154,16 +154,10 @@ fn kamailio_behind_siproam_edge_honours_the_path() {
     let mut bob = account_agent(&kam_uri, "bob", "bobpw", "tcp:127.0.0.1:0", &[]);
     bob.wait_registered("bob");
     bob.send("call sip:alice@example.test");
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    alice.wait_call("alice", "confirmed");
+    bob.wait_call("bob", "confirmed");
     bob.send("hangup");
-    alice.wait_for("alice disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    alice.wait_call("alice", "disconnected");
     bob.quit();
     alice.quit();
 }

@@ -119,11 +119,7 @@ fn baresip_transfers_a_siproam_agent_to_another_one() {
         "--timeout",
         "10",
     ]);
-    let old = bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    })["call"]
-        .as_u64()
-        .unwrap();
+    let old = bob.wait_call("bob", "confirmed")["call"].as_u64().unwrap();
     let target = format!("sip:carol@127.0.0.1:{cport}");
     bs.ctrl(&["transfer", &target]);
     let req = bob.wait_for("bob's transfer requested", |v| {

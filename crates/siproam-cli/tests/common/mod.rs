@@ -162,6 +162,14 @@ impl Proc {
         }
     }
 
+    /// Waits for a `call` event in `state` (`confirmed`, `disconnected`,
+    /// …), the failure naming `WHO STATE`.
+    pub fn wait_call(&self, who: &str, state: &str) -> Value {
+        self.wait_for(&format!("{who} {state}"), |v| {
+            v["event"] == "call" && v["state"] == state
+        })
+    }
+
     /// Waits for its registration (`WHO registered`).
     pub fn wait_registered(&self, who: &str) -> Value {
         self.wait_for(&format!("{who} registered"), |v| {

@@ -421,16 +421,11 @@ fn try_register(s: &mut TcpStream, n: u32) -> u16 {
         return 0;
     }
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => return 0,
-        }
+    let head = read_head(s);
+    if !head.ends_with("\r\n\r\n") {
+        return 0;
     }
-    String::from_utf8_lossy(&head)
-        .split_whitespace()
+    head.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
@@ -466,15 +461,7 @@ fn connections_that_sent_one_request_and_went_idle_do_not_lock_new_clients_out()
             break;
         }
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match s.read(&mut b) {
-                Ok(1) => head.push(b[0]),
-                _ => break,
-            }
-        }
-        if !head.starts_with(b"SIP/2.0 200") {
+        if !read_head(&mut s).starts_with("SIP/2.0 200") {
             break;
         }
         idle.push(s);

@@ -196,19 +196,6 @@ fn the_registrar_puts_its_flow_timer_in_the_outbound_2xx() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// Reads one SIP message's head (up to the blank line) from a stream.
-fn read_head(s: &mut std::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 /// An outbound REGISTER of carol's instance from `s`'s address.
 fn raw_register(s: &mut std::net::TcpStream, cseq: u32, call_id: &str) -> String {
     let me = s.local_addr().unwrap();

@@ -16,6 +16,7 @@ use common::*;
 
 use common::baresip::Baresip;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 struct Sipp(Child);
@@ -25,6 +26,28 @@ impl Drop for Sipp {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `siproam call URI` as Alice, playing a 1000 Hz tone and recording
+/// what it hears to `wav`, once confirmed.
+fn confirmed_call(uri: &str, wav: &Path) -> Proc {
+    let call = Proc::spawn(&[
+        "call",
+        uri,
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--listen",
+        "udp:127.0.0.2:0",
+        "--play",
+        "tone:1000",
+        "--record",
+        wav.to_str().unwrap(),
+    ]);
+    call.wait_for("confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    call
 }
 
 #[test]
@@ -69,22 +92,7 @@ fn sipp_uas_echoes_a_siproam_call_and_the_tone_comes_back() {
     wait_udp_bound("127.0.0.1", port);
     let wav = dir.join("echo.wav");
     let uri = format!("sip:echo@127.0.0.1:{port}");
-    let mut call = Proc::spawn(&[
-        "call",
-        &uri,
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--listen",
-        "udp:127.0.0.2:0",
-        "--play",
-        "tone:1000",
-        "--record",
-        wav.to_str().unwrap(),
-    ]);
-    call.wait_for("confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    let mut call = confirmed_call(&uri, &wav);
     let m = call.wait_for("echoed media", |v| {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) >= 80
     });
@@ -194,22 +202,7 @@ fn siproam_and_baresip_call_each_other_with_media_both_ways() {
     // siproam calls baresip: we hear its 700 Hz tone
     let wav = dir.join("from-baresip.wav");
     let uri = format!("sip:carol@127.0.0.1:{port}");
-    let mut call = Proc::spawn(&[
-        "call",
-        &uri,
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--listen",
-        "udp:127.0.0.2:0",
-        "--play",
-        "tone:1000",
-        "--record",
-        wav.to_str().unwrap(),
-    ]);
-    call.wait_for("confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    let mut call = confirmed_call(&uri, &wav);
     call.wait_for("media", |v| {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) >= 80
     });

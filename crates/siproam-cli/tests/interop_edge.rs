@@ -101,15 +101,7 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
          Content-Length: 0\r\n\r\n"
     );
     std::io::Write::write_all(&mut direct, options.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match std::io::Read::read(&mut direct, &mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
+    let head = read_head(&mut direct);
     assert!(head.starts_with("SIP/2.0 430"), "{head}");
     bob.quit();
     let _ = std::fs::remove_dir_all(dir);

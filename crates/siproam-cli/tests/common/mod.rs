@@ -10,7 +10,7 @@
 )]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -476,6 +476,20 @@ pub fn listening(p: &Proc, transport: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// Reads one SIP message's head (up to the blank line, or as far as it
+/// came before the stream failed or closed) from a stream.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match std::io::Read::read(s, &mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// `siproam registrar --json` for `example.test` on a TCP port of

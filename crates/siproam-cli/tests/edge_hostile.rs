@@ -21,15 +21,6 @@ use std::time::{Duration, Instant};
 
 const URN: &str = "urn:uuid:00000000-0000-1000-8000-0000000000f1";
 
-fn listening(p: &Proc, transport: &str) -> String {
-    p.seen_or_wait(&format!("{transport} listener"), |v| {
-        v["event"] == "listening" && v["transport"] == transport
-    })["address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -56,64 +47,26 @@ struct World {
 }
 
 fn world() -> World {
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
-    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
-    let edge = Proc::spawn(&[
-        "edge",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--listen",
-        "udp:127.0.0.1:0",
-        "--registrar",
+    let (registrar, registrar_uri) = tcp_registrar(&[]);
+    let edge = edge_before(
         &registrar_uri,
-        "--flow-timer",
-        "20",
-    ]);
+        &["--listen", "udp:127.0.0.1:0", "--flow-timer", "20"],
+    );
     let edge_tcp: SocketAddr = listening(&edge, "tcp").parse().unwrap();
     let edge_udp: SocketAddr = listening(&edge, "udp").parse().unwrap();
-    let alice = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
+    let alice = outbound_agent(
         "sip:alice@example.test",
-        "--registrar",
         &registrar_uri,
-        "--outbound",
-        "--outbound-proxy",
-        &format!("sip:{edge_tcp};transport=tcp"),
-        "--instance-id",
+        &edge_tcp.to_string(),
         URN,
-        "--no-listen",
-        "--auto-answer",
-    ]);
-    alice.wait_for("alice registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+        &["--auto-answer"],
+    );
+    alice.wait_registered("alice");
     alice.seen_or_wait("alice's flow up", |v| {
         v["event"] == "flow" && v["state"] == "up"
     });
-    let bob = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
-        "sip:bob@example.test",
-        "--registrar",
-        &registrar_uri,
-        "--listen",
-        "tcp:127.0.0.1:0",
-    ]);
-    bob.wait_for("bob registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+    let bob = agent_at(&registrar_uri, "bob", "tcp:127.0.0.1:0", &[]);
+    bob.wait_registered("bob");
     let mut w = World {
         _registrar: registrar,
         edge,
@@ -137,22 +90,12 @@ impl World {
     /// BYE comes back through the edge's Record-Route.
     fn call_alice(&mut self, case: &str) {
         self.bob.send("call sip:alice@example.test");
-        self.alice
-            .wait_for(&format!("{case}: alice confirmed"), |v| {
-                v["event"] == "call" && v["state"] == "confirmed"
-            });
-        self.bob.wait_for(&format!("{case}: bob confirmed"), |v| {
-            v["event"] == "call" && v["state"] == "confirmed"
-        });
+        self.alice.wait_call(&format!("{case}: alice"), "confirmed");
+        self.bob.wait_call(&format!("{case}: bob"), "confirmed");
         self.bob.send("hangup");
         self.alice
-            .wait_for(&format!("{case}: alice disconnected"), |v| {
-                v["event"] == "call" && v["state"] == "disconnected"
-            });
-        self.bob
-            .wait_for(&format!("{case}: bob disconnected"), |v| {
-                v["event"] == "call" && v["state"] == "disconnected"
-            });
+            .wait_call(&format!("{case}: alice"), "disconnected");
+        self.bob.wait_call(&format!("{case}: bob"), "disconnected");
     }
 
     /// The edge's memory now, checked against a generous bound.
@@ -185,23 +128,14 @@ impl World {
         assert!(down.is_empty(), "{case}: alice's flow: {down:?}");
         self.new_clients += 1;
         let n = self.new_clients;
-        let carol = Proc::spawn(&[
-            "agent",
-            "--json",
-            "--aor",
+        let carol = outbound_agent(
             &format!("sip:carol{n}@example.test"),
-            "--registrar",
             &self.registrar_uri,
-            "--outbound",
-            "--outbound-proxy",
-            &format!("sip:{};transport=tcp", self.edge_tcp),
-            "--instance-id",
+            &self.edge_tcp.to_string(),
             &format!("urn:uuid:00000000-0000-1000-8000-0000000001{n:02}"),
-            "--no-listen",
-        ]);
-        carol.wait_for(&format!("{case}: a new client registered"), |v| {
-            v["event"] == "registration" && v["state"] == "registered"
-        });
+            &[],
+        );
+        carol.wait_registered(&format!("{case}: a new client"));
         drop(carol);
         let rss = self.assert_memory_bounded(case, 2);
         eprintln!("{case}: edge rss {} -> {rss}", self.rss_baseline);
@@ -487,16 +421,11 @@ fn try_register(s: &mut TcpStream, n: u32) -> u16 {
         return 0;
     }
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => return 0,
-        }
+    let head = read_head(s);
+    if !head.ends_with("\r\n\r\n") {
+        return 0;
     }
-    String::from_utf8_lossy(&head)
-        .split_whitespace()
+    head.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
@@ -509,25 +438,8 @@ fn try_register(s: &mut TcpStream, n: u32) -> u16 {
 /// for --flow-idle, 2 hours, and every new connection was refused).
 #[test]
 fn connections_that_sent_one_request_and_went_idle_do_not_lock_new_clients_out() {
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
-    let edge = Proc::spawn(&[
-        "edge",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--registrar",
-        &format!("sip:{reg_addr};transport=tcp"),
-        "--max-connections",
-        "16",
-    ]);
+    let (_registrar, registrar_uri) = tcp_registrar(&[]);
+    let edge = edge_before(&registrar_uri, &["--max-connections", "16"]);
     let edge_tcp: SocketAddr = listening(&edge, "tcp").parse().unwrap();
     // the attacker fills every slot with a connection that carried SIP
     // (each OPTIONS answered), until the edge takes no more
@@ -549,15 +461,7 @@ fn connections_that_sent_one_request_and_went_idle_do_not_lock_new_clients_out()
             break;
         }
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match s.read(&mut b) {
-                Ok(1) => head.push(b[0]),
-                _ => break,
-            }
-        }
-        if !head.starts_with(b"SIP/2.0 200") {
+        if !read_head(&mut s).starts_with("SIP/2.0 200") {
             break;
         }
         idle.push(s);

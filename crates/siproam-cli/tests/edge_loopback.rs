@@ -16,45 +16,23 @@ use common::*;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-/// The address a process listens on for `transport`.
-fn listening(p: &Proc, transport: &str) -> String {
-    p.seen_or_wait(&format!("{transport} listener"), |v| {
-        v["event"] == "listening" && v["transport"] == transport
-    })["address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     const URN: &str = "urn:uuid:00000000-0000-1000-8000-0000000000e1";
     let dir = temp_dir("edge-loopback");
     let key_file = dir.join("flow.key");
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
-    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
-    let edge = Proc::spawn(&[
-        "edge",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--listen",
-        "udp:127.0.0.1:0",
-        "--registrar",
+    let (registrar, registrar_uri) = tcp_registrar(&[]);
+    let edge = edge_before(
         &registrar_uri,
-        "--flow-timer",
-        "20",
-        "--flow-key-file",
-        key_file.to_str().unwrap(),
-    ]);
+        &[
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--flow-timer",
+            "20",
+            "--flow-key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
     let edge_tcp = listening(&edge, "tcp");
     let edge_udp = listening(&edge, "udp");
     // the key file was made, 32 bytes, owner-only
@@ -64,25 +42,14 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
-    let edge_uri = format!("sip:{edge_tcp};transport=tcp");
-    let mut alice = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
+    let mut alice = outbound_agent(
         "sip:alice@example.test",
-        "--registrar",
         &registrar_uri,
-        "--outbound",
-        "--outbound-proxy",
-        &edge_uri,
-        "--instance-id",
+        &edge_tcp,
         URN,
-        "--no-listen",
-        "--auto-answer",
-    ]);
-    let reg = alice.wait_for("alice registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+        &["--auto-answer"],
+    );
+    let reg = alice.wait_registered("alice");
     assert_eq!(reg["outbound"], true, "{reg}");
     // the edge's Flow-Timer in the 2xx: the flow keeps alive by it
     let up = alice.seen_or_wait("alice's flow up", |v| {
@@ -106,34 +73,15 @@ fn an_outbound_agent_registers_and_is_called_over_its_flow_through_the_edge() {
     assert_eq!(binding["contacts"][0]["instance"], URN, "{binding}");
 
     // Bob calls Alice: registrar → Path → edge → Alice's own connection
-    let mut bob = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
-        "sip:bob@example.test",
-        "--registrar",
-        &registrar_uri,
-        "--listen",
-        "tcp:127.0.0.1:0",
-    ]);
-    bob.wait_for("bob registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+    let mut bob = agent_at(&registrar_uri, "bob", "tcp:127.0.0.1:0", &[]);
+    bob.wait_registered("bob");
     bob.send("call sip:alice@example.test");
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    alice.wait_call("alice", "confirmed");
+    bob.wait_call("bob", "confirmed");
     // in-dialog: Bob's BYE comes back through the edge's Record-Route
     bob.send("hangup");
-    alice.wait_for("alice disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
-    bob.wait_for("bob disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    alice.wait_call("alice", "disconnected");
+    bob.wait_call("bob", "disconnected");
 
     // Alice's process (and so her connection) goes: her binding lives on
     // at the registrar, but the flow its Path names is gone: the edge
@@ -222,18 +170,7 @@ fn a_bad_flow_key_file_is_refused_with_a_clear_error() {
 
 #[test]
 fn the_registrar_puts_its_flow_timer_in_the_outbound_2xx() {
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-        "--flow-timer",
-        "15",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
-    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
+    let (_registrar, registrar_uri) = tcp_registrar(&["--flow-timer", "15"]);
     let mut alice = Proc::spawn(&[
         "agent",
         "--json",
@@ -257,19 +194,6 @@ fn the_registrar_puts_its_flow_timer_in_the_outbound_2xx() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-}
-
-/// Reads one SIP message's head (up to the blank line) from a stream.
-fn read_head(s: &mut std::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// An outbound REGISTER of carol's instance from `s`'s address.
@@ -312,29 +236,11 @@ fn closed_by_peer(s: &mut std::net::TcpStream, within: Duration) -> bool {
 /// is closed after --flow-idle.
 #[test]
 fn the_edge_closes_a_flow_whose_pings_stop_and_keeps_one_that_pings() {
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
-    let edge = Proc::spawn(&[
-        "edge",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--registrar",
-        &format!("sip:{reg_addr};transport=tcp"),
-        "--flow-timer",
-        "2",
-        "--flow-grace",
-        "1",
-        "--flow-idle",
-        "2",
-    ]);
+    let (_registrar, registrar_uri) = tcp_registrar(&[]);
+    let edge = edge_before(
+        &registrar_uri,
+        &["--flow-timer", "2", "--flow-grace", "1", "--flow-idle", "2"],
+    );
     let edge_tcp = listening(&edge, "tcp");
     let mut raw = std::net::TcpStream::connect(&edge_tcp).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -381,28 +287,13 @@ fn aggressive_gc_closes_the_older_flow_of_a_registration() {
     for aggressive in [false, true] {
         // a registrar of each run's own: the raw REGISTERs reuse their
         // Call-ID and CSeqs (a lower CSeq again would be 500)
-        let registrar = Proc::spawn(&[
-            "registrar",
-            "--json",
-            "--listen",
-            "tcp:127.0.0.1:0",
-            "--domain",
-            "example.test",
-        ]);
-        let reg_addr = listening(&registrar, "tcp");
-        let mut args = vec![
-            "edge".to_owned(),
-            "--json".to_owned(),
-            "--listen".to_owned(),
-            "tcp:127.0.0.1:0".to_owned(),
-            "--registrar".to_owned(),
-            format!("sip:{reg_addr};transport=tcp"),
-        ];
-        if aggressive {
-            args.push("--aggressive-gc".to_owned());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let edge = Proc::spawn(&args);
+        let (_registrar, registrar_uri) = tcp_registrar(&[]);
+        let extra: &[&str] = if aggressive {
+            &["--aggressive-gc"]
+        } else {
+            &[]
+        };
+        let edge = edge_before(&registrar_uri, extra);
         let edge_tcp = listening(&edge, "tcp");
         // a phone of its own each round (the first round's binding lives
         // on at the registrar: its CSeq must not go back)
@@ -438,21 +329,13 @@ fn aggressive_gc_closes_the_older_flow_of_a_registration() {
 #[test]
 fn the_edge_takes_its_settings_from_the_config_file_and_flags_win() {
     let dir = temp_dir("edge-config");
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = listening(&registrar, "tcp");
+    let (_registrar, registrar_uri) = tcp_registrar(&[]);
     let config = dir.join("edge.toml");
     std::fs::write(
         &config,
         format!(
             "json = true\nlisten = [\"tcp:127.0.0.1:0\"]\n\
-             registrar = \"sip:{reg_addr};transport=tcp\"\nflow-timer = 7\n\
+             registrar = \"{registrar_uri}\"\nflow-timer = 7\n\
              flow-grace = 5\nstore = \"memory\"\n"
         ),
     )

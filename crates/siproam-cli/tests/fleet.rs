@@ -24,15 +24,6 @@ use std::cell::RefCell;
 use serde_json::Value;
 
 /// The address a process listens on for `transport`.
-fn listening(p: &Proc, transport: &str) -> String {
-    p.seen_or_wait(&format!("{transport} listener"), |v| {
-        v["event"] == "listening" && v["transport"] == transport
-    })["address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn registrar(ip: &str, redis: &str) -> (Proc, String) {
     let p = Proc::spawn(&[
         "registrar",

@@ -15,76 +15,27 @@
 mod common;
 use common::*;
 
-use std::time::{Duration, Instant};
-
-/// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
-/// `ok METHOD CSEQ from USER`) once `pred` holds for them (60 s at most).
-fn auth_lines(kam: &Kamailio, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines: Vec<String> = kam
-            .log()
-            .lines()
-            .filter_map(|l| l.split("callauth: ").nth(1))
-            .map(|l| l.trim().to_owned())
-            .collect();
-        if pred(&lines) {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Kamailio never logged {what}: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use std::time::Duration;
 
 #[test]
 fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
-    if !have("kamailio") || !have("kamcmd") {
+    if !Kamailio::available() {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
+    let (kam, port) = Kamailio::start_local(
         "-A WITH_QOP -A WITH_DIALOG_AUTH -A WITH_NONCE_COUNT",
-        &format!("auth-{}-{port}", std::process::id()),
+        "auth",
     );
     let registrar = format!("sip:127.0.0.1:{port}");
-    let agent = |user: &str, password: &str, auto_answer: bool| {
-        let aor = format!("sip:{user}@example.test");
-        let mut args = vec![
-            "agent",
-            "--json",
-            "--aor",
-            &aor,
-            "--registrar",
-            &registrar,
-            "--password",
-            password,
-            "--listen",
-            "udp:127.0.0.1:0",
-        ];
-        if auto_answer {
-            args.push("--auto-answer");
-        }
-        Proc::spawn(&args)
-    };
-    let mut bob = agent("bob", "bobpw", true);
-    let mut alice = agent("alice", "alicepw", false);
+    let listen = "udp:127.0.0.1:0";
+    let mut bob = account_agent(&registrar, "bob", "bobpw", listen, &["--auto-answer"]);
+    let mut alice = account_agent(&registrar, "alice", "alicepw", listen, &[]);
     for (who, p) in [("bob", &bob), ("alice", &alice)] {
-        p.wait_for(&format!("{who} registered"), |v| {
-            v["event"] == "registration" && v["state"] == "registered"
-        });
+        p.wait_registered(who);
     }
     alice.send("call sip:bob@example.test");
-    bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    bob.wait_call("bob", "confirmed");
+    alice.wait_call("alice", "confirmed");
     // the INVITE was challenged once, then let through with CSeq 2
     let lines = auth_lines(&kam, "the INVITE authenticated", |l| {
         l.iter().any(|x| x.starts_with("ok INVITE"))
@@ -100,9 +51,7 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
         l.iter().any(|x| x == "ok INVITE 3 from alice")
     });
     alice.send("hangup");
-    bob.wait_for("bob disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    bob.wait_call("bob", "disconnected");
     let lines = auth_lines(&kam, "the BYE authenticated", |l| {
         l.iter().any(|x| x.starts_with("ok BYE"))
     });
@@ -116,9 +65,7 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
         ],
         "no other challenge, nothing refused"
     );
-    let ended = alice.wait_for("alice disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    let ended = alice.wait_call("alice", "disconnected");
     assert_ne!(ended["code"], 407, "{ended}");
     alice.quit();
     bob.quit();
@@ -128,29 +75,12 @@ fn a_call_through_kamailio_answers_its_407_then_holds_and_hangs_up() {
 /// answer; the call ends with that 407, after exactly two INVITEs.
 #[test]
 fn a_wrong_password_ends_a_call_through_kamailio_after_one_answer() {
-    if !have("kamailio") || !have("kamcmd") {
+    if !Kamailio::available() {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "-A WITH_QOP",
-        &format!("authbad-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("-A WITH_QOP", "authbad");
     let registrar = format!("sip:127.0.0.1:{port}");
-    let mut alice = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--registrar",
-        &registrar,
-        "--password",
-        "wrong",
-        "--listen",
-        "udp:127.0.0.1:0",
-    ]);
+    let mut alice = account_agent(&registrar, "alice", "wrong", "udp:127.0.0.1:0", &[]);
     alice.wait_for("the registration refused", |v| {
         v["event"] == "registration" && v["state"] == "failed"
     });

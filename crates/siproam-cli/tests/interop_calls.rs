@@ -14,7 +14,9 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use common::baresip::Baresip;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 struct Sipp(Child);
@@ -24,6 +26,28 @@ impl Drop for Sipp {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `siproam call URI` as Alice, playing a 1000 Hz tone and recording
+/// what it hears to `wav`, once confirmed.
+fn confirmed_call(uri: &str, wav: &Path) -> Proc {
+    let call = Proc::spawn(&[
+        "call",
+        uri,
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--listen",
+        "udp:127.0.0.2:0",
+        "--play",
+        "tone:1000",
+        "--record",
+        wav.to_str().unwrap(),
+    ]);
+    call.wait_for("confirmed", |v| {
+        v["event"] == "call" && v["state"] == "confirmed"
+    });
+    call
 }
 
 #[test]
@@ -68,22 +92,7 @@ fn sipp_uas_echoes_a_siproam_call_and_the_tone_comes_back() {
     wait_udp_bound("127.0.0.1", port);
     let wav = dir.join("echo.wav");
     let uri = format!("sip:echo@127.0.0.1:{port}");
-    let mut call = Proc::spawn(&[
-        "call",
-        &uri,
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--listen",
-        "udp:127.0.0.2:0",
-        "--play",
-        "tone:1000",
-        "--record",
-        wav.to_str().unwrap(),
-    ]);
-    call.wait_for("confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    let mut call = confirmed_call(&uri, &wav);
     let m = call.wait_for("echoed media", |v| {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) >= 80
     });
@@ -177,74 +186,6 @@ fn sipp_uac_calls_a_siproam_agent_with_reinvite_and_update() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-struct Baresip {
-    workdir: PathBuf,
-}
-
-impl Baresip {
-    fn start(port: u16, ctrl: u16, workdir: &Path, extra: &[&str]) -> Baresip {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/baresip/run.sh"))
-            .args([port.to_string(), ctrl.to_string()])
-            .arg(workdir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "baresip did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Baresip {
-            workdir: workdir.to_path_buf(),
-        }
-    }
-
-    fn ctrl(&self, ctrl: u16, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(repo().join("interop/baresip/ctrl.py"))
-            .arg(ctrl.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctrl.py {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Packets (sent, received) of its last call, from its log.
-    fn packets(&self) -> (u64, u64) {
-        let log = std::fs::read_to_string(self.workdir.join("baresip.log")).unwrap_or_default();
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("packets:"))
-            .unwrap_or_default()
-            .to_owned();
-        let nums: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        (
-            nums.first().copied().unwrap_or(0),
-            nums.get(1).copied().unwrap_or(0),
-        )
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/baresip/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-    }
-}
-
 #[test]
 fn siproam_and_baresip_call_each_other_with_media_both_ways() {
     if !have("baresip") {
@@ -261,22 +202,7 @@ fn siproam_and_baresip_call_each_other_with_media_both_ways() {
     // siproam calls baresip: we hear its 700 Hz tone
     let wav = dir.join("from-baresip.wav");
     let uri = format!("sip:carol@127.0.0.1:{port}");
-    let mut call = Proc::spawn(&[
-        "call",
-        &uri,
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--listen",
-        "udp:127.0.0.2:0",
-        "--play",
-        "tone:1000",
-        "--record",
-        wav.to_str().unwrap(),
-    ]);
-    call.wait_for("confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    let mut call = confirmed_call(&uri, &wav);
     call.wait_for("media", |v| {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) >= 80
     });
@@ -311,27 +237,21 @@ fn siproam_and_baresip_call_each_other_with_media_both_ways() {
         "--stay",
     ]);
     agent.wait_for("listener", |v| v["event"] == "listening");
-    bs.ctrl(
-        ctrl,
-        &[
-            "dial",
-            &format!("sip:dave@127.0.0.1:{aport}"),
-            "--wait",
-            "CALL_ESTABLISHED",
-            "--timeout",
-            "10",
-        ],
-    );
+    bs.ctrl(&[
+        "dial",
+        &format!("sip:dave@127.0.0.1:{aport}"),
+        "--wait",
+        "CALL_ESTABLISHED",
+        "--timeout",
+        "10",
+    ]);
     agent.wait_for("confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"
     });
     agent.wait_for("media", |v| {
         v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) >= 80
     });
-    bs.ctrl(
-        ctrl,
-        &["hangup", "--wait", "CALL_CLOSED", "--timeout", "10"],
-    );
+    bs.ctrl(&["hangup", "--wait", "CALL_CLOSED", "--timeout", "10"]);
     let end = agent.wait_for("final media", |v| {
         v["event"] == "media" && v["final"] == true
     });

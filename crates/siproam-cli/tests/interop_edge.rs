@@ -27,19 +27,7 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
         return;
     }
     let dir = temp_dir("sipp-edge");
-    let registrar = Proc::spawn(&[
-        "registrar",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--domain",
-        "example.test",
-    ]);
-    let reg_addr = registrar.wait_for("listener", |v| v["event"] == "listening")["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let registrar_uri = format!("sip:{reg_addr};transport=tcp");
+    let (registrar, registrar_uri) = tcp_registrar(&[]);
     let edge_port = free_port(0);
     let edge = Proc::spawn(&[
         "edge",
@@ -88,19 +76,8 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
     );
     // SIPp exited: its connection is gone, and with it the flow the Path
     // names
-    let mut bob = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
-        "sip:bob@example.test",
-        "--registrar",
-        &registrar_uri,
-        "--listen",
-        "tcp:127.0.0.1:0",
-    ]);
-    bob.wait_for("bob registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+    let mut bob = agent_at(&registrar_uri, "bob", "tcp:127.0.0.1:0", &[]);
+    bob.wait_registered("bob");
     bob.send("call sip:alice@example.test");
     let failed = bob.wait_for("the call fails", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
@@ -124,15 +101,7 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
          Content-Length: 0\r\n\r\n"
     );
     std::io::Write::write_all(&mut direct, options.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match std::io::Read::read(&mut direct, &mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
+    let head = read_head(&mut direct);
     assert!(head.starts_with("SIP/2.0 430"), "{head}");
     bob.quit();
     let _ = std::fs::remove_dir_all(dir);
@@ -147,52 +116,21 @@ fn sipp_registers_through_siproam_edge_with_outbound_then_its_flow_gets_430() {
 /// the agent along the Path over its flow; Bob's BYE follows.
 #[test]
 fn kamailio_behind_siproam_edge_honours_the_path() {
-    if !have("kamailio") || !have("kamcmd") {
+    if !Kamailio::available() {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "-A NO_CALL_AUTH",
-        &format!("edge-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("-A NO_CALL_AUTH", "edge");
     let kam_uri = format!("sip:127.0.0.1:{port};transport=tcp");
-    let edge = Proc::spawn(&[
-        "edge",
-        "--json",
-        "--listen",
-        "tcp:127.0.0.1:0",
-        "--registrar",
-        &kam_uri,
-        "--flow-timer",
-        "20",
-    ]);
-    let edge_tcp = edge.wait_for("edge listener", |v| v["event"] == "listening")["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let edge_uri = format!("sip:{edge_tcp};transport=tcp");
-    let mut alice = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
+    let edge = edge_before(&kam_uri, &["--flow-timer", "20"]);
+    let edge_tcp = listening(&edge, "tcp");
+    let mut alice = outbound_agent(
         "sip:alice@example.test",
-        "--registrar",
         &kam_uri,
-        "--password",
-        "alicepw",
-        "--outbound",
-        "--outbound-proxy",
-        &edge_uri,
-        "--instance-id",
+        &edge_tcp,
         "urn:uuid:00000000-0000-1000-8000-0000000000e4",
-        "--no-listen",
-        "--auto-answer",
-    ]);
-    let reg = alice.wait_for("alice registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+        &["--password", "alicepw", "--auto-answer"],
+    );
+    let reg = alice.wait_registered("alice");
     assert_eq!(reg["outbound"], true, "{reg}");
     let up = alice.seen_or_wait("alice's flow up", |v| {
         v["event"] == "flow" && v["state"] == "up"
@@ -205,32 +143,13 @@ fn kamailio_behind_siproam_edge_honours_the_path() {
         paths[0].contains(&format!("@{edge_tcp};transport=tcp;lr;ob")),
         "{paths:?}"
     );
-    let mut bob = Proc::spawn(&[
-        "agent",
-        "--json",
-        "--aor",
-        "sip:bob@example.test",
-        "--registrar",
-        &kam_uri,
-        "--password",
-        "bobpw",
-        "--listen",
-        "tcp:127.0.0.1:0",
-    ]);
-    bob.wait_for("bob registered", |v| {
-        v["event"] == "registration" && v["state"] == "registered"
-    });
+    let mut bob = account_agent(&kam_uri, "bob", "bobpw", "tcp:127.0.0.1:0", &[]);
+    bob.wait_registered("bob");
     bob.send("call sip:alice@example.test");
-    alice.wait_for("alice confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
-    bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    });
+    alice.wait_call("alice", "confirmed");
+    bob.wait_call("bob", "confirmed");
     bob.send("hangup");
-    alice.wait_for("alice disconnected", |v| {
-        v["event"] == "call" && v["state"] == "disconnected"
-    });
+    alice.wait_call("alice", "disconnected");
     bob.quit();
     alice.quit();
 }

@@ -12,68 +12,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-struct Baresip {
-    workdir: PathBuf,
-    ctrl: u16,
-}
-
-impl Baresip {
-    fn start(port: u16, ctrl: u16, workdir: &Path, extra: &[&str]) -> Baresip {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/baresip/run.sh"))
-            .args([port.to_string(), ctrl.to_string()])
-            .arg(workdir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "baresip did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Baresip {
-            workdir: workdir.to_path_buf(),
-            ctrl,
-        }
-    }
-
-    /// One command through ctrl_tcp; its output.
-    fn ctrl(&self, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(repo().join("interop/baresip/ctrl.py"))
-            .arg(self.ctrl.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctrl.py {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(
-            &std::fs::read(self.workdir.join("baresip.log")).unwrap_or_default(),
-        )
-        .into_owned()
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/baresip/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-    }
-}
+use common::baresip::Baresip;
 
 #[test]
 fn siproam_and_baresip_exchange_messages_and_baresip_sees_our_dtmf() {
@@ -136,13 +75,7 @@ fn siproam_and_baresip_exchange_messages_and_baresip_sees_our_dtmf() {
 
     // DTMF: only the newest ctrl_tcp connection gets events, so this
     // listener is the last connection made to baresip
-    let events = Command::new("python3")
-        .arg(repo().join("interop/baresip/ctrl.py"))
-        .arg(ctrl.to_string())
-        .args(["--events", "--until", "CALL_CLOSED", "--timeout", "40"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let events = bs.events("CALL_CLOSED", 40);
     alice.send(&format!("call {carol}"));
     alice.wait_for("confirmed", |v| {
         v["event"] == "call" && v["state"] == "confirmed"

@@ -23,44 +23,16 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use common::baresip::Baresip;
 
-/// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
-/// `ok METHOD CSEQ from USER`) once `pred` holds for them (60 s at most).
-fn auth_lines(kam: &Kamailio, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines: Vec<String> = kam
-            .log()
-            .lines()
-            .filter_map(|l| l.split("callauth: ").nth(1))
-            .map(|l| l.trim().to_owned())
-            .collect();
-        if pred(&lines) {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Kamailio never logged {what}: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use std::time::{Duration, Instant};
 
 #[test]
 fn presence_through_kamailio_with_every_request_challenged() {
-    if !have("kamailio") || !have("kamcmd") {
+    if !Kamailio::available() {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "-A WITH_QOP -A WITH_DIALOG_AUTH",
-        &format!("subs-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("-A WITH_QOP -A WITH_DIALOG_AUTH", "subs");
     let registrar = format!("sip:127.0.0.1:{port}");
     // each may follow the other's presence
     let agent = |user: &str, password: &str, listen: &str, watcher: &str| {
@@ -151,93 +123,12 @@ fn presence_through_kamailio_with_every_request_challenged() {
     alice.quit();
 }
 
-/// A headless baresip of `interop/baresip/run.sh`, stopped on drop.
-struct Baresip {
-    workdir: PathBuf,
-    ctrl: u16,
-}
-
-impl Baresip {
-    fn start(port: u16, ctrl: u16, workdir: &Path, extra: &[&str]) -> Baresip {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/baresip/run.sh"))
-            .args([port.to_string(), ctrl.to_string()])
-            .arg(workdir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "baresip did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Baresip {
-            workdir: workdir.to_path_buf(),
-            ctrl,
-        }
-    }
-
-    /// One command through ctrl_tcp; its output.
-    fn ctrl(&self, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(repo().join("interop/baresip/ctrl.py"))
-            .arg(self.ctrl.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctrl.py {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Its `contacts` line for `uri` once `pred` holds for it (30 s at most).
-    fn contact_until(&self, uri: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let list = self.ctrl(&["contacts"]);
-            let line = list
-                .lines()
-                .find(|l| l.contains(uri))
-                .unwrap_or_default()
-                .to_owned();
-            if pred(&line) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "baresip never showed {what}: {list}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/baresip/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-    }
-}
-
 #[test]
 fn presence_both_ways_between_siproam_and_baresip_through_kamailio() {
-    if !have("kamailio") || !have("kamcmd") || !have("baresip") {
+    if !Kamailio::available() || !have("baresip") {
         return;
     }
-    let port = free_port(0);
-    let kam = Kamailio::start_in(
-        None,
-        port,
-        "",
-        &format!("subsbs-{}-{port}", std::process::id()),
-    );
+    let (kam, port) = Kamailio::start_local("", "subsbs");
     let registrar = format!("sip:127.0.0.1:{port}");
     let dir = temp_dir("baresip-presence");
     let (bport, ctrl) = (free_port(1), free_port(0));

@@ -15,66 +15,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-struct Baresip {
-    workdir: PathBuf,
-}
-
-impl Baresip {
-    /// One command through ctrl_tcp (`ctrl` its port); its output.
-    fn ctrl(ctrl: u16, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(repo().join("interop/baresip/ctrl.py"))
-            .arg(ctrl.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctrl.py {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn start(port: u16, ctrl: u16, workdir: &Path, extra: &[&str]) -> Baresip {
-        let out = Command::new("bash")
-            .arg(repo().join("interop/baresip/run.sh"))
-            .args([port.to_string(), ctrl.to_string()])
-            .arg(workdir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "baresip did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Baresip {
-            workdir: workdir.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(
-            &std::fs::read(self.workdir.join("baresip.log")).unwrap_or_default(),
-        )
-        .into_owned()
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("interop/baresip/stop.sh"))
-            .arg(&self.workdir)
-            .status();
-    }
-}
+use common::baresip::Baresip;
 
 fn agent(name: &str, port: u16, extra: &[&str]) -> Proc {
     let aor = format!("sip:{name}@example.test");
@@ -170,24 +111,17 @@ fn baresip_transfers_a_siproam_agent_to_another_one() {
     let cport = free_port(0);
     let mut carol = agent("carol", cport, &["--auto-answer"]);
 
-    Baresip::ctrl(
-        ctrl,
-        &[
-            "dial",
-            &format!("sip:bob@127.0.0.1:{bport}"),
-            "--wait",
-            "CALL_ESTABLISHED",
-            "--timeout",
-            "10",
-        ],
-    );
-    let old = bob.wait_for("bob confirmed", |v| {
-        v["event"] == "call" && v["state"] == "confirmed"
-    })["call"]
-        .as_u64()
-        .unwrap();
+    bs.ctrl(&[
+        "dial",
+        &format!("sip:bob@127.0.0.1:{bport}"),
+        "--wait",
+        "CALL_ESTABLISHED",
+        "--timeout",
+        "10",
+    ]);
+    let old = bob.wait_call("bob", "confirmed")["call"].as_u64().unwrap();
     let target = format!("sip:carol@127.0.0.1:{cport}");
-    Baresip::ctrl(ctrl, &["transfer", &target]);
+    bs.ctrl(&["transfer", &target]);
     let req = bob.wait_for("bob's transfer requested", |v| {
         v["event"] == "transfer" && v["state"] == "requested"
     });

@@ -97,6 +97,40 @@ fn reply(sim: &mut Sim, peer: NodeId, to: &Received, code: u16, extra: &[(&str, 
     sim.peer_reply(peer, to, b.build().unwrap().to_bytes());
 }
 
+/// The proxy's 407 to `to`, one challenge of realm `example.test` with
+/// `nonce`.
+fn challenge_407(sim: &mut Sim, peer: NodeId, to: &Received, nonce: &str) {
+    reply(
+        sim,
+        peer,
+        to,
+        407,
+        &[(
+            "Proxy-Authenticate",
+            &challenge("example.test", nonce, false),
+        )],
+    );
+}
+
+/// A call straight to another user agent (Carol, a scripted peer on
+/// 192.0.2.30), not through the proxy: the INVITE she receives.
+fn call_carol_directly(sim: &mut Sim, ua: NodeId) -> Received {
+    let carol = sim.add_peer("carol", &[ip("192.0.2.30")]);
+    let spec = InviteSpec {
+        uri: "sip:carol@192.0.2.30".into(),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            remote: SocketAddr::new(ip("192.0.2.30"), 5060),
+            ..target()
+        },
+        sdp: Some(sdp("offer")),
+        contact_user: "alice".into(),
+    };
+    sim.with_endpoint(ua, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    recv(sim, carol)
+}
+
 /// A 2xx to an INVITE, with a Contact on REG (so the ACK and in-dialog
 /// requests come to the peer).
 fn accept(sim: &mut Sim, peer: NodeId, to: &Received) {
@@ -154,16 +188,7 @@ fn challenged_call(sim: &mut Sim, ua: NodeId, peer: NodeId) -> CallId {
     let inv1 = recv(sim, peer);
     assert_eq!(inv1.message.method(), Some(Method::Invite));
     assert!(proxy_creds(&inv1.message).is_empty(), "nothing cached yet");
-    reply(
-        sim,
-        peer,
-        &inv1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "n1", false),
-        )],
-    );
+    challenge_407(sim, peer, &inv1, "n1");
     // the transaction ACKs the 407 (same branch, CSeq 1 ACK)
     let ack = recv(sim, peer);
     assert_eq!(ack.message.method(), Some(Method::Ack));
@@ -297,16 +322,7 @@ fn a_reinvite_challenged_is_sent_again_and_the_dialog_cseq_follows() {
     let re1 = recv(&mut sim, peer);
     assert_eq!(re1.message.method(), Some(Method::Invite));
     assert_eq!(re1.message.cseq().seq, 2);
-    reply(
-        &mut sim,
-        peer,
-        &re1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "r1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &re1, "r1");
     let ack = recv(&mut sim, peer);
     assert_eq!(ack.message.method(), Some(Method::Ack));
     assert_eq!(ack.message.cseq().seq, 2);
@@ -387,16 +403,7 @@ fn a_stale_challenge_is_answered_again_without_failing() {
     let (mut sim, ua, peer) = registered(|_| {}, None);
     place_call(&mut sim, ua);
     let inv1 = recv(&mut sim, peer);
-    reply(
-        &mut sim,
-        peer,
-        &inv1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "s1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &inv1, "s1");
     recv(&mut sim, peer); // ACK
     let inv2 = recv(&mut sim, peer);
     assert_eq!(proxy_creds(&inv2.message)[0].nonce(), Some("s1"));
@@ -428,30 +435,12 @@ fn a_wrong_password_ends_the_call_once_with_one_report_and_no_loop() {
     let (mut sim, ua, peer) = registered(|_| {}, None);
     place_call(&mut sim, ua);
     let inv1 = recv(&mut sim, peer);
-    reply(
-        &mut sim,
-        peer,
-        &inv1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "w1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &inv1, "w1");
     recv(&mut sim, peer); // ACK
     let inv2 = recv(&mut sim, peer);
     assert_eq!(proxy_creds(&inv2.message).len(), 1);
     // challenged again for the realm just answered, not stale
-    reply(
-        &mut sim,
-        peer,
-        &inv2,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "w2", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &inv2, "w2");
     let ack = recv(&mut sim, peer);
     assert_eq!(ack.message.method(), Some(Method::Ack));
     assert_eq!(ack.message.cseq().seq, 2);
@@ -492,16 +481,7 @@ fn an_application_request_challenged_is_answered_and_only_its_final_answer_repor
         .with_endpoint(ua, |ep, now| ep.send_request(now, req, target()))
         .unwrap();
     let o1 = recv(&mut sim, peer);
-    reply(
-        &mut sim,
-        peer,
-        &o1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "o1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &o1, "o1");
     let o2 = recv(&mut sim, peer);
     assert_eq!(o2.message.method(), Some(Method::Options));
     assert_eq!(o2.message.cseq().seq, 8);
@@ -528,20 +508,7 @@ fn the_service_route_is_the_route_of_a_later_invite() {
     let routes: Vec<&str> = inv.message.header_values(HeaderName::Route).collect();
     assert_eq!(routes, [sr]);
     // a call sent straight to another user agent takes no route set
-    let other = sim.add_peer("carol", &[ip("192.0.2.30")]);
-    let spec = InviteSpec {
-        uri: "sip:carol@192.0.2.30".into(),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            remote: SocketAddr::new(ip("192.0.2.30"), 5060),
-            ..target()
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    sim.with_endpoint(ua, |ep, now| ep.invite(now, spec))
-        .unwrap();
-    let inv = recv(&mut sim, other);
+    let inv = call_carol_directly(&mut sim, ua);
     assert_eq!(inv.message.header(HeaderName::Route), None);
 }
 
@@ -586,16 +553,7 @@ fn a_challenge_to_an_invite_hung_up_meanwhile_is_not_answered() {
     let cancel = recv(&mut sim, peer);
     assert_eq!(cancel.message.method(), Some(Method::Cancel));
     // the proxy's 407 crosses the CANCEL
-    reply(
-        &mut sim,
-        peer,
-        &inv1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "c1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &inv1, "c1");
     reply(&mut sim, peer, &cancel, 200, &[]);
     sim.run_for(Duration::from_secs(40));
     let invites = sim
@@ -670,20 +628,7 @@ fn a_cached_answer_goes_only_to_the_hop_that_challenged() {
     let bye = recv(&mut sim, peer);
     reply(&mut sim, peer, &bye, 200, &[]);
     // a call straight to another user agent carries no credentials
-    let other = sim.add_peer("carol", &[ip("192.0.2.30")]);
-    let spec = InviteSpec {
-        uri: "sip:carol@192.0.2.30".into(),
-        from: "sip:alice@example.test".into(),
-        target: Target {
-            remote: SocketAddr::new(ip("192.0.2.30"), 5060),
-            ..target()
-        },
-        sdp: Some(sdp("offer")),
-        contact_user: "alice".into(),
-    };
-    sim.with_endpoint(ua, |ep, now| ep.invite(now, spec))
-        .unwrap();
-    let inv = recv(&mut sim, other);
+    let inv = call_carol_directly(&mut sim, ua);
     assert_eq!(inv.message.method(), Some(Method::Invite));
     assert!(proxy_creds(&inv.message).is_empty());
     assert!(www_creds(&inv.message).is_empty());
@@ -698,16 +643,7 @@ fn an_update_challenged_is_sent_again_with_the_next_cseq() {
     let u1 = recv(&mut sim, peer);
     assert_eq!(u1.message.method(), Some(Method::Update));
     assert_eq!(u1.message.cseq().seq, 2);
-    reply(
-        &mut sim,
-        peer,
-        &u1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "u1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &u1, "u1");
     let u2 = recv(&mut sim, peer);
     assert_eq!(u2.message.method(), Some(Method::Update));
     assert_eq!(u2.message.cseq().seq, 3);
@@ -744,16 +680,7 @@ fn a_subscribe_challenged_is_answered_and_its_refresh_counts_on() {
         .unwrap();
     let s1 = recv(&mut sim, peer);
     assert_eq!(s1.message.method(), Some(Method::Subscribe));
-    reply(
-        &mut sim,
-        peer,
-        &s1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "s1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &s1, "s1");
     let s2 = recv(&mut sim, peer);
     assert_eq!(s2.message.method(), Some(Method::Subscribe));
     assert_eq!(s2.message.cseq().seq, s1.message.cseq().seq + 1);

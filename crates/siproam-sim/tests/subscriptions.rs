@@ -29,30 +29,30 @@ fn bob_addr() -> SocketAddr {
     SocketAddr::new(ip(BOB), 5060)
 }
 
-fn sim_with_peer_bob() -> (Sim, NodeId, NodeId) {
-    let mut sim = Sim::new(Instant::now(), 5);
-    let alice = sim.add_endpoint(
-        "alice",
-        &[ip(ALICE)],
+/// An agent `name` on `ips` whose randomness is drawn from `seed`.
+fn agent(sim: &mut Sim, name: &str, ips: &[IpAddr], seed: u64) -> NodeId {
+    sim.add_endpoint(
+        name,
+        ips,
         Config {
-            seed: 1,
+            seed,
             ..Config::default()
         },
-    );
+    )
+}
+
+/// Alice an agent, Bob a scripted peer.
+fn sim_with_peer_bob() -> (Sim, NodeId, NodeId) {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let alice = agent(&mut sim, "alice", &[ip(ALICE)], 1);
     let bob = sim.add_peer("bob", &[ip(BOB)]);
     (sim, alice, bob)
 }
 
+/// Alice and Bob both agents.
 fn sim_with_agents() -> (Sim, NodeId, NodeId) {
     let mut sim = Sim::new(Instant::now(), 5);
-    let alice = sim.add_endpoint(
-        "alice",
-        &[ip(ALICE)],
-        Config {
-            seed: 1,
-            ..Config::default()
-        },
-    );
+    let alice = agent(&mut sim, "alice", &[ip(ALICE)], 1);
     let bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     (sim, alice, bob)
 }
@@ -66,6 +66,62 @@ fn bob_config(watchers: &[&str]) -> Config {
         watchers: watchers.iter().map(|w| (*w).to_owned()).collect(),
         ..Config::default()
     }
+}
+
+/// Alice (an agent) subscribes to the scripted Bob's presence over
+/// `transport`; Bob answers 200 with `Expires: 600` and `extra`. Returns
+/// (sim, alice, bob, her subscription, her SUBSCRIBE as Bob got it).
+fn subscribed_to_peer_bob(
+    transport: Transport,
+    extra: &[(&str, &str)],
+) -> (Sim, NodeId, NodeId, SubId, Received) {
+    let (mut sim, alice, bob) = sim_with_peer_bob();
+    let sub = subscribe(&mut sim, alice, "presence", transport);
+    let s = recv(&mut sim, bob);
+    let mut headers = vec![("Expires", "600")];
+    headers.extend_from_slice(extra);
+    reply(&mut sim, bob, &s, 200, &headers);
+    (sim, alice, bob, sub, s)
+}
+
+/// Bob an agent (the notifier), Alice a scripted peer: (sim, bob, alice).
+fn sim_with_peer_alice() -> (Sim, NodeId, NodeId) {
+    let mut sim = Sim::new(Instant::now(), 5);
+    let bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
+    let alice = sim.add_peer("alice", &[ip(ALICE)]);
+    (sim, bob, alice)
+}
+
+/// The scripted Alice's SUBSCRIBE to the agent Bob over `transport`
+/// (Call-ID `call_id`, Via branch `z9hG4bK{branch}`, CSeq 1, no Contact
+/// nor Expires yet).
+fn subscribe_to_bob(transport: Transport, call_id: &str, branch: &str) -> MessageBuilder {
+    let (uri, via) = match transport {
+        Transport::Tcp => (format!("sip:bob@{BOB};transport=tcp"), "TCP"),
+        _ => (format!("sip:bob@{BOB}"), "UDP"),
+    };
+    MessageBuilder::request(Method::Subscribe, &uri)
+        .header(
+            "Via",
+            &format!("SIP/2.0/{via} {ALICE}:5060;branch=z9hG4bK{branch}"),
+        )
+        .header("Max-Forwards", "70")
+        .header("From", "<sip:alice@example.test>;tag=a1")
+        .header("To", &format!("<sip:bob@{BOB}>"))
+        .header("Call-ID", call_id)
+        .header("CSeq", "1 SUBSCRIBE")
+        .header("Event", "presence")
+}
+
+/// The scripted Alice sends `req` to Bob from her `port`.
+fn send_to_bob(sim: &mut Sim, alice: NodeId, port: u16, transport: Transport, req: Message) {
+    sim.peer_send(
+        alice,
+        SocketAddr::new(ip(ALICE), port),
+        bob_addr(),
+        transport,
+        req.to_bytes(),
+    );
 }
 
 fn subscribe(sim: &mut Sim, alice: NodeId, event: &str, transport: Transport) -> SubId {
@@ -257,29 +313,14 @@ fn an_unknown_event_package_gets_489_and_ends_the_subscription() {
 
 #[test]
 fn a_served_subscription_expires_with_a_final_notify_terminated_timeout() {
-    let mut sim = Sim::new(Instant::now(), 5);
-    let agent = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
-    let peer = sim.add_peer("alice", &[ip(ALICE)]);
+    let (mut sim, agent, peer) = sim_with_peer_alice();
     sim.with_endpoint(agent, |ep, now| ep.set_presence(now, true));
-    let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
-        .header("Via", &format!("SIP/2.0/UDP {ALICE}:5060;branch=z9hG4bKs1"))
-        .header("Max-Forwards", "70")
-        .header("From", "<sip:alice@example.test>;tag=a1")
-        .header("To", &format!("<sip:bob@{BOB}>"))
-        .header("Call-ID", "sub1@alice")
-        .header("CSeq", "1 SUBSCRIBE")
+    let sub = subscribe_to_bob(Transport::Udp, "sub1@alice", "s1")
         .header("Contact", &format!("<sip:alice@{ALICE}>"))
-        .header("Event", "presence")
         .header("Expires", "60")
         .build()
         .unwrap();
-    sim.peer_send(
-        peer,
-        SocketAddr::new(ip(ALICE), 5060),
-        bob_addr(),
-        Transport::Udp,
-        sub.to_bytes(),
-    );
+    send_to_bob(&mut sim, peer, 5060, Transport::Udp, sub);
     let ok = recv(&mut sim, peer);
     assert_eq!(ok.message.status(), Some(200));
     assert_eq!(ok.message.header(HeaderName::Expires), Some("60"));
@@ -398,10 +439,7 @@ fn forked_notifies_keep_the_first_dialog_and_end_the_others_with_481() {
 
 #[test]
 fn a_final_notify_reports_its_reason_and_retry_after_and_a_malformed_body_is_refused() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, alice, bob, sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     send_to_alice(
         &mut sim,
         bob,
@@ -436,10 +474,7 @@ fn a_final_notify_reports_its_reason_and_retry_after_and_a_malformed_body_is_ref
 
 #[test]
 fn a_deactivated_subscription_subscribes_again_at_once_in_a_new_dialog() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, _alice, bob, _sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     send_to_alice(
         &mut sim,
         bob,
@@ -454,10 +489,7 @@ fn a_deactivated_subscription_subscribes_again_at_once_in_a_new_dialog() {
 
 #[test]
 fn a_subscription_over_a_failed_flow_subscribes_again_at_once_over_a_new_one() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Tcp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, alice, bob, sub, s) = subscribed_to_peer_bob(Transport::Tcp, &[]);
     sim.run_for(Duration::from_millis(100));
     sub_events(&mut sim, alice);
     let conn = s.conn.expect("a TCP connection");
@@ -474,30 +506,15 @@ fn a_subscription_over_a_failed_flow_subscribes_again_at_once_over_a_new_one() {
 
 #[test]
 fn a_served_subscription_over_a_failed_flow_ends_with_a_final_notify() {
-    let mut sim = Sim::new(Instant::now(), 5);
-    let agent = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
-    let peer = sim.add_peer("alice", &[ip(ALICE)]);
-    let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB};transport=tcp"))
-        .header("Via", &format!("SIP/2.0/TCP {ALICE}:5060;branch=z9hG4bKs1"))
-        .header("Max-Forwards", "70")
-        .header("From", "<sip:alice@example.test>;tag=a1")
-        .header("To", &format!("<sip:bob@{BOB}>"))
-        .header("Call-ID", "sub2@alice")
-        .header("CSeq", "1 SUBSCRIBE")
+    let (mut sim, agent, peer) = sim_with_peer_alice();
+    let sub = subscribe_to_bob(Transport::Tcp, "sub2@alice", "s1")
         .header(
             "Contact",
             &format!("<sip:alice@{ALICE}:5060;transport=tcp>"),
         )
-        .header("Event", "presence")
         .build()
         .unwrap();
-    sim.peer_send(
-        peer,
-        SocketAddr::new(ip(ALICE), 40000),
-        bob_addr(),
-        Transport::Tcp,
-        sub.to_bytes(),
-    );
+    send_to_bob(&mut sim, peer, 40000, Transport::Tcp, sub);
     let ok = recv(&mut sim, peer);
     assert_eq!(ok.message.status(), Some(200));
     let first = recv(&mut sim, peer);
@@ -524,14 +541,7 @@ fn a_served_subscription_over_a_failed_flow_ends_with_a_final_notify() {
 fn after_an_address_change_the_subscription_is_refreshed_with_the_new_contact() {
     const NEW: &str = "192.0.2.11";
     let mut sim = Sim::new(Instant::now(), 5);
-    let alice = sim.add_endpoint(
-        "alice",
-        &[ip(ALICE), ip(NEW)],
-        Config {
-            seed: 1,
-            ..Config::default()
-        },
-    );
+    let alice = agent(&mut sim, "alice", &[ip(ALICE), ip(NEW)], 1);
     let bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
     sim.with_endpoint(bob, |ep, now| ep.set_presence(now, true));
     let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
@@ -585,12 +595,58 @@ fn a_423_is_retried_once_with_the_min_expires() {
     );
 }
 
+/// A SUBSCRIBE to us with an Expires below 60 s gets 423 with
+/// `Min-Expires: 60`, an unreadable one 400, both as a new subscription
+/// and as a refresh (which leaves the subscription as it was).
+#[test]
+fn a_served_subscribe_too_short_gets_423_and_an_unreadable_expires_400() {
+    let (mut sim, agent, peer) = sim_with_peer_alice();
+    let ask = |expires: &str, cseq: u32, to_tag: Option<&str>| {
+        let mut m = subscribe_to_bob(Transport::Udp, "sub3@alice", &format!("x{cseq}"))
+            .header("Contact", &format!("<sip:alice@{ALICE}>"))
+            .header("Expires", expires)
+            .build()
+            .unwrap();
+        m.set_header("CSeq", &format!("{cseq} SUBSCRIBE")).unwrap();
+        if let Some(tag) = to_tag {
+            m.set_header("To", &format!("<sip:bob@{BOB}>;tag={tag}"))
+                .unwrap();
+        }
+        m
+    };
+    let answer = |sim: &mut Sim, req: Message| {
+        send_to_bob(sim, peer, 5060, Transport::Udp, req);
+        recv(sim, peer)
+    };
+    // a new subscription
+    let r = answer(&mut sim, ask("59", 1, None));
+    assert_eq!(r.message.status(), Some(423));
+    assert_eq!(r.message.header(HeaderName::MinExpires), Some("60"));
+    let r = answer(&mut sim, ask("soon", 2, None));
+    assert_eq!(r.message.status(), Some(400));
+    assert!(sim.endpoint(agent).subscriptions().is_empty());
+    // 60 s is long enough
+    let r = answer(&mut sim, ask("60", 3, None));
+    assert_eq!(r.message.status(), Some(200));
+    let tag = r.message.to().unwrap().tag().unwrap().to_owned();
+    let first = recv(&mut sim, peer);
+    assert_eq!(first.message.method(), Some(Method::Notify));
+    reply(&mut sim, peer, &first, 200, &[]);
+    // its refreshes
+    let r = answer(&mut sim, ask("1", 4, Some(&tag)));
+    assert_eq!(r.message.status(), Some(423));
+    assert_eq!(r.message.header(HeaderName::MinExpires), Some("60"));
+    let r = answer(&mut sim, ask("-5", 5, Some(&tag)));
+    assert_eq!(r.message.status(), Some(400));
+    assert_eq!(sim.endpoint(agent).subscriptions().len(), 1);
+    let r = answer(&mut sim, ask("600", 6, Some(&tag)));
+    assert_eq!(r.message.status(), Some(200));
+    assert_eq!(r.message.header(HeaderName::Expires), Some("600"));
+}
+
 #[test]
 fn probation_subscribes_again_after_retry_after() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, _alice, bob, _sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     send_to_alice(
         &mut sim,
         bob,
@@ -616,10 +672,7 @@ fn probation_subscribes_again_after_retry_after() {
 
 #[test]
 fn broken_notifies_get_clear_answers_and_change_nothing() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(&mut sim, bob, &s, 200, &[("Expires", "600")]);
+    let (mut sim, alice, bob, sub, s) = subscribed_to_peer_bob(Transport::Udp, &[]);
     // no Subscription-State: 400
     let mut cseq = 1;
     let without = {
@@ -732,33 +785,15 @@ fn answers_to_subscribe_and_notify_carry_their_reason_phrases() {
 /// Kamailio, and a NOTIFY's route set is the notifier's own).
 #[test]
 fn the_2xx_to_a_subscribe_carries_its_record_route() {
-    let mut sim = Sim::new(Instant::now(), 5);
-    let _bob = sim.add_endpoint("bob", &[ip(BOB)], bob_config(&["sip:alice@example.test"]));
-    let peer = sim.add_peer("alice", &[ip(ALICE)]);
-    let sub = MessageBuilder::request(Method::Subscribe, &format!("sip:bob@{BOB}"))
-        .header(
-            "Via",
-            &format!("SIP/2.0/UDP {ALICE}:5060;branch=z9hG4bKrr1"),
-        )
-        .header("Max-Forwards", "70")
+    let (mut sim, _bob, peer) = sim_with_peer_alice();
+    let sub = subscribe_to_bob(Transport::Udp, "subrr@alice", "rr1")
         .header("Record-Route", "<sip:p2.example.test;lr>")
         .header("Record-Route", &format!("<sip:{ALICE}:5060;lr>"))
-        .header("From", "<sip:alice@example.test>;tag=a1")
-        .header("To", &format!("<sip:bob@{BOB}>"))
-        .header("Call-ID", "subrr@alice")
-        .header("CSeq", "1 SUBSCRIBE")
         .header("Contact", "<sip:alice@192.0.2.99>")
-        .header("Event", "presence")
         .header("Expires", "600")
         .build()
         .unwrap();
-    sim.peer_send(
-        peer,
-        SocketAddr::new(ip(ALICE), 5060),
-        bob_addr(),
-        Transport::Udp,
-        sub.to_bytes(),
-    );
+    send_to_bob(&mut sim, peer, 5060, Transport::Udp, sub);
     let ok = recv(&mut sim, peer);
     assert_eq!(ok.message.status(), Some(200));
     let rr: Vec<&str> = ok.message.header_values(HeaderName::RecordRoute).collect();
@@ -796,17 +831,9 @@ fn the_2xx_to_a_subscribe_carries_its_record_route() {
 /// within 64·T1 ends the subscription (it stayed `pending` for ever).
 #[test]
 fn a_2xx_never_followed_by_a_notify_ends_the_subscription() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
+    let (mut sim, alice, _bob, sub, s) =
+        subscribed_to_peer_bob(Transport::Udp, &[("Contact", &format!("<sip:bob@{BOB}>"))]);
     assert_eq!(s.message.method(), Some(Method::Subscribe));
-    reply(
-        &mut sim,
-        bob,
-        &s,
-        200,
-        &[("Expires", "600"), ("Contact", &format!("<sip:bob@{BOB}>"))],
-    );
     sim.run_for(Duration::from_secs(20));
     assert!(
         sub_events(&mut sim, alice)
@@ -826,16 +853,8 @@ fn a_2xx_never_followed_by_a_notify_ends_the_subscription() {
 /// A NOTIFY after the 2xx keeps it: the same wait does not end it.
 #[test]
 fn a_notify_after_the_2xx_keeps_the_subscription() {
-    let (mut sim, alice, bob) = sim_with_peer_bob();
-    let sub = subscribe(&mut sim, alice, "presence", Transport::Udp);
-    let s = recv(&mut sim, bob);
-    reply(
-        &mut sim,
-        bob,
-        &s,
-        200,
-        &[("Expires", "600"), ("Contact", &format!("<sip:bob@{BOB}>"))],
-    );
+    let (mut sim, alice, bob, sub, s) =
+        subscribed_to_peer_bob(Transport::Udp, &[("Contact", &format!("<sip:bob@{BOB}>"))]);
     sim.run_for(Duration::from_secs(5));
     send_to_alice(
         &mut sim,

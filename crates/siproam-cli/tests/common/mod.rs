@@ -10,7 +10,7 @@
 )]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod baresip;
 pub mod netns;
 
 /// A `siproam` child process whose JSON stdout lines arrive on a channel.
@@ -159,6 +160,21 @@ impl Proc {
         if let Some(stdin) = self.stdin.as_mut() {
             let _ = writeln!(stdin, "{line}");
         }
+    }
+
+    /// Waits for a `call` event in `state` (`confirmed`, `disconnected`,
+    /// …), the failure naming `WHO STATE`.
+    pub fn wait_call(&self, who: &str, state: &str) -> Value {
+        self.wait_for(&format!("{who} {state}"), |v| {
+            v["event"] == "call" && v["state"] == state
+        })
+    }
+
+    /// Waits for its registration (`WHO registered`).
+    pub fn wait_registered(&self, who: &str) -> Value {
+        self.wait_for(&format!("{who} registered"), |v| {
+            v["event"] == "registration" && v["state"] == "registered"
+        })
     }
 
     /// Sends `quit`, waits for the unregistration, and reaps it.
@@ -358,6 +374,22 @@ impl Kamailio {
         Kamailio::start_in(None, port, "", &format!("{}-{port}", std::process::id()))
     }
 
+    /// True when `kamailio` and `kamcmd` are installed; otherwise says
+    /// why the test is skipped, or fails when `SIPROAM_REQUIRE_INTEROP=1`
+    /// (CI).
+    pub fn available() -> bool {
+        have("kamailio") && have("kamcmd")
+    }
+
+    /// Kamailio on a free port of 127.0.0.1 with extra `KAM_ARGS` (e.g.
+    /// `-A WITH_QOP`); its working directory is named by `name`, the
+    /// process and the port. Returns it and its port.
+    pub fn start_local(kam_args: &str, name: &str) -> (Kamailio, u16) {
+        let port = free_port(0);
+        let tag = format!("{name}-{}-{port}", std::process::id());
+        (Kamailio::start_in(None, port, kam_args, &tag), port)
+    }
+
     /// Kamailio on `port` inside network namespace `netns` (when given),
     /// with extra `KAM_ARGS` (e.g. `-A SIP_ADDR=10.9.0.2`); `tag` names its
     /// working directory.
@@ -433,6 +465,151 @@ impl Kamailio {
         v.sort();
         v
     }
+}
+
+/// The address `p` listens on for `transport` (`tcp`, `udp`, …): its
+/// `listening` event, seen already or waited for.
+pub fn listening(p: &Proc, transport: &str) -> String {
+    p.seen_or_wait(&format!("{transport} listener"), |v| {
+        v["event"] == "listening" && v["transport"] == transport
+    })["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Reads one SIP message's head (up to the blank line, or as far as it
+/// came before the stream failed or closed) from a stream.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match std::io::Read::read(s, &mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// `siproam registrar --json` for `example.test` on a TCP port of
+/// 127.0.0.1, with `extra` options; and its URI
+/// (`sip:ADDRESS;transport=tcp`).
+pub fn tcp_registrar(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "registrar",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--domain",
+        "example.test",
+    ];
+    args.extend_from_slice(extra);
+    let registrar = Proc::spawn(&args);
+    let uri = format!("sip:{};transport=tcp", listening(&registrar, "tcp"));
+    (registrar, uri)
+}
+
+/// `siproam edge --json` in front of `registrar_uri`, listening on a TCP
+/// port of 127.0.0.1, with `extra` options (more `--listen`s, Flow-Timer,
+/// …).
+pub fn edge_before(registrar_uri: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "edge",
+        "--json",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--registrar",
+        registrar_uri,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// `siproam agent --json` for `aor` with outbound (RFC 5626) and no
+/// listener of its own: it registers at `registrar_uri` through the edge
+/// at TCP `edge_tcp` (its outbound proxy) as instance `urn`; `extra`
+/// options. Not waited for.
+pub fn outbound_agent(
+    aor: &str,
+    registrar_uri: &str,
+    edge_tcp: &str,
+    urn: &str,
+    extra: &[&str],
+) -> Proc {
+    let proxy = format!("sip:{edge_tcp};transport=tcp");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        aor,
+        "--registrar",
+        registrar_uri,
+        "--outbound",
+        "--outbound-proxy",
+        &proxy,
+        "--instance-id",
+        urn,
+        "--no-listen",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// `siproam agent --json` for `sip:USER@example.test` registering at
+/// `registrar`, listening on `listen`, with `extra` options; not waited
+/// for.
+pub fn agent_at(registrar: &str, user: &str, listen: &str, extra: &[&str]) -> Proc {
+    let aor = format!("sip:{user}@example.test");
+    let mut args = vec![
+        "agent",
+        "--json",
+        "--aor",
+        &aor,
+        "--registrar",
+        registrar,
+        "--listen",
+        listen,
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// Kamailio's `callauth:` lines (`407 METHOD CSEQ from USER`,
+/// `ok METHOD CSEQ from USER`, logged by `kamailio.cfg` for each request
+/// it challenges or lets through) once `pred` holds for them (60 s at
+/// most; `what` names them in the failure).
+pub fn auth_lines(kam: &Kamailio, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines: Vec<String> = kam
+            .log()
+            .lines()
+            .filter_map(|l| l.split("callauth: ").nth(1))
+            .map(|l| l.trim().to_owned())
+            .collect();
+        if pred(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Kamailio never logged {what}: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`agent_at`] with `--password PASSWORD`.
+pub fn account_agent(
+    registrar: &str,
+    user: &str,
+    password: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = vec!["--password", password];
+    args.extend_from_slice(extra);
+    agent_at(registrar, user, listen, &args)
 }
 
 impl Drop for Kamailio {

@@ -1121,25 +1121,9 @@ impl Endpoint {
             self.sub_respond(now, tx, req, 400, None, &[]);
             return;
         };
-        let expires = match req.expires() {
-            None => MAX_EXPIRES,
-            Some(Ok(e)) => e,
-            Some(Err(_)) => {
-                self.sub_respond(now, tx, req, 400, None, &[]);
-                return;
-            }
-        };
-        if expires != 0 && expires < MIN_EXPIRES {
-            self.sub_respond(
-                now,
-                tx,
-                req,
-                423,
-                None,
-                &[("Min-Expires", MIN_EXPIRES.to_string())],
-            );
+        let Some(expires) = self.served_expires(now, tx, req) else {
             return;
-        }
+        };
         if self.subscriptions.servers.len() >= MAX_SERVED {
             self.sub_respond(now, tx, req, 503, None, &[("Retry-After", "30".into())]);
             return;
@@ -1235,13 +1219,17 @@ impl Endpoint {
         });
     }
 
-    fn served_refresh(&mut self, now: Instant, tx: ServerTxId, id: SubId, req: &Message) {
+    /// The expiry a SUBSCRIBE to us asks for (`MAX_EXPIRES` without an
+    /// Expires), or `None` once it is answered: 400 for an unreadable
+    /// Expires, 423 with `Min-Expires` for one below `MIN_EXPIRES` (0 is a
+    /// fetch or an unsubscribe).
+    fn served_expires(&mut self, now: Instant, tx: ServerTxId, req: &Message) -> Option<u32> {
         let expires = match req.expires() {
             None => MAX_EXPIRES,
             Some(Ok(e)) => e,
             Some(Err(_)) => {
                 self.sub_respond(now, tx, req, 400, None, &[]);
-                return;
+                return None;
             }
         };
         if expires != 0 && expires < MIN_EXPIRES {
@@ -1253,8 +1241,15 @@ impl Endpoint {
                 None,
                 &[("Min-Expires", MIN_EXPIRES.to_string())],
             );
-            return;
+            return None;
         }
+        Some(expires)
+    }
+
+    fn served_refresh(&mut self, now: Instant, tx: ServerTxId, id: SubId, req: &Message) {
+        let Some(expires) = self.served_expires(now, tx, req) else {
+            return;
+        };
         let Some(s) = self.subscriptions.servers.get_mut(&id) else {
             return;
         };

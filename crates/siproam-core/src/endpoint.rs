@@ -236,7 +236,7 @@ pub struct Endpoint {
     pub(crate) flows: FlowTable,
     pub(crate) timers: TimerTable,
     /// Every client and server transaction.
-    txs: Transactions,
+    pub(crate) txs: Transactions,
     pub(crate) accounts: crate::accounts::Accounts,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) listen_points: Vec<ListenPoint>,
@@ -588,6 +588,11 @@ impl Endpoint {
         // what it carried, by policy (before its transactions fail)
         let carried = self.flow_failure_begin(now, gone, reason);
         self.subscriptions_flow_closed(now, flow, reason);
+        if reason == FlowCloseReason::ConnectFailed {
+            // requests moved to TCP for their size go over UDP after all
+            // (`large_request`)
+            self.fall_back_to_udp(now, flow);
+        }
         // client transactions still waiting fail with a transport error
         let failed = self
             .txs
@@ -769,7 +774,7 @@ impl Endpoint {
         local: Option<SocketAddr>,
         owner: Option<TxOwner>,
     ) -> Result<RequestId, CoreError> {
-        let (invite, flow, transport) = self
+        let (invite, flow, transport, udp_fallback) = self
             .txs
             .clients()
             .find(|(id, t)| {
@@ -777,7 +782,16 @@ impl Endpoint {
                     && t.invite
                     && matches!(t.state, ClientState::Calling | ClientState::Proceeding)
             })
-            .map(|(_, t)| (t.request.clone(), t.flow, t.transport))
+            .map(|(_, t)| {
+                (
+                    t.request.clone(),
+                    t.flow,
+                    t.transport,
+                    // an INVITE moved to TCP for its size: its CANCEL
+                    // falls back to UDP with it (`large_request`)
+                    Self::cancel_fallback(t.udp_fallback.as_deref()),
+                )
+            })
             .ok_or(CoreError::NoSuchTransaction)?;
         let flow = match (local, self.flows.get(flow)) {
             (Some(local), Some(f)) => {
@@ -786,31 +800,7 @@ impl Endpoint {
             }
             _ => flow,
         };
-        let inv = Message::parse(invite)?;
-        let mut b =
-            MessageBuilder::request(Method::Cancel, inv.request_uri_str().unwrap_or_default());
-        if let Some(via) = inv
-            .header(HeaderName::Via)
-            .and_then(|v| siproam_sip::split_list(v).next())
-        {
-            b = b.header("Via", via);
-        }
-        for (name, h) in [
-            ("From", HeaderName::From),
-            ("To", HeaderName::To),
-            ("Max-Forwards", HeaderName::MaxForwards),
-        ] {
-            if let Some(v) = inv.header(h) {
-                b = b.header(name, v);
-            }
-        }
-        b = b
-            .header("Call-ID", inv.call_id())
-            .header("CSeq", &format!("{} CANCEL", inv.cseq().seq));
-        for r in inv.header_values(HeaderName::Route) {
-            b = b.header("Route", r);
-        }
-        let cancel = b.build()?;
+        let cancel = build_cancel(&Message::parse(invite)?)?;
         let branch = cancel
             .top_via()
             .ok()
@@ -841,6 +831,7 @@ impl Endpoint {
                 interval: self.config.t1,
                 ack: None,
                 auth: None,
+                udp_fallback,
             },
         );
         Ok(id)
@@ -936,12 +927,20 @@ impl Endpoint {
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
         let invite = method == "INVITE";
-        let bytes = request.to_bytes();
         if method == "ACK" {
             // an ACK (to a 2xx) has no transaction
-            self.push_transmit(flow, target, bytes);
+            self.push_transmit(flow, target, request.to_bytes());
             return Ok(flow);
         }
+        // RFC 3261 §18.1.1: too large for UDP, over TCP (`large_request`);
+        // the caller keeps the target's flow as its usage's path
+        let target_flow = flow;
+        let crate::large_request::Fitted {
+            bytes,
+            flow,
+            target,
+            fallback,
+        } = self.fit_request(request, flow, target, owner);
         let id = self.txs.next_id();
         let tx = ClientTx {
             invite,
@@ -959,6 +958,7 @@ impl Endpoint {
             interval: self.config.t1,
             ack: None,
             auth: None,
+            udp_fallback: fallback,
         };
         self.push_transmit(flow, target, bytes);
         let owner_key = TimerOwner::ClientTx(id);
@@ -976,10 +976,10 @@ impl Endpoint {
         );
         self.txs.insert_client(id, tx);
         self.txs.set_last_client(id);
-        Ok(flow)
+        Ok(target_flow)
     }
 
-    fn push_transmit(&mut self, flow: FlowId, target: Target, payload: Bytes) {
+    pub(crate) fn push_transmit(&mut self, flow: FlowId, target: Target, payload: Bytes) {
         let local = self.flows.get(flow).and_then(|f| f.local).or(target.local);
         self.transmits.push_back(Transmit {
             flow,
@@ -1786,6 +1786,34 @@ fn stamp_received(req: &mut Message, remote: SocketAddr) {
     } else if !sent_by_matches {
         let _ = req.set_top_via_param("received", Some(Some(&ip)));
     }
+}
+
+/// The CANCEL of an INVITE (RFC 3261 §9.1): its top Via (same branch),
+/// Request-URI, Call-ID, From, To, CSeq number and Route.
+pub(crate) fn build_cancel(inv: &Message) -> Result<Message, siproam_sip::ParseError> {
+    let mut b = MessageBuilder::request(Method::Cancel, inv.request_uri_str().unwrap_or_default());
+    if let Some(via) = inv
+        .header(HeaderName::Via)
+        .and_then(|v| siproam_sip::split_list(v).next())
+    {
+        b = b.header("Via", via);
+    }
+    for (name, h) in [
+        ("From", HeaderName::From),
+        ("To", HeaderName::To),
+        ("Max-Forwards", HeaderName::MaxForwards),
+    ] {
+        if let Some(v) = inv.header(h) {
+            b = b.header(name, v);
+        }
+    }
+    b = b
+        .header("Call-ID", inv.call_id())
+        .header("CSeq", &format!("{} CANCEL", inv.cseq().seq));
+    for r in inv.header_values(HeaderName::Route) {
+        b = b.header("Route", r);
+    }
+    b.build()
 }
 
 /// The ACK for a failure response to an INVITE (RFC 3261 §17.1.1.3): the

@@ -751,7 +751,10 @@ impl Endpoint {
         request.set_header("Max-Forwards", &hops.saturating_sub(1).to_string())?;
         let id = RequestId(self.txs.next_id());
         let is_ack = request.method() == Some(Method::Ack);
-        self.start_tx_with(now, request, target, TxOwner::App(id))?;
+        // relayed over the flow or address the client came from (a NAT
+        // binding a TCP connection would not reach): not moved to TCP for
+        // its size (`large_request`)
+        self.start_tx_relayed(now, request, target, TxOwner::App(id), false)?;
         Ok((!is_ack).then_some(id))
     }
 
@@ -871,7 +874,7 @@ impl Endpoint {
         let mut request = b.build()?;
         // an account's request: its route set and cached credentials
         let attempt = self.prepare_account_request(&mut request, target.remote);
-        let flow = self.start_tx_sent(now, request, flow, target, branch, owner)?;
+        let flow = self.start_tx_sent(now, request, flow, target, branch, owner, true)?;
         if let (Some(attempt), Some(id)) = (attempt, self.last_request_id()) {
             self.set_client_auth(id, attempt);
         }
@@ -887,13 +890,26 @@ impl Endpoint {
     }
 
     /// Starts a client transaction for an already built request by adding
-    /// the top Via (the proxy path).
+    /// the top Via (a request of ours sent again).
     pub(crate) fn start_tx_with(
+        &mut self,
+        now: Instant,
+        request: Message,
+        target: Target,
+        owner: TxOwner,
+    ) -> Result<FlowId, CoreError> {
+        self.start_tx_relayed(now, request, target, owner, true)
+    }
+
+    /// [`Endpoint::start_tx_with`]; `fit`: whether a request too large for
+    /// UDP may go over TCP (`large_request`; not for a proxy's relaying).
+    fn start_tx_relayed(
         &mut self,
         now: Instant,
         mut request: Message,
         target: Target,
         owner: TxOwner,
+        fit: bool,
     ) -> Result<FlowId, CoreError> {
         let flow = self.flows.towards(
             target.transport,
@@ -910,9 +926,10 @@ impl Endpoint {
             branch
         );
         request.prepend_header("Via", &via)?;
-        self.start_tx_sent(now, request, flow, target, branch, owner)
+        self.start_tx_sent(now, request, flow, target, branch, owner, fit)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_tx_sent(
         &mut self,
         now: Instant,
@@ -921,6 +938,7 @@ impl Endpoint {
         target: Target,
         branch: String,
         owner: TxOwner,
+        fit: bool,
     ) -> Result<FlowId, CoreError> {
         let method = request
             .method()
@@ -940,7 +958,16 @@ impl Endpoint {
             flow,
             target,
             fallback,
-        } = self.fit_request(request, flow, target, owner);
+        } = if fit {
+            self.fit_request(request, flow, target, owner)
+        } else {
+            crate::large_request::Fitted {
+                bytes: request.to_bytes(),
+                flow,
+                target,
+                fallback: None,
+            }
+        };
         let id = self.txs.next_id();
         let tx = ClientTx {
             invite,

@@ -11,6 +11,10 @@
 //!   flow with outbound asked for), and an account's REGISTER: the flow is
 //!   the account's binding, which its keep-alives probe and its Contact
 //!   names, so its requests keep using it;
+//! - a request a proxy relays (`Endpoint::forward_request`: the edge,
+//!   the registrar's proxy): it goes over the flow or to the address the
+//!   client registered from, often a NAT binding that a TCP connection to
+//!   the same address would not reach;
 //! - an ACK of a 2xx: it has no transaction to fall back with, and goes
 //!   where its dialog sends it (an ACK of a failure and a CANCEL go on
 //!   their INVITE's flow, so over TCP when the INVITE went so);

@@ -447,3 +447,29 @@ fn an_invite_and_its_cancel_queued_behind_a_failed_connect_both_go_over_udp() {
         "the call goes on"
     );
 }
+
+/// A proxy's forwarding (`forward_request`: the edge, the registrar's
+/// proxy) is left alone: it relays over the flow or address the client
+/// registered from — a NAT binding that a TCP connection would not reach.
+#[test]
+fn a_large_request_forwarded_by_a_proxy_stays_on_udp() {
+    let (mut sim, proxy, peer) = setup();
+    let req = MessageBuilder::request(Method::Message, &format!("sip:bob@{PEER}"))
+        .header("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKup1")
+        .header("From", "<sip:carol@example.test>;tag=c1")
+        .header("To", "<sip:bob@example.test>")
+        .header("Call-ID", "f1@example.test")
+        .header("CSeq", "1 MESSAGE")
+        .header("Max-Forwards", "70")
+        .body("text/plain", Bytes::from("z".repeat(4096)))
+        .build()
+        .unwrap();
+    sim.with_endpoint(proxy, |ep, now| {
+        ep.forward_request(now, req, udp_target(PEER))
+    })
+    .unwrap();
+    let got = recv(&mut sim, peer);
+    assert_eq!(got.transport, Transport::Udp);
+    assert_eq!(via_transport(&got.message), "UDP");
+    assert_eq!(got.message.vias().count(), 2, "ours on top of the client's");
+}

@@ -236,7 +236,7 @@ pub struct Endpoint {
     pub(crate) flows: FlowTable,
     pub(crate) timers: TimerTable,
     /// Every client and server transaction.
-    txs: Transactions,
+    pub(crate) txs: Transactions,
     pub(crate) accounts: crate::accounts::Accounts,
     pub(crate) calls: crate::calls::Calls,
     pub(crate) listen_points: Vec<ListenPoint>,
@@ -588,6 +588,11 @@ impl Endpoint {
         // what it carried, by policy (before its transactions fail)
         let carried = self.flow_failure_begin(now, gone, reason);
         self.subscriptions_flow_closed(now, flow, reason);
+        if reason == FlowCloseReason::ConnectFailed {
+            // requests moved to TCP for their size go over UDP after all
+            // (`large_request`)
+            self.fall_back_to_udp(now, flow);
+        }
         // client transactions still waiting fail with a transport error
         let failed = self
             .txs
@@ -746,7 +751,10 @@ impl Endpoint {
         request.set_header("Max-Forwards", &hops.saturating_sub(1).to_string())?;
         let id = RequestId(self.txs.next_id());
         let is_ack = request.method() == Some(Method::Ack);
-        self.start_tx_with(now, request, target, TxOwner::App(id))?;
+        // relayed over the flow or address the client came from (a NAT
+        // binding a TCP connection would not reach): not moved to TCP for
+        // its size (`large_request`)
+        self.start_tx_relayed(now, request, target, TxOwner::App(id), false)?;
         Ok((!is_ack).then_some(id))
     }
 
@@ -769,7 +777,7 @@ impl Endpoint {
         local: Option<SocketAddr>,
         owner: Option<TxOwner>,
     ) -> Result<RequestId, CoreError> {
-        let (invite, flow, transport) = self
+        let (invite, flow, transport, udp_fallback) = self
             .txs
             .clients_mut()
             .find(|(id, t)| {
@@ -781,7 +789,14 @@ impl Endpoint {
                 // a challenge crossing the CANCEL is not answered: the
                 // INVITE is not sent again
                 t.auth = None;
-                (t.request.clone(), t.flow, t.transport)
+                (
+                    t.request.clone(),
+                    t.flow,
+                    t.transport,
+                    // an INVITE moved to TCP for its size: its CANCEL
+                    // falls back to UDP with it (`large_request`)
+                    Self::cancel_fallback(t.udp_fallback.as_deref()),
+                )
             })
             .ok_or(CoreError::NoSuchTransaction)?;
         let flow = match (local, self.flows.get(flow)) {
@@ -791,31 +806,7 @@ impl Endpoint {
             }
             _ => flow,
         };
-        let inv = Message::parse(invite)?;
-        let mut b =
-            MessageBuilder::request(Method::Cancel, inv.request_uri_str().unwrap_or_default());
-        if let Some(via) = inv
-            .header(HeaderName::Via)
-            .and_then(|v| siproam_sip::split_list(v).next())
-        {
-            b = b.header("Via", via);
-        }
-        for (name, h) in [
-            ("From", HeaderName::From),
-            ("To", HeaderName::To),
-            ("Max-Forwards", HeaderName::MaxForwards),
-        ] {
-            if let Some(v) = inv.header(h) {
-                b = b.header(name, v);
-            }
-        }
-        b = b
-            .header("Call-ID", inv.call_id())
-            .header("CSeq", &format!("{} CANCEL", inv.cseq().seq));
-        for r in inv.header_values(HeaderName::Route) {
-            b = b.header("Route", r);
-        }
-        let cancel = b.build()?;
+        let cancel = build_cancel(&Message::parse(invite)?)?;
         let branch = cancel
             .top_via()
             .ok()
@@ -846,6 +837,7 @@ impl Endpoint {
                 interval: self.config.t1,
                 ack: None,
                 auth: None,
+                udp_fallback,
             },
         );
         Ok(id)
@@ -885,7 +877,7 @@ impl Endpoint {
         let mut request = b.build()?;
         // an account's request: its route set and cached credentials
         let attempt = self.prepare_account_request(&mut request, target.remote);
-        let flow = self.start_tx_sent(now, request, flow, target, branch, owner)?;
+        let flow = self.start_tx_sent(now, request, flow, target, branch, owner, true)?;
         if let (Some(attempt), Some(id)) = (attempt, self.last_request_id()) {
             self.set_client_auth(id, attempt);
         }
@@ -901,13 +893,26 @@ impl Endpoint {
     }
 
     /// Starts a client transaction for an already built request by adding
-    /// the top Via (the proxy path).
+    /// the top Via (a request of ours sent again).
     pub(crate) fn start_tx_with(
+        &mut self,
+        now: Instant,
+        request: Message,
+        target: Target,
+        owner: TxOwner,
+    ) -> Result<FlowId, CoreError> {
+        self.start_tx_relayed(now, request, target, owner, true)
+    }
+
+    /// [`Endpoint::start_tx_with`]; `fit`: whether a request too large for
+    /// UDP may go over TCP (`large_request`; not for a proxy's relaying).
+    fn start_tx_relayed(
         &mut self,
         now: Instant,
         mut request: Message,
         target: Target,
         owner: TxOwner,
+        fit: bool,
     ) -> Result<FlowId, CoreError> {
         let flow = self.flows.towards(
             target.transport,
@@ -924,9 +929,10 @@ impl Endpoint {
             branch
         );
         request.prepend_header("Via", &via)?;
-        self.start_tx_sent(now, request, flow, target, branch, owner)
+        self.start_tx_sent(now, request, flow, target, branch, owner, fit)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_tx_sent(
         &mut self,
         now: Instant,
@@ -935,18 +941,36 @@ impl Endpoint {
         target: Target,
         branch: String,
         owner: TxOwner,
+        fit: bool,
     ) -> Result<FlowId, CoreError> {
         let method = request
             .method()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
         let invite = method == "INVITE";
-        let bytes = request.to_bytes();
         if method == "ACK" {
             // an ACK (to a 2xx) has no transaction
-            self.push_transmit(flow, target, bytes);
+            self.push_transmit(flow, target, request.to_bytes());
             return Ok(flow);
         }
+        // RFC 3261 §18.1.1: too large for UDP, over TCP (`large_request`);
+        // the caller keeps the target's flow as its usage's path
+        let target_flow = flow;
+        let crate::large_request::Fitted {
+            bytes,
+            flow,
+            target,
+            fallback,
+        } = if fit {
+            self.fit_request(request, flow, target, owner)
+        } else {
+            crate::large_request::Fitted {
+                bytes: request.to_bytes(),
+                flow,
+                target,
+                fallback: None,
+            }
+        };
         let id = self.txs.next_id();
         let tx = ClientTx {
             invite,
@@ -964,6 +988,7 @@ impl Endpoint {
             interval: self.config.t1,
             ack: None,
             auth: None,
+            udp_fallback: fallback,
         };
         self.push_transmit(flow, target, bytes);
         let owner_key = TimerOwner::ClientTx(id);
@@ -981,10 +1006,10 @@ impl Endpoint {
         );
         self.txs.insert_client(id, tx);
         self.txs.set_last_client(id);
-        Ok(flow)
+        Ok(target_flow)
     }
 
-    fn push_transmit(&mut self, flow: FlowId, target: Target, payload: Bytes) {
+    pub(crate) fn push_transmit(&mut self, flow: FlowId, target: Target, payload: Bytes) {
         let local = self.flows.get(flow).and_then(|f| f.local).or(target.local);
         self.transmits.push_back(Transmit {
             flow,
@@ -1799,6 +1824,34 @@ fn stamp_received(req: &mut Message, remote: SocketAddr) {
     } else if !sent_by_matches {
         let _ = req.set_top_via_param("received", Some(Some(&ip)));
     }
+}
+
+/// The CANCEL of an INVITE (RFC 3261 §9.1): its top Via (same branch),
+/// Request-URI, Call-ID, From, To, CSeq number and Route.
+pub(crate) fn build_cancel(inv: &Message) -> Result<Message, siproam_sip::ParseError> {
+    let mut b = MessageBuilder::request(Method::Cancel, inv.request_uri_str().unwrap_or_default());
+    if let Some(via) = inv
+        .header(HeaderName::Via)
+        .and_then(|v| siproam_sip::split_list(v).next())
+    {
+        b = b.header("Via", via);
+    }
+    for (name, h) in [
+        ("From", HeaderName::From),
+        ("To", HeaderName::To),
+        ("Max-Forwards", HeaderName::MaxForwards),
+    ] {
+        if let Some(v) = inv.header(h) {
+            b = b.header(name, v);
+        }
+    }
+    b = b
+        .header("Call-ID", inv.call_id())
+        .header("CSeq", &format!("{} CANCEL", inv.cseq().seq));
+    for r in inv.header_values(HeaderName::Route) {
+        b = b.header("Route", r);
+    }
+    b.build()
 }
 
 /// The ACK for a failure response to an INVITE (RFC 3261 §17.1.1.3): the

@@ -26,6 +26,7 @@ mod flow;
 mod flow_failure;
 mod gruu;
 mod keepalive;
+mod large_request;
 pub(crate) mod mobility;
 pub mod pager;
 mod registration;
@@ -53,6 +54,7 @@ pub use flow_failure::{
 };
 pub use gruu::Gruu;
 pub use keepalive::{FlowEvent, FlowState};
+pub use large_request::MAX_UDP_REQUEST;
 pub use mobility::{
     AccountIpChange, AccountRoutes, CallMove, CallMoveAction, ChangeTrigger, ConnectionView,
     DetectedChange, IpChangeError, IpChangeParams, IpChangeReport, IpChangeStage, Ipv6Use,

@@ -45,6 +45,9 @@ pub(crate) struct ClientTx {
     /// A request of an account: what answers a challenge to it
     /// (`crate::auth`).
     pub(crate) auth: Option<Box<crate::auth::AuthAttempt>>,
+    /// A request moved from UDP to TCP for its size: how it goes over UDP
+    /// if the connection cannot be made (`crate::large_request`).
+    pub(crate) udp_fallback: Option<Box<crate::large_request::UdpFallback>>,
 }
 
 impl ClientTx {

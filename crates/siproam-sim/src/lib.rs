@@ -173,6 +173,8 @@ pub struct Sim {
     lingering: HashMap<NodeId, Vec<ListenerView>>,
     /// Nodes that answer no keep-alive ping.
     no_pong: Vec<NodeId>,
+    /// Nodes that accept no stream connection (they listen on UDP only).
+    no_streams: Vec<NodeId>,
     /// Peers that answer no STUN Binding request.
     no_stun: Vec<NodeId>,
     /// The address a peer reports in its STUN answers, when not the
@@ -239,6 +241,7 @@ impl Sim {
             taken: Vec::new(),
             lingering: HashMap::new(),
             no_pong: Vec::new(),
+            no_streams: Vec::new(),
             no_stun: Vec::new(),
             stun_mapped: HashMap::new(),
             stun_seen: HashMap::new(),
@@ -422,6 +425,18 @@ impl Sim {
         self.no_pong.retain(|n| *n != node);
         if !pong {
             self.no_pong.push(node);
+        }
+    }
+
+    /// Whether a node accepts stream (TCP/TLS) connections (it does unless
+    /// told not to: a host that listens on UDP only). A connection to one
+    /// that does not fails before anything is delivered, reported to the
+    /// connecting endpoint as [`FlowCloseReason::ConnectFailed`], as the
+    /// driver reports a refused connect.
+    pub fn set_accepts_streams(&mut self, node: NodeId, accepts: bool) {
+        self.no_streams.retain(|n| *n != node);
+        if !accepts {
+            self.no_streams.push(node);
         }
     }
 
@@ -858,7 +873,7 @@ impl Sim {
         let fate = match (src, dst) {
             (Some(s), Some(d)) => {
                 let link = self.link(s, d);
-                if !link.up {
+                if !link.up || (conn.is_some() && self.no_streams.contains(&d)) {
                     Fate::Unreachable
                 } else if !transport.is_reliable() && link.loss > 0.0 && self.rng.unit() < link.loss
                 {

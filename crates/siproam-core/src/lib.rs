@@ -26,6 +26,7 @@ mod flow_failure;
 mod gruu;
 mod keepalive;
 pub(crate) mod mobility;
+pub mod outcomes;
 pub mod pager;
 mod registration;
 mod rng;

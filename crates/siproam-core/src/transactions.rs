@@ -45,6 +45,8 @@ pub(crate) struct ClientTx {
     /// A request of an account: what answers a challenge to it
     /// (`crate::auth`).
     pub(crate) auth: Option<Box<crate::auth::AuthAttempt>>,
+    /// When it was first sent (its outcome's elapsed time).
+    pub(crate) started: std::time::Instant,
 }
 
 impl ClientTx {

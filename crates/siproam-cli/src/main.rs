@@ -32,9 +32,18 @@ struct Cli {
     /// A TOML file with the same settings as the flags (flags win).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// More logging on stderr (-v, -vv); RUST_LOG overrides.
+    /// More logging on stderr (-v, -vv, -vvv) from siproam's own crates
+    /// (others only warn); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Print every SIP message sent and received on stderr (time,
+    /// direction, transport, addresses, the message).
+    #[arg(long, global = true)]
+    trace: bool,
+    /// Write the SIP (UDP, TCP, TLS as plaintext) and RTP sent and
+    /// received to this pcap file (for Wireshark, sngrep).
+    #[arg(long, global = true, value_name = "FILE")]
+    pcap: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -296,6 +305,26 @@ fn main() -> ExitCode {
     run::mark_start();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if cli.trace || cli.pcap.is_some() {
+        let options = siproam::wiretap::WireTapOptions {
+            trace: cli.trace,
+            pcap: cli.pcap.clone(),
+            pcap_limit: None,
+        };
+        match siproam::wiretap::WireTap::start(options) {
+            Ok(tap) => {
+                siproam::wiretap::install(tap);
+            }
+            Err(e) => return bad_usage(&e.into()),
+        }
+    }
+    let code = run_command(cli);
+    // the pcap file written out and flushed, whatever the command's end
+    siproam::wiretap::finish_global();
+    code
+}
+
+fn run_command(cli: Cli) -> ExitCode {
     raise_descriptor_limit();
     let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
@@ -569,17 +598,43 @@ fn raise_descriptor_limit() {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+/// The siproam crates (the library's, the command's) whose logs `-v`
+/// turns up; every other crate (netlink, rustls, hickory, tokio …) stays
+/// at `warn` unless `RUST_LOG` says otherwise.
+const OWN_CRATES: &[&str] = &[
+    "siproam",
+    "siproam_cli",
+    "siproam_core",
+    "siproam_edge",
+    "siproam_media",
+    "siproam_sip",
+];
+
+/// The default log filter at a `-v` count.
+fn default_filter(verbose: u8) -> String {
+    let level = match verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug",
+        2 => "debug",
+        _ => "trace",
     };
+    let mut filter = String::from("warn");
+    for krate in OWN_CRATES {
+        filter.push_str(&format!(",{krate}={level}"));
+    }
+    filter
+}
+
+fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(verbose)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // colour codes only for a person at a terminal, never in a file
+        // or a pipe
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -596,4 +651,53 @@ fn read_input(file: Option<&str>) -> anyhow::Result<Vec<u8>> {
         }
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Whether a line of `target` at `level` passes the default filter at
+    /// `verbose`.
+    fn passes(verbose: u8, target_is_ours: bool, level: Level) -> bool {
+        let filter = tracing_subscriber::EnvFilter::new(default_filter(verbose));
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || {
+            // `enabled!` needs its target as a constant
+            match (target_is_ours, level) {
+                (true, Level::TRACE) => {
+                    tracing::enabled!(target: "siproam::transport", Level::TRACE)
+                }
+                (true, Level::DEBUG) => tracing::enabled!(target: "siproam_core::x", Level::DEBUG),
+                (true, Level::INFO) => tracing::enabled!(target: "siproam::endpoint", Level::INFO),
+                (true, _) => tracing::enabled!(target: "siproam_cli", Level::WARN),
+                (false, Level::TRACE) => {
+                    tracing::enabled!(target: "netlink_proto::connection", Level::TRACE)
+                }
+                (false, Level::DEBUG) => tracing::enabled!(target: "rustls::client", Level::DEBUG),
+                (false, Level::INFO) => tracing::enabled!(target: "hickory_resolver", Level::INFO),
+                (false, _) => tracing::enabled!(target: "tokio", Level::WARN),
+            }
+        })
+    }
+
+    #[test]
+    fn verbosity_turns_up_siproam_and_leaves_other_crates_at_warn() {
+        for verbose in 0..=3 {
+            // other crates: warnings only, whatever the verbosity
+            assert!(passes(verbose, false, Level::WARN));
+            assert!(!passes(verbose, false, Level::INFO), "-v x{verbose}");
+            assert!(!passes(verbose, false, Level::DEBUG), "-v x{verbose}");
+            assert!(!passes(verbose, false, Level::TRACE), "-v x{verbose}");
+            assert!(passes(verbose, true, Level::WARN));
+        }
+        assert!(!passes(0, true, Level::INFO));
+        assert!(passes(1, true, Level::INFO));
+        assert!(!passes(1, true, Level::DEBUG));
+        assert!(passes(2, true, Level::DEBUG));
+        assert!(!passes(2, true, Level::TRACE));
+        assert!(passes(3, true, Level::TRACE));
+    }
 }

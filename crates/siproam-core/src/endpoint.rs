@@ -271,6 +271,8 @@ pub struct Endpoint {
     pub(crate) subscriptions: crate::subscription::Subscriptions,
     /// Call transfers in progress (`dialog/transfer`).
     pub(crate) transfers: crate::dialog::transfer::Transfers,
+    /// How client transactions ended, for the driver's log (`outcomes`).
+    outcomes: crate::outcomes::Outcomes,
 }
 
 /// What the endpoint holds and has shed: for monitoring, benchmarks and
@@ -323,6 +325,7 @@ impl Endpoint {
             auth: crate::auth::AuthCache::default(),
             subscriptions: Default::default(),
             transfers: Default::default(),
+            outcomes: Default::default(),
             accounts: crate::accounts::Accounts::default(),
             calls: crate::calls::Calls::default(),
             listen_points: Vec::new(),
@@ -341,6 +344,18 @@ impl Endpoint {
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Keep (or stop keeping) how each client transaction ends, for
+    /// [`Endpoint::poll_transaction_outcome`]. Off by default.
+    pub fn report_transaction_outcomes(&mut self, on: bool) {
+        self.outcomes.set_enabled(on);
+    }
+
+    /// The next client transaction's outcome (with
+    /// [`Endpoint::report_transaction_outcomes`] on).
+    pub fn poll_transaction_outcome(&mut self) -> Option<crate::outcomes::TransactionOutcome> {
+        self.outcomes.pop()
     }
 
     /// The next event for the application.
@@ -599,6 +614,13 @@ impl Endpoint {
             .client_ids_where(|t| t.flow == flow && t.is_pending());
         for id in failed {
             if let Some(tx) = self.remove_client(id) {
+                self.outcomes.push(
+                    now,
+                    tx.started,
+                    &tx.method,
+                    tx.transport,
+                    crate::outcomes::TransactionResult::TransportError,
+                );
                 self.client_failed(now, tx.owner, RequestFailure::Transport(reason));
             }
         }
@@ -838,6 +860,7 @@ impl Endpoint {
                 ack: None,
                 auth: None,
                 udp_fallback,
+                started: now,
             },
         );
         Ok(id)
@@ -989,6 +1012,7 @@ impl Endpoint {
             ack: None,
             auth: None,
             udp_fallback: fallback,
+            started: now,
         };
         self.push_transmit(flow, target, bytes);
         let owner_key = TimerOwner::ClientTx(id);
@@ -1296,6 +1320,16 @@ impl Endpoint {
             _ => None,
         };
         let reliable = tx.transport.is_reliable();
+        // its final response: the outcome, when they are kept
+        if code >= 200 && tx.is_pending() && self.outcomes.enabled() {
+            self.outcomes.push(
+                now,
+                tx.started,
+                &tx.method,
+                tx.transport,
+                crate::outcomes::TransactionResult::Final(code),
+            );
+        }
         let timer = TimerOwner::ClientTx(id);
         match (tx.invite, tx.state, code) {
             (
@@ -1398,6 +1432,13 @@ impl Endpoint {
             }
             TimerKind::B | TimerKind::F => {
                 if let Some(tx) = self.remove_client(id) {
+                    self.outcomes.push(
+                        now,
+                        tx.started,
+                        &tx.method,
+                        tx.transport,
+                        crate::outcomes::TransactionResult::Timeout,
+                    );
                     self.client_failed(now, tx.owner, RequestFailure::Timeout);
                 }
             }

@@ -28,6 +28,7 @@ mod gruu;
 mod keepalive;
 mod large_request;
 pub(crate) mod mobility;
+pub mod outcomes;
 pub mod pager;
 mod registration;
 mod rng;

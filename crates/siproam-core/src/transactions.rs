@@ -48,6 +48,8 @@ pub(crate) struct ClientTx {
     /// A request moved from UDP to TCP for its size: how it goes over UDP
     /// if the connection cannot be made (`crate::large_request`).
     pub(crate) udp_fallback: Option<Box<crate::large_request::UdpFallback>>,
+    /// When it was first sent (its outcome's elapsed time).
+    pub(crate) started: std::time::Instant,
 }
 
 impl ClientTx {

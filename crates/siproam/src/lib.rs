@@ -72,6 +72,7 @@ pub mod resolve;
 mod subscribe;
 mod transfer;
 pub mod transport;
+pub mod wiretap;
 
 pub use endpoint::{
     AccountChanges, AccountSpec, AppCommand, AppCommander, Application, CommandError, CommandFor,

@@ -93,6 +93,10 @@ pub struct PhoneConfig {
     /// The `Retry-After` (seconds) of the 503 that refuses a call whose RTP
     /// socket cannot be opened.
     pub retry_after: u32,
+    /// Where a copy of each RTP/RTCP packet sent and received goes
+    /// (`--pcap`); the default is the process's tap
+    /// ([`crate::wiretap::install`]), if any.
+    pub wiretap: Option<crate::wiretap::WireTap>,
 }
 
 /// Why a phone command failed.
@@ -195,6 +199,7 @@ impl Default for PhoneConfig {
             ipv6_media: crate::Ipv6Use::Enabled,
             incoming: IncomingCallLimits::default(),
             retry_after: 30,
+            wiretap: crate::wiretap::global(),
         }
     }
 }
@@ -439,6 +444,7 @@ impl Phone {
         let source = self.source();
         let record = self.config.record.clone();
         let events = self.events.clone();
+        let tap = self.config.wiretap.clone().filter(|t| t.writes_pcap());
         let seed = self.seed ^ u64::from(call.0);
         let Some(pc) = self.calls.get_mut(&call) else {
             return;
@@ -485,7 +491,7 @@ impl Phone {
                 }
             });
         tokio::spawn(media_task(
-            call, local, socket, session, source, sink, rx, events,
+            call, local, socket, session, source, sink, rx, events, tap,
         ));
     }
 
@@ -1069,6 +1075,39 @@ fn address_gone(e: &std::io::Error) -> bool {
     )
 }
 
+/// The wire tap's hook for media: a packet sent or received on `socket`
+/// (nothing without a tap).
+#[inline]
+fn tap_media(
+    tap: Option<&crate::wiretap::WireTap>,
+    direction: Direction,
+    socket: &tokio::net::UdpSocket,
+    remote: SocketAddr,
+    bytes: &[u8],
+) {
+    if let Some(tap) = tap {
+        if let Ok(local) = socket.local_addr() {
+            let direction = match direction {
+                Direction::Sent => crate::wiretap::WireDirection::Sent,
+                Direction::Received => crate::wiretap::WireDirection::Received,
+            };
+            tap.media(direction, local, remote, bytes);
+        }
+    }
+}
+
+/// Sends a media packet, tapped once it has gone.
+async fn send_media(
+    tap: Option<&crate::wiretap::WireTap>,
+    socket: &tokio::net::UdpSocket,
+    payload: &[u8],
+    destination: SocketAddr,
+) -> std::io::Result<usize> {
+    let n = socket.send_to(payload, destination).await?;
+    tap_media(tap, Direction::Sent, socket, destination, payload);
+    Ok(n)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn media_task(
     call: CallId,
@@ -1079,7 +1118,9 @@ async fn media_task(
     mut sink: Option<Box<dyn AudioSink + Send>>,
     mut cmds: mpsc::UnboundedReceiver<MediaCmd>,
     events: Option<mpsc::Sender<EndpointEvent>>,
+    tap: Option<crate::wiretap::WireTap>,
 ) {
+    let tap = tap.as_ref();
     let mut buf = vec![0u8; 2048];
     // make-before-break: after a move the old socket keeps receiving until
     // the peer sends to the new one (or a grace period ends), so packets
@@ -1122,7 +1163,9 @@ async fn media_task(
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
                     let now = tokio::time::Instant::now().into_std();
-                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
+                    let data = buf.get(..n).unwrap_or_default();
+                    tap_media(tap, Direction::Received, &socket, from, data);
+                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(data));
                     // the peer reached the new address: the old one can go
                     old = None;
                     if std::mem::take(&mut moved) {
@@ -1135,7 +1178,11 @@ async fn media_task(
             r = async { match &old { Some((s, _)) => s.recv_from(&mut old_buf).await, None => std::future::pending().await } } => {
                 if let Ok((n, from)) = r {
                     let now = tokio::time::Instant::now().into_std();
-                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(old_buf.get(..n).unwrap_or_default()));
+                    let data = old_buf.get(..n).unwrap_or_default();
+                    if let Some((s, _)) = &old {
+                        tap_media(tap, Direction::Received, s, from, data);
+                    }
+                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(data));
                 }
                 if old.as_ref().is_some_and(|(_, until)| tokio::time::Instant::now() >= *until) {
                     old = None;
@@ -1200,7 +1247,7 @@ async fn media_task(
                             // break-before-make: what the old address could
                             // not send goes out from the new one
                             for t in stranded.take() {
-                                if let Err(e) = socket.send_to(&t.payload, t.destination).await {
+                                if let Err(e) = send_media(tap, &socket, &t.payload, t.destination).await {
                                     debug!("RTP not sent from the new address either: {e}");
                                     session.handle_send_failed(&t);
                                 }
@@ -1213,7 +1260,7 @@ async fn media_task(
                     let now = tokio::time::Instant::now().into_std();
                     session.close(now);
                     while let Some(t) = session.poll_transmit() {
-                        if socket.send_to(&t.payload, t.destination).await.is_err() {
+                        if send_media(tap, &socket, &t.payload, t.destination).await.is_err() {
                             session.handle_send_failed(&t);
                         }
                     }
@@ -1237,11 +1284,7 @@ async fn media_task(
                     && s.local_addr()
                         .is_ok_and(|a| a.is_ipv4() == t.destination.is_ipv4())
             });
-            match from_old
-                .unwrap_or(&socket)
-                .send_to(&t.payload, t.destination)
-                .await
-            {
+            match send_media(tap, from_old.unwrap_or(&socket), &t.payload, t.destination).await {
                 Ok(_) => {}
                 // the current socket's address is gone: the media moves
                 // to a new socket soon, the packet leaves from there
@@ -1348,6 +1391,7 @@ mod tests {
             None,
             rx,
             Some(events),
+            None,
         ));
         // a few frames are due while the address is gone
         tokio::time::sleep(Duration::from_millis(70)).await;

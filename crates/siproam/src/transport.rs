@@ -434,6 +434,11 @@ pub struct TransportConfig {
     /// than that. Off by default (the pongs are sent either way); an edge
     /// proxy that keeps its flows by what arrives on them turns it on.
     pub report_pings: bool,
+    /// Where a copy of every message sent and received goes (`--trace`,
+    /// `--pcap`); the default is the process's tap
+    /// ([`crate::wiretap::install`]), if any. `None`: no copy, and no
+    /// cost but one check per message.
+    pub wiretap: Option<crate::wiretap::WireTap>,
 }
 
 /// At most one [`TransportEvent::PingReceived`] per connection this often.
@@ -458,6 +463,7 @@ impl Default for TransportConfig {
             address_oracle: Arc::new(SystemAddresses),
             tcp_keepalive: None,
             report_pings: false,
+            wiretap: crate::wiretap::global(),
         }
     }
 }
@@ -495,6 +501,8 @@ pub(crate) struct Shared {
     rebind_retry_delay: Duration,
     tcp_keepalive: Option<TcpKeepalive>,
     report_pings: bool,
+    /// The copy of what is sent and received (see [`crate::wiretap`]).
+    wiretap: Option<crate::wiretap::WireTap>,
     tls_connector: Option<tokio_rustls::TlsConnector>,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     oracle: Arc<dyn AddressOracle>,
@@ -717,6 +725,23 @@ impl Shared {
         last
     }
 
+    /// The wire tap's hook: every message (and keep-alive) sent or
+    /// received on any transport passes here; nothing is done without a
+    /// tap.
+    #[inline]
+    fn tap(
+        &self,
+        direction: crate::wiretap::WireDirection,
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: &Bytes,
+    ) {
+        if let Some(tap) = &self.wiretap {
+            tap.sip(direction, transport, local, remote, bytes);
+        }
+    }
+
     fn remove_connection(&self, id: ConnectionId) {
         self.state().connections.remove(&id);
     }
@@ -900,6 +925,7 @@ impl TransportManager {
             rebind_retry_delay: config.rebind_retry_delay,
             tcp_keepalive: config.tcp_keepalive,
             report_pings: config.report_pings,
+            wiretap: config.wiretap,
             tls_connector: client.map(|c| tokio_rustls::TlsConnector::from(c.into_rustls())),
             tls_acceptor: config
                 .tls_server
@@ -1111,6 +1137,13 @@ impl TransportManager {
             .send_to(&bytes, target.remote)
             .await
             .map_err(SendError::Io)?;
+        self.shared.tap(
+            crate::wiretap::WireDirection::Sent,
+            Transport::Udp,
+            local,
+            target.remote,
+            &bytes,
+        );
         Ok(OpenedFlow {
             transport: Transport::Udp,
             local,

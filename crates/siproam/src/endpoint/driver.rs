@@ -555,6 +555,17 @@ impl Driver {
                 progressed = true;
                 self.close_flow_connection(flow, failed_flow_close(reason));
             }
+            // how each client transaction ended: method, status or
+            // failure, time (no URI: personal data stays out of the log)
+            while let Some(o) = self.core.poll_transaction_outcome() {
+                tracing::info!(
+                    transport = %o.transport,
+                    "{} transaction: {} after {} ms",
+                    o.method,
+                    o.result,
+                    o.elapsed.as_millis()
+                );
+            }
             while let Some(ev) = self.core.poll_event() {
                 progressed = true;
                 let at = now();

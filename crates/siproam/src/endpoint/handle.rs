@@ -199,6 +199,8 @@ impl EndpointHandle {
         let os_key = crate::random::os_seed()?;
         core_config.entropy.get_or_insert(os_key);
         let mut core = Core::new(core_config);
+        // each client transaction's outcome is logged at info (`-v`)
+        core.report_transaction_outcomes(tracing::enabled!(tracing::Level::INFO));
         // datagrams over their source's budget are dropped as they are read
         let admission = core.admission();
         transports.set_datagram_filter(std::sync::Arc::new(move |ip, data: &[u8]| {

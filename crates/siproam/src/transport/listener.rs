@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::wiretap::WireDirection;
+
 use super::{stream, ListenerInfo, Shared, Transport, TransportEvent};
 
 /// Largest UDP payload.
@@ -135,6 +137,16 @@ async fn run_udp(
         }
         if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
             // empty datagram or CRLF keep-alive
+            if n > 0 && shared.wiretap.is_some() {
+                let bytes = Bytes::copy_from_slice(data);
+                shared.tap(
+                    WireDirection::Received,
+                    Transport::Udp,
+                    info.local,
+                    remote,
+                    &bytes,
+                );
+            }
             continue;
         }
         // admission control: over its source's budget, a request is
@@ -144,12 +156,20 @@ async fn run_udp(
                 continue;
             }
         }
+        let bytes = Bytes::copy_from_slice(data);
+        shared.tap(
+            WireDirection::Received,
+            Transport::Udp,
+            info.local,
+            remote,
+            &bytes,
+        );
         let event = TransportEvent::Received {
             transport: Transport::Udp,
             local: info.local,
             remote,
             connection: None,
-            bytes: Bytes::copy_from_slice(data),
+            bytes,
         };
         tokio::select! {
             () = token.cancelled() => break,

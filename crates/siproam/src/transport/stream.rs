@@ -19,6 +19,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::wiretap::WireDirection;
+
 use super::queue::SendQueue;
 use super::{
     sockopt, tls::VerifiedServer, CloseReason, ConnEntry, ConnectionDirection, ConnectionId,
@@ -568,6 +570,20 @@ struct Task {
     conn: Arc<ConnShared>,
 }
 
+impl Task {
+    /// The wire tap's hook for this connection (TLS: the plaintext).
+    #[inline]
+    fn tap(&self, direction: WireDirection, bytes: &Bytes) {
+        self.shared.tap(
+            direction,
+            self.info.transport,
+            self.info.local,
+            self.info.remote,
+            bytes,
+        );
+    }
+}
+
 async fn read_loop<R>(t: &Task, rd: &mut R) -> CloseReason
 where
     R: AsyncRead + Unpin,
@@ -591,6 +607,7 @@ where
                 Ok(Some(Frame::Message(bytes))) => {
                     finished = true;
                     t.conn.carried(&t.shared);
+                    t.tap(WireDirection::Received, &bytes);
                     if let Some(wait) = t.shared.emit(TransportEvent::Received {
                         transport: t.info.transport,
                         local: t.info.local,
@@ -603,6 +620,9 @@ where
                 }
                 Ok(Some(Frame::Ping)) => {
                     t.conn.keepalive();
+                    if t.shared.wiretap.is_some() {
+                        t.tap(WireDirection::Received, &Bytes::from_static(b"\r\n\r\n"));
+                    }
                     if t.tx.try_send(Bytes::from_static(b"\r\n")).is_err() {
                         tracing::debug!(connection = %t.info.id, "send queue full; pong skipped");
                     }
@@ -624,6 +644,9 @@ where
                 }
                 Ok(Some(Frame::Pong)) => {
                     t.conn.keepalive();
+                    if t.shared.wiretap.is_some() {
+                        t.tap(WireDirection::Received, &Bytes::from_static(b"\r\n"));
+                    }
                     if let Some(wait) = t.shared.emit(TransportEvent::PongReceived {
                         connection: t.info.id,
                     }) {
@@ -648,6 +671,7 @@ where
         if let Err(e) = wr.write_all(&bytes).await {
             return io_reason(&e);
         }
+        t.tap(WireDirection::Sent, &bytes);
         if t.tx.is_empty() {
             if let Err(e) = wr.flush().await {
                 return io_reason(&e);

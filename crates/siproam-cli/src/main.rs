@@ -10,6 +10,8 @@ mod bench_soak;
 mod demo;
 mod edge_cmd;
 mod run;
+mod svg;
+mod timeline;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -49,7 +51,20 @@ enum Command {
         action: MsgAction,
     },
     /// Registrar, two agents, a call and an IP change on loopback, with a timeline.
-    Demo,
+    Demo {
+        /// Also draw the hand-off as a ladder diagram in this SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Draw a hand-off ladder diagram from an agent's (or the demo's)
+    /// `--json` log, one event per line.
+    Timeline {
+        /// The log (`-` for stdin).
+        log: String,
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE")]
+        svg: PathBuf,
+    },
     /// A registrar and location service (in memory, or shared in Redis).
     Registrar {
         /// Where to listen (`PROTO:HOST:PORT`, repeatable); default udp:127.0.0.1:5060.
@@ -311,7 +326,8 @@ fn main() -> ExitCode {
         Command::Msg {
             action: MsgAction::Check { file },
         } => msg_check(file.as_deref(), json),
-        Command::Demo => block_on(demo::run(json)),
+        Command::Demo { svg } => block_on(demo::run(json, svg)),
+        Command::Timeline { log, svg } => timeline::command(&log, &svg, json),
         Command::Registrar {
             mut listen,
             mut users,

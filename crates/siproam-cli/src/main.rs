@@ -9,6 +9,7 @@ mod bench_netns;
 mod bench_soak;
 mod demo;
 mod edge_cmd;
+mod progress;
 mod run;
 mod svg;
 mod timeline;

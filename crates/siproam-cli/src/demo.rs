@@ -8,7 +8,6 @@
 //! merged in the order they happened; `--svg` draws them
 //! ([`crate::timeline`], [`crate::svg`]).
 
-use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +37,7 @@ async fn agent(
     ip: &str,
     tone: f64,
     who: &'static str,
-    lines: mpsc::UnboundedSender<(&'static str, Line)>,
+    lines: mpsc::UnboundedSender<Line>,
 ) -> anyhow::Result<EndpointHandle> {
     let phone = Phone::new(
         PhoneConfig {
@@ -78,7 +77,7 @@ type Line = (Instant, Value);
 struct Stamping {
     phone: Phone,
     who: &'static str,
-    lines: mpsc::UnboundedSender<(&'static str, Line)>,
+    lines: mpsc::UnboundedSender<Line>,
     placed: Option<Instant>,
 }
 
@@ -93,7 +92,7 @@ impl Application for Stamping {
                 }) => self.placed.take().unwrap_or(now),
                 _ => now,
             };
-            let _ = self.lines.send((self.who, (at, v)));
+            let _ = self.lines.send((at, v));
         }
         Some(event)
     }
@@ -135,16 +134,14 @@ impl Application for Stamping {
 
 /// The demo's events: both agents' read as they come (to wait for
 /// stages), and the timeline, each line with the moment it happened,
-/// printed in that order once the demo is over (or failed). An agent's
-/// own events keep the order its endpoint passed them on in (their
-/// moments never go back). What was printed is kept for the picture.
+/// printed in that order once the demo is over (or failed): the core
+/// events with the moment their endpoint handled them ([`Stamping`]), a
+/// change's stages with the core's, the media moved with its first
+/// packet's, a media report as it is read. What was printed is kept for
+/// the picture.
 struct Events {
-    lines_tx: mpsc::UnboundedSender<(&'static str, Line)>,
-    lines_rx: mpsc::UnboundedReceiver<(&'static str, Line)>,
-    /// The stamped core events of each agent not yet read from its handle.
-    stamped: BTreeMap<&'static str, VecDeque<Line>>,
-    /// The latest moment of each agent's timeline.
-    latest: BTreeMap<&'static str, Instant>,
+    lines_tx: mpsc::UnboundedSender<Line>,
+    lines_rx: mpsc::UnboundedReceiver<Line>,
     lines: Vec<Line>,
     json_out: bool,
     printed: Vec<Value>,
@@ -156,46 +153,23 @@ impl Events {
         Events {
             lines_tx,
             lines_rx,
-            stamped: BTreeMap::new(),
-            latest: BTreeMap::new(),
             lines: Vec::new(),
             json_out,
             printed: Vec::new(),
         }
     }
 
-    /// Adds what `who`'s handle passed on to the timeline: a core event
-    /// with the moment its [`Stamping`] noted, a change's stage with the
-    /// core's, the media moved with its first packet's, a media report
-    /// as it is read.
-    fn note(&mut self, who: &'static str, ev: &EndpointEvent) {
-        while let Ok((w, line)) = self.lines_rx.try_recv() {
-            self.stamped.entry(w).or_default().push_back(line);
-        }
-        let (at, v) = match ev {
-            // (those its Stamping noted, in the same order)
-            EndpointEvent::Core(e) if core_json(who, e).is_none() => return,
-            EndpointEvent::Core(_) => match self.stamped.get_mut(who).and_then(|q| q.pop_front()) {
-                Some(line) => line,
-                None => return,
-            },
-            EndpointEvent::IpChange(c) => match handle_json(who, ev) {
-                Some(v) => (c.at, v),
-                None => return,
-            },
-            EndpointEvent::MediaMoved { first_packet, .. } => match handle_json(who, ev) {
-                Some(v) => (*first_packet, v),
-                None => return,
-            },
-            _ => match handle_json(who, ev) {
-                Some(v) => (Instant::now(), v),
-                None => return,
-            },
+    /// Adds what `who`'s handle passed on beyond the core's events (its
+    /// [`Stamping`] noted those) to the timeline.
+    fn note(&mut self, who: &str, ev: &EndpointEvent) {
+        let at = match ev {
+            EndpointEvent::IpChange(c) => c.at,
+            EndpointEvent::MediaMoved { first_packet, .. } => *first_packet,
+            _ => Instant::now(),
         };
-        let latest = self.latest.entry(who).or_insert(at);
-        let at = at.max(*latest);
-        *latest = at;
-        self.lines.push((at, v));
+        if let Some(v) = handle_json(who, ev) {
+            self.lines.push((at, v));
+        }
     }
 
     /// One of the demo's own events, now.
@@ -205,6 +179,9 @@ impl Events {
 
     /// Prints the timeline so far in the order it happened.
     fn print(&mut self) {
+        while let Ok(line) = self.lines_rx.try_recv() {
+            self.lines.push(line);
+        }
         self.lines.sort_by_key(|(at, _)| *at);
         for (at, v) in std::mem::take(&mut self.lines) {
             let v = crate::run::emit_at(self.json_out, v, at);

@@ -173,7 +173,9 @@ pub(crate) async fn register_windowed(
         failed: 0,
         failures: std::collections::BTreeMap::new(),
     };
+    let mut progress = crate::progress::Progress::new("accounts registered", n as u64);
     while r.registered + r.failed < n {
+        progress.set((r.registered + r.failed) as u64);
         while in_flight < window && next < n {
             ep.register(spec(next)?).await?;
             next += 1;
@@ -197,6 +199,7 @@ pub(crate) async fn register_windowed(
             Err(_) => break,
         }
     }
+    progress.finish();
     Ok(r)
 }
 
@@ -308,7 +311,9 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
         ids.push(caller.call(&uri, "sip:alice@example.test", None).await?);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut progress = crate::progress::Progress::new("calls set up", n as u64);
     while confirmed + failed < n {
+        progress.set((confirmed + failed) as u64);
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             ev = caller.next_event() => match ev {
@@ -320,6 +325,7 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
             _ = callee.next_event() => {}
         }
     }
+    progress.finish();
     let setup_s = setup.elapsed().as_secs_f64();
     let cpu0 = cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
@@ -585,7 +591,9 @@ pub async fn handoff(
     let call = register_and_call(&mut alice, &mut bob, &reg).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut times = Times::default();
+    let mut progress = crate::progress::Progress::new("hand-offs", runs as u64);
     for run in 0..runs {
+        progress.set(run as u64);
         let ip: std::net::IpAddr = if run % 2 == 0 {
             "127.0.0.3".parse()?
         } else {
@@ -607,6 +615,7 @@ pub async fn handoff(
     alice.phone(PhoneCommand::HangUp(call)).await?;
     let (mut lost_alice, mut lost_bob) = (None, None);
     let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    progress.finish();
     while lost_alice.is_none() || lost_bob.is_none() {
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,

@@ -290,7 +290,9 @@ pub async fn handoff_netns(runs: usize, json_out: bool) -> anyhow::Result<ExitCo
         crate::bench::Times::default(),
         crate::bench::Times::default(),
     );
-    for _ in 0..runs {
+    let mut progress = crate::progress::Progress::new("hand-off pairs", runs as u64);
+    for run in 0..runs {
+        progress.set(run as u64);
         // break-before-make: wifi's address goes; Alice must move to cell
         let start = net.topo.break_wifi()?;
         crate::bench::measure(alice, bob, start, CELL, &mut bbm).await;
@@ -300,6 +302,7 @@ pub async fn handoff_netns(runs: usize, json_out: bool) -> anyhow::Result<ExitCo
         crate::bench::measure(alice, bob, start, WIFI, &mut mbb).await;
         lost = count_loss(alice, bob, lost, &mut mbb).await;
     }
+    progress.finish();
     net.down().await;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     for (mode, t) in [

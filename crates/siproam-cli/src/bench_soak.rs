@@ -192,7 +192,9 @@ pub async fn soak(handoffs: usize, max_secs: u64, json_out: bool) -> anyhow::Res
     let (mut window_calls, mut window_bindings) = (0usize, 0usize);
     let mut done = 0usize;
     let mut reasons: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut progress = crate::progress::Progress::new("hand-offs", handoffs as u64);
     for i in 0..handoffs {
+        progress.set(i as u64);
         if began.elapsed() > limit {
             break;
         }
@@ -233,6 +235,8 @@ pub async fn soak(handoffs: usize, max_secs: u64, json_out: bool) -> anyhow::Res
         }
         if (i + 1) % 100 == 0 {
             let window = losses.get(i + 1 - 100..).unwrap_or_default();
+            // (the line is drawn again at the next hand-off)
+            progress.finish();
             emit(
                 json_out,
                 json!({
@@ -250,6 +254,7 @@ pub async fn soak(handoffs: usize, max_secs: u64, json_out: bool) -> anyhow::Res
             (window_calls, window_bindings) = (0, 0);
         }
     }
+    progress.finish();
     net.down().await;
     let completed = done == handoffs;
     let (fds_growth, rss_growth) = (growth_pct(fds_mark, fds_end), growth_pct(rss_mark, rss_end));

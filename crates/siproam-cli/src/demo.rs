@@ -4,29 +4,41 @@
 //! printed with milliseconds. Halfway, Alice's address moves from
 //! 127.0.0.2 to 127.0.0.3: her registration and the call follow (every
 //! stage of the IP change is in the timeline) and the media continues.
-//! Exits 1 naming the stage that failed.
+//! Exits 1 naming the stage that failed. Both agents' events are printed
+//! merged in the order they happened; `--svg` draws them
+//! ([`crate::timeline`], [`crate::svg`]).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use siproam::core::{CallEvent, CallState, Config, Event, RegistrationState};
+use siproam::core::{
+    CallEvent, CallId, CallState, Config, Endpoint as Core, Event, FlowId, RegistrationState,
+};
 use siproam::edge::RegistrarApp;
 use siproam::transport::Transport;
 use siproam::{
-    AccountSpec, AudioSpec, EndpointConfig, EndpointEvent, EndpointHandle, MediaReport, Phone,
-    PhoneCommand, PhoneConfig,
+    AccountSpec, AppCommand, Application, AudioSpec, CommandError, EndpointConfig, EndpointEvent,
+    EndpointHandle, MediaReport, Phone, PhoneCommand, PhoneConfig,
 };
 use siproam_edge::Registrar;
+use tokio::sync::mpsc;
 
-use crate::run::emit;
+use crate::timeline::Timeline;
 
 fn seed(n: u64) -> u64 {
     siproam::random::os_u64().map_or(n, |r| r ^ n)
 }
 
-async fn agent(ip: &str, tone: f64) -> anyhow::Result<EndpointHandle> {
+async fn agent(
+    ip: &str,
+    tone: f64,
+    who: &'static str,
+    lines: mpsc::UnboundedSender<Line>,
+) -> anyhow::Result<EndpointHandle> {
     let phone = Phone::new(
         PhoneConfig {
             auto_answer: true,
@@ -45,93 +57,231 @@ async fn agent(ip: &str, tone: f64) -> anyhow::Result<EndpointHandle> {
         },
         ..Default::default()
     };
-    Ok(EndpointHandle::start(cfg, Box::new(phone)).await?)
-}
-
-/// Fails the demo at a named stage.
-fn stage_failed(json_out: bool, stage: &str, why: &str) -> anyhow::Result<ExitCode> {
-    emit(
-        json_out,
-        json!({"event": "demo", "state": "failed", "stage": stage, "reason": why}),
-    );
-    eprintln!("error: the demo failed at stage {stage:?}: {why}");
-    Ok(ExitCode::from(1))
-}
-
-/// Waits (bounded) for the first event of `ep` that `pick` accepts,
-/// printing every call and registration event on the way.
-async fn wait_for<T>(
-    ep: &mut EndpointHandle,
-    who: &str,
-    json_out: bool,
-    limit: Duration,
-    mut pick: impl FnMut(&EndpointEvent) -> Option<T>,
-) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, ep.next_event())
-            .await
-            .ok()??;
-        show(who, &ev, json_out);
-        if let Some(t) = pick(&ev) {
-            return Some(t);
-        }
-    }
-}
-
-fn show(who: &str, ev: &EndpointEvent, json_out: bool) {
-    let v: Option<Value> = match ev {
-        EndpointEvent::Core(Event::Registration(r)) => Some(json!({
-            "event": "registration", "agent": who, "account": r.account.0, "state": r.state.as_str(),
-            "contact": r.contact, "code": r.code, "expires": r.expires,
-        })),
-        EndpointEvent::Core(Event::Call(CallEvent::State {
-            call, state, code, ..
-        })) => Some(json!({
-            "event": "call", "agent": who, "call": call.0, "state": state.as_str(), "code": code,
-        })),
-        EndpointEvent::Media(m) => Some(media(who, m)),
-        EndpointEvent::IpChange(c) => {
-            let mut v = crate::run::ip_change_json(c);
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("agent".into(), json!(who));
-            }
-            Some(v)
-        }
-        _ => None,
+    let app = Stamping {
+        phone,
+        who,
+        lines,
+        placed: None,
     };
-    if let Some(v) = v {
-        emit(json_out, v);
+    Ok(EndpointHandle::start(cfg, Box::new(app)).await?)
+}
+
+/// One line of the timeline: when it happened, and the event.
+type Line = (Instant, Value);
+
+/// The phone of a demo agent, which also notes each core event it passes
+/// on with the moment the endpoint handled it (the `now` it is given; for
+/// a call's `calling`, the command that placed it): the agents' events
+/// are read later, and not in the order they happened across the two
+/// agents.
+struct Stamping {
+    phone: Phone,
+    who: &'static str,
+    lines: mpsc::UnboundedSender<Line>,
+    placed: Option<Instant>,
+}
+
+impl Application for Stamping {
+    fn on_event(&mut self, core: &mut Core, now: Instant, event: Event) -> Option<Event> {
+        let event = self.phone.on_event(core, now, event)?;
+        if let Some(v) = core_json(self.who, &event) {
+            let at = match &event {
+                Event::Call(CallEvent::State {
+                    state: CallState::Calling,
+                    ..
+                }) => self.placed.take().unwrap_or(now),
+                _ => now,
+            };
+            let _ = self.lines.send((at, v));
+        }
+        Some(event)
+    }
+    fn attach(&mut self, events: mpsc::Sender<EndpointEvent>) {
+        self.phone.attach(events);
+    }
+    fn command(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        cmd: AppCommand,
+    ) -> Result<Option<CallId>, CommandError> {
+        let placed = self.phone.command(core, now, cmd)?;
+        if placed.is_some() {
+            self.placed = Some(now);
+        }
+        Ok(placed)
+    }
+    fn on_keepalive(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+        flow: Option<FlowId>,
+    ) {
+        self.phone.on_keepalive(now, transport, local, remote, flow);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.phone.poll_timeout()
+    }
+    fn handle_timeout(&mut self, core: &mut Core, now: Instant) {
+        self.phone.handle_timeout(core, now);
+    }
+    fn configure(&mut self, core: &mut Core) {
+        self.phone.configure(core);
     }
 }
 
-fn media(who: &str, m: &MediaReport) -> Value {
+/// The demo's events: both agents' read as they come (to wait for
+/// stages), and the timeline, each line with the moment it happened,
+/// printed in that order once the demo is over (or failed): the core
+/// events with the moment their endpoint handled them ([`Stamping`]), a
+/// change's stages with the core's, the media moved with its first
+/// packet's, a media report as it is read. What was printed is kept for
+/// the picture.
+struct Events {
+    lines_tx: mpsc::UnboundedSender<Line>,
+    lines_rx: mpsc::UnboundedReceiver<Line>,
+    lines: Vec<Line>,
+    json_out: bool,
+    printed: Vec<Value>,
+}
+
+impl Events {
+    fn new(json_out: bool) -> Events {
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+        Events {
+            lines_tx,
+            lines_rx,
+            lines: Vec::new(),
+            json_out,
+            printed: Vec::new(),
+        }
+    }
+
+    /// Adds what `who`'s handle passed on beyond the core's events (its
+    /// [`Stamping`] noted those) to the timeline.
+    fn note(&mut self, who: &str, ev: &EndpointEvent) {
+        let at = match ev {
+            EndpointEvent::IpChange(c) => c.at,
+            EndpointEvent::MediaMoved { first_packet, .. } => *first_packet,
+            _ => Instant::now(),
+        };
+        if let Some(v) = handle_json(who, ev) {
+            self.lines.push((at, v));
+        }
+    }
+
+    /// One of the demo's own events, now.
+    fn own(&mut self, v: Value) {
+        self.lines.push((Instant::now(), v));
+    }
+
+    /// Prints the timeline so far in the order it happened.
+    fn print(&mut self) {
+        while let Ok(line) = self.lines_rx.try_recv() {
+            self.lines.push(line);
+        }
+        self.lines.sort_by_key(|(at, _)| *at);
+        for (at, v) in std::mem::take(&mut self.lines) {
+            let v = crate::run::emit_at(self.json_out, v, at);
+            self.printed.push(v);
+        }
+    }
+
+    /// Reads both agents' events until `done` says so (true), or `limit`
+    /// passes (false).
+    async fn until(
+        &mut self,
+        alice: &mut EndpointHandle,
+        bob: &mut EndpointHandle,
+        limit: Duration,
+        mut done: impl FnMut(&'static str, &EndpointEvent) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (who, ev) = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return false,
+                Some(ev) = alice.next_event() => ("alice", ev),
+                Some(ev) = bob.next_event() => ("bob", ev),
+            };
+            self.note(who, &ev);
+            if done(who, &ev) {
+                return true;
+            }
+        }
+    }
+
+    /// Fails the demo at a named stage.
+    fn failed(&mut self, stage: &str, why: &str) -> anyhow::Result<ExitCode> {
+        self.own(json!({"event": "demo", "state": "failed", "stage": stage, "reason": why}));
+        self.print();
+        eprintln!("error: the demo failed at stage {stage:?}: {why}");
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// A core event an agent passed on, for the timeline.
+fn core_json(who: &str, ev: &Event) -> Option<Value> {
+    let v = match ev {
+        Event::Registration(r) => json!({
+            "event": "registration", "account": r.account.0, "state": r.state.as_str(),
+            "contact": r.contact, "code": r.code, "expires": r.expires,
+        }),
+        Event::Call(CallEvent::State {
+            call, state, code, ..
+        }) => json!({
+            "event": "call", "call": call.0, "state": state.as_str(), "code": code,
+        }),
+        ev => crate::run::call_refresh_json(ev)?,
+    };
+    Some(with_agent(v, who))
+}
+
+/// The agent's name second, after the event's name.
+fn with_agent(mut v: Value, who: &str) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        obj.shift_insert(1, "agent".into(), json!(who));
+    }
+    v
+}
+
+/// What the handle tells beyond the core's events, for the timeline.
+fn handle_json(who: &str, ev: &EndpointEvent) -> Option<Value> {
+    let v = match ev {
+        EndpointEvent::Media(m) => media(m),
+        EndpointEvent::MediaMoved { call, local, .. } => {
+            json!({"event": "media_moved", "call": call.0, "local": local.to_string()})
+        }
+        EndpointEvent::IpChange(c) => crate::run::ip_change_json(c),
+        _ => return None,
+    };
+    Some(with_agent(v, who))
+}
+
+fn media(m: &MediaReport) -> Value {
     json!({
-        "event": "media", "agent": who, "call": m.call.0, "local": m.local.to_string(),
+        "event": "media", "call": m.call.0, "local": m.local.to_string(),
         "remote": m.remote.map(|r| r.to_string()), "tx_packets": m.tx_packets, "rx_packets": m.rx_packets,
         "lost": m.lost, "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0, "final": m.last,
     })
 }
 
-/// Lets the call run, printing what both agents report.
-async fn talk(
-    alice: &mut EndpointHandle,
-    bob: &mut EndpointHandle,
-    json_out: bool,
-    for_: Duration,
-) {
-    let until = tokio::time::Instant::now() + for_;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => break,
-            Some(ev) = alice.next_event() => show("alice", &ev, json_out),
-            Some(ev) = bob.next_event() => show("bob", &ev, json_out),
+/// Runs the demo; with `svg`, draws its hand-off there.
+pub async fn run(json_out: bool, svg: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut events = Events::new(json_out);
+    let code = demo(&mut events).await?;
+    if let Some(path) = svg {
+        let timeline = Timeline::from_events(&events.printed);
+        crate::timeline::write_svg(&path, &timeline)?;
+        if !json_out {
+            println!("the hand-off is drawn in {}", path.display());
         }
     }
+    Ok(code)
 }
 
-/// Runs the demo.
-pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
+async fn demo(events: &mut Events) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // the registrar (and proxy)
     let reg_cfg = EndpointConfig {
@@ -156,14 +306,13 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         .first()
         .map(|l| l.local)
         .context("registrar listener")?;
-    emit(
-        json_out,
+    events.own(
         json!({"event": "demo", "stage": "registrar", "state": "listening", "address": reg_addr.to_string()}),
     );
     let registrar_uri = format!("sip:{reg_addr}");
 
-    let mut alice = agent("127.0.0.2", 440.0).await?;
-    let mut bob = agent("127.0.0.5", 1000.0).await?;
+    let mut alice = agent("127.0.0.2", 440.0, "alice", events.lines_tx.clone()).await?;
+    let mut bob = agent("127.0.0.5", 1000.0, "bob", events.lines_tx.clone()).await?;
     for (ep, user) in [(&alice, "alice"), (&bob, "bob")] {
         ep.register(AccountSpec {
             aor: format!("sip:{user}@example.test"),
@@ -181,35 +330,19 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         })
         .await?;
     }
-    let registered = |ev: &EndpointEvent| match ev {
-        EndpointEvent::Core(Event::Registration(r)) if r.state == RegistrationState::Registered => {
-            Some(())
-        }
-        _ => None,
-    };
-    if wait_for(
-        &mut bob,
-        "bob",
-        json_out,
-        Duration::from_secs(5),
-        registered,
-    )
-    .await
-    .is_none()
-    {
-        return stage_failed(json_out, "register", "bob did not register");
-    }
-    if wait_for(
-        &mut alice,
-        "alice",
-        json_out,
-        Duration::from_secs(5),
-        registered,
-    )
-    .await
-    .is_none()
-    {
-        return stage_failed(json_out, "register", "alice did not register");
+    let mut registered: Vec<&'static str> = Vec::new();
+    let both = events
+        .until(&mut alice, &mut bob, Duration::from_secs(5), |who, ev| {
+            if let EndpointEvent::Core(Event::Registration(r)) = ev {
+                if r.state == RegistrationState::Registered && !registered.contains(&who) {
+                    registered.push(who);
+                }
+            }
+            registered.len() == 2
+        })
+        .await;
+    if !both {
+        return events.failed("register", "alice and bob did not both register");
     }
 
     // the call
@@ -220,134 +353,108 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
             Some(&registrar_uri),
         )
         .await?;
-    let confirmed = |ev: &EndpointEvent| match ev {
-        EndpointEvent::Core(Event::Call(CallEvent::State {
-            state: CallState::Confirmed,
-            ..
-        })) => Some(()),
-        EndpointEvent::Core(Event::Call(CallEvent::State {
-            state: CallState::Disconnected,
-            ..
-        })) => Some(()),
-        _ => None,
-    };
-    wait_for(
-        &mut alice,
-        "alice",
-        json_out,
-        Duration::from_secs(5),
-        confirmed,
-    )
-    .await;
-    if !matches!(
-        wait_for(&mut bob, "bob", json_out, Duration::from_secs(5), confirmed).await,
-        Some(())
-    ) {
-        return stage_failed(json_out, "call", "bob never confirmed the call");
+    let (mut alice_up, mut bob_up) = (false, false);
+    events
+        .until(&mut alice, &mut bob, Duration::from_secs(5), |who, ev| {
+            if let EndpointEvent::Core(Event::Call(CallEvent::State { state, .. })) = ev {
+                let up = *state == CallState::Confirmed;
+                let flag = if who == "alice" {
+                    &mut alice_up
+                } else {
+                    &mut bob_up
+                };
+                *flag = up;
+                // the call ended before both confirmed it: stop waiting
+                if *state == CallState::Disconnected {
+                    return true;
+                }
+            }
+            alice_up && bob_up
+        })
+        .await;
+    if !(alice_up && bob_up) {
+        return events.failed("call", "the call was not confirmed by both agents");
     }
 
     // a second of tone both ways, then Alice's address moves
-    talk(&mut alice, &mut bob, json_out, Duration::from_secs(1)).await;
+    events
+        .until(&mut alice, &mut bob, Duration::from_secs(1), |_, _| false)
+        .await;
     let new_ip: std::net::IpAddr = "127.0.0.3".parse()?;
+    // (the command returns when the change completes; the events of its
+    // stages are read meanwhile)
     alice.ip_change(new_ip).await?;
     // the new Contact is registered (the stage is ok on the REGISTER's
     // 2xx), then everything settles (the call's refresh answered)
-    let contact_updated = |ev: &EndpointEvent| match ev {
-        EndpointEvent::IpChange(c) if c.stage == siproam::IpChangeStage::UpdateContact => {
-            Some(c.status.is_ok() && c.address.is_some_and(|a| a.ip() == new_ip))
-        }
-        _ => None,
-    };
-    if wait_for(
-        &mut alice,
-        "alice",
-        json_out,
-        Duration::from_secs(5),
-        contact_updated,
-    )
-    .await
-        != Some(true)
-    {
-        return stage_failed(
-            json_out,
-            "update_contact",
-            "alice did not re-register from 127.0.0.3",
-        );
+    let (mut contact_updated, mut completed) = (None, None);
+    events
+        .until(&mut alice, &mut bob, Duration::from_secs(5), |who, ev| {
+            if let (EndpointEvent::IpChange(c), "alice") = (ev, who) {
+                match c.stage {
+                    siproam::IpChangeStage::UpdateContact => {
+                        contact_updated =
+                            Some(c.status.is_ok() && c.address.is_some_and(|a| a.ip() == new_ip));
+                    }
+                    siproam::IpChangeStage::Completed => completed = Some(c.status.is_ok()),
+                    _ => {}
+                }
+            }
+            completed.is_some()
+        })
+        .await;
+    if contact_updated != Some(true) {
+        return events.failed("update_contact", "alice did not re-register from 127.0.0.3");
     }
-    let completed = |ev: &EndpointEvent| match ev {
-        EndpointEvent::IpChange(c) if c.stage == siproam::IpChangeStage::Completed => {
-            Some(c.status.is_ok())
-        }
-        _ => None,
-    };
-    if wait_for(
-        &mut alice,
-        "alice",
-        json_out,
-        Duration::from_secs(5),
-        completed,
-    )
-    .await
-        != Some(true)
-    {
-        return stage_failed(json_out, "ip_change", "the IP change did not complete");
+    if completed != Some(true) {
+        return events.failed("ip_change", "the IP change did not complete");
     }
     // another second: the call carries on from the new address
-    talk(&mut alice, &mut bob, json_out, Duration::from_secs(1)).await;
+    events
+        .until(&mut alice, &mut bob, Duration::from_secs(1), |_, _| false)
+        .await;
     alice.phone(PhoneCommand::HangUp(call)).await?;
-    let last_media = |ev: &EndpointEvent| match ev {
-        EndpointEvent::Media(m) if m.last => Some(m.clone()),
-        _ => None,
-    };
-    let a = wait_for(
-        &mut alice,
-        "alice",
-        json_out,
-        Duration::from_secs(3),
-        last_media,
-    )
-    .await;
-    let b = wait_for(
-        &mut bob,
-        "bob",
-        json_out,
-        Duration::from_secs(3),
-        last_media,
-    )
-    .await;
+    let (mut a, mut b) = (None, None);
+    events
+        .until(&mut alice, &mut bob, Duration::from_secs(3), |who, ev| {
+            if let EndpointEvent::Media(m) = ev {
+                if m.last {
+                    let slot = if who == "alice" { &mut a } else { &mut b };
+                    *slot = Some(m.clone());
+                }
+            }
+            a.is_some() && b.is_some()
+        })
+        .await;
     let (Some(a), Some(b)) = (a, b) else {
-        return stage_failed(json_out, "media", "no final media report");
+        return events.failed("media", "no final media report");
     };
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
     // the media must have followed Alice to 127.0.0.3
     let followed = b.remote.is_some_and(|r| r.ip() == new_ip) && a.local.ip() == new_ip;
     let ok = a.rx_packets > 0 && b.rx_packets > 0 && a.lost <= 0 && b.lost <= 0 && followed;
-    emit(
-        json_out,
-        json!({
-            "event": "demo",
-            "state": if ok { "passed" } else { "failed" },
-            "stage": "completed",
-            "alice_rx_packets": a.rx_packets,
-            "bob_rx_packets": b.rx_packets,
-            "lost": a.lost.max(0) + b.lost.max(0),
-            "max_gap_ms": (a.max_gap_ms.max(b.max_gap_ms) * 10.0).round() / 10.0,
-            "alice_moved_to": a.local.to_string(),
-            "bob_sends_to": b.remote.map(|r| r.to_string()),
-            "total_ms": (total_ms * 10.0).round() / 10.0,
-        }),
-    );
     for ep in [&alice, &bob, &registrar] {
         ep.shutdown().await;
     }
+    events.own(json!({
+        "event": "demo",
+        "state": if ok { "passed" } else { "failed" },
+        "stage": "completed",
+        "alice_rx_packets": a.rx_packets,
+        "bob_rx_packets": b.rx_packets,
+        "lost": a.lost.max(0) + b.lost.max(0),
+        "max_gap_ms": (a.max_gap_ms.max(b.max_gap_ms) * 10.0).round() / 10.0,
+        "alice_moved_to": a.local.to_string(),
+        "bob_sends_to": b.remote.map(|r| r.to_string()),
+        "total_ms": (total_ms * 10.0).round() / 10.0,
+    }));
+    events.print();
     if !ok {
-        return stage_failed(
-            json_out,
+        return events.failed(
             "media",
             "no audio in one direction, loss, or the media did not follow the move",
         );
     }
-    if !json_out {
+    if !events.json_out {
         println!("demo passed: the registration and the call followed Alice from 127.0.0.2 to 127.0.0.3; the tone kept flowing both ways");
     }
     Ok(ExitCode::SUCCESS)

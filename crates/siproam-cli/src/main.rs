@@ -10,7 +10,10 @@ mod bench_soak;
 mod demo;
 mod edge_cmd;
 mod msgcheck;
+mod progress;
 mod run;
+mod svg;
+mod timeline;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -56,7 +59,20 @@ enum Command {
         action: MsgAction,
     },
     /// Registrar, two agents, a call and an IP change on loopback, with a timeline.
-    Demo,
+    Demo {
+        /// Also draw the hand-off as a ladder diagram in this SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Draw a hand-off ladder diagram from an agent's (or the demo's)
+    /// `--json` log, one event per line.
+    Timeline {
+        /// The log (`-` for stdin).
+        log: String,
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE")]
+        svg: PathBuf,
+    },
     /// A registrar and location service (in memory, or shared in Redis).
     Registrar {
         /// Where to listen (`PROTO:HOST:PORT`, repeatable); default udp:127.0.0.1:5060.
@@ -338,7 +354,8 @@ fn run_command(cli: Cli) -> ExitCode {
         Command::Msg {
             action: MsgAction::Check { file },
         } => read_input(file.as_deref()).and_then(|d| msgcheck::run(&d, json)),
-        Command::Demo => block_on(demo::run(json)),
+        Command::Demo { svg } => block_on(demo::run(json, svg)),
+        Command::Timeline { log, svg } => timeline::command(&log, &svg, json),
         Command::Registrar {
             mut listen,
             mut users,

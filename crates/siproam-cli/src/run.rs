@@ -76,16 +76,22 @@ pub fn mark_start() {
     START.get_or_init(Instant::now);
 }
 
-fn t_ms() -> f64 {
-    START
-        .get()
-        .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0)
+fn ms_since_start(at: Instant) -> f64 {
+    START.get().map_or(0.0, |s| {
+        at.saturating_duration_since(*s).as_secs_f64() * 1000.0
+    })
 }
 
 /// Prints one event: JSON when asked, a short line otherwise.
-pub fn emit(json_out: bool, mut v: Value) {
+pub fn emit(json_out: bool, v: Value) {
+    emit_at(json_out, v, Instant::now());
+}
+
+/// Prints one event that happened `at`, and returns it with its `t_ms`.
+pub fn emit_at(json_out: bool, mut v: Value, at: Instant) -> Value {
+    let t_ms = ms_since_start(at);
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("t_ms".into(), json!((t_ms() * 1000.0).round() / 1000.0));
+        obj.insert("t_ms".into(), json!((t_ms * 1000.0).round() / 1000.0));
         obj.shift_remove("t_ms")
             .map(|t| obj.shift_insert(0, "t_ms".into(), t));
     }
@@ -100,8 +106,9 @@ pub fn emit(json_out: bool, mut v: Value) {
                 other => format!("{k}={other}"),
             })
             .collect();
-        println!("[{:>9.3} ms] {}", t_ms(), line.join(" "));
+        println!("[{t_ms:>9.3} ms] {}", line.join(" "));
     }
+    v
 }
 
 /// Parses `PROTO:HOST:PORT` (`udp:127.0.0.1:5060`, `tcp:[::1]:0`).
@@ -950,6 +957,35 @@ fn call_json(ev: &CallEvent) -> Option<Value> {
     }
 }
 
+/// The `call_refresh` event (README, "Seeing a hand-off"): `sent` when a
+/// network change re-offers a call (`method` `re-INVITE` or `UPDATE`),
+/// `answered` on the peer's 2xx to a re-INVITE or UPDATE of ours,
+/// `failed` with its `code`, `received` for the peer's re-offer.
+pub fn call_refresh_json(ev: &Event) -> Option<Value> {
+    use siproam::core::CallMoveAction;
+    let method = |update: bool| if update { "UPDATE" } else { "re-INVITE" };
+    let (call, state, fields) = match ev {
+        Event::CallMoved {
+            call,
+            action: CallMoveAction::Reoffer { update },
+            ..
+        } => (call, "sent", json!({"method": method(*update)})),
+        Event::Call(CallEvent::Answer { call, .. }) => (call, "answered", json!({})),
+        Event::Call(CallEvent::RefreshFailed { call, code }) => {
+            (call, "failed", json!({"code": code}))
+        }
+        Event::Call(CallEvent::Offer { call, update, .. }) => {
+            (call, "received", json!({"method": method(*update)}))
+        }
+        _ => return None,
+    };
+    let mut v = json!({"event": "call_refresh", "call": call.0, "state": state});
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), fields) {
+        obj.extend(more);
+    }
+    Some(v)
+}
+
 /// `cli.md`'s `network` event: what the network monitor saw.
 pub fn network_json(n: &siproam::netwatch::NetworkEvent) -> Value {
     json!({
@@ -1307,7 +1343,15 @@ pub async fn agent(
                     // not a log)
                     auth_failure = Some(format!("authentication failed for {user} at realm {realm}"));
                 }
+                Some(EndpointEvent::Core(ev @ Event::CallMoved { .. })) => {
+                    if let Some(v) = call_refresh_json(&ev) {
+                        emit(json_out, v);
+                    }
+                }
                 Some(EndpointEvent::Core(Event::Call(c))) => {
+                    if let Some(v) = call_refresh_json(&Event::Call(c.clone())) {
+                        emit(json_out, v);
+                    }
                     let mut reason = None;
                     if let CallEvent::State { call, state, code, .. } = &c {
                         if *state == CallState::Disconnected && matches!(code, Some(401 | 407)) {

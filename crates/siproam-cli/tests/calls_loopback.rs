@@ -218,3 +218,125 @@ fn the_agent_takes_its_incoming_call_limits_from_flags_or_the_config_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("siproam-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The classes of an SVG's groups with their attributes and text.
+fn svg_groups(svg: &str, class: &str) -> Vec<(std::collections::HashMap<String, String>, String)> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants()
+        .filter(|n| n.attribute("class") == Some(class))
+        .map(|n| {
+            let attrs = n
+                .attributes()
+                .map(|a| (a.name().to_owned(), a.value().to_owned()))
+                .collect();
+            let text: Vec<&str> = n
+                .descendants()
+                .filter(|d| d.is_text())
+                .filter_map(|d| d.text())
+                .collect();
+            (attrs, text.join("|"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_demo_draws_its_hand_off_and_tells_it_in_time_order() {
+    let dir = temp_dir("demo-svg");
+    let svg_path = dir.join("handoff.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args(["demo", "--json", "--svg", svg_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    // the timeline in true time order: Bob's incoming before Alice's
+    // confirmed, every t_ms not below the one before
+    let times: Vec<f64> = events.iter().map(|v| v["t_ms"].as_f64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "out of order: {times:?}"
+    );
+    let at = |agent: &str, event: &str, state: &str| {
+        events
+            .iter()
+            .position(|v| v["agent"] == agent && v["event"] == event && v["state"] == state)
+            .unwrap_or_else(|| panic!("no {agent} {event} {state}"))
+    };
+    assert!(at("bob", "call", "incoming") < at("alice", "call", "confirmed"));
+    // the REGISTER 2xx, the refresh 2xx after the change, the media moved
+    let change = events
+        .iter()
+        .position(|v| v["agent"] == "alice" && v["event"] == "ip_change" && v["stage"] == "started")
+        .unwrap();
+    assert!(events[..change]
+        .iter()
+        .any(|v| v["agent"] == "alice" && v["event"] == "registration" && v["code"] == 200));
+    assert!(events[change..]
+        .iter()
+        .any(|v| v["agent"] == "alice" && v["event"] == "registration" && v["code"] == 200));
+    assert!(events[change..].iter().any(|v| v["agent"] == "alice"
+        && v["event"] == "call_refresh"
+        && v["state"] == "answered"));
+    assert!(events[change..]
+        .iter()
+        .any(|v| v["agent"] == "alice" && v["event"] == "media_moved"));
+
+    // the picture
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let parties: Vec<String> = svg_groups(&svg, "party").into_iter().map(|g| g.1).collect();
+    assert_eq!(parties, vec!["Alice", "Registrar/proxy", "Bob"]);
+    let bands = svg_groups(&svg, "change");
+    assert_eq!(bands.len(), 1, "one change band");
+    assert!(bands[0].1.contains("127.0.0.3"), "{}", bands[0].1);
+    let ms = |g: &(std::collections::HashMap<String, String>, String), k: &str| -> f64 {
+        g.0[k].parse().unwrap()
+    };
+    let (start, end) = (ms(&bands[0], "data-start-ms"), ms(&bands[0], "data-end-ms"));
+    assert!(start < end);
+    let exchanges = svg_groups(&svg, "exchange");
+    let in_band = |g: &&(std::collections::HashMap<String, String>, String)| {
+        ms(g, "data-sent-ms") >= start - 0.1 && ms(g, "data-answered-ms") <= end + 5.0
+    };
+    let register = exchanges
+        .iter()
+        .filter(|g| g.0["data-request"] == "REGISTER")
+        .find(in_band)
+        .expect("the REGISTER of the change");
+    assert_eq!(register.0["data-answer"], "200");
+    assert!(register
+        .1
+        .contains(&format!("200 ({} ms)", register.0["data-ms"])));
+    let refresh = exchanges
+        .iter()
+        .filter(|g| ["re-INVITE", "UPDATE"].contains(&g.0["data-request"].as_str()))
+        .find(in_band)
+        .expect("the re-INVITE/UPDATE of the change");
+    assert!(refresh
+        .1
+        .contains(&format!("({} ms)", refresh.0["data-ms"])));
+    assert!(exchanges
+        .iter()
+        .any(|g| g.0["data-request"] == "REGISTER" && ms(g, "data-answered-ms") < start));
+    let media: Vec<String> = svg_groups(&svg, "media")
+        .into_iter()
+        .map(|g| g.0["data-direction"].clone())
+        .collect();
+    assert_eq!(media.len(), 2, "{media:?}");
+    assert!(media.contains(&"Alice → Bob".to_owned()) && media.contains(&"Bob → Alice".to_owned()));
+    assert_eq!(svg_groups(&svg, "gap").len(), 2, "a gap mark per direction");
+    let _ = std::fs::remove_dir_all(dir);
+}

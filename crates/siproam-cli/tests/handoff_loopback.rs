@@ -186,7 +186,70 @@ fn handoff_over(transport: &str) {
     bob.wait_for("bob disconnected", |v| {
         v["event"] == "call" && v["state"] == "disconnected"
     });
+    // Alice's log drawn: `siproam timeline` on what she printed
+    alice.wait_for("alice's last media report", |v| {
+        v["event"] == "media" && v["final"] == true
+    });
+    let log = dir.join("alice.jsonl");
+    let lines: Vec<String> = alice.seen().iter().map(Value::to_string).collect();
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let svg = dir.join("alice.svg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siproam"))
+        .args([
+            "timeline",
+            log.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_drawing(&std::fs::read_to_string(&svg).unwrap());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The drawing of Alice's log holds her, the registrar and her peer, the
+/// change as a band, and its REGISTER and re-INVITE/UPDATE with their
+/// answers and milliseconds within it.
+fn check_drawing(svg: &str) {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    let class = |c: &str| -> Vec<roxmltree::Node> {
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some(c))
+            .collect()
+    };
+    let text = |n: &roxmltree::Node| -> String {
+        n.descendants()
+            .filter(|d| d.is_text())
+            .filter_map(|d| d.text())
+            .collect()
+    };
+    let ms = |n: &roxmltree::Node, k: &str| -> f64 { n.attribute(k).unwrap().parse().unwrap() };
+    let parties: Vec<String> = class("party").iter().map(text).collect();
+    assert_eq!(parties, vec!["Alice", "Registrar/proxy", "Peer"]);
+    let bands = class("change");
+    assert_eq!(bands.len(), 1);
+    let (start, end) = (ms(&bands[0], "data-start-ms"), ms(&bands[0], "data-end-ms"));
+    let exchanges = class("exchange");
+    for request in ["REGISTER", "re-INVITE|UPDATE"] {
+        let x = exchanges
+            .iter()
+            .find(|g| {
+                request
+                    .split('|')
+                    .any(|r| g.attribute("data-request") == Some(r))
+                    && ms(g, "data-sent-ms") >= start - 0.1
+                    && ms(g, "data-sent-ms") <= end + 0.1
+            })
+            .unwrap_or_else(|| panic!("no {request} in the change's band: {svg}"));
+        let took = x.attribute("data-ms").unwrap();
+        assert!(text(x).contains(&format!("({took} ms)")), "{}", text(x));
+    }
+    assert_eq!(class("media").len(), 2, "a bar per direction");
 }
 
 #[test]

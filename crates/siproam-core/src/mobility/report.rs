@@ -2,7 +2,7 @@
 //! `cli.md`), what went wrong in one, and the report itself.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::dialog::CallId;
 use crate::endpoint::CoreError;
@@ -174,6 +174,8 @@ pub struct IpChangeReport {
     pub status: Result<(), IpChangeError>,
     /// Since `started`.
     pub elapsed: Duration,
+    /// When it was reported (the `now` the core was given).
+    pub at: Instant,
     /// The account the stage is about.
     pub account: Option<AccountId>,
     /// The call the stage is about.

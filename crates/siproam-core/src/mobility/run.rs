@@ -291,6 +291,7 @@ impl Endpoint {
             trigger: run.trigger,
             status,
             elapsed: now.saturating_duration_since(run.started),
+            at: now,
             account: scope.account,
             call: scope.call,
             transport: scope.transport,

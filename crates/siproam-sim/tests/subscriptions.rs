@@ -910,7 +910,7 @@ fn agent_and_subscriber(watchers: &[&str]) -> (Sim, NodeId, NodeId) {
     (sim, agent, peer)
 }
 
-fn send_to_bob(sim: &mut Sim, peer: NodeId, bytes: Bytes) {
+fn send_bytes_to_bob(sim: &mut Sim, peer: NodeId, bytes: Bytes) {
     sim.peer_send(
         peer,
         SocketAddr::new(ip(ALICE), 5060),
@@ -932,7 +932,7 @@ fn sent_by_bob(sim: &Sim) -> Vec<String> {
 /// `from` subscribes to Bob's presence at `request_uri`: the answer's
 /// status.
 fn answer_to(sim: &mut Sim, peer: NodeId, request_uri: &str, from: &str) -> u16 {
-    send_to_bob(sim, peer, subscribe_from(request_uri, from, "w1@alice"));
+    send_bytes_to_bob(sim, peer, subscribe_from(request_uri, from, "w1@alice"));
     let answer = recv(sim, peer);
     answer.message.status().unwrap()
 }
@@ -952,7 +952,7 @@ fn a_subscribe_to_a_user_not_ours_gets_404_and_makes_no_subscription() {
     assert!(sub_events(&mut sim, agent).is_empty());
     assert!(sim.endpoint(agent).subscriptions().is_empty());
     // no user at all is not ours either
-    send_to_bob(
+    send_bytes_to_bob(
         &mut sim,
         peer,
         subscribe_from(
@@ -979,7 +979,7 @@ fn a_subscribe_from_a_watcher_not_listed_gets_403_and_nothing_follows() {
     .into_iter()
     .enumerate()
     {
-        send_to_bob(
+        send_bytes_to_bob(
             &mut sim,
             peer,
             subscribe_from(&format!("sip:bob@{BOB}"), from, &format!("m{i}@x")),
@@ -1054,7 +1054,7 @@ fn a_star_lets_anyone_subscribe() {
 #[test]
 fn a_refresh_of_an_accepted_subscription_still_works() {
     let (mut sim, agent, peer) = agent_and_subscriber(&["sip:alice@example.test"]);
-    send_to_bob(
+    send_bytes_to_bob(
         &mut sim,
         peer,
         subscribe_from(
@@ -1081,7 +1081,7 @@ fn a_refresh_of_an_accepted_subscription_still_works() {
         .header("Expires", "600")
         .build()
         .unwrap();
-    send_to_bob(&mut sim, peer, refresh.to_bytes());
+    send_bytes_to_bob(&mut sim, peer, refresh.to_bytes());
     let ok2 = recv(&mut sim, peer);
     assert_eq!(ok2.message.status(), Some(200));
     assert_eq!(ok2.message.header(HeaderName::Expires), Some("600"));

@@ -348,7 +348,7 @@ pub async fn run(json_out: bool) -> anyhow::Result<ExitCode> {
         );
     }
     if !json_out {
-        println!("demo passed: the registration and the call followed Alice from 127.0.0.2 to 127.0.0.3; the tone kept flowing both ways");
+        crate::run::out_line("demo passed: the registration and the call followed Alice from 127.0.0.2 to 127.0.0.3; the tone kept flowing both ways");
     }
     Ok(ExitCode::SUCCESS)
 }

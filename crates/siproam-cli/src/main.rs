@@ -9,6 +9,7 @@ mod bench_netns;
 mod bench_soak;
 mod demo;
 mod edge_cmd;
+mod errors;
 mod msgcheck;
 mod run;
 
@@ -299,10 +300,7 @@ fn main() -> ExitCode {
     raise_descriptor_limit();
     let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return bad_usage(&e),
     };
     let json = file.json(cli.json);
     let result = match cli.command {
@@ -369,7 +367,7 @@ fn main() -> ExitCode {
                 match edge_cmd::registrar_target(args.registrar.as_deref()).await {
                     Ok(target) => edge_cmd::edge(args, target, key, json).await,
                     Err(e) => {
-                        eprintln!("error: {e:#}");
+                        eprintln!("error: {}", errors::report(&e));
                         Ok(ExitCode::from(2))
                     }
                 }
@@ -378,7 +376,11 @@ fn main() -> ExitCode {
         Command::Agent {
             agent: mut args,
             mut calls,
-        } => match file.agent(&mut args).map(|()| file.calls(&mut calls)) {
+        } => match file
+            .agent(&mut args)
+            .map(|()| file.calls(&mut calls))
+            .and_then(|()| errors::check_agent(&args, &calls, None))
+        {
             Ok(()) => block_on(run::agent(args, calls, json, None)),
             Err(e) => return bad_usage(&e),
         },
@@ -386,7 +388,11 @@ fn main() -> ExitCode {
             uri,
             agent: mut args,
             mut calls,
-        } => match file.agent(&mut args).map(|()| file.calls(&mut calls)) {
+        } => match file
+            .agent(&mut args)
+            .map(|()| file.calls(&mut calls))
+            .and_then(|()| errors::check_agent(&args, &calls, Some(&uri)))
+        {
             Ok(()) => block_on(run::agent(args, calls, json, Some(uri))),
             Err(e) => return bad_usage(&e),
         },
@@ -501,16 +507,16 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::report(&e));
             ExitCode::from(1)
         }
     }
 }
 
-/// A bad setting in the `--config` file: exit 2 (bad usage), as for a bad
-/// flag.
+/// A bad setting in the `--config` file or a bad flag value: exit 2 (bad
+/// usage), before anything starts.
 fn bad_usage(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", errors::report(e));
     ExitCode::from(2)
 }
 

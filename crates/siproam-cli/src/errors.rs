@@ -50,6 +50,8 @@ pub fn check_agent(
         .as_deref()
         .context("--aor is required (or aor = … in --config)")?;
     check_aor(aor)?;
+    check_listen(&args.listen)?;
+    crate::run::parse_hosts(&args.host)?;
     if let Some(r) = &args.registrar {
         check_sip_uri("--registrar", r)?;
     }
@@ -61,6 +63,14 @@ pub fn check_agent(
     }
     if let Some(r) = &calls.record {
         check_record(r)?;
+    }
+    Ok(())
+}
+
+/// `--listen` values (`PROTO:HOST:PORT`).
+pub fn check_listen(listen: &[String]) -> anyhow::Result<()> {
+    for l in listen {
+        crate::run::parse_listen(l).with_context(|| format!("--listen {l}"))?;
     }
     Ok(())
 }

@@ -333,6 +333,7 @@ fn main() -> ExitCode {
                 )
                 .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
                 .and_then(|()| file.flow_timer(&mut flow_timer))
+                .and_then(|()| errors::check_listen(&listen))
             {
                 return bad_usage(&e);
             }
@@ -356,7 +357,11 @@ fn main() -> ExitCode {
             ))
         }
         Command::Edge { mut args } => {
-            if let Err(e) = file.edge(&mut args).and_then(|()| args.check()) {
+            if let Err(e) = file
+                .edge(&mut args)
+                .and_then(|()| args.check())
+                .and_then(|()| errors::check_listen(&args.listen))
+            {
                 return bad_usage(&e);
             }
             let key = match edge_cmd::flow_key(args.flow_key_file.as_deref()) {

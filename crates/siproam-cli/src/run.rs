@@ -594,7 +594,7 @@ fn flow_from_address(from: &str) -> anyhow::Result<std::net::IpAddr> {
 }
 
 /// `NAME=IP` pairs of `--host`.
-fn parse_hosts(hosts: &[String]) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
+pub(crate) fn parse_hosts(hosts: &[String]) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
     hosts
         .iter()
         .map(|h| {

@@ -219,6 +219,18 @@ fn bad_usage_is_refused_with_exit_2_and_a_message() {
             [&["agent", "--record", &no_dir][..], &aor[..]].concat(),
             "the directory does not exist",
         ),
+        (
+            [&["agent", "--listen", "udp:localhost"][..], &aor[..]].concat(),
+            "--listen udp:localhost: bad address",
+        ),
+        (
+            vec!["registrar", "--listen", "sctp:127.0.0.1:5060"],
+            "--listen sctp:127.0.0.1:5060: unknown transport",
+        ),
+        (
+            [&["agent", "--host", "registrar.test"][..], &aor[..]].concat(),
+            "--host expects NAME=IP",
+        ),
         (vec!["agent"], "--aor is required"),
         (vec!["call", "sip:bob@example.test"], "--aor is required"),
     ];

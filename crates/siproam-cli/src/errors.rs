@@ -225,9 +225,12 @@ pub fn registration_failure(
             ),
             None => format!("registration refused: the registrar rejected user {user}'s credentials"),
         },
-        RegistrationFailure::Status(403) => format!(
+        // after our credentials, a 403 refuses them (without, it refuses
+        // the registration itself: too many bindings, another domain)
+        RegistrationFailure::Status(403) if had_password => format!(
             "registration refused: the registrar rejected user {user}'s credentials (403)"
         ),
+        RegistrationFailure::Status(403) => "registration refused: 403 Forbidden".to_owned(),
         RegistrationFailure::Status(404) => {
             "registration refused: the registrar does not know this address of record (404)".to_owned()
         }
@@ -379,6 +382,10 @@ mod tests {
         assert!(
             f(RegistrationFailure::AuthenticationFailed, Some(401), false)
                 .contains("no password was given")
+        );
+        assert_eq!(
+            f(RegistrationFailure::Status(403), Some(403), false),
+            "registration refused: 403 Forbidden"
         );
         assert_eq!(
             f(RegistrationFailure::Timeout, Some(408), true),

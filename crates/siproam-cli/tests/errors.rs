@@ -179,6 +179,49 @@ fn a_call_to_an_unknown_user_exits_1_naming_404() {
     assert_eq!(err.matches("call failed").count(), 1, "stderr: {err}");
 }
 
+/// `siproam call` to a registered user who is busy (`--max-ringing 0`:
+/// every INVITE gets 486): exit 1 naming the 486.
+#[test]
+fn a_call_to_a_busy_user_exits_1_naming_486() {
+    let (registrar, addr) = registrar(None);
+    let reg = format!("sip:{addr}");
+    let bob = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:bob@example.test",
+        "--registrar",
+        &reg,
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--no-watch",
+        "--max-ringing",
+        "0",
+    ]);
+    bob.wait_for("bob registered", |v| {
+        v["event"] == "registration" && v["state"] == "registered"
+    });
+    registrar.wait_for("bob's binding", |v| {
+        v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    let mut call = spawn_piped(&[
+        "call",
+        "sip:bob@example.test",
+        "--aor",
+        "sip:alice@example.test",
+        "--registrar",
+        &reg,
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--no-watch",
+    ]);
+    let status = wait_exit(&mut call, 30, "siproam call after its 486");
+    let err = stderr_of(&mut call);
+    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("call failed: 486 Busy Here"), "stderr: {err}");
+    assert_eq!(err.matches("call failed").count(), 1, "stderr: {err}");
+}
+
 /// Each bad-usage case is refused before anything starts: exit 2 and a
 /// message naming what is wrong.
 #[test]

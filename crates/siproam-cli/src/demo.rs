@@ -455,7 +455,7 @@ async fn demo(events: &mut Events) -> anyhow::Result<ExitCode> {
         );
     }
     if !events.json_out {
-        println!("demo passed: the registration and the call followed Alice from 127.0.0.2 to 127.0.0.3; the tone kept flowing both ways");
+        crate::run::out_line("demo passed: the registration and the call followed Alice from 127.0.0.2 to 127.0.0.3; the tone kept flowing both ways");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -195,9 +195,11 @@ pub async fn edge(
             json!({"event": "listening", "transport": l.transport.to_string().to_ascii_lowercase(), "address": l.local.to_string()}),
         );
     }
+    let stop = crate::run::stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
             ev = ep.next_event() => match ev {
                 Some(EndpointEvent::Core(siproam::core::Event::FlowClosed { flow, reason })) => {
                     tracing::debug!(%flow, %reason, "edge: flow closed");

@@ -9,6 +9,7 @@ mod bench_netns;
 mod bench_soak;
 mod demo;
 mod edge_cmd;
+mod errors;
 mod msgcheck;
 mod progress;
 mod run;
@@ -344,10 +345,7 @@ fn run_command(cli: Cli) -> ExitCode {
     raise_descriptor_limit();
     let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return bad_usage(&e),
     };
     let json = file.json(cli.json);
     let result = match cli.command {
@@ -381,6 +379,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 )
                 .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
                 .and_then(|()| file.flow_timer(&mut flow_timer))
+                .and_then(|()| errors::check_listen(&listen))
             {
                 return bad_usage(&e);
             }
@@ -404,7 +403,11 @@ fn run_command(cli: Cli) -> ExitCode {
             ))
         }
         Command::Edge { mut args } => {
-            if let Err(e) = file.edge(&mut args).and_then(|()| args.check()) {
+            if let Err(e) = file
+                .edge(&mut args)
+                .and_then(|()| args.check())
+                .and_then(|()| errors::check_listen(&args.listen))
+            {
                 return bad_usage(&e);
             }
             let key = match edge_cmd::flow_key(args.flow_key_file.as_deref()) {
@@ -415,7 +418,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 match edge_cmd::registrar_target(args.registrar.as_deref()).await {
                     Ok(target) => edge_cmd::edge(args, target, key, json).await,
                     Err(e) => {
-                        eprintln!("error: {e:#}");
+                        eprintln!("error: {}", errors::report(&e));
                         Ok(ExitCode::from(2))
                     }
                 }
@@ -424,7 +427,11 @@ fn run_command(cli: Cli) -> ExitCode {
         Command::Agent {
             agent: mut args,
             mut calls,
-        } => match file.agent(&mut args).map(|()| file.calls(&mut calls)) {
+        } => match file
+            .agent(&mut args)
+            .map(|()| file.calls(&mut calls))
+            .and_then(|()| errors::check_agent(&args, &calls, None))
+        {
             Ok(()) => block_on(run::agent(args, calls, json, None)),
             Err(e) => return bad_usage(&e),
         },
@@ -432,7 +439,11 @@ fn run_command(cli: Cli) -> ExitCode {
             uri,
             agent: mut args,
             mut calls,
-        } => match file.agent(&mut args).map(|()| file.calls(&mut calls)) {
+        } => match file
+            .agent(&mut args)
+            .map(|()| file.calls(&mut calls))
+            .and_then(|()| errors::check_agent(&args, &calls, Some(&uri)))
+        {
             Ok(()) => block_on(run::agent(args, calls, json, Some(uri))),
             Err(e) => return bad_usage(&e),
         },
@@ -547,16 +558,16 @@ fn run_command(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::report(&e));
             ExitCode::from(1)
         }
     }
 }
 
-/// A bad setting in the `--config` file: exit 2 (bad usage), as for a bad
-/// flag.
+/// A bad setting in the `--config` file or a bad flag value: exit 2 (bad
+/// usage), before anything starts.
 fn bad_usage(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", errors::report(e));
     ExitCode::from(2)
 }
 

@@ -96,7 +96,7 @@ pub fn emit_at(json_out: bool, mut v: Value, at: Instant) -> Value {
             .map(|t| obj.shift_insert(0, "t_ms".into(), t));
     }
     if json_out {
-        println!("{v}");
+        out_line(&v.to_string());
     } else if let Some(obj) = v.as_object() {
         let line: Vec<String> = obj
             .iter()
@@ -106,9 +106,67 @@ pub fn emit_at(json_out: bool, mut v: Value, at: Instant) -> Value {
                 other => format!("{k}={other}"),
             })
             .collect();
-        println!("[{t_ms:>9.3} ms] {}", line.join(" "));
+        out_line(&format!("[{t_ms:>9.3} ms] {}", line.join(" ")));
     }
     v
+}
+
+/// Set once stdout's reader has gone away (`| head -1`).
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Woken once stdout's reader has gone away.
+fn stdout_gone() -> &'static tokio::sync::Notify {
+    static GONE: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    GONE.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Writes one line on stdout. A closed pipe (its reader went away) is
+/// not an error to shout about: nothing more is written, and a
+/// long-running command stops ([`stdout_gone`]). (`println!` panics on
+/// it; Rust ignores SIGPIPE, so the write returns EPIPE.)
+pub fn out_line(line: &str) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let r = writeln!(out, "{line}").and_then(|()| out.flush());
+    if let Err(e) = r {
+        if !STDOUT_GONE.swap(true, Ordering::Relaxed) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("error: writing to stdout: {e}");
+            }
+            stdout_gone().notify_one();
+        }
+    }
+}
+
+/// Resolves when SIGTERM comes (or never, where there is none).
+pub async fn sigterm() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
+}
+
+/// Ctrl-C or SIGTERM: time to stop (cleanly: unregister, hang up).
+pub async fn stop_signal() {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = sigterm() => {}
+    }
 }
 
 /// Parses `PROTO:HOST:PORT` (`udp:127.0.0.1:5060`, `tcp:[::1]:0`).
@@ -324,9 +382,11 @@ pub async fn registrar(
         s.start(ep.app_commander());
     }
     announce_listeners(&ep, json_out).await?;
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
             ev = ep.next_event() => match ev {
                 Some(EndpointEvent::Core(Event::IncomingRequest { request, .. })) if request.method() == Some(siproam_sip::Method::Register) => {
                     let aor = request.to().ok().map(|t| t.uri().to_string()).unwrap_or_default();
@@ -541,7 +601,7 @@ fn flow_from_address(from: &str) -> anyhow::Result<std::net::IpAddr> {
 }
 
 /// `NAME=IP` pairs of `--host`.
-fn parse_hosts(hosts: &[String]) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
+pub(crate) fn parse_hosts(hosts: &[String]) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
     hosts
         .iter()
         .map(|h| {
@@ -1054,7 +1114,7 @@ pub fn flow_terminated_json(t: &siproam::core::FlowTerminated) -> Value {
 }
 
 /// `cli.md`'s name for why a flow failed.
-fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
+pub(crate) fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
     use siproam::core::FlowCloseReason as R;
     match r {
         R::KeepAliveTimeout => "pong_timeout",
@@ -1203,6 +1263,7 @@ pub async fn agent(
             None => kept_instance_id(&aor, args.state_dir.as_deref())?,
         };
         for (reg_id, flow) in args.flows()? {
+            let first_hop_of_account = flow.outbound_proxy.clone();
             accounts.push(
                 ep.register(AccountSpec {
                     aor: aor.clone(),
@@ -1219,7 +1280,13 @@ pub async fn agent(
                     flow,
                 })
                 .await
-                .context("registering")?,
+                .map_err(|e| {
+                    let (role, hop) = match &first_hop_of_account {
+                        Some(p) => ("outbound proxy", p.as_str()),
+                        None => ("registrar", registrar.as_str()),
+                    };
+                    crate::errors::register_error(e, role, hop)
+                })?,
             );
         }
     }
@@ -1234,13 +1301,38 @@ pub async fn agent(
     let mut current: Option<CallId> = None;
     // the calls not ended yet, oldest first
     let mut live: Vec<CallId> = Vec::new();
+    // the call `siproam call` placed: its end ends the command
+    let mut placed: Option<CallId> = None;
     if let Some(uri) = call_now {
-        current = Some(ep.call(&uri, &aor, first_hop).await.context("calling")?);
+        let id = ep
+            .call(&uri, &aor, first_hop)
+            .await
+            .map_err(|e| crate::errors::call_error(e, &uri, first_hop))?;
+        current = Some(id);
+        placed = Some(id);
     }
+    // `siproam call`: why it failed, said on stderr as it ends
+    let mut call_failure: Option<String> = None;
+    // a normally ended `siproam call` waits this long for its final media
+    // report
+    let mut ending: Option<tokio::time::Instant> = None;
+    // the last registration failure told, per account (said once, not at
+    // every retry)
+    let mut told: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+    let digest_user = args.user.clone().unwrap_or_else(|| {
+        siproam_sip::Uri::parse(&aor)
+            .ok()
+            .and_then(|u| u.as_sip().and_then(|s| s.user().map(str::to_owned)))
+            .unwrap_or_default()
+    });
+    let timeout_secs = siproam::core::Config::default().t1x64().as_secs();
+    let stop = stop_signal();
+    tokio::pin!(stop);
     let mut last: Option<Value> = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut failed_call = false;
+    let mut answered = false;
     // the last wrong-password report, told with the call it ends
     let mut auth_failure: Option<String> = None;
     // the subscriptions we serve, ended with a final NOTIFY when we quit
@@ -1248,7 +1340,14 @@ pub async fn agent(
     let mut subscriptions = std::collections::HashSet::new();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
+            () = stdout_gone().notified() => break,
+            () = async {
+                match ending {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => break,
             line = lines.next_line(), if stdin_open => match line {
                 Ok(Some(line)) => {
                     let mut words = line.split_whitespace();
@@ -1263,9 +1362,12 @@ pub async fn agent(
                             Ok(())
                         }
                         ("call", _) => match arg {
-                            Some(uri) => ep.call(uri, &aor, first_hop).await.map(|id| {
-                                current = Some(id);
-                            }).map_err(anyhow::Error::from),
+                            Some(uri) => match crate::errors::check_call_uri("call", uri) {
+                                Ok(()) => ep.call(uri, &aor, first_hop).await.map(|id| {
+                                    current = Some(id);
+                                }).map_err(|e| crate::errors::call_error(e, uri, first_hop)),
+                                Err(e) => Err(e),
+                            },
                             None => Err(anyhow::anyhow!("call URI")),
                         },
                         ("answer", Some(c)) => ep.phone(PhoneCommand::Answer(c)).await.map_err(anyhow::Error::from),
@@ -1322,7 +1424,7 @@ pub async fn agent(
                         (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
                     };
                     if let Err(e) = r {
-                        emit(json_out, json!({"event": "error", "command": cmd, "reason": format!("{e:#}")}));
+                        emit(json_out, json!({"event": "error", "command": cmd, "reason": crate::errors::report(&e)}));
                     }
                 }
                 Ok(None) | Err(_) => {
@@ -1337,6 +1439,24 @@ pub async fn agent(
                     let v = registration_json(&r);
                     last = Some(v.clone());
                     emit(json_out, v);
+                    if r.state == RegistrationState::Failed {
+                        let said = crate::errors::registration_failure(
+                            r.failure,
+                            r.code,
+                            &digest_user,
+                            args.password.is_some(),
+                            args.registrar.as_deref().unwrap_or_default(),
+                            timeout_secs,
+                        );
+                        if let Some(said) = said {
+                            if told.get(&r.account.0) != Some(&said) {
+                                eprintln!("error: {said}");
+                                told.insert(r.account.0, said);
+                            }
+                        }
+                    } else if r.state == RegistrationState::Registered {
+                        told.remove(&r.account.0);
+                    }
                 }
                 Some(EndpointEvent::Core(Event::AuthenticationFailed { user, realm, .. })) => {
                     // said with the call it ends (the user's own output,
@@ -1372,6 +1492,22 @@ pub async fn agent(
                                 current = live.last().copied();
                             }
                             failed_call = code.is_some_and(|c| c >= 300);
+                            if placed == Some(*call) {
+                                if failed_call || !answered {
+                                    call_failure = Some(crate::errors::call_failure(
+                                        *code,
+                                        reason.as_deref(),
+                                        args.password.is_some(),
+                                    ));
+                                    failed_call = true;
+                                } else {
+                                    // its final media report, then exit
+                                    ending = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                                }
+                            }
+                        }
+                        if *state == CallState::Confirmed && placed == Some(*call) {
+                            answered = true;
                         }
                     }
                     if let Some(mut v) = call_json(&c) {
@@ -1379,6 +1515,9 @@ pub async fn agent(
                             o.insert("reason".into(), json!(r));
                         }
                         emit(json_out, v);
+                    }
+                    if exit_after_call && call_failure.is_some() {
+                        break;
                     }
                 }
                 Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
@@ -1505,6 +1644,9 @@ pub async fn agent(
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
     }
     ep.shutdown().await;
+    if let Some(why) = &call_failure {
+        eprintln!("error: {why}");
+    }
     Ok(if exit_after_call && failed_call {
         ExitCode::from(1)
     } else {

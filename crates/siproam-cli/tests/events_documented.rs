@@ -49,5 +49,8 @@ fn every_event_printed_is_documented_and_every_documented_one_printed() {
     let missing: Vec<_> = emitted.difference(&documented).collect();
     assert!(missing.is_empty(), "not in docs/events.md: {missing:?}");
     let stale: Vec<_> = documented.difference(&emitted).collect();
-    assert!(stale.is_empty(), "documented but printed nowhere: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "documented but printed nowhere: {stale:?}"
+    );
 }

@@ -169,6 +169,18 @@ pub enum Event {
     Subscription(crate::subscription::SubscriptionEvent),
     /// Something happened to a call transfer (`dialog/transfer`).
     Transfer(crate::dialog::transfer::TransferEvent),
+    /// A request went out again, unanswered so far (Timer A or E, over
+    /// UDP): for the log.
+    Retransmission {
+        /// The request's method.
+        method: String,
+        /// Which sending this was (2 for the first retransmission).
+        attempt: u32,
+        /// When the next one is due if no answer comes.
+        next: Duration,
+        /// Where it went.
+        remote: SocketAddr,
+    },
 }
 
 /// Errors from the endpoint's commands.
@@ -857,6 +869,7 @@ impl Endpoint {
                 transport,
                 owner: owner.unwrap_or(TxOwner::App(id)),
                 interval: self.config.t1,
+                sends: 1,
                 ack: None,
                 auth: None,
                 udp_fallback,
@@ -1009,6 +1022,7 @@ impl Endpoint {
             transport: target.transport,
             owner,
             interval: self.config.t1,
+            sends: 1,
             ack: None,
             auth: None,
             udp_fallback: fallback,
@@ -1047,6 +1061,22 @@ impl Endpoint {
     /// The id of the client transaction started last.
     pub(crate) fn last_request_id(&self) -> Option<RequestId> {
         self.txs.last_client().map(RequestId)
+    }
+
+    /// Reports a retransmission ([`retransmission`]) sent on `flow`.
+    fn report_retransmission(
+        &mut self,
+        flow: FlowId,
+        (method, attempt, next): (String, u32, Duration),
+    ) {
+        if let Some(remote) = self.flows.get(flow).map(|f| f.remote) {
+            self.events.push_back(Event::Retransmission {
+                method,
+                attempt,
+                next,
+                remote,
+            });
+        }
     }
 
     fn transmit_on(&mut self, flow: FlowId, payload: Bytes) {
@@ -1415,9 +1445,12 @@ impl Endpoint {
         match kind {
             TimerKind::A if tx.state == ClientState::Calling => {
                 tx.interval *= 2;
+                tx.sends = tx.sends.saturating_add(1);
                 let (flow, bytes, next) = (tx.flow, tx.request.clone(), now + tx.interval);
+                let ev = retransmission(tx);
                 self.transmit_on(flow, bytes);
                 self.timers.set(timer, TimerKind::A, next);
+                self.report_retransmission(flow, ev);
             }
             TimerKind::E if matches!(tx.state, ClientState::Trying | ClientState::Proceeding) => {
                 // Trying: double up to T2; Proceeding: every T2
@@ -1426,9 +1459,12 @@ impl Endpoint {
                 } else {
                     (tx.interval * 2).min(self.config.t2)
                 };
+                tx.sends = tx.sends.saturating_add(1);
                 let (flow, bytes, next) = (tx.flow, tx.request.clone(), now + tx.interval);
+                let ev = retransmission(tx);
                 self.transmit_on(flow, bytes);
                 self.timers.set(timer, TimerKind::E, next);
+                self.report_retransmission(flow, ev);
             }
             TimerKind::B | TimerKind::F => {
                 if let Some(tx) = self.remove_client(id) {
@@ -1914,6 +1950,12 @@ fn build_ack(invite: &Bytes, resp: &Message) -> Option<Bytes> {
 }
 
 /// A reason phrase for the status codes the core sends itself.
+/// A client transaction's retransmission: method, attempt and the next
+/// interval.
+fn retransmission(tx: &ClientTx) -> (String, u32, Duration) {
+    (tx.method.clone(), tx.sends, tx.interval)
+}
+
 pub(crate) fn reason_phrase(code: u16) -> &'static str {
     match code {
         400 => "Bad Request",

@@ -40,6 +40,9 @@ pub(crate) struct ClientTx {
     pub(crate) owner: TxOwner,
     /// Current retransmission interval (Timer A / E).
     pub(crate) interval: Duration,
+    /// How many times the request was sent (1, then one more per
+    /// retransmission).
+    pub(crate) sends: u32,
     /// The ACK for a failure response, kept to answer retransmissions.
     pub(crate) ack: Option<Bytes>,
     /// A request of an account: what answers a challenge to it

@@ -61,6 +61,16 @@ impl AudioSpec {
             None => Some(AudioSpec::Wav(PathBuf::from(s))),
         }
     }
+
+    /// Whether it can be played: a WAV file is read whole (a tone or
+    /// silence always can). A call whose file cannot be read sends silence,
+    /// so check it before starting.
+    pub fn check(&self) -> Result<(), siproam_media::WavError> {
+        if let AudioSpec::Wav(path) = self {
+            WavSource::open(path)?;
+        }
+        Ok(())
+    }
 }
 
 /// How the phone behaves.

@@ -968,7 +968,11 @@ impl TransportManager {
         }
         let bound = listener::bind(transport, addr, self.shared.rebind_retry_delay)
             .await
-            .map_err(|source| ListenError::Bind { addr, source })?;
+            .map_err(|source| ListenError::Bind {
+                transport,
+                addr,
+                source,
+            })?;
         let id = ListenerId(self.shared.next_id());
         let info = self.start_listener(id, transport, addr, bound)?;
         tracing::info!(listener = %id, %transport, local = %info.local, "listening");
@@ -983,6 +987,7 @@ impl TransportManager {
         bound: listener::Bound,
     ) -> Result<ListenerInfo, ListenError> {
         let local = bound.local_addr().map_err(|source| ListenError::Bind {
+            transport,
             addr: requested,
             source,
         })?;
@@ -1052,7 +1057,11 @@ impl TransportManager {
             }
             other => other,
         }
-        .map_err(|source| ListenError::Bind { addr, source })?;
+        .map_err(|source| ListenError::Bind {
+            transport: old.transport,
+            addr,
+            source,
+        })?;
         let info = self.start_listener(id, old.transport, old.requested, bound)?;
         tracing::info!(listener = %id, transport = %info.transport, local = %info.local, "listener restarted");
         Ok(info)

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use siproam_core::{AccountId, Endpoint as Core, Event, FlowCloseReason, FlowId, IpChangeParams};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info};
 
 use crate::resolve::{HickoryDns, Resolver, StaticHosts};
 use crate::transport::{
@@ -581,12 +581,30 @@ impl Driver {
                 } = &ev
                 {
                     // once per request (the core never retries it); the
-                    // user name only at debug (personal data)
-                    warn!(
+                    // user name only at debug (personal data). The event
+                    // goes on to the application, which tells the user:
+                    // not a warning of its own besides
+                    info!(
                         "authentication failed for account {} at realm {realm} ({method})",
                         account.0
                     );
                     debug!("authentication failed for {user} at realm {realm}");
+                }
+                if let Event::Retransmission {
+                    method,
+                    attempt,
+                    next,
+                    remote,
+                } = &ev
+                {
+                    // no URI at info (personal data); the address at debug
+                    info!(
+                        %method,
+                        attempt,
+                        next_ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX),
+                        "retransmitting an unanswered request"
+                    );
+                    debug!(%method, attempt, %remote, "retransmitted to");
                 }
                 // a registration's flow is never closed for idleness
                 if let Event::Flow(f) = &ev {

@@ -49,7 +49,7 @@ pub enum EndpointEvent {
 #[non_exhaustive]
 pub enum EndpointError {
     /// A listener could not be opened.
-    #[error("listen: {0}")]
+    #[error("{0}")]
     Listen(#[from] ListenError),
     /// The registrar URI could not be resolved.
     #[error("resolve: {0}")]

@@ -11,8 +11,10 @@ use super::{ConnectionId, ListenerId, Transport};
 pub enum ListenError {
     /// The socket could not be bound (address in use, not on this host,
     /// permission denied, …).
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot listen on {}:{addr}: {}", transport.param(), bind_failure(source))]
     Bind {
+        /// The transport.
+        transport: Transport,
         /// The address asked for.
         addr: SocketAddr,
         /// The OS error.
@@ -34,6 +36,18 @@ pub enum ListenError {
     /// The manager is shutting down.
     #[error("the transport manager is shut down")]
     ShutDown,
+}
+
+/// Why a bind failed, in words (the OS error's own text otherwise).
+fn bind_failure(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".to_owned()
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Why a message could not be sent.

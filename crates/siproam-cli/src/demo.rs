@@ -275,7 +275,7 @@ pub async fn run(json_out: bool, svg: Option<PathBuf>) -> anyhow::Result<ExitCod
         let timeline = Timeline::from_events(&events.printed);
         crate::timeline::write_svg(&path, &timeline)?;
         if !json_out {
-            println!("the hand-off is drawn in {}", path.display());
+            crate::run::out_line(&format!("the hand-off is drawn in {}", path.display()));
         }
     }
     Ok(code)

@@ -143,28 +143,26 @@ pub fn run(data: &[u8], json_out: bool) -> anyhow::Result<ExitCode> {
     match (problems.is_empty(), &msg) {
         (true, Some(msg)) => {
             if json_out {
-                println!("{}", summary_json(msg));
+                crate::run::out_line(&summary_json(msg).to_string());
             } else {
-                print!("{}", summary_text(msg));
+                crate::run::out_line(summary_text(msg).trim_end());
             }
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             if json_out {
                 let first = problems.first();
-                println!(
-                    "{}",
-                    json!({
-                        "valid": false,
-                        "error": first.map(|p| p.what.clone()),
-                        "line": first.and_then(|p| p.line),
-                        "status": first.and_then(|p| p.answer).map(status_json),
-                        "errors": problems.iter().map(Problem::json).collect::<Vec<_>>(),
-                    })
-                );
+                let v = json!({
+                    "valid": false,
+                    "error": first.map(|p| p.what.clone()),
+                    "line": first.and_then(|p| p.line),
+                    "status": first.and_then(|p| p.answer).map(status_json),
+                    "errors": problems.iter().map(Problem::json).collect::<Vec<_>>(),
+                });
+                crate::run::out_line(&v.to_string());
             } else {
                 for p in &problems {
-                    println!("{}", p.text());
+                    crate::run::out_line(&p.text());
                 }
             }
             Ok(ExitCode::from(1))

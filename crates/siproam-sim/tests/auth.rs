@@ -99,6 +99,27 @@ fn reply(sim: &mut Sim, peer: NodeId, to: &Received, code: u16, extra: &[(&str, 
 
 /// The proxy's 407 to `to`, one challenge of realm `example.test` with
 /// `nonce`.
+/// The final status codes the application was told for its request `id`
+/// (provisional ones left out).
+fn final_codes(sim: &mut Sim, ua: NodeId, id: siproam_core::RequestId) -> Vec<u16> {
+    sim.take_events(ua)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Response { request, response } if request == id => response.status(),
+            _ => None,
+        })
+        .filter(|c| *c >= 200)
+        .collect()
+}
+
+/// How many INVITEs went out (retransmissions counted).
+fn invites_sent(sim: &Sim) -> usize {
+    sim.log()
+        .iter()
+        .filter(|e| e.first_line.starts_with("INVITE "))
+        .count()
+}
+
 fn challenge_407(sim: &mut Sim, peer: NodeId, to: &Received, nonce: &str) {
     reply(
         sim,
@@ -488,15 +509,11 @@ fn an_application_request_challenged_is_answered_and_only_its_final_answer_repor
     assert!(good(&proxy_creds(&o2.message)[0], "OPTIONS", b""));
     reply(&mut sim, peer, &o2, 200, &[]);
     sim.run_for(Duration::from_millis(100));
-    let codes: Vec<u16> = sim
-        .take_events(ua)
-        .into_iter()
-        .filter_map(|(_, e)| match e {
-            Event::Response { request, response } if request == id => response.status(),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(codes, [200], "the 407 is not the application's");
+    assert_eq!(
+        final_codes(&mut sim, ua, id),
+        [200],
+        "the 407 is not the application's"
+    );
 }
 
 #[test]
@@ -556,12 +573,7 @@ fn a_challenge_to_an_invite_hung_up_meanwhile_is_not_answered() {
     challenge_407(&mut sim, peer, &inv1, "c1");
     reply(&mut sim, peer, &cancel, 200, &[]);
     sim.run_for(Duration::from_secs(40));
-    let invites = sim
-        .log()
-        .iter()
-        .filter(|e| e.first_line.starts_with("INVITE "))
-        .count();
-    assert_eq!(invites, 1, "a hung-up call is not sent again");
+    assert_eq!(invites_sent(&sim), 1, "a hung-up call is not sent again");
     let (states, _) = call_states(&mut sim, ua);
     assert_eq!(states.last(), Some(&(CallState::Disconnected, Some(407))));
 }
@@ -585,35 +597,16 @@ fn a_challenge_to_an_application_invite_cancelled_meanwhile_is_not_answered() {
     let cancel = recv(&mut sim, peer);
     assert_eq!(cancel.message.method(), Some(Method::Cancel));
     // the proxy's 407 crosses the CANCEL
-    reply(
-        &mut sim,
-        peer,
-        &inv1,
-        407,
-        &[(
-            "Proxy-Authenticate",
-            &challenge("example.test", "a1", false),
-        )],
-    );
+    challenge_407(&mut sim, peer, &inv1, "a1");
     reply(&mut sim, peer, &cancel, 200, &[]);
     sim.run_for(Duration::from_secs(40));
-    let invites = sim
-        .log()
-        .iter()
-        .filter(|e| e.first_line.starts_with("INVITE "))
-        .count();
-    assert_eq!(invites, 1, "a cancelled INVITE is not sent again");
-    let codes: Vec<u16> = sim
-        .take_events(ua)
-        .into_iter()
-        .filter_map(|(_, e)| match e {
-            Event::Response { request, response } if request == id => response.status(),
-            _ => None,
-        })
-        .filter(|c| *c >= 200)
-        .collect();
     assert_eq!(
-        codes,
+        invites_sent(&sim),
+        1,
+        "a cancelled INVITE is not sent again"
+    );
+    assert_eq!(
+        final_codes(&mut sim, ua, id),
         [407],
         "the application sees its INVITE's final answer"
     );

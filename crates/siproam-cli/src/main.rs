@@ -87,9 +87,9 @@ enum Command {
         /// New requests per second one source address may send (bursts of
         /// twice that); beyond, UDP requests are dropped and stream
         /// requests answered 503. 0 turns the limit off (behind one
-        /// trusted proxy, or for a benchmark).
-        #[arg(long, value_name = "N", default_value_t = 200)]
-        max_rate_per_source: u32,
+        /// trusted proxy, or for a benchmark; default 200).
+        #[arg(long, value_name = "N")]
+        max_rate_per_source: Option<u32>,
         /// Most bindings one AoR may hold (and Contacts one REGISTER may
         /// carry); beyond it 403 (default 16).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -319,8 +319,13 @@ enum MsgAction {
 
 fn main() -> ExitCode {
     run::mark_start();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     init_logging(cli.verbose);
+    let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return bad_usage(&e),
+    };
+    file.wiretap(&mut cli.trace, &mut cli.pcap);
     if cli.trace || cli.pcap.is_some() {
         let options = siproam::wiretap::WireTapOptions {
             trace: cli.trace,
@@ -334,21 +339,14 @@ fn main() -> ExitCode {
             Err(e) => return bad_usage(&e.into()),
         }
     }
-    let code = run_command(cli);
+    let code = run_command(cli, &file);
     // the pcap file written out and flushed, whatever the command's end
     siproam::wiretap::finish_global();
     code
 }
 
-fn run_command(cli: Cli) -> ExitCode {
+fn run_command(cli: Cli, file: &run::FileConfig) -> ExitCode {
     raise_descriptor_limit();
-    let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
-        Ok(f) => f.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
     let json = file.json(cli.json);
     let result = match cli.command {
         Command::Msg {
@@ -360,15 +358,16 @@ fn run_command(cli: Cli) -> ExitCode {
             mut listen,
             mut users,
             mut domain,
-            max_rate_per_source,
+            mut max_rate_per_source,
             mut max_bindings,
             mut min_expires,
-            max_connections,
+            mut max_connections,
             mut tcp_keepalive,
             mut flow_timer,
             mut tls,
             mut store,
         } => {
+            let file = file.for_registrar();
             file.store(&mut store);
             if let Err(e) = file
                 .registrar(
@@ -381,6 +380,9 @@ fn run_command(cli: Cli) -> ExitCode {
                 )
                 .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
                 .and_then(|()| file.flow_timer(&mut flow_timer))
+                .and_then(|()| {
+                    file.registrar_limits(&mut max_connections, &mut max_rate_per_source)
+                })
             {
                 return bad_usage(&e);
             }
@@ -388,7 +390,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 listen,
                 users,
                 domain,
-                max_rate_per_source,
+                max_rate_per_source.unwrap_or(200),
                 run::BindingLimits {
                     max_bindings,
                     min_expires,
@@ -404,7 +406,7 @@ fn run_command(cli: Cli) -> ExitCode {
             ))
         }
         Command::Edge { mut args } => {
-            if let Err(e) = file.edge(&mut args).and_then(|()| args.check()) {
+            if let Err(e) = file.for_edge().edge(&mut args).and_then(|()| args.check()) {
                 return bad_usage(&e);
             }
             let key = match edge_cmd::flow_key(args.flow_key_file.as_deref()) {

@@ -320,12 +320,12 @@ enum MsgAction {
 fn main() -> ExitCode {
     run::mark_start();
     let mut cli = Cli::parse();
-    init_logging(cli.verbose);
     let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return bad_usage(&e),
     };
-    file.wiretap(&mut cli.trace, &mut cli.pcap);
+    file.globals(&mut cli.verbose, &mut cli.trace, &mut cli.pcap);
+    init_logging(cli.verbose);
     if cli.trace || cli.pcap.is_some() {
         let options = siproam::wiretap::WireTapOptions {
             trace: cli.trace,

@@ -582,6 +582,7 @@ fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     json: Option<bool>,
+    verbose: Option<u8>,
     trace: Option<bool>,
     pcap: Option<PathBuf>,
     listen: Option<Vec<String>>,
@@ -738,7 +739,11 @@ impl FileConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<FileConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+        Self::load_str(&text, path)
+    }
+
+    fn load_str(text: &str, path: &std::path::Path) -> anyhow::Result<FileConfig> {
+        toml::from_str(text).with_context(|| format!("in {}", path.display()))
     }
 
     /// `--json` from the file when the flag was not given.
@@ -746,8 +751,12 @@ impl FileConfig {
         flag || self.json.unwrap_or(false)
     }
 
-    /// `--trace` and `--pcap` from the file when the flags were not given.
-    pub fn wiretap(&self, trace: &mut bool, pcap: &mut Option<PathBuf>) {
+    /// `-v`, `--trace` and `--pcap` from the file when the flags were not
+    /// given (`verbose = 2` is `-vv`).
+    pub fn globals(&self, verbose: &mut u8, trace: &mut bool, pcap: &mut Option<PathBuf>) {
+        if *verbose == 0 {
+            *verbose = self.verbose.unwrap_or(0);
+        }
         *trace |= self.trace.unwrap_or(false);
         fill(pcap, &self.pcap);
     }
@@ -1827,6 +1836,88 @@ mod tests {
         let file: FileConfig = toml::from_str(toml_text).unwrap();
         file.agent(&mut a).unwrap();
         a.flow_spec().unwrap()
+    }
+
+    /// The README's example config file: every command reads its part.
+    fn readme_example() -> FileConfig {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\njson = true").unwrap() + "```toml\n".len();
+        let len = readme[start..].find("```").unwrap();
+        FileConfig::load_str(&readme[start..start + len], std::path::Path::new("README")).unwrap()
+    }
+
+    #[test]
+    fn the_readme_example_config_gives_each_command_its_part() {
+        let file = readme_example();
+        // the flags set the first account and win over the file
+        let mut a = Cli::try_parse_from(["agent", "--password", "x", "--expires", "90"])
+            .unwrap()
+            .agent;
+        file.agent(&mut a).unwrap();
+        assert_eq!(a.aor.as_deref(), Some("sip:alice@example.test"));
+        assert_eq!(a.password.as_deref(), Some("x"));
+        assert_eq!(a.expires, Some(90));
+        assert!(a.outbound);
+        assert_eq!(a.flows().unwrap().len(), 2);
+        assert_eq!(a.watcher, ["sip:carol@example.test"]);
+        assert_eq!(a.more_accounts.len(), 1);
+        let work = &a.more_accounts[0];
+        assert_eq!(work.aor.as_deref(), Some("sip:alice.work@example.test"));
+        assert_eq!(work.registrar.as_deref(), Some("sip:pbx.example.test"));
+        assert_eq!(work.user.as_deref(), Some("alice"));
+        assert_eq!(work.password.as_deref(), Some("secret"));
+        assert_eq!(work.expires, Some(300));
+        assert!(!work.outbound);
+        assert_eq!(work.flows().unwrap().len(), 1);
+        // the shared settings come along
+        assert_eq!(work.keepalive, Some(30));
+        assert_eq!(work.listen, a.listen);
+        let mut c = CallArgs::default();
+        file.calls(&mut c);
+        assert!(c.auto_answer);
+        assert_eq!(c.play.as_deref(), Some("tone:440"));
+        assert_eq!(c.record, Some(PathBuf::from("heard.wav")));
+        let r = file.for_registrar();
+        assert_eq!(r.listen, Some(vec!["udp:127.0.0.1:5060".to_owned()]));
+        assert_eq!(r.min_expires, Some(60));
+        let e = file.for_edge();
+        assert_eq!(
+            e.registrar
+                .as_ref()
+                .and_then(RegistrarKey::uri)
+                .map(String::as_str),
+            Some("sip:127.0.0.1:5070;transport=tcp")
+        );
+        assert_eq!(e.flow_timer, Some(30));
+        // the agent's listeners stay the top-level ones
+        assert_eq!(e.listen, file.listen);
+    }
+
+    #[test]
+    fn the_aor_flag_replaces_the_first_account_alone() {
+        let file: FileConfig = toml::from_str(
+            "[[account]]\naor = \"sip:a@example.test\"\nregistrar = \"sip:r.example.test\"\n\
+             [[account]]\naor = \"sip:b@example.test\"\n",
+        )
+        .unwrap();
+        let mut a = Cli::try_parse_from(["agent", "--aor", "sip:c@example.test"])
+            .unwrap()
+            .agent;
+        file.agent(&mut a).unwrap();
+        assert_eq!(a.aor.as_deref(), Some("sip:c@example.test"));
+        assert_eq!(a.registrar.as_deref(), Some("sip:r.example.test"));
+        assert_eq!(
+            a.more_accounts[0].aor.as_deref(),
+            Some("sip:b@example.test")
+        );
+        // an account without its aor is refused, naming which
+        let file: FileConfig = toml::from_str(
+            "[[account]]\naor = \"sip:a@example.test\"\n[[account]]\nuser = \"b\"\n",
+        )
+        .unwrap();
+        let mut a = Cli::try_parse_from(["agent"]).unwrap().agent;
+        let e = format!("{:#}", file.agent(&mut a).unwrap_err());
+        assert!(e.contains("[[account]] 2") && e.contains("aor"), "{e}");
     }
 
     /// `--keepalive` sets the datagram (STUN) and the stream interval,

@@ -32,7 +32,8 @@ struct Cli {
     /// Machine-readable output: one JSON object per line on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// A TOML file with the same settings as the flags (flags win).
+    /// A TOML file with the same settings as the flags (flags win), plus
+    /// `[[account]]`, `[call]`, `[registrar]` and `[edge]` tables (README).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// More logging on stderr (-v, -vv, -vvv) from siproam's own crates

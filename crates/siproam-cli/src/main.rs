@@ -33,7 +33,8 @@ struct Cli {
     /// Machine-readable output: one JSON object per line on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// A TOML file with the same settings as the flags (flags win).
+    /// A TOML file with the same settings as the flags (flags win), plus
+    /// `[[account]]`, `[call]`, `[registrar]` and `[edge]` tables (README).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// More logging on stderr (-v, -vv, -vvv) from siproam's own crates
@@ -88,9 +89,9 @@ enum Command {
         /// New requests per second one source address may send (bursts of
         /// twice that); beyond, UDP requests are dropped and stream
         /// requests answered 503. 0 turns the limit off (behind one
-        /// trusted proxy, or for a benchmark).
-        #[arg(long, value_name = "N", default_value_t = 200)]
-        max_rate_per_source: u32,
+        /// trusted proxy, or for a benchmark; default 200).
+        #[arg(long, value_name = "N")]
+        max_rate_per_source: Option<u32>,
         /// Most bindings one AoR may hold (and Contacts one REGISTER may
         /// carry); beyond it 403 (default 16).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -320,7 +321,12 @@ enum MsgAction {
 
 fn main() -> ExitCode {
     run::mark_start();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return bad_usage(&e),
+    };
+    file.globals(&mut cli.verbose, &mut cli.trace, &mut cli.pcap);
     init_logging(cli.verbose);
     if cli.trace || cli.pcap.is_some() {
         let options = siproam::wiretap::WireTapOptions {
@@ -335,18 +341,14 @@ fn main() -> ExitCode {
             Err(e) => return bad_usage(&e.into()),
         }
     }
-    let code = run_command(cli);
+    let code = run_command(cli, &file);
     // the pcap file written out and flushed, whatever the command's end
     siproam::wiretap::finish_global();
     code
 }
 
-fn run_command(cli: Cli) -> ExitCode {
+fn run_command(cli: Cli, file: &run::FileConfig) -> ExitCode {
     raise_descriptor_limit();
-    let file = match cli.config.as_deref().map(run::FileConfig::load).transpose() {
-        Ok(f) => f.unwrap_or_default(),
-        Err(e) => return bad_usage(&e),
-    };
     let json = file.json(cli.json);
     let result = match cli.command {
         Command::Msg {
@@ -358,15 +360,16 @@ fn run_command(cli: Cli) -> ExitCode {
             mut listen,
             mut users,
             mut domain,
-            max_rate_per_source,
+            mut max_rate_per_source,
             mut max_bindings,
             mut min_expires,
-            max_connections,
+            mut max_connections,
             mut tcp_keepalive,
             mut flow_timer,
             mut tls,
             mut store,
         } => {
+            let file = file.for_registrar();
             file.store(&mut store);
             if let Err(e) = file
                 .registrar(
@@ -379,6 +382,9 @@ fn run_command(cli: Cli) -> ExitCode {
                 )
                 .and_then(|()| file.tcp_keepalive(&mut tcp_keepalive))
                 .and_then(|()| file.flow_timer(&mut flow_timer))
+                .and_then(|()| {
+                    file.registrar_limits(&mut max_connections, &mut max_rate_per_source)
+                })
                 .and_then(|()| errors::check_listen(&listen))
             {
                 return bad_usage(&e);
@@ -387,7 +393,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 listen,
                 users,
                 domain,
-                max_rate_per_source,
+                max_rate_per_source.unwrap_or(200),
                 run::BindingLimits {
                     max_bindings,
                     min_expires,
@@ -404,6 +410,7 @@ fn run_command(cli: Cli) -> ExitCode {
         }
         Command::Edge { mut args } => {
             if let Err(e) = file
+                .for_edge()
                 .edge(&mut args)
                 .and_then(|()| args.check())
                 .and_then(|()| errors::check_listen(&args.listen))

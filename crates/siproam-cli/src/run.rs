@@ -515,6 +515,10 @@ pub struct AgentArgs {
     pub watcher: Vec<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// The identities after the first (`[[account]]` tables of the
+    /// `--config` file), each registered with its own flows.
+    #[arg(skip)]
+    pub more_accounts: Vec<AgentArgs>,
 }
 
 /// A `--watcher`: `*` or a `sip:`/`sips:` URI.
@@ -631,10 +635,16 @@ fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
 
 /// The settings a `--config` TOML file may hold: the same names as the
 /// flags (`listen = ["udp:127.0.0.1:5060"]`, `tls-cert = "…"`); flags win.
-#[derive(Debug, Default, serde::Deserialize)]
+/// Several identities go in `[[account]]` tables, the call options in
+/// `[call]`, the registrar's and the edge's own settings in `[registrar]`
+/// and `[edge]` (over the top-level keys, for that command alone).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     json: Option<bool>,
+    verbose: Option<u8>,
+    trace: Option<bool>,
+    pcap: Option<PathBuf>,
     listen: Option<Vec<String>>,
     users: Option<PathBuf>,
     domain: Option<String>,
@@ -642,7 +652,7 @@ pub struct FileConfig {
     min_expires: Option<u32>,
     flow_timer: Option<u32>,
     aor: Option<String>,
-    registrar: Option<String>,
+    registrar: Option<RegistrarKey>,
     user: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
@@ -677,7 +687,111 @@ pub struct FileConfig {
     aggressive_gc: Option<bool>,
     max_connections: Option<u32>,
     max_rate_per_source: Option<u32>,
+    #[serde(alias = "watcher")]
     watchers: Option<Vec<String>>,
+    #[serde(rename = "account")]
+    accounts: Option<Vec<AccountTable>>,
+    call: Option<CallTable>,
+    edge: Option<EdgeTable>,
+}
+
+/// The top-level `registrar`: the agent's (or the edge's) registrar URI,
+/// or the `[registrar]` table of `siproam registrar`'s own settings.
+#[derive(Debug, Clone)]
+enum RegistrarKey {
+    Uri(String),
+    Table(Box<RegistrarTable>),
+}
+
+impl<'de> serde::Deserialize<'de> for RegistrarKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(uri) => Ok(RegistrarKey::Uri(uri)),
+            t @ toml::Value::Table(_) => t
+                .try_into()
+                .map(|t| RegistrarKey::Table(Box::new(t)))
+                .map_err(|e| D::Error::custom(format!("[registrar]: {e}"))),
+            _ => Err(D::Error::custom(
+                "registrar: a URI (the agent's or the edge's) or the [registrar] table",
+            )),
+        }
+    }
+}
+
+impl RegistrarKey {
+    fn uri(&self) -> Option<&String> {
+        match self {
+            RegistrarKey::Uri(u) => Some(u),
+            RegistrarKey::Table(_) => None,
+        }
+    }
+}
+
+/// `[registrar]`: `siproam registrar`'s settings (over the top-level
+/// ones).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RegistrarTable {
+    listen: Option<Vec<String>>,
+    users: Option<PathBuf>,
+    domain: Option<String>,
+    max_bindings: Option<u32>,
+    min_expires: Option<u32>,
+    flow_timer: Option<u32>,
+    tcp_keepalive: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    store: Option<String>,
+    service_route: Option<Vec<String>>,
+    max_connections: Option<u32>,
+    max_rate_per_source: Option<u32>,
+}
+
+/// `[edge]`: `siproam edge`'s settings (over the top-level ones).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct EdgeTable {
+    listen: Option<Vec<String>>,
+    registrar: Option<String>,
+    flow_timer: Option<u32>,
+    flow_grace: Option<u64>,
+    flow_idle: Option<u64>,
+    flow_key_file: Option<PathBuf>,
+    aggressive_gc: Option<bool>,
+    max_connections: Option<u32>,
+    max_rate_per_source: Option<u32>,
+    store: Option<String>,
+}
+
+/// `[call]`: the call options of `agent` and `call`.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CallTable {
+    auto_answer: Option<bool>,
+    play: Option<String>,
+    record: Option<PathBuf>,
+    max_ringing: Option<usize>,
+    max_calls: Option<usize>,
+    no_answer: Option<u64>,
+}
+
+/// One `[[account]]`: an identity the agent registers, with its flows.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AccountTable {
+    aor: Option<String>,
+    registrar: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    expires: Option<u32>,
+    outbound: Option<bool>,
+    reg_id: Option<u32>,
+    instance_id: Option<String>,
+    outbound_proxy: Option<Vec<String>>,
+    flow_from: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -685,12 +799,136 @@ impl FileConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<FileConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+        Self::load_str(&text, path)
+    }
+
+    fn load_str(text: &str, path: &std::path::Path) -> anyhow::Result<FileConfig> {
+        toml::from_str(text).with_context(|| format!("in {}", path.display()))
     }
 
     /// `--json` from the file when the flag was not given.
     pub fn json(&self, flag: bool) -> bool {
         flag || self.json.unwrap_or(false)
+    }
+
+    /// `-v`, `--trace` and `--pcap` from the file when the flags were not
+    /// given (`verbose = 2` is `-vv`).
+    pub fn globals(&self, verbose: &mut u8, trace: &mut bool, pcap: &mut Option<PathBuf>) {
+        if *verbose == 0 {
+            *verbose = self.verbose.unwrap_or(0);
+        }
+        *trace |= self.trace.unwrap_or(false);
+        fill(pcap, &self.pcap);
+    }
+
+    /// What `siproam registrar` reads: the top-level keys with its
+    /// `[registrar]` table over them.
+    pub fn for_registrar(&self) -> FileConfig {
+        let mut f = self.clone();
+        if let Some(RegistrarKey::Table(t)) = &self.registrar {
+            let t = t.as_ref().clone();
+            over(&mut f.listen, t.listen);
+            over(&mut f.users, t.users);
+            over(&mut f.domain, t.domain);
+            over(&mut f.max_bindings, t.max_bindings);
+            over(&mut f.min_expires, t.min_expires);
+            over(&mut f.flow_timer, t.flow_timer);
+            over(&mut f.tcp_keepalive, t.tcp_keepalive);
+            over(&mut f.tls_cert, t.tls_cert);
+            over(&mut f.tls_key, t.tls_key);
+            over(&mut f.ca, t.ca);
+            over(&mut f.store, t.store);
+            over(&mut f.service_route, t.service_route);
+            over(&mut f.max_connections, t.max_connections);
+            over(&mut f.max_rate_per_source, t.max_rate_per_source);
+        }
+        f
+    }
+
+    /// What `siproam edge` reads: the top-level keys with its `[edge]`
+    /// table over them.
+    pub fn for_edge(&self) -> FileConfig {
+        let mut f = self.clone();
+        if let Some(t) = self.edge.clone() {
+            over(&mut f.listen, t.listen);
+            if let Some(uri) = t.registrar {
+                f.registrar = Some(RegistrarKey::Uri(uri));
+            }
+            over(&mut f.flow_timer, t.flow_timer);
+            over(&mut f.flow_grace, t.flow_grace);
+            over(&mut f.flow_idle, t.flow_idle);
+            over(&mut f.flow_key_file, t.flow_key_file);
+            over(&mut f.aggressive_gc, t.aggressive_gc);
+            over(&mut f.max_connections, t.max_connections);
+            over(&mut f.max_rate_per_source, t.max_rate_per_source);
+            over(&mut f.store, t.store);
+        }
+        f
+    }
+
+    /// The registrar's `max-connections` and `max-rate-per-source` from
+    /// the file when the flags were not given.
+    pub fn registrar_limits(
+        &self,
+        max_connections: &mut Option<u32>,
+        max_rate_per_source: &mut Option<u32>,
+    ) -> anyhow::Result<()> {
+        if max_connections.is_none() {
+            anyhow::ensure!(
+                self.max_connections != Some(0),
+                "max-connections must be at least 1"
+            );
+            *max_connections = self.max_connections;
+        }
+        fill(max_rate_per_source, &self.max_rate_per_source);
+        Ok(())
+    }
+
+    /// What the agent reads for its first identity: the top-level keys,
+    /// or the first `[[account]]` (the two forms cannot go together).
+    fn first_account(&self) -> anyhow::Result<FileConfig> {
+        let Some(first) = self.accounts.as_ref().and_then(|a| a.first()) else {
+            return Ok(self.clone());
+        };
+        let top: Vec<&str> = [
+            ("aor", self.aor.is_some()),
+            (
+                "registrar",
+                self.registrar.as_ref().is_some_and(|r| r.uri().is_some()),
+            ),
+            ("user", self.user.is_some()),
+            ("password", self.password.is_some()),
+            ("password-file", self.password_file.is_some()),
+            ("expires", self.expires.is_some()),
+            ("outbound", self.outbound.is_some()),
+            ("reg-id", self.reg_id.is_some()),
+            ("instance-id", self.instance_id.is_some()),
+            ("outbound-proxy", self.outbound_proxy.is_some()),
+            ("flow-from", self.flow_from.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        anyhow::ensure!(
+            top.is_empty(),
+            "{} at the top level and [[account]] tables cannot go together: \
+             move them into an [[account]] (the first one is the top-level form)",
+            top.join(", ")
+        );
+        let a = first.clone();
+        let mut f = self.clone();
+        f.aor = a.aor;
+        f.registrar = a.registrar.map(RegistrarKey::Uri);
+        f.user = a.user;
+        f.password = a.password;
+        f.password_file = a.password_file;
+        f.expires = a.expires;
+        f.outbound = a.outbound;
+        f.reg_id = a.reg_id;
+        f.instance_id = a.instance_id;
+        f.outbound_proxy = a.outbound_proxy;
+        f.flow_from = a.flow_from;
+        Ok(f)
     }
 
     /// Fills what the registrar's flags left out.
@@ -754,7 +992,10 @@ impl FileConfig {
         if e.listen.is_empty() {
             e.listen.extend(self.listen.clone().unwrap_or_default());
         }
-        fill(&mut e.registrar, &self.registrar);
+        fill(
+            &mut e.registrar,
+            &self.registrar.as_ref().and_then(RegistrarKey::uri).cloned(),
+        );
         self.flow_timer(&mut e.flow_timer)?;
         fill(&mut e.flow_grace, &self.flow_grace);
         if e.flow_idle.is_none() {
@@ -796,15 +1037,34 @@ impl FileConfig {
         fill(&mut tls.ca, &self.ca);
     }
 
-    /// Fills the call options the flags left out.
+    /// Fills the call options the flags left out (from `[call]`, else
+    /// the top-level `max-ringing`, `max-calls`, `no-answer`).
     pub fn calls(&self, c: &mut CallArgs) {
-        fill(&mut c.max_ringing, &self.max_ringing);
-        fill(&mut c.max_calls, &self.max_calls);
-        fill(&mut c.no_answer, &self.no_answer);
+        let t = self.call.clone().unwrap_or_default();
+        c.auto_answer |= t.auto_answer.unwrap_or(false);
+        fill(&mut c.play, &t.play);
+        fill(&mut c.record, &t.record);
+        fill(&mut c.max_ringing, &t.max_ringing.or(self.max_ringing));
+        fill(&mut c.max_calls, &t.max_calls.or(self.max_calls));
+        fill(&mut c.no_answer, &t.no_answer.or(self.no_answer));
     }
 
-    /// Fills what the agent's flags left out.
+    /// Fills what the agent's flags left out: its first identity from the
+    /// top-level keys or the first `[[account]]`, the other accounts in
+    /// `more_accounts`.
     pub fn agent(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
+        let first = self.first_account()?;
+        first.agent_first(a)?;
+        for (i, acc) in self.accounts.iter().flatten().enumerate().skip(1) {
+            a.more_accounts.push(
+                acc.identity(a)
+                    .with_context(|| format!("[[account]] {}", i + 1))?,
+            );
+        }
+        Ok(())
+    }
+
+    fn agent_first(&self, a: &mut AgentArgs) -> anyhow::Result<()> {
         if self.no_listen == Some(true) && self.listen.as_ref().is_some_and(|l| !l.is_empty()) {
             anyhow::bail!("no-listen and listen cannot go together");
         }
@@ -832,7 +1092,10 @@ impl FileConfig {
             }
         }
         fill(&mut a.aor, &self.aor);
-        fill(&mut a.registrar, &self.registrar);
+        fill(
+            &mut a.registrar,
+            &self.registrar.as_ref().and_then(RegistrarKey::uri).cloned(),
+        );
         fill(&mut a.keepalive, &self.keepalive);
         fill(&mut a.keepalive_stream, &self.keepalive_stream);
         fill(&mut a.pong_timeout, &self.pong_timeout);
@@ -909,6 +1172,41 @@ fn read_password_file(path: &std::path::Path) -> anyhow::Result<String> {
         path.display()
     );
     Ok(line.to_owned())
+}
+
+impl AccountTable {
+    /// The agent's settings for this account: the first identity's with
+    /// this account's own keys instead (the flags set the first alone).
+    fn identity(&self, first: &AgentArgs) -> anyhow::Result<AgentArgs> {
+        let aor = self.aor.clone().context("aor is required")?;
+        anyhow::ensure!(self.reg_id != Some(0), "reg-id must be at least 1");
+        let password = match (&self.password_file, &self.password) {
+            (Some(path), _) => Some(read_password_file(path)?),
+            (None, p) => p.clone(),
+        };
+        Ok(AgentArgs {
+            aor: Some(aor),
+            registrar: self.registrar.clone(),
+            user: self.user.clone(),
+            password,
+            password_file: None,
+            expires: self.expires,
+            outbound: self.outbound.unwrap_or(false),
+            reg_id: self.reg_id,
+            instance_id: self.instance_id.clone(),
+            outbound_proxy: self.outbound_proxy.clone().unwrap_or_default(),
+            flow_from: self.flow_from.clone().unwrap_or_default(),
+            more_accounts: Vec::new(),
+            ..first.clone()
+        })
+    }
+}
+
+/// `from` over `slot` when it is set.
+fn over<T>(slot: &mut Option<T>, from: Option<T>) {
+    if from.is_some() {
+        *slot = from;
+    }
 }
 
 fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
@@ -1241,7 +1539,9 @@ pub async fn agent(
             seed: seed(),
             // SUBSCRIBEs to our AoR's user (registered or not), from the
             // watchers we were given
-            local_aors: vec![aor.clone()],
+            local_aors: std::iter::once(aor.clone())
+                .chain(args.more_accounts.iter().filter_map(|a| a.aor.clone()))
+                .collect(),
             watchers: args.watcher.clone(),
             ..Default::default()
         },
@@ -1254,28 +1554,32 @@ pub async fn agent(
     };
     let mut ep = EndpointHandle::start(ep_cfg, Box::new(phone)).await?;
     announce_listeners(&ep, json_out).await?;
-    // one account per flow of the identity (RFC 5626: the same AoR and
-    // instance, reg-id 1, 2, …)
+    // one account per flow of each identity (RFC 5626: the same AoR and
+    // instance, reg-id 1, 2, …); the identities of `[[account]]` tables
+    // after the first
     let mut accounts = Vec::new();
-    if let Some(registrar) = &args.registrar {
-        let instance = match &args.instance_id {
-            Some(urn) => urn.clone(),
-            None => kept_instance_id(&aor, args.state_dir.as_deref())?,
+    for id in std::iter::once(&args).chain(&args.more_accounts) {
+        let (Some(registrar), Some(aor)) = (&id.registrar, &id.aor) else {
+            continue;
         };
-        for (reg_id, flow) in args.flows()? {
+        let instance = match &id.instance_id {
+            Some(urn) => urn.clone(),
+            None => kept_instance_id(aor, id.state_dir.as_deref())?,
+        };
+        for (reg_id, flow) in id.flows()? {
             let first_hop_of_account = flow.outbound_proxy.clone();
             accounts.push(
                 ep.register(AccountSpec {
                     aor: aor.clone(),
                     registrar: registrar.clone(),
-                    username: args.user.clone(),
-                    password: args.password.clone(),
+                    username: id.user.clone(),
+                    password: id.password.clone(),
                     instance_id: Some(instance.clone()),
-                    outbound: args.outbound,
+                    outbound: id.outbound,
                     reg_id,
-                    expires: args.expires.unwrap_or(600),
-                    ipv6_sip: args.ipv6_sip.unwrap_or_default(),
-                    ipv6_media: args.ipv6_media.unwrap_or_default(),
+                    expires: id.expires.unwrap_or(600),
+                    ipv6_sip: id.ipv6_sip.unwrap_or_default(),
+                    ipv6_media: id.ipv6_media.unwrap_or_default(),
                     ip_change: None,
                     flow,
                 })
@@ -1674,6 +1978,88 @@ mod tests {
         let file: FileConfig = toml::from_str(toml_text).unwrap();
         file.agent(&mut a).unwrap();
         a.flow_spec().unwrap()
+    }
+
+    /// The README's example config file: every command reads its part.
+    fn readme_example() -> FileConfig {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\njson = true").unwrap() + "```toml\n".len();
+        let len = readme[start..].find("```").unwrap();
+        FileConfig::load_str(&readme[start..start + len], std::path::Path::new("README")).unwrap()
+    }
+
+    #[test]
+    fn the_readme_example_config_gives_each_command_its_part() {
+        let file = readme_example();
+        // the flags set the first account and win over the file
+        let mut a = Cli::try_parse_from(["agent", "--password", "x", "--expires", "90"])
+            .unwrap()
+            .agent;
+        file.agent(&mut a).unwrap();
+        assert_eq!(a.aor.as_deref(), Some("sip:alice@example.test"));
+        assert_eq!(a.password.as_deref(), Some("x"));
+        assert_eq!(a.expires, Some(90));
+        assert!(a.outbound);
+        assert_eq!(a.flows().unwrap().len(), 2);
+        assert_eq!(a.watcher, ["sip:carol@example.test"]);
+        assert_eq!(a.more_accounts.len(), 1);
+        let work = &a.more_accounts[0];
+        assert_eq!(work.aor.as_deref(), Some("sip:alice.work@example.test"));
+        assert_eq!(work.registrar.as_deref(), Some("sip:pbx.example.test"));
+        assert_eq!(work.user.as_deref(), Some("alice"));
+        assert_eq!(work.password.as_deref(), Some("secret"));
+        assert_eq!(work.expires, Some(300));
+        assert!(!work.outbound);
+        assert_eq!(work.flows().unwrap().len(), 1);
+        // the shared settings come along
+        assert_eq!(work.keepalive, Some(30));
+        assert_eq!(work.listen, a.listen);
+        let mut c = CallArgs::default();
+        file.calls(&mut c);
+        assert!(c.auto_answer);
+        assert_eq!(c.play.as_deref(), Some("tone:440"));
+        assert_eq!(c.record, Some(PathBuf::from("heard.wav")));
+        let r = file.for_registrar();
+        assert_eq!(r.listen, Some(vec!["udp:127.0.0.1:5060".to_owned()]));
+        assert_eq!(r.min_expires, Some(60));
+        let e = file.for_edge();
+        assert_eq!(
+            e.registrar
+                .as_ref()
+                .and_then(RegistrarKey::uri)
+                .map(String::as_str),
+            Some("sip:127.0.0.1:5070;transport=tcp")
+        );
+        assert_eq!(e.flow_timer, Some(30));
+        // the agent's listeners stay the top-level ones
+        assert_eq!(e.listen, file.listen);
+    }
+
+    #[test]
+    fn the_aor_flag_replaces_the_first_account_alone() {
+        let file: FileConfig = toml::from_str(
+            "[[account]]\naor = \"sip:a@example.test\"\nregistrar = \"sip:r.example.test\"\n\
+             [[account]]\naor = \"sip:b@example.test\"\n",
+        )
+        .unwrap();
+        let mut a = Cli::try_parse_from(["agent", "--aor", "sip:c@example.test"])
+            .unwrap()
+            .agent;
+        file.agent(&mut a).unwrap();
+        assert_eq!(a.aor.as_deref(), Some("sip:c@example.test"));
+        assert_eq!(a.registrar.as_deref(), Some("sip:r.example.test"));
+        assert_eq!(
+            a.more_accounts[0].aor.as_deref(),
+            Some("sip:b@example.test")
+        );
+        // an account without its aor is refused, naming which
+        let file: FileConfig = toml::from_str(
+            "[[account]]\naor = \"sip:a@example.test\"\n[[account]]\nuser = \"b\"\n",
+        )
+        .unwrap();
+        let mut a = Cli::try_parse_from(["agent"]).unwrap().agent;
+        let e = format!("{:#}", file.agent(&mut a).unwrap_err());
+        assert!(e.contains("[[account]] 2") && e.contains("aor"), "{e}");
     }
 
     /// `--keepalive` sets the datagram (STUN) and the stream interval,

@@ -1500,6 +1500,8 @@ fn a_call_ringing_when_its_address_goes_is_cancelled_and_invited_again_from_the_
             state: CallState::Confirmed,
             code: Some(200),
             body: Some(sdp("answer")),
+            peer: None,
+            end: None,
         }]
     );
 

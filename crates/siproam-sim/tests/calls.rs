@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_core::{
-    CallEvent, CallId, CallMove, CallMoveAction, CallState, Config, CoreError, Event, InviteSpec,
-    Target, Transport,
+    CallEnd, CallEndReason, CallEndedBy, CallEvent, CallId, CallMove, CallMoveAction, CallState,
+    Config, CoreError, Event, InviteSpec, Target, Transport,
 };
 mod support;
 
@@ -817,6 +817,21 @@ fn a_refresh_timing_out_during_a_network_change_does_not_end_the_call() {
             CallEvent::State {
                 state: CallState::Disconnected,
                 code: Some(408),
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    // and it says we gave up on an unanswered request
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            CallEvent::State {
+                state: CallState::Disconnected,
+                end: Some(CallEnd {
+                    by: CallEndedBy::Local,
+                    reason: CallEndReason::Timeout,
+                }),
                 ..
             }
         )),

@@ -2271,3 +2271,48 @@ pub(crate) fn reason(code: u16) -> &'static str {
         },
     }
 }
+
+#[cfg(test)]
+mod peer_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::Config;
+
+    /// Issue 15: an incoming call names its caller — the From URI and
+    /// display name on its `Incoming` event.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn an_incoming_call_names_its_caller() {
+        let now = Instant::now();
+        let mut ep = Endpoint::new(Config::default());
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
+        let invite = "INVITE sip:bob@127.0.0.1:5060 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-peer-1\r\n\
+            Max-Forwards: 70\r\n\
+            From: \"Alice Liddell\" <sip:alice@example.test>;tag=a1\r\n\
+            To: <sip:bob@example.test>\r\n\
+            Call-ID: peer-test-1\r\n\
+            CSeq: 1 INVITE\r\n\
+            Contact: <sip:alice@127.0.0.2:5070>\r\n\
+            Content-Length: 0\r\n\r\n";
+        ep.handle_datagram(now, local, remote, Bytes::from(invite));
+        let peer = std::iter::from_fn(|| ep.poll_event())
+            .find_map(|e| match e {
+                Event::Call(CallEvent::State {
+                    state: CallState::Incoming,
+                    peer,
+                    ..
+                }) => Some(peer),
+                _ => None,
+            })
+            .expect("an incoming call");
+        assert_eq!(
+            peer,
+            Some(CallPeer {
+                uri: "sip:alice@example.test".into(),
+                display: Some("Alice Liddell".into()),
+            })
+        );
+    }
+}

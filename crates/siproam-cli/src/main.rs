@@ -1,6 +1,7 @@
 //! The `siproam` command line (see `docs/cli.md` in the design notes):
 //! the only crate with clap and anyhow.
 
+mod agent_state;
 mod bench;
 mod bench_attack;
 mod bench_edge;
@@ -129,6 +130,7 @@ enum Command {
         args: edge_cmd::EdgeArgs,
     },
     /// A long-running user agent: registers, places and answers calls.
+    #[command(after_help = run::AGENT_COMMANDS_HELP)]
     Agent {
         #[command(flatten)]
         agent: run::AgentArgs,

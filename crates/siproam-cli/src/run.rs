@@ -82,6 +82,28 @@ fn ms_since_start(at: Instant) -> f64 {
     })
 }
 
+/// The agent's stdin commands, one a line (`agent --help`).
+pub const AGENT_COMMANDS_HELP: &str = "\
+Commands on stdin, one a line (CALL is a call's number, the current call when left out):
+  call URI                   place a call
+  answer [CALL]              answer an incoming call
+  hangup [CALL]              end a call (BYE, CANCEL, or 486 to an incoming one)
+  hold [CALL]                put a call on hold (a re-INVITE, sendonly)
+  unhold [CALL]              take it off hold
+  ip-change [ADDR]           move to a new local address (none: restart in place)
+  dtmf [CALL] DIGITS         send DTMF digits (RFC 4733)
+  transfer [CALL] URI        blind transfer (REFER)
+  transfer CALL OTHER_CALL   attended transfer (REFER with Replaces)
+  subscribe URI EVENT        subscribe to presence or message-summary
+  unsubscribe SUB            end a subscription
+  message URI TEXT           send a MESSAGE
+  status                     accounts, calls, flows, subscriptions and addresses
+  quit                       unregister and exit";
+
+/// The commands in brief, for an unknown command's `error` event.
+const AGENT_COMMANDS_BRIEF: &str = "call, answer, hangup, hold, unhold, ip-change, dtmf, \
+transfer, subscribe, unsubscribe, message, status, quit";
+
 /// Prints one event: JSON when asked, a short line otherwise.
 pub fn emit(json_out: bool, v: Value) {
     emit_at(json_out, v, Instant::now());
@@ -620,10 +642,11 @@ pub(crate) fn parse_hosts(hosts: &[String]) -> anyhow::Result<Vec<(String, std::
         .collect()
 }
 
-fn registration_json(r: &siproam::core::RegistrationEvent) -> Value {
+fn registration_json(r: &siproam::core::RegistrationEvent, aor: Option<&String>) -> Value {
     json!({
         "event": "registration",
         "account": r.account.0,
+        "aor": aor,
         "state": r.state.as_str(),
         "contact": r.contact,
         "code": r.code,
@@ -1558,6 +1581,8 @@ pub async fn agent(
     // instance, reg-id 1, 2, …); the identities of `[[account]]` tables
     // after the first
     let mut accounts = Vec::new();
+    // each account's address of record (several with `[[account]]`)
+    let mut account_aors = std::collections::BTreeMap::new();
     for id in std::iter::once(&args).chain(&args.more_accounts) {
         let (Some(registrar), Some(aor)) = (&id.registrar, &id.aor) else {
             continue;
@@ -1592,6 +1617,9 @@ pub async fn agent(
                     crate::errors::register_error(e, role, hop)
                 })?,
             );
+            if let Some(acc) = accounts.last() {
+                account_aors.insert(acc.0, aor.clone());
+            }
         }
     }
     // calls go to the first outbound proxy, else the registrar (with
@@ -1642,6 +1670,8 @@ pub async fn agent(
     // the subscriptions we serve, ended with a final NOTIFY when we quit
     // the subscriptions held and served, ended when we go away
     let mut subscriptions = std::collections::HashSet::new();
+    // what the events told, for `status`
+    let mut state = crate::agent_state::AgentState::new(&aor, account_aors.clone());
     loop {
         tokio::select! {
             () = &mut stop => break,
@@ -1661,10 +1691,23 @@ pub async fn agent(
                     let r = match (cmd, target) {
                         ("", _) => Ok(()),
                         ("quit", _) => break,
-                        ("status", _) => {
-                            emit(json_out, last.clone().unwrap_or_else(|| json!({"event": "registration", "state": "unregistered"})));
-                            Ok(())
-                        }
+                        ("status", _) => match ep.listeners().await {
+                            Ok(listeners) => {
+                                let s = state.status_json(&listeners, Instant::now());
+                                if json_out {
+                                    // the last registration event first, as
+                                    // `status` told before the `status` event
+                                    emit(json_out, last.clone().unwrap_or_else(|| json!({"event": "registration", "state": "unregistered"})));
+                                    emit(json_out, s);
+                                } else {
+                                    for l in crate::agent_state::status_lines(&s) {
+                                        println!("{l}");
+                                    }
+                                }
+                                Ok(())
+                            }
+                            Err(e) => Err(e.into()),
+                        },
                         ("call", _) => match arg {
                             Some(uri) => match crate::errors::check_call_uri("call", uri) {
                                 Ok(()) => ep.call(uri, &aor, first_hop).await.map(|id| {
@@ -1676,8 +1719,10 @@ pub async fn agent(
                         },
                         ("answer", Some(c)) => ep.phone(PhoneCommand::Answer(c)).await.map_err(anyhow::Error::from),
                         ("hangup", Some(c)) => ep.phone(PhoneCommand::HangUp(c)).await.map_err(anyhow::Error::from),
-                        ("hold", Some(c)) => ep.phone(PhoneCommand::Hold(c, true)).await.map_err(anyhow::Error::from),
-                        ("unhold", Some(c)) => ep.phone(PhoneCommand::Hold(c, false)).await.map_err(anyhow::Error::from),
+                        ("hold" | "unhold", Some(c)) => {
+                            let hold = cmd == "hold";
+                            ep.phone(PhoneCommand::Hold(c, hold)).await.map(|_| state.hold_asked(c, hold)).map_err(anyhow::Error::from)
+                        }
                         ("answer" | "hangup" | "hold" | "unhold", None) => Err(anyhow::anyhow!("no call")),
                         // `dtmf [CALL] DIGITS`: digits alone look like a
                         // call number, so the count of words decides
@@ -1725,7 +1770,7 @@ pub async fn agent(
                             Some(id) => ep.unsubscribe(SubId(id)).await.map_err(anyhow::Error::from),
                             None => Err(anyhow::anyhow!("unsubscribe SUB")),
                         },
-                        (other, _) => Err(anyhow::anyhow!("unknown command {other:?}")),
+                        (other, _) => Err(anyhow::anyhow!("unknown command {other:?} (commands: {AGENT_COMMANDS_BRIEF})")),
                     };
                     if let Err(e) = r {
                         emit(json_out, json!({"event": "error", "command": cmd, "reason": crate::errors::report(&e)}));
@@ -1740,7 +1785,8 @@ pub async fn agent(
             },
             ev = ep.next_event() => match ev {
                 Some(EndpointEvent::Core(Event::Registration(r))) => {
-                    let v = registration_json(&r);
+                    let v = registration_json(&r, account_aors.get(&r.account.0));
+                    state.registration(&v, Instant::now());
                     last = Some(v.clone());
                     emit(json_out, v);
                     if r.state == RegistrationState::Failed {
@@ -1814,10 +1860,17 @@ pub async fn agent(
                             answered = true;
                         }
                     }
+                    let fields = state.call_fields(&c);
                     if let Some(mut v) = call_json(&c) {
+                        if let (Some(o), Value::Object(more)) = (v.as_object_mut(), fields) {
+                            o.extend(more);
+                        }
                         if let (Some(r), Some(o)) = (reason, v.as_object_mut()) {
                             o.insert("reason".into(), json!(r));
                         }
+                        emit(json_out, v);
+                    }
+                    if let Some(v) = state.hold_outcome(&c) {
                         emit(json_out, v);
                     }
                     if exit_after_call && call_failure.is_some() {
@@ -1825,7 +1878,11 @@ pub async fn agent(
                     }
                 }
                 Some(EndpointEvent::IpChange(c)) => emit(json_out, ip_change_json(&c)),
-                Some(EndpointEvent::Core(Event::Flow(f))) => emit(json_out, flow_json(&f)),
+                Some(EndpointEvent::Core(Event::Flow(f))) => {
+                    let v = flow_json(&f);
+                    state.flow(&v);
+                    emit(json_out, v);
+                }
                 Some(EndpointEvent::Core(Event::FlowTerminated(t))) => {
                     emit(json_out, flow_terminated_json(&t))
                 }
@@ -1846,7 +1903,9 @@ pub async fn agent(
                     } else {
                         subscriptions.insert(s.sub);
                     }
-                    emit(json_out, subscription_json(&s));
+                    let v = subscription_json(&s);
+                    state.subscription(&v);
+                    emit(json_out, v);
                 }
                 // the peer's first RTP packet on our new media address
                 Some(EndpointEvent::MediaMoved { call, local, .. }) => emit(
@@ -1854,7 +1913,9 @@ pub async fn agent(
                     json!({"event": "media_moved", "call": call.0, "local": local.to_string()}),
                 ),
                 Some(EndpointEvent::Media(m)) => {
-                    emit(json_out, media_json(&m));
+                    let v = media_json(&m);
+                    state.media(&v);
+                    emit(json_out, v);
                     if m.last && exit_after_call {
                         break;
                     }
@@ -1880,7 +1941,11 @@ pub async fn agent(
                         break;
                     }
                     EndpointEvent::Core(Event::Call(c)) => {
-                        if let Some(v) = call_json(&c) {
+                        let fields = state.call_fields(&c);
+                        if let Some(mut v) = call_json(&c) {
+                            if let (Some(o), Value::Object(more)) = (v.as_object_mut(), fields) {
+                                o.extend(more);
+                            }
                             emit(json_out, v);
                         }
                     }
@@ -1931,7 +1996,10 @@ pub async fn agent(
             while let Some(ev) = ep.next_event().await {
                 match ev {
                     EndpointEvent::Core(Event::Registration(r)) => {
-                        emit(json_out, registration_json(&r));
+                        emit(
+                            json_out,
+                            registration_json(&r, account_aors.get(&r.account.0)),
+                        );
                         if r.state == RegistrationState::Unregistered {
                             pending -= 1;
                             if pending == 0 {

@@ -74,14 +74,16 @@ expires = 300
     // alice: the flag's 450; bob: his 300, raised to the registrar's
     // min-expires (423 then 400)
     let expires = |user: &str| {
-        agent.seen_or_wait(&format!("{user} registered"), |v| {
+        let ev = agent.seen_or_wait(&format!("{user} registered"), |v| {
             v["event"] == "registration"
                 && v["state"] == "registered"
                 && v["contact"]
                     .as_str()
                     .is_some_and(|c| c.starts_with(&format!("sip:{user}@")))
-        })["expires"]
-            .clone()
+        });
+        // each account's event names its own address of record
+        assert_eq!(ev["aor"], format!("sip:{user}@example.test"), "{ev}");
+        ev["expires"].clone()
     };
     assert_eq!(expires("alice"), 450);
     assert_eq!(expires("bob"), 400);

@@ -56,6 +56,100 @@ impl CallState {
     }
 }
 
+/// The other party of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallPeer {
+    /// Its URI (the callee's, or the caller's From URI).
+    pub uri: String,
+    /// Its display name (the caller's From), if it gave one.
+    pub display: Option<String>,
+}
+
+/// Which side ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEndedBy {
+    /// We did (hung up, cancelled, refused, or gave up on the network).
+    Local,
+    /// The peer did (BYE, CANCEL, or a failure response).
+    Remote,
+}
+
+impl CallEndedBy {
+    /// `local` or `remote` (the `call` event's `by`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallEndedBy::Local => "local",
+            CallEndedBy::Remote => "remote",
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEndReason {
+    /// A BYE.
+    Hangup,
+    /// A CANCEL before the answer.
+    Cancelled,
+    /// A final failure response to the INVITE (sent or received).
+    Rejected {
+        /// Its status.
+        code: u16,
+        /// Its reason phrase.
+        phrase: String,
+    },
+    /// A request got no answer.
+    Timeout,
+    /// The connection or the packet's way failed.
+    TransportFailure,
+}
+
+impl CallEndReason {
+    /// The `call` event's `reason`: `hangup`, `cancelled`, `486 Busy
+    /// Here`, `timeout`, `transport failure`.
+    pub fn text(&self) -> String {
+        match self {
+            CallEndReason::Hangup => "hangup".into(),
+            CallEndReason::Cancelled => "cancelled".into(),
+            CallEndReason::Rejected { code, phrase } => format!("{code} {phrase}"),
+            CallEndReason::Timeout => "timeout".into(),
+            CallEndReason::TransportFailure => "transport failure".into(),
+        }
+    }
+}
+
+/// Who ended a call and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEnd {
+    /// Which side.
+    pub by: CallEndedBy,
+    /// Why.
+    pub reason: CallEndReason,
+}
+
+impl CallEnd {
+    fn new(by: CallEndedBy, reason: CallEndReason) -> CallEnd {
+        CallEnd { by, reason }
+    }
+
+    /// A final failure response `code` (with the standard phrase when
+    /// `phrase` is empty).
+    fn rejected(by: CallEndedBy, code: u16, phrase: &str) -> CallEnd {
+        let phrase = if phrase.is_empty() {
+            reason(code)
+        } else {
+            phrase
+        };
+        CallEnd::new(
+            by,
+            CallEndReason::Rejected {
+                code,
+                phrase: phrase.to_owned(),
+            },
+        )
+    }
+}
+
 /// What happened to a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,6 +164,11 @@ pub enum CallEvent {
         code: Option<u16>,
         /// The peer's body (an SDP offer or answer) that came with it.
         body: Option<Bytes>,
+        /// Who the call is with: on `Calling` and `Incoming` (the callee's
+        /// URI, or the caller's From).
+        peer: Option<CallPeer>,
+        /// Who ended the call and why: on `Disconnected`.
+        end: Option<CallEnd>,
     },
     /// The peer sent a new offer in a re-INVITE or UPDATE: answer it with
     /// [`Endpoint::answer_offer`] (or the request is answered 488 after
@@ -448,12 +547,33 @@ impl Endpoint {
         code: Option<u16>,
         body: Option<Bytes>,
     ) {
+        let peer = match state {
+            CallState::Calling | CallState::Incoming => self.calls.get(call).map(|c| CallPeer {
+                uri: c.remote_uri.clone(),
+                display: match &c.phase {
+                    CallPhase::Incoming { request, .. } => request
+                        .from()
+                        .ok()
+                        .and_then(|f| f.display_name().map(|d| d.into_owned()))
+                        .filter(|d| !d.is_empty()),
+                    _ => None,
+                },
+            }),
+            _ => None,
+        };
         self.call_event(CallEvent::State {
             call,
             state,
             code,
             body,
+            peer,
+            end: None,
         });
+        self.after_state(call, state, code);
+    }
+
+    /// What follows a call's state change (a transfer's progress).
+    fn after_state(&mut self, call: CallId, state: CallState, code: Option<u16>) {
         if let Some(now) = self.clock {
             self.transfer_call_state(now, call, state, code);
         }
@@ -497,11 +617,19 @@ impl Endpoint {
     }
 
     /// The call ended: reported, its timers cancelled, forgotten.
-    fn end_call(&mut self, id: CallId, code: Option<u16>, body: Option<Bytes>) {
+    fn end_call(&mut self, id: CallId, code: Option<u16>, body: Option<Bytes>, end: CallEnd) {
         if self.calls.remove(id).is_none() {
             return;
         }
-        self.state_event(id, CallState::Disconnected, code, body);
+        self.call_event(CallEvent::State {
+            call: id,
+            state: CallState::Disconnected,
+            code,
+            body,
+            peer: None,
+            end: Some(end),
+        });
+        self.after_state(id, CallState::Disconnected, code);
         self.timers.cancel_all(TimerOwner::Call(id.0));
     }
 
@@ -1102,7 +1230,19 @@ impl Endpoint {
             180 => self.set_progress(call, Progress::Ringing, Some(180), None),
             181..=199 => self.set_progress(call, Progress::Early, Some(code), None),
             200..=299 => self.await_ack(now, call, resp),
-            _ => self.end_call(call, Some(code), None),
+            // 487: the caller's CANCEL
+            487 => self.end_call(
+                call,
+                Some(code),
+                None,
+                CallEnd::new(CallEndedBy::Remote, CallEndReason::Cancelled),
+            ),
+            _ => self.end_call(
+                call,
+                Some(code),
+                None,
+                CallEnd::rejected(CallEndedBy::Local, code, ""),
+            ),
         }
         Ok(())
     }
@@ -1112,11 +1252,18 @@ impl Endpoint {
     pub fn hang_up(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
         let c = self.calls.get_mut(call).ok_or(CoreError::NoSuchCall)?;
         match &mut c.phase {
-            CallPhase::Confirmed { .. } | CallPhase::Answered { .. } => self.send_bye(now, call),
+            CallPhase::Confirmed { .. } | CallPhase::Answered { .. } => {
+                self.send_bye(now, call, CallEndReason::Hangup)
+            }
             CallPhase::Outgoing { invite: None, .. } => {
                 // its INVITE was given up and not sent again: nothing to
                 // CANCEL
-                self.end_call(call, None, None);
+                self.end_call(
+                    call,
+                    None,
+                    None,
+                    CallEnd::new(CallEndedBy::Local, CallEndReason::Cancelled),
+                );
                 Ok(())
             }
             CallPhase::Outgoing {
@@ -1133,11 +1280,16 @@ impl Endpoint {
         }
     }
 
-    fn send_bye(&mut self, now: Instant, call: CallId) -> Result<(), CoreError> {
+    fn send_bye(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        why: CallEndReason,
+    ) -> Result<(), CoreError> {
         if let Some((b, target)) = self.in_dialog_request(call, Method::Bye, None) {
             self.start_client_tx(now, b, target, TxOwner::Call(call))?;
         }
-        self.end_call(call, None, None);
+        self.end_call(call, None, None, CallEnd::new(CallEndedBy::Local, why));
         Ok(())
     }
 
@@ -1516,7 +1668,12 @@ impl Endpoint {
                 if let Ok(ok) = MessageBuilder::response_to(req, 200, "OK", Some(&tag)).build() {
                     let _ = self.respond(now, tx, ok);
                 }
-                self.end_call(id, None, None);
+                self.end_call(
+                    id,
+                    None,
+                    None,
+                    CallEnd::new(CallEndedBy::Remote, CallEndReason::Hangup),
+                );
                 true
             }
             (Method::Invite | Method::Update, Some(id), Some(tx))
@@ -1793,7 +1950,21 @@ impl Endpoint {
                     self.set_progress(id, progress, Some(code), body);
                 }
                 200..=299 => self.confirm_uac(now, id, &resp, body),
-                _ => self.end_call(id, Some(code), None),
+                _ => {
+                    let cancelled = matches!(
+                        self.calls.get(id).map(|c| &c.phase),
+                        Some(CallPhase::Outgoing {
+                            cancelled: true,
+                            ..
+                        })
+                    );
+                    let end = if cancelled && code == 487 {
+                        CallEnd::new(CallEndedBy::Local, CallEndReason::Cancelled)
+                    } else {
+                        CallEnd::rejected(CallEndedBy::Remote, code, resp.reason().unwrap_or(""))
+                    };
+                    self.end_call(id, Some(code), None, end)
+                }
             }
             return;
         }
@@ -1894,7 +2065,7 @@ impl Endpoint {
         self.set_confirmed(id, resp.status(), body);
         // the 2xx crossed our CANCEL: the call exists, end it (RFC 3261 §9.1)
         if cancelled && self.calls.contains(id) {
-            let _ = self.send_bye(now, id);
+            let _ = self.send_bye(now, id, CallEndReason::Cancelled);
         }
     }
 
@@ -1959,10 +2130,17 @@ impl Endpoint {
         let Some(c) = self.calls.get_mut(id) else {
             return;
         };
+        let end = CallEnd::new(
+            CallEndedBy::Local,
+            match reason {
+                RequestFailure::Timeout => CallEndReason::Timeout,
+                RequestFailure::Transport(_) => CallEndReason::TransportFailure,
+            },
+        );
         let confirmed = c.state() == CallState::Confirmed;
         if confirmed && c.replacing.take().is_some() {
             // our INVITE with Replaces got no answer: the call is lost
-            self.end_call(id, Some(code), None);
+            self.end_call(id, Some(code), None, end);
             return;
         }
         if confirmed && reason == RequestFailure::Timeout && c.repair.is_some() {
@@ -1979,9 +2157,9 @@ impl Endpoint {
         } else if confirmed && c.refresh.is_some() {
             c.refresh = None;
             // RFC 5057: a timeout on a re-INVITE ends the invite usage
-            self.end_call(id, Some(code), None);
+            self.end_call(id, Some(code), None, end);
         } else if !confirmed {
-            self.end_call(id, Some(code), None);
+            self.end_call(id, Some(code), None, end);
         }
     }
 
@@ -2014,7 +2192,7 @@ impl Endpoint {
                 }
                 self.timers
                     .cancel(TimerOwner::Call(id.0), TimerKind::Retransmit2xx);
-                let _ = self.send_bye(now, id);
+                let _ = self.send_bye(now, id, CallEndReason::Timeout);
             }
             TimerKind::Reliable1xx => {
                 let Some(CallPhase::Incoming {
@@ -2091,5 +2269,50 @@ pub(crate) fn reason(code: u16) -> &'static str {
             5 => "Server Failure",
             _ => "Global Failure",
         },
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::Config;
+
+    /// Issue 15: an incoming call names its caller — the From URI and
+    /// display name on its `Incoming` event.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // any base instant will do in a test
+    fn an_incoming_call_names_its_caller() {
+        let now = Instant::now();
+        let mut ep = Endpoint::new(Config::default());
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.2:5070".parse().unwrap();
+        let invite = "INVITE sip:bob@127.0.0.1:5060 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-peer-1\r\n\
+            Max-Forwards: 70\r\n\
+            From: \"Alice Liddell\" <sip:alice@example.test>;tag=a1\r\n\
+            To: <sip:bob@example.test>\r\n\
+            Call-ID: peer-test-1\r\n\
+            CSeq: 1 INVITE\r\n\
+            Contact: <sip:alice@127.0.0.2:5070>\r\n\
+            Content-Length: 0\r\n\r\n";
+        ep.handle_datagram(now, local, remote, Bytes::from(invite));
+        let peer = std::iter::from_fn(|| ep.poll_event())
+            .find_map(|e| match e {
+                Event::Call(CallEvent::State {
+                    state: CallState::Incoming,
+                    peer,
+                    ..
+                }) => Some(peer),
+                _ => None,
+            })
+            .expect("an incoming call");
+        assert_eq!(
+            peer,
+            Some(CallPeer {
+                uri: "sip:alice@example.test".into(),
+                display: Some("Alice Liddell".into()),
+            })
+        );
     }
 }

@@ -43,7 +43,10 @@ pub use config::Config;
 pub use dialog::transfer::{
     ReferRefusal, TransferEvent, TransferId, TransferRole, TransferState, MAX_TRANSFERS,
 };
-pub use dialog::{CallEvent, CallId, CallState, IncomingCallLimits, InviteSpec};
+pub use dialog::{
+    CallEnd, CallEndReason, CallEndedBy, CallEvent, CallId, CallPeer, CallState,
+    IncomingCallLimits, InviteSpec,
+};
 pub use endpoint::{
     CoreError, Endpoint, EndpointStats, Event, ListenPoint, RequestFailure, RequestId, ServerTxId,
     Target, Transmit,

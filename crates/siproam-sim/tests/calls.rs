@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_core::{
-    CallEvent, CallId, CallMove, CallMoveAction, CallState, Config, CoreError, Event, InviteSpec,
-    Target, Transport,
+    CallEnd, CallEndReason, CallEndedBy, CallEvent, CallId, CallMove, CallMoveAction, CallState,
+    Config, CoreError, Event, InviteSpec, Target, Transport,
 };
 mod support;
 
@@ -822,6 +822,21 @@ fn a_refresh_timing_out_during_a_network_change_does_not_end_the_call() {
         )),
         "{evs:?}"
     );
+    // and it says we gave up on an unanswered request
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            CallEvent::State {
+                state: CallState::Disconnected,
+                end: Some(CallEnd {
+                    by: CallEndedBy::Local,
+                    reason: CallEndReason::Timeout,
+                }),
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
 }
 
 #[test]
@@ -1500,6 +1515,8 @@ fn a_call_ringing_when_its_address_goes_is_cancelled_and_invited_again_from_the_
             state: CallState::Confirmed,
             code: Some(200),
             body: Some(sdp("answer")),
+            peer: None,
+            end: None,
         }]
     );
 

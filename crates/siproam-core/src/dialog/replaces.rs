@@ -94,7 +94,12 @@ impl Endpoint {
         if repair.is_some() {
             self.call_event(CallEvent::RefreshFailed { call: id, code });
         }
-        self.end_call(id, Some(code), None);
+        self.end_call(
+            id,
+            Some(code),
+            None,
+            super::CallEnd::rejected(super::CallEndedBy::Remote, code, ""),
+        );
     }
 
     /// Sends the INVITE with `Replaces` for the call's dialog; false when
@@ -194,7 +199,12 @@ impl Endpoint {
             return;
         };
         if code >= 300 {
-            self.end_call(id, Some(code), None);
+            self.end_call(
+                id,
+                Some(code),
+                None,
+                super::CallEnd::rejected(super::CallEndedBy::Remote, code, ""),
+            );
             return;
         }
         let old_call_id = std::mem::replace(&mut c.call_id, r.call_id);

@@ -1,4 +1,4 @@
-//! The `siproam` command line (see `docs/cli.md` in the design notes):
+//! The `siproam` command line (its JSON events in `docs/events.md`):
 //! the only crate with clap and anyhow.
 
 mod agent_state;

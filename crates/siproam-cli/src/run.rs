@@ -1,5 +1,5 @@
 //! `siproam registrar` and `siproam agent`: long-running commands on the
-//! tokio driver, with JSON events on stdout (`cli.md`).
+//! tokio driver, with JSON events on stdout (`docs/events.md`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -1367,7 +1367,7 @@ pub fn call_refresh_json(ev: &Event) -> Option<Value> {
     Some(v)
 }
 
-/// `cli.md`'s `network` event: what the network monitor saw.
+/// `network` of `docs/events.md` event: what the network monitor saw.
 pub fn network_json(n: &siproam::netwatch::NetworkEvent) -> Value {
     json!({
         "event": "network",
@@ -1377,7 +1377,7 @@ pub fn network_json(n: &siproam::netwatch::NetworkEvent) -> Value {
     })
 }
 
-/// `cli.md`'s `flow` event.
+/// `flow` of `docs/events.md` event.
 pub fn flow_json(f: &siproam::core::FlowEvent) -> Value {
     json!({
         "event": "flow",
@@ -1434,7 +1434,7 @@ pub fn flow_terminated_json(t: &siproam::core::FlowTerminated) -> Value {
     })
 }
 
-/// `cli.md`'s name for why a flow failed.
+/// the name in `docs/events.md` for why a flow failed.
 pub(crate) fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
     use siproam::core::FlowCloseReason as R;
     match r {
@@ -1454,7 +1454,7 @@ pub(crate) fn flow_reason(r: siproam::core::FlowCloseReason) -> &'static str {
     }
 }
 
-/// `cli.md`'s `ip_change` event.
+/// `ip_change` of `docs/events.md` event.
 pub fn ip_change_json(c: &siproam::IpChangeReport) -> Value {
     let mut v = json!({
         "event": "ip_change",

@@ -25,7 +25,7 @@ pub mod transfer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(pub u32);
 
-/// A call's state, as reported (`cli.md` names).
+/// A call's state, as reported (`docs/events.md` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallState {
     /// We sent an INVITE; nothing but 100 yet.

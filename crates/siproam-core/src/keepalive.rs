@@ -49,7 +49,7 @@ use crate::timers::{TimerKind, TimerOwner};
 /// would let a NAT forget the flow).
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// A flow's state, as reported (`cli.md`'s `flow` event).
+/// A flow's state, as reported (`flow` of `docs/events.md` event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowState {
     /// The account registered over it: keep-alives start.

@@ -139,7 +139,7 @@ pub enum RegistrationState {
 }
 
 impl RegistrationState {
-    /// The name used in JSON events (`cli.md`).
+    /// The name used in JSON events (`docs/events.md`).
     pub fn as_str(self) -> &'static str {
         match self {
             RegistrationState::Registering => "registering",

@@ -38,7 +38,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    /// `sent` or `received` (`cli.md`).
+    /// `sent` or `received` (`docs/events.md`).
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Sent => "sent",

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-/// What the monitor saw (`cli.md`'s `network` event).
+/// What the monitor saw (`network` of `docs/events.md` event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkEvent {
     /// What happened.
@@ -42,7 +42,7 @@ pub enum NetworkEventKind {
 }
 
 impl NetworkEventKind {
-    /// The name in `cli.md` (`address_added`, …).
+    /// The name in `docs/events.md` (`address_added`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkEventKind::AddressAdded => "address_added",

@@ -1,5 +1,5 @@
 //! Typed progress of a change: its stages (the `ip_change` event of
-//! `cli.md`), what went wrong in one, and the report itself.
+//! `docs/events.md`), what went wrong in one, and the report itself.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ pub enum IpChangeStage {
 }
 
 impl IpChangeStage {
-    /// The name used in JSON events (`cli.md`).
+    /// The name used in JSON events (`docs/events.md`).
     pub fn as_str(self) -> &'static str {
         match self {
             IpChangeStage::Started => "started",
@@ -194,7 +194,7 @@ impl IpChangeReport {
         self.elapsed.as_secs_f64() * 1000.0
     }
 
-    /// `ok`, or the error's text (`cli.md`'s `status`).
+    /// `ok`, or the error's text (`status` of `docs/events.md`).
     pub fn status_text(&self) -> String {
         match &self.status {
             Ok(()) => "ok".to_owned(),

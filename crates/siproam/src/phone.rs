@@ -50,7 +50,7 @@ pub enum AudioSpec {
 }
 
 impl AudioSpec {
-    /// Parses `tone:HZ` or a WAV path (`--play` of `docs/events.md`).
+    /// Parses `tone:HZ` or a WAV path (the agent's `--play`).
     pub fn parse(s: &str) -> Option<AudioSpec> {
         match s.strip_prefix("tone:") {
             Some(hz) => hz

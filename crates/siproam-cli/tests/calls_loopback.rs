@@ -219,32 +219,6 @@ fn the_agent_takes_its_incoming_call_limits_from_flags_or_the_config_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("siproam-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The classes of an SVG's groups with their attributes and text.
-fn svg_groups(svg: &str, class: &str) -> Vec<(std::collections::HashMap<String, String>, String)> {
-    let doc = roxmltree::Document::parse(svg).unwrap();
-    doc.descendants()
-        .filter(|n| n.attribute("class") == Some(class))
-        .map(|n| {
-            let attrs = n
-                .attributes()
-                .map(|a| (a.name().to_owned(), a.value().to_owned()))
-                .collect();
-            let text: Vec<&str> = n
-                .descendants()
-                .filter(|d| d.is_text())
-                .filter_map(|d| d.text())
-                .collect();
-            (attrs, text.join("|"))
-        })
-        .collect()
-}
-
 #[test]
 fn the_demo_draws_its_hand_off_and_tells_it_in_time_order() {
     let dir = temp_dir("demo-svg");

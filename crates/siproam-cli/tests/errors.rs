@@ -160,23 +160,30 @@ fn registrar(users: Option<&str>) -> (Proc, String) {
 fn a_call_to_an_unknown_user_exits_1_naming_404() {
     let (_registrar, addr) = registrar(None);
     let reg = format!("sip:{addr}");
+    let err = failed_call("sip:nobody@example.test", &reg, "its 404");
+    assert!(err.contains("404"), "stderr: {err}");
+}
+
+/// `siproam call` from Alice to `callee` through `reg`: it must exit 1
+/// with its failure said once; its stderr.
+fn failed_call(callee: &str, reg: &str, what: &str) -> String {
     let mut call = spawn_piped(&[
         "call",
-        "sip:nobody@example.test",
+        callee,
         "--aor",
         "sip:alice@example.test",
         "--registrar",
-        &reg,
+        reg,
         "--listen",
         "udp:127.0.0.1:0",
         "--no-watch",
     ]);
-    let status = wait_exit(&mut call, 30, "siproam call after its 404");
+    let status = wait_exit(&mut call, 30, &format!("siproam call after {what}"));
     let err = stderr_of(&mut call);
     assert_eq!(status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains("404"), "stderr: {err}");
     assert!(err.contains("call failed"), "stderr: {err}");
     assert_eq!(err.matches("call failed").count(), 1, "stderr: {err}");
+    err
 }
 
 /// `siproam call` to a registered user who is busy (`--max-ringing 0`:
@@ -204,22 +211,8 @@ fn a_call_to_a_busy_user_exits_1_naming_486() {
     registrar.wait_for("bob's binding", |v| {
         v["event"] == "binding" && v["contacts"].as_array().is_some_and(|c| !c.is_empty())
     });
-    let mut call = spawn_piped(&[
-        "call",
-        "sip:bob@example.test",
-        "--aor",
-        "sip:alice@example.test",
-        "--registrar",
-        &reg,
-        "--listen",
-        "udp:127.0.0.1:0",
-        "--no-watch",
-    ]);
-    let status = wait_exit(&mut call, 30, "siproam call after its 486");
-    let err = stderr_of(&mut call);
-    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    let err = failed_call("sip:bob@example.test", &reg, "its 486");
     assert!(err.contains("call failed: 486 Busy Here"), "stderr: {err}");
-    assert_eq!(err.matches("call failed").count(), 1, "stderr: {err}");
 }
 
 /// Each bad-usage case is refused before anything starts: exit 2 and a

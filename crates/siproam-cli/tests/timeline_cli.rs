@@ -6,18 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+use common::{svg_groups, temp_dir};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/agent-handoff.jsonl")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("siproam-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn timeline(log: &Path, svg: &Path) -> Output {
@@ -32,42 +29,22 @@ fn timeline(log: &Path, svg: &Path) -> Output {
         .unwrap()
 }
 
-/// The groups of one class: their attributes and their text.
-fn groups(svg: &str, class: &str) -> Vec<(HashMap<String, String>, String)> {
-    let doc = roxmltree::Document::parse(svg).unwrap();
-    doc.descendants()
-        .filter(|n| n.attribute("class") == Some(class))
-        .map(|n| {
-            let attrs = n
-                .attributes()
-                .map(|a| (a.name().to_owned(), a.value().to_owned()))
-                .collect();
-            let text: Vec<&str> = n
-                .descendants()
-                .filter(|d| d.is_text())
-                .filter_map(|d| d.text())
-                .collect();
-            (attrs, text.join("|"))
-        })
-        .collect()
-}
-
 fn ms(g: &(HashMap<String, String>, String), key: &str) -> f64 {
     g.0[key].parse().unwrap()
 }
 
 /// What every drawing of the sample must hold.
 fn check_sample_drawing(svg: &str) {
-    let parties: Vec<String> = groups(svg, "party").into_iter().map(|g| g.1).collect();
+    let parties: Vec<String> = svg_groups(svg, "party").into_iter().map(|g| g.1).collect();
     assert_eq!(parties, vec!["Alice", "Registrar/proxy", "Peer"]);
     // the change: the band, placed by the core's clock (started 17 ms
     // before the agent printed it)
-    let bands = groups(svg, "change");
+    let bands = svg_groups(svg, "change");
     assert_eq!(bands.len(), 1);
     assert_eq!(bands[0].0["data-start-ms"], "2514.6");
     assert_eq!(bands[0].0["data-end-ms"], "2538.5");
     assert!(bands[0].1.contains("127.0.0.3:41320") && bands[0].1.contains("ok in 23.9 ms"));
-    let exchanges = groups(svg, "exchange");
+    let exchanges = svg_groups(svg, "exchange");
     let find = |req: &str, after: f64| {
         exchanges
             .iter()
@@ -93,7 +70,7 @@ fn check_sample_drawing(svg: &str) {
     assert_eq!(refresh.0["data-ms"], "7.4");
     assert!(refresh.1.contains("2xx (7.4 ms)"));
     // the media: a bar per direction, the gap on what Alice received
-    let media = groups(svg, "media");
+    let media = svg_groups(svg, "media");
     let dirs: Vec<&str> = media
         .iter()
         .map(|g| g.0["data-direction"].as_str())
@@ -101,11 +78,11 @@ fn check_sample_drawing(svg: &str) {
     assert_eq!(dirs, vec!["Peer → Alice", "Alice → Peer"]);
     assert_eq!(media[0].0["data-packets"], "150");
     assert_eq!(media[1].0["data-packets"], "151");
-    let gaps = groups(svg, "gap");
+    let gaps = svg_groups(svg, "gap");
     assert_eq!(gaps.len(), 1);
     assert_eq!(gaps[0].0["data-max-gap-ms"], "31.5");
     assert!(media[0].1.contains("longest gap 31.5 ms"));
-    let notes: Vec<String> = groups(svg, "note").into_iter().map(|g| g.1).collect();
+    let notes: Vec<String> = svg_groups(svg, "note").into_iter().map(|g| g.1).collect();
     assert!(
         notes.iter().any(|n| n == "media moved to 127.0.0.3:55978"),
         "{notes:?}"

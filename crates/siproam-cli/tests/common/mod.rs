@@ -706,3 +706,27 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// The elements of an SVG whose `class` is `class`: each one's
+/// attributes and its text (the texts inside it, joined by `|`).
+pub fn svg_groups(
+    svg: &str,
+    class: &str,
+) -> Vec<(std::collections::HashMap<String, String>, String)> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants()
+        .filter(|n| n.attribute("class") == Some(class))
+        .map(|n| {
+            let attrs = n
+                .attributes()
+                .map(|a| (a.name().to_owned(), a.value().to_owned()))
+                .collect();
+            let text: Vec<&str> = n
+                .descendants()
+                .filter(|d| d.is_text())
+                .filter_map(|d| d.text())
+                .collect();
+            (attrs, text.join("|"))
+        })
+        .collect()
+}

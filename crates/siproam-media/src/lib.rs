@@ -61,6 +61,7 @@ mod jitter;
 mod rng;
 mod rtcp;
 mod session;
+pub mod srtp;
 mod stats;
 
 pub use audio::{

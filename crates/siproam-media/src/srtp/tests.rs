@@ -736,7 +736,7 @@ fn a_new_rx_key_falls_back_to_the_old_until_the_new_one_works() {
         bob.protect_rtcp(&mut p).unwrap();
         assert!(alice.unprotect_rtcp(&mut p).is_ok());
         assert_eq!(alice.stats().rtcp_unprotected, 1);
-        drop(a);
+        assert_ne!(a, a2, "the re-key is a new key");
     }
 }
 
@@ -787,5 +787,37 @@ proptest! {
             p[i] ^= flip;
             prop_assert!(rx.unprotect_rtp(&mut p).is_err());
         }
+    }
+}
+
+#[test]
+fn index_space_exhaustion_needs_a_new_key() {
+    for suite in SUITES {
+        let (mut tx, mut rx) = pair(suite);
+        // SRTCP: index 2^31 - 1 is the last one
+        tx.rtcp_index = MAX_RTCP_INDEX;
+        let mut p = rtcp(1, 1);
+        tx.protect_rtcp(&mut p).unwrap();
+        assert!(rx.unprotect_rtcp(&mut p).is_ok());
+        assert_eq!(
+            tx.protect_rtcp(&mut rtcp(1, 2)),
+            Err(SrtpError::KeyExhausted)
+        );
+
+        // SRTP: after index 2^48 - 1 the next roll has no index
+        tx.ssrcs
+            .update(1, |s| s.rtp = Some(ReplayWindow::new(MAX_RTP_INDEX)));
+        assert_eq!(tx.roc(1), Some(u32::MAX));
+        assert_eq!(tx.protect_rtp(&mut rtp(0, 1)), Err(SrtpError::KeyExhausted));
+        let mut p = rtp(65000, 1);
+        tx.protect_rtp(&mut p).unwrap();
+        rx.ssrcs
+            .update(1, |s| s.rtp = Some(ReplayWindow::new(MAX_RTP_INDEX - 1000)));
+        let len = rx.unprotect_rtp(&mut p).unwrap();
+        assert_eq!(
+            p[..len],
+            rtp(65000, 1)[..],
+            "{suite}: ROC 2^32 - 1 in the tag and IV"
+        );
     }
 }

@@ -51,6 +51,10 @@
 //! [`SilenceSource`]) and goes to an [`AudioSink`] ([`WavSink`],
 //! [`NullSink`]); those are plain values the driver calls, and the only
 //! place in the crate that does file I/O.
+//!
+//! [`srtp`] protects and unprotects the packets (SRTP and SRTCP, RFC 3711 and
+//! RFC 7714) in place, also sans-IO, for the driver to apply between the
+//! session and the sockets.
 
 #![warn(missing_docs)]
 

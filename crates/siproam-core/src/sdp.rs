@@ -450,6 +450,17 @@ struct AudioOut {
     crypto: Vec<String>,
 }
 
+/// The last SDP we wrote. `Debug` shows its length only: it may hold our
+/// SRTP keys.
+#[derive(Clone)]
+struct SentSdp(Bytes);
+
+impl std::fmt::Debug for SentSdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes of SDP>", self.0.len())
+    }
+}
+
 /// What we asked for in the offer that awaits an answer.
 #[derive(Debug, Clone)]
 struct PendingOffer {
@@ -488,7 +499,7 @@ pub struct SdpSession {
     /// the codec choice.
     formats: Vec<LocalFormat>,
     pending: Option<PendingOffer>,
-    last_sent: Option<Bytes>,
+    last_sent: Option<SentSdp>,
     negotiated: Option<Negotiated>,
     /// Our SDES key per suite; `Debug` hides them.
     keys: Option<KeyStore>,
@@ -880,13 +891,13 @@ impl SdpSession {
     /// we wrote, and remembers it.
     fn emit(&mut self, slots: &[Slot], audio: Option<&AudioOut>) -> Bytes {
         let mut sdp = self.render(slots, audio);
-        if let Some(last) = &self.last_sent {
+        if let Some(SentSdp(last)) = &self.last_sent {
             if *last != sdp {
                 self.version = self.version.wrapping_add(1);
                 sdp = self.render(slots, audio);
             }
         }
-        self.last_sent = Some(sdp.clone());
+        self.last_sent = Some(SentSdp(sdp.clone()));
         sdp
     }
 

@@ -44,6 +44,13 @@ pub use sdes::{ParseSrtpPolicyError, SdesKeys, SdesSuite, SrtpPolicy, SDES_KEY_M
 
 /// RTP clock rate of every format this module negotiates.
 const CLOCK_RATE: u32 = 8000;
+/// telephone-event PT used when [`MediaConfig::telephone_event_pt`] is out of range.
+const DEFAULT_TELEPHONE_EVENT_PT: u8 = 101;
+/// ptime used when [`MediaConfig::ptime_ms`] is zero.
+const DEFAULT_PTIME_MS: u32 = 20;
+/// A peer's `a=ptime` outside 1..=MAX_PTIME_MS is ignored.
+const MAX_PTIME_MS: u32 = 200;
+
 /// The transport profile of an audio stream we take part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Profile {
@@ -72,12 +79,6 @@ impl Profile {
             .find(|p| proto.eq_ignore_ascii_case(p.as_str()))
     }
 }
-/// telephone-event PT used when [`MediaConfig::telephone_event_pt`] is out of range.
-const DEFAULT_TELEPHONE_EVENT_PT: u8 = 101;
-/// ptime used when [`MediaConfig::ptime_ms`] is zero.
-const DEFAULT_PTIME_MS: u32 = 20;
-/// A peer's `a=ptime` outside 1..=MAX_PTIME_MS is ignored.
-const MAX_PTIME_MS: u32 = 200;
 
 /// An audio codec this module can negotiate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

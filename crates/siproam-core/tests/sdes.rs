@@ -822,3 +822,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_peer_reoffer_without_crypto() {
+    for policy in [SrtpPolicy::Optional, SrtpPolicy::Mandatory] {
+        let mut a = session(1, A_ADDR, SrtpPolicy::Optional, 1);
+        let mut b = session(2, B_ADDR, policy, 2);
+        let (_, nb, _, _) = exchange(&mut a, &mut b).unwrap();
+        assert!(nb.srtp.is_some());
+        let plain = foreign_offer("RTP/AVP", "");
+        match policy {
+            // Optional: the stream goes on in plain RTP.
+            SrtpPolicy::Optional => {
+                let (answer, n) = b.answer(&plain).unwrap();
+                assert_eq!(n.srtp, None);
+                assert!(cryptos(&answer).is_empty());
+                // and our next offer is RTP/AVP with crypto again, tags from 1.
+                let offer = b.create_offer();
+                assert!(m_line(&offer).contains(" RTP/AVP "));
+                assert_eq!(cryptos(&offer)[0].0, 1);
+            }
+            // Mandatory: refused, and the SRTP session stays as it was.
+            _ => {
+                assert_eq!(b.answer(&plain).unwrap_err(), SdpError::MissingCrypto);
+                assert_eq!(b.negotiated().unwrap().srtp, nb.srtp);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_peer_reoffer_with_the_same_key_changes_nothing() {
+    let mut a = session(1, A_ADDR, SrtpPolicy::Mandatory, 1);
+    let mut b = session(2, B_ADDR, SrtpPolicy::Mandatory, 2);
+    let (_, nb, _, answer) = exchange(&mut a, &mut b).unwrap();
+    let (nb2, na2, _, answer2) = exchange(&mut b, &mut a).unwrap();
+    // B's re-offer is answered by A; B's keys are what they were.
+    assert_eq!(nb2.srtp, nb.srtp);
+    assert_eq!(
+        na2.srtp.as_ref().unwrap().remote,
+        key_of(2, SdesSuite::AesCm128HmacSha1_80)
+    );
+    // And A's answer carries A's one key under the tag B offered first.
+    assert_eq!(cryptos(&answer2).len(), 1);
+    assert_eq!(cryptos(&answer)[0].0, cryptos(&answer2)[0].0);
+}

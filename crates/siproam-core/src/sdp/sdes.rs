@@ -1,14 +1,15 @@
 //! SDES key exchange (RFC 4568): the `a=crypto` lines of an SRTP audio
 //! stream, read and written.
 //!
-//! Direction of the keys: each side's `a=crypto` line carries the master key
-//! and salt that side uses to protect what it sends (RFC 4568 §6.1, the
-//! SRTP "inline" key parameter, and §7.1: the offer's line keys the
-//! offerer's media, the answer's line the answerer's; §7.1.2 requires the
-//! answer's key to differ from the offer's). So in [`SdesKeys`], `local` is
-//! the key in our own SDP (we encrypt with it) and `remote` the key in the
-//! peer's SDP (we decrypt with it). baresip does the same: its own
-//! `a=crypto` carries its transmit key, the peer's line its receive key.
+//! Direction of the keys: in SDES each side's `a=crypto` line carries the
+//! master key and salt that side uses to protect the media it sends; the
+//! other side uses it to unprotect that media (RFC 4568 §6.1, the SRTP
+//! `inline` key parameter, with the offer/answer rules of §7.1; §7.1.2 has
+//! the answer's master key differ from the offer's, so each direction has
+//! its own key). So in [`SdesKeys`], `local` is the key in our own SDP (we
+//! encrypt with it) and `remote` the key in the peer's SDP (we decrypt with
+//! it). baresip's srtp module works the same way: the key in its own
+//! `a=crypto` is its transmit key, the peer's its receive key.
 //!
 //! Syntax (RFC 4568 §9.1, §9.2):
 //!

@@ -13,7 +13,10 @@
 //! * `a=sendrecv` / `sendonly` / `recvonly` / `inactive` at session or media
 //!   level, hold and resume per RFC 3264 §8.4, and the RFC 2543 hold form
 //!   `c=IN IP4 0.0.0.0` ("send nothing to me") when reading;
-//! * any other m-line (video, a second audio stream, SRTP, WebRTC …) is
+//! * SRTP with SDES keys (RFC 4568, in [`sdes`]) on that stream when
+//!   [`MediaConfig::srtp`] allows it: `RTP/SAVP`, or `RTP/AVP` with
+//!   `a=crypto` lines (best effort, as baresip's `mediaenc=srtp`);
+//! * any other m-line (video, a second audio stream, DTLS-SRTP, WebRTC …) is
 //!   declined with port 0 and its format list copied, as RFC 3264 §6 asks:
 //!   the answer has as many m-lines as the offer, in the same order, and
 //!   later offers keep those m-lines (RFC 3264 §8).
@@ -28,22 +31,54 @@
 //! | we … | call |
 //! |---|---|
 //! | send an offer (INVITE, re-INVITE, UPDATE, offer in a 2xx) | [`SdpSession::create_offer`], then [`SdpSession::handle_answer`] with the peer's answer, or [`SdpSession::cancel_offer`] when the request failed (RFC 3261 §14.1: the session stays as it was) |
-//! | receive an offer | [`SdpSession::answer`]; on [`SdpError::NoCommonCodec`] / [`SdpError::NoAudio`] refuse it with [`SdpError::status_code`] (488), or, where a refusal is impossible (the offer came in a 2xx and the answer goes into the ACK), send [`SdpSession::reject`]'s answer |
+//! | receive an offer | [`SdpSession::answer`]; on [`SdpError::NoCommonCodec`] / [`SdpError::NoAudio`] / [`SdpError::MissingCrypto`] / [`SdpError::UnusableCrypto`] refuse it with [`SdpError::status_code`] (488), or, where a refusal is impossible (the offer came in a 2xx and the answer goes into the ACK), send [`SdpSession::reject`]'s answer |
 
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
+pub mod sdes;
+
+use sdes::{CryptoLine, KeyStore};
+pub use sdes::{ParseSrtpPolicyError, SdesKeys, SdesSuite, SrtpPolicy, SDES_KEY_MATERIAL_LEN};
+
 /// RTP clock rate of every format this module negotiates.
 const CLOCK_RATE: u32 = 8000;
-/// The transport profile of the one stream we accept.
-const PROFILE: &str = "RTP/AVP";
 /// telephone-event PT used when [`MediaConfig::telephone_event_pt`] is out of range.
 const DEFAULT_TELEPHONE_EVENT_PT: u8 = 101;
 /// ptime used when [`MediaConfig::ptime_ms`] is zero.
 const DEFAULT_PTIME_MS: u32 = 20;
 /// A peer's `a=ptime` outside 1..=MAX_PTIME_MS is ignored.
 const MAX_PTIME_MS: u32 = 200;
+
+/// The transport profile of an audio stream we take part in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// `RTP/AVP`: plain RTP, or SRTP when both sides wrote `a=crypto`.
+    Avp,
+    /// `RTP/SAVP`: SRTP only.
+    Savp,
+}
+
+impl Profile {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Profile::Avp => "RTP/AVP",
+            Profile::Savp => "RTP/SAVP",
+        }
+    }
+
+    /// The profile of an audio m-line, if it is one we speak.
+    fn of(media: &sdp_types::Media) -> Option<Profile> {
+        if !media.media.eq_ignore_ascii_case("audio") {
+            return None;
+        }
+        let proto = media.proto.trim();
+        [Profile::Avp, Profile::Savp]
+            .into_iter()
+            .find(|p| proto.eq_ignore_ascii_case(p.as_str()))
+    }
+}
 
 /// An audio codec this module can negotiate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,7 +172,7 @@ impl SdpDirection {
 }
 
 /// What we are willing to use. [`Default`] is PCMU then PCMA,
-/// telephone-event on PT 101, 20 ms.
+/// telephone-event on PT 101, 20 ms, no SRTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaConfig {
     /// Codecs in our order of preference (the order of our offers). When
@@ -151,6 +186,15 @@ pub struct MediaConfig {
     pub telephone_event_pt: Option<u8>,
     /// Packetisation we want to receive, written as `a=ptime`; 0 means 20.
     pub ptime_ms: u32,
+    /// Whether to use SRTP with SDES keys (RFC 4568). Anything but
+    /// [`SrtpPolicy::Off`] needs [`SdpSession::set_key_material`].
+    pub srtp: SrtpPolicy,
+    /// SRTP suites in our order of preference: the order of our offer's
+    /// `a=crypto` lines, and the choice among the usable lines of a peer's
+    /// offer (except that a suite already in use is kept). Duplicates are
+    /// ignored; an empty list means [`SdesSuite::ALL`] (the 80-bit tag
+    /// first, for interoperability).
+    pub srtp_suites: Vec<SdesSuite>,
 }
 
 impl Default for MediaConfig {
@@ -159,13 +203,15 @@ impl Default for MediaConfig {
             codecs: vec![SdpCodec::Pcmu, SdpCodec::Pcma],
             telephone_event_pt: Some(DEFAULT_TELEPHONE_EVENT_PT),
             ptime_ms: DEFAULT_PTIME_MS,
+            srtp: SrtpPolicy::Off,
+            srtp_suites: SdesSuite::ALL.to_vec(),
         }
     }
 }
 
 /// The result of a completed offer/answer exchange: how to run the audio
 /// stream now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
     /// Where to send RTP (RTCP goes to the next port). `None` when the peer
     /// used the RFC 2543 hold form `c=0.0.0.0` (or `::`): send nothing.
@@ -183,6 +229,11 @@ pub struct Negotiated {
     /// Packetisation to send with: the peer's `a=ptime` if it gave a sane
     /// one, else ours.
     pub ptime_ms: u32,
+    /// The SRTP suite and keys (ours to send with, the peer's to receive
+    /// with), or `None` for plain RTP. Compare with the previous result to
+    /// tell whether either key changed (a peer's re-offer may bring a new
+    /// key; ours change only after [`SdpSession::rekey`]).
+    pub srtp: Option<SdesKeys>,
 }
 
 /// Why an SDP could not be used. Unless a method says otherwise, an error
@@ -200,8 +251,10 @@ pub enum SdpError {
     /// literal of the stated family (a host name, multicast, another network type).
     #[error("unsupported connection address")]
     UnsupportedAddress,
-    /// The offer has no enabled `m=audio … RTP/AVP` stream, or the answer's
-    /// m-line in the audio slot is not one.
+    /// The offer has no enabled `m=audio … RTP/AVP` stream (nor, unless
+    /// [`MediaConfig::srtp`] is [`SrtpPolicy::Off`], `RTP/SAVP`), or the
+    /// answer's m-line in the audio slot is not one of the profile we
+    /// offered.
     #[error("no usable RTP/AVP audio stream")]
     NoAudio,
     /// No codec the peer listed is one we do (or, in an answer, one we offered).
@@ -224,6 +277,23 @@ pub enum SdpError {
     /// An offer arrived while our own offer is outstanding (glare).
     #[error("offer received while our own offer is outstanding")]
     OfferPending,
+    /// SRTP is required (an `RTP/SAVP` stream, or our
+    /// [`SrtpPolicy::Mandatory`]) but the peer's audio stream has no
+    /// `a=crypto` line at all.
+    #[error("SRTP is required but the audio stream has no a=crypto line")]
+    MissingCrypto,
+    /// SRTP is required (an `RTP/SAVP` stream, our
+    /// [`SrtpPolicy::Mandatory`], or an answer that has `a=crypto` lines)
+    /// but none of the audio stream's `a=crypto` lines is usable: unknown
+    /// suites, a key that is not base64 or not the suite's length, an MKI,
+    /// an unsupported session parameter, our own key echoed, or (in an
+    /// answer) no tag and suite we offered.
+    #[error("no usable a=crypto line in the audio stream")]
+    UnusableCrypto,
+    /// SRTP is mandatory but no key material was given
+    /// ([`SdpSession::set_key_material`]).
+    #[error("SRTP is mandatory but no key material was set")]
+    NoKeyMaterial,
 }
 
 impl SdpError {
@@ -240,9 +310,11 @@ impl SdpError {
             SdpError::UnsupportedAddress
             | SdpError::NoAudio
             | SdpError::NoCommonCodec
-            | SdpError::AudioRejected => 488,
+            | SdpError::AudioRejected
+            | SdpError::MissingCrypto
+            | SdpError::UnusableCrypto => 488,
             SdpError::OfferPending => 491,
-            SdpError::NoOfferPending => 500,
+            SdpError::NoOfferPending | SdpError::NoKeyMaterial => 500,
         }
     }
 
@@ -254,11 +326,14 @@ impl SdpError {
             SdpError::UnsupportedAddress => (301, "Incompatible network address formats"),
             SdpError::NoAudio | SdpError::AudioRejected => (304, "Media type not available"),
             SdpError::NoCommonCodec => (305, "Incompatible media format"),
+            SdpError::MissingCrypto => (302, "Incompatible transport protocol"),
+            SdpError::UnusableCrypto => (306, "Attribute not understood"),
             SdpError::MissingConnection => (307, "Session description parameter not understood"),
             SdpError::Parse(_) => (399, "Malformed session description"),
             SdpError::MediaCountMismatch { .. }
             | SdpError::NoOfferPending
-            | SdpError::OfferPending => (399, "Miscellaneous warning"),
+            | SdpError::OfferPending
+            | SdpError::NoKeyMaterial => (399, "Miscellaneous warning"),
         }
     }
 }
@@ -364,12 +439,27 @@ enum Slot {
     },
 }
 
-/// The audio m-line as we are about to write it.
-#[derive(Debug, Clone)]
+/// The audio m-line as we are about to write it. (No `Debug`: the crypto
+/// values hold our keys.)
+#[derive(Clone)]
 struct AudioOut {
     port: u16,
     formats: Vec<LocalFormat>,
     direction: SdpDirection,
+    profile: Profile,
+    /// `a=crypto` values, in order.
+    crypto: Vec<String>,
+}
+
+/// The last SDP we wrote. `Debug` shows its length only: it may hold our
+/// SRTP keys.
+#[derive(Clone)]
+struct SentSdp(Bytes);
+
+impl std::fmt::Debug for SentSdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes of SDP>", self.0.len())
+    }
 }
 
 /// What we asked for in the offer that awaits an answer.
@@ -379,6 +469,12 @@ struct PendingOffer {
     direction: SdpDirection,
     audio_index: usize,
     mline_count: usize,
+    profile: Profile,
+    /// The tag and suite of each `a=crypto` line we offered.
+    crypto: Vec<(u32, SdesSuite)>,
+    /// Our keys as offered (a rekey before the answer does not change
+    /// what the offer said).
+    keys: Option<KeyStore>,
 }
 
 /// The SDP side of one call: our `o=` line, our RTP address, the direction
@@ -404,8 +500,15 @@ pub struct SdpSession {
     /// the codec choice.
     formats: Vec<LocalFormat>,
     pending: Option<PendingOffer>,
-    last_sent: Option<Bytes>,
+    last_sent: Option<SentSdp>,
     negotiated: Option<Negotiated>,
+    /// Our SDES key per suite; `Debug` hides them.
+    keys: Option<KeyStore>,
+    /// The SRTP suite in use and the tag of its `a=crypto` line, from the
+    /// last completed exchange.
+    srtp_active: Option<(SdesSuite, u32)>,
+    /// The audio profile of the last completed exchange.
+    profile: Profile,
 }
 
 impl SdpSession {
@@ -430,7 +533,61 @@ impl SdpSession {
             pending: None,
             last_sent: None,
             negotiated: None,
+            keys: None,
+            srtp_active: None,
+            profile: Profile::Avp,
         }
+    }
+
+    /// Gives the session our SDES keys: [`SDES_KEY_MATERIAL_LEN`] bytes
+    /// from a secure random generator, one master key||salt per suite in
+    /// the order of [`SdesSuite::ALL`] (bytes 0..30 for
+    /// `AES_CM_128_HMAC_SHA1_80`, 30..60 for `AES_CM_128_HMAC_SHA1_32`,
+    /// 60..88 for `AEAD_AES_128_GCM`), so each suite has its own key.
+    /// Needed for any [`SrtpPolicy`] but [`SrtpPolicy::Off`]; call it before
+    /// the first offer or answer.
+    ///
+    /// The keys then stay for the life of the session: re-offers (after a
+    /// network change, for hold) carry the same keys, so the stream goes on
+    /// with the same SRTP context and rollover counter. Once keys are set
+    /// this does nothing; [`SdpSession::rekey`] replaces them.
+    pub fn set_key_material(&mut self, material: [u8; SDES_KEY_MATERIAL_LEN]) {
+        if self.keys.is_none() {
+            self.keys = Some(KeyStore::new(material));
+        }
+    }
+
+    /// Replaces our SDES keys (same layout as
+    /// [`SdpSession::set_key_material`]): the next offer or answer carries
+    /// the new keys, with the same tags (RFC 4568 §7.1.4, re-keying in a
+    /// new offer). An outstanding offer keeps the keys it was written with.
+    pub fn rekey(&mut self, material: [u8; SDES_KEY_MATERIAL_LEN]) {
+        self.keys = Some(KeyStore::new(material));
+    }
+
+    /// The SRTP policy in force: the configured one, except that
+    /// [`SrtpPolicy::Optional`] without keys acts as [`SrtpPolicy::Off`].
+    fn srtp_policy(&self) -> SrtpPolicy {
+        match (self.config.srtp, &self.keys) {
+            (SrtpPolicy::Optional, None) => SrtpPolicy::Off,
+            (policy, _) => policy,
+        }
+    }
+
+    /// What [`choose_offered_audio`] needs to pick the crypto of an offer.
+    fn srtp_context(&self) -> Result<SrtpContext<'_>, SdpError> {
+        let policy = self.srtp_policy();
+        let keys = match (policy, &self.keys) {
+            (SrtpPolicy::Off, _) => None,
+            (_, Some(keys)) => Some(keys),
+            (_, None) => return Err(SdpError::NoKeyMaterial),
+        };
+        Ok(SrtpContext {
+            policy,
+            suites: &self.config.srtp_suites,
+            keys,
+            active: self.srtp_active.map(|(suite, _)| suite),
+        })
     }
 
     /// Writes an offer (initial or re-offer) and makes it the outstanding
@@ -449,10 +606,34 @@ impl SdpSession {
             self.wanted.sends() && !self.held_by_peer,
             self.wanted.receives(),
         );
+        let policy = self.srtp_policy();
+        let profile = match policy {
+            SrtpPolicy::Off => Profile::Avp,
+            // Keep RTP/SAVP if the running SRTP stream was set up with it.
+            SrtpPolicy::Optional if self.srtp_active.is_some() => self.profile,
+            SrtpPolicy::Optional => Profile::Avp,
+            SrtpPolicy::Mandatory => Profile::Savp,
+        };
+        let (crypto, keys) = match (policy, &self.keys) {
+            (SrtpPolicy::Off, _) | (_, None) => (Vec::new(), None),
+            (_, Some(keys)) => (
+                sdes::offer_tags(&self.config.srtp_suites, self.srtp_active),
+                Some(keys.clone()),
+            ),
+        };
         let audio = AudioOut {
             port: self.local.port(),
             formats: self.formats.clone(),
             direction,
+            profile,
+            crypto: keys
+                .iter()
+                .flat_map(|keys| {
+                    crypto
+                        .iter()
+                        .map(|&(tag, suite)| sdes::crypto_value(tag, suite, keys.key(suite)))
+                })
+                .collect(),
         };
         let slots = self.slots.clone();
         let sdp = self.emit(&slots, Some(&audio));
@@ -461,6 +642,9 @@ impl SdpSession {
             direction,
             audio_index: slots.iter().position(|s| *s == Slot::Audio).unwrap_or(0),
             mline_count: slots.len(),
+            profile,
+            crypto,
+            keys,
         });
         sdp
     }
@@ -497,11 +681,19 @@ impl SdpSession {
     }
 
     /// Answers the peer's offer: accepts the first enabled `RTP/AVP` audio
-    /// stream that has a codec we do, with the offerer's first such codec
-    /// and its payload type, plus telephone-event if both sides do it;
-    /// declines every other m-line with port 0. Our direction is what we
-    /// want, limited by what the offer allows (sendonly is answered
+    /// stream (or `RTP/SAVP`, unless SRTP is off) that has a codec we do
+    /// and the crypto our [`SrtpPolicy`] needs, with the offerer's first
+    /// such codec and its payload type, plus telephone-event if both sides
+    /// do it; declines every other m-line with port 0. Our direction is
+    /// what we want, limited by what the offer allows (sendonly is answered
     /// recvonly, and so on).
+    ///
+    /// SRTP: the answer keeps the offer's profile and, when SRTP is used,
+    /// has one `a=crypto` line with the offer's tag, the chosen suite (the
+    /// one in use if the offer still has it, else the first of
+    /// [`MediaConfig::srtp_suites`] with a usable line) and our key for it.
+    /// A plain `RTP/AVP` offer (or one whose `a=crypto` lines are all
+    /// unusable) gets a plain answer unless the policy is mandatory.
     ///
     /// On error nothing changes and no answer exists: refuse the request
     /// with [`SdpError::status_code`], or use [`SdpSession::reject`] where
@@ -511,7 +703,12 @@ impl SdpSession {
             return Err(SdpError::OfferPending);
         }
         let offer = parse(remote_offer)?;
-        let chosen = choose_offered_audio(&offer, &self.config)?;
+        let srtp = self.srtp_context()?;
+        let chosen = choose_offered_audio(&offer, &self.config, &srtp)?;
+        let srtp = match (&chosen.crypto, &self.keys) {
+            (Some(line), Some(keys)) => Some((line.tag, keys.key(line.suite).to_vec())),
+            _ => None,
+        };
 
         let slots = offer_slots(&offer, Some(chosen.index));
         let direction = SdpDirection::from_flags(
@@ -529,6 +726,11 @@ impl SdpSession {
             port: self.local.port(),
             formats,
             direction,
+            profile: chosen.profile,
+            crypto: match (&chosen.crypto, &srtp) {
+                (Some(line), Some((_, key))) => vec![sdes::crypto_value(line.tag, line.suite, key)],
+                _ => Vec::new(),
+            },
         };
         let sdp = self.emit(&slots, Some(&audio));
 
@@ -539,11 +741,22 @@ impl SdpSession {
             telephone_event_pt: chosen.telephone_event.map(|(pt, _)| pt),
             direction,
             ptime_ms: chosen.ptime.unwrap_or(self.config.ptime_ms),
+            srtp: chosen
+                .crypto
+                .as_ref()
+                .zip(srtp)
+                .map(|(line, (_, local))| SdesKeys {
+                    suite: line.suite,
+                    local,
+                    remote: line.key.clone(),
+                }),
         };
         self.slots = slots;
         self.formats = audio.formats;
         self.held_by_peer = !chosen.peer.receives();
-        self.negotiated = Some(negotiated);
+        self.srtp_active = chosen.crypto.as_ref().map(|line| (line.suite, line.tag));
+        self.profile = chosen.profile;
+        self.negotiated = Some(negotiated.clone());
         Ok((sdp, negotiated))
     }
 
@@ -554,7 +767,7 @@ impl SdpSession {
     /// [`SdpError::warning`]. An empty body (no offer) fails as malformed.
     pub fn check_offer(&self, remote_offer: &[u8]) -> Result<(), SdpError> {
         let offer = parse(remote_offer)?;
-        choose_offered_audio(&offer, &self.config).map(|_| ())
+        choose_offered_audio(&offer, &self.config, &self.srtp_context()?).map(|_| ())
     }
 
     /// Where the peer's offer wants RTP sent (the audio stream
@@ -564,7 +777,9 @@ impl SdpSession {
     /// no address.
     pub fn offered_address(&self, remote_offer: &[u8]) -> Option<SocketAddr> {
         let offer = parse(remote_offer).ok()?;
-        choose_offered_audio(&offer, &self.config).ok()?.remote
+        choose_offered_audio(&offer, &self.config, &self.srtp_context().ok()?)
+            .ok()?
+            .remote
     }
 
     /// Writes an answer that declines every m-line of the peer's offer
@@ -604,10 +819,15 @@ impl SdpSession {
                 answered: answer.medias.len(),
             });
         }
+        // An answer keeps the offer's profile (RFC 3264 §6.1); we also take
+        // the other one of the two when we offered crypto.
         let media = answer
             .medias
             .get(pending.audio_index)
-            .filter(|m| is_rtp_audio(m))
+            .filter(|m| match Profile::of(m) {
+                Some(profile) => profile == pending.profile || !pending.crypto.is_empty(),
+                None => false,
+            })
             .ok_or(SdpError::NoAudio)?;
         if media.port == 0 {
             self.negotiated = None;
@@ -640,6 +860,7 @@ impl SdpSession {
         let (codec, payload_type) = codec.ok_or(SdpError::NoCommonCodec)?;
         let remote = remote_address(&answer, media)?;
         let peer = peer_direction(&answer, media, remote);
+        let srtp = answered_crypto(&pending, media)?;
 
         let negotiated = Negotiated {
             remote,
@@ -651,8 +872,11 @@ impl SdpSession {
                 pending.direction.receives() && peer.sends(),
             ),
             ptime_ms: ptime(&answer, media).unwrap_or(self.config.ptime_ms),
+            srtp: srtp.as_ref().map(|(_, keys)| keys.clone()),
         };
-        self.negotiated = Some(negotiated);
+        self.srtp_active = srtp.map(|(tag, keys)| (keys.suite, tag));
+        self.profile = pending.profile;
+        self.negotiated = Some(negotiated.clone());
         Ok(negotiated)
     }
 
@@ -668,13 +892,13 @@ impl SdpSession {
     /// we wrote, and remembers it.
     fn emit(&mut self, slots: &[Slot], audio: Option<&AudioOut>) -> Bytes {
         let mut sdp = self.render(slots, audio);
-        if let Some(last) = &self.last_sent {
+        if let Some(SentSdp(last)) = &self.last_sent {
             if *last != sdp {
                 self.version = self.version.wrapping_add(1);
                 sdp = self.render(slots, audio);
             }
         }
-        self.last_sent = Some(sdp.clone());
+        self.last_sent = Some(SentSdp(sdp.clone()));
         sdp
     }
 
@@ -729,12 +953,11 @@ impl SdpSession {
     fn audio_media(&self, audio: &AudioOut) -> sdp_types::Media {
         use sdp_types::{Attribute, Media, MediaType, RtpMap, TransportProto};
 
-        let mut media = Media::new(
-            MediaType::Audio,
-            audio.port,
-            TransportProto::RtpAvp,
-            pt_list(&audio.formats),
-        );
+        let proto = match audio.profile {
+            Profile::Avp => TransportProto::RtpAvp,
+            Profile::Savp => TransportProto::RtpSavp,
+        };
+        let mut media = Media::new(MediaType::Audio, audio.port, proto, pt_list(&audio.formats));
         for format in &audio.formats {
             match *format {
                 LocalFormat::SdpCodec { pt, codec } => {
@@ -751,6 +974,9 @@ impl SdpSession {
         }
         media.add_attribute(Attribute::with_value("ptime", self.config.ptime_ms));
         media.add_attribute(Attribute::new(audio.direction.as_str()));
+        for value in &audio.crypto {
+            media.add_attribute(Attribute::with_value("crypto", value));
+        }
         media
     }
 }
@@ -776,6 +1002,16 @@ fn normalise(mut config: MediaConfig) -> MediaConfig {
     if config.ptime_ms == 0 {
         config.ptime_ms = DEFAULT_PTIME_MS;
     }
+    let mut suites = Vec::with_capacity(SdesSuite::ALL.len());
+    for suite in config.srtp_suites {
+        if !suites.contains(&suite) {
+            suites.push(suite);
+        }
+    }
+    if suites.is_empty() {
+        suites = SdesSuite::ALL.to_vec();
+    }
+    config.srtp_suites = suites;
     config
 }
 
@@ -828,10 +1064,6 @@ fn offer_slots(offer: &sdp_types::Session, audio: Option<usize>) -> Vec<Slot> {
             }
         })
         .collect()
-}
-
-fn is_rtp_audio(media: &sdp_types::Media) -> bool {
-    media.media.eq_ignore_ascii_case("audio") && media.proto.trim().eq_ignore_ascii_case(PROFILE)
 }
 
 /// A payload format of the peer's that we understand.
@@ -909,6 +1141,9 @@ fn fmtp(media: &sdp_types::Media, pt: u8) -> Option<&str> {
 #[derive(Debug)]
 struct ChosenAudio {
     index: usize,
+    profile: Profile,
+    /// The peer's `a=crypto` line we accept, `None` for plain RTP.
+    crypto: Option<CryptoLine>,
     codec: SdpCodec,
     payload_type: u8,
     telephone_event: Option<(u8, EventSet)>,
@@ -918,13 +1153,111 @@ struct ChosenAudio {
     ptime: Option<u32>,
 }
 
+/// How to pick the crypto of an offer: the policy in force, our suites in
+/// order, our keys (`None` exactly when the policy is off) and the suite in
+/// use.
+#[derive(Debug)]
+struct SrtpContext<'a> {
+    policy: SrtpPolicy,
+    suites: &'a [SdesSuite],
+    keys: Option<&'a KeyStore>,
+    active: Option<SdesSuite>,
+}
+
+impl SrtpContext<'_> {
+    /// The `a=crypto` line of an offered audio stream to accept: the suite
+    /// in use if the offer still has it, else the first of our suites with
+    /// a usable line. `None` for plain RTP; an error when SRTP is needed
+    /// (RTP/SAVP or our mandatory policy) and no line is usable.
+    fn select(
+        &self,
+        media: &sdp_types::Media,
+        profile: Profile,
+    ) -> Result<Option<CryptoLine>, SdpError> {
+        let Some(keys) = self.keys else {
+            return Ok(None);
+        };
+        let lines = sdes::crypto_lines(media);
+        // RFC 4568 §7.1.2: the answer's key must differ from the offer's;
+        // a peer that offers our own key back gets no answer with it.
+        let usable = |suite: SdesSuite| {
+            lines
+                .usable
+                .iter()
+                .find(|l| l.suite == suite && l.key.as_slice() != keys.key(suite))
+        };
+        let chosen = self
+            .active
+            .filter(|suite| self.suites.contains(suite))
+            .and_then(usable)
+            .or_else(|| self.suites.iter().find_map(|&suite| usable(suite)));
+        match chosen {
+            Some(line) => Ok(Some(line.clone())),
+            None if profile == Profile::Savp || self.policy == SrtpPolicy::Mandatory => {
+                Err(if lines.present == 0 {
+                    SdpError::MissingCrypto
+                } else {
+                    SdpError::UnusableCrypto
+                })
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// The SRTP result of the peer's answer to our offer: the `a=crypto` line
+/// whose tag and suite are one we offered, with its tag, or `None` for
+/// plain RTP. RFC 4568 §5.1.3: a crypto line that matches nothing we
+/// offered fails the negotiation.
+fn answered_crypto(
+    pending: &PendingOffer,
+    media: &sdp_types::Media,
+) -> Result<Option<(u32, SdesKeys)>, SdpError> {
+    let Some(keys) = &pending.keys else {
+        // RTP/SAVP without crypto (mandatory without keys) cannot work.
+        return match pending.profile {
+            Profile::Savp => Err(SdpError::NoKeyMaterial),
+            Profile::Avp => Ok(None),
+        };
+    };
+    let lines = sdes::crypto_lines(media);
+    let matched = lines.usable.iter().find(|line| {
+        pending.crypto.contains(&(line.tag, line.suite))
+            && line.key.as_slice() != keys.key(line.suite)
+    });
+    match matched {
+        Some(line) => Ok(Some((
+            line.tag,
+            SdesKeys {
+                suite: line.suite,
+                local: keys.key(line.suite).to_vec(),
+                remote: line.key.clone(),
+            },
+        ))),
+        None if lines.present > 0 => Err(SdpError::UnusableCrypto),
+        None if pending.profile == Profile::Savp || Profile::of(media) == Some(Profile::Savp) => {
+            Err(SdpError::MissingCrypto)
+        }
+        None => Ok(None),
+    }
+}
+
 fn choose_offered_audio(
     offer: &sdp_types::Session,
     config: &MediaConfig,
+    srtp: &SrtpContext<'_>,
 ) -> Result<ChosenAudio, SdpError> {
     let mut saw_audio = false;
+    let mut crypto_error = None;
     for (index, media) in offer.medias.iter().enumerate() {
-        if media.port == 0 || !is_rtp_audio(media) {
+        if media.port == 0 {
+            continue;
+        }
+        let Some(profile) = Profile::of(media) else {
+            continue;
+        };
+        // SRTP off: an RTP/SAVP stream is one we do not speak.
+        if profile == Profile::Savp && srtp.policy == SrtpPolicy::Off {
             continue;
         }
         saw_audio = true;
@@ -951,9 +1284,18 @@ fn choose_offered_audio(
         let Some((codec, payload_type)) = codec else {
             continue;
         };
+        let crypto = match srtp.select(media, profile) {
+            Ok(crypto) => crypto,
+            Err(e) => {
+                crypto_error.get_or_insert(e);
+                continue;
+            }
+        };
         let remote = remote_address(offer, media)?;
         return Ok(ChosenAudio {
             index,
+            profile,
+            crypto,
             codec,
             payload_type,
             telephone_event,
@@ -962,10 +1304,10 @@ fn choose_offered_audio(
             ptime: ptime(offer, media),
         });
     }
-    Err(if saw_audio {
-        SdpError::NoCommonCodec
-    } else {
-        SdpError::NoAudio
+    Err(match crypto_error {
+        Some(e) => e,
+        None if saw_audio => SdpError::NoCommonCodec,
+        None => SdpError::NoAudio,
     })
 }
 
@@ -1108,6 +1450,7 @@ mod tests {
             telephone_event_pt: Some(101),
             direction: SdpDirection::SendRecv,
             ptime_ms: 20,
+            srtp: None,
         };
         assert_eq!(na, expected);
         assert_eq!(

@@ -750,15 +750,15 @@ impl MediaSession {
         &mut self,
         now: Instant,
         source: SocketAddr,
-        bytes: Bytes,
+        bytes: &[u8],
     ) -> Result<(), PacketError> {
-        if looks_like_rtcp(&bytes) {
+        if looks_like_rtcp(bytes) {
             return self.handle_rtcp(now, source, bytes);
         }
         if self.closed {
             return Ok(());
         }
-        let Some(fields) = parse_rtp(&bytes) else {
+        let Some(fields) = parse_rtp(bytes) else {
             self.stats.packets_ignored += 1;
             return Err(PacketError::MalformedRtp);
         };
@@ -791,7 +791,11 @@ impl MediaSession {
                 return Ok(());
             }
         };
-        let payload = bytes.slice(fields.payload_start..fields.payload_end);
+        let payload = Bytes::copy_from_slice(
+            bytes
+                .get(fields.payload_start..fields.payload_end)
+                .unwrap_or_default(),
+        );
         let held = Held {
             arrived: now,
             payload_type: fields.payload_type,
@@ -827,12 +831,12 @@ impl MediaSession {
         &mut self,
         now: Instant,
         source: SocketAddr,
-        bytes: Bytes,
+        bytes: &[u8],
     ) -> Result<(), PacketError> {
         if self.closed {
             return Ok(());
         }
-        let parsed = rtcp::parse(&bytes).ok_or(PacketError::MalformedRtcp)?;
+        let parsed = rtcp::parse(bytes).ok_or(PacketError::MalformedRtcp)?;
         self.stats.rtcp_received += 1;
         let remote = self.remote_ssrc();
         for report in parsed.reports {

@@ -71,7 +71,7 @@ pub use g711::{Codec, Frame, FRAME_SAMPLES, SAMPLE_RATE};
 pub use rtcp::{ReportBlockInfo, RtcpReport, SenderInfo};
 pub use session::{
     Destination, MediaConfig, MediaDirection, MediaError, MediaEvent, MediaSession, MediaTransmit,
-    PacketError, PTIME,
+    PacketError, TransmitInfo, PTIME,
 };
 pub use stats::MediaStats;
 

@@ -1093,3 +1093,36 @@ fn a_transmit_the_driver_could_not_send_is_not_counted() {
     assert_eq!(a.stats().rtcp_sent, rtcp - 1);
     assert_eq!(a.stats().packets_sent, 2);
 }
+
+/// `poll_transmit_into` gives the same datagrams, in the same order and to
+/// the same places, as `poll_transmit`, into one reused buffer.
+#[test]
+fn poll_transmit_into_gives_what_poll_transmit_gives() {
+    let start = Instant::now();
+    let mut a = MediaSession::new(MediaConfig::new(11), start).unwrap();
+    let mut b = MediaSession::new(MediaConfig::new(11), start).unwrap();
+    let peer = addr("192.0.2.2:5000");
+    for s in [&mut a, &mut b] {
+        s.set_destination(Destination::new(peer));
+        s.send_dtmf(DtmfDigit::D1, ms(40)).unwrap();
+        for i in 0..6u32 {
+            s.send_frame(start + PTIME * i, &[i as i16 * 100; FRAME_SAMPLES]);
+        }
+        s.handle_timeout(start + ms(2600));
+        s.set_destination(Destination::new(addr("192.0.2.3:6000")));
+    }
+    let mut buf = Vec::with_capacity(256);
+    let mut n = 0;
+    while let Some(t) = a.poll_transmit() {
+        let info = b.poll_transmit_into(&mut buf).unwrap();
+        assert_eq!(&buf[..], &t.payload[..]);
+        assert_eq!(
+            (info.destination, info.rtcp, info.resent),
+            (t.destination, t.rtcp, t.resent)
+        );
+        n += 1;
+    }
+    assert!(b.poll_transmit_into(&mut buf).is_none());
+    assert!(buf.is_empty());
+    assert_eq!(n, 6 + 1 + 1, "frames, the RTCP report and the resend");
+}

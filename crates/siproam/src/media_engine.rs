@@ -33,7 +33,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use siproam_core::CallId;
 use siproam_media::{
     AudioSink, AudioSource, Destination, DtmfDigit, MediaDirection, MediaEvent, MediaSession,
-    MediaTransmit,
+    MediaTransmit, TransmitInfo,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -54,6 +54,11 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames sent at once for a call whose send clock fell behind (the
 /// session itself skips time beyond five).
 const MAX_CATCH_UP_FRAMES: usize = 6;
+/// Timers are taken in wake-ups on a grid of this many 1 ms ticks: a
+/// frame leaves at most this much after its time (never before), and a
+/// thread wakes for its timers at most 1000 / `WAKE_GRAIN` times a second
+/// however many calls it carries.
+const WAKE_GRAIN: u64 = 4;
 /// The waker's token: every other token is a call's socket.
 const WAKER: Token = Token(usize::MAX);
 
@@ -290,6 +295,17 @@ impl Stranded {
     }
 }
 
+/// A datagram that did not leave at once, kept (or handed back to the
+/// session's counters).
+fn transmit(packet: &[u8], info: TransmitInfo) -> MediaTransmit {
+    MediaTransmit {
+        payload: bytes::Bytes::copy_from_slice(packet),
+        destination: info.destination,
+        rtcp: info.rtcp,
+        resent: info.resent,
+    }
+}
+
 /// A socket a call still receives on after its media moved.
 #[derive(Debug)]
 struct OldSocket {
@@ -324,6 +340,8 @@ struct Call {
     dtmf_gap: u32,
     /// The wheel tick the call's deadline holds.
     scheduled: Option<u64>,
+    /// Received audio on its way to the sink (reused).
+    audio: Vec<i16>,
 }
 
 impl Call {
@@ -452,14 +470,13 @@ impl Call {
     /// received keys. Every datagram leaves here, in `buf` (reused; room to
     /// grow in place).
     fn flush(&mut self, buf: &mut Vec<u8>) {
-        while let Some(t) = self.session.poll_transmit() {
-            buf.clear();
-            buf.extend_from_slice(&t.payload);
-            self.send(buf, t);
+        while let Some(info) = self.session.poll_transmit_into(buf) {
+            // (SRTP protects `buf` here)
+            self.send(buf, info);
         }
-        while let Some(audio) = self.session.poll_audio() {
+        while self.session.poll_audio_into(&mut self.audio) {
             if let Some(s) = self.sink.as_mut() {
-                let _ = s.write(&audio);
+                let _ = s.write(&self.audio);
             }
         }
         while let Some(ev) = self.session.poll_event() {
@@ -473,8 +490,10 @@ impl Call {
         }
     }
 
-    /// Sends `packet` (the datagram of `t`, as it goes on the wire).
-    fn send(&mut self, packet: &[u8], t: MediaTransmit) {
+    /// Sends `packet` (a datagram as it goes on the wire) where `info`
+    /// says.
+    fn send(&mut self, packet: &[u8], info: TransmitInfo) {
+        let t = info;
         // moved to the other family (IPv4 ↔ IPv6) while the peer is still
         // at its old address: keep sending from the old socket until the
         // peer's new address is known
@@ -497,17 +516,13 @@ impl Call {
             // the current socket's address is gone: the media moves to a
             // new socket soon, the packet leaves from there
             Err(e) if from_old.is_none() && !t.rtcp && address_gone(&e) => {
-                let held = MediaTransmit {
-                    payload: bytes::Bytes::copy_from_slice(packet),
-                    ..t
-                };
-                if let Some(given_up) = self.stranded.push(held) {
+                if let Some(given_up) = self.stranded.push(transmit(packet, t)) {
                     self.session.handle_send_failed(&given_up);
                 }
             }
             Err(e) => {
                 debug!("media of {:?} not sent: {e}", self.call);
-                self.session.handle_send_failed(&t);
+                self.session.handle_send_failed(&transmit(packet, t));
             }
         }
     }
@@ -648,7 +663,7 @@ impl EngineThread {
         loop {
             let timeout = self
                 .wheel
-                .next_deadline()
+                .next_wake(WAKE_GRAIN)
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -803,6 +818,7 @@ impl EngineThread {
             dtmf: VecDeque::new(),
             dtmf_gap: 0,
             scheduled: None,
+            audio: Vec::new(),
         };
         Self::schedule(&mut self.wheel, slot, &mut call);
         if let Some(s) = self.calls.get_mut(slot) {

@@ -85,8 +85,24 @@ impl TimerWheel {
         tick
     }
 
+    /// When the earliest entry fires, rounded up to a multiple of `grain`
+    /// ticks (at least 1) from the origin, so that entries due close
+    /// together are taken in one wake-up; `None` when there is none.
+    pub(crate) fn next_wake(&self, grain: u64) -> Option<Instant> {
+        let grain = grain.max(1);
+        let tick = self.next_tick()?.div_ceil(grain).saturating_mul(grain);
+        let millis = u32::try_from(tick).unwrap_or(u32::MAX);
+        Some(self.origin + TICK.saturating_mul(millis))
+    }
+
     /// When the earliest entry fires, `None` when there is none.
+    #[cfg(test)]
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.next_wake(1)
+    }
+
+    /// The earliest entry's tick.
+    fn next_tick(&self) -> Option<u64> {
         let in_slots = (self.len > 0)
             .then(|| {
                 (self.current..self.current + SPAN).find(|t| {
@@ -95,9 +111,7 @@ impl TimerWheel {
                 })
             })
             .flatten();
-        let tick = in_slots.or_else(|| self.overflow.first().map(|(t, _)| *t))?;
-        let millis = u32::try_from(tick).unwrap_or(u32::MAX);
-        Some(self.origin + TICK.saturating_mul(millis))
+        in_slots.or_else(|| self.overflow.first().map(|(t, _)| *t))
     }
 
     /// Takes every entry whose tick has come by `now` into `due` as
@@ -212,6 +226,19 @@ mod tests {
         due.sort_unstable();
         assert_eq!(due, vec![(1, 1000), (2, 70)]);
         assert_eq!(w.next_deadline(), None);
+    }
+
+    /// Wake-ups are rounded up to the grain: never before the deadline.
+    #[test]
+    fn wake_ups_round_up_to_the_grain() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        w.insert(1, t0 + ms(21));
+        assert_eq!(w.next_wake(1), Some(t0 + ms(21)));
+        assert_eq!(w.next_wake(4), Some(t0 + ms(24)));
+        assert_eq!(w.next_wake(0), Some(t0 + ms(21)));
+        w.insert(2, t0 + ms(20));
+        assert_eq!(w.next_wake(4), Some(t0 + ms(20)));
     }
 
     /// A 20 ms cadence kept by re-inserting at each firing: each firing

@@ -198,6 +198,18 @@ impl JitterBuffer {
         taken
     }
 
+    /// Whether packet `ext_seq` leaves at once without being held: nothing
+    /// waits and it is the next one expected (or the first). It is then
+    /// recorded as played, as [`pop`](Self::pop) would have.
+    pub fn pass_through(&mut self, ext_seq: u64) -> bool {
+        if self.count != 0 || self.next.is_some_and(|n| n != ext_seq) {
+            return false;
+        }
+        self.played = (self.played << 1) | 1;
+        self.next = Some(ext_seq + 1);
+        true
+    }
+
     /// The next packet allowed to leave at `now`, if any.
     pub fn pop(&mut self, now: Instant) -> Option<Released> {
         let head = self.head()?;
@@ -350,5 +362,22 @@ mod tests {
         assert!(Payload::new(&[1; MAX_HELD_PAYLOAD + 1]).is_none());
         let p = Payload::new(&[7; 160]).unwrap();
         assert_eq!(&*p, &[7u8; 160][..]);
+    }
+
+    /// A packet passed through unheld counts as played: a second copy is a
+    /// duplicate, the next one passes too, one after a hole is held.
+    #[test]
+    fn pass_through_is_the_in_turn_path_without_holding() {
+        let t = crate::test_instant();
+        let mut jb = JitterBuffer::new(3, Duration::from_millis(60));
+        assert!(jb.pass_through(5), "the first packet");
+        assert_eq!(jb.insert(5, held(t, 5)), Insert::Duplicate);
+        assert!(jb.pass_through(6));
+        assert!(!jb.pass_through(8), "behind a hole");
+        jb.insert(8, held(t, 8));
+        assert!(!jb.pass_through(7), "a packet is held");
+        jb.insert(7, held(t, 7));
+        assert_eq!(drain(&mut jb, t), [(7, 0), (8, 0)]);
+        assert!(jb.pass_through(9));
     }
 }

@@ -9,7 +9,7 @@ use rtp_types::RtpPacket;
 
 use crate::dtmf::{DtmfDigit, DtmfSender, TelephoneEvent, MAX_EVENT_FRAMES};
 use crate::g711::{Codec, Frame, FRAME_SAMPLES, SAMPLE_RATE};
-use crate::jitter::{Held, Insert, JitterBuffer, Payload, Released};
+use crate::jitter::{Held, Insert, JitterBuffer, Payload, Released, MAX_HELD_PAYLOAD};
 use crate::rng::SplitMix64;
 use crate::rtcp::{self, OutgoingBlock, RtcpReport, SenderInfo};
 use crate::stats::{GapTracker, MediaStats, ReceiveState, SeqUpdate};
@@ -835,11 +835,27 @@ impl MediaSession {
         };
         let Some(payload) = bytes
             .get(fields.payload_start..fields.payload_end)
-            .and_then(Payload::new)
+            .filter(|p| p.len() <= MAX_HELD_PAYLOAD)
         else {
             // longer than the buffer holds (more than 60 ms of G.711)
             recv.uncount();
             self.stats.packets_ignored += 1;
+            return Ok(());
+        };
+        if self.jitter.pass_through(ext_seq) {
+            // the next one expected, nothing waiting: played at once,
+            // never copied into the buffer
+            if !is_event {
+                let arrival = rtp_units(now.saturating_duration_since(self.created));
+                recv.update_jitter(arrival as u32, fields.timestamp);
+            }
+            self.stats.packets_received += 1;
+            self.stats.bytes_received += bytes.len() as u64;
+            self.gaps.arrived(now);
+            self.play(0, fields.payload_type, fields.timestamp, payload);
+            return Ok(());
+        }
+        let Some(payload) = Payload::new(payload) else {
             return Ok(());
         };
         let held = Held {
@@ -1141,20 +1157,20 @@ impl MediaSession {
 
     /// Plays every packet the jitter buffer lets go at `now`.
     fn release(&mut self, now: Instant) {
-        while let Some(released) = self.jitter.pop(now) {
-            self.play(released);
+        while let Some(Released { held, missing }) = self.jitter.pop(now) {
+            self.play(missing, held.payload_type, held.timestamp, &held.payload);
         }
     }
 
-    fn play(&mut self, released: Released) {
-        self.stats.packets_concealed += released.missing;
-        let held = released.held;
-        if Some(held.payload_type) == self.telephone_event {
-            let Some(event) = TelephoneEvent::parse(&held.payload) else {
+    /// Plays a packet's payload, `missing` packets after the one before.
+    fn play(&mut self, missing: u64, payload_type: u8, timestamp: u32, payload: &[u8]) {
+        self.stats.packets_concealed += missing;
+        if Some(payload_type) == self.telephone_event {
+            let Some(event) = TelephoneEvent::parse(payload) else {
                 return;
             };
-            if event.end && self.last_event_end != Some(held.timestamp) {
-                self.last_event_end = Some(held.timestamp);
+            if event.end && self.last_event_end != Some(timestamp) {
+                self.last_event_end = Some(timestamp);
                 if let Some(digit) = DtmfDigit::from_event_code(event.event) {
                     let micros = u64::from(event.duration) * 1_000_000 / u64::from(SAMPLE_RATE);
                     self.events.push_back(MediaEvent::Dtmf {
@@ -1165,25 +1181,23 @@ impl MediaSession {
             }
             return;
         }
-        let Some(codec) = Codec::from_payload_type(held.payload_type) else {
+        let Some(codec) = Codec::from_payload_type(payload_type) else {
             return;
         };
         let mut out = self
             .spare_audio
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(held.payload.len()));
+            .unwrap_or_else(|| Vec::with_capacity(payload.len()));
         out.clear();
         if let Some(expected) = self.play_ts {
-            let hole = held.timestamp.wrapping_sub(expected);
+            let hole = timestamp.wrapping_sub(expected);
             if hole > 0 && hole <= MAX_FILL_SAMPLES {
                 out.resize(hole as usize, 0);
             }
         }
-        codec.decode(&held.payload, &mut out);
-        self.play_ts = Some(
-            held.timestamp
-                .wrapping_add(u32::try_from(held.payload.len()).unwrap_or(u32::MAX)),
-        );
+        codec.decode(payload, &mut out);
+        self.play_ts =
+            Some(timestamp.wrapping_add(u32::try_from(payload.len()).unwrap_or(u32::MAX)));
         if self.audio.len() >= MAX_AUDIO_CHUNKS {
             self.audio.pop_front();
         }

@@ -59,6 +59,9 @@ const MAX_CATCH_UP_FRAMES: usize = 6;
 /// thread wakes for its timers at most 1000 / `WAKE_GRAIN` times a second
 /// however many calls it carries.
 const WAKE_GRAIN: u64 = 4;
+/// Batches read from one socket in a row: one flooded by a peer leaves the
+/// others their turn, and is read on in the next round.
+const MAX_BATCHES_IN_A_ROW: usize = 8;
 /// The waker's token: every other token is a call's socket.
 const WAKER: Token = Token(usize::MAX);
 
@@ -640,6 +643,8 @@ struct EngineThread {
     rx: RxBatch,
     tx: Vec<u8>,
     due: Vec<(usize, u64)>,
+    /// Sockets left with datagrams to read (slot, old).
+    undrained: Vec<(usize, bool)>,
 }
 
 impl EngineThread {
@@ -655,16 +660,20 @@ impl EngineThread {
             rx: RxBatch::new(),
             tx: Vec::with_capacity(rx::BUF),
             due: Vec::new(),
+            undrained: Vec::new(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self
-                .wheel
-                .next_wake(WAKE_GRAIN)
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = if self.undrained.is_empty() {
+                self.wheel
+                    .next_wake(WAKE_GRAIN)
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -680,6 +689,9 @@ impl EngineThread {
                 } else {
                     self.readable(ev.token().0 >> 1, ev.token().0 & 1 == 1, now);
                 }
+            }
+            for (slot, old) in std::mem::take(&mut self.undrained) {
+                self.readable(slot, old, now);
             }
             if commands && !self.commands(now) {
                 return;
@@ -719,7 +731,7 @@ impl EngineThread {
         let Some(Some(call)) = self.calls.get_mut(slot) else {
             return;
         };
-        let mut errors = 0;
+        let (mut errors, mut batches) = (0, 0);
         loop {
             let socket = match (&call.old, old) {
                 (_, false) => &call.socket,
@@ -744,6 +756,12 @@ impl EngineThread {
                 }
             }
             if n < rx::BATCH {
+                break;
+            }
+            batches += 1;
+            if batches >= MAX_BATCHES_IN_A_ROW {
+                // not drained: no new readiness comes for it (edge-triggered)
+                self.undrained.push((slot, old));
                 break;
             }
         }

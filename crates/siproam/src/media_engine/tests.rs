@@ -220,3 +220,50 @@ fn a_rebind_keeps_the_old_socket_until_the_peer_follows() {
 }
 
 const PTIME_FOR_TEST: Duration = siproam_media::PTIME;
+
+/// A socket with more datagrams waiting than one turn reads (a burst, or a
+/// flooding peer) is read on in the next rounds: nothing is left behind
+/// although no new readiness comes for it.
+#[test]
+fn a_burst_longer_than_a_turn_is_read_whole() {
+    let thread = spawn_thread(96).unwrap();
+    let (ours, our_addr) = loopback_socket();
+    let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut peer_session = MediaSession::new(MediaConfig::new(4), Instant::now()).unwrap();
+    peer_session.set_destination(Destination::new(our_addr));
+    let t0 = Instant::now();
+    let burst = rx::BATCH * MAX_BATCHES_IN_A_ROW + 36;
+    let mut sent = 0;
+    for i in 0..burst as u32 {
+        peer_session.send_frame(t0 + PTIME_FOR_TEST * i, &[0; 160]);
+        while let Some(t) = peer_session.poll_transmit() {
+            if !t.rtcp {
+                peer.send_to(&t.payload, our_addr).unwrap();
+                sent += 1;
+            }
+        }
+    }
+    assert_eq!(sent, burst);
+    // all of it waits before the engine takes the socket
+    let session = MediaSession::new(MediaConfig::new(3), Instant::now()).unwrap();
+    let (events, mut reports) = mpsc::channel(256);
+    let handle = start_on(
+        &thread,
+        1,
+        CallMedia {
+            call: CallId(8),
+            socket: ours,
+            session,
+            source: Box::new(SilenceSource),
+            sink: None,
+            events: Some(events),
+            tap: None,
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(handle);
+    let last = last_report(&mut reports, CallId(8));
+    assert_eq!(last.rx_packets, burst as u64);
+    assert_eq!(last.lost, 0);
+}

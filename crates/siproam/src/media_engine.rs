@@ -348,6 +348,32 @@ struct Call {
 }
 
 impl Call {
+    /// A call started at `now` (its socket made non-blocking, not yet
+    /// registered).
+    fn new(key: u64, media: CallMedia, now: Instant) -> std::io::Result<Self> {
+        let local = media.socket.local_addr()?;
+        media.socket.set_nonblocking(true)?;
+        Ok(Call {
+            call: media.call,
+            key,
+            socket: UdpSocket::from_std(media.socket),
+            local,
+            old: None,
+            moved: false,
+            session: media.session,
+            source: media.source,
+            sink: media.sink,
+            events: media.events,
+            tap: media.tap,
+            report_at: now + REPORT_INTERVAL,
+            stranded: Stranded::default(),
+            dtmf: VecDeque::new(),
+            dtmf_gap: 0,
+            scheduled: None,
+            audio: Vec::new(),
+        })
+    }
+
     fn emit(&self, ev: EndpointEvent) {
         if let Some(events) = &self.events {
             if events.try_send(ev).is_err() {
@@ -797,46 +823,21 @@ impl EngineThread {
             self.calls.push(None);
             self.calls.len() - 1
         });
-        let local = media.socket.local_addr();
-        let socket = media
-            .socket
-            .set_nonblocking(true)
-            .map(|()| UdpSocket::from_std(media.socket));
-        let registered = match (socket, local) {
-            (Ok(mut socket), Ok(local)) => self
-                .poll
+        let id = media.call;
+        let started = Call::new(key, media, now).and_then(|mut call| {
+            self.poll
                 .registry()
-                .register(&mut socket, token(slot, false), Interest::READABLE)
-                .map(|()| (socket, local)),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        let (socket, local) = match registered {
-            Ok(s) => s,
+                .register(&mut call.socket, token(slot, false), Interest::READABLE)
+                .map(|()| call)
+        });
+        let mut call = match started {
+            Ok(call) => call,
             Err(e) => {
-                debug!("media of {:?} not started: {e}", media.call);
+                debug!("media of {id:?} not started: {e}");
                 self.free.push(slot);
                 self.load.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
-        };
-        let mut call = Call {
-            call: media.call,
-            key,
-            socket,
-            local,
-            old: None,
-            moved: false,
-            session: media.session,
-            source: media.source,
-            sink: media.sink,
-            events: media.events,
-            tap: media.tap,
-            report_at: now + REPORT_INTERVAL,
-            stranded: Stranded::default(),
-            dtmf: VecDeque::new(),
-            dtmf_gap: 0,
-            scheduled: None,
-            audio: Vec::new(),
         };
         Self::schedule(&mut self.wheel, slot, &mut call);
         if let Some(s) = self.calls.get_mut(slot) {

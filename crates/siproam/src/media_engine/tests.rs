@@ -267,3 +267,65 @@ fn a_burst_longer_than_a_turn_is_read_whole() {
     assert_eq!(last.rx_packets, burst as u64);
     assert_eq!(last.lost, 0);
 }
+
+/// With a simulated clock stepping 1 ms, a call wants the engine exactly
+/// when a frame is due: one packet every 20 ms, sequence numbers and
+/// timestamps in step, and the first media report after a second.
+#[test]
+fn a_call_sends_a_frame_every_20_ms_of_simulated_time() {
+    let receiver = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let (socket, _) = loopback_socket();
+    let t0 = Instant::now();
+    let mut session = MediaSession::new(MediaConfig::new(9), t0).unwrap();
+    session.set_destination(Destination::new(receiver.local_addr().unwrap()));
+    let (events, mut reports) = mpsc::channel(16);
+    let media = CallMedia {
+        call: CallId(3),
+        socket,
+        session,
+        source: Box::new(ToneSource::new(1000.0, 8000)),
+        sink: None,
+        events: Some(events),
+        tap: None,
+    };
+    let mut call = Call::new(1, media, t0).unwrap();
+    let mut buf = Vec::new();
+    let mut woken = Vec::new();
+    for step in 0..=1000u64 {
+        let now = t0 + Duration::from_millis(step);
+        if call.deadline() <= now {
+            woken.push(step);
+            call.on_timer(now);
+            call.flush(&mut buf);
+        }
+    }
+    let frames: Vec<u64> = woken.iter().copied().filter(|s| s % 20 == 0).collect();
+    assert_eq!(frames, (0..=50).map(|i| i * 20).collect::<Vec<_>>());
+    // the other wake-ups: the first RTCP report (2.5 s) is not due yet,
+    // the media report is, at 1 s (a frame's time too)
+    assert_eq!(woken, frames, "woken only when something was due");
+    let mut packets = Vec::new();
+    let mut b = [0u8; 2048];
+    while let Ok((n, _)) = receiver.recv_from(&mut b) {
+        packets.push(b[..n].to_vec());
+    }
+    assert_eq!(packets.len(), 51);
+    for (i, p) in packets.iter().enumerate() {
+        assert_eq!(p.len(), 12 + 160);
+        let seq = u16::from_be_bytes([p[2], p[3]]);
+        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let first_seq = u16::from_be_bytes([packets[0][2], packets[0][3]]);
+        let first_ts =
+            u32::from_be_bytes([packets[0][4], packets[0][5], packets[0][6], packets[0][7]]);
+        assert_eq!(seq, first_seq.wrapping_add(i as u16));
+        assert_eq!(ts, first_ts.wrapping_add(160 * i as u32));
+    }
+    match reports.try_recv() {
+        Ok(EndpointEvent::Media(r)) => {
+            assert!(!r.last);
+            assert_eq!(r.tx_packets, 51);
+        }
+        other => panic!("a media report after a second: {other:?}"),
+    }
+}

@@ -162,11 +162,17 @@ impl JitterBuffer {
     }
 
     fn oldest_arrival(&self) -> Option<Instant> {
+        if self.count == 0 {
+            return None;
+        }
         self.all().map(|(_, h)| h.arrived).min()
     }
 
     /// The lowest sequence number held.
     fn head(&self) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
         self.all().map(|(k, _)| *k).min()
     }
 

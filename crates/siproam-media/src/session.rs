@@ -170,6 +170,10 @@ pub struct MediaConfig {
     pub rtcp_interval: Duration,
     /// The RTCP CNAME. Default `siproam-<ssrc in hex>`.
     pub cname: Option<String>,
+    /// Whether received audio is decoded for [`MediaSession::poll_audio`].
+    /// Off, nothing is decoded (received DTMF is still reported): for a
+    /// driver with nowhere to play it. Default on.
+    pub playout: bool,
     /// The wall clock at the `now` given to [`MediaSession::new`], for the
     /// NTP timestamps of sender reports. Without it they count from the
     /// session's start (RFC 3550 §6.4.1 allows that).
@@ -189,6 +193,7 @@ impl MediaConfig {
             jitter_depth: 3,
             rtcp_interval: Duration::from_secs(5),
             cname: None,
+            playout: true,
             wallclock: None,
         }
     }
@@ -442,6 +447,7 @@ pub struct MediaSession {
     latch_after: u32,
     rtcp_interval: Duration,
     wallclock: Option<SystemTime>,
+    playout: bool,
     created: Instant,
     direction: MediaDirection,
     destination: Option<Destination>,
@@ -517,6 +523,7 @@ impl MediaSession {
             latch_after: config.latch_after,
             rtcp_interval: config.rtcp_interval,
             wallclock: config.wallclock,
+            playout: config.playout,
             created: now,
             direction: config.direction,
             destination: None,
@@ -1179,6 +1186,9 @@ impl MediaSession {
                     });
                 }
             }
+            return;
+        }
+        if !self.playout {
             return;
         }
         let Some(codec) = Codec::from_payload_type(payload_type) else {

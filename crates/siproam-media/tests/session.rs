@@ -1126,3 +1126,36 @@ fn poll_transmit_into_gives_what_poll_transmit_gives() {
     assert!(buf.is_empty());
     assert_eq!(n, 6 + 1 + 1, "frames, the RTCP report and the resend");
 }
+
+/// Without playout nothing is decoded, while the stream is still counted
+/// and its DTMF still reported.
+#[test]
+fn without_playout_nothing_is_decoded_but_dtmf_is_reported() {
+    let start = Instant::now();
+    let mut a = MediaSession::new(MediaConfig::new(1), start).unwrap();
+    let mut config = MediaConfig::new(2);
+    config.playout = false;
+    let mut b = MediaSession::new(config, start).unwrap();
+    let b_addr = addr("192.0.2.2:5000");
+    let a_addr = addr("192.0.2.1:4000");
+    a.set_destination(Destination::new(b_addr));
+    a.send_dtmf(DtmfDigit::D5, ms(40)).unwrap();
+    for i in 0..10u32 {
+        let now = start + PTIME * i;
+        a.send_frame(now, &[1000; FRAME_SAMPLES]);
+        while let Some(t) = a.poll_transmit() {
+            if !t.rtcp {
+                b.handle_rtp(now, a_addr, &t.payload).unwrap();
+            }
+        }
+    }
+    assert_eq!(b.poll_audio(), None);
+    assert_eq!(b.stats().packets_received, 10);
+    assert!(events(&mut b).iter().any(|e| matches!(
+        e,
+        MediaEvent::Dtmf {
+            digit: DtmfDigit::D5,
+            ..
+        }
+    )));
+}

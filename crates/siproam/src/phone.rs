@@ -467,6 +467,8 @@ impl Phone {
         };
         cfg.telephone_event = neg.telephone_event_pt;
         cfg.direction = direction;
+        // received audio is decoded only to be recorded
+        cfg.playout = record.is_some();
         // the engine's clock (the session is sans-IO)
         let Ok(mut session) = MediaSession::new(cfg, Instant::now()) else {
             return;

@@ -261,8 +261,14 @@ pub(crate) fn cpu_seconds_of(pid: &str) -> Option<f64> {
 /// `siproam bench calls --calls N`: N simultaneous calls between two
 /// endpoints of this process on loopback, each with 20 ms G.711 media both
 /// ways, for `seconds`; reports CPU time per call-second (both ends
-/// together) and packets lost.
-pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<ExitCode> {
+/// together), resident memory per call, packets lost, and (`floor`) what
+/// the same packets cost a plain socket loop.
+pub async fn calls(
+    n: usize,
+    seconds: u64,
+    floor: bool,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
     use siproam::core::{CallEvent, CallState};
     use siproam::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
     if n == 0 {
@@ -304,6 +310,7 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
         .context("callee listener")?;
     let uri = format!("sip:bob@{bob}");
     let mut ids = Vec::with_capacity(n);
+    let rss0 = rss_bytes().unwrap_or(0);
     let setup = Instant::now();
     let mut confirmed = 0usize;
     let mut failed = 0usize;
@@ -327,6 +334,16 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
     }
     progress.finish();
     let setup_s = setup.elapsed().as_secs_f64();
+    // a second of media first: buffers filled, reports flowing
+    let settle = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(settle) => break,
+            _ = caller.next_event() => {}
+            _ = callee.next_event() => {}
+        }
+    }
+    let memory_per_call = rss_bytes().unwrap_or(0).saturating_sub(rss0) / n as u64;
     let cpu0 = cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -361,6 +378,20 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
         }
     }
     let call_seconds = confirmed as f64 * wall;
+    caller.shutdown().await;
+    callee.shutdown().await;
+    let floor = if floor {
+        let (cpu, wall, lost) = tokio::task::spawn_blocking(move || floor_loop(n, seconds))
+            .await
+            .context("the floor loop")??;
+        json!({
+            "cpu_seconds": (cpu * 1000.0).round() / 1000.0,
+            "core_percent_per_100_calls": (cpu / wall * 100.0 * 100.0 / n as f64 * 100.0).round() / 100.0,
+            "packets_lost": lost,
+        })
+    } else {
+        Value::Null
+    };
     emit(
         json_out,
         json!({
@@ -378,15 +409,60 @@ pub async fn calls(n: usize, seconds: u64, json_out: bool) -> anyhow::Result<Exi
             "packets_received": rx,
             "packets_lost": lost,
             "final_reports": reports,
+            "memory_per_call_bytes": memory_per_call,
+            "floor": floor,
         }),
     );
-    caller.shutdown().await;
-    callee.shutdown().await;
     Ok(if confirmed == n && lost == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The floor of `bench calls`: `n` pairs of plain UDP sockets (127.0.0.2
+/// and 127.0.0.3) exchanging 172-byte datagrams, 50 a second each way per
+/// pair, one system call per datagram, for `seconds`, on one thread; no
+/// SIP, no sessions. Returns its CPU seconds, wall seconds and the
+/// datagrams that did not arrive.
+fn floor_loop(n: usize, seconds: u64) -> anyhow::Result<(f64, f64, u64)> {
+    use std::net::UdpSocket;
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let a = UdpSocket::bind("127.0.0.2:0")?;
+        let b = UdpSocket::bind("127.0.0.3:0")?;
+        a.set_nonblocking(true)?;
+        b.set_nonblocking(true)?;
+        let (aa, ba) = (a.local_addr()?, b.local_addr()?);
+        pairs.push((a, aa, b, ba));
+    }
+    let packet = [0x80u8; 172];
+    let mut buf = [0u8; 2048];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let cpu0 = cpu_seconds().unwrap_or(0.0);
+    let t0 = Instant::now();
+    let mut tick = t0;
+    let ptime = Duration::from_millis(20);
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        for (a, aa, b, ba) in &pairs {
+            sent += u64::from(a.send_to(&packet, *ba).is_ok());
+            sent += u64::from(b.send_to(&packet, *aa).is_ok());
+        }
+        // on loopback each datagram is queued by the time send returns:
+        // one receive each, no call that finds nothing
+        for (a, _, b, _) in &pairs {
+            received += u64::from(b.recv_from(&mut buf).is_ok());
+            received += u64::from(a.recv_from(&mut buf).is_ok());
+        }
+        tick += ptime;
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+    }
+    let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+    Ok((
+        cpu,
+        t0.elapsed().as_secs_f64(),
+        sent.saturating_sub(received),
+    ))
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {

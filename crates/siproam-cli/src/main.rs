@@ -308,6 +308,13 @@ enum BenchKind {
         /// How long the media runs, in seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Media engine threads carrying the calls (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        media_threads: usize,
+        /// Skip the floor measurement (a plain socket loop with the same
+        /// packets, run after the calls).
+        #[arg(long)]
+        no_floor: bool,
     },
 }
 
@@ -547,8 +554,17 @@ fn run_command(cli: Cli, file: &run::FileConfig) -> ExitCode {
             which: BenchKind::Soak { handoffs, max_secs },
         } => block_on(bench_soak::soak(handoffs, max_secs, json)),
         Command::Bench {
-            which: BenchKind::Calls { calls, seconds },
-        } => block_on(bench::calls(calls, seconds, json)),
+            which:
+                BenchKind::Calls {
+                    calls,
+                    seconds,
+                    media_threads,
+                    no_floor,
+                },
+        } => {
+            siproam::set_media_threads(media_threads);
+            block_on(bench::calls(calls, seconds, !no_floor, json))
+        }
         Command::Bench {
             which:
                 BenchKind::Handoff {

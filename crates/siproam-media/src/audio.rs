@@ -92,9 +92,12 @@ pub struct ToneSource {
     /// Current phase, in cycles (0 ≤ phase < 1).
     phase: f64,
     amplitude: f64,
-    /// One exact period, when the frequency allows it.
+    /// One exact period, when the frequency allows it, followed by its
+    /// first frame's worth again, so that any frame is one slice of it.
     table: Vec<i16>,
-    /// Next index into `table`.
+    /// The period's length in samples (0 without a table).
+    period: usize,
+    /// Next index into `table` (below `period`).
     position: usize,
 }
 
@@ -121,11 +124,20 @@ impl ToneSource {
             phase: 0.0,
             amplitude: f64::from(amplitude.max(0)),
             table: Vec::new(),
+            period: 0,
             position: 0,
         };
         if frequency > 0.0 && frequency.fract() == 0.0 {
             let period = u64::from(SAMPLE_RATE) / gcd(u64::from(SAMPLE_RATE), frequency as u64);
-            tone.table = (0..period).map(|_| tone.sample()).collect();
+            let period = usize::try_from(period).unwrap_or(0);
+            let one: Vec<i16> = (0..period).map(|_| tone.sample()).collect();
+            tone.table = one
+                .iter()
+                .copied()
+                .cycle()
+                .take(period + FRAME_SAMPLES)
+                .collect();
+            tone.period = period;
             tone.phase = 0.0;
         }
         tone
@@ -148,13 +160,10 @@ impl AudioSource for ToneSource {
             }
             return frame;
         }
-        for sample in frame.iter_mut() {
-            *sample = self.table.get(self.position).copied().unwrap_or(0);
-            self.position += 1;
-            if self.position >= self.table.len() {
-                self.position = 0;
-            }
+        if let Some(samples) = self.table.get(self.position..self.position + FRAME_SAMPLES) {
+            frame.copy_from_slice(samples);
         }
+        self.position = (self.position + FRAME_SAMPLES) % self.period.max(1);
         frame
     }
 }

@@ -32,27 +32,32 @@ const ALAW_SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xF
 
 /// The segment (0..=7) whose end is at or above `value`, or 8 when it is
 /// beyond the last one.
-fn segment(value: i32, ends: &[i32; 8]) -> u8 {
-    let mut seg = 0u8;
-    for end in ends {
-        if value <= *end {
-            return seg;
+// evaluated at compile time only: an index out of range fails the build
+#[allow(clippy::indexing_slicing)]
+const fn segment(value: i32, ends: &[i32; 8]) -> u8 {
+    let mut seg = 0;
+    while seg < 8 {
+        if value <= ends[seg] {
+            return seg as u8;
         }
         seg += 1;
     }
-    seg
+    8
 }
 
-/// Encodes one 16-bit linear sample as a µ-law code (as sent on the wire).
-pub fn ulaw_encode(sample: i16) -> u8 {
-    let mut pcm = i32::from(sample) >> 2;
+/// µ-law encoding by the reference formula (the table is built from it).
+const fn ulaw_encode_formula(sample: i16) -> u8 {
+    let mut pcm = (sample as i32) >> 2;
     let mask: u8 = if pcm < 0 {
         pcm = -pcm;
         0x7F
     } else {
         0xFF
     };
-    pcm = pcm.min(ULAW_CLIP) + (ULAW_BIAS >> 2);
+    if pcm > ULAW_CLIP {
+        pcm = ULAW_CLIP;
+    }
+    pcm += ULAW_BIAS >> 2;
     let seg = segment(pcm, &ULAW_SEG_END);
     if seg >= 8 {
         return 0x7F ^ mask;
@@ -62,11 +67,11 @@ pub fn ulaw_encode(sample: i16) -> u8 {
     ((seg << 4) | quant) ^ mask
 }
 
-/// Decodes one µ-law code (as received on the wire) to a 16-bit linear sample.
-pub fn ulaw_decode(code: u8) -> i16 {
+/// µ-law decoding by the reference formula.
+const fn ulaw_decode_formula(code: u8) -> i16 {
     let code = !code;
-    let quant = i32::from(code & 0x0F);
-    let seg = u32::from((code & 0x70) >> 4);
+    let quant = (code & 0x0F) as i32;
+    let seg = ((code & 0x70) >> 4) as u32;
     let t = ((quant << 3) + ULAW_BIAS) << seg;
     let value = if code & 0x80 != 0 {
         ULAW_BIAS - t
@@ -77,10 +82,9 @@ pub fn ulaw_decode(code: u8) -> i16 {
     value as i16
 }
 
-/// Encodes one 16-bit linear sample as an A-law code (as sent on the wire,
-/// even bits inverted).
-pub fn alaw_encode(sample: i16) -> u8 {
-    let mut pcm = i32::from(sample) >> 3;
+/// A-law encoding by the reference formula.
+const fn alaw_encode_formula(sample: i16) -> u8 {
+    let mut pcm = (sample as i32) >> 3;
     let mask: u8 = if pcm >= 0 {
         0xD5
     } else {
@@ -91,16 +95,16 @@ pub fn alaw_encode(sample: i16) -> u8 {
     if seg >= 8 {
         return 0x7F ^ mask;
     }
-    let shift = if seg < 2 { 1 } else { u32::from(seg) };
+    let shift = if seg < 2 { 1 } else { seg as u32 };
     let quant = ((pcm >> shift) & 0x0F) as u8;
     ((seg << 4) | quant) ^ mask
 }
 
-/// Decodes one A-law code (as received on the wire) to a 16-bit linear sample.
-pub fn alaw_decode(code: u8) -> i16 {
+/// A-law decoding by the reference formula.
+const fn alaw_decode_formula(code: u8) -> i16 {
     let code = code ^ 0x55;
-    let mut t = i32::from(code & 0x0F) << 4;
-    let seg = u32::from((code & 0x70) >> 4);
+    let mut t = ((code & 0x0F) as i32) << 4;
+    let seg = ((code & 0x70) >> 4) as u32;
     match seg {
         0 => t += 8,
         1 => t += 0x108,
@@ -112,6 +116,86 @@ pub fn alaw_decode(code: u8) -> i16 {
     let value = if code & 0x80 != 0 { t } else { -t };
     // |value| <= 32256 by construction.
     value as i16
+}
+
+/// µ-law codes by the sample's top 14 bits (`sample >> 2`, two's
+/// complement): the formula only looks at those.
+// evaluated at compile time only: an index out of range fails the build
+#[allow(clippy::indexing_slicing)]
+static ULAW_ENCODE: [u8; 1 << 14] = {
+    let mut table = [0u8; 1 << 14];
+    let mut i = 0;
+    while i < 1 << 14 {
+        table[i] = ulaw_encode_formula(((i as u16) << 2) as i16);
+        i += 1;
+    }
+    table
+};
+
+/// A-law codes by the sample's top 13 bits (`sample >> 3`).
+// evaluated at compile time only: an index out of range fails the build
+#[allow(clippy::indexing_slicing)]
+static ALAW_ENCODE: [u8; 1 << 13] = {
+    let mut table = [0u8; 1 << 13];
+    let mut i = 0;
+    while i < 1 << 13 {
+        table[i] = alaw_encode_formula(((i as u16) << 3) as i16);
+        i += 1;
+    }
+    table
+};
+
+/// Samples by µ-law code.
+// evaluated at compile time only: an index out of range fails the build
+#[allow(clippy::indexing_slicing)]
+static ULAW_DECODE: [i16; 256] = {
+    let mut table = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = ulaw_decode_formula(i as u8);
+        i += 1;
+    }
+    table
+};
+
+/// Samples by A-law code.
+// evaluated at compile time only: an index out of range fails the build
+#[allow(clippy::indexing_slicing)]
+static ALAW_DECODE: [i16; 256] = {
+    let mut table = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = alaw_decode_formula(i as u8);
+        i += 1;
+    }
+    table
+};
+
+/// Encodes one 16-bit linear sample as a µ-law code (as sent on the wire).
+#[inline]
+pub fn ulaw_encode(sample: i16) -> u8 {
+    let i = usize::from((sample as u16) >> 2);
+    ULAW_ENCODE.get(i).copied().unwrap_or(0xFF)
+}
+
+/// Decodes one µ-law code (as received on the wire) to a 16-bit linear sample.
+#[inline]
+pub fn ulaw_decode(code: u8) -> i16 {
+    ULAW_DECODE.get(usize::from(code)).copied().unwrap_or(0)
+}
+
+/// Encodes one 16-bit linear sample as an A-law code (as sent on the wire,
+/// even bits inverted).
+#[inline]
+pub fn alaw_encode(sample: i16) -> u8 {
+    let i = usize::from((sample as u16) >> 3);
+    ALAW_ENCODE.get(i).copied().unwrap_or(0xD5)
+}
+
+/// Decodes one A-law code (as received on the wire) to a 16-bit linear sample.
+#[inline]
+pub fn alaw_decode(code: u8) -> i16 {
+    ALAW_DECODE.get(usize::from(code)).copied().unwrap_or(0)
 }
 
 /// The audio codecs this crate sends and receives.
@@ -168,12 +252,18 @@ impl Codec {
 
     /// Encodes samples, appending one code per sample to `out`.
     pub fn encode(self, samples: &[i16], out: &mut Vec<u8>) {
-        out.extend(samples.iter().map(|s| self.encode_sample(*s)));
+        match self {
+            Codec::Pcmu => out.extend(samples.iter().map(|s| ulaw_encode(*s))),
+            Codec::Pcma => out.extend(samples.iter().map(|s| alaw_encode(*s))),
+        }
     }
 
     /// Decodes codes, appending one sample per code to `out`.
     pub fn decode(self, codes: &[u8], out: &mut Vec<i16>) {
-        out.extend(codes.iter().map(|c| self.decode_sample(*c)));
+        match self {
+            Codec::Pcmu => out.extend(codes.iter().map(|c| ulaw_decode(*c))),
+            Codec::Pcma => out.extend(codes.iter().map(|c| alaw_decode(*c))),
+        }
     }
 }
 
@@ -181,6 +271,20 @@ impl Codec {
 mod tests {
     #![allow(clippy::indexing_slicing)]
     use super::*;
+
+    /// The tables give what the reference formulas give, for every sample
+    /// and every code.
+    #[test]
+    fn tables_equal_the_formulas_for_all_inputs() {
+        for sample in i16::MIN..=i16::MAX {
+            assert_eq!(ulaw_encode(sample), ulaw_encode_formula(sample), "{sample}");
+            assert_eq!(alaw_encode(sample), alaw_encode_formula(sample), "{sample}");
+        }
+        for code in 0..=u8::MAX {
+            assert_eq!(ulaw_decode(code), ulaw_decode_formula(code), "{code:#x}");
+            assert_eq!(alaw_decode(code), alaw_decode_formula(code), "{code:#x}");
+        }
+    }
 
     /// The µ-law reconstruction value of G.711 Table 2a for segment `seg`
     /// (0..=7) and step `q` (0..=15), in the 14-bit scale of the table

@@ -19,7 +19,9 @@
 //! [`MediaSession::set_direction`], [`MediaSession::send_dtmf`],
 //! [`MediaSession::close`]). After each, drain
 //! [`MediaSession::poll_transmit`], [`MediaSession::poll_event`] and
-//! [`MediaSession::poll_audio`], then sleep until the earlier of
+//! [`MediaSession::poll_audio`] (or [`MediaSession::poll_transmit_into`]
+//! and [`MediaSession::poll_audio_into`], which reuse the driver's buffers
+//! and allocate nothing per packet), then sleep until the earlier of
 //! [`MediaSession::poll_timeout`] and [`MediaSession::next_send_at`].
 //!
 //! ```
@@ -76,7 +78,7 @@ pub use g711::{Codec, Frame, FRAME_SAMPLES, SAMPLE_RATE};
 pub use rtcp::{ReportBlockInfo, RtcpReport, SenderInfo};
 pub use session::{
     Destination, MediaConfig, MediaDirection, MediaError, MediaEvent, MediaSession, MediaTransmit,
-    PacketError, PTIME,
+    PacketError, TransmitInfo, PTIME,
 };
 pub use stats::MediaStats;
 

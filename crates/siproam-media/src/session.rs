@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rtp_types::{RtpPacket, RtpPacketBuilder};
+use rtp_types::RtpPacket;
 
 use crate::dtmf::{DtmfDigit, DtmfSender, TelephoneEvent, MAX_EVENT_FRAMES};
 use crate::g711::{Codec, Frame, FRAME_SAMPLES, SAMPLE_RATE};
-use crate::jitter::{Held, Insert, JitterBuffer, Released};
+use crate::jitter::{Held, Insert, JitterBuffer, Payload, Released, MAX_HELD_PAYLOAD};
 use crate::rng::SplitMix64;
 use crate::rtcp::{self, OutgoingBlock, RtcpReport, SenderInfo};
 use crate::stats::{GapTracker, MediaStats, ReceiveState, SeqUpdate};
@@ -170,6 +170,10 @@ pub struct MediaConfig {
     pub rtcp_interval: Duration,
     /// The RTCP CNAME. Default `siproam-<ssrc in hex>`.
     pub cname: Option<String>,
+    /// Whether received audio is decoded for [`MediaSession::poll_audio`].
+    /// Off, nothing is decoded (received DTMF is still reported): for a
+    /// driver with nowhere to play it. Default on.
+    pub playout: bool,
     /// The wall clock at the `now` given to [`MediaSession::new`], for the
     /// NTP timestamps of sender reports. Without it they count from the
     /// session's start (RFC 3550 §6.4.1 allows that).
@@ -189,6 +193,7 @@ impl MediaConfig {
             jitter_depth: 3,
             rtcp_interval: Duration::from_secs(5),
             cname: None,
+            playout: true,
             wallclock: None,
         }
     }
@@ -244,6 +249,19 @@ pub enum PacketError {
 pub struct MediaTransmit {
     /// The datagram.
     pub payload: Bytes,
+    /// Where it goes.
+    pub destination: SocketAddr,
+    /// Whether it is RTCP: send it from the RTCP socket (the RTP socket when
+    /// muxed).
+    pub rtcp: bool,
+    /// Whether it is the last RTP packet sent again to a new destination
+    /// (counted in `packets_resent`, not `packets_sent`).
+    pub resent: bool,
+}
+
+/// Where a datagram from [`MediaSession::poll_transmit_into`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransmitInfo {
     /// Where it goes.
     pub destination: SocketAddr,
     /// Whether it is RTCP: send it from the RTCP socket (the RTP socket when
@@ -429,6 +447,7 @@ pub struct MediaSession {
     latch_after: u32,
     rtcp_interval: Duration,
     wallclock: Option<SystemTime>,
+    playout: bool,
     created: Instant,
     direction: MediaDirection,
     destination: Option<Destination>,
@@ -456,12 +475,18 @@ pub struct MediaSession {
     last_sr: Option<LastSr>,
 
     /// The last RTP packet sent, resent to a new destination at once.
-    last_rtp: Option<Bytes>,
+    last_rtp: Option<Vec<u8>>,
 
     stats: MediaStats,
-    transmits: VecDeque<MediaTransmit>,
+    /// Datagrams to send: where each goes, and its bytes in `tx_bytes`.
+    transmits: VecDeque<(TransmitInfo, std::ops::Range<usize>)>,
+    /// The bytes of the datagrams in `transmits` (emptied, not freed, when
+    /// they are all taken).
+    tx_bytes: Vec<u8>,
     events: VecDeque<MediaEvent>,
     audio: VecDeque<Vec<i16>>,
+    /// Emptied audio buffers, reused.
+    spare_audio: Vec<Vec<i16>>,
 }
 
 impl MediaSession {
@@ -498,6 +523,7 @@ impl MediaSession {
             latch_after: config.latch_after,
             rtcp_interval: config.rtcp_interval,
             wallclock: config.wallclock,
+            playout: config.playout,
             created: now,
             direction: config.direction,
             destination: None,
@@ -524,8 +550,10 @@ impl MediaSession {
             stats: MediaStats::default(),
             last_rtp: None,
             transmits: VecDeque::new(),
+            tx_bytes: Vec::new(),
             events: VecDeque::new(),
             audio: VecDeque::new(),
+            spare_audio: Vec::new(),
         })
     }
 
@@ -605,14 +633,17 @@ impl MediaSession {
         self.destination = Some(destination);
         self.latch_candidate = None;
         if moved && !self.closed && self.direction.sends() {
-            if let Some(packet) = self.last_rtp.clone() {
+            if let Some(packet) = self.last_rtp.take() {
                 self.stats.packets_resent += 1;
-                self.transmits.push_back(MediaTransmit {
-                    payload: packet,
-                    destination: destination.rtp,
-                    rtcp: false,
-                    resent: true,
-                });
+                self.queue_transmit(
+                    &packet,
+                    TransmitInfo {
+                        destination: destination.rtp,
+                        rtcp: false,
+                        resent: true,
+                    },
+                );
+                self.last_rtp = Some(packet);
             }
         }
     }
@@ -706,41 +737,59 @@ impl MediaSession {
         };
         let (slot_ts, fresh) = self.send.take_slot(now);
         let event_pt = self.telephone_event;
-        let mut payload = Vec::with_capacity(FRAME_SAMPLES);
+        // the packet is written straight into the transmit queue's bytes
+        let start = self.tx_bytes.len();
+        self.tx_bytes.extend_from_slice(&[0; 12]);
         let (pt, ts, marker) = match (event_pt, self.dtmf.next_packet(slot_ts)) {
             (Some(pt), Some(event)) => {
-                payload.extend_from_slice(&event.payload.to_bytes());
+                self.tx_bytes.extend_from_slice(&event.payload.to_bytes());
                 (pt, event.timestamp, event.marker)
             }
             _ => {
-                self.codec.encode(frame, &mut payload);
+                self.codec.encode(frame, &mut self.tx_bytes);
                 (self.codec.payload_type(), slot_ts, fresh)
             }
         };
         let seq = self.send.seq;
-        let packet = RtpPacketBuilder::<&[u8], &[u8]>::new()
-            .payload_type(pt)
-            .sequence_number(seq)
-            .timestamp(ts)
-            .ssrc(self.ssrc)
-            .marker_bit(marker)
-            .payload(payload.as_slice())
-            .write_vec();
-        let Ok(packet) = packet else {
+        // RFC 3550 §5.1: version 2, no padding, extension or CSRCs
+        let (q, t, c) = (seq.to_be_bytes(), ts.to_be_bytes(), self.ssrc.to_be_bytes());
+        let header = [
+            0x80,
+            (pt & 0x7F) | (u8::from(marker) << 7),
+            q[0],
+            q[1],
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+        ];
+        let end = self.tx_bytes.len();
+        let Some(packet) = self.tx_bytes.get_mut(start..end) else {
             return false;
         };
+        if let Some(h) = packet.get_mut(..12) {
+            h.copy_from_slice(&header);
+        }
+        let payload_len = packet.len() - 12;
         self.send.seq = seq.wrapping_add(1);
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += packet.len() as u64;
-        self.stats.payload_bytes_sent += payload.len() as u64;
-        let packet = Bytes::from(packet);
-        self.last_rtp = Some(packet.clone());
-        self.transmits.push_back(MediaTransmit {
-            payload: packet,
-            destination: destination.rtp,
-            rtcp: false,
-            resent: false,
-        });
+        self.stats.payload_bytes_sent += payload_len as u64;
+        let last = self.last_rtp.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(packet);
+        self.transmits.push_back((
+            TransmitInfo {
+                destination: destination.rtp,
+                rtcp: false,
+                resent: false,
+            },
+            start..end,
+        ));
         true
     }
 
@@ -750,15 +799,15 @@ impl MediaSession {
         &mut self,
         now: Instant,
         source: SocketAddr,
-        bytes: Bytes,
+        bytes: &[u8],
     ) -> Result<(), PacketError> {
-        if looks_like_rtcp(&bytes) {
+        if looks_like_rtcp(bytes) {
             return self.handle_rtcp(now, source, bytes);
         }
         if self.closed {
             return Ok(());
         }
-        let Some(fields) = parse_rtp(&bytes) else {
+        let Some(fields) = parse_rtp(bytes) else {
             self.stats.packets_ignored += 1;
             return Err(PacketError::MalformedRtp);
         };
@@ -791,7 +840,31 @@ impl MediaSession {
                 return Ok(());
             }
         };
-        let payload = bytes.slice(fields.payload_start..fields.payload_end);
+        let Some(payload) = bytes
+            .get(fields.payload_start..fields.payload_end)
+            .filter(|p| p.len() <= MAX_HELD_PAYLOAD)
+        else {
+            // longer than the buffer holds (more than 60 ms of G.711)
+            recv.uncount();
+            self.stats.packets_ignored += 1;
+            return Ok(());
+        };
+        if self.jitter.pass_through(ext_seq) {
+            // the next one expected, nothing waiting: played at once,
+            // never copied into the buffer
+            if !is_event {
+                let arrival = rtp_units(now.saturating_duration_since(self.created));
+                recv.update_jitter(arrival as u32, fields.timestamp);
+            }
+            self.stats.packets_received += 1;
+            self.stats.bytes_received += bytes.len() as u64;
+            self.gaps.arrived(now);
+            self.play(0, fields.payload_type, fields.timestamp, payload);
+            return Ok(());
+        }
+        let Some(payload) = Payload::new(payload) else {
+            return Ok(());
+        };
         let held = Held {
             arrived: now,
             payload_type: fields.payload_type,
@@ -827,12 +900,12 @@ impl MediaSession {
         &mut self,
         now: Instant,
         source: SocketAddr,
-        bytes: Bytes,
+        bytes: &[u8],
     ) -> Result<(), PacketError> {
         if self.closed {
             return Ok(());
         }
-        let parsed = rtcp::parse(&bytes).ok_or(PacketError::MalformedRtcp)?;
+        let parsed = rtcp::parse(bytes).ok_or(PacketError::MalformedRtcp)?;
         self.stats.rtcp_received += 1;
         let remote = self.remote_ssrc();
         for report in parsed.reports {
@@ -919,7 +992,35 @@ impl MediaSession {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<MediaTransmit> {
-        self.transmits.pop_front()
+        let mut packet = Vec::new();
+        let info = self.poll_transmit_into(&mut packet)?;
+        Some(MediaTransmit {
+            payload: Bytes::from(packet),
+            destination: info.destination,
+            rtcp: info.rtcp,
+            resent: info.resent,
+        })
+    }
+
+    /// The next datagram to send, written into `packet` (emptied first;
+    /// it keeps its capacity, so a driver reusing one buffer allocates
+    /// nothing per packet). Returns where it goes, `None` (and `packet`
+    /// empty) when there is nothing to send.
+    pub fn poll_transmit_into(&mut self, packet: &mut Vec<u8>) -> Option<TransmitInfo> {
+        packet.clear();
+        let (info, range) = self.transmits.pop_front()?;
+        packet.extend_from_slice(self.tx_bytes.get(range).unwrap_or_default());
+        if self.transmits.is_empty() {
+            self.tx_bytes.clear();
+        }
+        Some(info)
+    }
+
+    /// Queues a datagram.
+    fn queue_transmit(&mut self, packet: &[u8], info: TransmitInfo) {
+        let start = self.tx_bytes.len();
+        self.tx_bytes.extend_from_slice(packet);
+        self.transmits.push_back((info, start..self.tx_bytes.len()));
     }
 
     /// The next event.
@@ -932,6 +1033,22 @@ impl MediaSession {
     /// oldest is dropped when the driver does not drain.
     pub fn poll_audio(&mut self) -> Option<Vec<i16>> {
         self.audio.pop_front()
+    }
+
+    /// As [`poll_audio`](Self::poll_audio), into `samples` (emptied first):
+    /// the buffers are exchanged, so a driver reusing one allocates nothing
+    /// per packet. Returns whether there was audio.
+    pub fn poll_audio_into(&mut self, samples: &mut Vec<i16>) -> bool {
+        let Some(mut chunk) = self.audio.pop_front() else {
+            samples.clear();
+            return false;
+        };
+        std::mem::swap(samples, &mut chunk);
+        chunk.clear();
+        if self.spare_audio.len() < 4 {
+            self.spare_audio.push(chunk);
+        }
+        true
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due (RTCP, or a
@@ -1047,20 +1164,20 @@ impl MediaSession {
 
     /// Plays every packet the jitter buffer lets go at `now`.
     fn release(&mut self, now: Instant) {
-        while let Some(released) = self.jitter.pop(now) {
-            self.play(released);
+        while let Some(Released { held, missing }) = self.jitter.pop(now) {
+            self.play(missing, held.payload_type, held.timestamp, &held.payload);
         }
     }
 
-    fn play(&mut self, released: Released) {
-        self.stats.packets_concealed += released.missing;
-        let held = released.held;
-        if Some(held.payload_type) == self.telephone_event {
-            let Some(event) = TelephoneEvent::parse(&held.payload) else {
+    /// Plays a packet's payload, `missing` packets after the one before.
+    fn play(&mut self, missing: u64, payload_type: u8, timestamp: u32, payload: &[u8]) {
+        self.stats.packets_concealed += missing;
+        if Some(payload_type) == self.telephone_event {
+            let Some(event) = TelephoneEvent::parse(payload) else {
                 return;
             };
-            if event.end && self.last_event_end != Some(held.timestamp) {
-                self.last_event_end = Some(held.timestamp);
+            if event.end && self.last_event_end != Some(timestamp) {
+                self.last_event_end = Some(timestamp);
                 if let Some(digit) = DtmfDigit::from_event_code(event.event) {
                     let micros = u64::from(event.duration) * 1_000_000 / u64::from(SAMPLE_RATE);
                     self.events.push_back(MediaEvent::Dtmf {
@@ -1071,21 +1188,26 @@ impl MediaSession {
             }
             return;
         }
-        let Some(codec) = Codec::from_payload_type(held.payload_type) else {
+        if !self.playout {
+            return;
+        }
+        let Some(codec) = Codec::from_payload_type(payload_type) else {
             return;
         };
-        let mut out = Vec::with_capacity(held.payload.len());
+        let mut out = self
+            .spare_audio
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(payload.len()));
+        out.clear();
         if let Some(expected) = self.play_ts {
-            let hole = held.timestamp.wrapping_sub(expected);
+            let hole = timestamp.wrapping_sub(expected);
             if hole > 0 && hole <= MAX_FILL_SAMPLES {
                 out.resize(hole as usize, 0);
             }
         }
-        codec.decode(&held.payload, &mut out);
-        self.play_ts = Some(
-            held.timestamp
-                .wrapping_add(u32::try_from(held.payload.len()).unwrap_or(u32::MAX)),
-        );
+        codec.decode(payload, &mut out);
+        self.play_ts =
+            Some(timestamp.wrapping_add(u32::try_from(payload.len()).unwrap_or(u32::MAX)));
         if self.audio.len() >= MAX_AUDIO_CHUNKS {
             self.audio.pop_front();
         }
@@ -1141,12 +1263,14 @@ impl MediaSession {
             return;
         };
         self.stats.rtcp_sent += 1;
-        self.transmits.push_back(MediaTransmit {
-            payload: Bytes::from(packet),
-            destination: destination.rtcp,
-            rtcp: true,
-            resent: false,
-        });
+        self.queue_transmit(
+            &packet,
+            TransmitInfo {
+                destination: destination.rtcp,
+                rtcp: true,
+                resent: false,
+            },
+        );
     }
 }
 

@@ -106,7 +106,7 @@ fn tone_through(codec: Codec, frames: u32) -> (Vec<i16>, MediaSession, MediaSess
         assert!(a.send_frame(now, &tone.next_frame()));
         for t in rtp_only(&mut a) {
             assert_eq!(t.destination, b_addr);
-            b.handle_rtp(now + ms(10), a_addr, t.payload).unwrap();
+            b.handle_rtp(now + ms(10), a_addr, &t.payload).unwrap();
         }
         played.extend(audio(&mut b));
     }
@@ -215,7 +215,7 @@ fn send_with_loss(drop: &[u32]) -> (MediaSession, Vec<i16>) {
         a.send_frame(now, &tone.next_frame());
         for t in rtp_only(&mut a) {
             if !drop.contains(&i) {
-                b.handle_rtp(now, a_addr, t.payload).unwrap();
+                b.handle_rtp(now, a_addr, &t.payload).unwrap();
             }
         }
         if b.poll_timeout().is_some_and(|t| t <= now) {
@@ -288,7 +288,7 @@ fn the_jitter_buffer_reorders_and_drops_late_and_duplicate_packets() {
         if b.poll_timeout().is_some_and(|t| t <= now) {
             b.handle_timeout(now);
         }
-        b.handle_rtp(now, a_addr, packets[*i].clone()).unwrap();
+        b.handle_rtp(now, a_addr, &packets[*i]).unwrap();
         played.extend(audio(&mut b));
     }
     b.handle_timeout(start + Duration::from_secs(2));
@@ -337,7 +337,7 @@ fn latch_run(latch_after: u32, from: &[SocketAddr]) -> (MediaSession, Vec<MediaE
         let now = start + PTIME * i as u32;
         b.send_frame(now, &[100; FRAME_SAMPLES]);
         for t in rtp_only(&mut b) {
-            a.handle_rtp(now, *source, t.payload).unwrap();
+            a.handle_rtp(now, *source, &t.payload).unwrap();
         }
         evs.extend(events(&mut a));
     }
@@ -402,7 +402,7 @@ fn symmetric_rtp_count_is_configurable() {
     for i in 0..10 {
         b.send_frame(start + PTIME * i, &[0; FRAME_SAMPLES]);
         for t in rtp_only(&mut b) {
-            a.handle_rtp(start + PTIME * i, b2, t.payload).unwrap();
+            a.handle_rtp(start + PTIME * i, b2, &t.payload).unwrap();
         }
     }
     assert_eq!(a.destination().unwrap().rtp(), b1);
@@ -427,12 +427,12 @@ fn a_stray_stream_is_not_played() {
         let now = start + PTIME * i;
         b.send_frame(now, &[1000; FRAME_SAMPLES]);
         for t in rtp_only(&mut b) {
-            a.handle_rtp(now, b_addr, t.payload).unwrap();
+            a.handle_rtp(now, b_addr, &t.payload).unwrap();
         }
     }
     stray.send_frame(start + ms(105), &[-1000; FRAME_SAMPLES]);
     for t in rtp_only(&mut stray) {
-        a.handle_rtp(start + ms(105), x, t.payload).unwrap();
+        a.handle_rtp(start + ms(105), x, &t.payload).unwrap();
     }
     let s = a.stats();
     assert_eq!(s.packets_received, 5);
@@ -463,7 +463,7 @@ fn ssrc_sequence_and_timestamp_continue_across_address_changes() {
             assert_eq!(resent[0].destination, b2);
             let h = header(&resent[0].payload);
             assert_eq!(h.seq, headers.last().map(|h: &Header| h.seq).unwrap());
-            b.handle_rtp(now, a1, resent[0].payload.clone()).unwrap();
+            b.handle_rtp(now, a1, &resent[0].payload).unwrap();
             assert_eq!(b.stats().packets_duplicate, 1);
             // the same destination again is no move
             a.set_destination(Destination::new(b2));
@@ -476,7 +476,7 @@ fn ssrc_sequence_and_timestamp_continue_across_address_changes() {
         for t in rtp_only(&mut a) {
             assert_eq!(t.destination, if i < 50 { b1 } else { b2 });
             headers.push(header(&t.payload));
-            b.handle_rtp(now, a_source, t.payload).unwrap();
+            b.handle_rtp(now, a_source, &t.payload).unwrap();
         }
     }
     assert_eq!(headers.len(), 150);
@@ -525,7 +525,7 @@ fn a_move_recovers_the_packet_lost_to_the_old_address() {
         for t in rtp_only(&mut a) {
             // packet 49 went to b1, which no longer reaches b
             if t.destination == b2 || i < 49 {
-                b.handle_rtp(now, a_addr, t.payload).unwrap();
+                b.handle_rtp(now, a_addr, &t.payload).unwrap();
             }
         }
         if b.poll_timeout().is_some_and(|t| t <= now) {
@@ -655,9 +655,9 @@ impl Net {
         for f in due {
             for p in self.peers.iter_mut() {
                 if f.to == p.rtp {
-                    let _ = p.session.handle_rtp(now, f.from, f.bytes.clone());
+                    let _ = p.session.handle_rtp(now, f.from, &f.bytes);
                 } else if f.to == p.rtcp {
-                    p.session.handle_rtcp(now, f.from, f.bytes.clone()).unwrap();
+                    p.session.handle_rtcp(now, f.from, &f.bytes).unwrap();
                 }
             }
         }
@@ -800,7 +800,7 @@ fn rtcp_muxed_on_the_rtp_port_is_recognised() {
         }
         for t in transmits(&mut a) {
             assert_eq!(t.destination, b_addr);
-            b.handle_rtp(now, a_addr, t.payload).unwrap();
+            b.handle_rtp(now, a_addr, &t.payload).unwrap();
         }
     }
     let evs = events(&mut b);
@@ -823,12 +823,8 @@ fn close_sends_bye() {
     assert_eq!(t.len(), 1);
     assert!(t[0].rtcp);
     assert_eq!(t[0].destination, addr("192.0.2.2:5001"));
-    b.handle_rtcp(
-        start + ms(100),
-        addr("192.0.2.1:4001"),
-        t[0].payload.clone(),
-    )
-    .unwrap();
+    b.handle_rtcp(start + ms(100), addr("192.0.2.1:4001"), &t[0].payload)
+        .unwrap();
     assert!(events(&mut b).contains(&MediaEvent::RemoteBye { ssrc: a.ssrc() }));
     assert!(!a.send_frame(start + ms(120), &[0; FRAME_SAMPLES]));
     assert_eq!(a.poll_timeout(), None);
@@ -1009,7 +1005,7 @@ fn config_is_checked() {
     );
     assert!(!s2.dtmf_pending());
     assert_eq!(
-        s.handle_rtp(start, addr("192.0.2.9:1"), Bytes::from_static(b"junk")),
+        s.handle_rtp(start, addr("192.0.2.9:1"), b"junk"),
         Err(siproam_media::PacketError::MalformedRtp)
     );
 }
@@ -1041,7 +1037,7 @@ fn wav_file_in_tone_out_through_two_sessions_into_a_wav_file() {
         let now = start + PTIME * i;
         a.send_frame(now, &source.next_frame());
         for t in rtp_only(&mut a) {
-            b.handle_rtp(now, a_addr, t.payload).unwrap();
+            b.handle_rtp(now, a_addr, &t.payload).unwrap();
         }
         while let Some(chunk) = b.poll_audio() {
             out.write(&chunk).unwrap();
@@ -1096,4 +1092,70 @@ fn a_transmit_the_driver_could_not_send_is_not_counted() {
     a.handle_send_failed(&report);
     assert_eq!(a.stats().rtcp_sent, rtcp - 1);
     assert_eq!(a.stats().packets_sent, 2);
+}
+
+/// `poll_transmit_into` gives the same datagrams, in the same order and to
+/// the same places, as `poll_transmit`, into one reused buffer.
+#[test]
+fn poll_transmit_into_gives_what_poll_transmit_gives() {
+    let start = Instant::now();
+    let mut a = MediaSession::new(MediaConfig::new(11), start).unwrap();
+    let mut b = MediaSession::new(MediaConfig::new(11), start).unwrap();
+    let peer = addr("192.0.2.2:5000");
+    for s in [&mut a, &mut b] {
+        s.set_destination(Destination::new(peer));
+        s.send_dtmf(DtmfDigit::D1, ms(40)).unwrap();
+        for i in 0..6u32 {
+            s.send_frame(start + PTIME * i, &[i as i16 * 100; FRAME_SAMPLES]);
+        }
+        s.handle_timeout(start + ms(2600));
+        s.set_destination(Destination::new(addr("192.0.2.3:6000")));
+    }
+    let mut buf = Vec::with_capacity(256);
+    let mut n = 0;
+    while let Some(t) = a.poll_transmit() {
+        let info = b.poll_transmit_into(&mut buf).unwrap();
+        assert_eq!(&buf[..], &t.payload[..]);
+        assert_eq!(
+            (info.destination, info.rtcp, info.resent),
+            (t.destination, t.rtcp, t.resent)
+        );
+        n += 1;
+    }
+    assert!(b.poll_transmit_into(&mut buf).is_none());
+    assert!(buf.is_empty());
+    assert_eq!(n, 6 + 1 + 1, "frames, the RTCP report and the resend");
+}
+
+/// Without playout nothing is decoded, while the stream is still counted
+/// and its DTMF still reported.
+#[test]
+fn without_playout_nothing_is_decoded_but_dtmf_is_reported() {
+    let start = Instant::now();
+    let mut a = MediaSession::new(MediaConfig::new(1), start).unwrap();
+    let mut config = MediaConfig::new(2);
+    config.playout = false;
+    let mut b = MediaSession::new(config, start).unwrap();
+    let b_addr = addr("192.0.2.2:5000");
+    let a_addr = addr("192.0.2.1:4000");
+    a.set_destination(Destination::new(b_addr));
+    a.send_dtmf(DtmfDigit::D5, ms(40)).unwrap();
+    for i in 0..10u32 {
+        let now = start + PTIME * i;
+        a.send_frame(now, &[1000; FRAME_SAMPLES]);
+        while let Some(t) = a.poll_transmit() {
+            if !t.rtcp {
+                b.handle_rtp(now, a_addr, &t.payload).unwrap();
+            }
+        }
+    }
+    assert_eq!(b.poll_audio(), None);
+    assert_eq!(b.stats().packets_received, 10);
+    assert!(events(&mut b).iter().any(|e| matches!(
+        e,
+        MediaEvent::Dtmf {
+            digit: DtmfDigit::D5,
+            ..
+        }
+    )));
 }

@@ -64,6 +64,7 @@ mod endpoint;
 mod fdlimit;
 pub mod instance;
 pub mod location;
+mod media_engine;
 mod media_report;
 pub mod netwatch;
 mod phone;
@@ -79,6 +80,7 @@ pub use endpoint::{
     EndpointConfig, EndpointError, EndpointEvent, EndpointHandle, FlowSpec, UserAgent, WatchConfig,
 };
 pub use fdlimit::{raise_open_files_limit, raise_open_files_limit_to, OpenFilesLimit};
+pub use media_engine::set_media_threads;
 pub use media_report::{Direction, DtmfReport, MediaReport, MessageReport};
 pub use phone::{AudioSpec, Phone, PhoneCommand, PhoneConfig};
 pub use siproam_core as core;

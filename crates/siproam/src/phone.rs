@@ -2,9 +2,10 @@
 //!
 //! Runs inside the endpoint task as its [`Application`]: an incoming call
 //! rings (or is answered at once with `auto_answer`), an outgoing call
-//! offers PCMU/PCMA/telephone-event, and each confirmed call gets a media
-//! task that owns its RTP socket and a sans-IO [`MediaSession`], sends the
-//! configured source every 20 ms, writes what it hears to the sink, and
+//! offers PCMU/PCMA/telephone-event, and each confirmed call's RTP socket
+//! and sans-IO [`MediaSession`] go to the media engine
+//! ([`crate::media_engine`]: a few threads carry every call), which sends
+//! the configured source every 20 ms, writes what it hears to the sink, and
 //! reports statistics every second and at the end.
 //!
 //! Anyone can send an INVITE, so an incoming call costs as little as
@@ -28,14 +29,15 @@ use siproam_core::{
     IncomingCallLimits, InviteSpec, RequestFailure, RequestId, Target as CoreTarget,
 };
 use siproam_media::{
-    AudioSink, AudioSource, Destination, DtmfDigit, MediaConfig, MediaError, MediaEvent,
-    MediaSession, MediaTransmit, SilenceSource, ToneSource, WavSink, WavSource,
+    AudioSink, AudioSource, Destination, DtmfDigit, MediaConfig, MediaError, MediaSession,
+    SilenceSource, ToneSource, WavSink, WavSource,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::endpoint::{AppCommand, Application, CommandError, EndpointError, EndpointEvent};
-use crate::media_report::{Direction, DtmfReport, MediaReport, MessageReport};
+use crate::media_engine::{CallMedia, MediaCmd, MediaHandle};
+use crate::media_report::{Direction, MessageReport};
 use crate::EndpointHandle;
 
 /// What a phone plays into its calls.
@@ -267,27 +269,12 @@ pub enum PhoneCommand {
     },
 }
 
-/// How long each DTMF key is sent.
-const DTMF_DURATION: Duration = Duration::from_millis(100);
-/// The silence between two DTMF keys, in 20 ms frames (60 ms).
-const DTMF_GAP_FRAMES: u32 = 3;
-/// The most keys one command takes, and the most waiting on a call.
-const MAX_DTMF_QUEUE: usize = 64;
+/// The most keys one command takes (as many as may wait on a call).
+const MAX_DTMF_QUEUE: usize = crate::media_engine::MAX_DTMF_QUEUE;
 /// The most MESSAGEs waiting for their answer at once.
 const MAX_PENDING_MESSAGES: usize = 64;
 /// How long a sent MESSAGE is waited for at most (twice Timer F).
 const MESSAGE_GIVE_UP: Duration = Duration::from_secs(64);
-
-enum MediaCmd {
-    Destination(SocketAddr),
-    Direction(siproam_media::MediaDirection),
-    /// Send and receive on this socket from now on (a new local address);
-    /// the session keeps its SSRC, sequence numbers and timestamps.
-    Rebind(StdUdpSocket, Duration),
-    /// DTMF keys to send, after those already queued.
-    Dtmf(Vec<DtmfDigit>),
-    Stop,
-}
 
 struct PhoneCall {
     sdp: SdpSession,
@@ -298,7 +285,8 @@ struct PhoneCall {
     /// An incoming call not answered yet has no RTP socket: it is opened
     /// on `local`'s address when the call is answered.
     unbound: bool,
-    media: Option<mpsc::UnboundedSender<MediaCmd>>,
+    /// The call's media on the engine (dropping it stops the media).
+    media: Option<MediaHandle>,
     /// An incoming call's offer, until answered.
     offer: Option<Bytes>,
     /// A refresh asked for while another was in progress (a network
@@ -469,10 +457,7 @@ impl Phone {
             let _ = media.send(MediaCmd::Direction(direction));
             return;
         }
-        let Some(std_socket) = pc.socket.take() else {
-            return;
-        };
-        let Ok(socket) = tokio::net::UdpSocket::from_std(std_socket) else {
+        let Some(socket) = pc.socket.take() else {
             return;
         };
         let mut cfg = MediaConfig::new(seed);
@@ -482,16 +467,15 @@ impl Phone {
         };
         cfg.telephone_event = neg.telephone_event_pt;
         cfg.direction = direction;
-        let now = tokio::time::Instant::now().into_std();
-        let Ok(mut session) = MediaSession::new(cfg, now) else {
+        // received audio is decoded only to be recorded
+        cfg.playout = record.is_some();
+        // the engine's clock (the session is sans-IO)
+        let Ok(mut session) = MediaSession::new(cfg, Instant::now()) else {
             return;
         };
         if let Some(remote) = neg.remote {
             session.set_destination(Destination::new(remote));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        pc.media = Some(tx);
-        let local = pc.local;
         let sink: Option<Box<dyn AudioSink + Send>> =
             record.and_then(|p| match WavSink::create(&p) {
                 Ok(s) => Some(Box::new(s) as Box<dyn AudioSink + Send>),
@@ -500,17 +484,23 @@ impl Phone {
                     None
                 }
             });
-        tokio::spawn(media_task(
-            call, local, socket, session, source, sink, rx, events, tap,
-        ));
+        match crate::media_engine::start(CallMedia {
+            call,
+            socket,
+            session,
+            source,
+            sink,
+            events,
+            tap,
+        }) {
+            Ok(handle) => pc.media = Some(handle),
+            Err(e) => debug!("media of {call:?} not started: {e}"),
+        }
     }
 
+    /// Forgets a call; dropping its media handle stops its media.
     fn stop_media(&mut self, call: CallId) {
-        if let Some(pc) = self.calls.remove(&call) {
-            if let Some(m) = pc.media {
-                let _ = m.send(MediaCmd::Stop);
-            }
-        }
+        self.calls.remove(&call);
     }
 
     /// Places a call with its media (an offer on a new RTP socket); for
@@ -959,22 +949,21 @@ impl Application for Phone {
                 }
             }
             Event::Call(CallEvent::State {
-                call, state, body, ..
-            }) => match state {
-                CallState::Confirmed | CallState::Early => {
-                    // our INVITE's answer
-                    if let (Some(body), Some(pc)) = (body, self.calls.get_mut(call)) {
-                        if pc.sdp.has_pending_offer() {
-                            match pc.sdp.handle_answer(body) {
-                                Ok(neg) => self.media_negotiated(*call, &neg),
-                                Err(e) => debug!("bad answer: {e}"),
-                            }
+                call,
+                state: CallState::Confirmed | CallState::Early,
+                body,
+                ..
+            }) => {
+                // our INVITE's answer
+                if let (Some(body), Some(pc)) = (body, self.calls.get_mut(call)) {
+                    if pc.sdp.has_pending_offer() {
+                        match pc.sdp.handle_answer(body) {
+                            Ok(neg) => self.media_negotiated(*call, &neg),
+                            Err(e) => debug!("bad answer: {e}"),
                         }
                     }
                 }
-                CallState::Disconnected => self.stop_media(*call),
-                _ => {}
-            },
+            }
             Event::Call(CallEvent::Offer { call, body, .. }) => {
                 self.follow_offer_family(*call, body);
                 if let Some(pc) = self.calls.get_mut(call) {
@@ -1011,6 +1000,21 @@ impl Application for Phone {
             }
             _ => {}
         }
+        // the owner hears of the end before the media's last report, which
+        // the engine thread sends once the media stopped
+        if let Event::Call(CallEvent::State {
+            call,
+            state: CallState::Disconnected,
+            ..
+        }) = &event
+        {
+            let call = *call;
+            if self.calls.contains_key(&call) {
+                self.report(EndpointEvent::Core(event));
+                self.stop_media(call);
+                return None;
+            }
+        }
         // answered after its media moved: re-offer the new address
         if let Event::Call(CallEvent::State {
             call,
@@ -1040,289 +1044,6 @@ impl Application for Phone {
             }
         }
         Some(event)
-    }
-}
-
-/// RTP packets that could not leave because their socket's address is
-/// gone: the address went before the media moved (break-before-make). They
-/// go out from the new socket when the media moves, in order, with their
-/// sequence numbers; the oldest is given up beyond [`Stranded::MAX`]
-/// (500 ms of audio) and all are at the end of the call. Until sent they
-/// are not counted in `tx_packets`.
-#[derive(Debug, Default)]
-struct Stranded(std::collections::VecDeque<MediaTransmit>);
-
-impl Stranded {
-    const MAX: usize = 25;
-
-    /// Holds `t`; returns the packet given up to make room.
-    fn push(&mut self, t: MediaTransmit) -> Option<MediaTransmit> {
-        let given_up = (self.0.len() >= Self::MAX)
-            .then(|| self.0.pop_front())
-            .flatten();
-        self.0.push_back(t);
-        given_up
-    }
-
-    fn take(&mut self) -> std::collections::VecDeque<MediaTransmit> {
-        std::mem::take(&mut self.0)
-    }
-
-    /// How many of them are counted in `packets_sent` (not resends).
-    fn fresh(&self) -> u64 {
-        self.0.iter().filter(|t| !t.resent).count() as u64
-    }
-}
-
-/// Whether a send failed because the socket's source address is no longer
-/// usable (removed: `EINVAL` for IPv4, `EADDRNOTAVAIL` for IPv6; its link
-/// down or without a route), so another socket may succeed.
-fn address_gone(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        AddrNotAvailable | InvalidInput | NetworkUnreachable | NetworkDown | HostUnreachable
-    )
-}
-
-/// The wire tap's hook for media: a packet sent or received on `socket`
-/// (nothing without a tap).
-#[inline]
-fn tap_media(
-    tap: Option<&crate::wiretap::WireTap>,
-    direction: Direction,
-    socket: &tokio::net::UdpSocket,
-    remote: SocketAddr,
-    bytes: &[u8],
-) {
-    if let Some(tap) = tap {
-        if let Ok(local) = socket.local_addr() {
-            let direction = match direction {
-                Direction::Sent => crate::wiretap::WireDirection::Sent,
-                Direction::Received => crate::wiretap::WireDirection::Received,
-            };
-            tap.media(direction, local, remote, bytes);
-        }
-    }
-}
-
-/// Sends a media packet, tapped once it has gone.
-async fn send_media(
-    tap: Option<&crate::wiretap::WireTap>,
-    socket: &tokio::net::UdpSocket,
-    payload: &[u8],
-    destination: SocketAddr,
-) -> std::io::Result<usize> {
-    let n = socket.send_to(payload, destination).await?;
-    tap_media(tap, Direction::Sent, socket, destination, payload);
-    Ok(n)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn media_task(
-    call: CallId,
-    mut local: SocketAddr,
-    mut socket: tokio::net::UdpSocket,
-    mut session: MediaSession,
-    mut source: Box<dyn AudioSource + Send>,
-    mut sink: Option<Box<dyn AudioSink + Send>>,
-    mut cmds: mpsc::UnboundedReceiver<MediaCmd>,
-    events: Option<mpsc::Sender<EndpointEvent>>,
-    tap: Option<crate::wiretap::WireTap>,
-) {
-    let tap = tap.as_ref();
-    let mut buf = vec![0u8; 2048];
-    // make-before-break: after a move the old socket keeps receiving until
-    // the peer sends to the new one (or a grace period ends), so packets
-    // already on their way to the old address are not lost
-    let mut old: Option<(tokio::net::UdpSocket, tokio::time::Instant)> = None;
-    let mut old_buf = vec![0u8; 2048];
-    // a move waits for the peer's first packet on the new socket
-    let mut moved = false;
-    let mut report_at = tokio::time::Instant::now() + Duration::from_secs(1);
-    // RTP that could not leave because the socket's address is gone
-    let mut stranded = Stranded::default();
-    // DTMF keys waiting to be sent, and the frames of silence still due
-    // before the next one
-    let mut dtmf: std::collections::VecDeque<DtmfDigit> = std::collections::VecDeque::new();
-    let mut dtmf_gap = 0u32;
-    let report = |session: &MediaSession, stranded: &Stranded, local: SocketAddr, last: bool| {
-        let s = session.stats();
-        EndpointEvent::Media(MediaReport {
-            call,
-            local,
-            remote: session.destination().map(|d| d.rtp()),
-            // what reached the wire: the stranded ones have not (yet)
-            tx_packets: s.packets_sent.saturating_sub(stranded.fresh()),
-            rx_packets: s.packets_received,
-            lost: s.packets_lost,
-            max_gap_ms: s.longest_gap.as_secs_f64() * 1000.0,
-            last,
-        })
-    };
-    loop {
-        let next = [session.poll_timeout(), session.next_send_at()]
-            .into_iter()
-            .flatten()
-            .min();
-        let wake = next
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(20))
-            .min(report_at);
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = r {
-                    let now = tokio::time::Instant::now().into_std();
-                    let data = buf.get(..n).unwrap_or_default();
-                    tap_media(tap, Direction::Received, &socket, from, data);
-                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(data));
-                    // the peer reached the new address: the old one can go
-                    old = None;
-                    if std::mem::take(&mut moved) {
-                        if let Some(ev) = &events {
-                            let _ = ev.try_send(EndpointEvent::MediaMoved { call, local, first_packet: now });
-                        }
-                    }
-                }
-            }
-            r = async { match &old { Some((s, _)) => s.recv_from(&mut old_buf).await, None => std::future::pending().await } } => {
-                if let Ok((n, from)) = r {
-                    let now = tokio::time::Instant::now().into_std();
-                    let data = old_buf.get(..n).unwrap_or_default();
-                    if let Some((s, _)) = &old {
-                        tap_media(tap, Direction::Received, s, from, data);
-                    }
-                    let _ = session.handle_rtp(now, from, Bytes::copy_from_slice(data));
-                }
-                if old.as_ref().is_some_and(|(_, until)| tokio::time::Instant::now() >= *until) {
-                    old = None;
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                let now = tokio::time::Instant::now().into_std();
-                if session.next_send_at().is_some_and(|t| t <= now) {
-                    if !session.dtmf_pending() {
-                        if dtmf_gap > 0 {
-                            dtmf_gap -= 1;
-                        } else if let Some(digit) = dtmf.pop_front() {
-                            match session.send_dtmf(digit, DTMF_DURATION) {
-                                Ok(()) => {
-                                    dtmf_gap = DTMF_GAP_FRAMES;
-                                    if let Some(ev) = &events {
-                                        let _ = ev.try_send(EndpointEvent::Dtmf(DtmfReport { call, digit, direction: Direction::Sent }));
-                                    }
-                                }
-                                Err(e) => {
-                                    debug!("DTMF of {call:?} not sent: {e}");
-                                    dtmf.clear();
-                                }
-                            }
-                        }
-                    }
-                    let frame = source.next_frame();
-                    session.send_frame(now, &frame);
-                }
-                session.handle_timeout(now);
-                if tokio::time::Instant::now() >= report_at {
-                    report_at += Duration::from_secs(1);
-                    if let Some(ev) = &events {
-                        let _ = ev.try_send(report(&session, &stranded, local, false));
-                    }
-                }
-            }
-            cmd = cmds.recv() => match cmd {
-                Some(MediaCmd::Destination(d)) => session.set_destination(Destination::new(d)),
-                Some(MediaCmd::Direction(d)) => {
-                    session.set_direction(d);
-                    // held: the keys still waiting would never go out
-                    if !d.sends() && !dtmf.is_empty() {
-                        debug!("DTMF of {call:?}: {} keys dropped, the media does not send", dtmf.len());
-                        dtmf.clear();
-                    }
-                }
-                Some(MediaCmd::Dtmf(digits)) => {
-                    let room = MAX_DTMF_QUEUE.saturating_sub(dtmf.len());
-                    if digits.len() > room {
-                        debug!("DTMF of {call:?}: {} keys over the queue's room", digits.len() - room);
-                    }
-                    dtmf.extend(digits.into_iter().take(room));
-                }
-                Some(MediaCmd::Rebind(std_socket, grace)) => {
-                    match (std_socket.local_addr(), tokio::net::UdpSocket::from_std(std_socket)) {
-                        (Ok(addr), Ok(new)) => {
-                            let previous = std::mem::replace(&mut socket, new);
-                            old = (!grace.is_zero()).then(|| (previous, tokio::time::Instant::now() + grace));
-                            moved = true;
-                            local = addr;
-                            // break-before-make: what the old address could
-                            // not send goes out from the new one
-                            for t in stranded.take() {
-                                if let Err(e) = send_media(tap, &socket, &t.payload, t.destination).await {
-                                    debug!("RTP not sent from the new address either: {e}");
-                                    session.handle_send_failed(&t);
-                                }
-                            }
-                        }
-                        _ => debug!("could not move the media of {call:?}"),
-                    }
-                }
-                Some(MediaCmd::Stop) | None => {
-                    let now = tokio::time::Instant::now().into_std();
-                    session.close(now);
-                    while let Some(t) = session.poll_transmit() {
-                        if send_media(tap, &socket, &t.payload, t.destination).await.is_err() {
-                            session.handle_send_failed(&t);
-                        }
-                    }
-                    // never sent: the media did not move in time
-                    for t in stranded.take() {
-                        session.handle_send_failed(&t);
-                    }
-                    if let Some(ev) = &events {
-                        let _ = ev.try_send(report(&session, &stranded, local, true));
-                    }
-                    return;
-                }
-            },
-        }
-        while let Some(t) = session.poll_transmit() {
-            // moved to the other family (IPv4 ↔ IPv6) while the peer is
-            // still at its old address: keep sending from the old socket
-            // until the peer's new address is known
-            let from_old = old.as_ref().map(|(s, _)| s).filter(|s| {
-                local.is_ipv4() != t.destination.is_ipv4()
-                    && s.local_addr()
-                        .is_ok_and(|a| a.is_ipv4() == t.destination.is_ipv4())
-            });
-            match send_media(tap, from_old.unwrap_or(&socket), &t.payload, t.destination).await {
-                Ok(_) => {}
-                // the current socket's address is gone: the media moves
-                // to a new socket soon, the packet leaves from there
-                Err(e) if from_old.is_none() && !t.rtcp && address_gone(&e) => {
-                    if let Some(given_up) = stranded.push(t) {
-                        session.handle_send_failed(&given_up);
-                    }
-                }
-                Err(e) => {
-                    debug!("media of {call:?} not sent: {e}");
-                    session.handle_send_failed(&t);
-                }
-            }
-        }
-        while let Some(audio) = session.poll_audio() {
-            if let Some(s) = sink.as_mut() {
-                let _ = s.write(&audio);
-            }
-        }
-        while let Some(ev) = session.poll_event() {
-            if let (MediaEvent::Dtmf { digit, .. }, Some(events)) = (ev, &events) {
-                let _ = events.try_send(EndpointEvent::Dtmf(DtmfReport {
-                    call,
-                    digit,
-                    direction: Direction::Received,
-                }));
-            }
-        }
     }
 }
 
@@ -1358,87 +1079,5 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    /// A UDP socket bound to an address this host does not have, as a call's
-    /// RTP socket is once its address was removed: every send fails.
-    fn socket_on_a_removed_address() -> StdUdpSocket {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-        s.set_freebind_v4(true).unwrap();
-        // TEST-NET-1: never a local address
-        s.bind(&SocketAddr::from(([192, 0, 2, 7], 0)).into())
-            .unwrap();
-        s.set_nonblocking(true).unwrap();
-        s.into()
-    }
-
-    /// Break-before-make: the RTP socket's address is gone before the media
-    /// moves. What could not leave goes out on the new socket once it comes,
-    /// and `tx_packets` is exactly what reached the receiver.
-    #[tokio::test(start_paused = true)]
-    async fn rtp_that_cannot_leave_a_removed_address_goes_out_on_the_new_socket() {
-        let receiver = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let peer = receiver.local_addr().unwrap();
-        let old = socket_on_a_removed_address();
-        assert!(
-            old.send_to(b"x", peer).is_err(),
-            "the old address must not send"
-        );
-        let local = old.local_addr().unwrap();
-        let now = tokio::time::Instant::now().into_std();
-        let mut session = MediaSession::new(MediaConfig::new(7), now).unwrap();
-        session.set_destination(Destination::new(peer));
-        let first_seq = session.next_sequence();
-        let (cmds, rx) = mpsc::unbounded_channel();
-        let (events, mut reports) = mpsc::channel(64);
-        let task = tokio::spawn(media_task(
-            CallId(1),
-            local,
-            tokio::net::UdpSocket::from_std(old).unwrap(),
-            session,
-            Box::new(SilenceSource),
-            None,
-            rx,
-            Some(events),
-            None,
-        ));
-        // a few frames are due while the address is gone
-        tokio::time::sleep(Duration::from_millis(70)).await;
-        let (new, _) = rtp_socket(IpAddr::from([127, 0, 0, 1])).unwrap();
-        cmds.send(MediaCmd::Rebind(new, Duration::ZERO)).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        cmds.send(MediaCmd::Stop).unwrap();
-        let last = loop {
-            match reports.recv().await.expect("a last report") {
-                EndpointEvent::Media(r) if r.last => break r,
-                _ => {}
-            }
-        };
-        task.await.unwrap();
-        // every datagram sent on loopback is already queued at the receiver
-        let mut seqs = Vec::new();
-        let mut buf = [0u8; 2048];
-        while let Ok((n, _)) = receiver.recv_from(&mut buf) {
-            let packet = &buf[..n];
-            if !(192..=223).contains(&packet[1]) {
-                seqs.push(u16::from_be_bytes([packet[2], packet[3]]));
-            }
-        }
-        assert_eq!(
-            last.tx_packets,
-            seqs.len() as u64,
-            "tx_packets counts what left"
-        );
-        assert_eq!(
-            seqs.first(),
-            Some(&first_seq),
-            "the first frame, due while the address was gone, went out late"
-        );
-        let contiguous: Vec<u16> = (0..seqs.len())
-            .map(|i| first_seq.wrapping_add(i as u16))
-            .collect();
-        assert_eq!(seqs, contiguous, "no frame missing, none twice");
-        assert!(seqs.len() > 5, "frames before and after the move: {seqs:?}");
     }
 }

@@ -5,7 +5,7 @@
 //! The hooks sit where bytes meet sockets: [`crate::transport`] taps each
 //! datagram sent and received, and each framed message (and keep-alive)
 //! written to or read from a TCP or TLS connection (TLS as its
-//! plaintext); the phone's media task taps each RTP/RTCP packet. A hook is
+//! plaintext); the media engine taps each RTP/RTCP packet. A hook is
 //! one `Option` check when no tap is installed. With one, the hook takes
 //! the time and queues a record (the bytes are reference-counted, not
 //! copied) on a bounded channel to one writer thread, which formats the

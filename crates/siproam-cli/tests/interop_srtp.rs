@@ -25,7 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
-use common::baresip::{Baresip, BaresipOptions, RtpStats};
+use common::baresip::{parse_audio_debug, Baresip, BaresipOptions, RtpStats};
 use common::*;
 
 use std::path::{Path, PathBuf};
@@ -139,6 +139,100 @@ fn assert_baresip_heard(bs: &Baresip, freq: f64) {
         .cloned()
         .expect("baresip recorded what it received");
     assert_tone(&wav, freq);
+}
+
+/// The harness itself, with no siproam: two baresips (`srtp-mand`) call
+/// each other; the call is SRTP with AES_CM_128_HMAC_SHA1_80 (one crypto
+/// line each way), both streams secure, each recording holds the other's
+/// tone, no RTP packet fails SRTP. (Their one RTCP error is baresip's own
+/// plain `PINGPONG` packet, sent as each stream starts.)
+#[test]
+fn two_baresips_call_each_other_over_srtp() {
+    if !baresip_with_srtp() {
+        return;
+    }
+    let dir = temp_dir("srtp-baresips");
+    let (carol, uri) = carol(&dir, 700, &BaresipOptions::srtp("srtp-mand"));
+    let (port, ctrl) = (free_port(1), free_port(0));
+    let bob = Baresip::start_with(
+        port,
+        ctrl,
+        &dir.join("bob"),
+        &["--user", "bob", "--freq", "1000", "--record"],
+        &BaresipOptions::srtp("srtp-mand"),
+    );
+    bob.ctrl(&[
+        "dial",
+        &uri,
+        "--wait",
+        "CALL_ESTABLISHED",
+        "--timeout",
+        "10",
+    ]);
+    // a second of media, counted by carol as it arrives
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stats = carol.rtp_stats();
+    while stats.rx < 50 {
+        assert!(std::time::Instant::now() < deadline, "{stats:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        stats = carol.rtp_stats();
+    }
+    assert_secure(&stats, "srtp-mand", &carol);
+    assert_secure(&bob.rtp_stats(), "srtp-mand", &bob);
+    bob.ctrl(&["hangup", "--wait", "CALL_CLOSED", "--timeout", "10"]);
+    carol.wait_calls_ended(1);
+    bob.wait_calls_ended(1);
+    for bs in [&carol, &bob] {
+        assert_eq!(bs.srtp_suite().as_deref(), Some(BARESIP_OFFERS));
+        let lines = bs.crypto_lines();
+        assert_eq!(lines.len(), 2, "an offer and an answer: {lines:?}");
+        for l in &lines {
+            assert!(
+                l.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+                "{l}"
+            );
+        }
+        let rtp_errors: Vec<String> = bs
+            .srtp_errors()
+            .into_iter()
+            .filter(|e| !e.contains("RTCP packet with 16 bytes"))
+            .collect();
+        assert!(rtp_errors.is_empty(), "{}", srtp_story(bs));
+        let (sent, received) = bs.packets();
+        assert!(sent > 50 && received > 50, "{sent} {received}");
+    }
+    assert_baresip_heard(&carol, 1000.0);
+    assert_baresip_heard(&bob, 700.0);
+    drop(bob);
+    drop(carol);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// baresip's `audio_debug` report is read as it is written.
+#[test]
+fn baresip_audio_debug_reports_are_read() {
+    let report = "\n--- Audio stream ---\n \
+         local: 0.0.0.0:6140, remote: 127.0.0.3:43802/127.0.0.3:43803\n \
+         mnat: (none) (connected=no)\n \
+         menc: srtp-mand (secure=yes)\n\
+         RTP debug:\n\
+         ----- RTCP Session: -----\n  \
+         member 0x55bc4af0: lost=0 Jitter=1.7ms RTT=0.0ms\n                 \
+         IP=127.0.0.1:43802 psent=250 rcvd=262\n  \
+         TX: packets=270, octets=41920\n";
+    let stats = parse_audio_debug(report);
+    assert_eq!(
+        stats,
+        RtpStats {
+            rx: 262,
+            tx: 270,
+            remote: "127.0.0.3:43802".into(),
+            menc: "srtp-mand".into(),
+            secure: true,
+        }
+    );
+    let plain = parse_audio_debug(" menc: (none) (secure=no)\n");
+    assert_eq!((plain.menc.as_str(), plain.secure), ("(none)", false));
 }
 
 /// siproam calls baresip (`srtp-mand`: RTP/SAVP) with `--srtp mandatory`:

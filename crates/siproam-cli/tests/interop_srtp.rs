@@ -294,11 +294,11 @@ fn siproam_calls_baresip_over_srtp_and_each_hears_the_other() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// baresip with `mediaenc` calls `siproam agent --srtp SRTP` (answering at
-/// once): both hear each other; the agent's `media` events name `suite`
-/// (`None`: plain RTP), baresip's stream is secure exactly when a suite is
-/// expected.
-fn baresip_calls_an_agent(name: &str, mediaenc: &str, srtp: &str, suite: Option<&str>) {
+/// baresip with `mediaenc` calls `siproam agent` with `srtp_args` (e.g.
+/// `--srtp mandatory`; answering at once): both hear each other; the
+/// agent's `media` events name `suite` (`None`: plain RTP), baresip's
+/// stream is secure exactly when a suite is expected.
+fn baresip_calls_an_agent(name: &str, mediaenc: &str, srtp_args: &[&str], suite: Option<&str>) {
     if !baresip_with_srtp() {
         return;
     }
@@ -307,7 +307,7 @@ fn baresip_calls_an_agent(name: &str, mediaenc: &str, srtp: &str, suite: Option<
     let aport = free_port(0);
     let listen = format!("udp:127.0.0.1:{aport}");
     let wav = dir.join("agent.wav");
-    let agent = Proc::spawn(&[
+    let mut args = vec![
         "agent",
         "--json",
         "--aor",
@@ -315,14 +315,14 @@ fn baresip_calls_an_agent(name: &str, mediaenc: &str, srtp: &str, suite: Option<
         "--listen",
         &listen,
         "--auto-answer",
-        "--srtp",
-        srtp,
         "--play",
         "tone:1000",
         "--record",
         wav.to_str().unwrap(),
         "--stay",
-    ]);
+    ];
+    args.extend_from_slice(srtp_args);
+    let agent = Proc::spawn(&args);
     agent.wait_for("listener", |v| v["event"] == "listening");
     bs.ctrl(&[
         "dial",
@@ -373,7 +373,7 @@ fn baresip_calls_an_agent_with_srtp_mandatory() {
     baresip_calls_an_agent(
         "srtp-in-mand",
         "srtp-mand",
-        "mandatory",
+        &["--srtp", "mandatory"],
         Some(BARESIP_OFFERS),
     );
 }
@@ -382,7 +382,12 @@ fn baresip_calls_an_agent_with_srtp_mandatory() {
 /// agent with `--srtp optional`: the agent takes the SRTP.
 #[test]
 fn baresip_best_effort_srtp_calls_an_agent_with_srtp_optional() {
-    baresip_calls_an_agent("srtp-in-opt", "srtp", "optional", Some(BARESIP_OFFERS));
+    baresip_calls_an_agent(
+        "srtp-in-opt",
+        "srtp",
+        &["--srtp", "optional"],
+        Some(BARESIP_OFFERS),
+    );
 }
 
 /// baresip's best-effort offer (RTP/AVP with a crypto line) to an agent
@@ -390,7 +395,45 @@ fn baresip_best_effort_srtp_calls_an_agent_with_srtp_optional() {
 /// plain RTP both ways (baresip falls back).
 #[test]
 fn baresip_best_effort_srtp_calls_an_agent_with_srtp_off_in_plain_rtp() {
-    baresip_calls_an_agent("srtp-in-off", "srtp", "off", None);
+    baresip_calls_an_agent("srtp-in-off", "srtp", &["--srtp", "off"], None);
+}
+
+/// `srtp = "mandatory"` in the config file's `[call]` table (no flag):
+/// baresip's RTP/SAVP offer is taken, the call is SRTP.
+#[test]
+fn srtp_from_the_config_file_takes_effect() {
+    if !baresip_with_srtp() {
+        return;
+    }
+    let dir = temp_dir("srtp-config");
+    let cfg = dir.join("dave.toml");
+    std::fs::write(&cfg, "[call]\nsrtp = \"mandatory\"\n").unwrap();
+    baresip_calls_an_agent(
+        "srtp-in-config",
+        "srtp-mand",
+        &["--config", cfg.to_str().unwrap()],
+        Some(BARESIP_OFFERS),
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--srtp off` on the command line beats `srtp = "mandatory"` in the
+/// file: baresip's best-effort offer is answered plain.
+#[test]
+fn the_srtp_flag_beats_the_config_file() {
+    if !baresip_with_srtp() {
+        return;
+    }
+    let dir = temp_dir("srtp-config-flag");
+    let cfg = dir.join("dave.toml");
+    std::fs::write(&cfg, "[call]\nsrtp = \"mandatory\"\n").unwrap();
+    baresip_calls_an_agent(
+        "srtp-in-config-flag",
+        "srtp",
+        &["--config", cfg.to_str().unwrap(), "--srtp", "off"],
+        None,
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `siproam call --srtp optional` (RTP/AVP with crypto lines) to a baresip

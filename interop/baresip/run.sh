@@ -23,6 +23,13 @@
 #   --record             load sndfile.so: the audio sent and received in each
 #                        call is saved as WAV in WORKDIR/rec/ (dump-*-enc.wav
 #                        is what was sent, dump-*-dec.wav what was received)
+#   --mediaenc MODE      load srtp.so and set the account's mediaenc: srtp
+#                        (best effort: RTP/AVP with a=crypto, plain accepted),
+#                        srtp-mand (RTP/SAVP, SRTP required), srtp-mandf
+#                        (RTP/SAVPF); default: no mediaenc (plain RTP/AVP)
+#   --srtp-module        load srtp.so without a mediaenc on the account
+#   --address IP         SIP and media on IP instead of 127.0.0.1 (ctrl_tcp
+#                        stays on 127.0.0.1), e.g. inside a network namespace
 #   --foreground         prepare WORKDIR, then exec baresip in place (this
 #                        script's pid becomes baresip's); for a caller that
 #                        spawns it as its own child; wait with ready.sh WORKDIR
@@ -41,7 +48,7 @@
 set -euo pipefail
 
 die() { echo "run.sh: $*" >&2; exit 1; }
-usage() { echo "usage: $0 PORT CTRLPORT WORKDIR [--auto-answer] [--user NAME] [--registrar URI [--domain D] [--password PW] [--regint S]] [--freq HZ] [--codecs LIST] [--rtp-ports A-B] [--record] [--foreground]" >&2; exit 2; }
+usage() { echo "usage: $0 PORT CTRLPORT WORKDIR [--auto-answer] [--user NAME] [--registrar URI [--domain D] [--password PW] [--regint S]] [--freq HZ] [--codecs LIST] [--rtp-ports A-B] [--record] [--mediaenc srtp|srtp-mand|srtp-mandf] [--srtp-module] [--address IP] [--foreground]" >&2; exit 2; }
 
 [ $# -ge 3 ] || usage
 PORT=$1 CTRL=$2 WD=$3
@@ -62,6 +69,9 @@ FREQ=440
 CODECS=
 RTP_PORTS=
 RECORD=
+MEDIAENC=
+SRTP_MODULE=
+ADDRESS=127.0.0.1
 FOREGROUND=${BS_EXEC:-}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -75,6 +85,9 @@ while [ $# -gt 0 ]; do
         --codecs) [ $# -ge 2 ] || usage; CODECS=$2; shift 2;;
         --rtp-ports) [ $# -ge 2 ] || usage; RTP_PORTS=$2; shift 2;;
         --record) RECORD=1; shift;;
+        --mediaenc) [ $# -ge 2 ] || usage; MEDIAENC=$2; SRTP_MODULE=1; shift 2;;
+        --srtp-module) SRTP_MODULE=1; shift;;
+        --address) [ $# -ge 2 ] || usage; ADDRESS=$2; shift 2;;
         --foreground) FOREGROUND=1; shift;;
         *) echo "run.sh: unknown option '$1'" >&2; usage;;
     esac
@@ -86,6 +99,8 @@ if [ "$FREQ" -lt 10 ] || [ "$FREQ" -gt 20000 ]; then echo "run.sh: --freq must b
 case $REGINT in ''|*[!0-9]*) echo "run.sh: bad --regint '$REGINT'" >&2; exit 2;; esac
 case $CODECS in *[!A-Za-z0-9/,._-]*) echo "run.sh: bad --codecs '$CODECS'" >&2; exit 2;; esac
 case $RTP_PORTS in ''|[0-9]*-[0-9]*) ;; *) echo "run.sh: bad --rtp-ports '$RTP_PORTS' (want A-B)" >&2; exit 2;; esac
+case $MEDIAENC in ''|srtp|srtp-mand|srtp-mandf) ;; *) echo "run.sh: bad --mediaenc '$MEDIAENC' (srtp, srtp-mand or srtp-mandf)" >&2; exit 2;; esac
+case $ADDRESS in ''|*[!0-9.]*) echo "run.sh: bad --address '$ADDRESS' (an IPv4 address)" >&2; exit 2;; esac
 case $REGISTRAR in ''|sip:*) ;; *) echo "run.sh: --registrar wants a sip: URI" >&2; exit 2;; esac
 case $REGISTRAR$PASSWORD in *[\"\;\<\>[:space:]]*) echo "run.sh: no quotes, ';', '<', '>' or spaces in --registrar/--password" >&2; exit 2;; esac
 
@@ -111,7 +126,7 @@ fi
 # ---- config
 DEVICE=siproam-$PORT
 sed -e "s|@SIP_PORT@|$PORT|g" -e "s|@CTRL_PORT@|$CTRL|g" \
-    -e "s|@FREQ@|$FREQ|g" -e "s|@DEVICE@|$DEVICE|g" \
+    -e "s|@FREQ@|$FREQ|g" -e "s|@DEVICE@|$DEVICE|g" -e "s|@ADDRESS@|$ADDRESS|g" \
     "$HERE/config.template" > "$WORKDIR/config.tmp"
 {
     [ -z "$RTP_PORTS" ] || printf 'rtp_ports\t\t%s\n' "$RTP_PORTS"
@@ -120,6 +135,7 @@ sed -e "s|@SIP_PORT@|$PORT|g" -e "s|@CTRL_PORT@|$CTRL|g" \
         printf 'module\t\t\tsndfile.so\n'
         printf 'snd_path\t\t%s\n' "$WORKDIR/rec"
     fi
+    [ -z "$SRTP_MODULE" ] || printf 'module\t\t\tsrtp.so\n'
 } >> "$WORKDIR/config.tmp"
 mv "$WORKDIR/config.tmp" "$WORKDIR/config"
 
@@ -129,14 +145,15 @@ if [ -n "$REGISTRAR" ]; then
     PARAMS=";regint=$REGINT"
     [ -z "$PASSWORD" ] || PARAMS="$PARAMS;auth_user=$USER_;auth_pass=$PASSWORD"
     PARAMS="$PARAMS;outbound=\"$REGISTRAR\""
-    URI="sip:$USER_@127.0.0.1:$PORT"
+    URI="sip:$USER_@$ADDRESS:$PORT"
 else
-    AOR="sip:$USER_@127.0.0.1:$PORT"
+    AOR="sip:$USER_@$ADDRESS:$PORT"
     PARAMS=";regint=0"
     URI=$AOR
 fi
 PARAMS="$PARAMS;answermode=$ANSWERMODE"
 [ -z "$CODECS" ] || PARAMS="$PARAMS;audio_codecs=$CODECS"
+[ -z "$MEDIAENC" ] || PARAMS="$PARAMS;mediaenc=$MEDIAENC"
 # awk, not sed: the values may hold characters special to sed
 awk -v aor="$AOR" -v params="$PARAMS" '{ gsub(/@AOR@/, aor); gsub(/@PARAMS@/, params); print }' \
     "$HERE/accounts.template" > "$WORKDIR/accounts.tmp"

@@ -798,6 +798,18 @@ struct CallTable {
     max_ringing: Option<usize>,
     max_calls: Option<usize>,
     no_answer: Option<u64>,
+    #[serde(default, deserialize_with = "srtp_policy")]
+    srtp: Option<siproam::core::sdp::SrtpPolicy>,
+}
+
+/// `srtp = "off" | "optional" | "mandatory"` in the config file.
+fn srtp_policy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<siproam::core::sdp::SrtpPolicy>, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("srtp: {s:?} is not off, optional or mandatory"))
+    })
 }
 
 /// One `[[account]]`: an identity the agent registers, with its flows.
@@ -1070,6 +1082,7 @@ impl FileConfig {
         fill(&mut c.max_ringing, &t.max_ringing.or(self.max_ringing));
         fill(&mut c.max_calls, &t.max_calls.or(self.max_calls));
         fill(&mut c.no_answer, &t.no_answer.or(self.no_answer));
+        fill(&mut c.srtp, &t.srtp);
     }
 
     /// Fills what the agent's flags left out: its first identity from the
@@ -1261,6 +1274,11 @@ pub struct CallArgs {
     /// Unavailable (default 120; 0 = until the caller gives up).
     #[arg(long, value_name = "SECS")]
     pub no_answer: Option<u64>,
+    /// SRTP (keys in SDP, RFC 4568): `off` (plain RTP only, the default),
+    /// `optional` (offered, used when the peer takes it) or `mandatory`
+    /// (`RTP/SAVP`; a call that would be plain is refused or ended).
+    #[arg(long, value_name = "off|optional|mandatory")]
+    pub srtp: Option<siproam::core::sdp::SrtpPolicy>,
 }
 
 impl CallArgs {
@@ -1490,6 +1508,8 @@ fn media_json(m: &MediaReport) -> Value {
         "rx_packets": m.rx_packets,
         "lost": m.lost,
         "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0,
+        "srtp": m.srtp,
+        "srtp_dropped": m.srtp_dropped,
         "final": m.last,
     })
 }
@@ -1552,6 +1572,7 @@ pub async fn agent(
             media_ip: None,
             ipv6_media: args.ipv6_media.unwrap_or_default(),
             incoming: calls.incoming(),
+            srtp: calls.srtp.unwrap_or_default(),
             ..Default::default()
         },
         seed(),
@@ -1844,11 +1865,15 @@ pub async fn agent(
                             failed_call = code.is_some_and(|c| c >= 300);
                             if placed == Some(*call) {
                                 if failed_call || !answered {
-                                    call_failure = Some(crate::errors::call_failure(
+                                    let mut why = crate::errors::call_failure(
                                         *code,
                                         reason.as_deref(),
                                         args.password.is_some(),
-                                    ));
+                                    );
+                                    if *code == Some(488) && calls.srtp == Some(siproam::core::sdp::SrtpPolicy::Mandatory) {
+                                        why.push_str(" (SRTP is mandatory: the peer did not take the encrypted offer)");
+                                    }
+                                    call_failure = Some(why);
                                     failed_call = true;
                                 } else {
                                     // its final media report, then exit

@@ -77,8 +77,8 @@ pub use dtmf::{DtmfDigit, TelephoneEvent};
 pub use g711::{Codec, Frame, FRAME_SAMPLES, SAMPLE_RATE};
 pub use rtcp::{ReportBlockInfo, RtcpReport, SenderInfo};
 pub use session::{
-    Destination, MediaConfig, MediaDirection, MediaError, MediaEvent, MediaSession, MediaTransmit,
-    PacketError, TransmitInfo, PTIME,
+    looks_like_rtcp, Destination, MediaConfig, MediaDirection, MediaError, MediaEvent,
+    MediaSession, MediaTransmit, PacketError, TransmitInfo, PTIME,
 };
 pub use stats::MediaStats;
 

@@ -425,7 +425,7 @@ fn parse_rtp(bytes: &[u8]) -> Option<RtpFields> {
 
 /// Whether a datagram on the RTP port is RTCP (RFC 5761 §4: the second byte
 /// is an RTCP packet type, 192–223).
-fn looks_like_rtcp(bytes: &[u8]) -> bool {
+pub fn looks_like_rtcp(bytes: &[u8]) -> bool {
     matches!(bytes, [first, second, ..] if first >> 6 == 2 && (192..=223).contains(second))
 }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use siproam_core::CallId;
+use siproam_media::srtp::{SrtpKey, SrtpSession};
 use siproam_media::{
     AudioSink, AudioSource, Destination, DtmfDigit, MediaDirection, MediaEvent, MediaSession,
     MediaTransmit, TransmitInfo,
@@ -79,6 +80,11 @@ pub(crate) enum MediaCmd {
     Rebind(StdUdpSocket, Duration),
     /// DTMF keys to send, after those already queued.
     Dtmf(Vec<DtmfDigit>),
+    /// New SRTP keys from a new negotiation (our send key, the peer's):
+    /// equal keys keep their roll-over counter and replay window, a new
+    /// receive key keeps the old one until a packet authenticates under
+    /// the new one ([`SrtpSession::update`]).
+    Srtp(Box<(SrtpKey, SrtpKey)>),
     /// End the media: RTCP BYE, last report.
     Stop,
 }
@@ -99,6 +105,9 @@ pub(crate) struct CallMedia {
     pub events: Option<mpsc::Sender<EndpointEvent>>,
     /// The wire tap its packets are copied to.
     pub tap: Option<crate::wiretap::WireTap>,
+    /// SRTP (RFC 3711) when the call negotiated it: every RTP and RTCP
+    /// packet is protected as it leaves and checked as it arrives.
+    pub srtp: Option<SrtpSession>,
 }
 
 impl std::fmt::Debug for CallMedia {
@@ -345,6 +354,8 @@ struct Call {
     scheduled: Option<u64>,
     /// Received audio on its way to the sink (reused).
     audio: Vec<i16>,
+    /// SRTP, when negotiated.
+    srtp: Option<SrtpSession>,
 }
 
 impl Call {
@@ -371,6 +382,7 @@ impl Call {
             dtmf_gap: 0,
             scheduled: None,
             audio: Vec::new(),
+            srtp: media.srtp,
         })
     }
 
@@ -394,6 +406,11 @@ impl Call {
             lost: s.packets_lost,
             max_gap_ms: s.longest_gap.as_secs_f64() * 1000.0,
             last,
+            srtp: self.srtp.as_ref().map(|x| x.suite().sdes_name()),
+            srtp_dropped: self.srtp.as_ref().map_or(0, |x| {
+                let st = x.stats();
+                st.auth_failures + st.replayed + st.too_old + st.malformed + st.other_errors
+            }),
         })
     }
 
@@ -424,6 +441,26 @@ impl Call {
             from,
             packet,
         );
+        let packet = match self.srtp.as_mut() {
+            None => packet,
+            Some(srtp) => {
+                let r = if siproam_media::looks_like_rtcp(packet) {
+                    srtp.unprotect_rtcp(packet)
+                } else {
+                    srtp.unprotect_rtp(packet)
+                };
+                match r {
+                    Ok(n) => packet.get(..n).unwrap_or_default(),
+                    // dropped and counted (`srtp_dropped`): a forged,
+                    // replayed or plain packet never reaches the session,
+                    // nor moves the media (no latching, no MediaMoved)
+                    Err(e) => {
+                        debug!("SRTP packet of {:?} dropped: {e}", self.call);
+                        return;
+                    }
+                }
+            }
+        };
         let _ = self.session.handle_rtp(now, from, packet);
         if from_old {
             if self.old.as_ref().is_some_and(|o| now >= o.until) {
@@ -500,7 +537,17 @@ impl Call {
     /// grow in place).
     fn flush(&mut self, buf: &mut Vec<u8>) {
         while let Some(info) = self.session.poll_transmit_into(buf) {
-            // (SRTP protects `buf` here)
+            if let Some(srtp) = self.srtp.as_mut() {
+                let r = if info.rtcp {
+                    srtp.protect_rtcp(buf)
+                } else {
+                    srtp.protect_rtp(buf)
+                };
+                if let Err(e) = r {
+                    debug!("SRTP: a packet of {:?} not protected: {e}", self.call);
+                    continue;
+                }
+            }
             self.send(buf, info);
         }
         while self.session.poll_audio_into(&mut self.audio) {
@@ -585,6 +632,13 @@ impl Call {
             MediaCmd::Rebind(std_socket, grace) => {
                 if let Err(e) = self.rebind(std_socket, grace, registry, slot, now) {
                     debug!("could not move the media of {:?}: {e}", self.call);
+                }
+            }
+            MediaCmd::Srtp(keys) => {
+                let (tx, rx) = *keys;
+                match self.srtp.as_mut() {
+                    Some(srtp) => srtp.update(&tx, &rx),
+                    None => self.srtp = Some(SrtpSession::new(&tx, &rx)),
                 }
             }
             // handled by the thread

@@ -26,6 +26,12 @@ pub struct MediaReport {
     pub max_gap_ms: f64,
     /// True for the last report of the call.
     pub last: bool,
+    /// The SRTP suite protecting the stream (its SDES name), or `None`
+    /// for plain RTP.
+    pub srtp: Option<&'static str>,
+    /// SRTP/SRTCP packets dropped: failed authentication, replayed, too
+    /// old or malformed (0 without SRTP).
+    pub srtp_dropped: u64,
 }
 
 /// Which way a message or a DTMF key went.

@@ -23,11 +23,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use siproam_core::pager::{MessageRefusal, MessageSpec};
-use siproam_core::sdp::{MediaConfig as SdpConfig, Negotiated, SdpDirection, SdpSession};
+use siproam_core::sdp::{
+    MediaConfig as SdpConfig, Negotiated, SdesKeys, SdesSuite, SdpDirection, SdpSession,
+    SrtpPolicy, SDES_KEY_MATERIAL_LEN,
+};
 use siproam_core::{
     CallEvent, CallId, CallMoveAction, CallState, CoreError, Endpoint as Core, Event,
     IncomingCallLimits, InviteSpec, RequestFailure, RequestId, Target as CoreTarget,
 };
+use siproam_media::srtp::{SrtpKey, SrtpSession, SrtpSuite};
 use siproam_media::{
     AudioSink, AudioSource, Destination, DtmfDigit, MediaConfig, MediaError, MediaSession,
     SilenceSource, ToneSource, WavSink, WavSource,
@@ -109,6 +113,13 @@ pub struct PhoneConfig {
     /// (`--pcap`); the default is the process's tap
     /// ([`crate::wiretap::install`]), if any.
     pub wiretap: Option<crate::wiretap::WireTap>,
+    /// SRTP (RFC 3711, keys by SDES, RFC 4568): `Off` offers and accepts
+    /// plain RTP only; `Optional` offers `RTP/AVP` with `a=crypto` and
+    /// takes SRTP when the peer does; `Mandatory` offers `RTP/SAVP` and
+    /// refuses (488) or ends a call that would be plain. The keys come
+    /// from the OS's secure generator, one per suite and call, and stay
+    /// the same across a network change.
+    pub srtp: SrtpPolicy,
 }
 
 /// Why a phone command failed.
@@ -212,6 +223,7 @@ impl Default for PhoneConfig {
             incoming: IncomingCallLimits::default(),
             retry_after: 30,
             wiretap: crate::wiretap::global(),
+            srtp: SrtpPolicy::Off,
         }
     }
 }
@@ -363,6 +375,20 @@ impl std::fmt::Debug for Phone {
     }
 }
 
+/// The media crate's SRTP keys (ours to send, the peer's to receive) for
+/// the negotiated SDES keys (`None` for key material of the wrong length,
+/// which the SDP layer already refuses).
+fn srtp_keys(k: &SdesKeys) -> Option<(SrtpKey, SrtpKey)> {
+    let suite = match k.suite {
+        SdesSuite::AesCm128HmacSha1_80 => SrtpSuite::AesCm128HmacSha1_80,
+        SdesSuite::AesCm128HmacSha1_32 => SrtpSuite::AesCm128HmacSha1_32,
+        SdesSuite::AeadAes128Gcm => SrtpSuite::AeadAes128Gcm,
+    };
+    let tx = SrtpKey::new(suite, &k.local).ok()?;
+    let rx = SrtpKey::new(suite, &k.remote).ok()?;
+    Some((tx, rx))
+}
+
 fn to_media_direction(d: SdpDirection) -> siproam_media::MediaDirection {
     match d {
         SdpDirection::SendRecv => siproam_media::MediaDirection::SendRecv,
@@ -406,11 +432,31 @@ impl Phone {
     /// signalling uses (`hint`: the source address towards its next hop,
     /// needed with wildcard listeners), else on the first listener's
     /// address.
+    /// A call's SDP session, with its SRTP keys (from the OS) when the
+    /// policy may use them.
+    fn new_sdp_session(&self, local: SocketAddr) -> SdpSession {
+        let config = SdpConfig {
+            srtp: self.config.srtp,
+            ..SdpConfig::default()
+        };
+        let mut sdp = SdpSession::new(self.seed, local, config);
+        if self.config.srtp != SrtpPolicy::Off {
+            let mut keys = [0u8; SDES_KEY_MATERIAL_LEN];
+            match getrandom::fill(&mut keys) {
+                Ok(()) => sdp.set_key_material(keys),
+                // (without keys an optional call is plain, a mandatory
+                // one is refused)
+                Err(e) => debug!("no SRTP keys: {e}"),
+            }
+        }
+        sdp
+    }
+
     fn new_call_media(&mut self, core: &Core, hint: Option<IpAddr>) -> PhoneCall {
         let local = SocketAddr::new(self.media_ip(core, hint), 0);
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         PhoneCall {
-            sdp: SdpSession::new(self.seed, local, SdpConfig::default()),
+            sdp: self.new_sdp_session(local),
             socket: None,
             local,
             unbound: true,
@@ -450,9 +496,13 @@ impl Phone {
         let direction = to_media_direction(neg.direction);
         pc.telephone_event = neg.telephone_event_pt;
         pc.direction = direction;
+        let srtp = neg.srtp.as_ref().and_then(srtp_keys);
         if let Some(media) = &pc.media {
             if let Some(remote) = neg.remote {
                 let _ = media.send(MediaCmd::Destination(remote));
+            }
+            if let Some(keys) = srtp {
+                let _ = media.send(MediaCmd::Srtp(Box::new(keys)));
             }
             let _ = media.send(MediaCmd::Direction(direction));
             return;
@@ -492,6 +542,7 @@ impl Phone {
             sink,
             events,
             tap,
+            srtp: srtp.map(|(tx, rx)| SrtpSession::new(&tx, &rx)),
         }) {
             Ok(handle) => pc.media = Some(handle),
             Err(e) => debug!("media of {call:?} not started: {e}"),
@@ -781,6 +832,32 @@ impl Phone {
         }
     }
 
+    /// An answer we cannot use: with SRTP mandatory, an answer without
+    /// usable crypto ends the call (never plain media); else it is only
+    /// logged, as before.
+    fn unusable_answer(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        call: CallId,
+        e: &siproam_core::sdp::SdpError,
+    ) {
+        use siproam_core::sdp::SdpError;
+        if matches!(
+            e,
+            SdpError::MissingCrypto | SdpError::UnusableCrypto | SdpError::NoKeyMaterial
+        ) {
+            tracing::warn!(
+                "call ended: SRTP is mandatory and the answer has no usable crypto ({e})"
+            );
+            if let Err(e) = core.hang_up(now, call) {
+                debug!("could not end {call:?}: {e}");
+            }
+        } else {
+            debug!("bad answer: {e}");
+        }
+    }
+
     /// A new incoming call: its offer is checked (refused 488 with a
     /// `Warning` when unusable), then it rings or, with `auto_answer`, is
     /// answered. No RTP socket is opened before the answer.
@@ -959,7 +1036,7 @@ impl Application for Phone {
                     if pc.sdp.has_pending_offer() {
                         match pc.sdp.handle_answer(body) {
                             Ok(neg) => self.media_negotiated(*call, &neg),
-                            Err(e) => debug!("bad answer: {e}"),
+                            Err(e) => self.unusable_answer(core, now, *call, &e),
                         }
                     }
                 }
@@ -989,7 +1066,7 @@ impl Application for Phone {
                 if let Some(pc) = self.calls.get_mut(call) {
                     match pc.sdp.handle_answer(body) {
                         Ok(neg) => self.media_negotiated(*call, &neg),
-                        Err(e) => debug!("bad answer: {e}"),
+                        Err(e) => self.unusable_answer(core, now, *call, &e),
                     }
                 }
             }

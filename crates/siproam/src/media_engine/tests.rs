@@ -43,6 +43,7 @@ fn two_calls_on_one_thread_exchange_media() {
                 sink: None,
                 events: Some(events.clone()),
                 tap: None,
+                srtp: None,
             },
         )
         .unwrap()
@@ -121,6 +122,7 @@ fn rtp_that_cannot_leave_a_removed_address_goes_out_on_the_new_socket() {
             sink: None,
             events: Some(events),
             tap: None,
+            srtp: None,
         },
     )
     .unwrap();
@@ -180,6 +182,7 @@ fn a_rebind_keeps_the_old_socket_until_the_peer_follows() {
             sink: None,
             events: Some(events),
             tap: None,
+            srtp: None,
         },
     )
     .unwrap();
@@ -258,6 +261,7 @@ fn a_burst_longer_than_a_turn_is_read_whole() {
             sink: None,
             events: Some(events),
             tap: None,
+            srtp: None,
         },
     )
     .unwrap();
@@ -288,6 +292,7 @@ fn a_call_sends_a_frame_every_20_ms_of_simulated_time() {
         sink: None,
         events: Some(events),
         tap: None,
+        srtp: None,
     };
     let mut call = Call::new(1, media, t0).unwrap();
     let mut buf = Vec::new();
@@ -328,4 +333,73 @@ fn a_call_sends_a_frame_every_20_ms_of_simulated_time() {
         }
         other => panic!("a media report after a second: {other:?}"),
     }
+}
+
+/// Two SRTP calls (AES_CM_128_HMAC_SHA1_80, keys crossed) exchange media;
+/// a forged packet (bad tag), a replayed one and a plain RTP packet sent to
+/// one of them are dropped and counted, and the call is unharmed: it keeps
+/// receiving, nothing is lost, the report names the suite.
+#[test]
+fn srtp_calls_drop_forged_replayed_and_plain_packets_unharmed() {
+    use siproam_media::srtp::{SrtpContext, SrtpKey, SrtpSession, SrtpSuite};
+    let suite = SrtpSuite::AesCm128HmacSha1_80;
+    let ka = SrtpKey::new(suite, &[1u8; 30]).unwrap();
+    let kb = SrtpKey::new(suite, &[2u8; 30]).unwrap();
+    let thread = spawn_thread(97).unwrap();
+    let (sa, a) = loopback_socket();
+    let (sb, b) = loopback_socket();
+    let now = Instant::now();
+    let (events, mut reports) = mpsc::channel(1024);
+    let start_call = |key: u64, socket, peer, seed, tx: &SrtpKey, rx: &SrtpKey| {
+        let mut session = MediaSession::new(MediaConfig::new(seed), now).unwrap();
+        session.set_destination(Destination::new(peer));
+        start_on(
+            &thread,
+            key,
+            CallMedia {
+                call: CallId(key as u32),
+                socket,
+                session,
+                source: Box::new(ToneSource::new(440.0, 8000)),
+                sink: None,
+                events: Some(events.clone()),
+                tap: None,
+                srtp: Some(SrtpSession::new(tx, rx)),
+            },
+        )
+        .unwrap()
+    };
+    let ha = start_call(1, sa, b, 1, &ka, &kb);
+    let hb = start_call(2, sb, a, 2, &kb, &ka);
+    std::thread::sleep(Duration::from_millis(300));
+    // an attacker's packets to B: a valid one under A's key (another SSRC),
+    // then the same again (a replay), one with a bad tag, one in plain RTP
+    let attacker = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut forger = SrtpContext::new(&ka);
+    let mut rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
+    rtp.extend_from_slice(&[0xff; 160]);
+    let plain = rtp.clone();
+    forger.protect_rtp(&mut rtp).unwrap();
+    attacker.send_to(&rtp, b).unwrap();
+    attacker.send_to(&rtp, b).unwrap();
+    let mut bad = rtp.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    attacker.send_to(&bad, b).unwrap();
+    attacker.send_to(&plain, b).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(ha);
+    let ra = last_report(&mut reports, CallId(1));
+    drop(hb);
+    let rb = last_report(&mut reports, CallId(2));
+    assert_eq!(rb.srtp, Some("AES_CM_128_HMAC_SHA1_80"));
+    assert_eq!(rb.srtp_dropped, 3, "replay, bad tag, plain: {rb:?}");
+    assert_eq!(ra.srtp_dropped, 0, "{ra:?}");
+    assert!(rb.rx_packets >= 20, "{rb:?}");
+    assert_eq!(rb.lost, 0, "{rb:?}");
+    assert_eq!(
+        rb.remote,
+        Some(a),
+        "the forged packets did not move B's media"
+    );
 }

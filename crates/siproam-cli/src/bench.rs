@@ -267,6 +267,7 @@ pub async fn calls(
     n: usize,
     seconds: u64,
     floor: bool,
+    srtp: bool,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
     use siproam::core::{CallEvent, CallState};
@@ -286,6 +287,11 @@ pub async fn calls(
                     max_unanswered: n,
                     max_calls: n,
                     ..Default::default()
+                },
+                srtp: if srtp {
+                    siproam::core::sdp::SrtpPolicy::Mandatory
+                } else {
+                    siproam::core::sdp::SrtpPolicy::Off
                 },
                 ..Default::default()
             },
@@ -360,6 +366,7 @@ pub async fn calls(
         let _ = caller.phone(PhoneCommand::HangUp(*id)).await;
     }
     // final media reports from both ends
+    let (mut encrypted, mut srtp_dropped) = (0u64, 0u64);
     let (mut tx, mut rx, mut lost, mut reports) = (0u64, 0u64, 0i64, 0usize);
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
     while reports < 2 * confirmed {
@@ -371,6 +378,8 @@ pub async fn calls(
         if let Some(EndpointEvent::Media(m)) = ev {
             if m.last {
                 reports += 1;
+                encrypted += u64::from(m.srtp.is_some());
+                srtp_dropped += m.srtp_dropped;
                 tx += m.tx_packets;
                 rx += m.rx_packets;
                 lost += m.lost.max(0);
@@ -409,11 +418,15 @@ pub async fn calls(
             "packets_received": rx,
             "packets_lost": lost,
             "final_reports": reports,
+            "srtp": srtp,
+            "srtp_streams": encrypted,
+            "srtp_dropped": srtp_dropped,
             "memory_per_call_bytes": memory_per_call,
             "floor": floor,
         }),
     );
-    Ok(if confirmed == n && lost == 0 {
+    let all_encrypted = !srtp || encrypted == reports as u64;
+    Ok(if confirmed == n && lost == 0 && all_encrypted {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -315,6 +315,9 @@ enum BenchKind {
         /// packets, run after the calls).
         #[arg(long)]
         no_floor: bool,
+        /// Every call with SRTP (AES_CM_128_HMAC_SHA1_80 by SDES).
+        #[arg(long)]
+        srtp: bool,
     },
 }
 
@@ -560,10 +563,11 @@ fn run_command(cli: Cli, file: &run::FileConfig) -> ExitCode {
                     seconds,
                     media_threads,
                     no_floor,
+                    srtp,
                 },
         } => {
             siproam::set_media_threads(media_threads);
-            block_on(bench::calls(calls, seconds, !no_floor, json))
+            block_on(bench::calls(calls, seconds, !no_floor, srtp, json))
         }
         Command::Bench {
             which:

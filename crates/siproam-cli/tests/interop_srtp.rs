@@ -87,6 +87,26 @@ fn carol(dir: &Path, freq: u32, o: &BaresipOptions) -> (Baresip, String) {
     (bs, format!("sip:carol@127.0.0.1:{port}"))
 }
 
+/// `siproam call URI` from Alice on 127.0.0.2 with `--srtp POLICY`,
+/// playing 1000 Hz and recording what it hears to `wav`.
+fn alice_calls(uri: &str, policy: &str, wav: &Path) -> Proc {
+    Proc::spawn(&[
+        "call",
+        uri,
+        "--json",
+        "--aor",
+        "sip:alice@example.test",
+        "--listen",
+        "udp:127.0.0.2:0",
+        "--srtp",
+        policy,
+        "--play",
+        "tone:1000",
+        "--record",
+        wav.to_str().unwrap(),
+    ])
+}
+
 /// The `srtp` field of a `media` event: the suite, or `None` for plain RTP
 /// (`null`). Fails when the field is absent altogether.
 fn srtp_of(m: &Value) -> Option<String> {
@@ -247,21 +267,7 @@ fn siproam_calls_baresip_over_srtp_and_each_hears_the_other() {
     let dir = temp_dir("srtp-out");
     let (bs, uri) = carol(&dir, 700, &BaresipOptions::srtp("srtp-mand"));
     let wav = dir.join("from-baresip.wav");
-    let mut call = Proc::spawn(&[
-        "call",
-        &uri,
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--listen",
-        "udp:127.0.0.2:0",
-        "--srtp",
-        "mandatory",
-        "--play",
-        "tone:1000",
-        "--record",
-        wav.to_str().unwrap(),
-    ]);
+    let mut call = alice_calls(&uri, "mandatory", &wav);
     call.wait_call("siproam", "confirmed");
     let m = media_with(&call, "SRTP media from baresip", 80);
     let suite = bs
@@ -447,21 +453,7 @@ fn an_optional_srtp_call_to_a_plain_baresip_falls_back_to_rtp() {
     let dir = temp_dir("srtp-fallback");
     let (bs, uri) = carol(&dir, 700, &BaresipOptions::default());
     let wav = dir.join("from-baresip.wav");
-    let mut call = Proc::spawn(&[
-        "call",
-        &uri,
-        "--json",
-        "--aor",
-        "sip:alice@example.test",
-        "--listen",
-        "udp:127.0.0.2:0",
-        "--srtp",
-        "optional",
-        "--play",
-        "tone:1000",
-        "--record",
-        wav.to_str().unwrap(),
-    ]);
+    let mut call = alice_calls(&uri, "optional", &wav);
     call.wait_call("siproam", "confirmed");
     let m = media_with(&call, "plain media from baresip", 80);
     assert_eq!(srtp_of(&m), None, "{m}");

@@ -19,6 +19,36 @@ fn last_report(rx: &mut mpsc::Receiver<EndpointEvent>, call: CallId) -> MediaRep
     }
 }
 
+/// Starts call `key` (its SSRC seeded by the key) on `thread`: a 440 Hz
+/// tone from `socket` to `peer`, reports to `events`, with `srtp` if given.
+fn tone_call(
+    thread: &ThreadHandle,
+    key: u64,
+    socket: StdUdpSocket,
+    peer: SocketAddr,
+    now: Instant,
+    events: &mpsc::Sender<EndpointEvent>,
+    srtp: Option<SrtpSession>,
+) -> MediaHandle {
+    let mut session = MediaSession::new(MediaConfig::new(key), now).unwrap();
+    session.set_destination(Destination::new(peer));
+    start_on(
+        thread,
+        key,
+        CallMedia {
+            call: CallId(key as u32),
+            socket,
+            session,
+            source: Box::new(ToneSource::new(440.0, 8000)),
+            sink: None,
+            events: Some(events.clone()),
+            tap: None,
+            srtp,
+        },
+    )
+    .unwrap()
+}
+
 /// Two calls on one engine thread send each other 20 ms frames over
 /// loopback: both send and receive, nothing is lost, the reports name the
 /// calls, and stopping them frees the thread.
@@ -29,27 +59,8 @@ fn two_calls_on_one_thread_exchange_media() {
     let (sb, b) = loopback_socket();
     let now = Instant::now();
     let (events, mut reports) = mpsc::channel(1024);
-    let start_call = |key: u64, socket, peer, seed| {
-        let mut session = MediaSession::new(MediaConfig::new(seed), now).unwrap();
-        session.set_destination(Destination::new(peer));
-        start_on(
-            &thread,
-            key,
-            CallMedia {
-                call: CallId(key as u32),
-                socket,
-                session,
-                source: Box::new(ToneSource::new(440.0, 8000)),
-                sink: None,
-                events: Some(events.clone()),
-                tap: None,
-                srtp: None,
-            },
-        )
-        .unwrap()
-    };
-    let ha = start_call(1, sa, b, 1);
-    let hb = start_call(2, sb, a, 2);
+    let ha = tone_call(&thread, 1, sa, b, now, &events, None);
+    let hb = tone_call(&thread, 2, sb, a, now, &events, None);
     assert_eq!(thread.load.load(Ordering::Relaxed), 2);
     // a periodic report comes after a second
     let periodic = loop {
@@ -341,7 +352,7 @@ fn a_call_sends_a_frame_every_20_ms_of_simulated_time() {
 /// receiving, nothing is lost, the report names the suite.
 #[test]
 fn srtp_calls_drop_forged_replayed_and_plain_packets_unharmed() {
-    use siproam_media::srtp::{SrtpContext, SrtpKey, SrtpSession, SrtpSuite};
+    use siproam_media::srtp::{SrtpContext, SrtpKey, SrtpSuite};
     let suite = SrtpSuite::AesCm128HmacSha1_80;
     let ka = SrtpKey::new(suite, &[1u8; 30]).unwrap();
     let kb = SrtpKey::new(suite, &[2u8; 30]).unwrap();
@@ -350,27 +361,24 @@ fn srtp_calls_drop_forged_replayed_and_plain_packets_unharmed() {
     let (sb, b) = loopback_socket();
     let now = Instant::now();
     let (events, mut reports) = mpsc::channel(1024);
-    let start_call = |key: u64, socket, peer, seed, tx: &SrtpKey, rx: &SrtpKey| {
-        let mut session = MediaSession::new(MediaConfig::new(seed), now).unwrap();
-        session.set_destination(Destination::new(peer));
-        start_on(
-            &thread,
-            key,
-            CallMedia {
-                call: CallId(key as u32),
-                socket,
-                session,
-                source: Box::new(ToneSource::new(440.0, 8000)),
-                sink: None,
-                events: Some(events.clone()),
-                tap: None,
-                srtp: Some(SrtpSession::new(tx, rx)),
-            },
-        )
-        .unwrap()
-    };
-    let ha = start_call(1, sa, b, 1, &ka, &kb);
-    let hb = start_call(2, sb, a, 2, &kb, &ka);
+    let ha = tone_call(
+        &thread,
+        1,
+        sa,
+        b,
+        now,
+        &events,
+        Some(SrtpSession::new(&ka, &kb)),
+    );
+    let hb = tone_call(
+        &thread,
+        2,
+        sb,
+        a,
+        now,
+        &events,
+        Some(SrtpSession::new(&kb, &ka)),
+    );
     std::thread::sleep(Duration::from_millis(300));
     // an attacker's packets to B: a valid one under A's key (another SSRC),
     // then the same again (a replay), one with a bad tag, one in plain RTP

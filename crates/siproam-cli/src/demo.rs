@@ -263,7 +263,7 @@ fn media(m: &MediaReport) -> Value {
     json!({
         "event": "media", "call": m.call.0, "local": m.local.to_string(),
         "remote": m.remote.map(|r| r.to_string()), "tx_packets": m.tx_packets, "rx_packets": m.rx_packets,
-        "lost": m.lost, "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0,
+        "rtcp_rx_packets": m.rtcp_rx_packets, "lost": m.lost, "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0,
         "srtp": m.srtp, "srtp_dropped": m.srtp_dropped, "final": m.last,
     })
 }

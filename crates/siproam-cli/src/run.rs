@@ -1506,6 +1506,7 @@ fn media_json(m: &MediaReport) -> Value {
         "remote": m.remote.map(|r| r.to_string()),
         "tx_packets": m.tx_packets,
         "rx_packets": m.rx_packets,
+        "rtcp_rx_packets": m.rtcp_rx_packets,
         "lost": m.lost,
         "max_gap_ms": (m.max_gap_ms * 10.0).round() / 10.0,
         "srtp": m.srtp,
@@ -1871,7 +1872,13 @@ pub async fn agent(
                                         args.password.is_some(),
                                     );
                                     if *code == Some(488) && calls.srtp == Some(siproam::core::sdp::SrtpPolicy::Mandatory) {
-                                        why.push_str(" (SRTP is mandatory: the peer did not take the encrypted offer)");
+                                        if answered {
+                                            // the peer answered plain: we
+                                            // ended it (BYE, Reason 488)
+                                            why = "call failed: SRTP is mandatory and the peer's answer has no usable crypto (ended with a BYE giving 488)".to_owned();
+                                        } else {
+                                            why.push_str(" (SRTP is mandatory: the peer did not take the encrypted offer)");
+                                        }
                                     }
                                     call_failure = Some(why);
                                     failed_call = true;

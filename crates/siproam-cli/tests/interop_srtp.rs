@@ -281,6 +281,13 @@ fn siproam_calls_baresip_over_srtp_and_each_hears_the_other() {
     let stats = bs.rtp_stats();
     assert_secure(&stats, "srtp-mand", &bs);
     assert!(stats.rx > 50, "baresip got our SRTP: {stats:?}");
+    // baresip's SRTCP reaches our RTP port (our `a=rtcp`) and
+    // authenticates: only accepted reports are counted. (baresip also
+    // sends one plain 16-byte RTCP APP "PING" at the start, which SRTP
+    // rightly drops, so `srtp_dropped` is not 0 here.)
+    call.wait_for("an SRTCP report from baresip", |v| {
+        v["event"] == "media" && v["rtcp_rx_packets"].as_u64().unwrap_or(0) >= 1
+    });
     call.send("hangup");
     let end = call.wait_for("final media", |v| {
         v["event"] == "media" && v["final"] == true
@@ -818,5 +825,147 @@ fn an_srtp_call_with_baresip_moves_from_wifi_to_cell() {
     assert_baresip_heard(&bs, 1000.0);
     drop(bs);
     drop(t);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two siproam processes, no baresip: `siproam call --srtp mandatory` to an
+/// agent with `--srtp mandatory`. Each end's RTCP reaches the other on its
+/// RTP port (`a=rtcp`, `a=rtcp-mux`), is authenticated there as SRTCP and
+/// counted, and nothing is refused. Before `a=rtcp`/`a=rtcp-mux`, RTCP
+/// went to the RTP port + 1, where nothing of ours listens: no report ever
+/// arrived, and with many calls one call's SRTCP landed on another call's
+/// socket and failed its authentication.
+#[test]
+fn two_agents_exchange_srtcp_on_the_rtp_port_and_refuse_nothing() {
+    let dir = temp_dir("srtp-two-agents");
+    let aport = free_port(0);
+    let listen = format!("udp:127.0.0.1:{aport}");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:dave@127.0.0.1",
+        "--listen",
+        &listen,
+        "--auto-answer",
+        "--play",
+        "tone:700",
+        "--srtp",
+        "mandatory",
+        "--stay",
+    ]);
+    agent.wait_for("listener", |v| v["event"] == "listening");
+    let wav = dir.join("from-agent.wav");
+    let mut call = alice_calls(&format!("sip:dave@127.0.0.1:{aport}"), "mandatory", &wav);
+    call.wait_call("siproam", "confirmed");
+    agent.wait_call("agent", "confirmed");
+    let has_rtcp =
+        |v: &Value| v["event"] == "media" && v["rtcp_rx_packets"].as_u64().unwrap_or(0) >= 1;
+    let ours = call.wait_for("an SRTCP report from the agent", has_rtcp);
+    let theirs = agent.wait_for("an SRTCP report from siproam call", has_rtcp);
+    for m in [&ours, &theirs] {
+        assert_eq!(
+            srtp_of(m).as_deref(),
+            Some("AES_CM_128_HMAC_SHA1_80"),
+            "{m}"
+        );
+        assert_eq!(m["srtp_dropped"], 0, "{m}");
+    }
+    call.send("hangup");
+    let end = call.wait_for("final media", |v| {
+        v["event"] == "media" && v["final"] == true
+    });
+    assert_eq!(end["srtp_dropped"], 0, "{end}");
+    assert!(end["rx_packets"].as_u64().unwrap() > 50, "{end}");
+    assert!(call.child.wait().unwrap().success());
+    let end = agent.wait_for("the agent's final media", |v| {
+        v["event"] == "media" && v["final"] == true
+    });
+    assert_eq!(end["srtp_dropped"], 0, "{end}");
+    assert!(end["rtcp_rx_packets"].as_u64().unwrap() >= 1, "{end}");
+    assert_tone(&wav, 700.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `siproam call --srtp mandatory` to a SIPp UAS that answers the RTP/SAVP
+/// offer with plain RTP/AVP (no `a=crypto`): the call is ACKed and ended
+/// at once with a BYE whose `Reason` gives 488 (SIPp's scenario fails
+/// without it), no RTP is ever sent or reported (no `media` event), and
+/// the command fails (exit 1) saying why, once.
+#[test]
+fn mandatory_srtp_answered_plain_is_ended_with_a_bye_and_no_media() {
+    if !have("sipp") {
+        return;
+    }
+    let dir = temp_dir("srtp-plain-answer");
+    let (port, mport) = (free_port(0), free_port(3));
+    let mut sipp = Command::new("timeout")
+        .args(["60", "sipp", "-sf"])
+        .arg(repo().join("interop/sipp/uas_plain_answer.xml"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &mport.to_string()])
+        .args(["-rtp_echo", "-m", "1", "-nostdin", "-timeout", "40s"])
+        .args(["-timeout_error", "-trace_logs"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_udp_bound("127.0.0.1", port);
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_siproam"))
+        .args(["call", &format!("sip:plain@127.0.0.1:{port}"), "--json"])
+        .args([
+            "--aor",
+            "sip:alice@example.test",
+            "--listen",
+            "udp:127.0.0.2:0",
+        ])
+        .args(["--no-watch", "--srtp", "mandatory", "--play", "tone:1000"])
+        .env("XDG_STATE_HOME", &state)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}; {events:?}");
+    assert_eq!(err.matches("call failed").count(), 1, "stderr: {err}");
+    assert!(
+        err.contains("SRTP is mandatory")
+            && err.contains("no usable crypto")
+            && err.contains("488"),
+        "stderr: {err}"
+    );
+    let calls: Vec<&str> = events
+        .iter()
+        .filter(|v| v["event"] == "call")
+        .filter_map(|v| v["state"].as_str())
+        .collect();
+    assert!(
+        calls.contains(&"confirmed") && calls.last() == Some(&"disconnected"),
+        "the 2xx was taken (and ACKed), then the call ended: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|v| v["event"] == "media"),
+        "no media at all: {events:?}"
+    );
+    let sipp_status = sipp.wait().unwrap();
+    let log = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_logs.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        sipp_status.success(),
+        "SIPp's scenario (BYE with Reason cause=488) failed: {sipp_status}; {log}"
+    );
+    assert!(log.contains("cause=488"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1280,6 +1280,46 @@ impl Endpoint {
         }
     }
 
+    /// Ends a call whose peer's answer cannot be used (for instance one
+    /// without usable SRTP crypto where SRTP is mandatory; RFC 3264 §6
+    /// leaves the offerer only this way out once the 2xx is in): a BYE
+    /// with `Reason: SIP ;cause=488 ;text="…"` (RFC 3326) naming `why`,
+    /// and the call ends as refused with 488 by us
+    /// ([`CallEndReason::Rejected`], [`CallEndedBy::Local`]). No media
+    /// need flow first. A call not answered yet is hung up as by
+    /// [`Core::hang_up`]. `why` is cut to printable ASCII without quotes.
+    pub fn end_unacceptable_media(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        why: &str,
+    ) -> Result<(), CoreError> {
+        let c = self.calls.get(call).ok_or(CoreError::NoSuchCall)?;
+        if !matches!(
+            c.phase,
+            CallPhase::Confirmed { .. } | CallPhase::Answered { .. }
+        ) {
+            return self.hang_up(now, call);
+        }
+        let text: String = why
+            .chars()
+            .filter(|ch| ch.is_ascii_graphic() || *ch == ' ')
+            .filter(|ch| !matches!(ch, '"' | '\\'))
+            .take(200)
+            .collect();
+        if let Some((b, target)) = self.in_dialog_request(call, Method::Bye, None) {
+            let b = b.header("Reason", &format!("SIP ;cause=488 ;text=\"{text}\""));
+            self.start_client_tx(now, b, target, TxOwner::Call(call))?;
+        }
+        self.end_call(
+            call,
+            Some(488),
+            None,
+            CallEnd::rejected(CallEndedBy::Local, 488, ""),
+        );
+        Ok(())
+    }
+
     fn send_bye(
         &mut self,
         now: Instant,

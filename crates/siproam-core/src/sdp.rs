@@ -213,9 +213,14 @@ impl Default for MediaConfig {
 /// stream now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
-    /// Where to send RTP (RTCP goes to the next port). `None` when the peer
-    /// used the RFC 2543 hold form `c=0.0.0.0` (or `::`): send nothing.
+    /// Where to send RTP. `None` when the peer used the RFC 2543 hold form
+    /// `c=0.0.0.0` (or `::`): send nothing.
     pub remote: Option<SocketAddr>,
+    /// Where to send RTCP: [`Negotiated::remote`] itself when the peer does
+    /// `a=rtcp-mux` (RFC 5761), the peer's `a=rtcp` port and address
+    /// (RFC 3605), else the next port up (RFC 3550 §11). `None` exactly
+    /// when `remote` is.
+    pub rtcp: Option<SocketAddr>,
     /// The codec to send and expect.
     pub codec: SdpCodec,
     /// The payload type of [`Negotiated::codec`] on the wire.
@@ -449,6 +454,9 @@ struct AudioOut {
     profile: Profile,
     /// `a=crypto` values, in order.
     crypto: Vec<String>,
+    /// Whether to write `a=rtcp-mux`: always in an offer, in an answer only
+    /// when the offer had it (RFC 5761 §5.1.1).
+    rtcp_mux: bool,
 }
 
 /// The last SDP we wrote. `Debug` shows its length only: it may hold our
@@ -634,6 +642,7 @@ impl SdpSession {
                         .map(|&(tag, suite)| sdes::crypto_value(tag, suite, keys.key(suite)))
                 })
                 .collect(),
+            rtcp_mux: true,
         };
         let slots = self.slots.clone();
         let sdp = self.emit(&slots, Some(&audio));
@@ -731,11 +740,13 @@ impl SdpSession {
                 (Some(line), Some((_, key))) => vec![sdes::crypto_value(line.tag, line.suite, key)],
                 _ => Vec::new(),
             },
+            rtcp_mux: chosen.rtcp_mux,
         };
         let sdp = self.emit(&slots, Some(&audio));
 
         let negotiated = Negotiated {
             remote: chosen.remote,
+            rtcp: chosen.rtcp,
             codec: chosen.codec,
             payload_type: chosen.payload_type,
             telephone_event_pt: chosen.telephone_event.map(|(pt, _)| pt),
@@ -864,6 +875,7 @@ impl SdpSession {
 
         let negotiated = Negotiated {
             remote,
+            rtcp: remote_rtcp(media, remote),
             codec,
             payload_type,
             telephone_event_pt: telephone_event,
@@ -974,6 +986,11 @@ impl SdpSession {
         }
         media.add_attribute(Attribute::with_value("ptime", self.config.ptime_ms));
         media.add_attribute(Attribute::new(audio.direction.as_str()));
+        // We take RTCP on the RTP port (RFC 3605), muxed or not.
+        media.add_attribute(Attribute::with_value("rtcp", audio.port));
+        if audio.rtcp_mux {
+            media.add_attribute(Attribute::new("rtcp-mux"));
+        }
         for value in &audio.crypto {
             media.add_attribute(Attribute::with_value("crypto", value));
         }
@@ -1148,6 +1165,10 @@ struct ChosenAudio {
     payload_type: u8,
     telephone_event: Option<(u8, EventSet)>,
     remote: Option<SocketAddr>,
+    /// Where to send RTCP ([`Negotiated::rtcp`]).
+    rtcp: Option<SocketAddr>,
+    /// The offer has `a=rtcp-mux`.
+    rtcp_mux: bool,
     /// The peer's direction, with receiving removed for `c=0.0.0.0`.
     peer: SdpDirection,
     ptime: Option<u32>,
@@ -1300,6 +1321,8 @@ fn choose_offered_audio(
             payload_type,
             telephone_event,
             remote,
+            rtcp: remote_rtcp(media, remote),
+            rtcp_mux: has_attribute(media, "rtcp-mux"),
             peer: peer_direction(offer, media, remote),
             ptime: ptime(offer, media),
         });
@@ -1339,6 +1362,68 @@ fn remote_address(
         return Err(SdpError::UnsupportedAddress);
     }
     Ok((!ip.is_unspecified()).then_some(SocketAddr::new(ip, media.port)))
+}
+
+/// Whether `media` has the attribute `name` (a flag such as `rtcp-mux`).
+fn has_attribute(media: &sdp_types::Media, name: &str) -> bool {
+    media
+        .attributes
+        .iter()
+        .any(|a| a.attribute.trim().eq_ignore_ascii_case(name))
+}
+
+/// Where to send RTCP for `media`, whose RTP goes to `remote`: `remote`
+/// itself with `a=rtcp-mux` (RFC 5761: an offer with it gets it back in our
+/// answer, and an answer has it only if our offer did), the `a=rtcp` port
+/// and address (RFC 3605), else the next port up (RFC 3550 §11). An
+/// `a=rtcp` that cannot be used (port 0 or out of range, an address of
+/// another family, multicast, a host name) is ignored; its unspecified
+/// address (`0.0.0.0`, as JSEP writes it) means the RTP address.
+fn remote_rtcp(media: &sdp_types::Media, remote: Option<SocketAddr>) -> Option<SocketAddr> {
+    let remote = remote?;
+    if has_attribute(media, "rtcp-mux") {
+        return Some(remote);
+    }
+    let signalled = media
+        .attributes
+        .iter()
+        .filter(|a| a.attribute.trim().eq_ignore_ascii_case("rtcp"))
+        .find_map(|a| rtcp_attribute(a.value.as_deref()?, remote));
+    Some(
+        signalled.unwrap_or_else(|| match remote.port().checked_add(1) {
+            Some(port) => SocketAddr::new(remote.ip(), port),
+            None => remote,
+        }),
+    )
+}
+
+/// An `a=rtcp` value, `<port> [IN IP4|IP6 <address>]` (RFC 3605 §2.1).
+fn rtcp_attribute(value: &str, remote: SocketAddr) -> Option<SocketAddr> {
+    let mut words = value.split_ascii_whitespace();
+    let port = words.next()?.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let ip = match (words.next(), words.next(), words.next()) {
+        (None, _, _) => remote.ip(),
+        (Some(nettype), Some(addrtype), Some(address)) if nettype.eq_ignore_ascii_case("IN") => {
+            let ip = address.parse::<IpAddr>().ok()?;
+            let family_ok = match ip {
+                IpAddr::V4(_) => addrtype.eq_ignore_ascii_case("IP4") && remote.is_ipv4(),
+                IpAddr::V6(_) => addrtype.eq_ignore_ascii_case("IP6") && remote.is_ipv6(),
+            };
+            if !family_ok || ip.is_multicast() {
+                return None;
+            }
+            if ip.is_unspecified() {
+                remote.ip()
+            } else {
+                ip
+            }
+        }
+        _ => return None,
+    };
+    if words.next().is_some() {
+        return None;
+    }
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The peer's direction for `media` (media level, else session level, else
@@ -1427,7 +1512,9 @@ mod tests {
              a=rtpmap:101 telephone-event/8000\r\n\
              a=fmtp:101 0-16\r\n\
              a=ptime:20\r\n\
-             a=sendrecv\r\n"
+             a=sendrecv\r\n\
+             a=rtcp:40000\r\n\
+             a=rtcp-mux\r\n"
         );
         assert_eq!(
             text(&answer),
@@ -1441,10 +1528,13 @@ mod tests {
              a=rtpmap:101 telephone-event/8000\r\n\
              a=fmtp:101 0-16\r\n\
              a=ptime:20\r\n\
-             a=sendrecv\r\n"
+             a=sendrecv\r\n\
+             a=rtcp:50000\r\n\
+             a=rtcp-mux\r\n"
         );
         let expected = Negotiated {
             remote: Some(addr("198.51.100.20:50000")),
+            rtcp: Some(addr("198.51.100.20:50000")),
             codec: SdpCodec::Pcmu,
             payload_type: 0,
             telephone_event_pt: Some(101),
@@ -1457,6 +1547,7 @@ mod tests {
             nb,
             Negotiated {
                 remote: Some(addr("192.0.2.10:40000")),
+                rtcp: Some(addr("192.0.2.10:40000")),
                 ..expected
             }
         );
@@ -2270,6 +2361,96 @@ mod tests {
     }
 
     // ----- an incoming INVITE's offer, checked before it rings ----------
+
+    /// An offer from 192.0.2.1:4000 with `extra` media attributes.
+    fn offer_with(extra: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP 0\r\n{extra}"
+        )
+    }
+
+    #[test]
+    fn rtcp_goes_where_the_peer_says_and_we_take_it_on_the_rtp_port() {
+        // Ours: RTCP on the RTP port, and rtcp-mux offered.
+        let mut a = session(1, "192.0.2.10:40000");
+        let offer = a.create_offer();
+        assert!(has_line(&offer, "a=rtcp:40000"));
+        assert!(has_line(&offer, "a=rtcp-mux"));
+
+        // What the peer's offer says, and where its RTCP goes.
+        let cases: &[(&str, &str)] = &[
+            ("", "192.0.2.1:4001"),
+            ("a=rtcp-mux\r\n", "192.0.2.1:4000"),
+            ("a=rtcp:4001\r\na=rtcp-mux\r\n", "192.0.2.1:4000"),
+            ("a=rtcp:5005\r\n", "192.0.2.1:5005"),
+            ("a=rtcp:5005 IN IP4 198.51.100.7\r\n", "198.51.100.7:5005"),
+            ("a=rtcp:9 IN IP4 0.0.0.0\r\n", "192.0.2.1:9"),
+            // unusable a=rtcp lines are ignored: the next port up
+            ("a=rtcp:0\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:70000\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:port\r\n", "192.0.2.1:4001"),
+            ("a=rtcp\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:5005 IN IP6 2001:db8::1\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:5005 IN IP4 2001:db8::1\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:5005 IN IP4 224.0.0.1\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:5005 IN IP4 host.example\r\n", "192.0.2.1:4001"),
+            ("a=rtcp:5005 IN\r\n", "192.0.2.1:4001"),
+            (
+                "a=rtcp:5005 IN IP4 198.51.100.7 extra\r\n",
+                "192.0.2.1:4001",
+            ),
+            ("a=rtcp:5005 ATM NSAP 47.0005\r\n", "192.0.2.1:4001"),
+        ];
+        for (extra, rtcp) in cases {
+            let mut b = session(2, "198.51.100.20:50000");
+            let (answer, n) = b.answer(offer_with(extra).as_bytes()).unwrap();
+            assert_eq!(n.remote, Some(addr("192.0.2.1:4000")), "{extra}");
+            assert_eq!(n.rtcp, Some(addr(rtcp)), "{extra}");
+            assert!(has_line(&answer, "a=rtcp:50000"), "{extra}");
+            // rtcp-mux is answered only when offered (RFC 5761 §5.1.1)
+            assert_eq!(
+                has_line(&answer, "a=rtcp-mux"),
+                extra.contains("rtcp-mux"),
+                "{extra}"
+            );
+        }
+
+        // The top port has no next port: RTCP shares it.
+        let top = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+                   m=audio 65535 RTP/AVP 0\r\n";
+        let (_, n) = session(2, "198.51.100.20:50000")
+            .answer(top.as_bytes())
+            .unwrap();
+        assert_eq!(n.rtcp, Some(addr("192.0.2.1:65535")));
+
+        // IPv6, and hold without an address: no RTCP either.
+        let v6 = "v=0\r\no=- 1 1 IN IP6 2001:db8::5\r\ns=-\r\nc=IN IP6 2001:db8::5\r\nt=0 0\r\n\
+                  m=audio 4000 RTP/AVP 0\r\na=rtcp:4100 IN IP6 2001:db8::6\r\n";
+        let (_, n) = session(2, "[2001:db8::20]:50000")
+            .answer(v6.as_bytes())
+            .unwrap();
+        assert_eq!(n.rtcp, Some(addr("[2001:db8::6]:4100")));
+        let hold = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                    m=audio 4000 RTP/AVP 0\r\na=rtcp-mux\r\n";
+        let (_, n) = session(2, "198.51.100.20:50000")
+            .answer(hold.as_bytes())
+            .unwrap();
+        assert_eq!((n.remote, n.rtcp), (None, None));
+
+        // Our offer answered: muxed between two siproam sessions, the next
+        // port up from a peer that ignores both attributes.
+        let mut b = session(2, "198.51.100.20:50000");
+        let (na, nb, _, _) = exchange(&mut a, &mut b);
+        assert_eq!(na.rtcp, na.remote);
+        assert_eq!(nb.rtcp, nb.remote);
+        let mut a = session(1, "192.0.2.10:40000");
+        let _ = a.create_offer();
+        let plain = "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\n\
+                     m=audio 6000 RTP/AVP 0\r\n";
+        let n = a.handle_answer(plain.as_bytes()).unwrap();
+        assert_eq!(n.rtcp, Some(addr("192.0.2.5:6001")));
+    }
 
     const GOOD_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 

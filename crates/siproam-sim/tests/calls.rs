@@ -1781,7 +1781,13 @@ fn a_call_not_answered_at_all_when_its_address_goes_is_sent_again_or_hung_up() {
             sim.endpoint(alice).call_state(a),
             Some(CallState::Confirmed)
         );
-        assert_eq!(states(&mut sim, alice), [(CallState::Confirmed, Some(200))]);
+        assert_eq!(
+            states(&mut sim, alice),
+            [
+                (CallState::Calling, None),
+                (CallState::Confirmed, Some(200))
+            ]
+        );
     }
 }
 
@@ -2022,4 +2028,107 @@ fn a_refused_call_carries_the_reason_phrase_and_extra_headers() {
     assert_eq!(r.message.reason(), Some("Service Unavailable"));
     assert_eq!(r.message.header(HeaderName::RetryAfter), Some("30"));
     assert_eq!(p.sim.endpoint(p.bob).call_count(), 0);
+}
+
+/// A 2xx whose answer cannot be used (SRTP mandatory, a plain answer: the
+/// phone's SDP layer says so): the caller ACKs it, then ends the call with
+/// a BYE whose `Reason` gives 488 and the cause (RFC 3326), and reports
+/// the call refused with 488 by itself. The text loses what cannot go in
+/// a quoted string.
+#[test]
+fn an_unusable_answer_ends_the_call_with_a_bye_giving_488_as_reason() {
+    let mut sim = Sim::new(Instant::now(), 7);
+    let alice = sim.add_endpoint(
+        "alice",
+        &[ip(ALICE)],
+        Config {
+            seed: 1,
+            ..Config::default()
+        },
+    );
+    let bob = sim.add_peer("bob", &[ip(BOB)]);
+    let spec = InviteSpec {
+        uri: format!("sip:bob@{BOB}"),
+        from: "sip:alice@example.test".into(),
+        target: Target {
+            transport: Transport::Udp,
+            remote: SocketAddr::new(ip(BOB), 5060),
+            local: None,
+            server_name: None,
+        },
+        sdp: Some(sdp("offer with crypto")),
+        contact_user: "alice".into(),
+    };
+    let a = sim
+        .with_endpoint(alice, |ep, now| ep.invite(now, spec))
+        .unwrap();
+    let invite = sim
+        .run_until_peer_receives(bob, Duration::from_secs(1))
+        .unwrap();
+    let ok = MessageBuilder::response_to(&invite.message, 200, "OK", Some("bob1"))
+        .header("Contact", &format!("<sip:bob@{BOB}:5060>"))
+        .body("application/sdp", sdp("plain answer"))
+        .build()
+        .unwrap();
+    sim.peer_reply(bob, &invite, ok.to_bytes());
+    let ack = sim
+        .run_until_peer_receives(bob, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ack.message.method(), Some(Method::Ack));
+    assert_eq!(
+        states(&mut sim, alice),
+        [
+            (CallState::Calling, None),
+            (CallState::Confirmed, Some(200))
+        ]
+    );
+
+    sim.with_endpoint(alice, |ep, now| {
+        ep.end_unacceptable_media(
+            now,
+            a,
+            "SRTP is \"mandatory\"\r\n and\\ the answer has none",
+        )
+    })
+    .unwrap();
+    let bye = sim
+        .run_until_peer_receives(bob, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(bye.message.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.message.header(HeaderName::Reason),
+        Some("SIP ;cause=488 ;text=\"SRTP is mandatory and the answer has none\"")
+    );
+    let ended: Vec<_> = sim
+        .take_events(alice)
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Call(CallEvent::State {
+                state: CallState::Disconnected,
+                code,
+                end,
+                ..
+            }) => Some((code, end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        [(
+            Some(488),
+            Some(CallEnd {
+                by: CallEndedBy::Local,
+                reason: CallEndReason::Rejected {
+                    code: 488,
+                    phrase: "Not Acceptable Here".into()
+                }
+            })
+        )]
+    );
+    assert_eq!(sim.endpoint(alice).call_count(), 0);
+    // the call is gone: nothing more to end
+    assert_eq!(
+        sim.with_endpoint(alice, |ep, now| ep.end_unacceptable_media(now, a, "again")),
+        Err(CoreError::NoSuchCall)
+    );
 }

@@ -69,8 +69,8 @@ const WAKER: Token = Token(usize::MAX);
 /// A command to a call's media.
 #[derive(Debug)]
 pub(crate) enum MediaCmd {
-    /// Send to this address from now on.
-    Destination(SocketAddr),
+    /// Send RTP and RTCP there from now on.
+    Destination(Destination),
     /// The negotiated direction.
     Direction(MediaDirection),
     /// Send and receive on this socket from now on (a new local address);
@@ -403,6 +403,7 @@ impl Call {
             // what reached the wire: the stranded ones have not (yet)
             tx_packets: s.packets_sent.saturating_sub(self.stranded.fresh()),
             rx_packets: s.packets_received,
+            rtcp_rx_packets: s.rtcp_received,
             lost: s.packets_lost,
             max_gap_ms: s.longest_gap.as_secs_f64() * 1000.0,
             last,
@@ -455,7 +456,11 @@ impl Call {
                     // replayed or plain packet never reaches the session,
                     // nor moves the media (no latching, no MediaMoved)
                     Err(e) => {
-                        debug!("SRTP packet of {:?} dropped: {e}", self.call);
+                        debug!(
+                            "SRTP packet of {:?} ({} bytes) dropped: {e}",
+                            self.call,
+                            packet.len()
+                        );
                         return;
                     }
                 }
@@ -605,7 +610,7 @@ impl Call {
 
     fn command(&mut self, cmd: MediaCmd, registry: &mio::Registry, slot: usize, now: Instant) {
         match cmd {
-            MediaCmd::Destination(d) => self.session.set_destination(Destination::new(d)),
+            MediaCmd::Destination(d) => self.session.set_destination(d),
             MediaCmd::Direction(d) => {
                 self.session.set_direction(d);
                 // held: the keys still waiting would never go out

@@ -20,6 +20,8 @@ pub struct MediaReport {
     pub tx_packets: u64,
     /// Packets received.
     pub rx_packets: u64,
+    /// RTCP packets (compound reports) received and accepted.
+    pub rtcp_rx_packets: u64,
     /// Packets lost (RFC 3550 count).
     pub lost: i64,
     /// Longest gap between received packets, in ms.

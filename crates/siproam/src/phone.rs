@@ -378,6 +378,12 @@ impl std::fmt::Debug for Phone {
 /// The media crate's SRTP keys (ours to send, the peer's to receive) for
 /// the negotiated SDES keys (`None` for key material of the wrong length,
 /// which the SDP layer already refuses).
+/// Where the negotiation says to send RTP and RTCP (`None` on hold).
+fn media_destination(neg: &Negotiated) -> Option<Destination> {
+    let rtp = neg.remote?;
+    Some(Destination::with_rtcp(rtp, neg.rtcp.unwrap_or(rtp)))
+}
+
 fn srtp_keys(k: &SdesKeys) -> Option<(SrtpKey, SrtpKey)> {
     let suite = match k.suite {
         SdesSuite::AesCm128HmacSha1_80 => SrtpSuite::AesCm128HmacSha1_80,
@@ -498,8 +504,8 @@ impl Phone {
         pc.direction = direction;
         let srtp = neg.srtp.as_ref().and_then(srtp_keys);
         if let Some(media) = &pc.media {
-            if let Some(remote) = neg.remote {
-                let _ = media.send(MediaCmd::Destination(remote));
+            if let Some(destination) = media_destination(neg) {
+                let _ = media.send(MediaCmd::Destination(destination));
             }
             if let Some(keys) = srtp {
                 let _ = media.send(MediaCmd::Srtp(Box::new(keys)));
@@ -523,8 +529,8 @@ impl Phone {
         let Ok(mut session) = MediaSession::new(cfg, Instant::now()) else {
             return;
         };
-        if let Some(remote) = neg.remote {
-            session.set_destination(Destination::new(remote));
+        if let Some(destination) = media_destination(neg) {
+            session.set_destination(destination);
         }
         let sink: Option<Box<dyn AudioSink + Send>> =
             record.and_then(|p| match WavSink::create(&p) {
@@ -833,8 +839,9 @@ impl Phone {
     }
 
     /// An answer we cannot use: with SRTP mandatory, an answer without
-    /// usable crypto ends the call (never plain media); else it is only
-    /// logged, as before.
+    /// usable crypto ends the call (never plain media: a BYE with `Reason:
+    /// SIP ;cause=488`, the call refused with 488); else it is only logged,
+    /// as before.
     fn unusable_answer(
         &mut self,
         core: &mut Core,
@@ -850,7 +857,12 @@ impl Phone {
             tracing::warn!(
                 "call ended: SRTP is mandatory and the answer has no usable crypto ({e})"
             );
-            if let Err(e) = core.hang_up(now, call) {
+            // a BYE giving 488 and why; the call ends refused with 488
+            if let Err(e) = core.end_unacceptable_media(
+                now,
+                call,
+                "SRTP is mandatory and the answer has no usable crypto",
+            ) {
                 debug!("could not end {call:?}: {e}");
             }
         } else {

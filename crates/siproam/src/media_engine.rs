@@ -3,11 +3,19 @@
 //! A process-wide set of engine threads (one per core unless
 //! [`set_media_threads`] says otherwise) carries the RTP of every call.
 //! Each thread runs one `mio` poll loop: it owns its calls' RTP sockets
-//! (non-blocking, edge-triggered, drained with batched receives), their
-//! sans-IO [`MediaSession`]s, audio sources and sinks, and one timer wheel
-//! ([`wheel`]) that says when each call's next 20 ms frame, RTCP report,
-//! jitter-buffer wait or media report is due. A new call goes to the
-//! thread with the fewest calls.
+//! (non-blocking), their sans-IO [`MediaSession`]s, audio sources and
+//! sinks, and one timer wheel ([`wheel`]) that says when each call's next
+//! 20 ms frame, RTCP report, jitter-buffer wait or media report is due. A
+//! new call goes to the thread with the fewest calls.
+//!
+//! A call's socket is read when its timer fires (at least every
+//! [`READ_INTERVAL`], with batched receives), not when a datagram arrives:
+//! sockets are not registered with the poll, so an arriving datagram wakes
+//! nobody, and a thread wakes only on its timer grid however many calls
+//! and packets it carries. The jitter buffer absorbs the wait. Only while
+//! the media is moving (after a rebind, until the peer's first packet on
+//! the new socket) are the new and old sockets also watched for
+//! readiness, so the move is seen the moment it happens.
 //!
 //! The phone keeps a [`MediaHandle`] per call: commands go to the thread
 //! over a channel and wake its poll; reports come back on the endpoint's
@@ -61,8 +69,11 @@ const MAX_CATCH_UP_FRAMES: usize = 6;
 /// however many calls it carries.
 const WAKE_GRAIN: u64 = 4;
 /// Batches read from one socket in a row: one flooded by a peer leaves the
-/// others their turn, and is read on in the next round.
+/// others their turn, and is read on at its next timer.
 const MAX_BATCHES_IN_A_ROW: usize = 8;
+/// The longest a call's socket goes unread (one frame): a call that sends
+/// reads at each frame anyway; one on hold still reads this often.
+const READ_INTERVAL: Duration = Duration::from_millis(20);
 /// The waker's token: every other token is a call's socket.
 const WAKER: Token = Token(usize::MAX);
 
@@ -338,6 +349,10 @@ struct Call {
     old: Option<OldSocket>,
     /// A move waits for the peer's first packet on the new socket.
     moved: bool,
+    /// The sockets are registered with the poll (while moving).
+    watched: bool,
+    /// When the socket must be read next at the latest.
+    read_at: Instant,
     session: MediaSession,
     source: Box<dyn AudioSource + Send>,
     sink: Option<Box<dyn AudioSink + Send>>,
@@ -371,6 +386,8 @@ impl Call {
             local,
             old: None,
             moved: false,
+            watched: false,
+            read_at: now + READ_INTERVAL,
             session: media.session,
             source: media.source,
             sink: media.sink,
@@ -421,6 +438,7 @@ impl Call {
             self.session.next_send_at(),
             self.session.poll_timeout(),
             self.old.as_ref().map(|o| o.until),
+            Some(self.read_at),
         ]
         .into_iter()
         .flatten()
@@ -662,15 +680,23 @@ impl Call {
         std_socket.set_nonblocking(true)?;
         let addr = std_socket.local_addr()?;
         let mut new = UdpSocket::from_std(std_socket);
+        // watched while moving: the peer's first packet on the new socket
+        // is seen at once
         registry.register(&mut new, token(slot, false), Interest::READABLE)?;
         let mut previous = std::mem::replace(&mut self.socket, new);
         let previous_local = std::mem::replace(&mut self.local, addr);
-        self.old = None;
-        if !grace.is_zero()
-            && registry
-                .reregister(&mut previous, token(slot, true), Interest::READABLE)
-                .is_ok()
-        {
+        if let Some(mut o) = self.old.take() {
+            if self.watched {
+                let _ = registry.deregister(&mut o.socket);
+            }
+        }
+        let watching = if self.watched {
+            registry.reregister(&mut previous, token(slot, true), Interest::READABLE)
+        } else {
+            registry.register(&mut previous, token(slot, true), Interest::READABLE)
+        };
+        self.watched = true;
+        if !grace.is_zero() && watching.is_ok() {
             self.old = Some(OldSocket {
                 socket: previous,
                 local: previous_local,
@@ -696,6 +722,20 @@ impl Call {
             }
         }
         Ok(())
+    }
+
+    /// Stops watching the sockets once the move is seen (the peer's
+    /// packet reached the new socket): from then on they are read on the
+    /// call's timer only.
+    fn unwatch_if_moved(&mut self, registry: &mio::Registry) {
+        if !self.watched || self.moved {
+            return;
+        }
+        self.watched = false;
+        let _ = registry.deregister(&mut self.socket);
+        if let Some(o) = self.old.as_mut() {
+            let _ = registry.deregister(&mut o.socket);
+        }
     }
 
     /// Ends the media: RTCP BYE, last report.
@@ -728,8 +768,6 @@ struct EngineThread {
     rx: RxBatch,
     tx: Vec<u8>,
     due: Vec<(usize, u64)>,
-    /// Sockets left with datagrams to read (slot, old).
-    undrained: Vec<(usize, bool)>,
 }
 
 impl EngineThread {
@@ -745,20 +783,16 @@ impl EngineThread {
             rx: RxBatch::new(),
             tx: Vec::with_capacity(rx::BUF),
             due: Vec::new(),
-            undrained: Vec::new(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.undrained.is_empty() {
-                self.wheel
-                    .next_wake(WAKE_GRAIN)
-                    .map(|d| d.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout = self
+                .wheel
+                .next_wake(WAKE_GRAIN)
+                .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -772,11 +806,8 @@ impl EngineThread {
                 if ev.token() == WAKER {
                     commands = true;
                 } else {
-                    self.readable(ev.token().0 >> 1, ev.token().0 & 1 == 1, now);
+                    self.readable(ev.token().0 >> 1, now);
                 }
-            }
-            for (slot, old) in std::mem::take(&mut self.undrained) {
-                self.readable(slot, old, now);
             }
             if commands && !self.commands(now) {
                 return;
@@ -792,6 +823,9 @@ impl EngineThread {
                     continue;
                 }
                 call.scheduled = None;
+                // what arrived since the last read, then the frame due
+                Self::read(&mut self.rx, call, now);
+                call.unwatch_if_moved(self.poll.registry());
                 call.on_timer(now);
                 call.flush(&mut self.tx);
                 Self::schedule(&mut self.wheel, slot, call);
@@ -811,47 +845,53 @@ impl EngineThread {
         call.scheduled = Some(wheel.insert(slot, at));
     }
 
-    /// Drains a call's socket.
-    fn readable(&mut self, slot: usize, old: bool, now: Instant) {
+    /// A watched socket of a moving call is readable: reads the call.
+    fn readable(&mut self, slot: usize, now: Instant) {
         let Some(Some(call)) = self.calls.get_mut(slot) else {
             return;
         };
-        let (mut errors, mut batches) = (0, 0);
-        loop {
-            let socket = match (&call.old, old) {
-                (_, false) => &call.socket,
-                (Some(o), true) => &o.socket,
-                (None, true) => break,
-            };
-            let n = match self.rx.recv(socket) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    debug!("RTP receive of {:?}: {e}", call.call);
-                    errors += 1;
-                    if errors > 4 {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            for i in 0..n {
-                if let Some((packet, from)) = self.rx.datagram(i) {
-                    call.received(old, packet, from, now);
-                }
-            }
-            if n < rx::BATCH {
-                break;
-            }
-            batches += 1;
-            if batches >= MAX_BATCHES_IN_A_ROW {
-                // not drained: no new readiness comes for it (edge-triggered)
-                self.undrained.push((slot, old));
-                break;
-            }
-        }
+        Self::read(&mut self.rx, call, now);
+        call.unwatch_if_moved(self.poll.registry());
         call.flush(&mut self.tx);
         Self::schedule(&mut self.wheel, slot, call);
+    }
+
+    /// Reads what waits on the call's socket, and on its old one while the
+    /// media moves: [`MAX_BATCHES_IN_A_ROW`] batches each at most (a
+    /// flooded socket is read on at the next timer).
+    fn read(rx: &mut RxBatch, call: &mut Call, now: Instant) {
+        call.read_at = now + READ_INTERVAL;
+        for old in [false, true] {
+            let (mut errors, mut batches) = (0, 0);
+            loop {
+                let socket = match (&call.old, old) {
+                    (_, false) => &call.socket,
+                    (Some(o), true) => &o.socket,
+                    (None, true) => break,
+                };
+                let n = match rx.recv(socket) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        debug!("RTP receive of {:?}: {e}", call.call);
+                        errors += 1;
+                        if errors > 4 {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                for i in 0..n {
+                    if let Some((packet, from)) = rx.datagram(i) {
+                        call.received(old, packet, from, now);
+                    }
+                }
+                batches += 1;
+                if n < rx::BATCH || batches >= MAX_BATCHES_IN_A_ROW {
+                    break;
+                }
+            }
+        }
     }
 
     /// Takes the commands waiting; `false` when every sender is gone.
@@ -883,13 +923,8 @@ impl EngineThread {
             self.calls.len() - 1
         });
         let id = media.call;
-        let started = Call::new(key, media, now).and_then(|mut call| {
-            self.poll
-                .registry()
-                .register(&mut call.socket, token(slot, false), Interest::READABLE)
-                .map(|()| call)
-        });
-        let mut call = match started {
+        // not registered with the poll: read on the call's timer
+        let mut call = match Call::new(key, media, now) {
             Ok(call) => call,
             Err(e) => {
                 debug!("media of {id:?} not started: {e}");

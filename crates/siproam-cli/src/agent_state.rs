@@ -241,6 +241,7 @@ impl AgentState {
                         "tx_packets": field(m, "tx_packets"),
                         "rx_packets": field(m, "rx_packets"),
                         "lost": field(m, "lost"),
+                        "srtp": field(m, "srtp"),
                     })
                 });
                 json!({
@@ -364,11 +365,15 @@ pub fn status_lines(s: &Value) -> Vec<String> {
             },
             if media.is_object() {
                 format!(
-                    ", media {} <-> {}, {} sent, {} received",
+                    ", media {} <-> {}, {} sent, {} received{}",
                     text(field(media, "local")),
                     text(field(media, "remote")),
                     text(field(media, "tx_packets")),
                     text(field(media, "rx_packets")),
+                    match field(media, "srtp").as_str() {
+                        Some(suite) => format!(", SRTP {suite}"),
+                        None => String::new(),
+                    },
                 )
             } else {
                 String::new()

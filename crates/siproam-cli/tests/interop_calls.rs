@@ -17,16 +17,7 @@ use common::*;
 use common::baresip::Baresip;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-struct Sipp(Child);
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 /// `siproam call URI` as Alice, playing a 1000 Hz tone and recording
 /// what it hears to `wav`, once confirmed.
@@ -58,38 +49,7 @@ fn sipp_uas_echoes_a_siproam_call_and_the_tone_comes_back() {
     let dir = temp_dir("echo");
     let port = free_port(0);
     let mport = free_port(3);
-    let mut sipp = Sipp(
-        Command::new("timeout")
-            .args(["60", "sipp", "-sf"])
-            .arg(repo().join("interop/sipp/uas_echo.xml"))
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-mi",
-                "127.0.0.1",
-                "-mp",
-                &mport.to_string(),
-            ])
-            .args([
-                "-rtp_echo",
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "40s",
-                "-timeout_error",
-            ])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // SIPp is ready once its UDP port is taken (a sleep raced a loaded
-    // machine: the INVITE went out before SIPp listened)
-    wait_udp_bound("127.0.0.1", port);
+    let mut sipp = sipp_uas("uas_echo.xml", &dir, port, mport, &[]);
     let wav = dir.join("echo.wav");
     let uri = format!("sip:echo@127.0.0.1:{port}");
     let mut call = confirmed_call(&uri, &wav);

@@ -840,7 +840,7 @@ fn two_agents_exchange_srtcp_on_the_rtp_port_and_refuse_nothing() {
     let dir = temp_dir("srtp-two-agents");
     let aport = free_port(0);
     let listen = format!("udp:127.0.0.1:{aport}");
-    let agent = Proc::spawn(&[
+    let mut agent = Proc::spawn(&[
         "agent",
         "--json",
         "--aor",
@@ -871,6 +871,13 @@ fn two_agents_exchange_srtcp_on_the_rtp_port_and_refuse_nothing() {
         );
         assert_eq!(m["srtp_dropped"], 0, "{m}");
     }
+    // the agent's `status` names the suite of the call's media
+    agent.send("status");
+    let status = agent.wait_for("status", |v| v["event"] == "status");
+    assert_eq!(
+        status["calls"][0]["media"]["srtp"], "AES_CM_128_HMAC_SHA1_80",
+        "{status}"
+    );
     call.send("hangup");
     let end = call.wait_for("final media", |v| {
         v["event"] == "media" && v["final"] == true
@@ -899,19 +906,7 @@ fn mandatory_srtp_answered_plain_is_ended_with_a_bye_and_no_media() {
     }
     let dir = temp_dir("srtp-plain-answer");
     let (port, mport) = (free_port(0), free_port(3));
-    let mut sipp = Command::new("timeout")
-        .args(["60", "sipp", "-sf"])
-        .arg(repo().join("interop/sipp/uas_plain_answer.xml"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mi", "127.0.0.1", "-mp", &mport.to_string()])
-        .args(["-rtp_echo", "-m", "1", "-nostdin", "-timeout", "40s"])
-        .args(["-timeout_error", "-trace_logs"])
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_udp_bound("127.0.0.1", port);
+    let mut sipp = sipp_uas("uas_plain_answer.xml", &dir, port, mport, &["-trace_logs"]);
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let out = Command::new("timeout")
@@ -955,7 +950,7 @@ fn mandatory_srtp_answered_plain_is_ended_with_a_bye_and_no_media() {
         !events.iter().any(|v| v["event"] == "media"),
         "no media at all: {events:?}"
     );
-    let sipp_status = sipp.wait().unwrap();
+    let sipp_status = sipp.0.wait().unwrap();
     let log = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

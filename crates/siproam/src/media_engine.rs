@@ -856,12 +856,14 @@ impl EngineThread {
         Self::schedule(&mut self.wheel, slot, call);
     }
 
-    /// Reads what waits on the call's socket, and on its old one while the
-    /// media moves: [`MAX_BATCHES_IN_A_ROW`] batches each at most (a
+    /// Reads what waits on the call's old socket while the media moves,
+    /// then on its socket: [`MAX_BATCHES_IN_A_ROW`] batches each at most (a
     /// flooded socket is read on at the next timer).
     fn read(rx: &mut RxBatch, call: &mut Call, now: Instant) {
         call.read_at = now + READ_INTERVAL;
-        for old in [false, true] {
+        // the old socket first: what waits there came before the peer's
+        // first packet on the new one, which lets the old socket go
+        for old in [true, false] {
             let (mut errors, mut batches) = (0, 0);
             loop {
                 let socket = match (&call.old, old) {
@@ -948,6 +950,8 @@ impl EngineThread {
             return;
         };
         debug_assert_eq!(call.key, key);
+        // what arrived since the last timer counts in the last report
+        Self::read(&mut self.rx, &mut call, now);
         call.stop(now, &mut self.tx);
         self.free.push(slot);
         self.load.fetch_sub(1, Ordering::Relaxed);

@@ -287,6 +287,42 @@ pub fn wait_binding(registrar: &Proc, ip: &str) {
     });
 }
 
+/// A SIPp process, killed when dropped.
+pub struct Sipp(pub Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIPp running the UAS `scenario` (under `interop/sipp/`) for one call,
+/// SIP on 127.0.0.1:`port`, media on `mport` echoing what arrives
+/// (`-rtp_echo`), in `dir` (its logs go there), with `extra` arguments;
+/// bounded (60 s overall, `-timeout 40s`). Returns once SIPp listens.
+pub fn sipp_uas(scenario: &str, dir: &Path, port: u16, mport: u16, extra: &[&str]) -> Sipp {
+    let sipp = Sipp(
+        Command::new("timeout")
+            .args(["60", "sipp", "-sf"])
+            .arg(repo().join("interop/sipp").join(scenario))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-mi", "127.0.0.1", "-mp", &mport.to_string()])
+            .args(["-rtp_echo", "-m", "1", "-nostdin", "-timeout", "40s"])
+            .arg("-timeout_error")
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // SIPp is ready once its UDP port is taken (a sleep raced a loaded
+    // machine: the INVITE went out before SIPp listened)
+    wait_udp_bound("127.0.0.1", port);
+    sipp
+}
+
 /// Waits (up to 10 s, polling) until something is bound to UDP `ip:port`.
 pub fn wait_udp_bound(ip: &str, port: u16) {
     for _ in 0..1000 {

@@ -90,6 +90,7 @@ Commands on stdin, one a line (CALL is a call's number, the current call when le
   hangup [CALL]              end a call (BYE, CANCEL, or 486 to an incoming one)
   hold [CALL]                put a call on hold (a re-INVITE, sendonly)
   unhold [CALL]              take it off hold
+  rekey [CALL]               new SRTP keys for an SRTP call (a re-INVITE)
   ip-change [ADDR]           move to a new local address (none: restart in place)
   dtmf [CALL] DIGITS         send DTMF digits (RFC 4733)
   transfer [CALL] URI        blind transfer (REFER)
@@ -101,7 +102,7 @@ Commands on stdin, one a line (CALL is a call's number, the current call when le
   quit                       unregister and exit";
 
 /// The commands in brief, for an unknown command's `error` event.
-const AGENT_COMMANDS_BRIEF: &str = "call, answer, hangup, hold, unhold, ip-change, dtmf, \
+const AGENT_COMMANDS_BRIEF: &str = "call, answer, hangup, hold, unhold, rekey, ip-change, dtmf, \
 transfer, subscribe, unsubscribe, message, status, quit";
 
 /// Prints one event: JSON when asked, a short line otherwise.
@@ -1745,7 +1746,9 @@ pub async fn agent(
                             let hold = cmd == "hold";
                             ep.phone(PhoneCommand::Hold(c, hold)).await.map(|_| state.hold_asked(c, hold)).map_err(anyhow::Error::from)
                         }
-                        ("answer" | "hangup" | "hold" | "unhold", None) => Err(anyhow::anyhow!("no call")),
+                        // new SRTP keys, offered in a re-INVITE
+                        ("rekey", Some(c)) => ep.phone(PhoneCommand::Rekey(c)).await.map(|_| ()).map_err(anyhow::Error::from),
+                        ("answer" | "hangup" | "hold" | "unhold" | "rekey", None) => Err(anyhow::anyhow!("no call")),
                         // `dtmf [CALL] DIGITS`: digits alone look like a
                         // call number, so the count of words decides
                         ("dtmf", _) => match (arg, words.next()) {

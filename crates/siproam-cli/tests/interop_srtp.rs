@@ -964,3 +964,126 @@ fn mandatory_srtp_answered_plain_is_ended_with_a_bye_and_no_media() {
     assert!(log.contains("cause=488"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The `a=crypto:1 AES_CM_128_HMAC_SHA1_80` keys in a capture, distinct,
+/// in order of first appearance.
+fn crypto_keys(pcap: &Path) -> Vec<String> {
+    let bytes = std::fs::read(pcap).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    let mut keys: Vec<String> = Vec::new();
+    for part in text
+        .split("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:")
+        .skip(1)
+    {
+        let key: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+            .collect();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// `rekey` in the middle of an SRTP call between two siproam processes:
+/// the caller offers a new key in a re-INVITE (the capture holds three
+/// distinct keys: the caller's first, the agent's, the caller's new one;
+/// two before), the peer answers, and the stream goes on both ways without
+/// a packet refused or lost: the agent keeps the old key until one
+/// authenticates under the new. A plain call cannot be re-keyed.
+#[test]
+fn rekey_mid_call_changes_the_keys_and_loses_nothing() {
+    let dir = temp_dir("srtp-rekey");
+    let pcap = dir.join("agent.pcap");
+    let aport = free_port(0);
+    let listen = format!("udp:127.0.0.1:{aport}");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:dave@127.0.0.1",
+        "--listen",
+        &listen,
+        "--auto-answer",
+        "--play",
+        "tone:700",
+        "--srtp",
+        "optional",
+        "--pcap",
+        pcap.to_str().unwrap(),
+        "--stay",
+    ]);
+    agent.wait_for("listener", |v| v["event"] == "listening");
+    let wav = dir.join("from-agent.wav");
+    let mut call = alice_calls(&format!("sip:dave@127.0.0.1:{aport}"), "mandatory", &wav);
+    call.wait_call("siproam", "confirmed");
+    agent.wait_call("agent", "confirmed");
+    let before = media_with(&agent, "SRTP media before the re-key", 50);
+    assert_eq!(srtp_of(&before).as_deref(), Some("AES_CM_128_HMAC_SHA1_80"));
+    assert_eq!(crypto_keys(&pcap).len(), 2, "{:?}", crypto_keys(&pcap));
+
+    call.send("rekey");
+    call.wait_for("the re-key answered", |v| {
+        v["event"] == "call_refresh" && v["state"] == "answered"
+    });
+    let at = before["rx_packets"].as_u64().unwrap();
+    let after = agent.wait_for("SRTP media after the re-key", |v| {
+        v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > at + 100
+    });
+    let ours = call.wait_for("media at the caller after the re-key", |v| {
+        v["event"] == "media" && v["rx_packets"].as_u64().unwrap_or(0) > at + 100
+    });
+    for m in [&after, &ours] {
+        assert_eq!(m["srtp_dropped"], 0, "{m}");
+        assert_eq!(m["lost"], 0, "{m}");
+    }
+    let keys = crypto_keys(&pcap);
+    assert_eq!(keys.len(), 3, "a new key was offered: {keys:?}");
+
+    call.send("hangup");
+    let end = call.wait_for("final media", |v| {
+        v["event"] == "media" && v["final"] == true
+    });
+    assert_eq!(end["srtp_dropped"], 0, "{end}");
+    assert!(call.child.wait().unwrap().success());
+    let end = agent.wait_for("the agent's final media", |v| {
+        v["event"] == "media" && v["final"] == true
+    });
+    assert_eq!(
+        (&end["srtp_dropped"], &end["lost"]),
+        (&0.into(), &0.into()),
+        "{end}"
+    );
+    assert_tone(&wav, 700.0);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // a plain call: `rekey` is refused, the call goes on
+    let dir = temp_dir("srtp-rekey-plain");
+    let aport = free_port(0);
+    let listen = format!("udp:127.0.0.1:{aport}");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--json",
+        "--aor",
+        "sip:erin@127.0.0.1",
+        "--listen",
+        &listen,
+        "--auto-answer",
+        "--stay",
+    ]);
+    agent.wait_for("listener", |v| v["event"] == "listening");
+    let mut call = alice_calls(
+        &format!("sip:erin@127.0.0.1:{aport}"),
+        "off",
+        &dir.join("x.wav"),
+    );
+    call.wait_call("siproam", "confirmed");
+    call.send("rekey");
+    let refused = call.wait_for("the refusal", |v| v["event"] == "error");
+    assert!(refused.to_string().contains("not SRTP"), "{refused}");
+    call.send("hangup");
+    assert!(call.child.wait().unwrap().success());
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -142,6 +142,9 @@ pub enum PhoneError {
     /// were given at once.
     #[error("too much waiting already")]
     Busy,
+    /// The call's media is not SRTP (a re-key asked of a plain call).
+    #[error("the call's media is not SRTP")]
+    NoSrtp,
 }
 
 impl From<PhoneError> for CommandError {
@@ -152,6 +155,7 @@ impl From<PhoneError> for CommandError {
             PhoneError::MediaRefused(e) => CommandError::Media(e),
             PhoneError::NoMedia => CommandError::NoMedia,
             PhoneError::Busy => CommandError::Busy,
+            PhoneError::NoSrtp => CommandError::NoSrtp,
         }
     }
 }
@@ -246,6 +250,13 @@ pub enum PhoneCommand {
     HangUp(CallId),
     /// Put on hold (`true`) or resume.
     Hold(CallId, bool),
+    /// New SRTP keys for an SRTP call (88 bytes from the OS, one key per
+    /// suite), offered in a re-INVITE with the same crypto tags (RFC 4568
+    /// §7.1.4). We send with the old key until the answer comes; the
+    /// peer's old key stays accepted until a packet authenticates under
+    /// its new one, so the stream loses nothing. A plain call is refused
+    /// ([`PhoneError::NoSrtp`]).
+    Rekey(CallId),
     /// Re-open the call's RTP socket on another local address (a network
     /// change) and re-offer it in a re-INVITE; the stream keeps its SSRC,
     /// sequence numbers and timestamps.
@@ -695,6 +706,19 @@ impl Phone {
                 )?;
                 self.messages.insert(id, (peer, text, now));
                 Ok(None)
+            }
+            PhoneCommand::Rekey(call) => {
+                let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;
+                if pc.sdp.negotiated().and_then(|n| n.srtp.as_ref()).is_none() {
+                    return Err(PhoneError::NoSrtp);
+                }
+                let mut keys = [0u8; SDES_KEY_MATERIAL_LEN];
+                getrandom::fill(&mut keys).map_err(|e| PhoneError::Media(e.into()))?;
+                pc.sdp.rekey(keys);
+                // refused (an offer outstanding …): the new keys go in the
+                // next offer instead
+                pc.reoffer(core, now, call, false)?;
+                Ok(Some(call))
             }
             PhoneCommand::Hold(call, hold) => {
                 let pc = self.calls.get_mut(&call).ok_or(CoreError::NoSuchCall)?;

@@ -41,6 +41,9 @@ pub enum CommandError {
     /// Too much waits already (MESSAGEs without an answer, DTMF keys).
     #[error("too much waiting already")]
     Busy,
+    /// The call's media is not SRTP (a re-key asked of a plain call).
+    #[error("the call's media is not SRTP")]
+    NoSrtp,
 }
 
 /// What runs on the core's events inside the endpoint task: a user agent

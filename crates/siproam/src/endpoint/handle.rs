@@ -80,6 +80,9 @@ pub enum EndpointError {
     /// Too much waits already (MESSAGEs without an answer, DTMF keys).
     #[error("too much waiting already")]
     Busy,
+    /// The call's media is not SRTP (a re-key asked of a plain call).
+    #[error("the call's media is not SRTP")]
+    NoSrtp,
     /// The endpoint task has stopped.
     #[error("endpoint stopped")]
     Stopped,
@@ -103,6 +106,7 @@ impl From<CommandError> for EndpointError {
             CommandError::Media(e) => EndpointError::MediaRefused(e),
             CommandError::NoMedia => EndpointError::NoMedia,
             CommandError::Busy => EndpointError::Busy,
+            CommandError::NoSrtp => EndpointError::NoSrtp,
         }
     }
 }
